@@ -1,0 +1,240 @@
+"""The store's tables (SQLAlchemy Core), portable between SQLite and PostgreSQL.
+
+This module describes the schema at migration head; the migrations under ``migrations/versions`` are what
+create it, and a test checks that both agree. Portability choices:
+
+- times are ``UTCDateTime``: aware UTC datetimes in Python; SQLite keeps them as naive UTC text, PostgreSQL
+  as ``timestamptz``;
+- JSON documents are ``Text`` holding canonical JSON (sorted keys, no spaces), so equal documents are equal
+  strings on every backend and nothing depends on a backend's JSON operators;
+- tags live in ``device_tags`` (one row per key) so a ``k=v`` filter is a plain indexed join;
+- bundle references a device holds (running, and in each slot) live in ``device_bundle_refs`` so deleting a
+  bundle can be refused with one indexed query;
+- surrogate keys that must auto-increment are ``BIGINT`` on PostgreSQL and ``INTEGER`` (the rowid) on SQLite.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+    }
+)
+
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """An aware UTC datetime on every backend; naive datetimes are refused, not guessed."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value.isoformat()} given to the store; pass an aware UTC time")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def canonical_json(value: Any) -> str:
+    """The one JSON spelling the store writes: sorted keys, compact, UTF-8 kept as is."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+enrollment_tokens = sa.Table(
+    "enrollment_tokens",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("secret_sha256", sa.String(64), nullable=False),
+    sa.Column("site", sa.String(255), nullable=False, index=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Column("revoked_at", UTCDateTime(), nullable=True),
+    sa.Column("max_uses", sa.Integer(), nullable=True),
+    sa.Column("uses", sa.Integer(), nullable=False),
+    sa.Column("created_by", sa.String(255), nullable=True),
+)
+
+devices = sa.Table(
+    "devices",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("site", sa.String(255), nullable=False, index=True),
+    sa.Column("tags_json", sa.Text(), nullable=False),
+    sa.Column("hardware_class", sa.String(255), nullable=False),
+    sa.Column("facts_json", sa.Text(), nullable=False),
+    sa.Column("credential_sha256", sa.String(64), nullable=False),
+    sa.Column(
+        "enrollment_token_id",
+        sa.String(64),
+        sa.ForeignKey("enrollment_tokens.id", ondelete="SET NULL"),
+        nullable=True,
+    ),
+    sa.Column("enrolled_at", UTCDateTime(), nullable=False),
+    sa.Column("last_seen", UTCDateTime(), nullable=True, index=True),
+    sa.Column("reported_json", sa.Text(), nullable=False),
+    sa.Column("running_bundle", sa.String(71), nullable=True, index=True),
+    sa.Column("health", sa.String(64), nullable=False, index=True),
+)
+
+device_tags = sa.Table(
+    "device_tags",
+    metadata,
+    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("value", sa.String(255), nullable=False),
+    sa.Index(None, "key", "value"),
+)
+
+device_bundle_refs = sa.Table(
+    "device_bundle_refs",
+    metadata,
+    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
+    # "running" or "slot:<name>"
+    sa.Column("source", sa.String(255), primary_key=True),
+    sa.Column("bundle_digest", sa.String(71), nullable=False, index=True),
+)
+
+operator_tokens = sa.Table(
+    "operator_tokens",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False, index=True),
+    sa.Column("secret_sha256", sa.String(64), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=True),
+    sa.Column("revoked_at", UTCDateTime(), nullable=True),
+)
+
+trusted_keys = sa.Table(
+    "trusted_keys",
+    metadata,
+    sa.Column("key_id", sa.String(255), primary_key=True),
+    sa.Column("public_key_pem", sa.Text(), nullable=False),
+    sa.Column("added_at", UTCDateTime(), nullable=False),
+    sa.Column("revoked_at", UTCDateTime(), nullable=True),
+)
+
+bundles = sa.Table(
+    "bundles",
+    metadata,
+    sa.Column("digest", sa.String(71), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("version", sa.String(255), nullable=False),
+    sa.Column("manifest", sa.LargeBinary(), nullable=False),
+    sa.Column("signature", sa.LargeBinary(), nullable=False),
+    sa.Column("key_id", sa.String(255), nullable=False),
+    sa.Column("size", sa.BigInteger(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("name", "version"),
+)
+
+artifacts = sa.Table(
+    "artifacts",
+    metadata,
+    sa.Column("digest", sa.String(71), primary_key=True),
+    sa.Column("size", sa.BigInteger(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)
+
+bundle_artifacts = sa.Table(
+    "bundle_artifacts",
+    metadata,
+    sa.Column(
+        "bundle_digest", sa.String(71), sa.ForeignKey("bundles.digest", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("role", sa.String(255), primary_key=True),
+    sa.Column("artifact_digest", sa.String(71), sa.ForeignKey("artifacts.digest"), nullable=False, index=True),
+)
+
+config_revisions = sa.Table(
+    "config_revisions",
+    metadata,
+    sa.Column("revision", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column("applied_by", sa.String(255), nullable=False),
+    sa.Column("applied_at", UTCDateTime(), nullable=False),
+)
+
+config_documents = sa.Table(
+    "config_documents",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("version", sa.Integer(), nullable=False),
+    sa.Column("site", sa.String(255), nullable=True),
+    sa.Column("doc_json", sa.Text(), nullable=True),
+    sa.Column("content_digest", sa.String(71), nullable=True),
+    sa.Column("deleted", sa.Boolean(), nullable=False),
+    sa.Column("is_current", sa.Boolean(), nullable=False, index=True),
+    sa.Column("revision", sa.Integer(), sa.ForeignKey("config_revisions.revision"), nullable=False),
+    sa.Column("applied_by", sa.String(255), nullable=False),
+    sa.Column("applied_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("kind", "name", "version"),
+)
+
+desired_state = sa.Table(
+    "desired_state",
+    metadata,
+    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
+    # RESTRICT: the store refuses such deletes with a readable error first; this is the backstop.
+    sa.Column(
+        "bundle_digest",
+        sa.String(71),
+        sa.ForeignKey("bundles.digest", ondelete="RESTRICT"),
+        nullable=True,
+        index=True,
+    ),
+    sa.Column("config_digest", sa.String(71), nullable=True),
+    sa.Column("revision", sa.BigInteger(), nullable=False),
+    sa.Column("change_seq", sa.BigInteger(), nullable=False, index=True),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=True),
+    # no foreign key yet: the rollouts table arrives in a later migration, which adds it
+    sa.Column("rollout_id", sa.String(64), nullable=True, index=True),
+)
+
+change_counters = sa.Table(
+    "change_counters",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.BigInteger(), nullable=False),
+)
+DESIRED_STATE_COUNTER = "desired_state"
+
+device_events = sa.Table(
+    "device_events",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("seq", sa.BigInteger(), nullable=True),
+    sa.Column("payload_json", sa.Text(), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Column("received_at", UTCDateTime(), nullable=False),
+    # NULL seqs never collide on either backend, so events without a sequence are never deduplicated
+    sa.UniqueConstraint("device_id", "seq"),
+    sa.Index(None, "device_id", "kind", "id"),
+    sa.Index(None, "kind", "id"),
+)

@@ -1,0 +1,260 @@
+"""Model output → results, as a bundle's ``postprocess`` section declares; owns the result types.
+
+Pure numpy (no I/O, no clock). Three kinds:
+- ``classification``: ``[1, C]`` scores → top-k ``Classification`` (softmax first when the model emits logits).
+  Top-k is not filtered by ``conf_threshold``: a classifier always answers, and the canary needs the top-1
+  confidence even when it is low.
+- ``yolov5``: ``[1, A, 5+C]`` (cx, cy, w, h, objectness, class scores), confidence = objectness × class score.
+- ``yolov8``: ``[1, 4+C, A]`` (cx, cy, w, h, class scores; no objectness), transposed to ``[A, 4+C]``.
+
+Detections keep ``confidence >= conf_threshold``, are converted to x1,y1,x2,y2, go through class-wise greedy
+NMS (a box suppresses only boxes of its own class with IoU > ``iou_threshold``), are capped at
+``max_detections`` by confidence, and are mapped back to frame pixels with the letterbox undone and clipped.
+Ties in confidence keep model order (stable sort), so the same tensor always yields the same detections.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+import numpy as np
+from numpy.typing import NDArray
+
+from edge_runtime.inference.errors import InferenceError, SpecError
+from edge_runtime.inference.preprocess import FrameTransform
+
+PostprocessKind = Literal["classification", "yolov5", "yolov8"]
+_KINDS: tuple[PostprocessKind, ...] = ("classification", "yolov5", "yolov8")
+_FIELDS = frozenset({"kind", "top_k", "conf_threshold", "iou_threshold", "max_detections", "softmax"})
+# Bounds NMS work on a degenerate model that scores every anchor high; YOLO's own exporters use the same cap.
+MAX_NMS_CANDIDATES = 30_000
+
+
+def _where(field: str) -> str:
+    return f"bundle.json: field 'postprocess.{field}'"
+
+
+def _positive_int(d: Mapping[str, Any], field: str, default: int) -> int:
+    value = d.get(field, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise SpecError(f"{_where(field)} must be an integer > 0, got {value!r}")
+    return value
+
+
+def _unit_float(d: Mapping[str, Any], field: str, default: float) -> float:
+    value = d.get(field, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise SpecError(f"{_where(field)} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class PostprocessSpec:
+    """A validated ``postprocess`` section."""
+
+    kind: PostprocessKind
+    top_k: int = 5
+    conf_threshold: float = 0.25
+    iou_threshold: float = 0.45
+    max_detections: int = 100
+    softmax: bool = False
+
+    @classmethod
+    def from_mapping(cls, d: Mapping[str, Any]) -> PostprocessSpec:
+        """Validate a bundle.json ``postprocess`` mapping; raises ``SpecError`` naming field and value."""
+        if not isinstance(d, Mapping):
+            raise SpecError(f"bundle.json: field 'postprocess' must be a mapping, got {d!r}")
+        unknown = sorted(set(d) - _FIELDS)
+        if unknown:
+            raise SpecError(
+                f"bundle.json: section 'postprocess' has unknown field(s) {unknown}; "
+                f"accepted fields are {sorted(_FIELDS)}"
+            )
+        kind = d.get("kind")
+        if kind not in _KINDS:
+            raise SpecError(f"{_where('kind')} must be one of {', '.join(_KINDS)}, got {kind!r}")
+        softmax = d.get("softmax", False)
+        if not isinstance(softmax, bool):
+            raise SpecError(f"{_where('softmax')} must be true or false, got {softmax!r}")
+        return cls(
+            kind=cast(PostprocessKind, kind),
+            top_k=_positive_int(d, "top_k", 5),
+            conf_threshold=_unit_float(d, "conf_threshold", 0.25),
+            iou_threshold=_unit_float(d, "iou_threshold", 0.45),
+            max_detections=_positive_int(d, "max_detections", 100),
+            softmax=softmax,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Classification:
+    label: str
+    class_id: int
+    confidence: float
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """``box`` is x1, y1, x2, y2 in frame pixels."""
+
+    box: tuple[float, float, float, float]
+    class_id: int
+    label: str
+    confidence: float
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    pre_ms: float
+    model_ms: float
+    post_ms: float
+    total_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class FrameResult:
+    """One frame's answer. ``top_confidence`` is the highest output confidence, 0.0 when nothing was detected."""
+
+    frame_id: int
+    outputs: tuple[Classification, ...] | tuple[Detection, ...]
+    top_confidence: float
+    timings: Timings
+    provider: str
+    bundle_digest: str
+
+
+def label_for(labels: Sequence[str], class_id: int) -> str:
+    # A model with more classes than labels still reports something traceable instead of failing the frame.
+    return labels[class_id] if 0 <= class_id < len(labels) else f"class_{class_id}"
+
+
+def softmax(x: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
+    """Numerically stable softmax over the last axis."""
+    z = np.asarray(x, np.float32)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return cast(NDArray[np.float32], e / e.sum(axis=-1, keepdims=True))
+
+
+def classify(
+    output: NDArray[Any], spec: PostprocessSpec, labels: Sequence[str]
+) -> tuple[Classification, ...]:
+    """Top-k classes of a ``[1, C]`` (or ``[C]``) score tensor, best first."""
+    scores = np.asarray(output, np.float32).reshape(-1)
+    if spec.softmax:
+        scores = softmax(scores)
+    k = min(spec.top_k, scores.shape[0])
+    if k < scores.shape[0]:
+        top = np.argpartition(-scores, k - 1)[:k]
+        top = top[np.argsort(-scores[top], kind="stable")]
+    else:
+        top = np.argsort(-scores, kind="stable")
+    return tuple(Classification(label_for(labels, int(i)), int(i), float(scores[i])) for i in top)
+
+
+def xywh_to_xyxy(boxes: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Centre-size boxes ``[N, 4]`` → corner boxes ``[N, 4]``."""
+    half = boxes[:, 2:4] * np.float32(0.5)
+    return np.concatenate([boxes[:, 0:2] - half, boxes[:, 0:2] + half], axis=1)
+
+
+def nms(
+    boxes_xyxy: NDArray[np.float32],
+    scores: NDArray[np.float32],
+    class_ids: NDArray[np.intp],
+    iou_threshold: float,
+    max_keep: int,
+) -> NDArray[np.intp]:
+    """Class-wise greedy NMS; indices of the kept boxes, highest score first.
+
+    Boxes of different classes are moved apart by a per-class offset larger than any coordinate, so one
+    vectorised pass never lets a box suppress another class.
+    """
+    if boxes_xyxy.shape[0] == 0:
+        return np.zeros(0, np.intp)
+    span = float(np.abs(boxes_xyxy).max()) * 2.0 + 1.0
+    shifted = boxes_xyxy.astype(np.float64) + (class_ids.astype(np.float64) * span)[:, None]
+    x1, y1, x2, y2 = shifted.T
+    areas = np.clip(x2 - x1, 0.0, None) * np.clip(y2 - y1, 0.0, None)
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size and len(keep) < max_keep:
+        i = int(order[0])
+        keep.append(i)
+        rest = order[1:]
+        iw = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0.0, None)
+        ih = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0.0, None)
+        inter = iw * ih
+        union = areas[i] + areas[rest] - inter
+        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        order = rest[iou <= iou_threshold]
+    return np.asarray(keep, np.intp)
+
+
+def yolo_candidates(
+    output: NDArray[Any], spec: PostprocessSpec
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.intp]]:
+    """Decode a YOLO head for one image into (cx,cy,w,h boxes, confidences, class ids) above threshold."""
+    raw = np.asarray(output)
+    if raw.ndim == 3:
+        if raw.shape[0] != 1:
+            raise InferenceError(f"{spec.kind} output must hold one image, got batch of {raw.shape[0]}")
+        raw = raw[0]
+    if raw.ndim != 2:
+        raise InferenceError(f"{spec.kind} output must be [1, rows, cols], got shape {tuple(np.shape(output))}")
+    if spec.kind == "yolov8":
+        pred = raw.T
+        if pred.shape[1] < 5:
+            raise InferenceError(f"yolov8 output must be [1, 4+classes, anchors], got {tuple(np.shape(output))}")
+        cls_scores = pred[:, 4:]
+        class_ids = cls_scores.argmax(axis=1)
+        conf = cls_scores[np.arange(pred.shape[0]), class_ids]
+        mask = conf >= spec.conf_threshold
+        pred, conf, class_ids = pred[mask], conf[mask], class_ids[mask]
+    else:
+        if raw.shape[1] < 6:
+            raise InferenceError(f"yolov5 output must be [1, anchors, 5+classes], got {tuple(np.shape(output))}")
+        # Class scores are ≤ 1, so obj × cls ≥ threshold needs obj ≥ threshold: filter cheaply first.
+        pred = raw[raw[:, 4] >= spec.conf_threshold]
+        cls_scores = pred[:, 5:] * pred[:, 4:5]
+        class_ids = cls_scores.argmax(axis=1)
+        conf = cls_scores[np.arange(pred.shape[0]), class_ids]
+        mask = conf >= spec.conf_threshold
+        pred, conf, class_ids = pred[mask], conf[mask], class_ids[mask]
+    if conf.shape[0] > MAX_NMS_CANDIDATES:
+        top = np.argsort(-conf, kind="stable")[:MAX_NMS_CANDIDATES]
+        pred, conf, class_ids = pred[top], conf[top], class_ids[top]
+    return (
+        np.ascontiguousarray(pred[:, :4], np.float32),
+        conf.astype(np.float32, copy=False),
+        class_ids.astype(np.intp, copy=False),
+    )
+
+
+def detect(
+    output: NDArray[Any], spec: PostprocessSpec, labels: Sequence[str], transform: FrameTransform
+) -> tuple[Detection, ...]:
+    """Detections in frame pixels for one image's YOLO output, best first."""
+    boxes_cxcywh, conf, class_ids = yolo_candidates(output, spec)
+    boxes = xywh_to_xyxy(boxes_cxcywh)
+    keep = nms(boxes, conf, class_ids, spec.iou_threshold, spec.max_detections)
+    framed = transform.to_frame(boxes[keep])
+    return tuple(
+        Detection(
+            box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
+            class_id=int(class_ids[i]),
+            label=label_for(labels, int(class_ids[i])),
+            confidence=float(conf[i]),
+        )
+        for b, i in zip(framed, keep, strict=True)
+    )
+
+
+def postprocess(
+    output: NDArray[Any], spec: PostprocessSpec, labels: Sequence[str], transform: FrameTransform
+) -> tuple[Classification, ...] | tuple[Detection, ...]:
+    """Dispatch on ``spec.kind``."""
+    if spec.kind == "classification":
+        return classify(output, spec, labels)
+    return detect(output, spec, labels, transform)
