@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+
 from edgefleet.modelgen import YoloLayout, make_classifier, make_yolo_detector
 
 

@@ -70,9 +70,7 @@ class InvalidDigest(InvalidArgument):
 
     def __init__(self, value: object) -> None:
         self.value = value
-        super().__init__(
-            f"digest must be 'sha256:' followed by 64 lowercase hex characters, got {value!r}"
-        )
+        super().__init__(f"digest must be 'sha256:' followed by 64 lowercase hex characters, got {value!r}")
 
 
 class InvalidPageToken(InvalidArgument):
@@ -94,8 +92,7 @@ class OffsetOutOfRange(StoreError):
         self.offset = offset
         self.size = size
         super().__init__(
-            f"offset {offset} is outside blob {digest} of {size} bytes; "
-            f"resume from an offset between 0 and {size}"
+            f"offset {offset} is outside blob {digest} of {size} bytes; resume from an offset between 0 and {size}"
         )
 
 
@@ -137,9 +134,7 @@ class TokenExpired(TokenRejected):
     def __init__(self, what: str, token_id: str, expired_at: datetime) -> None:
         self.token_id = token_id
         self.expired_at = expired_at
-        super().__init__(
-            f"{what} {token_id} expired at {expired_at.isoformat()}; ask an operator for a new one"
-        )
+        super().__init__(f"{what} {token_id} expired at {expired_at.isoformat()}; ask an operator for a new one")
 
 
 class TokenRevoked(TokenRejected):
@@ -148,9 +143,7 @@ class TokenRevoked(TokenRejected):
     def __init__(self, what: str, token_id: str, revoked_at: datetime) -> None:
         self.token_id = token_id
         self.revoked_at = revoked_at
-        super().__init__(
-            f"{what} {token_id} was revoked at {revoked_at.isoformat()}; ask an operator for a new one"
-        )
+        super().__init__(f"{what} {token_id} was revoked at {revoked_at.isoformat()}; ask an operator for a new one")
 
 
 class TokenExhausted(TokenRejected):
@@ -161,6 +154,5 @@ class TokenExhausted(TokenRejected):
         self.uses = uses
         self.max_uses = max_uses
         super().__init__(
-            f"enrollment token {token_id} has been used {uses} of {max_uses} times; "
-            "ask an operator for a new token"
+            f"enrollment token {token_id} has been used {uses} of {max_uses} times; ask an operator for a new token"
         )

@@ -7,7 +7,8 @@ create it, and a test checks that both agree. Portability choices:
   as ``timestamptz``;
 - JSON documents are ``Text`` holding canonical JSON (sorted keys, no spaces), so equal documents are equal
   strings on every backend and nothing depends on a backend's JSON operators;
-- tags live in ``device_tags`` (one row per key) so a ``k=v`` filter is a plain indexed join;
+- tags are kept as JSON on the device and mirrored in ``device_tags`` (one row per key), so a ``k=v``
+  filter is a plain indexed ``EXISTS``;
 - bundle references a device holds (running, and in each slot) live in ``device_bundle_refs`` so deleting a
   bundle can be refused with one indexed query;
 - surrogate keys that must auto-increment are ``BIGINT`` on PostgreSQL and ``INTEGER`` (the rowid) on SQLite.
@@ -161,9 +162,7 @@ artifacts = sa.Table(
 bundle_artifacts = sa.Table(
     "bundle_artifacts",
     metadata,
-    sa.Column(
-        "bundle_digest", sa.String(71), sa.ForeignKey("bundles.digest", ondelete="CASCADE"), primary_key=True
-    ),
+    sa.Column("bundle_digest", sa.String(71), sa.ForeignKey("bundles.digest", ondelete="CASCADE"), primary_key=True),
     sa.Column("role", sa.String(255), primary_key=True),
     sa.Column("artifact_digest", sa.String(71), sa.ForeignKey("artifacts.digest"), nullable=False, index=True),
 )

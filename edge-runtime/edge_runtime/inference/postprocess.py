@@ -1,7 +1,7 @@
 """Model output → results, as a bundle's ``postprocess`` section declares; owns the result types.
 
 Pure numpy (no I/O, no clock). Three kinds:
-- ``classification``: ``[1, C]`` scores → top-k ``Classification`` (softmax first when the model emits logits).
+- ``classification``: ``[1, C]`` scores → top-k ``Classification`` (softmax first for logits).
   Top-k is not filtered by ``conf_threshold``: a classifier always answers, and the canary needs the top-1
   confidence even when it is low.
 - ``yolov5``: ``[1, A, 5+C]`` (cx, cy, w, h, objectness, class scores), confidence = objectness × class score.
@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
+import cv2
 import numpy as np
 from numpy.typing import NDArray
 
@@ -115,7 +116,7 @@ class Timings:
 
 @dataclass(frozen=True, slots=True)
 class FrameResult:
-    """One frame's answer. ``top_confidence`` is the highest output confidence, 0.0 when nothing was detected."""
+    """One frame's answer. ``top_confidence``: highest output confidence, 0.0 when nothing was found."""
 
     frame_id: int
     outputs: tuple[Classification, ...] | tuple[Detection, ...]
@@ -155,8 +156,11 @@ def classify(
 
 def xywh_to_xyxy(boxes: NDArray[np.float32]) -> NDArray[np.float32]:
     """Centre-size boxes ``[N, 4]`` → corner boxes ``[N, 4]``."""
+    out = np.empty(boxes.shape, np.float32)
     half = boxes[:, 2:4] * np.float32(0.5)
-    return np.concatenate([boxes[:, 0:2] - half, boxes[:, 0:2] + half], axis=1)
+    np.subtract(boxes[:, 0:2], half, out=out[:, 0:2])
+    np.add(boxes[:, 0:2], half, out=out[:, 2:4])
+    return out
 
 
 def nms(
@@ -166,7 +170,60 @@ def nms(
     iou_threshold: float,
     max_keep: int,
 ) -> NDArray[np.intp]:
-    """Class-wise greedy NMS; indices of the kept boxes, highest score first.
+    """Class-wise greedy NMS with OpenCV's C++ ``NMSBoxesBatched``; kept indices, highest score first.
+
+    Same semantics as ``greedy_nms`` (tests hold them equal) at about a tenth of the cost, which is what
+    keeps post-processing small next to the model. OpenCV's ``top_k`` caps candidates *before* NMS, so the
+    ``max_keep`` cap is applied to its result instead.
+    """
+    n = boxes_xyxy.shape[0]
+    if n == 0:
+        return np.zeros(0, np.intp)
+    # Greedy NMS over the best-scored prefix decides that prefix exactly as over the whole list, so once
+    # a prefix yields max_keep survivors the rest cannot change them: start small, grow until enough.
+    prefix = min(n, max(64, 2 * max_keep))
+    while True:
+        idx = _best(scores, prefix)
+        kept = _opencv_nms(boxes_xyxy[idx], scores[idx], class_ids[idx], iou_threshold)
+        if kept.shape[0] >= max_keep or prefix == n:
+            return idx[kept[:max_keep]]
+        prefix = min(n, prefix * 4)
+
+
+def _best(scores: NDArray[np.float32], k: int) -> NDArray[np.intp]:
+    """Indices of the ``k`` highest scores, best first, ties in index order (O(n), not a full sort)."""
+    idx = np.arange(scores.shape[0]) if k >= scores.shape[0] else np.argpartition(-scores, k - 1)[:k]
+    return idx[np.lexsort((idx, -scores[idx]))].astype(np.intp, copy=False)
+
+
+def _opencv_nms(
+    boxes_xyxy: NDArray[np.float32],
+    scores: NDArray[np.float32],
+    class_ids: NDArray[np.intp],
+    iou_threshold: float,
+) -> NDArray[np.intp]:
+    xywh = np.empty(boxes_xyxy.shape, np.float64)
+    xywh[:, :2] = boxes_xyxy[:, :2]
+    xywh[:, 2:] = boxes_xyxy[:, 2:] - boxes_xyxy[:, :2]
+    # OpenCV's stubs declare Sequences; its bindings take numpy arrays directly (no list conversion).
+    kept = cv2.dnn.NMSBoxesBatched(
+        xywh,  # type: ignore[arg-type]
+        scores.astype(np.float32, copy=False),  # type: ignore[arg-type]
+        class_ids.astype(np.int32),  # type: ignore[arg-type]
+        0.0,
+        float(iou_threshold),
+    )
+    return np.asarray(kept, np.intp).reshape(-1)
+
+
+def greedy_nms(
+    boxes_xyxy: NDArray[np.float32],
+    scores: NDArray[np.float32],
+    class_ids: NDArray[np.intp],
+    iou_threshold: float,
+    max_keep: int,
+) -> NDArray[np.intp]:
+    """Class-wise greedy NMS in numpy (the reference ``nms`` is checked against); highest score first.
 
     Boxes of different classes are moved apart by a per-class offset larger than any coordinate, so one
     vectorised pass never lets a box suppress another class.
@@ -202,11 +259,15 @@ def yolo_candidates(
             raise InferenceError(f"{spec.kind} output must hold one image, got batch of {raw.shape[0]}")
         raw = raw[0]
     if raw.ndim != 2:
-        raise InferenceError(f"{spec.kind} output must be [1, rows, cols], got shape {tuple(np.shape(output))}")
+        raise InferenceError(
+            f"{spec.kind} output must be [1, rows, cols], got shape {tuple(np.shape(output))}"
+        )
     if spec.kind == "yolov8":
         pred = raw.T
         if pred.shape[1] < 5:
-            raise InferenceError(f"yolov8 output must be [1, 4+classes, anchors], got {tuple(np.shape(output))}")
+            raise InferenceError(
+                f"yolov8 output must be [1, 4+classes, anchors], got {tuple(np.shape(output))}"
+            )
         cls_scores = pred[:, 4:]
         class_ids = cls_scores.argmax(axis=1)
         conf = cls_scores[np.arange(pred.shape[0]), class_ids]
@@ -214,7 +275,9 @@ def yolo_candidates(
         pred, conf, class_ids = pred[mask], conf[mask], class_ids[mask]
     else:
         if raw.shape[1] < 6:
-            raise InferenceError(f"yolov5 output must be [1, anchors, 5+classes], got {tuple(np.shape(output))}")
+            raise InferenceError(
+                f"yolov5 output must be [1, anchors, 5+classes], got {tuple(np.shape(output))}"
+            )
         # Class scores are ≤ 1, so obj × cls ≥ threshold needs obj ≥ threshold: filter cheaply first.
         pred = raw[raw[:, 4] >= spec.conf_threshold]
         cls_scores = pred[:, 5:] * pred[:, 4:5]
@@ -239,15 +302,10 @@ def detect(
     boxes_cxcywh, conf, class_ids = yolo_candidates(output, spec)
     boxes = xywh_to_xyxy(boxes_cxcywh)
     keep = nms(boxes, conf, class_ids, spec.iou_threshold, spec.max_detections)
-    framed = transform.to_frame(boxes[keep])
+    framed = transform.to_frame(boxes[keep]).tolist()
     return tuple(
-        Detection(
-            box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
-            class_id=int(class_ids[i]),
-            label=label_for(labels, int(class_ids[i])),
-            confidence=float(conf[i]),
-        )
-        for b, i in zip(framed, keep, strict=True)
+        Detection(box=(b[0], b[1], b[2], b[3]), class_id=c, label=label_for(labels, c), confidence=p)
+        for b, c, p in zip(framed, class_ids[keep].tolist(), conf[keep].tolist(), strict=True)
     )
 
 

@@ -9,9 +9,12 @@ input catch that one type. Messages say what was wrong, with the offending value
     │   ├── UnsupportedSchemaError    bundle.json schema_version this code does not know
     │   ├── UnsafeArchiveError        traversal, links, device files, absurd sizes in an archive
     │   ├── DigestMismatchError       an artifact's sha256 differs from the manifest
+    │   ├── MissingArtifactError      an artifact bundle.json lists is absent
+    │   ├── UnlistedFileError         a file in a bundle directory/archive that bundle.json does not list
     │   └── SignatureError            missing, unknown-key or invalid Ed25519 signature
     ├── SigningKeyError               a signing or trusted key file cannot be read
     └── ManifestError                 a config manifest is invalid (carries file, line and path)
+        └── ManifestSetError          several documents are invalid; ``errors`` holds one per document
 """
 
 from __future__ import annotations
@@ -41,6 +44,14 @@ class DigestMismatchError(BundleError):
     """An artifact's sha256 does not match the digest recorded in bundle.json."""
 
 
+class MissingArtifactError(BundleError):
+    """An artifact listed in bundle.json is absent from the bundle directory or archive."""
+
+
+class UnlistedFileError(BundleError):
+    """A bundle directory or archive holds a file that bundle.json does not list."""
+
+
 class SignatureError(BundleError):
     """The bundle signature is missing, made by an untrusted key, or invalid."""
 
@@ -61,3 +72,20 @@ class ManifestError(ContractError):
         self.detail = message
         prefix = " ".join(p for p in (location, path) if p)
         super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+class ManifestSetError(ManifestError):
+    """Several manifest documents are invalid; ``errors`` holds the first error of each, in order.
+
+    ``location``, ``path`` and ``detail`` are those of the first error, so code that handles a single
+    ``ManifestError`` still points somewhere useful; ``str()`` lists them all, one per line.
+    """
+
+    def __init__(self, errors: tuple[ManifestError, ...]) -> None:
+        self.errors = errors
+        first = errors[0]
+        self.location = first.location
+        self.path = first.path
+        self.detail = first.detail
+        lines = "\n".join(f"  {err}" for err in errors)
+        ContractError.__init__(self, f"{len(errors)} invalid manifest documents:\n{lines}")

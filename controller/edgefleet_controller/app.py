@@ -1,0 +1,775 @@
+"""The controller's service layer: every operation the servicers delegate to, over the store, the blob
+directory, the long-poll hub and the fleet event feed.
+
+Store calls are synchronous SQLAlchemy transactions; they run in worker threads (``asyncio.to_thread``)
+so the event loop only ever waits. The clock is injected (``now``) so tests can move time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import json
+import os
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import grpc
+import structlog
+from google.protobuf.json_format import MessageToDict, ParseDict
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from edgefleet.contract.bundle import BundleManifest
+from edgefleet.contract.errors import ContractError, ManifestError
+from edgefleet.contract.manifest import (
+    DeviceFacts,
+    EffectiveConfig,
+    ManifestDoc,
+    ManifestKind,
+    check_document_set,
+    effective_config,
+    parse_manifests,
+)
+from edgefleet.contract.signing import TrustedKeys, check_key_id, verify_signature
+from edgefleet.v1 import common_pb2, device_pb2, fleet_pb2, telemetry_pb2
+from edgefleet_controller import errors as cerr
+from edgefleet_controller.auth import CredentialCache, Principal, Role
+from edgefleet_controller.fleet_feed import FleetFeed
+from edgefleet_controller.hub import SyncHub
+from edgefleet_controller.metrics import ControllerMetrics
+from edgefleet_controller.store import BlobStore, EventInput, Store
+from edgefleet_controller.store import errors as serr
+from edgefleet_controller.store.records import (
+    ArtifactRef,
+    BundleRecord,
+    ConfigDocInput,
+    DesiredState,
+    DeviceRecord,
+    OperatorRole,
+)
+
+log = structlog.get_logger("edgefleet.controller")
+
+DEFAULT_WAIT_S = 30
+MAX_WAIT_S = 300
+DEFAULT_CHUNK = 1 << 20
+MAX_CHUNK = 4 << 20
+#: A device that has not synced for this long is shown as offline.
+OFFLINE_AFTER = timedelta(seconds=120)
+#: Reported state is written when it changes, and at least this often to keep last_seen fresh.
+REPORT_REFRESH_S = 15.0
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def to_timestamp(value: datetime | None) -> Timestamp:
+    ts = Timestamp()
+    if value is not None:
+        ts.FromDatetime(value)
+    return ts
+
+
+def health_name(value: int) -> str:
+    return common_pb2.Health.Name(common_pb2.Health.ValueType(value)).removeprefix("HEALTH_").lower()
+
+
+def health_value(name: str) -> int:
+    try:
+        return int(common_pb2.Health.Value(f"HEALTH_{name.upper()}"))
+    except ValueError:
+        return int(common_pb2.HEALTH_UNSPECIFIED)
+
+
+def map_error(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
+    """Map store and contract errors to gRPC statuses; None for anything unexpected."""
+    code: grpc.StatusCode | None = None
+    if isinstance(exc, serr.TokenRejected):
+        code = grpc.StatusCode.UNAUTHENTICATED
+    elif isinstance(exc, serr.NotFound):
+        code = grpc.StatusCode.NOT_FOUND
+    elif isinstance(exc, serr.StillReferenced):
+        code = grpc.StatusCode.FAILED_PRECONDITION
+    elif isinstance(exc, serr.Conflict):
+        code = grpc.StatusCode.ALREADY_EXISTS
+    elif isinstance(exc, serr.OffsetOutOfRange):
+        code = grpc.StatusCode.OUT_OF_RANGE
+    elif isinstance(exc, serr.InvalidArgument | serr.BlobIntegrityError | ContractError | ValueError):
+        code = grpc.StatusCode.INVALID_ARGUMENT
+    return (code, str(exc)) if code is not None else None
+
+
+@dataclass
+class _ReportMemo:
+    digest: str
+    written_at: float
+
+
+class ControllerApp:
+    """Everything the controller does, behind the servicers."""
+
+    def __init__(self, data_dir: Path, *, clock: Clock = utcnow, store_url: str | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.clock = clock
+        self.store = Store.open(store_url) if store_url else Store.open_data_dir(self.data_dir)
+        self.blobs = BlobStore(self.data_dir / "blobs")
+        self.hub = SyncHub()
+        self.feed = FleetFeed()
+        self.metrics = ControllerMetrics()
+        self.metrics.watch_waiting(lambda: self.hub.waiting)
+        self.metrics.watch_devices(self._devices_by_state)
+        self._credentials = CredentialCache()
+        self._reports: dict[str, _ReportMemo] = {}
+        self._shutting_down = False
+        self._device_counts: dict[tuple[str, str], int] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        secret = await asyncio.to_thread(self.store.ensure_bootstrap_admin, self.clock())
+        if secret is not None:
+            path = self.data_dir / "admin.token"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secret + "\n")
+            os.chmod(path, 0o600)
+            log.info("controller.bootstrap_admin_token", path=str(path))
+        await self._refresh_device_counts()
+
+    def begin_shutdown(self) -> None:
+        self._shutting_down = True
+        self.hub.notify_all()
+        self.feed.close()
+
+    async def stop(self) -> None:
+        await asyncio.to_thread(self.store.close)
+
+    async def _refresh_device_counts(self) -> None:
+        summary = await asyncio.to_thread(self.store.site_summary)
+        self._device_counts = {
+            (site, health): count for site, s in summary.items() for health, count in s.by_health.items()
+        }
+
+    def _devices_by_state(self) -> Mapping[tuple[str, str], int]:
+        return self._device_counts
+
+    # ------------------------------------------------------------------ auth
+
+    async def authenticate(self, token: str) -> Principal:
+        cached = self._credentials.get(token)
+        if cached is not None:
+            return cached
+        if token.startswith("edc_"):
+            device_id = await asyncio.to_thread(self.store.authenticate_device, token)
+            if device_id is None:
+                raise cerr.Unauthenticated("unknown device credential; the device must enroll again")
+            device = await asyncio.to_thread(self.store.get_device, device_id)
+            principal = Principal("device", device_id, device.name, site=device.site)
+        elif token.startswith("eot_"):
+            try:
+                op = await asyncio.to_thread(self.store.authenticate_operator, token, self.clock())
+            except serr.TokenRejected as exc:
+                raise cerr.Unauthenticated(f"operator token refused: {exc}") from None
+            principal = Principal("operator", op.id, op.name, role=Role.parse(op.role.value))
+        else:
+            raise cerr.Unauthenticated("credential must be an operator token (eot_…) or a device credential (edc_…)")
+        self._credentials.put(token, principal)
+        return principal
+
+    @staticmethod
+    def map_error(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
+        return map_error(exc)
+
+    # ------------------------------------------------------------------ conversions
+
+    async def trusted_keys(self) -> TrustedKeys:
+        records = await asyncio.to_thread(self.store.list_trusted_keys, False)
+        return TrustedKeys.from_pem_map({r.key_id: r.public_key_pem for r in records})
+
+    def device_message(self, rec: DeviceRecord, desired: DesiredState | None = None) -> common_pb2.Device:
+        msg = common_pb2.Device(
+            id=rec.id,
+            name=rec.name,
+            site=rec.site,
+            tags=dict(rec.tags),
+            enrolled_at=to_timestamp(rec.enrolled_at),
+            last_seen=to_timestamp(rec.last_seen),
+        )
+        ParseDict(dict(rec.facts), msg.hardware, ignore_unknown_fields=True)
+        state = rec.reported.get("state")
+        if isinstance(state, Mapping):
+            ParseDict(dict(state), msg.reported, ignore_unknown_fields=True)
+        msg.health = health_value(rec.health)  # type: ignore[assignment]
+        if rec.last_seen is None or self.clock() - rec.last_seen > OFFLINE_AFTER:
+            msg.health = common_pb2.HEALTH_OFFLINE
+        if desired is not None:
+            msg.desired.revision = desired.revision
+            msg.desired.bundle_digest = desired.bundle_digest or ""
+            msg.desired.config_digest = desired.config_digest or ""
+            msg.desired.rollout_id = desired.rollout_id or ""
+            msg.desired.reason = desired.reason or ""
+        return msg
+
+    @staticmethod
+    def bundle_summary(rec: BundleRecord) -> common_pb2.BundleSummary:
+        manifest = BundleManifest.from_json_bytes(rec.manifest)
+        return common_pb2.BundleSummary(
+            digest=rec.digest,
+            name=rec.name,
+            version=rec.version,
+            key_id=rec.key_id,
+            size_bytes=rec.size,
+            created_at=to_timestamp(rec.created_at),
+            sla_ms=manifest.latency.sla_ms,
+            postprocess_kind=manifest.postprocess.kind,
+        )
+
+    @staticmethod
+    def artifact_refs(manifest: BundleManifest) -> list[common_pb2.ArtifactRef]:
+        return [
+            common_pb2.ArtifactRef(
+                role=a.role, path=a.path, digest=a.digest, size_bytes=a.size, media_type=a.media_type
+            )
+            for a in manifest.artifacts.values()
+        ]
+
+    # ------------------------------------------------------------------ enrollment
+
+    async def enroll(self, request: device_pb2.EnrollRequest) -> device_pb2.EnrollResponse:
+        if not request.enrollment_token:
+            raise cerr.Unauthenticated("EnrollRequest.enrollment_token is empty; create one with fleetctl token create")
+        facts = MessageToDict(request.hardware, preserving_proto_field_name=True)
+        now = self.clock()
+        try:
+            device, credential = await asyncio.to_thread(
+                self.store.enroll_device,
+                request.enrollment_token,
+                request.name,
+                request.hardware.hardware_class or "unknown",
+                facts,
+                dict(request.tags),
+                now,
+            )
+        except serr.TokenRejected as exc:
+            raise cerr.Unauthenticated(f"enrollment refused: {exc}") from None
+        await self._assign_configs([device])
+        keys = await asyncio.to_thread(self.store.list_trusted_keys, False)
+        log.info("device.enrolled", device_id=device.id, name=device.name, site=device.site)
+        self.feed.publish_device(fleet_pb2.FleetEvent.KIND_ENROLLED, self.device_message(device))
+        await self._refresh_device_counts()
+        return device_pb2.EnrollResponse(
+            device_id=device.id,
+            device_credential=credential,
+            site=device.site,
+            trusted_keys={k.key_id: k.public_key_pem for k in keys},
+        )
+
+    # ------------------------------------------------------------------ sync
+
+    @staticmethod
+    def _reported_document(reported: common_pb2.ReportedState) -> dict[str, Any]:
+        return {
+            "running_bundle": reported.running_bundle_digest or None,
+            "health": health_name(reported.health) if reported.health else "unknown",
+            "slots": {f"slot{i}": {"bundle": d} for i, d in enumerate(reported.slot_digests)},
+            "state": MessageToDict(reported, preserving_proto_field_name=True),
+        }
+
+    async def _record_report(self, device_id: str, reported: common_pb2.ReportedState) -> DesiredState:
+        """Write the report when it changed or is due for a last_seen refresh; otherwise only read."""
+        payload = reported.SerializeToString(deterministic=True)
+        digest = hashlib.sha256(payload).hexdigest()
+        loop_now = asyncio.get_running_loop().time()
+        memo = self._reports.get(device_id)
+        if memo is not None and memo.digest == digest and loop_now - memo.written_at < REPORT_REFRESH_S:
+            return await asyncio.to_thread(self.store.get_desired, device_id)
+        desired = await asyncio.to_thread(
+            self.store.record_report, device_id, self._reported_document(reported), self.clock()
+        )
+        self._reports[device_id] = _ReportMemo(digest, loop_now)
+        if memo is None or memo.digest != digest:
+            device = await asyncio.to_thread(self.store.get_device, device_id)
+            self.feed.publish_device(fleet_pb2.FleetEvent.KIND_UPDATED, self.device_message(device, desired))
+            await self._refresh_device_counts()
+        return desired
+
+    async def desired_message(self, desired: DesiredState) -> common_pb2.DesiredState:
+        msg = common_pb2.DesiredState(
+            revision=desired.revision,
+            bundle_digest=desired.bundle_digest or "",
+            config_digest=desired.config_digest or "",
+            rollout_id=desired.rollout_id or "",
+            reason=desired.reason or "",
+        )
+        if desired.bundle_digest:
+            bundle = await asyncio.to_thread(self.store.get_bundle, desired.bundle_digest)
+            msg.bundle_manifest = bundle.manifest
+            msg.bundle_signature = bundle.signature
+            msg.artifacts.extend(self.artifact_refs(BundleManifest.from_json_bytes(bundle.manifest)))
+        if desired.config_digest and self.blobs.has(desired.config_digest):
+            msg.config_json = await asyncio.to_thread(self.blobs.path(desired.config_digest).read_bytes)
+        return msg
+
+    async def sync(self, device_id: str, request: device_pb2.SyncRequest) -> device_pb2.SyncResponse:
+        wait_s = min(request.wait_s or DEFAULT_WAIT_S, MAX_WAIT_S)
+        with self.hub.subscribe(device_id) as woken:
+            desired = await self._record_report(device_id, request.reported)
+            if (
+                desired.revision == request.known_revision
+                and not self._shutting_down
+                and await self.hub.wait(woken, wait_s)
+            ):
+                desired = await asyncio.to_thread(self.store.get_desired, device_id)
+        if desired.revision == request.known_revision:
+            return device_pb2.SyncResponse(changed=False)
+        return device_pb2.SyncResponse(changed=True, desired=await self.desired_message(desired))
+
+    # ------------------------------------------------------------------ blobs
+
+    async def _device_may_fetch(self, device_id: str, digest: str) -> bool:
+        desired = await asyncio.to_thread(self.store.get_desired, device_id)
+        if digest == desired.config_digest:
+            return True
+        if desired.bundle_digest:
+            bundle = await asyncio.to_thread(self.store.get_bundle, desired.bundle_digest)
+            if any(a.digest == digest for a in bundle.artifacts):
+                return True
+        return False
+
+    async def fetch_blob(
+        self, device_id: str, request: device_pb2.FetchBlobRequest
+    ) -> AsyncIterator[device_pb2.BlobChunk]:
+        digest = request.digest
+        try:
+            BlobStore_check = self.blobs.has(digest)
+        except serr.InvalidDigest as exc:
+            raise cerr.InvalidArgument(f"FetchBlobRequest.digest: {exc}") from None
+        if not BlobStore_check or not await self._device_may_fetch(device_id, digest):
+            raise cerr.NotFoundError(
+                f"artifact {digest} is not part of this device's desired bundle or config; "
+                "Sync again for the current desired state"
+            )
+        chunk = min(request.chunk_bytes or DEFAULT_CHUNK, MAX_CHUNK)
+        f: BinaryIO = await asyncio.to_thread(self.blobs.open_range, digest, request.offset)
+        total = self.blobs.size(digest)
+        offset = request.offset
+        try:
+            while offset < total:
+                data = await asyncio.to_thread(f.read, chunk)
+                if not data:
+                    break
+                self.metrics.blob_bytes_served.inc(len(data))
+                yield device_pb2.BlobChunk(offset=offset, data=data, total_size=total)
+                offset += len(data)
+        finally:
+            f.close()
+
+    # ------------------------------------------------------------------ events
+
+    async def report_events(self, device_id: str, events: Sequence[telemetry_pb2.DeviceEvent]) -> int:
+        inputs = []
+        for ev in events:
+            at = ev.at.ToDatetime(tzinfo=UTC) if ev.HasField("at") else self.clock()
+            seq = int(hashlib.sha256(ev.event_id.encode()).hexdigest()[:15], 16) if ev.event_id else None
+            kind = telemetry_pb2.DeviceEvent.Kind.Name(ev.kind).removeprefix("KIND_").lower()
+            payload = MessageToDict(ev, preserving_proto_field_name=True)
+            inputs.append(EventInput(kind, payload, at, seq))
+        stored = await asyncio.to_thread(self.store.record_events, device_id, inputs, self.clock())
+        for ev in events:
+            self.feed.publish_event(device_id, ev)
+        return stored
+
+    async def list_events(self, device: str, limit: int) -> list[telemetry_pb2.DeviceEvent]:
+        rec = await self.find_device(device)
+        records = await asyncio.to_thread(self.store.list_events, device_id=rec.id, limit=limit or 50)
+        out = []
+        for r in records:
+            msg = telemetry_pb2.DeviceEvent()
+            ParseDict(dict(r.payload), msg, ignore_unknown_fields=True)
+            out.append(msg)
+        return out
+
+    # ------------------------------------------------------------------ bundles
+
+    async def push_bundle(self, requests: AsyncIterator[fleet_pb2.PushBundleRequest]) -> fleet_pb2.PushBundleResponse:
+        first = await anext(aiter(requests), None)
+        if first is None or not first.HasField("header"):
+            raise cerr.InvalidArgument("PushBundle: the first message must be a header (manifest + signature)")
+        manifest_bytes, sig_bytes = first.header.manifest, first.header.signature
+        try:
+            manifest = BundleManifest.from_json_bytes(manifest_bytes)
+            key_id = verify_signature(manifest_bytes, sig_bytes, await self.trusted_keys())
+        except ContractError as exc:
+            self.metrics.bundles_rejected.labels(type(exc).__name__).inc()
+            raise cerr.InvalidArgument(f"bundle refused: {exc}") from None
+        expected = {a.digest: a for a in manifest.artifacts.values()}
+        received: dict[str, tuple[str, int]] = {}
+        writer = None
+        current = ""
+        deduplicated: list[str] = []
+        try:
+            async for req in requests:
+                if not req.HasField("chunk"):
+                    raise cerr.InvalidArgument("PushBundle: only the first message may be a header")
+                digest = req.chunk.digest
+                if digest != current:
+                    if writer is not None:
+                        received[current] = await self._commit_artifact(writer, current, expected[current])
+                        writer = None
+                    if digest not in expected:
+                        raise cerr.InvalidArgument(f"PushBundle: chunk for {digest}, which bundle.json does not list")
+                    if digest in received:
+                        raise cerr.InvalidArgument(f"PushBundle: artifact {digest} sent twice")
+                    current = digest
+                    writer = self.blobs.open_writer(max_size=expected[digest].size)
+                assert writer is not None
+                await asyncio.to_thread(writer.write, req.chunk.data)
+            if writer is not None:
+                received[current] = await self._commit_artifact(writer, current, expected[current])
+                writer = None
+        except serr.BlobIntegrityError as exc:
+            self.metrics.bundles_rejected.labels(type(exc).__name__).inc()
+            raise cerr.InvalidArgument(f"bundle refused: {exc}") from None
+        finally:
+            if writer is not None:
+                writer.abort()
+        missing = [f"{a.role} ({d})" for d, a in expected.items() if d not in received and not self.blobs.has(d)]
+        if missing:
+            raise cerr.InvalidArgument(f"bundle refused: artifacts not sent: {', '.join(missing)}")
+        refs = [ArtifactRef(a.role, a.digest, a.size) for a in manifest.artifacts.values()]
+        record, created = await asyncio.to_thread(
+            lambda: self.store.put_bundle(
+                manifest_bytes,
+                sig_bytes,
+                name=manifest.name,
+                version=manifest.version,
+                key_id=key_id,
+                artifacts=refs,
+                now=self.clock(),
+            )
+        )
+        if created:
+            self.metrics.bundles_pushed.inc()
+        log.info("bundle.pushed", digest=record.digest, ref=f"{record.name}@{record.version}", created=created)
+        return fleet_pb2.PushBundleResponse(
+            bundle=self.bundle_summary(record), created=created, deduplicated_artifacts=deduplicated
+        )
+
+    async def _commit_artifact(self, writer: Any, digest: str, ref: Any) -> tuple[str, int]:
+        got_digest, size = await asyncio.to_thread(writer.commit, digest)
+        if size != ref.size:
+            raise cerr.InvalidArgument(
+                f"bundle refused: artifact {ref.role} is {size} bytes, bundle.json says {ref.size}"
+            )
+        return got_digest, size
+
+    async def get_bundle(self, ref: str) -> fleet_pb2.GetBundleResponse:
+        rec = await asyncio.to_thread(self.store.get_bundle, ref)
+        manifest = BundleManifest.from_json_bytes(rec.manifest)
+        running, _ = await asyncio.to_thread(lambda: self.store.list_devices(bundle=rec.digest, page_size=1000))
+        return fleet_pb2.GetBundleResponse(
+            bundle=self.bundle_summary(rec),
+            manifest=rec.manifest,
+            signature=rec.signature,
+            artifacts=self.artifact_refs(manifest),
+            running_devices=len(running),
+        )
+
+    async def list_bundles(self, name: str) -> list[common_pb2.BundleSummary]:
+        records = await asyncio.to_thread(self.store.list_bundles, name or None)
+        return [self.bundle_summary(r) for r in records]
+
+    async def delete_bundle(self, ref: str) -> None:
+        rec = await asyncio.to_thread(self.store.get_bundle, ref)
+        orphans = await asyncio.to_thread(self.store.delete_bundle, rec.digest)
+        for digest in orphans:
+            await asyncio.to_thread(self.blobs.delete, digest)
+        log.info("bundle.deleted", digest=rec.digest, blobs_removed=len(orphans))
+
+    # ------------------------------------------------------------------ configs
+
+    async def config_documents(self) -> list[ManifestDoc]:
+        records = await asyncio.to_thread(self.store.current_config_documents)
+        docs = []
+        for r in records:
+            if r.deleted or r.doc_json is None:
+                continue
+            docs.append(ManifestDoc.from_dict(json.loads(r.doc_json), source=f"{r.kind}/{r.name}"))
+        return docs
+
+    @staticmethod
+    def facts_of(device: DeviceRecord) -> DeviceFacts:
+        return DeviceFacts(device_id=device.id, name=device.name, site=device.site, tags=dict(device.tags))
+
+    async def _store_config(self, config: EffectiveConfig) -> str:
+        data = config.to_json_bytes()
+        digest, _ = await asyncio.to_thread(self.blobs.put_bytes, data)
+        if digest != config.digest:
+            raise RuntimeError(f"effective config digest {config.digest} differs from its blob digest {digest}")
+        return digest
+
+    async def _assign_configs(
+        self, devices: Sequence[DeviceRecord], docs: Sequence[ManifestDoc] | None = None
+    ) -> list[str]:
+        """Compute each device's effective config; give a new desired revision to those that changed."""
+        if docs is None:
+            docs = await self.config_documents()
+        changed: list[str] = []
+        by_digest: dict[str, list[str]] = {}
+        for device in devices:
+            config = effective_config(docs, self.facts_of(device))
+            current = await asyncio.to_thread(self.store.get_desired, device.id)
+            if current.config_digest != config.digest:
+                await self._store_config(config)
+                by_digest.setdefault(config.digest, []).append(device.id)
+        for digest, ids in by_digest.items():
+            now = self.clock()
+            await asyncio.to_thread(
+                functools.partial(self.store.set_desired, ids, config_digest=digest, reason="config applied", now=now)
+            )
+            changed.extend(ids)
+        self.hub.notify(changed)
+        return changed
+
+    async def all_devices(self, **filters: Any) -> list[DeviceRecord]:
+        out: list[DeviceRecord] = []
+        token = None
+        while True:
+            page, token = await asyncio.to_thread(
+                functools.partial(self.store.list_devices, page_size=500, page_token=token, **filters)
+            )
+            out.extend(page)
+            if token is None:
+                return out
+
+    async def apply_config(
+        self, request: fleet_pb2.ApplyConfigRequest, applied_by: str
+    ) -> fleet_pb2.ApplyConfigResponse:
+        docs: list[ManifestDoc] = []
+        for f in request.files:
+            docs.extend(parse_manifests(f.content, source=f.name or "<request>"))
+        if not docs:
+            raise cerr.InvalidArgument("ApplyConfig: no manifest documents in the request")
+        config_docs = [d for d in docs if d.kind != ManifestKind.ROLLOUT]
+        rollout_docs = [d for d in docs if d.kind == ManifestKind.ROLLOUT]
+        current = {(d.kind, d.name): d for d in await self.config_documents()}
+        merged = dict(current)
+        for d in config_docs:
+            merged[(d.kind, d.name)] = d
+        try:
+            check_document_set(list(merged.values()))
+        except ManifestError as exc:
+            raise cerr.InvalidArgument(str(exc)) from None
+        devices = await self.all_devices()
+        # Validate every device's merged config before anything is stored: a bad layer changes nothing.
+        for device in devices:
+            effective_config(list(merged.values()), self.facts_of(device))
+        results = []
+        for d in config_docs:
+            old = current.get((d.kind, d.name))
+            status = (
+                "created" if old is None else ("unchanged" if old.content_digest == d.content_digest else "configured")
+            )
+            results.append(f"{d.kind}/{d.name} {status}")
+        for d in rollout_docs:
+            results.append(f"Rollout/{d.name} validated (rollouts are created by the rollout service)")
+        if request.dry_run:
+            revision = await asyncio.to_thread(self.store.config_revision)
+            return fleet_pb2.ApplyConfigResponse(revision=revision, results=results)
+        inputs = [
+            ConfigDocInput(
+                kind=str(d.kind),
+                name=d.name,
+                site=d.site,
+                doc_json=json.dumps(d.to_dict(), sort_keys=True, separators=(",", ":")),
+                content_digest=d.content_digest,
+            )
+            for d in config_docs
+        ]
+        revision = await asyncio.to_thread(lambda: self.store.apply_config_documents(inputs, applied_by, self.clock()))
+        changed = await self._assign_configs(devices, list(merged.values()))
+        log.info("config.applied", revision=revision, documents=len(inputs), devices_changed=len(changed))
+        return fleet_pb2.ApplyConfigResponse(revision=revision, results=results, devices_changed=len(changed))
+
+    async def find_device(self, ref: str) -> DeviceRecord:
+        if not ref:
+            raise cerr.InvalidArgument("device must be a device id (dev_…) or name; got ''")
+        if ref.startswith("dev_"):
+            return await asyncio.to_thread(self.store.get_device, ref)
+        matches = [d for d in await self.all_devices() if d.name == ref]
+        if not matches:
+            raise cerr.NotFoundError(f"no device named {ref!r}; list them with fleetctl get devices")
+        if len(matches) > 1:
+            raise cerr.InvalidArgument(
+                f"device name {ref!r} is ambiguous ({', '.join(d.id + '@' + d.site for d in matches)}); use the id"
+            )
+        return matches[0]
+
+    async def get_effective_config(self, device: str) -> fleet_pb2.GetEffectiveConfigResponse:
+        rec = await self.find_device(device)
+        config = effective_config(await self.config_documents(), self.facts_of(rec))
+        return fleet_pb2.GetEffectiveConfigResponse(
+            device_id=rec.id,
+            digest=config.digest,
+            config_json=config.to_json_bytes(),
+            sources=list(config.sources),
+        )
+
+    # ------------------------------------------------------------------ desired state
+
+    async def set_desired_bundle(self, request: fleet_pb2.SetDesiredBundleRequest) -> dict[str, int]:
+        bundle = await asyncio.to_thread(self.store.get_bundle, request.bundle)
+        if request.HasField("device") or request.device:
+            ids = [(await self.find_device(request.device)).id]
+        elif request.site:
+            ids = [d.id for d in await self.all_devices(site=request.site)]
+            if not ids:
+                raise cerr.NotFoundError(f"site {request.site!r} has no devices")
+        else:
+            raise cerr.InvalidArgument("SetDesiredBundle needs a device or a site")
+        revisions = await asyncio.to_thread(
+            lambda: self.store.set_desired(
+                ids,
+                bundle_digest=bundle.digest,
+                reason=f"set-bundle {bundle.name}@{bundle.version}",
+                now=self.clock(),
+            )
+        )
+        woken = self.hub.notify(ids)
+        log.info("desired.bundle_set", bundle=bundle.digest, devices=len(ids), woken=woken)
+        return revisions
+
+    # ------------------------------------------------------------------ fleet
+
+    async def list_devices(self, request: fleet_pb2.ListDevicesRequest) -> fleet_pb2.ListDevicesResponse:
+        if len(request.tags) > 1:
+            # The store filters by one tag; further tags are checked here.
+            pass
+        bundle = None
+        if request.bundle:
+            bundle = (await asyncio.to_thread(self.store.get_bundle, request.bundle)).digest
+        health = None
+        if request.health and request.health != common_pb2.HEALTH_OFFLINE:
+            health = health_name(request.health)
+        seen_since = request.seen_since.ToDatetime(tzinfo=UTC) if request.HasField("seen_since") else None
+        for tag in request.tags:
+            if "=" not in tag:
+                raise cerr.InvalidArgument(f"tag filter must be key=value, got {tag!r}")
+        page, token = await asyncio.to_thread(
+            lambda: self.store.list_devices(
+                site=request.site or None,
+                tag=request.tags[0] if request.tags else None,
+                bundle=bundle,
+                health=health,
+                seen_since=seen_since,
+                page_size=min(request.page_size or 100, 1000),
+                page_token=request.page_token or None,
+            )
+        )
+        extra = [tuple(t.split("=", 1)) for t in request.tags[1:]]
+        out = fleet_pb2.ListDevicesResponse(next_page_token=token or "")
+        for rec in page:
+            if any(rec.tags.get(k) != v for k, v in extra):
+                continue
+            desired = await asyncio.to_thread(self.store.get_desired, rec.id)
+            msg = self.device_message(rec, desired)
+            if request.health and msg.health != request.health:
+                continue
+            out.devices.append(msg)
+        out.total = len(out.devices)
+        return out
+
+    async def get_device(self, ref: str) -> common_pb2.Device:
+        rec = await self.find_device(ref)
+        desired = await asyncio.to_thread(self.store.get_desired, rec.id)
+        return self.device_message(rec, desired)
+
+    async def list_sites(self) -> list[fleet_pb2.SiteSummary]:
+        summary = await asyncio.to_thread(self.store.site_summary)
+        names: dict[str, str] = {}
+        for rec in await asyncio.to_thread(self.store.list_bundles, None):
+            names[rec.digest] = f"{rec.name}@{rec.version}"
+        out = []
+        for site, s in sorted(summary.items()):
+            out.append(
+                fleet_pb2.SiteSummary(
+                    site=site,
+                    devices=s.devices,
+                    by_bundle={(names.get(d, d) if d else "none"): n for d, n in s.by_bundle.items()},
+                    by_health=dict(s.by_health),
+                )
+            )
+        return out
+
+    # ------------------------------------------------------------------ administration
+
+    async def create_enrollment_token(
+        self, request: fleet_pb2.CreateEnrollmentTokenRequest, created_by: str
+    ) -> fleet_pb2.CreateEnrollmentTokenResponse:
+        if not request.site:
+            raise cerr.InvalidArgument("CreateEnrollmentToken: site is required (e.g. --site warehouse-a)")
+        rec, secret = await asyncio.to_thread(
+            lambda: self.store.create_enrollment_token(
+                request.site,
+                request.ttl_s or 86400,
+                self.clock(),
+                max_uses=request.max_uses or None,
+                created_by=created_by,
+            )
+        )
+        return fleet_pb2.CreateEnrollmentTokenResponse(
+            token_id=rec.id, token=secret, expires_at=to_timestamp(rec.expires_at)
+        )
+
+    async def revoke_enrollment_token(self, token_id: str) -> None:
+        await asyncio.to_thread(self.store.revoke_enrollment_token, token_id.removeprefix("eft_"), self.clock())
+
+    async def create_operator_token(
+        self, request: fleet_pb2.CreateOperatorTokenRequest
+    ) -> fleet_pb2.CreateOperatorTokenResponse:
+        try:
+            role = OperatorRole(request.role or "viewer")
+        except ValueError:
+            raise cerr.InvalidArgument(f"role must be viewer, operator or admin; got {request.role!r}") from None
+        rec, secret = await asyncio.to_thread(
+            lambda: self.store.create_operator_token(request.name, role, request.ttl_s or None, self.clock())
+        )
+        return fleet_pb2.CreateOperatorTokenResponse(token_id=rec.id, token=secret)
+
+    async def revoke_operator_token(self, token_id: str) -> None:
+        await asyncio.to_thread(self.store.revoke_operator_token, token_id, self.clock())
+        self._credentials.evict_subject(token_id)
+
+    async def add_trusted_key(self, key_id: str, pem: str) -> str:
+        try:
+            check_key_id(key_id)
+            TrustedKeys.from_pem_map({key_id: pem})
+        except ContractError as exc:
+            raise cerr.InvalidArgument(f"trusted key refused: {exc}") from None
+        rec = await asyncio.to_thread(self.store.add_trusted_key, key_id, pem, self.clock())
+        return rec.key_id
+
+    async def list_trusted_keys(self) -> list[fleet_pb2.TrustedKey]:
+        records = await asyncio.to_thread(self.store.list_trusted_keys, False)
+        return [
+            fleet_pb2.TrustedKey(key_id=r.key_id, public_key_pem=r.public_key_pem, added_at=to_timestamp(r.added_at))
+            for r in records
+        ]
+
+    # ------------------------------------------------------------------ telemetry
+
+    async def ingest_telemetry(
+        self, device_id: str, batches: AsyncIterator[telemetry_pb2.TelemetryBatch]
+    ) -> AsyncIterator[telemetry_pb2.TelemetryAck]:
+        raise cerr.Unimplemented(
+            "UploadTelemetry is not served by this controller version; the device keeps its buffer"
+        )
+        yield telemetry_pb2.TelemetryAck()  # pragma: no cover - makes this an async generator

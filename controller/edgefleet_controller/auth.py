@@ -1,0 +1,118 @@
+"""Who is calling, and what they may do.
+
+Credentials travel as ``authorization: Bearer <token>`` metadata, as grpcurl and other generic clients
+send them. Two kinds exist, told apart by prefix:
+
+- device credentials ``edc_<device id>.<secret>``: may call DeviceService (Sync, FetchBlob, ReportEvent,
+  UploadTelemetry) for that device only; the device id comes from the credential, never the request;
+- operator tokens ``eot_<id>.<secret>`` with a role: viewer (reads) < operator (bundles, configs,
+  rollouts, desired state) < admin (tokens, trusted keys).
+
+Successful look-ups are cached for ``cache_ttl_s`` so that a Sync storm does not become a database
+storm; revocations made through this controller evict the cache at once, and the TTL bounds staleness
+for revocations made by another replica.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+from edgefleet_controller.errors import PermissionDenied, Unauthenticated
+
+
+class Role(IntEnum):
+    """Operator roles, ordered: a higher role may do everything a lower one may."""
+
+    VIEWER = 1
+    OPERATOR = 2
+    ADMIN = 3
+
+    @classmethod
+    def parse(cls, text: str) -> Role:
+        try:
+            return cls[text.strip().upper()]
+        except KeyError:
+            raise ValueError(f"role must be one of viewer, operator, admin; got {text!r}") from None
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated caller: a device (``device_id`` set) or an operator (``role`` set)."""
+
+    kind: str  # "device" or "operator"
+    subject: str  # device id or operator token id
+    name: str
+    role: Role | None = None
+    site: str = ""
+
+    @property
+    def device_id(self) -> str:
+        if self.kind != "device":
+            raise PermissionDenied("this call needs a device credential; operator tokens cannot call it")
+        return self.subject
+
+    def require_role(self, role: Role) -> None:
+        if self.kind != "operator" or self.role is None:
+            raise PermissionDenied(
+                f"{self.kind} credentials cannot call FleetService; use an operator token with role "
+                f"{role.name.lower()} or higher"
+            )
+        if self.role < role:
+            raise PermissionDenied(
+                f"operator token {self.name!r} has role {self.role.name.lower()}; this call needs "
+                f"{role.name.lower()} or higher"
+            )
+
+
+def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
+    """Extract the bearer token from call metadata, or raise ``Unauthenticated`` saying what to send."""
+    for key, value in metadata or ():
+        if key.lower() == "authorization":
+            text = value.decode() if isinstance(value, bytes) else value
+            scheme, _, token = text.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthenticated("authorization metadata must be 'Bearer <token>'")
+            return token.strip()
+    raise Unauthenticated(
+        "missing credential: send metadata 'authorization: Bearer <token>' (operators: the admin token is "
+        "in DATA_DIR/admin.token at first start; devices: the credential from Enroll)"
+    )
+
+
+class CredentialCache:
+    """A small TTL cache from credential hash to principal."""
+
+    def __init__(self, ttl_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl_s
+        self._clock = clock
+        self._entries: dict[str, tuple[float, Principal]] = {}
+
+    @staticmethod
+    def key(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    def get(self, token: str) -> Principal | None:
+        entry = self._entries.get(self.key(token))
+        if entry is None:
+            return None
+        expires, principal = entry
+        if self._clock() >= expires:
+            self._entries.pop(self.key(token), None)
+            return None
+        return principal
+
+    def put(self, token: str, principal: Principal, *, not_after: float | None = None) -> None:
+        if len(self._entries) > 100_000:
+            self._entries.clear()
+        expires = self._clock() + self._ttl
+        if not_after is not None:
+            expires = min(expires, not_after)
+        self._entries[self.key(token)] = (expires, principal)
+
+    def evict_subject(self, subject: str) -> None:
+        for key in [k for k, (_, p) in self._entries.items() if p.subject == subject]:
+            del self._entries[key]

@@ -1,0 +1,77 @@
+"""In-process fan-out of fleet changes to WatchFleet / WatchRollout streams.
+
+Each watcher owns a bounded queue. A watcher too slow to keep up is cut off (its stream ends with a
+message to reconnect) rather than letting the controller's memory grow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import structlog
+
+from edgefleet.v1 import common_pb2, fleet_pb2, telemetry_pb2
+
+log = structlog.get_logger("edgefleet.controller.feed")
+
+QUEUE_BOUND = 1000
+_CLOSED = object()
+
+
+class WatcherTooSlow(Exception):
+    """The watcher's queue overflowed; it must reconnect (and take a fresh snapshot)."""
+
+
+class FleetFeed:
+    def __init__(self) -> None:
+        self._watchers: set[asyncio.Queue[object]] = set()
+        self._closed = False
+
+    @property
+    def watchers(self) -> int:
+        return len(self._watchers)
+
+    def _publish(self, item: object) -> None:
+        for queue in list(self._watchers):
+            try:
+                queue.put_nowait(item)
+            except asyncio.QueueFull:
+                self._watchers.discard(queue)
+                # Make room for the sentinel so the watcher learns it was cut off.
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait(WatcherTooSlow("watcher fell more than 1000 changes behind; watch again"))
+
+    def publish_device(self, kind: int, device: common_pb2.Device) -> None:
+        self._publish(fleet_pb2.FleetEvent(kind=kind, device=device))  # type: ignore[arg-type]
+
+    def publish_event(self, device_id: str, event: telemetry_pb2.DeviceEvent) -> None:
+        self._publish(
+            fleet_pb2.FleetEvent(
+                kind=fleet_pb2.FleetEvent.KIND_EVENT, device=common_pb2.Device(id=device_id), event=event
+            )
+        )
+
+    def close(self) -> None:
+        self._closed = True
+        for queue in list(self._watchers):
+            with_room = queue.full()
+            if with_room:
+                queue.get_nowait()
+            queue.put_nowait(_CLOSED)
+
+    async def subscribe(self) -> AsyncIterator[fleet_pb2.FleetEvent]:
+        queue: asyncio.Queue[object] = asyncio.Queue(QUEUE_BOUND)
+        self._watchers.add(queue)
+        try:
+            while not self._closed:
+                item = await queue.get()
+                if item is _CLOSED:
+                    return
+                if isinstance(item, WatcherTooSlow):
+                    raise item
+                assert isinstance(item, fleet_pb2.FleetEvent)
+                yield item
+        finally:
+            self._watchers.discard(queue)

@@ -1,0 +1,68 @@
+"""Wakes long-polling ``Sync`` calls when a device's desired state changes.
+
+Each waiting call costs one ``asyncio.Future`` in a dict keyed by device id: no thread, no task and no
+polling loop per device, so thousands of waiting devices cost a few hundred bytes each. The order that
+avoids a lost wake-up: subscribe first, then read the revision, then wait. A change committed between the
+read and the wait has already resolved the future.
+
+Several controller replicas on one PostgreSQL database would forward ``notify`` through the database
+(LISTEN/NOTIFY); a single process (the embedded default) calls it directly after each commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+
+class SyncHub:
+    """Registry of waiting Sync calls, keyed by device id."""
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._count = 0
+
+    @property
+    def waiting(self) -> int:
+        """Number of calls currently waiting."""
+        return self._count
+
+    @contextmanager
+    def subscribe(self, device_id: str) -> Iterator[asyncio.Future[None]]:
+        """Register a waiter for ``device_id``; the future resolves on the next ``notify`` for it."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(device_id, set()).add(future)
+        self._count += 1
+        try:
+            yield future
+        finally:
+            self._count -= 1
+            waiters = self._waiters.get(device_id)
+            if waiters is not None:
+                waiters.discard(future)
+                if not waiters:
+                    del self._waiters[device_id]
+
+    @staticmethod
+    async def wait(future: asyncio.Future[None], timeout_s: float) -> bool:
+        """Wait until notified (True) or ``timeout_s`` passes (False)."""
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def notify(self, device_ids: Iterable[str]) -> int:
+        """Wake every call waiting for these devices; return how many were woken."""
+        woken = 0
+        for device_id in device_ids:
+            for future in self._waiters.get(device_id, ()):
+                if not future.done():
+                    future.set_result(None)
+                    woken += 1
+        return woken
+
+    def notify_all(self) -> int:
+        """Wake every waiting call (shutdown, or a fleet-wide config change)."""
+        return self.notify(list(self._waiters))

@@ -1,0 +1,226 @@
+"""One server interceptor for every controller RPC: authentication and authorisation by a declarative
+method table, error → status mapping, request logs bound into structlog, and RPC metrics.
+
+Servicers stay thin: they read the caller from ``current_principal()`` and raise domain errors; this module
+turns those into gRPC statuses with the error's message.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
+from typing import Any
+
+import grpc
+import structlog
+
+from edgefleet_controller.auth import Principal, Role, bearer_token
+from edgefleet_controller.errors import ControllerError, Unauthenticated
+from edgefleet_controller.metrics import ControllerMetrics
+
+log = structlog.get_logger("edgefleet.controller.rpc")
+
+PUBLIC = "public"
+DEVICE = "device"
+Requirement = str | Role
+
+_DS = "/edgefleet.v1.DeviceService/"
+_FS = "/edgefleet.v1.FleetService/"
+
+#: What each method needs. A method missing from this table is refused: new RPCs must be placed here.
+METHOD_POLICY: dict[str, Requirement] = {
+    _DS + "Enroll": PUBLIC,
+    _DS + "Sync": DEVICE,
+    _DS + "FetchBlob": DEVICE,
+    _DS + "ReportEvent": DEVICE,
+    _DS + "UploadTelemetry": DEVICE,
+    **{
+        _FS + m: Role.VIEWER
+        for m in (
+            "ListBundles GetBundle GetEffectiveConfig GetRollout ListRollouts WatchRollout ListDevices "
+            "GetDevice ListSites WatchFleet ListDeviceEvents QueryTelemetry ListReviewSamples ListTrustedKeys"
+        ).split()
+    },
+    **{
+        _FS + m: Role.OPERATOR
+        for m in (
+            "PushBundle DeleteBundle ApplyConfig SetDesiredBundle CreateRollout PauseRollout ResumeRollout "
+            "ApproveRollout AbortRollout LabelReviewSample"
+        ).split()
+    },
+    **{
+        _FS + m: Role.ADMIN
+        for m in "CreateEnrollmentToken RevokeEnrollmentToken CreateOperatorToken AddTrustedKey".split()
+    },
+}
+
+_principal: ContextVar[Principal | None] = ContextVar("edgefleet_principal", default=None)
+
+
+def current_principal() -> Principal:
+    principal = _principal.get()
+    if principal is None:
+        raise Unauthenticated("this call needs a credential")
+    return principal
+
+
+Authenticate = Callable[[str], Awaitable[Principal]]
+ErrorMapper = Callable[[BaseException], tuple[grpc.StatusCode, str] | None]
+
+
+class ControllerInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, authenticate: Authenticate, map_error: ErrorMapper, metrics: ControllerMetrics) -> None:
+        self._authenticate = authenticate
+        self._map_error = map_error
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        method: str = handler_call_details.method
+        if handler is None or not method.startswith(("/edgefleet.", "/edgefleet.v1.")):
+            return handler  # health, reflection: public by design
+        requirement = METHOD_POLICY.get(method)
+        metadata = tuple(handler_call_details.invocation_metadata or ())
+        short = method.rsplit("/", 1)[-1]
+        return _wrap(handler, self._guard(method, short, requirement, metadata))
+
+    def _guard(self, method: str, short: str, requirement: Requirement | None, metadata: tuple[Any, ...]) -> _Guard:
+        return _Guard(self, method, short, requirement, metadata)
+
+
+class _Guard:
+    """Runs around one call: authenticate, authorise, time, log, map errors."""
+
+    def __init__(
+        self,
+        owner: ControllerInterceptor,
+        method: str,
+        short: str,
+        requirement: Requirement | None,
+        metadata: tuple[Any, ...],
+    ) -> None:
+        self.owner = owner
+        self.method = method
+        self.short = short
+        self.requirement = requirement
+        self.metadata = metadata
+        self.started = 0.0
+
+    async def enter(self) -> None:
+        self.started = time.perf_counter()
+        structlog.contextvars.bind_contextvars(rpc=self.short)
+        if self.requirement is None:
+            raise Unauthenticated(f"method {self.method} has no access policy; refusing")
+        if self.requirement == PUBLIC:
+            return
+        principal = await self.owner._authenticate(bearer_token(self.metadata))
+        if self.requirement == DEVICE:
+            _ = principal.device_id  # raises PermissionDenied for operators
+        else:
+            assert isinstance(self.requirement, Role)
+            principal.require_role(self.requirement)
+        _principal.set(principal)
+        structlog.contextvars.bind_contextvars(caller=principal.subject)
+
+    async def fail(self, exc: BaseException, context: Any) -> None:
+        mapped = self.owner._map_error(exc)
+        if isinstance(exc, ControllerError):
+            code, message = exc.code, str(exc)
+        elif mapped is not None:
+            code, message = mapped
+        else:
+            log.error("rpc.internal_error", method=self.method, exc_info=exc)
+            code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+        self.exit(code)
+        log.info("rpc.refused", method=self.short, code=code.name, error=message)
+        await context.abort(code, message)
+
+    def exit(self, code: grpc.StatusCode) -> None:
+        elapsed = time.perf_counter() - self.started
+        self.owner._metrics.rpc_seconds.labels(self.short, code.name).observe(elapsed)
+        structlog.contextvars.unbind_contextvars("rpc", "caller")
+
+
+def _wrap(handler: Any, guard: _Guard) -> grpc.RpcMethodHandler[Any, Any]:
+    if handler.unary_unary is not None:
+        inner_uu = handler.unary_unary
+
+        async def unary_unary(request: Any, context: Any) -> Any:
+            try:
+                await guard.enter()
+                response = await inner_uu(request, context)
+            except grpc.aio.AbortError:
+                guard.exit(context.code() or grpc.StatusCode.UNKNOWN)
+                raise
+            except Exception as exc:
+                await guard.fail(exc, context)
+                raise  # unreachable: abort raises
+            guard.exit(grpc.StatusCode.OK)
+            return response
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.unary_stream is not None:
+        inner_us = handler.unary_stream
+
+        async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
+            try:
+                await guard.enter()
+                async for item in inner_us(request, context):
+                    yield item
+            except grpc.aio.AbortError:
+                guard.exit(context.code() or grpc.StatusCode.UNKNOWN)
+                raise
+            except Exception as exc:
+                await guard.fail(exc, context)
+                raise
+            guard.exit(grpc.StatusCode.OK)
+
+        return grpc.unary_stream_rpc_method_handler(
+            unary_stream, handler.request_deserializer, handler.response_serializer
+        )
+    if handler.stream_unary is not None:
+        inner_su = handler.stream_unary
+
+        async def stream_unary(requests: AsyncIterator[Any], context: Any) -> Any:
+            try:
+                await guard.enter()
+                response = await inner_su(requests, context)
+            except grpc.aio.AbortError:
+                guard.exit(context.code() or grpc.StatusCode.UNKNOWN)
+                raise
+            except Exception as exc:
+                await guard.fail(exc, context)
+                raise
+            guard.exit(grpc.StatusCode.OK)
+            return response
+
+        return grpc.stream_unary_rpc_method_handler(
+            stream_unary, handler.request_deserializer, handler.response_serializer
+        )
+    inner_ss = handler.stream_stream
+
+    async def stream_stream(
+        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        try:
+            await guard.enter()
+            async for item in inner_ss(requests, context):
+                yield item
+        except grpc.aio.AbortError:
+            guard.exit(context.code() or grpc.StatusCode.UNKNOWN)
+            raise
+        except Exception as exc:
+            await guard.fail(exc, context)
+            raise
+        guard.exit(grpc.StatusCode.OK)
+
+    return grpc.stream_stream_rpc_method_handler(
+        stream_stream, handler.request_deserializer, handler.response_serializer
+    )

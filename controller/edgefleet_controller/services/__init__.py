@@ -1,0 +1,1 @@
+"""gRPC servicers: convert requests, delegate to ``ControllerApp``, convert back. Nothing else."""

@@ -1,0 +1,138 @@
+"""``fleetctl bundle``: build, sign, verify and inspect engine bundle archives (``.efb``).
+
+These commands work on local files only; publishing to a controller is a separate command group.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from enum import StrEnum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgefleet.contract.bundle import BundleManifest
+from edgefleet.contract.bundle_archive import (
+    pack_bundle,
+    read_archive_manifest,
+    unpack_bundle,
+    unpack_unverified_bundle,
+)
+from edgefleet.contract.bundle_builder import build_bundle
+from edgefleet.contract.errors import ContractError
+from edgefleet.contract.signing import SigningKey, TrustedKeys, sign_bundle
+from fleetctl.keys_cmds import fail
+
+bundle_app = typer.Typer(help="Build, sign, verify and inspect engine bundles.", no_args_is_help=True)
+_out = Console(soft_wrap=True)
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+@bundle_app.command("build")
+def build(
+    spec: Path = typer.Argument(..., help="Bundle spec YAML."),
+    out: Path = typer.Option(..., "--out", help="Archive to write (.efb)."),
+    key: Path | None = typer.Option(None, "--key", help="Sign with this private key (PEM)."),
+) -> None:
+    """Build a bundle from a spec, sign it if --key is given, and pack it."""
+    try:
+        signing_key = SigningKey.load(key) if key is not None else None
+        with tempfile.TemporaryDirectory(prefix="fleetctl-build-") as tmp:
+            bundle_dir = Path(tmp) / "bundle"
+            manifest = build_bundle(spec, bundle_dir)
+            if signing_key is not None:
+                sign_bundle(bundle_dir, signing_key)
+            pack_bundle(bundle_dir, out)
+    except ContractError as exc:
+        raise fail(exc) from None
+    signed = f"signed by {signing_key.key_id}" if signing_key else "unsigned"
+    _out.print(f"built {out}: {manifest.ref} {manifest.digest} ({signed})", highlight=False)
+
+
+@bundle_app.command("sign")
+def sign(
+    archive: Path = typer.Argument(..., help="Bundle archive (.efb) to sign in place."),
+    key: Path = typer.Option(..., "--key", help="Private key (PEM)."),
+) -> None:
+    """Sign (or re-sign) an archive; artifacts are checked against bundle.json first."""
+    try:
+        signing_key = SigningKey.load(key)
+        with tempfile.TemporaryDirectory(prefix="fleetctl-sign-") as tmp:
+            bundle_dir = Path(tmp) / "bundle"
+            manifest = unpack_unverified_bundle(archive, bundle_dir)
+            sign_bundle(bundle_dir, signing_key)
+            pack_bundle(bundle_dir, archive)
+    except ContractError as exc:
+        raise fail(exc) from None
+    _out.print(f"signed {archive}: {manifest.digest} by {signing_key.key_id}", highlight=False)
+
+
+@bundle_app.command("verify")
+def verify(
+    archive: Path = typer.Argument(..., help="Bundle archive (.efb)."),
+    trusted: list[Path] = typer.Option(..., "--trusted", help="Trusted public key file or directory."),
+) -> None:
+    """Verify an archive's signature and every artifact against trusted keys."""
+    try:
+        keys = TrustedKeys.from_paths(trusted)
+        with tempfile.TemporaryDirectory(prefix="fleetctl-verify-") as tmp:
+            verified = unpack_bundle(archive, Path(tmp) / "bundle", keys)
+    except ContractError as exc:
+        raise fail(exc) from None
+    _out.print(f"verified: {verified.digest} signed by {verified.key_id}", highlight=False)
+
+
+def manifest_table(manifest: BundleManifest, *, title: str | None = None) -> Table:
+    """A rich table of a manifest's main fields and artifacts."""
+    table = Table(title=title or manifest.ref, show_header=False, title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    pre, post, canary = manifest.preprocess, manifest.postprocess, manifest.canary
+    rows = [
+        ("digest", manifest.digest),
+        ("name", manifest.name),
+        ("version", manifest.version),
+        ("created", manifest.created_at.isoformat()),
+        ("inputs", ", ".join(f"{t.name} {t.dtype}{list(t.shape)}" for t in manifest.inputs)),
+        ("outputs", ", ".join(f"{t.name} {t.dtype}{list(t.shape)}" for t in manifest.outputs)),
+        ("preprocess", f"{pre.resize} {pre.size[0]}x{pre.size[1]} {pre.color} {pre.layout} {pre.dtype}"),
+        ("postprocess", f"{post.kind} conf≥{post.conf_threshold} iou={post.iou_threshold}"),
+        ("labels", ", ".join(manifest.labels) or "-"),
+        ("latency", f"p{manifest.latency.percentile:g} ≤ {manifest.latency.sla_ms:g} ms"),
+        ("canary", f"≥{canary.min_frames} frames, headroom {canary.headroom:g}, psi ≤ {canary.psi_max:g}"),
+        ("providers", " > ".join(manifest.providers)),
+    ]
+    for role, ref in manifest.artifacts.items():
+        rows.append((f"artifact {role}", f"{ref.path} {ref.size} B {ref.digest[:19]}…"))
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+@bundle_app.command("inspect")
+def inspect(
+    archive: Path = typer.Argument(..., help="Bundle archive (.efb)."),
+    output: OutputFormat = typer.Option(OutputFormat.table, "--output", "-o", help="table or json."),
+) -> None:
+    """Print an archive's manifest and digest (no verification)."""
+    try:
+        manifest, sig = read_archive_manifest(archive)
+    except ContractError as exc:
+        raise fail(exc) from None
+    try:
+        key_id = json.loads(sig).get("key_id") if sig else None
+    except (ValueError, AttributeError):
+        key_id = "<malformed bundle.sig>"
+    if output is OutputFormat.json:
+        doc = {"digest": manifest.digest, "signed_by": key_id, "manifest": manifest.to_dict()}
+        typer.echo(json.dumps(doc, indent=2, sort_keys=True))
+        return
+    _out.print(manifest_table(manifest))
+    _out.print(f"signature: {'key ' + str(key_id) + ' (not verified)' if key_id else 'unsigned'}")

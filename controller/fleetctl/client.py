@@ -1,0 +1,62 @@
+"""How fleetctl reaches the controller: address, token and TLS from flags, the environment
+(``EDGEFLEET_CONTROLLER``, ``EDGEFLEET_TOKEN``, ``EDGEFLEET_CA``) or ``~/.config/edgefleet/config.yaml``,
+in that order of precedence. fleetctl speaks gRPC only, never the database."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import yaml
+
+from edgefleet.v1 import fleet_pb2_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:7443"
+
+
+def config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "edgefleet" / "config.yaml"
+
+
+@dataclass(frozen=True)
+class Connection:
+    address: str
+    token: str
+    ca: Path | None = None
+
+    @classmethod
+    def resolve(cls, address: str | None, token: str | None, ca: Path | None = None) -> Connection:
+        file_cfg: dict[str, str] = {}
+        path = config_path()
+        if path.exists():
+            loaded = yaml.safe_load(path.read_text()) or {}
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{path}: expected a mapping with keys controller, token, ca")
+            file_cfg = {str(k): str(v) for k, v in loaded.items()}
+        address = address or os.environ.get("EDGEFLEET_CONTROLLER") or file_cfg.get("controller") or DEFAULT_ADDRESS
+        token = token or os.environ.get("EDGEFLEET_TOKEN") or file_cfg.get("token") or ""
+        token_file = os.environ.get("EDGEFLEET_TOKEN_FILE") or file_cfg.get("token_file")
+        if not token and token_file:
+            token = Path(token_file).read_text().strip()
+        ca_text = os.environ.get("EDGEFLEET_CA") or file_cfg.get("ca")
+        ca = ca or (Path(ca_text) if ca_text else None)
+        return cls(address=address, token=token, ca=ca)
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    @contextmanager
+    def fleet(self) -> Iterator[fleet_pb2_grpc.FleetServiceStub]:
+        channel = (
+            grpc.secure_channel(self.address, grpc.ssl_channel_credentials(self.ca.read_bytes()))
+            if self.ca
+            else grpc.insecure_channel(self.address)
+        )
+        with channel:
+            yield fleet_pb2_grpc.FleetServiceStub(channel)

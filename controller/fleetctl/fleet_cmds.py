@@ -1,0 +1,440 @@
+"""fleetctl commands that talk to the controller: get, describe, apply, token, devices, config, and the
+``bundle push`` / ``keys trust`` commands. kubectl-like: ``-o table|wide|json|yaml``."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import typer
+from google.protobuf.timestamp_pb2 import Timestamp
+from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+from edgefleet.v1 import common_pb2, fleet_pb2, telemetry_pb2
+from fleetctl.output import FORMATS, age, console, emit_structured, emit_table, err_console, short_digest
+from fleetctl.settings import OPTIONS
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+get_app = typer.Typer(help="List devices, bundles, sites, rollouts.", no_args_is_help=True)
+describe_app = typer.Typer(help="Show one object in detail.", no_args_is_help=True)
+token_app = typer.Typer(help="Enrollment and operator tokens (admin).", no_args_is_help=True)
+devices_app = typer.Typer(help="Act on devices directly (outside rollouts).", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect configs.", no_args_is_help=True)
+
+OutputOpt = typer.Option("table", "-o", "--output", help="table, wide, json or yaml")
+
+
+def grpc_errors(fn: F) -> F:
+    """Turn an RPC failure into one red line and exit code 1 (2 for bad input), no traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except grpc.RpcError as exc:
+            code = exc.code() if hasattr(exc, "code") else None
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            name = code.name if code is not None else "ERROR"
+            hint = ""
+            if code == grpc.StatusCode.UNAVAILABLE:
+                hint = " (is the controller running? set --controller or EDGEFLEET_CONTROLLER)"
+            elif code == grpc.StatusCode.UNAUTHENTICATED:
+                hint = " (set --token, EDGEFLEET_TOKEN or token in ~/.config/edgefleet/config.yaml)"
+            err_console.print(f"[red]error:[/red] {name}: {details}{hint}", highlight=False)
+            raise typer.Exit(2 if code == grpc.StatusCode.INVALID_ARGUMENT else 1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"-o must be one of {', '.join(FORMATS)}; got {fmt!r}")
+    return fmt
+
+
+def _health(value: int) -> str:
+    return common_pb2.Health.Name(common_pb2.Health.ValueType(value)).removeprefix("HEALTH_").lower()
+
+
+def _state(value: int) -> str:
+    return common_pb2.UpdateState.Name(common_pb2.UpdateState.ValueType(value)).removeprefix("UPDATE_STATE_").lower()
+
+
+def parse_duration(text: str) -> int:
+    """'90s', '15m', '24h', '7d' or plain seconds → seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip().lower()
+    try:
+        if text[-1:] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        raise typer.BadParameter(f"duration must look like 90s, 15m, 24h or 7d; got {text!r}") from None
+
+
+# ------------------------------------------------------------------ get
+
+
+def _list_devices(site: str, tags: list[str], bundle: str, health: str) -> list[common_pb2.Device]:
+    conn = OPTIONS.connection()
+    request = fleet_pb2.ListDevicesRequest(site=site, tags=tags, bundle=bundle, page_size=500)
+    if health:
+        request.health = common_pb2.Health.Value(f"HEALTH_{health.upper()}")
+    devices: list[common_pb2.Device] = []
+    with conn.fleet() as stub:
+        while True:
+            reply = stub.ListDevices(request, metadata=conn.metadata, timeout=30)
+            devices.extend(reply.devices)
+            if not reply.next_page_token:
+                return devices
+            request.page_token = reply.next_page_token
+
+
+@get_app.command("devices")
+@grpc_errors
+def get_devices(
+    output: str = OutputOpt,
+    site: str = typer.Option("", help="only this site"),
+    tag: list[str] = typer.Option([], help="key=value; repeat to require several"),
+    bundle: str = typer.Option("", help="running this bundle (digest or name@version)"),
+    health: str = typer.Option("", help="starting, serving, degraded, failing, offline"),
+) -> None:
+    """List devices."""
+    fmt = _check_format(output)
+    devices = _list_devices(site, tag, bundle, health)
+    emit_table(
+        devices,
+        fmt,
+        f"devices ({len(devices)})",
+        ["NAME", "SITE", "HEALTH", "BUNDLE", "UPDATE", "LAST SEEN"],
+        lambda d: [
+            d.name,
+            d.site,
+            _health(d.health),
+            short_digest(d.reported.running_bundle_digest),
+            _state(d.reported.update_state),
+            age(d.last_seen),
+        ],
+        ["ID", "CLASS", "PROVIDERS", "DESIRED", "TAGS"],
+        lambda d: [
+            d.id,
+            d.hardware.hardware_class,
+            ",".join(p.removesuffix("ExecutionProvider") for p in d.reported.active_providers) or "-",
+            short_digest(d.desired.bundle_digest),
+            ",".join(f"{k}={v}" for k, v in sorted(d.tags.items())) or "-",
+        ],
+    )
+
+
+@get_app.command("bundles")
+@grpc_errors
+def get_bundles(output: str = OutputOpt, name: str = typer.Option("", help="only bundles of this name")) -> None:
+    """List bundles stored by the controller."""
+    fmt = _check_format(output)
+    conn = OPTIONS.connection()
+    with conn.fleet() as stub:
+        reply = stub.ListBundles(fleet_pb2.ListBundlesRequest(name=name), metadata=conn.metadata, timeout=30)
+    emit_table(
+        list(reply.bundles),
+        fmt,
+        f"bundles ({len(reply.bundles)})",
+        ["NAME", "VERSION", "DIGEST", "SIZE", "SLA", "KIND"],
+        lambda b: [
+            b.name,
+            b.version,
+            short_digest(b.digest),
+            f"{b.size_bytes / 1e6:.1f} MB",
+            f"{b.sla_ms:g} ms",
+            b.postprocess_kind,
+        ],
+        ["KEY", "CREATED"],
+        lambda b: [b.key_id, age(b.created_at)],
+    )
+
+
+@get_app.command("sites")
+@grpc_errors
+def get_sites(output: str = OutputOpt) -> None:
+    """Per-site summary: devices by bundle version and health."""
+    fmt = _check_format(output)
+    conn = OPTIONS.connection()
+    with conn.fleet() as stub:
+        reply = stub.ListSites(fleet_pb2.ListSitesRequest(), metadata=conn.metadata, timeout=30)
+    emit_table(
+        list(reply.sites),
+        fmt,
+        f"sites ({len(reply.sites)})",
+        ["SITE", "DEVICES", "BUNDLES", "HEALTH"],
+        lambda s: [
+            s.site,
+            str(s.devices),
+            ", ".join(f"{k}: {v}" for k, v in sorted(s.by_bundle.items())),
+            ", ".join(f"{k}: {v}" for k, v in sorted(s.by_health.items())),
+        ],
+    )
+
+
+# ------------------------------------------------------------------ describe
+
+
+@describe_app.command("device")
+@grpc_errors
+def describe_device(device: str = typer.Argument(..., help="device id or name"), output: str = OutputOpt) -> None:
+    """Show one device: identity, hardware, desired and reported state, last verdict, recent events."""
+    fmt = _check_format(output)
+    conn = OPTIONS.connection()
+    with conn.fleet() as stub:
+        d = stub.GetDevice(fleet_pb2.GetDeviceRequest(device=device), metadata=conn.metadata, timeout=30)
+        events = stub.ListDeviceEvents(
+            fleet_pb2.ListDeviceEventsRequest(device=d.id, limit=10), metadata=conn.metadata, timeout=30
+        )
+    if fmt in ("json", "yaml"):
+        emit_structured(d, fmt)
+        return
+    r = d.reported
+    lines = [
+        f"[bold]{d.name}[/bold]  ({d.id})",
+        f"site:        {d.site}",
+        f"tags:        {', '.join(f'{k}={v}' for k, v in sorted(d.tags.items())) or '-'}",
+        f"hardware:    {d.hardware.hardware_class}  cores={d.hardware.cpu_cores}  "
+        f"providers={','.join(d.hardware.execution_providers) or '-'}",
+        f"health:      {_health(d.health)}   last seen {age(d.last_seen)} ago",
+        f"desired:     bundle {d.desired.bundle_digest or '-'}  config {short_digest(d.desired.config_digest)}  "
+        f"revision {d.desired.revision}  ({d.desired.reason or '-'})",
+        f"running:     bundle {r.running_bundle_digest or '-'}  config {short_digest(r.running_config_digest)}",
+        f"update:      {_state(r.update_state)}  candidate {short_digest(r.candidate_bundle_digest)}  "
+        f"{r.update_reason}",
+        f"providers:   {', '.join(r.active_providers) or '-'}",
+        f"slots:       {', '.join(short_digest(s) for s in r.slot_digests) or '-'}",
+    ]
+    if r.HasField("last_verdict") and r.last_verdict.outcome:
+        v = r.last_verdict
+        outcome = common_pb2.CanaryVerdict.Outcome.Name(v.outcome).removeprefix("OUTCOME_").lower()
+        lines.append(
+            f"verdict:     {outcome} ({v.phase}) frames={v.frames} p95 {v.candidate_latency.p95_ms:.2f} ms "
+            f"vs {v.baseline_latency.p95_ms:.2f} ms budget {v.latency_budget_ms:.2f} ms psi={v.psi:.3f} "
+            f"agreement={v.agreement:.3f}"
+        )
+        lines.extend(f"             - {reason}" for reason in v.reasons)
+    for line in lines:
+        console.print(line, highlight=False)
+    if events.events:
+        console.print("events:")
+        for e in events.events:
+            kind = telemetry_pb2.DeviceEvent.Kind.Name(e.kind)
+            console.print(
+                f"  {_ts_short(e.at)}  {kind.removeprefix('KIND_').lower():14} "
+                f"{_state(e.from_state)}→{_state(e.to_state)} {e.reason}",
+                highlight=False,
+            )
+
+
+def _ts_short(value: Timestamp) -> str:
+    from fleetctl.output import ts
+
+    return ts(value)
+
+
+# ------------------------------------------------------------------ apply
+
+
+def _manifest_files(path: Path) -> Iterator[Path]:
+    if path.is_dir():
+        yield from sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+    elif path.exists():
+        yield path
+    else:
+        raise typer.BadParameter(f"{path}: no such file or directory")
+
+
+@grpc_errors
+def apply(
+    file: list[Path] = typer.Option(..., "-f", "--file", help="manifest file or directory (repeatable)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="validate and show what would change"),
+) -> None:
+    """Apply config manifests (FleetConfig, SiteConfig, DeviceConfig, Rollout)."""
+    files = [
+        fleet_pb2.ManifestFile(name=str(p), content=p.read_text(encoding="utf-8"))
+        for f in file
+        for p in _manifest_files(f)
+    ]
+    if not files:
+        raise typer.BadParameter("no *.yaml or *.yml files found")
+    conn = OPTIONS.connection()
+    with conn.fleet() as stub:
+        reply = stub.ApplyConfig(
+            fleet_pb2.ApplyConfigRequest(files=files, dry_run=dry_run), metadata=conn.metadata, timeout=60
+        )
+    for line in reply.results:
+        console.print(line, highlight=False)
+    suffix = " (dry run)" if dry_run else ""
+    console.print(
+        f"config revision {reply.revision}; {reply.devices_changed} device(s) get a new config{suffix}",
+        highlight=False,
+    )
+    for rid in reply.rollout_ids:
+        console.print(f"rollout {rid} created", highlight=False)
+
+
+# ------------------------------------------------------------------ bundle push
+
+
+@grpc_errors
+def push(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="signed bundle archive (.efb)"),
+) -> None:
+    """Upload a signed bundle to the controller, with a progress bar."""
+    from edgefleet.contract.bundle_upload import read_archive_for_upload
+    from edgefleet.contract.errors import ContractError
+
+    try:
+        upload = read_archive_for_upload(file)
+    except ContractError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    conn = OPTIONS.connection()
+    total = upload.total_bytes
+    with (
+        Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            console=err_console,
+            transient=not sys.stderr.isatty(),
+        ) as progress,
+        conn.fleet() as stub,
+    ):
+        task = progress.add_task(f"push {upload.name}@{upload.version}", total=total)
+
+        def requests() -> Iterator[fleet_pb2.PushBundleRequest]:
+            yield fleet_pb2.PushBundleRequest(
+                header=fleet_pb2.BundleHeader(manifest=upload.manifest, signature=upload.signature)
+            )
+            for digest, chunk in upload.chunks(1 << 20):
+                progress.advance(task, len(chunk))
+                yield fleet_pb2.PushBundleRequest(chunk=fleet_pb2.ArtifactChunk(digest=digest, data=chunk))
+
+        reply = stub.PushBundle(requests(), metadata=conn.metadata, timeout=3600)
+    b = reply.bundle
+    verb = "pushed" if reply.created else "already present"
+    console.print(f"{verb}: {b.name}@{b.version} {b.digest} (signed by {b.key_id})", highlight=False)
+
+
+# ------------------------------------------------------------------ keys trust
+
+
+@grpc_errors
+def trust(
+    public_key: Path = typer.Argument(..., exists=True, dir_okay=False, help="<key_id>.pub.pem"),
+    key_id: str = typer.Option("", help="key id (default: from the file name)"),
+) -> None:
+    """Add a publisher's public key to the fleet's trusted keys (admin)."""
+    kid = key_id or public_key.name.removesuffix(".pem").removesuffix(".pub")
+    conn = OPTIONS.connection()
+    with conn.fleet() as stub:
+        reply = stub.AddTrustedKey(
+            fleet_pb2.AddTrustedKeyRequest(key_id=kid, public_key_pem=public_key.read_text()),
+            metadata=conn.metadata,
+            timeout=30,
+        )
+    console.print(f"trusted key {reply.key_id}", highlight=False)
+
+
+# ------------------------------------------------------------------ tokens
+
+
+@token_app.command("create")
+@grpc_errors
+def token_create(
+    site: str = typer.Option(..., help="site the enrolled devices join"),
+    expires: str = typer.Option("24h", help="lifetime: 90s, 15m, 24h, 7d"),
+    max_uses: int = typer.Option(0, help="0 = unlimited until expiry"),
+) -> None:
+    """Create an enrollment token; it is printed once."""
+    conn = OPTIONS.connection()
+    with conn.fleet() as stub:
+        reply = stub.CreateEnrollmentToken(
+            fleet_pb2.CreateEnrollmentTokenRequest(site=site, ttl_s=parse_duration(expires), max_uses=max_uses),
+            metadata=conn.metadata,
+            timeout=30,
+        )
+    err_console.print(
+        f"enrollment token {reply.token_id} for site {site}, expires {reply.expires_at.ToJsonString()}",
+        highlight=False,
+    )
+    print(reply.token)
+
+
+@token_app.command("revoke")
+@grpc_errors
+def token_revoke(token_id: str = typer.Argument(...)) -> None:
+    """Revoke an enrollment token."""
+    conn = OPTIONS.connection()
+    with conn.fleet() as stub:
+        stub.RevokeEnrollmentToken(
+            fleet_pb2.RevokeEnrollmentTokenRequest(token_id=token_id), metadata=conn.metadata, timeout=30
+        )
+    console.print(f"revoked {token_id}")
+
+
+@token_app.command("operator")
+@grpc_errors
+def token_operator(
+    name: str = typer.Option(..., help="who or what uses it"),
+    role: str = typer.Option("viewer", help="viewer, operator or admin"),
+    expires: str = typer.Option("0", help="lifetime (0 = no expiry)"),
+) -> None:
+    """Create an operator token; it is printed once."""
+    conn = OPTIONS.connection()
+    with conn.fleet() as stub:
+        reply = stub.CreateOperatorToken(
+            fleet_pb2.CreateOperatorTokenRequest(name=name, role=role, ttl_s=parse_duration(expires)),
+            metadata=conn.metadata,
+            timeout=30,
+        )
+    err_console.print(f"operator token {reply.token_id} ({role})", highlight=False)
+    print(reply.token)
+
+
+# ------------------------------------------------------------------ devices / config
+
+
+@devices_app.command("set-bundle")
+@grpc_errors
+def set_bundle(
+    bundle: str = typer.Argument(..., help="digest or name@version"),
+    device: str = typer.Option("", help="device id or name"),
+    site: str = typer.Option("", help="every device of this site"),
+) -> None:
+    """Set the desired bundle of a device or a whole site (rollouts are the normal way)."""
+    if bool(device) == bool(site):
+        raise typer.BadParameter("give exactly one of --device or --site")
+    request = fleet_pb2.SetDesiredBundleRequest(bundle=bundle)
+    if device:
+        request.device = device
+    else:
+        request.site = site
+    conn = OPTIONS.connection()
+    with conn.fleet() as stub:
+        reply = stub.SetDesiredBundle(request, metadata=conn.metadata, timeout=30)
+    console.print(f"{len(reply.revisions)} device(s) now want {bundle}", highlight=False)
+
+
+@config_app.command("effective")
+@grpc_errors
+def effective(device: str = typer.Argument(..., help="device id or name")) -> None:
+    """Show a device's effective config, its digest and the documents it came from."""
+    conn = OPTIONS.connection()
+    with conn.fleet() as stub:
+        reply = stub.GetEffectiveConfig(
+            fleet_pb2.GetEffectiveConfigRequest(device=device), metadata=conn.metadata, timeout=30
+        )
+    console.print(f"device {reply.device_id}  digest {reply.digest}", highlight=False)
+    console.print(f"sources: {' < '.join(reply.sources)}", highlight=False)
+    console.print_json(reply.config_json.decode())

@@ -1,0 +1,47 @@
+"""The fleetctl typer app: creates the app, mounts the command groups, configures logging.
+
+Command groups live in their own modules (``keys_cmds``, ``bundle_cmds``, ``fleet_cmds``, ...); add new ones
+here with ``app.add_typer``. Controller address and token come from the root options, the environment
+(``EDGEFLEET_CONTROLLER``, ``EDGEFLEET_TOKEN``) or ``~/.config/edgefleet/config.yaml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from edgefleet.logging import configure_logging
+from fleetctl import fleet_cmds
+from fleetctl.bundle_cmds import bundle_app
+from fleetctl.keys_cmds import keys_app
+from fleetctl.settings import OPTIONS
+
+app = typer.Typer(name="fleetctl", help="Operate an edgefleet: bundles, keys, fleets.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(bundle_app, name="bundle")
+app.add_typer(fleet_cmds.get_app, name="get")
+app.add_typer(fleet_cmds.describe_app, name="describe")
+app.add_typer(fleet_cmds.token_app, name="token")
+app.add_typer(fleet_cmds.devices_app, name="devices")
+app.add_typer(fleet_cmds.config_app, name="config")
+app.command("apply")(fleet_cmds.apply)
+bundle_app.command("push")(fleet_cmds.push)
+keys_app.command("trust")(fleet_cmds.trust)
+
+
+@app.callback()
+def main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug events to stderr."),
+    controller: str | None = typer.Option(None, "--controller", "-c", help="controller host:port"),
+    token: str | None = typer.Option(None, "--token", help="operator token (eot_…)"),
+    ca: Path | None = typer.Option(None, "--ca", help="CA certificate (PEM) to verify the controller's TLS"),
+) -> None:
+    configure_logging("debug" if verbose else "warning")
+    OPTIONS.controller = controller
+    OPTIONS.token = token
+    OPTIONS.ca = ca
+
+
+def run() -> None:
+    app()

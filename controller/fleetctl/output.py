@@ -1,0 +1,81 @@
+"""Rendering of fleetctl results: rich tables for people, JSON and YAML for scripts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import yaml
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from rich.console import Console
+from rich.table import Table
+
+FORMATS = ("table", "wide", "json", "yaml")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def to_dict(message: Message) -> dict[str, Any]:
+    return MessageToDict(message, preserving_proto_field_name=True)
+
+
+def emit_structured(items: Sequence[Message] | Message, fmt: str) -> None:
+    data: Any = [to_dict(m) for m in items] if isinstance(items, Sequence) else to_dict(items)
+    if fmt == "json":
+        console.print_json(json.dumps(data))
+    else:
+        console.print(yaml.safe_dump(data, sort_keys=False), end="", markup=False, highlight=False)
+
+
+def ts(value: Timestamp) -> str:
+    if not value.seconds and not value.nanos:
+        return "-"
+    return value.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def age(value: Timestamp, now: datetime | None = None) -> str:
+    if not value.seconds and not value.nanos:
+        return "never"
+    seconds = ((now or datetime.now(UTC)) - value.ToDatetime(tzinfo=UTC)).total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{max(0, int(seconds))}s"
+
+
+def short_digest(digest: str) -> str:
+    return digest.removeprefix("sha256:")[:12] if digest else "-"
+
+
+def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
+    t = Table(title=title, title_justify="left", show_lines=False)
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(*r)
+    return t
+
+
+def emit_table(
+    items: Sequence[Message],
+    fmt: str,
+    title: str,
+    columns: Sequence[str],
+    row: Callable[[Any], Sequence[str]],
+    wide_columns: Sequence[str] = (),
+    wide_row: Callable[[Any], Sequence[str]] | None = None,
+) -> None:
+    if fmt in ("json", "yaml"):
+        emit_structured(items, fmt)
+        return
+    if fmt == "wide" and wide_row is not None:
+        cols = [*columns, *wide_columns]
+        rows = [[*row(i), *wide_row(i)] for i in items]
+    else:
+        cols = list(columns)
+        rows = [list(row(i)) for i in items]
+    console.print(table(title, cols, rows))

@@ -1,0 +1,189 @@
+"""onnxruntime session factory: which execution providers to ask for, and what actually runs.
+
+``select_providers`` is pure: bundle preference (``tensorrt``, ``cuda``, ``cpu``) × what this device's
+onnxruntime offers → the provider list with options, in preference order, CPU always last as the floor.
+``create_session`` is the shell: it prepares the cache directories, creates the session and then reads
+``session.get_providers()`` back, because onnxruntime silently drops a provider that fails to initialise
+(missing libnvinfer, wrong CUDA) and would otherwise run on CPU while we report TensorRT.
+
+TensorRT decisions:
+- Engine and timing caches live under the device's data dir (``cache_dir/trt-engines``,
+  ``cache_dir/trt-timing``) so a restart reuses built engines instead of spending minutes rebuilding them.
+- onnxruntime resolves ``trt_int8_calibration_table_name`` relative to the engine cache path, so the
+  factory copies the bundle's table there; the table is TensorRT's native format (what bundles ship).
+- ``int8`` without a table is legal: a QDQ model carries its own scales.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnxruntime as ort
+import structlog
+
+from edge_runtime.inference.errors import ModelLoadError, ProviderError
+
+log = structlog.get_logger(__name__)
+
+TENSORRT = "TensorrtExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+PROVIDER_NAMES: dict[str, str] = {"tensorrt": TENSORRT, "cuda": CUDA, "cpu": CPU}
+
+ProviderOptions = dict[str, str]
+ProviderChoice = str | tuple[str, ProviderOptions]
+
+TRT_ENGINE_DIR = "trt-engines"
+TRT_TIMING_DIR = "trt-timing"
+
+
+def _flag(value: bool) -> str:
+    return "True" if value else "False"
+
+
+def provider_name(choice: ProviderChoice) -> str:
+    return choice if isinstance(choice, str) else choice[0]
+
+
+def resolve_preference(preferred: Sequence[str]) -> list[str]:
+    """Bundle names (``tensorrt``/``cuda``/``cpu``, or ORT's own) → onnxruntime names (deduplicated)."""
+    out: list[str] = []
+    for name in preferred:
+        full = PROVIDER_NAMES.get(name.lower()) if isinstance(name, str) else None
+        if full is None and name in PROVIDER_NAMES.values():
+            full = name
+        if full is None:
+            raise ProviderError(
+                f"bundle.json: field 'providers' names unknown execution provider {name!r}; "
+                f"accepted: {', '.join(PROVIDER_NAMES)}"
+            )
+        if full not in out:
+            out.append(full)
+    return out
+
+
+def select_providers(
+    preferred: Sequence[str],
+    available: Sequence[str] | None = None,
+    *,
+    cache_dir: Path,
+    calibration_table: Path | None = None,
+    fp16: bool = False,
+    int8: bool = False,
+) -> list[ProviderChoice]:
+    """Providers to request, in preference order, limited to ``available``; CPU is always the last entry.
+
+    ``available`` defaults to ``ort.get_available_providers()``; pass it explicitly to decide for another
+    device (the function is then pure).
+    """
+    have = set(ort.get_available_providers() if available is None else available)
+    chosen: list[ProviderChoice] = []
+    for name in resolve_preference(preferred):
+        if name not in have or name == CPU:
+            continue
+        if name == TENSORRT:
+            options: ProviderOptions = {
+                "device_id": "0",
+                "trt_engine_cache_enable": "True",
+                "trt_engine_cache_path": str(cache_dir / TRT_ENGINE_DIR),
+                "trt_timing_cache_enable": "True",
+                "trt_timing_cache_path": str(cache_dir / TRT_TIMING_DIR),
+                "trt_fp16_enable": _flag(fp16),
+                "trt_int8_enable": _flag(int8 or calibration_table is not None),
+            }
+            if calibration_table is not None:
+                options["trt_int8_calibration_table_name"] = calibration_table.name
+                options["trt_int8_use_native_calibration_table"] = "True"
+            chosen.append((TENSORRT, options))
+        elif name == CUDA:
+            chosen.append((CUDA, {"device_id": "0"}))
+    chosen.append(CPU)
+    return chosen
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """What was asked of onnxruntime and what it actually runs on.
+
+    ``requested``: the providers passed to the session (after availability filtering); ``active``: what
+    ``session.get_providers()`` reports; ``fell_back``: the first active provider is not the first requested
+    one; ``unavailable``: preferred providers this device's onnxruntime does not offer at all.
+    """
+
+    requested: tuple[str, ...]
+    active: tuple[str, ...]
+    fell_back: bool
+    unavailable: tuple[str, ...] = ()
+
+    @property
+    def provider(self) -> str:
+        """The provider that runs the model (the first active one)."""
+        return self.active[0] if self.active else CPU
+
+
+def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if intra_op_threads is not None:
+        if intra_op_threads <= 0:
+            raise ModelLoadError(
+                f"intra_op_threads must be > 0 (or None for onnxruntime's default), got {intra_op_threads}"
+            )
+        opts.intra_op_num_threads = intra_op_threads
+    return opts
+
+
+def create_session(
+    model_path: Path,
+    preferred: Sequence[str],
+    *,
+    cache_dir: Path,
+    calibration_table: Path | None = None,
+    fp16: bool = False,
+    int8: bool = False,
+    intra_op_threads: int | None = None,
+    available: Sequence[str] | None = None,
+) -> tuple[ort.InferenceSession, SessionInfo]:
+    """Create an onnxruntime session on the best available provider and report what really runs."""
+    have = list(ort.get_available_providers() if available is None else available)
+    wanted = resolve_preference(preferred)
+    providers = select_providers(
+        wanted, have, cache_dir=cache_dir, calibration_table=calibration_table, fp16=fp16, int8=int8
+    )
+    requested = tuple(provider_name(p) for p in providers)
+    if TENSORRT in requested:
+        engine_dir = cache_dir / TRT_ENGINE_DIR
+        engine_dir.mkdir(parents=True, exist_ok=True)
+        (cache_dir / TRT_TIMING_DIR).mkdir(parents=True, exist_ok=True)
+        if calibration_table is not None:
+            target = engine_dir / calibration_table.name
+            if calibration_table.resolve() != target.resolve():
+                shutil.copyfile(calibration_table, target)
+    if not Path(model_path).is_file():
+        raise ModelLoadError(f"model file {str(model_path)!r} does not exist; check the bundle's artifacts")
+    try:
+        session = ort.InferenceSession(
+            str(model_path), sess_options=session_options(intra_op_threads), providers=providers
+        )
+    except Exception as exc:  # onnxruntime raises its own untyped exception family
+        raise ModelLoadError(f"onnxruntime cannot load {str(model_path)!r}: {exc}") from exc
+    active = tuple(session.get_providers())
+    info = SessionInfo(
+        requested=requested,
+        active=active,
+        fell_back=not active or active[0] != requested[0],
+        unavailable=tuple(p for p in wanted if p not in have),
+    )
+    if info.fell_back:
+        log.warning(
+            "inference.provider_fallback",
+            model=str(model_path),
+            requested=list(requested),
+            active=list(active),
+        )
+    if info.unavailable:
+        log.info("inference.providers_unavailable", model=str(model_path), unavailable=list(info.unavailable))
+    return session, info

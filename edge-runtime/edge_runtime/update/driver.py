@@ -1,0 +1,369 @@
+"""The thin shell around the update state machine: journal each decision, then execute its effects.
+
+``UpdateDriver`` owns the loop ``event -> decide -> journal.write -> effects -> follow-up events``. Effects
+reach the world only through the ports below (Protocols), so the driver runs the same against the real
+fetcher, verifier, inference engine and canary as against the fakes in ``edge_runtime.update.testing``.
+
+Rules the driver keeps:
+
+- A record is written durably before any of its effects runs (the journal's rule; the crash drill proves it).
+- An effect whose port reports a failure turns it into the matching event (``DownloadFailed``,
+  ``VerificationFailed``, ``CanaryFailed``, ``TrialFailed``, ``DiskInsufficient``); the rest of that
+  decision's effects are skipped and the failure event is decided next.
+- Ports may return follow-up events (a synchronous canary returns its verdict at once); an asynchronous
+  implementation returns nothing and later calls ``handle`` with the verdict. The driver is synchronous:
+  an asyncio agent runs ``handle`` in a worker thread, one call at a time.
+- Verification checks every artifact's sha256 and that ``bundle.json`` hashes to the bundle digest, then
+  asks the ``BundleVerifier`` (signature, manifest). Only then is the download promoted to a slot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal, Protocol
+
+import structlog
+
+from edge_runtime.update.errors import (
+    DiskSpaceError,
+    EngineSwitchError,
+    FetchError,
+    SlotError,
+    SlotNotFoundError,
+)
+from edge_runtime.update.journal import Journal
+from edge_runtime.update.slots import BundleSlots
+from edge_runtime.update.state import (
+    DEFAULT_LIMITS,
+    CanaryFailed,
+    CollectGarbage,
+    Commit,
+    Decision,
+    DiscardCandidate,
+    DiskInsufficient,
+    DownloadCompleted,
+    DownloadFailed,
+    ReportState,
+    RetryLimits,
+    Stage,
+    StartCanary,
+    StartDownload,
+    StartWatch,
+    StopEvaluation,
+    SwapToCandidate,
+    SwapToCommitted,
+    TrialFailed,
+    UpdateEffect,
+    UpdateEvent,
+    UpdateRecord,
+    UpdateState,
+    VerificationFailed,
+    VerificationPassed,
+    Verify,
+    decide,
+    recover,
+)
+from edgefleet.contract.errors import BundleFormatError, ContractError, DigestMismatchError
+
+log = structlog.get_logger(__name__)
+
+BUNDLE_MANIFEST = "bundle.json"
+DEFAULT_DISK_MARGIN_BYTES = 256 * 1024 * 1024
+
+Phase = Literal["before", "after"]
+BoundaryHook = Callable[[UpdateState, UpdateState, Phase], None]
+"""Called with (state before, state after, phase) around every journal write; the crash drill kills here."""
+
+
+class ArtifactFetcher(Protocol):
+    """Downloads one artifact, appending to ``dest_path`` from byte ``resume_from``."""
+
+    def fetch(self, digest: str, dest_path: Path, expected_size: int, resume_from: int) -> None:
+        """Write bytes ``resume_from..expected_size`` of ``digest``; raise ``FetchError`` on failure."""
+        ...
+
+
+class BundleVerifier(Protocol):
+    """Checks a downloaded bundle's signature and manifest."""
+
+    def verify(self, bundle_dir: Path) -> None:
+        """Return when the bundle in ``bundle_dir`` is authentic; raise a ``ContractError`` otherwise."""
+        ...
+
+
+class EngineSwitcher(Protocol):
+    """The inference engine's view of bundles: load off the frame path, then swap by reference."""
+
+    def stage(self, digest: str, bundle_dir: Path) -> None:
+        """Load and warm the candidate without serving it; raise ``EngineSwitchError`` if it cannot."""
+        ...
+
+    def swap_to_candidate(self, digest: str) -> None:
+        """Serve the staged candidate; raise ``EngineSwitchError`` if it cannot."""
+        ...
+
+    def swap_to_committed(self, digest: str | None, bundle_dir: Path | None) -> None:
+        """Serve the committed bundle (``None``: nothing committed yet, serve nothing)."""
+        ...
+
+
+class CandidateEvaluator(Protocol):
+    """Runs the canary and the post-swap watch window; may return the verdict at once."""
+
+    def start_canary(self, digest: str, bundle_dir: Path) -> Sequence[UpdateEvent]: ...
+
+    def start_watch(self, digest: str) -> Sequence[UpdateEvent]: ...
+
+    def stop(self, digest: str) -> None: ...
+
+
+class StateReporter(Protocol):
+    """Publishes the record as the device's reported update state (for the next sync)."""
+
+    def report(self, record: UpdateRecord) -> None: ...
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def file_sha256(path: Path) -> str:
+    """``sha256:<hex>`` of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1024 * 1024):
+            h.update(chunk)
+    return f"sha256:{h.hexdigest()}"
+
+
+@dataclass
+class _Outcome:
+    events: list[UpdateEvent] = field(default_factory=list)
+    abort: bool = False
+
+
+class UpdateDriver:
+    """Drives one device's updates: ``start()`` once, then ``handle(event)`` for every event."""
+
+    def __init__(
+        self,
+        *,
+        journal: Journal,
+        slots: BundleSlots,
+        fetcher: ArtifactFetcher,
+        verifier: BundleVerifier,
+        switcher: EngineSwitcher,
+        evaluator: CandidateEvaluator,
+        reporter: StateReporter,
+        clock: Callable[[], datetime] = _utc_now,
+        limits: RetryLimits = DEFAULT_LIMITS,
+        disk_margin_bytes: int = DEFAULT_DISK_MARGIN_BYTES,
+        boundary_hook: BoundaryHook | None = None,
+    ) -> None:
+        self._journal = journal
+        self._slots = slots
+        self._fetcher = fetcher
+        self._verifier = verifier
+        self._switcher = switcher
+        self._evaluator = evaluator
+        self._reporter = reporter
+        self._clock = clock
+        self._limits = limits
+        self._margin = disk_margin_bytes
+        self._hook = boundary_hook
+        self._record: UpdateRecord | None = None
+
+    @property
+    def record(self) -> UpdateRecord:
+        if self._record is None:
+            raise RuntimeError("UpdateDriver.start() must be called before the record is read")
+        return self._record
+
+    def start(self) -> UpdateRecord:
+        """Load the journal and recover: the committed bundle serves, an interrupted update is abandoned."""
+        self._record = self._journal.load()
+        log.info("update.recovering", state=self._record.state.value, committed=self._record.committed)
+        self._run(recover(self._record, self._clock(), self._limits))
+        return self.record
+
+    def handle(self, event: UpdateEvent) -> UpdateRecord:
+        """Decide ``event`` and everything it leads to; returns the resulting record."""
+        self._run(decide(self.record, event, self._clock(), self._limits), event)
+        return self.record
+
+    def _run(self, first: Decision, first_event: UpdateEvent | None = None) -> None:
+        pending: deque[UpdateEvent] = deque()
+        decision: Decision | None = first
+        event = first_event
+        while True:
+            assert decision is not None
+            if decision.ignored is not None:
+                log.info(
+                    "update.event_ignored",
+                    ignored_event=type(event).__name__ if event else None,
+                    state=self.record.state.value,
+                    reason=decision.ignored,
+                )
+            else:
+                pending.extend(self._apply(decision))
+            if not pending:
+                return
+            event = pending.popleft()
+            decision = decide(self.record, event, self._clock(), self._limits)
+
+    def _apply(self, decision: Decision) -> list[UpdateEvent]:
+        before = self.record.state
+        after = decision.record.state
+        if self._hook is not None:
+            self._hook(before, after, "before")
+        self._journal.write(decision.record)
+        if self._hook is not None:
+            self._hook(before, after, "after")
+        self._record = decision.record
+        if before != after:
+            log.info(
+                "update.state_entered",
+                previous=before.value,
+                state=after.value,
+                candidate=decision.record.candidate,
+                committed=decision.record.committed,
+                failure=decision.record.failure,
+            )
+        follow_ups: list[UpdateEvent] = []
+        for effect in decision.effects:
+            outcome = self._execute(effect)
+            follow_ups.extend(outcome.events)
+            if outcome.abort:
+                log.info("update.effects_aborted", effect=type(effect).__name__, events=outcome.events)
+                break
+        return follow_ups
+
+    # --- effect executors -------------------------------------------------------------------------------
+
+    def _execute(self, effect: UpdateEffect) -> _Outcome:
+        match effect:
+            case StartDownload():
+                return self._download(effect)
+            case Verify():
+                return self._verify(effect)
+            case Stage(digest=digest):
+                return self._stage(digest)
+            case StartCanary(digest=digest):
+                return _Outcome(list(self._evaluator.start_canary(digest, self._slots.path_for(digest))))
+            case StartWatch(digest=digest):
+                return _Outcome(list(self._evaluator.start_watch(digest)))
+            case StopEvaluation(digest=digest):
+                self._evaluator.stop(digest)
+            case SwapToCandidate(digest=digest):
+                try:
+                    self._switcher.swap_to_candidate(digest)
+                except EngineSwitchError as exc:
+                    return _Outcome([TrialFailed(f"swap to candidate {digest} failed: {exc}")], abort=True)
+            case SwapToCommitted(digest=digest):
+                self._serve_committed(digest)
+            case Commit(keep=keep):
+                self._collect(keep)
+            case CollectGarbage(keep=keep):
+                self._collect(keep)
+            case DiscardCandidate(digest=digest, keep_partial=keep_partial):
+                self._discard(digest, keep_partial=keep_partial)
+            case ReportState():
+                self._report()
+        return _Outcome()
+
+    def _download(self, effect: StartDownload) -> _Outcome:
+        digest = effect.digest
+        record = self.record
+        self._collect((record.committed, record.previous, digest))
+        if self._slots.has(digest):
+            # Already a verified slot (e.g. going back to the previous bundle): nothing to fetch.
+            return _Outcome([DownloadCompleted()])
+        try:
+            partial = {a.name: self._slots.partial_size(digest, a.name) for a in effect.artifacts}
+            needed = sum(max(a.size - partial[a.name], 0) for a in effect.artifacts)
+            self._slots.check_disk(needed, self._margin)
+        except DiskSpaceError as exc:
+            log.warning("update.disk_insufficient", digest=digest, error=str(exc))
+            return _Outcome([DiskInsufficient(needed=exc.needed + exc.margin, free=exc.free)], abort=True)
+        except SlotError as exc:
+            return _Outcome([DownloadFailed(str(exc))], abort=True)
+        for artifact in effect.artifacts:
+            try:
+                path = self._slots.incoming_path(digest, artifact.name)
+                have = partial[artifact.name]
+                if have > artifact.size:
+                    path.unlink()  # longer than the artifact: not a prefix of it, start over
+                    have = 0
+                if have < artifact.size or not path.exists():
+                    self._fetcher.fetch(artifact.digest, path, artifact.size, have)
+                got = path.stat().st_size
+                if got != artifact.size:
+                    raise FetchError(f"got {got} bytes, expected {artifact.size}")
+            except (FetchError, SlotError, OSError) as exc:
+                reason = f"artifact {artifact.name!r} ({artifact.digest}): {exc}"
+                log.warning("update.download_failed", digest=digest, reason=reason)
+                return _Outcome([DownloadFailed(reason)], abort=True)
+        return _Outcome([DownloadCompleted()])
+
+    def _verify(self, effect: Verify) -> _Outcome:
+        digest = effect.digest
+        root = self._slots.path_for(digest) if self._slots.has(digest) else self._slots.incoming_root(digest)
+        try:
+            names = {a.name: a for a in effect.artifacts}
+            manifest = names.get(BUNDLE_MANIFEST)
+            if manifest is None or manifest.digest != digest:
+                raise BundleFormatError(
+                    f"the bundle digest {digest} must be the sha256 of its {BUNDLE_MANIFEST}, "
+                    f"but the artifact list gives {manifest.digest if manifest else 'no ' + BUNDLE_MANIFEST}"
+                )
+            for artifact in effect.artifacts:
+                actual = file_sha256(root / artifact.name)
+                if actual != artifact.digest:
+                    raise DigestMismatchError(
+                        f"artifact {artifact.name!r}: sha256 is {actual}, expected {artifact.digest}; "
+                        "the download is corrupt and will be discarded"
+                    )
+            self._verifier.verify(root)
+        except (ContractError, OSError) as exc:
+            log.warning("update.verification_failed", digest=digest, reason=str(exc))
+            return _Outcome([VerificationFailed(str(exc))], abort=True)
+        return _Outcome([VerificationPassed()])
+
+    def _stage(self, digest: str) -> _Outcome:
+        try:
+            path = self._slots.promote_incoming(digest)
+            self._switcher.stage(digest, path)
+        except (EngineSwitchError, SlotError) as exc:
+            return _Outcome([CanaryFailed(f"could not stage {digest}: {exc}")], abort=True)
+        return _Outcome()
+
+    def _serve_committed(self, digest: str | None) -> None:
+        try:
+            path = self._slots.path_for(digest) if digest is not None else None
+            self._switcher.swap_to_committed(digest, path)
+        except (SlotNotFoundError, EngineSwitchError) as exc:
+            # Nothing better to serve: stay up, say so loudly, let the controller re-send a bundle.
+            log.error("update.committed_unavailable", committed=digest, error=str(exc))
+
+    def _discard(self, digest: str, *, keep_partial: bool) -> None:
+        record = self.record
+        if digest not in (record.committed, record.previous):
+            self._slots.remove(digest)
+        if not keep_partial:
+            self._slots.discard_incoming(digest)
+
+    def _collect(self, keep: Sequence[str | None]) -> None:
+        removed = self._slots.collect_garbage(keep)
+        if removed:
+            log.info("update.slots_collected", removed=removed, kept=[k for k in keep if k])
+
+    def _report(self) -> None:
+        try:
+            self._reporter.report(self.record)
+        except Exception as exc:  # a reporting failure must never stop or undo an update
+            log.warning("update.report_failed", error=str(exc))

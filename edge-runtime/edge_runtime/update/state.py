@@ -1,0 +1,818 @@
+"""The device's update state machine: states, events, effects, the record, ``TRANSITIONS`` and ``decide``.
+
+Pure core: no I/O, no clock reads (``now`` comes in), no exceptions for unexpected events. The shape follows
+Mender's client: one explicit state per step, one versioned record persisted before any effect runs, one
+table of transitions, loops capped by counters kept in the record.
+
+Happy path::
+
+    idle/committed/rolled_back/failed --DesiredBundleChanged--> downloading
+      --DownloadCompleted--> verifying --VerificationPassed--> staged --CanaryStarted--> canary
+      --CanaryPassed--> trial --TrialPassed--> committed
+
+Decisions written down here (the rest of the runtime relies on them):
+
+- ``failed`` means the candidate was abandoned before it ever ran (download, disk, verification);
+  ``rolled_back`` means it ran (canary shadow or trial) and was abandoned. In both the device serves the
+  last committed bundle; ``failure`` says why.
+- Cancelling (``Cancelled``, or a desired bundle equal to the committed one) before the candidate ran goes
+  to ``idle``; during canary or trial it goes to ``rolled_back``.
+- Start-up (``Recovered``, see ``recover``): a record in ``downloading`` .. ``trial`` was interrupted. The
+  device reverts to the last committed bundle: ``failed`` (downloading/verifying/staged) or ``rolled_back``
+  (canary/trial) with reason ``interrupted at <state>``, the candidate discarded. Partial downloads are kept
+  in ``incoming/`` so that when the controller's desired state names the same bundle again the download
+  resumes where it stopped. Each interruption of the same candidate is counted; at ``max_interruptions``
+  the candidate is rejected, so a bundle that kills the process cannot cause an update loop.
+- A rejected bundle (verification failed, canary failed, trial failed, too many interruptions) is not
+  retried when the same digest is desired again; the controller must assign a different bundle. Download
+  failures, disk shortage and inconclusive canaries are not rejections: the same digest may be retried.
+- Only a verified bundle can be staged, swapped to or committed: ``staged`` is only reachable through
+  ``VerificationPassed`` from ``verifying``.
+
+The stored values of ``UpdateState`` and the JSON field names of ``UpdateRecord`` never change; a change of
+meaning bumps ``RECORD_VERSION``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from edge_runtime.update.errors import RecordFormatError
+
+RECORD_VERSION = 1
+
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def is_digest(value: object) -> bool:
+    """Whether ``value`` is a content address of the form ``sha256:<64 lowercase hex>``."""
+    return isinstance(value, str) and _DIGEST_RE.match(value) is not None
+
+
+def format_bytes(n: int) -> str:
+    """``812.0 MiB`` style, binary units, one decimal."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(value) < 1024:
+            return f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+class UpdateState(StrEnum):
+    """Where the device is in an update. The stored values are persisted and never change."""
+
+    IDLE = "idle"
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    STAGED = "staged"
+    CANARY = "canary"
+    TRIAL = "trial"
+    COMMITTED = "committed"
+    ROLLED_BACK = "rolled_back"
+    FAILED = "failed"
+
+
+IN_PROGRESS: frozenset[UpdateState] = frozenset(
+    {
+        UpdateState.DOWNLOADING,
+        UpdateState.VERIFYING,
+        UpdateState.STAGED,
+        UpdateState.CANARY,
+        UpdateState.TRIAL,
+    }
+)
+SETTLED: frozenset[UpdateState] = frozenset(UpdateState) - IN_PROGRESS
+_CANDIDATE_RAN: frozenset[UpdateState] = frozenset({UpdateState.CANARY, UpdateState.TRIAL})
+# From staged on, a canary may already be starting, so abandoning must stop it.
+_EVALUATING: frozenset[UpdateState] = _CANDIDATE_RAN | {UpdateState.STAGED}
+
+
+@dataclass(frozen=True)
+class ArtifactRef:
+    """One file of a bundle: its relative name in the slot, its content address and its size in bytes."""
+
+    name: str
+    digest: str
+    size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "digest": self.digest, "size": self.size}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ArtifactRef:
+        name, digest, size = data.get("name"), data.get("digest"), data.get("size")
+        if not isinstance(name, str) or not name:
+            raise RecordFormatError(f"artifact: field 'name' must be a non-empty string, got {name!r}")
+        if not is_digest(digest):
+            raise RecordFormatError(
+                f"artifact {name!r}: field 'digest' must be sha256:<64 hex>, got {digest!r}"
+            )
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise RecordFormatError(f"artifact {name!r}: field 'size' must be an integer >= 0, got {size!r}")
+        assert isinstance(digest, str)
+        return cls(name=name, digest=digest, size=size)
+
+
+# --- events: facts reported to the machine ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DesiredBundleChanged:
+    """The controller's desired bundle for this device (``digest`` of its bundle.json, and its artifacts)."""
+
+    digest: str
+    artifacts: tuple[ArtifactRef, ...] = ()
+
+
+@dataclass(frozen=True)
+class DownloadCompleted:
+    """Every artifact of the candidate is on disk with its expected size."""
+
+
+@dataclass(frozen=True)
+class DownloadFailed:
+    reason: str
+
+
+@dataclass(frozen=True)
+class DiskInsufficient:
+    needed: int
+    free: int
+
+
+@dataclass(frozen=True)
+class VerificationPassed:
+    """Artifact digests and the bundle signature checked out."""
+
+
+@dataclass(frozen=True)
+class VerificationFailed:
+    reason: str
+
+
+@dataclass(frozen=True)
+class CanaryStarted:
+    """The staged candidate is running in shadow on live frames."""
+
+
+@dataclass(frozen=True)
+class CanaryPassed:
+    summary: str = ""
+
+
+@dataclass(frozen=True)
+class CanaryFailed:
+    reason: str
+
+
+@dataclass(frozen=True)
+class CanaryInconclusive:
+    reason: str
+
+
+@dataclass(frozen=True)
+class TrialPassed:
+    """The watch window after the swap ended without a problem."""
+
+
+@dataclass(frozen=True)
+class TrialFailed:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """The process started; whatever the record says was in progress was interrupted."""
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    reason: str = "cancelled"
+
+
+UpdateEvent = (
+    DesiredBundleChanged
+    | DownloadCompleted
+    | DownloadFailed
+    | DiskInsufficient
+    | VerificationPassed
+    | VerificationFailed
+    | CanaryStarted
+    | CanaryPassed
+    | CanaryFailed
+    | CanaryInconclusive
+    | TrialPassed
+    | TrialFailed
+    | Recovered
+    | Cancelled
+)
+
+EVENT_TYPES: tuple[type[UpdateEvent], ...] = (
+    DesiredBundleChanged,
+    DownloadCompleted,
+    DownloadFailed,
+    DiskInsufficient,
+    VerificationPassed,
+    VerificationFailed,
+    CanaryStarted,
+    CanaryPassed,
+    CanaryFailed,
+    CanaryInconclusive,
+    TrialPassed,
+    TrialFailed,
+    Recovered,
+    Cancelled,
+)
+
+
+# --- effects: what the driver must do, in order, after the record is journaled -------------------------
+
+
+@dataclass(frozen=True)
+class StartDownload:
+    """Fetch every artifact of ``digest`` into ``incoming/`` (resuming partial files)."""
+
+    digest: str
+    artifacts: tuple[ArtifactRef, ...]
+
+
+@dataclass(frozen=True)
+class Verify:
+    """Check every artifact's sha256 and the bundle signature."""
+
+    digest: str
+    artifacts: tuple[ArtifactRef, ...]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Promote the verified download to a read-only slot and load it off the frame path."""
+
+    digest: str
+
+
+@dataclass(frozen=True)
+class StartCanary:
+    digest: str
+
+
+@dataclass(frozen=True)
+class StartWatch:
+    """Start the trial watch window for the candidate now serving."""
+
+    digest: str
+
+
+@dataclass(frozen=True)
+class StopEvaluation:
+    """Stop any canary or watch window running for ``digest``."""
+
+    digest: str
+
+
+@dataclass(frozen=True)
+class SwapToCandidate:
+    digest: str
+
+
+@dataclass(frozen=True)
+class SwapToCommitted:
+    """Serve the committed bundle (``None``: nothing was ever committed, serve nothing)."""
+
+    digest: str | None
+
+
+@dataclass(frozen=True)
+class Commit:
+    """The candidate is now committed; slots outside ``keep`` may be reclaimed."""
+
+    digest: str
+    keep: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DiscardCandidate:
+    """Remove the candidate's slot; its partial download too unless ``keep_partial``."""
+
+    digest: str
+    keep_partial: bool
+
+
+@dataclass(frozen=True)
+class CollectGarbage:
+    keep: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ReportState:
+    """Tell the controller (on the next sync) what the record now says."""
+
+
+UpdateEffect = (
+    StartDownload
+    | Verify
+    | Stage
+    | StartCanary
+    | StartWatch
+    | StopEvaluation
+    | SwapToCandidate
+    | SwapToCommitted
+    | Commit
+    | DiscardCandidate
+    | CollectGarbage
+    | ReportState
+)
+
+
+# --- the record ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RetryLimits:
+    """Caps on transition loops; counts live in the record so they survive restarts."""
+
+    max_download_attempts: int = 5
+    max_canary_attempts: int = 3
+    max_interruptions: int = 3
+
+
+DEFAULT_LIMITS = RetryLimits()
+
+
+@dataclass(frozen=True)
+class UpdateRecord:
+    """Everything the device must remember about its update, persisted by the journal before any effect."""
+
+    state: UpdateState
+    entered_at: datetime
+    updated_at: datetime
+    committed: str | None = None
+    previous: str | None = None
+    candidate: str | None = None
+    candidate_artifacts: tuple[ArtifactRef, ...] = ()
+    candidate_since: datetime | None = None
+    download_attempts: int = 0
+    canary_attempts: int = 0
+    interruptions: int = 0
+    rejected: str | None = None
+    failure: str | None = None
+    canary_summary: str | None = None
+    record_version: int = field(default=RECORD_VERSION)
+
+    @classmethod
+    def initial(cls, now: datetime, committed: str | None = None) -> UpdateRecord:
+        """A fresh ``idle`` record, optionally already serving ``committed``."""
+        return cls(state=UpdateState.IDLE, entered_at=now, updated_at=now, committed=committed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "record_version": self.record_version,
+            "state": self.state.value,
+            "entered_at": self.entered_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+            "committed": self.committed,
+            "previous": self.previous,
+            "candidate": self.candidate,
+            "candidate_artifacts": [a.to_dict() for a in self.candidate_artifacts],
+            "candidate_since": self.candidate_since.isoformat() if self.candidate_since else None,
+            "download_attempts": self.download_attempts,
+            "canary_attempts": self.canary_attempts,
+            "interruptions": self.interruptions,
+            "rejected": self.rejected,
+            "failure": self.failure,
+            "canary_summary": self.canary_summary,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> UpdateRecord:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise RecordFormatError(f"update record: not valid JSON ({exc}); the copy is damaged") from exc
+        if not isinstance(data, dict):
+            raise RecordFormatError(f"update record: expected a JSON object, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UpdateRecord:
+        version = data.get("record_version")
+        if version != RECORD_VERSION:
+            raise RecordFormatError(
+                f"update record: field 'record_version' must be {RECORD_VERSION}, got {version!r}; "
+                "this runtime cannot read records written by another version"
+            )
+        state = data.get("state")
+        try:
+            parsed_state = UpdateState(str(state))
+        except ValueError:
+            known = ", ".join(s.value for s in UpdateState)
+            raise RecordFormatError(
+                f"update record: field 'state' must be one of {known}, got {state!r}"
+            ) from None
+        artifacts_raw = data.get("candidate_artifacts", [])
+        if not isinstance(artifacts_raw, list) or not all(isinstance(a, dict) for a in artifacts_raw):
+            raise RecordFormatError(
+                f"update record: field 'candidate_artifacts' must be a list of objects, got {artifacts_raw!r}"
+            )
+        return cls(
+            record_version=RECORD_VERSION,
+            state=parsed_state,
+            entered_at=_time(data, "entered_at"),
+            updated_at=_time(data, "updated_at"),
+            committed=_optional_digest(data, "committed"),
+            previous=_optional_digest(data, "previous"),
+            candidate=_optional_digest(data, "candidate"),
+            candidate_artifacts=tuple(ArtifactRef.from_dict(a) for a in artifacts_raw),
+            candidate_since=_optional_time(data, "candidate_since"),
+            download_attempts=_count(data, "download_attempts"),
+            canary_attempts=_count(data, "canary_attempts"),
+            interruptions=_count(data, "interruptions"),
+            rejected=_optional_digest(data, "rejected"),
+            failure=_optional_str(data, "failure"),
+            canary_summary=_optional_str(data, "canary_summary"),
+        )
+
+
+def _optional_digest(data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not is_digest(value):
+        raise RecordFormatError(
+            f"update record: field {key!r} must be sha256:<64 hex> or null, got {value!r}"
+        )
+    assert isinstance(value, str)
+    return value
+
+
+def _optional_str(data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, str):
+        raise RecordFormatError(f"update record: field {key!r} must be a string or null, got {value!r}")
+    return value
+
+
+def _count(data: Mapping[str, Any], key: str) -> int:
+    value = data.get(key, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise RecordFormatError(f"update record: field {key!r} must be an integer >= 0, got {value!r}")
+    return value
+
+
+def _optional_time(data: Mapping[str, Any], key: str) -> datetime | None:
+    return None if data.get(key) is None else _time(data, key)
+
+
+def _time(data: Mapping[str, Any], key: str) -> datetime:
+    value = data.get(key)
+    try:
+        if not isinstance(value, str):
+            raise ValueError
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise RecordFormatError(
+            f"update record: field {key!r} must be an ISO-8601 timestamp, got {value!r}"
+        ) from None
+    if parsed.tzinfo is None:
+        raise RecordFormatError(f"update record: field {key!r} must carry a UTC offset, got {value!r}")
+    return parsed
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The next record and the effects to run after journaling it; ``ignored`` says why nothing happened."""
+
+    record: UpdateRecord
+    effects: tuple[UpdateEffect, ...] = ()
+    ignored: str | None = None
+
+
+# --- handlers --------------------------------------------------------------------------------------------
+
+
+def _go(
+    record: UpdateRecord, state: UpdateState, now: datetime, *effects: UpdateEffect, **changes: Any
+) -> Decision:
+    """Move to ``state`` (re-entering the same state keeps ``entered_at``) and report it."""
+    entered_at = record.entered_at if state == record.state else now
+    next_record = replace(record, state=state, entered_at=entered_at, updated_at=now, **changes)
+    return Decision(record=next_record, effects=(*effects, ReportState()))
+
+
+def _ignore(record: UpdateRecord, reason: str) -> Decision:
+    return Decision(record=record, effects=(), ignored=reason)
+
+
+def _keep(record: UpdateRecord, *extra: str | None) -> tuple[str, ...]:
+    kept = [d for d in (record.committed, record.previous, *extra) if d is not None]
+    return tuple(dict.fromkeys(kept))
+
+
+def _abandon_effects(record: UpdateRecord, *, keep_partial: bool) -> tuple[UpdateEffect, ...]:
+    """Effects that put the committed bundle back in charge and drop the candidate, for a live process."""
+    assert record.candidate is not None
+    effects: list[UpdateEffect] = []
+    if record.state == UpdateState.TRIAL:
+        effects.append(SwapToCommitted(record.committed))
+    if record.state in _EVALUATING:
+        effects.append(StopEvaluation(record.candidate))
+    effects.append(DiscardCandidate(record.candidate, keep_partial=keep_partial))
+    return tuple(effects)
+
+
+def _cancel(record: UpdateRecord, now: datetime, why: str) -> Decision:
+    target = UpdateState.ROLLED_BACK if record.state in _CANDIDATE_RAN else UpdateState.IDLE
+    return _go(
+        record,
+        target,
+        now,
+        *_abandon_effects(record, keep_partial=False),
+        failure=f"cancelled at {record.state.value}: {why}",
+    )
+
+
+def _start_candidate(record: UpdateRecord, event: DesiredBundleChanged, now: datetime) -> Decision:
+    cleanup = _abandon_effects(record, keep_partial=False) if record.state in IN_PROGRESS else ()
+    same_candidate = event.digest == record.candidate and record.state in SETTLED
+    return _go(
+        record,
+        UpdateState.DOWNLOADING,
+        now,
+        *cleanup,
+        StartDownload(event.digest, event.artifacts),
+        candidate=event.digest,
+        candidate_artifacts=event.artifacts,
+        candidate_since=now,
+        download_attempts=1,
+        canary_attempts=0,
+        interruptions=record.interruptions if same_candidate else 0,
+        failure=None,
+        canary_summary=None,
+    )
+
+
+def _on_desired(
+    record: UpdateRecord, event: DesiredBundleChanged, now: datetime, limits: RetryLimits
+) -> Decision:
+    if not is_digest(event.digest):
+        return _ignore(record, f"desired bundle digest must be sha256:<64 hex>, got {event.digest!r}")
+    if event.digest == record.committed:
+        if record.state in IN_PROGRESS:
+            return _cancel(record, now, f"desired bundle is the committed {event.digest} again")
+        return _ignore(record, f"desired bundle {event.digest} is already committed")
+    if record.state in IN_PROGRESS and event.digest == record.candidate:
+        return _ignore(record, f"desired bundle {event.digest} is already being installed ({record.state})")
+    if event.digest == record.rejected:
+        return _ignore(
+            record,
+            f"desired bundle {event.digest} was rejected ({record.failure}); "
+            "assign a different bundle to retry",
+        )
+    if not event.artifacts:
+        return _ignore(record, f"desired bundle {event.digest} lists no artifacts; cannot download it")
+    bad = [a for a in event.artifacts if not is_digest(a.digest) or a.size < 0]
+    if bad:
+        return _ignore(record, f"desired bundle {event.digest} has malformed artifacts: {bad!r}")
+    return _start_candidate(record, event, now)
+
+
+def _on_cancelled(record: UpdateRecord, event: Cancelled, now: datetime, limits: RetryLimits) -> Decision:
+    return _cancel(record, now, event.reason)
+
+
+def _on_recovered(record: UpdateRecord, event: Recovered, now: datetime, limits: RetryLimits) -> Decision:
+    if record.state in SETTLED:
+        keep = _keep(record, record.candidate if record.candidate != record.rejected else None)
+        return _go(record, record.state, now, SwapToCommitted(record.committed), CollectGarbage(keep))
+    assert record.candidate is not None
+    interruptions = record.interruptions + 1
+    reason = f"interrupted at {record.state.value}"
+    rejected = record.rejected
+    if interruptions >= limits.max_interruptions:
+        rejected = record.candidate
+        reason = f"{reason}; interrupted {interruptions} times, giving up on {record.candidate}"
+    keep_partial = record.state == UpdateState.DOWNLOADING and rejected != record.candidate
+    target = UpdateState.ROLLED_BACK if record.state in _CANDIDATE_RAN else UpdateState.FAILED
+    # Nothing is running at start-up, so there is no evaluation to stop and no candidate being served.
+    return _go(
+        record,
+        target,
+        now,
+        SwapToCommitted(record.committed),
+        DiscardCandidate(record.candidate, keep_partial=keep_partial),
+        CollectGarbage(_keep(record, record.candidate if keep_partial else None)),
+        interruptions=interruptions,
+        rejected=rejected,
+        failure=reason,
+    )
+
+
+def _on_download_completed(
+    record: UpdateRecord, event: DownloadCompleted, now: datetime, limits: RetryLimits
+) -> Decision:
+    assert record.candidate is not None
+    return _go(record, UpdateState.VERIFYING, now, Verify(record.candidate, record.candidate_artifacts))
+
+
+def _on_download_failed(
+    record: UpdateRecord, event: DownloadFailed, now: datetime, limits: RetryLimits
+) -> Decision:
+    assert record.candidate is not None
+    if record.download_attempts < limits.max_download_attempts:
+        return _go(
+            record,
+            UpdateState.DOWNLOADING,
+            now,
+            StartDownload(record.candidate, record.candidate_artifacts),
+            download_attempts=record.download_attempts + 1,
+            failure=f"download attempt {record.download_attempts} failed: {event.reason}",
+        )
+    return _go(
+        record,
+        UpdateState.FAILED,
+        now,
+        DiscardCandidate(record.candidate, keep_partial=True),
+        failure=f"download failed after {record.download_attempts} attempts: {event.reason}",
+    )
+
+
+def _on_disk_insufficient(
+    record: UpdateRecord, event: DiskInsufficient, now: datetime, limits: RetryLimits
+) -> Decision:
+    assert record.candidate is not None
+    return _go(
+        record,
+        UpdateState.FAILED,
+        now,
+        DiscardCandidate(record.candidate, keep_partial=False),
+        failure=(
+            f"not enough disk for {record.candidate}: needs {format_bytes(event.needed)}, "
+            f"{format_bytes(event.free)} free"
+        ),
+    )
+
+
+def _on_verification_passed(
+    record: UpdateRecord, event: VerificationPassed, now: datetime, limits: RetryLimits
+) -> Decision:
+    assert record.candidate is not None
+    return _go(record, UpdateState.STAGED, now, Stage(record.candidate), StartCanary(record.candidate))
+
+
+def _on_verification_failed(
+    record: UpdateRecord, event: VerificationFailed, now: datetime, limits: RetryLimits
+) -> Decision:
+    assert record.candidate is not None
+    return _go(
+        record,
+        UpdateState.FAILED,
+        now,
+        DiscardCandidate(record.candidate, keep_partial=False),
+        rejected=record.candidate,
+        failure=f"verification failed: {event.reason}",
+    )
+
+
+def _on_canary_started(
+    record: UpdateRecord, event: CanaryStarted, now: datetime, limits: RetryLimits
+) -> Decision:
+    return _go(record, UpdateState.CANARY, now, canary_attempts=1)
+
+
+def _on_canary_failed(
+    record: UpdateRecord, event: CanaryFailed, now: datetime, limits: RetryLimits
+) -> Decision:
+    assert record.candidate is not None
+    return _go(
+        record,
+        UpdateState.ROLLED_BACK,
+        now,
+        StopEvaluation(record.candidate),
+        DiscardCandidate(record.candidate, keep_partial=False),
+        rejected=record.candidate,
+        failure=f"canary failed: {event.reason}",
+    )
+
+
+def _on_canary_inconclusive(
+    record: UpdateRecord, event: CanaryInconclusive, now: datetime, limits: RetryLimits
+) -> Decision:
+    assert record.candidate is not None
+    if record.canary_attempts < limits.max_canary_attempts:
+        return _go(
+            record,
+            UpdateState.CANARY,
+            now,
+            StartCanary(record.candidate),
+            canary_attempts=record.canary_attempts + 1,
+            failure=f"canary run {record.canary_attempts} inconclusive: {event.reason}",
+        )
+    return _go(
+        record,
+        UpdateState.ROLLED_BACK,
+        now,
+        StopEvaluation(record.candidate),
+        DiscardCandidate(record.candidate, keep_partial=False),
+        failure=f"canary inconclusive after {record.canary_attempts} runs: {event.reason}",
+    )
+
+
+def _on_canary_passed(
+    record: UpdateRecord, event: CanaryPassed, now: datetime, limits: RetryLimits
+) -> Decision:
+    assert record.candidate is not None
+    return _go(
+        record,
+        UpdateState.TRIAL,
+        now,
+        SwapToCandidate(record.candidate),
+        StartWatch(record.candidate),
+        canary_summary=event.summary,
+        failure=None,
+    )
+
+
+def _on_trial_passed(
+    record: UpdateRecord, event: TrialPassed, now: datetime, limits: RetryLimits
+) -> Decision:
+    assert record.candidate is not None
+    new = record.candidate
+    previous = record.committed if record.committed != new else record.previous
+    return _go(
+        record,
+        UpdateState.COMMITTED,
+        now,
+        Commit(new, keep=tuple(d for d in (new, previous) if d is not None)),
+        committed=new,
+        previous=previous,
+        candidate=None,
+        candidate_artifacts=(),
+        candidate_since=None,
+        download_attempts=0,
+        canary_attempts=0,
+        interruptions=0,
+        failure=None,
+    )
+
+
+def _on_trial_failed(
+    record: UpdateRecord, event: TrialFailed, now: datetime, limits: RetryLimits
+) -> Decision:
+    assert record.candidate is not None
+    return _go(
+        record,
+        UpdateState.ROLLED_BACK,
+        now,
+        *_abandon_effects(record, keep_partial=False),
+        rejected=record.candidate,
+        failure=f"trial failed: {event.reason}",
+    )
+
+
+Handler = Callable[[UpdateRecord, Any, datetime, RetryLimits], Decision]
+
+_S = UpdateState
+
+TRANSITIONS: dict[tuple[UpdateState, type[UpdateEvent]], Handler] = {
+    **{(s, DesiredBundleChanged): _on_desired for s in UpdateState},
+    **{(s, Recovered): _on_recovered for s in UpdateState},
+    **{(s, Cancelled): _on_cancelled for s in IN_PROGRESS},
+    (_S.DOWNLOADING, DownloadCompleted): _on_download_completed,
+    (_S.DOWNLOADING, DownloadFailed): _on_download_failed,
+    (_S.DOWNLOADING, DiskInsufficient): _on_disk_insufficient,
+    (_S.VERIFYING, VerificationPassed): _on_verification_passed,
+    (_S.VERIFYING, VerificationFailed): _on_verification_failed,
+    (_S.STAGED, CanaryStarted): _on_canary_started,
+    # Loading the candidate off the frame path can fail before the canary starts: same outcome.
+    (_S.STAGED, CanaryFailed): _on_canary_failed,
+    (_S.CANARY, CanaryFailed): _on_canary_failed,
+    (_S.CANARY, CanaryInconclusive): _on_canary_inconclusive,
+    (_S.CANARY, CanaryPassed): _on_canary_passed,
+    (_S.TRIAL, TrialPassed): _on_trial_passed,
+    (_S.TRIAL, TrialFailed): _on_trial_failed,
+}
+
+
+def decide(
+    record: UpdateRecord, event: UpdateEvent, now: datetime, limits: RetryLimits = DEFAULT_LIMITS
+) -> Decision:
+    """The next record and effects for ``event``; pairs outside ``TRANSITIONS`` are ignored with a reason."""
+    handler = TRANSITIONS.get((record.state, type(event)))
+    if handler is None:
+        return _ignore(record, f"{type(event).__name__} is not expected in state {record.state.value}")
+    return handler(record, event, now, limits)
+
+
+def recover(record: UpdateRecord, now: datetime, limits: RetryLimits = DEFAULT_LIMITS) -> Decision:
+    """The start-up decision: serve the last committed bundle, abandon whatever was in progress."""
+    return decide(record, Recovered(), now, limits)

@@ -1,0 +1,68 @@
+"""The test fault proxy itself: forwards, resets after a byte budget, blackholes."""
+
+from __future__ import annotations
+
+import socket
+import socketserver
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from tests.support.faultproxy import FaultProxy
+
+
+class _Echo(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        while data := self.request.recv(65536):
+            self.request.sendall(data)
+
+
+class _QuietServer(socketserver.ThreadingTCPServer):
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # resets are the point of these tests
+
+
+@pytest.fixture
+def echo_port() -> Iterator[int]:
+    server = _QuietServer(("127.0.0.1", 0), _Echo)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def _roundtrip(port: int, payload: bytes, timeout: float = 5) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(payload)
+        got = b""
+        while len(got) < len(payload):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        return got
+
+
+def test_forwards_and_counts(echo_port: int) -> None:
+    with FaultProxy(echo_port) as proxy:
+        assert _roundtrip(proxy.port, b"x" * 100_000) == b"x" * 100_000
+        assert proxy.stats.bytes_up == 100_000 and proxy.stats.bytes_down == 100_000
+
+
+def test_reset_after_budget(echo_port: int) -> None:
+    with FaultProxy(echo_port) as proxy:
+        proxy.reset_every_bytes = 10_000
+        with pytest.raises((ConnectionError, OSError)):
+            got = _roundtrip(proxy.port, b"y" * 50_000)
+            if len(got) < 50_000:
+                raise ConnectionResetError(f"short read {len(got)}")
+        assert proxy.stats.resets == 1
+
+
+def test_blackhole_times_out(echo_port: int) -> None:
+    with FaultProxy(echo_port) as proxy:
+        proxy.blackhole = True
+        with pytest.raises(TimeoutError):
+            _roundtrip(proxy.port, b"z" * 10, timeout=0.5)
