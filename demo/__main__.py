@@ -1,7 +1,7 @@
 """The edgefleet demo (``python -m demo``): publish a signed engine bundle and verify it like a device would.
 
 Steps: generate a classifier with ``edgefleet.modelgen``, build a bundle from
-``manifests/bundles/classifier-v1.spec.yaml``, sign it with a fresh publisher key, pack it to an ``.efb``,
+``examples/bundles/classifier-v1.spec.yaml``, sign it with a fresh publisher key, pack it to an ``.efb``,
 then unpack and verify it against the trusted public key. Everything is written under ``demo-out/``
 (gitignored). Later this grows into the fleet demo (controller + devices).
 """
@@ -30,7 +30,7 @@ from edgefleet.modelgen import make_classifier
 from fleetctl.bundle_cmds import manifest_table
 
 REPO = Path(__file__).resolve().parent.parent
-SPEC = REPO / "manifests" / "bundles" / "classifier-v1.spec.yaml"
+SPEC = REPO / "examples" / "bundles" / "classifier-v1.spec.yaml"
 OUT = REPO / "demo-out"
 
 

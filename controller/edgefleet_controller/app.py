@@ -3,6 +3,19 @@ directory, the long-poll hub and the fleet event feed.
 
 Store calls are synchronous SQLAlchemy transactions; they run in worker threads (``asyncio.to_thread``)
 so the event loop only ever waits. The clock is injected (``now``) so tests can move time.
+
+What a Sync costs: a device that re-syncs with an unchanged report and an unchanged desired state costs
+no database access and no thread hop. Three caches make that so:
+
+- desired state per device (``_DesiredCache``), evicted by ``SyncHub.notify`` — the signal every writer
+  of desired state already has to send to wake waiting devices; a read that raced an eviction is dropped;
+- the immutable pieces of desired-state messages (bundle manifest, signature, artifact list by bundle
+  digest; effective config JSON by config digest), content-addressed and so never stale;
+- the last report per device (``_ReportMemo``): an identical report is written at most every
+  ``REPORT_REFRESH_S`` seconds, to keep ``last_seen`` fresh.
+
+``SyncRequest.wait_s = 0`` means the default (30 s): proto3 cannot tell 0 from unset. A device that wants
+an immediate answer sends a ``known_revision`` it knows to be stale (e.g. 0).
 """
 
 from __future__ import annotations
@@ -12,7 +25,7 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -112,6 +125,45 @@ class _ReportMemo:
     written_at: float
 
 
+class _DesiredCache:
+    """Last known desired state per device. ``evict`` bumps a generation; a value read from the store
+    before an eviction is not stored after it (it may predate the change that caused the eviction)."""
+
+    def __init__(self) -> None:
+        self._by_device: dict[str, DesiredState] = {}
+        self.generation = 0
+
+    def get(self, device_id: str) -> DesiredState | None:
+        return self._by_device.get(device_id)
+
+    def put(self, desired: DesiredState, generation: int) -> None:
+        if generation == self.generation:
+            self._by_device[desired.device_id] = desired
+
+    def evict(self, device_ids: Collection[str] | None) -> None:
+        self.generation += 1
+        if device_ids is None:
+            self._by_device.clear()
+            return
+        for device_id in device_ids:
+            self._by_device.pop(device_id, None)
+
+
+@dataclass(frozen=True)
+class _BundlePieces:
+    manifest: bytes
+    signature: bytes
+    artifacts: tuple[common_pb2.ArtifactRef, ...]
+
+    @property
+    def digests(self) -> frozenset[str]:
+        return frozenset(a.digest for a in self.artifacts)
+
+
+#: Content-addressed pieces kept in memory (bundles and configs in use at once are few).
+PIECES_MAX = 256
+
+
 class ControllerApp:
     """Everything the controller does, behind the servicers."""
 
@@ -130,6 +182,11 @@ class ControllerApp:
         self._reports: dict[str, _ReportMemo] = {}
         self._shutting_down = False
         self._device_counts: dict[tuple[str, str], int] = {}
+        self._device_counts_stale = True
+        self._desired = _DesiredCache()
+        self.hub.on_change(self._desired.evict)
+        self._bundle_pieces: dict[str, _BundlePieces] = {}
+        self._config_json: dict[str, bytes] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -142,7 +199,6 @@ class ControllerApp:
                 f.write(secret + "\n")
             os.chmod(path, 0o600)
             log.info("controller.bootstrap_admin_token", path=str(path))
-        await self._refresh_device_counts()
 
     def begin_shutdown(self) -> None:
         self._shutting_down = True
@@ -152,20 +208,61 @@ class ControllerApp:
     async def stop(self) -> None:
         await asyncio.to_thread(self.store.close)
 
-    async def _refresh_device_counts(self) -> None:
-        summary = await asyncio.to_thread(self.store.site_summary)
-        self._device_counts = {
-            (site, health): count for site, s in summary.items() for health, count in s.by_health.items()
-        }
+    def _device_counts_changed(self) -> None:
+        self._device_counts_stale = True
 
     def _devices_by_state(self) -> Mapping[tuple[str, str], int]:
+        # Computed when scraped (in the metrics server's thread), not on every enrollment or report:
+        # a site summary scans every device, which per report would make N reports cost O(N²).
+        if self._device_counts_stale:
+            self._device_counts_stale = False
+            summary = self.store.site_summary()
+            self._device_counts = {
+                (site, health): count for site, s in summary.items() for health, count in s.by_health.items()
+            }
         return self._device_counts
+
+    # ------------------------------------------------------------------ cached reads
+
+    async def desired_of(self, device_id: str) -> DesiredState:
+        """The device's desired state, from the cache when this controller has not changed it since."""
+        cached = self._desired.get(device_id)
+        if cached is not None:
+            return cached
+        generation = self._desired.generation
+        desired = await asyncio.to_thread(self.store.get_desired, device_id)
+        self._desired.put(desired, generation)
+        return desired
+
+    @staticmethod
+    def _remember(cache: dict[str, Any], key: str, value: Any) -> None:
+        if len(cache) >= PIECES_MAX:
+            cache.pop(next(iter(cache)))
+        cache[key] = value
+
+    async def _pieces_of(self, bundle_digest: str) -> _BundlePieces:
+        pieces = self._bundle_pieces.get(bundle_digest)
+        if pieces is None:
+            bundle = await asyncio.to_thread(self.store.get_bundle, bundle_digest)
+            manifest = BundleManifest.from_json_bytes(bundle.manifest)
+            pieces = _BundlePieces(bundle.manifest, bundle.signature, tuple(self.artifact_refs(manifest)))
+            self._remember(self._bundle_pieces, bundle_digest, pieces)
+        return pieces
+
+    async def _config_bytes(self, config_digest: str) -> bytes | None:
+        data = self._config_json.get(config_digest)
+        if data is None:
+            if not self.blobs.has(config_digest):
+                return None
+            data = await asyncio.to_thread(self.blobs.path(config_digest).read_bytes)
+            self._remember(self._config_json, config_digest, data)
+        return data
 
     # ------------------------------------------------------------------ auth
 
     async def authenticate(self, token: str) -> Principal:
         cached = self._credentials.get(token)
-        if cached is not None:
+        if cached is not None and (cached.expires_at is None or self.clock() < cached.expires_at):
             return cached
         if token.startswith("edc_"):
             device_id = await asyncio.to_thread(self.store.authenticate_device, token)
@@ -178,7 +275,9 @@ class ControllerApp:
                 op = await asyncio.to_thread(self.store.authenticate_operator, token, self.clock())
             except serr.TokenRejected as exc:
                 raise cerr.Unauthenticated(f"operator token refused: {exc}") from None
-            principal = Principal("operator", op.id, op.name, role=Role.parse(op.role.value))
+            principal = Principal(
+                "operator", op.id, op.name, role=Role.parse(op.role.value), expires_at=op.expires_at
+            )
         else:
             raise cerr.Unauthenticated("credential must be an operator token (eot_…) or a device credential (edc_…)")
         self._credentials.put(token, principal)
@@ -264,7 +363,7 @@ class ControllerApp:
         keys = await asyncio.to_thread(self.store.list_trusted_keys, False)
         log.info("device.enrolled", device_id=device.id, name=device.name, site=device.site)
         self.feed.publish_device(fleet_pb2.FleetEvent.KIND_ENROLLED, self.device_message(device))
-        await self._refresh_device_counts()
+        self._device_counts_changed()
         return device_pb2.EnrollResponse(
             device_id=device.id,
             device_credential=credential,
@@ -290,15 +389,17 @@ class ControllerApp:
         loop_now = asyncio.get_running_loop().time()
         memo = self._reports.get(device_id)
         if memo is not None and memo.digest == digest and loop_now - memo.written_at < REPORT_REFRESH_S:
-            return await asyncio.to_thread(self.store.get_desired, device_id)
+            return await self.desired_of(device_id)
+        generation = self._desired.generation
         desired = await asyncio.to_thread(
             self.store.record_report, device_id, self._reported_document(reported), self.clock()
         )
+        self._desired.put(desired, generation)
         self._reports[device_id] = _ReportMemo(digest, loop_now)
         if memo is None or memo.digest != digest:
             device = await asyncio.to_thread(self.store.get_device, device_id)
             self.feed.publish_device(fleet_pb2.FleetEvent.KIND_UPDATED, self.device_message(device, desired))
-            await self._refresh_device_counts()
+            self._device_counts_changed()
         return desired
 
     async def desired_message(self, desired: DesiredState) -> common_pb2.DesiredState:
@@ -310,12 +411,14 @@ class ControllerApp:
             reason=desired.reason or "",
         )
         if desired.bundle_digest:
-            bundle = await asyncio.to_thread(self.store.get_bundle, desired.bundle_digest)
-            msg.bundle_manifest = bundle.manifest
-            msg.bundle_signature = bundle.signature
-            msg.artifacts.extend(self.artifact_refs(BundleManifest.from_json_bytes(bundle.manifest)))
-        if desired.config_digest and self.blobs.has(desired.config_digest):
-            msg.config_json = await asyncio.to_thread(self.blobs.path(desired.config_digest).read_bytes)
+            pieces = await self._pieces_of(desired.bundle_digest)
+            msg.bundle_manifest = pieces.manifest
+            msg.bundle_signature = pieces.signature
+            msg.artifacts.extend(pieces.artifacts)
+        if desired.config_digest:
+            config = await self._config_bytes(desired.config_digest)
+            if config is not None:
+                msg.config_json = config
         return msg
 
     async def sync(self, device_id: str, request: device_pb2.SyncRequest) -> device_pb2.SyncResponse:
@@ -327,7 +430,7 @@ class ControllerApp:
                 and not self._shutting_down
                 and await self.hub.wait(woken, wait_s)
             ):
-                desired = await asyncio.to_thread(self.store.get_desired, device_id)
+                desired = await self.desired_of(device_id)
         if desired.revision == request.known_revision:
             return device_pb2.SyncResponse(changed=False)
         return device_pb2.SyncResponse(changed=True, desired=await self.desired_message(desired))
@@ -335,13 +438,11 @@ class ControllerApp:
     # ------------------------------------------------------------------ blobs
 
     async def _device_may_fetch(self, device_id: str, digest: str) -> bool:
-        desired = await asyncio.to_thread(self.store.get_desired, device_id)
+        desired = await self.desired_of(device_id)
         if digest == desired.config_digest:
             return True
         if desired.bundle_digest:
-            bundle = await asyncio.to_thread(self.store.get_bundle, desired.bundle_digest)
-            if any(a.digest == digest for a in bundle.artifacts):
-                return True
+            return digest in (await self._pieces_of(desired.bundle_digest)).digests
         return False
 
     async def fetch_blob(
@@ -374,7 +475,9 @@ class ControllerApp:
 
     # ------------------------------------------------------------------ events
 
-    async def report_events(self, device_id: str, events: Sequence[telemetry_pb2.DeviceEvent]) -> int:
+    async def report_events(
+        self, device_id: str, events: Sequence[telemetry_pb2.DeviceEvent], site: str = ""
+    ) -> int:
         inputs = []
         for ev in events:
             at = ev.at.ToDatetime(tzinfo=UTC) if ev.HasField("at") else self.clock()
@@ -384,7 +487,7 @@ class ControllerApp:
             inputs.append(EventInput(kind, payload, at, seq))
         stored = await asyncio.to_thread(self.store.record_events, device_id, inputs, self.clock())
         for ev in events:
-            self.feed.publish_event(device_id, ev)
+            self.feed.publish_event(device_id, ev, site)
         return stored
 
     async def list_events(self, device: str, limit: int) -> list[telemetry_pb2.DeviceEvent]:
@@ -404,6 +507,12 @@ class ControllerApp:
         if first is None or not first.HasField("header"):
             raise cerr.InvalidArgument("PushBundle: the first message must be a header (manifest + signature)")
         manifest_bytes, sig_bytes = first.header.manifest, first.header.signature
+        if not sig_bytes.strip():
+            self.metrics.bundles_rejected.labels("Unsigned").inc()
+            raise cerr.InvalidArgument(
+                "bundle refused: PushBundleRequest.header.signature is empty, the bundle is unsigned; "
+                "sign it with 'fleetctl bundle sign --key KEY' and push again"
+            )
         try:
             manifest = BundleManifest.from_json_bytes(manifest_bytes)
             key_id = verify_signature(manifest_bytes, sig_bytes, await self.trusted_keys())
@@ -437,7 +546,8 @@ class ControllerApp:
                 writer = None
         except serr.BlobIntegrityError as exc:
             self.metrics.bundles_rejected.labels(type(exc).__name__).inc()
-            raise cerr.InvalidArgument(f"bundle refused: {exc}") from None
+            role = expected[current].role if current in expected else "?"
+            raise cerr.InvalidArgument(f"bundle refused: artifact {role!r}: {exc}") from None
         finally:
             if writer is not None:
                 writer.abort()
@@ -490,6 +600,7 @@ class ControllerApp:
     async def delete_bundle(self, ref: str) -> None:
         rec = await asyncio.to_thread(self.store.get_bundle, ref)
         orphans = await asyncio.to_thread(self.store.delete_bundle, rec.digest)
+        self._bundle_pieces.pop(rec.digest, None)
         for digest in orphans:
             await asyncio.to_thread(self.blobs.delete, digest)
         log.info("bundle.deleted", digest=rec.digest, blobs_removed=len(orphans))
@@ -526,7 +637,7 @@ class ControllerApp:
         by_digest: dict[str, list[str]] = {}
         for device in devices:
             config = effective_config(docs, self.facts_of(device))
-            current = await asyncio.to_thread(self.store.get_desired, device.id)
+            current = await self.desired_of(device.id)
             if current.config_digest != config.digest:
                 await self._store_config(config)
                 by_digest.setdefault(config.digest, []).append(device.id)
@@ -679,7 +790,7 @@ class ControllerApp:
         for rec in page:
             if any(rec.tags.get(k) != v for k, v in extra):
                 continue
-            desired = await asyncio.to_thread(self.store.get_desired, rec.id)
+            desired = await self.desired_of(rec.id)
             msg = self.device_message(rec, desired)
             if request.health and msg.health != request.health:
                 continue
@@ -689,7 +800,7 @@ class ControllerApp:
 
     async def get_device(self, ref: str) -> common_pb2.Device:
         rec = await self.find_device(ref)
-        desired = await asyncio.to_thread(self.store.get_desired, rec.id)
+        desired = await self.desired_of(rec.id)
         return self.device_message(rec, desired)
 
     async def list_sites(self) -> list[fleet_pb2.SiteSummary]:

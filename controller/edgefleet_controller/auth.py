@@ -19,6 +19,7 @@ import hashlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from enum import IntEnum
 
 from edgefleet_controller.errors import PermissionDenied, Unauthenticated
@@ -48,6 +49,8 @@ class Principal:
     name: str
     role: Role | None = None
     site: str = ""
+    #: When the credential stops being valid (wall clock); the cache must not outlive it.
+    expires_at: datetime | None = None
 
     @property
     def device_id(self) -> str:

@@ -46,10 +46,10 @@ class FleetFeed:
     def publish_device(self, kind: int, device: common_pb2.Device) -> None:
         self._publish(fleet_pb2.FleetEvent(kind=kind, device=device))  # type: ignore[arg-type]
 
-    def publish_event(self, device_id: str, event: telemetry_pb2.DeviceEvent) -> None:
+    def publish_event(self, device_id: str, event: telemetry_pb2.DeviceEvent, site: str = "") -> None:
         self._publish(
             fleet_pb2.FleetEvent(
-                kind=fleet_pb2.FleetEvent.KIND_EVENT, device=common_pb2.Device(id=device_id), event=event
+                kind=fleet_pb2.FleetEvent.KIND_EVENT, device=common_pb2.Device(id=device_id, site=site), event=event
             )
         )
 
@@ -61,12 +61,37 @@ class FleetFeed:
                 queue.get_nowait()
             queue.put_nowait(_CLOSED)
 
-    async def subscribe(self) -> AsyncIterator[fleet_pb2.FleetEvent]:
+    def subscribe(self) -> FleetSubscription:
+        """Register a watcher now (changes from this moment on are queued for it) and return it."""
         queue: asyncio.Queue[object] = asyncio.Queue(QUEUE_BOUND)
-        self._watchers.add(queue)
+        if self._closed:
+            queue.put_nowait(_CLOSED)
+        else:
+            self._watchers.add(queue)
+        return FleetSubscription(self, queue)
+
+
+class FleetSubscription:
+    """One watcher's queue. Registration happens in ``FleetFeed.subscribe``, not at first iteration, so a
+    caller can take a snapshot after subscribing without missing a change made in between."""
+
+    def __init__(self, feed: FleetFeed, queue: asyncio.Queue[object]) -> None:
+        self._feed = feed
+        self._queue = queue
+
+    def close(self) -> None:
+        self._feed._watchers.discard(self._queue)
+
+    def __enter__(self) -> FleetSubscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def __aiter__(self) -> AsyncIterator[fleet_pb2.FleetEvent]:
         try:
-            while not self._closed:
-                item = await queue.get()
+            while True:
+                item = await self._queue.get()
                 if item is _CLOSED:
                     return
                 if isinstance(item, WatcherTooSlow):
@@ -74,4 +99,4 @@ class FleetFeed:
                 assert isinstance(item, fleet_pb2.FleetEvent)
                 yield item
         finally:
-            self._watchers.discard(queue)
+            self.close()

@@ -7,12 +7,16 @@ read and the wait has already resolved the future.
 
 Several controller replicas on one PostgreSQL database would forward ``notify`` through the database
 (LISTEN/NOTIFY); a single process (the embedded default) calls it directly after each commit.
+
+``notify`` is THE signal that desired state changed: whoever commits a desired-state change (set-bundle,
+config apply, the rollout reconciler) must call it for the devices concerned, waiting or not. Listeners
+(``on_change``) hear it before any waiter wakes; the service layer's desired-state cache evicts there.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 
 
@@ -22,6 +26,11 @@ class SyncHub:
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._count = 0
+        self._listeners: list[Callable[[Collection[str] | None], None]] = []
+
+    def on_change(self, listener: Callable[[Collection[str] | None], None]) -> None:
+        """Call ``listener(device_ids)`` on every ``notify`` (``None``: every device) before waking anyone."""
+        self._listeners.append(listener)
 
     @property
     def waiting(self) -> int:
@@ -55,6 +64,12 @@ class SyncHub:
 
     def notify(self, device_ids: Iterable[str]) -> int:
         """Wake every call waiting for these devices; return how many were woken."""
+        ids = device_ids if isinstance(device_ids, Collection) else list(device_ids)
+        for listener in self._listeners:
+            listener(ids)
+        return self._wake(ids)
+
+    def _wake(self, device_ids: Iterable[str]) -> int:
         woken = 0
         for device_id in device_ids:
             for future in self._waiters.get(device_id, ()):
@@ -64,5 +79,7 @@ class SyncHub:
         return woken
 
     def notify_all(self) -> int:
-        """Wake every waiting call (shutdown, or a fleet-wide config change)."""
-        return self.notify(list(self._waiters))
+        """Wake every waiting call (shutdown, or a fleet-wide change); listeners hear ``None`` (everyone)."""
+        for listener in self._listeners:
+            listener(None)
+        return self._wake(list(self._waiters))

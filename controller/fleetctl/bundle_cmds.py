@@ -9,6 +9,7 @@ import json
 import tempfile
 from enum import StrEnum
 from pathlib import Path
+from typing import cast
 
 import typer
 from rich.console import Console
@@ -21,9 +22,13 @@ from edgefleet.contract.bundle_archive import (
     unpack_bundle,
     unpack_unverified_bundle,
 )
-from edgefleet.contract.bundle_builder import build_bundle
 from edgefleet.contract.errors import ContractError
 from edgefleet.contract.signing import SigningKey, TrustedKeys, sign_bundle
+from edgefleet.pipeline.precision_bundle import (
+    DEFAULT_MAX_ACCURACY_LOSS,
+    PrecisionRequest,
+    build_precision_bundle,
+)
 from fleetctl.keys_cmds import fail
 
 bundle_app = typer.Typer(help="Build, sign, verify and inspect engine bundles.", no_args_is_help=True)
@@ -35,25 +40,78 @@ class OutputFormat(StrEnum):
     json = "json"
 
 
+class PrecisionOption(StrEnum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+    int8 = "int8"
+    auto = "auto"
+
+
+class CalibrationMethodOption(StrEnum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
 @bundle_app.command("build")
 def build(
     spec: Path = typer.Argument(..., help="Bundle spec YAML."),
     out: Path = typer.Option(..., "--out", help="Archive to write (.efb)."),
     key: Path | None = typer.Option(None, "--key", help="Sign with this private key (PEM)."),
+    calibration: Path | None = typer.Option(
+        None, "--calibration", help="Calibration images (jpg/png, 200-500 from the target environment)."
+    ),
+    eval_dir: Path | None = typer.Option(None, "--eval", help="Held-out images to measure INT8 accuracy against FP32."),
+    precision: PrecisionOption | None = typer.Option(
+        None, "--precision", help="fp32, fp16, int8 or auto (measure; default: int8 with --calibration)."
+    ),
+    max_accuracy_loss: float = typer.Option(
+        DEFAULT_MAX_ACCURACY_LOSS, "--max-accuracy-loss", help="Refuse above this loss vs FP32 (0.01 = 1%)."
+    ),
+    calibration_method: CalibrationMethodOption = typer.Option(
+        CalibrationMethodOption.minmax, "--calibration-method", help="minmax, entropy or percentile."
+    ),
 ) -> None:
-    """Build a bundle from a spec, sign it if --key is given, and pack it."""
+    """Build a bundle from a spec (INT8 + TensorRT table with --calibration), sign it if --key is given."""
+    chosen = precision.value if precision else ("int8" if calibration is not None else "fp32")
     try:
         signing_key = SigningKey.load(key) if key is not None else None
         with tempfile.TemporaryDirectory(prefix="fleetctl-build-") as tmp:
             bundle_dir = Path(tmp) / "bundle"
-            manifest = build_bundle(spec, bundle_dir)
+            result = build_precision_bundle(
+                spec,
+                bundle_dir,
+                calibration_dir=calibration,
+                eval_dir=eval_dir,
+                precision=cast(PrecisionRequest, chosen),
+                max_accuracy_loss=max_accuracy_loss,
+                method=calibration_method.value,
+            )
             if signing_key is not None:
                 sign_bundle(bundle_dir, signing_key)
             pack_bundle(bundle_dir, out)
     except ContractError as exc:
         raise fail(exc) from None
+    manifest = result.manifest
+    for warning in result.warnings:
+        _out.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    if result.calibration is not None:
+        cal = result.calibration
+        _out.print(
+            f"calibration: {cal.count} images sha256:{cal.sha256[:12]}… ({calibration_method.value})",
+            highlight=False,
+        )
+    if result.accuracy is not None:
+        acc = result.accuracy
+        _out.print(
+            f"int8: {acc.metric} {acc.value:.3f} vs fp32, loss {acc.loss:.1%} over {acc.samples} images",
+            highlight=False,
+        )
+    if result.choice is not None:
+        figures = ", ".join(f"{n} p50 {f.p50_ms:.2f} ms" for n, f in sorted(result.choice.figures.items()))
+        _out.print(f"precision: {result.choice.chosen} ({figures} on {result.choice.hardware_class})", highlight=False)
     signed = f"signed by {signing_key.key_id}" if signing_key else "unsigned"
-    _out.print(f"built {out}: {manifest.ref} {manifest.digest} ({signed})", highlight=False)
+    _out.print(f"built {out}: {manifest.ref} {manifest.digest} ({signed}, prefers {result.preferred})", highlight=False)
 
 
 @bundle_app.command("sign")

@@ -16,7 +16,8 @@ from rich.table import Table
 
 FORMATS = ("table", "wide", "json", "yaml")
 console = Console()
-err_console = Console(stderr=True)
+# Errors are one line however narrow the terminal: scripts and people grep them.
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def to_dict(message: Message) -> dict[str, Any]:
@@ -28,7 +29,8 @@ def emit_structured(items: Sequence[Message] | Message, fmt: str) -> None:
     if fmt == "json":
         console.print_json(json.dumps(data))
     else:
-        console.print(yaml.safe_dump(data, sort_keys=False), end="", markup=False, highlight=False)
+        # soft_wrap: a folded line would change a long scalar (a digest) when the YAML is parsed back.
+        console.print(yaml.safe_dump(data, sort_keys=False), end="", markup=False, highlight=False, soft_wrap=True)
 
 
 def ts(value: Timestamp) -> str:

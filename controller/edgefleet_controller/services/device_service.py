@@ -31,7 +31,8 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
             yield chunk
 
     async def ReportEvent(self, request: device_pb2.ReportEventRequest, context: Ctx) -> device_pb2.ReportEventResponse:
-        stored = await self.app.report_events(current_principal().device_id, request.events)
+        principal = current_principal()
+        stored = await self.app.report_events(principal.device_id, request.events, principal.site)
         return device_pb2.ReportEventResponse(accepted=stored)
 
     async def UploadTelemetry(

@@ -64,17 +64,23 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     async def WatchFleet(
         self, request: fleet_pb2.WatchFleetRequest, context: Ctx
     ) -> AsyncIterator[fleet_pb2.FleetEvent]:
-        # Subscribe before the snapshot so no change between the two is missed.
-        updates = self.app.feed.subscribe()
-        if request.snapshot:
-            for device in (
-                await self.app.list_devices(fleet_pb2.ListDevicesRequest(site=request.site, page_size=1000))
-            ).devices:
-                yield fleet_pb2.FleetEvent(kind=fleet_pb2.FleetEvent.KIND_SNAPSHOT, device=device)
-        async for event in updates:
-            if request.site and event.device.site and event.device.site != request.site:
-                continue
-            yield event
+        # Subscribe before the snapshot so no change between the two is missed; the initial metadata tells
+        # the client it is subscribed (a client may wait for it before making a change it wants to see).
+        with self.app.feed.subscribe() as updates:
+            await context.send_initial_metadata(())
+            if request.snapshot:
+                page_request = fleet_pb2.ListDevicesRequest(site=request.site, page_size=1000)
+                while True:
+                    page = await self.app.list_devices(page_request)
+                    for device in page.devices:
+                        yield fleet_pb2.FleetEvent(kind=fleet_pb2.FleetEvent.KIND_SNAPSHOT, device=device)
+                    if not page.next_page_token:
+                        break
+                    page_request.page_token = page.next_page_token
+            async for event in updates:
+                if request.site and event.device.site != request.site:
+                    continue
+                yield event
 
     async def ListDeviceEvents(
         self, request: fleet_pb2.ListDeviceEventsRequest, context: Ctx

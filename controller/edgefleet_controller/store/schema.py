@@ -210,7 +210,8 @@ desired_state = sa.Table(
     sa.Column("change_seq", sa.BigInteger(), nullable=False, index=True),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.Column("reason", sa.Text(), nullable=True),
-    # no foreign key yet: the rollouts table arrives in a later migration, which adds it
+    # deliberately no foreign key to ``rollouts``: the id is provenance ("which rollout asked for this"),
+    # and direct assignments and tests may name ids that no rollouts row holds
     sa.Column("rollout_id", sa.String(64), nullable=True, index=True),
 )
 
@@ -236,4 +237,85 @@ device_events = sa.Table(
     sa.UniqueConstraint("device_id", "seq"),
     sa.Index(None, "device_id", "kind", "id"),
     sa.Index(None, "kind", "id"),
+)
+
+
+# ---- rollouts (migration 0002) ---------------------------------------------------------------------------
+
+rollouts = sa.Table(
+    "rollouts",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(255), nullable=False, index=True),
+    sa.Column("bundle_digest", sa.String(71), nullable=False, index=True),
+    # the operator's spec plus create-time facts (admission lines, forced); never changes after create
+    sa.Column("spec_json", sa.Text(), nullable=False),
+    # the planner's RolloutState, replaced on every plan that changes it
+    sa.Column("state_json", sa.Text(), nullable=False),
+    sa.Column("phase", sa.String(32), nullable=False, index=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    # optimistic concurrency: every state write is UPDATE ... WHERE version = <the version read>
+    sa.Column("version", sa.Integer(), nullable=False),
+)
+
+rollout_commands = sa.Table(
+    "rollout_commands",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("rollout_id", sa.String(64), sa.ForeignKey("rollouts.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("command", sa.String(16), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    sa.Column("requested_by", sa.String(255), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    # set in the same transaction that persists the plan which consumed the command
+    sa.Column("consumed_at", UTCDateTime(), nullable=True),
+    sa.Index(None, "rollout_id", "consumed_at"),
+)
+
+rollout_events = sa.Table(
+    "rollout_events",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("rollout_id", sa.String(64), sa.ForeignKey("rollouts.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("event", sa.String(64), nullable=False),
+    sa.Column("fields_json", sa.Text(), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.Index(None, "rollout_id", "id"),
+)
+
+# Bundles an unfinished rollout needs: its target, and every bundle a device it moved may be sent back to.
+# Rows go when the rollout reaches a terminal phase; ``Store.delete_bundle`` refuses while any row names
+# the bundle.
+rollout_bundle_refs = sa.Table(
+    "rollout_bundle_refs",
+    metadata,
+    sa.Column("rollout_id", sa.String(64), sa.ForeignKey("rollouts.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("bundle_digest", sa.String(71), primary_key=True, index=True),
+    # "target" or "previous"
+    sa.Column("role", sa.String(16), nullable=False),
+)
+
+hardware_profiles = sa.Table(
+    "hardware_profiles",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("hardware_class", sa.String(255), nullable=False),
+    sa.Column("bundle_digest", sa.String(71), nullable=False),
+    sa.Column("p95_ms", sa.Float(), nullable=False),
+    sa.Column("p50_ms", sa.Float(), nullable=True),
+    # "canary" (a device's verdict on live frames) or "profile" (a benchmark run by the model pipeline)
+    sa.Column("source", sa.String(16), nullable=False),
+    sa.Column("device_id", sa.String(64), nullable=True),
+    sa.Column("measured_at", UTCDateTime(), nullable=False),
+    sa.Index(None, "bundle_digest", "hardware_class"),
+)
+
+# Named leases for work only one controller replica may do at a time (the rollout reconciler).
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(255), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
 )

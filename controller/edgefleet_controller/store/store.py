@@ -1039,7 +1039,6 @@ class Store:
             return self._bundle_referrers(conn, digest)
 
     def _bundle_referrers(self, conn: Connection, digest: str) -> list[str]:
-        # the rollouts migration must add its references here
         desired = conn.execute(
             sa.select(t.desired_state.c.device_id)
             .where(t.desired_state.c.bundle_digest == digest)
@@ -1052,6 +1051,13 @@ class Store:
             .order_by(t.device_bundle_refs.c.device_id, t.device_bundle_refs.c.source)
         )
         referrers.extend(f"device {device_id} ({source})" for device_id, source in held)
+        # unfinished rollouts: their target, and the bundles their moved devices may be sent back to
+        by_rollout = conn.execute(
+            sa.select(t.rollout_bundle_refs.c.rollout_id, t.rollout_bundle_refs.c.role)
+            .where(t.rollout_bundle_refs.c.bundle_digest == digest)
+            .order_by(t.rollout_bundle_refs.c.rollout_id)
+        )
+        referrers.extend(f"rollout {rollout_id} ({role})" for rollout_id, role in by_rollout)
         return referrers
 
     def delete_bundle(self, digest: str) -> list[str]:
@@ -1214,6 +1220,36 @@ class Store:
         change counter moves once for the whole call); returns every device's resulting revision.
         Unknown devices or bundles fail the whole call.
         """
+        with self._write() as conn:
+            return self.set_desired_in(
+                conn,
+                device_ids,
+                bundle_digest=bundle_digest,
+                config_digest=config_digest,
+                reason=reason,
+                now=now,
+                rollout_id=rollout_id,
+            )
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One write transaction for callers that combine their own tables with ``set_desired_in`` (the
+        rollout store persists a plan and the desired states it changes atomically)."""
+        with self._write() as conn:
+            yield conn
+
+    def set_desired_in(
+        self,
+        conn: Connection,
+        device_ids: Sequence[str],
+        *,
+        bundle_digest: str | _Unset | None = UNSET,
+        config_digest: str | _Unset | None = UNSET,
+        reason: str,
+        now: datetime,
+        rollout_id: str | None = None,
+    ) -> dict[str, int]:
+        """``set_desired`` inside the caller's write transaction ``conn`` (see ``transaction``)."""
         _check_now(now)
         _text("reason", reason, 4096)
         if bundle_digest is UNSET and config_digest is UNSET:
@@ -1226,52 +1262,51 @@ class Store:
             _text("rollout_id", rollout_id, 64)
         ids = sorted(set(device_ids))
         desired = t.desired_state
-        with self._write() as conn:
-            if (
-                isinstance(bundle_digest, str)
-                and conn.execute(sa.select(t.bundles.c.digest).where(t.bundles.c.digest == bundle_digest)).first()
-                is None
-            ):
-                raise NotFound("bundle", bundle_digest, "publish the bundle before assigning it")
-            rows: dict[str, Row[Any]] = {}
-            for chunk in _chunks(ids):
-                for row in conn.execute(sa.select(desired).where(desired.c.device_id.in_(chunk)).with_for_update()):
-                    rows[row.device_id] = row
-            missing = [device_id for device_id in ids if device_id not in rows]
-            if missing:
-                raise NotFound("device", missing[0], f"{len(missing)} of the given devices are not enrolled")
-            revisions = {device_id: int(row.revision) for device_id, row in rows.items()}
-            changed = [
-                row
-                for row in rows.values()
-                if (bundle_digest is not UNSET and row.bundle_digest != bundle_digest)
-                or (config_digest is not UNSET and row.config_digest != config_digest)
-            ]
-            if changed:
-                seq = self._bump_counter(conn, t.DESIRED_STATE_COUNTER)
-                values: dict[str, Any] = {}
-                if bundle_digest is not UNSET:
-                    values["bundle_digest"] = bundle_digest
-                if config_digest is not UNSET:
-                    values["config_digest"] = config_digest
-                statement = (
-                    desired.update()
-                    .where(desired.c.device_id == sa.bindparam("b_device_id"))
-                    .values(
-                        revision=sa.bindparam("b_revision"),
-                        change_seq=seq,
-                        updated_at=now,
-                        reason=reason,
-                        rollout_id=rollout_id,
-                        **values,
-                    )
+        if (
+            isinstance(bundle_digest, str)
+            and conn.execute(sa.select(t.bundles.c.digest).where(t.bundles.c.digest == bundle_digest)).first()
+            is None
+        ):
+            raise NotFound("bundle", bundle_digest, "publish the bundle before assigning it")
+        rows: dict[str, Row[Any]] = {}
+        for chunk in _chunks(ids):
+            for row in conn.execute(sa.select(desired).where(desired.c.device_id.in_(chunk)).with_for_update()):
+                rows[row.device_id] = row
+        missing = [device_id for device_id in ids if device_id not in rows]
+        if missing:
+            raise NotFound("device", missing[0], f"{len(missing)} of the given devices are not enrolled")
+        revisions = {device_id: int(row.revision) for device_id, row in rows.items()}
+        changed = [
+            row
+            for row in rows.values()
+            if (bundle_digest is not UNSET and row.bundle_digest != bundle_digest)
+            or (config_digest is not UNSET and row.config_digest != config_digest)
+        ]
+        if changed:
+            seq = self._bump_counter(conn, t.DESIRED_STATE_COUNTER)
+            values: dict[str, Any] = {}
+            if bundle_digest is not UNSET:
+                values["bundle_digest"] = bundle_digest
+            if config_digest is not UNSET:
+                values["config_digest"] = config_digest
+            statement = (
+                desired.update()
+                .where(desired.c.device_id == sa.bindparam("b_device_id"))
+                .values(
+                    revision=sa.bindparam("b_revision"),
+                    change_seq=seq,
+                    updated_at=now,
+                    reason=reason,
+                    rollout_id=rollout_id,
+                    **values,
                 )
-                conn.execute(
-                    statement,
-                    [{"b_device_id": row.device_id, "b_revision": row.revision + 1} for row in changed],
-                )
-                for row in changed:
-                    revisions[row.device_id] = int(row.revision) + 1
+            )
+            conn.execute(
+                statement,
+                [{"b_device_id": row.device_id, "b_revision": row.revision + 1} for row in changed],
+            )
+            for row in changed:
+                revisions[row.device_id] = int(row.revision) + 1
         return revisions
 
     def _bump_counter(self, conn: Connection, name: str) -> int:

@@ -64,9 +64,7 @@ class EngineSlot:
         """
         with self._lock:
             if self._pending is not None and not self._pending.done():
-                raise SwapError(
-                    "an engine is already being prepared; wait for its future before preparing another"
-                )
+                raise SwapError("an engine is already being prepared; wait for its future before preparing another")
             future: Future[InferenceEngine] = Future()
             self._pending = future
             self._staged = None
@@ -96,11 +94,7 @@ class EngineSlot:
                 pending = self._pending is not None and not self._pending.done()
                 raise SwapError(
                     "nothing staged to swap in: "
-                    + (
-                        "the prepare is still running; wait for its future"
-                        if pending
-                        else "call prepare(loader) first"
-                    )
+                    + ("the prepare is still running; wait for its future" if pending else "call prepare(loader) first")
                 )
             old = self._current
             self._previous, self._current, self._staged = old, staged, None
@@ -116,14 +110,21 @@ class EngineSlot:
         with self._lock:
             self._previous, self._current = self._current, engine
 
+    def clear(self) -> InferenceEngine | None:
+        """Serve nothing: drop the current and previous engines (an abandoned first-ever bundle, when
+        nothing was committed before it). Returns the engine that was current."""
+        with self._lock:
+            current, self._current, self._previous = self._current, None, None
+        if current is not None:
+            log.warning("hotswap.cleared", bundle_digest=current.bundle_digest)
+        return current
+
     def rollback(self) -> InferenceEngine:
         """Swap back to the previous engine, dropping the one rolled away from. Returns the restored one."""
         with self._lock:
             previous = self._previous
             if previous is None:
-                raise SwapError(
-                    "no previous engine to roll back to (never swapped, or release_previous() was called)"
-                )
+                raise SwapError("no previous engine to roll back to (never swapped, or release_previous() was called)")
             rolled_from = self._current
             self._current, self._previous = previous, None
         log.warning(

@@ -9,6 +9,7 @@ provider computes what the publisher's CPU computed, within ``canary.golden_tole
 from __future__ import annotations
 
 import io
+import re
 import shutil
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -63,14 +64,22 @@ class GoldenCase:
     outputs: Mapping[str, NDArray[np.generic]]
 
 
+_DIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
 def _tensor_specs(args: Sequence[ort.NodeArg]) -> tuple[TensorSpec, ...]:
     specs = []
     for arg in args:
         dtype = _ORT_DTYPES.get(arg.type)
         if dtype is None:
             raise BundleFormatError(f"model: tensor '{arg.name}' has unsupported type {arg.type}")
+        # Exporters name dynamic dims freely ("DynamicDimension.0", "batch_size"); keep only names that
+        # bundle.json accepts and turn the rest into -1.
         shape: list[Dim] = [
-            d if isinstance(d, int) and d > 0 else (d if isinstance(d, str) else -1) for d in arg.shape
+            d
+            if isinstance(d, int) and d > 0
+            else (d if isinstance(d, str) and _DIM_NAME.match(d) else -1)
+            for d in arg.shape
         ]
         specs.append(TensorSpec(arg.name, dtype, tuple(shape)))
     return tuple(specs)

@@ -13,6 +13,7 @@ input catch that one type. Messages say what was wrong, with the offending value
     │   ├── UnlistedFileError         a file in a bundle directory/archive that bundle.json does not list
     │   └── SignatureError            missing, unknown-key or invalid Ed25519 signature
     ├── SigningKeyError               a signing or trusted key file cannot be read
+    ├── SketchError                   a LatencySketch is malformed, or sketches of different accuracy meet
     └── ManifestError                 a config manifest is invalid (carries file, line and path)
         └── ManifestSetError          several documents are invalid; ``errors`` holds one per document
 """
@@ -58,6 +59,10 @@ class SignatureError(BundleError):
 
 class SigningKeyError(ContractError):
     """A signing or trusted key file cannot be read or has the wrong type."""
+
+
+class SketchError(ContractError):
+    """A ``LatencySketch`` proto is malformed, or sketches of different relative accuracy are merged."""
 
 
 class ManifestError(ContractError):

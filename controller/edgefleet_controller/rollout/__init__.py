@@ -1,0 +1,58 @@
+"""The controller's rollout core: the wave planner and latency admission (pure; shells live elsewhere)."""
+
+from edgefleet_controller.rollout.admission import Admission, admit
+from edgefleet_controller.rollout.errors import AdmissionInputError, RolloutError, RolloutSpecError
+from edgefleet_controller.rollout.model import (
+    Abort,
+    Approve,
+    AssignBundle,
+    Assignment,
+    Command,
+    DeviceFact,
+    Emit,
+    Gates,
+    OnAbort,
+    Pause,
+    Resume,
+    RevertDevice,
+    RolloutPhase,
+    RolloutSpec,
+    RolloutState,
+    Selector,
+    SetPhase,
+    Step,
+    Strategy,
+    WaveSize,
+)
+from edgefleet_controller.rollout.planner import Plan, plan, wave_targets
+
+__all__ = [
+    "Abort",
+    "Admission",
+    "AdmissionInputError",
+    "Approve",
+    "AssignBundle",
+    "Assignment",
+    "Command",
+    "DeviceFact",
+    "Emit",
+    "Gates",
+    "OnAbort",
+    "Pause",
+    "Plan",
+    "Resume",
+    "RevertDevice",
+    "RolloutError",
+    "RolloutPhase",
+    "RolloutSpec",
+    "RolloutSpecError",
+    "RolloutState",
+    "Selector",
+    "SetPhase",
+    "Step",
+    "Strategy",
+    "WaveSize",
+    "admit",
+    "plan",
+    "wave_targets",
+]

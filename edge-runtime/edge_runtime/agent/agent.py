@@ -1,0 +1,412 @@
+"""``EdgeAgent``: one device's runtime process — start serving, enroll, sync, update, report, until stopped.
+
+Start-up order (so a device without a network serves at once):
+
+1. the local health endpoint (NOT_SERVING) and the frame loop (its own thread);
+2. the update driver recovers from its journal in the worker thread and puts the last committed bundle
+   back in the slot — no network needed;
+3. the credential is loaded, or the device enrolls (retried while the controller is unreachable);
+4. the Sync loop, the event sender, the update worker and the status ticker run until SIGTERM.
+
+Threads: the asyncio loop owns the network; the frame loop owns frames; the synchronous ``UpdateDriver``
+runs in one worker thread fed by a queue (``post`` is thread-safe), so the frame loop and the network never
+wait on an update, and updates run strictly one event at a time.
+
+Desired state → update events: every new desired revision is offered to the driver (its state machine
+ignores what is already committed, in progress or rejected). The bundle's ``bundle.json`` and ``bundle.sig``
+come inside the ``DesiredState``: they enter the download as two inline artifacts (``bundle.json``'s
+digest must equal the bundle digest, which verification checks), and only the other artifacts are fetched.
+A bundle whose download failed for a transient reason (link, disk) is offered again every
+``failed_retry_s`` while it stays desired.
+
+``status.json`` in the data dir is rewritten every ``status_interval_s`` (frames, errors, serving bundle,
+health, update record): ``edge-runtime status`` and tests read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from google.protobuf.struct_pb2 import Struct
+from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
+
+from edge_runtime.agent.client import ControllerLink, is_transient
+from edge_runtime.agent.enroll import Credential, enroll, load_credential, save_credential
+from edge_runtime.agent.errors import EnrollmentError
+from edge_runtime.agent.evaluator import PreflightEvaluator
+from edge_runtime.agent.fetcher import DEFAULT_CHUNK_BYTES, BlobFetcher
+from edge_runtime.agent.hardware import hardware_profile, read_host_facts
+from edge_runtime.agent.health import HealthEndpoint, judge_health
+from edge_runtime.agent.reporter import AgentReporter, EventSender, wire_state
+from edge_runtime.agent.runner import FrameRunner, RunnerSnapshot
+from edge_runtime.agent.switcher import SlotSwitcher
+from edge_runtime.agent.sync import SyncLoop
+from edge_runtime.agent.verifier import SignatureVerifier
+from edge_runtime.inference import EngineSlot
+from edge_runtime.sources import open_source
+from edge_runtime.update.driver import DEFAULT_DISK_MARGIN_BYTES, Phase, UpdateDriver
+from edge_runtime.update.journal import Journal
+from edge_runtime.update.slots import BundleSlots
+from edge_runtime.update.state import (
+    IN_PROGRESS,
+    ArtifactRef,
+    DesiredBundleChanged,
+    UpdateEvent,
+    UpdateRecord,
+    UpdateState,
+)
+from edgefleet.contract.bundle import MANIFEST_NAME, SIGNATURE_NAME
+from edgefleet.contract.errors import ManifestError
+from edgefleet.contract.layering import EffectiveConfig
+from edgefleet.v1 import common_pb2, device_pb2
+
+log = structlog.get_logger(__name__)
+
+STATUS_FILE = "status.json"
+CrashPoint = tuple[UpdateState, Phase]
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    controller: str
+    data_dir: Path
+    source: str
+    enroll_token: str = ""
+    name: str = ""
+    tags: Mapping[str, str] = field(default_factory=dict)
+    health_listen: str = "127.0.0.1:0"
+    trusted_keys_dir: Path | None = None
+    sync_wait_s: int = 30
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    disk_margin_bytes: int = DEFAULT_DISK_MARGIN_BYTES
+    intra_op_threads: int | None = None
+    frame_log: Path | None = None
+    status_interval_s: float = 0.5
+    failed_retry_s: float = 60.0
+    # Crash drill: SIGKILL at the first transition into this state (optionally only for this candidate).
+    crash_at: CrashPoint | None = None
+    crash_candidate: str | None = None
+
+
+def sha256_digest(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+def bundle_artifacts(desired: common_pb2.DesiredState) -> tuple[ArtifactRef, ...]:
+    """The download list for a desired bundle: bundle.json and bundle.sig (inline) + its artifacts."""
+    refs = [ArtifactRef(MANIFEST_NAME, sha256_digest(desired.bundle_manifest), len(desired.bundle_manifest))]
+    if desired.bundle_signature:
+        refs.append(ArtifactRef(SIGNATURE_NAME, sha256_digest(desired.bundle_signature), len(desired.bundle_signature)))
+    refs.extend(ArtifactRef(a.path, a.digest, a.size_bytes) for a in desired.artifacts)
+    return tuple(refs)
+
+
+def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class EdgeAgent:
+    """The device runtime. Construct inside the running event loop, then ``await run()`` until ``stop()``
+    or SIGTERM."""
+
+    def __init__(self, settings: AgentSettings, *, announce: Callable[[str], None] = lambda _: None) -> None:
+        self.settings = settings
+        self._announce = announce
+        data = Path(settings.data_dir)
+        data.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data
+        self.slots = BundleSlots(data)
+        self.slot = EngineSlot()
+        self.config: Mapping[str, Any] = {}
+        self.config_digest = ""
+        self.applied_revision = 0
+        self.health: common_pb2.Health.ValueType = common_pb2.HEALTH_STARTING
+        self.link = ControllerLink(settings.controller)
+        self.reporter = AgentReporter()
+        self.verifier = SignatureVerifier(key_dir=settings.trusted_keys_dir)
+        self.fetcher = BlobFetcher(settings.controller, lambda: self.link.metadata, chunk_bytes=settings.chunk_bytes)
+        self.switcher = SlotSwitcher(
+            self.slot,
+            cache_root=data / "cache",
+            config=lambda: self.config,
+            intra_op_threads=settings.intra_op_threads,
+        )
+        self.runner = FrameRunner(self.slot, open_source(settings.source), frame_log=settings.frame_log)
+        self.evaluator = PreflightEvaluator(self.switcher, self.runner, self.post, config=lambda: self.config)
+        self.driver = UpdateDriver(
+            journal=Journal(data / "update", slots=self.slots),
+            slots=self.slots,
+            fetcher=self.fetcher,
+            verifier=self.verifier,
+            switcher=self.switcher,
+            evaluator=self.evaluator,
+            reporter=self.reporter,
+            disk_margin_bytes=settings.disk_margin_bytes,
+            boundary_hook=self._boundary if settings.crash_at else None,
+        )
+        self.health_endpoint = HealthEndpoint(settings.health_listen)
+        self.sync = SyncLoop(
+            self.link,
+            reported=self.reported_state,
+            on_response=self._on_sync,
+            wait_s=settings.sync_wait_s,
+        )
+        self.sender = EventSender(self.link, self.reporter)
+        self._host = read_host_facts()
+        self._queue: asyncio.Queue[UpdateEvent] = asyncio.Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = asyncio.Event()
+        self._desired: common_pb2.DesiredState | None = None
+        self._offered: str | None = None
+        self._last_snapshot: RunnerSnapshot | None = None
+        self._last_seen_frames = -1
+
+    # ------------------------------------------------------------------ the update worker
+
+    def post(self, event: UpdateEvent) -> None:
+        """Queue an update event from any thread."""
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("EdgeAgent.post before run()")
+        loop.call_soon_threadsafe(self._queue.put_nowait, event)
+
+    async def _drive(self) -> None:
+        while True:
+            event = await self._queue.get()
+            try:
+                await asyncio.to_thread(self.driver.handle, event)
+            except Exception as exc:  # the worker must outlive one bad event; the journal holds the truth
+                log.exception("agent.update_event_failed", event=type(event).__name__, error=str(exc))
+
+    def _boundary(self, before: UpdateState, after: UpdateState, phase: Phase) -> None:
+        target = self.settings.crash_at
+        wanted = self.settings.crash_candidate
+        if target == (after, phase) and before != after and (wanted is None or wanted == self._offered):
+            log.warning("agent.crash_drill", state=after.value, phase=phase)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    # ------------------------------------------------------------------ desired state
+
+    async def _on_sync(self, response: device_pb2.SyncResponse) -> None:
+        if response.changed:
+            desired = response.desired
+            self._desired = desired
+            self.reporter.revision = desired.revision
+            self.applied_revision = desired.revision
+            self._apply_config(desired)
+            log.info(
+                "agent.desired_received",
+                revision=desired.revision,
+                bundle=desired.bundle_digest or None,
+                config=desired.config_digest or None,
+                reason=desired.reason,
+            )
+            self._offer(force=True)
+        else:
+            self._offer(force=False)
+
+    def _apply_config(self, desired: common_pb2.DesiredState) -> None:
+        if not desired.config_json or desired.config_digest == self.config_digest:
+            return
+        try:
+            config = EffectiveConfig.from_json_bytes(desired.config_json, expected_digest=desired.config_digest or None)
+        except ManifestError as exc:
+            log.error("agent.config_rejected", digest=desired.config_digest, error=str(exc))
+            return
+        self.config = config.values
+        self.config_digest = config.digest
+        keys = config.values.get("trusted_keys") or {}
+        try:
+            self.verifier.set_configured(dict(keys))
+        except Exception as exc:
+            log.error("agent.trusted_keys_rejected", error=str(exc))
+        log.info("agent.config_applied", digest=config.digest)
+
+    def _offer(self, *, force: bool) -> None:
+        desired = self._desired
+        if desired is None or not desired.bundle_digest:
+            return
+        digest = desired.bundle_digest
+        record = self.reporter.record or self.driver.record
+        if not force:
+            # Re-offer only a bundle whose last attempt failed for a reason worth retrying, not too often.
+            settled = record.state not in IN_PROGRESS
+            age = (datetime.now(UTC) - record.updated_at).total_seconds()
+            if not settled or digest in (record.committed, record.rejected) or age < self.settings.failed_retry_s:
+                return
+            log.info("agent.retrying_desired", digest=digest, last_failure=record.failure)
+        for ref_digest, content in (
+            (sha256_digest(desired.bundle_manifest), desired.bundle_manifest),
+            (sha256_digest(desired.bundle_signature), desired.bundle_signature),
+        ):
+            if content:
+                self.fetcher.add_inline(ref_digest, content)
+        self._offered = digest
+        self._queue.put_nowait(DesiredBundleChanged(digest, bundle_artifacts(desired)))
+
+    # ------------------------------------------------------------------ reporting
+
+    def reported_state(self) -> common_pb2.ReportedState:
+        record: UpdateRecord = self.reporter.record or self.driver.record
+        engine = self.slot.current if self.slot.has_engine else None
+        snap = self.runner.snapshot()
+        details = Struct()
+        details.update(
+            {
+                "frames_inferred": snap.frames_inferred,
+                "inference_errors": snap.errors,
+                "serving_bundle": snap.serving or "",
+                "events_dropped": self.reporter.dropped,
+            }
+        )
+        return common_pb2.ReportedState(
+            running_bundle_digest=record.committed or "",
+            running_config_digest=self.config_digest,
+            update_state=wire_state(record.state),
+            candidate_bundle_digest=record.candidate or "",
+            update_reason=record.failure or "",
+            slot_digests=self.slots.list(),
+            health=self.health,
+            active_providers=list(engine.session.get_providers()) if engine else [],
+            hardware=hardware_profile(self.data_dir, self._host),
+            details=details,
+            applied_revision=self.applied_revision,
+        )
+
+    def _wake(self) -> None:
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._wake_now)
+
+    def _wake_now(self) -> None:
+        self.sync.wake()
+        self.sender.wakeup.set()
+
+    async def _tick(self) -> None:
+        while True:
+            snap = self.runner.snapshot()
+            seen = snap.frames_inferred + snap.frames_idle + snap.errors
+            alive = seen != self._last_seen_frames or self._last_snapshot is None
+            self._last_seen_frames = seen
+            health = judge_health(snap, self._last_snapshot, source_alive=alive)
+            self._last_snapshot = snap
+            if health != self.health:
+                log.info("agent.health", health=common_pb2.Health.Name(health))
+                self.health = health
+                self._wake_now()
+            await self.health_endpoint.set(health in (common_pb2.HEALTH_SERVING, common_pb2.HEALTH_DEGRADED))
+            self._write_status(snap)
+            await asyncio.sleep(self.settings.status_interval_s)
+
+    def _write_status(self, snap: RunnerSnapshot) -> None:
+        record = self.reporter.record or self.driver.record
+        _write_json_atomic(
+            self.data_dir / STATUS_FILE,
+            {
+                "pid": os.getpid(),
+                "at": datetime.now(UTC).isoformat(),
+                "health": common_pb2.Health.Name(self.health),
+                "health_port": self.health_endpoint.port,
+                "online": self.sync.online,
+                "frames_inferred": snap.frames_inferred,
+                "frames_idle": snap.frames_idle,
+                "errors": snap.errors,
+                "last_frame_id": snap.last_frame_id,
+                "serving": snap.serving,
+                "provider": snap.provider,
+                "known_revision": self.sync.known_revision,
+                "fetch": vars(self.fetcher.counters),
+                "update": record.to_dict(),
+            },
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _credential(self) -> Credential:
+        cred = load_credential(self.data_dir)
+        if cred is not None:
+            if cred.controller != self.settings.controller:
+                log.info("agent.controller_address_changed", enrolled_at=cred.controller, now=self.settings.controller)
+            return cred
+        if not self.settings.enroll_token:
+            raise EnrollmentError(
+                f"{self.data_dir} holds no credential.json and no --enroll-token was given; "
+                "create a token with 'fleetctl token create --site SITE' and pass it with --enroll-token"
+            )
+        profile = hardware_profile(self.data_dir, self._host)
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(is_transient),
+            wait=wait_random_exponential(multiplier=0.5, max=30),
+            reraise=True,
+        ):
+            with attempt:
+                cred = await enroll(
+                    self.link,
+                    token=self.settings.enroll_token,
+                    name=self.settings.name,
+                    tags=self.settings.tags,
+                    hardware=profile,
+                )
+        assert cred is not None
+        save_credential(self.data_dir, cred)
+        return cred
+
+    async def run(self) -> int:
+        self._loop = asyncio.get_running_loop()
+        self.reporter.set_wake(self._wake)
+        loop = self._loop
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        port = await self.health_endpoint.start()
+        self._announce(f"edge-runtime health listening on port {port}")
+        self.runner.start()
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            record = await asyncio.to_thread(self.driver.start)
+            log.info("agent.recovered", state=record.state.value, committed=record.committed)
+            tasks.append(asyncio.create_task(self._tick(), name="tick"))
+            tasks.append(asyncio.create_task(self._drive(), name="update-worker"))
+            cred_task = asyncio.create_task(self._credential(), name="credential")
+            stop_task = asyncio.create_task(self._stop.wait())
+            done, _ = await asyncio.wait({cred_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            if cred_task not in done:
+                cred_task.cancel()
+                return 0
+            stop_task.cancel()
+            cred = cred_task.result()
+            self.link.authenticate(cred.credential)
+            self.verifier.set_enrolled(cred.trusted_keys)
+            log.info("agent.started", device_id=cred.device_id, site=cred.site, controller=self.settings.controller)
+            tasks.append(asyncio.create_task(self.sync.run(), name="sync"))
+            tasks.append(asyncio.create_task(self.sender.run(), name="events"))
+            self.sender.wakeup.set()
+            await self._stop.wait()
+            log.info("agent.stopping")
+            return 0
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await self.health_endpoint.stop()
+            self.runner.stop()
+            self.fetcher.close()
+            await self.link.close()

@@ -1,0 +1,144 @@
+"""What the controller hears: the ``ReportedState`` sent on every Sync, and ``ReportEvent`` for changes.
+
+``AgentReporter.report`` is the driver's ``StateReporter`` port (called from the update worker thread on
+every journaled transition). It keeps the latest record, queues one ``KIND_UPDATE_STATE`` event per state
+change (plus ``KIND_ROLLBACK`` when entering ``rolled_back``) and wakes the agent so the pending long-poll
+is re-issued with the new state at once.
+
+Events are queued in memory (bounded; the oldest are dropped past ``max_events`` with a count) with a
+unique ``event_id`` each, so re-sending after a reconnect is idempotent on the controller. ``EventSender``
+sends them in batches and forgets a batch only once the controller accepted it. "Durably enough": a crash
+loses queued events, but the journal and the next Sync's ``ReportedState`` carry the truth.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import grpc
+import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
+from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
+
+from edge_runtime.agent.client import ControllerLink, is_transient
+from edge_runtime.update.state import UpdateRecord, UpdateState
+from edgefleet.v1 import common_pb2, device_pb2, telemetry_pb2
+
+log = structlog.get_logger(__name__)
+
+MAX_EVENTS = 10_000
+BATCH = 100
+
+
+def wire_state(state: UpdateState) -> common_pb2.UpdateState.ValueType:
+    """``UpdateState`` → ``edgefleet.v1.UpdateState`` (the names match by design)."""
+    return common_pb2.UpdateState.Value(f"UPDATE_STATE_{state.value.upper()}")
+
+
+def _timestamp(at: datetime) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(at.astimezone(UTC))
+    return ts
+
+
+class AgentReporter:
+    """Latest update record + queued events; thread-safe."""
+
+    def __init__(self, *, wake: Callable[[], None] = lambda: None, max_events: int = MAX_EVENTS) -> None:
+        self._lock = threading.Lock()
+        self._record: UpdateRecord | None = None
+        self._events: deque[telemetry_pb2.DeviceEvent] = deque()
+        self._max = max_events
+        self.dropped = 0
+        self.revision = 0
+        self._wake = wake
+
+    def set_wake(self, wake: Callable[[], None]) -> None:
+        self._wake = wake
+
+    @property
+    def record(self) -> UpdateRecord | None:
+        return self._record
+
+    def report(self, record: UpdateRecord) -> None:
+        with self._lock:
+            before = self._record
+            self._record = record
+            if before is None or before.state != record.state or before.failure != record.failure:
+                self._queue_transition(before, record)
+        self._wake()
+
+    def _queue_transition(self, before: UpdateRecord | None, record: UpdateRecord) -> None:
+        digest = record.candidate or record.rejected or record.committed or ""
+        kinds = [telemetry_pb2.DeviceEvent.KIND_UPDATE_STATE]
+        if record.state == UpdateState.ROLLED_BACK and (before is None or before.state != record.state):
+            kinds.append(telemetry_pb2.DeviceEvent.KIND_ROLLBACK)
+        for kind in kinds:
+            event = telemetry_pb2.DeviceEvent(
+                event_id=str(uuid.uuid4()),
+                kind=kind,
+                bundle_digest=digest,
+                from_state=wire_state(before.state) if before else common_pb2.UPDATE_STATE_UNSPECIFIED,
+                to_state=wire_state(record.state),
+                reason=record.failure or "",
+                revision=self.revision,
+                at=_timestamp(record.updated_at),
+            )
+            if len(self._events) >= self._max:
+                self._events.popleft()
+                self.dropped += 1
+            self._events.append(event)
+
+    def pending(self, limit: int = BATCH) -> list[telemetry_pb2.DeviceEvent]:
+        with self._lock:
+            return [self._events[i] for i in range(min(limit, len(self._events)))]
+
+    def acknowledge(self, sent: list[telemetry_pb2.DeviceEvent]) -> None:
+        ids = {e.event_id for e in sent}
+        with self._lock:
+            while self._events and self._events[0].event_id in ids:
+                self._events.popleft()
+
+    def has_pending(self) -> bool:
+        with self._lock:
+            return bool(self._events)
+
+
+class EventSender:
+    """Sends the reporter's queued events with ``ReportEvent``; retries transient failures with backoff."""
+
+    def __init__(self, link: ControllerLink, reporter: AgentReporter, *, timeout_s: float = 15.0) -> None:
+        self._link = link
+        self._reporter = reporter
+        self._timeout = timeout_s
+        self.wakeup = asyncio.Event()
+
+    async def run(self) -> None:
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            while self._reporter.has_pending():
+                batch = self._reporter.pending()
+                try:
+                    async for attempt in AsyncRetrying(
+                        retry=retry_if_exception(is_transient),
+                        wait=wait_random_exponential(multiplier=0.5, max=30),
+                        reraise=True,
+                    ):
+                        with attempt:
+                            await self._link.device.ReportEvent(
+                                device_pb2.ReportEventRequest(events=batch),
+                                metadata=self._link.metadata,
+                                timeout=self._timeout,
+                            )
+                except grpc.aio.AioRpcError as exc:
+                    log.warning("agent.events_refused", code=exc.code().name, details=exc.details(), events=len(batch))
+                    await asyncio.sleep(60)
+                    continue
+                self._reporter.acknowledge(batch)
+                log.debug("agent.events_sent", events=len(batch))

@@ -1,0 +1,133 @@
+"""The frame loop: frames from the source through whatever engine the slot holds, on its own thread.
+
+Rules: ``slot.current`` is read once per frame (the hot swap is a reference change between two frames);
+the loop never waits on the network, the update driver or a lock a writer holds; an inference error is
+counted (per bundle, for the trial watch) and the loop goes on. Frames that arrive while no bundle is
+loaded are counted as ``frames_idle``. ``frame_log`` (tests, debugging) receives one line per inferred
+frame, ``"<frame_id> <bundle digest>"``, which proves no frame was dropped across a swap.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+import structlog
+
+from edge_runtime.inference import InferenceEngine, SwapError
+from edge_runtime.inference.hotswap import EngineSlot
+from edge_runtime.sources import Frame
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RunnerSnapshot:
+    frames_inferred: int
+    frames_idle: int
+    errors: int
+    consecutive_errors: int
+    last_frame_id: int
+    serving: str | None
+    provider: str | None
+    fell_back: bool
+    last_total_ms: float
+
+
+class FrameRunner:
+    """Runs ``source`` through ``slot`` until ``stop()``; counters are read from other threads."""
+
+    def __init__(self, slot: EngineSlot, source: Iterator[Frame], *, frame_log: Path | None = None) -> None:
+        self.slot = slot
+        self._source = source
+        self._frame_log_path = frame_log
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="frame-loop", daemon=True)
+        self._lock = threading.Lock()  # guards the counters; held only for a few increments
+        self._per_bundle: dict[str, list[int]] = {}
+        self.frames_inferred = 0
+        self.frames_idle = 0
+        self.errors = 0
+        self.consecutive_errors = 0
+        self.last_frame_id = -1
+        self.last_total_ms = 0.0
+        self.last_error: str | None = None
+        self._serving: InferenceEngine | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def stats_for(self, digest: str) -> tuple[int, int]:
+        """(frames, errors) inferred with bundle ``digest`` so far."""
+        with self._lock:
+            frames, errors = self._per_bundle.get(digest, [0, 0])
+        return frames, errors
+
+    def snapshot(self) -> RunnerSnapshot:
+        engine = self._serving
+        with self._lock:
+            return RunnerSnapshot(
+                frames_inferred=self.frames_inferred,
+                frames_idle=self.frames_idle,
+                errors=self.errors,
+                consecutive_errors=self.consecutive_errors,
+                last_frame_id=self.last_frame_id,
+                serving=engine.bundle_digest if engine else None,
+                provider=engine.provider if engine else None,
+                fell_back=engine.session_info.fell_back if engine else False,
+                last_total_ms=self.last_total_ms,
+            )
+
+    def _run(self) -> None:
+        out: TextIO | None = None
+        if self._frame_log_path is not None:
+            out = self._frame_log_path.open("a", buffering=1, encoding="utf-8")
+        try:
+            for frame in self._source:
+                if self._stop.is_set():
+                    return
+                self._one(frame, out)
+        except Exception as exc:  # a dead source must be visible, not a silent thread exit
+            log.error("runner.source_failed", error=str(exc), error_type=type(exc).__name__)
+        finally:
+            if out is not None:
+                out.close()
+
+    def _one(self, frame: Frame, out: TextIO | None) -> None:
+        try:
+            engine = self.slot.current
+        except SwapError:
+            self._serving = None
+            with self._lock:
+                self.frames_idle += 1
+                self.last_frame_id = frame.frame_id
+            return
+        self._serving = engine
+        digest = engine.bundle_digest
+        try:
+            result = engine.infer(frame.image_bgr, frame.frame_id)
+        except Exception as exc:
+            with self._lock:
+                self.errors += 1
+                self.consecutive_errors += 1
+                self._per_bundle.setdefault(digest, [0, 0])[1] += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_frame_id = frame.frame_id
+            if self.consecutive_errors in (1, 10, 100) or self.consecutive_errors % 1000 == 0:
+                log.warning("runner.inference_failed", bundle_digest=digest, frame_id=frame.frame_id, error=str(exc))
+            return
+        with self._lock:
+            self.frames_inferred += 1
+            self.consecutive_errors = 0
+            self._per_bundle.setdefault(digest, [0, 0])[0] += 1
+            self.last_frame_id = frame.frame_id
+            self.last_total_ms = result.timings.total_ms
+        if out is not None:
+            out.write(f"{frame.frame_id} {digest}\n")

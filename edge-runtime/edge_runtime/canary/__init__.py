@@ -1,0 +1,41 @@
+"""The device's canary verdict: shadow-run samples in, pass / fail / inconclusive with numbers out.
+
+Pure core only (``verdict``, ``samples``, ``agreement``, ``stats``); the shell that records frames, runs
+the shadow session and reports verdicts lives elsewhere.
+"""
+
+from edge_runtime.canary.errors import CanaryError, PendingVerdictError, PolicyError, SamplesError
+from edge_runtime.canary.samples import CanarySamples, Detection
+from edge_runtime.canary.verdict import (
+    CanaryPolicy,
+    CanaryVerdict,
+    InconclusiveAction,
+    InconclusivePolicy,
+    LatencySummary,
+    Outcome,
+    VerdictPhase,
+    after_inconclusive,
+    decide_verdict,
+    decide_watch,
+    verdict_to_proto,
+)
+
+__all__ = [
+    "CanaryError",
+    "CanaryPolicy",
+    "CanarySamples",
+    "CanaryVerdict",
+    "Detection",
+    "InconclusiveAction",
+    "InconclusivePolicy",
+    "LatencySummary",
+    "Outcome",
+    "PendingVerdictError",
+    "PolicyError",
+    "SamplesError",
+    "VerdictPhase",
+    "after_inconclusive",
+    "decide_verdict",
+    "decide_watch",
+    "verdict_to_proto",
+]

@@ -1,0 +1,34 @@
+"""Errors of the device's telemetry (metric windows, sensors, durable buffer, review samples).
+
+A missing sensor is not an error (it is reported as a ``SensorReading`` with ``missing=True``); a corrupt
+buffer file is not an error either (it is moved aside and a new store starts). Errors here are misuse and
+disk trouble. Sketch layout problems are the contract's ``edgefleet.contract.errors.SketchError``.
+
+    TelemetryError
+    ├── ObservationError          a frame observation is out of range (negative latency, confidence ∉ [0, 1])
+    ├── TelemetryBufferError      the durable buffer cannot be opened or written
+    │   └── RecordTooLargeError   one record is larger than the buffer (or the review quota) can ever hold
+    └── ReviewEncodeError         a review frame is not a BGR uint8 image, or JPEG encoding failed
+"""
+
+from __future__ import annotations
+
+
+class TelemetryError(Exception):
+    """Base of every error raised by ``edge_runtime.telemetry``."""
+
+
+class ObservationError(TelemetryError, ValueError):
+    """A per-frame observation handed to a metric window is out of range."""
+
+
+class TelemetryBufferError(TelemetryError):
+    """The durable telemetry buffer cannot be opened, read or written."""
+
+
+class RecordTooLargeError(TelemetryBufferError):
+    """A single record is larger than the buffer bound (or, for review samples, the review quota)."""
+
+
+class ReviewEncodeError(TelemetryError):
+    """A frame for review is not a BGR uint8 HxWx3 image, or OpenCV could not encode it as JPEG."""

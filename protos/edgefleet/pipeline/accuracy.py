@@ -1,0 +1,285 @@
+"""The accuracy gate: how closely a lower-precision variant reproduces FP32 on a held-out image set.
+
+FP32's own outputs are the reference ("ground truth"), so the figures measure what quantization lost, not
+how good the model is — which random-weight models could not tell anyway.
+- Classifiers: top-1 agreement, the share of images where the variant's arg-max class equals FP32's.
+- Detectors (``yolov5``/``yolov8``): mAP@0.5 of the variant's detections against FP32's. FP32 detections
+  at the bundle's ``conf_threshold`` are the ground truth; the variant's are kept down to
+  ``AP_CONF_FLOOR`` so AP integrates over its whole confidence ranking, as VOC/COCO evaluation does.
+  Matching is class-wise and greedy in descending confidence at IoU ≥ 0.5, each ground-truth box matched at
+  most once; AP is the area under the precision envelope (VOC 2010+ all-point interpolation); mAP is the
+  mean over classes that have ground truth. With no ground truth at all, mAP is 1.0 when the variant also
+  detects nothing at the bundle's ``conf_threshold`` and 0.0 otherwise.
+- ``loss = 1 − value``: FP32 against itself scores exactly 1.
+
+The decode + NMS here mirror the edge runtime's (``edge_runtime.inference.postprocess``), rewritten because
+the contract must not import the runtime: v8 ``[1, 4+C, A]``; v5 ``[1, A, 5+C]`` with confidence =
+objectness × class score; cx,cy,w,h → x1,y1,x2,y2; class-wise greedy NMS; capped at ``max_detections``.
+Coordinates stay in model-input pixels: both variants see the same input, so no letterbox undo is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from numpy.typing import NDArray
+
+from edgefleet.contract.bundle import Postprocess, Preprocess
+from edgefleet.pipeline.calibration import ImageSet, preprocess_image
+from edgefleet.pipeline.errors import AccuracyLossError, PipelineError
+
+IOU_MATCH = 0.5
+AP_CONF_FLOOR = 0.001
+MAX_NMS_CANDIDATES = 30_000
+
+
+@dataclass(frozen=True)
+class AccuracyReport:
+    """``metric`` (``top1_agreement`` or ``map50``) of ``precision`` against FP32 over ``samples`` images."""
+
+    metric: str
+    value: float
+    loss: float
+    samples: int
+    precision: str = "int8"
+
+    def to_metrics(self) -> dict[str, object]:
+        """Figures for a precision variant's ``metrics`` in bundle.json."""
+        return {
+            "accuracy_metric": self.metric,
+            "accuracy_value": round(self.value, 6),
+            "accuracy_loss": round(self.loss, 6),
+            "accuracy_samples": self.samples,
+            "accuracy_reference": "fp32",
+        }
+
+
+_METRIC_TEXT = {"top1_agreement": "top-1 agreement", "map50": "mAP@0.5"}
+
+
+def check_loss(report: AccuracyReport, max_loss: float) -> None:
+    """Raise ``AccuracyLossError`` when ``report.loss`` exceeds ``max_loss`` (a fraction, 0.01 = 1%)."""
+    if report.loss > max_loss + 1e-12:
+        metric = _METRIC_TEXT.get(report.metric, report.metric)
+        raise AccuracyLossError(
+            f"{report.precision.upper()} {metric} {report.value:.3f} is a loss of {report.loss:.1%} against "
+            f"FP32 ({report.samples} images), above --max-accuracy-loss {max_loss:.1%}; add calibration "
+            "images from the target environment, try --calibration-method entropy or percentile, or build "
+            "with --precision fp32",
+            report=report,
+            max_loss=max_loss,
+        )
+
+
+# --------------------------------------------------------------------------------------- classifiers
+
+
+def top1_agreement(reference: Sequence[NDArray[Any]], candidate: Sequence[NDArray[Any]]) -> float:
+    """Share of samples whose arg-max over the last axis agrees (each item is one sample's scores)."""
+    if len(reference) != len(candidate) or not reference:
+        raise PipelineError(
+            f"top-1 agreement needs equal, non-empty sample lists, got {len(reference)} and {len(candidate)}"
+        )
+    same = sum(int(np.argmax(np.ravel(r)) == np.argmax(np.ravel(c))) for r, c in zip(reference, candidate, strict=True))
+    return same / len(reference)
+
+
+# ----------------------------------------------------------------------------------------- detectors
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Detections of one image: ``boxes`` [N,4] x1,y1,x2,y2, ``scores`` [N], ``classes`` [N]."""
+
+    boxes: NDArray[np.float32]
+    scores: NDArray[np.float32]
+    classes: NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def box_iou(box: NDArray[np.float32], boxes: NDArray[np.float32]) -> NDArray[np.float32]:
+    """IoU of one x1,y1,x2,y2 box against [N,4] boxes (0 where the union is empty)."""
+    x1 = np.maximum(box[0], boxes[:, 0])
+    y1 = np.maximum(box[1], boxes[:, 1])
+    x2 = np.minimum(box[2], boxes[:, 2])
+    y2 = np.minimum(box[3], boxes[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    union = area + areas - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, inter / union, 0.0)
+    return iou.astype(np.float32)
+
+
+def nms(boxes: NDArray[np.float32], scores: NDArray[np.float32], iou_threshold: float) -> list[int]:
+    """Greedy NMS: indices kept, by descending score (stable), suppressing IoU > ``iou_threshold``."""
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size:
+        i = int(order[0])
+        keep.append(i)
+        rest = order[1:]
+        order = rest[box_iou(boxes[i], boxes[rest]) <= iou_threshold]
+    return keep
+
+
+def decode_yolo(
+    output: NDArray[Any],
+    kind: str,
+    *,
+    conf_threshold: float,
+    iou_threshold: float,
+    max_detections: int,
+) -> Detections:
+    """Decode one image's raw YOLO output (batch 1) into class-wise NMS'd detections."""
+    raw = np.asarray(output, np.float32)
+    if raw.ndim == 3:
+        raw = raw[0]
+    if kind == "yolov8":
+        rows = raw.T  # [A, 4+C]
+        class_scores = rows[:, 4:]
+    elif kind == "yolov5":
+        rows = raw
+        class_scores = rows[:, 5:] * rows[:, 4:5]
+    else:
+        raise PipelineError(f"cannot decode detections for postprocess kind {kind!r}; use yolov5 or yolov8")
+    classes = np.argmax(class_scores, axis=1)
+    scores = class_scores[np.arange(len(rows)), classes]
+    mask = scores >= conf_threshold
+    rows, scores, classes = rows[mask], scores[mask], classes[mask]
+    if len(scores) > MAX_NMS_CANDIDATES:
+        top = np.argsort(-scores, kind="stable")[:MAX_NMS_CANDIDATES]
+        rows, scores, classes = rows[top], scores[top], classes[top]
+    cx, cy, w, h = rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3]
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float32)
+    kept: list[int] = []
+    for cls in np.unique(classes):
+        idx = np.flatnonzero(classes == cls)
+        kept.extend(int(idx[k]) for k in nms(boxes[idx], scores[idx], iou_threshold))
+    kept_arr = np.asarray(kept, np.int64)
+    if kept_arr.size:
+        kept_arr = kept_arr[np.argsort(-scores[kept_arr], kind="stable")][:max_detections]
+    return Detections(
+        boxes=boxes[kept_arr].reshape(-1, 4).astype(np.float32),
+        scores=scores[kept_arr].astype(np.float32),
+        classes=classes[kept_arr].astype(np.int64),
+    )
+
+
+def average_precision(recall: NDArray[np.float64], precision: NDArray[np.float64]) -> float:
+    """VOC all-point AP: area under the monotone precision envelope over recall."""
+    r = np.concatenate([[0.0], recall, [1.0]])
+    p = np.concatenate([[0.0], precision, [0.0]])
+    p = np.maximum.accumulate(p[::-1])[::-1]
+    steps = np.flatnonzero(r[1:] != r[:-1])
+    return float(np.sum((r[steps + 1] - r[steps]) * p[steps + 1]))
+
+
+def mean_average_precision(
+    ground_truth: Sequence[Detections],
+    predictions: Sequence[Detections],
+    *,
+    iou_threshold: float = IOU_MATCH,
+    empty_conf_threshold: float = 0.0,
+) -> float:
+    """mAP@``iou_threshold`` of ``predictions`` against ``ground_truth`` (one ``Detections`` per image).
+
+    Without any ground truth, 1.0 if no prediction scores ``>= empty_conf_threshold``, else 0.0.
+    """
+    if len(ground_truth) != len(predictions):
+        raise PipelineError(f"mAP needs one prediction set per image, got {len(ground_truth)} and {len(predictions)}")
+    gt_classes = sorted({int(c) for d in ground_truth for c in d.classes})
+    if not gt_classes:
+        return 1.0 if all(not np.any(p.scores >= empty_conf_threshold) for p in predictions) else 0.0
+    aps = []
+    for cls in gt_classes:
+        gt_boxes = [d.boxes[d.classes == cls] for d in ground_truth]
+        n_gt = sum(len(b) for b in gt_boxes)
+        cands = [
+            (float(score), image, box)
+            for image, pred in enumerate(predictions)
+            for score, box in zip(pred.scores[pred.classes == cls], pred.boxes[pred.classes == cls], strict=True)
+        ]
+        cands.sort(key=lambda c: -c[0])
+        matched = [np.zeros(len(b), bool) for b in gt_boxes]
+        tp = np.zeros(len(cands))
+        for k, (_, image, box) in enumerate(cands):
+            candidates = gt_boxes[image]
+            if not len(candidates):
+                continue
+            ious = box_iou(box, candidates)
+            ious[matched[image]] = -1.0
+            best = int(np.argmax(ious))
+            if ious[best] >= iou_threshold:
+                matched[image][best] = True
+                tp[k] = 1.0
+        cum_tp = np.cumsum(tp)
+        recall = cum_tp / n_gt
+        precision = cum_tp / np.arange(1, len(cands) + 1)
+        aps.append(average_precision(recall, precision) if cands else 0.0)
+    return float(np.mean(aps))
+
+
+# ----------------------------------------------------------------------------------------- the shell
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's errors are untyped
+        raise PipelineError(f"{path}: cannot be loaded by onnxruntime: {exc}") from None
+
+
+def evaluate_variant(
+    reference_model: Path | str,
+    candidate_model: Path | str,
+    images: ImageSet,
+    pre: Preprocess,
+    post: Postprocess,
+    *,
+    precision: str = "int8",
+) -> AccuracyReport:
+    """Run both models on every image of ``images`` (CPU) and score the candidate against FP32."""
+    ref, cand = _session(Path(reference_model)), _session(Path(candidate_model))
+    input_name = ref.get_inputs()[0].name
+    ref_out: list[NDArray[Any]] = []
+    cand_out: list[NDArray[Any]] = []
+    for image in images.images():
+        x = preprocess_image(image, pre)
+        ref_out.append(np.asarray(ref.run(None, {input_name: x})[0]))
+        cand_out.append(np.asarray(cand.run(None, {input_name: x})[0]))
+    if post.kind == "classification":
+        value = top1_agreement(ref_out, cand_out)
+        metric = "top1_agreement"
+    else:
+        gt = [
+            decode_yolo(
+                o,
+                post.kind,
+                conf_threshold=post.conf_threshold,
+                iou_threshold=post.iou_threshold,
+                max_detections=post.max_detections,
+            )
+            for o in ref_out
+        ]
+        preds = [
+            decode_yolo(
+                o,
+                post.kind,
+                conf_threshold=min(AP_CONF_FLOOR, post.conf_threshold),
+                iou_threshold=post.iou_threshold,
+                max_detections=post.max_detections,
+            )
+            for o in cand_out
+        ]
+        value = mean_average_precision(gt, preds, empty_conf_threshold=post.conf_threshold)
+        metric = "map50"
+    return AccuracyReport(metric=metric, value=value, loss=1.0 - value, samples=len(ref_out), precision=precision)

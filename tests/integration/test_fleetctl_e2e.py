@@ -1,0 +1,193 @@
+"""fleetctl end to end: the real CLI (a subprocess, as an operator runs it) against a real
+``edgefleet-controller serve`` process. Outputs are parsed the way scripts would parse them; errors must
+be one line on stderr with a non-zero exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+
+from edgefleet.contract.signing import PRIVATE_SUFFIX, PUBLIC_SUFFIX, generate_keypair
+from edgefleet.v1 import common_pb2, device_pb2, device_pb2_grpc
+from tests.support.controller import REPO, ControllerProcess, bearer, free_port, publish_bundle
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@dataclass
+class Env:
+    ctrl: ControllerProcess
+    work: Path
+    archive: Path
+    pub_key: Path
+
+    def run(self, *args: str, token: str | None = None, address: str | None = None, tty: bool = False) -> Result:
+        env = dict(os.environ)
+        env.update(
+            EDGEFLEET_CONTROLLER=address or self.ctrl.address,
+            EDGEFLEET_TOKEN=token if token is not None else self.ctrl.admin_token,
+            XDG_CONFIG_HOME=str(self.work / "xdg"),
+            PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
+            COLUMNS="100",
+        )
+        env.pop("FORCE_COLOR", None)
+        if tty:
+            env["FORCE_COLOR"] = "1"  # rich renders the live progress bar as on a terminal
+        exe = Path(sys.executable).with_name("fleetctl")
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from fleetctl.main import run; run()"]
+        proc = subprocess.run([*cmd, *args], capture_output=True, text=True, env=env, timeout=60, cwd=str(REPO))
+        return Result(proc.returncode, proc.stdout, proc.stderr)
+
+    def ok(self, *args: str, **kw: object) -> Result:
+        result = self.run(*args, **kw)  # type: ignore[arg-type]
+        assert result.code == 0, (args, result)
+        return result
+
+    def fails(self, *args: str, **kw: object) -> Result:
+        result = self.run(*args, **kw)  # type: ignore[arg-type]
+        assert result.code != 0, (args, result)
+        lines = [line for line in result.err.splitlines() if line.strip()]
+        assert len(lines) == 1, (args, result.err)
+        assert "Traceback" not in result.err
+        return result
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    work = tmp_path_factory.mktemp("fleetctl")
+    key = generate_keypair("release-test")
+    pub = work / f"{key.key_id}{PUBLIC_SUFFIX}"
+    key.save(work / f"{key.key_id}{PRIVATE_SUFFIX}", pub)
+    archive = publish_bundle(work, key)
+    ctrl = ControllerProcess(work / "data")
+    ctrl.start()
+    try:
+        yield Env(ctrl, work, archive, pub)
+        assert ctrl.terminate() == 0
+    finally:
+        ctrl.kill()
+
+
+def enroll(address: str, token: str, name: str, tags: dict[str, str]) -> tuple[str, str]:
+    with grpc.insecure_channel(address) as channel:
+        stub = device_pb2_grpc.DeviceServiceStub(channel)
+        reply = stub.Enroll(
+            device_pb2.EnrollRequest(
+                enrollment_token=token,
+                name=name,
+                tags=tags,
+                hardware=common_pb2.HardwareProfile(hardware_class="jetson-orin-nano"),
+            ),
+            timeout=10,
+        )
+        stub.Sync(
+            device_pb2.SyncRequest(wait_s=1, reported=common_pb2.ReportedState(health=common_pb2.HEALTH_SERVING)),
+            metadata=bearer(reply.device_credential),
+            timeout=10,
+        )
+        return reply.device_id, reply.device_credential
+
+
+def test_fleetctl_operates_a_real_controller(env: Env) -> None:
+    trusted = env.ok("keys", "trust", str(env.pub_key))
+    assert "trusted key release-test" in trusted.out
+
+    created = env.ok("token", "create", "--site", "warehouse-a", "--expires", "1h", "--max-uses", "5")
+    enroll_token = created.out.strip()
+    assert enroll_token.startswith("eft_") and "\n" not in enroll_token
+    assert "for site warehouse-a" in created.err
+    device_id, _ = enroll(env.ctrl.address, enroll_token, "wa-dock-door-3", {"camera": "thermal"})
+    enroll(env.ctrl.address, enroll_token, "wa-aisle-1", {"camera": "rgb"})
+
+    viewer = env.ok("token", "operator", "--name", "dashboard", "--role", "viewer").out.strip()
+    assert viewer.startswith("eot_")
+
+    applied = env.ok(
+        "apply",
+        "-f",
+        "manifests/fleet.yaml",
+        "-f",
+        "manifests/sites",
+        "-f",
+        "manifests/devices",
+    )
+    assert "FleetConfig/default created" in applied.out
+    assert "SiteConfig/warehouse-a created" in applied.out
+    assert "2 device(s) get a new config" in applied.out
+
+    pushed = env.ok("bundle", "push", str(env.archive), tty=True)
+    assert "pushed: classifier@1.0.0 sha256:" in pushed.out
+    assert "push classifier@1.0.0" in pushed.err  # the progress bar's description
+    assert "100%" in pushed.err or "━" in pushed.err
+    again = env.ok("bundle", "push", str(env.archive))
+    assert "already present: classifier@1.0.0" in again.out
+
+    table = env.ok("get", "devices").out
+    assert "wa-dock-door-3" in table and "warehouse-a" in table and "serving" in table
+    as_json = json.loads(env.ok("get", "devices", "-o", "json", token=viewer).out)
+    assert sorted(d["name"] for d in as_json) == ["wa-aisle-1", "wa-dock-door-3"]
+    as_yaml = yaml.safe_load(env.ok("get", "devices", "-o", "yaml", "--tag", "camera=thermal").out)
+    assert [d["id"] for d in as_yaml] == [device_id]
+    assert as_yaml[0]["desired"]["config_digest"].startswith("sha256:")
+    assert len(as_yaml[0]["desired"]["config_digest"]) == 71  # not folded by the terminal width
+    assert env.ok("get", "devices", "-o", "wide").out.count("┳") == 10  # 6 columns + 5 wide ones
+
+    bundles = json.loads(env.ok("get", "bundles", "-o", "json").out)
+    assert [(b["name"], b["version"], b["key_id"]) for b in bundles] == [("classifier", "1.0.0", "release-test")]
+    digest = bundles[0]["digest"]
+    assert "classifier" in env.ok("get", "bundles").out
+
+    set_bundle = env.ok("devices", "set-bundle", "classifier@1.0.0", "--device", "wa-dock-door-3")
+    assert "1 device(s) now want classifier@1.0.0" in set_bundle.out
+    described = json.loads(env.ok("describe", "device", "wa-dock-door-3", "-o", "json").out)
+    assert described["desired"]["bundle_digest"] == digest
+    text = env.ok("describe", "device", device_id).out
+    assert "wa-dock-door-3" in text and digest in text.replace("\n", "")
+
+    sites = yaml.safe_load(env.ok("get", "sites", "-o", "yaml").out)
+    assert [(s["site"], s["devices"]) for s in sites] == [("warehouse-a", 2)]
+    assert "warehouse-a" in env.ok("get", "sites").out
+
+    effective = env.ok("config", "effective", "wa-dock-door-3").out
+    assert "DeviceConfig/dock-door-3" in effective
+    assert '"thermal_buffer": 0.25' in effective
+
+
+def test_fleetctl_errors_are_one_line(env: Env) -> None:
+    viewer = env.ok("token", "operator", "--name", "reader", "--role", "viewer").out.strip()
+    denied = env.fails("bundle", "push", str(env.archive), token=viewer)
+    assert "PERMISSION_DENIED" in denied.err and "viewer" in denied.err
+
+    missing = env.fails("describe", "device", "no-such-device")
+    assert "NOT_FOUND" in missing.err and "no-such-device" in missing.err
+
+    bad = env.work / "bad.yaml"
+    bad.write_text("apiVersion: edgefleet.io/v1\nkind: FleetConfig\nmetadata:\n  name: x\nspec:\n  config:\n    sla:\n      latency_ms: -5\n")
+    invalid = env.fails("apply", "-f", str(bad))
+    assert invalid.code == 2
+    assert "INVALID_ARGUMENT" in invalid.err and "bad.yaml:8" in invalid.err
+
+    unauth = env.fails("get", "devices", token="eot_nope.nope")
+    assert "UNAUTHENTICATED" in unauth.err
+
+    down = env.fails("get", "sites", address=f"127.0.0.1:{free_port()}")
+    assert "UNAVAILABLE" in down.err and "is the controller running" in down.err
+
+    fmt = env.run("get", "devices", "-o", "xml")
+    assert fmt.code == 2 and "xml" in fmt.err

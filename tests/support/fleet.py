@@ -1,0 +1,398 @@
+"""Test fleet: a real controller process, real ``edge-runtime`` processes, signed bundles, operator calls.
+
+Reusable by every integration / e2e test that needs devices talking to a controller over gRPC::
+
+    with start_controller(tmp_path / "ctl") as ctl:
+        key = ctl.trust_new_key(tmp_path / "keys")
+        v1 = make_bundle(tmp_path / "b1", key, version="1.0.0", seed=1)
+        ctl.push(v1)
+        ctl.apply_config(watch_window_s=0.5)
+        token = ctl.enrollment_token("lab")
+        with start_edge(ctl.address, tmp_path / "dev1", token, name="dev1") as dev:
+            ctl.set_desired("dev1", v1.digest)
+            dev.wait_for(lambda s: s["update"]["committed"] == v1.digest)
+
+Everything is an operator's view: the controller is driven through ``FleetService`` with the admin token
+(the same calls fleetctl makes), and a device is observed through its ``status.json``, its frame log and
+``FleetService.GetDevice``. Nothing here imports the controller's or the runtime's internals.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from edgefleet.contract.bundle import BundleSpec
+from edgefleet.contract.bundle_archive import pack_bundle
+from edgefleet.contract.bundle_builder import build_bundle
+from edgefleet.contract.bundle_upload import read_archive_for_upload
+from edgefleet.contract.signing import SigningKey, generate_keypair, sign_bundle
+from edgefleet.modelgen import make_classifier
+from edgefleet.v1 import common_pb2, fleet_pb2, fleet_pb2_grpc
+
+BIN = Path(sys.executable).parent
+CONTROLLER = BIN / "edgefleet-controller"
+EDGE_RUNTIME = BIN / "edge-runtime"
+
+
+def _read_port(proc: subprocess.Popen[str], marker: str, timeout: float, log: Path) -> tuple[int, threading.Thread]:
+    """Read stdout lines until ``<marker> <port>``; the rest of stdout is drained on a thread."""
+    found: list[int] = []
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        with proc.stdout:
+            for line in proc.stdout:
+                if not found and line.startswith(marker):
+                    found.append(int(line.rsplit(" ", 1)[1]))
+                    ready.set()
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not ready.wait(0.05):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+            proc.wait(5)
+            thread.join(5)
+            raise RuntimeError(f"{marker!r} not printed within {timeout} s (exit {proc.poll()}); log:\n{tail}")
+    return found[0], thread
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------------------------------------- bundles
+
+
+@dataclass(frozen=True)
+class SignedBundle:
+    archive: Path
+    directory: Path
+    digest: str
+    version: str
+    artifact_digests: dict[str, str]
+
+
+def make_bundle(
+    workdir: Path,
+    key: SigningKey,
+    *,
+    version: str,
+    seed: int,
+    size: int = 32,
+    padding_bytes: int = 0,
+    name: str = "classifier",
+    watch_golden: bool = True,
+) -> SignedBundle:
+    """Generate a classifier (size×size), build, sign and pack a bundle; ``padding_bytes`` adds a random
+    ``padding`` artifact to make downloads as large as a test needs."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    model = make_classifier(workdir / "model.onnx", size=size, seed=seed, num_classes=4)
+    spec = BundleSpec.from_dict(
+        {
+            "name": name,
+            "version": version,
+            "model": str(model),
+            "preprocess": {"size": [size, size], "layout": "nchw", "dtype": "float32", "scale": 1 / 255},
+            "postprocess": {"kind": "classification", "top_k": 1},
+            "labels": ["a", "b", "c", "d"],
+            "latency": {"sla_ms": 500},
+            "providers": ["cpu"],
+        },
+        source=f"{name}-{version}.spec.yaml",
+        base_dir=workdir,
+    )
+    extra: dict[str, Path] = {}
+    if padding_bytes:
+        pad = workdir / "padding.bin"
+        pad.write_bytes(os.urandom(padding_bytes))
+        extra["padding"] = pad
+    bundle_dir = workdir / "bundle"
+    manifest = build_bundle(spec, bundle_dir, extra_artifacts=extra, golden_count=2 if watch_golden else 1)
+    sign_bundle(bundle_dir, key)
+    archive = pack_bundle(bundle_dir, workdir / f"{name}-{version}.efb")
+    return SignedBundle(
+        archive=archive,
+        directory=bundle_dir,
+        digest=manifest.digest,
+        version=version,
+        artifact_digests={role: a.digest for role, a in manifest.artifacts.items()},
+    )
+
+
+# ---------------------------------------------------------------------------------------------- controller
+
+
+@dataclass
+class Controller:
+    proc: subprocess.Popen[str]
+    data_dir: Path
+    port: int
+    log: Path
+    admin_token: str
+    channel: grpc.Channel = field(init=False)
+    fleet: fleet_pb2_grpc.FleetServiceStub = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.channel = grpc.insecure_channel(self.address)
+        self.fleet = fleet_pb2_grpc.FleetServiceStub(self.channel)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def md(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.admin_token}"),)
+
+    def trust_new_key(self, key_dir: Path, key_id: str = "test-publisher") -> SigningKey:
+        key = generate_keypair(key_id)
+        key_dir.mkdir(parents=True, exist_ok=True)
+        key.save(key_dir / f"{key_id}.key.pem", key_dir / f"{key_id}.pub.pem")
+        self.fleet.AddTrustedKey(
+            fleet_pb2.AddTrustedKeyRequest(key_id=key.key_id, public_key_pem=key.public_pem().decode()),
+            metadata=self.md,
+            timeout=10,
+        )
+        return key
+
+    def push(self, bundle: SignedBundle) -> None:
+        upload = read_archive_for_upload(bundle.archive)
+
+        def requests() -> Iterator[fleet_pb2.PushBundleRequest]:
+            yield fleet_pb2.PushBundleRequest(
+                header=fleet_pb2.BundleHeader(manifest=upload.manifest, signature=upload.signature)
+            )
+            for digest, chunk in upload.chunks(1 << 20):
+                yield fleet_pb2.PushBundleRequest(chunk=fleet_pb2.ArtifactChunk(digest=digest, data=chunk))
+
+        self.fleet.PushBundle(requests(), metadata=self.md, timeout=60)
+
+    def enrollment_token(self, site: str = "lab") -> str:
+        reply = self.fleet.CreateEnrollmentToken(
+            fleet_pb2.CreateEnrollmentTokenRequest(site=site, ttl_s=3600), metadata=self.md, timeout=10
+        )
+        return str(reply.token)
+
+    def apply_config(self, *, watch_window_s: float = 0.5, extra: str = "") -> None:
+        text = (
+            "apiVersion: edgefleet.io/v1\nkind: FleetConfig\nmetadata: {name: default}\n"
+            f"spec:\n  config:\n    canary: {{watch_window_s: {watch_window_s}}}\n{extra}"
+        )
+        self.fleet.ApplyConfig(
+            fleet_pb2.ApplyConfigRequest(files=[fleet_pb2.ManifestFile(name="fleet.yaml", content=text)]),
+            metadata=self.md,
+            timeout=10,
+        )
+
+    def set_desired(self, device: str, bundle: str) -> None:
+        self.fleet.SetDesiredBundle(
+            fleet_pb2.SetDesiredBundleRequest(device=device, bundle=bundle), metadata=self.md, timeout=10
+        )
+
+    def device(self, device: str) -> common_pb2.Device:
+        reply: common_pb2.Device = self.fleet.GetDevice(
+            fleet_pb2.GetDeviceRequest(device=device), metadata=self.md, timeout=10
+        )
+        return reply
+
+    def blob_path(self, digest: str) -> Path:
+        hex_part = digest.removeprefix("sha256:")
+        return self.data_dir / "blobs" / "sha256" / hex_part[:2] / hex_part
+
+    def stop(self) -> None:
+        self.channel.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@contextlib.contextmanager
+def start_controller(data_dir: Path, *, port: int = 0) -> Iterator[Controller]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir.parent / f"{data_dir.name}.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen(
+            [
+                str(CONTROLLER),
+                "serve",
+                "--data-dir",
+                str(data_dir),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--grace-s",
+                "1",
+                "--log-json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    controller: Controller | None = None
+    try:
+        bound, pump = _read_port(proc, "edgefleet-controller listening on port", 60, log)
+        token = wait_until(lambda: (data_dir / "admin.token").is_file(), 10, "admin.token")
+        del token
+        controller = Controller(proc, data_dir, bound, log, (data_dir / "admin.token").read_text().strip())
+        yield controller
+        controller.stop()
+        pump.join(5)
+    finally:
+        if controller is not None:
+            controller.stop()
+        elif proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+# ---------------------------------------------------------------------------------------------- devices
+
+
+@dataclass
+class EdgeProcess:
+    proc: subprocess.Popen[str]
+    data_dir: Path
+    name: str
+    health_port: int
+    log: Path
+    frame_log: Path
+    stdout_pump: threading.Thread | None = None
+
+    def status(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads((self.data_dir / "status.json").read_text())
+            return data
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            if self.proc.poll() is not None:
+                tail = self.log.read_text(errors="replace")[-3000:]
+                raise AssertionError(f"{self.name} exited with {self.proc.returncode} waiting for {what}:\n{tail}")
+            status = self.status()
+            return status if status and status.get("pid") == self.proc.pid and predicate(status) else None
+
+        result: dict[str, Any] = wait_until(check, timeout, f"{self.name}: {what}")
+        return result
+
+    def committed(self, digest: str, timeout: float = 30) -> dict[str, Any]:
+        return self.wait_for(
+            lambda s: s["update"]["committed"] == digest and s["serving"] == digest,
+            timeout,
+            f"bundle {digest[:19]} committed and serving",
+        )
+
+    def frames(self) -> list[tuple[int, str]]:
+        if not self.frame_log.exists():
+            return []
+        out = []
+        for line in self.frame_log.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 2:
+                out.append((int(parts[0]), parts[1]))
+        return out
+
+    def terminate(self, timeout: float = 10) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._join_pump()
+        return self.proc.returncode
+
+    def wait_exit(self, timeout: float) -> int:
+        code = self.proc.wait(timeout)
+        self._join_pump()
+        return code
+
+    def _join_pump(self) -> None:
+        if self.stdout_pump is not None:
+            self.stdout_pump.join(5)
+
+
+def start_edge(
+    controller: str,
+    data_dir: Path,
+    token: str,
+    *,
+    name: str,
+    source: str = "synthetic:30",
+    extra_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    sync_wait_s: int = 5,
+    timeout: float = 60,
+    wait_online: bool = True,
+) -> EdgeProcess:
+    """Start ``edge-runtime run`` and wait for its health line; stop it with ``terminate()``."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir.parent / f"{data_dir.name}.log"
+    frame_log = data_dir.parent / f"{data_dir.name}.frames"
+    args = [
+        str(EDGE_RUNTIME),
+        "run",
+        "--controller",
+        controller,
+        "--data-dir",
+        str(data_dir),
+        "--enroll-token",
+        token,
+        "--name",
+        name,
+        "--source",
+        source,
+        "--sync-wait-s",
+        str(sync_wait_s),
+        "--intra-op-threads",
+        "1",
+        "--frame-log",
+        str(frame_log),
+        *extra_args,
+    ]
+    with log.open("a") as err:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ, **(env or {})})
+    port, pump = _read_port(proc, "edge-runtime health listening on port", timeout, log)
+    edge = EdgeProcess(proc, data_dir, name, port, log, frame_log, pump)
+    if wait_online:
+        # Enrolled and synced once: from here the controller knows the device by name.
+        edge.wait_for(lambda s: bool(s.get("online")), timeout, "first successful Sync")
+    return edge
+
+
+@contextlib.contextmanager
+def running_edge(*args: Any, **kwargs: Any) -> Iterator[EdgeProcess]:
+    edge = start_edge(*args, **kwargs)
+    try:
+        yield edge
+    finally:
+        edge.terminate()
