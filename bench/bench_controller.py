@@ -359,22 +359,24 @@ async def _bench(quick: bool, work: Path) -> list[dict[str, Any]]:
             )
             plan = next(a for a in (await c.sync(fetch_cred)).desired.artifacts if a.role == "engine.plan")
             fetch_common = {"digest": plan.digest, "cred": fetch_cred, "channels": 1, "concurrency": 1}
-            rounds = 2 if quick else 3
             ctrl_runs, echo_runs = [], []
-            for _ in range(rounds):  # interleaved so machine noise hits both
+            rounds = 5 if quick else 4
+            for _ in range(3):  # interleaved so machine noise hits both; first round per child warms up
                 ctrl_runs.append(
-                    _run_child("fetch", {**fetch_common, "address": ctrl.address, "method": FETCH, "rounds": 1}, work)
+                    _run_child(
+                        "fetch", {**fetch_common, "address": ctrl.address, "method": FETCH, "rounds": rounds}, work
+                    )
                 )
                 echo_runs.append(
                     _run_child(
                         "fetch",
-                        {**fetch_common, "address": f"127.0.0.1:{echo_port}", "method": ECHO_FETCH, "rounds": 1},
+                        {**fetch_common, "address": f"127.0.0.1:{echo_port}", "method": ECHO_FETCH, "rounds": rounds},
                         work,
                     )
                 )
 
             def mbps(runs: list[dict[str, Any]]) -> float:
-                return statistics.median(r["rounds"][0]["bytes"] / r["rounds"][0]["seconds"] / 1e6 for r in runs)
+                return statistics.median(r["bytes"] / r["seconds"] / 1e6 for run in runs for r in run["rounds"][1:])
 
             ctrl_mbps, echo_mbps = mbps(ctrl_runs), mbps(echo_runs)
             ratio = ctrl_mbps / echo_mbps

@@ -21,6 +21,7 @@ an immediate answer sends a ``known_revision`` it knows to be stale (e.g. 0).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -462,15 +463,26 @@ class ControllerApp:
         f: BinaryIO = await asyncio.to_thread(self.blobs.open_range, digest, request.offset)
         total = self.blobs.size(digest)
         offset = request.offset
+        # The next chunk is read from disk (in a worker thread) while the current one is being sent.
+        pending: asyncio.Future[bytes] | None = (
+            asyncio.ensure_future(asyncio.to_thread(f.read, chunk)) if offset < total else None
+        )
         try:
-            while offset < total:
-                data = await asyncio.to_thread(f.read, chunk)
+            while pending is not None:
+                data = await pending
+                pending = None
                 if not data:
                     break
+                if offset + len(data) < total:
+                    pending = asyncio.ensure_future(asyncio.to_thread(f.read, chunk))
                 self.metrics.blob_bytes_served.inc(len(data))
                 yield device_pb2.BlobChunk(offset=offset, data=data, total_size=total)
                 offset += len(data)
         finally:
+            if pending is not None:
+                # The read runs in a thread and cannot be cancelled: let it finish before closing the file.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(pending)
             f.close()
 
     # ------------------------------------------------------------------ events

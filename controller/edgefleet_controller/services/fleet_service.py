@@ -163,3 +163,6 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         self, request: fleet_pb2.LabelReviewSampleRequest, context: Ctx
     ) -> fleet_pb2.ReviewSampleInfo:
         return await self._not_yet("LabelReviewSample")  # type: ignore[no-any-return]
+
+    async def ListProfiles(self, request: fleet_pb2.ListProfilesRequest, context: Ctx) -> fleet_pb2.ListProfilesResponse:
+        return await self._not_yet("ListProfiles")  # type: ignore[no-any-return]

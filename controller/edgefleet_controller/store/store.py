@@ -1264,8 +1264,7 @@ class Store:
         desired = t.desired_state
         if (
             isinstance(bundle_digest, str)
-            and conn.execute(sa.select(t.bundles.c.digest).where(t.bundles.c.digest == bundle_digest)).first()
-            is None
+            and conn.execute(sa.select(t.bundles.c.digest).where(t.bundles.c.digest == bundle_digest)).first() is None
         ):
             raise NotFound("bundle", bundle_digest, "publish the bundle before assigning it")
         rows: dict[str, Row[Any]] = {}

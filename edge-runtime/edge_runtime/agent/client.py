@@ -89,5 +89,10 @@ class ControllerLink:
 
 
 def blocking_channel(address: str) -> grpc.Channel:
-    """A synchronous channel for the download worker thread (the update driver is synchronous)."""
-    return grpc.insecure_channel(address, options=channel_options())
+    """A synchronous channel for the download worker thread (the update driver is synchronous).
+
+    BDP probing is off: it grows the HTTP/2 receive window to megabytes, and everything buffered ahead of
+    the reader is lost on a reset. With the default 64 KiB window a drop costs at most the chunk in flight
+    plus that window, which is what makes "bytes fetched again <= one chunk per reset" hold.
+    """
+    return grpc.insecure_channel(address, options=[*channel_options(), ("grpc.http2.bdp_probe", 0)])

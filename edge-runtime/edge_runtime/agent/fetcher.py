@@ -126,6 +126,9 @@ class BlobFetcher:
                 try:
                     have = self._stream(digest, out, hasher, have, expected_size)
                 except grpc.RpcError as exc:
+                    # Whole chunks written before the drop count: resume right after them.
+                    out.flush()
+                    have = out.tell()
                     if not is_transient(exc):
                         code = rpc_code(exc)
                         raise FetchError(

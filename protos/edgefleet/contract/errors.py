@@ -14,6 +14,7 @@ input catch that one type. Messages say what was wrong, with the offending value
     │   └── SignatureError            missing, unknown-key or invalid Ed25519 signature
     ├── SigningKeyError               a signing or trusted key file cannot be read
     ├── SketchError                   a LatencySketch is malformed, or sketches of different accuracy meet
+    ├── BudgetError                   latency-budget input is invalid (SLA, headroom, a profile document)
     └── ManifestError                 a config manifest is invalid (carries file, line and path)
         └── ManifestSetError          several documents are invalid; ``errors`` holds one per document
 """
@@ -63,6 +64,11 @@ class SigningKeyError(ContractError):
 
 class SketchError(ContractError):
     """A ``LatencySketch`` proto is malformed, or sketches of different relative accuracy are merged."""
+
+
+class BudgetError(ContractError):
+    """Latency-budget input is invalid: an SLA, headroom or thermal buffer out of range, or a malformed
+    latency-profile document."""
 
 
 class ManifestError(ContractError):

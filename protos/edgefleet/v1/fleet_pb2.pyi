@@ -1437,6 +1437,97 @@ class LabelReviewSampleRequest(_message.Message):
 Global___LabelReviewSampleRequest: _TypeAlias = LabelReviewSampleRequest  # noqa: Y015
 
 @_typing.final
+class ListProfilesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUNDLES_FIELD_NUMBER: _builtins.int
+    HARDWARE_CLASS_FIELD_NUMBER: _builtins.int
+    hardware_class: _builtins.str
+    """Only this hardware class, when set."""
+    @_builtins.property
+    def bundles(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Bundle digests or "name@version"; empty = every bundle."""
+
+    def __init__(
+        self,
+        *,
+        bundles: _abc.Iterable[_builtins.str] | None = ...,
+        hardware_class: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundles", b"bundles", "hardware_class", b"hardware_class"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProfilesRequest: _TypeAlias = ListProfilesRequest  # noqa: Y015
+
+@_typing.final
+class ProfileSummary(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUNDLE_DIGEST_FIELD_NUMBER: _builtins.int
+    BUNDLE_REF_FIELD_NUMBER: _builtins.int
+    HARDWARE_CLASS_FIELD_NUMBER: _builtins.int
+    P95_MS_FIELD_NUMBER: _builtins.int
+    P50_MS_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    MEASURED_AT_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    bundle_digest: _builtins.str
+    bundle_ref: _builtins.str
+    hardware_class: _builtins.str
+    p95_ms: _builtins.float
+    """Latest measured end-to-end p95 and p50 (ms), how many profiles, and where the latest came from."""
+    p50_ms: _builtins.float
+    samples: _builtins.int
+    source: _builtins.str
+    device_id: _builtins.str
+    @_builtins.property
+    def measured_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        bundle_digest: _builtins.str = ...,
+        bundle_ref: _builtins.str = ...,
+        hardware_class: _builtins.str = ...,
+        p95_ms: _builtins.float = ...,
+        p50_ms: _builtins.float = ...,
+        samples: _builtins.int = ...,
+        source: _builtins.str = ...,
+        measured_at: _timestamp_pb2.Timestamp | None = ...,
+        device_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["measured_at", b"measured_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_digest", b"bundle_digest", "bundle_ref", b"bundle_ref", "device_id", b"device_id", "hardware_class", b"hardware_class", "measured_at", b"measured_at", "p50_ms", b"p50_ms", "p95_ms", b"p95_ms", "samples", b"samples", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProfileSummary: _TypeAlias = ProfileSummary  # noqa: Y015
+
+@_typing.final
+class ListProfilesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROFILES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def profiles(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProfileSummary]: ...
+    def __init__(
+        self,
+        *,
+        profiles: _abc.Iterable[Global___ProfileSummary] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["profiles", b"profiles"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProfilesResponse: _TypeAlias = ListProfilesResponse  # noqa: Y015
+
+@_typing.final
 class CreateEnrollmentTokenRequest(_message.Message):
     """---------------------------------------------------------------- administration"""
 

@@ -150,6 +150,11 @@ class FleetServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_fleet__pb2.LabelReviewSampleRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_fleet__pb2.ReviewSampleInfo.FromString,
                 _registered_method=True)
+        self.ListProfiles = channel.unary_unary(
+                '/edgefleet.v1.FleetService/ListProfiles',
+                request_serializer=edgefleet_dot_v1_dot_fleet__pb2.ListProfilesRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_fleet__pb2.ListProfilesResponse.FromString,
+                _registered_method=True)
         self.CreateEnrollmentToken = channel.unary_unary(
                 '/edgefleet.v1.FleetService/CreateEnrollmentToken',
                 request_serializer=edgefleet_dot_v1_dot_fleet__pb2.CreateEnrollmentTokenRequest.SerializeToString,
@@ -343,6 +348,14 @@ class FleetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListProfiles(self, request, context):
+        """Latency profiles devices measured (edge-runtime profile, canaries), per bundle and hardware class; the
+        input of latency admission and of `fleetctl budget`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateEnrollmentToken(self, request, context):
         """--- administration ---
         """
@@ -491,6 +504,11 @@ def add_FleetServiceServicer_to_server(servicer, server):
                     servicer.LabelReviewSample,
                     request_deserializer=edgefleet_dot_v1_dot_fleet__pb2.LabelReviewSampleRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_fleet__pb2.ReviewSampleInfo.SerializeToString,
+            ),
+            'ListProfiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProfiles,
+                    request_deserializer=edgefleet_dot_v1_dot_fleet__pb2.ListProfilesRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_fleet__pb2.ListProfilesResponse.SerializeToString,
             ),
             'CreateEnrollmentToken': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateEnrollmentToken,
@@ -1139,6 +1157,33 @@ class FleetService:
             '/edgefleet.v1.FleetService/LabelReviewSample',
             edgefleet_dot_v1_dot_fleet__pb2.LabelReviewSampleRequest.SerializeToString,
             edgefleet_dot_v1_dot_fleet__pb2.ReviewSampleInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProfiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.FleetService/ListProfiles',
+            edgefleet_dot_v1_dot_fleet__pb2.ListProfilesRequest.SerializeToString,
+            edgefleet_dot_v1_dot_fleet__pb2.ListProfilesResponse.FromString,
             options,
             channel_credentials,
             insecure,

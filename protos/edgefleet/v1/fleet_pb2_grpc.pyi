@@ -95,6 +95,10 @@ class FleetServiceStub:
     """
     ListReviewSamples: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.ListReviewSamplesRequest, _fleet_pb2.ListReviewSamplesResponse]
     LabelReviewSample: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.LabelReviewSampleRequest, _fleet_pb2.ReviewSampleInfo]
+    ListProfiles: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.ListProfilesRequest, _fleet_pb2.ListProfilesResponse]
+    """Latency profiles devices measured (edge-runtime profile, canaries), per bundle and hardware class; the
+    input of latency admission and of `fleetctl budget`.
+    """
     CreateEnrollmentToken: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.CreateEnrollmentTokenRequest, _fleet_pb2.CreateEnrollmentTokenResponse]
     """--- administration ---"""
     RevokeEnrollmentToken: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.RevokeEnrollmentTokenRequest, _fleet_pb2.RevokeEnrollmentTokenResponse]
@@ -158,6 +162,10 @@ class FleetServiceAsyncStub(FleetServiceStub):
     """
     ListReviewSamples: _aio.UnaryUnaryMultiCallable[_fleet_pb2.ListReviewSamplesRequest, _fleet_pb2.ListReviewSamplesResponse]  # type: ignore[assignment]
     LabelReviewSample: _aio.UnaryUnaryMultiCallable[_fleet_pb2.LabelReviewSampleRequest, _fleet_pb2.ReviewSampleInfo]  # type: ignore[assignment]
+    ListProfiles: _aio.UnaryUnaryMultiCallable[_fleet_pb2.ListProfilesRequest, _fleet_pb2.ListProfilesResponse]  # type: ignore[assignment]
+    """Latency profiles devices measured (edge-runtime profile, canaries), per bundle and hardware class; the
+    input of latency admission and of `fleetctl budget`.
+    """
     CreateEnrollmentToken: _aio.UnaryUnaryMultiCallable[_fleet_pb2.CreateEnrollmentTokenRequest, _fleet_pb2.CreateEnrollmentTokenResponse]  # type: ignore[assignment]
     """--- administration ---"""
     RevokeEnrollmentToken: _aio.UnaryUnaryMultiCallable[_fleet_pb2.RevokeEnrollmentTokenRequest, _fleet_pb2.RevokeEnrollmentTokenResponse]  # type: ignore[assignment]
@@ -356,6 +364,16 @@ class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _fleet_pb2.LabelReviewSampleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fleet_pb2.ReviewSampleInfo, _abc.Awaitable[_fleet_pb2.ReviewSampleInfo]]: ...
+
+    @_abc_1.abstractmethod
+    def ListProfiles(
+        self,
+        request: _fleet_pb2.ListProfilesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fleet_pb2.ListProfilesResponse, _abc.Awaitable[_fleet_pb2.ListProfilesResponse]]:
+        """Latency profiles devices measured (edge-runtime profile, canaries), per bundle and hardware class; the
+        input of latency admission and of `fleetctl budget`.
+        """
 
     @_abc_1.abstractmethod
     def CreateEnrollmentToken(

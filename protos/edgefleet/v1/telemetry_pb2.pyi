@@ -50,6 +50,10 @@ class DeviceEvent(_message.Message):
         """An alert raised on the device: thermal throttling, drift, provider fallback, buffer drops."""
         KIND_BUFFER_RESET: DeviceEvent._Kind.ValueType  # 5
         """The telemetry buffer was recreated (corrupt file moved aside); a new epoch starts."""
+        KIND_PROFILE: DeviceEvent._Kind.ValueType  # 6
+        """A latency profile of a bundle on this device's hardware class (edge-runtime profile, or a canary);
+        the controller keeps it for latency admission. See profile.
+        """
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
     KIND_UNSPECIFIED: DeviceEvent.Kind.ValueType  # 0
@@ -63,6 +67,10 @@ class DeviceEvent(_message.Message):
     """An alert raised on the device: thermal throttling, drift, provider fallback, buffer drops."""
     KIND_BUFFER_RESET: DeviceEvent.Kind.ValueType  # 5
     """The telemetry buffer was recreated (corrupt file moved aside); a new epoch starts."""
+    KIND_PROFILE: DeviceEvent.Kind.ValueType  # 6
+    """A latency profile of a bundle on this device's hardware class (edge-runtime profile, or a canary);
+    the controller keeps it for latency admission. See profile.
+    """
 
     @_typing.final
     class NumbersEntry(_message.Message):
@@ -95,6 +103,7 @@ class DeviceEvent(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
     NUMBERS_FIELD_NUMBER: _builtins.int
+    PROFILE_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Device-unique id (e.g. a UUID) so retries are idempotent."""
     kind: Global___DeviceEvent.Kind.ValueType
@@ -114,6 +123,10 @@ class DeviceEvent(_message.Message):
     def numbers(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
         """Extra numbers for alerts, e.g. {"cpu_temp_c": 91.0, "clock_mhz": 1200}."""
 
+    @_builtins.property
+    def profile(self) -> Global___LatencyProfile:
+        """Set for KIND_PROFILE."""
+
     def __init__(
         self,
         *,
@@ -128,14 +141,85 @@ class DeviceEvent(_message.Message):
         revision: _builtins.int = ...,
         at: _timestamp_pb2.Timestamp | None = ...,
         numbers: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        profile: Global___LatencyProfile | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "verdict", b"verdict"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "profile", b"profile", "verdict", b"verdict"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "bundle_digest", b"bundle_digest", "event_id", b"event_id", "from_state", b"from_state", "kind", b"kind", "numbers", b"numbers", "reason", b"reason", "revision", b"revision", "rollout_id", b"rollout_id", "to_state", b"to_state", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "bundle_digest", b"bundle_digest", "event_id", b"event_id", "from_state", b"from_state", "kind", b"kind", "numbers", b"numbers", "profile", b"profile", "reason", b"reason", "revision", b"revision", "rollout_id", b"rollout_id", "to_state", b"to_state", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeviceEvent: _TypeAlias = DeviceEvent  # noqa: Y015
+
+@_typing.final
+class LatencyProfile(_message.Message):
+    """Latency of one bundle measured on one device after warm-up: every stage, end to end, and the conditions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUNDLE_DIGEST_FIELD_NUMBER: _builtins.int
+    HARDWARE_CLASS_FIELD_NUMBER: _builtins.int
+    PROVIDER_FIELD_NUMBER: _builtins.int
+    PRECISION_FIELD_NUMBER: _builtins.int
+    SECONDS_FIELD_NUMBER: _builtins.int
+    FRAMES_FIELD_NUMBER: _builtins.int
+    FPS_FIELD_NUMBER: _builtins.int
+    PRE_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    POST_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    SENSORS_BEFORE_FIELD_NUMBER: _builtins.int
+    SENSORS_AFTER_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    bundle_digest: _builtins.str
+    hardware_class: _builtins.str
+    provider: _builtins.str
+    """Execution provider that actually ran, and the precision variant ("fp32", "int8", …)."""
+    precision: _builtins.str
+    seconds: _builtins.float
+    frames: _builtins.int
+    fps: _builtins.float
+    source: _builtins.str
+    """"profile" (edge-runtime profile) or "canary"."""
+    @_builtins.property
+    def pre(self) -> _common_pb2.Percentiles: ...
+    @_builtins.property
+    def model(self) -> _common_pb2.Percentiles: ...
+    @_builtins.property
+    def post(self) -> _common_pb2.Percentiles: ...
+    @_builtins.property
+    def total(self) -> _common_pb2.Percentiles:
+        """pre + model + post per frame."""
+
+    @_builtins.property
+    def sensors_before(self) -> _containers.RepeatedCompositeFieldContainer[Global___SensorReading]: ...
+    @_builtins.property
+    def sensors_after(self) -> _containers.RepeatedCompositeFieldContainer[Global___SensorReading]: ...
+    def __init__(
+        self,
+        *,
+        bundle_digest: _builtins.str = ...,
+        hardware_class: _builtins.str = ...,
+        provider: _builtins.str = ...,
+        precision: _builtins.str = ...,
+        seconds: _builtins.float = ...,
+        frames: _builtins.int = ...,
+        fps: _builtins.float = ...,
+        pre: _common_pb2.Percentiles | None = ...,
+        model: _common_pb2.Percentiles | None = ...,
+        post: _common_pb2.Percentiles | None = ...,
+        total: _common_pb2.Percentiles | None = ...,
+        sensors_before: _abc.Iterable[Global___SensorReading] | None = ...,
+        sensors_after: _abc.Iterable[Global___SensorReading] | None = ...,
+        source: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "post", b"post", "pre", b"pre", "total", b"total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_digest", b"bundle_digest", "fps", b"fps", "frames", b"frames", "hardware_class", b"hardware_class", "model", b"model", "post", b"post", "pre", b"pre", "precision", b"precision", "provider", b"provider", "seconds", b"seconds", "sensors_after", b"sensors_after", "sensors_before", b"sensors_before", "source", b"source", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LatencyProfile: _TypeAlias = LatencyProfile  # noqa: Y015
 
 @_typing.final
 class LatencySketch(_message.Message):

@@ -59,9 +59,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name="pk_rollout_commands"),
         _rollout_fk("rollout_commands"),
     )
-    op.create_index(
-        "ix_rollout_commands_rollout_id_consumed_at", "rollout_commands", ["rollout_id", "consumed_at"]
-    )
+    op.create_index("ix_rollout_commands_rollout_id_consumed_at", "rollout_commands", ["rollout_id", "consumed_at"])
 
     op.create_table(
         "rollout_events",

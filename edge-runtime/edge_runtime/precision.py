@@ -1,0 +1,297 @@
+"""Device-side choice between a bundle's precision variants (FP32, QDQ INT8, …): measured here, on this device.
+
+The builder's latency figures were taken on the builder's machine; what is fast there (VNNI INT8 kernels)
+can be slow here (a CPU without them, where QDQ INT8 runs *slower* than FP32), and TensorRT on a Jetson is
+different again. So the agent calls ``choose_variant`` when it stages a bundle: every variant that may be
+served is loaded on the providers the device will use and timed on the same preprocessed frame, and the
+faster one is served. The choice and its figures are reported (``VariantChoice.to_dict``).
+
+Owns:
+- ``eligible_variants`` (pure): which variants may be served. The reference (FP32, the ``model`` artifact)
+  always; any other variant only when its ``metrics`` carry accuracy figures that passed: a numeric
+  ``accuracy_loss`` ≤ ``max_accuracy_loss`` (default 1%, the builder's default bound) and no
+  ``accuracy_passed: false``. A variant without accuracy figures is never served: nobody measured what it
+  costs in accuracy. Refused variants are never timed, and the reason is reported.
+- ``interleaved_latency`` (pure apart from the callables it is given, clock injectable): runs are
+  interleaved round-robin, rotating which variant goes first each round, so clock, thermal and background
+  drift hit every variant alike.
+- ``choose_variant`` (the shell): loads the engines, measures, and applies the rule of
+  ``edgefleet.pipeline.precision.select_precision``: the lowest p50 wins, but a lower precision must be at
+  least ``min_speedup`` (1.05×) faster than FP32 to replace it; a 1% difference is noise and FP32 is the
+  safer artifact. With a single eligible variant nothing is measured.
+
+Errors: ``VariantError`` (an ``InferenceError``, so code that guards bundle loading with
+``except InferenceError`` catches it) when a bundle names a variant whose artifact it lacks.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+from numpy.typing import NDArray
+
+from edge_runtime.inference import InferenceEngine, InferenceError, PostprocessSpec, PreprocessSpec, preprocess
+from edge_runtime.sources import SyntheticScene
+from edgefleet.contract.bundle import MODEL_ROLE, BundleManifest, PrecisionVariant
+from edgefleet.pipeline.precision import MIN_SPEEDUP, LatencyFigures, hardware_class, select_precision
+
+log = structlog.get_logger(__name__)
+
+REFERENCE = "fp32"
+DEFAULT_MAX_ACCURACY_LOSS = 0.01
+DEFAULT_RUNS = 30
+DEFAULT_WARMUP = 5
+
+
+class VariantError(InferenceError):
+    """A bundle's precision variants cannot be served: a variant names an artifact the bundle lacks."""
+
+
+@dataclass(frozen=True)
+class VariantChoice:
+    """The variant to serve, its model file, and the figures that chose it.
+
+    ``figures``: model-only latency per measured variant (empty when only one was eligible, so nothing
+    was measured); ``refused``: variant → why it may not be served; ``speedup``: reference p50 / chosen p50.
+    """
+
+    name: str
+    model_path: Path
+    figures: Mapping[str, LatencyFigures]
+    precision: str = REFERENCE
+    speedup: float = 1.0
+    reference: str = REFERENCE
+    refused: Mapping[str, str] = field(default_factory=dict)
+    hardware_class: str = "unknown"
+    provider: str = ""
+
+    @property
+    def measured(self) -> bool:
+        return bool(self.figures)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "chosen": self.name,
+            "precision": self.precision,
+            "model": self.model_path.name,
+            "speedup": round(self.speedup, 4),
+            "reference": self.reference,
+            "hardware_class": self.hardware_class,
+            "provider": self.provider,
+            "measured": self.measured,
+            "figures": {name: fig.to_dict() for name, fig in sorted(self.figures.items())},
+            "refused": dict(sorted(self.refused.items())),
+        }
+
+
+def _reference_name(variants: Mapping[str, PrecisionVariant]) -> str | None:
+    marked = [n for n, v in variants.items() if v.metrics.get("reference") is True]
+    if marked:
+        return sorted(marked)[0]
+    if REFERENCE in variants:
+        return REFERENCE
+    plain = [n for n, v in variants.items() if v.artifact == MODEL_ROLE]
+    return sorted(plain)[0] if plain else None
+
+
+def _accuracy_refusal(name: str, variant: PrecisionVariant, max_accuracy_loss: float) -> str | None:
+    metrics = variant.metrics
+    if metrics.get("accuracy_passed") is False:
+        return f"{name}: its accuracy check failed when it was built (accuracy_passed: false)"
+    loss = metrics.get("accuracy_loss")
+    if loss is None:
+        return f"{name}: no accuracy figures (metrics.accuracy_loss missing); rebuild it with a calibration set"
+    if isinstance(loss, bool) or not isinstance(loss, int | float) or not math.isfinite(loss):
+        return f"{name}: metrics.accuracy_loss must be a number, got {loss!r}"
+    if loss > max_accuracy_loss + 1e-12:
+        return f"{name}: accuracy loss {loss:.2%} is above the bound {max_accuracy_loss:.2%}"
+    return None
+
+
+def eligible_variants(
+    manifest: BundleManifest, *, max_accuracy_loss: float = DEFAULT_MAX_ACCURACY_LOSS
+) -> tuple[str, dict[str, PrecisionVariant], dict[str, str]]:
+    """``(reference name, variants that may be served, refused variant → reason)``.
+
+    A bundle without ``precision_variants`` (or whose variants name no reference) gets an implicit
+    ``fp32`` reference on the ``model`` artifact.
+    """
+    declared = dict(manifest.precision_variants or {})
+    for name, variant in declared.items():
+        if variant.artifact not in manifest.artifacts:
+            raise VariantError(
+                f"bundle {manifest.ref}: precision variant {name!r} names artifact {variant.artifact!r}, which "
+                f"the bundle does not have (artifacts: {', '.join(sorted(manifest.artifacts))}); rebuild it"
+            )
+    reference = _reference_name(declared)
+    if reference is None:
+        reference = REFERENCE
+        declared[reference] = PrecisionVariant(MODEL_ROLE, REFERENCE, {"reference": True})
+    eligible: dict[str, PrecisionVariant] = {}
+    refused: dict[str, str] = {}
+    for name, variant in sorted(declared.items()):
+        reason = None if name == reference else _accuracy_refusal(name, variant, max_accuracy_loss)
+        if reason is None:
+            eligible[name] = variant
+        else:
+            refused[name] = reason
+    return reference, eligible, refused
+
+
+def interleaved_latency(
+    runners: Mapping[str, Callable[[], object]],
+    *,
+    runs: int,
+    clock: Callable[[], int] = time.perf_counter_ns,
+) -> dict[str, LatencyFigures]:
+    """Time each runner ``runs`` times, round-robin with a rotating first runner; figures per runner.
+
+    ``clock`` returns nanoseconds; tests inject one to check the rule without real timing.
+    """
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    order = list(runners)
+    samples: dict[str, list[int]] = {name: [] for name in order}
+    for i in range(runs):
+        shift = i % len(order) if order else 0
+        for name in order[shift:] + order[:shift]:
+            start = clock()
+            runners[name]()
+            samples[name].append(clock() - start)
+    return {name: LatencyFigures.from_samples_ns(s) for name, s in samples.items()}
+
+
+def _load(
+    bundle_dir: Path,
+    manifest: BundleManifest,
+    variant: PrecisionVariant,
+    *,
+    providers: Sequence[str],
+    cache_dir: Path,
+    warmup: int,
+    intra_op_threads: int | None,
+) -> InferenceEngine:
+    return InferenceEngine.load(
+        bundle_dir / manifest.artifact(variant.artifact).path,
+        PreprocessSpec.from_mapping(manifest.preprocess.to_dict()),
+        PostprocessSpec.from_mapping(manifest.postprocess.to_dict()),
+        list(manifest.labels),
+        providers=tuple(providers),
+        cache_dir=cache_dir,
+        bundle_digest=manifest.digest,
+        warmup=warmup,
+        intra_op_threads=intra_op_threads,
+        # A QDQ model carries its own scales; TensorRT only needs INT8 enabled to honour them.
+        int8=variant.precision == "int8",
+    )
+
+
+def choose_variant(
+    bundle_dir: Path,
+    manifest: BundleManifest,
+    *,
+    providers: Sequence[str] | None = None,
+    runs: int = DEFAULT_RUNS,
+    warmup: int = DEFAULT_WARMUP,
+    cache_dir: Path | None = None,
+    max_accuracy_loss: float = DEFAULT_MAX_ACCURACY_LOSS,
+    min_speedup: float = MIN_SPEEDUP,
+    only: Collection[str] | None = None,
+    intra_op_threads: int | None = None,
+    clock: Callable[[], int] = time.perf_counter_ns,
+) -> VariantChoice:
+    """Benchmark the servable variants of the bundle in ``bundle_dir`` on this device and choose one.
+
+    ``providers``: bundle-style names (``tensorrt``, ``cuda``, ``cpu``), default the bundle's own list;
+    ``cache_dir``: TensorRT engine/timing caches (default: a temporary directory, removed afterwards);
+    ``only``: restrict the choice to these variant names (an operator forcing a precision).
+    """
+    bundle_dir = Path(bundle_dir)
+    reference, eligible, refused = eligible_variants(manifest, max_accuracy_loss=max_accuracy_loss)
+    if only is not None:
+        unknown = sorted(set(only) - set(eligible) - set(refused))
+        if unknown:
+            raise VariantError(
+                f"bundle {manifest.ref} has no precision variant {unknown[0]!r} "
+                f"(it has: {', '.join(sorted({*eligible, *refused}))})"
+            )
+        for name in sorted(set(eligible) - set(only)):
+            refused[name] = f"{name}: not requested"
+            del eligible[name]
+        if not eligible:
+            raise VariantError(
+                f"bundle {manifest.ref}: no requested variant may be served: {'; '.join(refused.values())}"
+            )
+    chosen_provider = ""
+    hw = hardware_class()
+    with tempfile.TemporaryDirectory(prefix="edgefleet-variants-") as tmp:
+        cache = Path(cache_dir) if cache_dir is not None else Path(tmp)
+        wanted = tuple(providers) if providers else tuple(manifest.providers)
+        engines = {
+            name: _load(
+                bundle_dir,
+                manifest,
+                variant,
+                providers=wanted,
+                cache_dir=cache,
+                warmup=warmup if len(eligible) > 1 else 0,
+                intra_op_threads=intra_op_threads,
+            )
+            for name, variant in eligible.items()
+        }
+        if len(engines) == 1:
+            name = next(iter(engines))
+            figures: dict[str, LatencyFigures] = {}
+            chosen, speedup = name, 1.0
+        else:
+            h, w = manifest.preprocess.size
+            frame = SyntheticScene(seed=0, width=max(w, 32), height=max(h, 32)).render(0)
+            runners: dict[str, Callable[[], object]] = {}
+            for name, engine in engines.items():
+                tensor = np.ascontiguousarray(preprocess(frame, engine.preprocess_spec)[0])
+                runners[name] = _runner(engine, tensor)
+            figures = interleaved_latency(runners, runs=runs, clock=clock)
+            # With the reference refused by ``only``, the fastest remaining one is compared against itself.
+            ref = reference if reference in figures else min(figures, key=lambda n: figures[n].p50_ms)
+            decision = select_precision(
+                figures, eligible=set(figures), reference=ref, min_speedup=min_speedup, hardware_class=hw
+            )
+            chosen, speedup = decision.chosen, decision.speedup
+        chosen_provider = engines[chosen].provider
+    variant = eligible[chosen]
+    choice = VariantChoice(
+        name=chosen,
+        model_path=bundle_dir / manifest.artifact(variant.artifact).path,
+        figures=figures,
+        precision=variant.precision,
+        speedup=speedup,
+        reference=reference,
+        refused=refused,
+        hardware_class=hw,
+        provider=chosen_provider,
+    )
+    log.info(
+        "precision.variant_chosen",
+        bundle=manifest.ref,
+        chosen=chosen,
+        provider=chosen_provider,
+        speedup=round(speedup, 4),
+        figures={n: f.to_dict() for n, f in figures.items()},
+        refused=sorted(refused),
+    )
+    return choice
+
+
+def _runner(engine: InferenceEngine, tensor: NDArray[Any]) -> Callable[[], object]:
+    def run() -> object:
+        return engine.run_model(tensor)
+
+    return run

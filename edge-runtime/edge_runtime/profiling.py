@@ -1,0 +1,350 @@
+"""Latency profiles of a bundle on this device: what ``edge-runtime profile`` measures and reports.
+
+Pure core (no clock reads, no I/O): ``stage_stats`` (numpy percentiles over per-frame timings),
+``build_profile`` (timings + conditions → ``DeviceProfile``), ``profile_to_proto`` (the wire form,
+``edgefleet.v1.LatencyProfile``) and ``profile_to_document`` (the JSON form, format
+``edgefleet.contract.budget.PROFILE_FORMAT``, which ``fleetctl budget --profile FILE`` reads).
+Thin shell: ``measure_frames`` (warm up, then time frames for N seconds) and ``profile_bundle`` (choose the
+precision variant this device would serve, load it, read sensors before and after, measure).
+
+Decisions:
+- Percentiles are numpy's (linear interpolation) over every measured frame, per stage (pre, model, post)
+  and end to end (``total`` = pre + model + post of the same frame, not a sum of stage percentiles).
+- Warm-up frames (lazy allocations, kernel selection, TensorRT engine builds) are run and discarded.
+- ``fps`` is measured frames / wall seconds of the measuring loop, frame decoding included: it is what the
+  device sustains, not 1000 / mean latency.
+- Sensors (temperatures, clocks) are read just before the first and just after the last measured frame;
+  a sensor the device does not have is kept as a reading with ``missing=True`` so it shows as missing,
+  never as 0 °C. They come from ``edge_runtime.telemetry.sensors``.
+- The precision variant profiled is the one ``edge_runtime.precision.choose_variant`` picks on this device
+  (what the agent would serve), unless the operator forces one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from edge_runtime.inference import InferenceEngine, InferenceError, PostprocessSpec, PreprocessSpec, Timings
+from edge_runtime.precision import VariantChoice, choose_variant
+from edge_runtime.sources import Frame
+from edgefleet.contract.budget import PROFILE_FORMAT
+from edgefleet.contract.bundle import MODEL_ROLE, BundleManifest
+from edgefleet.v1 import common_pb2, telemetry_pb2
+
+log = structlog.get_logger(__name__)
+
+STAGES = ("pre", "model", "post", "total")
+SOURCE_PROFILE = "profile"
+
+
+class ProfileError(InferenceError):
+    """A profile cannot be taken: no frame was measured, or the arguments are out of range."""
+
+
+@dataclass(frozen=True)
+class StageStats:
+    """p50/p95/p99 of one stage over ``count`` frames, in milliseconds."""
+
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    count: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "p50_ms": round(self.p50_ms, 4),
+            "p95_ms": round(self.p95_ms, 4),
+            "p99_ms": round(self.p99_ms, 4),
+            "count": self.count,
+        }
+
+    def to_proto(self) -> common_pb2.Percentiles:
+        return common_pb2.Percentiles(p50_ms=self.p50_ms, p95_ms=self.p95_ms, p99_ms=self.p99_ms, count=self.count)
+
+
+def stage_stats(samples_ms: Sequence[float]) -> StageStats:
+    """Percentiles of one stage's per-frame milliseconds (numpy, linear interpolation)."""
+    if not samples_ms:
+        raise ProfileError("no frame was measured; profile for longer (--seconds) or check the frame source")
+    p50, p95, p99 = np.percentile(np.asarray(samples_ms, np.float64), [50, 95, 99])
+    return StageStats(float(p50), float(p95), float(p99), len(samples_ms))
+
+
+@dataclass(frozen=True)
+class BundleFacts:
+    """What the profile says about the bundle: identity, sizes (for budgeting) and its SLA."""
+
+    ref: str
+    digest: str
+    model_bytes: int
+    bundle_bytes: int
+    sla_ms: float
+
+    @staticmethod
+    def of(manifest: BundleManifest) -> BundleFacts:
+        return BundleFacts(
+            ref=manifest.ref,
+            digest=manifest.digest,
+            model_bytes=manifest.artifact(MODEL_ROLE).size,
+            bundle_bytes=sum(a.size for a in manifest.artifacts.values()),
+            sla_ms=manifest.latency.sla_ms,
+        )
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """One latency profile of one bundle on this device."""
+
+    bundle: BundleFacts
+    hardware_class: str
+    provider: str
+    active_providers: tuple[str, ...]
+    precision: str
+    variant: str
+    seconds: float
+    frames: int
+    fps: float
+    warmup: int
+    stages: Mapping[str, StageStats]
+    sensors_before: tuple[telemetry_pb2.SensorReading, ...]
+    sensors_after: tuple[telemetry_pb2.SensorReading, ...]
+    measured_at: datetime
+    source: str = SOURCE_PROFILE
+    variant_choice: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def total(self) -> StageStats:
+        return self.stages["total"]
+
+
+def build_profile(
+    timings: Sequence[Timings],
+    elapsed_s: float,
+    *,
+    bundle: BundleFacts,
+    hardware_class: str,
+    provider: str,
+    active_providers: Sequence[str],
+    precision: str,
+    variant: str,
+    warmup: int,
+    sensors_before: Sequence[telemetry_pb2.SensorReading],
+    sensors_after: Sequence[telemetry_pb2.SensorReading],
+    measured_at: datetime,
+    variant_choice: Mapping[str, object] | None = None,
+) -> DeviceProfile:
+    """Summarise per-frame timings taken over ``elapsed_s`` seconds into a ``DeviceProfile``."""
+    if not timings:
+        raise ProfileError("no frame was measured; profile for longer (--seconds) or check the frame source")
+    if not elapsed_s > 0:
+        raise ProfileError(f"the measuring time must be > 0 s, got {elapsed_s!r}")
+    stages = {
+        "pre": stage_stats([t.pre_ms for t in timings]),
+        "model": stage_stats([t.model_ms for t in timings]),
+        "post": stage_stats([t.post_ms for t in timings]),
+        "total": stage_stats([t.total_ms for t in timings]),
+    }
+    return DeviceProfile(
+        bundle=bundle,
+        hardware_class=hardware_class,
+        provider=provider,
+        active_providers=tuple(active_providers),
+        precision=precision,
+        variant=variant,
+        seconds=elapsed_s,
+        frames=len(timings),
+        fps=len(timings) / elapsed_s,
+        warmup=warmup,
+        stages=stages,
+        sensors_before=tuple(sensors_before),
+        sensors_after=tuple(sensors_after),
+        measured_at=measured_at,
+        variant_choice=dict(variant_choice or {}),
+    )
+
+
+def profile_to_proto(profile: DeviceProfile) -> telemetry_pb2.LatencyProfile:
+    """The wire form carried by ``DeviceEvent(kind=KIND_PROFILE, profile=...)``."""
+    return telemetry_pb2.LatencyProfile(
+        bundle_digest=profile.bundle.digest,
+        hardware_class=profile.hardware_class,
+        provider=profile.provider,
+        precision=profile.precision,
+        seconds=profile.seconds,
+        frames=profile.frames,
+        fps=profile.fps,
+        pre=profile.stages["pre"].to_proto(),
+        model=profile.stages["model"].to_proto(),
+        post=profile.stages["post"].to_proto(),
+        total=profile.stages["total"].to_proto(),
+        sensors_before=list(profile.sensors_before),
+        sensors_after=list(profile.sensors_after),
+        source=profile.source,
+    )
+
+
+def profile_event(profile: DeviceProfile, event_id: str) -> telemetry_pb2.DeviceEvent:
+    """A ``KIND_PROFILE`` device event for ``DeviceService.ReportEvent``."""
+    at = Timestamp()
+    at.FromDatetime(profile.measured_at.astimezone(UTC))
+    return telemetry_pb2.DeviceEvent(
+        event_id=event_id,
+        kind=telemetry_pb2.DeviceEvent.KIND_PROFILE,
+        bundle_digest=profile.bundle.digest,
+        at=at,
+        profile=profile_to_proto(profile),
+    )
+
+
+def reading_to_dict(reading: telemetry_pb2.SensorReading) -> dict[str, object]:
+    return {
+        "name": reading.name,
+        "kind": reading.kind,
+        "value": None if reading.missing else round(reading.value, 3),
+        "max_value": round(reading.max_value, 3) if reading.max_value else None,
+        "missing": reading.missing,
+    }
+
+
+def profile_to_document(profile: DeviceProfile) -> dict[str, Any]:
+    """The JSON document of ``edge-runtime profile --output json`` (format ``PROFILE_FORMAT``)."""
+    return {
+        "format": PROFILE_FORMAT,
+        "bundle": {
+            "ref": profile.bundle.ref,
+            "digest": profile.bundle.digest,
+            "model_bytes": profile.bundle.model_bytes,
+            "bundle_bytes": profile.bundle.bundle_bytes,
+            "sla_ms": profile.bundle.sla_ms,
+        },
+        "hardware_class": profile.hardware_class,
+        "provider": profile.provider,
+        "active_providers": list(profile.active_providers),
+        "precision": profile.precision,
+        "variant": profile.variant,
+        "seconds": round(profile.seconds, 4),
+        "frames": profile.frames,
+        "fps": round(profile.fps, 3),
+        "warmup": profile.warmup,
+        "stages": {name: profile.stages[name].to_dict() for name in STAGES},
+        "sensors_before": [reading_to_dict(r) for r in profile.sensors_before],
+        "sensors_after": [reading_to_dict(r) for r in profile.sensors_after],
+        "measured_at": profile.measured_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "source": profile.source,
+        "variant_choice": dict(profile.variant_choice),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ shell
+
+
+def measure_frames(
+    engine: InferenceEngine,
+    frames: Iterator[Frame],
+    *,
+    seconds: float,
+    warmup: int,
+    max_frames: int | None = None,
+    monotonic: Callable[[], float] = time.perf_counter,
+) -> tuple[list[Timings], float]:
+    """Run ``warmup`` frames untimed, then frames until ``seconds`` have passed (or ``max_frames``);
+    returns the per-frame timings and the wall seconds the measured frames took."""
+    if not seconds > 0:
+        raise ProfileError(f"--seconds must be > 0, got {seconds!r}")
+    if warmup < 0:
+        raise ProfileError(f"--warmup must be >= 0, got {warmup!r}")
+    for _ in range(warmup):
+        frame = next(frames)
+        engine.infer(frame.image_bgr, frame.frame_id)
+    timings: list[Timings] = []
+    start = monotonic()
+    deadline = start + seconds
+    now = start
+    while now < deadline and (max_frames is None or len(timings) < max_frames):
+        frame = next(frames)
+        timings.append(engine.infer(frame.image_bgr, frame.frame_id).timings)
+        now = monotonic()
+    return timings, now - start
+
+
+def profile_bundle(
+    bundle_dir: Path,
+    manifest: BundleManifest,
+    frames: Iterator[Frame],
+    *,
+    seconds: float,
+    warmup: int,
+    read_sensors: Callable[[], Sequence[telemetry_pb2.SensorReading]],
+    now: Callable[[], datetime],
+    hardware_class: str,
+    providers: Sequence[str] | None = None,
+    precision: str | None = None,
+    variant_runs: int = 30,
+    cache_dir: Path,
+    max_frames: int | None = None,
+    intra_op_threads: int | None = None,
+) -> DeviceProfile:
+    """Profile the bundle in ``bundle_dir`` on this device (see the module docstring for what is measured).
+
+    ``precision``: a variant name to force (``fp32``, ``int8``); None = what this device would serve.
+    """
+    wanted = tuple(providers) if providers else tuple(manifest.providers)
+    choice: VariantChoice = choose_variant(
+        bundle_dir,
+        manifest,
+        providers=wanted,
+        runs=variant_runs,
+        cache_dir=cache_dir,
+        only=None if precision is None else {precision},
+        intra_op_threads=intra_op_threads,
+    )
+    engine = InferenceEngine.load(
+        choice.model_path,
+        PreprocessSpec.from_mapping(manifest.preprocess.to_dict()),
+        PostprocessSpec.from_mapping(manifest.postprocess.to_dict()),
+        list(manifest.labels),
+        providers=wanted,
+        cache_dir=cache_dir,
+        bundle_digest=manifest.digest,
+        warmup=0,
+        intra_op_threads=intra_op_threads,
+        int8=choice.precision == "int8",
+    )
+    before = tuple(read_sensors())
+    measured_at = now()
+    timings, elapsed = measure_frames(engine, frames, seconds=seconds, warmup=warmup, max_frames=max_frames)
+    after = tuple(read_sensors())
+    profile = build_profile(
+        timings,
+        elapsed,
+        bundle=BundleFacts.of(manifest),
+        hardware_class=hardware_class,
+        provider=engine.provider,
+        active_providers=engine.session.get_providers(),
+        precision=choice.precision,
+        variant=choice.name,
+        warmup=warmup,
+        sensors_before=before,
+        sensors_after=after,
+        measured_at=measured_at,
+        variant_choice=choice.to_dict(),
+    )
+    log.info(
+        "profile.measured",
+        bundle=manifest.ref,
+        provider=profile.provider,
+        precision=profile.precision,
+        frames=profile.frames,
+        fps=round(profile.fps, 2),
+        p95_ms=round(profile.total.p95_ms, 3),
+    )
+    return profile

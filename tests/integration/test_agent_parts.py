@@ -1,0 +1,113 @@
+"""Agent pieces on their own: hardware class, health judgement, download list, credential file, retry codes."""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+from pathlib import Path
+
+import grpc
+import pytest
+
+from edge_runtime.agent.agent import bundle_artifacts
+from edge_runtime.agent.client import is_transient
+from edge_runtime.agent.enroll import Credential, load_credential, save_credential
+from edge_runtime.agent.errors import CredentialError
+from edge_runtime.agent.hardware import HostFacts, classify, hardware_profile
+from edge_runtime.agent.health import FAILING_AFTER, judge_health
+from edge_runtime.agent.runner import RunnerSnapshot
+from edgefleet.v1 import common_pb2
+
+pytestmark = pytest.mark.integration
+
+
+def facts(machine: str, flags: str = "", model: str = "") -> HostFacts:
+    return HostFacts(machine, frozenset(flags.split()), "cpu", model)
+
+
+def test_hardware_class_from_host_facts() -> None:
+    assert classify(facts("x86_64", "sse4_2 avx avx2 fma")) == "x86-avx2"
+    assert classify(facts("x86_64", "avx2 avx512f")) == "x86-avx512"
+    assert classify(facts("x86_64", "sse2")) == "x86-64"
+    assert classify(facts("aarch64", model="NVIDIA Jetson Orin Nano Developer Kit")) == "jetson-orin-nano"
+    assert classify(facts("aarch64", model="Raspberry Pi 5 Model B Rev 1.0")) == "rpi5"
+    assert classify(facts("aarch64")) == "arm64"
+
+
+def test_hardware_profile_reports_this_host(tmp_path: Path) -> None:
+    profile = hardware_profile(tmp_path)
+    assert profile.cpu_cores >= 1 and profile.ram_bytes > 0 and profile.disk_free_bytes > 0
+    assert "CPUExecutionProvider" in profile.execution_providers
+    assert profile.hardware_class
+
+
+def snap(**changes: object) -> RunnerSnapshot:
+    base: dict[str, object] = {
+        "frames_inferred": 10,
+        "frames_idle": 0,
+        "errors": 0,
+        "consecutive_errors": 0,
+        "last_frame_id": 9,
+        "serving": "sha256:" + "a" * 64,
+        "provider": "CPUExecutionProvider",
+        "fell_back": False,
+        "last_total_ms": 1.0,
+    }
+    base.update(changes)
+    return RunnerSnapshot(**base)  # type: ignore[arg-type]
+
+
+def test_health_judgement() -> None:
+    assert judge_health(snap(serving=None), None, source_alive=True) == common_pb2.HEALTH_STARTING
+    assert judge_health(snap(), snap(), source_alive=True) == common_pb2.HEALTH_SERVING
+    assert judge_health(snap(errors=1), snap(), source_alive=True) == common_pb2.HEALTH_DEGRADED
+    assert judge_health(snap(fell_back=True), snap(), source_alive=True) == common_pb2.HEALTH_DEGRADED
+    assert judge_health(snap(), snap(), source_alive=False) == common_pb2.HEALTH_DEGRADED
+    failing = snap(errors=FAILING_AFTER, consecutive_errors=FAILING_AFTER)
+    assert judge_health(failing, snap(), source_alive=True) == common_pb2.HEALTH_FAILING
+
+
+def test_download_list_carries_manifest_and_signature_inline() -> None:
+    manifest, sig = b'{"name": "x"}', b"signature"
+    desired = common_pb2.DesiredState(
+        bundle_digest="sha256:" + hashlib.sha256(manifest).hexdigest(),
+        bundle_manifest=manifest,
+        bundle_signature=sig,
+        artifacts=[common_pb2.ArtifactRef(path="artifacts/model.onnx", digest="sha256:" + "b" * 64, size_bytes=7)],
+    )
+    refs = bundle_artifacts(desired)
+    assert [r.name for r in refs] == ["bundle.json", "bundle.sig", "artifacts/model.onnx"]
+    assert refs[0].digest == desired.bundle_digest and refs[0].size == len(manifest)
+    assert refs[1].digest == "sha256:" + hashlib.sha256(sig).hexdigest()
+
+
+def test_credential_is_written_0600_and_read_back(tmp_path: Path) -> None:
+    cred = Credential("dev_1", "edc_dev_1.secret", "lab", "127.0.0.1:1", {"k": "PEM"})
+    path = save_credential(tmp_path, cred)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_credential(tmp_path) == cred
+    assert load_credential(tmp_path / "none") is None
+    path.write_text("{not json")
+    with pytest.raises(CredentialError, match=r"credential\.json"):
+        load_credential(tmp_path)
+
+
+class _Err(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str = "") -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+def test_only_link_trouble_is_transient() -> None:
+    assert is_transient(_Err(grpc.StatusCode.UNAVAILABLE))
+    assert is_transient(_Err(grpc.StatusCode.DEADLINE_EXCEEDED))
+    assert is_transient(_Err(grpc.StatusCode.INTERNAL, "Received RST_STREAM with error code 2"))
+    assert not is_transient(_Err(grpc.StatusCode.INTERNAL, "bug in the server"))
+    assert not is_transient(_Err(grpc.StatusCode.UNAUTHENTICATED))
+    assert not is_transient(_Err(grpc.StatusCode.NOT_FOUND))
+    assert not is_transient(ValueError("x"))
