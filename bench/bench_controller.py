@@ -51,6 +51,10 @@ CHUNK = 1 << 20
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 16 << 20), ("grpc.use_local_subchannel_pool", 1)]
 
 
+def _say(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def _row(benchmark: str, measured: str, baseline: str, ratio: float, goal: str, ok: bool) -> dict[str, Any]:
     return {
         "benchmark": benchmark,
@@ -431,8 +435,10 @@ async def _bench(quick: bool, work: Path) -> list[dict[str, Any]]:
             )
 
             # ------------------------------------------------------------------ (2) waiting Syncs
-            n = 1000 if quick else 5000
+            n = int(os.environ.get("BENCH_WAITING", 1000 if quick else 5000))
+            _say(f"enrolling {n} devices")
             wait_creds = await _enroll_many(c, "wait-site", [f"w-{i}" for i in range(n)])
+            _say("enrolled; first Sync of each")
             waiter = _Child("wait", str(_spec_file(work, {"address": ctrl.address, "channels": 8, "creds": wait_creds})))
             try:
                 waiter.expect("learned", 300)
@@ -443,12 +449,14 @@ async def _bench(quick: bool, work: Path) -> list[dict[str, Any]]:
                 while _metric(metrics_port, "edgefleet_waiting_syncs") < n and time.monotonic() < deadline:
                     await asyncio.sleep(0.2)
                 held = _metric(metrics_port, "edgefleet_waiting_syncs")
+                _say(f"{held:.0f} Syncs waiting")
                 rss_waiting = _rss(ctrl.pid)
                 changed_at = time.time()
                 await c.fleet.SetDesiredBundle(
                     fleet_pb2.SetDesiredBundleRequest(site="wait-site", bundle=bundle), metadata=c.admin, timeout=120
                 )
-                result = json.loads(waiter.expect("result ", 300))
+                _say("desired bundle set for the site")
+                result = json.loads(waiter.expect("result ", 120))
             finally:
                 waiter.close()
             per_device = (rss_waiting - rss_idle) / max(held, 1)

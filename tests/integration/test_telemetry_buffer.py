@@ -57,15 +57,18 @@ def stored_size(body: MetricWindow | DeviceEvent | ReviewSample, seq: int) -> in
     return record_footprint(len(record.SerializeToString()))
 
 
-def open_buffer(path: Path, **kw: int) -> TelemetryBuffer:
-    args = {"max_bytes": 8 * MiB, "review_quota_bytes": 2 * MiB}
-    args.update(kw)
-    return TelemetryBuffer(path, **args)
+def open_buffer(path: Path, *, max_bytes: int = 8 * MiB, review_quota_bytes: int = 2 * MiB) -> TelemetryBuffer:
+    return TelemetryBuffer(path, max_bytes=max_bytes, review_quota_bytes=review_quota_bytes)
 
 
 def test_append_peek_ack_round_trip(tmp_path: Path) -> None:
     buf = open_buffer(tmp_path / "buffer.db")
-    bodies = [realistic_window(0), event(1), review(2), realistic_window(3)]
+    bodies: list[MetricWindow | DeviceEvent | ReviewSample] = [
+        realistic_window(0),
+        event(1),
+        review(2),
+        realistic_window(3),
+    ]
     seqs = buf.append_many(bodies)
     assert seqs == [1, 2, 3, 4]
     batch = buf.peek_batch(max_records=10, events_first=False)

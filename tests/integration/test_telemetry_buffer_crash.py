@@ -8,7 +8,6 @@ sequence numbers keep increasing across the restarts.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
 import subprocess
@@ -28,7 +27,10 @@ CHILD = textwrap.dedent(
     import sys
     from pathlib import Path
     from edge_runtime.telemetry.buffer import TelemetryBuffer
+    from edgefleet.logging import configure_logging
     from edgefleet.v1.telemetry_pb2 import DeviceEvent, MetricWindow
+
+    configure_logging("warning")  # logs to stderr; stdout carries only acknowledgements
 
     buf = TelemetryBuffer(Path(sys.argv[1]), max_bytes=256 * 1024 * 1024, review_quota_bytes=0)
     print("epoch", buf.epoch, flush=True)
@@ -45,25 +47,24 @@ CHILD = textwrap.dedent(
 ROUNDS = 6
 
 
-def _run_and_kill(path: Path, rng: random.Random) -> tuple[str, list[tuple[int, int]]]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
-    )
+def _run_and_kill(path: Path, rng: random.Random, stderr_path: Path) -> tuple[str, list[tuple[int, int]]]:
+    with stderr_path.open("wb") as stderr:
+        child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, stderr=stderr)
     assert child.stdout is not None
-    header = child.stdout.readline().decode().split()
-    assert header[:1] == ["epoch"], (header, child.stderr.read() if child.stderr else b"")
-    # Let it acknowledge a random number of batches, then kill it at a random moment in its loop.
-    seen = b"".join(child.stdout.readline() for _ in range(rng.randint(1, 40)))
-    time.sleep(rng.uniform(0, 0.03))
-    child.send_signal(signal.SIGKILL)
-    child.wait(timeout=10)
-    assert child.returncode == -signal.SIGKILL
-    # Lines already written before the kill are acknowledgements too; a torn last line is not.
-    rest = (seen + child.stdout.read()).decode()
-    child.stdout.close()
-    if child.stderr is not None:
-        child.stderr.close()
+    with child.stdout:
+        header = child.stdout.readline().decode().split()
+        if header[:1] != ["epoch"]:
+            child.kill()
+            child.wait(timeout=10)
+            pytest.fail(f"child did not start: {header} {stderr_path.read_text()[-2000:]}")
+        # Let it acknowledge a random number of batches, then kill it at a random moment in its loop.
+        seen = b"".join(child.stdout.readline() for _ in range(rng.randint(1, 40)))
+        time.sleep(rng.uniform(0, 0.03))
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=10)
+        # Lines already written before the kill are acknowledgements too; a torn last line is not.
+        rest = (seen + child.stdout.read()).decode()
+    assert child.returncode == -signal.SIGKILL, stderr_path.read_text()[-2000:]
     return header[1], _ranges_from(rest)
 
 
@@ -78,7 +79,7 @@ def test_every_acknowledged_seq_survives_sigkill(tmp_path: Path) -> None:
     epochs: set[str] = set()
     last_acked = 0
     for _ in range(ROUNDS):
-        epoch, ranges = _run_and_kill(path, rng)
+        epoch, ranges = _run_and_kill(path, rng, tmp_path / "child.stderr")
         epochs.add(epoch)
         assert ranges, "the child acknowledged nothing before the kill"
         assert ranges[0][0] > last_acked, "sequence numbers went backwards after a restart"

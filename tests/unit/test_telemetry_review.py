@@ -67,6 +67,7 @@ def test_sample_packs_jpeg_and_canonical_results() -> None:
         captured_at=T0,
     )
     decoded = cv2.imdecode(np.frombuffer(sample.jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded is not None
     assert decoded.shape == (240, 320, 3)
     assert sample.results_json == ('[{"box":[1.0,2.0,30.0,40.0],"class_id":2,"confidence":0.21,"label":"bike"}]')
     assert sample.reason == "low_confidence"

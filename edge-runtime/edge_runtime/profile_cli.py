@@ -1,0 +1,272 @@
+"""``edge-runtime profile``: measure a bundle's latency on this device, print it, optionally report it home.
+
+    edge-runtime profile --bundle B [--seconds 10] [--source synthetic:0] [--warmup 20] [--output table|json]
+                         [--trusted DIR | --no-verify] [--precision fp32|int8] [--providers cpu,cuda]
+                         [--report-to HOST:PORT --data-dir DIR]
+
+The lead mounts ``profile`` on the edge-runtime typer app (``app.command("profile")(profile)``).
+
+Decisions:
+- BUNDLE is a bundle directory or an ``.efb`` archive. Both are verified (signature over bundle.json, every
+  artifact's sha256) against ``--trusted DIR`` (``<key_id>.pub.pem`` files), or, with ``--data-dir``, the
+  publisher keys the controller handed out at enrollment (``DATA_DIR/credential.json``). ``--no-verify``
+  skips the signature for local experiments; the output says UNVERIFIED, and such a profile is never sent
+  to a controller (its numbers would feed latency admission for a bundle nobody vouched for).
+- An archive is unpacked into a temporary directory that is removed afterwards.
+- ``--report-to ADDR`` sends one ``DeviceEvent(kind=KIND_PROFILE)`` through ``DeviceService.ReportEvent``
+  authenticated with the device credential the agent stored in ``DATA_DIR/credential.json``.
+- The profile (table or JSON) goes to stdout; logs and the report line go to stderr, so
+  ``--output json > profile.json`` makes a file ``fleetctl budget --profile`` reads.
+- Exit codes: 0 ok, 2 bad input (bundle, source, arguments), 1 the controller refused or was unreachable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+
+import grpc
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edge_runtime.agent.client import bearer, blocking_channel
+from edge_runtime.agent.enroll import credential_path, load_credential
+from edge_runtime.agent.errors import AgentError
+from edge_runtime.inference.errors import InferenceError
+from edge_runtime.profiling import STAGES, DeviceProfile, profile_bundle, profile_event, profile_to_document
+from edge_runtime.sources import open_source
+from edge_runtime.telemetry.sensors import SensorReader
+from edgefleet.contract.bundle import BundleManifest, check_bundle_files, read_manifest
+from edgefleet.contract.bundle_archive import ARCHIVE_SUFFIX, unpack_bundle, unpack_unverified_bundle, verify_bundle
+from edgefleet.contract.errors import ContractError
+from edgefleet.contract.signing import TrustedKeys
+from edgefleet.logging import configure_logging
+from edgefleet.pipeline.precision import hardware_class
+from edgefleet.v1 import device_pb2, device_pb2_grpc, telemetry_pb2
+
+REPORT_TIMEOUT_S = 15.0
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    json = "json"
+
+
+class ProfileInputError(Exception):
+    """The bundle or arguments cannot be used; the message says what to pass instead."""
+
+
+def _trusted_keys(trusted: Path | None, data_dir: Path | None) -> TrustedKeys | None:
+    keys: TrustedKeys | None = TrustedKeys.from_dir(trusted) if trusted is not None else None
+    if data_dir is not None:
+        try:
+            cred = load_credential(data_dir)
+        except AgentError as exc:
+            raise ProfileInputError(str(exc)) from None
+        if cred is not None and cred.trusted_keys:
+            enrolled = TrustedKeys.from_pem_map(cred.trusted_keys)
+            keys = enrolled if keys is None else keys.merged(enrolled)
+    return keys
+
+
+@contextlib.contextmanager
+def open_bundle(bundle: Path, trusted: TrustedKeys | None, *, verify: bool) -> Iterator[tuple[Path, BundleManifest]]:
+    """The bundle directory and its manifest, verified unless ``verify`` is False; archives are unpacked
+    into a temporary directory that lives as long as the block."""
+    if verify and trusted is None:
+        raise ProfileInputError(
+            f"{bundle}: no trusted publisher keys to verify it with; pass --trusted DIR (<key_id>.pub.pem files), "
+            "--data-dir of an enrolled device, or --no-verify for a local experiment"
+        )
+    if bundle.is_dir():
+        if verify:
+            assert trusted is not None
+            verified = verify_bundle(bundle, trusted)
+            yield verified.path, verified.manifest
+        else:
+            manifest = read_manifest(bundle)
+            check_bundle_files(bundle, manifest)
+            yield bundle, manifest
+        return
+    if not bundle.is_file():
+        raise ProfileInputError(f"--bundle {bundle}: no such bundle directory or {ARCHIVE_SUFFIX} archive")
+    with tempfile.TemporaryDirectory(prefix="edgefleet-profile-") as tmp:
+        dest = Path(tmp) / "bundle"
+        if verify:
+            assert trusted is not None
+            verified = unpack_bundle(bundle, dest, trusted)
+            yield verified.path, verified.manifest
+        else:
+            yield dest, unpack_unverified_bundle(bundle, dest)
+
+
+def report_profile(address: str, data_dir: Path, profile: DeviceProfile) -> int:
+    """Send the profile as a ``KIND_PROFILE`` event with the device credential; returns events accepted."""
+    cred = load_credential(data_dir)
+    if cred is None:
+        raise ProfileInputError(
+            f"{credential_path(data_dir)}: not found; --report-to needs the --data-dir of an enrolled device "
+            "(run the agent once with --enroll-token)"
+        )
+    event = profile_event(profile, f"profile-{uuid.uuid4()}")
+    with blocking_channel(address) as channel:
+        stub = device_pb2_grpc.DeviceServiceStub(channel)
+        reply = stub.ReportEvent(
+            device_pb2.ReportEventRequest(events=[event]), metadata=bearer(cred.credential), timeout=REPORT_TIMEOUT_S
+        )
+    return int(reply.accepted)
+
+
+def _ms(value: float) -> str:
+    return f"{value:.2f}"
+
+
+def _reading(reading: telemetry_pb2.SensorReading | None) -> str:
+    if reading is None or reading.missing:
+        return "missing"
+    unit = "°C" if reading.kind == "temp_c" else " MHz"
+    text = f"{reading.value:.1f}{unit}"
+    if reading.max_value:
+        text += f" / {reading.max_value:.0f}"
+    return text
+
+
+def render_table(profile: DeviceProfile, console: Console, *, verified: bool) -> None:
+    """Stage percentiles, run facts, the precision choice, and sensors before/after."""
+    title = f"latency profile: {profile.bundle.ref} on {profile.hardware_class}"
+    if not verified:
+        title += " [bold red](UNVERIFIED bundle, --no-verify)[/bold red]"
+    stages = Table(title=title, title_justify="left")
+    for col in ("stage", "p50 ms", "p95 ms", "p99 ms", "frames"):
+        stages.add_column(col, justify="left" if col == "stage" else "right")
+    for name in STAGES:
+        s = profile.stages[name]
+        stages.add_row(name, _ms(s.p50_ms), _ms(s.p95_ms), _ms(s.p99_ms), str(s.count))
+    console.print(stages)
+    choice = profile.variant_choice
+    figures = choice.get("figures")
+    figure_text = ""
+    if isinstance(figures, dict) and figures:
+        figure_text = " (" + ", ".join(f"{n} p50 {f['p50_ms']:.3f} ms" for n, f in figures.items()) + ")"
+    sla = profile.bundle.sla_ms
+    facts = [
+        ("bundle", f"{profile.bundle.ref} {profile.bundle.digest}"),
+        ("provider", f"{profile.provider} (active: {', '.join(profile.active_providers)})"),
+        ("precision", f"{profile.variant} [{profile.precision}]{figure_text}"),
+        ("measured", f"{profile.frames} frames in {profile.seconds:.2f} s after {profile.warmup} warm-up frames"),
+        ("fps", f"{profile.fps:.1f}"),
+        ("sla", f"p95 {profile.total.p95_ms:.2f} ms vs bundle SLA {sla:g} ms (no headroom applied)"),
+    ]
+    refused = choice.get("refused")
+    if isinstance(refused, dict) and refused:
+        facts.append(("not served", "; ".join(str(v) for v in refused.values())))
+    info = Table(show_header=False, box=None)
+    info.add_column(style="bold")
+    info.add_column()
+    for key, value in facts:
+        info.add_row(key, value)
+    console.print(info)
+    sensors = Table(title="sensors", title_justify="left")
+    for col in ("sensor", "before", "after"):
+        sensors.add_column(col)
+    after = {r.name: r for r in profile.sensors_after}
+    names = [r.name for r in profile.sensors_before] + [
+        n for n in after if n not in {r.name for r in profile.sensors_before}
+    ]
+    before = {r.name: r for r in profile.sensors_before}
+    for name in names:
+        sensors.add_row(name, _reading(before.get(name)), _reading(after.get(name)))
+    console.print(sensors)
+
+
+def profile(
+    bundle: Path = typer.Option(..., "--bundle", "-b", help="bundle directory or .efb archive"),
+    seconds: float = typer.Option(10.0, "--seconds", help="how long to measure, after warm-up"),
+    source: str = typer.Option("synthetic:0", "--source", help="'synthetic[:FPS]', 'images:DIR' or 'video:FILE'"),
+    warmup: int = typer.Option(20, "--warmup", min=0, help="frames run and discarded before measuring"),
+    output: OutputFormat = typer.Option(OutputFormat.table, "--output", "-o", help="table or json"),
+    report_to: str | None = typer.Option(None, "--report-to", help="controller host:port to send the profile to"),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="the device's data dir: credential.json, publisher keys, engine caches"
+    ),
+    trusted: Path | None = typer.Option(None, "--trusted", help="directory of trusted <key_id>.pub.pem"),
+    no_verify: bool = typer.Option(False, "--no-verify", help="skip the signature check (local experiments only)"),
+    precision: str | None = typer.Option(
+        None, "--precision", help="force a precision variant (fp32, int8); default: what this device would serve"
+    ),
+    providers: str | None = typer.Option(None, "--providers", help="comma list: tensorrt,cuda,cpu (default: bundle's)"),
+    max_frames: int | None = typer.Option(None, "--max-frames", min=1, help="stop after this many measured frames"),
+    variant_runs: int = typer.Option(30, "--variant-runs", min=1, help="timed runs per precision variant"),
+    log_level: str = typer.Option("warning", "--log-level"),
+) -> None:
+    """Measure p50/p95/p99 of pre, model, post and total latency of a bundle on this device."""
+    configure_logging(log_level, json=True)
+    err = Console(stderr=True, soft_wrap=True)
+    if report_to and data_dir is None:
+        err.print("[red]error:[/red] --report-to needs --data-dir (the device credential lives there)", highlight=False)
+        raise typer.Exit(2)
+    if report_to and no_verify:
+        err.print(
+            "[red]error:[/red] --report-to refuses an unverified bundle: drop --no-verify and pass --trusted DIR",
+            highlight=False,
+        )
+        raise typer.Exit(2)
+    wanted = tuple(p.strip() for p in providers.split(",") if p.strip()) if providers else None
+    try:
+        keys = None if no_verify else _trusted_keys(trusted, data_dir)
+        with contextlib.ExitStack() as stack:
+            bundle_dir, manifest = stack.enter_context(open_bundle(bundle, keys, verify=not no_verify))
+            if data_dir is not None:
+                cache_dir = data_dir / "cache" / manifest.digest.removeprefix("sha256:")
+            else:
+                cache_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgefleet-cache-")))
+            reader = SensorReader(data_dir=data_dir or bundle_dir)
+            h, w = manifest.preprocess.size
+            frames = open_source(source, size=(max(w, 64), max(h, 64)))
+            result = profile_bundle(
+                bundle_dir,
+                manifest,
+                frames,
+                seconds=seconds,
+                warmup=warmup,
+                read_sensors=lambda: reader.read().readings,
+                now=lambda: datetime.now(UTC),
+                hardware_class=hardware_class(),
+                providers=wanted,
+                precision=precision,
+                variant_runs=variant_runs,
+                cache_dir=cache_dir,
+                max_frames=max_frames,
+            )
+    except (ContractError, InferenceError, ProfileInputError, AgentError) as exc:
+        print(f"edge-runtime profile: error: {exc}", file=sys.stderr, flush=True)
+        raise typer.Exit(2) from None
+    out = Console(soft_wrap=True)
+    if output is OutputFormat.json:
+        document = profile_to_document(result)
+        document["verified"] = not no_verify
+        sys.stdout.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        sys.stdout.flush()
+    else:
+        render_table(result, out, verified=not no_verify)
+    if report_to:
+        assert data_dir is not None
+        try:
+            accepted = report_profile(report_to, data_dir, result)
+        except (AgentError, ProfileInputError) as exc:
+            print(f"edge-runtime profile: error: {exc}", file=sys.stderr, flush=True)
+            raise typer.Exit(2) from None
+        except grpc.RpcError as exc:
+            code = exc.code().name if hasattr(exc, "code") else "ERROR"
+            details = exc.details() if hasattr(exc, "details") else str(exc)
+            print(f"edge-runtime profile: report to {report_to} failed: {code}: {details}", file=sys.stderr, flush=True)
+            raise typer.Exit(1) from None
+        print(f"reported profile to {report_to}: {accepted} event(s) accepted", file=sys.stderr, flush=True)
