@@ -55,6 +55,7 @@ from edgefleet_controller.auth import CredentialCache, Principal, Role
 from edgefleet_controller.fleet_feed import FleetFeed
 from edgefleet_controller.hub import SyncHub
 from edgefleet_controller.metrics import ControllerMetrics
+from edgefleet_controller.rollout.service import RolloutService
 from edgefleet_controller.store import BlobStore, EventInput, Store
 from edgefleet_controller.store import errors as serr
 from edgefleet_controller.store.records import (
@@ -176,6 +177,7 @@ class ControllerApp:
         self.blobs = BlobStore(self.data_dir / "blobs")
         self.hub = SyncHub()
         self.feed = FleetFeed()
+        self.rollouts = RolloutService(self.store, self.hub, self.clock)
         self.metrics = ControllerMetrics()
         self.metrics.watch_waiting(lambda: self.hub.waiting)
         self.metrics.watch_devices(self._devices_by_state)
@@ -200,6 +202,7 @@ class ControllerApp:
                 f.write(secret + "\n")
             os.chmod(path, 0o600)
             log.info("controller.bootstrap_admin_token", path=str(path))
+        self.rollouts.start()
 
     def begin_shutdown(self) -> None:
         self._shutting_down = True
@@ -207,6 +210,7 @@ class ControllerApp:
         self.feed.close()
 
     async def stop(self) -> None:
+        await self.rollouts.stop()
         await asyncio.to_thread(self.store.close)
 
     def _device_counts_changed(self) -> None:
@@ -276,9 +280,7 @@ class ControllerApp:
                 op = await asyncio.to_thread(self.store.authenticate_operator, token, self.clock())
             except serr.TokenRejected as exc:
                 raise cerr.Unauthenticated(f"operator token refused: {exc}") from None
-            principal = Principal(
-                "operator", op.id, op.name, role=Role.parse(op.role.value), expires_at=op.expires_at
-            )
+            principal = Principal("operator", op.id, op.name, role=Role.parse(op.role.value), expires_at=op.expires_at)
         else:
             raise cerr.Unauthenticated("credential must be an operator token (eot_…) or a device credential (edc_…)")
         self._credentials.put(token, principal)
@@ -487,9 +489,7 @@ class ControllerApp:
 
     # ------------------------------------------------------------------ events
 
-    async def report_events(
-        self, device_id: str, events: Sequence[telemetry_pb2.DeviceEvent], site: str = ""
-    ) -> int:
+    async def report_events(self, device_id: str, events: Sequence[telemetry_pb2.DeviceEvent], site: str = "") -> int:
         inputs = []
         for ev in events:
             at = ev.at.ToDatetime(tzinfo=UTC) if ev.HasField("at") else self.clock()
@@ -702,9 +702,8 @@ class ControllerApp:
                 "created" if old is None else ("unchanged" if old.content_digest == d.content_digest else "configured")
             )
             results.append(f"{d.kind}/{d.name} {status}")
-        for d in rollout_docs:
-            results.append(f"Rollout/{d.name} validated (rollouts are created by the rollout service)")
         if request.dry_run:
+            results.extend(f"Rollout/{d.name} valid (not created: dry run)" for d in rollout_docs)
             revision = await asyncio.to_thread(self.store.config_revision)
             return fleet_pb2.ApplyConfigResponse(revision=revision, results=results)
         inputs = [
@@ -719,8 +718,15 @@ class ControllerApp:
         ]
         revision = await asyncio.to_thread(lambda: self.store.apply_config_documents(inputs, applied_by, self.clock()))
         changed = await self._assign_configs(devices, list(merged.values()))
+        rollout_ids = []
+        for d in rollout_docs:
+            rollout = await self.rollouts.create_from_manifest(d, requested_by=applied_by)
+            rollout_ids.append(rollout.id)
+            results.append(f"Rollout/{d.name} created as {rollout.id}")
         log.info("config.applied", revision=revision, documents=len(inputs), devices_changed=len(changed))
-        return fleet_pb2.ApplyConfigResponse(revision=revision, results=results, devices_changed=len(changed))
+        return fleet_pb2.ApplyConfigResponse(
+            revision=revision, results=results, devices_changed=len(changed), rollout_ids=rollout_ids
+        )
 
     async def find_device(self, ref: str) -> DeviceRecord:
         if not ref:

@@ -39,7 +39,8 @@ METHOD_POLICY: dict[str, Requirement] = {
         _FS + m: Role.VIEWER
         for m in (
             "ListBundles GetBundle GetEffectiveConfig GetRollout ListRollouts WatchRollout ListDevices "
-            "GetDevice ListSites WatchFleet ListDeviceEvents QueryTelemetry ListReviewSamples ListTrustedKeys ListProfiles"
+            "GetDevice ListSites WatchFleet ListDeviceEvents QueryTelemetry ListReviewSamples ListTrustedKeys "
+            "ListProfiles"
         ).split()
     },
     **{

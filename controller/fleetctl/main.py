@@ -15,6 +15,7 @@ from edgefleet.logging import configure_logging
 from fleetctl import fleet_cmds
 from fleetctl.bundle_cmds import bundle_app
 from fleetctl.keys_cmds import keys_app
+from fleetctl.rollout_cmds import rollout_app
 from fleetctl.settings import OPTIONS
 
 app = typer.Typer(name="fleetctl", help="Operate an edgefleet: bundles, keys, fleets.", no_args_is_help=True)
@@ -25,6 +26,7 @@ app.add_typer(fleet_cmds.describe_app, name="describe")
 app.add_typer(fleet_cmds.token_app, name="token")
 app.add_typer(fleet_cmds.devices_app, name="devices")
 app.add_typer(fleet_cmds.config_app, name="config")
+app.add_typer(rollout_app, name="rollout")
 app.command("apply")(fleet_cmds.apply)
 bundle_app.command("push")(fleet_cmds.push)
 keys_app.command("trust")(fleet_cmds.trust)

@@ -121,33 +121,33 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         raise Unimplemented(f"{what} is not served by this controller version")
 
     async def CreateRollout(self, request: fleet_pb2.CreateRolloutRequest, context: Ctx) -> fleet_pb2.Rollout:
-        return await self._not_yet("CreateRollout")  # type: ignore[no-any-return]
+        return await self.app.rollouts.create(request, requested_by=current_principal().name)
 
     async def GetRollout(self, request: fleet_pb2.GetRolloutRequest, context: Ctx) -> fleet_pb2.Rollout:
-        return await self._not_yet("GetRollout")  # type: ignore[no-any-return]
+        return await self.app.rollouts.get(request.id)
 
     async def ListRollouts(
         self, request: fleet_pb2.ListRolloutsRequest, context: Ctx
     ) -> fleet_pb2.ListRolloutsResponse:
-        return await self._not_yet("ListRollouts")  # type: ignore[no-any-return]
+        return await self.app.rollouts.list(list(request.phases))
 
     async def WatchRollout(
         self, request: fleet_pb2.GetRolloutRequest, context: Ctx
     ) -> AsyncIterator[fleet_pb2.Rollout]:
-        await self._not_yet("WatchRollout")
-        yield fleet_pb2.Rollout()  # pragma: no cover
+        async for rollout in self.app.rollouts.watch(request.id):
+            yield rollout
 
     async def PauseRollout(self, request: fleet_pb2.RolloutActionRequest, context: Ctx) -> fleet_pb2.Rollout:
-        return await self._not_yet("PauseRollout")  # type: ignore[no-any-return]
+        return await self.app.rollouts.pause(request.id, request.reason, requested_by=current_principal().name)
 
     async def ResumeRollout(self, request: fleet_pb2.RolloutActionRequest, context: Ctx) -> fleet_pb2.Rollout:
-        return await self._not_yet("ResumeRollout")  # type: ignore[no-any-return]
+        return await self.app.rollouts.resume(request.id, request.reason, requested_by=current_principal().name)
 
     async def ApproveRollout(self, request: fleet_pb2.RolloutActionRequest, context: Ctx) -> fleet_pb2.Rollout:
-        return await self._not_yet("ApproveRollout")  # type: ignore[no-any-return]
+        return await self.app.rollouts.approve(request.id, request.reason, requested_by=current_principal().name)
 
     async def AbortRollout(self, request: fleet_pb2.RolloutActionRequest, context: Ctx) -> fleet_pb2.Rollout:
-        return await self._not_yet("AbortRollout")  # type: ignore[no-any-return]
+        return await self.app.rollouts.abort(request.id, request.reason, requested_by=current_principal().name)
 
     async def QueryTelemetry(
         self, request: fleet_pb2.QueryTelemetryRequest, context: Ctx
@@ -164,5 +164,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     ) -> fleet_pb2.ReviewSampleInfo:
         return await self._not_yet("LabelReviewSample")  # type: ignore[no-any-return]
 
-    async def ListProfiles(self, request: fleet_pb2.ListProfilesRequest, context: Ctx) -> fleet_pb2.ListProfilesResponse:
+    async def ListProfiles(
+        self, request: fleet_pb2.ListProfilesRequest, context: Ctx
+    ) -> fleet_pb2.ListProfilesResponse:
         return await self._not_yet("ListProfiles")  # type: ignore[no-any-return]
