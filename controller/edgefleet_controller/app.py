@@ -498,9 +498,66 @@ class ControllerApp:
             payload = MessageToDict(ev, preserving_proto_field_name=True)
             inputs.append(EventInput(kind, payload, at, seq))
         stored = await asyncio.to_thread(self.store.record_events, device_id, inputs, self.clock())
+        await self._record_profiles(device_id, events)
         for ev in events:
             self.feed.publish_event(device_id, ev, site)
+        self.rollouts.wake()
         return stored
+
+    async def _record_profiles(self, device_id: str, events: Sequence[telemetry_pb2.DeviceEvent]) -> None:
+        """Latency measured on devices feeds admission: explicit profiles, and every canary's candidate p95."""
+        kinds = (telemetry_pb2.DeviceEvent.KIND_PROFILE, telemetry_pb2.DeviceEvent.KIND_CANARY_VERDICT)
+        relevant = [ev for ev in events if ev.kind in kinds]
+        if not relevant:
+            return
+        device = await asyncio.to_thread(self.store.get_device, device_id)
+        for ev in relevant:
+            at = ev.at.ToDatetime(tzinfo=UTC) if ev.HasField("at") else self.clock()
+            if ev.kind == telemetry_pb2.DeviceEvent.KIND_PROFILE and ev.profile.total.count:
+                p = ev.profile
+                hw, digest, total, source = p.hardware_class, p.bundle_digest or ev.bundle_digest, p.total, "profile"
+            elif ev.kind == telemetry_pb2.DeviceEvent.KIND_CANARY_VERDICT and ev.verdict.candidate_latency.count:
+                v = ev.verdict
+                hw, digest, total, source = "", v.candidate_digest or ev.bundle_digest, v.candidate_latency, "canary"
+            else:
+                continue
+            if not digest:
+                continue
+            await asyncio.to_thread(
+                functools.partial(
+                    self.rollouts.rollouts.record_profile,
+                    hardware_class=hw or device.hardware_class,
+                    bundle_digest=digest,
+                    p95_ms=total.p95_ms,
+                    p50_ms=total.p50_ms,
+                    source=source,
+                    measured_at=at,
+                    device_id=device_id,
+                )
+            )
+
+    async def list_profiles(self, request: fleet_pb2.ListProfilesRequest) -> fleet_pb2.ListProfilesResponse:
+        digests = [(await asyncio.to_thread(self.store.get_bundle, ref)).digest for ref in request.bundles]
+        rows = await asyncio.to_thread(
+            self.rollouts.rollouts.list_profiles, digests or None, request.hardware_class or None
+        )
+        refs = {r.digest: f"{r.name}@{r.version}" for r in await asyncio.to_thread(self.store.list_bundles, None)}
+        out = fleet_pb2.ListProfilesResponse()
+        for row in rows:
+            out.profiles.append(
+                fleet_pb2.ProfileSummary(
+                    bundle_digest=row["bundle_digest"],
+                    bundle_ref=refs.get(row["bundle_digest"], ""),
+                    hardware_class=row["hardware_class"],
+                    p95_ms=row["p95_ms"],
+                    p50_ms=row["p50_ms"],
+                    samples=row["samples"],
+                    source=row["source"],
+                    measured_at=to_timestamp(row["measured_at"]),
+                    device_id=row["device_id"],
+                )
+            )
+        return out
 
     async def list_events(self, device: str, limit: int) -> list[telemetry_pb2.DeviceEvent]:
         rec = await self.find_device(device)

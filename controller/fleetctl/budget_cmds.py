@@ -135,8 +135,7 @@ def render(result: BudgetResult, fmt: str, hardware_class: str) -> None:
             p95, arithmetic = "-", "unmeasured"
         else:
             p95 = f"{cand.p95_ms:.1f}"
-            arithmetic = c.line.split(": p95 ", 1)[1].split(" = ")[-1].split(":")[0]
-            arithmetic = f"{p95} {'<=' if c.fits else '>'} {arithmetic}"
+            arithmetic = f"{p95} {'<=' if c.fits else '>'} {result.budget_ms:.1f} ms"
         verdict = "[green]fits[/green]" if c.fits else "[red]no[/red]"
         if result.chosen is cand:
             verdict = "[bold green]chosen[/bold green]"

@@ -13,6 +13,7 @@ import typer
 
 from edgefleet.logging import configure_logging
 from fleetctl import fleet_cmds
+from fleetctl.budget_cmds import budget
 from fleetctl.bundle_cmds import bundle_app
 from fleetctl.keys_cmds import keys_app
 from fleetctl.rollout_cmds import rollout_app
@@ -28,6 +29,7 @@ app.add_typer(fleet_cmds.devices_app, name="devices")
 app.add_typer(fleet_cmds.config_app, name="config")
 app.add_typer(rollout_app, name="rollout")
 app.command("apply")(fleet_cmds.apply)
+app.command("budget")(budget)
 bundle_app.command("push")(fleet_cmds.push)
 keys_app.command("trust")(fleet_cmds.trust)
 

@@ -129,3 +129,14 @@ def status(data_dir: Path = typer.Option(..., "--data-dir", help="the device's d
 
 def run() -> None:
     app()
+
+
+def _mount_profile() -> None:
+    from edge_runtime.profile_cli import profile
+
+    app.command("profile", help="Measure a bundle's latency on this device (pre, model, post, total; p50/p95/p99).")(
+        profile
+    )
+
+
+_mount_profile()

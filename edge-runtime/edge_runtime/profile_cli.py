@@ -229,8 +229,8 @@ def profile(
             else:
                 cache_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgefleet-cache-")))
             reader = SensorReader(data_dir=data_dir or bundle_dir)
-            h, w = manifest.preprocess.size
-            frames = open_source(source, size=(max(w, 64), max(h, 64)))
+            # Synthetic frames keep the source's camera-like 640x480, so "pre" includes a real resize.
+            frames = open_source(source)
             result = profile_bundle(
                 bundle_dir,
                 manifest,

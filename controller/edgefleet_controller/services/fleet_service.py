@@ -167,4 +167,4 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     async def ListProfiles(
         self, request: fleet_pb2.ListProfilesRequest, context: Ctx
     ) -> fleet_pb2.ListProfilesResponse:
-        return await self._not_yet("ListProfiles")  # type: ignore[no-any-return]
+        return await self.app.list_profiles(request)

@@ -437,6 +437,44 @@ class RolloutStore:
             out[hardware_class] = max(p95, out.get(hardware_class, 0.0))
         return out
 
+    def list_profiles(
+        self, bundle_digests: Sequence[str] | None = None, hardware_class: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Per (bundle, hardware class): the worst of each (source, device)'s newest p95, the matching p50,
+        how many measurements exist, and the newest measurement's source, device and time."""
+        profiles = t.hardware_profiles
+        query = sa.select(profiles).order_by(profiles.c.measured_at, profiles.c.id)
+        if bundle_digests:
+            query = query.where(profiles.c.bundle_digest.in_(list(bundle_digests)))
+        if hardware_class:
+            query = query.where(profiles.c.hardware_class == hardware_class)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        newest: dict[tuple[str, str], dict[tuple[str, str | None], Any]] = {}
+        counts: dict[tuple[str, str], int] = {}
+        latest: dict[tuple[str, str], Any] = {}
+        for row in rows:
+            key = (row.bundle_digest, row.hardware_class)
+            newest.setdefault(key, {})[(row.source, row.device_id)] = row
+            counts[key] = counts.get(key, 0) + 1
+            latest[key] = row
+        out = []
+        for key, by_source in sorted(newest.items()):
+            worst = max(by_source.values(), key=lambda r: float(r.p95_ms))
+            out.append(
+                {
+                    "bundle_digest": key[0],
+                    "hardware_class": key[1],
+                    "p95_ms": float(worst.p95_ms),
+                    "p50_ms": float(worst.p50_ms) if worst.p50_ms is not None else 0.0,
+                    "samples": counts[key],
+                    "source": latest[key].source,
+                    "device_id": latest[key].device_id or "",
+                    "measured_at": latest[key].measured_at,
+                }
+            )
+        return out
+
     # ---- leases ----------------------------------------------------------------------------------------
 
     def acquire_lease(self, name: str, holder: str, ttl_s: float, now: datetime) -> bool:

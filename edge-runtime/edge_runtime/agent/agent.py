@@ -44,17 +44,19 @@ from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
 from edge_runtime.agent.client import ControllerLink, is_transient
 from edge_runtime.agent.enroll import Credential, enroll, load_credential, save_credential
 from edge_runtime.agent.errors import EnrollmentError
-from edge_runtime.agent.evaluator import PreflightEvaluator
+from edge_runtime.agent.evaluator import CanaryEvaluator
 from edge_runtime.agent.fetcher import DEFAULT_CHUNK_BYTES, BlobFetcher
 from edge_runtime.agent.hardware import hardware_profile, read_host_facts
 from edge_runtime.agent.health import HealthEndpoint, judge_health
 from edge_runtime.agent.reporter import AgentReporter, EventSender, wire_state
 from edge_runtime.agent.runner import FrameRunner, RunnerSnapshot
+from edge_runtime.agent.shadow import ThermalProbe
 from edge_runtime.agent.switcher import SlotSwitcher
 from edge_runtime.agent.sync import SyncLoop
 from edge_runtime.agent.verifier import SignatureVerifier
 from edge_runtime.inference import EngineSlot
 from edge_runtime.sources import open_source
+from edge_runtime.telemetry.sensors import SensorReader
 from edge_runtime.update.driver import DEFAULT_DISK_MARGIN_BYTES, Phase, UpdateDriver
 from edge_runtime.update.journal import Journal
 from edge_runtime.update.slots import BundleSlots
@@ -145,7 +147,14 @@ class EdgeAgent:
             intra_op_threads=settings.intra_op_threads,
         )
         self.runner = FrameRunner(self.slot, open_source(settings.source), frame_log=settings.frame_log)
-        self.evaluator = PreflightEvaluator(self.switcher, self.runner, self.post, config=lambda: self.config)
+        self.evaluator = CanaryEvaluator(
+            self.switcher,
+            self.runner,
+            self.post,
+            config=lambda: self.config,
+            report_verdict=self.reporter.report_verdict,
+            throttling=ThermalProbe(SensorReader(data_dir=data)).throttling,
+        )
         self.driver = UpdateDriver(
             journal=Journal(data / "update", slots=self.slots),
             slots=self.slots,
@@ -272,7 +281,7 @@ class EdgeAgent:
                 "events_dropped": self.reporter.dropped,
             }
         )
-        return common_pb2.ReportedState(
+        state = common_pb2.ReportedState(
             running_bundle_digest=record.committed or "",
             running_config_digest=self.config_digest,
             update_state=wire_state(record.state),
@@ -285,6 +294,10 @@ class EdgeAgent:
             details=details,
             applied_revision=self.applied_revision,
         )
+        verdict = self.reporter.last_verdict
+        if verdict is not None:
+            state.last_verdict.CopyFrom(verdict)
+        return state
 
     def _wake(self) -> None:
         loop = self._loop

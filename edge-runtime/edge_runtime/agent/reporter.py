@@ -3,7 +3,9 @@
 ``AgentReporter.report`` is the driver's ``StateReporter`` port (called from the update worker thread on
 every journaled transition). It keeps the latest record, queues one ``KIND_UPDATE_STATE`` event per state
 change (plus ``KIND_ROLLBACK`` when entering ``rolled_back``) and wakes the agent so the pending long-poll
-is re-issued with the new state at once.
+is re-issued with the new state at once. ``report_verdict`` (the canary evaluator's port) keeps the latest
+final canary or watch verdict as ``last_verdict`` (sent in ``ReportedState``) and queues one
+``KIND_CANARY_VERDICT`` event carrying it.
 
 Events are queued in memory (bounded; the oldest are dropped past ``max_events`` with a count) with a
 unique ``event_id`` each, so re-sending after a reconnect is idempotent on the controller. ``EventSender``
@@ -57,6 +59,7 @@ class AgentReporter:
         self.dropped = 0
         self.revision = 0
         self._wake = wake
+        self._last_verdict: common_pb2.CanaryVerdict | None = None
 
     def set_wake(self, wake: Callable[[], None]) -> None:
         self._wake = wake
@@ -64,6 +67,32 @@ class AgentReporter:
     @property
     def record(self) -> UpdateRecord | None:
         return self._record
+
+    @property
+    def last_verdict(self) -> common_pb2.CanaryVerdict | None:
+        return self._last_verdict
+
+    def report_verdict(self, verdict: common_pb2.CanaryVerdict) -> None:
+        """Keep ``verdict`` as the last one and queue it as a ``KIND_CANARY_VERDICT`` event."""
+        event = telemetry_pb2.DeviceEvent(
+            event_id=str(uuid.uuid4()),
+            kind=telemetry_pb2.DeviceEvent.KIND_CANARY_VERDICT,
+            bundle_digest=verdict.candidate_digest,
+            reason="; ".join(verdict.reasons),
+            revision=self.revision,
+            at=verdict.decided_at if verdict.HasField("decided_at") else _timestamp(datetime.now(UTC)),
+        )
+        event.verdict.CopyFrom(verdict)
+        with self._lock:
+            self._last_verdict = verdict
+            self._append(event)
+        self._wake()
+
+    def _append(self, event: telemetry_pb2.DeviceEvent) -> None:
+        if len(self._events) >= self._max:
+            self._events.popleft()
+            self.dropped += 1
+        self._events.append(event)
 
     def report(self, record: UpdateRecord) -> None:
         with self._lock:
@@ -89,10 +118,7 @@ class AgentReporter:
                 revision=self.revision,
                 at=_timestamp(record.updated_at),
             )
-            if len(self._events) >= self._max:
-                self._events.popleft()
-                self.dropped += 1
-            self._events.append(event)
+            self._append(event)
 
     def pending(self, limit: int = BATCH) -> list[telemetry_pb2.DeviceEvent]:
         with self._lock:

@@ -5,6 +5,13 @@ the loop never waits on the network, the update driver or a lock a writer holds;
 counted (per bundle, for the trial watch) and the loop goes on. Frames that arrive while no bundle is
 loaded are counted as ``frames_idle``. ``frame_log`` (tests, debugging) receives one line per inferred
 frame, ``"<frame_id> <bundle digest>"``, which proves no frame was dropped across a swap.
+
+Canary and watch hooks (``edge_runtime.agent.shadow``): while a ``ShadowRun`` is attached and the slot
+serves its baseline, each frame also runs the candidate — before or after the served inference,
+alternating — and both outcomes are recorded; the served result (counters, frame log) is always the
+current engine's. With nothing to serve and a first-ever candidate attached, the candidate runs alone.
+While a ``WatchRun`` is attached, the frames its bundle serves are recorded. ``attach_*`` / ``detach_*``
+are single reference assignments, read once per frame like ``slot.current``.
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ from typing import TextIO
 
 import structlog
 
-from edge_runtime.inference import InferenceEngine, SwapError
+from edge_runtime.agent.shadow import ShadowRun, WatchRun
+from edge_runtime.inference import FrameResult, InferenceEngine, SwapError
 from edge_runtime.inference.hotswap import EngineSlot
 from edge_runtime.sources import Frame
 
@@ -56,6 +64,24 @@ class FrameRunner:
         self.last_total_ms = 0.0
         self.last_error: str | None = None
         self._serving: InferenceEngine | None = None
+        self._shadow: ShadowRun | None = None
+        self._watch: WatchRun | None = None
+
+    def attach_shadow(self, run: ShadowRun) -> None:
+        """Run ``run``'s candidate in shadow from the next frame on (replaces any attached run)."""
+        self._shadow = run
+
+    def detach_shadow(self, run: ShadowRun) -> None:
+        """Stop shadowing ``run`` (no-op when another run was attached since)."""
+        if self._shadow is run:
+            self._shadow = None
+
+    def attach_watch(self, run: WatchRun) -> None:
+        self._watch = run
+
+    def detach_watch(self, run: WatchRun) -> None:
+        if self._watch is run:
+            self._watch = None
 
     def start(self) -> None:
         self._thread.start()
@@ -101,6 +127,8 @@ class FrameRunner:
                 out.close()
 
     def _one(self, frame: Frame, out: TextIO | None) -> None:
+        shadow = self._shadow
+        watch = self._watch
         try:
             engine = self.slot.current
         except SwapError:
@@ -108,26 +136,45 @@ class FrameRunner:
             with self._lock:
                 self.frames_idle += 1
                 self.last_frame_id = frame.frame_id
+            if shadow is not None and shadow.baseline_digest is None:
+                shadow.record_alone(frame)
             return
         self._serving = engine
         digest = engine.bundle_digest
+        if shadow is not None and shadow.baseline_digest != digest:
+            shadow = None  # the slot no longer serves this run's baseline: its rows would compare apples to pears
+        candidate: FrameResult | Exception | None = None
+        if shadow is not None and shadow.candidate_goes_first():
+            candidate = shadow.run_candidate(frame)
+        served: FrameResult | Exception
         try:
-            result = engine.infer(frame.image_bgr, frame.frame_id)
+            served = engine.infer(frame.image_bgr, frame.frame_id)
         except Exception as exc:
+            served = exc
+        self._count(frame, digest, served, out)
+        if shadow is not None:
+            if candidate is None:
+                candidate = shadow.run_candidate(frame)
+            shadow.record(served, candidate)
+        if watch is not None and watch.digest == digest:
+            watch.record(served)
+
+    def _count(self, frame: Frame, digest: str, served: FrameResult | Exception, out: TextIO | None) -> None:
+        if isinstance(served, Exception):
             with self._lock:
                 self.errors += 1
                 self.consecutive_errors += 1
                 self._per_bundle.setdefault(digest, [0, 0])[1] += 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.last_error = f"{type(served).__name__}: {served}"
                 self.last_frame_id = frame.frame_id
             if self.consecutive_errors in (1, 10, 100) or self.consecutive_errors % 1000 == 0:
-                log.warning("runner.inference_failed", bundle_digest=digest, frame_id=frame.frame_id, error=str(exc))
+                log.warning("runner.inference_failed", bundle_digest=digest, frame_id=frame.frame_id, error=str(served))
             return
         with self._lock:
             self.frames_inferred += 1
             self.consecutive_errors = 0
             self._per_bundle.setdefault(digest, [0, 0])[0] += 1
             self.last_frame_id = frame.frame_id
-            self.last_total_ms = result.timings.total_ms
+            self.last_total_ms = served.timings.total_ms
         if out is not None:
             out.write(f"{frame.frame_id} {digest}\n")

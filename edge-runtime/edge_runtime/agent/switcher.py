@@ -42,11 +42,30 @@ def load_engine(
     cache_root: Path,
     providers: Sequence[str] | None = None,
     intra_op_threads: int | None = None,
+    precision: str = "auto",
 ) -> InferenceEngine:
-    """Load the bundle in ``bundle_dir`` into a warmed engine (raises ``EngineSwitchError``)."""
+    """Load the bundle in ``bundle_dir`` into a warmed engine (raises ``EngineSwitchError``).
+
+    A bundle with several precision variants (FP32, INT8) is measured on this device and the faster
+    variant that passed its accuracy gate is served (``precision="auto"``); ``fp32``/``int8`` force one.
+    """
     try:
         manifest = BundleManifest.from_json_bytes((bundle_dir / MANIFEST_NAME).read_bytes())
         model = bundle_dir / manifest.artifact(MODEL_ROLE).path
+        int8 = False
+        if manifest.precision_variants and len(manifest.precision_variants) > 1:
+            from edge_runtime.precision import choose_variant
+
+            choice = choose_variant(
+                bundle_dir,
+                manifest,
+                providers=providers,
+                cache_dir=cache_root / digest.removeprefix("sha256:"),
+                only=None if precision in ("", "auto") else {precision},
+                intra_op_threads=intra_op_threads,
+            )
+            model, int8 = choice.model_path, choice.precision == "int8"
+            log.info("inference.precision_chosen", bundle=digest, choice=choice.to_dict())
         return InferenceEngine.load(
             model,
             PreprocessSpec.from_mapping(manifest.preprocess.to_dict()),
@@ -56,6 +75,7 @@ def load_engine(
             cache_dir=cache_root / digest.removeprefix("sha256:"),
             bundle_digest=digest,
             intra_op_threads=intra_op_threads,
+            int8=int8,
         )
     except (OSError, ContractError, InferenceError) as exc:
         raise EngineSwitchError(f"bundle {digest} in {bundle_dir} cannot be loaded: {exc}") from exc
@@ -84,6 +104,11 @@ class SlotSwitcher:
         providers = inference.get("providers") if isinstance(inference, Mapping) else None
         return list(providers) if providers else None
 
+    def _precision(self) -> str:
+        inference = self._config().get("inference") or {}
+        precision = inference.get("precision") if isinstance(inference, Mapping) else None
+        return str(precision) if precision else "auto"
+
     def _load(self, digest: str, bundle_dir: Path) -> InferenceEngine:
         return load_engine(
             bundle_dir,
@@ -91,6 +116,7 @@ class SlotSwitcher:
             cache_root=self._cache_root,
             providers=self._providers(),
             intra_op_threads=self._threads,
+            precision=self._precision(),
         )
 
     def staged_engine(self, digest: str) -> InferenceEngine | None:
