@@ -39,5 +39,6 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
         logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
-        cache_logger_on_first_use=True,
+        # No caching: entry points configure once, and tests (capture_logs) must be able to reconfigure.
+        cache_logger_on_first_use=False,
     )

@@ -319,3 +319,117 @@ leases = sa.Table(
     sa.Column("holder", sa.String(255), nullable=False),
     sa.Column("expires_at", UTCDateTime(), nullable=False),
 )
+
+
+# ---- telemetry (migration 0003) --------------------------------------------------------------------------
+# Every record a device uploads lands exactly once, by (device_id, epoch, seq), in the table of its kind;
+# ``telemetry_marks`` holds the contiguous high-water mark per (device, epoch) and ``telemetry_pending``
+# the stored or declared-dropped ranges above it. Both are written in the same transaction as the records.
+
+telemetry_marks = sa.Table(
+    "telemetry_marks",
+    metadata,
+    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("epoch", sa.String(64), primary_key=True),
+    # every seq <= acked_through is stored (or was declared dropped by the device)
+    sa.Column("acked_through", sa.BigInteger(), nullable=False),
+    sa.Column("records", sa.BigInteger(), nullable=False),
+    sa.Column("duplicates", sa.BigInteger(), nullable=False),
+    sa.Column("declared_dropped", sa.BigInteger(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+telemetry_pending = sa.Table(
+    "telemetry_pending",
+    metadata,
+    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("epoch", sa.String(64), primary_key=True),
+    sa.Column("first_seq", sa.BigInteger(), primary_key=True),
+    sa.Column("last_seq", sa.BigInteger(), nullable=False),
+)
+
+telemetry_windows = sa.Table(
+    "telemetry_windows",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("epoch", sa.String(64), nullable=False),
+    sa.Column("seq", sa.BigInteger(), nullable=False),
+    sa.Column("site", sa.String(255), nullable=False),
+    sa.Column("bundle_digest", sa.String(71), nullable=False),
+    sa.Column("window_start", UTCDateTime(), nullable=False, index=True),
+    sa.Column("window_s", sa.Float(), nullable=False),
+    sa.Column("frames", sa.BigInteger(), nullable=False),
+    sa.Column("errors", sa.BigInteger(), nullable=False),
+    # serialized edgefleet.v1.LatencySketch, merged at query time (never averaged percentiles)
+    sa.Column("latency_e2e", sa.LargeBinary(), nullable=False),
+    sa.Column("latency_model", sa.LargeBinary(), nullable=False),
+    sa.Column("p95_e2e_ms", sa.Float(), nullable=False),
+    sa.Column("confidence_json", sa.Text(), nullable=False),
+    sa.Column("sensors_json", sa.Text(), nullable=False),
+    sa.Column("dropped_json", sa.Text(), nullable=False),
+    sa.Column("provider", sa.String(64), nullable=False),
+    sa.Column("throttling", sa.Boolean(), nullable=False),
+    sa.Column("size_bytes", sa.Integer(), nullable=False),
+    sa.Column("received_at", UTCDateTime(), nullable=False, index=True),
+    sa.UniqueConstraint("device_id", "epoch", "seq"),
+    sa.Index(None, "device_id", "window_start"),
+    sa.Index(None, "site", "window_start"),
+    sa.Index(None, "bundle_digest", "window_start"),
+)
+
+telemetry_events = sa.Table(
+    "telemetry_events",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("epoch", sa.String(64), nullable=False),
+    sa.Column("seq", sa.BigInteger(), nullable=False),
+    sa.Column("event_id", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(64), nullable=False),
+    sa.Column("bundle_digest", sa.String(71), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False, index=True),
+    # serialized edgefleet.v1.DeviceEvent
+    sa.Column("payload", sa.LargeBinary(), nullable=False),
+    sa.Column("size_bytes", sa.Integer(), nullable=False),
+    sa.Column("received_at", UTCDateTime(), nullable=False, index=True),
+    sa.UniqueConstraint("device_id", "epoch", "seq"),
+    sa.Index(None, "device_id", "at"),
+)
+
+review_samples = sa.Table(
+    "review_samples",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("epoch", sa.String(64), nullable=False),
+    sa.Column("seq", sa.BigInteger(), nullable=False),
+    sa.Column("sample_id", sa.String(64), nullable=False, index=True),
+    sa.Column("site", sa.String(255), nullable=False),
+    sa.Column("bundle_digest", sa.String(71), nullable=False),
+    sa.Column("captured_at", UTCDateTime(), nullable=False, index=True),
+    sa.Column("reason", sa.String(32), nullable=False),
+    sa.Column("top_confidence", sa.Float(), nullable=False),
+    sa.Column("jpeg", sa.LargeBinary(), nullable=False),
+    sa.Column("results_json", sa.Text(), nullable=False),
+    # NULL (unlabelled), "tp" or "fp"
+    sa.Column("label", sa.String(8), nullable=True),
+    sa.Column("labeled_by", sa.String(255), nullable=True),
+    sa.Column("labeled_at", UTCDateTime(), nullable=True),
+    sa.Column("size_bytes", sa.Integer(), nullable=False),
+    sa.Column("received_at", UTCDateTime(), nullable=False, index=True),
+    sa.UniqueConstraint("device_id", "epoch", "seq"),
+    sa.Index(None, "site", "bundle_digest", "label"),
+)
+
+# The confidence histogram a device showed right after committing a bundle (see telemetry/drift.py).
+telemetry_baselines = sa.Table(
+    "telemetry_baselines",
+    metadata,
+    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("bundle_digest", sa.String(71), nullable=False),
+    sa.Column("windows", sa.Integer(), nullable=False),
+    sa.Column("windows_needed", sa.Integer(), nullable=False),
+    sa.Column("counts_json", sa.Text(), nullable=False),
+    sa.Column("started_at", UTCDateTime(), nullable=False),
+)

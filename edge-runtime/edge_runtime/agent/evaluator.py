@@ -167,6 +167,7 @@ class CanaryEvaluator:
         self._runs: dict[str, int] = {}
         self._inconclusive: dict[str, int] = {}
         self._memory: dict[str, CanaryMemory] = {}
+        self._attached: dict[str, ShadowRun | WatchRun] = {}
 
     def watch_window_s(self) -> float:
         canary = self._config().get("canary") or {}
@@ -205,7 +206,7 @@ class CanaryEvaluator:
             log.error("canary.policy_invalid", digest=digest, error=str(exc))
             return [*started, CanaryInconclusive(reason)]
         run = ShadowRun(engine, baseline, started_at=self._monotonic())
-        stop = self._replace_job(digest)
+        stop = self._replace_job(digest, run)
         self._runner.attach_shadow(run)
         threading.Thread(target=self._canary_loop, args=(run, policy, stop), name="canary-shadow", daemon=True).start()
         log.info(
@@ -219,14 +220,22 @@ class CanaryEvaluator:
         )
         return started
 
-    def _replace_job(self, digest: str) -> threading.Event:
+    def _replace_job(self, digest: str, run: ShadowRun | WatchRun) -> threading.Event:
         stop = threading.Event()
         with self._lock:
             old = self._jobs.pop(digest, None)
             if old is not None:
                 old.set()
+            self._detach(self._attached.pop(digest, None))
             self._jobs[digest] = stop
+            self._attached[digest] = run
         return stop
+
+    def _detach(self, run: ShadowRun | WatchRun | None) -> None:
+        if isinstance(run, ShadowRun):
+            self._runner.detach_shadow(run)
+        elif isinstance(run, WatchRun):
+            self._runner.detach_watch(run)
 
     def _finish_job(self, digest: str, stop: threading.Event) -> bool:
         """Whether ``stop``'s job is still the current one for ``digest`` (then it is removed)."""
@@ -234,6 +243,7 @@ class CanaryEvaluator:
             if stop.is_set() or self._jobs.get(digest) is not stop:
                 return False
             del self._jobs[digest]
+            self._attached.pop(digest, None)
             return True
 
     def _canary_loop(self, run: ShadowRun, policy: CanaryPolicy, stop: threading.Event) -> None:
@@ -334,7 +344,7 @@ class CanaryEvaluator:
         engine = self._switcher.slot.current if self._switcher.slot.has_engine else None
         kind = output_kind(engine) if engine is not None and engine.bundle_digest == digest else None
         run = WatchRun(digest, kind, started_at=self._monotonic())
-        stop = self._replace_job(digest)
+        stop = self._replace_job(digest, run)
         self._runner.attach_watch(run)
         threading.Thread(
             target=self._watch_loop, args=(run, window, memory, stop), name="trial-watch", daemon=True
@@ -388,5 +398,6 @@ class CanaryEvaluator:
             self._inconclusive.pop(digest, None)
             self._runs.pop(digest, None)
             self._memory.pop(digest, None)
+            self._detach(self._attached.pop(digest, None))
         if stop is not None:
             stop.set()

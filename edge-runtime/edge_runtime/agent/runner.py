@@ -67,6 +67,12 @@ class FrameRunner:
         self._shadow: ShadowRun | None = None
         self._watch: WatchRun | None = None
 
+    @property
+    def shadowing(self) -> str | None:
+        """The digest of the candidate running in shadow now, if any."""
+        run = self._shadow
+        return run.candidate_digest if run is not None else None
+
     def attach_shadow(self, run: ShadowRun) -> None:
         """Run ``run``'s candidate in shadow from the next frame on (replaces any attached run)."""
         self._shadow = run
