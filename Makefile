@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := $(wildcard protos/edgefleet/v1/*.proto)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv proto proto-check lint typecheck test test-fast demo bench clean
+.PHONY: help venv pg proto proto-check lint typecheck test test-fast demo bench clean
 
 help:
 	@echo "make demo   - run the edgefleet demo on embedded defaults"
@@ -38,7 +38,14 @@ lint: $(STAMP)
 
 typecheck: lint
 
-test: $(STAMP) proto-check lint
+# PostgreSQL server binaries for the store's PostgreSQL tests (they start a throwaway cluster per session).
+# Installed only as root and only when missing; otherwise those tests skip and say why.
+pg:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	  || (test "$$(id -u)" = 0 && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+	  || echo "PostgreSQL not installed: its tests will skip"
+
+test: $(STAMP) pg proto-check lint
 	$(BIN)/pytest -q -p no:cacheprovider tests
 
 test-fast: $(STAMP)

@@ -66,6 +66,7 @@ from edgefleet_controller.store.records import (
     DeviceRecord,
     OperatorRole,
 )
+from edgefleet_controller.telemetry.service import TelemetryService
 
 log = structlog.get_logger("edgefleet.controller")
 
@@ -178,6 +179,7 @@ class ControllerApp:
         self.hub = SyncHub()
         self.feed = FleetFeed()
         self.rollouts = RolloutService(self.store, self.hub, self.clock)
+        self.telemetry = TelemetryService(self.store, self.clock, self.feed)
         self.metrics = ControllerMetrics()
         self.metrics.watch_waiting(lambda: self.hub.waiting)
         self.metrics.watch_devices(self._devices_by_state)
@@ -203,6 +205,7 @@ class ControllerApp:
             os.chmod(path, 0o600)
             log.info("controller.bootstrap_admin_token", path=str(path))
         self.rollouts.start()
+        self.telemetry.start()
 
     def begin_shutdown(self) -> None:
         self._shutting_down = True
@@ -211,6 +214,7 @@ class ControllerApp:
 
     async def stop(self) -> None:
         await self.rollouts.stop()
+        await self.telemetry.stop()
         await asyncio.to_thread(self.store.close)
 
     def _device_counts_changed(self) -> None:
@@ -955,7 +959,5 @@ class ControllerApp:
     async def ingest_telemetry(
         self, device_id: str, batches: AsyncIterator[telemetry_pb2.TelemetryBatch]
     ) -> AsyncIterator[telemetry_pb2.TelemetryAck]:
-        raise cerr.Unimplemented(
-            "UploadTelemetry is not served by this controller version; the device keeps its buffer"
-        )
-        yield telemetry_pb2.TelemetryAck()  # pragma: no cover - makes this an async generator
+        async for ack in self.telemetry.ingest(device_id, batches):
+            yield ack

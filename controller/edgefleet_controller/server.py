@@ -33,6 +33,8 @@ SERVICE_NAMES = [
 #: Largest request a client may send. PushBundle streams artifacts in chunks, so nothing legitimate is
 #: larger; a bigger message is refused with RESOURCE_EXHAUSTED before it reaches a servicer.
 MAX_RECEIVE_BYTES = 8 * 1024 * 1024
+#: Calls that may wait to be picked up by the event loop during a burst (see ``server_options``).
+MAX_PENDING_CALLS = 50_000
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,11 @@ def server_options() -> list[tuple[str, int]]:
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.so_reuseport", 0),
+        # gRPC core cancels calls that arrive faster than the server picks them up once more than 1000 wait
+        # (soft limit, random) or 3000 (hard). A fleet reconnecting after a restart or a link outage sends
+        # one Sync per device at once; thousands must queue briefly, not fail with CANCELLED.
+        ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+        ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS),
     ]
 
 

@@ -42,7 +42,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     with start_controller(root / "ctl") as ctl:
         key = ctl.trust_new_key(root / "keys")
         v1 = make_bundle(root / "b1", key, version="1.0.0", seed=1)
-        v2 = make_bundle(root / "b2", key, version="2.0.0", seed=2)
+        v2 = make_bundle(root / "b2", key, version="2.0.0", seed=1)  # same weights: the shadow canary agrees
         ctl.push(v1)
         ctl.push(v2)
         ctl.apply_config(watch_window_s=0.5)

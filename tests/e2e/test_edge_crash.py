@@ -37,7 +37,7 @@ def test_sigkill_at_every_update_boundary_restarts_consistent(tmp_path: Path) ->
         key = ctl.trust_new_key(tmp_path / "keys")
         trusted = TrustedKeys.from_dir(tmp_path / "keys")
         v1 = make_bundle(tmp_path / "b1", key, version="1.0.0", seed=1)
-        v2 = make_bundle(tmp_path / "b2", key, version="2.0.0", seed=2)
+        v2 = make_bundle(tmp_path / "b2", key, version="2.0.0", seed=1)  # same weights: the canary agrees
         ctl.push(v1)
         ctl.push(v2)
         ctl.apply_config(watch_window_s=0.3)
@@ -75,7 +75,8 @@ def test_sigkill_at_every_update_boundary_restarts_consistent(tmp_path: Path) ->
             finally:
                 assert dev.terminate() == 0
 
-        with ThreadPoolExecutor(len(BOUNDARIES)) as pool:
+        # Six at a time: twelve runtimes plus a controller at once starve a 2-core CI machine.
+        with ThreadPoolExecutor(6) as pool:
             codes = list(pool.map(first_life, BOUNDARIES, names))
         assert codes == [-signal.SIGKILL] * len(BOUNDARIES), dict(zip(BOUNDARIES, codes, strict=True))
 
@@ -95,5 +96,6 @@ def test_sigkill_at_every_update_boundary_restarts_consistent(tmp_path: Path) ->
             for slot in (tmp_path / name / "bundles").iterdir():
                 assert verify_bundle(slot, trusted).digest == f"sha256:{slot.name}", (boundary, slot)
 
-        with ThreadPoolExecutor(len(BOUNDARIES)) as pool:
+        # Six at a time: twelve runtimes plus a controller at once starve a 2-core CI machine.
+        with ThreadPoolExecutor(6) as pool:
             list(pool.map(second_life, names))

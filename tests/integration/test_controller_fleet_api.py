@@ -68,6 +68,12 @@ async def test_reflection_only_client_lists_devices(tmp_path: Path) -> None:
         assert sorted(got) == [("cam-1", "site-a", {"line": "1"}), ("cam-2", "site-a", {})]
 
 
+async def next_event(call: Any) -> fleet_pb2.FleetEvent:
+    event = await asyncio.wait_for(call.read(), 5)
+    assert isinstance(event, fleet_pb2.FleetEvent), event
+    return event
+
+
 async def test_watch_fleet_streams_snapshot_enrollment_and_updates(tmp_path: Path) -> None:
     async with running_controller(tmp_path / "data") as ctrl, connected(ctrl) as c:
         old_id, _ = await c.enroll("site-a", "old-cam")
@@ -75,11 +81,11 @@ async def test_watch_fleet_streams_snapshot_enrollment_and_updates(tmp_path: Pat
         only_b = c.fleet.WatchFleet(fleet_pb2.WatchFleetRequest(site="site-b"), metadata=c.admin)
         await asyncio.wait_for(everything.initial_metadata(), 5)  # subscribed from here on
         await asyncio.wait_for(only_b.initial_metadata(), 5)
-        snap = await asyncio.wait_for(everything.read(), 5)
+        snap = await next_event(everything)
         assert snap.kind == fleet_pb2.FleetEvent.KIND_SNAPSHOT and snap.device.id == old_id
 
         new_id, cred = await c.enroll("site-b", "new-cam", {"camera": "thermal"})
-        enrolled = await asyncio.wait_for(everything.read(), 5)
+        enrolled = await next_event(everything)
         assert enrolled.kind == fleet_pb2.FleetEvent.KIND_ENROLLED
         assert (enrolled.device.id, enrolled.device.site, dict(enrolled.device.tags)) == (
             new_id,
@@ -87,12 +93,12 @@ async def test_watch_fleet_streams_snapshot_enrollment_and_updates(tmp_path: Pat
             {"camera": "thermal"},
         )
         await c.sync(cred, reported=common_pb2.ReportedState(health=common_pb2.HEALTH_DEGRADED))
-        updated = await asyncio.wait_for(everything.read(), 5)
+        updated = await next_event(everything)
         assert updated.kind == fleet_pb2.FleetEvent.KIND_UPDATED
         assert updated.device.id == new_id and updated.device.health == common_pb2.HEALTH_DEGRADED
         # The site-filtered watcher saw the site-b changes only (no snapshot asked for).
         await c.enroll("site-a", "other-cam")
-        kinds = [(await asyncio.wait_for(only_b.read(), 5)).kind for _ in range(2)]
+        kinds = [(await next_event(only_b)).kind for _ in range(2)]
         assert kinds == [fleet_pb2.FleetEvent.KIND_ENROLLED, fleet_pb2.FleetEvent.KIND_UPDATED]
         assert ctrl.app.feed.watchers == 2
         everything.cancel()

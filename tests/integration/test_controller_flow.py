@@ -112,7 +112,9 @@ async def test_restart_by_sigterm_keeps_state_and_credentials(tmp_path: Path) ->
             pending = asyncio.ensure_future(c.sync(cred, known_revision=set_reply.revisions[device_id], wait_s=30))
             await asyncio.sleep(0.3)
             health = health_pb2_grpc.HealthStub(c.channel)
-            assert (await health.Check(health_pb2.HealthCheckRequest())).status == health_pb2.HealthCheckResponse.SERVING
+            assert (
+                await health.Check(health_pb2.HealthCheckRequest())
+            ).status == health_pb2.HealthCheckResponse.SERVING
             watch = health.Watch(health_pb2.HealthCheckRequest(service="edgefleet.v1.FleetService"))
             assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
             assert proc.proc is not None

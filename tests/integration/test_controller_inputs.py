@@ -13,7 +13,7 @@ import pytest
 
 from edgefleet.contract.bundle_archive import read_archive_manifest
 from edgefleet.contract.signing import generate_keypair
-from edgefleet.v1 import device_pb2, fleet_pb2
+from edgefleet.v1 import common_pb2, device_pb2, fleet_pb2
 from tests.support.controller import (
     Fleet,
     InProcessController,
@@ -125,7 +125,10 @@ async def test_bad_requests_get_specific_statuses_and_change_nothing(tmp_path: P
         before = await fleet_state(c, ctrl)
 
         # Invalid manifest: the message points at file:line and the field path.
-        bad = "apiVersion: edgefleet.io/v1\nkind: SiteConfig\nmetadata:\n  name: s1\n  site: site-1\nspec:\n  config:\n    sla:\n      latency_ms: -5\n"
+        bad = (
+            "apiVersion: edgefleet.io/v1\nkind: SiteConfig\nmetadata:\n  name: s1\n  site: site-1\n"
+            "spec:\n  config:\n    sla:\n      latency_ms: -5\n"
+        )
         details = await refused(
             c.fleet.ApplyConfig(
                 fleet_pb2.ApplyConfigRequest(files=[fleet_pb2.ManifestFile(name="sites/s1.yaml", content=bad)]),
@@ -184,7 +187,7 @@ async def test_bad_requests_get_specific_statuses_and_change_nothing(tmp_path: P
         )
         await refused(
             c.device.Sync(
-                device_pb2.SyncRequest(wait_s=1, reported={"update_reason": "x" * (9 << 20)}),
+                device_pb2.SyncRequest(wait_s=1, reported=common_pb2.ReportedState(update_reason="x" * (9 << 20))),
                 metadata=bearer(cred),
             ),
             grpc.StatusCode.RESOURCE_EXHAUSTED,

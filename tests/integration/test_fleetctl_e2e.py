@@ -178,7 +178,10 @@ def test_fleetctl_errors_are_one_line(env: Env) -> None:
     assert "NOT_FOUND" in missing.err and "no-such-device" in missing.err
 
     bad = env.work / "bad.yaml"
-    bad.write_text("apiVersion: edgefleet.io/v1\nkind: FleetConfig\nmetadata:\n  name: x\nspec:\n  config:\n    sla:\n      latency_ms: -5\n")
+    bad.write_text(
+        "apiVersion: edgefleet.io/v1\nkind: FleetConfig\nmetadata:\n  name: x\n"
+        "spec:\n  config:\n    sla:\n      latency_ms: -5\n"
+    )
     invalid = env.fails("apply", "-f", str(bad))
     assert invalid.code == 2
     assert "INVALID_ARGUMENT" in invalid.err and "bad.yaml:8" in invalid.err

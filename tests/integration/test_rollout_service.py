@@ -1,4 +1,4 @@
-"""The rollout service and reconciler against a real SQLite store and the real planner (no gRPC).
+"""The rollout service and reconciler against a real store (SQLite and PostgreSQL) and the real planner (no gRPC).
 
 Devices are enrolled in the store and "report" by writing their reported state with ``record_report``,
 exactly as the Sync RPC does; time moves by hand.
@@ -28,6 +28,7 @@ from edgefleet_controller.store import Store
 from edgefleet_controller.store.errors import StillReferenced
 from edgefleet_controller.store.records import ArtifactRef
 from edgefleet_controller.store.rollouts import RolloutStore
+from tests.support.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
 
@@ -59,9 +60,15 @@ def base_manifest(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return build_bundle(work / "spec.yaml", work / "out", golden_count=1).to_dict()
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    opened = Store.open(f"sqlite:///{tmp_path / 'controller.db'}")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """SQLite in a temp file, or a clean PostgreSQL database (see tests/support/postgres.py; skips, saying
+    why, where PostgreSQL is not available)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'controller.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    opened = Store.open(url)
     yield opened
     opened.close()
 

@@ -1,9 +1,8 @@
-"""The controller store against a real SQLite file (and PostgreSQL when EDGEFLEET_TEST_PG_URL is set)."""
+"""The controller store against a real SQLite file and a real PostgreSQL server (see tests/support/postgres.py)."""
 
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -30,37 +29,21 @@ from edgefleet_controller.store.errors import (
 )
 from edgefleet_controller.store.records import ArtifactRef, ConfigDocInput, OperatorRole, TokenState
 from edgefleet_controller.store.schema import metadata
+from tests.support.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
 
-PG_URL = os.environ.get("EDGEFLEET_TEST_PG_URL")
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
 
-def _reset_postgres(url: str) -> None:
-    engine = sa.create_engine(url)
-    try:
-        with engine.begin() as conn:
-            metadata.drop_all(conn)
-            conn.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
-    finally:
-        engine.dispose()
-
-
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param(
-            "postgresql", marks=pytest.mark.skipif(not PG_URL, reason="EDGEFLEET_TEST_PG_URL is not set")
-        ),
-    ]
-)
+@pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """SQLite in a temp file, or a clean PostgreSQL database (a throwaway local server started once per
+    session, or EDGEFLEET_TEST_PG_URL); the PostgreSQL variant skips, saying why, where neither exists."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'controller.db'}"
-    assert PG_URL is not None
-    _reset_postgres(PG_URL)
-    return PG_URL
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
 @pytest.fixture
@@ -354,9 +337,7 @@ def test_record_report_stores_state_and_returns_desired(store: Store) -> None:
         ({"health": 5}, "health"),
     ],
 )
-def test_record_report_refuses_malformed_indexed_fields(
-    store: Store, reported: dict[str, Any], message: str
-) -> None:
+def test_record_report_refuses_malformed_indexed_fields(store: Store, reported: dict[str, Any], message: str) -> None:
     device_id, _ = enroll(store)
     with pytest.raises(InvalidArgument, match=message):
         store.record_report(device_id, reported, T0)
@@ -442,9 +423,7 @@ def test_list_devices_paginates_250_devices_with_filters(store: Store) -> None:
         ({"page_size": 5000}, InvalidArgument),
     ],
 )
-def test_list_devices_refuses_bad_arguments(
-    store: Store, kwargs: dict[str, Any], error: type[Exception]
-) -> None:
+def test_list_devices_refuses_bad_arguments(store: Store, kwargs: dict[str, Any], error: type[Exception]) -> None:
     with pytest.raises(error):
         store.list_devices(**kwargs)
 
@@ -500,9 +479,7 @@ def test_bootstrap_admin_is_created_only_without_a_usable_admin(store: Store) ->
 
 def _public_pem() -> str:
     key = Ed25519PrivateKey.generate().public_key()
-    return key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
 def test_trusted_keys_add_list_revoke(store: Store) -> None:
@@ -639,10 +616,7 @@ def test_config_documents_are_versioned_and_unchanged_docs_are_no_ops(store: Sto
         (2, sha("fleet2"), 2),
     ]
 
-    assert (
-        store.apply_config_documents([], "carol", T0 + timedelta(minutes=3), removed=[("site", "berlin")])
-        == 3
-    )
+    assert store.apply_config_documents([], "carol", T0 + timedelta(minutes=3), removed=[("site", "berlin")]) == 3
     assert [(d.kind, d.name) for d in store.current_config_documents()] == [("fleet", "default")]
     tomb = store.config_history("site", "berlin")[-1]
     assert (tomb.deleted, tomb.doc_json, tomb.version) == (True, None, 2)
@@ -686,9 +660,7 @@ def test_set_desired_bumps_revisions_only_on_change(store: Store) -> None:
     assert store.desired_change_counter() == 1
     assert store.get_desired(a).reason == "wave 1"
 
-    assert store.set_desired(
-        [a], config_digest=sha("cfg"), reason="config", now=T0 + timedelta(seconds=1)
-    ) == {a: 2}
+    assert store.set_desired([a], config_digest=sha("cfg"), reason="config", now=T0 + timedelta(seconds=1)) == {a: 2}
     desired_a = store.get_desired(a)
     assert (desired_a.bundle_digest, desired_a.config_digest, desired_a.revision) == (digest, sha("cfg"), 2)
     assert (desired_a.rollout_id, desired_a.change_seq) == (None, 2)

@@ -109,8 +109,8 @@ class Fleet:
 
     channel: grpc.aio.Channel
     admin_token: str
-    fleet: fleet_pb2_grpc.FleetServiceStub = field(init=False)
-    device: device_pb2_grpc.DeviceServiceStub = field(init=False)
+    fleet: fleet_pb2_grpc.FleetServiceAsyncStub = field(init=False)
+    device: device_pb2_grpc.DeviceServiceAsyncStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.fleet = fleet_pb2_grpc.FleetServiceStub(self.channel)
@@ -172,7 +172,7 @@ class Fleet:
         known_revision: int = 0,
         wait_s: int = 1,
         reported: common_pb2.ReportedState | None = None,
-        timeout: float | None = None,
+        deadline_s: float | None = None,
     ) -> device_pb2.SyncResponse:
         reply: device_pb2.SyncResponse = await self.device.Sync(
             device_pb2.SyncRequest(
@@ -181,7 +181,7 @@ class Fleet:
                 reported=reported or common_pb2.ReportedState(health=common_pb2.HEALTH_SERVING),
             ),
             metadata=bearer(credential),
-            timeout=timeout if timeout is not None else wait_s + 10,
+            timeout=deadline_s if deadline_s is not None else wait_s + 10,
         )
         return reply
 

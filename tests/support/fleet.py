@@ -197,10 +197,14 @@ class Controller:
         )
         return str(reply.token)
 
-    def apply_config(self, *, watch_window_s: float = 0.5, extra: str = "") -> None:
+    def apply_config(
+        self, *, watch_window_s: float = 0.5, min_frames: int = 60, min_seconds: float = 0.5, extra: str = ""
+    ) -> None:
+        """A fleet config with a short canary (tests use sub-millisecond models on a shared 2-core box)."""
         text = (
             "apiVersion: edgefleet.io/v1\nkind: FleetConfig\nmetadata: {name: default}\n"
-            f"spec:\n  config:\n    canary: {{watch_window_s: {watch_window_s}}}\n{extra}"
+            f"spec:\n  config:\n    canary: {{watch_window_s: {watch_window_s}, min_frames: {min_frames}, "
+            f"min_seconds: {min_seconds}}}\n{extra}"
         )
         self.fleet.ApplyConfig(
             fleet_pb2.ApplyConfigRequest(files=[fleet_pb2.ManifestFile(name="fleet.yaml", content=text)]),

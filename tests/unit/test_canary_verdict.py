@@ -416,7 +416,7 @@ def test_watch_window() -> None:
     assert decide_watch(fine, 22.5, policy, throttling=False, drift_psi=0.05).outcome is Outcome.PASS
     slower = decide_watch(side(rng, 200, latency=25.0), 22.5, policy, throttling=False, drift_psi=None)
     assert slower.outcome is Outcome.FAIL
-    assert any("the canary baseline 22.5 ms (limit 1.10×)" in r for r in slower.reasons)
+    assert any("the canary baseline 22.5 ms (limit 1.10× and +0.5 ms)" in r for r in slower.reasons)
     drift = decide_watch(fine, 22.5, policy, throttling=False, drift_psi=0.4)
     assert drift.reasons == ("confidence drift: PSI 0.400 > 0.25",)
     # p95 ≈ 30.5 ms: over the 28 ms budget, but a throttling device may spend the thermal buffer (32 ms)...

@@ -9,7 +9,6 @@ import grpc
 
 from edgefleet.v1 import common_pb2, fleet_pb2, fleet_pb2_grpc
 from edgefleet_controller.app import ControllerApp
-from edgefleet_controller.errors import Unimplemented
 from edgefleet_controller.interceptor import current_principal
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
@@ -116,10 +115,6 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     ) -> fleet_pb2.ListTrustedKeysResponse:
         return fleet_pb2.ListTrustedKeysResponse(keys=await self.app.list_trusted_keys())
 
-    # Served by later issues: rollouts, telemetry queries, review samples.
-    async def _not_yet(self, what: str) -> Any:
-        raise Unimplemented(f"{what} is not served by this controller version")
-
     async def CreateRollout(self, request: fleet_pb2.CreateRolloutRequest, context: Ctx) -> fleet_pb2.Rollout:
         return await self.app.rollouts.create(request, requested_by=current_principal().name)
 
@@ -152,17 +147,17 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     async def QueryTelemetry(
         self, request: fleet_pb2.QueryTelemetryRequest, context: Ctx
     ) -> fleet_pb2.QueryTelemetryResponse:
-        return await self._not_yet("QueryTelemetry")  # type: ignore[no-any-return]
+        return await self.app.telemetry.query(request)
 
     async def ListReviewSamples(
         self, request: fleet_pb2.ListReviewSamplesRequest, context: Ctx
     ) -> fleet_pb2.ListReviewSamplesResponse:
-        return await self._not_yet("ListReviewSamples")  # type: ignore[no-any-return]
+        return await self.app.telemetry.list_review(request)
 
     async def LabelReviewSample(
         self, request: fleet_pb2.LabelReviewSampleRequest, context: Ctx
     ) -> fleet_pb2.ReviewSampleInfo:
-        return await self._not_yet("LabelReviewSample")  # type: ignore[no-any-return]
+        return await self.app.telemetry.label(request, labeled_by=current_principal().name)
 
     async def ListProfiles(
         self, request: fleet_pb2.ListProfilesRequest, context: Ctx

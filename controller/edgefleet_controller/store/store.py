@@ -7,8 +7,12 @@ synchronous and the gRPC layer calls it through ``asyncio.to_thread``.
 
 Concurrency: on SQLite, write transactions start with ``BEGIN IMMEDIATE`` so two writers queue on the busy
 timeout instead of deadlocking on a read-to-write lock upgrade; reads use a plain ``BEGIN`` and, under WAL,
-never block writers. On PostgreSQL the conditional ``UPDATE``s (token uses, the change counter) and
-``SELECT ... FOR UPDATE`` on desired-state rows carry the same guarantees between replicas.
+never block writers. On PostgreSQL (READ COMMITTED) every write transaction first takes one transaction-scoped
+advisory lock, so writers from all replicas queue exactly as SQLite's do (bounded by the same timeout) and the
+store's read-check-then-write methods (bundle publish, bootstrap admin, config apply, event dedupe, the
+rollout overlap check) stay race-free between replicas; reads never take it and never block. ``migrate``
+holds the same lock, so replicas starting together migrate once. The conditional ``UPDATE``s (token uses,
+the change counter, leases) and ``SELECT ... FOR UPDATE`` on desired-state rows would be safe without it.
 
 Time is always passed in (``now``: aware UTC datetime); the store never reads the clock.
 """
@@ -81,6 +85,12 @@ MAX_PAGE_SIZE: Final = 1000
 BOOTSTRAP_ADMIN_NAME: Final = "bootstrap-admin"
 
 _BEGIN_KEY = "edgefleet.begin"
+# PostgreSQL advisory lock id serialising the store's writers (an arbitrary constant: ASCII "edgeflt\0");
+# another application sharing the database would have to pick the same number to collide
+_PG_WRITER_LOCK: Final = 0x656467_65666C74_00
+_PG_LOCK_TIMEOUT: Final = f"{SQLITE_BUSY_TIMEOUT_MS}ms"
+# another replica's migration may legitimately take longer than a write
+_PG_MIGRATION_LOCK_TIMEOUT: Final = "300s"
 _IN_CHUNK = 500  # ids per IN (...) list: far below SQLite's and PostgreSQL's parameter limits
 _MAX_TEXT = 255
 
@@ -124,12 +134,26 @@ def head_revision() -> str:
 def migrate(engine: Engine) -> None:
     """Upgrade the database behind ``engine`` to the newest schema (a no-op when already there)."""
     with engine.connect() as connection:
-        connection.info[_BEGIN_KEY] = "BEGIN IMMEDIATE"
-        before = MigrationContext.configure(connection).get_current_revision()
-        connection.rollback()
-        connection.info[_BEGIN_KEY] = "BEGIN IMMEDIATE"
-        command.upgrade(_alembic_config(connection), "head")
-        connection.commit()
+        postgres = connection.dialect.name == "postgresql"
+        if postgres:
+            # session-level, held across alembic's own transaction: a second replica waits here, then
+            # finds the schema at head
+            connection.exec_driver_sql(f"SET lock_timeout = '{_PG_MIGRATION_LOCK_TIMEOUT}'")
+            connection.exec_driver_sql(f"SELECT pg_advisory_lock({_PG_WRITER_LOCK})")
+            connection.commit()
+        try:
+            connection.info[_BEGIN_KEY] = "BEGIN IMMEDIATE"
+            before = MigrationContext.configure(connection).get_current_revision()
+            connection.rollback()
+            connection.info[_BEGIN_KEY] = "BEGIN IMMEDIATE"
+            command.upgrade(_alembic_config(connection), "head")
+            connection.commit()
+        finally:
+            if postgres:
+                connection.rollback()
+                connection.exec_driver_sql(f"SELECT pg_advisory_unlock({_PG_WRITER_LOCK})")
+                connection.exec_driver_sql("RESET lock_timeout")
+                connection.commit()
     head = head_revision()
     if before != head:
         log.info("store.migrated", from_revision=before, to_revision=head)
@@ -399,6 +423,10 @@ class Store:
         with self._engine.connect() as conn:
             conn.info[_BEGIN_KEY] = "BEGIN IMMEDIATE"
             with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    # PostgreSQL's BEGIN IMMEDIATE (see the module docstring); released at commit/rollback
+                    conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{_PG_LOCK_TIMEOUT}'")
+                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_WRITER_LOCK})")
                 yield conn
 
     # ---- enrollment tokens -----------------------------------------------------------------------------

@@ -48,11 +48,12 @@ from edge_runtime.agent.evaluator import CanaryEvaluator
 from edge_runtime.agent.fetcher import DEFAULT_CHUNK_BYTES, BlobFetcher
 from edge_runtime.agent.hardware import hardware_profile, read_host_facts
 from edge_runtime.agent.health import HealthEndpoint, judge_health
-from edge_runtime.agent.reporter import AgentReporter, EventSender, wire_state
+from edge_runtime.agent.reporter import EventSender, wire_state
 from edge_runtime.agent.runner import FrameRunner, RunnerSnapshot
 from edge_runtime.agent.shadow import ThermalProbe
 from edge_runtime.agent.switcher import SlotSwitcher
 from edge_runtime.agent.sync import SyncLoop
+from edge_runtime.agent.telemetry_pipeline import BufferedReporter, TelemetryPipeline
 from edge_runtime.agent.verifier import SignatureVerifier
 from edge_runtime.inference import EngineSlot
 from edge_runtime.sources import open_source
@@ -120,6 +121,22 @@ def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _verdict_status(verdict: common_pb2.CanaryVerdict | None) -> dict[str, Any] | None:
+    """The last canary/watch verdict as ``status.json`` shows it (``edge-runtime status``, tests)."""
+    if verdict is None:
+        return None
+    return {
+        "outcome": common_pb2.CanaryVerdict.Outcome.Name(verdict.outcome).removeprefix("OUTCOME_").lower(),
+        "phase": verdict.phase,
+        "candidate": verdict.candidate_digest,
+        "baseline": verdict.baseline_digest or None,
+        "frames": verdict.frames,
+        "candidate_p95_ms": verdict.candidate_latency.p95_ms,
+        "latency_budget_ms": verdict.latency_budget_ms,
+        "reasons": list(verdict.reasons),
+    }
+
+
 class EdgeAgent:
     """The device runtime. Construct inside the running event loop, then ``await run()`` until ``stop()``
     or SIGTERM."""
@@ -137,7 +154,7 @@ class EdgeAgent:
         self.applied_revision = 0
         self.health: common_pb2.Health.ValueType = common_pb2.HEALTH_STARTING
         self.link = ControllerLink(settings.controller)
-        self.reporter = AgentReporter()
+        self.reporter = BufferedReporter()
         self.verifier = SignatureVerifier(key_dir=settings.trusted_keys_dir)
         self.fetcher = BlobFetcher(settings.controller, lambda: self.link.metadata, chunk_bytes=settings.chunk_bytes)
         self.switcher = SlotSwitcher(
@@ -174,6 +191,15 @@ class EdgeAgent:
             wait_s=settings.sync_wait_s,
         )
         self.sender = EventSender(self.link, self.reporter)
+        self.telemetry = TelemetryPipeline(
+            data,
+            stub=lambda: self.link.device,
+            metadata=lambda: self.link.metadata,
+            config=lambda: self.config,
+            sensors=SensorReader(data_dir=data),
+        )
+        self.reporter.on_event = self.telemetry.record_event
+        self.runner.observer = self.telemetry.observe
         self._host = read_host_facts()
         self._queue: asyncio.Queue[UpdateEvent] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -343,6 +369,7 @@ class EdgeAgent:
                 "known_revision": self.sync.known_revision,
                 "fetch": vars(self.fetcher.counters),
                 "update": record.to_dict(),
+                "last_verdict": _verdict_status(self.reporter.last_verdict),
             },
         )
 
@@ -409,6 +436,7 @@ class EdgeAgent:
             log.info("agent.started", device_id=cred.device_id, site=cred.site, controller=self.settings.controller)
             tasks.append(asyncio.create_task(self.sync.run(), name="sync"))
             tasks.append(asyncio.create_task(self.sender.run(), name="events"))
+            tasks.append(asyncio.create_task(self.telemetry.run(), name="telemetry"))
             self.sender.wakeup.set()
             await self._stop.wait()
             log.info("agent.stopping")
@@ -423,3 +451,4 @@ class EdgeAgent:
             self.runner.stop()
             self.fetcher.close()
             await self.link.close()
+            self.telemetry.close()

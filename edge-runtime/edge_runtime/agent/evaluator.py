@@ -279,7 +279,7 @@ class CanaryEvaluator:
             outcome=str(verdict.outcome),
             frames=verdict.frames,
             summary=verdict.summary(),
-            event=type(event).__name__,
+            update_event=type(event).__name__,
         )
         self._post(event)
 

@@ -17,7 +17,7 @@ are single reference assignments, read once per frame like ``slot.current``.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -66,6 +66,8 @@ class FrameRunner:
         self._serving: InferenceEngine | None = None
         self._shadow: ShadowRun | None = None
         self._watch: WatchRun | None = None
+        # Telemetry: called with every served frame's outcome (edge_runtime.agent.telemetry_pipeline).
+        self.observer: Callable[[Frame, str, FrameResult | Exception], None] | None = None
 
     @property
     def shadowing(self) -> str | None:
@@ -158,6 +160,9 @@ class FrameRunner:
         except Exception as exc:
             served = exc
         self._count(frame, digest, served, out)
+        observer = self.observer
+        if observer is not None:
+            observer(frame, digest, served)
         if shadow is not None:
             if candidate is None:
                 candidate = shadow.run_candidate(frame)

@@ -489,8 +489,10 @@ def decide_watch(
     - inference errors or NaN outputs;
     - p95 over the budget. A throttling device may spend the thermal buffer — that is what it is for —
       so its budget is sla_ms × (1 − headroom); an unthrottled one gets the full canary budget;
-    - p95 / canary_baseline_p95 > max_p95_ratio (throttling is named in the reason, it does not excuse:
-      a bundle that heats the device into throttling is the bundle's regression);
+    - p95 / canary_baseline_p95 > max_p95_ratio AND p95 − canary_baseline_p95 ≥ min_effect_ms (the same
+      minimum effect size as the canary: sub-millisecond models jitter by more than 10% on a busy CPU;
+      throttling is named in the reason, it does not excuse: a bundle that heats the device into
+      throttling is the bundle's regression);
     - drift_psi > psi_max.
 
     Throttling alone, with latency in bounds, passes. A window with no frames is ``inconclusive``.
@@ -513,10 +515,15 @@ def decide_watch(
                 f"p95 latency {summary.p95_ms:.1f} ms exceeds budget {budget:.1f} ms "
                 f"({policy.budget_formula(throttled=throttling)}){note}"
             )
-        if latency.size and ratio > policy.max_p95_ratio:
+        if (
+            latency.size
+            and ratio > policy.max_p95_ratio
+            and summary.p95_ms - canary_baseline_p95 >= policy.min_effect_ms
+        ):
             reasons.append(
                 f"latency regression: p95 {summary.p95_ms:.1f} ms is {ratio:.2f}× the canary baseline "
-                f"{canary_baseline_p95:.1f} ms (limit {policy.max_p95_ratio:.2f}×){note}"
+                f"{canary_baseline_p95:.1f} ms (limit {policy.max_p95_ratio:.2f}× and "
+                f"+{policy.min_effect_ms:g} ms){note}"
             )
         if drift_psi is not None and drift_psi > policy.psi_max:
             reasons.append(f"confidence drift: PSI {drift_psi:.3f} > {policy.psi_max:g}")

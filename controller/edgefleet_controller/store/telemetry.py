@@ -1,0 +1,528 @@
+"""The telemetry tables: records stored exactly once by (device, epoch, seq), the contiguous mark, metric
+windows, telemetry events, review samples and confidence baselines; retention.
+
+``TelemetryStore`` sits next to ``Store`` on the same database and uses its write transactions
+(``Store.transaction``, ``BEGIN IMMEDIATE`` on SQLite). ``ingest_batch`` is ONE transaction: the new
+records, the pending ranges, the mark and the baseline commit together, so an acknowledged mark never
+runs ahead of what is stored and a crash between two batches loses nothing that was acknowledged. The
+unique ``(device_id, epoch, seq)`` constraints are the backstop of the duplicate check.
+
+Time is always passed in; this module never reads the clock.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from google.protobuf.json_format import MessageToDict
+from sqlalchemy.engine import Connection, Row
+
+from edgefleet.contract.sketch import sketch_from_proto
+from edgefleet.v1.telemetry_pb2 import DeviceEvent, MetricWindow, ReviewSample, SensorReading, TelemetryBatch
+from edgefleet_controller.store import schema as t
+from edgefleet_controller.store.errors import InvalidArgument, NotFound
+from edgefleet_controller.store.schema import canonical_json
+from edgefleet_controller.store.store import Store
+from edgefleet_controller.telemetry.drift import DEFAULT_BASELINE_WINDOWS, Baseline, baseline_step
+from edgefleet_controller.telemetry.ingest import advance, validate_batch
+from edgefleet_controller.telemetry.thermal import (
+    ThermalPoint,
+    ThrottleAssessment,
+    ThrottlePolicy,
+    assess_throttling,
+    thermal_point,
+)
+
+LABELS = frozenset({"tp", "fp"})
+
+
+def _ts(value: Any, fallback: datetime) -> datetime:
+    return value.ToDatetime(tzinfo=UTC) if value.seconds or value.nanos else fallback
+
+
+def sensors_to_json(sensors: Sequence[SensorReading]) -> str:
+    return canonical_json([MessageToDict(s, preserving_proto_field_name=True) for s in sensors])
+
+
+def sensors_from_json(text: str) -> list[SensorReading]:
+    out = []
+    for item in json.loads(text):
+        out.append(
+            SensorReading(
+                name=item.get("name", ""),
+                kind=item.get("kind", ""),
+                value=float(item.get("value", 0.0)),
+                missing=bool(item.get("missing", False)),
+                max_value=float(item.get("max_value", 0.0)),
+            )
+        )
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class IngestedWindow:
+    bundle_digest: str
+    window_start: datetime
+    throttling: ThrottleAssessment
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOutcome:
+    epoch: str
+    acked_through: int
+    stored: int
+    duplicates: int
+    site: str
+    windows: tuple[IngestedWindow, ...] = ()
+    baseline: Baseline | None = None
+    events: tuple[DeviceEvent, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class WindowRow:
+    device_id: str
+    site: str
+    bundle_digest: str
+    window_start: datetime
+    window_s: float
+    frames: int
+    errors: int
+    latency_e2e: bytes
+    latency_model: bytes
+    confidence: tuple[int, ...]
+    sensors_json: str
+    throttling: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewRow:
+    id: int
+    device_id: str
+    site: str
+    sample: ReviewSample
+    label: str
+    labeled_by: str
+
+
+def _baseline_of(row: Row[Any] | None) -> Baseline | None:
+    if row is None:
+        return None
+    return Baseline(
+        row.bundle_digest, int(row.windows), int(row.windows_needed), tuple(json.loads(row.counts_json)), row.started_at
+    )
+
+
+class TelemetryStore:
+    """Telemetry persistence over a ``Store``'s engine. Synchronous; call through ``asyncio.to_thread``."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        baseline_windows: int = DEFAULT_BASELINE_WINDOWS,
+        throttle_policy: ThrottlePolicy = ThrottlePolicy(),
+    ) -> None:
+        self.store = store
+        self.baseline_windows = baseline_windows
+        self.throttle_policy = throttle_policy
+
+    # ------------------------------------------------------------------ ingest
+
+    def ingest_batch(self, device_id: str, batch: TelemetryBatch, now: datetime) -> IngestOutcome:
+        """Store the batch's new records and advance the mark, in one transaction (module docstring)."""
+        validate_batch(batch)
+        epoch = batch.epoch
+        marks, pending_t = t.telemetry_marks, t.telemetry_pending
+        with self.store.transaction() as conn:
+            device = conn.execute(
+                sa.select(t.devices.c.site, t.devices.c.running_bundle).where(t.devices.c.id == device_id)
+            ).first()
+            if device is None:
+                raise NotFound("device", device_id, "the device must enroll again")
+            site, committed = str(device.site), device.running_bundle
+            mark_row = conn.execute(
+                sa.select(marks).where(marks.c.device_id == device_id, marks.c.epoch == epoch)
+            ).first()
+            mark = int(mark_row.acked_through) if mark_row is not None else 0
+            pending = [
+                (int(r.first_seq), int(r.last_seq))
+                for r in conn.execute(
+                    sa.select(pending_t.c.first_seq, pending_t.c.last_seq).where(
+                        pending_t.c.device_id == device_id, pending_t.c.epoch == epoch
+                    )
+                )
+            ]
+
+            def held(seq: int) -> bool:
+                return seq <= mark or any(a <= seq <= b for a, b in pending)
+
+            fresh = [r for r in batch.records if not held(r.seq)]
+            duplicates = len(batch.records) - len(fresh)
+            windows_rows: list[dict[str, Any]] = []
+            events_rows: list[dict[str, Any]] = []
+            review_rows: list[dict[str, Any]] = []
+            ingested: list[IngestedWindow] = []
+            events: list[DeviceEvent] = []
+            baseline = _baseline_of(
+                conn.execute(
+                    sa.select(t.telemetry_baselines).where(t.telemetry_baselines.c.device_id == device_id)
+                ).first()
+            )
+            baseline_before = baseline
+            recent: list[ThermalPoint] | None = None
+            for record in fresh:
+                kind = record.WhichOneof("body")
+                base = {"device_id": device_id, "epoch": epoch, "seq": record.seq, "received_at": now}
+                if kind == "metrics":
+                    if recent is None:
+                        recent = self._recent_points(conn, device_id)
+                    row, point, counts = self._window_row(record.metrics, base, site, now)
+                    recent.append(point)
+                    assessment = assess_throttling(recent, self.throttle_policy)
+                    row["throttling"] = assessment.throttling
+                    windows_rows.append(row)
+                    ingested.append(IngestedWindow(row["bundle_digest"], row["window_start"], assessment))
+                    baseline = baseline_step(
+                        baseline,
+                        window_bundle=row["bundle_digest"],
+                        committed_bundle=committed,
+                        counts=counts,
+                        window_start=row["window_start"],
+                        windows_needed=self.baseline_windows,
+                    )
+                elif kind == "event":
+                    ev = record.event
+                    payload = ev.SerializeToString()
+                    events.append(ev)
+                    events_rows.append(
+                        base
+                        | {
+                            "event_id": ev.event_id[:64],
+                            "kind": DeviceEvent.Kind.Name(ev.kind).removeprefix("KIND_").lower(),
+                            "bundle_digest": ev.bundle_digest[:71],
+                            "at": _ts(ev.at, now),
+                            "payload": payload,
+                            "size_bytes": len(payload),
+                        }
+                    )
+                else:
+                    rv = record.review
+                    review_rows.append(
+                        base
+                        | {
+                            "sample_id": (rv.sample_id or f"{device_id}/{epoch}/{record.seq}")[:64],
+                            "site": site,
+                            "bundle_digest": rv.bundle_digest[:71],
+                            "captured_at": _ts(rv.captured_at, now),
+                            "reason": rv.reason[:32],
+                            "top_confidence": float(rv.top_confidence),
+                            "jpeg": rv.jpeg,
+                            "results_json": rv.results_json,
+                            "label": None,
+                            "labeled_by": None,
+                            "labeled_at": None,
+                            "size_bytes": len(rv.jpeg) + len(rv.results_json) + 64,
+                        }
+                    )
+            if windows_rows:
+                conn.execute(t.telemetry_windows.insert(), windows_rows)
+            if events_rows:
+                conn.execute(t.telemetry_events.insert(), events_rows)
+            if review_rows:
+                conn.execute(t.review_samples.insert(), review_rows)
+            ranges = [*pending, *((r.seq, r.seq) for r in fresh), *((d.first, d.last) for d in batch.dropped)]
+            moved = advance(mark, ranges)
+            if list(moved.pending) != pending:
+                conn.execute(pending_t.delete().where(pending_t.c.device_id == device_id, pending_t.c.epoch == epoch))
+                if moved.pending:
+                    conn.execute(
+                        pending_t.insert(),
+                        [
+                            {"device_id": device_id, "epoch": epoch, "first_seq": a, "last_seq": b}
+                            for a, b in moved.pending
+                        ],
+                    )
+            declared = sum(d.last - d.first + 1 for d in batch.dropped)
+            if mark_row is None:
+                conn.execute(
+                    marks.insert().values(
+                        device_id=device_id,
+                        epoch=epoch,
+                        acked_through=moved.mark,
+                        records=len(fresh),
+                        duplicates=duplicates,
+                        declared_dropped=declared,
+                        updated_at=now,
+                    )
+                )
+            else:
+                conn.execute(
+                    marks.update()
+                    .where(marks.c.device_id == device_id, marks.c.epoch == epoch)
+                    .values(
+                        acked_through=moved.mark,
+                        records=marks.c.records + len(fresh),
+                        duplicates=marks.c.duplicates + duplicates,
+                        declared_dropped=marks.c.declared_dropped + declared,
+                        updated_at=now,
+                    )
+                )
+            if baseline is not None and baseline != baseline_before:
+                self._put_baseline(conn, device_id, baseline, replace=baseline_before is not None)
+        return IngestOutcome(epoch, moved.mark, len(fresh), duplicates, site, tuple(ingested), baseline, tuple(events))
+
+    def _window_row(
+        self, w: MetricWindow, base: dict[str, Any], site: str, now: datetime
+    ) -> tuple[dict[str, Any], ThermalPoint, list[int]]:
+        e2e = w.latency_e2e.SerializeToString()
+        p95 = sketch_from_proto(w.latency_e2e).get_quantile_value(0.95) if w.latency_e2e.count > 0 else None
+        counts = [int(c) for c in w.confidence.counts]
+        row = base | {
+            "site": site,
+            "bundle_digest": w.bundle_digest[:71],
+            "window_start": _ts(w.window_start, now),
+            "window_s": float(w.window_s),
+            "frames": int(w.frames),
+            "errors": int(w.errors),
+            "latency_e2e": e2e,
+            "latency_model": w.latency_model.SerializeToString(),
+            "p95_e2e_ms": float(p95) if p95 is not None else 0.0,
+            "confidence_json": canonical_json(counts),
+            "sensors_json": sensors_to_json(w.sensors),
+            "dropped_json": canonical_json(dict(w.dropped)),
+            "provider": w.provider[:64],
+        }
+        row["size_bytes"] = len(e2e) + len(row["latency_model"]) + len(row["sensors_json"]) + 200
+        return row, thermal_point(w.sensors, p95), counts
+
+    def _recent_points(self, conn: Connection, device_id: str) -> list[ThermalPoint]:
+        w = t.telemetry_windows
+        rows = conn.execute(
+            sa.select(w.c.sensors_json, w.c.p95_e2e_ms)
+            .where(w.c.device_id == device_id)
+            .order_by(w.c.window_start.desc())
+            .limit(self.throttle_policy.windows)
+        ).all()
+        return [thermal_point(sensors_from_json(r.sensors_json), r.p95_e2e_ms or None) for r in reversed(rows)]
+
+    def _put_baseline(self, conn: Connection, device_id: str, b: Baseline, *, replace: bool) -> None:
+        values = {
+            "bundle_digest": b.bundle_digest,
+            "windows": b.windows,
+            "windows_needed": b.windows_needed,
+            "counts_json": canonical_json(list(b.counts)),
+            "started_at": b.started_at,
+        }
+        tb = t.telemetry_baselines
+        if replace:
+            conn.execute(tb.update().where(tb.c.device_id == device_id).values(**values))
+        else:
+            conn.execute(tb.insert().values(device_id=device_id, **values))
+
+    # ------------------------------------------------------------------ reads
+
+    def mark(self, device_id: str, epoch: str) -> int:
+        m = t.telemetry_marks
+        with self.store.engine.connect() as conn:
+            value = conn.execute(
+                sa.select(m.c.acked_through).where(m.c.device_id == device_id, m.c.epoch == epoch)
+            ).scalar()
+        return int(value or 0)
+
+    def windows(
+        self,
+        *,
+        since: datetime | None,
+        until: datetime | None,
+        site: str | None = None,
+        device_id: str | None = None,
+        bundle: str | None = None,
+    ) -> list[WindowRow]:
+        w = t.telemetry_windows
+        query = sa.select(
+            w.c.device_id,
+            w.c.site,
+            w.c.bundle_digest,
+            w.c.window_start,
+            w.c.window_s,
+            w.c.frames,
+            w.c.errors,
+            w.c.latency_e2e,
+            w.c.latency_model,
+            w.c.confidence_json,
+            w.c.sensors_json,
+            w.c.throttling,
+        ).order_by(w.c.window_start)
+        if since is not None:
+            query = query.where(w.c.window_start >= since)
+        if until is not None:
+            query = query.where(w.c.window_start < until)
+        if site:
+            query = query.where(w.c.site == site)
+        if device_id:
+            query = query.where(w.c.device_id == device_id)
+        if bundle:
+            query = query.where(w.c.bundle_digest == bundle)
+        with self.store.engine.connect() as conn:
+            return [
+                WindowRow(
+                    r.device_id,
+                    r.site,
+                    r.bundle_digest,
+                    r.window_start,
+                    float(r.window_s),
+                    int(r.frames),
+                    int(r.errors),
+                    bytes(r.latency_e2e),
+                    bytes(r.latency_model),
+                    tuple(json.loads(r.confidence_json)),
+                    r.sensors_json,
+                    bool(r.throttling),
+                )
+                for r in conn.execute(query)
+            ]
+
+    def recent_confidence(self, device_id: str, bundle: str, limit: int) -> list[tuple[int, ...]]:
+        """Confidence histograms of the device's newest ``limit`` windows of ``bundle``."""
+        w = t.telemetry_windows
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(w.c.confidence_json)
+                .where(w.c.device_id == device_id, w.c.bundle_digest == bundle)
+                .order_by(w.c.window_start.desc())
+                .limit(limit)
+            ).scalars()
+            return [tuple(json.loads(r)) for r in rows]
+
+    def baselines(self) -> dict[str, Baseline]:
+        with self.store.engine.connect() as conn:
+            out: dict[str, Baseline] = {}
+            for row in conn.execute(sa.select(t.telemetry_baselines)):
+                b = _baseline_of(row)
+                if b is not None:
+                    out[str(row.device_id)] = b
+            return out
+
+    def resolve_device(self, ref: str) -> str:
+        d = t.devices
+        with self.store.engine.connect() as conn:
+            found = conn.execute(sa.select(d.c.id).where(sa.or_(d.c.id == ref, d.c.name == ref))).scalars().all()
+        if not found:
+            raise NotFound("device", ref, "list devices with 'fleetctl devices'")
+        return str(found[0])
+
+    def device_sites(self) -> dict[str, str]:
+        d = t.devices
+        with self.store.engine.connect() as conn:
+            return {str(r.id): str(r.site) for r in conn.execute(sa.select(d.c.id, d.c.site))}
+
+    # ------------------------------------------------------------------ review queue
+
+    def list_reviews(
+        self, *, site: str | None, bundle: str | None, label: str | None, limit: int, include_jpeg: bool
+    ) -> list[ReviewRow]:
+        rv = t.review_samples
+        query = sa.select(rv).order_by(rv.c.captured_at.desc(), rv.c.id.desc()).limit(limit)
+        if site:
+            query = query.where(rv.c.site == site)
+        if bundle:
+            query = query.where(rv.c.bundle_digest == bundle)
+        if label == "unlabeled":
+            query = query.where(rv.c.label.is_(None))
+        elif label:
+            if label not in LABELS:
+                raise InvalidArgument(f"review label filter must be 'unlabeled', 'tp' or 'fp', got {label!r}")
+            query = query.where(rv.c.label == label)
+        with self.store.engine.connect() as conn:
+            return [self._review_row(r, include_jpeg) for r in conn.execute(query)]
+
+    @staticmethod
+    def _review_row(r: Row[Any], include_jpeg: bool) -> ReviewRow:
+        sample = ReviewSample(
+            sample_id=r.sample_id,
+            bundle_digest=r.bundle_digest,
+            reason=r.reason,
+            top_confidence=r.top_confidence,
+            jpeg=bytes(r.jpeg) if include_jpeg else b"",
+            results_json=r.results_json,
+        )
+        sample.captured_at.FromDatetime(r.captured_at)
+        return ReviewRow(int(r.id), r.device_id, r.site, sample, r.label or "", r.labeled_by or "")
+
+    def fp_rates(self, *, site: str | None, bundle: str | None) -> dict[str, float]:
+        """False-positive rate among labelled samples, per ``"site/bundle"``."""
+        rv = t.review_samples
+        query = (
+            sa.select(rv.c.site, rv.c.bundle_digest, rv.c.label, sa.func.count())
+            .where(rv.c.label.is_not(None))
+            .group_by(rv.c.site, rv.c.bundle_digest, rv.c.label)
+        )
+        if site:
+            query = query.where(rv.c.site == site)
+        if bundle:
+            query = query.where(rv.c.bundle_digest == bundle)
+        totals: dict[str, list[int]] = {}
+        with self.store.engine.connect() as conn:
+            for s, b, label, n in conn.execute(query):
+                entry = totals.setdefault(f"{s}/{b}", [0, 0])
+                entry[1] += int(n)
+                if label == "fp":
+                    entry[0] += int(n)
+        return {key: fp / total for key, (fp, total) in totals.items() if total}
+
+    def label_review(self, sample_id: str, label: str, labeled_by: str, now: datetime) -> ReviewRow:
+        if label not in LABELS:
+            raise InvalidArgument(f"review label must be 'tp' or 'fp', got {label!r}")
+        rv = t.review_samples
+        with self.store.transaction() as conn:
+            rows = conn.execute(sa.select(rv.c.id).where(rv.c.sample_id == sample_id)).scalars().all()
+            if not rows:
+                raise NotFound("review sample", sample_id, "list samples with 'fleetctl review list'")
+            if len(rows) > 1:
+                raise InvalidArgument(
+                    f"review sample id {sample_id!r} is ambiguous ({len(rows)} samples from different devices)"
+                )
+            conn.execute(
+                rv.update().where(rv.c.id == rows[0]).values(label=label, labeled_by=labeled_by, labeled_at=now)
+            )
+            row = conn.execute(sa.select(rv).where(rv.c.id == rows[0])).one()
+        return self._review_row(row, False)
+
+    # ------------------------------------------------------------------ retention
+
+    def enforce_retention(self, *, older_than: datetime, max_bytes: int) -> dict[str, int]:
+        """Delete telemetry older than ``older_than``, then the oldest windows, reviews and events (in that
+        order) while the stored bytes exceed ``max_bytes``. Marks and baselines are kept."""
+        tables = (
+            (t.telemetry_windows, t.telemetry_windows.c.window_start),
+            (t.review_samples, t.review_samples.c.captured_at),
+            (t.telemetry_events, t.telemetry_events.c.at),
+        )
+        deleted: dict[str, int] = {}
+        with self.store.transaction() as conn:
+            for table, when in tables:
+                result = conn.execute(table.delete().where(when < older_than))
+                deleted[table.name] = int(result.rowcount or 0)
+            total = sum(
+                int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(tb.c.size_bytes), 0))).scalar() or 0)
+                for tb, _ in tables
+            )
+            for table, _ in tables:
+                while total > max_bytes:
+                    rows = conn.execute(sa.select(table.c.id, table.c.size_bytes).order_by(table.c.id).limit(500)).all()
+                    if not rows:
+                        break
+                    cut: list[int] = []
+                    for r in rows:
+                        cut.append(int(r.id))
+                        total -= int(r.size_bytes)
+                        if total <= max_bytes:
+                            break
+                    conn.execute(table.delete().where(table.c.id.in_(cut)))
+                    deleted[table.name] += len(cut)
+        return deleted

@@ -1,0 +1,97 @@
+"""Telemetry batch validation and the contiguous high-water mark. Pure: no I/O, no clock.
+
+The device numbers records per buffer epoch; the controller acknowledges the highest sequence number ``m``
+such that every seq ``<= m`` is durably stored or was declared dropped by the device. Batches need not be
+contiguous (after a reconnect the device sends events first, ahead of older metrics), so what is stored
+above the mark is kept as ranges (``pending``) until the mark passes them:
+
+- a record whose seq is ``<= mark`` or inside a pending range is a duplicate (re-sent after a lost ack)
+  and is dropped;
+- ``advance(mark, ranges)`` merges ranges and moves the mark through every range that touches it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from edgefleet.v1.telemetry_pb2 import TelemetryBatch
+
+MAX_EPOCH_LEN = 64
+MAX_BATCH_RECORDS = 10_000
+
+Range = tuple[int, int]
+
+
+class BatchError(ValueError):
+    """A batch that breaks the upload protocol; the message names the field and value."""
+
+
+def validate_batch(batch: TelemetryBatch) -> None:
+    """Check epoch, bounds, ordering and declared ranges; raises ``BatchError`` with what to fix."""
+    if not batch.epoch or len(batch.epoch) > MAX_EPOCH_LEN:
+        raise BatchError(
+            f"TelemetryBatch: field 'epoch' must be 1..{MAX_EPOCH_LEN} characters, got {batch.epoch!r}; "
+            "send the buffer's store epoch"
+        )
+    if not batch.records and not batch.dropped:
+        raise BatchError("TelemetryBatch: a batch needs at least one record or dropped range, got none")
+    if len(batch.records) > MAX_BATCH_RECORDS:
+        raise BatchError(
+            f"TelemetryBatch: at most {MAX_BATCH_RECORDS} records per batch, got {len(batch.records)}; split it"
+        )
+    first, last = batch.first_seq, batch.last_seq
+    if first < 1 or last < first:
+        raise BatchError(f"TelemetryBatch: need 1 <= first_seq <= last_seq, got first_seq={first}, last_seq={last}")
+    previous = 0
+    for i, record in enumerate(batch.records):
+        seq = record.seq
+        if not first <= seq <= last:
+            raise BatchError(f"TelemetryBatch: records[{i}].seq={seq} is outside first_seq..last_seq = {first}..{last}")
+        if seq <= previous:
+            raise BatchError(
+                f"TelemetryBatch: records must be in strictly ascending seq order, got {seq} after {previous} "
+                f"at records[{i}]"
+            )
+        if record.WhichOneof("body") is None:
+            raise BatchError(f"TelemetryBatch: records[{i}] (seq {seq}) has no body (metrics, event or review)")
+        previous = seq
+    for i, r in enumerate(batch.dropped):
+        if r.first > r.last or r.first < first or r.last > last:
+            raise BatchError(
+                f"TelemetryBatch: dropped[{i}] = {r.first}..{r.last} must be ordered and within "
+                f"first_seq..last_seq = {first}..{last}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class MarkAdvance:
+    mark: int
+    pending: tuple[Range, ...]
+
+
+def merge_ranges(ranges: Iterable[Range]) -> list[Range]:
+    """Sorted, merged ranges (adjacent ranges join)."""
+    out: list[Range] = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1] + 1:
+            if b > out[-1][1]:
+                out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
+
+
+def advance(mark: int, ranges: Iterable[Range]) -> MarkAdvance:
+    """Move ``mark`` through every range touching it; ranges still above it stay pending."""
+    pending: list[Range] = []
+    for a, b in merge_ranges(r for r in ranges if r[1] > mark):
+        if not pending and a <= mark + 1:
+            mark = max(mark, b)
+        else:
+            pending.append((max(a, mark + 1), b))
+    return MarkAdvance(mark, tuple(pending))
+
+
+def is_duplicate(seq: int, mark: int, pending: Iterable[Range]) -> bool:
+    return seq <= mark or any(a <= seq <= b for a, b in pending)

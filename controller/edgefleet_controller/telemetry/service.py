@@ -1,0 +1,260 @@
+"""``TelemetryService``: the shell the servicers call for UploadTelemetry, QueryTelemetry and the review
+queue, plus the periodic retention and site-drift task.
+
+Store calls run in worker threads (``asyncio.to_thread``). Alerts (drift per device and per site,
+thermal throttling per device) are raised on the transition into the bad state, remembered in memory (a
+restart may raise a standing alert once more), stored as ``alert`` device events (per device) and
+published on the fleet feed as ``KIND_ALERT`` events.
+
+Wiring (``ControllerApp``)::
+
+    self.telemetry = TelemetryService(self.store, self.clock, self.feed)
+    # start():  self.telemetry.start()          stop():  await self.telemetry.stop()
+    # ingest_telemetry(device_id, batches):  async for ack in self.telemetry.ingest(device_id, batches): yield ack
+    # FleetService: query(request), list_review(request), label(request, labeled_by=principal name)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import structlog
+
+from edgefleet.v1 import fleet_pb2, telemetry_pb2
+from edgefleet_controller.fleet_feed import FleetFeed
+from edgefleet_controller.store import EventInput, Store
+from edgefleet_controller.store.telemetry import IngestOutcome, TelemetryStore
+from edgefleet_controller.telemetry.drift import (
+    DEFAULT_BASELINE_WINDOWS,
+    DEFAULT_MIN_FRAMES,
+    DEFAULT_PSI_BOUND,
+    DriftFinding,
+    add_counts,
+    evaluate_drift,
+)
+from edgefleet_controller.telemetry.query import QueryPolicy, summarise
+from edgefleet_controller.telemetry.review import check_request, listing
+from edgefleet_controller.telemetry.thermal import ThrottlePolicy
+
+log = structlog.get_logger("edgefleet.controller.telemetry")
+
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetrySettings:
+    retention: timedelta = timedelta(days=30)
+    max_bytes: int = 10 << 30
+    retention_interval_s: float = 300.0
+    psi_bound: float = DEFAULT_PSI_BOUND
+    min_frames: int = DEFAULT_MIN_FRAMES
+    baseline_windows: int = DEFAULT_BASELINE_WINDOWS
+    #: Newest windows of a device compared with its baseline after each upload.
+    drift_windows: int = 6
+    #: Site drift looks at windows this recent.
+    site_drift_lookback: timedelta = timedelta(minutes=10)
+    throttle: ThrottlePolicy = field(default_factory=ThrottlePolicy)
+
+
+class TelemetryService:
+    def __init__(
+        self, store: Store, clock: Clock, feed: FleetFeed, settings: TelemetrySettings = TelemetrySettings()
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.feed = feed
+        self.settings = settings
+        self.tstore = TelemetryStore(
+            store, baseline_windows=settings.baseline_windows, throttle_policy=settings.throttle
+        )
+        self._alerting: set[tuple[str, str, str]] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._periodic(), name="telemetry-retention")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _periodic(self) -> None:
+        while True:
+            try:
+                await self.run_retention()
+                await self.evaluate_site_drift()
+            except Exception as exc:  # the task must outlive one failed pass; the next pass retries
+                log.exception("telemetry.periodic_failed", error=str(exc))
+            await asyncio.sleep(self.settings.retention_interval_s)
+
+    async def run_retention(self) -> dict[str, int]:
+        now = self.clock()
+        deleted = await asyncio.to_thread(
+            lambda: self.tstore.enforce_retention(
+                older_than=now - self.settings.retention, max_bytes=self.settings.max_bytes
+            )
+        )
+        if any(deleted.values()):
+            log.info("telemetry.retention_deleted", **deleted)
+        return deleted
+
+    # ------------------------------------------------------------------ ingest
+
+    async def ingest(
+        self, device_id: str, batches: AsyncIterator[telemetry_pb2.TelemetryBatch]
+    ) -> AsyncIterator[telemetry_pb2.TelemetryAck]:
+        """Store each batch (one transaction each) and acknowledge the contiguous mark after the commit."""
+        async for batch in batches:
+            outcome = await asyncio.to_thread(self.tstore.ingest_batch, device_id, batch, self.clock())
+            if outcome.duplicates:
+                log.debug("telemetry.duplicates_dropped", device_id=device_id, duplicates=outcome.duplicates)
+            yield telemetry_pb2.TelemetryAck(
+                epoch=outcome.epoch, acked_through=outcome.acked_through, duplicates=outcome.duplicates
+            )
+            if outcome.windows:
+                try:
+                    await self._after_windows(device_id, outcome)
+                except Exception as exc:  # alerts must never break the upload stream
+                    log.exception("telemetry.alert_failed", device_id=device_id, error=str(exc))
+
+    async def _after_windows(self, device_id: str, outcome: IngestOutcome) -> None:
+        latest = outcome.windows[-1]
+        t = latest.throttling
+        await self._transition(
+            device_id,
+            outcome.site,
+            "throttling",
+            t.throttling,
+            reason="thermal throttling: clock below maximum with rising temperature and latency",
+            numbers=t.numbers(),
+            bundle=latest.bundle_digest,
+        )
+        b = outcome.baseline
+        if b is None or not b.complete:
+            return
+        recent = await asyncio.to_thread(
+            self.tstore.recent_confidence, device_id, b.bundle_digest, self.settings.drift_windows
+        )
+        finding = evaluate_drift(
+            "device",
+            device_id,
+            b.counts,
+            add_counts(recent),
+            bound=self.settings.psi_bound,
+            min_frames=self.settings.min_frames,
+        )
+        await self._drift_transition(device_id, outcome.site, finding, b.bundle_digest)
+
+    async def _drift_transition(self, device_id: str, site: str, f: DriftFinding, bundle: str) -> None:
+        await self._transition(
+            device_id,
+            site,
+            f"drift:{f.scope}",
+            f.above,
+            reason=f"confidence drift: PSI {f.psi:.3f} above bound {f.bound:g} ({f.scope} {f.key})",
+            numbers={"psi": f.psi, "bound": f.bound, "frames": float(f.frames)},
+            bundle=bundle,
+        )
+
+    async def _transition(
+        self,
+        device_id: str,
+        site: str,
+        what: str,
+        bad: bool,
+        *,
+        reason: str,
+        numbers: dict[str, float],
+        bundle: str,
+    ) -> None:
+        key = (what, site, device_id)
+        if not bad:
+            self._alerting.discard(key)
+            return
+        if key in self._alerting:
+            return
+        self._alerting.add(key)
+        now = self.clock()
+        event = telemetry_pb2.DeviceEvent(
+            event_id=str(uuid.uuid4()),
+            kind=telemetry_pb2.DeviceEvent.KIND_ALERT,
+            bundle_digest=bundle,
+            reason=reason,
+            numbers={k: v for k, v in numbers.items() if math.isfinite(v)},
+        )
+        event.at.FromDatetime(now)
+        log.warning("telemetry.alert", alert=what, device_id=device_id or None, site=site, reason=reason)
+        if device_id:
+            payload = {"alert": what, "reason": reason, "numbers": dict(event.numbers), "bundle_digest": bundle}
+            await asyncio.to_thread(self.store.record_events, device_id, [EventInput("alert", payload, now)], now)
+        self.feed.publish_event(device_id, event, site)
+
+    async def evaluate_site_drift(self) -> list[DriftFinding]:
+        """PSI per site over recent windows against the sum of its devices' baselines; alerts on entry."""
+        now = self.clock()
+        rows = await asyncio.to_thread(
+            lambda: self.tstore.windows(since=now - self.settings.site_drift_lookback, until=None)
+        )
+        baselines = await asyncio.to_thread(self.tstore.baselines)
+        summary = summarise(rows, "site", baselines, QueryPolicy(self.settings.psi_bound, self.settings.min_frames))
+        findings = []
+        for row in summary.rows:
+            f = DriftFinding("site", row.key, row.drift_psi, self.settings.psi_bound, int(row.frames))
+            findings.append(f)
+            await self._drift_transition("", row.key, f, "")
+        return findings
+
+    # ------------------------------------------------------------------ queries
+
+    async def query(self, request: fleet_pb2.QueryTelemetryRequest) -> fleet_pb2.QueryTelemetryResponse:
+        since = request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None
+        until = request.until.ToDatetime(tzinfo=UTC) if request.HasField("until") else None
+        device_id = await asyncio.to_thread(self.tstore.resolve_device, request.device) if request.device else None
+        rows = await asyncio.to_thread(
+            lambda: self.tstore.windows(
+                since=since, until=until, site=request.site or None, device_id=device_id, bundle=request.bundle or None
+            )
+        )
+        baselines = await asyncio.to_thread(self.tstore.baselines)
+        policy = QueryPolicy(self.settings.psi_bound, self.settings.min_frames)
+        return summarise(rows, request.group_by or "device", baselines, policy)
+
+    async def list_review(self, request: fleet_pb2.ListReviewSamplesRequest) -> fleet_pb2.ListReviewSamplesResponse:
+        limit = check_request(request)
+        rows = await asyncio.to_thread(
+            lambda: self.tstore.list_reviews(
+                site=request.site or None,
+                bundle=request.bundle or None,
+                label=request.label or None,
+                limit=limit,
+                include_jpeg=request.include_jpeg,
+            )
+        )
+        rates = await asyncio.to_thread(
+            lambda: self.tstore.fp_rates(site=request.site or None, bundle=request.bundle or None)
+        )
+        return listing(rows, rates)
+
+    async def label(self, request: fleet_pb2.LabelReviewSampleRequest, labeled_by: str) -> fleet_pb2.ReviewSampleInfo:
+        row = await asyncio.to_thread(
+            self.tstore.label_review, request.sample_id, request.label, labeled_by, self.clock()
+        )
+        return fleet_pb2.ReviewSampleInfo(
+            sample_id=row.sample.sample_id,
+            device_id=row.device_id,
+            site=row.site,
+            sample=row.sample,
+            label=row.label,
+            labeled_by=row.labeled_by,
+        )

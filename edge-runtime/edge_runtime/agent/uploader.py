@@ -1,0 +1,300 @@
+"""The telemetry uploader: streams the durable buffer to ``DeviceService.UploadTelemetry`` and forgets only
+what the controller acknowledged.
+
+How one stream runs:
+
+- gzip call compression; batches bounded in records (``batch_max_records``) and bytes
+  (``batch_max_bytes``); at most ``max_in_flight`` batches un-acknowledged on the wire (acks come back in
+  order, one per batch); an ack deletes the records up to its contiguous mark, nothing else.
+- The first batch of every stream is ``peek_batch(events_first=True)``: after an outage, verdicts and
+  rollbacks travel before hours of metrics. Later batches take the held records not yet sent on this
+  stream, in seq order. Each batch declares the seqs the buffer dropped (absent above the acked mark)
+  up to its last record, so the controller's mark can pass them.
+- Live records wait up to ``batch_max_delay_s`` to share a batch. A FULL batch means a backlog: those are
+  paced at ``backlog_rate_per_s`` batches per second so a device coming back after hours neither floods
+  its uplink nor steals the CPU from inference.
+- Records sent but not acknowledged when a stream dies are sent again on the next stream; the
+  controller drops the duplicates (at-least-once on the wire, exactly-once in its store).
+- Reconnects back off with tenacity's full-jitter exponential wait (capped by ``reconnect_max_s``); a
+  stream that made progress (an ack) resets the backoff. A stream whose in-flight window stays full with
+  no ack for ``ack_timeout_s`` is abandoned and reopened (a blackholed link).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import structlog
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
+
+from edge_runtime.telemetry.buffer import BufferedRecord, TelemetryBuffer
+from edgefleet.v1.telemetry_pb2 import SeqRange, TelemetryBatch, TelemetryRecord
+
+log = structlog.get_logger(__name__)
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UploadSettings:
+    batch_max_records: int = 500
+    batch_max_bytes: int = 1 << 20
+    batch_max_delay_s: float = 1.0
+    max_in_flight: int = 4
+    backlog_rate_per_s: float = 5.0
+    reconnect_max_s: float = 30.0
+    ack_timeout_s: float = 30.0
+
+    @classmethod
+    def from_config(cls, telemetry: Mapping[str, Any] | None) -> UploadSettings:
+        """Settings from the effective config's ``telemetry`` section (absent keys keep the defaults)."""
+        t = dict(telemetry or {})
+        d = cls()
+        return cls(
+            batch_max_records=int(t.get("batch_max_records") or d.batch_max_records),
+            batch_max_bytes=int(t.get("batch_max_bytes") or d.batch_max_bytes),
+            batch_max_delay_s=float(t.get("batch_max_delay_s") or d.batch_max_delay_s),
+            max_in_flight=int(t.get("max_in_flight") or d.max_in_flight),
+            backlog_rate_per_s=float(t.get("backlog_rate_per_s") or d.backlog_rate_per_s),
+        )
+
+
+class _StreamEnded(Exception):
+    """The stream failed; ``progressed`` when at least one ack came back on it."""
+
+    def __init__(self, cause: BaseException, progressed: bool) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+        self.progressed = progressed
+
+
+def declared_gaps(held: list[int], acked: int, upto: int) -> list[tuple[int, int]]:
+    """Seqs in ``(acked, upto]`` the buffer no longer holds: the policy dropped them (only acks and drops
+    delete, and acks are contiguous). ``held`` ascending."""
+    gaps: list[tuple[int, int]] = []
+    expect = acked + 1
+    for seq in held:
+        if seq <= acked:
+            continue
+        if seq > upto:
+            break
+        if seq > expect:
+            gaps.append((expect, seq - 1))
+        expect = seq + 1
+    if expect <= upto:
+        gaps.append((expect, upto))
+    return gaps
+
+
+def _check_reader(reader: asyncio.Task[None]) -> None:
+    """Raise ``ConnectionError`` once the ack reader has stopped, however it stopped.
+
+    gRPC may end a reset call's ``read()`` with ``CancelledError``; left alone, that BaseException would
+    escape the retry loop and silently end the uploader."""
+    if not reader.done():
+        return
+    if reader.cancelled():
+        raise ConnectionError("telemetry ack reader was cancelled (stream reset)")
+    exc = reader.exception()
+    raise ConnectionError(f"telemetry ack stream ended: {exc!r}") from exc
+
+
+class TelemetryUploader:
+    """Drains ``buffer`` to the controller until cancelled. ``notify()`` (any thread) says records were
+    appended. ``stub()`` returns an asyncio ``DeviceServiceStub`` (typed ``Any``: the generated stubs are
+    typed for the synchronous API)."""
+
+    def __init__(
+        self,
+        buffer: TelemetryBuffer,
+        stub: Callable[[], Any],
+        metadata: Callable[[], Metadata],
+        settings: Callable[[], UploadSettings] = UploadSettings,
+    ) -> None:
+        self.buffer = buffer
+        self._stub = stub
+        self._metadata = metadata
+        self._settings = settings
+        self._wakeup = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.streams = 0
+        self.batches_sent = 0
+        self.acks = 0
+        self.bytes_sent = 0
+        self._next_backlog_slot = 0.0
+
+    def notify(self) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        # The loop may have closed while a frame thread appended; then there is nothing left to wake.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._wakeup.set)
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        while True:
+            settings = self._settings()
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(_StreamEnded),
+                wait=wait_random_exponential(multiplier=0.2, max=settings.reconnect_max_s),
+                reraise=True,
+            ):
+                with attempt:
+                    try:
+                        await self._stream_once()
+                    except _StreamEnded as ended:
+                        log.info(
+                            "telemetry.upload_stream_ended", error=str(ended.cause)[:200], progressed=ended.progressed
+                        )
+                        if not ended.progressed:
+                            raise
+            # A stream that made progress reconnects at once (plus jitter), with a fresh backoff.
+            await asyncio.sleep(random.uniform(0.0, 0.2))
+
+    # ------------------------------------------------------------------ one stream
+
+    async def _stream_once(self) -> None:
+        settings = self._settings()
+        self.streams += 1
+        call = self._stub().UploadTelemetry(metadata=self._metadata(), compression=grpc.Compression.Gzip)
+        in_flight: deque[int] = deque()
+        slots = asyncio.Semaphore(settings.max_in_flight)
+        progressed = [False]
+        last_ack = [time.monotonic()]
+
+        async def read_acks() -> None:
+            while True:
+                ack = await call.read()
+                if ack is grpc.aio.EOF:
+                    raise ConnectionError("controller closed the telemetry stream")
+                if in_flight:
+                    in_flight.popleft()
+                    slots.release()
+                await asyncio.to_thread(self.buffer.ack, ack.epoch, ack.acked_through)
+                self.acks += 1
+                progressed[0] = True
+                last_ack[0] = time.monotonic()
+
+        reader = asyncio.create_task(read_acks(), name="telemetry-acks")
+        try:
+            sent: set[int] = set()
+            declared_through = [0]
+            first = True
+            while True:
+                await self._acquire(slots, reader, last_ack, settings)
+                batch = await asyncio.to_thread(self._next_batch, sent, declared_through, first, settings)
+                if batch is None:
+                    slots.release()
+                    await self._wait_for_records(reader)
+                    await self._coalesce(reader, settings)
+                    continue
+                first = False
+                if len(batch.records) >= settings.batch_max_records:
+                    await self._pace_backlog(settings)
+                in_flight.append(batch.last_seq)
+                await call.write(batch)
+                self.batches_sent += 1
+                self.bytes_sent += batch.ByteSize()
+                _check_reader(reader)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the uploader itself is being stopped
+            # gRPC cancelled the call under us (a reset): a stream failure like any other
+            raise _StreamEnded(exc, progressed[0]) from exc
+        except Exception as exc:  # whatever broke the stream, the buffer still holds every unacked record
+            raise _StreamEnded(exc, progressed[0]) from exc
+        finally:
+            reader.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+            call.cancel()
+
+    async def _acquire(
+        self, slots: asyncio.Semaphore, reader: asyncio.Task[None], last_ack: list[float], settings: UploadSettings
+    ) -> None:
+        while True:
+            _check_reader(reader)
+            try:
+                await asyncio.wait_for(slots.acquire(), timeout=1.0)
+                return
+            except TimeoutError as exc:
+                if time.monotonic() - last_ack[0] > settings.ack_timeout_s:
+                    raise ConnectionError(
+                        f"no telemetry ack for {settings.ack_timeout_s:g} s with batches in flight"
+                    ) from exc
+
+    async def _wait_for_records(self, reader: asyncio.Task[None]) -> None:
+        self._wakeup.clear()
+        waiter = asyncio.create_task(self._wakeup.wait())
+        try:
+            done, _ = await asyncio.wait({waiter, reader}, timeout=5.0, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if reader in done:
+            _check_reader(reader)
+
+    async def _coalesce(self, reader: asyncio.Task[None], settings: UploadSettings) -> None:
+        # Live records wait a little so a window, its events and samples share one batch.
+        await asyncio.wait({reader}, timeout=min(settings.batch_max_delay_s, 5.0))
+        _check_reader(reader)
+
+    async def _pace_backlog(self, settings: UploadSettings) -> None:
+        interval = 1.0 / settings.backlog_rate_per_s
+        now = time.monotonic()
+        slot = max(now, self._next_backlog_slot)
+        self._next_backlog_slot = slot + interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+    def _next_batch(
+        self, sent: set[int], declared_through: list[int], first: bool, settings: UploadSettings
+    ) -> TelemetryBatch | None:
+        buffer = self.buffer
+        if first:
+            peeked = buffer.peek_batch(settings.batch_max_records, settings.batch_max_bytes, events_first=True)
+            if peeked.empty:
+                return None
+            sent.update(r.seq for r in peeked.records)
+            declared_through[0] = max(declared_through[0], peeked.last_seq)
+            return peeked.to_proto()
+        # next_seq first: a record appended after it is simply not covered, whereas reading it after
+        # ``seqs()`` would declare a record appended in between as dropped.
+        tail = buffer.next_seq - 1
+        held = [s for s in buffer.seqs() if s <= tail]
+        acked = buffer.acked_through
+        todo = [s for s in held if s > acked and s not in sent][: settings.batch_max_records]
+        chosen: list[BufferedRecord] = []
+        budget = settings.batch_max_bytes
+        for record in buffer.records(todo):
+            if chosen and len(record.payload) > budget:
+                break
+            chosen.append(record)
+            budget -= len(record.payload)
+        more_after = bool(chosen) and any(s > chosen[-1].seq for s in held)
+        upto = chosen[-1].seq if chosen and more_after else tail
+        gaps = [g for g in declared_gaps(held, acked, upto) if g[1] > declared_through[0]] if upto > acked else []
+        if not chosen and not gaps:
+            return None
+        records = [TelemetryRecord.FromString(r.payload) for r in chosen]
+        seqs = [r.seq for r in chosen]
+        first_seq = min([*seqs, *(g[0] for g in gaps)])
+        last_seq = max([*seqs, *(g[1] for g in gaps)])
+        sent.update(seqs)
+        declared_through[0] = max(declared_through[0], max((g[1] for g in gaps), default=0))
+        return TelemetryBatch(
+            epoch=buffer.epoch,
+            first_seq=first_seq,
+            last_seq=last_seq,
+            records=records,
+            dropped=[SeqRange(first=a, last=b) for a, b in gaps],
+        )
