@@ -310,7 +310,7 @@ async def _bench(quick: bool, work: Path) -> list[dict[str, Any]]:
 
     rows: list[dict[str, Any]] = []
     key = generate_keypair("bench-publisher")
-    blob_mb = 16 if quick else 64
+    blob_mb = int(os.environ.get("BENCH_BLOB_MB", 16 if quick else 64))
     big = os.urandom(blob_mb << 20)
     archive = publish_bundle(work, key, extra={"engine.plan": big})
     del big

@@ -18,6 +18,7 @@ from fleetctl.bundle_cmds import bundle_app
 from fleetctl.keys_cmds import keys_app
 from fleetctl.rollout_cmds import rollout_app
 from fleetctl.settings import OPTIONS
+from fleetctl.telemetry_cmds import review_app, telemetry_app
 
 app = typer.Typer(name="fleetctl", help="Operate an edgefleet: bundles, keys, fleets.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -28,6 +29,8 @@ app.add_typer(fleet_cmds.token_app, name="token")
 app.add_typer(fleet_cmds.devices_app, name="devices")
 app.add_typer(fleet_cmds.config_app, name="config")
 app.add_typer(rollout_app, name="rollout")
+app.add_typer(telemetry_app, name="telemetry")
+app.add_typer(review_app, name="review")
 app.command("apply")(fleet_cmds.apply)
 app.command("budget")(budget)
 bundle_app.command("push")(fleet_cmds.push)

@@ -106,11 +106,23 @@ def make_bundle(
     padding_bytes: int = 0,
     name: str = "classifier",
     watch_golden: bool = True,
+    logit_shift: float = 0.0,
+    extra_matmuls: int = 0,
 ) -> SignedBundle:
     """Generate a classifier (size×size), build, sign and pack a bundle; ``padding_bytes`` adds a random
-    ``padding`` artifact to make downloads as large as a test needs."""
+    ``padding`` artifact to make downloads as large as a test needs.
+
+    Regressed candidates for canary tests: ``logit_shift`` moves the confidence distribution (drift →
+    canary FAIL against a same-seed baseline), ``extra_matmuls`` makes the model slower (latency FAIL)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    model = make_classifier(workdir / "model.onnx", size=size, seed=seed, num_classes=4)
+    model = make_classifier(
+        workdir / "model.onnx",
+        size=size,
+        seed=seed,
+        num_classes=4,
+        logit_shift=logit_shift,
+        extra_matmuls=extra_matmuls,
+    )
     spec = BundleSpec.from_dict(
         {
             "name": name,

@@ -12,7 +12,14 @@ Decisions:
 - Events: every update-state change, rollback and canary verdict the reporter queues is also appended to
   the buffer (``BufferedReporter``), so it reaches the controller even if the ReportEvent call was lost.
 - Config (``telemetry.window_s``, ``review.*``, upload settings) is read from the effective config each
-  time it is used; the buffer's size bounds apply at start (``BUFFER_MAX_BYTES`` until then).
+  time it is used. The buffer's bounds (``telemetry.buffer_max_bytes``, ``telemetry.review_quota_bytes``)
+  are read when the buffer opens: at start (``BUFFER_MAX_BYTES`` / ``REVIEW_QUOTA_BYTES`` while no config is
+  known yet, as on a first boot before the first sync) and again whenever the effective config changes
+  them. The buffer is then REOPENED between ticks of ``run``: the uploader's stream is stopped first (no
+  call is using the buffer), the file is closed and opened with the new bounds, and the uploader restarts.
+  Nothing is lost: unacknowledged records stay in the file and are re-sent (the controller drops the
+  duplicates). A smaller bound evicts by the normal drop policy at the next append, counted as drops.
+  Invalid bounds (quota above the bound) are logged and the buffer keeps its current ones.
 """
 
 from __future__ import annotations
@@ -73,10 +80,11 @@ class TelemetryPipeline:
         sensors: SensorReader,
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
-        self.buffer = TelemetryBuffer(
-            data_dir / "telemetry" / "buffer.db", max_bytes=BUFFER_MAX_BYTES, review_quota_bytes=REVIEW_QUOTA_BYTES
-        )
         self._config = config
+        self._buffer_path = data_dir / "telemetry" / "buffer.db"
+        self._rejected_bounds: tuple[object, object] = (None, None)
+        max_bytes, quota = self.buffer_bounds() or (BUFFER_MAX_BYTES, REVIEW_QUOTA_BYTES)
+        self.buffer = TelemetryBuffer(self._buffer_path, max_bytes=max_bytes, review_quota_bytes=quota)
         self._sensors = sensors
         self._clock = clock
         self.uploader = TelemetryUploader(
@@ -93,6 +101,60 @@ class TelemetryPipeline:
     def _section(self, name: str) -> Mapping[str, Any]:
         value = self._config().get(name)
         return value if isinstance(value, Mapping) else {}
+
+    def buffer_bounds(self) -> tuple[int, int] | None:
+        """(max_bytes, review_quota_bytes) the effective config asks for (defaults for absent keys), or None
+        when the configured pair is invalid (logged once per distinct value)."""
+        t = self._section("telemetry")
+        raw = (t.get("buffer_max_bytes"), t.get("review_quota_bytes"))
+        try:
+            max_bytes = int(raw[0] or BUFFER_MAX_BYTES)
+            quota = int(raw[1] if raw[1] is not None else min(REVIEW_QUOTA_BYTES, max_bytes // 4))
+        except (TypeError, ValueError):
+            max_bytes, quota = -1, -1
+        if max_bytes > 0 and 0 <= quota <= max_bytes:
+            return max_bytes, quota
+        if raw != self._rejected_bounds:
+            self._rejected_bounds = raw
+            log.error(
+                "telemetry.buffer_bounds_rejected",
+                buffer_max_bytes=raw[0],
+                review_quota_bytes=raw[1],
+                hint="telemetry.review_quota_bytes must be within [0, telemetry.buffer_max_bytes]; "
+                "the buffer keeps its current bounds",
+            )
+        return None
+
+    async def _reopen_if_bounds_changed(self, upload: asyncio.Task[None]) -> asyncio.Task[None]:
+        """Reopen the buffer with the configured bounds when they differ; returns the (new) upload task."""
+        bounds = self.buffer_bounds()
+        old = self.buffer
+        if bounds is None or bounds == (old.max_bytes, old.review_quota_bytes):
+            return upload
+        if upload.done():
+            upload.result()  # a failed uploader fails run() here as it would after this tick
+        upload.cancel()
+        # wait() rather than await: our own cancellation must still propagate, the upload's must not.
+        await asyncio.wait({upload})
+        await asyncio.to_thread(old.close)
+        try:
+            self.buffer = await asyncio.to_thread(
+                TelemetryBuffer, self._buffer_path, max_bytes=bounds[0], review_quota_bytes=bounds[1]
+            )
+        except Exception as exc:  # the old bounds worked a moment ago; keep running on them
+            log.error("telemetry.buffer_reopen_failed", error=str(exc), bounds=bounds)
+            self.buffer = await asyncio.to_thread(
+                TelemetryBuffer, self._buffer_path, max_bytes=old.max_bytes, review_quota_bytes=old.review_quota_bytes
+            )
+        else:
+            log.info(
+                "telemetry.buffer_reopened",
+                max_bytes=bounds[0],
+                review_quota_bytes=bounds[1],
+                previous=(old.max_bytes, old.review_quota_bytes),
+            )
+        self.uploader.buffer = self.buffer
+        return asyncio.create_task(self.uploader.run(), name="telemetry-upload")
 
     @property
     def window_s(self) -> float:
@@ -178,6 +240,7 @@ class TelemetryPipeline:
         try:
             while True:
                 await asyncio.sleep(TICK_S)
+                upload = await self._reopen_if_bounds_changed(upload)
                 await self.flush()
                 if upload.done():
                     upload.result()

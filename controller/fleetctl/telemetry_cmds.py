@@ -1,0 +1,390 @@
+"""fleetctl telemetry and review commands: ``telemetry top`` (a live per-device view), ``telemetry query``
+(grouped by device, site or bundle), ``review list`` (the review queue and its false-positive rates) and
+``review label``.
+
+Decisions:
+- Percentiles are the controller's, computed from merged sketches; fleetctl never averages anything.
+- A missing sensor (absent from the window, or reported ``missing``) is shown as ``-``, never ``0``: a 0 °C
+  reading would look real. A drift PSI of NaN (no baseline yet) is ``-`` too.
+- ``--since`` / ``--until`` take a duration ago (``10m``, ``24h``) or an ISO 8601 time (UTC if no zone).
+- ``top --watch`` redraws every ``--interval`` seconds in a rich ``Live`` until Ctrl-C (exit 0); an RPC
+  failure while watching ends it like any other command (one red line, exit 1).
+- ``review list --save-jpegs DIR`` asks for the JPEGs and writes ``DIR/<sample id>.jpg``; the sample id
+  comes from a device, so anything but ``[A-Za-z0-9._-]`` is replaced before it becomes a file name. JSON
+  and YAML output never carry the JPEG bytes (megabytes of base64 help no script).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from edgefleet.v1 import fleet_pb2
+from edgefleet.v1.telemetry_pb2 import SensorReading
+from fleetctl.fleet_cmds import OutputOpt, _check_format, grpc_errors, parse_duration
+from fleetctl.output import console, emit_structured, short_digest, table, ts
+from fleetctl.settings import OPTIONS
+
+telemetry_app = typer.Typer(
+    help="Fleet telemetry: latency percentiles, throughput, thermals, drift.", no_args_is_help=True
+)
+review_app = typer.Typer(help="The review queue of flagged frames: list, label.", no_args_is_help=True)
+
+GROUPS = ("device", "site", "bundle")
+LABELS = ("tp", "fp")
+LABEL_FILTERS = ("unlabeled", "tp", "fp")
+_UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+
+# ------------------------------------------------------------------ pure rendering
+
+
+def parse_time(text: str, now: datetime) -> datetime:
+    """A duration ago (``90s``, ``10m``, ``24h``, ``7d``) or an ISO 8601 time (naive = UTC)."""
+    text = text.strip()
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        try:
+            return now - timedelta(seconds=parse_duration(text))
+        except typer.BadParameter:
+            raise typer.BadParameter(
+                f"time must be a duration ago (10m, 24h, 7d) or ISO 8601 (2025-01-01T12:00:00Z); got {text!r}"
+            ) from None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
+def ms(value: float, count: int = 1) -> str:
+    return f"{value:.1f}" if count else "-"
+
+
+def sensor(readings: Sequence[SensorReading], name: str) -> SensorReading | None:
+    """The reading called ``name`` that holds a value, or None (absent or reported missing)."""
+    for r in readings:
+        if r.name == name:
+            return None if r.missing else r
+    return None
+
+
+def temp_text(readings: Sequence[SensorReading], name: str) -> str:
+    r = sensor(readings, name)
+    return "-" if r is None else f"{r.value:.1f}"
+
+
+def clock_text(readings: Sequence[SensorReading], name: str) -> str:
+    r = sensor(readings, name)
+    if r is None:
+        return "-"
+    return f"{r.value:.0f}/{r.max_value:.0f}" if r.max_value > 0 else f"{r.value:.0f}"
+
+
+def psi_text(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.3f}"
+
+
+def key_text(row: fleet_pb2.TelemetryRow, group_by: str, names: dict[str, str]) -> str:
+    if group_by == "bundle":
+        return short_digest(row.key)
+    if group_by == "device":
+        return names.get(row.key, row.key)
+    return row.key
+
+
+TOP_COLUMNS = (
+    "DEVICE",
+    "P50 MS",
+    "P95 MS",
+    "P99 MS",
+    "MODEL P95",
+    "FPS",
+    "ERRORS",
+    "CPU °C",
+    "GPU °C",
+    "CPU MHZ",
+    "GPU MHZ",
+    "PSI",
+    "THROTTLING",
+)
+
+
+def top_row(row: fleet_pb2.TelemetryRow, names: dict[str, str]) -> list[str]:
+    e2e, model, sensors = row.latency_e2e, row.latency_model, list(row.sensors)
+    return [
+        names.get(row.key, row.key),
+        ms(e2e.p50_ms, e2e.count),
+        ms(e2e.p95_ms, e2e.count),
+        ms(e2e.p99_ms, e2e.count),
+        ms(model.p95_ms, model.count),
+        f"{row.fps:.1f}",
+        str(row.errors),
+        temp_text(sensors, "cpu_temp"),
+        temp_text(sensors, "gpu_temp"),
+        clock_text(sensors, "cpu_clock"),
+        clock_text(sensors, "gpu_clock"),
+        psi_text(row.drift_psi),
+        "THROTTLING" if row.throttling else "",
+    ]
+
+
+QUERY_COLUMNS = ("P50 MS", "P95 MS", "P99 MS", "MODEL P95", "FRAMES", "ERRORS", "FPS", "PSI", "THROTTLING")
+QUERY_WIDE_COLUMNS = ("CPU °C", "GPU °C", "CPU MHZ", "GPU MHZ", "KEY")
+
+
+def query_row(row: fleet_pb2.TelemetryRow, group_by: str, names: dict[str, str], wide: bool) -> list[str]:
+    e2e, model, sensors = row.latency_e2e, row.latency_model, list(row.sensors)
+    cells = [
+        key_text(row, group_by, names),
+        ms(e2e.p50_ms, e2e.count),
+        ms(e2e.p95_ms, e2e.count),
+        ms(e2e.p99_ms, e2e.count),
+        ms(model.p95_ms, model.count),
+        str(row.frames),
+        str(row.errors),
+        f"{row.fps:.1f}",
+        psi_text(row.drift_psi),
+        "THROTTLING" if row.throttling else "",
+    ]
+    if wide:
+        cells += [
+            temp_text(sensors, "cpu_temp"),
+            temp_text(sensors, "gpu_temp"),
+            clock_text(sensors, "cpu_clock"),
+            clock_text(sensors, "gpu_clock"),
+            row.key,
+        ]
+    return cells
+
+
+def jpeg_file_name(sample_id: str) -> str:
+    safe = _UNSAFE_FILE_CHARS.sub("_", sample_id).lstrip(".") or "sample"
+    return f"{safe}.jpg"
+
+
+# ------------------------------------------------------------------ RPCs
+
+
+def _device_names(site: str) -> dict[str, str]:
+    conn = OPTIONS.connection()
+    names: dict[str, str] = {}
+    request = fleet_pb2.ListDevicesRequest(site=site, page_size=500)
+    with conn.fleet() as stub:
+        while True:
+            reply = stub.ListDevices(request, metadata=conn.metadata, timeout=30)
+            names.update((d.id, d.name) for d in reply.devices)
+            if not reply.next_page_token:
+                return names
+            request.page_token = reply.next_page_token
+
+
+def _query(request: fleet_pb2.QueryTelemetryRequest) -> fleet_pb2.QueryTelemetryResponse:
+    conn = OPTIONS.connection()
+    with conn.fleet() as stub:
+        reply: fleet_pb2.QueryTelemetryResponse = stub.QueryTelemetry(request, metadata=conn.metadata, timeout=30)
+    return reply
+
+
+def _window(since: str, until: str | None, now: datetime) -> tuple[datetime, datetime | None]:
+    start = parse_time(since, now)
+    end = parse_time(until, now) if until else None
+    if end is not None and end <= start:
+        raise typer.BadParameter(f"--until ({end.isoformat()}) must be after --since ({start.isoformat()})")
+    return start, end
+
+
+# ------------------------------------------------------------------ telemetry top
+
+
+def _top_table(site: str, since_text: str) -> Table:
+    now = datetime.now(UTC)
+    request = fleet_pb2.QueryTelemetryRequest(group_by="device", site=site)
+    request.since.FromDatetime(parse_time(since_text, now))
+    reply = _query(request)
+    names = _device_names(site)
+    rows = sorted(reply.rows, key=lambda r: names.get(r.key, r.key))
+    title = f"telemetry top — {len(rows)} devices{f' at {site}' if site else ''}, last {since_text}"
+    t = table(title, TOP_COLUMNS, [top_row(r, names) for r in rows])
+    t.caption = f"updated {now.strftime('%H:%M:%S')} UTC; '-' = sensor missing or no baseline"
+    return t
+
+
+@telemetry_app.command("top")
+@grpc_errors
+def top(
+    site: str = typer.Option("", help="only devices at this site"),
+    since: str = typer.Option("10m", help="window: a duration ago (10m, 1h) or an ISO 8601 time"),
+    watch: bool = typer.Option(False, "--watch", "-w", help="refresh until Ctrl-C"),
+    interval: float = typer.Option(2.0, help="seconds between refreshes with --watch", min=0.1),
+    refreshes: int = typer.Option(0, hidden=True, help="stop after this many refreshes (0 = until Ctrl-C)"),
+) -> None:
+    """Per device: latency percentiles, throughput, errors, temperatures and clocks, drift, throttling."""
+    parse_time(since, datetime.now(UTC))  # a bad --since fails before any RPC
+    if not watch:
+        console.print(_top_table(site, since))
+        return
+    drawn = 0
+    try:
+        with Live(_top_table(site, since), console=console, auto_refresh=False) as live:
+            drawn = 1
+            while not refreshes or drawn < refreshes:
+                time.sleep(interval)
+                live.update(_top_table(site, since), refresh=True)
+                drawn += 1
+    except KeyboardInterrupt:
+        pass
+
+
+# ------------------------------------------------------------------ telemetry query
+
+
+@telemetry_app.command("query")
+@grpc_errors
+def query(
+    group_by: str = typer.Option("device", "--group-by", "-g", help="device, site or bundle"),
+    since: str = typer.Option("1h", help="a duration ago (1h, 7d) or an ISO 8601 time"),
+    until: str | None = typer.Option(None, help="a duration ago or an ISO 8601 time (default: now)"),
+    site: str = typer.Option("", help="only this site"),
+    device: str = typer.Option("", help="only this device (id or name)"),
+    bundle: str = typer.Option("", help="only this bundle digest"),
+    output: str = OutputOpt,
+) -> None:
+    """Latency percentiles (merged sketches), frames, errors, fps, drift and throttling per group."""
+    fmt = _check_format(output)
+    if group_by not in GROUPS:
+        raise typer.BadParameter(f"--group-by must be one of {', '.join(GROUPS)}; got {group_by!r}")
+    start, end = _window(since, until, datetime.now(UTC))
+    request = fleet_pb2.QueryTelemetryRequest(group_by=group_by, site=site, device=device, bundle=bundle)
+    request.since.FromDatetime(start)
+    if end is not None:
+        request.until.FromDatetime(end)
+    reply = _query(request)
+    if fmt in ("json", "yaml"):
+        emit_structured(list(reply.rows), fmt)
+        return
+    names = _device_names(site) if group_by == "device" else {}
+    wide = fmt == "wide"
+    columns = [group_by.upper(), *QUERY_COLUMNS, *(QUERY_WIDE_COLUMNS if wide else ())]
+    rows = [query_row(r, group_by, names, wide) for r in reply.rows]
+    console.print(table(f"telemetry by {group_by} ({len(rows)})", columns, rows))
+
+
+# ------------------------------------------------------------------ review
+
+
+def _review_rows(samples: Sequence[fleet_pb2.ReviewSampleInfo], names: dict[str, str]) -> list[list[str]]:
+    return [
+        [
+            s.sample_id,
+            names.get(s.device_id, s.device_id),
+            s.site,
+            short_digest(s.sample.bundle_digest),
+            s.sample.reason,
+            f"{s.sample.top_confidence:.3f}",
+            ts(s.sample.captured_at),
+            s.label or "-",
+            s.labeled_by or "-",
+        ]
+        for s in samples
+    ]
+
+
+def _fp_rows(fp_rate: dict[str, float]) -> list[list[str]]:
+    rows = []
+    for key in sorted(fp_rate):
+        site, _, bundle = key.partition("/")
+        rows.append([site, short_digest(bundle), f"{100.0 * fp_rate[key]:.1f}%"])
+    return rows
+
+
+def _save_jpegs(samples: Sequence[fleet_pb2.ReviewSampleInfo], directory: Path) -> int:
+    directory.mkdir(parents=True, exist_ok=True)
+    saved = 0
+    for s in samples:
+        if s.sample.jpeg:
+            (directory / jpeg_file_name(s.sample_id)).write_bytes(s.sample.jpeg)
+            saved += 1
+    return saved
+
+
+@review_app.command("list")
+@grpc_errors
+def review_list(
+    site: str = typer.Option("", help="only this site"),
+    bundle: str = typer.Option("", help="only this bundle digest"),
+    label: str = typer.Option("", help="unlabeled, tp or fp (default: all)"),
+    limit: int = typer.Option(50, help="at most this many samples (newest first)", min=1, max=1000),
+    save_jpegs: Path | None = typer.Option(None, "--save-jpegs", help="write each sample's frame to DIR/<id>.jpg"),
+    output: str = OutputOpt,
+) -> None:
+    """List flagged frames awaiting (or after) review, and the false-positive rate per site and bundle."""
+    fmt = _check_format(output)
+    if label and label not in LABEL_FILTERS:
+        raise typer.BadParameter(f"--label must be one of {', '.join(LABEL_FILTERS)}; got {label!r}")
+    if save_jpegs is not None and save_jpegs.exists() and not save_jpegs.is_dir():
+        raise typer.BadParameter(f"--save-jpegs must be a directory; {str(save_jpegs)!r} is a file")
+    request = fleet_pb2.ListReviewSamplesRequest(
+        site=site, bundle=bundle, label=label, limit=limit, include_jpeg=save_jpegs is not None
+    )
+    conn = OPTIONS.connection()
+    with conn.fleet() as stub:
+        reply: fleet_pb2.ListReviewSamplesResponse = stub.ListReviewSamples(request, metadata=conn.metadata, timeout=60)
+    saved = _save_jpegs(reply.samples, save_jpegs) if save_jpegs is not None else 0
+    if fmt in ("json", "yaml"):
+        for s in reply.samples:
+            s.sample.ClearField("jpeg")
+        emit_structured(reply, fmt)
+        return
+    names = _device_names(site)
+    columns = ["SAMPLE", "DEVICE", "SITE", "BUNDLE", "REASON", "CONF", "CAPTURED", "LABEL", "BY"]
+    console.print(table(f"review samples ({len(reply.samples)})", columns, _review_rows(reply.samples, names)))
+    fp = dict(reply.fp_rate)
+    if fp:
+        console.print(table("false-positive rate (labelled samples)", ["SITE", "BUNDLE", "FP RATE"], _fp_rows(fp)))
+    else:
+        console.print("no labelled samples yet: no false-positive rate", highlight=False)
+    if save_jpegs is not None:
+        console.print(f"saved {saved} JPEGs to {save_jpegs}", highlight=False)
+
+
+@review_app.command("label")
+@grpc_errors
+def review_label(
+    sample_id: str = typer.Argument(..., help="sample id (from fleetctl review list)"),
+    label: str = typer.Argument(..., help="tp (true positive) or fp (false positive)"),
+    output: str = OutputOpt,
+) -> None:
+    """Label one review sample as a true or false positive."""
+    fmt = _check_format(output)
+    if label not in LABELS:
+        raise typer.BadParameter(f"label must be 'tp' or 'fp'; got {label!r}")
+    conn = OPTIONS.connection()
+    with conn.fleet() as stub:
+        info: fleet_pb2.ReviewSampleInfo = stub.LabelReviewSample(
+            fleet_pb2.LabelReviewSampleRequest(sample_id=sample_id, label=label), metadata=conn.metadata, timeout=30
+        )
+    if fmt in ("json", "yaml"):
+        info.sample.ClearField("jpeg")
+        emit_structured(info, fmt)
+        return
+    console.print(
+        f"labelled {info.sample_id} {info.label} (by {info.labeled_by or '-'}; device {info.device_id}, "
+        f"site {info.site})",
+        highlight=False,
+    )
+
+
+__all__ = [
+    "GROUPS",
+    "parse_time",
+    "query_row",
+    "review_app",
+    "telemetry_app",
+    "top_row",
+]
