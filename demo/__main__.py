@@ -1,9 +1,10 @@
-"""The edgefleet demo (``python -m demo``): publish a signed engine bundle and verify it like a device would.
+"""The edgefleet demo (``make demo`` = ``python -m demo``).
 
-Steps: generate a classifier with ``edgefleet.modelgen``, build a bundle from
-``examples/bundles/classifier-v1.spec.yaml``, sign it with a fresh publisher key, pack it to an ``.efb``,
-then unpack and verify it against the trusted public key. Everything is written under ``demo-out/``
-(gitignored). Later this grows into the fleet demo (controller + devices).
+Part 1 publishes a signed engine bundle and verifies it like a device would: generate a classifier with
+``edgefleet.modelgen``, build a bundle from ``examples/bundles/classifier-v1.spec.yaml``, sign it with a
+fresh publisher key, pack it to an ``.efb``, then unpack and verify it against the trusted public key.
+Part 2 is the fleet demo (``demo/fleet.py``): a controller and four edge-runtime processes, a good rollout
+and a drifted one that its canary stops. ``--bundle-only`` runs part 1 alone. Output goes to ``demo-out/``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ OUT = REPO / "demo-out"
 def main() -> int:
     configure_logging("info")
     log = structlog.get_logger("demo")
-    console = Console(soft_wrap=True)
+    # Wide enough for the status tables when the output goes to a file or CI log.
+    console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
     for stale in ("keys", "staging", "device", "bundles"):
         shutil.rmtree(OUT / stale, ignore_errors=True)
     for folder in ("keys", "bundles", "device"):
@@ -64,7 +66,12 @@ def main() -> int:
 
     console.print(manifest_table(verified.manifest))
     console.print(f"[green]verified:[/green] {verified.digest} signed by {verified.key_id}", highlight=False)
-    return 0
+    if "--bundle-only" in sys.argv[1:]:
+        return 0
+    from demo.fleet import run as run_fleet
+
+    configure_logging("warning")
+    return run_fleet(OUT / "fleet", console)
 
 
 if __name__ == "__main__":

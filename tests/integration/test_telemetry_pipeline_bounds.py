@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from structlog.testing import capture_logs
 
 from edge_runtime.agent.telemetry_pipeline import BUFFER_MAX_BYTES, TelemetryPipeline
@@ -17,6 +18,8 @@ from edge_runtime.telemetry.sensors import SensorReader
 from edgefleet.v1 import device_pb2_grpc
 from edgefleet.v1.telemetry_pb2 import DeviceEvent
 from tests.support.controller import free_port
+
+pytestmark = pytest.mark.integration
 
 MiB = 1 << 20
 

@@ -1,0 +1,464 @@
+"""The fleet demo: an embedded controller and one site of edge-runtime processes on synthetic cameras.
+
+What it shows, end to end and for real (OS processes, gRPC over loopback, SQLite, onnxruntime):
+
+1. a publisher signs three bundles of one classifier: v1, v2 (same weights, new version) and v3, whose
+   confidences are shifted by construction (a "retrained" model that drifted);
+2. the controller trusts the publisher key, stores the bundles, applies a fleet config with a short canary;
+3. four devices enroll with a site-scoped token and install v1;
+4. a rollout v1 → v2 in waves ``[1, 50%, 100%]`` passes every canary and completes;
+5. a rollout v2 → v3 fails its canary on the first device (drift, with its numbers), aborts at once and rolls
+   back: the canary device is on v2 again and no other device ever received v3;
+6. a fleet status table, the rollouts with their verdicts, and telemetry percentiles are printed.
+
+Everything lives under ``demo-out/fleet/`` and every process is stopped at the end, also on failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import grpc
+from rich.console import Console
+from rich.table import Table
+
+from edgefleet.contract.bundle import BundleSpec
+from edgefleet.contract.bundle_archive import pack_bundle
+from edgefleet.contract.bundle_builder import build_bundle
+from edgefleet.contract.bundle_upload import read_archive_for_upload
+from edgefleet.contract.signing import SigningKey, generate_keypair, public_key_pem, sign_bundle
+from edgefleet.modelgen import make_classifier
+from edgefleet.v1 import common_pb2, fleet_pb2, fleet_pb2_grpc
+
+BIN = Path(sys.executable).parent
+SITE = "warehouse-a"
+DEVICES = ("dock-1", "dock-2", "dock-3", "dock-4")
+T = TypeVar("T")
+
+FLEET_CONFIG = """\
+apiVersion: edgefleet.io/v1
+kind: FleetConfig
+metadata: {name: default}
+spec:
+  config:
+    sla: {latency_ms: 50}
+    canary:
+      min_frames: 100       # live frames the candidate must see in shadow
+      min_seconds: 3
+      deadline_s: 60
+      watch_window_s: 4     # post-promotion watch before commit
+      headroom: 0.2
+    telemetry: {window_s: 5}
+---
+apiVersion: edgefleet.io/v1
+kind: SiteConfig
+metadata: {name: warehouse-a, site: warehouse-a}
+spec:
+  config:
+    review: {sample_rate: 0.01, low_confidence_below: 0.3}
+"""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    version: str
+    digest: str
+    archive: Path
+
+
+class Fleet:
+    """Processes and the operator's gRPC view of them."""
+
+    def __init__(self, root: Path, console: Console) -> None:
+        self.root = root
+        self.console = console
+        self.procs: list[subprocess.Popen[str]] = []
+        self.logs: list[IO[str]] = []
+        self.address = ""
+        self.channel: grpc.Channel | None = None
+        self.stub: fleet_pb2_grpc.FleetServiceStub | None = None
+        self.md: tuple[tuple[str, str], ...] = ()
+
+    # ------------------------------------------------------------------ processes
+
+    def _spawn(self, name: str, args: list[str], marker: str, timeout: float) -> int:
+        log = (self.root / "logs" / f"{name}.log").open("w")
+        self.logs.append(log)
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
+        self.procs.append(proc)
+        found: list[int] = []
+        ready = threading.Event()
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if not found and line.startswith(marker):
+                    found.append(int(line.rsplit(" ", 1)[1]))
+                    ready.set()
+
+        threading.Thread(target=pump, daemon=True).start()
+        if not ready.wait(timeout):
+            raise RuntimeError(f"{name} did not start within {timeout:.0f} s; see {log.name}")
+        return found[0]
+
+    def start_controller(self) -> None:
+        data = self.root / "controller"
+        port = self._spawn(
+            "controller",
+            [str(BIN / "edgefleet-controller"), "serve", "--data-dir", str(data), "--listen", "127.0.0.1:0"],
+            "edgefleet-controller listening on port",
+            60,
+        )
+        self.address = f"127.0.0.1:{port}"
+        self.channel = grpc.insecure_channel(self.address)
+        self.stub = fleet_pb2_grpc.FleetServiceStub(self.channel)
+        self.md = (("authorization", f"Bearer {(data / 'admin.token').read_text().strip()}"),)
+
+    def start_device(self, name: str, token: str) -> None:
+        self._spawn(
+            name,
+            [
+                str(BIN / "edge-runtime"),
+                "run",
+                "--controller",
+                self.address,
+                "--data-dir",
+                str(self.root / "devices" / name),
+                "--enroll-token",
+                token,
+                "--name",
+                name,
+                "--source",
+                "synthetic:10",
+                "--intra-op-threads",
+                "1",
+                "--sync-wait-s",
+                "5",
+            ],
+            "edge-runtime health listening on port",
+            90,
+        )
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        if self.channel is not None:
+            self.channel.close()
+        for log in self.logs:
+            log.close()
+
+    # ------------------------------------------------------------------ operator calls
+
+    @property
+    def fleet(self) -> fleet_pb2_grpc.FleetServiceStub:
+        assert self.stub is not None
+        return self.stub
+
+    def push(self, archive: Path) -> fleet_pb2.PushBundleResponse:
+        upload = read_archive_for_upload(archive)
+
+        def requests() -> Iterator[fleet_pb2.PushBundleRequest]:
+            yield fleet_pb2.PushBundleRequest(
+                header=fleet_pb2.BundleHeader(manifest=upload.manifest, signature=upload.signature)
+            )
+            for digest, chunk in upload.chunks(1 << 20):
+                yield fleet_pb2.PushBundleRequest(chunk=fleet_pb2.ArtifactChunk(digest=digest, data=chunk))
+
+        reply: fleet_pb2.PushBundleResponse = self.fleet.PushBundle(requests(), metadata=self.md, timeout=60)
+        return reply
+
+    def devices(self) -> list[common_pb2.Device]:
+        reply = self.fleet.ListDevices(fleet_pb2.ListDevicesRequest(site=SITE), metadata=self.md, timeout=10)
+        return sorted(reply.devices, key=lambda d: d.name)
+
+    def rollout(self, rollout_id: str) -> fleet_pb2.Rollout:
+        reply: fleet_pb2.Rollout = self.fleet.GetRollout(
+            fleet_pb2.GetRolloutRequest(id=rollout_id), metadata=self.md, timeout=10
+        )
+        return reply
+
+
+def wait_for(what: str, predicate: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def make_bundle(root: Path, key: SigningKey, version: str, *, logit_shift: float = 0.0) -> Bundle:
+    work = root / "bundles" / version
+    work.mkdir(parents=True, exist_ok=True)
+    # Same seed: v1, v2 and v3 share their weights; v3's logits are shifted, so its confidences drift.
+    model = make_classifier(work / "model.onnx", num_classes=4, size=32, seed=7, logit_shift=logit_shift)
+    spec = BundleSpec.from_dict(
+        {
+            "name": "dock-classifier",
+            "version": version,
+            "model": str(model),
+            "preprocess": {"size": [32, 32], "layout": "nchw", "dtype": "float32", "scale": 1 / 255},
+            "postprocess": {"kind": "classification", "top_k": 1},
+            "labels": ["empty", "pallet", "forklift", "person"],
+            "latency": {"sla_ms": 50},
+            "providers": ["tensorrt", "cuda", "cpu"],
+        },
+        source=f"dock-classifier-{version}.spec.yaml",
+        base_dir=work,
+    )
+    manifest = build_bundle(spec, work / "bundle", golden_count=2)
+    sign_bundle(work / "bundle", key)
+    archive = pack_bundle(work / "bundle", work / f"dock-classifier-{version}.efb")
+    return Bundle(version, manifest.digest, archive)
+
+
+def _health(value: int) -> str:
+    return common_pb2.Health.Name(common_pb2.Health.ValueType(value)).removeprefix("HEALTH_").lower()
+
+
+def _state(value: int) -> str:
+    return common_pb2.UpdateState.Name(common_pb2.UpdateState.ValueType(value)).removeprefix("UPDATE_STATE_").lower()
+
+
+def _phase(value: int) -> str:
+    return fleet_pb2.RolloutPhase.Name(fleet_pb2.RolloutPhase.ValueType(value)).removeprefix("ROLLOUT_PHASE_").lower()
+
+
+def follow_rollout(fleet: Fleet, rollout_id: str, terminal: set[Any], timeout: float) -> fleet_pb2.Rollout:
+    """Print each change of phase, wave or device status until the rollout is terminal."""
+    seen: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    while True:
+        ro = fleet.rollout(rollout_id)
+        head = f"phase {_phase(ro.phase)}, wave {ro.wave}/{ro.waves_total}"
+        if seen.get("") != head:
+            seen[""] = head
+            fleet.console.print(f"  [cyan]{rollout_id}[/cyan] {head}" + (f" — {ro.message}" if ro.message else ""))
+        for d in ro.devices:
+            line = f"{d.status} ({_state(d.update_state)})"
+            if seen.get(d.device_id) != line and d.status != "pending":
+                seen[d.device_id] = line
+                fleet.console.print(f"    {d.device_name:8} wave {d.wave}: {line}", highlight=False)
+        if ro.phase in terminal:
+            return ro
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"rollout {rollout_id} still {_phase(ro.phase)} after {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+def verdict_text(v: common_pb2.CanaryVerdict) -> str:
+    """The numbers of a verdict: the canary compares candidate and baseline on the same frames; the watch
+    window after promotion compares the trial's latency with the canary's baseline."""
+    if not v.outcome:
+        return "-"
+    outcome = common_pb2.CanaryVerdict.Outcome.Name(v.outcome).removeprefix("OUTCOME_").lower()
+    text = (
+        f"{v.phase or 'canary'} {outcome}: {v.frames} frames, p95 {v.candidate_latency.p95_ms:.2f} ms vs "
+        f"{v.baseline_latency.p95_ms:.2f} ms (budget {v.latency_budget_ms:.1f} ms)"
+    )
+    if v.phase == "watch":
+        return text
+    drift = f"PSI {v.psi:.3f}" if v.psi else f"KS D {v.ks_statistic:.2f} (p {v.ks_p_value:.2g})"
+    return f"{text}, {drift}, agreement {v.agreement:.2f}"
+
+
+def run(root: Path, console: Console) -> int:
+    started = time.monotonic()
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "logs").mkdir(parents=True)
+    fleet = Fleet(root, console)
+    try:
+        console.rule("[bold]1. publisher: three signed bundles")
+        key = generate_keypair("demo-publisher")
+        v1 = make_bundle(root, key, "1.0.0")
+        v2 = make_bundle(root, key, "1.1.0")
+        v3 = make_bundle(root, key, "2.0.0-drifted", logit_shift=1.5)
+        for b in (v1, v2, v3):
+            console.print(f"  dock-classifier@{b.version}  {b.digest[:19]}…  {b.archive.stat().st_size} bytes")
+
+        console.rule("[bold]2. controller: trust the publisher, store bundles, apply the fleet config")
+        fleet.start_controller()
+        console.print(f"  controller on {fleet.address} (SQLite + blobs in {root / 'controller'})")
+        fleet.fleet.AddTrustedKey(
+            fleet_pb2.AddTrustedKeyRequest(key_id=key.key_id, public_key_pem=public_key_pem(key.public_key).decode()),
+            metadata=fleet.md,
+            timeout=10,
+        )
+        for b in (v1, v2, v3):
+            fleet.push(b.archive)
+        applied = fleet.fleet.ApplyConfig(
+            fleet_pb2.ApplyConfigRequest(files=[fleet_pb2.ManifestFile(name="fleet.yaml", content=FLEET_CONFIG)]),
+            metadata=fleet.md,
+            timeout=10,
+        )
+        for line in applied.results:
+            console.print(f"  {line}")
+
+        console.rule(f"[bold]3. site {SITE}: {len(DEVICES)} cameras enroll and install v1")
+        token = fleet.fleet.CreateEnrollmentToken(
+            fleet_pb2.CreateEnrollmentTokenRequest(site=SITE, ttl_s=3600), metadata=fleet.md, timeout=10
+        ).token
+        starters = [threading.Thread(target=fleet.start_device, args=(name, token)) for name in DEVICES]
+        for t in starters:
+            t.start()
+        for t in starters:
+            t.join()
+        wait_for("all devices enrolled", lambda: len(fleet.devices()) == len(DEVICES), 60)
+        fleet.fleet.SetDesiredBundle(
+            fleet_pb2.SetDesiredBundleRequest(site=SITE, bundle=v1.digest), metadata=fleet.md, timeout=10
+        )
+        wait_for(
+            "v1 committed everywhere",
+            lambda: all(d.reported.running_bundle_digest == v1.digest for d in fleet.devices()),
+            90,
+        )
+        console.print(f"  all {len(DEVICES)} devices run v1 ({time.monotonic() - started:.0f} s)")
+
+        terminal = {
+            fleet_pb2.ROLLOUT_PHASE_COMPLETED,
+            fleet_pb2.ROLLOUT_PHASE_ABORTED,
+            fleet_pb2.ROLLOUT_PHASE_ROLLED_BACK,
+        }
+        strategy = fleet_pb2.RolloutStrategy(waves=["1", "50%", "100%"], bake_s=2)
+
+        console.rule("[bold]4. rollout v1 → v2 in waves [1, 50%, 100%]")
+        good = fleet.fleet.CreateRollout(
+            fleet_pb2.CreateRolloutRequest(
+                name="v2", bundle=v2.digest, selector=fleet_pb2.RolloutSelector(sites=[SITE]), strategy=strategy
+            ),
+            metadata=fleet.md,
+            timeout=10,
+        )
+        for line in good.admission:
+            console.print(f"  admission: {line}")
+        good = follow_rollout(fleet, good.id, terminal, 150)
+        if good.phase != fleet_pb2.ROLLOUT_PHASE_COMPLETED:
+            raise RuntimeError(f"rollout v2 ended {_phase(good.phase)}: {good.message}")
+
+        console.rule("[bold]5. rollout v2 → v3 (drifted by construction)")
+        bad = fleet.fleet.CreateRollout(
+            fleet_pb2.CreateRolloutRequest(
+                name="v3",
+                bundle=v3.digest,
+                selector=fleet_pb2.RolloutSelector(sites=[SITE]),
+                strategy=strategy,
+                on_abort="rollback",
+            ),
+            metadata=fleet.md,
+            timeout=10,
+        )
+        bad = follow_rollout(fleet, bad.id, terminal, 120)
+        canary = [d for d in bad.devices if d.wave == 1]
+        assigned = [d for d in bad.devices if d.status != "pending"]
+        if bad.phase != fleet_pb2.ROLLOUT_PHASE_ROLLED_BACK or len(canary) != 1 or len(assigned) != 1:
+            raise RuntimeError(f"rollout v3 should roll back after one canary; got {_phase(bad.phase)}: {bad.message}")
+        canary_id = canary[0].device_id
+        wait_for(
+            "the canary device back on v2",
+            lambda: next(d for d in fleet.devices() if d.id == canary_id).reported.running_bundle_digest == v2.digest,
+            60,
+        )
+        verdict = next(d for d in fleet.devices() if d.id == canary_id).reported.last_verdict
+        console.print(f"  canary {canary[0].device_name}: {verdict_text(verdict)}", highlight=False)
+        for reason in verdict.reasons:
+            console.print(f"    - {reason}", highlight=False)
+        others_saw_v3 = []
+        for d in fleet.devices():
+            if d.id == canary_id:
+                continue
+            events = fleet.fleet.ListDeviceEvents(
+                fleet_pb2.ListDeviceEventsRequest(device=d.id, limit=500), metadata=fleet.md, timeout=10
+            ).events
+            if d.desired.bundle_digest == v3.digest or any(e.bundle_digest == v3.digest for e in events):
+                others_saw_v3.append(d.name)
+        if others_saw_v3:
+            raise RuntimeError(f"devices other than the canary received v3: {others_saw_v3}")
+        console.print(f"  no other device ever received v3; {canary[0].device_name} serves v2 again")
+
+        console.rule("[bold]6. fleet status")
+        print_status(fleet, {v1.digest: "1.0.0", v2.digest: "1.1.0", v3.digest: "2.0.0-drifted"})
+        for ro in (good, bad):
+            console.print(f"rollout {ro.id} ({ro.name}): [bold]{_phase(ro.phase)}[/bold] {ro.message}", highlight=False)
+            for st in ro.devices:
+                if st.status != "pending":
+                    console.print(
+                        f"  wave {st.wave} {st.device_name:8} {st.status:12} {verdict_text(st.verdict)}",
+                        highlight=False,
+                    )
+            never = sorted(st.device_name for st in ro.devices if st.status == "pending")
+            if never:
+                console.print(f"  never assigned: {', '.join(never)}", highlight=False)
+        print_telemetry(fleet)
+        console.print(f"[green]demo finished in {time.monotonic() - started:.0f} s[/green]")
+        return 0
+    finally:
+        fleet.stop()
+
+
+def print_status(fleet: Fleet, versions: dict[str, str]) -> None:
+    table = Table(title=f"site {SITE}", title_justify="left")
+    for col in ("DEVICE", "HEALTH", "RUNNING", "UPDATE", "PROVIDER", "HARDWARE", "LAST VERDICT"):
+        table.add_column(col)
+    for d in fleet.devices():
+        r = d.reported
+        outcome = (
+            common_pb2.CanaryVerdict.Outcome.Name(r.last_verdict.outcome).removeprefix("OUTCOME_").lower()
+            if r.last_verdict.outcome
+            else "-"
+        )
+        table.add_row(
+            d.name,
+            _health(d.health),
+            versions.get(r.running_bundle_digest, r.running_bundle_digest[:19]),
+            _state(r.update_state),
+            ",".join(p.removesuffix("ExecutionProvider") for p in r.active_providers) or "-",
+            d.hardware.hardware_class or "-",
+            outcome,
+        )
+    fleet.console.print(table)
+
+
+def print_telemetry(fleet: Fleet) -> None:
+    with contextlib.suppress(grpc.RpcError):
+        reply = fleet.fleet.QueryTelemetry(
+            fleet_pb2.QueryTelemetryRequest(group_by="device"), metadata=fleet.md, timeout=10
+        )
+        names = {d.id: d.name for d in fleet.devices()}
+        table = Table(title="telemetry (merged DDSketches, whole run)", title_justify="left")
+        for col in ("DEVICE", "FRAMES", "P50 ms", "P95 ms", "P99 ms", "FPS", "CPU °C"):
+            table.add_column(col, justify="right")
+        for row in sorted(reply.rows, key=lambda r: names.get(r.key, r.key)):
+            temp = next((s for s in row.sensors if s.name == "cpu_temp"), None)
+            table.add_row(
+                names.get(row.key, row.key),
+                str(row.frames),
+                f"{row.latency_e2e.p50_ms:.2f}",
+                f"{row.latency_e2e.p95_ms:.2f}",
+                f"{row.latency_e2e.p99_ms:.2f}",
+                f"{row.fps:.1f}",
+                "missing" if temp is None or temp.missing else f"{temp.value:.0f}",
+            )
+        if reply.rows:
+            fleet.console.print(table)
