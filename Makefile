@@ -32,8 +32,8 @@ proto-check: $(STAMP)
 	$(BIN)/python -m edgefleet.protogen --check
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check .
-	$(BIN)/ruff check .
+	$(BIN)/ruff format --no-cache --check .
+	$(BIN)/ruff check --no-cache .
 	$(BIN)/mypy protos/edgefleet controller edge-runtime
 
 typecheck: lint

@@ -62,9 +62,7 @@ def _frames(n: int) -> list[Any]:
 
 def bench_call_overhead(work: Path, quick: bool) -> dict[str, Any]:
     model = make_yolo_detector(work / "overhead.onnx", layout="v8", size=640, seed=0)
-    engine = InferenceEngine.load(
-        model, YOLO_PRE, YOLO_POST, LABELS, cache_dir=work, bundle_digest="a", warmup=5
-    )
+    engine = InferenceEngine.load(model, YOLO_PRE, YOLO_POST, LABELS, cache_dir=work, bundle_digest="a", warmup=5)
     bare = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     name = bare.get_inputs()[0].name
     x, _ = preprocess(_frames(1)[0], YOLO_PRE)
@@ -101,9 +99,7 @@ def bench_pre_post(work: Path, quick: bool, *, realistic: bool) -> dict[str, Any
     else:
         model = make_yolo_detector(work / "stock.onnx", layout="v8", size=640)
         what = "stock generated detector (400 anchors)"
-    engine = InferenceEngine.load(
-        model, YOLO_PRE, YOLO_POST, LABELS, cache_dir=work, bundle_digest="b", warmup=3
-    )
+    engine = InferenceEngine.load(model, YOLO_PRE, YOLO_POST, LABELS, cache_dir=work, bundle_digest="b", warmup=3)
     frames = _frames(10)
     timings = [engine.infer(frames[i % len(frames)], i).timings for i in range(30 if quick else 120)]
     pre = statistics.median(t.pre_ms for t in timings)
@@ -125,9 +121,7 @@ def bench_pre_post(work: Path, quick: bool, *, realistic: bool) -> dict[str, Any
 def bench_hot_swap(work: Path, quick: bool) -> list[dict[str, Any]]:
     old_model = make_yolo_detector(work / "swap_old.onnx", layout="v8", size=640, seed=0)
     new_model = make_yolo_detector(work / "swap_new.onnx", layout="v8", size=640, seed=1)
-    slot = EngineSlot(
-        InferenceEngine.load(old_model, YOLO_PRE, YOLO_POST, LABELS, cache_dir=work, bundle_digest="old")
-    )
+    slot = EngineSlot(InferenceEngine.load(old_model, YOLO_PRE, YOLO_POST, LABELS, cache_dir=work, bundle_digest="old"))
     steady_s, tail_s = (2.0, 1.0) if quick else (5.0, 2.0)
     frames: queue.Queue[tuple[int, Any, int] | None] = queue.Queue()
     results: list[tuple[FrameResult, int, int]] = []  # result, enqueued_ns, done_ns
@@ -156,9 +150,7 @@ def bench_hot_swap(work: Path, quick: bool) -> list[dict[str, Any]]:
     time.sleep(steady_s)
     window_start = time.perf_counter_ns()
     slot.prepare(
-        lambda: InferenceEngine.load(
-            new_model, YOLO_PRE, YOLO_POST, LABELS, cache_dir=work, bundle_digest="new"
-        )
+        lambda: InferenceEngine.load(new_model, YOLO_PRE, YOLO_POST, LABELS, cache_dir=work, bundle_digest="new")
     ).result(timeout=60)
     slot.swap()
     time.sleep(tail_s)
@@ -175,21 +167,16 @@ def bench_hot_swap(work: Path, quick: bool) -> list[dict[str, Any]]:
     switches = sum(1 for a, b in itertools.pairwise(digests) if a != b)
     latency = [(done - enq) / 1e6 for _, enq, done in results]
     # Skip the first second: the stream's own start-up is not steady state.
-    steady = [
-        lat for (_, enq, _), lat in zip(results, latency, strict=True) if enq < window_start and enq > 0
-    ]
+    steady = [lat for (_, enq, _), lat in zip(results, latency, strict=True) if enq < window_start and enq > 0]
     steady = steady[30:] if len(steady) > 60 else steady
-    window = [
-        lat for (_, enq, _), lat in zip(results, latency, strict=True) if window_start <= enq <= window_end
-    ]
+    window = [lat for (_, enq, _), lat in zip(results, latency, strict=True) if window_start <= enq <= window_end]
     p99_steady = float(np.percentile(steady, 99))
     p99_window = float(np.percentile(window, 99))
     ratio = p99_window / p99_steady
     return [
         _row(
             "hotswap.dropped_frames",
-            f"{dropped} dropped of {produced} at 30 FPS; ids in order: {in_order}; "
-            f"digest switches: {switches}",
+            f"{dropped} dropped of {produced} at 30 FPS; ids in order: {in_order}; digest switches: {switches}",
             "0 dropped",
             float(dropped),
             "0 dropped, in order, one switch",

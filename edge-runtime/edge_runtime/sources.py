@@ -128,8 +128,7 @@ def _image_files(directory: Path, spec: str) -> list[Path]:
     files = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise FrameSourceError(
-            f"frame source {spec!r}: no .jpg/.jpeg/.png files in {str(directory)!r}; "
-            "add images or pick another source"
+            f"frame source {spec!r}: no .jpg/.jpeg/.png files in {str(directory)!r}; add images or pick another source"
         )
     return files
 
@@ -139,9 +138,7 @@ def _images(files: list[Path], spec: str) -> Iterator[NDArray[np.uint8]]:
         for path in files:
             img = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if img is None:
-                raise FrameSourceError(
-                    f"frame source {spec!r}: cannot decode image {str(path)!r}; remove or fix it"
-                )
+                raise FrameSourceError(f"frame source {spec!r}: cannot decode image {str(path)!r}; remove or fix it")
             yield cast(NDArray[np.uint8], img)
 
 
@@ -205,9 +202,7 @@ def open_source(
     return _paced(frames, Pacer(rate, monotonic, sleep), wall_clock)
 
 
-def _paced(
-    frames: Iterator[NDArray[np.uint8]], pacer: Pacer, wall_clock: Callable[[], float]
-) -> Iterator[Frame]:
+def _paced(frames: Iterator[NDArray[np.uint8]], pacer: Pacer, wall_clock: Callable[[], float]) -> Iterator[Frame]:
     for frame_id, image in enumerate(frames):
         pacer.wait()
         yield Frame(frame_id, image, wall_clock())

@@ -15,9 +15,7 @@ from grpc_reflection.v1alpha import reflection
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
-def add_health_and_reflection(
-    server: grpc.aio.Server, service_names: Iterable[str]
-) -> health.aio.HealthServicer:
+def add_health_and_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> health.aio.HealthServicer:
     """Register ``grpc.health.v1.Health`` (every service NOT_SERVING until the caller says otherwise) and
     reflection listing ``service_names`` plus health and reflection themselves."""
     health_servicer = health.aio.HealthServicer()
@@ -27,9 +25,7 @@ def add_health_and_reflection(
     return health_servicer
 
 
-async def set_serving(
-    health_servicer: health.aio.HealthServicer, service_names: Iterable[str], serving: bool
-) -> None:
+async def set_serving(health_servicer: health.aio.HealthServicer, service_names: Iterable[str], serving: bool) -> None:
     """Set the status of every named service and of the overall server ("")."""
     status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ["", *service_names]:

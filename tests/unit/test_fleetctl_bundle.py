@@ -47,9 +47,7 @@ def test_keys_build_sign_verify_inspect(tmp_path: Path) -> None:
     result = runner.invoke(app, ["bundle", "sign", str(efb), "--key", str(tmp_path / "keys/pub-a.key.pem")])
     assert result.exit_code == 0, result.output
 
-    result = runner.invoke(
-        app, ["bundle", "verify", str(efb), "--trusted", str(tmp_path / "keys/pub-a.pub.pem")]
-    )
+    result = runner.invoke(app, ["bundle", "verify", str(efb), "--trusted", str(tmp_path / "keys/pub-a.pub.pem")])
     assert result.exit_code == 0, result.output
     assert "verified: sha256:" in result.output and "signed by pub-a" in result.output
 

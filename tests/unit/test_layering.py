@@ -245,12 +245,8 @@ def test_validate_config_values_refuses_nulls_and_unknown_fields() -> None:
 
 
 def test_example_fleet_layers_for_a_dock_camera_and_a_thermal_pi() -> None:
-    docs = [
-        doc for p in ("fleet.yaml", "sites", "devices", "rollouts") for doc in load_manifests(MANIFESTS / p)
-    ]
-    dock = effective_config(
-        docs, DeviceFacts("wa-dock-door-3", "dock-door-3", "warehouse-a", {"camera": "rgb"})
-    )
+    docs = [doc for p in ("fleet.yaml", "sites", "devices", "rollouts") for doc in load_manifests(MANIFESTS / p)]
+    dock = effective_config(docs, DeviceFacts("wa-dock-door-3", "dock-door-3", "warehouse-a", {"camera": "rgb"}))
     assert dock.sources == (
         DEFAULTS_SOURCE,
         "FleetConfig/default",

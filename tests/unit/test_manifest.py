@@ -143,9 +143,7 @@ def test_to_dict_round_trips_and_digest_ignores_source_and_key_order() -> None:
 
 
 def test_from_dict_validates() -> None:
-    with pytest.raises(
-        ManifestError, match=r"store:1 spec\.config\.canary\.min_frames: must be >= 50, got 1"
-    ):
+    with pytest.raises(ManifestError, match=r"store:1 spec\.config\.canary\.min_frames: must be >= 50, got 1"):
         ManifestDoc.from_dict(
             {
                 "apiVersion": "edgefleet.io/v1",
@@ -165,9 +163,7 @@ ROLLOUT = f"{HEAD}kind: Rollout\nmetadata:\n  name: r\nspec:\n  target:\n    bun
 
 def _ec_pem() -> str:
     key = ec.generate_private_key(ec.SECP256R1()).public_key()
-    return key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
 ERROR_CASES: list[tuple[str, str, str]] = [
@@ -326,8 +322,7 @@ ERROR_CASES: list[tuple[str, str, str]] = [
     (
         "scalar document",
         "hello\n",
-        "m.yaml:1: document must be a mapping with apiVersion, kind, metadata and spec, "
-        "got the scalar 'hello'",
+        "m.yaml:1: document must be a mapping with apiVersion, kind, metadata and spec, got the scalar 'hello'",
     ),
     (
         "syntax error",
@@ -485,9 +480,7 @@ def test_two_fleet_configs_are_refused() -> None:
 
 def test_two_site_configs_for_one_site_are_refused() -> None:
     text = _doc("SiteConfig", "a1", ", site: a") + "---\n" + _doc("SiteConfig", "a2", ", site: a")
-    with pytest.raises(
-        ManifestError, match=r"f\.yaml:6 metadata\.site: second SiteConfig for site 'a': 'a2'"
-    ):
+    with pytest.raises(ManifestError, match=r"f\.yaml:6 metadata\.site: second SiteConfig for site 'a': 'a2'"):
         check_document_set(parse_manifests(text, source="f.yaml"))
 
 
@@ -581,11 +574,7 @@ def test_fuzz_yaml_token_soup(text: str) -> None:
 
 
 JSONISH = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(max_size=12),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12),
     lambda inner: (
         st.lists(inner, max_size=4)
         | st.dictionaries(st.text(max_size=8) | st.integers() | st.booleans(), inner, max_size=4)
@@ -621,9 +610,7 @@ SETTING_KEYS = [
         st.sampled_from(["selector", "priority", "target", "strategy", "gates"]), JSONISH, max_size=3
     ),
 )
-def test_fuzz_manifest_shaped_documents(
-    kind: str, config: dict[str, object], spec_extra: dict[str, object]
-) -> None:
+def test_fuzz_manifest_shaped_documents(kind: str, config: dict[str, object], spec_extra: dict[str, object]) -> None:
     document = {
         "apiVersion": "edgefleet.io/v1",
         "kind": kind,

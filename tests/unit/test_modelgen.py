@@ -73,9 +73,7 @@ def _softmax_confidence(logits: np.ndarray) -> np.ndarray:
 
 def test_logit_shift_moves_confidence_distribution(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
-    x = (rng.random((64, 3, 64, 64), dtype=np.float32) * rng.random((64, 3, 1, 1), dtype=np.float32)).astype(
-        np.float32
-    )
+    x = (rng.random((64, 3, 64, 64), dtype=np.float32) * rng.random((64, 3, 1, 1), dtype=np.float32)).astype(np.float32)
     base = _session(make_classifier(tmp_path / "base.onnx")).run(None, {"images": x})[0]
     shifted = _session(make_classifier(tmp_path / "shift.onnx", logit_shift=3.0)).run(None, {"images": x})[0]
     assert np.median(_softmax_confidence(shifted)) < np.median(_softmax_confidence(base)) - 0.1

@@ -185,9 +185,7 @@ def test_empty_when_nothing_passes_the_threshold() -> None:
     max_keep=st.sampled_from([1, 3, 20, 1000]),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_opencv_nms_equals_numpy_reference(
-    n: int, classes: int, iou: float, max_keep: int, seed: int
-) -> None:
+def test_opencv_nms_equals_numpy_reference(n: int, classes: int, iou: float, max_keep: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     xy = rng.uniform(0, 200, (n, 2))
     wh = rng.uniform(5, 80, (n, 2))

@@ -170,9 +170,7 @@ def test_rejects_non_bgr_frames() -> None:
     fx=st.floats(0.05, 0.95),
     fy=st.floats(0.05, 0.95),
 )
-def test_letterbox_transform_round_trips_points(
-    fh: int, fw: int, th: int, tw: int, fx: float, fy: float
-) -> None:
+def test_letterbox_transform_round_trips_points(fh: int, fw: int, th: int, tw: int, fx: float, fy: float) -> None:
     spec = PreprocessSpec.from_mapping({"size": [th, tw]})
     frame = np.zeros((fh, fw, 3), np.uint8)
     _, t = resize_frame(frame, spec)

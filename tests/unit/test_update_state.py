@@ -169,9 +169,7 @@ def test_every_transition_row_has_a_case() -> None:
     assert covered == set(TRANSITIONS)
 
 
-@pytest.mark.parametrize(
-    ("state", "event", "expected", "effects"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
-)
+@pytest.mark.parametrize(("state", "event", "expected", "effects"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_transition_row(
     state: UpdateState, event: UpdateEvent, expected: UpdateState, effects: tuple[type, ...]
 ) -> None:

@@ -53,9 +53,7 @@ def _check_model(
         )
     shape = list(inp.shape)
     if len(shape) != 4:
-        raise ModelLoadError(
-            f"{model_path.name}: input {inp.name!r} must be rank 4 (N,C,H,W or N,H,W,C), got {shape}"
-        )
+        raise ModelLoadError(f"{model_path.name}: input {inp.name!r} must be rank 4 (N,C,H,W or N,H,W,C), got {shape}")
     for declared, expected, axis in zip(shape[1:], pre.input_shape[1:], ("1", "2", "3"), strict=True):
         if isinstance(declared, int) and declared != expected:
             raise ModelLoadError(
@@ -73,16 +71,13 @@ def _check_model(
             )
     else:
         if len(out_shape) != 3:
-            raise ModelLoadError(
-                f"{model_path.name}: {post.kind} output {out.name!r} must be rank 3, got {out_shape}"
-            )
+            raise ModelLoadError(f"{model_path.name}: {post.kind} output {out.name!r} must be rank 3, got {out_shape}")
         per_anchor = out_shape[1] if post.kind == "yolov8" else out_shape[2]
         extra = 4 if post.kind == "yolov8" else 5
         classes = per_anchor - extra if isinstance(per_anchor, int) else None
     if isinstance(classes, int) and labels and len(labels) != classes:
         raise ModelLoadError(
-            f"{model_path.name}: model has {classes} classes but bundle.json 'labels' "
-            f"has {len(labels)} entries"
+            f"{model_path.name}: model has {classes} classes but bundle.json 'labels' has {len(labels)} entries"
         )
 
 

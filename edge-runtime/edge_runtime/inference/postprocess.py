@@ -138,9 +138,7 @@ def softmax(x: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
     return cast(NDArray[np.float32], e / e.sum(axis=-1, keepdims=True))
 
 
-def classify(
-    output: NDArray[Any], spec: PostprocessSpec, labels: Sequence[str]
-) -> tuple[Classification, ...]:
+def classify(output: NDArray[Any], spec: PostprocessSpec, labels: Sequence[str]) -> tuple[Classification, ...]:
     """Top-k classes of a ``[1, C]`` (or ``[C]``) score tensor, best first."""
     scores = np.asarray(output, np.float32).reshape(-1)
     if spec.softmax:
@@ -259,15 +257,11 @@ def yolo_candidates(
             raise InferenceError(f"{spec.kind} output must hold one image, got batch of {raw.shape[0]}")
         raw = raw[0]
     if raw.ndim != 2:
-        raise InferenceError(
-            f"{spec.kind} output must be [1, rows, cols], got shape {tuple(np.shape(output))}"
-        )
+        raise InferenceError(f"{spec.kind} output must be [1, rows, cols], got shape {tuple(np.shape(output))}")
     if spec.kind == "yolov8":
         pred = raw.T
         if pred.shape[1] < 5:
-            raise InferenceError(
-                f"yolov8 output must be [1, 4+classes, anchors], got {tuple(np.shape(output))}"
-            )
+            raise InferenceError(f"yolov8 output must be [1, 4+classes, anchors], got {tuple(np.shape(output))}")
         cls_scores = pred[:, 4:]
         class_ids = cls_scores.argmax(axis=1)
         conf = cls_scores[np.arange(pred.shape[0]), class_ids]
@@ -275,9 +269,7 @@ def yolo_candidates(
         pred, conf, class_ids = pred[mask], conf[mask], class_ids[mask]
     else:
         if raw.shape[1] < 6:
-            raise InferenceError(
-                f"yolov5 output must be [1, anchors, 5+classes], got {tuple(np.shape(output))}"
-            )
+            raise InferenceError(f"yolov5 output must be [1, anchors, 5+classes], got {tuple(np.shape(output))}")
         # Class scores are ≤ 1, so obj × cls ≥ threshold needs obj ≥ threshold: filter cheaply first.
         pred = raw[raw[:, 4] >= spec.conf_threshold]
         cls_scores = pred[:, 5:] * pred[:, 4:5]

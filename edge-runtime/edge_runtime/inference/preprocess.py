@@ -56,9 +56,7 @@ def _number(value: Any, where: str) -> float:
     return float(value)
 
 
-def _triple(
-    d: Mapping[str, Any], field: str, default: tuple[float, float, float]
-) -> tuple[float, float, float]:
+def _triple(d: Mapping[str, Any], field: str, default: tuple[float, float, float]) -> tuple[float, float, float]:
     value = d.get(field, default)
     if not isinstance(value, list | tuple) or len(value) != 3:
         raise SpecError(f"{_where(field)} must be a list of 3 numbers (one per channel), got {value!r}")
@@ -224,24 +222,16 @@ def letterbox_geometry(frame_hw: tuple[int, int], size_hw: tuple[int, int]) -> t
     return new_h, new_w, (th - new_h) // 2, (tw - new_w) // 2
 
 
-def resize_frame(
-    frame_bgr: NDArray[np.uint8], spec: PreprocessSpec
-) -> tuple[NDArray[np.uint8], FrameTransform]:
+def resize_frame(frame_bgr: NDArray[np.uint8], spec: PreprocessSpec) -> tuple[NDArray[np.uint8], FrameTransform]:
     """Resize (letterbox or stretch) to ``spec.size``; the transform maps input pixels back to the frame."""
     frame = check_frame(frame_bgr)
     fh, fw = frame.shape[:2]
     th, tw = spec.size
     if spec.resize == "stretch":
-        resized = (
-            frame if (fh, fw) == (th, tw) else cv2.resize(frame, (tw, th), interpolation=cv2.INTER_LINEAR)
-        )
+        resized = frame if (fh, fw) == (th, tw) else cv2.resize(frame, (tw, th), interpolation=cv2.INTER_LINEAR)
         return cast(NDArray[np.uint8], resized), FrameTransform(tw / fw, th / fh, 0.0, 0.0, fw, fh)
     new_h, new_w, top, left = letterbox_geometry((fh, fw), (th, tw))
-    inner = (
-        frame
-        if (fh, fw) == (new_h, new_w)
-        else cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    )
+    inner = frame if (fh, fw) == (new_h, new_w) else cv2.resize(frame, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
     if (new_h, new_w) == (th, tw):
         boxed = inner
     else:
@@ -254,9 +244,7 @@ def resize_frame(
             cv2.BORDER_CONSTANT,
             value=(spec.pad_value, spec.pad_value, spec.pad_value),
         )
-    return cast(NDArray[np.uint8], boxed), FrameTransform(
-        new_w / fw, new_h / fh, float(left), float(top), fw, fh
-    )
+    return cast(NDArray[np.uint8], boxed), FrameTransform(new_w / fw, new_h / fh, float(left), float(top), fw, fh)
 
 
 def preprocess(frame_bgr: NDArray[np.uint8], spec: PreprocessSpec) -> tuple[NDArray[Any], FrameTransform]:

@@ -68,16 +68,12 @@ def decode_entry(raw: bytes) -> tuple[int, UpdateRecord]:
     try:
         envelope = json.loads(raw)
     except ValueError as exc:
-        raise RecordFormatError(
-            f"journal copy is not valid JSON ({exc}); it is truncated or damaged"
-        ) from None
+        raise RecordFormatError(f"journal copy is not valid JSON ({exc}); it is truncated or damaged") from None
     if not isinstance(envelope, dict) or envelope.get("format") != _FORMAT:
         raise RecordFormatError(f"journal copy is not a {_FORMAT} envelope")
     generation, text, checksum = envelope.get("generation"), envelope.get("record"), envelope.get("sha256")
     if not isinstance(generation, int) or isinstance(generation, bool) or generation < 1:
-        raise RecordFormatError(
-            f"journal copy: field 'generation' must be an integer >= 1, got {generation!r}"
-        )
+        raise RecordFormatError(f"journal copy: field 'generation' must be an integer >= 1, got {generation!r}")
     if not isinstance(text, str) or not isinstance(checksum, str):
         raise RecordFormatError("journal copy: fields 'record' and 'sha256' must be strings")
     actual = hashlib.sha256(text.encode()).hexdigest()
@@ -174,9 +170,7 @@ class Journal:
     def write(self, record: UpdateRecord) -> None:
         """Persist ``record`` durably; when this returns, a crash cannot lose it."""
         if self._generation is None:
-            raise JournalError(
-                f"journal {self.directory}: call load() before write() so generations continue"
-            )
+            raise JournalError(f"journal {self.directory}: call load() before write() so generations continue")
         generation = self._generation + 1
         data = encode_entry(record, generation)
         try:

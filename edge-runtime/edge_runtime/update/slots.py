@@ -161,9 +161,7 @@ class BundleSlots:
     def list(self) -> builtins.list[str]:
         """Digests of every verified slot, sorted."""
         return sorted(
-            f"sha256:{p.name}"
-            for p in self.bundles_dir.iterdir()
-            if p.is_dir() and is_digest(f"sha256:{p.name}")
+            f"sha256:{p.name}" for p in self.bundles_dir.iterdir() if p.is_dir() and is_digest(f"sha256:{p.name}")
         )
 
     def has(self, digest: str) -> bool:

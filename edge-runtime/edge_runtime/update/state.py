@@ -111,9 +111,7 @@ class ArtifactRef:
         if not isinstance(name, str) or not name:
             raise RecordFormatError(f"artifact: field 'name' must be a non-empty string, got {name!r}")
         if not is_digest(digest):
-            raise RecordFormatError(
-                f"artifact {name!r}: field 'digest' must be sha256:<64 hex>, got {digest!r}"
-            )
+            raise RecordFormatError(f"artifact {name!r}: field 'digest' must be sha256:<64 hex>, got {digest!r}")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise RecordFormatError(f"artifact {name!r}: field 'size' must be an integer >= 0, got {size!r}")
         assert isinstance(digest, str)
@@ -416,9 +414,7 @@ class UpdateRecord:
             parsed_state = UpdateState(str(state))
         except ValueError:
             known = ", ".join(s.value for s in UpdateState)
-            raise RecordFormatError(
-                f"update record: field 'state' must be one of {known}, got {state!r}"
-            ) from None
+            raise RecordFormatError(f"update record: field 'state' must be one of {known}, got {state!r}") from None
         artifacts_raw = data.get("candidate_artifacts", [])
         if not isinstance(artifacts_raw, list) or not all(isinstance(a, dict) for a in artifacts_raw):
             raise RecordFormatError(
@@ -448,9 +444,7 @@ def _optional_digest(data: Mapping[str, Any], key: str) -> str | None:
     if value is None:
         return None
     if not is_digest(value):
-        raise RecordFormatError(
-            f"update record: field {key!r} must be sha256:<64 hex> or null, got {value!r}"
-        )
+        raise RecordFormatError(f"update record: field {key!r} must be sha256:<64 hex> or null, got {value!r}")
     assert isinstance(value, str)
     return value
 
@@ -480,9 +474,7 @@ def _time(data: Mapping[str, Any], key: str) -> datetime:
             raise ValueError
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise RecordFormatError(
-            f"update record: field {key!r} must be an ISO-8601 timestamp, got {value!r}"
-        ) from None
+        raise RecordFormatError(f"update record: field {key!r} must be an ISO-8601 timestamp, got {value!r}") from None
     if parsed.tzinfo is None:
         raise RecordFormatError(f"update record: field {key!r} must carry a UTC offset, got {value!r}")
     return parsed
@@ -500,9 +492,7 @@ class Decision:
 # --- handlers --------------------------------------------------------------------------------------------
 
 
-def _go(
-    record: UpdateRecord, state: UpdateState, now: datetime, *effects: UpdateEffect, **changes: Any
-) -> Decision:
+def _go(record: UpdateRecord, state: UpdateState, now: datetime, *effects: UpdateEffect, **changes: Any) -> Decision:
     """Move to ``state`` (re-entering the same state keeps ``entered_at``) and report it."""
     entered_at = record.entered_at if state == record.state else now
     next_record = replace(record, state=state, entered_at=entered_at, updated_at=now, **changes)
@@ -561,9 +551,7 @@ def _start_candidate(record: UpdateRecord, event: DesiredBundleChanged, now: dat
     )
 
 
-def _on_desired(
-    record: UpdateRecord, event: DesiredBundleChanged, now: datetime, limits: RetryLimits
-) -> Decision:
+def _on_desired(record: UpdateRecord, event: DesiredBundleChanged, now: datetime, limits: RetryLimits) -> Decision:
     if not is_digest(event.digest):
         return _ignore(record, f"desired bundle digest must be sha256:<64 hex>, got {event.digest!r}")
     if event.digest == record.committed:
@@ -575,8 +563,7 @@ def _on_desired(
     if event.digest == record.rejected:
         return _ignore(
             record,
-            f"desired bundle {event.digest} was rejected ({record.failure}); "
-            "assign a different bundle to retry",
+            f"desired bundle {event.digest} was rejected ({record.failure}); assign a different bundle to retry",
         )
     if not event.artifacts:
         return _ignore(record, f"desired bundle {event.digest} lists no artifacts; cannot download it")
@@ -624,9 +611,7 @@ def _on_download_completed(
     return _go(record, UpdateState.VERIFYING, now, Verify(record.candidate, record.candidate_artifacts))
 
 
-def _on_download_failed(
-    record: UpdateRecord, event: DownloadFailed, now: datetime, limits: RetryLimits
-) -> Decision:
+def _on_download_failed(record: UpdateRecord, event: DownloadFailed, now: datetime, limits: RetryLimits) -> Decision:
     assert record.candidate is not None
     if record.download_attempts < limits.max_download_attempts:
         return _go(
@@ -683,15 +668,11 @@ def _on_verification_failed(
     )
 
 
-def _on_canary_started(
-    record: UpdateRecord, event: CanaryStarted, now: datetime, limits: RetryLimits
-) -> Decision:
+def _on_canary_started(record: UpdateRecord, event: CanaryStarted, now: datetime, limits: RetryLimits) -> Decision:
     return _go(record, UpdateState.CANARY, now, canary_attempts=1)
 
 
-def _on_canary_failed(
-    record: UpdateRecord, event: CanaryFailed, now: datetime, limits: RetryLimits
-) -> Decision:
+def _on_canary_failed(record: UpdateRecord, event: CanaryFailed, now: datetime, limits: RetryLimits) -> Decision:
     assert record.candidate is not None
     return _go(
         record,
@@ -727,9 +708,7 @@ def _on_canary_inconclusive(
     )
 
 
-def _on_canary_passed(
-    record: UpdateRecord, event: CanaryPassed, now: datetime, limits: RetryLimits
-) -> Decision:
+def _on_canary_passed(record: UpdateRecord, event: CanaryPassed, now: datetime, limits: RetryLimits) -> Decision:
     assert record.candidate is not None
     return _go(
         record,
@@ -742,9 +721,7 @@ def _on_canary_passed(
     )
 
 
-def _on_trial_passed(
-    record: UpdateRecord, event: TrialPassed, now: datetime, limits: RetryLimits
-) -> Decision:
+def _on_trial_passed(record: UpdateRecord, event: TrialPassed, now: datetime, limits: RetryLimits) -> Decision:
     assert record.candidate is not None
     new = record.candidate
     previous = record.committed if record.committed != new else record.previous
@@ -765,9 +742,7 @@ def _on_trial_passed(
     )
 
 
-def _on_trial_failed(
-    record: UpdateRecord, event: TrialFailed, now: datetime, limits: RetryLimits
-) -> Decision:
+def _on_trial_failed(record: UpdateRecord, event: TrialFailed, now: datetime, limits: RetryLimits) -> Decision:
     assert record.candidate is not None
     return _go(
         record,
@@ -803,9 +778,7 @@ TRANSITIONS: dict[tuple[UpdateState, type[UpdateEvent]], Handler] = {
 }
 
 
-def decide(
-    record: UpdateRecord, event: UpdateEvent, now: datetime, limits: RetryLimits = DEFAULT_LIMITS
-) -> Decision:
+def decide(record: UpdateRecord, event: UpdateEvent, now: datetime, limits: RetryLimits = DEFAULT_LIMITS) -> Decision:
     """The next record and effects for ``event``; pairs outside ``TRANSITIONS`` are ignored with a reason."""
     handler = TRANSITIONS.get((record.state, type(event)))
     if handler is None:

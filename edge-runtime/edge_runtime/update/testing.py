@@ -58,9 +58,7 @@ def publish_bundle(blob_dir: Path, name: str, files: Mapping[str, bytes]) -> Pub
     refs = [ArtifactRef(n, _sha256(data), len(data)) for n, data in sorted(files.items())]
     for ref, data in zip(refs, (files[r.name] for r in refs), strict=True):
         (blob_dir / ref.digest.removeprefix("sha256:")).write_bytes(data)
-    manifest = json.dumps(
-        {"name": name, "artifacts": {r.name: r.digest for r in refs}}, sort_keys=True
-    ).encode()
+    manifest = json.dumps({"name": name, "artifacts": {r.name: r.digest for r in refs}}, sort_keys=True).encode()
     digest = _sha256(manifest)
     (blob_dir / digest.removeprefix("sha256:")).write_bytes(manifest)
     bundle = PublishedBundle(digest, (ArtifactRef("bundle.json", digest, len(manifest)), *refs))
@@ -128,9 +126,7 @@ class ManifestVerifier:
             raise SignatureError(f"bundle {digest} is not signed by a trusted publisher (unknown manifest)")
         present = sorted(p.relative_to(bundle_dir).as_posix() for p in bundle_dir.rglob("*") if p.is_file())
         if present != sorted(manifest):
-            raise BundleFormatError(
-                f"bundle {digest}: files {present} differ from the manifest {sorted(manifest)}"
-            )
+            raise BundleFormatError(f"bundle {digest}: files {present} differ from the manifest {sorted(manifest)}")
         for name, expected in manifest.items():
             actual = _sha256((bundle_dir / name).read_bytes())
             if actual != expected:

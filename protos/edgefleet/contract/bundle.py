@@ -173,9 +173,7 @@ class _Doc:
             raise self.error(key, f"must be {hint or 'match ' + pattern.pattern}", value)
         return value
 
-    def integer(
-        self, key: str, default: object = _MISSING, *, ge: int | None = None, le: int | None = None
-    ) -> int:
+    def integer(self, key: str, default: object = _MISSING, *, ge: int | None = None, le: int | None = None) -> int:
         value = self.raw(key, default)
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(key, "must be an integer", value)
@@ -315,9 +313,7 @@ class Preprocess:
         ):
             raise doc.error("size", "must be [height, width] with positive integers", size_raw)
 
-        def triple(
-            key: str, default: tuple[float, float, float], positive: bool
-        ) -> tuple[float, float, float]:
+        def triple(key: str, default: tuple[float, float, float], positive: bool) -> tuple[float, float, float]:
             values = doc.items(key, list(default))
             if len(values) != 3:
                 raise doc.error(key, "must have 3 values (one per channel)", values)
@@ -474,9 +470,7 @@ class ArtifactRef:
     @staticmethod
     def parse(role: str, doc: _Doc) -> ArtifactRef:
         doc.known("path", "sha256", "size", "media_type")
-        path = doc.string(
-            "path", pattern=_ARTIFACT_PATH_RE, hint="'artifacts/<file>' (letters, digits, '._-')"
-        )
+        path = doc.string("path", pattern=_ARTIFACT_PATH_RE, hint="'artifacts/<file>' (letters, digits, '._-')")
         if ".." in path.split("/"):
             raise doc.error("path", "must not contain '..'", path)
         return ArtifactRef(
@@ -484,9 +478,7 @@ class ArtifactRef:
             path=path,
             sha256=doc.string("sha256", pattern=_HEX64_RE, hint="64 lowercase hex digits"),
             size=doc.integer("size", ge=0),
-            media_type=doc.string(
-                "media_type", pattern=re.compile(r"^[\w.+-]+/[\w.+-]+$"), hint="a media type"
-            ),
+            media_type=doc.string("media_type", pattern=re.compile(r"^[\w.+-]+/[\w.+-]+$"), hint="a media type"),
         )
 
 
@@ -536,8 +528,7 @@ def _parse_providers(doc: _Doc) -> tuple[str, ...]:
 
 def _parse_tensors(doc: _Doc, key: str) -> tuple[TensorSpec, ...]:
     specs = tuple(
-        TensorSpec.parse(_Doc(doc.source, item, doc.at(key, i)))
-        for i, item in enumerate(doc.items(key, min_len=1))
+        TensorSpec.parse(_Doc(doc.source, item, doc.at(key, i))) for i, item in enumerate(doc.items(key, min_len=1))
     )
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
@@ -648,9 +639,7 @@ class BundleManifest:
     def from_json_bytes(data: bytes, *, source: str = MANIFEST_NAME) -> BundleManifest:
         """Parse and validate bundle.json bytes; they must be canonical JSON of schema version 1."""
         if len(data) > MAX_MANIFEST_BYTES:
-            raise BundleFormatError(
-                f"{source}: {len(data)} bytes is larger than the {MAX_MANIFEST_BYTES} limit"
-            )
+            raise BundleFormatError(f"{source}: {len(data)} bytes is larger than the {MAX_MANIFEST_BYTES} limit")
         obj = _load_json(data, source)
         schema = obj.get("schema_version") if isinstance(obj, dict) else None
         if schema != SCHEMA_VERSION:
@@ -694,14 +683,10 @@ class BundleManifest:
         try:
             created_at = datetime.strptime(created_raw, _CREATED_AT_FORMAT).replace(tzinfo=UTC)
         except ValueError:
-            raise doc.error(
-                "created_at", "must be a UTC time like 2025-01-31T12:00:00Z", created_raw
-            ) from None
+            raise doc.error("created_at", "must be a UTC time like 2025-01-31T12:00:00Z", created_raw) from None
         artifacts_doc = doc.sub("artifacts")
         if len(artifacts_doc.data) > MAX_ARTIFACTS:
-            raise BundleFormatError(
-                f"{source}: {len(artifacts_doc.data)} artifacts, more than {MAX_ARTIFACTS}"
-            )
+            raise BundleFormatError(f"{source}: {len(artifacts_doc.data)} artifacts, more than {MAX_ARTIFACTS}")
         artifacts: dict[str, ArtifactRef] = {}
         for role in sorted(artifacts_doc.data, key=str):
             if not isinstance(role, str) or not ROLE_RE.match(role):

@@ -79,9 +79,7 @@ def verify_bundle(bundle_dir: Path | str, trusted: TrustedKeys) -> VerifiedBundl
     manifest_bytes = manifest_path.read_bytes()
     _check_schema(manifest_bytes, str(manifest_path))
     if not sig_path.is_file():
-        raise SignatureError(
-            f"{sig_path}: not found; the bundle is unsigned, sign it with 'fleetctl bundle sign'"
-        )
+        raise SignatureError(f"{sig_path}: not found; the bundle is unsigned, sign it with 'fleetctl bundle sign'")
     key_id = verify_signature(manifest_bytes, sig_path.read_bytes(), trusted)
     manifest = BundleManifest.from_json_bytes(manifest_bytes, source=str(manifest_path))
     check_bundle_files(root, manifest)
@@ -174,20 +172,14 @@ def _check_member_kind(member: tarfile.TarInfo, archive: Path) -> None:
             f"{archive}: member '{name}' is a link (to '{member.linkname}'); bundles hold regular files only"
         )
     if member.ischr() or member.isblk() or member.isfifo() or member.isdev():
-        raise UnsafeArchiveError(
-            f"{archive}: member '{name}' is a device or fifo; bundles hold regular files only"
-        )
+        raise UnsafeArchiveError(f"{archive}: member '{name}' is a device or fifo; bundles hold regular files only")
     if not member.isreg() or member.issparse():
-        raise UnsafeArchiveError(
-            f"{archive}: member '{name}' is not a regular file (tar type {member.type!r})"
-        )
+        raise UnsafeArchiveError(f"{archive}: member '{name}' is not a regular file (tar type {member.type!r})")
 
 
 def _read_small(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int, archive: Path) -> bytes:
     if member.size > limit:
-        raise UnsafeArchiveError(
-            f"{archive}: member '{member.name}' is {member.size} bytes, over the {limit} limit"
-        )
+        raise UnsafeArchiveError(f"{archive}: member '{member.name}' is {member.size} bytes, over the {limit} limit")
     fh = tar.extractfile(member)
     if fh is None:
         raise UnsafeArchiveError(f"{archive}: member '{member.name}' has no data")
@@ -261,9 +253,7 @@ def _extract(
         key_id = None
         if trusted is not None:
             if sig_bytes is None:
-                raise SignatureError(
-                    f"{archive}: has no {SIGNATURE_NAME} after {MANIFEST_NAME}; it is unsigned"
-                )
+                raise SignatureError(f"{archive}: has no {SIGNATURE_NAME} after {MANIFEST_NAME}; it is unsigned")
             key_id = verify_signature(manifest_bytes, sig_bytes, trusted)
         declared = sum(ref.size for ref in manifest.artifacts.values())
         if declared > max_total_bytes:
@@ -302,8 +292,7 @@ def _extract(
             total += size
             if size != ref.size:
                 raise DigestMismatchError(
-                    f"{archive}: artifact '{ref.role}' ({name}) is {size} bytes, "
-                    f"{MANIFEST_NAME} says {ref.size}"
+                    f"{archive}: artifact '{ref.role}' ({name}) is {size} bytes, {MANIFEST_NAME} says {ref.size}"
                 )
             if sha != ref.sha256:
                 raise DigestMismatchError(

@@ -76,9 +76,7 @@ def _tensor_specs(args: Sequence[ort.NodeArg]) -> tuple[TensorSpec, ...]:
         # Exporters name dynamic dims freely ("DynamicDimension.0", "batch_size"); keep only names that
         # bundle.json accepts and turn the rest into -1.
         shape: list[Dim] = [
-            d
-            if isinstance(d, int) and d > 0
-            else (d if isinstance(d, str) and _DIM_NAME.match(d) else -1)
+            d if isinstance(d, int) and d > 0 else (d if isinstance(d, str) and _DIM_NAME.match(d) else -1)
             for d in arg.shape
         ]
         specs.append(TensorSpec(arg.name, dtype, tuple(shape)))
@@ -89,8 +87,7 @@ def _check_declared(kind: str, declared: tuple[TensorSpec, ...], actual: tuple[T
     by_name = {t.name: t for t in actual}
     if [t.name for t in declared] != [t.name for t in actual]:
         raise BundleFormatError(
-            f"spec: {kind} names {[t.name for t in declared]} differ from the model's "
-            f"{[t.name for t in actual]}"
+            f"spec: {kind} names {[t.name for t in declared]} differ from the model's {[t.name for t in actual]}"
         )
     for spec in declared:
         real = by_name[spec.name]
@@ -104,8 +101,7 @@ def _check_declared(kind: str, declared: tuple[TensorSpec, ...], actual: tuple[T
         )
         if fixed_mismatch:
             raise BundleFormatError(
-                f"spec: {kind} '{spec.name}' shape {list(spec.shape)} differs from the model's "
-                f"{list(real.shape)}"
+                f"spec: {kind} '{spec.name}' shape {list(spec.shape)} differs from the model's {list(real.shape)}"
             )
 
 
@@ -133,9 +129,7 @@ def generate_golden_inputs(
                     image = image.transpose(2, 0, 1)
                 case[spec.name] = np.ascontiguousarray(image[None])
             else:
-                shape = [
-                    1 if i == 0 or not (isinstance(d, int) and d > 0) else d for i, d in enumerate(spec.shape)
-                ]
+                shape = [1 if i == 0 or not (isinstance(d, int) and d > 0) else d for i, d in enumerate(spec.shape)]
                 case[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         cases.append(case)
     return cases
@@ -171,8 +165,7 @@ def load_golden(path: Path | str) -> list[GoldenCase]:
         raise BundleFormatError(f"{path}: needs input.* and output.* arrays with the same number of cases")
     (count,) = counts
     return [
-        GoldenCase({k: v[i] for k, v in inputs.items()}, {k: v[i] for k, v in outputs.items()})
-        for i in range(count)
+        GoldenCase({k: v[i] for k, v in inputs.items()}, {k: v[i] for k, v in outputs.items()}) for i in range(count)
     ]
 
 

@@ -184,9 +184,7 @@ class EffectiveConfig:
     def from_values(cls, values: Mapping[str, Any], sources: Sequence[str] = ()) -> EffectiveConfig:
         """Validate ``values`` and compute the digest; raises ``ManifestError`` when they are invalid."""
         validate_config_values(values)
-        return cls(
-            values=freeze(values), digest=sha256_digest(canonical_json(values)), sources=tuple(sources)
-        )
+        return cls(values=freeze(values), digest=sha256_digest(canonical_json(values)), sources=tuple(sources))
 
     @classmethod
     def from_json_bytes(cls, data: bytes, *, expected_digest: str | None = None) -> EffectiveConfig:
@@ -200,18 +198,14 @@ class EffectiveConfig:
         try:
             values = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
-            raise ManifestError(
-                f"config is not valid UTF-8 JSON ({exc})", location="effective config"
-            ) from None
+            raise ManifestError(f"config is not valid UTF-8 JSON ({exc})", location="effective config") from None
         if not isinstance(values, dict):
             raise ManifestError(
                 f"config must be a JSON object, got {type(values).__name__}", location="effective config"
             )
         found = config_violations(values)
         if found:
-            raise ManifestError(
-                found[0].message, location="effective config", path=format_path(found[0].path)
-            )
+            raise ManifestError(found[0].message, location="effective config", path=format_path(found[0].path))
         return cls(values=freeze(values), digest=sha256_digest(canonical_json(values)), sources=())
 
 
@@ -229,6 +223,4 @@ def merge_config_layers(layers: Sequence[tuple[str, Mapping[str, Any]]]) -> Effe
             location="effective config",
             path=format_path(found[0].path),
         )
-    return EffectiveConfig(
-        values=freeze(values), digest=sha256_digest(canonical_json(values)), sources=tuple(sources)
-    )
+    return EffectiveConfig(values=freeze(values), digest=sha256_digest(canonical_json(values)), sources=tuple(sources))

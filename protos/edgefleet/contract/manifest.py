@@ -174,13 +174,11 @@ def _parse(text: str, source: str, errors: list[ManifestError]) -> list[Manifest
             violations = document_violations(item.value)
             if violations:
                 # The earliest line in the document is what a reader fixes first; ties keep schema order.
-                first = min(
-                    enumerate(violations), key=lambda iv: (line_of(item.lines, iv[1].path, item.line), iv[0])
-                )[1]
+                first = min(enumerate(violations), key=lambda iv: (line_of(item.lines, iv[1].path, item.line), iv[0]))[
+                    1
+                ]
                 where = line_of(item.lines, first.path, item.line)
-                errors.append(
-                    ManifestError(first.message, location=f"{source}:{where}", path=format_path(first.path))
-                )
+                errors.append(ManifestError(first.message, location=f"{source}:{where}", path=format_path(first.path)))
                 continue
             docs.append(_build(item.value, source=source, line=item.line))
     except ManifestError as exc:
@@ -239,9 +237,7 @@ def load_manifests(path: str | FsPath) -> list[ManifestDoc]:
             errors.append(exc)
             continue
         except UnicodeDecodeError as exc:
-            errors.append(
-                ManifestError(f"file is not UTF-8 ({exc.reason} at byte {exc.start})", location=source)
-            )
+            errors.append(ManifestError(f"file is not UTF-8 ({exc.reason} at byte {exc.start})", location=source))
             continue
         except OSError as exc:
             errors.append(ManifestError(f"cannot read file: {exc.strerror}", location=source))

@@ -147,9 +147,7 @@ def _violation(err: Any) -> Violation:
     validator = err.validator
     expected = schema.get("x-expected")
     if "propertyNames" in err.absolute_schema_path:
-        return Violation(
-            (*path, str(value)), f"invalid key: must be {expected or 'a valid key'}, got {value!r}"
-        )
+        return Violation((*path, str(value)), f"invalid key: must be {expected or 'a valid key'}, got {value!r}")
     if validator == "additionalProperties" and isinstance(value, dict):
         allowed = sorted(schema.get("properties", {}))
         extra = [k for k in value if k not in allowed]
@@ -163,9 +161,7 @@ def _violation(err: Any) -> Violation:
     return Violation(path, _message(validator, err.validator_value, value, schema, expected, err))
 
 
-def _message(
-    validator: str, bound: Any, value: Any, schema: Mapping[str, Any], expected: Any, err: Any
-) -> str:
+def _message(validator: str, bound: Any, value: Any, schema: Mapping[str, Any], expected: Any, err: Any) -> str:
     if expected and validator in ("pattern", "anyOf", "oneOf", "minProperties", "maxProperties", "type"):
         return f"must be {expected}, {_got(value)}"
     bound_text = describe_value(bound)

@@ -175,9 +175,7 @@ class _NodeReader:
         self.constructor = SafeConstructor()
 
     def fail(self, message: str, node: Node, path: Path) -> ManifestError:
-        return ManifestError(
-            message, location=f"{self.source}:{node.start_mark.line + 1}", path=format_path(path)
-        )
+        return ManifestError(message, location=f"{self.source}:{node.start_mark.line + 1}", path=format_path(path))
 
     def read(self, node: Node, path: Path, depth: int) -> Any:
         self.count += 1
@@ -251,9 +249,7 @@ class _NodeReader:
         try:
             value = self.constructor.construct_object(node, deep=True)
         except (yaml.YAMLError, ValueError, OverflowError) as exc:
-            raise self.fail(
-                f"cannot read value {node.value!r}: {exc}; quote it or fix it", node, path
-            ) from None
+            raise self.fail(f"cannot read value {node.value!r}: {exc}; quote it or fix it", node, path) from None
         if isinstance(value, float) and not math.isfinite(value):
             raise self.fail(f"numbers must be finite, got {node.value!r}", node, path)
         return value

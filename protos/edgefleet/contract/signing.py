@@ -60,9 +60,7 @@ def _key_id_from_name(path: Path, suffix: str) -> str | None:
 
 
 def public_key_pem(public_key: Ed25519PublicKey) -> bytes:
-    return public_key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 @dataclass(frozen=True)
@@ -94,9 +92,7 @@ class SigningKey:
         try:
             fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            raise SigningKeyError(
-                f"{private_path}: already exists; choose another directory or key id"
-            ) from None
+            raise SigningKeyError(f"{private_path}: already exists; choose another directory or key id") from None
         except OSError as exc:
             raise SigningKeyError(f"{private_path}: cannot be created: {exc.strerror}") from None
         with os.fdopen(fd, "wb") as fh:
@@ -153,9 +149,7 @@ class TrustedKeys(Mapping[str, Ed25519PublicKey]):
     def _add(self, key_id: str, key: Ed25519PublicKey, origin: str) -> None:
         known = self._keys.get(key_id)
         if known is not None and _raw_public(known) != _raw_public(key):
-            raise SigningKeyError(
-                f"{origin}: key id {key_id!r} is already trusted with a different public key"
-            )
+            raise SigningKeyError(f"{origin}: key id {key_id!r} is already trusted with a different public key")
         self._keys[key_id] = key
 
     def __getitem__(self, key_id: str) -> Ed25519PublicKey:
@@ -245,8 +239,7 @@ def verify_signature(manifest_bytes: bytes, sig_bytes: bytes, trusted: TrustedKe
         raise SignatureError(f"{SIGNATURE_NAME}: field 'algorithm' must be {ALGORITHM!r}, got {algorithm!r}")
     if not isinstance(key_id, str) or not isinstance(signature, str):
         raise SignatureError(
-            f"{SIGNATURE_NAME}: fields 'key_id' and 'signature' must be strings, "
-            f"got {key_id!r}, {signature!r}"
+            f"{SIGNATURE_NAME}: fields 'key_id' and 'signature' must be strings, got {key_id!r}, {signature!r}"
         )
     public_key = trusted.get(key_id)
     if public_key is None:
