@@ -3,7 +3,8 @@
 Part 1 publishes a signed engine bundle and verifies it like a device would: generate a classifier with
 ``edgefleet.modelgen``, build a bundle from ``examples/bundles/classifier-v1.spec.yaml``, sign it with a
 fresh publisher key, pack it to an ``.efb``, then unpack and verify it against the trusted public key.
-Part 2 is the fleet demo (``demo/fleet.py``): a controller and four edge-runtime processes, a good rollout
+Part 2 (``demo/pipeline.py``) builds an INT8 bundle of a real trained model and profiles it; part 3
+is the fleet demo (``demo/fleet.py``): a controller and four edge-runtime processes, a good rollout
 and a drifted one that its canary stops. ``--bundle-only`` runs part 1 alone. Output goes to ``demo-out/``.
 """
 
@@ -69,8 +70,12 @@ def main() -> int:
     if "--bundle-only" in sys.argv[1:]:
         return 0
     from demo.fleet import run as run_fleet
+    from demo.pipeline import run as run_pipeline
 
     configure_logging("warning")
+    console.rule("[bold]model pipeline: a real trained model, INT8 from calibration images, profiled")
+    run_pipeline(OUT / "pipeline", OUT / "keys" / f"{key.key_id}{PRIVATE_SUFFIX}", OUT / "keys", console)
+    console.rule("[bold]fleet: a controller and four cameras, a good rollout and a drifted one")
     return run_fleet(OUT / "fleet", console)
 
 

@@ -374,6 +374,11 @@ def test_a_regressed_bundle_fails_on_the_canary_and_the_rollout_rolls_back(tmp_p
             status = fleet.edges[name].committed(fleet.v1.digest, timeout=5)
             assert status["update"]["candidate"] is None and status["update"]["rejected"] is None
 
+        out = fleetctl(fleet.ctl, "rollout", "status", done.id)
+        assert "rolled_back" in out and "wave 1/2 (1): 1 assigned, 0 succeeded, 1 failed" in out, out
+        line = next(line for line in out.splitlines() if canary in line)
+        assert "rolled_back" in line and "fail p95 " in line and f"n={verdict.frames}" in line, line
+
 
 def test_a_controller_killed_mid_rollout_resumes_it_after_a_restart(tmp_path: Path) -> None:
     sites = {"east": ["east-1", "east-2"], "west": ["west-1"]}
@@ -392,6 +397,9 @@ def test_a_controller_killed_mid_rollout_resumes_it_after_a_restart(tmp_path: Pa
             "v2 in canary",
         )
 
+        before = fleet.get(created.id)
+        assert before.phase == PHASE.ROLLOUT_PHASE_RUNNING and before.wave == 1
+        assert [d.status for d in before.devices if d.wave == 0] == ["pending"]
         ctl.proc.send_signal(signal.SIGKILL)
         ctl.proc.wait(10)
         # the device finishes its canary with the controller gone

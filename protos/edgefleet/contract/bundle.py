@@ -345,6 +345,9 @@ class Postprocess:
     conf_threshold: float = 0.25
     iou_threshold: float = 0.45
     max_detections: int = 100
+    # Classification: apply softmax to the outputs (they are logits). Models that already output
+    # probabilities (a Softmax node at the end) set it to false.
+    softmax: bool = True
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -353,12 +356,17 @@ class Postprocess:
             "conf_threshold": self.conf_threshold,
             "iou_threshold": self.iou_threshold,
             "max_detections": self.max_detections,
+            "softmax": self.softmax,
         }
 
     @staticmethod
     def parse(doc: _Doc) -> Postprocess:
-        doc.known("kind", "top_k", "conf_threshold", "iou_threshold", "max_detections")
+        doc.known("kind", "top_k", "conf_threshold", "iou_threshold", "max_detections", "softmax")
+        softmax = doc.raw("softmax", True)
+        if not isinstance(softmax, bool):
+            raise doc.error("softmax", "must be true or false", softmax)
         return Postprocess(
+            softmax=softmax,
             kind=cast(PostprocessKind, doc.string("kind", choices=("classification", "yolov5", "yolov8"))),
             top_k=doc.integer("top_k", 5, ge=1),
             conf_threshold=doc.number("conf_threshold", 0.25, ge=0.0, le=1.0),

@@ -15,7 +15,6 @@ Decisions:
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -116,24 +115,10 @@ def select_precision(
 
 
 def hardware_class() -> str:
-    """This machine's class in the fleet's vocabulary (``x86-avx512``, ``x86-avx2``, ``jetson``, ``arm64``)."""
-    machine = platform.machine().lower()
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        cpuinfo = ""
-    flags = set()
-    for line in cpuinfo.splitlines():
-        if line.startswith(("flags", "Features")):
-            flags.update(line.split(":", 1)[1].split())
-            break
-    if machine in ("x86_64", "amd64"):
-        if "avx512f" in flags:
-            return "x86-avx512-vnni" if "avx512_vnni" in flags else "x86-avx512"
-        return "x86-avx2" if "avx2" in flags else "x86"
-    if machine in ("aarch64", "arm64"):
-        return "jetson" if Path("/etc/nv_tegra_release").exists() else "arm64"
-    return machine or "unknown"
+    """This machine's class in the fleet's vocabulary (see ``edgefleet.contract.hardware``)."""
+    from edgefleet.contract.hardware import hardware_class as contract_hardware_class
+
+    return contract_hardware_class()
 
 
 def measure_latency(

@@ -24,6 +24,7 @@ Decisions:
 from __future__ import annotations
 
 import importlib.util
+import logging
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -201,6 +202,11 @@ def quantize_int8(
         excluded = float_tail_nodes(prepared) if keep_float_tail else []
         cache = work / "ranges.json"
         save_tensors_data(run.tensors_data, cache)
+        # ORT's quantizer warns on the root logger for every per-channel BatchNorm weight it cannot split
+        # ("Axis 1 is out-of-range"); harmless and noisy, so it is silenced for this call only.
+        root = logging.getLogger()
+        previous_level = root.level
+        root.setLevel(logging.ERROR)
         try:
             quantize_static(
                 str(prepared),
@@ -216,6 +222,8 @@ def quantize_int8(
             )
         except Exception as exc:  # onnxruntime's errors are untyped
             raise QuantizationError(f"{model_path}: static INT8 quantization failed: {exc}") from None
+        finally:
+            root.setLevel(previous_level)
     _log().info(
         "quantize.int8_written",
         model=str(model_path),
