@@ -1,6 +1,7 @@
-"""How fleetctl reaches the controller: address, token and TLS from flags, the environment
-(``EDGEFLEET_CONTROLLER``, ``EDGEFLEET_TOKEN``, ``EDGEFLEET_CA``) or ``~/.config/edgefleet/config.yaml``,
-in that order of precedence. fleetctl speaks gRPC only, never the database."""
+"""How fleetctl reaches the controller: address, token and TLS files from flags, the environment
+(``EDGEFLEET_CONTROLLER``, ``EDGEFLEET_TOKEN``, ``EDGEFLEET_CA``, ``EDGEFLEET_CLIENT_CERT``,
+``EDGEFLEET_CLIENT_KEY``) or ``~/.config/edgefleet/config.yaml``, in that order of precedence.
+fleetctl speaks gRPC only, never the database."""
 
 from __future__ import annotations
 
@@ -28,9 +29,18 @@ class Connection:
     address: str
     token: str
     ca: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
 
     @classmethod
-    def resolve(cls, address: str | None, token: str | None, ca: Path | None = None) -> Connection:
+    def resolve(
+        cls,
+        address: str | None,
+        token: str | None,
+        ca: Path | None = None,
+        client_cert: Path | None = None,
+        client_key: Path | None = None,
+    ) -> Connection:
         file_cfg: dict[str, str] = {}
         path = config_path()
         if path.exists():
@@ -45,7 +55,11 @@ class Connection:
             token = Path(token_file).read_text().strip()
         ca_text = os.environ.get("EDGEFLEET_CA") or file_cfg.get("ca")
         ca = ca or (Path(ca_text) if ca_text else None)
-        return cls(address=address, token=token, ca=ca)
+        cert_text = os.environ.get("EDGEFLEET_CLIENT_CERT") or file_cfg.get("client_cert")
+        key_text = os.environ.get("EDGEFLEET_CLIENT_KEY") or file_cfg.get("client_key")
+        client_cert = client_cert or (Path(cert_text) if cert_text else None)
+        client_key = client_key or (Path(key_text) if key_text else None)
+        return cls(address=address, token=token, ca=ca, client_cert=client_cert, client_key=client_key)
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -53,10 +67,14 @@ class Connection:
 
     @contextmanager
     def fleet(self) -> Iterator[fleet_pb2_grpc.FleetServiceStub]:
-        channel = (
-            grpc.secure_channel(self.address, grpc.ssl_channel_credentials(self.ca.read_bytes()))
-            if self.ca
-            else grpc.insecure_channel(self.address)
-        )
+        if self.ca or self.client_cert:
+            credentials = grpc.ssl_channel_credentials(
+                self.ca.read_bytes() if self.ca else None,
+                self.client_key.read_bytes() if self.client_key else None,
+                self.client_cert.read_bytes() if self.client_cert else None,
+            )
+            channel = grpc.secure_channel(self.address, credentials)
+        else:
+            channel = grpc.insecure_channel(self.address)
         with channel:
             yield fleet_pb2_grpc.FleetServiceStub(channel)

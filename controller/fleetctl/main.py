@@ -43,11 +43,15 @@ def main(
     controller: str | None = typer.Option(None, "--controller", "-c", help="controller host:port"),
     token: str | None = typer.Option(None, "--token", help="operator token (eot_…)"),
     ca: Path | None = typer.Option(None, "--ca", help="CA certificate (PEM) to verify the controller's TLS"),
+    client_cert: Path | None = typer.Option(None, "--client-cert", help="client certificate (PEM), mutual TLS"),
+    client_key: Path | None = typer.Option(None, "--client-key", help="client private key (PEM), mutual TLS"),
 ) -> None:
     configure_logging("debug" if verbose else "warning")
     OPTIONS.controller = controller
     OPTIONS.token = token
     OPTIONS.ca = ca
+    OPTIONS.client_cert = client_cert
+    OPTIONS.client_key = client_key
 
 
 def run() -> None:

@@ -13,9 +13,11 @@ class GlobalOptions:
     controller: str | None = None
     token: str | None = None
     ca: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
 
     def connection(self) -> Connection:
-        return Connection.resolve(self.controller, self.token, self.ca)
+        return Connection.resolve(self.controller, self.token, self.ca, self.client_cert, self.client_key)
 
 
 OPTIONS = GlobalOptions()

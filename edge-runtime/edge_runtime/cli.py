@@ -23,6 +23,7 @@ from pathlib import Path
 import typer
 
 from edge_runtime.agent.agent import STATUS_FILE, AgentSettings, EdgeAgent
+from edge_runtime.agent.client import use_tls
 from edge_runtime.agent.errors import AgentError
 from edge_runtime.inference.errors import FrameSourceError
 from edge_runtime.update.crashdrill import CRASH_ENV, parse_crash_at
@@ -70,9 +71,21 @@ def run_agent(
     frame_log: Path | None = typer.Option(None, "--frame-log", help="append '<frame id> <bundle>' per frame"),
     failed_retry_s: float = typer.Option(60.0, "--failed-retry-s", help="re-try a failed desired bundle after"),
     log_level: str = typer.Option("info", "--log-level"),
+    tls: bool = typer.Option(False, "--tls", help="TLS to the controller (system roots unless --ca)"),
+    ca: Path | None = typer.Option(None, "--ca", help="CA certificate (PEM) of the controller; implies --tls"),
+    client_cert: Path | None = typer.Option(None, "--client-cert", help="client certificate (PEM) for mutual TLS"),
+    client_key: Path | None = typer.Option(None, "--client-key", help="client private key (PEM) for mutual TLS"),
 ) -> None:
     """Run the device agent until SIGTERM."""
     configure_logging(log_level, json=True)
+    if bool(client_cert) != bool(client_key):
+        raise typer.BadParameter("--client-cert and --client-key go together")
+    if tls or ca or client_cert:
+        use_tls(
+            ca.read_bytes() if ca else None,
+            client_cert.read_bytes() if client_cert else None,
+            client_key.read_bytes() if client_key else None,
+        )
     crash = os.environ.get(CRASH_ENV)
     try:
         crash_at = parse_crash_at(crash) if crash else None

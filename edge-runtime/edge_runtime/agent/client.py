@@ -14,6 +14,8 @@ Decisions:
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 
 from edgefleet.v1 import device_pb2_grpc
@@ -72,12 +74,38 @@ def bearer(credential: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {credential}"),)
 
 
+_tls: grpc.ChannelCredentials | None = None
+
+
+def use_tls(ca: bytes | None, client_cert: bytes | None = None, client_key: bytes | None = None) -> None:
+    """Make every channel to the controller TLS (the entry point calls this once, from its flags).
+
+    ``ca`` verifies the controller's certificate (None: the system roots); a client certificate and key
+    answer a controller that requires mutual TLS."""
+    global _tls
+    _tls = grpc.ssl_channel_credentials(ca, client_key, client_cert)
+
+
+def _open(address: str, options: list[tuple[str, int]], *, aio: bool) -> Any:
+    if aio:
+        return (
+            grpc.aio.secure_channel(address, _tls, options=options)
+            if _tls is not None
+            else grpc.aio.insecure_channel(address, options=options)
+        )
+    return (
+        grpc.secure_channel(address, _tls, options=options)
+        if _tls is not None
+        else grpc.insecure_channel(address, options=options)
+    )
+
+
 class ControllerLink:
     """One asyncio channel to the controller plus the device stub; ``metadata`` once enrolled."""
 
     def __init__(self, address: str) -> None:
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address, options=channel_options())
+        self.channel: grpc.aio.Channel = _open(address, channel_options(), aio=True)
         self.device = device_pb2_grpc.DeviceServiceStub(self.channel)
         self.metadata: tuple[tuple[str, str], ...] = ()
 
@@ -95,4 +123,5 @@ def blocking_channel(address: str) -> grpc.Channel:
     the reader is lost on a reset. With the default 64 KiB window a drop costs at most the chunk in flight
     plus that window, which is what makes "bytes fetched again <= one chunk per reset" hold.
     """
-    return grpc.insecure_channel(address, options=[*channel_options(), ("grpc.http2.bdp_probe", 0)])
+    channel: grpc.Channel = _open(address, [*channel_options(), ("grpc.http2.bdp_probe", 0)], aio=False)
+    return channel
