@@ -39,6 +39,7 @@ if str(REPO) not in sys.path:
 
 import grpc  # noqa: E402
 import psutil  # noqa: E402
+from benchlib import run_alone  # noqa: E402
 
 from edgefleet.contract.signing import generate_keypair  # noqa: E402
 from edgefleet.v1 import common_pb2, device_pb2, fleet_pb2  # noqa: E402
@@ -514,16 +515,7 @@ def main() -> int:
     if len(sys.argv) >= 4 and sys.argv[1] == "--role":
         _child_main(sys.argv[2], sys.argv[3])
         return 0
-    from edgefleet.logging import configure_logging
-
-    configure_logging("warning")
-    started = time.perf_counter()
-    rows = run(quick="--quick" in sys.argv)
-    for r in rows:
-        mark = "ok  " if r["ok"] else "MISS"
-        print(f"{mark} {r['benchmark']}: {r['measured']} vs {r['baseline']} (ratio {r['ratio']}, goal {r['goal']})")
-    print(f"total {time.perf_counter() - started:.1f} s")
-    return 0 if all(r["ok"] for r in rows) else 1
+    return run_alone(run)
 
 
 if __name__ == "__main__":

@@ -30,11 +30,11 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from benchlib import run_alone
 
 from edge_runtime.inference import EngineSlot, FrameResult, InferenceEngine, PostprocessSpec, PreprocessSpec
 from edge_runtime.inference.preprocess import preprocess
 from edge_runtime.sources import open_source
-from edgefleet.logging import configure_logging
 from edgefleet.modelgen import make_yolo_detector
 
 YOLO_PRE = PreprocessSpec.from_mapping({"resize": "letterbox", "size": [640, 640], "pad_value": 114})
@@ -205,15 +205,5 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         return rows
 
 
-def main() -> None:
-    configure_logging("warning")
-    for row in run(quick="--quick" in sys.argv):
-        mark = "ok " if row["ok"] else "BAD"
-        print(
-            f"[{mark}] {row['benchmark']}: {row['measured']} vs {row['baseline']} "
-            f"→ ratio {row['ratio']} (goal {row['goal']})"
-        )
-
-
 if __name__ == "__main__":
-    main()
+    sys.exit(run_alone(run))

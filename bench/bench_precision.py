@@ -21,12 +21,12 @@ from __future__ import annotations
 import importlib.util
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
+from benchlib import run_alone
+
 from edgefleet.contract.bundle import Postprocess, Preprocess
-from edgefleet.logging import configure_logging
 from edgefleet.modelgen import make_yolo_detector
 from edgefleet.pipeline.accuracy import evaluate_variant
 from edgefleet.pipeline.calibration import load_image_set, preprocess_image, read_image
@@ -128,17 +128,5 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
-def main() -> int:
-    configure_logging("warning")
-    start = time.perf_counter()
-    rows = run(quick="--quick" in sys.argv[1:])
-    for row in rows:
-        mark = "ok " if row["ok"] else "MISS"
-        figures = f"{row['measured']} vs {row['baseline']} (ratio {row['ratio']}; goal {row['goal']})"
-        print(f"[{mark}] {row['benchmark']}: {figures}")
-    print(f"{time.perf_counter() - start:.1f} s")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_alone(run))

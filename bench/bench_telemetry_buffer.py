@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from benchlib import run_alone
 from google.protobuf import json_format
 
 from edge_runtime.telemetry import TelemetryBuffer, WindowAggregator
 from edge_runtime.telemetry.buffer import encode_record
-from edgefleet.logging import configure_logging
 from edgefleet.v1.telemetry_pb2 import MetricWindow, SensorReading, TelemetryBatch, TelemetryRecord
 
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
@@ -158,15 +158,5 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         return [bench_append(Path(tmp), quick), *bench_wire_bytes()]
 
 
-def main() -> None:
-    configure_logging("warning")
-    for row in run(quick="--quick" in sys.argv):
-        mark = "ok " if row["ok"] else "BAD"
-        print(
-            f"[{mark}] {row['benchmark']}: {row['measured']} vs {row['baseline']} "
-            f"→ ratio {row['ratio']} (goal {row['goal']})"
-        )
-
-
 if __name__ == "__main__":
-    main()
+    sys.exit(run_alone(run))

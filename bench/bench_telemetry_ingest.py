@@ -45,6 +45,7 @@ if str(REPO) not in sys.path:
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
+from benchlib import run_alone  # noqa: E402
 
 from edge_runtime.agent.uploader import TelemetryUploader, UploadSettings  # noqa: E402
 from edge_runtime.telemetry import TelemetryBuffer, WindowAggregator  # noqa: E402
@@ -328,18 +329,5 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         return asyncio.run(_bench(quick, Path(tmp)))
 
 
-def main() -> int:
-    from edgefleet.logging import configure_logging
-
-    configure_logging("warning")
-    started = time.perf_counter()
-    rows = run(quick="--quick" in sys.argv)
-    for r in rows:
-        mark = "ok  " if r["ok"] else "MISS"
-        print(f"{mark} {r['benchmark']}: {r['measured']} vs {r['baseline']} (ratio {r['ratio']}, goal {r['goal']})")
-    print(f"total {time.perf_counter() - started:.1f} s")
-    return 0 if all(r["ok"] for r in rows) else 1
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_alone(run))
