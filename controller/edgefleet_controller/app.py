@@ -26,6 +26,8 @@ import functools
 import hashlib
 import json
 import os
+import secrets
+import socket
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -167,6 +169,24 @@ class _BundlePieces:
 PIECES_MAX = 256
 
 
+def replica_id(data_dir: Path) -> str:
+    """This controller's stable identity for database leases, kept in ``DATA_DIR/replica.id``.
+
+    A controller restarted on the same data dir is the same replica, so it takes its reconciler lease back
+    at once instead of waiting for the dead process's lease to expire; replicas sharing one PostgreSQL
+    database each have their own data dir, hence their own id.
+    """
+    path = data_dir / "replica.id"
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        ident = f"{socket.gethostname()}-{secrets.token_hex(4)}"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(ident + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return ident
+
+
 class ControllerApp:
     """Everything the controller does, behind the servicers."""
 
@@ -178,7 +198,7 @@ class ControllerApp:
         self.blobs = BlobStore(self.data_dir / "blobs")
         self.hub = SyncHub()
         self.feed = FleetFeed()
-        self.rollouts = RolloutService(self.store, self.hub, self.clock)
+        self.rollouts = RolloutService(self.store, self.hub, self.clock, holder=replica_id(self.data_dir))
         self.telemetry = TelemetryService(self.store, self.clock, self.feed)
         self.metrics = ControllerMetrics()
         self.metrics.watch_waiting(lambda: self.hub.waiting)
