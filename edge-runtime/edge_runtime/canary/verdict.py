@@ -471,6 +471,11 @@ def decide_verdict(
     )
 
 
+#: Fewer trial frames than this give no latency-regression judgement in the watch window (errors, NaNs, the
+#: SLA budget and drift are still judged): a p95 over three frames is noise.
+WATCH_REGRESSION_MIN_FRAMES = 30
+
+
 def decide_watch(
     trial: CanarySamples,
     canary_baseline_p95: float,
@@ -492,7 +497,8 @@ def decide_watch(
     - p95 / canary_baseline_p95 > max_p95_ratio AND p95 − canary_baseline_p95 ≥ min_effect_ms (the same
       minimum effect size as the canary: sub-millisecond models jitter by more than 10% on a busy CPU;
       throttling is named in the reason, it does not excuse: a bundle that heats the device into
-      throttling is the bundle's regression);
+      throttling is the bundle's regression). Judged only over at least ``WATCH_REGRESSION_MIN_FRAMES``
+      frames: the p95 of a handful of frames is one scheduler hiccup, not a regression;
     - drift_psi > psi_max.
 
     Throttling alone, with latency in bounds, passes. A window with no frames is ``inconclusive``.
@@ -516,7 +522,7 @@ def decide_watch(
                 f"({policy.budget_formula(throttled=throttling)}){note}"
             )
         if (
-            latency.size
+            latency.size >= WATCH_REGRESSION_MIN_FRAMES
             and ratio > policy.max_p95_ratio
             and summary.p95_ms - canary_baseline_p95 >= policy.min_effect_ms
         ):
