@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", default=[], help="module name, e.g. bench_inference")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    from edgefleet.logging import configure_logging
+
+    configure_logging("warning")
     sys.path.insert(0, str(HERE))
     rows: list[dict[str, object]] = []
     failed: list[str] = []
