@@ -34,10 +34,12 @@ def serve(
 ) -> None:
     """Serve DeviceService and FleetService (plus health and reflection) until SIGTERM."""
     from edgefleet_controller.app import ControllerApp
+    from edgefleet_controller.memory import tune_malloc
     from edgefleet_controller.server import TlsConfig
     from edgefleet_controller.server import serve as run_server
 
     configure_logging(log_level, json=log_json)
+    tune_malloc()
     tls = None
     if tls_cert or tls_key:
         if not (tls_cert and tls_key):
