@@ -5,7 +5,7 @@ message. With glibc's defaults, blocks that large are served by ``mmap`` and han
 the heap top is trimmed with ``brk``) as soon as they are freed, so every chunk pays for page faults on
 memory the kernel must zero again. Measured on the development VM: 700–900 MB/s for one 64 MB download
 against 1.7–3 GB/s once freed chunks are reused. Keeping allocations below 8 MiB on the heap and letting
-up to 32 MiB of free heap stay mapped removes the faults; two arenas (instead of one per worker thread
+up to 16 MiB of free heap stay mapped removes the faults; two arenas (instead of one per worker thread
 that ever read a chunk) keep what concurrent downloads leave behind from multiplying by the thread count.
 
 Only glibc has ``mallopt``; elsewhere (musl, macOS) this does nothing. ``MALLOC_*_`` environment variables
@@ -27,7 +27,7 @@ _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 ARENA_MAX = 2
 MMAP_THRESHOLD_BYTES = 8 << 20
-TRIM_THRESHOLD_BYTES = 32 << 20
+TRIM_THRESHOLD_BYTES = 16 << 20
 
 
 def tune_malloc() -> bool:
