@@ -37,7 +37,7 @@ OUT = REPO / "demo-out"
 
 
 def main() -> int:
-    configure_logging("info")
+    configure_logging("warning")
     log = structlog.get_logger("demo")
     # Wide enough for the status tables when the output goes to a file or CI log.
     console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 120)
