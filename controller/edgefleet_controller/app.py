@@ -783,6 +783,9 @@ class ControllerApp:
                 "created" if old is None else ("unchanged" if old.content_digest == d.content_digest else "configured")
             )
             results.append(f"{d.kind}/{d.name} {status}")
+        # Rollout documents are checked (target bundle, strategy) before anything is stored.
+        for d in rollout_docs:
+            await self.rollouts.check_manifest(d)
         if request.dry_run:
             results.extend(f"Rollout/{d.name} valid (not created: dry run)" for d in rollout_docs)
             revision = await asyncio.to_thread(self.store.config_revision)

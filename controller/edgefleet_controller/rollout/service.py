@@ -181,8 +181,12 @@ class RolloutService:
         name = request.name or f"{bundle.name}-{bundle.version}"
         return await self._create(name, bundle, spec, force=request.force, requested_by=requested_by)
 
-    async def create_from_manifest(self, doc: ManifestDoc, *, requested_by: str = "") -> fleet_pb2.Rollout:
-        """Create the rollout a validated ``kind: Rollout`` manifest document describes."""
+    async def check_manifest(self, doc: ManifestDoc) -> None:
+        """Everything ``create_from_manifest`` checks before storing, without storing: ApplyConfig runs it
+        for every Rollout document first, so a bad one refuses the whole request and changes nothing."""
+        await self._manifest_spec(doc)
+
+    async def _manifest_spec(self, doc: ManifestDoc) -> tuple[BundleRecord, RolloutSpec]:
         if doc.kind is not ManifestKind.ROLLOUT:
             raise cerr.InvalidArgument(f"{doc.location}: {doc.ref} is not a Rollout document")
         target = doc.spec.get("target", {})
@@ -197,6 +201,11 @@ class RolloutService:
             spec = spec_from_manifest(rollout_id, bundle.digest, doc)
         except RolloutSpecError as exc:
             raise cerr.InvalidArgument(f"{doc.location}: {exc}") from None
+        return bundle, spec
+
+    async def create_from_manifest(self, doc: ManifestDoc, *, requested_by: str = "") -> fleet_pb2.Rollout:
+        """Create the rollout a validated ``kind: Rollout`` manifest document describes."""
+        bundle, spec = await self._manifest_spec(doc)
         return await self._create(
             doc.name, bundle, spec, force=bool(doc.spec.get("force", False)), requested_by=requested_by
         )
