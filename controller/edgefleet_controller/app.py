@@ -57,6 +57,7 @@ from edgefleet_controller.auth import CredentialCache, Principal, Role
 from edgefleet_controller.fleet_feed import FleetFeed
 from edgefleet_controller.hub import SyncHub
 from edgefleet_controller.metrics import ControllerMetrics
+from edgefleet_controller.replicas import ChangeRelay
 from edgefleet_controller.rollout.service import RolloutService
 from edgefleet_controller.store import BlobStore, EventInput, Store
 from edgefleet_controller.store import errors as serr
@@ -200,6 +201,9 @@ class ControllerApp:
         self.feed = FleetFeed()
         self.rollouts = RolloutService(self.store, self.hub, self.clock, holder=replica_id(self.data_dir))
         self.telemetry = TelemetryService(self.store, self.clock, self.feed)
+        self.relay: ChangeRelay | None = None
+        if self.store.engine.dialect.name == "postgresql":
+            self.relay = ChangeRelay(self.store.engine.url, self.hub, replica_id(self.data_dir))
         self.metrics = ControllerMetrics()
         self.metrics.watch_waiting(lambda: self.hub.waiting)
         self.metrics.watch_devices(self._devices_by_state)
@@ -224,6 +228,8 @@ class ControllerApp:
                 f.write(secret + "\n")
             os.chmod(path, 0o600)
             log.info("controller.bootstrap_admin_token", path=str(path))
+        if self.relay is not None:
+            await self.relay.start()
         self.rollouts.start()
         self.telemetry.start()
 
@@ -235,6 +241,8 @@ class ControllerApp:
     async def stop(self) -> None:
         await self.rollouts.stop()
         await self.telemetry.stop()
+        if self.relay is not None:
+            await self.relay.stop()
         await asyncio.to_thread(self.store.close)
 
     def _device_counts_changed(self) -> None:

@@ -5,8 +5,9 @@ polling loop per device, so thousands of waiting devices cost a few hundred byte
 avoids a lost wake-up: subscribe first, then read the revision, then wait. A change committed between the
 read and the wait has already resolved the future.
 
-Several controller replicas on one PostgreSQL database would forward ``notify`` through the database
-(LISTEN/NOTIFY); a single process (the embedded default) calls it directly after each commit.
+Several controller replicas on one PostgreSQL database forward ``notify`` through the database
+(LISTEN/NOTIFY, ``replicas.py``); a single process (the embedded default) calls it directly after each
+commit.
 
 ``notify`` is THE signal that desired state changed: whoever commits a desired-state change (set-bundle,
 config apply, the rollout reconciler) must call it for the devices concerned, waiting or not. Listeners
@@ -27,10 +28,15 @@ class SyncHub:
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._count = 0
         self._listeners: list[Callable[[Collection[str] | None], None]] = []
+        self._publishers: list[Callable[[Collection[str] | None], None]] = []
 
     def on_change(self, listener: Callable[[Collection[str] | None], None]) -> None:
         """Call ``listener(device_ids)`` on every ``notify`` (``None``: every device) before waking anyone."""
         self._listeners.append(listener)
+
+    def on_publish(self, publisher: Callable[[Collection[str] | None], None]) -> None:
+        """Call ``publisher(device_ids)`` after every local change, to tell other replicas (see replicas.py)."""
+        self._publishers.append(publisher)
 
     @property
     def waiting(self) -> int:
@@ -62,11 +68,15 @@ class SyncHub:
             return False
         return True
 
-    def notify(self, device_ids: Iterable[str]) -> int:
-        """Wake every call waiting for these devices; return how many were woken."""
+    def notify(self, device_ids: Iterable[str], *, publish: bool = True) -> int:
+        """Wake every call waiting for these devices; return how many were woken. ``publish=False`` for a
+        change another replica already announced."""
         ids = device_ids if isinstance(device_ids, Collection) else list(device_ids)
         for listener in self._listeners:
             listener(ids)
+        if publish:
+            for publisher in self._publishers:
+                publisher(ids)
         return self._wake(ids)
 
     def _wake(self, device_ids: Iterable[str]) -> int:
@@ -78,8 +88,12 @@ class SyncHub:
                     woken += 1
         return woken
 
-    def notify_all(self) -> int:
-        """Wake every waiting call (shutdown, or a fleet-wide change); listeners hear ``None`` (everyone)."""
+    def notify_all(self, *, publish: bool = False) -> int:
+        """Wake every waiting call (shutdown, or a fleet-wide change); listeners hear ``None`` (everyone).
+        Not published by default: a shutdown concerns this replica only."""
         for listener in self._listeners:
             listener(None)
+        if publish:
+            for publisher in self._publishers:
+                publisher(None)
         return self._wake(list(self._waiters))
