@@ -42,6 +42,7 @@ from google.protobuf.struct_pb2 import Struct
 from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
 
 from edge_runtime.agent.client import ControllerLink, is_transient
+from edge_runtime.agent.config_store import load_config, save_config
 from edge_runtime.agent.enroll import Credential, enroll, load_credential, save_credential
 from edge_runtime.agent.errors import EnrollmentError
 from edge_runtime.agent.evaluator import CanaryEvaluator
@@ -151,11 +152,16 @@ class EdgeAgent:
         self.slot = EngineSlot()
         self.config: Mapping[str, Any] = {}
         self.config_digest = ""
+        saved = load_config(data)  # the last applied config: a restart without a link keeps it
+        if saved is not None:
+            self.config, self.config_digest = saved.values, saved.digest
         self.applied_revision = 0
         self.health: common_pb2.Health.ValueType = common_pb2.HEALTH_STARTING
         self.link = ControllerLink(settings.controller)
         self.reporter = BufferedReporter()
         self.verifier = SignatureVerifier(key_dir=settings.trusted_keys_dir)
+        if self.config:
+            self._use_trusted_keys()
         self.fetcher = BlobFetcher(settings.controller, lambda: self.link.metadata, chunk_bytes=settings.chunk_bytes)
         self.switcher = SlotSwitcher(
             self.slot,
@@ -263,12 +269,19 @@ class EdgeAgent:
             return
         self.config = config.values
         self.config_digest = config.digest
-        keys = config.values.get("trusted_keys") or {}
+        self._use_trusted_keys()
+        try:
+            save_config(self.data_dir, config)
+        except OSError as exc:
+            log.error("agent.config_not_saved", digest=config.digest, error=str(exc))
+        log.info("agent.config_applied", digest=config.digest)
+
+    def _use_trusted_keys(self) -> None:
+        keys = self.config.get("trusted_keys") or {}
         try:
             self.verifier.set_configured(dict(keys))
         except Exception as exc:
             log.error("agent.trusted_keys_rejected", error=str(exc))
-        log.info("agent.config_applied", digest=config.digest)
 
     def _offer(self, *, force: bool) -> None:
         desired = self._desired
