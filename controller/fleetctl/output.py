@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +16,9 @@ from rich.console import Console
 from rich.table import Table
 
 FORMATS = ("table", "wide", "json", "yaml")
-console = Console()
+# On a terminal rich fits its width; piped into a file, a pager or CI logs, rich would assume 80 columns and
+# fold every table cell, so tables get room as kubectl's do and long lines are not wrapped.
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 # Errors are one line however narrow the terminal: scripts and people grep them.
 err_console = Console(stderr=True, soft_wrap=True)
 
