@@ -18,7 +18,7 @@ from rich.table import Table
 FORMATS = ("table", "wide", "json", "yaml")
 # On a terminal rich fits its width; piped into a file, a pager or CI logs, rich would assume 80 columns and
 # fold every table cell, so tables get room as kubectl's do and long lines are not wrapped.
-console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 1000)
 # Errors are one line however narrow the terminal: scripts and people grep them.
 err_console = Console(stderr=True, soft_wrap=True)
 
