@@ -485,10 +485,10 @@ class ControllerApp:
     ) -> AsyncIterator[device_pb2.BlobChunk]:
         digest = request.digest
         try:
-            BlobStore_check = self.blobs.has(digest)
+            stored = self.blobs.has(digest)
         except serr.InvalidDigest as exc:
             raise cerr.InvalidArgument(f"FetchBlobRequest.digest: {exc}") from None
-        if not BlobStore_check or not await self._device_may_fetch(device_id, digest):
+        if not stored or not await self._device_may_fetch(device_id, digest):
             raise cerr.NotFoundError(
                 f"artifact {digest} is not part of this device's desired bundle or config; "
                 "Sync again for the current desired state"
@@ -871,9 +871,6 @@ class ControllerApp:
     # ------------------------------------------------------------------ fleet
 
     async def list_devices(self, request: fleet_pb2.ListDevicesRequest) -> fleet_pb2.ListDevicesResponse:
-        if len(request.tags) > 1:
-            # The store filters by one tag; further tags are checked here.
-            pass
         bundle = None
         if request.bundle:
             bundle = (await asyncio.to_thread(self.store.get_bundle, request.bundle)).digest
@@ -895,6 +892,7 @@ class ControllerApp:
                 page_token=request.page_token or None,
             )
         )
+        # The store filters by the first tag; any further tags are checked here.
         extra = [tuple(t.split("=", 1)) for t in request.tags[1:]]
         out = fleet_pb2.ListDevicesResponse(next_page_token=token or "")
         for rec in page:
