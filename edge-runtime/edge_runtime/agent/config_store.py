@@ -4,16 +4,16 @@ A device that restarts while its link is down must keep its canary policy, telem
 keys and thresholds, not fall back to built-in defaults until the controller answers. The file holds the
 canonical JSON exactly as the controller sent it; on load its digest and values are checked again
 (``EffectiveConfig.from_json_bytes``), and a damaged file is ignored (the next Sync brings the config
-back), never a reason not to start. Written as temp file + fsync + rename + fsync of the directory.
+back), never a reason not to start. Written with ``write_durably``.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import structlog
 
+from edge_runtime.durable import write_durably
 from edgefleet.contract.errors import ContractError
 from edgefleet.contract.manifest import EffectiveConfig
 
@@ -24,20 +24,7 @@ CONFIG_FILE = "config.json"
 
 def save_config(data_dir: Path, config: EffectiveConfig) -> Path:
     path = data_dir / CONFIG_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, config.to_json_bytes())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(data_dir, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_durably(path, config.to_json_bytes(), mode=0o600)
     return path
 
 

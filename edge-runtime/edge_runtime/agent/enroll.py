@@ -9,7 +9,6 @@ a half-written credential and the secret is never readable by other users, not e
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import structlog
 
 from edge_runtime.agent.client import ControllerLink, is_transient
 from edge_runtime.agent.errors import CredentialError, EnrollmentError
+from edge_runtime.durable import write_durably
 from edgefleet.v1 import common_pb2, device_pb2
 
 log = structlog.get_logger(__name__)
@@ -78,20 +78,7 @@ def save_credential(data_dir: Path, cred: Credential) -> Path:
     """Write the credential durably with mode 0600; returns the path."""
     path = credential_path(data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, json.dumps(cred.to_dict(), indent=2, sort_keys=True).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_durably(path, json.dumps(cred.to_dict(), indent=2, sort_keys=True).encode(), mode=0o600)
     return path
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import structlog
 
+from edge_runtime.durable import write_durably
 from edge_runtime.update.errors import JournalError, RecordFormatError
 from edge_runtime.update.slots import BundleSlots
 from edge_runtime.update.state import UpdateRecord
@@ -186,19 +186,4 @@ class Journal:
         self._last_good = data
 
     def _replace(self, target: Path, data: bytes) -> None:
-        tmp = target.with_name(f".{target.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
-        dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_durably(target, data)
