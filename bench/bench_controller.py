@@ -39,7 +39,7 @@ if str(REPO) not in sys.path:
 
 import grpc  # noqa: E402
 import psutil  # noqa: E402
-from benchlib import run_alone  # noqa: E402
+from benchlib import row, run_alone  # noqa: E402
 
 from edgefleet.contract.signing import generate_keypair  # noqa: E402
 from edgefleet.v1 import common_pb2, device_pb2, fleet_pb2  # noqa: E402
@@ -54,17 +54,6 @@ CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 16 << 20), ("grpc.use_loc
 
 def _say(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def _row(benchmark: str, measured: str, baseline: str, ratio: float, goal: str, ok: bool) -> dict[str, Any]:
-    return {
-        "benchmark": benchmark,
-        "measured": measured,
-        "baseline": baseline,
-        "ratio": round(ratio, 4),
-        "goal": goal,
-        "ok": bool(ok),
-    }
 
 
 # ---------------------------------------------------------------------------------------------- child roles
@@ -350,7 +339,7 @@ async def _bench(quick: bool, work: Path) -> list[dict[str, Any]]:
             ctrl_rps, echo_rps = statistics.median(ctrl_rates), statistics.median(echo_rates)
             ratio = ctrl_rps / echo_rps
             rows.append(
-                _row(
+                row(
                     f"Sync answered at once, {concurrency} concurrent devices ({ctrl_sync['sizes'][0]} B replies)",
                     f"{ctrl_rps:.0f} calls/s",
                     f"{echo_rps:.0f} calls/s (bare grpc.aio echo, same sizes)",
@@ -391,7 +380,7 @@ async def _bench(quick: bool, work: Path) -> list[dict[str, Any]]:
             ctrl_mbps, echo_mbps = mbps(ctrl_runs), mbps(echo_runs)
             ratio = ctrl_mbps / echo_mbps
             rows.append(
-                _row(
+                row(
                     f"FetchBlob one {blob_mb} MB artifact, 1 MiB chunks",
                     f"{ctrl_mbps:.0f} MB/s",
                     f"{echo_mbps:.0f} MB/s (bare grpc.aio stream of the same file)",
@@ -430,7 +419,7 @@ async def _bench(quick: bool, work: Path) -> list[dict[str, Any]]:
             round_ = many["rounds"][0]
             limit_mb = 256.0
             rows.append(
-                _row(
+                row(
                     f"controller RSS growth during {downloads} concurrent {blob_mb} MB downloads",
                     f"+{growth_mb:.0f} MB peak ({round_['bytes'] / round_['seconds'] / 1e6:.0f} MB/s total)",
                     f"{rss_before / 1e6:.0f} MB before",
@@ -470,7 +459,7 @@ async def _bench(quick: bool, work: Path) -> list[dict[str, Any]]:
                 waiter.close()
             per_device = (rss_waiting - rss_idle) / max(held, 1)
             rows.append(
-                _row(
+                row(
                     f"controller RSS per waiting Sync ({int(held)} held)",
                     f"{per_device / 1024:.1f} KiB",
                     f"{rss_idle / 1e6:.0f} MB before the calls",
@@ -482,7 +471,7 @@ async def _bench(quick: bool, work: Path) -> list[dict[str, Any]]:
             fanout = result["last_done"] - changed_at
             goal_s = 5.0 if quick else 10.0
             rows.append(
-                _row(
+                row(
                     f"SetDesiredBundle for a site → all {n} waiting devices answered",
                     f"{fanout:.2f} s ({result['changed']} changed)",
                     f"first answer after {result['first_done'] - changed_at:.2f} s",

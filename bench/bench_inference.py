@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from benchlib import run_alone
+from benchlib import row, run_alone
 
 from edge_runtime.inference import EngineSlot, FrameResult, InferenceEngine, PostprocessSpec, PreprocessSpec
 from edge_runtime.inference.preprocess import preprocess
@@ -42,17 +42,6 @@ YOLO_POST = PostprocessSpec.from_mapping({"kind": "yolov8", "conf_threshold": 0.
 LABELS = ("person", "car", "bike", "dog")
 # 21 anchor shapes x 20x20 cells = 8400 anchors, the YOLOv8 head size at 640.
 YOLOV8N_ANCHORS = tuple((16.0 * (1 + i % 7), 32.0 * (1 + i // 7)) for i in range(21))
-
-
-def _row(benchmark: str, measured: str, baseline: str, ratio: float, goal: str, ok: bool) -> dict[str, Any]:
-    return {
-        "benchmark": benchmark,
-        "measured": measured,
-        "baseline": baseline,
-        "ratio": round(ratio, 4),
-        "goal": goal,
-        "ok": bool(ok),
-    }
 
 
 def _frames(n: int) -> list[Any]:
@@ -80,7 +69,7 @@ def bench_call_overhead(work: Path, quick: bool) -> dict[str, Any]:
             (ours if first else theirs).append(time.perf_counter_ns() - t0)
     m_ours, m_bare = statistics.median(ours) / 1e6, statistics.median(theirs) / 1e6
     ratio = m_ours / m_bare
-    return _row(
+    return row(
         "inference.model_call_overhead",
         f"engine.run_model median {m_ours:.3f} ms",
         f"bare InferenceSession.run median {m_bare:.3f} ms",
@@ -106,7 +95,7 @@ def bench_pre_post(work: Path, quick: bool, *, realistic: bool) -> dict[str, Any
     post = statistics.median(t.post_ms for t in timings)
     mdl = statistics.median(t.model_ms for t in timings)
     ratio = (pre + post) / mdl
-    return _row(
+    return row(
         f"inference.pre_post_vs_model[{what}]",
         f"pre {pre:.3f} ms + post {post:.3f} ms (640x480 → 640x640)",
         f"model {mdl:.3f} ms",
@@ -174,7 +163,7 @@ def bench_hot_swap(work: Path, quick: bool) -> list[dict[str, Any]]:
     p99_window = float(np.percentile(window, 99))
     ratio = p99_window / p99_steady
     return [
-        _row(
+        row(
             "hotswap.dropped_frames",
             f"{dropped} dropped of {produced} at 30 FPS; ids in order: {in_order}; digest switches: {switches}",
             "0 dropped",
@@ -182,7 +171,7 @@ def bench_hot_swap(work: Path, quick: bool) -> list[dict[str, Any]]:
             "0 dropped, in order, one switch",
             dropped == 0 and in_order and switches == 1,
         ),
-        _row(
+        row(
             "hotswap.p99_latency_during_swap",
             f"p99 {p99_window:.2f} ms over {len(window)} frames (prepare + swap + {tail_s:.0f} s)",
             f"steady p99 {p99_steady:.2f} ms over {len(steady)} frames",

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_inference import YOLOV8N_ANCHORS
-from benchlib import run_alone
+from benchlib import row, run_alone
 
 from edgefleet.contract.bundle import Postprocess, Preprocess
 from edgefleet.modelgen import make_yolo_detector
@@ -39,17 +39,6 @@ ORIENTATION_PRE = Preprocess(
     size=(224, 224), resize="stretch", color="bgr", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
 )
 DETECTOR_PRE = Preprocess(size=(640, 640))
-
-
-def _row(benchmark: str, measured: str, baseline: str, ratio: float, goal: str, ok: bool) -> dict[str, Any]:
-    return {
-        "benchmark": benchmark,
-        "measured": measured,
-        "baseline": baseline,
-        "ratio": round(ratio, 4),
-        "goal": goal,
-        "ok": bool(ok),
-    }
 
 
 def _orientation_model() -> Path:
@@ -79,7 +68,7 @@ def _bench_model(
     speedup = fp32.p50_ms / int8.p50_ms
     metric = "top-1 agreement" if report.metric == "top1_agreement" else "mAP@0.5"
     return [
-        _row(
+        row(
             f"{name}: INT8 vs FP32 p50 latency ({hardware_class()}, {runs} interleaved runs)",
             f"int8 p50 {int8.p50_ms:.3f} ms",
             f"fp32 p50 {fp32.p50_ms:.3f} ms",
@@ -90,7 +79,7 @@ def _bench_model(
             (select_precision({"fp32": fp32, "int8": int8}, eligible={"fp32", "int8"}).chosen == "int8")
             == (speedup >= 1.05),
         ),
-        _row(
+        row(
             f"{name}: INT8 {metric} vs FP32 ({report.samples} held-out images{accuracy_note})",
             f"{report.value:.4f}",
             "1.0 (fp32 against itself)",

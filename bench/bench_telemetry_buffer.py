@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from benchlib import run_alone
+from benchlib import row, run_alone
 from google.protobuf import json_format
 
 from edge_runtime.telemetry import TelemetryBuffer, WindowAggregator
@@ -47,17 +47,6 @@ SENSORS = [
     SensorReading(name="GPU-therm", kind="temp_c", value=58.0),
     SensorReading(name="soc-thermal", kind="temp_c", missing=True),
 ]
-
-
-def _row(benchmark: str, measured: str, baseline: str, ratio: float, goal: str, ok: bool) -> dict[str, Any]:
-    return {
-        "benchmark": benchmark,
-        "measured": measured,
-        "baseline": baseline,
-        "ratio": round(ratio, 4),
-        "goal": goal,
-        "ok": bool(ok),
-    }
 
 
 def realistic_window(seed: int) -> MetricWindow:
@@ -115,7 +104,7 @@ def bench_append(work: Path, quick: bool) -> dict[str, Any]:
     raw.close()
     ours, theirs = statistics.median(ours_rates), statistics.median(raw_rates)
     ratio = ours / theirs
-    return _row(
+    return row(
         "telemetry.append_throughput (100 windows/commit, synchronous=FULL)",
         f"{ours:,.0f} records/s",
         f"{theirs:,.0f} records/s raw sqlite3",
@@ -134,7 +123,7 @@ def bench_wire_bytes() -> list[dict[str, Any]]:
     raw = batch.SerializeToString()
     gzipped = len(gzip.compress(raw, compresslevel=6)) / len(records)
     return [
-        _row(
+        row(
             "telemetry.window_record_bytes",
             f"{per_record:,.0f} B/window",
             f"{as_json:,.0f} B/window as JSON",
@@ -142,7 +131,7 @@ def bench_wire_bytes() -> list[dict[str, Any]]:
             "<= 2048 B/window",
             per_record <= 2048,
         ),
-        _row(
+        row(
             "telemetry.window_bytes_gzip_batch50",
             f"{gzipped:,.0f} B/window",
             f"{per_record:,.0f} B/window uncompressed",

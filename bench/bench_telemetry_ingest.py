@@ -45,7 +45,7 @@ if str(REPO) not in sys.path:
 
 import grpc  # noqa: E402
 import numpy as np  # noqa: E402
-from benchlib import run_alone  # noqa: E402
+from benchlib import row, run_alone  # noqa: E402
 
 from edge_runtime.agent.uploader import TelemetryUploader, UploadSettings  # noqa: E402
 from edge_runtime.telemetry import TelemetryBuffer, WindowAggregator  # noqa: E402
@@ -76,17 +76,6 @@ SENSORS = [
 
 def _say(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def _row(benchmark: str, measured: str, baseline: str, ratio: float, goal: str, ok: bool) -> dict[str, Any]:
-    return {
-        "benchmark": benchmark,
-        "measured": measured,
-        "baseline": baseline,
-        "ratio": round(ratio, 4),
-        "goal": goal,
-        "ok": bool(ok),
-    }
 
 
 # ------------------------------------------------------------------ workload
@@ -256,7 +245,7 @@ async def _bench(quick: bool, work: Path) -> list[dict[str, Any]]:
     raw_bytes = len(batch.SerializeToString())
     gz = len(gzip.compress(batch.SerializeToString(), compresslevel=6)) / 50
     rows.append(
-        _row(
+        row(
             "telemetry.ingest_wire_bytes_per_window (gzip, batch of 50)",
             f"{gz:,.0f} B/window",
             f"{raw_bytes / 50:,.0f} B/window uncompressed",
@@ -287,7 +276,7 @@ async def _bench(quick: bool, work: Path) -> list[dict[str, Any]]:
             one.close()
             rate = single / seconds
             rows.append(
-                _row(
+                row(
                     "telemetry.ingest_records_per_s (1 device, batches of 500, gzip)",
                     f"{rate:,.0f} records/s",
                     f"{raw_rate:,.0f} records/s raw sqlite3 inserts",
@@ -308,7 +297,7 @@ async def _bench(quick: bool, work: Path) -> list[dict[str, Any]]:
                 b.close()
             fleet_rate = records / drained
             rows.append(
-                _row(
+                row(
                     f"telemetry.backlog_drain_1h ({devices} devices x {len(hour[0])} records, concurrent)",
                     f"{drained:.1f} s ({fleet_rate:,.0f} records/s)",
                     f"{rate:,.0f} records/s one stream",
