@@ -271,6 +271,18 @@ class ControllerApp:
         self._desired.put(desired, generation)
         return desired
 
+    async def desired_of_many(self, device_ids: Sequence[str]) -> dict[str, DesiredState]:
+        """``desired_of`` for several devices: cached ones from memory, the rest in one store read."""
+        found = {i: d for i in device_ids if (d := self._desired.get(i)) is not None}
+        missing = [i for i in device_ids if i not in found]
+        if missing:
+            generation = self._desired.generation
+            fetched = await asyncio.to_thread(self.store.get_desired_many, missing)
+            for desired in fetched.values():
+                self._desired.put(desired, generation)
+            found.update(fetched)
+        return found
+
     @staticmethod
     def _remember(cache: dict[str, Any], key: str, value: Any) -> None:
         if len(cache) >= PIECES_MAX:
@@ -736,10 +748,11 @@ class ControllerApp:
             docs = await self.config_documents()
         changed: list[str] = []
         by_digest: dict[str, list[str]] = {}
+        desired = await self.desired_of_many([d.id for d in devices])
         for device in devices:
             config = effective_config(docs, self.facts_of(device))
-            current = await self.desired_of(device.id)
-            if current.config_digest != config.digest:
+            current = desired.get(device.id)
+            if current is None or current.config_digest != config.digest:
                 await self._store_config(config)
                 by_digest.setdefault(config.digest, []).append(device.id)
         for digest, ids in by_digest.items():
@@ -825,7 +838,7 @@ class ControllerApp:
             raise cerr.InvalidArgument("device must be a device id (dev_…) or name; got ''")
         if ref.startswith("dev_"):
             return await asyncio.to_thread(self.store.get_device, ref)
-        matches = [d for d in await self.all_devices() if d.name == ref]
+        matches = await self.all_devices(name=ref)
         if not matches:
             raise cerr.NotFoundError(f"no device named {ref!r}; list them with fleetctl get devices")
         if len(matches) > 1:
@@ -895,11 +908,11 @@ class ControllerApp:
         # The store filters by the first tag; any further tags are checked here.
         extra = [tuple(t.split("=", 1)) for t in request.tags[1:]]
         out = fleet_pb2.ListDevicesResponse(next_page_token=token or "")
+        desired = await self.desired_of_many([rec.id for rec in page])
         for rec in page:
             if any(rec.tags.get(k) != v for k, v in extra):
                 continue
-            desired = await self.desired_of(rec.id)
-            msg = self.device_message(rec, desired)
+            msg = self.device_message(rec, desired.get(rec.id))
             if request.health and msg.health != request.health:
                 continue
             out.devices.append(msg)

@@ -657,6 +657,7 @@ class Store:
         seen_since: datetime | None = None,
         page_size: int = 100,
         page_token: str | None = None,
+        name: str | None = None,
     ) -> tuple[list[DeviceRecord], str | None]:
         """One page of devices matching every given filter, ordered by id; the second value is the token
         of the next page (None on the last page). ``tag`` is ``key=value``; ``bundle`` the running digest."""
@@ -668,6 +669,8 @@ class Store:
             query = query.where(devices.c.id > _decode_page_token(page_token))
         if site is not None:
             query = query.where(devices.c.site == site)
+        if name is not None:
+            query = query.where(devices.c.name == name)
         if tag is not None:
             key, value = _parse_tag_filter(tag)
             tags = t.device_tags
@@ -1349,6 +1352,15 @@ class Store:
         if row is None:
             raise NotFound("device", device_id, "list devices to see the enrolled ids")
         return _desired_record(row)
+
+    def get_desired_many(self, device_ids: Sequence[str]) -> dict[str, DesiredState]:
+        """Desired state of several devices in one read (unknown ids are absent from the result)."""
+        found: dict[str, DesiredState] = {}
+        with self._read() as conn:
+            for chunk in _chunks(list(dict.fromkeys(device_ids))):
+                rows = conn.execute(sa.select(t.desired_state).where(t.desired_state.c.device_id.in_(chunk))).all()
+                found.update((row.device_id, _desired_record(row)) for row in rows)
+        return found
 
     def desired_change_counter(self) -> int:
         """The store-wide desired-state change counter: it moves on every ``set_desired`` that changed
