@@ -28,10 +28,11 @@ from bench_inference import YOLOV8N_ANCHORS
 from benchlib import row, run_alone
 
 from edgefleet.contract.bundle import Postprocess, Preprocess
+from edgefleet.contract.hardware import hardware_class
 from edgefleet.modelgen import make_yolo_detector
 from edgefleet.pipeline.accuracy import evaluate_variant
 from edgefleet.pipeline.calibration import load_image_set, preprocess_image, read_image
-from edgefleet.pipeline.precision import hardware_class, measure_latency, select_precision
+from edgefleet.pipeline.precision import measure_latency, select_precision
 from edgefleet.pipeline.quantize import model_input_name, quantize_int8
 from edgefleet.pipeline.synthetic_documents import write_document_set
 

@@ -41,7 +41,8 @@ from numpy.typing import NDArray
 from edge_runtime.inference import InferenceEngine, InferenceError, PostprocessSpec, PreprocessSpec, preprocess
 from edge_runtime.sources import SyntheticScene
 from edgefleet.contract.bundle import MODEL_ROLE, BundleManifest, PrecisionVariant
-from edgefleet.pipeline.precision import MIN_SPEEDUP, LatencyFigures, hardware_class, select_precision
+from edgefleet.contract.hardware import hardware_class
+from edgefleet.pipeline.precision import MIN_SPEEDUP, LatencyFigures, select_precision
 
 log = structlog.get_logger(__name__)
 

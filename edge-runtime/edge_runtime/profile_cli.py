@@ -47,9 +47,9 @@ from edge_runtime.telemetry.sensors import SensorReader
 from edgefleet.contract.bundle import BundleManifest, check_bundle_files, read_manifest
 from edgefleet.contract.bundle_archive import ARCHIVE_SUFFIX, unpack_bundle, unpack_unverified_bundle, verify_bundle
 from edgefleet.contract.errors import ContractError
+from edgefleet.contract.hardware import hardware_class
 from edgefleet.contract.signing import TrustedKeys
 from edgefleet.logging import configure_logging
-from edgefleet.pipeline.precision import hardware_class
 from edgefleet.v1 import device_pb2, device_pb2_grpc, telemetry_pb2
 
 REPORT_TIMEOUT_S = 15.0

@@ -26,6 +26,7 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
+from edgefleet.contract.hardware import hardware_class
 from edgefleet.pipeline.errors import PipelineError
 
 REFERENCE = "fp32"
@@ -112,13 +113,6 @@ def select_precision(
     return PrecisionChoice(
         chosen=best, figures=kept, speedup=speedup, reference=reference, hardware_class=hardware_class
     )
-
-
-def hardware_class() -> str:
-    """This machine's class in the fleet's vocabulary (see ``edgefleet.contract.hardware``)."""
-    from edgefleet.contract.hardware import hardware_class as contract_hardware_class
-
-    return contract_hardware_class()
 
 
 def measure_latency(
