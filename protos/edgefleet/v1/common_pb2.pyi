@@ -309,6 +309,9 @@ class CanaryVerdict(_message.Message):
     ERRORS_FIELD_NUMBER: _builtins.int
     REASONS_FIELD_NUMBER: _builtins.int
     DECIDED_AT_FIELD_NUMBER: _builtins.int
+    ASSIGNMENT_ID_FIELD_NUMBER: _builtins.int
+    CANDIDATE_CONFIG_DIGEST_FIELD_NUMBER: _builtins.int
+    BASELINE_CONFIG_DIGEST_FIELD_NUMBER: _builtins.int
     outcome: Global___CanaryVerdict.Outcome.ValueType
     candidate_digest: _builtins.str
     """Candidate bundle and the current (baseline) bundle it was compared against."""
@@ -329,6 +332,15 @@ class CanaryVerdict(_message.Message):
     agreement: _builtins.float
     """Top-1 (or matched detection) agreement with the baseline, 0..1."""
     errors: _builtins.int
+    assignment_id: _builtins.str
+    """The assignment (DesiredState.assignment_id) the candidate was evaluated under. The controller counts a
+    verdict for a rollout only when this matches the assignment that rollout made; empty = none.
+    """
+    candidate_config_digest: _builtins.str
+    """Effective config digests of the candidate and the baseline: a candidate is (bundle, config), and a
+    config-only candidate has candidate_digest == baseline_digest with different config digests.
+    """
+    baseline_config_digest: _builtins.str
     @_builtins.property
     def candidate_latency(self) -> Global___Percentiles:
         """End-to-end (pre + model + post) latency of candidate and baseline on the same frames."""
@@ -362,10 +374,13 @@ class CanaryVerdict(_message.Message):
         errors: _builtins.int = ...,
         reasons: _abc.Iterable[_builtins.str] | None = ...,
         decided_at: _timestamp_pb2.Timestamp | None = ...,
+        assignment_id: _builtins.str = ...,
+        candidate_config_digest: _builtins.str = ...,
+        baseline_config_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["baseline_latency", b"baseline_latency", "candidate_latency", b"candidate_latency", "decided_at", b"decided_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement", b"agreement", "baseline_digest", b"baseline_digest", "baseline_latency", b"baseline_latency", "candidate_digest", b"candidate_digest", "candidate_latency", b"candidate_latency", "decided_at", b"decided_at", "errors", b"errors", "frames", b"frames", "ks_p_value", b"ks_p_value", "ks_statistic", b"ks_statistic", "latency_budget_ms", b"latency_budget_ms", "latency_p_value", b"latency_p_value", "outcome", b"outcome", "p95_ratio", b"p95_ratio", "phase", b"phase", "psi", b"psi", "reasons", b"reasons", "seconds", b"seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement", b"agreement", "assignment_id", b"assignment_id", "baseline_config_digest", b"baseline_config_digest", "baseline_digest", b"baseline_digest", "baseline_latency", b"baseline_latency", "candidate_config_digest", b"candidate_config_digest", "candidate_digest", b"candidate_digest", "candidate_latency", b"candidate_latency", "decided_at", b"decided_at", "errors", b"errors", "frames", b"frames", "ks_p_value", b"ks_p_value", "ks_statistic", b"ks_statistic", "latency_budget_ms", b"latency_budget_ms", "latency_p_value", b"latency_p_value", "outcome", b"outcome", "p95_ratio", b"p95_ratio", "phase", b"phase", "psi", b"psi", "reasons", b"reasons", "seconds", b"seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -389,6 +404,8 @@ class ReportedState(_message.Message):
     HARDWARE_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
     APPLIED_REVISION_FIELD_NUMBER: _builtins.int
+    ASSIGNMENT_ID_FIELD_NUMBER: _builtins.int
+    CANDIDATE_CONFIG_DIGEST_FIELD_NUMBER: _builtins.int
     running_bundle_digest: _builtins.str
     """Committed bundle the device serves (empty when none yet)."""
     running_config_digest: _builtins.str
@@ -401,6 +418,14 @@ class ReportedState(_message.Message):
     health: Global___Health.ValueType
     applied_revision: _builtins.int
     """Desired-state revision the device has applied (or is applying)."""
+    assignment_id: _builtins.str
+    """The assignment (DesiredState.assignment_id) that update_state, candidate_bundle_digest, update_reason and
+    last_verdict belong to. Outcomes are scoped by it: a rollout counts a device's report only when the
+    device echoes the assignment that rollout made, so an outcome left over from an earlier rollout never
+    counts, for or against. Empty when the device has not yet acted on any assignment.
+    """
+    candidate_config_digest: _builtins.str
+    """Effective config digest being canaried / trialled, if a config change is part of the candidate."""
     @_builtins.property
     def slot_digests(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Bundle digests present on the device (verified slots)."""
@@ -432,10 +457,12 @@ class ReportedState(_message.Message):
         hardware: Global___HardwareProfile | None = ...,
         details: _struct_pb2.Struct | None = ...,
         applied_revision: _builtins.int = ...,
+        assignment_id: _builtins.str = ...,
+        candidate_config_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["details", b"details", "hardware", b"hardware", "last_verdict", b"last_verdict"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_providers", b"active_providers", "applied_revision", b"applied_revision", "candidate_bundle_digest", b"candidate_bundle_digest", "details", b"details", "hardware", b"hardware", "health", b"health", "last_verdict", b"last_verdict", "running_bundle_digest", b"running_bundle_digest", "running_config_digest", b"running_config_digest", "slot_digests", b"slot_digests", "update_reason", b"update_reason", "update_state", b"update_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_providers", b"active_providers", "applied_revision", b"applied_revision", "assignment_id", b"assignment_id", "candidate_bundle_digest", b"candidate_bundle_digest", "candidate_config_digest", b"candidate_config_digest", "details", b"details", "hardware", b"hardware", "health", b"health", "last_verdict", b"last_verdict", "running_bundle_digest", b"running_bundle_digest", "running_config_digest", b"running_config_digest", "slot_digests", b"slot_digests", "update_reason", b"update_reason", "update_state", b"update_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -456,6 +483,7 @@ class DesiredState(_message.Message):
     CONFIG_JSON_FIELD_NUMBER: _builtins.int
     ROLLOUT_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    ASSIGNMENT_ID_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
     """Monotonic per device; a Sync returns at once when the device's known revision differs."""
     bundle_digest: _builtins.str
@@ -470,6 +498,12 @@ class DesiredState(_message.Message):
     """Rollout that asked for this state, if any."""
     reason: _builtins.str
     """Why: "rollout ro_… wave 1", "set-bundle by admin", "rollback"."""
+    assignment_id: _builtins.str
+    """Identity of the decision that produced this desired state, minted by the controller for every change
+    of target (a rollout wave assignment, a rollback, a set-bundle, a config change). Opaque to the device,
+    which echoes it in ReportedState.assignment_id and CanaryVerdict.assignment_id. A device rejects a
+    bundle once per assignment: a bundle it rejected is retried only under a new assignment.
+    """
     @_builtins.property
     def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ArtifactRef]: ...
     def __init__(
@@ -484,10 +518,11 @@ class DesiredState(_message.Message):
         config_json: _builtins.bytes = ...,
         rollout_id: _builtins.str = ...,
         reason: _builtins.str = ...,
+        assignment_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "bundle_digest", b"bundle_digest", "bundle_manifest", b"bundle_manifest", "bundle_signature", b"bundle_signature", "config_digest", b"config_digest", "config_json", b"config_json", "reason", b"reason", "revision", b"revision", "rollout_id", b"rollout_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "assignment_id", b"assignment_id", "bundle_digest", b"bundle_digest", "bundle_manifest", b"bundle_manifest", "bundle_signature", b"bundle_signature", "config_digest", b"config_digest", "config_json", b"config_json", "reason", b"reason", "revision", b"revision", "rollout_id", b"rollout_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -414,6 +414,7 @@ class GetEffectiveConfigResponse(_message.Message):
     DIGEST_FIELD_NUMBER: _builtins.int
     CONFIG_JSON_FIELD_NUMBER: _builtins.int
     SOURCES_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     digest: _builtins.str
     config_json: _builtins.bytes
@@ -422,6 +423,14 @@ class GetEffectiveConfigResponse(_message.Message):
     def sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Documents that contributed, lowest layer first: "defaults", "FleetConfig/default", …"""
 
+    @_builtins.property
+    def values(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConfigValueSource]:
+        """Every leaf key of the merged config with the layer that set it, in path order. Layers, lowest first:
+        "defaults" < "bundle <name>@<version>" (the bundle's declared canary/SLA policy) < "FleetConfig/…" <
+        "SiteConfig/…" < "DeviceConfig/…" (tag selector) < "DeviceConfig/…" (device). A layer overrides only
+        the keys it sets.
+        """
+
     def __init__(
         self,
         *,
@@ -429,14 +438,43 @@ class GetEffectiveConfigResponse(_message.Message):
         digest: _builtins.str = ...,
         config_json: _builtins.bytes = ...,
         sources: _abc.Iterable[_builtins.str] | None = ...,
+        values: _abc.Iterable[Global___ConfigValueSource] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_json", b"config_json", "device_id", b"device_id", "digest", b"digest", "sources", b"sources"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_json", b"config_json", "device_id", b"device_id", "digest", b"digest", "sources", b"sources", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetEffectiveConfigResponse: _TypeAlias = GetEffectiveConfigResponse  # noqa: Y015
+
+@_typing.final
+class ConfigValueSource(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    VALUE_JSON_FIELD_NUMBER: _builtins.int
+    LAYER_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Dotted path, e.g. "canary.min_frames"."""
+    value_json: _builtins.str
+    """The value as canonical JSON, e.g. "100"."""
+    layer: _builtins.str
+    """The layer that set it (see GetEffectiveConfigResponse.values)."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        value_json: _builtins.str = ...,
+        layer: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["layer", b"layer", "path", b"path", "value_json", b"value_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfigValueSource: _TypeAlias = ConfigValueSource  # noqa: Y015
 
 @_typing.final
 class SetDesiredBundleRequest(_message.Message):
@@ -763,7 +801,9 @@ class CreateRolloutRequest(_message.Message):
     config: _builtins.str
     on_abort: _builtins.str
     force: _builtins.bool
-    """Skip latency admission (the refusal is recorded in the rollout's admission lines)."""
+    """Skip latency admission and the refusal of a bundle that failed a canary before (both refusals are
+    recorded in the rollout's admission lines and the rollout is marked forced).
+    """
     @_builtins.property
     def selector(self) -> Global___RolloutSelector: ...
     @_builtins.property
