@@ -240,6 +240,7 @@ class GetBundleResponse(_message.Message):
     SIGNATURE_FIELD_NUMBER: _builtins.int
     ARTIFACTS_FIELD_NUMBER: _builtins.int
     RUNNING_DEVICES_FIELD_NUMBER: _builtins.int
+    CANARY_FAILURES_FIELD_NUMBER: _builtins.int
     manifest: _builtins.bytes
     signature: _builtins.bytes
     running_devices: _builtins.int
@@ -248,6 +249,12 @@ class GetBundleResponse(_message.Message):
     def bundle(self) -> _common_pb2.BundleSummary: ...
     @_builtins.property
     def artifacts(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.ArtifactRef]: ...
+    @_builtins.property
+    def canary_failures(self) -> _containers.RepeatedCompositeFieldContainer[Global___BundleFailure]:
+        """Canary failures and rollbacks devices reported for this bundle under an assignment, oldest first. A
+        bundle with any is refused by CreateRollout unless forced, and never chosen by fleetctl budget.
+        """
+
     def __init__(
         self,
         *,
@@ -256,14 +263,61 @@ class GetBundleResponse(_message.Message):
         signature: _builtins.bytes = ...,
         artifacts: _abc.Iterable[_common_pb2.ArtifactRef] | None = ...,
         running_devices: _builtins.int = ...,
+        canary_failures: _abc.Iterable[Global___BundleFailure] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "bundle", b"bundle", "manifest", b"manifest", "running_devices", b"running_devices", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "bundle", b"bundle", "canary_failures", b"canary_failures", "manifest", b"manifest", "running_devices", b"running_devices", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetBundleResponse: _TypeAlias = GetBundleResponse  # noqa: Y015
+
+@_typing.final
+class BundleFailure(_message.Message):
+    """One device's failed canary verdict (or rollback) of a bundle, as the controller recorded it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BUNDLE_DIGEST_FIELD_NUMBER: _builtins.int
+    DEVICE_ID_FIELD_NUMBER: _builtins.int
+    DEVICE_NAME_FIELD_NUMBER: _builtins.int
+    ROLLOUT_ID_FIELD_NUMBER: _builtins.int
+    ASSIGNMENT_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    bundle_digest: _builtins.str
+    device_id: _builtins.str
+    device_name: _builtins.str
+    rollout_id: _builtins.str
+    """Rollout the failed assignment belonged to (empty for a set-bundle assignment)."""
+    assignment_id: _builtins.str
+    kind: _builtins.str
+    """"canary_fail" (a FAIL verdict of the canary or watch window) or "rolled_back"."""
+    summary: _builtins.str
+    """The verdict's reasons or the rollback reason, truncated."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        bundle_digest: _builtins.str = ...,
+        device_id: _builtins.str = ...,
+        device_name: _builtins.str = ...,
+        rollout_id: _builtins.str = ...,
+        assignment_id: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        summary: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment_id", b"assignment_id", "at", b"at", "bundle_digest", b"bundle_digest", "device_id", b"device_id", "device_name", b"device_name", "kind", b"kind", "rollout_id", b"rollout_id", "summary", b"summary"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BundleFailure: _TypeAlias = BundleFailure  # noqa: Y015
 
 @_typing.final
 class DeleteBundleRequest(_message.Message):
@@ -307,8 +361,14 @@ class ApplyConfigRequest(_message.Message):
 
     FILES_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
+    STAGE_FIELD_NUMBER: _builtins.int
     dry_run: _builtins.bool
     """Validate and show what would change without applying."""
+    stage: _builtins.bool
+    """Store the config documents staged instead of live: a staged revision takes effect only through a
+    Rollout whose spec.target.config names it (canaried wave by wave), and becomes live when that rollout
+    completes. Rollout documents in the same request are created as usual.
+    """
     @_builtins.property
     def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___ManifestFile]:
         """One or more YAML files' text; documents separated by "---"."""
@@ -318,10 +378,11 @@ class ApplyConfigRequest(_message.Message):
         *,
         files: _abc.Iterable[Global___ManifestFile] | None = ...,
         dry_run: _builtins.bool = ...,
+        stage: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "files", b"files"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dry_run", b"dry_run", "files", b"files", "stage", b"stage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -667,6 +728,8 @@ class DeviceRolloutStatus(_message.Message):
     VERDICT_FIELD_NUMBER: _builtins.int
     PREVIOUS_BUNDLE_DIGEST_FIELD_NUMBER: _builtins.int
     ASSIGNED_AT_FIELD_NUMBER: _builtins.int
+    ASSIGNMENT_ID_FIELD_NUMBER: _builtins.int
+    TARGET_CONFIG_DIGEST_FIELD_NUMBER: _builtins.int
     device_id: _builtins.str
     device_name: _builtins.str
     site: _builtins.str
@@ -676,6 +739,10 @@ class DeviceRolloutStatus(_message.Message):
     """"pending", "assigned", "canary", "trial", "succeeded", "failed", "rolled_back"."""
     update_state: _common_pb2.UpdateState.ValueType
     previous_bundle_digest: _builtins.str
+    assignment_id: _builtins.str
+    """The assignment the rollout made (DesiredState.assignment_id); the device's outcomes count only under it."""
+    target_config_digest: _builtins.str
+    """For a config target: the device's effective config digest with the staged revision in place."""
     @_builtins.property
     def verdict(self) -> _common_pb2.CanaryVerdict: ...
     @_builtins.property
@@ -692,10 +759,12 @@ class DeviceRolloutStatus(_message.Message):
         verdict: _common_pb2.CanaryVerdict | None = ...,
         previous_bundle_digest: _builtins.str = ...,
         assigned_at: _timestamp_pb2.Timestamp | None = ...,
+        assignment_id: _builtins.str = ...,
+        target_config_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["assigned_at", b"assigned_at", "verdict", b"verdict"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_at", b"assigned_at", "device_id", b"device_id", "device_name", b"device_name", "previous_bundle_digest", b"previous_bundle_digest", "site", b"site", "status", b"status", "update_state", b"update_state", "verdict", b"verdict", "wave", b"wave"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_at", b"assigned_at", "assignment_id", b"assignment_id", "device_id", b"device_id", "device_name", b"device_name", "previous_bundle_digest", b"previous_bundle_digest", "site", b"site", "status", b"status", "target_config_digest", b"target_config_digest", "update_state", b"update_state", "verdict", b"verdict", "wave", b"wave"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -722,10 +791,11 @@ class Rollout(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     FORCED_FIELD_NUMBER: _builtins.int
     ADMISSION_FIELD_NUMBER: _builtins.int
+    CONFIG_CONTENT_DIGEST_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     bundle_digest: _builtins.str
-    """Target bundle digest (may be empty for a config-only rollout) and config document name."""
+    """Target bundle digest (may be empty for a config-only rollout) and config document ("SiteConfig/a")."""
     config: _builtins.str
     on_abort: _builtins.str
     """"rollback" (default) or "halt"."""
@@ -736,6 +806,8 @@ class Rollout(_message.Message):
     message: _builtins.str
     """Why the rollout is paused, aborted, or was refused, with numbers."""
     forced: _builtins.bool
+    config_content_digest: _builtins.str
+    """Content digest of the staged config document revision the rollout targets (config rollouts only)."""
     @_builtins.property
     def selector(self) -> Global___RolloutSelector: ...
     @_builtins.property
@@ -774,10 +846,11 @@ class Rollout(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         forced: _builtins.bool = ...,
         admission: _abc.Iterable[_builtins.str] | None = ...,
+        config_content_digest: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "gates", b"gates", "selector", b"selector", "strategy", b"strategy", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["admission", b"admission", "bundle_digest", b"bundle_digest", "config", b"config", "created_at", b"created_at", "devices", b"devices", "forced", b"forced", "gates", b"gates", "id", b"id", "message", b"message", "name", b"name", "on_abort", b"on_abort", "phase", b"phase", "selector", b"selector", "strategy", b"strategy", "updated_at", b"updated_at", "wave", b"wave", "waves_total", b"waves_total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admission", b"admission", "bundle_digest", b"bundle_digest", "config", b"config", "config_content_digest", b"config_content_digest", "created_at", b"created_at", "devices", b"devices", "forced", b"forced", "gates", b"gates", "id", b"id", "message", b"message", "name", b"name", "on_abort", b"on_abort", "phase", b"phase", "selector", b"selector", "strategy", b"strategy", "updated_at", b"updated_at", "wave", b"wave", "waves_total", b"waves_total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -797,8 +870,12 @@ class CreateRolloutRequest(_message.Message):
     FORCE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     bundle: _builtins.str
-    """Bundle digest or "name@version"."""
+    """Bundle digest or "name@version"; empty for a config-only rollout."""
     config: _builtins.str
+    """A staged config document ("SiteConfig/warehouse-a", "FleetConfig/default", "DeviceConfig/x"; staged with
+    ApplyConfigRequest.stage): each device's target config is its effective config with the staged revision
+    in place of the live one. Empty for a bundle-only rollout.
+    """
     on_abort: _builtins.str
     force: _builtins.bool
     """Skip latency admission and the refusal of a bundle that failed a canary before (both refusals are
