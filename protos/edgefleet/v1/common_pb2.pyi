@@ -312,6 +312,8 @@ class CanaryVerdict(_message.Message):
     ASSIGNMENT_ID_FIELD_NUMBER: _builtins.int
     CANDIDATE_CONFIG_DIGEST_FIELD_NUMBER: _builtins.int
     BASELINE_CONFIG_DIGEST_FIELD_NUMBER: _builtins.int
+    THROTTLING_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
     outcome: Global___CanaryVerdict.Outcome.ValueType
     candidate_digest: _builtins.str
     """Candidate bundle and the current (baseline) bundle it was compared against."""
@@ -341,9 +343,16 @@ class CanaryVerdict(_message.Message):
     config-only candidate has candidate_digest == baseline_digest with different config digests.
     """
     baseline_config_digest: _builtins.str
+    throttling: _builtins.bool
+    """Watch window: whether the sensors showed thermal throttling (clocks held low while hot) during it.
+    Throttling is attributed to the candidate only when it is slower than the baseline on the same frames;
+    then a reason names it, otherwise a note does and the verdict may still pass.
+    """
     @_builtins.property
     def candidate_latency(self) -> Global___Percentiles:
-        """End-to-end (pre + model + post) latency of candidate and baseline on the same frames."""
+        """End-to-end (pre + model + post) latency of candidate and baseline on the same frames (in a watch window:
+        the sampled frames where the baseline ran in shadow beside the serving candidate).
+        """
 
     @_builtins.property
     def baseline_latency(self) -> Global___Percentiles: ...
@@ -353,6 +362,12 @@ class CanaryVerdict(_message.Message):
 
     @_builtins.property
     def decided_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What was observed but did not decide the outcome (throttling not attributed to the candidate, a latency
+        budget both bundles missed on the same frames, latency not compared for lack of paired frames).
+        """
+
     def __init__(
         self,
         *,
@@ -377,10 +392,12 @@ class CanaryVerdict(_message.Message):
         assignment_id: _builtins.str = ...,
         candidate_config_digest: _builtins.str = ...,
         baseline_config_digest: _builtins.str = ...,
+        throttling: _builtins.bool = ...,
+        notes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["baseline_latency", b"baseline_latency", "candidate_latency", b"candidate_latency", "decided_at", b"decided_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement", b"agreement", "assignment_id", b"assignment_id", "baseline_config_digest", b"baseline_config_digest", "baseline_digest", b"baseline_digest", "baseline_latency", b"baseline_latency", "candidate_config_digest", b"candidate_config_digest", "candidate_digest", b"candidate_digest", "candidate_latency", b"candidate_latency", "decided_at", b"decided_at", "errors", b"errors", "frames", b"frames", "ks_p_value", b"ks_p_value", "ks_statistic", b"ks_statistic", "latency_budget_ms", b"latency_budget_ms", "latency_p_value", b"latency_p_value", "outcome", b"outcome", "p95_ratio", b"p95_ratio", "phase", b"phase", "psi", b"psi", "reasons", b"reasons", "seconds", b"seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agreement", b"agreement", "assignment_id", b"assignment_id", "baseline_config_digest", b"baseline_config_digest", "baseline_digest", b"baseline_digest", "baseline_latency", b"baseline_latency", "candidate_config_digest", b"candidate_config_digest", "candidate_digest", b"candidate_digest", "candidate_latency", b"candidate_latency", "decided_at", b"decided_at", "errors", b"errors", "frames", b"frames", "ks_p_value", b"ks_p_value", "ks_statistic", b"ks_statistic", "latency_budget_ms", b"latency_budget_ms", "latency_p_value", b"latency_p_value", "notes", b"notes", "outcome", b"outcome", "p95_ratio", b"p95_ratio", "phase", b"phase", "psi", b"psi", "reasons", b"reasons", "seconds", b"seconds", "throttling", b"throttling"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
