@@ -1,4 +1,9 @@
-"""Config layering: which documents apply, merge order, null removal, digests, merged validation."""
+"""Config layering: which documents apply, merge order, null removal, digests, merged validation.
+
+Since issue 10 the effective config holds only what the operator layers set; the built-in defaults sit
+below it through ``precedence.resolve_policy``. Each case checks both: ``sources`` and ``absent`` on the
+effective config the controller sends, ``expect`` on the resolved policy the device runs with.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +17,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgefleet.contract.errors import ManifestError
-from edgefleet.contract.layering import DEFAULTS_SOURCE, canonical_json, deep_merge, thaw
+from edgefleet.contract.layering import canonical_json, deep_merge, thaw
 from edgefleet.contract.manifest import (
     DEFAULT_CONFIG,
     DeviceFacts,
     EffectiveConfig,
     ManifestDoc,
+    config_layers,
     effective_config,
     load_manifests,
     parse_manifests,
     validate_config_values,
 )
+from edgefleet.contract.precedence import resolve_policy
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 HEAD = "apiVersion: edgefleet.io/v1\n"
@@ -72,45 +79,45 @@ CASES = [
         "defaults only",
         "",
         {"canary.headroom": 0.2, "canary.min_frames": 300, "telemetry.window_s": 10},
-        (DEFAULTS_SOURCE,),
+        (),
     ),
     Case(
         "fleet only",
         fleet("{canary: {min_frames: 500}, sla: {latency_ms: 80}}"),
         {"canary.min_frames": 500, "canary.headroom": 0.2, "sla.latency_ms": 80},
-        (DEFAULTS_SOURCE, "FleetConfig/default"),
+        ("FleetConfig/default",),
     ),
     Case(
         "site overrides fleet",
         fleet("{sla: {latency_ms: 80, percentile: 99}}") + site("{sla: {latency_ms: 50}}"),
         {"sla.latency_ms": 50, "sla.percentile": 99},
-        (DEFAULTS_SOURCE, "FleetConfig/default", "SiteConfig/wa"),
+        ("FleetConfig/default", "SiteConfig/wa"),
     ),
     Case(
         "other site ignored",
         fleet("{sla: {latency_ms: 80}}") + site("{sla: {latency_ms: 50}}", "farm"),
         {"sla.latency_ms": 80},
-        (DEFAULTS_SOURCE, "FleetConfig/default"),
+        ("FleetConfig/default",),
     ),
     Case(
         "tag selector overrides site",
         site("{inference: {conf_threshold: 0.6}}")
         + device_cfg("thermal", "{tags: {camera: thermal}}", "{inference: {conf_threshold: 0.3}}"),
         {"inference.conf_threshold": 0.3, "inference.precision": "auto"},
-        (DEFAULTS_SOURCE, "SiteConfig/wa", "DeviceConfig/thermal"),
+        ("SiteConfig/wa", "DeviceConfig/thermal"),
     ),
     Case(
         "device overrides tag even at lower priority",
         device_cfg("by-id", "{device: dev-1}", "{canary: {psi_max: 0.5}}", priority=-5)
         + device_cfg("thermal", "{tags: {camera: thermal}}", "{canary: {psi_max: 0.4}}", priority=100),
         {"canary.psi_max": 0.5},
-        (DEFAULTS_SOURCE, "DeviceConfig/thermal", "DeviceConfig/by-id"),
+        ("DeviceConfig/thermal", "DeviceConfig/by-id"),
     ),
     Case(
         "device selector matches name",
         device_cfg("by-name", "{device: cam-1}", "{source: 'video:/x.mp4'}"),
         {"source": "video:/x.mp4"},
-        (DEFAULTS_SOURCE, "DeviceConfig/by-name"),
+        ("DeviceConfig/by-name",),
     ),
     Case(
         "priority ordering, then name",
@@ -118,28 +125,29 @@ CASES = [
         + device_cfg("b-high", "{tags: {floor: '2'}}", "{review: {jpeg_quality: 30}}", priority=5)
         + device_cfg("a-high", "{tags: {floor: '2'}}", "{review: {jpeg_quality: 20}}", priority=5),
         {"review.jpeg_quality": 30},
-        (DEFAULTS_SOURCE, "DeviceConfig/zz-low", "DeviceConfig/a-high", "DeviceConfig/b-high"),
+        ("DeviceConfig/zz-low", "DeviceConfig/a-high", "DeviceConfig/b-high"),
     ),
     Case(
         "null removes a key",
-        fleet("{sla: {latency_ms: 80}, extra: {owner: me, team: cv}}")
-        + site("{sla: {latency_ms: null}, extra: {owner: null}}"),
-        {"extra.team": "cv", "sla.percentile": 95},
-        (DEFAULTS_SOURCE, "FleetConfig/default", "SiteConfig/wa"),
-        absent=("sla.latency_ms", "extra.owner"),
+        fleet("{sla: {latency_ms: 80}, review: {jpeg_quality: 50, max_per_hour: 10}}")
+        + site("{sla: {latency_ms: null}, review: {jpeg_quality: null}}"),
+        # The null unsets the operator's value; the built-in one applies again.
+        {"review.max_per_hour": 10, "review.jpeg_quality": 85, "sla.percentile": 95},
+        ("FleetConfig/default", "SiteConfig/wa"),
+        absent=("sla.latency_ms", "review.jpeg_quality"),
     ),
     Case(
         "null removes a whole section",
         site("{review: null}"),
-        {"canary.min_frames": 300},
-        (DEFAULTS_SOURCE, "SiteConfig/wa"),
+        {"canary.min_frames": 300, "review.sample_rate": 0.01},
+        ("SiteConfig/wa",),
         absent=("review",),
     ),
     Case(
         "list replaces, not appends",
         fleet("{inference: {providers: [tensorrt, cpu]}}") + site("{inference: {providers: [cpu]}}"),
         {"inference.providers": ("cpu",)},
-        (DEFAULTS_SOURCE, "FleetConfig/default", "SiteConfig/wa"),
+        ("FleetConfig/default", "SiteConfig/wa"),
     ),
     Case(
         "non-matching selectors ignored",
@@ -147,13 +155,13 @@ CASES = [
         + device_cfg("partial", "{tags: {camera: thermal, floor: '3'}}", "{canary: {min_frames: 998}}")
         + device_cfg("other", "{device: dev-2}", "{canary: {min_frames: 997}}"),
         {"canary.min_frames": 300},
-        (DEFAULTS_SOURCE,),
+        (),
     ),
     Case(
         "rollouts ignored",
         f"{HEAD}kind: Rollout\nmetadata: {{name: r}}\nspec: {{target: {{bundle: cls@1.2.3}}}}\n---\n",
         {"canary.min_frames": 300},
-        (DEFAULTS_SOURCE,),
+        (),
     ),
     Case(
         "all four layers",
@@ -162,17 +170,21 @@ CASES = [
         + device_cfg("thermal", "{tags: {camera: thermal}}", "{canary: {min_frames: 600}}")
         + device_cfg("me", "{device: dev-1}", "{canary: {min_frames: 700}}"),
         {"canary.min_frames": 700, "canary.headroom": 0.3},
-        (DEFAULTS_SOURCE, "FleetConfig/default", "SiteConfig/wa", "DeviceConfig/thermal", "DeviceConfig/me"),
+        ("FleetConfig/default", "SiteConfig/wa", "DeviceConfig/thermal", "DeviceConfig/me"),
     ),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_layering(case: Case) -> None:
-    result = effective_config(docs_of(case.text), case.device)
+    docs = docs_of(case.text)
+    result = effective_config(docs, case.device)
     assert result.sources == case.sources
+    resolved = resolve_policy(config_layers(docs, case.device))
+    # The device resolves the one merged config it received; it must reach the same values.
+    assert resolve_policy(result.values).values == resolved.values
     for dotted, value in case.expect.items():
-        assert at(result.values, dotted) == value, dotted
+        assert at(resolved.values, dotted) == value, dotted
     for dotted in case.absent:
         parent, _, leaf = dotted.rpartition(".")
         assert leaf not in (at(result.values, parent) if parent else result.values)
@@ -200,10 +212,9 @@ def test_digest_changes_when_a_value_changes() -> None:
 
 
 def test_to_json_bytes_is_canonical_and_round_trips() -> None:
-    result = effective_config(docs_of(fleet("{extra: {z: 1, a: 'é'}}")), CAM)
+    result = effective_config(docs_of(fleet("{review: {max_per_hour: 5}, source: 'video:/données/é.mp4'}")), CAM)
     data = result.to_json_bytes()
-    assert b" " not in data.replace(b"synthetic:15", b"")
-    assert "é".encode() in data
+    assert data == '{"review":{"max_per_hour":5},"source":"video:/données/é.mp4"}'.encode()
     again = EffectiveConfig.from_json_bytes(data, expected_digest=result.digest)
     assert again.values == result.values and again.digest == result.digest
 
@@ -231,6 +242,20 @@ def test_merged_result_is_validated() -> None:
     )
 
 
+def test_cross_field_bounds_count_the_defaults() -> None:
+    # deadline_s 20 is valid alone, but below the built-in min_seconds (30) no canary could ever finish.
+    with pytest.raises(ManifestError) as info:
+        effective_config(docs_of(fleet("{canary: {deadline_s: 20}}")), CAM)
+    assert info.value.path == "canary.deadline_s"
+    assert "must be >= canary.min_seconds (30), got 20" in info.value.detail
+
+
+def test_effective_config_holds_only_operator_keys() -> None:
+    result = effective_config(docs_of(fleet("{canary: {min_frames: 400}}")), CAM)
+    assert thaw(result.values) == {"canary": {"min_frames": 400}}
+    assert effective_config([], CAM).to_json_bytes() == b"{}"
+
+
 def test_effective_config_checks_the_document_set() -> None:
     with pytest.raises(ManifestError, match="a fleet has exactly one FleetConfig"):
         effective_config(docs_of(fleet("{}", "a"), fleet("{}", "b")), CAM)
@@ -241,14 +266,15 @@ def test_validate_config_values_refuses_nulls_and_unknown_fields() -> None:
         validate_config_values({"canary": {"psi_max": None}})
     with pytest.raises(ManifestError, match=r"canary\.min_frame: unknown field; did you mean 'min_frames'\?"):
         validate_config_values({"canary": {"min_frame": 300}})
-    validate_config_values({"extra": {"anything": None}})
+    # 'extra' was a free-form bag no runtime code read (issue 10: every key is read or removed).
+    with pytest.raises(ManifestError, match=r"extra: unknown field"):
+        validate_config_values({"extra": {"owner": "me"}})
 
 
 def test_example_fleet_layers_for_a_dock_camera_and_a_thermal_pi() -> None:
     docs = [doc for p in ("fleet.yaml", "sites", "devices", "rollouts") for doc in load_manifests(MANIFESTS / p)]
     dock = effective_config(docs, DeviceFacts("wa-dock-door-3", "dock-door-3", "warehouse-a", {"camera": "rgb"}))
     assert dock.sources == (
-        DEFAULTS_SOURCE,
         "FleetConfig/default",
         "SiteConfig/warehouse-a",
         "DeviceConfig/dock-door-3",
@@ -258,7 +284,6 @@ def test_example_fleet_layers_for_a_dock_camera_and_a_thermal_pi() -> None:
     assert at(dock.values, "canary.min_frames") == 600
     pi = effective_config(docs, DeviceFacts("fb-07", "pi-07", "farm-b", {"camera": "thermal"}))
     assert pi.sources == (
-        DEFAULTS_SOURCE,
         "FleetConfig/default",
         "SiteConfig/farm-b",
         "DeviceConfig/thermal-cameras",

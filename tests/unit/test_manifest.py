@@ -227,13 +227,13 @@ ERROR_CASES: list[tuple[str, str, str]] = [
     ),
     (
         "non-string key",
-        FLEET + "    extra:\n      1: one\n",
-        "m.yaml:8 spec.config.extra: keys must be strings, got the int key '1'; quote the key",
+        FLEET + "    trusted_keys:\n      1: one\n",
+        "m.yaml:8 spec.config.trusted_keys: keys must be strings, got the int key '1'; quote the key",
     ),
     (
         "yes as a key",
-        FLEET + "    extra:\n      yes: 1\n",
-        "m.yaml:8 spec.config.extra: keys must be strings, got the bool key 'yes'; quote the key",
+        FLEET + "    trusted_keys:\n      yes: 1\n",
+        "m.yaml:8 spec.config.trusted_keys: keys must be strings, got the bool key 'yes'; quote the key",
     ),
     (
         "missing name",
@@ -293,8 +293,8 @@ ERROR_CASES: list[tuple[str, str, str]] = [
     ),
     (
         "timestamp",
-        FLEET + "    extra:\n      since: 2024-05-01\n",
-        "m.yaml:8 spec.config.extra.since: dates and times are not supported, got '2024-05-01'; "
+        FLEET + "    trusted_keys:\n      since: 2024-05-01\n",
+        "m.yaml:8 spec.config.trusted_keys.since: dates and times are not supported, got '2024-05-01'; "
         "quote the value to keep it as text",
     ),
     (
@@ -304,14 +304,14 @@ ERROR_CASES: list[tuple[str, str, str]] = [
     ),
     (
         "merge key",
-        FLEET + "    canary: &c {min_frames: 300}\n    extra:\n      <<: *c\n",
-        "m.yaml:9 spec.config.extra: YAML merge keys ('<<') are not supported; share settings by layering "
+        FLEET + "    canary: &c {min_frames: 300}\n    trusted_keys:\n      <<: *c\n",
+        "m.yaml:9 spec.config.trusted_keys: YAML merge keys ('<<') are not supported; share settings by layering "
         "FleetConfig, SiteConfig and DeviceConfig instead",
     ),
     (
         "python tag",
-        FLEET + "    extra: !!python/object:os.system {}\n",
-        "m.yaml:7 spec.config.extra: unsupported YAML tag 'tag:yaml.org,2002:python/object:os.system'; "
+        FLEET + "    trusted_keys: !!python/object:os.system {}\n",
+        "m.yaml:7 spec.config.trusted_keys: unsupported YAML tag 'tag:yaml.org,2002:python/object:os.system'; "
         "use a plain mapping",
     ),
     (
@@ -401,16 +401,16 @@ def test_recursive_alias_is_refused() -> None:
 def test_small_aliases_are_allowed() -> None:
     text = (
         f"{HEAD}kind: FleetConfig\nmetadata: {{name: f}}\nspec:\n  config:\n"
-        "    inference: {providers: &p [cuda, cpu]}\n    extra: {copy: *p}\n"
+        "    canary: {min_frames: &n 300}\n    review: {max_per_hour: *n}\n"
     )
     (doc,) = parse_manifests(text)
-    assert doc.config["extra"]["copy"] == ("cuda", "cpu")
+    assert doc.config["review"]["max_per_hour"] == 300
 
 
 def test_document_over_one_mebibyte_is_refused() -> None:
     filler = "x" * 1000
     body = "".join(f"      k{i}: {filler}\n" for i in range(MAX_DOCUMENT_BYTES // 1000 + 10))
-    err = _error(FLEET + "    extra:\n" + body)
+    err = _error(FLEET + "    trusted_keys:\n" + body)
     assert err.location == "m.yaml:1"
     assert "the limit is 1048576 bytes; split it" in str(err)
 

@@ -3,17 +3,25 @@
 Pure (no I/O, no clock). Which documents apply to a device, and in what order, is decided in
 ``edgefleet.contract.manifest.effective_config``; this module owns how layers combine:
 
-- Layer 0 is ``DEFAULT_CONFIG`` (below), so every device has a complete canary, telemetry and review
-  policy even with no manifests at all.
+- The effective config a controller computes for a device (``DesiredState.config_json`` and its digest)
+  holds only what the operator layers set (FleetConfig < SiteConfig < tag DeviceConfig < device
+  DeviceConfig). ``DEFAULT_CONFIG`` (below) and a bundle's declared policy are NOT merged in: they are
+  the two layers under the operator config that ``edgefleet.contract.precedence.resolve_policy`` puts
+  below it, on the device with the bundle it runs and on the controller for ``fleetctl config effective``.
+  So a bundle's own ``canary`` section applies unless a manifest sets the same key.
 - Mappings merge deeply; lists and scalars in a higher layer replace the lower value whole (a site's
   ``providers: [cpu]`` is not appended to the fleet's list); an explicit ``null`` removes the key.
 - The result is re-validated (``validate_config_values``), because layers that are each valid can
-  combine into something that is not (``canary.deadline_s`` below ``canary.min_seconds``).
+  combine into something that is not (``canary.deadline_s`` below ``canary.min_seconds``); cross-field
+  bounds are checked over the defaults with the operator config on top, so an operator config that could
+  never run with the built-in values is refused at apply time (a bundle's values are checked when the
+  device reads them, ``CanaryPolicy``).
 - The digest is ``sha256:<hex>`` of the canonical JSON: keys sorted, no spaces, UTF-8, integral
   floats written as integers (``60.0`` → ``60``, as RFC 8785 does), so the controller and a device
   that re-serialises the same values agree byte for byte.
 
-Built-in defaults (``sla.latency_ms`` has none: the bundle's own SLA applies unless a layer sets one):
+Built-in defaults (``sla.latency_ms`` has none: the bundle's own SLA applies unless a layer sets one; the
+frame ``source`` has none: the device's ``--source`` applies unless a layer sets one):
 
     inference  conf_threshold 0.5, providers [tensorrt, cuda, cpu], fp16 false, precision auto
     sla        percentile 95, thermal_buffer 0.0
@@ -22,7 +30,6 @@ Built-in defaults (``sla.latency_ms`` has none: the bundle's own SLA applies unl
     telemetry  window_s 10, batch_max_records 500, batch_max_bytes 1 MiB, batch_max_delay_s 5,
                buffer_max_bytes 256 MiB, review_quota_bytes 64 MiB, max_in_flight 2, backlog_rate_per_s 20
     review     sample_rate 0.01, low_confidence_below 0.35, max_per_hour 60, jpeg_quality 85
-    source     synthetic:15
     trusted_keys {}
 """
 
@@ -92,7 +99,6 @@ _DEFAULTS: dict[str, Any] = {
         "max_per_hour": 60,
         "jpeg_quality": 85,
     },
-    "source": "synthetic:15",
     "trusted_keys": {},
 }
 
@@ -210,16 +216,20 @@ class EffectiveConfig:
 
 
 def merge_config_layers(layers: Sequence[tuple[str, Mapping[str, Any]]]) -> EffectiveConfig:
-    """Merge ``(source, config)`` layers over ``DEFAULT_CONFIG``, lowest first, and validate the result."""
-    values: dict[str, Any] = thaw(DEFAULT_CONFIG)
-    sources = [DEFAULTS_SOURCE]
+    """Merge the operator's ``(source, config)`` layers, lowest first, and validate the result.
+
+    The result holds only the keys the layers set (no defaults; see the module docstring). Cross-field
+    bounds are checked with ``DEFAULT_CONFIG`` below the merged layers.
+    """
+    values: dict[str, Any] = {}
+    sources: list[str] = []
     for source, config in layers:
         values = deep_merge(values, config)
         sources.append(source)
-    found = config_violations(values)
+    found = config_violations(values) or config_violations(deep_merge(DEFAULT_CONFIG, values))
     if found:
         raise ManifestError(
-            f"{found[0].message} (merged from {' < '.join(sources)})",
+            f"{found[0].message} (merged from {' < '.join([DEFAULTS_SOURCE, *sources])})",
             location="effective config",
             path=format_path(found[0].path),
         )

@@ -10,9 +10,12 @@ documents, each ``apiVersion: edgefleet.io/v1`` with ``kind`` one of ``FleetConf
   invalid a ``ManifestSetError`` lists them all, so an operator fixes a whole file in one round.
 - ``check_document_set``: rules across documents (one FleetConfig, one SiteConfig per site, unique
   kind + name).
-- ``effective_config``: which documents apply to a device and in what order — defaults < FleetConfig <
-  the device's SiteConfig < tag-selector DeviceConfigs < device-specific DeviceConfigs, DeviceConfigs in
-  ascending ``priority`` then name. The merge rule itself lives in ``edgefleet.contract.layering``.
+- ``effective_config``: which documents apply to a device and in what order — FleetConfig < the device's
+  SiteConfig < tag-selector DeviceConfigs < device-specific DeviceConfigs, DeviceConfigs in ascending
+  ``priority`` then name. The result holds only what those documents set; the built-in defaults and the
+  bundle's declared policy sit below it and are resolved with it by
+  ``edgefleet.contract.precedence.resolve_policy``. The merge rule itself lives in
+  ``edgefleet.contract.layering``.
 
 Pure except ``load_manifests``, which reads files.
 """
@@ -55,6 +58,7 @@ __all__ = [
     "ManifestDoc",
     "ManifestKind",
     "check_document_set",
+    "config_layers",
     "effective_config",
     "load_manifests",
     "parse_manifests",
@@ -332,12 +336,17 @@ def select_layers(docs: Iterable[ManifestDoc], device: DeviceFacts) -> list[Mani
     return [*fleet, *site, *sorted(tagged, key=order), *sorted(specific, key=order)]
 
 
+def config_layers(docs: Sequence[ManifestDoc], device: DeviceFacts) -> list[tuple[str, Mapping[str, Any]]]:
+    """The operator layers that apply to ``device`` as ``(Kind/name, config)``, lowest first, for
+    ``precedence.resolve_policy``. Checks the document set (raises ``ManifestError``)."""
+    check_document_set(docs)
+    return [(doc.ref, doc.config) for doc in select_layers(docs, device)]
+
+
 def effective_config(docs: Sequence[ManifestDoc], device: DeviceFacts) -> EffectiveConfig:
-    """Merge the documents that apply to ``device`` over the built-in defaults.
+    """Merge the documents that apply to ``device`` (operator layers only: no defaults, no bundle policy).
 
     Checks the document set first, and validates the merged values; both raise ``ManifestError``.
-    ``sources`` is ``("defaults", "FleetConfig/…", "SiteConfig/…", …)``.
+    ``sources`` is ``("FleetConfig/…", "SiteConfig/…", …)``, lowest first.
     """
-    check_document_set(docs)
-    layers = select_layers(docs, device)
-    return merge_config_layers([(doc.ref, doc.config) for doc in layers])
+    return merge_config_layers(config_layers(docs, device))

@@ -240,8 +240,6 @@ def _key_violations(config: Mapping[str, Any], prefix: Path) -> Iterator[Violati
 
 def _null_violations(value: Any, path: Path) -> Iterator[Violation]:
     if isinstance(value, dict):
-        if path == ("extra",) or path[:1] == ("extra",):
-            return
         for key, item in value.items():
             if item is None:
                 yield Violation((*path, key), "null is only allowed in manifest layers (it removes a key)")
