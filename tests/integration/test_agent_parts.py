@@ -15,8 +15,10 @@ from edge_runtime.agent.enroll import Credential, load_credential, save_credenti
 from edge_runtime.agent.errors import CredentialError
 from edge_runtime.agent.hardware import HostFacts, classify, hardware_profile
 from edge_runtime.agent.health import FAILING_AFTER, judge_health
+from edge_runtime.agent.reporter import AgentReporter
 from edge_runtime.agent.runner import RunnerSnapshot
-from edgefleet.v1 import common_pb2
+from edge_runtime.update.state import UpdateRecord, UpdateState
+from edgefleet.v1 import common_pb2, telemetry_pb2
 
 pytestmark = pytest.mark.integration
 
@@ -111,3 +113,24 @@ def test_only_link_trouble_is_transient() -> None:
     assert not is_transient(_Err(grpc.StatusCode.UNAUTHENTICATED))
     assert not is_transient(_Err(grpc.StatusCode.NOT_FOUND))
     assert not is_transient(ValueError("x"))
+
+
+def test_reporter_stamps_verdicts_with_the_assignment_they_were_decided_under() -> None:
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    reporter = AgentReporter()
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    record = replace(
+        UpdateRecord.initial(now, committed="sha256:" + "a" * 64),
+        state=UpdateState.CANARY,
+        candidate="sha256:" + "b" * 64,
+        assignment_id="ro_1/w1/dev_1",
+    )
+    reporter.report(record)
+    verdict = common_pb2.CanaryVerdict(outcome=common_pb2.CanaryVerdict.OUTCOME_FAIL, candidate_digest=record.candidate)
+    reporter.report_verdict(verdict)
+    assert verdict.assignment_id == "", "the caller's message is not modified"
+    assert reporter.last_verdict is not None and reporter.last_verdict.assignment_id == "ro_1/w1/dev_1"
+    sent = [e for e in reporter.pending() if e.kind == telemetry_pb2.DeviceEvent.KIND_CANARY_VERDICT]
+    assert [e.verdict.assignment_id for e in sent] == ["ro_1/w1/dev_1"]

@@ -117,7 +117,35 @@ def test_record_of_an_unknown_version_counts_as_damaged(tmp_path: Path) -> None:
     journal.current_path.write_text(json.dumps(envelope))
     with capture_logs() as logs:
         assert Journal(tmp_path / "j", clock=clock).load() == first
-    assert "'record_version' must be 1, got 9" in logs[0]["problems"]["journal.json"]
+    assert "'record_version' must be 1 or 2, got 9" in logs[0]["problems"]["journal.json"]
+
+
+def test_version_1_record_written_before_assignments_still_loads(tmp_path: Path) -> None:
+    """A journal written by the runtime before assignments (record_version 1) keeps its committed bundle."""
+    v1 = {
+        k: v
+        for k, v in replace(rec(UpdateState.ROLLED_BACK, committed=A), rejected=B).to_dict().items()
+        if k not in ("assignment_id", "rejections")
+    }
+    text = json.dumps({**v1, "record_version": 1})
+    envelope = {
+        "format": "edgefleet.update-journal",
+        "generation": 7,
+        "sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "record": text,
+    }
+    (tmp_path / "j").mkdir()
+    (tmp_path / "j" / Journal.CURRENT).write_text(json.dumps(envelope))
+    journal = Journal(tmp_path / "j", clock=clock)
+    record = journal.load()
+    assert (record.state, record.committed, record.rejected) == (UpdateState.ROLLED_BACK, A, B)
+    assert record.assignment_id is None
+    # Its rejection predates assignments: tied to none, so a controller's new assignment may retry it.
+    assert record.rejections == ((B, ""),) and record.rejected_under(B, "") and not record.rejected_under(B, "as-1")
+    # Written back, it is a current-version record and generations continue.
+    journal.write(record)
+    generation, again = decode_entry(journal.current_path.read_bytes())
+    assert generation == 8 and again.record_version == 2 and again.committed == A
 
 
 def test_both_damaged_resets_to_idle_on_newest_verified_slot(tmp_path: Path) -> None:

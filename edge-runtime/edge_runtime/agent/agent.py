@@ -135,6 +135,7 @@ def _verdict_status(verdict: common_pb2.CanaryVerdict | None) -> dict[str, Any] 
         "candidate_p95_ms": verdict.candidate_latency.p95_ms,
         "latency_budget_ms": verdict.latency_budget_ms,
         "reasons": list(verdict.reasons),
+        "assignment_id": verdict.assignment_id or None,
     }
 
 
@@ -293,7 +294,8 @@ class EdgeAgent:
             # Re-offer only a bundle whose last attempt failed for a reason worth retrying, not too often.
             settled = record.state not in IN_PROGRESS
             age = (datetime.now(UTC) - record.updated_at).total_seconds()
-            if not settled or digest in (record.committed, record.rejected) or age < self.settings.failed_retry_s:
+            rejected_here = record.rejected_under(digest, desired.assignment_id)
+            if not settled or digest == record.committed or rejected_here or age < self.settings.failed_retry_s:
                 return
             log.info("agent.retrying_desired", digest=digest, last_failure=record.failure)
         for ref_digest, content in (
@@ -303,7 +305,7 @@ class EdgeAgent:
             if content:
                 self.fetcher.add_inline(ref_digest, content)
         self._offered = digest
-        self._queue.put_nowait(DesiredBundleChanged(digest, bundle_artifacts(desired)))
+        self._queue.put_nowait(DesiredBundleChanged(digest, bundle_artifacts(desired), desired.assignment_id))
 
     # ------------------------------------------------------------------ reporting
 
@@ -332,6 +334,7 @@ class EdgeAgent:
             hardware=hardware_profile(self.data_dir, self._host),
             details=details,
             applied_revision=self.applied_revision,
+            assignment_id=record.assignment_id or "",
         )
         verdict = self.reporter.last_verdict
         if verdict is not None:

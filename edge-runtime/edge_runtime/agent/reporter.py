@@ -7,6 +7,10 @@ is re-issued with the new state at once. ``report_verdict`` (the canary evaluato
 final canary or watch verdict as ``last_verdict`` (sent in ``ReportedState``) and queues one
 ``KIND_CANARY_VERDICT`` event carrying it.
 
+Assignments: every verdict is stamped with the assignment of the record it was decided under
+(``CanaryVerdict.assignment_id``), both in ``last_verdict`` and in its event, so the controller counts a
+verdict only for the assignment that asked for it. ``ReportedState.assignment_id`` is the record's.
+
 Events are queued in memory (bounded; the oldest are dropped past ``max_events`` with a count) with a
 unique ``event_id`` each, so re-sending after a reconnect is idempotent on the controller. ``EventSender``
 sends them in batches and forgets a batch only once the controller accepted it. "Durably enough": a crash
@@ -73,7 +77,15 @@ class AgentReporter:
         return self._last_verdict
 
     def report_verdict(self, verdict: common_pb2.CanaryVerdict) -> None:
-        """Keep ``verdict`` as the last one and queue it as a ``KIND_CANARY_VERDICT`` event."""
+        """Keep ``verdict`` (stamped with the current assignment) as the last one and queue it as a
+        ``KIND_CANARY_VERDICT`` event."""
+        stamped = common_pb2.CanaryVerdict()
+        stamped.CopyFrom(verdict)
+        with self._lock:
+            record = self._record
+        if record is not None and not stamped.assignment_id:
+            stamped.assignment_id = record.assignment_id or ""
+        verdict = stamped
         event = telemetry_pb2.DeviceEvent(
             event_id=str(uuid.uuid4()),
             kind=telemetry_pb2.DeviceEvent.KIND_CANARY_VERDICT,

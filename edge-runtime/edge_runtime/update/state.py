@@ -23,14 +23,25 @@ Decisions written down here (the rest of the runtime relies on them):
   in ``incoming/`` so that when the controller's desired state names the same bundle again the download
   resumes where it stopped. Each interruption of the same candidate is counted; at ``max_interruptions``
   the candidate is rejected, so a bundle that kills the process cannot cause an update loop.
-- A rejected bundle (verification failed, canary failed, trial failed, too many interruptions) is not
-  retried when the same digest is desired again; the controller must assign a different bundle. Download
-  failures, disk shortage and inconclusive canaries are not rejections: the same digest may be retried.
+- Outcomes belong to an assignment. Every desired state carries the controller's ``assignment_id``
+  (opaque to the device); the record keeps the assignment of the desired state the device is acting on
+  (``assignment_id``), the reporter echoes it in ``ReportedState.assignment_id`` next to the state,
+  candidate, reason and last verdict, and stamps it on every ``CanaryVerdict`` it sends. A new assignment
+  naming what the device already runs is adopted at once: a settled device reports ``committed`` under it
+  (its outcome for that assignment), a device in progress keeps going under the new id.
+- A rejected bundle (verification failed, canary failed, trial failed, too many crashes) is remembered with
+  the assignment it was rejected under (``rejections``: the last ``MAX_REJECTIONS`` (digest, assignment)
+  pairs; ``rejected`` is the latest digest): desired again under the SAME assignment it is not retried;
+  under a NEW assignment it is retried from scratch (the controller refuses to re-roll a bundle that failed
+  its canary unless the operator forces it, so a new assignment is a decision).
+  Download failures, disk shortage and inconclusive canaries are not rejections: the same digest may be
+  retried.
 - Only a verified bundle can be staged, swapped to or committed: ``staged`` is only reachable through
   ``VerificationPassed`` from ``verifying``.
 
 The stored values of ``UpdateState`` and the JSON field names of ``UpdateRecord`` never change; a change of
-meaning bumps ``RECORD_VERSION``.
+meaning bumps ``RECORD_VERSION``. Version 1 records (before assignments) still load: the fields added since
+take their defaults (no assignment, the rejection not tied to one), so the committed bundle is kept.
 """
 
 from __future__ import annotations
@@ -45,7 +56,10 @@ from typing import Any
 
 from edge_runtime.update.errors import RecordFormatError
 
-RECORD_VERSION = 1
+RECORD_VERSION = 2
+MAX_REJECTIONS = 16
+# Versions this runtime reads; older ones are migrated on load (see ``UpdateRecord.from_dict``).
+READABLE_VERSIONS = (1, 2)
 
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -123,10 +137,12 @@ class ArtifactRef:
 
 @dataclass(frozen=True)
 class DesiredBundleChanged:
-    """The controller's desired bundle for this device (``digest`` of its bundle.json, and its artifacts)."""
+    """The controller's desired bundle for this device (``digest`` of its bundle.json, and its artifacts),
+    under the controller's ``assignment_id`` (``""``: the controller minted none)."""
 
     digest: str
     artifacts: tuple[ArtifactRef, ...] = ()
+    assignment_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -362,7 +378,19 @@ class UpdateRecord:
     rejected: str | None = None
     failure: str | None = None
     canary_summary: str | None = None
+    # The assignment of the desired state the device acts on; (digest, assignment) of recent rejections.
+    assignment_id: str | None = None
+    rejections: tuple[tuple[str, str], ...] = ()
     record_version: int = field(default=RECORD_VERSION)
+
+    def rejected_under(self, digest: str, assignment_id: str) -> bool:
+        """Whether ``digest`` was rejected under ``assignment_id`` (then it is not retried under it)."""
+        return (digest, assignment_id) in self.rejections
+
+    @property
+    def rejected_assignment(self) -> str | None:
+        """The assignment the latest rejection (``rejected``) happened under."""
+        return self.rejections[-1][1] if self.rejections else None
 
     @classmethod
     def initial(cls, now: datetime, committed: str | None = None) -> UpdateRecord:
@@ -386,6 +414,8 @@ class UpdateRecord:
             "rejected": self.rejected,
             "failure": self.failure,
             "canary_summary": self.canary_summary,
+            "assignment_id": self.assignment_id,
+            "rejections": [[d, a] for d, a in self.rejections],
         }
 
     def to_json(self) -> str:
@@ -404,10 +434,11 @@ class UpdateRecord:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> UpdateRecord:
         version = data.get("record_version")
-        if version != RECORD_VERSION:
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
+            readable = " or ".join(str(v) for v in READABLE_VERSIONS)
             raise RecordFormatError(
-                f"update record: field 'record_version' must be {RECORD_VERSION}, got {version!r}; "
-                "this runtime cannot read records written by another version"
+                f"update record: field 'record_version' must be {readable}, got {version!r}; "
+                "this runtime cannot read records written by a newer version"
             )
         state = data.get("state")
         try:
@@ -436,6 +467,8 @@ class UpdateRecord:
             rejected=_optional_digest(data, "rejected"),
             failure=_optional_str(data, "failure"),
             canary_summary=_optional_str(data, "canary_summary"),
+            assignment_id=_optional_str(data, "assignment_id"),
+            rejections=_rejections(data, _optional_digest(data, "rejected")),
         )
 
 
@@ -447,6 +480,29 @@ def _optional_digest(data: Mapping[str, Any], key: str) -> str | None:
         raise RecordFormatError(f"update record: field {key!r} must be sha256:<64 hex> or null, got {value!r}")
     assert isinstance(value, str)
     return value
+
+
+def _rejections(data: Mapping[str, Any], rejected: str | None) -> tuple[tuple[str, str], ...]:
+    raw = data.get("rejections")
+    if raw is None:
+        # A version 1 record: its rejection was made before assignments existed.
+        return ((rejected, ""),) if rejected is not None else ()
+    if not isinstance(raw, list) or not all(
+        isinstance(p, list) and len(p) == 2 and is_digest(p[0]) and isinstance(p[1], str) for p in raw
+    ):
+        raise RecordFormatError(
+            f"update record: field 'rejections' must be a list of [sha256 digest, assignment id] pairs, "
+            f"got {str(raw)[:200]!r}"
+        )
+    return tuple((str(d), str(a)) for d, a in raw)
+
+
+def _rejected(record: UpdateRecord) -> dict[str, Any]:
+    """The record changes that reject the candidate under the current assignment."""
+    assert record.candidate is not None
+    pair = (record.candidate, record.assignment_id or "")
+    kept = tuple(p for p in record.rejections if p != pair)
+    return {"rejected": record.candidate, "rejections": (*kept, pair)[-MAX_REJECTIONS:]}
 
 
 def _optional_str(data: Mapping[str, Any], key: str) -> str | None:
@@ -545,25 +601,51 @@ def _start_candidate(record: UpdateRecord, event: DesiredBundleChanged, now: dat
         candidate_since=now,
         download_attempts=1,
         canary_attempts=0,
-        interruptions=record.interruptions if same_candidate else 0,
+        interruptions=record.interruptions if same_candidate and event.digest != record.rejected else 0,
         failure=None,
         canary_summary=None,
+        assignment_id=event.assignment_id,
     )
+
+
+def _adopt_assignment(record: UpdateRecord, event: DesiredBundleChanged, now: datetime) -> Decision:
+    """A new assignment that names what the device already runs or installs: only the id changes.
+
+    Settled with the desired bundle committed: the outcome for this assignment is ``committed``."""
+    if record.state in SETTLED and record.committed is not None:
+        return _go(record, UpdateState.COMMITTED, now, assignment_id=event.assignment_id, failure=None)
+    return _go(record, record.state, now, assignment_id=event.assignment_id)
 
 
 def _on_desired(record: UpdateRecord, event: DesiredBundleChanged, now: datetime, limits: RetryLimits) -> Decision:
     if not is_digest(event.digest):
         return _ignore(record, f"desired bundle digest must be sha256:<64 hex>, got {event.digest!r}")
+    new_assignment = event.assignment_id != (record.assignment_id or "")
     if event.digest == record.committed:
         if record.state in IN_PROGRESS:
-            return _cancel(record, now, f"desired bundle is the committed {event.digest} again")
+            cancelled = _cancel(record, now, f"desired bundle is the committed {event.digest} again")
+            if not new_assignment:
+                return cancelled
+            # The new assignment asks for what serves: its outcome is reached, the old candidate's was not.
+            return _go(
+                cancelled.record,
+                UpdateState.COMMITTED,
+                now,
+                *cancelled.effects[:-1],
+                assignment_id=event.assignment_id,
+            )
+        if new_assignment:
+            return _adopt_assignment(record, event, now)
         return _ignore(record, f"desired bundle {event.digest} is already committed")
     if record.state in IN_PROGRESS and event.digest == record.candidate:
+        if new_assignment:
+            return _adopt_assignment(record, event, now)
         return _ignore(record, f"desired bundle {event.digest} is already being installed ({record.state})")
-    if event.digest == record.rejected:
+    if record.rejected_under(event.digest, event.assignment_id):
         return _ignore(
             record,
-            f"desired bundle {event.digest} was rejected ({record.failure}); assign a different bundle to retry",
+            f"desired bundle {event.digest} was rejected under assignment "
+            f"{event.assignment_id or '(none)'} ({record.failure}); a new assignment is needed to retry it",
         )
     if not event.artifacts:
         return _ignore(record, f"desired bundle {event.digest} lists no artifacts; cannot download it")
@@ -584,11 +666,11 @@ def _on_recovered(record: UpdateRecord, event: Recovered, now: datetime, limits:
     assert record.candidate is not None
     interruptions = record.interruptions + 1
     reason = f"interrupted at {record.state.value}"
-    rejected = record.rejected
+    rejection: dict[str, Any] = {}
     if interruptions >= limits.max_interruptions:
-        rejected = record.candidate
+        rejection = _rejected(record)
         reason = f"{reason}; interrupted {interruptions} times, giving up on {record.candidate}"
-    keep_partial = record.state == UpdateState.DOWNLOADING and rejected != record.candidate
+    keep_partial = record.state == UpdateState.DOWNLOADING and not rejection
     target = UpdateState.ROLLED_BACK if record.state in _CANDIDATE_RAN else UpdateState.FAILED
     # Nothing is running at start-up, so there is no evaluation to stop and no candidate being served.
     return _go(
@@ -599,8 +681,8 @@ def _on_recovered(record: UpdateRecord, event: Recovered, now: datetime, limits:
         DiscardCandidate(record.candidate, keep_partial=keep_partial),
         CollectGarbage(_keep(record, record.candidate if keep_partial else None)),
         interruptions=interruptions,
-        rejected=rejected,
         failure=reason,
+        **rejection,
     )
 
 
@@ -663,7 +745,7 @@ def _on_verification_failed(
         UpdateState.FAILED,
         now,
         DiscardCandidate(record.candidate, keep_partial=False),
-        rejected=record.candidate,
+        **_rejected(record),
         failure=f"verification failed: {event.reason}",
     )
 
@@ -680,7 +762,7 @@ def _on_canary_failed(record: UpdateRecord, event: CanaryFailed, now: datetime, 
         now,
         StopEvaluation(record.candidate),
         DiscardCandidate(record.candidate, keep_partial=False),
-        rejected=record.candidate,
+        **_rejected(record),
         failure=f"canary failed: {event.reason}",
     )
 
@@ -749,7 +831,7 @@ def _on_trial_failed(record: UpdateRecord, event: TrialFailed, now: datetime, li
         UpdateState.ROLLED_BACK,
         now,
         *_abandon_effects(record, keep_partial=False),
-        rejected=record.candidate,
+        **_rejected(record),
         failure=f"trial failed: {event.reason}",
     )
 
