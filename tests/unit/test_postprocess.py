@@ -15,9 +15,11 @@ from edge_runtime.inference.postprocess import (
     Classification,
     PostprocessSpec,
     classify,
+    classify_scored,
     detect,
     greedy_nms,
     nms,
+    postprocess_scored,
     softmax,
     xywh_to_xyxy,
 )
@@ -70,7 +72,7 @@ def test_from_mapping_defaults_and_errors() -> None:
 
 
 def test_classification_top_k_with_softmax_and_labels() -> None:
-    spec = PostprocessSpec(kind="classification", top_k=2, softmax=True)
+    spec = PostprocessSpec(kind="classification", top_k=2, softmax=True, conf_threshold=0.0)
     logits = np.array([[1.0, 3.0, 2.0]], np.float32)
     out = classify(logits, spec, LABELS)
     e = np.exp([1.0, 3.0, 2.0])
@@ -81,7 +83,7 @@ def test_classification_top_k_with_softmax_and_labels() -> None:
 
 
 def test_classification_without_softmax_passes_probabilities_through() -> None:
-    spec = PostprocessSpec(kind="classification", top_k=10)
+    spec = PostprocessSpec(kind="classification", top_k=10, conf_threshold=0.0)
     out = classify(np.array([[0.1, 0.6, 0.3]], np.float32), spec, ("a", "b"))
     assert out == (
         Classification("b", 1, pytest.approx(0.6)),  # type: ignore[arg-type]
@@ -90,11 +92,29 @@ def test_classification_without_softmax_passes_probabilities_through() -> None:
     )
 
 
+def test_classes_below_conf_threshold_are_dropped_and_the_top_score_is_kept() -> None:
+    scores = np.array([[0.1, 0.6, 0.3]], np.float32)
+    spec = PostprocessSpec(kind="classification", top_k=3, conf_threshold=0.3)
+    out, top = classify_scored(scores, spec, ("a", "b", "c"))
+    assert [(c.label, c.confidence) for c in out] == [("b", pytest.approx(0.6)), ("c", pytest.approx(0.3))]
+    assert top == pytest.approx(0.6)
+    # Nothing confident: no label at all, while top_confidence still says what the model scored.
+    none, top = classify_scored(scores, PostprocessSpec(kind="classification", conf_threshold=0.7), ())
+    assert none == () and top == pytest.approx(0.6)
+    detections, top = postprocess_scored(
+        v8_tensor([(100, 100, 20, 20, [0.9, 0.0, 0.0])]),
+        PostprocessSpec(kind="yolov8", conf_threshold=0.95),
+        LABELS,
+        IDENTITY,
+    )
+    assert detections == () and top == 0.0
+
+
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.floats(-20, 20), min_size=1, max_size=40), st.integers(1, 50))
 def test_top_k_matches_full_sort(values: list[float], k: int) -> None:
     scores = np.array(values, np.float32)
-    out = classify(scores[None], PostprocessSpec(kind="classification", top_k=k), ())
+    out = classify(scores[None], PostprocessSpec(kind="classification", top_k=k, conf_threshold=-np.inf), ())
     confidences = [c.confidence for c in out]
     assert len(out) == min(k, len(values))
     assert confidences == sorted(confidences, reverse=True)

@@ -57,6 +57,7 @@ from edge_runtime.agent.sync import SyncLoop
 from edge_runtime.agent.telemetry_pipeline import BufferedReporter, TelemetryPipeline
 from edge_runtime.agent.verifier import SignatureVerifier
 from edge_runtime.inference import EngineSlot
+from edge_runtime.inference.errors import FrameSourceError
 from edge_runtime.sources import open_source
 from edge_runtime.telemetry.sensors import SensorReader
 from edge_runtime.update.driver import DEFAULT_DISK_MARGIN_BYTES, Phase, UpdateDriver
@@ -73,6 +74,7 @@ from edge_runtime.update.state import (
 from edgefleet.contract.bundle import MANIFEST_NAME, SIGNATURE_NAME
 from edgefleet.contract.errors import ManifestError
 from edgefleet.contract.layering import EffectiveConfig
+from edgefleet.contract.precedence import resolve_policy
 from edgefleet.v1 import common_pb2, device_pb2
 
 log = structlog.get_logger(__name__)
@@ -171,6 +173,8 @@ class EdgeAgent:
             intra_op_threads=settings.intra_op_threads,
         )
         self.runner = FrameRunner(self.slot, open_source(settings.source), frame_log=settings.frame_log)
+        self._source_spec = settings.source
+        self._use_source()  # a saved config's frame source wins over --source
         self.evaluator = CanaryEvaluator(
             self.switcher,
             self.runner,
@@ -271,11 +275,27 @@ class EdgeAgent:
         self.config = config.values
         self.config_digest = config.digest
         self._use_trusted_keys()
+        self._use_source()
         try:
             save_config(self.data_dir, config)
         except OSError as exc:
             log.error("agent.config_not_saved", digest=config.digest, error=str(exc))
         log.info("agent.config_applied", digest=config.digest)
+
+    def _use_source(self) -> None:
+        """Frames come from the config's ``source`` when an operator layer sets one, else from ``--source``;
+        a source that cannot be opened is logged and the current one kept."""
+        spec = str(resolve_policy(self.config).get("source") or self.settings.source)
+        if spec == self._source_spec:
+            return
+        try:
+            frames = open_source(spec)
+        except FrameSourceError as exc:
+            log.error("agent.source_rejected", source=spec, error=str(exc), keeping=self._source_spec)
+            return
+        self.runner.switch_source(frames)
+        log.info("agent.source_changed", source=spec, previous=self._source_spec)
+        self._source_spec = spec
 
     def _use_trusted_keys(self) -> None:
         keys = self.config.get("trusted_keys") or {}

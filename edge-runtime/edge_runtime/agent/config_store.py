@@ -5,6 +5,11 @@ keys and thresholds, not fall back to built-in defaults until the controller ans
 canonical JSON exactly as the controller sent it; on load its digest and values are checked again
 (``EffectiveConfig.from_json_bytes``), and a damaged file is ignored (the next Sync brings the config
 back), never a reason not to start. Written with ``write_durably``.
+
+What is stored is the operator config only (the keys manifests set; ``{}`` when none do): readers resolve
+it with ``edgefleet.contract.precedence.resolve_policy`` over the built-in defaults and the bundle they
+load or judge. A file written before that rule (defaults baked in) still loads: its values read as if an
+operator had set them all, until the next Sync replaces it.
 """
 
 from __future__ import annotations

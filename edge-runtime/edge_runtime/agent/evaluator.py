@@ -7,9 +7,10 @@
 2. Shadow canary (asynchronous): a ``ShadowRun`` is attached to the frame loop, so the candidate runs on
    the same live frames as the committed engine without ever serving them (see ``agent.shadow``). Every
    ``decide_every_s`` the pure ``decide_verdict`` judges both sides' samples, with ``elapsed_s`` since
-   the run started and ``deadline_reached`` at ``canary.deadline_s``. The ``CanaryPolicy`` comes from the
-   device's effective config (``canary.*``, ``sla.*``) with the bundle manifest's ``canary`` section and
-   ``latency.sla_ms`` as fallback, read when the run starts. A first-ever bundle runs alone (nothing
+   the run started and ``deadline_reached`` at ``canary.deadline_s``. The ``CanaryPolicy`` is read when
+   the run starts from ``precedence.resolve_policy``: the built-in defaults < the CANDIDATE bundle's
+   declared policy (its ``canary`` section and latency SLA) < the operator config the device received,
+   each layer overriding only the keys it sets. A first-ever bundle runs alone (nothing
    committed to compare with): only the SLA and errors/NaNs can fail it.
 3. Trial watch: after the swap the candidate serves; its served frames are recorded for
    ``canary.watch_window_s`` and ``decide_watch`` judges them against the canary's baseline p95 (for a
@@ -77,6 +78,7 @@ from edge_runtime.update.state import (
 from edgefleet.contract.bundle import GOLDEN_ROLE, MANIFEST_NAME, BundleManifest
 from edgefleet.contract.bundle_builder import load_golden
 from edgefleet.contract.errors import ContractError
+from edgefleet.contract.precedence import resolve_policy
 from edgefleet.v1 import common_pb2
 
 log = structlog.get_logger(__name__)
@@ -126,10 +128,10 @@ class CanaryMemory:
 
 
 def canary_policy(config: Mapping[str, Any], bundle_dir: Path) -> CanaryPolicy:
-    """The policy from the effective config with the bundle's defaults as fallback (raises ``PolicyError``,
-    ``ContractError`` or ``OSError``)."""
+    """The policy for the bundle in ``bundle_dir``: defaults < its declared policy < the operator ``config``
+    (``precedence.resolve_policy``; raises ``PolicyError``, ``ContractError`` or ``OSError``)."""
     manifest = BundleManifest.from_json_bytes((bundle_dir / MANIFEST_NAME).read_bytes())
-    return CanaryPolicy.from_config(config, bundle_canary=manifest.canary, bundle_sla_ms=manifest.latency.sla_ms)
+    return CanaryPolicy.from_config(resolve_policy(config, bundle=manifest).values)
 
 
 def _utc_now() -> datetime:
@@ -170,8 +172,8 @@ class CanaryEvaluator:
         self._attached: dict[str, ShadowRun | WatchRun] = {}
 
     def watch_window_s(self) -> float:
-        canary = self._config().get("canary") or {}
-        value = canary.get("watch_window_s") if isinstance(canary, Mapping) else None
+        # No bundle declares a watch window: defaults < operator config.
+        value = resolve_policy(self._config()).get("canary.watch_window_s")
         return float(value) if isinstance(value, int | float) else DEFAULT_WATCH_WINDOW_S
 
     # ------------------------------------------------------------------ canary

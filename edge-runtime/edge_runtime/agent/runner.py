@@ -5,6 +5,8 @@ the loop never waits on the network, the update driver or a lock a writer holds;
 counted (per bundle, for the trial watch) and the loop goes on. Frames that arrive while no bundle is
 loaded are counted as ``frames_idle``. ``frame_log`` (tests, debugging) receives one line per inferred
 frame, ``"<frame_id> <bundle digest>"``, which proves no frame was dropped across a swap.
+``switch_source`` replaces the frame source between two frames (the config's ``source`` changed); frame
+ids go on counting up from the last one.
 
 Canary and watch hooks (``edge_runtime.agent.shadow``): while a ``ShadowRun`` is attached and the slot
 serves its baseline, each frame also runs the candidate — before or after the served inference,
@@ -16,6 +18,7 @@ are single reference assignments, read once per frame like ``slot.current``.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -51,6 +54,7 @@ class FrameRunner:
     def __init__(self, slot: EngineSlot, source: Iterator[Frame], *, frame_log: Path | None = None) -> None:
         self.slot = slot
         self._source = source
+        self._next_source: Iterator[Frame] | None = None
         self._frame_log_path = frame_log
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="frame-loop", daemon=True)
@@ -94,6 +98,14 @@ class FrameRunner:
     def start(self) -> None:
         self._thread.start()
 
+    def switch_source(self, source: Iterator[Frame]) -> None:
+        """Read frames from ``source`` after the current frame (the config's ``source`` changed); frame ids
+        go on from the last one, so the frame log and the canary see one increasing sequence."""
+        if self._thread.ident is None:  # not started yet: nothing reads the source
+            self._source = source
+            return
+        self._next_source = source
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._thread.join(timeout)
@@ -124,10 +136,28 @@ class FrameRunner:
         if self._frame_log_path is not None:
             out = self._frame_log_path.open("a", buffering=1, encoding="utf-8")
         try:
-            for frame in self._source:
-                if self._stop.is_set():
+            source, offset = self._source, 0
+            while True:
+                for frame in source:
+                    if self._stop.is_set():
+                        return
+                    self._one(
+                        frame if not offset else dataclasses.replace(frame, frame_id=frame.frame_id + offset), out
+                    )
+                    pending = self._next_source
+                    if pending is not None:
+                        break
+                else:
                     return
-                self._one(frame, out)
+                # The config's frame source changed: frame ids keep counting up across the switch.
+                if self._next_source is pending:
+                    self._next_source = None
+                close = getattr(source, "close", None)
+                if callable(close):
+                    close()
+                source, offset = pending, self.last_frame_id + 1
+                self._source = source
+                log.info("runner.source_switched", first_frame_id=offset)
         except Exception as exc:  # a dead source must be visible, not a silent thread exit
             log.error("runner.source_failed", error=str(exc), error_type=type(exc).__name__)
         finally:

@@ -6,14 +6,19 @@
 - ``swap_to_candidate`` is ``EngineSlot.swap``: one reference change between two frames.
 - ``swap_to_committed`` puts the committed bundle back: nothing to do when it already serves, ``rollback``
   when it is the previous engine still loaded, else a fresh load (start-up) installed at once.
-- Which providers a bundle asks for: the config's ``inference.providers`` when set, else the bundle's own;
+- How a bundle is loaded comes from ``precedence.resolve_policy`` over the operator config the device
+  received, with that bundle's declared policy below it: ``inference.providers`` (the bundle's own list
+  unless a manifest sets one), ``inference.precision`` (which variant of a multi-precision bundle),
+  ``inference.fp16`` (FP16 kernels on TensorRT/CUDA) and ``inference.conf_threshold`` (the
+  post-processing threshold; the bundle's ``postprocess.conf_threshold`` unless a manifest sets one).
   TensorRT engines and timing caches go under ``DATA_DIR/cache/<bundle hex>``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +34,7 @@ from edge_runtime.inference import (
 from edge_runtime.update.errors import EngineSwitchError
 from edgefleet.contract.bundle import MANIFEST_NAME, MODEL_ROLE, BundleManifest
 from edgefleet.contract.errors import ContractError
+from edgefleet.contract.precedence import resolve_policy
 
 log = structlog.get_logger(__name__)
 
@@ -40,17 +46,25 @@ def load_engine(
     digest: str,
     *,
     cache_root: Path,
-    providers: Sequence[str] | None = None,
+    config: Mapping[str, Any] | None = None,
     intra_op_threads: int | None = None,
-    precision: str = "auto",
 ) -> InferenceEngine:
     """Load the bundle in ``bundle_dir`` into a warmed engine (raises ``EngineSwitchError``).
 
-    A bundle with several precision variants (FP32, INT8) is measured on this device and the faster
-    variant that passed its accuracy gate is served (``precision="auto"``); ``fp32``/``int8`` force one.
+    ``config`` is the operator config the device received (None: none yet); the ``inference`` keys are
+    resolved over the bundle's own (see the module docstring). A bundle with several precision variants
+    (FP32, INT8) is measured on this device and the faster variant that passed its accuracy gate is served
+    (``precision: auto``); ``fp32``/``int8`` force one.
     """
     try:
         manifest = BundleManifest.from_json_bytes((bundle_dir / MANIFEST_NAME).read_bytes())
+        inference = resolve_policy(config or {}, bundle=manifest).section("inference")
+        providers = tuple(inference.get("providers") or manifest.providers)
+        precision = str(inference.get("precision") or "auto")
+        post = PostprocessSpec.from_mapping(manifest.postprocess.to_dict())
+        threshold = inference.get("conf_threshold")
+        if isinstance(threshold, int | float) and not isinstance(threshold, bool):
+            post = dataclasses.replace(post, conf_threshold=float(threshold))
         model = bundle_dir / manifest.artifact(MODEL_ROLE).path
         int8 = False
         if manifest.precision_variants and len(manifest.precision_variants) > 1:
@@ -69,12 +83,13 @@ def load_engine(
         return InferenceEngine.load(
             model,
             PreprocessSpec.from_mapping(manifest.preprocess.to_dict()),
-            PostprocessSpec.from_mapping(manifest.postprocess.to_dict()),
+            post,
             list(manifest.labels),
-            providers=tuple(providers) if providers else tuple(manifest.providers),
+            providers=providers,
             cache_dir=cache_root / digest.removeprefix("sha256:"),
             bundle_digest=digest,
             intra_op_threads=intra_op_threads,
+            fp16=inference.get("fp16") is True,
             int8=int8,
         )
     except (OSError, ContractError, InferenceError) as exc:
@@ -99,24 +114,9 @@ class SlotSwitcher:
         self._lock = threading.Lock()
         self._staged_digest: str | None = None
 
-    def _providers(self) -> Sequence[str] | None:
-        inference = self._config().get("inference") or {}
-        providers = inference.get("providers") if isinstance(inference, Mapping) else None
-        return list(providers) if providers else None
-
-    def _precision(self) -> str:
-        inference = self._config().get("inference") or {}
-        precision = inference.get("precision") if isinstance(inference, Mapping) else None
-        return str(precision) if precision else "auto"
-
     def _load(self, digest: str, bundle_dir: Path) -> InferenceEngine:
         return load_engine(
-            bundle_dir,
-            digest,
-            cache_root=self._cache_root,
-            providers=self._providers(),
-            intra_op_threads=self._threads,
-            precision=self._precision(),
+            bundle_dir, digest, cache_root=self._cache_root, config=self._config(), intra_op_threads=self._threads
         )
 
     def staged_engine(self, digest: str) -> InferenceEngine | None:

@@ -11,12 +11,16 @@ Decisions:
 - ``MetricWindow.dropped`` is the buffer's drop count per class since the previous window (a delta).
 - Events: every update-state change, rollback and canary verdict the reporter queues is also appended to
   the buffer (``BufferedReporter``), so it reaches the controller even if the ReportEvent call was lost.
-- Config (``telemetry.window_s``, ``review.*``, upload settings) is read from the effective config each
-  time it is used. The buffer's bounds (``telemetry.buffer_max_bytes``, ``telemetry.review_quota_bytes``)
-  are read when the buffer opens: at start (``BUFFER_MAX_BYTES`` / ``REVIEW_QUOTA_BYTES`` while no config is
-  known yet, as on a first boot before the first sync) and again whenever the effective config changes
-  them. The buffer is then REOPENED between ticks of ``run``: the uploader's stream is stopped first (no
-  call is using the buffer), the file is closed and opened with the new bounds, and the uploader restarts.
+- Config (``telemetry.window_s``, ``review.*``, upload settings) is read from the resolved policy each
+  time it is used: the operator config the device received over the built-in defaults
+  (``edgefleet.contract.precedence.resolve_policy``; no bundle declares telemetry or review keys). The
+  resolution is cached until the ``config`` callable returns a different mapping (or different section
+  objects): the agent replaces its config whole, never in place. The buffer's bounds
+  (``telemetry.buffer_max_bytes``, ``telemetry.review_quota_bytes``) are read when the buffer opens: at
+  start (the built-in defaults while no config is known yet, as on a first boot before the first sync) and
+  again whenever the effective config changes them. The buffer is then REOPENED between ticks of ``run``:
+  the uploader's stream is stopped first (no call is using the buffer), the file is closed and opened with
+  the new bounds, and the uploader restarts.
   Nothing is lost: unacknowledged records stay in the file and are re-sent (the controller drops the
   duplicates). A smaller bound evicts by the normal drop policy at the next append, counted as drops.
   Invalid bounds (quota above the bound) are logged and the buffer keeps its current ones.
@@ -42,12 +46,15 @@ from edge_runtime.telemetry.buffer import Body, TelemetryBuffer
 from edge_runtime.telemetry.review import ReviewSampler
 from edge_runtime.telemetry.sensors import SensorReader
 from edge_runtime.telemetry.window import DEFAULT_WINDOW_S, WindowAggregator
+from edgefleet.contract.layering import DEFAULT_CONFIG
+from edgefleet.contract.precedence import ResolvedConfig, resolve_policy
 from edgefleet.v1 import telemetry_pb2
 
 log = structlog.get_logger(__name__)
 
-BUFFER_MAX_BYTES = 64 << 20
-REVIEW_QUOTA_BYTES = 16 << 20
+# The built-in defaults (one value per policy: DEFAULT_CONFIG); used only if a resolved value is unusable.
+BUFFER_MAX_BYTES: int = DEFAULT_CONFIG["telemetry"]["buffer_max_bytes"]
+REVIEW_QUOTA_BYTES: int = DEFAULT_CONFIG["telemetry"]["review_quota_bytes"]
 TICK_S = 0.1
 
 
@@ -81,6 +88,7 @@ class TelemetryPipeline:
         clock: Callable[[], datetime] = _utcnow,
     ) -> None:
         self._config = config
+        self._resolved: tuple[Mapping[str, Any], tuple[object, ...], ResolvedConfig] | None = None
         self._buffer_path = data_dir / "telemetry" / "buffer.db"
         self._rejected_bounds: tuple[object, object] = (None, None)
         max_bytes, quota = self.buffer_bounds() or (BUFFER_MAX_BYTES, REVIEW_QUOTA_BYTES)
@@ -98,9 +106,23 @@ class TelemetryPipeline:
         self._dropped_before = self.buffer.dropped_counts()
         self.observe_failures = 0
 
+    def _policy(self) -> ResolvedConfig:
+        config = self._config()
+        sections = tuple(config.values())
+        cached = self._resolved
+        # Identity, not equality: comparing by value would cost as much as resolving, on every frame.
+        if (
+            cached is None
+            or cached[0] is not config
+            or len(cached[1]) != len(sections)
+            or any(a is not b for a, b in zip(cached[1], sections, strict=True))
+        ):
+            cached = (config, sections, resolve_policy(config))
+            self._resolved = cached  # one reference assignment: frame thread and loop may both get here
+        return cached[2]
+
     def _section(self, name: str) -> Mapping[str, Any]:
-        value = self._config().get(name)
-        return value if isinstance(value, Mapping) else {}
+        return self._policy().section(name)
 
     def buffer_bounds(self) -> tuple[int, int] | None:
         """(max_bytes, review_quota_bytes) the effective config asks for (defaults for absent keys), or None
@@ -216,18 +238,15 @@ class TelemetryPipeline:
         key = tuple(review.get(k) for k in ("sample_rate", "low_confidence_below", "max_per_hour", "jpeg_quality"))
         if key != self._sampler_key:
             self._sampler_key = key
+            # The resolved policy always holds every review key (the defaults are below the config).
             try:
-                self._sampler = (
-                    ReviewSampler(
-                        sample_rate=float(review.get("sample_rate") or 0.0),
-                        low_confidence_below=float(review.get("low_confidence_below") or 0.0),
-                        max_per_hour=int(review.get("max_per_hour") or 60),
-                        jpeg_quality=int(review.get("jpeg_quality") or 80),
-                    )
-                    if review
-                    else None
+                self._sampler = ReviewSampler(
+                    sample_rate=float(review["sample_rate"]),
+                    low_confidence_below=float(review["low_confidence_below"]),
+                    max_per_hour=int(review["max_per_hour"]),
+                    jpeg_quality=int(review["jpeg_quality"]),
                 )
-            except ValueError as exc:
+            except (KeyError, TypeError, ValueError) as exc:
                 log.error("telemetry.review_config_rejected", error=str(exc))
                 self._sampler = None
         return self._sampler

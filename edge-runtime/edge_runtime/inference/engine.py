@@ -23,7 +23,7 @@ import structlog
 from numpy.typing import NDArray
 
 from edge_runtime.inference.errors import ModelLoadError
-from edge_runtime.inference.postprocess import FrameResult, PostprocessSpec, Timings, postprocess
+from edge_runtime.inference.postprocess import FrameResult, PostprocessSpec, Timings, postprocess_scored
 from edge_runtime.inference.preprocess import Normaliser, PreprocessSpec
 from edge_runtime.inference.providers import SessionInfo, create_session
 
@@ -173,9 +173,8 @@ class InferenceEngine:
         t1 = time.perf_counter_ns()
         output = self.run_model(tensor)
         t2 = time.perf_counter_ns()
-        outputs = postprocess(output, self.postprocess_spec, self.labels, transform)
+        outputs, top = postprocess_scored(output, self.postprocess_spec, self.labels, transform)
         t3 = time.perf_counter_ns()
-        top = max((o.confidence for o in outputs), default=0.0)
         return FrameResult(
             frame_id=frame_id,
             outputs=outputs,

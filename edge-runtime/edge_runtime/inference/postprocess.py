@@ -1,9 +1,11 @@
 """Model output → results, as a bundle's ``postprocess`` section declares; owns the result types.
 
 Pure numpy (no I/O, no clock). Three kinds:
-- ``classification``: ``[1, C]`` scores → top-k ``Classification`` (softmax first for logits).
-  Top-k is not filtered by ``conf_threshold``: a classifier always answers, and the canary needs the top-1
-  confidence even when it is low.
+- ``classification``: ``[1, C]`` scores → top-k ``Classification`` (softmax first for logits), keeping
+  only classes with ``confidence >= conf_threshold``: a frame whose best class is below it has no
+  confident label (no outputs; the canary counts it as label -1 on that side). The frame's
+  ``top_confidence`` is still the best class's score, threshold or not, so confidence histograms, drift
+  tests and low-confidence review sampling see what the model said.
 - ``yolov5``: ``[1, A, 5+C]`` (cx, cy, w, h, objectness, class scores), confidence = objectness × class score.
 - ``yolov8``: ``[1, 4+C, A]`` (cx, cy, w, h, class scores; no objectness), transposed to ``[A, 4+C]``.
 
@@ -116,7 +118,8 @@ class Timings:
 
 @dataclass(frozen=True, slots=True)
 class FrameResult:
-    """One frame's answer. ``top_confidence``: highest output confidence, 0.0 when nothing was found."""
+    """One frame's answer. ``top_confidence``: highest output confidence, 0.0 when nothing was found; for a
+    classifier, the best class's score even when it is below the threshold (see the module docstring)."""
 
     frame_id: int
     outputs: tuple[Classification, ...] | tuple[Detection, ...]
@@ -139,7 +142,14 @@ def softmax(x: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
 
 
 def classify(output: NDArray[Any], spec: PostprocessSpec, labels: Sequence[str]) -> tuple[Classification, ...]:
-    """Top-k classes of a ``[1, C]`` (or ``[C]``) score tensor, best first."""
+    """Top-k classes of a ``[1, C]`` (or ``[C]``) score tensor at or above ``conf_threshold``, best first."""
+    return classify_scored(output, spec, labels)[0]
+
+
+def classify_scored(
+    output: NDArray[Any], spec: PostprocessSpec, labels: Sequence[str]
+) -> tuple[tuple[Classification, ...], float]:
+    """``classify`` and the best class's score (0.0 for no classes), whether or not it passed the threshold."""
     scores = np.asarray(output, np.float32).reshape(-1)
     if spec.softmax:
         scores = softmax(scores)
@@ -149,7 +159,13 @@ def classify(output: NDArray[Any], spec: PostprocessSpec, labels: Sequence[str])
         top = top[np.argsort(-scores[top], kind="stable")]
     else:
         top = np.argsort(-scores, kind="stable")
-    return tuple(Classification(label_for(labels, int(i)), int(i), float(scores[i])) for i in top)
+    best = float(scores[top[0]]) if top.size else 0.0
+    kept = tuple(
+        Classification(label_for(labels, int(i)), int(i), float(scores[i]))
+        for i in top
+        if not scores[i] < spec.conf_threshold  # NaN scores are kept: the canary must see them
+    )
+    return kept, best
 
 
 def xywh_to_xyxy(boxes: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -305,6 +321,14 @@ def postprocess(
     output: NDArray[Any], spec: PostprocessSpec, labels: Sequence[str], transform: FrameTransform
 ) -> tuple[Classification, ...] | tuple[Detection, ...]:
     """Dispatch on ``spec.kind``."""
+    return postprocess_scored(output, spec, labels, transform)[0]
+
+
+def postprocess_scored(
+    output: NDArray[Any], spec: PostprocessSpec, labels: Sequence[str], transform: FrameTransform
+) -> tuple[tuple[Classification, ...] | tuple[Detection, ...], float]:
+    """``postprocess`` and the frame's ``top_confidence`` (see ``FrameResult``)."""
     if spec.kind == "classification":
-        return classify(output, spec, labels)
-    return detect(output, spec, labels, transform)
+        return classify_scored(output, spec, labels)
+    detections = detect(output, spec, labels, transform)
+    return detections, max((d.confidence for d in detections), default=0.0)
