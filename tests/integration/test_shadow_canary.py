@@ -2,7 +2,8 @@
 
 Each test commits a baseline bundle in an ``EngineSlot``, stages a candidate, and lets ``CanaryEvaluator``
 run it in shadow on a synthetic stream; the verdict comes back as the update event it posts and the wire
-``CanaryVerdict`` it reports.
+``CanaryVerdict`` it reports. Watch windows run after a real swap: the trial engine serves and the engine it
+replaced runs in shadow on a rate-limited sample of the same frames.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 
 from edge_runtime.agent.evaluator import CanaryEvaluator
 from edge_runtime.agent.runner import FrameRunner
-from edge_runtime.agent.shadow import thermal_throttling
+from edge_runtime.agent.shadow import NOT_THROTTLING, ThermalState, thermal_throttling
 from edge_runtime.agent.switcher import SlotSwitcher, load_engine
 from edge_runtime.inference import EngineSlot
 from edge_runtime.sources import Frame, open_source
@@ -122,15 +123,18 @@ class Rig:
         self.runner = FrameRunner(self.slot, iter(self.source))
         self.events: queue.Queue[UpdateEvent] = queue.Queue()
         self.verdicts: list[common_pb2.CanaryVerdict] = []
-        self.throttling = False
+        self.alerts: list[tuple[str, str, dict[str, float]]] = []
+        self.thermal = NOT_THROTTLING
         self.evaluator = CanaryEvaluator(
             self.switcher,
             self.runner,
             self.events.put,
             config=lambda: config,
             report_verdict=self.verdicts.append,
-            throttling=lambda: self.throttling,
+            thermal=lambda: self.thermal,
+            alert=lambda digest, reason, numbers: self.alerts.append((digest, reason, dict(numbers))),
             decide_every_s=0.2,
+            thermal_every_s=0.2,
         )
         self.runner.start()
 
@@ -138,6 +142,12 @@ class Rig:
         self.switcher.stage(candidate.digest, candidate.directory)
         started = self.evaluator.start_canary(candidate.digest, candidate.directory)
         assert list(started) == [CanaryStarted()]
+        return self.events.get(timeout=30)
+
+    def promote(self, candidate: Bundle) -> UpdateEvent:
+        """Swap to a staged candidate (as the update machine does after a passed canary) and watch it."""
+        self.switcher.swap_to_candidate(candidate.digest)
+        assert list(self.evaluator.start_watch(candidate.digest, candidate.directory)) == []
         return self.events.get(timeout=30)
 
     def close(self) -> None:
@@ -154,8 +164,18 @@ def rigs(tmp_path: Path) -> Iterator[list[Rig]]:
 
 def config(**canary: Any) -> dict[str, Any]:
     # max_p95_ratio 5: these models take a fraction of a millisecond, where a busy test machine moves a
-    # 15-frame watch window's p95 by more than 10 % (decide_watch has no minimum effect size).
-    return {"canary": {"min_frames": 60, "min_seconds": 0.5, "watch_window_s": 0.5, "max_p95_ratio": 5.0, **canary}}
+    # 60-frame canary's p95 by more than 10 %. watch_shadow_every_ms 0: pair every frame the share allows, so
+    # a half-second watch window holds enough pairs for a paired judgement.
+    return {
+        "canary": {
+            "min_frames": 60,
+            "min_seconds": 0.5,
+            "watch_window_s": 0.5,
+            "max_p95_ratio": 5.0,
+            "watch_shadow_every_ms": 0,
+            **canary,
+        }
+    }
 
 
 def test_same_model_passes_with_its_numbers_then_the_watch_passes(
@@ -179,15 +199,15 @@ def test_same_model_passes_with_its_numbers_then_the_watch_passes(
     assert verdict.errors == 0 and not verdict.reasons
     assert "canary pass" in event.summary
 
-    # The served frames were v1's all along; now promote and watch.
+    # The served frames were v1's all along; now promote and watch, side by side with v1 (still loaded).
     assert rig.runner.stats_for(bundles.same.digest) == (0, 0)
-    rig.switcher.swap_to_candidate(bundles.same.digest)
-    assert list(rig.evaluator.start_watch(bundles.same.digest)) == []
-    assert isinstance(rig.events.get(timeout=30), TrialPassed)
+    assert isinstance(rig.promote(bundles.same), TrialPassed)
     watch = rig.verdicts[-1]
     assert watch.phase == "watch" and watch.outcome == common_pb2.CanaryVerdict.OUTCOME_PASS
-    assert watch.frames > 0
-    assert watch.baseline_latency.p95_ms == pytest.approx(verdict.baseline_latency.p95_ms)
+    assert watch.candidate_digest == bundles.same.digest and watch.baseline_digest == bundles.v1.digest
+    pairs = watch.baseline_latency.count
+    assert pairs == watch.candidate_latency.count and 30 <= pairs <= watch.frames
+    assert watch.agreement == 1.0 and watch.latency_p_value > 0 and not watch.reasons
 
 
 def test_a_slower_candidate_fails_the_sla(bundles: Bundles, tmp_path: Path) -> None:
@@ -269,7 +289,7 @@ def test_errors_in_the_watch_window_fail_the_trial(bundles: Bundles, tmp_path: P
     rigs.append(rig)
     assert isinstance(rig.canary(bundles.same), CanaryPassed)
     rig.switcher.swap_to_candidate(bundles.same.digest)
-    rig.evaluator.start_watch(bundles.same.digest)
+    rig.evaluator.start_watch(bundles.same.digest, bundles.same.directory)
     rig.source.broken.set()
 
     event = rig.events.get(timeout=10)  # at the first error, long before the 30 s window ends
@@ -291,6 +311,106 @@ def test_stop_ends_a_running_canary_without_a_verdict(bundles: Bundles, tmp_path
         rig.events.get(timeout=1.0)
     assert rig.verdicts == []
     assert rig.runner.shadowing is None
+
+
+def test_a_slower_trial_fails_its_watch_against_the_engine_it_replaced(
+    bundles: Bundles, tmp_path: Path, rigs: list[Rig]
+) -> None:
+    # No canary: staged and swapped straight in, so only the paired watch stands between it and a commit.
+    rig = Rig(tmp_path, bundles.v1, config(max_p95_ratio=1.5, watch_window_s=1.0))
+    rigs.append(rig)
+    rig.switcher.stage(bundles.slow.digest, bundles.slow.directory)
+
+    event = rig.promote(bundles.slow)
+
+    assert isinstance(event, TrialFailed), event
+    watch = rig.verdicts[-1]
+    assert watch.phase == "watch" and watch.outcome == common_pb2.CanaryVerdict.OUTCOME_FAIL
+    assert watch.baseline_digest == bundles.v1.digest and watch.baseline_latency.count >= 30
+    assert watch.candidate_latency.p95_ms > 1.5 * watch.baseline_latency.p95_ms
+    assert watch.latency_p_value < 0.01
+    assert any("latency regression" in r and "vs the previous bundle" in r for r in watch.reasons), watch.reasons
+    assert "latency regression" in event.reason
+    assert not rig.alerts
+
+
+def test_throttling_without_a_paired_regression_is_reported_not_rolled_back(
+    bundles: Bundles, tmp_path: Path, rigs: list[Rig]
+) -> None:
+    rig = Rig(tmp_path, bundles.v1, config(watch_window_s=1.0))
+    rigs.append(rig)
+    rig.thermal = ThermalState(True, {"cpu_clock_ratio": 0.6, "cpu_temp_c": 91.0}, "throttling: cpu clock 60%")
+    rig.switcher.stage(bundles.same.digest, bundles.same.directory)
+
+    assert isinstance(rig.promote(bundles.same), TrialPassed)
+
+    watch = rig.verdicts[-1]
+    assert watch.outcome == common_pb2.CanaryVerdict.OUTCOME_PASS and watch.throttling
+    assert any("not attributed to the bundle" in n for n in watch.notes), watch.notes
+    ((digest, reason, numbers),) = rig.alerts
+    assert digest == bundles.same.digest and reason.startswith("thermal throttling during the watch window")
+    assert numbers["cpu_temp_c"] == 91.0 and numbers["paired_frames"] >= 30
+
+
+def test_throttling_with_a_paired_regression_is_the_bundles(bundles: Bundles, tmp_path: Path, rigs: list[Rig]) -> None:
+    rig = Rig(tmp_path, bundles.v1, config(max_p95_ratio=1.5, watch_window_s=1.0))
+    rigs.append(rig)
+    rig.thermal = ThermalState(True, {"gpu_clock_ratio": 0.5, "gpu_temp_c": 88.0}, "throttling: gpu clock 50%")
+    rig.switcher.stage(bundles.slow.digest, bundles.slow.directory)
+
+    event = rig.promote(bundles.slow)
+
+    assert isinstance(event, TrialFailed), event
+    assert "while thermally throttling" in event.reason
+    assert rig.verdicts[-1].throttling and rig.alerts == []
+
+
+def test_the_shadow_is_rate_limited_on_the_frame_path(bundles: Bundles, tmp_path: Path, rigs: list[Rig]) -> None:
+    # Defaults: one shadow frame per 100 ms at most, from a 120 FPS stream.
+    rig = Rig(tmp_path, bundles.v1, config(watch_window_s=1.5, watch_shadow_every_ms=100))
+    rigs.append(rig)
+    rig.switcher.stage(bundles.same.digest, bundles.same.directory)
+
+    assert isinstance(rig.promote(bundles.same), TrialPassed)
+
+    watch = rig.verdicts[-1]
+    pairs = watch.baseline_latency.count
+    assert 1 <= pairs <= watch.seconds / 0.1 + 1, (pairs, watch.seconds)
+    assert watch.frames > 3 * pairs, (watch.frames, pairs)
+    assert any(n.startswith(f"latency, drift and agreement not compared: {pairs} valid paired") for n in watch.notes)
+
+
+def test_a_first_install_watch_judges_the_sla_alone(bundles: Bundles, tmp_path: Path, rigs: list[Rig]) -> None:
+    rig = Rig(tmp_path, None, config())
+    rigs.append(rig)
+    assert isinstance(rig.canary(bundles.v1), CanaryPassed)
+
+    assert isinstance(rig.promote(bundles.v1), TrialPassed)
+
+    watch = rig.verdicts[-1]
+    assert watch.phase == "watch" and watch.baseline_digest == "" and watch.baseline_latency.count == 0
+    assert watch.candidate_latency.count == watch.frames > 0
+    assert watch.notes[0].startswith("first install: no previous bundle")
+
+
+def test_a_config_candidate_is_watched_against_the_same_bundle_under_the_previous_config(
+    bundles: Bundles, tmp_path: Path, rigs: list[Rig]
+) -> None:
+    # The previous "session" of a config candidate is the same bundle built under the previous config.
+    rig = Rig(tmp_path, bundles.v1, config(watch_window_s=1.0))
+    rigs.append(rig)
+    old = rig.slot.current
+    old.config_digest = "sha256:" + "1" * 64
+    new = load_engine(bundles.v1.directory, bundles.v1.digest, cache_root=tmp_path / "cache", intra_op_threads=1)
+    new.config_digest = "sha256:" + "2" * 64
+    rig.slot.prepare(lambda: new).result(timeout=30)
+
+    assert isinstance(rig.promote(bundles.v1), TrialPassed)
+
+    watch = rig.verdicts[-1]
+    assert watch.candidate_digest == watch.baseline_digest == bundles.v1.digest
+    assert (watch.candidate_config_digest, watch.baseline_config_digest) == (new.config_digest, old.config_digest)
+    assert watch.baseline_latency.count >= 30 and watch.agreement == 1.0
 
 
 def sensors(clock: float, max_clock: float, temp: float | None, name: str = "gpu") -> SensorSnapshot:

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_runtime.canary import (
+    WATCH_MIN_PAIRED_FRAMES,
     CanaryPolicy,
     CanarySamples,
     Detection,
@@ -406,33 +407,167 @@ def test_inconclusive_policy() -> None:
         after_inconclusive(1, 0)
 
 
-# ------------------------------------------------------------------ watch window
+# ------------------------------------------------------------------ watch window (paired)
+#
+# The watch window compares the serving trial bundle with the previous engine on the same sampled frames.
+# "Load" below is a per-frame delay shared by both sides of a pair (the host was busy at that moment), the
+# way a CPU hog inflates every inference that runs while it does.
+
+WATCH_POLICY = CanaryPolicy(sla_ms=40.0, headroom=0.2, thermal_buffer=0.1)  # budget 28 ms, 32 ms throttled
 
 
-def test_watch_window() -> None:
-    policy = CanaryPolicy(sla_ms=40.0, headroom=0.2, thermal_buffer=0.1)
-    rng = np.random.default_rng(9)
-    fine = side(rng, 200, latency=20.0)
-    assert decide_watch(fine, 22.5, policy, throttling=False, drift_psi=0.05).outcome is Outcome.PASS
-    slower = decide_watch(side(rng, 200, latency=25.0), 22.5, policy, throttling=False, drift_psi=None)
-    assert slower.outcome is Outcome.FAIL
-    assert any("the canary baseline 22.5 ms (limit 1.10× and +0.5 ms)" in r for r in slower.reasons)
-    drift = decide_watch(fine, 22.5, policy, throttling=False, drift_psi=0.4)
-    assert drift.reasons == ("confidence drift: PSI 0.400 > 0.25",)
+def _loaded(rng: np.random.Generator, n: int, spike_ms: float) -> np.ndarray:
+    """A busy host: most frames untouched, a third delayed by up to ``spike_ms`` (heavy-tailed)."""
+    return np.where(rng.random(n) < 0.33, rng.exponential(spike_ms / 3.0, n), 0.0)
+
+
+def _watch_pair(
+    rng: np.random.Generator,
+    n: int = 200,
+    *,
+    trial_ms: float = 2.0,
+    reference_ms: float = 2.0,
+    load_ms: float = 0.0,
+    reference_conf: float = 0.8,
+    served_errors: int = 0,
+) -> tuple[CanarySamples, tuple[CanarySamples, CanarySamples]]:
+    load = _loaded(rng, n, load_ms) if load_ms else np.zeros(n)
+    labels = rng.integers(0, 5, n)
+    trial = side(rng, n, latency=trial_ms, labels=labels)
+    trial = CanarySamples.build(
+        latency_ms=(trial.latency_ms * 0.1 + trial_ms * 0.9 + load).clip(0.05),
+        confidence=trial.confidence,
+        labels=labels,
+    )
+    reference = CanarySamples.build(
+        latency_ms=(rng.normal(reference_ms, 0.15, n) + load * rng.uniform(0.8, 1.2, n)).clip(0.05),
+        confidence=rng.normal(reference_conf, 0.05, n).clip(0.0, 1.0),
+        labels=labels,
+    )
+    served = side(rng, 3 * n, latency=trial_ms, errors=served_errors)
+    return served, (trial, reference)
+
+
+def test_a_same_model_on_a_busy_host_passes_side_by_side() -> None:
+    # p95 of both sides is many times the idle canary's ~2 ms: an unpaired rule would roll this back.
+    served, paired = _watch_pair(np.random.default_rng(1), load_ms=60.0)
+    verdict = decide_watch(served, paired, WATCH_POLICY, throttling=False, elapsed_s=10.0)
+    assert verdict.outcome is Outcome.PASS, verdict.reasons
+    assert verdict.phase == "watch" and verdict.frames == served.frames
+    assert verdict.candidate_latency.p95_ms > 5 * 2.0 and verdict.baseline_latency.count == 200
+    assert verdict.latency_p_value is not None and verdict.latency_p_value > 0.01
+    assert verdict.agreement == 1.0 and verdict.ks_p_value is not None and verdict.failed_checks == ()
+
+
+def test_a_slower_bundle_fails_on_the_same_frames_under_the_same_load() -> None:
+    served, paired = _watch_pair(np.random.default_rng(2), trial_ms=6.0, reference_ms=2.0, load_ms=60.0)
+    verdict = decide_watch(served, paired, WATCH_POLICY, throttling=False, elapsed_s=10.0)
+    assert verdict.outcome is Outcome.FAIL
+    assert verdict.failed_checks == ("latency_regression",) and verdict.latency_only
+    (reason,) = verdict.reasons
+    assert reason.startswith("latency regression: p95 ") and "vs the previous bundle" in reason
+    assert "Mann–Whitney p = " in reason and reason.endswith("on the same 200 frames")
+    assert verdict.effect_ms is not None and verdict.effect_ms > 3.0
+    assert verdict.p95_ratio == pytest.approx(verdict.candidate_latency.p95_ms / verdict.baseline_latency.p95_ms)
+
+
+def test_a_budget_both_bundles_miss_is_the_hosts_not_the_bundles() -> None:
+    served, paired = _watch_pair(np.random.default_rng(3), trial_ms=30.0, reference_ms=30.0)
+    both = decide_watch(served, paired, WATCH_POLICY, throttling=False, elapsed_s=10.0)
+    assert both.outcome is Outcome.PASS, both.reasons
+    assert any("both bundles exceed the budget 28.0 ms on the same 200 frames" in n for n in both.notes)
+    served, paired = _watch_pair(np.random.default_rng(3), trial_ms=30.0, reference_ms=27.0)
+    mine = decide_watch(served, paired, WATCH_POLICY, throttling=False, elapsed_s=10.0)
+    assert mine.outcome is Outcome.FAIL and "latency_budget" in mine.failed_checks and mine.latency_only
+    assert any("exceeds budget 28.0 ms" in r and "while the previous bundle kept" in r for r in mine.reasons)
+
+
+def test_throttling_is_attributed_only_through_the_paired_comparison() -> None:
+    rng = np.random.default_rng(4)
+    # Throttled, both sides equally slow: not the bundle's doing. Reported, not rolled back.
+    served, paired = _watch_pair(rng, trial_ms=30.0, reference_ms=30.0)
+    hot = decide_watch(served, paired, WATCH_POLICY, throttling=True, elapsed_s=10.0)
+    assert hot.outcome is Outcome.PASS and hot.throttling and hot.latency_budget_ms == pytest.approx(32.0)
+    assert any(n.startswith("thermal throttling during the watch window, not attributed") for n in hot.notes)
+    # Throttled and slower than the previous bundle on the same frames: the bundle's regression.
+    served, paired = _watch_pair(rng, trial_ms=12.0, reference_ms=4.0)
+    slower = decide_watch(served, paired, WATCH_POLICY, throttling=True, elapsed_s=10.0)
+    assert slower.outcome is Outcome.FAIL and slower.throttling
+    assert slower.reasons[0].endswith("on the same 200 frames while thermally throttling")
+    assert not any("not attributed" in n for n in slower.notes)
+
+
+def test_a_first_install_is_judged_on_errors_and_the_budget_alone() -> None:
+    rng = np.random.default_rng(5)
+    fine = decide_watch(side(rng, 200, latency=20.0), None, WATCH_POLICY, throttling=False, elapsed_s=5.0)
+    assert fine.outcome is Outcome.PASS and fine.baseline_latency.count == 0
+    assert fine.latency_p_value is None and fine.psi is None and fine.ks_statistic is None and fine.agreement is None
+    assert fine.notes and fine.notes[0].startswith("first install: no previous bundle")
     # p95 ≈ 30.5 ms: over the 28 ms budget, but a throttling device may spend the thermal buffer (32 ms)...
     hot = side(rng, 200, latency=28.0)
-    throttled = decide_watch(hot, 30.0, policy, throttling=True, drift_psi=None)
-    assert throttled.outcome is Outcome.PASS and throttled.latency_budget_ms == pytest.approx(32.0)
+    assert decide_watch(hot, None, WATCH_POLICY, throttling=True).outcome is Outcome.PASS
+    slow = decide_watch(hot, None, WATCH_POLICY, throttling=False)
+    assert slow.outcome is Outcome.FAIL and slow.failed_checks == ("latency_budget",) and slow.latency_only
     # ...not more.
-    too_hot = decide_watch(side(rng, 200, latency=33.0), 35.0, policy, throttling=True, drift_psi=None)
-    assert too_hot.outcome is Outcome.FAIL
+    too_hot = decide_watch(side(rng, 200, latency=33.0), None, WATCH_POLICY, throttling=True)
     assert any("budget 32.0 ms (SLA 40 ms × (1 − 0.20)) while thermally throttling" in r for r in too_hot.reasons)
-    unthrottled = decide_watch(hot, 30.0, policy, throttling=False, drift_psi=None)
-    assert unthrottled.outcome is Outcome.FAIL
-    errors = decide_watch(side(rng, 200, errors=2), 22.5, policy, throttling=False, drift_psi=None)
+    errors = decide_watch(side(rng, 200, latency=33.0, errors=2), None, WATCH_POLICY, throttling=False)
     assert errors.outcome is Outcome.FAIL and "2 inference errors in 200 trial frames" in errors.reasons
+    assert errors.failed_checks == ("errors", "latency_budget") and not errors.latency_only
+
+
+def test_errors_on_served_frames_fail_even_when_the_pairs_agree() -> None:
+    served, paired = _watch_pair(np.random.default_rng(6), served_errors=3)
+    verdict = decide_watch(served, paired, WATCH_POLICY, throttling=False, elapsed_s=1.0)
+    assert verdict.outcome is Outcome.FAIL and verdict.errors == 3 and verdict.failed_checks == ("errors",)
+    assert "3 inference errors in 600 trial frames" in verdict.reasons
+
+
+def test_drift_against_the_previous_bundle_fails() -> None:
+    served, paired = _watch_pair(np.random.default_rng(7), reference_conf=0.6)
+    verdict = decide_watch(served, paired, WATCH_POLICY, throttling=False, elapsed_s=1.0)
+    assert verdict.outcome is Outcome.FAIL and verdict.failed_checks == ("drift",) and not verdict.latency_only
+    assert verdict.reasons[0].startswith("confidence drift: KS D = ")
+    assert verdict.reasons[0].endswith("against the previous bundle on the same frames")
+
+
+def test_too_few_pairs_are_not_compared_and_say_so() -> None:
+    served, paired = _watch_pair(np.random.default_rng(8), n=WATCH_MIN_PAIRED_FRAMES - 1, trial_ms=20.0)
+    verdict = decide_watch(served, paired, WATCH_POLICY, throttling=False, elapsed_s=1.0)
+    assert verdict.outcome is Outcome.PASS and verdict.latency_p_value is None and verdict.agreement is None
+    assert verdict.notes == (
+        f"latency, drift and agreement not compared: {WATCH_MIN_PAIRED_FRAMES - 1} valid paired frames with the "
+        f"previous bundle, a paired judgement needs {WATCH_MIN_PAIRED_FRAMES}",
+    )
+
+
+def test_watch_edge_cases() -> None:
     empty = CanarySamples.build(latency_ms=[], confidence=[])
-    assert decide_watch(empty, 20.0, policy, throttling=False, drift_psi=None).outcome is Outcome.INCONCLUSIVE
+    assert decide_watch(empty, None, WATCH_POLICY, throttling=False).outcome is Outcome.INCONCLUSIVE
+    served, (trial, reference) = _watch_pair(np.random.default_rng(9))
+    short = CanarySamples.build(latency_ms=reference.latency_ms[:-1], confidence=reference.confidence[:-1])
+    with pytest.raises(SamplesError, match="watch samples: candidate has 200 frames but baseline has 199"):
+        decide_watch(served, (trial, short), WATCH_POLICY, throttling=False)
+
+
+def test_failed_checks_tell_a_latency_only_canary_failure() -> None:
+    rng = np.random.default_rng(10)
+    slow = decide_verdict(*_pair(rng, latency=35.0), POLICY, elapsed_s=60.0, deadline_reached=False)
+    assert slow.failed_checks == ("latency_budget", "latency_regression") and slow.latency_only
+    drift = decide_verdict(*_pair(rng, conf_mean=0.65), POLICY, elapsed_s=60.0, deadline_reached=False)
+    assert drift.failed_checks == ("drift",) and not drift.latency_only
+    passed = decide_verdict(*_pair(rng), POLICY, elapsed_s=60.0, deadline_reached=False)
+    assert passed.failed_checks == () and not passed.latency_only
+
+
+def test_watch_shadow_limits_come_from_the_canary_config() -> None:
+    config = {"canary": {"watch_shadow_every_ms": 20, "watch_shadow_max_share": 0.5}, "sla": {"latency_ms": 40}}
+    policy = CanaryPolicy.from_config(config)
+    assert (policy.watch_shadow_every_ms, policy.watch_shadow_max_share) == (20, 0.5)
+    defaults = CanaryPolicy(sla_ms=40.0)
+    assert (defaults.watch_shadow_every_ms, defaults.watch_shadow_max_share) == (100.0, 0.25)
+    with pytest.raises(PolicyError, match=r"canary.watch_shadow_max_share must be > 0 and <= 1, got 0"):
+        CanaryPolicy.from_config({"sla": {"latency_ms": 40}, "canary": {"watch_shadow_max_share": 0}})
 
 
 # ------------------------------------------------------------------ wire form
@@ -453,6 +588,12 @@ def test_verdict_to_proto_carries_every_number() -> None:
     assert msg.psi == pytest.approx(verdict.psi or 0.0)
     assert list(msg.reasons) == list(verdict.reasons)
     assert msg.decided_at.ToDatetime(tzinfo=UTC) == at
+    assert not msg.throttling and list(msg.notes) == []
+    served, paired = _watch_pair(np.random.default_rng(4), trial_ms=30.0, reference_ms=30.0)
+    watch = verdict_to_proto(decide_watch(served, paired, WATCH_POLICY, throttling=True), candidate_config_digest="c1")
+    assert watch.phase == "watch" and watch.throttling and watch.candidate_config_digest == "c1"
+    assert any("not attributed to the bundle" in n for n in watch.notes)
+    assert watch.baseline_latency.count == 200
     decoded = common_pb2.CanaryVerdict.FromString(msg.SerializeToString())
     assert decoded == msg
     pending = decide_verdict(*_pair(np.random.default_rng(4), 10), POLICY, elapsed_s=1.0, deadline_reached=False)

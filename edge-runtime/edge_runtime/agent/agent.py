@@ -181,7 +181,8 @@ class EdgeAgent:
             self.post,
             config=lambda: self.config,
             report_verdict=self.reporter.report_verdict,
-            throttling=ThermalProbe(SensorReader(data_dir=data)).throttling,
+            thermal=ThermalProbe(SensorReader(data_dir=data)).read,
+            alert=self.reporter.report_alert,
         )
         self.driver = UpdateDriver(
             journal=Journal(data / "update", slots=self.slots),

@@ -12,12 +12,27 @@
    declared policy (its ``canary`` section and latency SLA) < the operator config the device received,
    each layer overriding only the keys it sets. A first-ever bundle runs alone (nothing
    committed to compare with): only the SLA and errors/NaNs can fail it.
-3. Trial watch: after the swap the candidate serves; its served frames are recorded for
-   ``canary.watch_window_s`` and ``decide_watch`` judges them against the canary's baseline p95 (for a
-   first-ever bundle: its own canary p95), with confidence PSI against the canary baseline's confidences
-   when both have at least ``psi_min_samples`` frames (else drift is not measured), and the thermal
-   throttling flag read from the sensors at the end of the window. An error or NaN fails the window at
-   once; a window that served no frame waits for the first one.
+3. Trial watch (paired): after the swap the candidate serves and the engine it replaced stays loaded
+   (the slot's ``previous``: the previous bundle, or the same bundle under the previous config). A
+   ``WatchRun`` records every served frame and runs the previous engine in shadow on a rate-limited
+   sample of the same frames (``canary.watch_shadow_every_ms``, ``canary.watch_shadow_max_share``; see
+   ``agent.shadow``). After ``canary.watch_window_s`` the pure ``decide_watch`` judges the paired rows with
+   the canary's own statistics — latency regression, drift, agreement, side by side on the same frames at
+   the same moment, so host load and heat cancel out — and attributes a latency-budget miss to the
+   candidate only when the previous engine met the budget on those frames. Nothing is compared with the
+   canary's numbers from minutes before. The policy is read afresh from the config and the bundle when
+   the window starts (the canary's policy if the bundle directory is unknown). Thermal throttling is
+   judged from clocks and temperatures (``thermal``, read when the window starts, every
+   ``thermal_every_s`` and at its end); it is the candidate's fault only when the paired comparison shows
+   it slower (then the trial fails, the reason naming the throttling); throttling without a paired
+   regression passes the window, with a verdict note and an ``alert`` (so is a budget both bundles missed
+   on the same frames: the host's, not the bundle's). An error or NaN fails the window at once; a window
+   that served no frame waits for the first one.
+
+   First install (nothing committed before, so nothing to pair with): the window judges errors/NaNs and
+   the SLA budget on the served frames, nothing else. A budget miss is a ``latency_only`` verdict; the
+   update machine's first-install policy (``update.state``) decides what it means: it serves the bundle
+   with degraded health and an alert rather than leaving the device with nothing, while errors refuse it.
 
 Verdicts → update events, posted through ``post`` (thread-safe): canary PASS → ``CanaryPassed(summary)``,
 FAIL → ``CanaryFailed(reasons)``; INCONCLUSIVE → ``after_inconclusive(count, canary.inconclusive_limit)``
@@ -26,13 +41,16 @@ update machine starts another run while ``RetryLimits.max_canary_attempts`` allo
 without rejecting the bundle); ``reject`` → ``CanaryFailed("inconclusive N times ...")``, so the bundle is
 rejected as the policy says. The controller counts inconclusive verdict events against the same limit.
 Watch PASS → ``TrialPassed`` (the machine commits only then: installed is never succeeded), FAIL →
-``TrialFailed(reasons)`` (the driver swaps back between two frames). A config whose canary policy is
+``TrialFailed(reasons)`` (the driver swaps back between two frames; a window whose candidate is not the
+engine serving fails at once). A config whose canary policy is
 invalid cannot judge anything: ``CanaryInconclusive`` with the config error, never a rejection of the
 bundle for the operator's mistake.
 
 Every final verdict (preflight failures included, as a ``canary`` FAIL with zero frames) goes to
-``report_verdict`` as a wire ``CanaryVerdict`` with its numbers and reasons; the agent's reporter keeps it
-as ``ReportedState.last_verdict`` and sends it as a ``KIND_CANARY_VERDICT`` event.
+``report_verdict`` as a wire ``CanaryVerdict`` with its numbers, reasons and notes (watch verdicts: phase
+``watch``, the candidate and previous engine's latencies on the paired frames, ``throttling``); the agent's
+reporter keeps it as ``ReportedState.last_verdict`` and sends it as a ``KIND_CANARY_VERDICT`` event.
+Verdicts carry the engines' bundle and config digests, so a config candidate's verdict names both configs.
 """
 
 from __future__ import annotations
@@ -41,21 +59,21 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import structlog
 
 from edge_runtime.agent.runner import FrameRunner
-from edge_runtime.agent.shadow import ShadowRun, WatchRun, output_kind
+from edge_runtime.agent.shadow import NOT_THROTTLING, ShadowRateLimit, ShadowRun, ThermalState, WatchRun
 from edge_runtime.agent.switcher import SlotSwitcher
 from edge_runtime.canary import (
+    CHECK_BUDGET,
+    CHECK_REGRESSION,
+    WATCH_MIN_PAIRED_FRAMES,
     CanaryPolicy,
-    CanarySamples,
     CanaryVerdict,
     Outcome,
     PolicyError,
@@ -65,7 +83,7 @@ from edge_runtime.canary import (
     decide_watch,
     verdict_to_proto,
 )
-from edge_runtime.canary.stats import population_stability_index
+from edge_runtime.inference import InferenceEngine
 from edge_runtime.update.state import (
     CanaryFailed,
     CanaryInconclusive,
@@ -85,7 +103,11 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_WATCH_WINDOW_S = 600.0
 DECIDE_EVERY_S = 0.5
+THERMAL_EVERY_S = 5.0
 _POLL_S = 0.1
+
+#: ``alert(bundle digest, reason, numbers)``: something the device should hear about that rolled nothing back.
+AlertPort = Callable[[str, str, Mapping[str, float]], None]
 
 
 def golden_check(
@@ -117,16 +139,6 @@ def golden_check(
     return True, f"golden preflight passed: {len(cases)} cases, max abs diff {worst:.3g}"
 
 
-@dataclass(frozen=True)
-class CanaryMemory:
-    """What a passed canary leaves for its watch window: the policy and the baseline it was measured on."""
-
-    policy: CanaryPolicy
-    baseline_digest: str | None
-    baseline_p95_ms: float
-    baseline_confidence: npt.NDArray[np.float64]
-
-
 def canary_policy(config: Mapping[str, Any], bundle_dir: Path) -> CanaryPolicy:
     """The policy for the bundle in ``bundle_dir``: defaults < its declared policy < the operator ``config``
     (``precedence.resolve_policy``; raises ``PolicyError``, ``ContractError`` or ``OSError``)."""
@@ -149,26 +161,32 @@ class CanaryEvaluator:
         *,
         config: Callable[[], Mapping[str, Any]] = dict,
         report_verdict: Callable[[common_pb2.CanaryVerdict], None] = lambda _: None,
-        throttling: Callable[[], bool] = lambda: False,
+        thermal: Callable[[], ThermalState] = lambda: NOT_THROTTLING,
+        alert: AlertPort = lambda _digest, _reason, _numbers: None,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = _utc_now,
         decide_every_s: float = DECIDE_EVERY_S,
+        thermal_every_s: float = THERMAL_EVERY_S,
     ) -> None:
         self._switcher = switcher
         self._runner = runner
         self._post = post
         self._config = config
         self._report_verdict = report_verdict
-        self._throttling = throttling
+        self._thermal = thermal
+        self._alert = alert
         self._monotonic = monotonic
         self._wall = wall
         self._every = decide_every_s
+        self._thermal_every = thermal_every_s
         self._lock = threading.Lock()
         # One running job (canary run or watch window) per candidate, stopped by its event.
         self._jobs: dict[str, threading.Event] = {}
         self._runs: dict[str, int] = {}
         self._inconclusive: dict[str, int] = {}
-        self._memory: dict[str, CanaryMemory] = {}
+        # What a passed canary leaves for its watch window: the policy it judged with, the bundle directory.
+        self._policies: dict[str, CanaryPolicy] = {}
+        self._dirs: dict[str, Path] = {}
         self._attached: dict[str, ShadowRun | WatchRun] = {}
 
     def watch_window_s(self) -> float:
@@ -186,6 +204,7 @@ class CanaryEvaluator:
         with self._lock:
             first = digest not in self._runs
             self._runs[digest] = self._runs.get(digest, 0) + 1
+            self._dirs[digest] = bundle_dir
         started: list[UpdateEvent] = [CanaryStarted()] if first else []
         if engine is None:
             reason = f"candidate {digest} is not loaded; staging must have failed"
@@ -273,8 +292,9 @@ class CanaryEvaluator:
             return
         event = self._canary_event(digest, verdict, policy)
         if verdict.outcome is Outcome.PASS:
-            self._remember(run, verdict, policy, baseline)
-        self._publish(verdict, digest, run.baseline_digest)
+            with self._lock:
+                self._policies[digest] = policy
+        self._publish(verdict, run.candidate, run.baseline)
         log.info(
             "canary.verdict",
             digest=digest,
@@ -303,20 +323,14 @@ class CanaryEvaluator:
             f"{reasons}"
         )
 
-    def _remember(self, run: ShadowRun, verdict: CanaryVerdict, policy: CanaryPolicy, baseline: CanarySamples) -> None:
-        base_conf = baseline.confidence[baseline.valid]
-        memory = CanaryMemory(
-            policy=policy,
-            baseline_digest=run.baseline_digest,
-            baseline_p95_ms=verdict.baseline_latency.p95_ms,
-            baseline_confidence=np.array(base_conf, dtype=np.float64),
-        )
-        with self._lock:
-            self._memory[run.candidate_digest] = memory
-
-    def _publish(self, verdict: CanaryVerdict, digest: str, baseline_digest: str | None) -> None:
+    def _publish(self, verdict: CanaryVerdict, candidate: InferenceEngine, baseline: InferenceEngine | None) -> None:
         message = verdict_to_proto(
-            verdict, candidate_digest=digest, baseline_digest=baseline_digest or "", decided_at=self._wall()
+            verdict,
+            candidate_digest=candidate.bundle_digest,
+            baseline_digest=baseline.bundle_digest if baseline is not None else "",
+            decided_at=self._wall(),
+            candidate_config_digest=candidate.config_digest,
+            baseline_config_digest=baseline.config_digest if baseline is not None else "",
         )
         try:
             self._report_verdict(message)
@@ -339,67 +353,163 @@ class CanaryEvaluator:
 
     # ------------------------------------------------------------------ trial watch
 
-    def start_watch(self, digest: str) -> Sequence[UpdateEvent]:
-        window = self.watch_window_s()
-        with self._lock:
-            memory = self._memory.get(digest)
-        engine = self._switcher.slot.current if self._switcher.slot.has_engine else None
-        kind = output_kind(engine) if engine is not None and engine.bundle_digest == digest else None
-        run = WatchRun(digest, kind, started_at=self._monotonic())
+    def start_watch(
+        self, digest: str, bundle_dir: Path | None = None, *, reference: InferenceEngine | None = None
+    ) -> Sequence[UpdateEvent]:
+        """Watch the trial of ``digest``, which must be the engine serving now.
+
+        ``reference`` is the engine to pair it with; by default the slot's previous engine (the one the swap
+        replaced: the previous bundle, or the same bundle under the previous config). ``None`` with no
+        previous engine: a first install, judged on errors and the SLA alone. ``bundle_dir`` lets the policy
+        be read afresh (a trial resumed after a restart has no canary of this process behind it).
+        """
+        slot = self._switcher.slot
+        trial = slot.current if slot.has_engine else None
+        if trial is None or trial.bundle_digest != digest:
+            serving = trial.bundle_digest if trial is not None else "nothing"
+            reason = f"trial of {digest} cannot be watched: the slot serves {serving}; the swap must have failed"
+            log.error("canary.watch_not_serving", digest=digest, serving=serving)
+            return [TrialFailed(reason)]
+        if reference is None:
+            previous = slot.previous
+            reference = previous if previous is not None and previous is not trial else None
+        policy = self._watch_policy(digest, bundle_dir)
+        run = WatchRun(trial, reference, started_at=self._monotonic(), limit=ShadowRateLimit.from_policy(policy))
         stop = self._replace_job(digest, run)
         self._runner.attach_watch(run)
-        threading.Thread(
-            target=self._watch_loop, args=(run, window, memory, stop), name="trial-watch", daemon=True
-        ).start()
-        log.info("canary.watch_started", digest=digest, window_s=window, has_canary_baseline=memory is not None)
+        threading.Thread(target=self._watch_loop, args=(run, policy, stop), name="trial-watch", daemon=True).start()
+        log.info(
+            "canary.watch_started",
+            digest=digest,
+            window_s=policy.watch_window_s,
+            paired_with=run.reference_digest,
+            shadow_every_ms=policy.watch_shadow_every_ms,
+            shadow_max_share=policy.watch_shadow_max_share,
+        )
         return []
 
-    def _watch_loop(self, run: WatchRun, window: float, memory: CanaryMemory | None, stop: threading.Event) -> None:
+    def _watch_policy(self, digest: str, bundle_dir: Path | None) -> CanaryPolicy:
+        with self._lock:
+            remembered = self._policies.get(digest)
+            directory = bundle_dir or self._dirs.get(digest)
+        window = self.watch_window_s()
+        if directory is not None:
+            try:
+                return canary_policy(self._config(), directory)
+            except (PolicyError, ContractError, OSError) as exc:
+                log.error("canary.watch_policy_invalid", digest=digest, error=str(exc))
+        if remembered is not None:
+            return remembered
+        # Neither a bundle to read the SLA from nor a canary of this process: the paired statistics still
+        # judge, with the built-in thresholds; only the absolute budget is unknown.
+        return CanaryPolicy(sla_ms=math.inf, watch_window_s=window)
+
+    def _read_thermal(self) -> ThermalState:
+        try:
+            return self._thermal()
+        except Exception as exc:  # a sensor problem must never decide a watch window
+            log.warning("canary.sensors_unreadable", error=str(exc), error_type=type(exc).__name__)
+            return NOT_THROTTLING
+
+    def _watch_loop(self, run: WatchRun, policy: CanaryPolicy, stop: threading.Event) -> None:
         digest = run.digest
-        end = run.started_at + window
+        end = run.started_at + policy.watch_window_s
+        thermal: list[ThermalState] = []
+        next_thermal = run.started_at
         try:
             while True:
-                trial = run.samples()
                 now = self._monotonic()
-                if trial.error_count or trial.nan_count or (now >= end and trial.frames > 0):
+                if now >= next_thermal:
+                    thermal.append(self._read_thermal())
+                    next_thermal = now + self._thermal_every
+                served = run.samples()
+                if served.error_count or served.nan_count or (now >= end and served.frames > 0):
                     break
                 if stop.wait(min(self._every, _POLL_S)):
                     return
         finally:
             self._runner.detach_watch(run)
-        verdict = self._judge_watch(trial, memory, now - run.started_at)
+        thermal.append(self._read_thermal())
+        hot = next((t for t in thermal if t.throttling), thermal[-1])
+        try:
+            verdict = decide_watch(
+                served, run.paired_samples(), policy, throttling=hot.throttling, elapsed_s=now - run.started_at
+            )
+        except SamplesError as exc:  # a recording bug must end the window visibly, not hang the update
+            log.error("canary.samples_invalid", digest=digest, error=str(exc))
+            if self._finish_job(digest, stop):
+                self._post(TrialFailed(f"watch samples could not be judged: {exc}"))
+            return
         if not self._finish_job(digest, stop):
             return
         with self._lock:
-            self._memory.pop(digest, None)
-        self._publish(verdict, digest, memory.baseline_digest if memory else None)
+            self._policies.pop(digest, None)
+            self._dirs.pop(digest, None)
+        self._publish(verdict, run.trial, run.reference)
+        self._raise_alerts(verdict, run, hot)
         if verdict.outcome is Outcome.FAIL:
-            detail = f" (last error: {run.side.last_error})" if trial.error_count and run.side.last_error else ""
+            detail = f" (last error: {run.side.last_error})" if served.error_count and run.side.last_error else ""
             event: UpdateEvent = TrialFailed("; ".join(verdict.reasons) + detail)
         else:
             event = TrialPassed()
-        log.info("canary.watch_finished", digest=digest, outcome=str(verdict.outcome), summary=verdict.summary())
+        log.info(
+            "canary.watch_finished",
+            digest=digest,
+            outcome=str(verdict.outcome),
+            paired_with=run.reference_digest,
+            pairs=run.pairs,
+            throttling=hot.throttling,
+            summary=verdict.summary(),
+            notes=list(verdict.notes),
+            update_event=type(event).__name__,
+        )
         self._post(event)
 
-    def _judge_watch(self, trial: CanarySamples, memory: CanaryMemory | None, elapsed: float) -> CanaryVerdict:
-        if memory is not None:
-            policy, reference = memory.policy, memory.baseline_p95_ms
-        else:
-            # No canary of this process stands behind the trial: judge errors only, no latency reference.
-            policy, reference = CanaryPolicy(sla_ms=math.inf), math.nan
-        drift: float | None = None
-        confidence = trial.confidence[trial.valid]
-        if memory is not None and min(confidence.size, memory.baseline_confidence.size) >= policy.psi_min_samples:
-            drift = population_stability_index(confidence, memory.baseline_confidence, policy.psi_bins)
-        throttling = self._throttling()
-        return decide_watch(trial, reference, policy, throttling=throttling, drift_psi=drift, elapsed_s=elapsed)
+    def _raise_alerts(self, verdict: CanaryVerdict, run: WatchRun, thermal: ThermalState) -> None:
+        """Conditions the paired window saw but did not blame on the candidate are still worth an alert."""
+        latency_failed = {CHECK_BUDGET, CHECK_REGRESSION} & set(verdict.failed_checks)
+        numbers = {
+            "candidate_p95_ms": verdict.candidate_latency.p95_ms,
+            "baseline_p95_ms": verdict.baseline_latency.p95_ms,
+            "latency_budget_ms": verdict.latency_budget_ms,
+            "paired_frames": float(run.pairs),
+        }
+        numbers = {k: v for k, v in numbers.items() if math.isfinite(v)}
+        if verdict.throttling and not latency_failed:
+            self._send_alert(
+                run.digest,
+                f"thermal throttling during the watch window, not attributed to the bundle ({thermal.summary})",
+                {**numbers, **thermal.numbers},
+            )
+        both_over = (
+            run.reference is not None
+            and min(verdict.candidate_latency.count, verdict.baseline_latency.count) >= WATCH_MIN_PAIRED_FRAMES
+            and verdict.candidate_latency.p95_ms > verdict.latency_budget_ms
+            and verdict.baseline_latency.p95_ms > verdict.latency_budget_ms
+        )
+        if both_over:
+            self._send_alert(
+                run.digest,
+                f"latency budget {verdict.latency_budget_ms:.1f} ms missed by both the candidate and the previous "
+                f"bundle on the same frames (p95 {verdict.candidate_latency.p95_ms:.1f} vs "
+                f"{verdict.baseline_latency.p95_ms:.1f} ms): the host cannot meet the SLA, the bundle is kept",
+                numbers,
+            )
+
+    def _send_alert(self, digest: str, reason: str, numbers: Mapping[str, float]) -> None:
+        log.warning("canary.watch_alert", digest=digest, reason=reason, **{k: round(v, 3) for k, v in numbers.items()})
+        try:
+            self._alert(digest, reason, numbers)
+        except Exception as exc:  # an alert must never block the update that follows the verdict
+            log.warning("canary.alert_failed", error=str(exc))
 
     def stop(self, digest: str) -> None:
         with self._lock:
             stop = self._jobs.pop(digest, None)
             self._inconclusive.pop(digest, None)
             self._runs.pop(digest, None)
-            self._memory.pop(digest, None)
+            self._policies.pop(digest, None)
+            self._dirs.pop(digest, None)
             self._detach(self._attached.pop(digest, None))
         if stop is not None:
             stop.set()

@@ -23,7 +23,7 @@ import asyncio
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 import grpc
@@ -97,6 +97,22 @@ class AgentReporter:
         event.verdict.CopyFrom(verdict)
         with self._lock:
             self._last_verdict = verdict
+            self._append(event)
+        self._wake()
+
+    def report_alert(self, bundle_digest: str, reason: str, numbers: Mapping[str, float]) -> None:
+        """Queue a ``KIND_ALERT`` event: something the operator should hear about that rolled nothing back
+        (thermal throttling not attributed to the bundle, an SLA the host misses with either bundle)."""
+        event = telemetry_pb2.DeviceEvent(
+            event_id=str(uuid.uuid4()),
+            kind=telemetry_pb2.DeviceEvent.KIND_ALERT,
+            bundle_digest=bundle_digest,
+            reason=reason,
+            revision=self.revision,
+            at=_timestamp(datetime.now(UTC)),
+        )
+        event.numbers.update(numbers)
+        with self._lock:
             self._append(event)
         self._wake()
 

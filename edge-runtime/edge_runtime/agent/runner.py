@@ -9,11 +9,14 @@ frame, ``"<frame_id> <bundle digest>"``, which proves no frame was dropped acros
 ids go on counting up from the last one.
 
 Canary and watch hooks (``edge_runtime.agent.shadow``): while a ``ShadowRun`` is attached and the slot
-serves its baseline, each frame also runs the candidate — before or after the served inference,
+serves its baseline engine, each frame also runs the candidate — before or after the served inference,
 alternating — and both outcomes are recorded; the served result (counters, frame log) is always the
 current engine's. With nothing to serve and a first-ever candidate attached, the candidate runs alone.
-While a ``WatchRun`` is attached, the frames its bundle serves are recorded. ``attach_*`` / ``detach_*``
-are single reference assignments, read once per frame like ``slot.current``.
+While a ``WatchRun`` is attached and the slot serves its trial engine, every served frame is recorded,
+and the frames its rate limit admits also run the previous (reference) engine, before or after the served
+inference, alternating. Runs are matched to the slot by engine identity, not bundle digest (a config
+candidate shares its bundle with the engine it replaces). ``attach_*`` / ``detach_*`` are single reference
+assignments, read once per frame like ``slot.current``.
 """
 
 from __future__ import annotations
@@ -174,16 +177,22 @@ class FrameRunner:
             with self._lock:
                 self.frames_idle += 1
                 self.last_frame_id = frame.frame_id
-            if shadow is not None and shadow.baseline_digest is None:
+            if shadow is not None and shadow.baseline is None:
                 shadow.record_alone(frame)
             return
         self._serving = engine
         digest = engine.bundle_digest
-        if shadow is not None and shadow.baseline_digest != digest:
+        if shadow is not None and shadow.baseline is not engine:
             shadow = None  # the slot no longer serves this run's baseline: its rows would compare apples to pears
+        if watch is not None and watch.trial is not engine:
+            watch = None  # the trial engine no longer serves (swapped back): nothing of this frame is its
+        pair = watch is not None and watch.pair_now()
         candidate: FrameResult | Exception | None = None
+        reference: FrameResult | Exception | None = None
         if shadow is not None and shadow.candidate_goes_first():
             candidate = shadow.run_candidate(frame)
+        if watch is not None and pair and watch.reference_goes_first():
+            reference = watch.run_reference(frame)
         served: FrameResult | Exception
         try:
             served = engine.infer(frame.image_bgr, frame.frame_id)
@@ -197,8 +206,10 @@ class FrameRunner:
             if candidate is None:
                 candidate = shadow.run_candidate(frame)
             shadow.record(served, candidate)
-        if watch is not None and watch.digest == digest:
-            watch.record(served)
+        if watch is not None:
+            if pair and reference is None:
+                reference = watch.run_reference(frame)
+            watch.record(served, reference)
 
     def _count(self, frame: Frame, digest: str, served: FrameResult | Exception, out: TextIO | None) -> None:
         if isinstance(served, Exception):

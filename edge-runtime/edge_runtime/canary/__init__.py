@@ -7,6 +7,13 @@ the shadow session and reports verdicts lives elsewhere.
 from edge_runtime.canary.errors import CanaryError, PendingVerdictError, PolicyError, SamplesError
 from edge_runtime.canary.samples import CanarySamples, Detection
 from edge_runtime.canary.verdict import (
+    CHECK_AGREEMENT,
+    CHECK_BUDGET,
+    CHECK_DRIFT,
+    CHECK_ERRORS,
+    CHECK_NANS,
+    CHECK_REGRESSION,
+    WATCH_MIN_PAIRED_FRAMES,
     CanaryPolicy,
     CanaryVerdict,
     InconclusiveAction,
@@ -21,6 +28,13 @@ from edge_runtime.canary.verdict import (
 )
 
 __all__ = [
+    "CHECK_AGREEMENT",
+    "CHECK_BUDGET",
+    "CHECK_DRIFT",
+    "CHECK_ERRORS",
+    "CHECK_NANS",
+    "CHECK_REGRESSION",
+    "WATCH_MIN_PAIRED_FRAMES",
     "CanaryError",
     "CanaryPolicy",
     "CanarySamples",

@@ -25,6 +25,18 @@ Errors and NaNs fail the canary at once, even before ``min_frames``: one crash i
 waiting only burns frames. Otherwise, before ``min_frames``/``min_seconds`` the verdict is ``pending``
 (keep collecting) until the deadline, then ``inconclusive``; what happens next is ``after_inconclusive``.
 Statistics use only valid frames (no error, finite outputs); agreement uses frames valid on both sides.
+
+The watch rule (``decide_watch``): every comparison is PAIRED, like the canary's. After promotion the
+trial bundle serves and the previous engine runs in shadow on a rate-limited sample of the same frames, so
+host load and heat fall on both sides at the same moment and cancel out. Checks 2–4 above are applied
+unchanged to the paired rows (the same helpers); the budget (1) is attributed to the bundle only when the
+previous engine met it on the same frames; errors and NaNs (5) are judged on every served frame. Nothing
+is compared with numbers measured earlier (the canary's baseline): that is what raised false rollbacks on
+busy hosts. See ``decide_watch`` for throttling and for a first install (nothing to pair with).
+
+Every verdict lists the checks that failed (``failed_checks``), so a caller can tell a latency-only miss
+(``latency_only``) from errors, drift or disagreement — the first-install policy serves the former with
+degraded health and refuses the latter.
 """
 
 from __future__ import annotations
@@ -42,6 +54,8 @@ from edge_runtime.canary.agreement import detection_agreement, label_agreement
 from edge_runtime.canary.errors import PendingVerdictError, PolicyError, SamplesError
 from edge_runtime.canary.samples import CanarySamples
 from edge_runtime.canary.stats import (
+    FloatArray,
+    MannWhitneyResult,
     ks_two_sample,
     mann_whitney_greater,
     median,
@@ -80,6 +94,8 @@ _CONFIG_KEYS: dict[str, str] = {
     "min_agreement": "canary.min_agreement",
     "inconclusive_limit": "canary.inconclusive_limit",
     "watch_window_s": "canary.watch_window_s",
+    "watch_shadow_every_ms": "canary.watch_shadow_every_ms",
+    "watch_shadow_max_share": "canary.watch_shadow_max_share",
     "deadline_s": "canary.deadline_s",
 }
 
@@ -101,6 +117,8 @@ _BOUNDS: dict[str, tuple[float | None, bool, float | None, bool]] = {
     "iou_match": (0.0, False, 1.0, True),
     "inconclusive_limit": (1, True, None, False),
     "watch_window_s": (0.0, True, None, False),
+    "watch_shadow_every_ms": (0.0, True, None, False),
+    "watch_shadow_max_share": (0.0, False, 1.0, True),
     "deadline_s": (0.0, False, None, False),
 }
 _INT_FIELDS = frozenset({"min_frames", "psi_min_samples", "psi_bins", "inconclusive_limit"})
@@ -117,7 +135,13 @@ def _describe_bound(low: float | None, low_inc: bool, high: float | None, high_i
 
 @dataclass(frozen=True, kw_only=True)
 class CanaryPolicy:
-    """Thresholds of the canary and the watch window. See the module docstring for the rule."""
+    """Thresholds of the canary and the watch window. See the module docstring for the rule.
+
+    ``watch_shadow_every_ms`` and ``watch_shadow_max_share`` bound the watch window's shadow work (the
+    previous engine on sampled frames): at most one paired frame per ``watch_shadow_every_ms``, and shadow
+    inference at most ``watch_shadow_max_share`` of the frame loop's wall time (see
+    ``edge_runtime.agent.shadow.ShadowRateLimit``).
+    """
 
     sla_ms: float
     min_frames: int = 300
@@ -135,6 +159,8 @@ class CanaryPolicy:
     iou_match: float = 0.5
     inconclusive_limit: int = 2
     watch_window_s: float = 600.0
+    watch_shadow_every_ms: float = 100.0
+    watch_shadow_max_share: float = 0.25
     deadline_s: float = 900.0
 
     def __post_init__(self) -> None:
@@ -220,6 +246,15 @@ class CanaryPolicy:
         return CanaryPolicy(**values)
 
 
+# The checks a verdict can fail, as named in ``CanaryVerdict.failed_checks``. Stored values never change.
+CHECK_ERRORS = "errors"
+CHECK_NANS = "nans"
+CHECK_BUDGET = "latency_budget"
+CHECK_REGRESSION = "latency_regression"
+CHECK_DRIFT = "drift"
+CHECK_AGREEMENT = "agreement"
+
+
 @dataclass(frozen=True)
 class LatencySummary:
     """Percentiles of one side's end-to-end latency over its valid frames (NaN when ``count`` is 0)."""
@@ -245,7 +280,10 @@ class CanaryVerdict:
 
     ``reasons`` is empty on pass and says why otherwise, with the numbers. Numbers that were not
     computed are ``None`` (PSI on the KS path and vice versa; agreement when the bundle's outputs are
-    not comparable; the latency test in a watch window).
+    not comparable; the paired statistics of a watch window with too few paired frames).
+    ``failed_checks`` names the checks behind ``reasons`` (``CHECK_*``); ``notes`` records what was
+    observed but did not decide the outcome (throttling not attributed to the bundle, a budget both
+    bundles missed, latency not compared for lack of paired frames).
     """
 
     outcome: Outcome
@@ -267,10 +305,21 @@ class CanaryVerdict:
     nans: int
     throttling: bool
     reasons: tuple[str, ...]
+    failed_checks: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
 
     @property
     def decided(self) -> bool:
         return self.outcome is not Outcome.PENDING
+
+    @property
+    def latency_only(self) -> bool:
+        """A failure on latency alone (budget and/or regression): no errors, NaNs, drift or disagreement."""
+        return (
+            self.outcome is Outcome.FAIL
+            and bool(self.failed_checks)
+            and set(self.failed_checks) <= {CHECK_BUDGET, CHECK_REGRESSION}
+        )
 
     def summary(self) -> str:
         """One line for logs and the CLI: outcome, frames, p95s and the first reason."""
@@ -278,7 +327,9 @@ class CanaryVerdict:
             f"{self.phase} {self.outcome}: {self.frames} frames in {self.seconds:.1f} s, "
             f"p95 {self.candidate_latency.p95_ms:.1f} ms (budget {self.latency_budget_ms:.1f} ms)"
         )
-        return f"{line}; {self.reasons[0]}" if self.reasons else line
+        if self.reasons:
+            return f"{line}; {self.reasons[0]}"
+        return f"{line}; {self.notes[0]}" if self.notes else line
 
 
 InconclusiveAction = Literal["retry", "reject"]
@@ -340,13 +391,84 @@ def _output_agreement(
     return None, ""
 
 
-def _error_reasons(samples: CanarySamples, side: str) -> list[str]:
-    reasons = []
+def _error_findings(samples: CanarySamples, side: str) -> list[tuple[str, str]]:
+    found = []
     if samples.error_count:
-        reasons.append(f"{samples.error_count} inference errors in {samples.frames} {side} frames")
+        found.append((CHECK_ERRORS, f"{samples.error_count} inference errors in {samples.frames} {side} frames"))
     if samples.nan_count:
-        reasons.append(f"{samples.nan_count} frames with NaN outputs in {samples.frames} {side} frames")
-    return reasons
+        found.append((CHECK_NANS, f"{samples.nan_count} frames with NaN outputs in {samples.frames} {side} frames"))
+    return found
+
+
+@dataclass(frozen=True)
+class _Regression:
+    """The canary's latency-regression test on two sides' valid latencies."""
+
+    test: MannWhitneyResult
+    effect_ms: float
+    regressed: bool
+
+
+def _regression(c_lat: FloatArray, b_lat: FloatArray, p95_ratio: float, policy: CanaryPolicy) -> _Regression:
+    test = mann_whitney_greater(c_lat, b_lat)
+    effect = median(c_lat) - median(b_lat) if c_lat.size and b_lat.size else math.nan
+    regressed = (
+        test.p_value < policy.latency_alpha and effect >= policy.min_effect_ms and p95_ratio > policy.max_p95_ratio
+    )
+    return _Regression(test, effect, regressed)
+
+
+def _regression_reason(
+    reg: _Regression, c_p95: float, b_p95: float, p95_ratio: float, policy: CanaryPolicy, *, against: str = "baseline"
+) -> str:
+    return (
+        f"latency regression: p95 {c_p95:.1f} ms vs {against} {b_p95:.1f} ms is "
+        f"{p95_ratio:.2f}× (limit {policy.max_p95_ratio:.2f}×), median {reg.effect_ms:+.2f} ms "
+        f"(min effect {policy.min_effect_ms:.2f} ms), Mann–Whitney p = {reg.test.p_value:.2g} "
+        f"< {policy.latency_alpha:g}"
+    )
+
+
+def _drift(c_conf: FloatArray, b_conf: FloatArray, policy: CanaryPolicy) -> tuple[dict[str, Any], str | None]:
+    """PSI with enough valid frames on both sides, else KS (the numbers, and the reason when drifted)."""
+    if min(c_conf.size, b_conf.size) >= policy.psi_min_samples:
+        psi = population_stability_index(c_conf, b_conf, policy.psi_bins)
+        reason = None
+        if psi > policy.psi_max:
+            reason = (
+                f"confidence drift: PSI {psi:.3f} > {policy.psi_max:g} ({policy.psi_bins} bins at baseline "
+                f"quantiles, {c_conf.size} vs {b_conf.size} frames)"
+            )
+        return {"psi": psi}, reason
+    ks = ks_two_sample(c_conf, b_conf)
+    reason = None
+    if ks.p_value < policy.ks_alpha:
+        reason = (
+            f"confidence drift: KS D = {ks.statistic:.3f}, p = {ks.p_value:.2g} < {policy.ks_alpha:g} "
+            f"({c_conf.size} vs {b_conf.size} frames)"
+        )
+    return {"ks_statistic": ks.statistic, "ks_p_value": ks.p_value}, reason
+
+
+def _agreement_reason(
+    candidate: CanarySamples, baseline: CanarySamples, policy: CanaryPolicy
+) -> tuple[float | None, str | None]:
+    both_valid = candidate.valid & baseline.valid
+    agreement, basis = _output_agreement(candidate, baseline, both_valid, policy)
+    if agreement is not None and agreement < policy.min_agreement:
+        return agreement, (
+            f"agreement {agreement:.3f} < {policy.min_agreement:.2f} ({basis} over "
+            f"{int(np.count_nonzero(both_valid))} frames)"
+        )
+    return agreement, None
+
+
+def _check_same_frames(candidate: CanarySamples, baseline: CanarySamples, what: str) -> None:
+    if candidate.frames != baseline.frames:
+        raise SamplesError(
+            f"{what} samples: candidate has {candidate.frames} frames but baseline has {baseline.frames}; "
+            "both sides must be recorded on the same frames"
+        )
 
 
 def decide_verdict(
@@ -362,11 +484,7 @@ def decide_verdict(
     Returns outcome ``pending`` while too few frames/seconds are in and the deadline is ahead: the
     caller keeps collecting and asks again. Raises ``SamplesError`` if the sides saw different frames.
     """
-    if candidate.frames != baseline.frames:
-        raise SamplesError(
-            f"canary samples: candidate has {candidate.frames} frames but baseline has {baseline.frames}; "
-            "both sides must be recorded on the same frames"
-        )
+    _check_same_frames(candidate, baseline, "canary")
     frames = candidate.frames
     c_ok, b_ok = candidate.valid, baseline.valid
     c_lat, b_lat = candidate.latency_ms[c_ok], baseline.latency_ms[b_ok]
@@ -375,7 +493,7 @@ def decide_verdict(
     p95_ratio = _ratio(c_summary.p95_ms, b_summary.p95_ms)
     budget = policy.latency_budget_ms
 
-    def verdict(outcome: Outcome, reasons: list[str], **numbers: Any) -> CanaryVerdict:
+    def verdict(outcome: Outcome, findings: list[tuple[str, str]], **numbers: Any) -> CanaryVerdict:
         base: dict[str, Any] = {
             "latency_p_value": None,
             "effect_ms": None,
@@ -385,6 +503,7 @@ def decide_verdict(
             "agreement": None,
         }
         base.update(numbers)
+        failing = outcome is Outcome.FAIL
         return CanaryVerdict(
             outcome=outcome,
             phase=VerdictPhase.CANARY,
@@ -398,162 +517,226 @@ def decide_verdict(
             errors=candidate.error_count,
             nans=candidate.nan_count,
             throttling=False,
-            reasons=tuple(reasons),
+            reasons=tuple(reason for _, reason in findings),
+            failed_checks=tuple(dict.fromkeys(check for check, _ in findings)) if failing else (),
             **base,
         )
 
-    broken = _error_reasons(candidate, "candidate")
+    broken = _error_findings(candidate, "candidate")
     if broken:
         return verdict(Outcome.FAIL, broken)
     if frames < policy.min_frames or elapsed_s < policy.min_seconds:
         if not deadline_reached:
             return verdict(
                 Outcome.PENDING,
-                [f"collecting: {frames} of {policy.min_frames} frames, {elapsed_s:.1f} of {policy.min_seconds:.1f} s"],
+                [
+                    (
+                        "pending",
+                        f"collecting: {frames} of {policy.min_frames} frames, "
+                        f"{elapsed_s:.1f} of {policy.min_seconds:.1f} s",
+                    )
+                ],
             )
         return verdict(
             Outcome.INCONCLUSIVE,
             [
-                f"only {frames} frames in {elapsed_s:.1f} s before the deadline; a verdict needs "
-                f"{policy.min_frames} frames and {policy.min_seconds:.1f} s"
+                (
+                    "inconclusive",
+                    f"only {frames} frames in {elapsed_s:.1f} s before the deadline; a verdict needs "
+                    f"{policy.min_frames} frames and {policy.min_seconds:.1f} s",
+                )
             ],
         )
 
-    reasons: list[str] = []
+    findings: list[tuple[str, str]] = []
     if not c_summary.p95_ms <= budget:
-        reasons.append(
-            f"p95 latency {c_summary.p95_ms:.1f} ms exceeds budget {budget:.1f} ms ({policy.budget_formula()})"
-        )
-
-    mwu = mann_whitney_greater(c_lat, b_lat)
-    effect = median(c_lat) - median(b_lat) if c_lat.size and b_lat.size else math.nan
-    if mwu.p_value < policy.latency_alpha and effect >= policy.min_effect_ms and p95_ratio > policy.max_p95_ratio:
-        reasons.append(
-            f"latency regression: p95 {c_summary.p95_ms:.1f} ms vs baseline {b_summary.p95_ms:.1f} ms is "
-            f"{p95_ratio:.2f}× (limit {policy.max_p95_ratio:.2f}×), median {effect:+.2f} ms "
-            f"(min effect {policy.min_effect_ms:.2f} ms), Mann–Whitney p = {mwu.p_value:.2g} "
-            f"< {policy.latency_alpha:g}"
-        )
-
-    drift: dict[str, Any] = {}
-    if min(c_conf.size, b_conf.size) >= policy.psi_min_samples:
-        psi = population_stability_index(c_conf, b_conf, policy.psi_bins)
-        drift["psi"] = psi
-        if psi > policy.psi_max:
-            reasons.append(
-                f"confidence drift: PSI {psi:.3f} > {policy.psi_max:g} ({policy.psi_bins} bins at baseline "
-                f"quantiles, {c_conf.size} vs {b_conf.size} frames)"
+        findings.append(
+            (
+                CHECK_BUDGET,
+                f"p95 latency {c_summary.p95_ms:.1f} ms exceeds budget {budget:.1f} ms ({policy.budget_formula()})",
             )
-    else:
-        ks = ks_two_sample(c_conf, b_conf)
-        drift["ks_statistic"], drift["ks_p_value"] = ks.statistic, ks.p_value
-        if ks.p_value < policy.ks_alpha:
-            reasons.append(
-                f"confidence drift: KS D = {ks.statistic:.3f}, p = {ks.p_value:.2g} < {policy.ks_alpha:g} "
-                f"({c_conf.size} vs {b_conf.size} frames)"
-            )
-
-    both_valid = c_ok & b_ok
-    agreement, basis = _output_agreement(candidate, baseline, both_valid, policy)
-    if agreement is not None and agreement < policy.min_agreement:
-        reasons.append(
-            f"agreement {agreement:.3f} < {policy.min_agreement:.2f} ({basis} over "
-            f"{int(np.count_nonzero(both_valid))} frames)"
         )
+    reg = _regression(c_lat, b_lat, p95_ratio, policy)
+    if reg.regressed:
+        findings.append(
+            (CHECK_REGRESSION, _regression_reason(reg, c_summary.p95_ms, b_summary.p95_ms, p95_ratio, policy))
+        )
+    drift, drift_reason = _drift(c_conf, b_conf, policy)
+    if drift_reason is not None:
+        findings.append((CHECK_DRIFT, drift_reason))
+    agreement, agreement_reason = _agreement_reason(candidate, baseline, policy)
+    if agreement_reason is not None:
+        findings.append((CHECK_AGREEMENT, agreement_reason))
 
     return verdict(
-        Outcome.FAIL if reasons else Outcome.PASS,
-        reasons,
-        latency_p_value=mwu.p_value,
-        effect_ms=effect,
+        Outcome.FAIL if findings else Outcome.PASS,
+        findings,
+        latency_p_value=reg.test.p_value,
+        effect_ms=reg.effect_ms,
         agreement=agreement,
         **drift,
     )
 
 
-#: Fewer trial frames than this give no latency-regression judgement in the watch window (errors, NaNs, the
-#: SLA budget and drift are still judged): a p95 over three frames is noise.
-WATCH_REGRESSION_MIN_FRAMES = 30
+#: Fewer valid paired frames than this give no paired judgement in the watch window (latency, drift and
+#: agreement; errors and NaNs are still judged on every served frame): a p95 over three frames is one
+#: scheduler hiccup, not a regression.
+WATCH_MIN_PAIRED_FRAMES = 30
 
 
 def decide_watch(
-    trial: CanarySamples,
-    canary_baseline_p95: float,
+    served: CanarySamples,
+    paired: tuple[CanarySamples, CanarySamples] | None,
     policy: CanaryPolicy,
     *,
     throttling: bool,
-    drift_psi: float | None,
     elapsed_s: float = 0.0,
 ) -> CanaryVerdict:
-    """Judge the post-promotion watch window of the trial bundle.
+    """Judge the post-promotion watch window of the trial bundle, side by side with the previous engine.
 
-    ``canary_baseline_p95`` is the p95 the previous (baseline) bundle showed during the canary;
-    ``drift_psi`` the confidence PSI of the window against the canary baseline, computed by the caller
-    from its telemetry histograms (``None`` = not measured). Fails on any of:
+    ``served`` holds every frame the trial bundle served in the window. ``paired`` is (trial, previous) on
+    the sampled frames where the previous engine ran in shadow — row i of both is the same frame, run at
+    the same moment — or ``None`` when there is nothing to pair with (a first install). ``throttling``:
+    whether the sensors showed thermal throttling (clocks held low while hot) during the window.
 
-    - inference errors or NaN outputs;
-    - p95 over the budget. A throttling device may spend the thermal buffer — that is what it is for —
-      so its budget is sla_ms × (1 − headroom); an unthrottled one gets the full canary budget;
-    - p95 / canary_baseline_p95 > max_p95_ratio AND p95 − canary_baseline_p95 ≥ min_effect_ms (the same
-      minimum effect size as the canary: sub-millisecond models jitter by more than 10% on a busy CPU;
-      throttling is named in the reason, it does not excuse: a bundle that heats the device into
-      throttling is the bundle's regression). Judged only over at least ``WATCH_REGRESSION_MIN_FRAMES``
-      frames: the p95 of a handful of frames is one scheduler hiccup, not a regression;
-    - drift_psi > psi_max.
+    Fails on any of:
 
-    Throttling alone, with latency in bounds, passes. A window with no frames is ``inconclusive``.
+    - inference errors or NaN outputs on served frames;
+    - with a previous engine and at least ``WATCH_MIN_PAIRED_FRAMES`` valid pairs, on the pairs only:
+      the canary's latency-regression rule (Mann–Whitney + minimum effect + p95 ratio); the canary's drift
+      rule (PSI / KS) and agreement bound; and the latency budget, but only when the previous engine's
+      p95 on the same frames is within it — a budget both bundles miss is the host's (load, heat), so it
+      is noted, not failed: rolling back would not bring the SLA back;
+    - without a previous engine (first install): p95 of the served frames over the budget (a latency-only
+      failure: the first-install policy serves it with degraded health and an alert). Nothing else can
+      be compared, which is noted.
+
+    Thermal throttling is judged by the caller from clocks and temperatures; here it only moves the budget
+    (a throttling device may spend the thermal buffer: sla_ms × (1 − headroom)) and is attributed to the
+    bundle only when the paired comparison shows the bundle slower than the previous engine on the same
+    frames (then the regression reason says "while thermally throttling"). Throttling without a paired
+    latency failure passes with a note saying it was not attributed to the bundle. A window with no
+    frames is ``inconclusive``. Raises ``SamplesError`` if the paired sides have different frame counts.
     """
-    frames = trial.frames
-    ok = trial.valid
-    latency = trial.latency_ms[ok]
-    summary = LatencySummary.of(latency)
+    frames = served.frames
     budget = policy.sla_ms * (1.0 - policy.headroom) if throttling else policy.latency_budget_ms
-    ratio = _ratio(summary.p95_ms, canary_baseline_p95)
+    formula = policy.budget_formula(throttled=throttling)
     note = " while thermally throttling" if throttling else ""
-    reasons = _error_reasons(trial, "trial")
+    findings = _error_findings(served, "trial")
+    notes: list[str] = []
+    numbers: dict[str, Any] = {
+        "latency_p_value": None,
+        "effect_ms": None,
+        "psi": None,
+        "ks_statistic": None,
+        "ks_p_value": None,
+        "agreement": None,
+    }
+    latency_failed = False
     outcome: Outcome
+    trial: CanarySamples | None
+    reference: CanarySamples | None
+    if paired is not None:
+        trial, reference = paired
+        _check_same_frames(trial, reference, "watch")
+        t_lat, r_lat = trial.latency_ms[trial.valid], reference.latency_ms[reference.valid]
+        c_summary, b_summary = LatencySummary.of(t_lat), LatencySummary.of(r_lat)
+    else:
+        trial = reference = None
+        t_lat = served.latency_ms[served.valid]
+        c_summary = LatencySummary.of(t_lat)
+        b_summary = LatencySummary(math.nan, math.nan, math.nan, 0)
+    p95_ratio = _ratio(c_summary.p95_ms, b_summary.p95_ms)
+
     if frames == 0:
         outcome = Outcome.INCONCLUSIVE
-        reasons = [f"no frames in the {elapsed_s:.1f} s watch window; nothing to judge"]
+        findings = [("inconclusive", f"no frames in the {elapsed_s:.1f} s watch window; nothing to judge")]
     else:
-        if latency.size and not summary.p95_ms <= budget:
-            reasons.append(
-                f"p95 latency {summary.p95_ms:.1f} ms exceeds budget {budget:.1f} ms "
-                f"({policy.budget_formula(throttled=throttling)}){note}"
+        if trial is None or reference is None:
+            notes.append(
+                "first install: no previous bundle to run side by side, so only errors and the latency budget "
+                "were judged"
             )
-        if (
-            latency.size >= WATCH_REGRESSION_MIN_FRAMES
-            and ratio > policy.max_p95_ratio
-            and summary.p95_ms - canary_baseline_p95 >= policy.min_effect_ms
-        ):
-            reasons.append(
-                f"latency regression: p95 {summary.p95_ms:.1f} ms is {ratio:.2f}× the canary baseline "
-                f"{canary_baseline_p95:.1f} ms (limit {policy.max_p95_ratio:.2f}× and "
-                f"+{policy.min_effect_ms:g} ms){note}"
+            if t_lat.size and not c_summary.p95_ms <= budget:
+                latency_failed = True
+                findings.append(
+                    (
+                        CHECK_BUDGET,
+                        f"p95 latency {c_summary.p95_ms:.1f} ms exceeds budget {budget:.1f} ms ({formula}){note}",
+                    )
+                )
+        elif min(t_lat.size, r_lat.size) < WATCH_MIN_PAIRED_FRAMES:
+            notes.append(
+                f"latency, drift and agreement not compared: {min(t_lat.size, r_lat.size)} valid paired frames "
+                f"with the previous bundle, a paired judgement needs {WATCH_MIN_PAIRED_FRAMES}"
             )
-        if drift_psi is not None and drift_psi > policy.psi_max:
-            reasons.append(f"confidence drift: PSI {drift_psi:.3f} > {policy.psi_max:g}")
-        outcome = Outcome.FAIL if reasons else Outcome.PASS
+        else:
+            pairs = trial.frames
+            reg = _regression(t_lat, r_lat, p95_ratio, policy)
+            numbers["latency_p_value"], numbers["effect_ms"] = reg.test.p_value, reg.effect_ms
+            if reg.regressed:
+                latency_failed = True
+                findings.append(
+                    (
+                        CHECK_REGRESSION,
+                        _regression_reason(
+                            reg, c_summary.p95_ms, b_summary.p95_ms, p95_ratio, policy, against="the previous bundle"
+                        )
+                        + f" on the same {pairs} frames{note}",
+                    )
+                )
+            if not c_summary.p95_ms <= budget:
+                if b_summary.p95_ms <= budget:
+                    latency_failed = True
+                    findings.append(
+                        (
+                            CHECK_BUDGET,
+                            f"p95 latency {c_summary.p95_ms:.1f} ms exceeds budget {budget:.1f} ms ({formula}) "
+                            f"while the previous bundle kept {b_summary.p95_ms:.1f} ms on the same {pairs} "
+                            f"frames{note}",
+                        )
+                    )
+                else:
+                    notes.append(
+                        f"both bundles exceed the budget {budget:.1f} ms on the same {pairs} frames (p95 "
+                        f"{c_summary.p95_ms:.1f} vs {b_summary.p95_ms:.1f} ms): the host, not the bundle; "
+                        "rolling back would not restore the SLA"
+                    )
+            drift, drift_reason = _drift(trial.confidence[trial.valid], reference.confidence[reference.valid], policy)
+            numbers.update(drift)
+            if drift_reason is not None:
+                findings.append((CHECK_DRIFT, drift_reason + " against the previous bundle on the same frames"))
+            agreement, agreement_reason = _agreement_reason(trial, reference, policy)
+            numbers["agreement"] = agreement
+            if agreement_reason is not None:
+                findings.append((CHECK_AGREEMENT, agreement_reason + " against the previous bundle"))
+        if throttling and not latency_failed:
+            notes.append(
+                "thermal throttling during the watch window, not attributed to the bundle: "
+                + (
+                    "it is not slower than the previous bundle on the same frames"
+                    if trial is not None and min(t_lat.size, r_lat.size) >= WATCH_MIN_PAIRED_FRAMES
+                    else "no paired comparison shows it slower"
+                )
+            )
+        outcome = Outcome.FAIL if findings else Outcome.PASS
     return CanaryVerdict(
         outcome=outcome,
         phase=VerdictPhase.WATCH,
         frames=frames,
         seconds=elapsed_s,
-        candidate_latency=summary,
-        baseline_latency=LatencySummary(math.nan, canary_baseline_p95, math.nan, 0),
+        candidate_latency=c_summary,
+        baseline_latency=b_summary,
         sla_ms=policy.sla_ms,
         latency_budget_ms=budget,
-        p95_ratio=ratio,
-        latency_p_value=None,
-        effect_ms=None,
-        psi=drift_psi,
-        ks_statistic=None,
-        ks_p_value=None,
-        agreement=None,
-        errors=trial.error_count,
-        nans=trial.nan_count,
+        p95_ratio=p95_ratio,
+        errors=served.error_count,
+        nans=served.nan_count,
         throttling=throttling,
-        reasons=tuple(reasons),
+        reasons=tuple(reason for _, reason in findings),
+        failed_checks=tuple(dict.fromkeys(check for check, _ in findings)) if outcome is Outcome.FAIL else (),
+        notes=tuple(notes),
+        **numbers,
     )
 
 
@@ -581,6 +764,8 @@ def verdict_to_proto(
     candidate_digest: str = "",
     baseline_digest: str = "",
     decided_at: datetime | None = None,
+    candidate_config_digest: str = "",
+    baseline_config_digest: str = "",
 ) -> common_pb2.CanaryVerdict:
     """The wire form. ``errors`` on the wire counts errors plus NaN frames (the reasons tell them apart);
     numbers not computed are 0. Raises ``PendingVerdictError`` for a ``pending`` verdict."""
@@ -593,6 +778,8 @@ def verdict_to_proto(
         outcome=_PROTO_OUTCOME[verdict.outcome],
         candidate_digest=candidate_digest,
         baseline_digest=baseline_digest,
+        candidate_config_digest=candidate_config_digest,
+        baseline_config_digest=baseline_config_digest,
         phase=str(verdict.phase),
         frames=verdict.frames,
         seconds=verdict.seconds,
@@ -607,6 +794,8 @@ def verdict_to_proto(
         agreement=_wire(verdict.agreement),
         errors=verdict.errors + verdict.nans,
         reasons=list(verdict.reasons),
+        throttling=verdict.throttling,
+        notes=list(verdict.notes),
     )
     if decided_at is not None:
         message.decided_at.FromDatetime(decided_at)

@@ -92,6 +92,7 @@ class InferenceEngine:
         postprocess: PostprocessSpec,
         labels: Sequence[str],
         bundle_digest: str,
+        config_digest: str = "",
     ) -> None:
         self.session = session
         self.session_info = info
@@ -99,6 +100,9 @@ class InferenceEngine:
         self.postprocess_spec = postprocess
         self.labels = tuple(labels)
         self.bundle_digest = bundle_digest
+        # The effective config this engine was built under ("" = not tracked). A candidate is (bundle, config):
+        # two engines of one bundle under different configs are different candidates, told apart by this.
+        self.config_digest = config_digest
         self.provider = info.provider
         self.input_name: str = session.get_inputs()[0].name
         # Only the first output feeds postprocessing; fetching just it avoids copying auxiliary heads.
@@ -122,6 +126,7 @@ class InferenceEngine:
         fp16: bool = False,
         int8: bool = False,
         available: Sequence[str] | None = None,
+        config_digest: str = "",
     ) -> InferenceEngine:
         """Create the session on the best provider, check it against the specs, warm it ``warmup`` times."""
         model_path = Path(model_path)
@@ -136,7 +141,7 @@ class InferenceEngine:
             available=available,
         )
         _check_model(session, model_path, preprocess, postprocess, labels)
-        engine = cls(session, info, preprocess, postprocess, labels, bundle_digest)
+        engine = cls(session, info, preprocess, postprocess, labels, bundle_digest, config_digest)
         started = time.perf_counter_ns()
         engine.warm(warmup)
         log.info(
