@@ -155,18 +155,19 @@ class FaultProxy:
                     await asyncio.sleep(len(data) / self.bandwidth_bps)
                 if budget is not None and budget[0]:
                     if len(data) >= budget[0]:
+                        self.stats.bytes_down += budget[0]
                         writer.write(data[: budget[0]])
                         with contextlib.suppress(Exception):
                             await writer.drain()
-                        self.stats.bytes_down += budget[0]
                         self.stats.resets += 1
                         for w in pair:
                             self._reset(w)
                         return
                     budget[0] -= len(data)
-                writer.write(data)
-                await writer.drain()
+                # counted before the write: a peer that has the bytes must also see them counted
                 if upstream:
                     self.stats.bytes_up += len(data)
                 else:
                     self.stats.bytes_down += len(data)
+                writer.write(data)
+                await writer.drain()
