@@ -26,7 +26,8 @@ frame ``source`` has none: the device's ``--source`` applies unless a layer sets
     inference  conf_threshold 0.5, providers [tensorrt, cuda, cpu], fp16 false, precision auto
     sla        percentile 95, thermal_buffer 0.0
     canary     min_frames 300, min_seconds 30, headroom 0.2, max_p95_ratio 1.10, psi_max 0.25,
-               ks_alpha 0.01, min_agreement 0.9, inconclusive_limit 2, watch_window_s 600, deadline_s 900
+               ks_alpha 0.01, min_agreement 0.9, inconclusive_limit 2, watch_window_s 600, deadline_s 900,
+               watch_shadow_every_ms 100, watch_shadow_max_share 0.25
     telemetry  window_s 10, batch_max_records 500, batch_max_bytes 1 MiB, batch_max_delay_s 5,
                buffer_max_bytes 256 MiB, review_quota_bytes 64 MiB, max_in_flight 2, backlog_rate_per_s 20
     review     sample_rate 0.01, low_confidence_below 0.35, max_per_hour 60, jpeg_quality 85
@@ -81,6 +82,8 @@ _DEFAULTS: dict[str, Any] = {
         "min_agreement": 0.9,
         "inconclusive_limit": 2,
         "watch_window_s": 600,
+        "watch_shadow_every_ms": 100,
+        "watch_shadow_max_share": 0.25,
         "deadline_s": 900,
     },
     "telemetry": {
