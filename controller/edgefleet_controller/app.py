@@ -47,9 +47,11 @@ from edgefleet.contract.manifest import (
     ManifestDoc,
     ManifestKind,
     check_document_set,
+    config_layers,
     effective_config,
     parse_manifests,
 )
+from edgefleet.contract.precedence import resolve_policy
 from edgefleet.contract.signing import TrustedKeys, check_key_id, verify_signature
 from edgefleet.v1 import common_pb2, device_pb2, fleet_pb2, telemetry_pb2
 from edgefleet_controller import errors as cerr
@@ -847,14 +849,36 @@ class ControllerApp:
             )
         return matches[0]
 
+    async def _policy_bundle(self, rec: DeviceRecord) -> BundleManifest | None:
+        """The bundle whose declared policy sits under the device's config: desired, else running."""
+        desired = await self.desired_of(rec.id)
+        for digest in (desired.bundle_digest, rec.running_bundle):
+            if not digest:
+                continue
+            try:
+                return BundleManifest.from_json_bytes((await self._pieces_of(digest)).manifest)
+            except serr.NotFound:
+                continue  # deleted since: the next one, or no bundle layer
+        return None
+
     async def get_effective_config(self, device: str) -> fleet_pb2.GetEffectiveConfigResponse:
+        """``config_json``/``digest``: the operator config the device receives (no defaults, no bundle
+        policy); ``values``/``sources``: the policy it runs with, per key, resolved by
+        ``precedence.resolve_policy`` over the desired (else running) bundle."""
         rec = await self.find_device(device)
-        config = effective_config(await self.config_documents(), self.facts_of(rec))
+        docs = await self.config_documents()
+        facts = self.facts_of(rec)
+        config = effective_config(docs, facts)
+        resolved = resolve_policy(config_layers(docs, facts), bundle=await self._policy_bundle(rec))
         return fleet_pb2.GetEffectiveConfigResponse(
             device_id=rec.id,
             digest=config.digest,
             config_json=config.to_json_bytes(),
-            sources=list(config.sources),
+            sources=list(resolved.layers),
+            values=[
+                fleet_pb2.ConfigValueSource(path=leaf.dotted, value_json=leaf.value_json, layer=leaf.layer)
+                for leaf in resolved.leaves
+            ],
         )
 
     # ------------------------------------------------------------------ desired state

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Iterator
 from functools import wraps
@@ -11,11 +12,12 @@ from typing import Any, TypeVar
 
 import grpc
 import typer
+import yaml
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from edgefleet.v1 import common_pb2, fleet_pb2, telemetry_pb2
-from fleetctl.output import FORMATS, age, console, emit_structured, emit_table, err_console, short_digest
+from fleetctl.output import FORMATS, age, console, emit_structured, emit_table, err_console, short_digest, table
 from fleetctl.settings import OPTIONS
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -428,13 +430,33 @@ def set_bundle(
 
 @config_app.command("effective")
 @grpc_errors
-def effective(device: str = typer.Argument(..., help="device id or name")) -> None:
-    """Show a device's effective config, its digest and the documents it came from."""
+def effective(device: str = typer.Argument(..., help="device id or name"), output: str = OutputOpt) -> None:
+    """Show the policy a device runs with: per key, its value and the layer it came from.
+
+    Layers, lowest first: defaults < the bundle's declared policy (desired bundle, else running) <
+    FleetConfig < SiteConfig < tag DeviceConfig < device DeviceConfig; a layer overrides only the keys it
+    sets. The digest is that of the operator config the device receives (manifest layers only).
+    """
+    fmt = _check_format(output)
     conn = OPTIONS.connection()
     with conn.fleet() as stub:
         reply = stub.GetEffectiveConfig(
             fleet_pb2.GetEffectiveConfigRequest(device=device), metadata=conn.metadata, timeout=30
         )
-    console.print(f"device {reply.device_id}  digest {reply.digest}", highlight=False)
-    console.print(f"sources: {' < '.join(reply.sources)}", highlight=False)
-    console.print_json(reply.config_json.decode())
+    if fmt in ("json", "yaml"):
+        data = {
+            "device_id": reply.device_id,
+            "digest": reply.digest,
+            "layers": list(reply.sources),
+            "config": json.loads(reply.config_json or b"{}"),
+            "values": [{"path": v.path, "value": json.loads(v.value_json), "layer": v.layer} for v in reply.values],
+        }
+        if fmt == "json":
+            console.print_json(json.dumps(data))
+        else:
+            console.print(yaml.safe_dump(data, sort_keys=False), end="", markup=False, highlight=False, soft_wrap=True)
+        return
+    console.print(f"device {reply.device_id}  config digest {reply.digest}", highlight=False)
+    console.print(f"layers: {' < '.join(reply.sources)}", highlight=False)
+    rows = [[v.path, v.value_json, v.layer] for v in reply.values]
+    console.print(table(f"effective config ({len(rows)} keys)", ["KEY", "VALUE", "LAYER"], rows))

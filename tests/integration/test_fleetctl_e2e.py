@@ -104,6 +104,19 @@ def enroll(address: str, token: str, name: str, tags: dict[str, str]) -> tuple[s
         return reply.device_id, reply.device_credential
 
 
+def _table_rows(text: str) -> list[list[str]]:
+    """The cells of each body row of a rich table (``│ a │ b │``), stripped."""
+    return [
+        [cell.strip() for cell in line.strip().strip("│").split("│")]
+        for line in text.splitlines()
+        if line.strip().startswith("│")
+    ]
+
+
+def described_digest(env: Env, device: str) -> str:
+    return str(json.loads(env.ok("describe", "device", device, "-o", "json").out)["desired"]["config_digest"])
+
+
 def test_fleetctl_operates_a_real_controller(env: Env) -> None:
     trusted = env.ok("keys", "trust", str(env.pub_key))
     assert "trusted key release-test" in trusted.out
@@ -164,9 +177,26 @@ def test_fleetctl_operates_a_real_controller(env: Env) -> None:
     assert [(s["site"], s["devices"]) for s in sites] == [("warehouse-a", 2)]
     assert "warehouse-a" in env.ok("get", "sites").out
 
+    # Per key, the value and the layer it came from: defaults < the desired bundle's declared policy <
+    # FleetConfig < SiteConfig < tag DeviceConfig < device DeviceConfig; a layer wins only the keys it sets.
     effective = env.ok("config", "effective", "wa-dock-door-3").out
-    assert "DeviceConfig/dock-door-3" in effective
-    assert '"thermal_buffer": 0.25' in effective
+    assert "layers: defaults < bundle classifier@1.0.0 < FleetConfig/default < SiteConfig/warehouse-a" in effective
+    rows = {cells[0]: cells[1:] for cells in _table_rows(effective)}
+    assert rows["sla.thermal_buffer"] == ["0.25", "DeviceConfig/dock-door-3"]
+    assert rows["inference.conf_threshold"] == ["0.35", "DeviceConfig/thermal-cameras"]
+    assert rows["canary.min_frames"] == ["600", "SiteConfig/warehouse-a"]
+    assert rows["canary.min_seconds"] == ["30", "bundle classifier@1.0.0"]  # the bundle's own canary section
+    assert rows["canary.deadline_s"] == ["900", "FleetConfig/default"]
+    as_json = json.loads(env.ok("config", "effective", "wa-aisle-1", "-o", "json").out)
+    values = {v["path"]: (v["value"], v["layer"]) for v in as_json["values"]}
+    # No desired or running bundle: nothing between the defaults and the manifests.
+    assert as_json["layers"] == ["defaults", "FleetConfig/default", "SiteConfig/warehouse-a"]
+    assert values["canary.min_seconds"] == (30, "defaults")
+    assert values["canary.min_frames"] == (600, "SiteConfig/warehouse-a")
+    assert values["sla.latency_ms"] == (50, "SiteConfig/warehouse-a")
+    # The digest is that of the config the device receives: manifest keys only, no defaults.
+    assert "min_seconds" not in as_json["config"]["canary"] and as_json["config"]["sla"]["latency_ms"] == 50
+    assert as_json["digest"] == described_digest(env, "wa-aisle-1")
 
 
 def test_fleetctl_errors_are_one_line(env: Env) -> None:

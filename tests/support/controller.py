@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 import yaml
@@ -66,9 +67,11 @@ def publish_bundle(
     version: str = "1.0.0",
     seed: int = 0,
     extra: dict[str, bytes] | None = None,
+    canary: dict[str, Any] | None = None,
 ) -> Path:
     """Build a real bundle (generated ONNX classifier), sign it with ``key`` (None = unsigned), pack it
-    to ``work/<name>-<version>.efb`` and return the archive. ``extra`` maps artifact role → file bytes."""
+    to ``work/<name>-<version>.efb`` and return the archive. ``extra`` maps artifact role → file bytes;
+    ``canary`` replaces keys of the sample spec's ``canary`` section (the bundle's declared policy)."""
     tag = f"{name}-{version}-{seed}"
     src = work / f"src-{tag}"
     src.mkdir(parents=True, exist_ok=True)
@@ -76,6 +79,7 @@ def publish_bundle(
     spec = yaml.safe_load(SAMPLE_SPEC.read_text())
     spec.update(name=name, version=version, model=str(model))
     spec["preprocess"]["size"] = [16, 16]
+    spec["canary"].update(canary or {})
     spec_path = src / "bundle.spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
     extra_paths = {}
