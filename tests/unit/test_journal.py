@@ -258,3 +258,35 @@ def test_unsafe_artifact_names_are_refused(tmp_path: Path, name: str) -> None:
 def test_invalid_digest_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidDigestError, match="got 'sha256:XYZ'"):
         BundleSlots(tmp_path).path_for("sha256:XYZ")
+
+
+# --- clean-stop marker -------------------------------------------------------------------------------------
+
+
+def test_clean_stop_marker_counts_once_and_only_for_its_generation(tmp_path: Path) -> None:
+    journal = written(tmp_path, rec(UpdateState.IDLE), rec(UpdateState.TRIAL))
+    journal.mark_clean_stop()
+    assert (tmp_path / "j" / Journal.CLEAN_STOP).is_file()
+    restarted = Journal(tmp_path / "j", clock=clock)
+    restarted.load()
+    assert restarted.take_clean_stop() is True
+    assert not (tmp_path / "j" / Journal.CLEAN_STOP).exists(), "taken: a later death is not clean"
+    again = Journal(tmp_path / "j", clock=clock)
+    again.load()
+    assert again.take_clean_stop() is False
+
+
+def test_stale_or_damaged_clean_stop_marker_means_the_process_died(tmp_path: Path) -> None:
+    journal = written(tmp_path, rec(UpdateState.IDLE))
+    journal.mark_clean_stop()
+    journal.write(rec(UpdateState.CANARY))  # written after the marker: the marker is for an older record
+    restarted = Journal(tmp_path / "j", clock=clock)
+    restarted.load()
+    with capture_logs() as logs:
+        assert restarted.take_clean_stop() is False
+    assert logs[0]["event"] == "update.clean_stop_stale" and logs[0]["marker_generation"] == 1
+    (tmp_path / "j" / Journal.CLEAN_STOP).write_bytes(b"\x00garbage")
+    damaged = Journal(tmp_path / "j", clock=clock)
+    damaged.load()
+    assert damaged.take_clean_stop() is False
+    assert not (tmp_path / "j" / Journal.CLEAN_STOP).exists()

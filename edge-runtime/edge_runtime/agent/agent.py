@@ -3,8 +3,8 @@
 Start-up order (so a device without a network serves at once):
 
 1. the local health endpoint (NOT_SERVING) and the frame loop (its own thread);
-2. the update driver recovers from its journal in the worker thread and puts the last committed bundle
-   back in the slot — no network needed;
+2. the update driver reads its journal; its first job in the worker thread is recovery: the last committed
+   bundle goes back in the slot (no network needed) and an update the restart interrupted resumes;
 3. the credential is loaded, or the device enrolls (retried while the controller is unreachable);
 4. the Sync loop, the event sender, the update worker and the status ticker run until SIGTERM.
 
@@ -231,6 +231,11 @@ class EdgeAgent:
         loop.call_soon_threadsafe(self._queue.put_nowait, event)
 
     async def _drive(self) -> None:
+        try:
+            record = await asyncio.to_thread(self.driver.start)
+            log.info("agent.recovered", state=record.state.value, committed=record.committed)
+        except Exception as exc:  # the journal holds the truth; keep serving and take events
+            log.exception("agent.recovery_failed", error=str(exc))
         while True:
             event = await self._queue.get()
             try:
@@ -455,9 +460,11 @@ class EdgeAgent:
         self._announce(f"edge-runtime health listening on port {port}")
         self.runner.start()
         tasks: list[asyncio.Task[None]] = []
+        clean = False  # a clean stop (SIGTERM, stop()) leaves the journal's clean-stop marker
         try:
-            record = await asyncio.to_thread(self.driver.start)
-            log.info("agent.recovered", state=record.state.value, committed=record.committed)
+            # The journal is read at once; recovery (serve the committed bundle, resume an update) is the
+            # update worker's first job, so status, health and enrollment do not wait for a model load.
+            await asyncio.to_thread(self.driver.load)
             tasks.append(asyncio.create_task(self._tick(), name="tick"))
             tasks.append(asyncio.create_task(self._drive(), name="update-worker"))
             cred_task = asyncio.create_task(self._credential(), name="credential")
@@ -465,6 +472,7 @@ class EdgeAgent:
             done, _ = await asyncio.wait({cred_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
             if cred_task not in done:
                 cred_task.cancel()
+                clean = True
                 return 0
             stop_task.cancel()
             cred = cred_task.result()
@@ -477,6 +485,7 @@ class EdgeAgent:
             self.sender.wakeup.set()
             await self._stop.wait()
             log.info("agent.stopping")
+            clean = True
             return 0
         finally:
             for task in tasks:
@@ -484,6 +493,8 @@ class EdgeAgent:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            if clean:
+                await asyncio.to_thread(self.driver.stop)
             await self.health_endpoint.stop()
             self.runner.stop()
             self.fetcher.close()

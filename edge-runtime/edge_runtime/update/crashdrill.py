@@ -2,10 +2,11 @@
 
     python -m edge_runtime.update.crashdrill --data-dir DIR --blobs BLOBS [--desired sha256:...]
 
-Starts an ``UpdateDriver`` on ``DIR`` (journal in ``DIR/update``), recovers, prints one JSON line
-``{"phase": "recovered", ...}``, then, with ``--desired``, drives that bundle (from ``BLOBS/catalog.json``)
-through every state and prints ``{"phase": "final", ...}``. Each line carries the record and the bundle the
-engine serves.
+Starts an ``UpdateDriver`` on ``DIR`` (journal in ``DIR/update``), recovers (an interrupted update resumes
+and, with the scripted canary, finishes), prints one JSON line ``{"phase": "recovered", ...}``, then, with
+``--desired``, drives that bundle (from ``BLOBS/catalog.json``) through every state and prints
+``{"phase": "final", ...}``. Each line carries the record and the bundle the engine serves. A run that
+reaches its end stops the driver cleanly (the clean-stop marker); a killed one does not.
 
 ``EDGEFLEET_CRASH_AT=<state>:<before|after>`` kills the process with SIGKILL at the first transition into
 ``<state>``, before or after its journal write: the closest a test can get to pulling the power cord.
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         driver.handle(bundle.desired())
         print(_snapshot("final", driver, switcher), flush=True)
+    driver.stop()
     return 0
 
 

@@ -15,11 +15,17 @@ Rules the driver keeps:
   an asyncio agent runs ``handle`` in a worker thread, one call at a time.
 - Verification checks every artifact's sha256 and that ``bundle.json`` hashes to the bundle digest, then
   asks the ``BundleVerifier`` (signature, manifest). Only then is the download promoted to a slot.
+- Clean stops: ``stop()`` (the agent calls it on SIGTERM) lets the decision in progress finish its current
+  effect, decides nothing more (the journal already says where the update stands, and the next start
+  resumes from there), then writes the journal's clean-stop marker. ``start()`` takes the marker and tells
+  the machine whether the previous process stopped cleanly (``Recovered.clean_shutdown``): only a death
+  without it can count as a crash of the candidate.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,7 +46,7 @@ from edge_runtime.update.journal import Journal
 from edge_runtime.update.slots import BundleSlots
 from edge_runtime.update.state import (
     DEFAULT_LIMITS,
-    CanaryFailed,
+    CandidateLoadFailed,
     CollectGarbage,
     Commit,
     Decision,
@@ -177,6 +183,9 @@ class UpdateDriver:
         self._margin = disk_margin_bytes
         self._hook = boundary_hook
         self._record: UpdateRecord | None = None
+        self._lock = threading.Lock()  # one decision chain at a time; stop() waits for it
+        self._stopping = threading.Event()
+        self._clean = False
 
     @property
     def record(self) -> UpdateRecord:
@@ -184,17 +193,52 @@ class UpdateDriver:
             raise RuntimeError("UpdateDriver.start() must be called before the record is read")
         return self._record
 
+    def load(self) -> UpdateRecord:
+        """Read the journal and take the clean-stop marker; effects wait for ``start``. Idempotent."""
+        with self._lock:
+            if self._record is None:
+                self._record = self._journal.load()
+                self._clean = self._journal.take_clean_stop()
+            return self._record
+
     def start(self) -> UpdateRecord:
-        """Load the journal and recover: the committed bundle serves, an interrupted update is abandoned."""
-        self._record = self._journal.load()
-        log.info("update.recovering", state=self._record.state.value, committed=self._record.committed)
-        self._run(recover(self._record, self._clock(), self._limits))
-        return self.record
+        """Load the journal and recover: the committed bundle serves, an interrupted update resumes."""
+        record = self.load()
+        with self._lock:
+            log.info(
+                "update.recovering",
+                state=record.state.value,
+                committed=record.committed,
+                candidate=record.candidate,
+                clean_shutdown=self._clean,
+            )
+            self._run(recover(record, self._clock(), self._limits, clean_shutdown=self._clean))
+            return self.record
 
     def handle(self, event: UpdateEvent) -> UpdateRecord:
         """Decide ``event`` and everything it leads to; returns the resulting record."""
-        self._run(decide(self.record, event, self._clock(), self._limits), event)
-        return self.record
+        with self._lock:
+            if self._stopping.is_set():
+                log.info("update.event_after_stop", ignored_event=type(event).__name__)
+                return self.record
+            self._run(decide(self.record, event, self._clock(), self._limits), event)
+            return self.record
+
+    def stop(self, timeout_s: float = 5.0) -> bool:
+        """Stop cleanly: decide nothing more, then leave the clean-stop marker. False (no marker, the next
+        start treats this stop as a death) when the decision in progress does not finish in ``timeout_s``."""
+        self._stopping.set()
+        if not self._lock.acquire(timeout=timeout_s):
+            log.warning("update.stop_unclean", timeout_s=timeout_s, hint="an update step was still running")
+            return False
+        try:
+            if self._record is None:
+                return False
+            self._journal.mark_clean_stop()
+            log.info("update.stopped_cleanly", state=self._record.state.value, candidate=self._record.candidate)
+            return True
+        finally:
+            self._lock.release()
 
     def _run(self, first: Decision, first_event: UpdateEvent | None = None) -> None:
         pending: deque[UpdateEvent] = deque()
@@ -212,6 +256,11 @@ class UpdateDriver:
             else:
                 pending.extend(self._apply(decision))
             if not pending:
+                return
+            if self._stopping.is_set():
+                log.info(
+                    "update.stopping", state=self.record.state.value, undecided=[type(e).__name__ for e in pending]
+                )
                 return
             event = pending.popleft()
             decision = decide(self.record, event, self._clock(), self._limits)
@@ -339,7 +388,7 @@ class UpdateDriver:
             path = self._slots.promote_incoming(digest)
             self._switcher.stage(digest, path)
         except (EngineSwitchError, SlotError) as exc:
-            return _Outcome([CanaryFailed(f"could not stage {digest}: {exc}")], abort=True)
+            return _Outcome([CandidateLoadFailed(f"could not stage {digest}: {exc}")], abort=True)
         return _Outcome()
 
     def _serve_committed(self, digest: str | None) -> None:

@@ -4,12 +4,19 @@ Files in the journal directory::
 
     journal.json        the current record
     journal.prev.json   the record before it
+    clean-stop.json     present only between a clean stop and the next start (see below)
 
 Each file is an envelope ``{"format", "generation", "sha256", "record"}`` where ``record`` is the record's
 JSON text and ``sha256`` its checksum. ``write`` first rewrites ``journal.prev.json`` with the last good
 current bytes, then ``journal.json`` with the new record; each file is written as temp file + fsync +
 rename + fsync of the directory, so at every instant at least one intact copy exists, and the newest intact
 copy is either the new record or the one before it — never a mix.
+
+The clean-stop marker tells the next start that the previous process stopped on purpose (SIGTERM): the
+driver writes it (``mark_clean_stop``) after its last journal write, naming the generation it stopped at;
+the next start takes it (``take_clean_stop``: read, then removed durably before anything else runs) and it
+counts only when it names the generation loaded. No marker, a damaged one, or one for another generation
+means the process died: that is what the update machine's crash attribution relies on.
 
 ``load`` takes the intact copy with the highest generation. A damaged, truncated or empty current file
 falls back to the previous copy (``update.journal_fallback``). When no copy is intact the device does not
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -82,11 +90,20 @@ def decode_entry(raw: bytes) -> tuple[int, UpdateRecord]:
     return generation, UpdateRecord.from_json(text)
 
 
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class Journal:
     """The update journal in ``directory``. Call ``load`` once at start-up, then ``write`` per transition."""
 
     CURRENT = "journal.json"
     PREVIOUS = "journal.prev.json"
+    CLEAN_STOP = "clean-stop.json"
 
     def __init__(
         self,
@@ -184,6 +201,46 @@ class Journal:
             ) from exc
         self._generation = generation
         self._last_good = data
+
+    def mark_clean_stop(self) -> None:
+        """Record that the process stops cleanly now, at the generation last written or loaded."""
+        if self._generation is None:
+            raise JournalError(f"journal {self.directory}: call load() before mark_clean_stop()")
+        data = json.dumps({"generation": self._generation, "at": self._clock().isoformat()}).encode()
+        try:
+            write_durably(self.directory / self.CLEAN_STOP, data)
+        except OSError as exc:
+            raise JournalError(f"journal {self.directory}: cannot write the clean-stop marker: {exc}") from exc
+
+    def take_clean_stop(self) -> bool:
+        """Whether the previous process stopped cleanly at the loaded generation; removes the marker.
+
+        Call right after ``load``: once this returns, a death of this process is no longer clean."""
+        path = self.directory / self.CLEAN_STOP
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            log.warning("update.clean_stop_unreadable", path=str(path), error=str(exc))
+            raw = b""
+        try:
+            marker = json.loads(raw)
+            stopped_at = marker.get("generation") if isinstance(marker, dict) else None
+        except ValueError:
+            stopped_at = None
+        try:
+            path.unlink()
+            _fsync_dir(self.directory)
+        except OSError as exc:
+            raise JournalError(
+                f"journal {self.directory}: cannot remove the clean-stop marker {path.name}: {exc}; "
+                "check that the data disk is writable"
+            ) from exc
+        clean = stopped_at == self._generation and self._generation is not None
+        if not clean:
+            log.warning("update.clean_stop_stale", marker_generation=stopped_at, loaded_generation=self._generation)
+        return clean
 
     def _replace(self, target: Path, data: bytes) -> None:
         write_durably(target, data)

@@ -17,12 +17,23 @@ Decisions written down here (the rest of the runtime relies on them):
   last committed bundle; ``failure`` says why.
 - Cancelling (``Cancelled``, or a desired bundle equal to the committed one) before the candidate ran goes
   to ``idle``; during canary or trial it goes to ``rolled_back``.
-- Start-up (``Recovered``, see ``recover``): a record in ``downloading`` .. ``trial`` was interrupted. The
-  device reverts to the last committed bundle: ``failed`` (downloading/verifying/staged) or ``rolled_back``
-  (canary/trial) with reason ``interrupted at <state>``, the candidate discarded. Partial downloads are kept
-  in ``incoming/`` so that when the controller's desired state names the same bundle again the download
-  resumes where it stopped. Each interruption of the same candidate is counted; at ``max_interruptions``
-  the candidate is rejected, so a bundle that kills the process cannot cause an update loop.
+- Restarts resume (``Recovered``, see ``recover``). A record in ``downloading`` .. ``trial`` was interrupted
+  by a restart (SIGTERM, SIGKILL, a container or power restart). The committed bundle serves at once and the
+  same candidate picks up where it stood: a download resumes from its partial files, verification runs
+  again, and a candidate that was staged, in canary or in trial is verified again from its slot on disk
+  (sha256 of every artifact and the signature: seconds, and it proves the slot survived the power cut),
+  then loaded again and its canary (``staged``/``canary``) or its trial (``trial``: swap, watch window)
+  starts over. Nothing is discarded, so a first-install device keeps the verified bundle it was trialling.
+- Crashes count, restarts do not. Only a crash attributable to the candidate counts towards rejecting it:
+  the previous process died WITHOUT a clean-stop marker (the driver writes one on a clean SIGTERM stop, see
+  ``UpdateDriver.stop``; ``Recovered.clean_shutdown``) while the record was in ``staged``, ``canary`` or
+  ``trial`` (the candidate being loaded, loaded in shadow, or serving), and the restart comes within
+  ``RetryLimits.crash_window_s`` of the candidate's last load (``candidate_loaded_at``). A clean stop never
+  counts; a death while downloading or verifying never counts (no candidate code ran); a power cut inside
+  the window is indistinguishable from a crash and counts, which is why one count never rejects. At
+  ``max_interruptions`` attributable crashes (``crashes``) the candidate is rejected (rolled back), so a
+  bundle that kills the process cannot cause an update loop. ``interruptions`` counts every restart during
+  the candidate, for the record.
 - Outcomes belong to an assignment. Every desired state carries the controller's ``assignment_id``
   (opaque to the device); the record keeps the assignment of the desired state the device is acting on
   (``assignment_id``), the reporter echoes it in ``ReportedState.assignment_id`` next to the state,
@@ -203,7 +214,19 @@ class TrialFailed:
 
 @dataclass(frozen=True)
 class Recovered:
-    """The process started; whatever the record says was in progress was interrupted."""
+    """The process started; whatever the record says was in progress was interrupted.
+
+    ``clean_shutdown``: the previous process stopped cleanly (its driver left the clean-stop marker for
+    exactly this record); unknown counts as not clean."""
+
+    clean_shutdown: bool = False
+
+
+@dataclass(frozen=True)
+class CandidateLoadFailed:
+    """The verified candidate could not be loaded into an engine (staging)."""
+
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -226,6 +249,7 @@ UpdateEvent = (
     | TrialFailed
     | Recovered
     | Cancelled
+    | CandidateLoadFailed
 )
 
 EVENT_TYPES: tuple[type[UpdateEvent], ...] = (
@@ -243,6 +267,7 @@ EVENT_TYPES: tuple[type[UpdateEvent], ...] = (
     TrialFailed,
     Recovered,
     Cancelled,
+    CandidateLoadFailed,
 )
 
 
@@ -354,7 +379,11 @@ class RetryLimits:
 
     max_download_attempts: int = 5
     max_canary_attempts: int = 3
+    # Attributable crashes (see the module docstring) before the candidate is rejected.
     max_interruptions: int = 3
+    # A restart this soon after the candidate's last load, with no clean-stop marker, is its crash. Covers
+    # the default canary deadline (900 s) and watch window (600 s) of a candidate loaded once.
+    crash_window_s: float = 1800.0
 
 
 DEFAULT_LIMITS = RetryLimits()
@@ -375,6 +404,10 @@ class UpdateRecord:
     download_attempts: int = 0
     canary_attempts: int = 0
     interruptions: int = 0
+    crashes: int = 0
+    # When the candidate was last loaded (staging); a restart resuming ``canary``/``trial`` is ``resuming``.
+    candidate_loaded_at: datetime | None = None
+    resuming: UpdateState | None = None
     rejected: str | None = None
     failure: str | None = None
     canary_summary: str | None = None
@@ -411,6 +444,9 @@ class UpdateRecord:
             "download_attempts": self.download_attempts,
             "canary_attempts": self.canary_attempts,
             "interruptions": self.interruptions,
+            "crashes": self.crashes,
+            "candidate_loaded_at": self.candidate_loaded_at.isoformat() if self.candidate_loaded_at else None,
+            "resuming": self.resuming.value if self.resuming else None,
             "rejected": self.rejected,
             "failure": self.failure,
             "canary_summary": self.canary_summary,
@@ -464,6 +500,9 @@ class UpdateRecord:
             download_attempts=_count(data, "download_attempts"),
             canary_attempts=_count(data, "canary_attempts"),
             interruptions=_count(data, "interruptions"),
+            crashes=_count(data, "crashes"),
+            candidate_loaded_at=_optional_time(data, "candidate_loaded_at"),
+            resuming=_optional_state(data, "resuming"),
             rejected=_optional_digest(data, "rejected"),
             failure=_optional_str(data, "failure"),
             canary_summary=_optional_str(data, "canary_summary"),
@@ -517,6 +556,17 @@ def _count(data: Mapping[str, Any], key: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise RecordFormatError(f"update record: field {key!r} must be an integer >= 0, got {value!r}")
     return value
+
+
+def _optional_state(data: Mapping[str, Any], key: str) -> UpdateState | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    try:
+        return UpdateState(str(value))
+    except ValueError:
+        known = ", ".join(s.value for s in UpdateState)
+        raise RecordFormatError(f"update record: field {key!r} must be one of {known} or null, got {value!r}") from None
 
 
 def _optional_time(data: Mapping[str, Any], key: str) -> datetime | None:
@@ -602,6 +652,9 @@ def _start_candidate(record: UpdateRecord, event: DesiredBundleChanged, now: dat
         download_attempts=1,
         canary_attempts=0,
         interruptions=record.interruptions if same_candidate and event.digest != record.rejected else 0,
+        crashes=record.crashes if same_candidate and event.digest != record.rejected else 0,
+        candidate_loaded_at=None,
+        resuming=None,
         failure=None,
         canary_summary=None,
         assignment_id=event.assignment_id,
@@ -659,31 +712,71 @@ def _on_cancelled(record: UpdateRecord, event: Cancelled, now: datetime, limits:
     return _cancel(record, now, event.reason)
 
 
+_LOADED: frozenset[UpdateState] = frozenset({UpdateState.STAGED, UpdateState.CANARY, UpdateState.TRIAL})
+
+
+def crash_attributable(record: UpdateRecord, event: Recovered, now: datetime, limits: RetryLimits) -> bool:
+    """Whether the restart ``event`` at ``now`` counts as a crash of the candidate (module docstring)."""
+    if event.clean_shutdown or record.state not in _LOADED or record.candidate is None:
+        return False
+    loaded_at = record.candidate_loaded_at or record.entered_at
+    return (now - loaded_at).total_seconds() <= limits.crash_window_s
+
+
 def _on_recovered(record: UpdateRecord, event: Recovered, now: datetime, limits: RetryLimits) -> Decision:
     if record.state in SETTLED:
         keep = _keep(record, record.candidate if record.candidate != record.rejected else None)
         return _go(record, record.state, now, SwapToCommitted(record.committed), CollectGarbage(keep))
-    assert record.candidate is not None
+    candidate = record.candidate
+    assert candidate is not None
+    crashed = crash_attributable(record, event, now, limits)
+    crashes = record.crashes + (1 if crashed else 0)
     interruptions = record.interruptions + 1
-    reason = f"interrupted at {record.state.value}"
-    rejection: dict[str, Any] = {}
-    if interruptions >= limits.max_interruptions:
-        rejection = _rejected(record)
-        reason = f"{reason}; interrupted {interruptions} times, giving up on {record.candidate}"
-    keep_partial = record.state == UpdateState.DOWNLOADING and not rejection
-    target = UpdateState.ROLLED_BACK if record.state in _CANDIDATE_RAN else UpdateState.FAILED
-    # Nothing is running at start-up, so there is no evaluation to stop and no candidate being served.
-    return _go(
-        record,
-        target,
-        now,
-        SwapToCommitted(record.committed),
-        DiscardCandidate(record.candidate, keep_partial=keep_partial),
-        CollectGarbage(_keep(record, record.candidate if keep_partial else None)),
-        interruptions=interruptions,
-        failure=reason,
-        **rejection,
-    )
+    how = "stopped cleanly" if event.clean_shutdown else ("crashed" if crashed else "died")
+    if crashes >= limits.max_interruptions:
+        # Nothing is running at start-up, so there is no evaluation to stop and no candidate being served.
+        return _go(
+            record,
+            UpdateState.ROLLED_BACK,
+            now,
+            SwapToCommitted(record.committed),
+            DiscardCandidate(candidate, keep_partial=False),
+            CollectGarbage(_keep(record)),
+            interruptions=interruptions,
+            crashes=crashes,
+            resuming=None,
+            failure=(
+                f"interrupted at {record.state.value}: the process crashed {crashes} times while {candidate} "
+                f"was loaded or serving (max_interruptions {limits.max_interruptions}); giving up on it"
+            ),
+            **_rejected(record),
+        )
+    counted = f"; crash {crashes} of {limits.max_interruptions} counted against it" if crashed else ""
+    note = f"resumed at {record.state.value} after the process {how}{counted}"
+    changes: dict[str, Any] = {"interruptions": interruptions, "crashes": crashes, "failure": note}
+    collect = CollectGarbage(_keep(record, candidate))
+    serve = SwapToCommitted(record.committed)
+    match record.state:
+        case UpdateState.DOWNLOADING:
+            artifacts = record.candidate_artifacts
+            return _go(record, record.state, now, serve, collect, StartDownload(candidate, artifacts), **changes)
+        case UpdateState.VERIFYING:
+            return _go(
+                record, record.state, now, serve, collect, Verify(candidate, record.candidate_artifacts), **changes
+            )
+        case _:
+            # staged / canary / trial: verify the slot again, then load it and resume the canary or the trial.
+            resuming = UpdateState.TRIAL if record.state == UpdateState.TRIAL else UpdateState.CANARY
+            return _go(
+                record,
+                UpdateState.VERIFYING,
+                now,
+                serve,
+                collect,
+                Verify(candidate, record.candidate_artifacts),
+                resuming=resuming,
+                **changes,
+            )
 
 
 def _on_download_completed(
@@ -732,8 +825,29 @@ def _on_disk_insufficient(
 def _on_verification_passed(
     record: UpdateRecord, event: VerificationPassed, now: datetime, limits: RetryLimits
 ) -> Decision:
-    assert record.candidate is not None
-    return _go(record, UpdateState.STAGED, now, Stage(record.candidate), StartCanary(record.candidate))
+    candidate = record.candidate
+    assert candidate is not None
+    if record.resuming == UpdateState.TRIAL:
+        # The canary passed before the restart (the record was in trial): serve it again and watch anew.
+        return _go(
+            record,
+            UpdateState.TRIAL,
+            now,
+            Stage(candidate),
+            SwapToCandidate(candidate),
+            StartWatch(candidate),
+            candidate_loaded_at=now,
+            resuming=None,
+        )
+    return _go(
+        record,
+        UpdateState.STAGED,
+        now,
+        Stage(candidate),
+        StartCanary(candidate),
+        candidate_loaded_at=now,
+        resuming=None,
+    )
 
 
 def _on_verification_failed(
@@ -764,6 +878,18 @@ def _on_canary_failed(record: UpdateRecord, event: CanaryFailed, now: datetime, 
         DiscardCandidate(record.candidate, keep_partial=False),
         **_rejected(record),
         failure=f"canary failed: {event.reason}",
+    )
+
+
+def _on_load_failed(record: UpdateRecord, event: CandidateLoadFailed, now: datetime, limits: RetryLimits) -> Decision:
+    assert record.candidate is not None
+    return _go(
+        record,
+        UpdateState.ROLLED_BACK,
+        now,
+        *_abandon_effects(record, keep_partial=False),
+        **_rejected(record),
+        failure=f"candidate could not be loaded: {event.reason}",
     )
 
 
@@ -820,6 +946,9 @@ def _on_trial_passed(record: UpdateRecord, event: TrialPassed, now: datetime, li
         download_attempts=0,
         canary_attempts=0,
         interruptions=0,
+        crashes=0,
+        candidate_loaded_at=None,
+        resuming=None,
         failure=None,
     )
 
@@ -852,6 +981,9 @@ TRANSITIONS: dict[tuple[UpdateState, type[UpdateEvent]], Handler] = {
     (_S.STAGED, CanaryStarted): _on_canary_started,
     # Loading the candidate off the frame path can fail before the canary starts: same outcome.
     (_S.STAGED, CanaryFailed): _on_canary_failed,
+    (_S.STAGED, CandidateLoadFailed): _on_load_failed,
+    # A resumed trial loads its candidate in trial.
+    (_S.TRIAL, CandidateLoadFailed): _on_load_failed,
     (_S.CANARY, CanaryFailed): _on_canary_failed,
     (_S.CANARY, CanaryInconclusive): _on_canary_inconclusive,
     (_S.CANARY, CanaryPassed): _on_canary_passed,
@@ -868,6 +1000,8 @@ def decide(record: UpdateRecord, event: UpdateEvent, now: datetime, limits: Retr
     return handler(record, event, now, limits)
 
 
-def recover(record: UpdateRecord, now: datetime, limits: RetryLimits = DEFAULT_LIMITS) -> Decision:
-    """The start-up decision: serve the last committed bundle, abandon whatever was in progress."""
-    return decide(record, Recovered(), now, limits)
+def recover(
+    record: UpdateRecord, now: datetime, limits: RetryLimits = DEFAULT_LIMITS, *, clean_shutdown: bool = False
+) -> Decision:
+    """The start-up decision: serve the last committed bundle, resume whatever was in progress."""
+    return decide(record, Recovered(clean_shutdown=clean_shutdown), now, limits)
