@@ -95,7 +95,7 @@ async def test_every_key_names_its_layer_and_the_bundle_sits_between_defaults_an
         ]
         assert values["canary.min_seconds"] == (10, "bundle shelf@2.0.0")
         assert values["canary.min_frames"] == (60, "SiteConfig/wa")
-        assert values["sla.percentile"] == (95, "bundle shelf@2.0.0")
+        assert values["sla.thermal_buffer"] == (0.0, "defaults")
         assert values["sla.latency_ms"] == (80, "FleetConfig/default")
         assert values["inference.providers"] == (["tensorrt", "cuda", "cpu"], "bundle shelf@2.0.0")
         assert json.loads(reply.config_json) == operator  # the bundle never enters what is sent

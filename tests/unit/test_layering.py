@@ -89,8 +89,8 @@ CASES = [
     ),
     Case(
         "site overrides fleet",
-        fleet("{sla: {latency_ms: 80, percentile: 99}}") + site("{sla: {latency_ms: 50}}"),
-        {"sla.latency_ms": 50, "sla.percentile": 99},
+        fleet("{sla: {latency_ms: 80, thermal_buffer: 0.2}}") + site("{sla: {latency_ms: 50}}"),
+        {"sla.latency_ms": 50, "sla.thermal_buffer": 0.2},
         ("FleetConfig/default", "SiteConfig/wa"),
     ),
     Case(
@@ -132,7 +132,7 @@ CASES = [
         fleet("{sla: {latency_ms: 80}, review: {jpeg_quality: 50, max_per_hour: 10}}")
         + site("{sla: {latency_ms: null}, review: {jpeg_quality: null}}"),
         # The null unsets the operator's value; the built-in one applies again.
-        {"review.max_per_hour": 10, "review.jpeg_quality": 85, "sla.percentile": 95},
+        {"review.max_per_hour": 10, "review.jpeg_quality": 85, "sla.thermal_buffer": 0.0},
         ("FleetConfig/default", "SiteConfig/wa"),
         absent=("sla.latency_ms", "review.jpeg_quality"),
     ),

@@ -281,9 +281,9 @@ ERROR_CASES: list[tuple[str, str, str]] = [
         "m.yaml:7 spec.selector.tags.floor: must be a string (quote numbers and yes/no), got integer 2",
     ),
     (
-        "percentile out of range",
-        FLEET + "    sla: {percentile: 100}\n",
-        "m.yaml:7 spec.config.sla.percentile: must be <= 99.9, got 100",
+        "thermal buffer out of range",
+        FLEET + "    sla: {thermal_buffer: 1.5}\n",
+        "m.yaml:7 spec.config.sla.thermal_buffer: must be <= 1, got 1.5",
     ),
     (
         "bad pem",

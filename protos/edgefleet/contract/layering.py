@@ -24,7 +24,7 @@ Built-in defaults (``sla.latency_ms`` has none: the bundle's own SLA applies unl
 frame ``source`` has none: the device's ``--source`` applies unless a layer sets one):
 
     inference  conf_threshold 0.5, providers [tensorrt, cuda, cpu], fp16 false, precision auto
-    sla        percentile 95, thermal_buffer 0.0
+    sla        thermal_buffer 0.0 (the budget applies to p95: there is no percentile key)
     canary     min_frames 300, min_seconds 30, headroom 0.2, max_p95_ratio 1.10, psi_max 0.25,
                ks_alpha 0.01, min_agreement 0.9, inconclusive_limit 2, watch_window_s 600, deadline_s 900,
                watch_shadow_every_ms 100, watch_shadow_max_share 0.25
@@ -71,7 +71,7 @@ _DEFAULTS: dict[str, Any] = {
         "fp16": False,
         "precision": "auto",
     },
-    "sla": {"percentile": 95, "thermal_buffer": 0.0},
+    "sla": {"thermal_buffer": 0.0},
     "canary": {
         "min_frames": 300,
         "min_seconds": 30,

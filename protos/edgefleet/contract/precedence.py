@@ -8,9 +8,10 @@ effective DEVICE``, with the device's desired bundle, else its running one). Low
 
 - ``defaults`` is ``DEFAULT_CONFIG`` (``edgefleet.contract.layering``).
 - The bundle layer is what the bundle declares in ``bundle.json`` (``bundle_policy``): its ``canary``
-  section, its latency SLA (``latency.sla_ms`` / ``latency.percentile`` → ``sla.latency_ms`` /
-  ``sla.percentile``), its detection/classification threshold (``postprocess.conf_threshold`` →
-  ``inference.conf_threshold``) and its provider preference (``providers`` → ``inference.providers``).
+  section, its latency SLA (``latency.sla_ms`` → ``sla.latency_ms``; the canary judges p95, so the
+  manifest's ``latency.percentile`` is not a policy key), its detection/classification threshold
+  (``postprocess.conf_threshold`` → ``inference.conf_threshold``) and its provider preference
+  (``providers`` → ``inference.providers``).
 - The operator layers are the config manifests. The controller merges them into the device's effective
   config (``DesiredState.config_json`` / ``config_digest``), which holds ONLY what operators set: neither
   the defaults nor any bundle's policy are baked in, so a bundle's ``canary: {min_frames: 100}`` takes
@@ -124,7 +125,7 @@ def bundle_policy(manifest: BundleManifest) -> dict[str, Any]:
             "conf_threshold": manifest.postprocess.conf_threshold,
             "providers": list(manifest.providers),
         },
-        "sla": {"latency_ms": manifest.latency.sla_ms, "percentile": manifest.latency.percentile},
+        "sla": {"latency_ms": manifest.latency.sla_ms},
         "canary": {
             "min_frames": canary.min_frames,
             "min_seconds": canary.min_seconds,
