@@ -60,6 +60,7 @@ from edgefleet_controller.fleet_feed import FleetFeed
 from edgefleet_controller.hub import SyncHub
 from edgefleet_controller.metrics import ControllerMetrics
 from edgefleet_controller.replicas import ChangeRelay
+from edgefleet_controller.rollout.configs import StoreConfigTargets, resolve_config_ref, with_staged
 from edgefleet_controller.rollout.service import RolloutService
 from edgefleet_controller.store import BlobStore, EventInput, Store
 from edgefleet_controller.store import errors as serr
@@ -201,7 +202,14 @@ class ControllerApp:
         self.blobs = BlobStore(self.data_dir / "blobs")
         self.hub = SyncHub()
         self.feed = FleetFeed()
-        self.rollouts = RolloutService(self.store, self.hub, self.clock, holder=replica_id(self.data_dir))
+        self.rollouts = RolloutService(
+            self.store,
+            self.hub,
+            self.clock,
+            holder=replica_id(self.data_dir),
+            configs=StoreConfigTargets(self.store, self.blobs),
+            on_configs_changed=self._assign_all_configs,
+        )
         self.telemetry = TelemetryService(self.store, self.clock, self.feed)
         self.relay: ChangeRelay | None = None
         if self.store.engine.dialect.name == "postgresql":
@@ -364,6 +372,7 @@ class ControllerApp:
             msg.desired.config_digest = desired.config_digest or ""
             msg.desired.rollout_id = desired.rollout_id or ""
             msg.desired.reason = desired.reason or ""
+            msg.desired.assignment_id = desired.assignment_id or ""
         return msg
 
     @staticmethod
@@ -449,6 +458,8 @@ class ControllerApp:
             device = await asyncio.to_thread(self.store.get_device, device_id)
             self.feed.publish_device(fleet_pb2.FleetEvent.KIND_UPDATED, self.device_message(device, desired))
             self._device_counts_changed()
+            # a bundle this report shows failing (FAIL verdict or rollback under an assignment) is remembered
+            await self.rollouts.note_report(device, MessageToDict(reported, preserving_proto_field_name=True))
         return desired
 
     async def desired_message(self, desired: DesiredState) -> common_pb2.DesiredState:
@@ -458,6 +469,7 @@ class ControllerApp:
             config_digest=desired.config_digest or "",
             rollout_id=desired.rollout_id or "",
             reason=desired.reason or "",
+            assignment_id=desired.assignment_id or "",
         )
         if desired.bundle_digest:
             pieces = await self._pieces_of(desired.bundle_digest)
@@ -545,6 +557,12 @@ class ControllerApp:
             inputs.append(EventInput(kind, payload, at, seq))
         stored = await asyncio.to_thread(self.store.record_events, device_id, inputs, self.clock())
         await self._record_profiles(device_id, events)
+        verdicts = [(ev, i) for ev, i in zip(events, inputs, strict=True) if ev.kind == ev.KIND_CANARY_VERDICT]
+        if verdicts:
+            device = await asyncio.to_thread(self.store.get_device, device_id)
+            for ev, item in verdicts:
+                verdict = MessageToDict(ev.verdict, preserving_proto_field_name=True)
+                await self.rollouts.note_verdict(device, verdict, item.at)
         for ev in events:
             self.feed.publish_event(device_id, ev, site)
         self.rollouts.wake()
@@ -700,12 +718,26 @@ class ControllerApp:
         rec = await asyncio.to_thread(self.store.get_bundle, ref)
         manifest = BundleManifest.from_json_bytes(rec.manifest)
         running, _ = await asyncio.to_thread(lambda: self.store.list_devices(bundle=rec.digest, page_size=1000))
+        failures = await self.rollouts.bundle_failures(rec.digest)
         return fleet_pb2.GetBundleResponse(
             bundle=self.bundle_summary(rec),
             manifest=rec.manifest,
             signature=rec.signature,
             artifacts=self.artifact_refs(manifest),
             running_devices=len(running),
+            canary_failures=[
+                fleet_pb2.BundleFailure(
+                    bundle_digest=f.bundle_digest,
+                    device_id=f.device_id,
+                    device_name=f.device_name,
+                    rollout_id=f.rollout_id or "",
+                    assignment_id=f.assignment_id,
+                    kind=f.kind,
+                    summary=f.summary,
+                    at=to_timestamp(f.at),
+                )
+                for f in failures
+            ],
         )
 
     async def list_bundles(self, name: str) -> list[common_pb2.BundleSummary]:
@@ -745,26 +777,40 @@ class ControllerApp:
     async def _assign_configs(
         self, devices: Sequence[DeviceRecord], docs: Sequence[ManifestDoc] | None = None
     ) -> list[str]:
-        """Compute each device's effective config; give a new desired revision to those that changed."""
+        """Compute each device's effective config; give a new desired revision to those that changed.
+
+        A device a running config rollout has moved keeps that rollout's target: its config is computed with
+        the rollout's staged revision in place (``RolloutService.config_overrides``), and the change stays the
+        rollout's (``rollout_id``), so its outcome under the new assignment still counts for the rollout."""
         if docs is None:
             docs = await self.config_documents()
+        overrides = await self.rollouts.config_overrides()
         changed: list[str] = []
-        by_digest: dict[str, list[str]] = {}
+        by_target: dict[tuple[str, str | None], list[str]] = {}
         desired = await self.desired_of_many([d.id for d in devices])
         for device in devices:
-            config = effective_config(docs, self.facts_of(device))
+            override = overrides.get(device.id)
+            layered = with_staged(docs, override[1]) if override is not None else docs
+            config = effective_config(layered, self.facts_of(device))
             current = desired.get(device.id)
             if current is None or current.config_digest != config.digest:
                 await self._store_config(config)
-                by_digest.setdefault(config.digest, []).append(device.id)
-        for digest, ids in by_digest.items():
+                by_target.setdefault((config.digest, override[0] if override else None), []).append(device.id)
+        for (digest, rollout_id), ids in by_target.items():
             now = self.clock()
+            reason = "config applied" if rollout_id is None else f"config applied (rollout {rollout_id} target kept)"
             await asyncio.to_thread(
-                functools.partial(self.store.set_desired, ids, config_digest=digest, reason="config applied", now=now)
+                functools.partial(
+                    self.store.set_desired, ids, config_digest=digest, reason=reason, now=now, rollout_id=rollout_id
+                )
             )
             changed.extend(ids)
         self.hub.notify(changed)
         return changed
+
+    async def _assign_all_configs(self) -> list[str]:
+        """Every device's config recomputed (after a config rollout made its staged revision live)."""
+        return await self._assign_configs(await self.all_devices())
 
     async def all_devices(self, **filters: Any) -> list[DeviceRecord]:
         out: list[DeviceRecord] = []
@@ -787,42 +833,71 @@ class ControllerApp:
             raise cerr.InvalidArgument("ApplyConfig: no manifest documents in the request")
         config_docs = [d for d in docs if d.kind != ManifestKind.ROLLOUT]
         rollout_docs = [d for d in docs if d.kind == ManifestKind.ROLLOUT]
+        # Config documents a Rollout of this request targets (or all of them, with ``stage``) are stored
+        # staged, not live: they take effect through that rollout, device by device.
+        refs = [d.ref for d in config_docs]
+        targeted = {resolve_config_ref(RolloutService.manifest_config_target(d), refs) for d in rollout_docs}
+        staged_docs = [d for d in config_docs if request.stage or d.ref in targeted]
+        live_docs = [d for d in config_docs if d not in staged_docs]
+        claimed = {s.ref: s.rollout_id for s in await self.rollouts.staged() if s.rollout_id}
+        for d in live_docs:
+            if d.ref in claimed:
+                raise cerr.FailedPrecondition(
+                    f"{d.location}: {d.ref} has a revision staged for rollout {claimed[d.ref]}, which makes it live "
+                    "when it completes; wait for it or abort it before applying another live version"
+                )
         current = {(d.kind, d.name): d for d in await self.config_documents()}
         merged = dict(current)
-        for d in config_docs:
+        for d in live_docs:
             merged[(d.kind, d.name)] = d
         try:
             check_document_set(list(merged.values()))
+            for d in staged_docs:
+                check_document_set(with_staged(list(merged.values()), d))
         except ManifestError as exc:
             raise cerr.InvalidArgument(str(exc)) from None
         devices = await self.all_devices()
         # Validate every device's merged config before anything is stored: a bad layer changes nothing.
         for device in devices:
             effective_config(list(merged.values()), self.facts_of(device))
+            for d in staged_docs:
+                effective_config(with_staged(list(merged.values()), d), self.facts_of(device))
         results = []
-        for d in config_docs:
+        for d in live_docs:
             old = current.get((d.kind, d.name))
             status = (
                 "created" if old is None else ("unchanged" if old.content_digest == d.content_digest else "configured")
             )
             results.append(f"{d.kind}/{d.name} {status}")
-        # Rollout documents are checked (target bundle, strategy) before anything is stored.
+        # Rollout documents are checked (target bundle or staged config, strategy, admission) before anything
+        # is stored.
         for d in rollout_docs:
-            await self.rollouts.check_manifest(d)
+            await self.rollouts.check_manifest(d, staged_here=[c.ref for c in staged_docs])
         if request.dry_run:
+            results.extend(f"{d.ref} valid (not staged: dry run)" for d in staged_docs)
             results.extend(f"Rollout/{d.name} valid (not created: dry run)" for d in rollout_docs)
             revision = await asyncio.to_thread(self.store.config_revision)
             return fleet_pb2.ApplyConfigResponse(revision=revision, results=results)
-        inputs = [
-            ConfigDocInput(
-                kind=str(d.kind),
-                name=d.name,
-                site=d.site,
-                doc_json=json.dumps(d.to_dict(), sort_keys=True, separators=(",", ":")),
-                content_digest=d.content_digest,
+
+        def stored(docs: Sequence[ManifestDoc]) -> list[ConfigDocInput]:
+            return [
+                ConfigDocInput(
+                    kind=str(d.kind),
+                    name=d.name,
+                    site=d.site,
+                    doc_json=json.dumps(d.to_dict(), sort_keys=True, separators=(",", ":")),
+                    content_digest=d.content_digest,
+                )
+                for d in docs
+            ]
+
+        inputs = stored(live_docs)
+        if staged_docs:
+            outcomes = await self.rollouts.stage_configs(stored(staged_docs), applied_by)
+            results.extend(
+                f"{d.ref} {outcome} (live when a Rollout of it completes)"
+                for d, outcome in zip(staged_docs, outcomes, strict=True)
             )
-            for d in config_docs
-        ]
         revision = await asyncio.to_thread(lambda: self.store.apply_config_documents(inputs, applied_by, self.clock()))
         changed = await self._assign_configs(devices, list(merged.values()))
         rollout_ids = []
@@ -830,7 +905,13 @@ class ControllerApp:
             rollout = await self.rollouts.create_from_manifest(d, requested_by=applied_by)
             rollout_ids.append(rollout.id)
             results.append(f"Rollout/{d.name} created as {rollout.id}")
-        log.info("config.applied", revision=revision, documents=len(inputs), devices_changed=len(changed))
+        log.info(
+            "config.applied",
+            revision=revision,
+            documents=len(inputs),
+            staged=len(staged_docs),
+            devices_changed=len(changed),
+        )
         return fleet_pb2.ApplyConfigResponse(
             revision=revision, results=results, devices_changed=len(changed), rollout_ids=rollout_ids
         )
@@ -899,6 +980,8 @@ class ControllerApp:
                 bundle_digest=bundle.digest,
                 reason=f"set-bundle {bundle.name}@{bundle.version}",
                 now=self.clock(),
+                # every SetDesiredBundle is a new decision: a bundle a device rejected is retried under it
+                reassign=True,
             )
         )
         woken = self.hub.notify(ids)

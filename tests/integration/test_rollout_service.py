@@ -110,19 +110,26 @@ def report(
     update_state: str = "COMMITTED",
     candidate: str = "",
     verdict: dict[str, Any] | None = None,
-) -> None:
+    echo: bool = True,
+) -> dict[str, Any]:
+    """Write a report as the Sync RPC does. Like the edge runtime, the device echoes the assignment of its
+    current desired state (``echo``), with its update state and its verdict."""
     desired = store.get_desired(device_id)
     state: dict[str, Any] = {
         "update_state": f"UPDATE_STATE_{update_state}",
         "applied_revision": str(desired.revision),
     }
+    assignment = desired.assignment_id if echo and desired.assignment_id else ""
+    if assignment:
+        state["assignment_id"] = assignment
     if running:
         state["running_bundle_digest"] = running
     if candidate:
         state["candidate_bundle_digest"] = candidate
     if verdict:
-        state["last_verdict"] = verdict
+        state["last_verdict"] = {**verdict, "assignment_id": assignment} if assignment else verdict
     store.record_report(device_id, {"running_bundle": running, "health": "serving", "slots": {}, "state": state}, now)
+    return state
 
 
 def assigned_to(store: Store, ids: list[str], digest: str) -> list[str]:

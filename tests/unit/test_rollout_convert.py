@@ -214,32 +214,77 @@ def record(state: dict[str, Any], running: str | None = V1, last_seen: datetime 
     )
 
 
-def test_fact_rules() -> None:
-    desired = DesiredRow(V2, 3)
-    committed = device_fact(record({"update_state": "UPDATE_STATE_COMMITTED"}, running=V2), desired, V2, T0)
+ASG = "ro_1/d/w1"
+ASSIGNED = Assignment(1, V1, T0, "berlin", assignment_id=ASG)
+OURS = frozenset({ASG})
+
+
+def fact(state: dict[str, Any], running: str | None = V1, **kwargs: Any) -> DeviceFact:
+    kwargs.setdefault("assignment", ASSIGNED)
+    kwargs.setdefault("accepted", OURS)
+    at = kwargs.pop("now", T0)
+    return device_fact(record(state, running=running), DesiredRow(V2, 3, ASG, "ro_1"), V2, at, **kwargs)
+
+
+def test_fact_rules_count_only_outcomes_under_the_assignment() -> None:
+    committed = fact({"update_state": "UPDATE_STATE_COMMITTED", "assignment_id": ASG}, running=V2)
     assert committed.succeeded and not committed.failed and committed.update_state == "committed"
-    # an old failure the device has not yet replaced with work on the target does not count
-    stale = device_fact(record({"update_state": "UPDATE_STATE_FAILED", "applied_revision": "2"}), desired, V2, T0)
-    assert not stale.failed
-    applied = device_fact(record({"update_state": "UPDATE_STATE_FAILED", "applied_revision": "3"}), desired, V2, T0)
-    assert applied.failed
-    rolled = device_fact(
-        record({"update_state": "UPDATE_STATE_ROLLED_BACK", "candidate_bundle_digest": V2}), desired, V2, T0
-    )
+    failed = fact({"update_state": "UPDATE_STATE_FAILED", "assignment_id": ASG})
+    assert failed.failed and failed.update_state == "failed"
+    rolled = fact({"update_state": "UPDATE_STATE_ROLLED_BACK", "candidate_bundle_digest": V2, "assignment_id": ASG})
     assert rolled.rolled_back and not rolled.failed
-    verdict = {"outcome": "OUTCOME_FAIL", "candidate_digest": V2}
-    assert device_fact(record({"last_verdict": verdict}), desired, V2, T0).failed
-    assert not device_fact(record({"last_verdict": {**verdict, "candidate_digest": V1}}), desired, V2, T0).failed
-    offline = device_fact(record({}), desired, V2, T0 + timedelta(seconds=121))
-    assert not offline.online and offline.update_state == "idle"
-    assert device_fact(record({}), desired, V2, T0 + timedelta(seconds=120)).online
-    inconclusive = {"outcome": "OUTCOME_INCONCLUSIVE", "candidate_digest": V2}
-    assert device_fact(record({"last_verdict": inconclusive}), desired, V2, T0).inconclusive_count == 1
+    verdict = {"outcome": "OUTCOME_FAIL", "candidate_digest": V2, "assignment_id": ASG}
+    assert fact({"last_verdict": verdict}).failed
+    inconclusive = {"outcome": "OUTCOME_INCONCLUSIVE", "candidate_digest": V2, "assignment_id": ASG}
+    assert fact({"last_verdict": inconclusive}).inconclusive_count == 1
+    offline = fact({}, now=T0 + timedelta(seconds=121))
+    assert not offline.online and not offline.succeeded
+    assert fact({}, now=T0 + timedelta(seconds=120)).online
 
 
-def test_inconclusive_counts_are_in_a_row_since_assignment() -> None:
-    def event(i: int, device: str, outcome: str, digest: str = V2, at: datetime = T0) -> EventRecord:
-        payload = {"verdict": {"outcome": f"OUTCOME_{outcome}", "candidate_digest": digest}}
+@pytest.mark.parametrize("echo", ["", "ro_0/d/w1", "asg_0123456789abcdef"])
+def test_fact_rules_never_count_an_earlier_assignment(echo: str) -> None:
+    """The same outcomes under another (or no) assignment: for or against, nothing counts; in flight."""
+    old = {"assignment_id": echo} if echo else {}
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"update_state": "UPDATE_STATE_COMMITTED", **old}, V2),  # committed V2 under another assignment
+        ({"update_state": "UPDATE_STATE_FAILED", **old}, V1),
+        ({"update_state": "UPDATE_STATE_ROLLED_BACK", "candidate_bundle_digest": V2, **old}, V1),
+        ({"last_verdict": {"outcome": "OUTCOME_FAIL", "candidate_digest": V2, **old}}, V1),
+        ({"last_verdict": {"outcome": "OUTCOME_INCONCLUSIVE", "candidate_digest": V2, **old}}, V1),
+    ]
+    for state, running in cases:
+        seen = fact(state, running=running)
+        assert not (seen.failed or seen.rolled_back or seen.succeeded), (state, seen)
+        assert seen.inconclusive_count == 0 and seen.update_state == "" and seen.last_verdict_outcome is None
+    # not assigned at all: nothing counts either, and the state is shown as reported
+    pending = fact({"update_state": "UPDATE_STATE_ROLLED_BACK", "assignment_id": ASG}, assignment=None)
+    assert not (pending.failed or pending.rolled_back or pending.succeeded)
+    assert pending.update_state == "rolled_back"
+
+
+def test_a_device_already_on_the_target_when_assigned_succeeds_without_an_echo() -> None:
+    already = Assignment(1, V2, T0, "berlin", assignment_id=ASG)
+    seen = fact(
+        {"update_state": "UPDATE_STATE_ROLLED_BACK", "assignment_id": "ro_0/d/w1"}, running=V2, assignment=already
+    )
+    assert seen.succeeded and not seen.rolled_back
+    # but a device that ran something else when assigned must commit the target under this assignment
+    assert not fact({"update_state": "UPDATE_STATE_COMMITTED", "assignment_id": "ro_0/d/w1"}, running=V2).succeeded
+
+
+def test_config_target_succeeds_on_the_running_config_under_the_assignment() -> None:
+    c_live, c_target = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    state = {"update_state": "UPDATE_STATE_COMMITTED", "assignment_id": ASG, "running_config_digest": c_live}
+    kwargs: dict[str, Any] = {"target_config": c_target, "live_config": c_live}
+    assert not fact(state, running=V2, **kwargs).succeeded
+    done = fact({**state, "running_config_digest": c_target}, running=V2, **kwargs)
+    assert done.succeeded and done.running_config_digest == c_target and done.live_config_digest == c_live
+
+
+def test_inconclusive_counts_are_in_a_row_since_assignment_under_it() -> None:
+    def event(i: int, device: str, outcome: str, assignment: str = ASG, at: datetime = T0) -> EventRecord:
+        payload = {"verdict": {"outcome": f"OUTCOME_{outcome}", "candidate_digest": V2, "assignment_id": assignment}}
         return EventRecord(i, device, "canary_verdict", i, payload, at, at)
 
     events = [
@@ -248,6 +293,7 @@ def test_inconclusive_counts_are_in_a_row_since_assignment() -> None:
         event(3, "a", "INCONCLUSIVE"),
         event(4, "b", "INCONCLUSIVE"),
         event(5, "b", "PASS"),
-        event(6, "c", "INCONCLUSIVE", digest=V1),  # another bundle
+        event(6, "c", "INCONCLUSIVE", assignment="ro_0/c/w1"),  # an earlier rollout's verdict for the same bundle
     ]
-    assert inconclusive_counts(events, V2, {"a": T0, "b": T0, "c": T0}) == {"a": 2, "b": 0}
+    accepted = {"a": OURS, "b": OURS, "c": frozenset({"ro_1/c/w1"})}
+    assert inconclusive_counts(events, accepted, {"a": T0, "b": T0, "c": T0}) == {"a": 2, "b": 0}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import event, given, settings
@@ -52,7 +53,6 @@ def spec(
     return RolloutSpec(
         id="ro_test",
         bundle_digest=NEW,
-        config_digest="sha256:" + "c" * 64,
         selector=selector or Selector(),
         strategy=Strategy(waves=waves, bake_s=bake_s, max_parallel=max_parallel),
         gates=gates or Gates(),
@@ -501,3 +501,180 @@ def test_revert_of_a_device_that_ran_no_bundle_does_not_wait() -> None:
     assert phase_of(run) is RolloutPhase.ROLLING_BACK  # dev_a_01 still runs NEW until its tick
     run.step()
     assert phase_of(run) is RolloutPhase.ROLLED_BACK
+
+
+# ------------------------------------------------------------------ assignments, gates at transitions
+
+
+def test_assignments_carry_ids_recorded_in_the_state() -> None:
+    run = Run(spec(), Fleet.of(TWO_SITES))
+    first = run.step()
+    steps = [s for s in first.steps if isinstance(s, AssignBundle)]
+    assert [s.assignment_id for s in steps] == ["ro_test/dev_a_00/w1", "ro_test/dev_b_00/w1"]
+    assert run.state.assigned["dev_a_00"].assignment_id == "ro_test/dev_a_00/w1"
+    fleet = Fleet.of(TWO_SITES)
+    fleet.failing.add("dev_a_00")
+    failing = Run(spec(), fleet)
+    failing.step()
+    aborted = failing.step()
+    assert {s.assignment_id for s in aborted.steps if isinstance(s, RevertDevice)} == {
+        "ro_test/dev_a_00/revert",
+        "ro_test/dev_b_00/revert",
+    }
+
+
+def test_facts_of_devices_assigned_in_the_same_pass_never_count() -> None:
+    """Whatever an unassigned device's fact says (failed, rolled back, succeeded), it predates the assignment."""
+    fleet = Fleet.of({"a": 3})
+    for device_id, fact in fleet.facts.items():
+        fleet.facts[device_id] = replace(fact, failed=True, rolled_back=True, succeeded=True, inconclusive_count=5)
+    first = plan(spec((1, "100%")), RolloutState(), fleet.view(), T0)
+    assert [s.device_id for s in first.steps if isinstance(s, AssignBundle)] == ["dev_a_00"]
+    assert first.next_state.phase is RolloutPhase.RUNNING and first.next_state.wave == 1
+    assert not any(isinstance(s, RevertDevice) for s in first.steps)
+
+
+def test_approve_rechecks_every_earlier_wave_before_starting_the_next() -> None:
+    fleet = Fleet.of({"a": 4})
+    run = Run(spec((1, "50%", "100%"), gates=Gates(manual_approval=True)), fleet)
+    run.step()
+    run.step()
+    assert phase_of(run) is RolloutPhase.WAITING_APPROVAL
+    run.step(Approve())
+    assert run.state.wave == 2
+    run.step()
+    assert phase_of(run) is RolloutPhase.WAITING_APPROVAL and run.state.wave == 2
+    # the canary (wave 1) rolls back in its watch window while wave 2 waits for approval
+    fleet.facts["dev_a_00"] = replace(fleet.facts["dev_a_00"], rolled_back=True, succeeded=False)
+    approved = plan(run.spec, run.state, fleet.view(), run.now, commands=[Approve()])
+    assert approved.next_state.phase is RolloutPhase.ROLLING_BACK
+    assert approved.next_state.wave == 2  # wave 3 never started
+    assert not [s for s in approved.steps if isinstance(s, AssignBundle)]
+    assert "wave 1 (canary): 1 of 1 devices failed" in approved.next_state.message
+    assert "rollout.wave_started" not in events(approved)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    fleet=fleets(),
+    waves=WAVES,
+    bake_s=st.sampled_from([0.0, 10.0]),
+    late=st.dictionaries(st.integers(0, 20), st.integers(0, 6), max_size=3),
+    ratio=st.sampled_from([0.0, 0.5]),
+)
+def test_no_wave_starts_while_an_earlier_wave_exceeds_its_gate(
+    fleet: Fleet, waves: tuple[int | str, ...], bake_s: float, late: dict[int, int], ratio: float
+) -> None:
+    """Devices that succeeded and later fail (a watch-window rollback at a drawn tick): whenever a wave
+    starts, every earlier wave was within its gate on the facts of that very plan."""
+    for device_id, fact in fleet.facts.items():
+        fleet.facts[device_id] = replace(fact, online=True)
+    run = Run(spec(waves, bake_s=bake_s, gates=Gates(max_failed_ratio=ratio)), fleet)
+    ids = sorted(fleet.facts)
+    for tick in range(30):
+        for i, when in late.items():
+            if i < len(ids) and tick == when and ids[i] in run.state.assigned:
+                fleet.facts[ids[i]] = replace(fleet.facts[ids[i]], rolled_back=True, succeeded=False)
+        before, facts = run.state, dict(fleet.facts)
+        p = run.step(dt=5.0)
+        started = [s.fields["wave"] for s in p.steps if isinstance(s, Emit) and s.event == "rollout.wave_started"]
+        for wave in (w for w in started if w > 1):
+            for earlier in range(1, wave):
+                members = [d for d, a in before.assigned.items() if a.wave == earlier]
+                failed = [d for d in members if facts[d].rolled_back]
+                if earlier == 1 or ratio == 0.0:
+                    assert not failed, (wave, earlier, failed)
+        if run.state.phase.terminal:
+            break
+
+
+# ------------------------------------------------------------------ config targets
+
+LIVE = "sha256:" + "e" * 64
+
+
+def config_spec(waves: tuple[int | str, ...] = (1, "100%"), *, bundle: str | None = None, **kwargs: Any) -> RolloutSpec:
+    return RolloutSpec(
+        id="ro_cfg",
+        bundle_digest=bundle,
+        config="SiteConfig/a",
+        selector=Selector(sites=("a",)),
+        strategy=Strategy(waves=waves),
+        **kwargs,
+    )
+
+
+def config_facts(changed: Sequence[str], unchanged: Sequence[str]) -> dict[str, DeviceFact]:
+    out = {}
+    for device_id in [*changed, *unchanged]:
+        target = "sha256:" + device_id[-1] * 64 if device_id in changed else LIVE
+        out[device_id] = DeviceFact(
+            device_id,
+            "a",
+            running_bundle=OLD,
+            running_config_digest=LIVE,
+            live_config_digest=LIVE,
+            target_config_digest=target,
+        )
+    return out
+
+
+def test_a_config_rollout_assigns_each_device_its_own_target_and_skips_unchanged_devices() -> None:
+    facts = config_facts(["d1", "d2", "d3"], ["d0"])
+    first = plan(config_spec(), RolloutState(), list(facts.values()), T0)
+    (canary,) = [s for s in first.steps if isinstance(s, AssignBundle)]
+    # d0's config does not change: it is neither the canary nor ever assigned
+    assert canary.device_id == "d1" and canary.bundle_digest is None and canary.config_digest == "sha256:" + "1" * 64
+    assert first.next_state.assigned["d1"].config_digest == canary.config_digest
+    facts["d1"] = replace(facts["d1"], running_config_digest=canary.config_digest, succeeded=True)
+    second = plan(config_spec(), first.next_state, list(facts.values()), T0 + timedelta(seconds=1))
+    assigned = {s.device_id: s.config_digest for s in second.steps if isinstance(s, AssignBundle)}
+    assert assigned == {"d2": "sha256:" + "2" * 64, "d3": "sha256:" + "3" * 64}
+    for device_id in ("d2", "d3"):
+        facts[device_id] = replace(facts[device_id], succeeded=True)
+    done = plan(config_spec(), second.next_state, list(facts.values()), T0 + timedelta(seconds=2))
+    assert done.next_state.phase is RolloutPhase.COMPLETED
+    assert done.next_state.message == "3 devices on SiteConfig/a across 1 sites"
+
+
+@pytest.mark.parametrize("on_abort", list(OnAbort))
+def test_an_aborted_config_rollout_sends_configs_back_to_live(on_abort: OnAbort) -> None:
+    facts = config_facts(["d1", "d2"], [])
+    s = config_spec(on_abort=on_abort)
+    first = plan(s, RolloutState(), list(facts.values()), T0)
+    target = first.next_state.assigned["d1"].config_digest
+    facts["d1"] = replace(facts["d1"], running_config_digest=target, rolled_back=True)
+    aborted = plan(s, first.next_state, list(facts.values()), T0)
+    (revert,) = [x for x in aborted.steps if isinstance(x, RevertDevice)]
+    assert (revert.device_id, revert.to_config, revert.keep_bundle) == ("d1", LIVE, True)
+    assert revert.assignment_id == "ro_cfg/d1/revert"
+    if on_abort is OnAbort.HALT:
+        assert aborted.next_state.phase is RolloutPhase.ABORTED
+        return
+    assert aborted.next_state.phase is RolloutPhase.ROLLING_BACK  # d1 still runs the target config
+    facts["d1"] = replace(facts["d1"], running_config_digest=LIVE)
+    back = plan(s, aborted.next_state, list(facts.values()), T0)
+    assert back.next_state.phase is RolloutPhase.ROLLED_BACK
+    assert back.next_state.message.endswith("1 devices back on their live configs")
+
+
+def test_a_bundle_and_config_rollout_takes_both_and_covers_unchanged_configs() -> None:
+    facts = config_facts(["d1"], ["d0"])
+    s = config_spec((1, "100%"), bundle=NEW)
+    first = plan(s, RolloutState(), list(facts.values()), T0)
+    (canary,) = [x for x in first.steps if isinstance(x, AssignBundle)]
+    assert canary.device_id == "d0" and canary.bundle_digest == NEW and canary.config_digest == LIVE
+
+
+def test_a_config_rollout_that_changes_no_selected_device_completes_at_once() -> None:
+    facts = config_facts([], ["d0", "d1"])
+    done = plan(config_spec(), RolloutState(), list(facts.values()), T0)
+    assert done.next_state.phase is RolloutPhase.COMPLETED
+    assert "changes no selected device's config" in done.next_state.message
+
+
+def test_spec_needs_a_bundle_or_a_config_document() -> None:
+    with pytest.raises(RolloutSpecError, match=r"needs a bundle .* a config document .* got neither"):
+        RolloutSpec(id="ro_x")
+    with pytest.raises(RolloutSpecError, match=r"config target must be 'Kind/name'.*got 'warehouse-a'"):
+        RolloutSpec(id="ro_x", config="warehouse-a")

@@ -32,6 +32,7 @@ from edgefleet_controller.rollout.model import (
     RolloutState,
     Selector,
     Strategy,
+    reverted,
 )
 
 DEFAULT_INCONCLUSIVE_LIMIT = Gates().inconclusive_limit
@@ -43,7 +44,7 @@ def spec_to_dict(spec: RolloutSpec) -> dict[str, Any]:
     return {
         "id": spec.id,
         "bundle_digest": spec.bundle_digest,
-        "config_digest": spec.config_digest,
+        "config": spec.config,
         "selector": {"sites": list(spec.selector.sites), "tags": dict(spec.selector.tags)},
         "strategy": {
             "waves": list(spec.strategy.waves),
@@ -67,8 +68,8 @@ def spec_from_dict(data: Mapping[str, Any]) -> RolloutSpec:
     gates = data.get("gates", {})
     return RolloutSpec(
         id=data["id"],
-        bundle_digest=data["bundle_digest"],
-        config_digest=data.get("config_digest"),
+        bundle_digest=data.get("bundle_digest"),
+        config=data.get("config"),
         selector=Selector(sites=tuple(selector.get("sites", ())), tags=dict(selector.get("tags", {}))),
         strategy=Strategy(
             waves=tuple(strategy.get("waves", (1, "100%"))),
@@ -106,6 +107,9 @@ def state_to_dict(state: RolloutState) -> dict[str, Any]:
                 "previous_bundle_digest": a.previous_bundle_digest,
                 "assigned_at": a.assigned_at.isoformat(),
                 "site": a.site,
+                "assignment_id": a.assignment_id,
+                "previous_config_digest": a.previous_config_digest,
+                "config_digest": a.config_digest,
             }
             for device_id, a in sorted(state.assigned.items())
         },
@@ -124,6 +128,11 @@ def state_from_dict(data: Mapping[str, Any]) -> RolloutState:
             previous_bundle_digest=a.get("previous_bundle_digest"),
             assigned_at=at,
             site=a.get("site", ""),
+            # rows stored before assignment ids existed carry none: no report can match it, so such a
+            # device stays in flight rather than be judged on an outcome of unknown origin
+            assignment_id=str(a.get("assignment_id", "")),
+            previous_config_digest=a.get("previous_config_digest"),
+            config_digest=a.get("config_digest"),
         )
     return RolloutState(
         phase=RolloutPhase(data.get("phase", RolloutPhase.PENDING)),
@@ -175,8 +184,11 @@ def _on_abort(value: str, rollout_id: str) -> OnAbort:
         raise RolloutSpecError(f"rollout {rollout_id}: on_abort must be 'rollback' or 'halt', got {value!r}") from None
 
 
-def spec_from_request(rollout_id: str, bundle_digest: str, request: fleet_pb2.CreateRolloutRequest) -> RolloutSpec:
-    """The spec a ``CreateRolloutRequest`` asks for (its bundle already resolved to ``bundle_digest``).
+def spec_from_request(
+    rollout_id: str, bundle_digest: str | None, request: fleet_pb2.CreateRolloutRequest, config: str | None = None
+) -> RolloutSpec:
+    """The spec a ``CreateRolloutRequest`` asks for (its bundle already resolved to ``bundle_digest``, its
+    config document to the ``Kind/name`` ref ``config``).
 
     Raises ``RolloutSpecError`` naming the field and value when the strategy, gates or on_abort are invalid.
     """
@@ -185,6 +197,7 @@ def spec_from_request(rollout_id: str, bundle_digest: str, request: fleet_pb2.Cr
     return RolloutSpec(
         id=rollout_id,
         bundle_digest=bundle_digest,
+        config=config,
         selector=Selector(sites=tuple(request.selector.sites), tags=dict(request.selector.tags)),
         strategy=Strategy(
             waves=waves, bake_s=float(request.strategy.bake_s), max_parallel=int(request.strategy.max_parallel)
@@ -198,8 +211,10 @@ def spec_from_request(rollout_id: str, bundle_digest: str, request: fleet_pb2.Cr
     )
 
 
-def spec_from_manifest(rollout_id: str, bundle_digest: str, doc: ManifestDoc) -> RolloutSpec:
-    """The spec of a validated ``Rollout`` manifest document (its bundle already resolved)."""
+def spec_from_manifest(
+    rollout_id: str, bundle_digest: str | None, doc: ManifestDoc, config: str | None = None
+) -> RolloutSpec:
+    """The spec of a validated ``Rollout`` manifest document (its bundle and config document resolved)."""
     spec = doc.spec
     selector = spec.get("selector", {})
     strategy = spec.get("strategy", {})
@@ -208,6 +223,7 @@ def spec_from_manifest(rollout_id: str, bundle_digest: str, doc: ManifestDoc) ->
     return RolloutSpec(
         id=rollout_id,
         bundle_digest=bundle_digest,
+        config=config,
         selector=Selector(sites=tuple(selector.get("sites", ())), tags=dict(selector.get("tags", {}))),
         strategy=Strategy(
             waves=tuple(strategy.get("waves", defaults.waves)),
@@ -254,9 +270,7 @@ def device_status(spec: RolloutSpec, state: RolloutState, device_id: str, fact: 
     if assignment is None:
         return "pending"
     if device_id in state.reverting:
-        previous = assignment.previous_bundle_digest
-        back = fact is None or previous is None or fact.running_bundle == previous
-        return "rolled_back" if back else "reverting"
+        return "rolled_back" if reverted(spec, assignment, fact) else "reverting"
     if fact is None:
         return "assigned"
     if fact.failed or fact.inconclusive_count >= spec.gates.inconclusive_limit:
@@ -282,17 +296,21 @@ def rollout_message(
     facts: Sequence[DeviceFact] = (),
     names: Mapping[str, str] | None = None,
     verdicts: Mapping[str, Mapping[str, Any]] | None = None,
+    config_content_digest: str = "",
 ) -> fleet_pb2.Rollout:
     """The wire ``Rollout``: spec, state, and one ``DeviceRolloutStatus`` per assigned or selected device
     (assigned first, by wave then id; then pending ones by id). ``verdicts`` maps device id → the
-    reported ``last_verdict`` (a ``CanaryVerdict`` as a dict), shown only when it is about this target."""
+    reported ``last_verdict`` (a ``CanaryVerdict`` as a dict) of the devices whose verdict the shell
+    counted under this rollout's assignment; it is shown only for those."""
     names = names or {}
     verdicts = verdicts or {}
     by_id = {fact.device_id: fact for fact in facts}
     message = fleet_pb2.Rollout(
         id=spec.id,
         name=name,
-        bundle_digest=spec.bundle_digest,
+        bundle_digest=spec.bundle_digest or "",
+        config=spec.config or "",
+        config_content_digest=config_content_digest,
         selector=fleet_pb2.RolloutSelector(sites=list(spec.selector.sites), tags=dict(spec.selector.tags)),
         strategy=fleet_pb2.RolloutStrategy(
             waves=[str(w) for w in spec.strategy.waves],
@@ -332,9 +350,13 @@ def rollout_message(
             update_state=update_state_value(fact.update_state if fact is not None else ""),
             previous_bundle_digest=(assignment.previous_bundle_digest or "") if assignment else "",
             assigned_at=timestamp(assignment.assigned_at if assignment else None),
+            assignment_id=assignment.assignment_id if assignment else "",
+            target_config_digest=(
+                (assignment.config_digest if assignment else fact.target_config_digest if fact else None) or ""
+            ),
         )
         verdict = verdicts.get(device_id)
-        if verdict and verdict.get("candidate_digest") == spec.bundle_digest:
+        if verdict and assignment is not None:
             ParseDict(dict(verdict), status.verdict, ignore_unknown_fields=True)
         message.devices.append(status)
     return message

@@ -5,6 +5,11 @@ bake clock, the devices assigned so far — persisted by the shell between plans
 device as observed right now), the operator ``Command``s and the ``Step``s the planner returns. All
 frozen; validation happens at construction so the planner never meets a spec it cannot plan.
 
+A rollout's target is a bundle, a staged config document revision, or both (``RolloutSpec.bundle_digest``
+and ``RolloutSpec.config``). For a config target the per-device target is the device's effective config with
+the staged revision in place of the live one, so it differs per device; the shell computes it
+(``DeviceFact.target_config_digest``) and the planner assigns it wave by wave exactly like a bundle.
+
 Waves are cumulative per-site targets: ``(1, "10%", "50%", "100%")`` means one canary device per site,
 then 10 % of each site's selected devices (rounded up), and so on; a count is capped at the site's size,
 and a wave never shrinks below the one before it. If the last wave is not ``"100%"`` an implicit
@@ -26,6 +31,9 @@ from typing import Any
 from edgefleet_controller.rollout.errors import RolloutSpecError
 
 _PERCENT = re.compile(r"^(100|[1-9][0-9]?)%$")
+#: The config document kinds a config rollout may target, as ``Kind/name``.
+CONFIG_TARGET_KINDS = ("FleetConfig", "SiteConfig", "DeviceConfig")
+_CONFIG_REF = re.compile(r"^(FleetConfig|SiteConfig|DeviceConfig)/[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 
 
 class RolloutPhase(StrEnum):
@@ -181,11 +189,13 @@ class Gates:
 
 @dataclass(frozen=True)
 class RolloutSpec:
-    """What the operator asked for. ``config_digest`` None = a bundle-only rollout."""
+    """What the operator asked for: a target bundle, a staged config document (``config``, as
+    ``Kind/name``), or both. ``config`` None = a bundle-only rollout; ``bundle_digest`` None = config-only
+    (every device keeps its bundle)."""
 
     id: str
-    bundle_digest: str
-    config_digest: str | None = None
+    bundle_digest: str | None = None
+    config: str | None = None
     selector: Selector = field(default_factory=Selector)
     strategy: Strategy = field(default_factory=Strategy)
     gates: Gates = field(default_factory=Gates)
@@ -194,8 +204,20 @@ class RolloutSpec:
     def __post_init__(self) -> None:
         if not self.id:
             raise RolloutSpecError("rollout id must be non-empty, e.g. 'ro_01H…'")
-        if not self.bundle_digest:
-            raise RolloutSpecError(f"rollout {self.id}: bundle_digest must be a 'sha256:…' digest, got ''")
+        if not self.bundle_digest and not self.config:
+            raise RolloutSpecError(
+                f"rollout {self.id}: the target needs a bundle ('sha256:…' digest), a config document "
+                "('SiteConfig/<name>'), or both; got neither"
+            )
+        if self.bundle_digest == "":
+            object.__setattr__(self, "bundle_digest", None)
+        if self.config == "":
+            object.__setattr__(self, "config", None)
+        if self.config is not None and not _CONFIG_REF.match(self.config):
+            raise RolloutSpecError(
+                f"rollout {self.id}: config target must be 'Kind/name' with Kind one of "
+                f"{', '.join(CONFIG_TARGET_KINDS)}, e.g. 'SiteConfig/warehouse-a'; got {self.config!r}"
+            )
         try:
             object.__setattr__(self, "on_abort", OnAbort(self.on_abort))
         except ValueError:
@@ -207,19 +229,41 @@ class RolloutSpec:
     def waves_total(self) -> int:
         return len(self.strategy.wave_sizes)
 
+    @property
+    def target_text(self) -> str:
+        """``sha256:…``, ``SiteConfig/a`` or ``sha256:… with SiteConfig/a``, as messages name the target."""
+        if self.bundle_digest and self.config:
+            return f"{self.bundle_digest} with {self.config}"
+        return self.bundle_digest or self.config or ""
+
+    def assignment_id(self, device_id: str, wave: int) -> str:
+        """The id of this rollout's assignment of ``device_id`` (each device is assigned at most once)."""
+        return f"{self.id}/{device_id}/w{wave}"
+
+    def revert_id(self, device_id: str) -> str:
+        """The id of this rollout's revert of ``device_id`` (each device is reverted at most once)."""
+        return f"{self.id}/{device_id}/revert"
+
 
 @dataclass(frozen=True)
 class Assignment:
     """A device this rollout moved: in which wave, from which bundle (None = it ran none), when.
 
     ``site`` is the device's site (or group) at assignment time, so a device that later leaves the
-    selector or stops reporting still counts against its wave.
+    selector or stops reporting still counts against its wave. ``assignment_id`` is the identity of the
+    desired state the assignment gave the device: only outcomes the device reports under it (or under a
+    later desired state of this same rollout, see ``reconciler``) count for this rollout.
+    ``previous_config_digest`` is the config the device ran when assigned, ``config_digest`` the target
+    config assigned (config rollouts only).
     """
 
     wave: int
     previous_bundle_digest: str | None
     assigned_at: datetime
     site: str = ""
+    assignment_id: str = ""
+    previous_config_digest: str | None = None
+    config_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -246,7 +290,12 @@ class DeviceFact:
 
     ``succeeded`` = committed the target; ``failed`` = its update to the target failed; ``rolled_back``
     = it ran the target (canary/trial/watch) and went back; ``inconclusive_count`` = inconclusive
-    canary verdicts for the target in a row.
+    canary verdicts for the target in a row. The shell sets these only from outcomes reported under this
+    rollout's assignment of the device (never from an earlier one).
+
+    Configs: ``running_config_digest`` is what the device reports it runs; ``live_config_digest`` its
+    effective config from the live documents (what it goes back to); ``target_config_digest`` its
+    effective config with the rollout's staged revision in place (None for a bundle-only rollout).
     """
 
     device_id: str
@@ -261,6 +310,22 @@ class DeviceFact:
     succeeded: bool = False
     rolled_back: bool = False
     inconclusive_count: int = 0
+    running_config_digest: str | None = None
+    live_config_digest: str | None = None
+    target_config_digest: str | None = None
+
+
+def reverted(spec: RolloutSpec, assignment: Assignment, fact: DeviceFact | None) -> bool:
+    """Whether a device the rollout sent back is back: it runs its previous bundle again (when the rollout
+    changed its bundle) and its live config (when the rollout changed its config). A device with no fact
+    (gone), or one that ran no bundle before, has nothing to wait for on the bundle side."""
+    if fact is None:
+        return True
+    previous = assignment.previous_bundle_digest
+    if spec.bundle_digest is not None and previous is not None and fact.running_bundle != previous:
+        return False
+    live = fact.live_config_digest
+    return spec.config is None or live is None or fact.running_config_digest == live
 
 
 # ------------------------------------------------------------------ operator commands
@@ -294,25 +359,33 @@ Command = Pause | Resume | Approve | Abort
 
 @dataclass(frozen=True)
 class AssignBundle:
-    """Set the device's desired bundle (and config) to the rollout's target."""
+    """Set the device's desired target to the rollout's, under a new ``assignment_id``: the bundle
+    (``bundle_digest``; None = config-only, the bundle is left as it is) and the config (``config_digest``,
+    the device's own target config; None = left as it is)."""
 
     device_id: str
-    bundle_digest: str
+    bundle_digest: str | None
     config_digest: str | None
     wave: int
     previous_bundle: str | None
+    assignment_id: str = ""
 
 
 @dataclass(frozen=True)
 class RevertDevice:
-    """Set the device's desired bundle back to ``to_bundle``.
+    """Send the device back, under a new ``assignment_id``: its desired bundle to ``to_bundle`` and, for a
+    config rollout, its desired config to ``to_config`` (its live effective config).
 
-    None means the device ran no bundle before this rollout: the shell clears its desired bundle (there
-    is nothing to go back to, and the planner does not wait for it).
+    ``to_bundle`` None means the device ran no bundle before this rollout: the shell clears its desired
+    bundle (there is nothing to go back to, and the planner does not wait for it). ``keep_bundle`` leaves
+    the bundle alone (a config-only rollout, or a halted one that only takes its config back).
     """
 
     device_id: str
     to_bundle: str | None
+    assignment_id: str = ""
+    to_config: str | None = None
+    keep_bundle: bool = False
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ Rules, in the order ``plan`` applies them:
    ``gates.inconclusive_limit``. Wave 1 (canary) aborts with more than ``gates.canary_max_failed``
    failures; a later wave aborts when failed / wave size > ``gates.max_failed_ratio`` (wave size =
    the wave's planned new devices across groups). Abort: ``on_abort=rollback`` → rolling_back (and the
-   reverts at once); ``halt`` → aborted, nothing reverted.
+   reverts at once); ``halt`` → aborted, no bundle reverted (a config target is still taken back, below).
 5. Running: per group (a site, or the whole selection when ``per_site`` is off) assign up to the wave's
    cumulative target, choosing unassigned selected devices online first, then by id; never more than
    ``max_parallel`` in flight (assigned, neither succeeded nor failed) per group. A wave is settled when
@@ -30,6 +30,25 @@ Rules, in the order ``plan`` applies them:
    bake clock starts when the planner first sees the wave settled and resets if it unsettles; after
    ``bake_s`` the next wave starts — or, with ``manual_approval``, the rollout waits for ``Approve``.
    The last wave settled → completed. With no device selected at all the rollout completes at once.
+6. Every wave transition re-checks the gates of EVERY wave started so far, right before the next wave
+   is started (by the bake clock or by ``Approve``), so a failure that appeared in an earlier wave while a
+   later one settled aborts instead of spreading; the check at the start of a pass (rule 4) is the same
+   function over the same facts.
+
+Outcomes belong to an assignment: each ``AssignBundle`` carries ``spec.assignment_id(device, wave)``
+(recorded in ``Assignment.assignment_id``) and each ``RevertDevice`` ``spec.revert_id(device)``; the
+shell counts a device's reports for this rollout only under those ids. On top of that the planner never
+counts the fact of a device it assigns in the same pass: that fact was observed before the assignment
+existed, so whatever it says (committed, failed, rolled back) belongs to an earlier target. A device
+assigned in this pass is in flight.
+
+Config targets: a config-only rollout selects only the devices whose target config differs from their
+live one (a device the staged revision does not change has nothing to canary, and must not be the canary
+that lets it spread); with a bundle target every selected device is in. ``AssignBundle.config_digest`` is
+the device's own target config. A revert sets the device's config back to its live effective config
+(``RevertDevice.to_config``) — also under ``on_abort=halt``, since the staged revision is discarded on
+abort and no document describes it any more; the rollout is rolled back once every reverted device runs
+its previous bundle and its live config again (``model.reverted``).
 
 Facts for devices the selector does not match are ignored except for devices this rollout assigned.
 A group's size counts its selected devices plus the devices assigned there that left the selection,
@@ -60,6 +79,7 @@ from edgefleet_controller.rollout.model import (
     RolloutState,
     SetPhase,
     Step,
+    reverted,
 )
 
 # Groups when waves are fleet-wide rather than per site.
@@ -110,7 +130,9 @@ class _Planning:
         self.events: list[Emit] = []
         self.actions: list[Step] = []
         self.facts = {fact.device_id: fact for fact in facts}
-        self.selected = [f for f in facts if spec.selector.matches(f.site, f.tags)]
+        # devices assigned in this pass: their facts predate the assignment, so they are in flight
+        self.fresh: set[str] = set()
+        self.selected = [f for f in facts if spec.selector.matches(f.site, f.tags) and self._in_scope(f)]
         self.population: dict[str, set[str]] = {}
         for fact in self.selected:
             self.population.setdefault(self._group(fact), set()).add(fact.device_id)
@@ -123,10 +145,17 @@ class _Planning:
     def _group(self, fact: DeviceFact) -> str:
         return fact.site if self.spec.strategy.per_site else FLEET_GROUP
 
+    def _in_scope(self, fact: DeviceFact) -> bool:
+        """A bundle target covers every selected device; a config-only target those it changes."""
+        if self.spec.bundle_digest is not None:
+            return True
+        target = fact.target_config_digest
+        return target is not None and target != fact.live_config_digest
+
     def _failure(self, device_id: str) -> str | None:
         """Why an assigned device counts as failed, or None."""
         fact = self.facts.get(device_id)
-        if fact is None:
+        if fact is None or device_id in self.fresh:
             return None
         if fact.failed:
             return "failed"
@@ -138,7 +167,7 @@ class _Planning:
 
     def _succeeded(self, device_id: str) -> bool:
         fact = self.facts.get(device_id)
-        return fact is not None and fact.succeeded and self._failure(device_id) is None
+        return fact is not None and device_id not in self.fresh and fact.succeeded and self._failure(device_id) is None
 
     def _settled(self, device_id: str) -> bool:
         return self._succeeded(device_id) or self._failure(device_id) is not None
@@ -161,29 +190,41 @@ class _Planning:
         self._emit("rollout.aborted", reason=reason, on_abort=str(self.spec.on_abort), wave=self.wave)
         if self.spec.on_abort is OnAbort.HALT:
             self.phase = RolloutPhase.ABORTED
+            if self.spec.config is not None:
+                self._send_back(keep_bundle=True)
             return
         self.phase = RolloutPhase.ROLLING_BACK
         self._emit("rollout.rolling_back", devices=len(self.assigned))
         self._revert()
 
-    def _revert(self) -> None:
+    def _send_back(self, *, keep_bundle: bool) -> None:
+        """One ``RevertDevice`` per assigned device not yet sent back."""
         for device_id in sorted(self.assigned):
-            if device_id not in self.reverting:
-                previous = self.assigned[device_id].previous_bundle_digest
-                self.actions.append(RevertDevice(device_id, previous))
-                self.reverting.add(device_id)
+            if device_id in self.reverting:
+                continue
+            fact = self.facts.get(device_id)
+            self.actions.append(
+                RevertDevice(
+                    device_id,
+                    self.assigned[device_id].previous_bundle_digest,
+                    assignment_id=self.spec.revert_id(device_id),
+                    to_config=fact.live_config_digest if self.spec.config is not None and fact else None,
+                    keep_bundle=keep_bundle,
+                )
+            )
+            self.reverting.add(device_id)
+
+    def _revert(self) -> None:
+        self._send_back(keep_bundle=self.spec.bundle_digest is None)
         # A device that ran no bundle before has nothing to go back to: its RevertDevice clears the
         # desired bundle and there is nothing further to wait for.
-        waiting = [
-            device_id
-            for device_id, assignment in self.assigned.items()
-            if device_id in self.facts
-            and assignment.previous_bundle_digest is not None
-            and self.facts[device_id].running_bundle != assignment.previous_bundle_digest
-        ]
+        waiting = [d for d, a in self.assigned.items() if not reverted(self.spec, a, self.facts.get(d))]
         if not waiting:
             self.phase = RolloutPhase.ROLLED_BACK
-            self.message = f"{self.message}; {len(self.assigned)} devices back on their previous bundles"
+            back = "previous bundles" if self.spec.config is None else "live configs"
+            if self.spec.config is not None and self.spec.bundle_digest is not None:
+                back = "previous bundles and live configs"
+            self.message = f"{self.message}; {len(self.assigned)} devices back on their {back}"
             self._emit("rollout.rolled_back", devices=len(self.assigned))
 
     def _command(self, command: Command) -> None:
@@ -213,7 +254,7 @@ class _Planning:
                 if phase is RolloutPhase.WAITING_APPROVAL:
                     self.phase = RolloutPhase.RUNNING
                     self._emit("rollout.approved", wave=self.wave + 1, reason=reason)
-                    self._start_wave(self.wave + 1)
+                    self._next_wave()
                 else:
                     applied = False
         if not applied:
@@ -261,16 +302,26 @@ class _Planning:
                 key=lambda f: (not f.online, f.device_id),
             )
             for fact in candidates[:room]:
+                assignment_id = self.spec.assignment_id(fact.device_id, self.wave)
+                config = fact.target_config_digest if self.spec.config is not None else None
                 self.assigned[fact.device_id] = Assignment(
-                    wave=self.wave, previous_bundle_digest=fact.running_bundle, assigned_at=self.now, site=group
+                    wave=self.wave,
+                    previous_bundle_digest=fact.running_bundle,
+                    assigned_at=self.now,
+                    site=group,
+                    assignment_id=assignment_id,
+                    previous_config_digest=fact.running_config_digest,
+                    config_digest=config,
                 )
+                self.fresh.add(fact.device_id)
                 self.actions.append(
                     AssignBundle(
                         device_id=fact.device_id,
                         bundle_digest=self.spec.bundle_digest,
-                        config_digest=self.spec.config_digest,
+                        config_digest=config,
                         wave=self.wave,
                         previous_bundle=fact.running_bundle,
+                        assignment_id=assignment_id,
                     )
                 )
 
@@ -285,7 +336,7 @@ class _Planning:
         groups = len(self.population)
         self.phase = RolloutPhase.COMPLETED
         self.message = (
-            f"{len(self.assigned) - len(failed)} devices on {self.spec.bundle_digest} across {groups} "
+            f"{len(self.assigned) - len(failed)} devices on {self.spec.target_text} across {groups} "
             f"{'sites' if self.spec.strategy.per_site else 'groups'}"
         )
         if failed:
@@ -313,7 +364,17 @@ class _Planning:
                 self.message = f"wave {self.wave} of {total} settled; approve to start wave {self.wave + 1} ({nxt})"
                 self._emit("rollout.waiting_approval", wave=self.wave)
                 return
-            self._start_wave(self.wave + 1)
+            if not self._next_wave():
+                return
+
+    def _next_wave(self) -> bool:
+        """Start the next wave unless a gate of any wave so far is exceeded (then abort); True if started."""
+        reason = self._check_gates()
+        if reason is not None:
+            self._abort(reason)
+            return False
+        self._start_wave(self.wave + 1)
+        return True
 
     # ------------------------------------------------------------ driver
 
@@ -332,6 +393,8 @@ class _Planning:
         if not self.population and self.phase is RolloutPhase.RUNNING:
             self.phase = RolloutPhase.COMPLETED
             self.message = "no device matches the selector; nothing to do"
+            if self.spec.bundle_digest is None:
+                self.message = f"the staged {self.spec.config} changes no selected device's config; nothing to do"
             self._emit("rollout.completed", devices=0, failed=0)
             return
         reason = self._check_gates()

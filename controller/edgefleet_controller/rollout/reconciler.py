@@ -18,20 +18,38 @@ lease (``RolloutStore.acquire_lease``, renewed every pass, ``lease_ttl_s`` long)
 lost its lease mid-pass is still fenced by the optimistic ``version`` check on every state write. Clocks of
 replicas must agree to within a fraction of the lease TTL (NTP), since expiry compares the writer's ``now``.
 
-Fact rules (``device_fact``), all relative to the rollout's target bundle T:
+Fact rules (``device_fact``), relative to the rollout's target T (a bundle, a per-device config, or both):
 
+- Outcomes belong to an assignment. A device's ``update_state``, candidate, last verdict and verdict events
+  count for this rollout only when the device echoes one of the rollout's assignment ids for it
+  (``ReportedState.assignment_id``; ``CanaryVerdict.assignment_id`` for verdicts): the id the planner
+  recorded in ``Assignment.assignment_id``, or the device's current desired-state id while that desired state
+  still belongs to this rollout (``desired.rollout_id``: a config change that reached the device mid-rollout
+  gives it a new assignment of the same rollout target) and the rollout has not sent the device back.
+  Until the device echoes one, it is in flight. Stale outcomes from earlier rollouts or set-bundles never
+  count, for or against, whatever they say (committed, failed, rolled back, verdicts for the same bundle).
 - ``online``: the device was seen within ``OFFLINE_AFTER`` (120 s) of ``now``.
 - ``running_bundle``: the committed bundle it reports; ``update_state``: its ``UpdateState`` name, lowercase
-  without prefix (``"committed"``); missing → ``"idle"``.
-- The report is about T ("working on T") when its ``candidate_bundle_digest`` is T, or when its desired
-  bundle is T and its ``applied_revision`` has reached the desired revision (a device that has not yet
-  seen the assignment still reports its previous update, which must not count against T).
-- ``succeeded``: it runs T and its update state is ``committed`` (or ``idle``: a restarted device that runs T).
-- ``failed``: update state ``failed`` while working on T, or its last canary verdict is FAIL for T.
-- ``rolled_back``: update state ``rolled_back`` while working on T (it ran T and went back).
-- ``inconclusive_count``: INCONCLUSIVE ``canary_verdict`` events for T received since the assignment, in
-  a row (counted back from the newest verdict for T), and at least 1 when the reported last verdict is
-  INCONCLUSIVE for T.
+  without prefix (``"committed"``), when it belongs to this rollout's assignment (or the device is not
+  assigned); ``""`` while an assigned device still reports an earlier assignment.
+- ``succeeded``: it runs T (the bundle target, and the target config as ``running_config_digest``) and,
+  under this assignment, its update state is ``committed`` (or ``idle``: a restarted device). Decision: a
+  device that already ran T committed when it was assigned (``Assignment.previous_*`` equal to T) has
+  nothing to do and succeeds while it still runs T, whether or not it echoed the assignment yet.
+- ``failed``: update state ``failed`` under this assignment, or a FAIL last verdict under it.
+- ``rolled_back``: update state ``rolled_back`` under this assignment (it ran T and went back).
+- ``inconclusive_count``: INCONCLUSIVE ``canary_verdict`` events under this assignment received since the
+  assignment, in a row (counted back from the newest such verdict), and at least 1 when the reported last
+  verdict under it is INCONCLUSIVE.
+
+Config rollouts: the rollout's staged revision (``RolloutStore.staged_config``, claimed at create) gives
+each device its target (``configs.ConfigTargets``: effective config with the staged revision in place),
+and ``live_config_digest`` (the same without it) is where a revert sends the device. Once a config rollout
+is completed its staged revision becomes a live version (``Store.apply_config_documents``), then every
+device's config is recomputed (the ``on_configs_changed`` hook: the controller's config assignment, so
+devices the document affects outside the selector get it as a normal config change), then the staged row
+is dropped; an aborted rollout's staged revision is dropped. Both steps are idempotent and retried on the
+next pass, so a crash between them loses nothing.
 """
 
 from __future__ import annotations
@@ -41,25 +59,29 @@ import contextlib
 import os
 import secrets
 import socket
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, assert_never
 
 import structlog
 
+from edgefleet.contract.manifest import ManifestDoc
 from edgefleet_controller.hub import SyncHub
+from edgefleet_controller.rollout.configs import ConfigTargets, staged_document
 from edgefleet_controller.rollout.convert import spec_from_dict, state_from_dict, state_to_dict
 from edgefleet_controller.rollout.model import (
     Abort,
     Approve,
     AssignBundle,
+    Assignment,
     Command,
     DeviceFact,
     Emit,
     Pause,
     Resume,
     RevertDevice,
+    RolloutPhase,
     RolloutSpec,
     RolloutState,
     SetPhase,
@@ -67,8 +89,15 @@ from edgefleet_controller.rollout.model import (
 from edgefleet_controller.rollout.planner import plan
 from edgefleet_controller.store import Store
 from edgefleet_controller.store.errors import Conflict
-from edgefleet_controller.store.records import DeviceRecord, EventRecord
-from edgefleet_controller.store.rollouts import CommandRow, DesiredChange, DesiredRow, RolloutRow, RolloutStore
+from edgefleet_controller.store.records import ConfigDocInput, DeviceRecord, EventRecord
+from edgefleet_controller.store.rollouts import (
+    CommandRow,
+    DesiredChange,
+    DesiredRow,
+    RolloutRow,
+    RolloutStore,
+    StagedConfig,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -117,25 +146,60 @@ def last_verdict(record: DeviceRecord) -> Mapping[str, Any]:
     return verdict if isinstance(verdict, Mapping) else {}
 
 
+SETTLED_STATES = ("committed", "idle")
+
+
+def accepted_assignments(
+    rollout_id: str, assignment: Assignment | None, desired: DesiredRow | None, reverting: bool
+) -> frozenset[str]:
+    """The assignment ids under which a device's outcomes count for this rollout (see the module docstring)."""
+    if assignment is None:
+        return frozenset()
+    ids = {assignment.assignment_id} if assignment.assignment_id else set()
+    if not reverting and desired is not None and desired.rollout_id == rollout_id and desired.assignment_id:
+        ids.add(desired.assignment_id)
+    return frozenset(ids)
+
+
+def _under(value: object, accepted: frozenset[str]) -> bool:
+    return isinstance(value, str) and value != "" and value in accepted
+
+
 def device_fact(
-    record: DeviceRecord, desired: DesiredRow | None, target: str, now: datetime, inconclusive: int = 0
+    record: DeviceRecord,
+    desired: DesiredRow | None,
+    target: str | None,
+    now: datetime,
+    inconclusive: int = 0,
+    *,
+    assignment: Assignment | None = None,
+    accepted: frozenset[str] = frozenset(),
+    target_config: str | None = None,
+    live_config: str | None = None,
 ) -> DeviceFact:
-    """One device's ``DeviceFact`` relative to ``target`` (see the module docstring for each rule)."""
+    """One device's ``DeviceFact`` relative to the bundle ``target`` and, for a config rollout, the device's
+    ``target_config``, counting only outcomes under the ``accepted`` assignment ids (see the module
+    docstring for each rule). ``assignment`` is this rollout's assignment of the device (None: not yet)."""
+    if assignment is None:
+        accepted = frozenset()  # nothing is this rollout's before it assigns the device
     state = reported_state(record)
-    update_state = _enum_name(state.get("update_state"), "UPDATE_STATE_") or "idle"
-    candidate = state.get("candidate_bundle_digest") or None
-    try:
-        applied = int(state.get("applied_revision", 0) or 0)
-    except (TypeError, ValueError):
-        applied = 0
-    working_on_target = candidate == target or (
-        desired is not None and desired.bundle_digest == target and desired.revision > 0 and applied >= desired.revision
-    )
+    reported_update = _enum_name(state.get("update_state"), "UPDATE_STATE_") or "idle"
+    ours = _under(state.get("assignment_id"), accepted)
     verdict = last_verdict(record)
+    verdict_ours = _under(verdict.get("assignment_id"), accepted)
     outcome = _enum_name(verdict.get("outcome"), "OUTCOME_") or None
-    verdict_on_target = verdict.get("candidate_digest") == target
-    if verdict_on_target and outcome == "inconclusive":
+    running_config = str(state.get("running_config_digest") or "") or None
+    if verdict_ours and outcome == "inconclusive":
         inconclusive = max(inconclusive, 1)
+    at_target = (target is None or record.running_bundle == target) and (
+        target_config is None or running_config == target_config
+    )
+    already = (
+        assignment is not None
+        and (target is None or assignment.previous_bundle_digest == target)
+        and (target_config is None or assignment.previous_config_digest == target_config)
+    )
+    succeeded = assignment is not None and at_target and (reported_update in SETTLED_STATES if ours else already)
     return DeviceFact(
         device_id=record.id,
         site=record.site,
@@ -143,19 +207,23 @@ def device_fact(
         online=record.last_seen is not None and now - record.last_seen <= OFFLINE_AFTER,
         running_bundle=record.running_bundle,
         desired_bundle=desired.bundle_digest if desired is not None else None,
-        update_state=update_state,
-        last_verdict_outcome=outcome,
-        failed=(update_state == "failed" and working_on_target) or (verdict_on_target and outcome == "fail"),
-        succeeded=record.running_bundle == target and update_state in ("committed", "idle"),
-        rolled_back=update_state == "rolled_back" and working_on_target,
-        inconclusive_count=inconclusive,
+        update_state=reported_update if ours or assignment is None else "",
+        last_verdict_outcome=outcome if verdict_ours else None,
+        failed=(ours and reported_update == "failed") or (verdict_ours and outcome == "fail"),
+        succeeded=succeeded,
+        rolled_back=ours and reported_update == "rolled_back",
+        inconclusive_count=inconclusive if assignment is not None else 0,
+        running_config_digest=running_config,
+        live_config_digest=live_config,
+        target_config_digest=target_config,
     )
 
 
 def inconclusive_counts(
-    events: Iterable[EventRecord], target: str, assigned_at: Mapping[str, datetime]
+    events: Iterable[EventRecord], accepted: Mapping[str, frozenset[str]], assigned_at: Mapping[str, datetime]
 ) -> dict[str, int]:
-    """Per device, INCONCLUSIVE verdicts for ``target`` in a row, newest backwards, since its assignment."""
+    """Per device, INCONCLUSIVE verdicts under its ``accepted`` assignment ids in a row, newest backwards,
+    received since its assignment."""
     outcomes: dict[str, list[str]] = {}
     for event in sorted(events, key=lambda e: e.id):
         since = assigned_at.get(event.device_id)
@@ -164,8 +232,7 @@ def inconclusive_counts(
         verdict = event.payload.get("verdict")
         if not isinstance(verdict, Mapping):
             continue
-        about = verdict.get("candidate_digest") or event.payload.get("bundle_digest")
-        if about != target:
+        if not _under(verdict.get("assignment_id"), accepted.get(event.device_id, frozenset())):
             continue
         outcomes.setdefault(event.device_id, []).append(_enum_name(verdict.get("outcome"), "OUTCOME_"))
     counts: dict[str, int] = {}
@@ -179,6 +246,12 @@ def inconclusive_counts(
     return counts
 
 
+def config_key(ref: str) -> tuple[str, str]:
+    """``("SiteConfig", "warehouse-a")`` for ``"SiteConfig/warehouse-a"``."""
+    kind, _, name = ref.partition("/")
+    return kind, name
+
+
 # ------------------------------------------------------------------ the shell
 
 
@@ -188,6 +261,7 @@ class Observation:
 
     facts: tuple[DeviceFact, ...]
     names: Mapping[str, str]
+    #: the reported last verdict of each device whose verdict counts under this rollout's assignment
     verdicts: Mapping[str, Mapping[str, Any]]
     hardware: Mapping[str, str]
 
@@ -202,6 +276,12 @@ class PassReport:
     conflicts: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     woken_devices: list[str] = field(default_factory=list)
+    #: staged config revisions promoted to live ("SiteConfig/a") or discarded, by rollouts that ended
+    promoted: list[str] = field(default_factory=list)
+    discarded: list[str] = field(default_factory=list)
+
+
+ConfigsChanged = Callable[[], Awaitable[object]]
 
 
 class Reconciler:
@@ -218,6 +298,8 @@ class Reconciler:
         interval_s: float = DEFAULT_INTERVAL_S,
         lease_ttl_s: float = DEFAULT_LEASE_TTL_S,
         on_change: Callable[[], None] | None = None,
+        configs: ConfigTargets | None = None,
+        on_configs_changed: ConfigsChanged | None = None,
     ) -> None:
         if not interval_s > 0 or not lease_ttl_s > interval_s:
             raise ValueError(
@@ -231,6 +313,8 @@ class Reconciler:
         self.interval_s = interval_s
         self.lease_ttl_s = lease_ttl_s
         self._on_change = on_change
+        self.configs = configs
+        self.on_configs_changed = on_configs_changed
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -277,6 +361,7 @@ class Reconciler:
             if not leader:
                 return PassReport(leader=False)
             report = await asyncio.to_thread(self._pass, now)
+            await self._settle_staged(report, now)
         if report.woken_devices:
             self.hub.notify(report.woken_devices)
         if report.changed and self._on_change is not None:
@@ -292,24 +377,135 @@ class Reconciler:
             if token is None:
                 return devices
 
+    def staged_for(self, spec: RolloutSpec) -> StagedConfig | None:
+        """The staged revision this config rollout claimed (None: bundle-only, or already promoted/dropped)."""
+        if spec.config is None:
+            return None
+        staged = self.rollouts.staged_config(*config_key(spec.config))
+        return staged if staged is not None and staged.rollout_id == spec.id else None
+
+    def _configs(
+        self,
+        spec: RolloutSpec,
+        state: RolloutState,
+        devices: Sequence[DeviceRecord],
+        desired: Mapping[str, DesiredRow],
+    ) -> dict[str, tuple[str | None, str | None]]:
+        """Device id → (live config, target config) of a config rollout (empty for a bundle-only one)."""
+        if spec.config is None:
+            return {}
+        computed: Mapping[str, tuple[str, str | None]] = {}
+        if not state.phase.terminal:
+            staged = self.staged_for(spec)
+            if staged is None and not state.phase.aborting:
+                raise RuntimeError(
+                    f"rollout {spec.id}: its staged {spec.config} is gone; abort the rollout (fleetctl rollout "
+                    "abort) so its devices go back to their live config"
+                )
+            if self.configs is None:
+                raise RuntimeError(f"rollout {spec.id}: this controller has no config targets to plan {spec.config}")
+            doc: ManifestDoc | None = staged_document(staged) if staged is not None else None
+            computed = self.configs.effective(devices, doc)
+        out: dict[str, tuple[str | None, str | None]] = {}
+        for device in devices:
+            live, target = computed.get(device.id, (None, None))
+            assignment = state.assigned.get(device.id)
+            if assignment is not None:
+                # the rollout's current target for the device: its desired config while that desired state
+                # still belongs to the rollout (a config change mid-rollout moves it), else what it assigned
+                row = desired.get(device.id)
+                mine = row is not None and row.rollout_id == spec.id and device.id not in state.reverting
+                target = row.config_digest if mine and row is not None else assignment.config_digest
+            out[device.id] = (live, target)
+        return out
+
     def observe(
         self, spec: RolloutSpec, state: RolloutState, devices: Sequence[DeviceRecord], now: datetime
     ) -> Observation:
         """Facts for the devices the rollout selects or already moved (reads the store)."""
         relevant = [d for d in devices if d.id in state.assigned or spec.selector.matches(d.site, d.tags)]
         desired = self.rollouts.desired_rows([d.id for d in relevant])
+        accepted = {
+            d: accepted_assignments(spec.id, a, desired.get(d), d in state.reverting) for d, a in state.assigned.items()
+        }
         assigned_at = {d: a.assigned_at for d, a in state.assigned.items()}
         counts: dict[str, int] = {}
         if assigned_at:
             events = self.rollouts.verdict_events(sorted(assigned_at), min(assigned_at.values()))
-            counts = inconclusive_counts(events, spec.bundle_digest, assigned_at)
-        facts = tuple(device_fact(d, desired.get(d.id), spec.bundle_digest, now, counts.get(d.id, 0)) for d in relevant)
+            counts = inconclusive_counts(events, accepted, assigned_at)
+        configs = self._configs(spec, state, relevant, desired)
+        facts = tuple(
+            device_fact(
+                d,
+                desired.get(d.id),
+                spec.bundle_digest,
+                now,
+                counts.get(d.id, 0),
+                assignment=state.assigned.get(d.id),
+                accepted=accepted.get(d.id, frozenset()),
+                live_config=configs.get(d.id, (None, None))[0],
+                target_config=configs.get(d.id, (None, None))[1],
+            )
+            for d in relevant
+        )
+        verdicts = {
+            d.id: verdict
+            for d in relevant
+            if (verdict := last_verdict(d)) and _under(verdict.get("assignment_id"), accepted.get(d.id, frozenset()))
+        }
         return Observation(
             facts=facts,
             names={d.id: d.name for d in relevant},
-            verdicts={d.id: last_verdict(d) for d in relevant},
+            verdicts=verdicts,
             hardware={d.id: hardware_class_of(d) for d in relevant},
         )
+
+    def config_overrides(self) -> dict[str, tuple[str, ManifestDoc]]:
+        """Device id → (rollout id, staged document) for every device a running config rollout has moved and
+        not sent back: the controller's config assignment computes their config with that document in place,
+        so a config change mid-rollout does not undo the rollout's target on them."""
+        out: dict[str, tuple[str, ManifestDoc]] = {}
+        for row in self.rollouts.unfinished():
+            spec = spec_from_dict(row.spec["spec"])
+            state = state_from_dict(row.state)
+            if spec.config is None or state.phase.aborting:
+                continue
+            staged = self.staged_for(spec)
+            if staged is None:
+                continue
+            doc = staged_document(staged)
+            for device_id in set(state.assigned) - state.reverting:
+                out[device_id] = (spec.id, doc)
+        return out
+
+    async def _settle_staged(self, report: PassReport, now: datetime) -> None:
+        """Promote the staged revision of every completed config rollout to live, drop those of aborted ones."""
+        staged = await asyncio.to_thread(self.rollouts.staged_configs)
+        for item in staged:
+            if item.rollout_id is None:
+                continue
+            try:
+                row = await asyncio.to_thread(self.rollouts.get, item.rollout_id)
+            except Exception:
+                continue  # a claim by a rollout this database does not hold: leave it for an operator
+            if row.phase == RolloutPhase.COMPLETED:
+                doc = ConfigDocInput(item.kind, item.name, item.site, item.doc_json, item.content_digest)
+                by = f"rollout {item.rollout_id}"
+                await asyncio.to_thread(self.store.apply_config_documents, [doc], by, now)
+                if self.on_configs_changed is not None:
+                    await self.on_configs_changed()
+                report.promoted.append(item.ref)
+            elif RolloutPhase(row.phase).aborting:
+                report.discarded.append(item.ref)
+            else:
+                continue
+            await asyncio.to_thread(self.rollouts.drop_staged, item.kind, item.name, item.rollout_id)
+            log.info(
+                "rollout.config_promoted" if row.phase == RolloutPhase.COMPLETED else "rollout.config_discarded",
+                rollout_id=item.rollout_id,
+                config=item.ref,
+                content_digest=item.content_digest,
+            )
 
     def _pass(self, now: datetime) -> PassReport:
         report = PassReport(leader=True)
@@ -344,33 +540,46 @@ class Reconciler:
         result = plan(spec, state, observation.facts, now, commands=[_COMMANDS[c.command](c.reason) for c in commands])
         if not result.steps and not commands and result.next_state == state:
             return None
-        assigns: dict[tuple[str, str | None, int], list[str]] = {}
-        reverts: dict[str | None, list[str]] = {}
+        assigns: dict[tuple[str | None, str | None, int], dict[str, str]] = {}
+        reverts: dict[tuple[str | None, str | None, bool], dict[str, str]] = {}
         events: list[tuple[str, Mapping[str, Any]]] = []
         for step in result.steps:
             match step:
                 case AssignBundle():
-                    assigns.setdefault((step.bundle_digest, step.config_digest, step.wave), []).append(step.device_id)
+                    key = (step.bundle_digest, step.config_digest, step.wave)
+                    assigns.setdefault(key, {})[step.device_id] = step.assignment_id
                 case RevertDevice():
-                    reverts.setdefault(step.to_bundle, []).append(step.device_id)
+                    back = (step.to_bundle, step.to_config, step.keep_bundle)
+                    reverts.setdefault(back, {})[step.device_id] = step.assignment_id
                 case SetPhase():
                     events.append(("rollout.phase_set", {"phase": str(step.phase), "message": step.message}))
                 case Emit():
                     events.append((step.event, dict(step.fields)))
+                case _:
+                    assert_never(step)
         changes = [
-            DesiredChange(tuple(ids), bundle, f"rollout {spec.id} wave {wave}", config)
+            DesiredChange(
+                tuple(ids),
+                bundle,
+                f"rollout {spec.id} wave {wave}",
+                config,
+                assignment_ids={d: a for d, a in ids.items() if a},
+                keep_bundle=bundle is None,
+            )
             for (bundle, config, wave), ids in assigns.items()
         ]
-        known = self.rollouts.known_bundles([b for b in reverts if b is not None])
-        for to_bundle, ids in reverts.items():
-            if to_bundle is None or to_bundle in known:
-                changes.append(DesiredChange(tuple(ids), to_bundle, f"rollback of {spec.id}"))
-            else:
+        known = self.rollouts.known_bundles([b for b, _, keep in reverts if b is not None and not keep])
+        for (to_bundle, to_config, keep), ids in reverts.items():
+            reason = f"rollback of {spec.id}"
+            bundle = to_bundle
+            if not keep and to_bundle is not None and to_bundle not in known:
                 # the previous bundle was never published here (the device arrived with it): clearing
                 # the desired bundle lets the device keep what it runs
-                changes.append(
-                    DesiredChange(tuple(ids), None, f"rollback of {spec.id} (previous {to_bundle} unknown here)")
-                )
+                reason, bundle = f"rollback of {spec.id} (previous {to_bundle} unknown here)", None
+            if keep and to_config is None:
+                continue  # nothing of the device's to take back
+            ids_given = {d: a for d, a in ids.items() if a}
+            changes.append(DesiredChange(tuple(ids), bundle, reason, to_config, ids_given, keep_bundle=keep))
         previous = {a.previous_bundle_digest for a in result.next_state.assigned.values()}
         self.rollouts.persist_plan(
             row.id,
@@ -381,7 +590,9 @@ class Reconciler:
             changes=changes,
             consumed_commands=[c.id for c in commands],
             events=events,
-            previous_bundles={p for p in previous if p is not None and p != spec.bundle_digest},
+            previous_bundles={p for p in previous if p is not None and p != spec.bundle_digest}
+            if spec.bundle_digest
+            else (),
         )
         for name, fields in events:
             log.info(name, **{"rollout_id": spec.id, **fields})

@@ -1,13 +1,22 @@
 """The rollout service: what the FleetService rollout RPCs delegate to (create, get, list, watch, pause,
 resume, approve, abort), plus the reconciler it owns (``start``/``stop``/``reconcile_once``).
 
-Create validates before anything is stored: the bundle exists (digest or ``name@version``); a config
-target is refused (config documents take effect through ApplyConfig); the selector names at least one
-site or tag and matches at least one enrolled device; waves, gates and on_abort parse; latency admission
-(``admit``) passes for the hardware classes of the selected devices, with the bundle's ``latency.sla_ms``
-and canary ``headroom`` and the profiles table (refused → FAILED_PRECONDITION with the arithmetic, unless
-``force``: then the lines are kept on the rollout, marked forced); and no selected device belongs to an
-unfinished rollout (one active rollout per device; checked inside the insert transaction).
+Create validates before anything is stored: the target is a bundle (digest or ``name@version``), a staged
+config document (``Kind/name``, staged with ApplyConfig ``stage`` or in the same apply as the Rollout
+document), or both; the selector names at least one site or tag and matches at least one enrolled device;
+waves, gates and on_abort parse; a bundle that failed a canary before (a ``BundleFailure`` recorded from a
+device's report under an assignment) is refused with FAILED_PRECONDITION quoting the newest failure
+(device, rollout, reasons) unless ``force`` — then an admission line records the override and the rollout
+is marked forced; latency admission (``admit``) passes for the hardware classes of the selected devices,
+with the bundle's ``latency.sla_ms`` and canary ``headroom`` and the profiles table (refused →
+FAILED_PRECONDITION with the arithmetic, unless ``force``: then the lines are kept on the rollout, marked
+forced; a config-only rollout has no bundle to admit); and no selected device belongs to an unfinished
+rollout (one active rollout per device; checked inside the insert transaction, which also claims the
+staged config revision: one rollout per staged revision).
+
+A config target's document must be staged and unclaimed; devices outside the selector that the document
+affects get the revision only when the rollout completes (as a normal config change, no canary): an
+admission line says how many.
 
 Operator commands are queued in the database (so any replica may accept them) and applied by the
 reconciler. This replica runs a pass at once when it holds the lease, so the reply already shows the
@@ -22,7 +31,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +45,7 @@ from edgefleet.v1 import fleet_pb2
 from edgefleet_controller import errors as cerr
 from edgefleet_controller.hub import SyncHub
 from edgefleet_controller.rollout.admission import Admission, admit
+from edgefleet_controller.rollout.configs import ConfigTargets, resolve_config_ref, staged_document
 from edgefleet_controller.rollout.convert import (
     phase_from_proto,
     rollout_message,
@@ -46,19 +57,27 @@ from edgefleet_controller.rollout.convert import (
     state_to_dict,
 )
 from edgefleet_controller.rollout.errors import AdmissionInputError, RolloutSpecError
+from edgefleet_controller.rollout.failures import (
+    failure_from_report,
+    failure_from_verdict,
+    override_line,
+    refusal_message,
+)
 from edgefleet_controller.rollout.model import RolloutPhase, RolloutSpec, RolloutState
 from edgefleet_controller.rollout.reconciler import (
     DEFAULT_INTERVAL_S,
     DEFAULT_LEASE_TTL_S,
     Clock,
+    ConfigsChanged,
     PassReport,
     Reconciler,
+    config_key,
     hardware_class_of,
 )
 from edgefleet_controller.store import Store
 from edgefleet_controller.store import errors as serr
-from edgefleet_controller.store.records import BundleRecord, DeviceRecord
-from edgefleet_controller.store.rollouts import RolloutRow, RolloutStore
+from edgefleet_controller.store.records import BundleRecord, ConfigDocInput, DeviceRecord
+from edgefleet_controller.store.rollouts import BundleFailure, RolloutRow, RolloutStore, StagedConfig
 
 log = structlog.get_logger(__name__)
 
@@ -102,6 +121,8 @@ class RolloutService:
         lease_ttl_s: float = DEFAULT_LEASE_TTL_S,
         thermal_buffer: float = 0.0,
         watch_poll_s: float = WATCH_POLL_S,
+        configs: ConfigTargets | None = None,
+        on_configs_changed: ConfigsChanged | None = None,
     ) -> None:
         self.store = store
         self.rollouts = RolloutStore(store)
@@ -109,6 +130,7 @@ class RolloutService:
         self.thermal_buffer = thermal_buffer
         self.watch_poll_s = watch_poll_s
         self._changed = asyncio.Event()
+        self._failures_seen: set[tuple[str, str, str]] = set()
         self.reconciler = Reconciler(
             store,
             self.rollouts,
@@ -118,6 +140,8 @@ class RolloutService:
             interval_s=interval_s,
             lease_ttl_s=lease_ttl_s,
             on_change=self._signal_change,
+            configs=configs,
+            on_configs_changed=on_configs_changed,
         )
 
     # ---- lifecycle -------------------------------------------------------------------------------------
@@ -165,40 +189,85 @@ class RolloutService:
         except serr.InvalidArgument as exc:
             raise cerr.InvalidArgument(f"rollout target: {exc}") from None
 
+    async def _config_target(self, ref: str, where: str, staged_here: Sequence[str] = ()) -> str:
+        """The ``Kind/name`` of a config target: staged in this request (``staged_here``) or staged before
+        and not claimed by an unfinished rollout."""
+        staged = await asyncio.to_thread(self.rollouts.staged_configs)
+        names = {*staged_here, *(s.ref for s in staged)}
+        resolved = resolve_config_ref(ref, sorted(names))
+        if resolved is None or resolved not in names:
+            shown = ", ".join(sorted(names)) or "none"
+            raise cerr.FailedPrecondition(
+                f"{where} {ref!r} is not a staged config document (staged: {shown}); apply the document in the "
+                "same 'fleetctl apply -f' as the Rollout, or stage it first with 'fleetctl apply --stage -f FILE'"
+            )
+        if resolved not in staged_here:
+            found = next(s for s in staged if s.ref == resolved)
+            if found.rollout_id is not None:
+                try:
+                    other = await asyncio.to_thread(self.rollouts.get, found.rollout_id)
+                except serr.NotFound:
+                    other = None
+                if other is not None and not other.terminal:
+                    raise cerr.FailedPrecondition(
+                        f"{where} {resolved}: its staged revision belongs to unfinished rollout {other.id} "
+                        f"({other.name}, {other.phase}); one rollout per staged revision — wait for it or abort it"
+                    )
+        if self.reconciler.configs is None:
+            raise cerr.FailedPrecondition(f"{where} {resolved}: this controller serves no config rollouts")
+        return resolved
+
     async def create(self, request: fleet_pb2.CreateRolloutRequest, *, requested_by: str = "") -> fleet_pb2.Rollout:
         """Validate and store a new rollout, then start it (see the module docstring for the checks)."""
-        if request.config:
-            raise cerr.Unimplemented(
-                f"rollout target: config {request.config!r}: config rollouts are not served by this version; "
-                "apply config documents with fleetctl apply (they take effect through the config layers)"
+        if not request.bundle and not request.config:
+            raise cerr.InvalidArgument(
+                "rollout target: give a bundle ('sha256:<64 hex>' or 'name@version'), a staged config document "
+                "('SiteConfig/<name>'), or both; got neither"
             )
-        bundle = await self._bundle(request.bundle)
+        bundle = await self._bundle(request.bundle) if request.bundle else None
+        config = await self._config_target(request.config, "rollout target: config") if request.config else None
         rollout_id = new_rollout_id()
         try:
-            spec = spec_from_request(rollout_id, bundle.digest, request)
+            spec = spec_from_request(rollout_id, bundle.digest if bundle else None, request, config)
         except RolloutSpecError as exc:
             raise cerr.InvalidArgument(str(exc)) from None
-        name = request.name or f"{bundle.name}-{bundle.version}"
+        name = request.name or (
+            f"{bundle.name}-{bundle.version}" if bundle else (config or "").replace("/", "-").lower()
+        )
         return await self._create(name, bundle, spec, force=request.force, requested_by=requested_by)
 
-    async def check_manifest(self, doc: ManifestDoc) -> None:
+    async def check_manifest(self, doc: ManifestDoc, staged_here: Sequence[str] = ()) -> None:
         """Everything ``create_from_manifest`` checks before storing, without storing: ApplyConfig runs it
-        for every Rollout document first, so a bad one refuses the whole request and changes nothing."""
-        await self._manifest_spec(doc)
+        for every Rollout document first, so a bad one refuses the whole request and changes nothing.
+        ``staged_here``: the ``Kind/name`` of config documents the same request stages."""
+        bundle, spec = await self._manifest_spec(doc, staged_here)
+        await self._checks(bundle, spec, force=bool(doc.spec.get("force", False)))
 
-    async def _manifest_spec(self, doc: ManifestDoc) -> tuple[BundleRecord, RolloutSpec]:
+    @staticmethod
+    def manifest_config_target(doc: ManifestDoc) -> str:
+        """``spec.target.config`` of a Rollout document ("" when none)."""
+        target = doc.spec.get("target", {})
+        return str(target.get("config", "")) if isinstance(target, Mapping) else ""
+
+    async def _manifest_spec(
+        self, doc: ManifestDoc, staged_here: Sequence[str] = ()
+    ) -> tuple[BundleRecord | None, RolloutSpec]:
         if doc.kind is not ManifestKind.ROLLOUT:
             raise cerr.InvalidArgument(f"{doc.location}: {doc.ref} is not a Rollout document")
         target = doc.spec.get("target", {})
-        if target.get("config"):
-            raise cerr.Unimplemented(
-                f"{doc.location}: spec.target.config {target['config']!r}: config rollouts are not served by "
-                "this version; apply config documents with fleetctl apply"
-            )
-        bundle = await self._bundle(str(target.get("bundle", "")))
+        ref = str(target.get("bundle", ""))
+        config_ref = self.manifest_config_target(doc)
+        if not ref and not config_ref:
+            raise cerr.InvalidArgument(f"{doc.location}: spec.target needs a bundle, a config, or both; got neither")
+        bundle = await self._bundle(ref) if ref else None
+        config = (
+            await self._config_target(config_ref, f"{doc.location}: spec.target.config", staged_here)
+            if config_ref
+            else None
+        )
         rollout_id = new_rollout_id()
         try:
-            spec = spec_from_manifest(rollout_id, bundle.digest, doc)
+            spec = spec_from_manifest(rollout_id, bundle.digest if bundle else None, doc, config)
         except RolloutSpecError as exc:
             raise cerr.InvalidArgument(f"{doc.location}: {exc}") from None
         return bundle, spec
@@ -227,9 +296,20 @@ class RolloutService:
         except AdmissionInputError as exc:
             raise cerr.FailedPrecondition(str(exc)) from None
 
-    async def _create(
-        self, name: str, bundle: BundleRecord, spec: RolloutSpec, *, force: bool, requested_by: str
-    ) -> fleet_pb2.Rollout:
+    async def _failures(self, bundle: BundleRecord, force: bool) -> list[str]:
+        """The refusal of a bundle that failed a canary before (FAILED_PRECONDITION), or, forced, the line
+        that records the override."""
+        failures = await asyncio.to_thread(self.rollouts.bundle_failures, [bundle.digest])
+        if not failures:
+            return []
+        if not force:
+            raise cerr.FailedPrecondition(refusal_message(bundle.ref, bundle.digest, failures))
+        return [override_line(failures)]
+
+    async def _checks(
+        self, bundle: BundleRecord | None, spec: RolloutSpec, *, force: bool
+    ) -> tuple[list[DeviceRecord], list[DeviceRecord], list[str], bool]:
+        """Every create check that needs no write: (all devices, selected devices, admission lines, forced)."""
         if not spec.selector.sites and not spec.selector.tags:
             raise cerr.InvalidArgument(
                 "rollout selector must name at least one site or tag, got none; a rollout onto the whole "
@@ -243,13 +323,49 @@ class RolloutService:
                 f"rollout selector {_describe_selector(spec)} matches no enrolled device "
                 f"(enrolled sites: {', '.join(sites) or 'none'}); fix the selector or enroll devices first"
             )
-        admission = await self._admission(bundle, selected, force)
-        if not admission.admitted:
-            raise cerr.FailedPrecondition(
-                f"latency admission refused bundle {bundle.name}@{bundle.version}: "
-                + "; ".join(admission.lines)
-                + "; profile the bundle on that hardware, raise the SLA, or pass force to override"
-            )
+        lines: list[str] = []
+        forced = False
+        if bundle is not None:
+            override = await self._failures(bundle, force)
+            admission = await self._admission(bundle, selected, force)
+            if not admission.admitted:
+                raise cerr.FailedPrecondition(
+                    f"latency admission refused bundle {bundle.name}@{bundle.version}: "
+                    + "; ".join(admission.lines)
+                    + "; profile the bundle on that hardware, raise the SLA, or pass force to override"
+                )
+            lines.extend(admission.lines)
+            lines.extend(override)
+            forced = admission.forced or bool(override)
+        return devices, selected, lines, forced
+
+    async def _config_lines(self, spec: RolloutSpec, devices: Sequence[DeviceRecord]) -> tuple[list[str], str]:
+        """Admission lines of a config target (how many devices it changes inside and outside the selector)
+        and the staged revision's content digest."""
+        if spec.config is None:
+            return [], ""
+        staged = await asyncio.to_thread(self.rollouts.staged_config, *config_key(spec.config))
+        if staged is None or self.reconciler.configs is None:
+            return [], ""
+        doc = staged_document(staged)
+        configs = self.reconciler.configs
+        effective = await asyncio.to_thread(configs.effective, devices, doc)
+        changed = [d for d in devices if effective[d.id][0] != effective[d.id][1]]
+        inside = [d for d in changed if spec.selector.matches(d.site, d.tags)]
+        outside = len(changed) - len(inside)
+        line = (
+            f"config {spec.config} (staged {staged.content_digest}): changes the effective config of "
+            f"{len(inside)} selected device(s), canaried in waves"
+        )
+        if outside:
+            line += f"; {outside} device(s) outside the selector get it without a canary when the rollout completes"
+        return [line], staged.content_digest
+
+    async def _create(
+        self, name: str, bundle: BundleRecord | None, spec: RolloutSpec, *, force: bool, requested_by: str
+    ) -> fleet_pb2.Rollout:
+        devices, selected, lines, forced = await self._checks(bundle, spec, force=force)
+        config_lines, content_digest = await self._config_lines(spec, devices)
         selected_ids = {d.id for d in selected}
 
         def check_overlap(unfinished: Sequence[RolloutRow]) -> None:
@@ -269,35 +385,95 @@ class RolloutService:
         now = self.clock()
         document: dict[str, Any] = {
             "spec": spec_to_dict(spec),
-            "bundle_ref": f"{bundle.name}@{bundle.version}",
-            "admission": list(admission.lines),
-            "forced": admission.forced,
+            "bundle_ref": bundle.ref if bundle else "",
+            "config_content_digest": content_digest,
+            "admission": [*lines, *config_lines],
+            "forced": forced,
             "requested_by": requested_by,
         }
         state = RolloutState()
-        row = await asyncio.to_thread(
-            lambda: self.rollouts.insert(
-                rollout_id=spec.id,
-                name=name,
-                bundle_digest=bundle.digest,
-                spec=document,
-                state=state_to_dict(state),
-                phase=str(state.phase),
-                now=now,
-                check=check_overlap,
+        try:
+            row = await asyncio.to_thread(
+                lambda: self.rollouts.insert(
+                    rollout_id=spec.id,
+                    name=name,
+                    bundle_digest=bundle.digest if bundle else "",
+                    spec=document,
+                    state=state_to_dict(state),
+                    phase=str(state.phase),
+                    now=now,
+                    check=check_overlap,
+                    claim_config=config_key(spec.config) if spec.config else None,
+                )
             )
-        )
+        except serr.Conflict as exc:
+            raise cerr.FailedPrecondition(f"rollout {name}: {exc}") from None
         log.info(
             "rollout.created",
             rollout_id=row.id,
             name=name,
-            bundle=bundle.digest,
+            bundle=bundle.digest if bundle else None,
+            config=spec.config,
             devices=len(selected),
-            forced=admission.forced,
+            forced=forced,
             by=requested_by,
         )
         await self._kick()
         return await self.get(row.id)
+
+    # ---- staged configs and failures (ApplyConfig and device reports call these) ---------------------
+
+    async def stage_configs(self, docs: Sequence[ConfigDocInput], staged_by: str) -> list[str]:
+        """Store config documents staged; FAILED_PRECONDITION when one is staged for an unfinished rollout."""
+        try:
+            return await asyncio.to_thread(self.rollouts.stage_configs, docs, staged_by, self.clock())
+        except serr.Conflict as exc:
+            raise cerr.FailedPrecondition(str(exc)) from None
+
+    async def staged(self) -> list[StagedConfig]:
+        return await asyncio.to_thread(self.rollouts.staged_configs)
+
+    async def config_overrides(self) -> dict[str, tuple[str, ManifestDoc]]:
+        """See ``Reconciler.config_overrides``."""
+        return await asyncio.to_thread(self.reconciler.config_overrides)
+
+    async def bundle_failures(self, digest: str) -> list[BundleFailure]:
+        return await asyncio.to_thread(self.rollouts.bundle_failures, [digest])
+
+    async def _record_failure(self, failure: BundleFailure | None) -> None:
+        if failure is None:
+            return
+        key = (failure.bundle_digest, failure.device_id, failure.assignment_id)
+        if key in self._failures_seen:
+            return
+        known = await asyncio.to_thread(self.rollouts.known_bundles, [failure.bundle_digest])
+        if failure.bundle_digest not in known:
+            return  # a digest no one published here: nothing to refuse later
+        desired = await asyncio.to_thread(self.rollouts.desired_rows, [failure.device_id])
+        row = desired.get(failure.device_id)
+        if row is not None and row.assignment_id == failure.assignment_id and row.rollout_id:
+            failure = replace(failure, rollout_id=row.rollout_id)
+        if await asyncio.to_thread(self.rollouts.record_bundle_failure, failure):
+            log.info(
+                "rollout.bundle_failure_recorded",
+                bundle=failure.bundle_digest,
+                device_id=failure.device_id,
+                rollout_id=failure.rollout_id,
+                kind=failure.kind,
+            )
+        if len(self._failures_seen) > 100_000:
+            self._failures_seen.clear()
+        self._failures_seen.add(key)
+
+    async def note_report(self, device: DeviceRecord, state: Mapping[str, Any]) -> None:
+        """Record the bundle failure a device's reported state shows (a FAIL verdict or a rollback)."""
+        await self._record_failure(
+            failure_from_report(state, device_id=device.id, device_name=device.name, at=self.clock())
+        )
+
+    async def note_verdict(self, device: DeviceRecord, verdict: Mapping[str, Any], at: datetime) -> None:
+        """Record the bundle failure a device's canary verdict event shows."""
+        await self._record_failure(failure_from_verdict(verdict, device_id=device.id, device_name=device.name, at=at))
 
     # ---- read ------------------------------------------------------------------------------------------
 
@@ -324,6 +500,7 @@ class RolloutService:
             facts=seen.facts,
             names=seen.names,
             verdicts=seen.verdicts,
+            config_content_digest=str(row.spec.get("config_content_digest", "")),
         )
 
     async def get(self, rollout_id: str) -> fleet_pb2.Rollout:

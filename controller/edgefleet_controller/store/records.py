@@ -182,7 +182,8 @@ class ConfigDocRecord:
 @dataclass(frozen=True, slots=True)
 class DesiredState:
     """What a device should run. ``revision`` grows per device on each change; ``change_seq`` is the value of
-    the store-wide desired-state change counter at this row's last change (0: never changed)."""
+    the store-wide desired-state change counter at this row's last change (0: never changed).
+    ``assignment_id`` identifies the decision behind the current target (None before the first change)."""
 
     device_id: str
     bundle_digest: str | None
@@ -192,6 +193,7 @@ class DesiredState:
     reason: str | None
     rollout_id: str | None
     change_seq: int
+    assignment_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

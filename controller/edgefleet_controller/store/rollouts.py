@@ -1,5 +1,6 @@
 """The rollout tables: rollouts, queued operator commands, rollout history, the bundles unfinished rollouts
-hold, hardware latency profiles, and named leases.
+hold, hardware latency profiles, named leases, the canary failures recorded per bundle, and config
+document revisions staged for config rollouts.
 
 ``RolloutStore`` sits next to ``Store`` on the same database and uses its write transactions
 (``Store.transaction`` / ``Store.set_desired_in``), so a plan's new rollout state, the desired states it
@@ -16,6 +17,11 @@ Concurrency:
   (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: the row lock); the loser's ``UPDATE`` matches no row. The
   optimistic version check above is the fence behind the lease: a replica whose lease silently expired
   mid-pass still cannot overwrite a newer state.
+
+Staged configs: one staged revision per config document (``stage_configs``), claimed by at most one rollout
+(inside the rollout's insert transaction, so two rollouts cannot claim the same revision); restaging a
+document claimed by an unfinished rollout is refused. Bundle failures are idempotent per (bundle, device,
+assignment): a report or verdict seen twice is recorded once.
 
 Time is always passed in; this module never reads the clock.
 """
@@ -34,7 +40,7 @@ from sqlalchemy.exc import IntegrityError
 
 from edgefleet_controller.store import schema as t
 from edgefleet_controller.store.errors import Conflict, InvalidArgument, NotFound
-from edgefleet_controller.store.records import EventRecord
+from edgefleet_controller.store.records import ConfigDocInput, EventRecord
 from edgefleet_controller.store.schema import canonical_json
 from edgefleet_controller.store.store import UNSET, Store
 
@@ -85,18 +91,62 @@ class RolloutEventRow:
 
 @dataclass(frozen=True, slots=True)
 class DesiredChange:
-    """Desired bundle for ``device_ids`` (None clears it); the config is left as it is unless given."""
+    """Desired bundle for ``device_ids`` (None clears it; ``keep_bundle`` leaves it as it is); the config is
+    left as it is unless given. ``assignment_ids`` names each device's new assignment (device id → id);
+    devices without one get an id minted by the store."""
 
     device_ids: tuple[str, ...]
     bundle_digest: str | None
     reason: str
     config_digest: str | None = None
+    assignment_ids: Mapping[str, str] | None = None
+    keep_bundle: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class DesiredRow:
     bundle_digest: str | None
     revision: int
+    assignment_id: str | None = None
+    rollout_id: str | None = None
+    config_digest: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BundleFailure:
+    """A device's failed canary (``kind`` "canary_fail") or rollback ("rolled_back") of a bundle, reported
+    under ``assignment_id``; ``summary`` is the verdict's reasons or the rollback reason, truncated."""
+
+    bundle_digest: str
+    device_id: str
+    device_name: str
+    rollout_id: str | None
+    assignment_id: str
+    kind: str
+    summary: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StagedConfig:
+    """A config document revision stored staged (not live); ``rollout_id`` is the rollout that claimed it."""
+
+    kind: str
+    name: str
+    site: str | None
+    doc_json: str
+    content_digest: str
+    staged_by: str
+    staged_at: datetime
+    rollout_id: str | None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+
+BUNDLE_FAILURE_KINDS = frozenset({"canary_fail", "rolled_back"})
+SUMMARY_MAX = 500
 
 
 def _rollout_row(row: Row[Any]) -> RolloutRow:
@@ -110,6 +160,19 @@ def _rollout_row(row: Row[Any]) -> RolloutRow:
         created_at=row.created_at,
         updated_at=row.updated_at,
         version=row.version,
+    )
+
+
+def _staged_row(row: Row[Any]) -> StagedConfig:
+    return StagedConfig(
+        kind=row.kind,
+        name=row.name,
+        site=row.site,
+        doc_json=row.doc_json,
+        content_digest=row.content_digest,
+        staged_by=row.staged_by,
+        staged_at=row.staged_at,
+        rollout_id=row.rollout_id,
     )
 
 
@@ -141,17 +204,22 @@ class RolloutStore:
         phase: str,
         now: datetime,
         check: Callable[[Sequence[RolloutRow]], None] | None = None,
+        claim_config: tuple[str, str] | None = None,
     ) -> RolloutRow:
         """Store a new rollout (version 1) holding its target bundle, with a ``rollout.created`` event.
 
         ``check`` sees every unfinished rollout inside the same write transaction and may raise to refuse
-        (the overlap check: two creates cannot both pass it and both commit).
+        (the overlap check: two creates cannot both pass it and both commit). ``claim_config`` (kind, name)
+        claims that staged config document for this rollout in the same transaction; ``Conflict`` when it
+        is not staged or another rollout holds it.
         """
         with self._store.transaction() as conn:
             if check is not None:
                 check(self._unfinished(conn))
             if conn.execute(sa.select(t.rollouts.c.id).where(t.rollouts.c.id == rollout_id)).first() is not None:
                 raise Conflict(f"rollout {rollout_id} already exists; rollout ids are never reused")
+            if claim_config is not None:
+                self._claim(conn, claim_config, rollout_id)
             conn.execute(
                 t.rollouts.insert().values(
                     id=rollout_id,
@@ -165,9 +233,12 @@ class RolloutStore:
                     version=1,
                 )
             )
-            conn.execute(
-                t.rollout_bundle_refs.insert().values(rollout_id=rollout_id, bundle_digest=bundle_digest, role="target")
-            )
+            if bundle_digest:
+                conn.execute(
+                    t.rollout_bundle_refs.insert().values(
+                        rollout_id=rollout_id, bundle_digest=bundle_digest, role="target"
+                    )
+                )
             self._events(conn, rollout_id, [("rollout.created", {"name": name, "bundle": bundle_digest})], now)
             row = conn.execute(sa.select(t.rollouts).where(t.rollouts.c.id == rollout_id)).one()
         return _rollout_row(row)
@@ -235,11 +306,12 @@ class RolloutStore:
                 self._store.set_desired_in(
                     conn,
                     change.device_ids,
-                    bundle_digest=change.bundle_digest,
+                    bundle_digest=UNSET if change.keep_bundle else change.bundle_digest,
                     config_digest=change.config_digest if change.config_digest is not None else UNSET,
                     reason=change.reason,
                     now=now,
                     rollout_id=rollout_id,
+                    assignment_ids=change.assignment_ids,
                 )
             if consumed_commands:
                 commands = t.rollout_commands
@@ -339,13 +411,11 @@ class RolloutStore:
         out: dict[str, DesiredRow] = {}
         with self._read() as conn:
             for chunk in _chunks(sorted(set(device_ids))):
-                rows = conn.execute(
-                    sa.select(desired.c.device_id, desired.c.bundle_digest, desired.c.revision).where(
-                        desired.c.device_id.in_(chunk)
+                rows = conn.execute(sa.select(desired).where(desired.c.device_id.in_(chunk)))
+                for row in rows:
+                    out[row.device_id] = DesiredRow(
+                        row.bundle_digest, int(row.revision), row.assignment_id, row.rollout_id, row.config_digest
                     )
-                )
-                for device_id, bundle_digest, revision in rows:
-                    out[device_id] = DesiredRow(bundle_digest, int(revision))
         return out
 
     def verdict_events(self, device_ids: Sequence[str], received_since: datetime) -> list[EventRecord]:
@@ -377,6 +447,155 @@ class RolloutStore:
             for chunk in _chunks(sorted(set(digests))):
                 found.update(conn.execute(sa.select(bundles.c.digest).where(bundles.c.digest.in_(chunk))).scalars())
         return found
+
+    # ---- bundle failures -------------------------------------------------------------------------------
+
+    def record_bundle_failure(self, failure: BundleFailure) -> bool:
+        """Record a failed canary / rollback of a bundle; False when (bundle, device, assignment) is known."""
+        if failure.kind not in BUNDLE_FAILURE_KINDS:
+            raise InvalidArgument(
+                f"bundle failure kind must be one of {sorted(BUNDLE_FAILURE_KINDS)}, got {failure.kind!r}"
+            )
+        if not failure.assignment_id:
+            raise InvalidArgument("a bundle failure needs the assignment id it was reported under, got ''")
+        if failure.at.tzinfo is None:
+            raise InvalidArgument(f"bundle failure time must be an aware UTC datetime, got {failure.at!r}")
+        failures = t.bundle_failures
+        try:
+            with self._store.transaction() as conn:
+                known = conn.execute(
+                    sa.select(failures.c.id).where(
+                        failures.c.bundle_digest == failure.bundle_digest,
+                        failures.c.device_id == failure.device_id,
+                        failures.c.assignment_id == failure.assignment_id,
+                    )
+                ).first()
+                if known is not None:
+                    return False
+                conn.execute(
+                    failures.insert().values(
+                        bundle_digest=failure.bundle_digest,
+                        device_id=failure.device_id,
+                        device_name=failure.device_name[:255],
+                        rollout_id=failure.rollout_id,
+                        assignment_id=failure.assignment_id[:128],
+                        kind=failure.kind,
+                        summary=failure.summary[:SUMMARY_MAX],
+                        at=failure.at,
+                    )
+                )
+        except IntegrityError:
+            return False  # recorded concurrently by another replica
+        return True
+
+    def bundle_failures(self, digests: Collection[str]) -> list[BundleFailure]:
+        """Recorded failures of these bundles, oldest first."""
+        failures = t.bundle_failures
+        out: list[BundleFailure] = []
+        with self._read() as conn:
+            for chunk in _chunks(sorted(set(digests))):
+                rows = conn.execute(
+                    sa.select(failures).where(failures.c.bundle_digest.in_(chunk)).order_by(failures.c.id)
+                )
+                out.extend(
+                    BundleFailure(
+                        r.bundle_digest,
+                        r.device_id,
+                        r.device_name,
+                        r.rollout_id,
+                        r.assignment_id,
+                        r.kind,
+                        r.summary,
+                        r.at,
+                    )
+                    for r in rows
+                )
+        out.sort(key=lambda f: (f.at, f.device_id))
+        return out
+
+    # ---- staged configs --------------------------------------------------------------------------------
+
+    def stage_configs(self, docs: Sequence[ConfigDocInput], staged_by: str, now: datetime) -> list[str]:
+        """Store each document staged (replacing an unclaimed staged revision of it). Returns per document
+        ``staged``, ``restaged`` or ``unchanged``. ``Conflict`` (nothing stored) when one is claimed by an
+        unfinished rollout."""
+        staged = t.staged_configs
+        results: list[str] = []
+        with self._store.transaction() as conn:
+            for doc in docs:
+                row = conn.execute(
+                    sa.select(staged).where(staged.c.kind == doc.kind, staged.c.name == doc.name)
+                ).one_or_none()
+                if row is not None and row.rollout_id is not None:
+                    phase = conn.execute(
+                        sa.select(t.rollouts.c.phase).where(t.rollouts.c.id == row.rollout_id)
+                    ).scalar_one_or_none()
+                    if phase is not None and phase not in TERMINAL_PHASES:
+                        raise Conflict(
+                            f"{doc.kind}/{doc.name} is staged for unfinished rollout {row.rollout_id} ({phase}); "
+                            "wait for it to finish or abort it before staging another revision"
+                        )
+                if row is not None and row.content_digest == doc.content_digest and row.rollout_id is None:
+                    results.append("unchanged")
+                    continue
+                values = {
+                    "site": doc.site,
+                    "doc_json": doc.doc_json,
+                    "content_digest": doc.content_digest,
+                    "staged_by": staged_by,
+                    "staged_at": now,
+                    "rollout_id": None,
+                }
+                if row is None:
+                    conn.execute(staged.insert().values(kind=doc.kind, name=doc.name, **values))
+                    results.append("staged")
+                else:
+                    conn.execute(
+                        staged.update().where(staged.c.kind == doc.kind, staged.c.name == doc.name).values(**values)
+                    )
+                    results.append("restaged")
+        return results
+
+    def _claim(self, conn: Connection, key: tuple[str, str], rollout_id: str) -> None:
+        staged = t.staged_configs
+        row = conn.execute(sa.select(staged).where(staged.c.kind == key[0], staged.c.name == key[1])).one_or_none()
+        if row is None:
+            raise Conflict(
+                f"{key[0]}/{key[1]} has no staged revision; stage it with 'fleetctl apply --stage -f FILE' or apply "
+                "it in the same 'fleetctl apply -f' as the Rollout"
+            )
+        if row.rollout_id is not None:
+            phase = conn.execute(
+                sa.select(t.rollouts.c.phase).where(t.rollouts.c.id == row.rollout_id)
+            ).scalar_one_or_none()
+            if phase is not None and phase not in TERMINAL_PHASES:
+                raise Conflict(
+                    f"{key[0]}/{key[1]}'s staged revision belongs to unfinished rollout {row.rollout_id} ({phase}); "
+                    "one rollout per staged revision"
+                )
+        conn.execute(
+            staged.update().where(staged.c.kind == key[0], staged.c.name == key[1]).values(rollout_id=rollout_id)
+        )
+
+    def staged_config(self, kind: str, name: str) -> StagedConfig | None:
+        staged = t.staged_configs
+        with self._read() as conn:
+            row = conn.execute(sa.select(staged).where(staged.c.kind == kind, staged.c.name == name)).one_or_none()
+        return _staged_row(row) if row is not None else None
+
+    def staged_configs(self) -> list[StagedConfig]:
+        staged = t.staged_configs
+        with self._read() as conn:
+            return [_staged_row(r) for r in conn.execute(sa.select(staged).order_by(staged.c.kind, staged.c.name))]
+
+    def drop_staged(self, kind: str, name: str, rollout_id: str) -> bool:
+        """Remove the staged revision ``rollout_id`` claimed (once promoted or discarded); False if gone."""
+        staged = t.staged_configs
+        with self._store.transaction() as conn:
+            result = conn.execute(
+                staged.delete().where(staged.c.kind == kind, staged.c.name == name, staged.c.rollout_id == rollout_id)
+            )
+        return bool(result.rowcount)
 
     # ---- hardware profiles -----------------------------------------------------------------------------
 

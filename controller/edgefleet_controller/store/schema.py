@@ -213,6 +213,8 @@ desired_state = sa.Table(
     # deliberately no foreign key to ``rollouts``: the id is provenance ("which rollout asked for this"),
     # and direct assignments and tests may name ids that no rollouts row holds
     sa.Column("rollout_id", sa.String(64), nullable=True, index=True),
+    # (migration 0004) minted for every change of the desired target; devices echo it with their outcomes
+    sa.Column("assignment_id", sa.String(128), nullable=True),
 )
 
 change_counters = sa.Table(
@@ -309,6 +311,42 @@ hardware_profiles = sa.Table(
     sa.Column("device_id", sa.String(64), nullable=True),
     sa.Column("measured_at", UTCDateTime(), nullable=False),
     sa.Index(None, "bundle_digest", "hardware_class"),
+)
+
+# ---- rollout truth (migration 0004) ---------------------------------------------------------------------
+
+# A device's failed canary verdict or rollback of a bundle, reported under an assignment: one row per
+# (bundle, device, assignment). CreateRollout refuses a bundle with any row unless forced.
+bundle_failures = sa.Table(
+    "bundle_failures",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("bundle_digest", sa.String(71), nullable=False, index=True),
+    # no foreign key: the record outlives the device and is shown by name
+    sa.Column("device_id", sa.String(64), nullable=False),
+    sa.Column("device_name", sa.String(255), nullable=False),
+    sa.Column("rollout_id", sa.String(64), nullable=True),
+    sa.Column("assignment_id", sa.String(128), nullable=False),
+    # "canary_fail" or "rolled_back"
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("summary", sa.Text(), nullable=False),
+    sa.Column("at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("bundle_digest", "device_id", "assignment_id"),
+)
+
+# A config document revision stored staged instead of live: it takes effect only through the rollout that
+# claims it (``rollout_id``), and becomes a live version when that rollout completes (discarded otherwise).
+staged_configs = sa.Table(
+    "staged_configs",
+    metadata,
+    sa.Column("kind", sa.String(64), primary_key=True),
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("site", sa.String(255), nullable=True),
+    sa.Column("doc_json", sa.Text(), nullable=False),
+    sa.Column("content_digest", sa.String(71), nullable=False),
+    sa.Column("staged_by", sa.String(255), nullable=False),
+    sa.Column("staged_at", UTCDateTime(), nullable=False),
+    sa.Column("rollout_id", sa.String(64), nullable=True, index=True),
 )
 
 # Named leases for work only one controller replica may do at a time (the rollout reconciler).

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import secrets
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -101,6 +102,11 @@ class _Unset(Enum):
 
 UNSET: Final = _Unset.UNSET
 """Marks a ``set_desired`` field the caller leaves as it is (``None`` clears it)."""
+
+
+def new_assignment_id() -> str:
+    """A fresh, opaque assignment id for a desired-state change the caller did not name."""
+    return f"asg_{secrets.token_hex(8)}"
 
 
 class EventInput(NamedTuple):
@@ -345,6 +351,7 @@ def _desired_record(row: Row[Any]) -> DesiredState:
         reason=row.reason,
         rollout_id=row.rollout_id,
         change_seq=row.change_seq,
+        assignment_id=row.assignment_id,
     )
 
 
@@ -1244,12 +1251,19 @@ class Store:
         reason: str,
         now: datetime,
         rollout_id: str | None = None,
+        assignment_ids: Mapping[str, str] | None = None,
+        reassign: bool = False,
     ) -> dict[str, int]:
         """Set what the devices should run; fields left ``UNSET`` stay as they are, ``None`` clears.
 
         Only devices whose bundle or config actually changes get a new revision (and the store-wide
         change counter moves once for the whole call); returns every device's resulting revision.
         Unknown devices or bundles fail the whole call.
+
+        Every change carries a new assignment id (``DesiredState.assignment_id``): the caller's, from
+        ``assignment_ids`` (device id → id; a device named there always changes, even to the same target:
+        a new assignment is a new decision the device acts on), else one minted here. ``reassign`` gives
+        every device a fresh assignment even where nothing else changes (an operator retrying a bundle).
         """
         with self._write() as conn:
             return self.set_desired_in(
@@ -1260,6 +1274,8 @@ class Store:
                 reason=reason,
                 now=now,
                 rollout_id=rollout_id,
+                assignment_ids=assignment_ids,
+                reassign=reassign,
             )
 
     @contextmanager
@@ -1279,11 +1295,16 @@ class Store:
         reason: str,
         now: datetime,
         rollout_id: str | None = None,
+        assignment_ids: Mapping[str, str] | None = None,
+        reassign: bool = False,
     ) -> dict[str, int]:
         """``set_desired`` inside the caller's write transaction ``conn`` (see ``transaction``)."""
         _check_now(now)
         _text("reason", reason, 4096)
-        if bundle_digest is UNSET and config_digest is UNSET:
+        given = dict(assignment_ids or {})
+        for device_id, assignment_id in given.items():
+            _text(f"assignment_id of {device_id}", assignment_id, 128)
+        if bundle_digest is UNSET and config_digest is UNSET and not given and not reassign:
             raise InvalidArgument("set_desired needs bundle_digest and/or config_digest; nothing to change")
         if isinstance(bundle_digest, str):
             _digest_arg("desired bundle_digest", bundle_digest)
@@ -1309,7 +1330,9 @@ class Store:
         changed = [
             row
             for row in rows.values()
-            if (bundle_digest is not UNSET and row.bundle_digest != bundle_digest)
+            if reassign
+            or row.device_id in given
+            or (bundle_digest is not UNSET and row.bundle_digest != bundle_digest)
             or (config_digest is not UNSET and row.config_digest != config_digest)
         ]
         if changed:
@@ -1328,12 +1351,20 @@ class Store:
                     updated_at=now,
                     reason=reason,
                     rollout_id=rollout_id,
+                    assignment_id=sa.bindparam("b_assignment_id"),
                     **values,
                 )
             )
             conn.execute(
                 statement,
-                [{"b_device_id": row.device_id, "b_revision": row.revision + 1} for row in changed],
+                [
+                    {
+                        "b_device_id": row.device_id,
+                        "b_revision": row.revision + 1,
+                        "b_assignment_id": given.get(row.device_id) or new_assignment_id(),
+                    }
+                    for row in changed
+                ],
             )
             for row in changed:
                 revisions[row.device_id] = int(row.revision) + 1

@@ -1,0 +1,135 @@
+"""A bundle that failed a canary is known to be bad: which device reports say so, and how it is shown.
+
+Owns the rules that turn what a device reports into a ``BundleFailure`` record (pure; the controller stores
+the records at ingestion, idempotently per (bundle, device, assignment)):
+
+- a ``CanaryVerdict`` (a ``canary_verdict`` event, or the reported ``last_verdict``) with outcome FAIL that
+  carries an ``assignment_id`` records ``canary_fail`` for its candidate bundle, with the verdict's reasons.
+  A verdict of a config-only candidate (candidate bundle == baseline bundle) says nothing about the bundle
+  and records nothing;
+- a report in ``update_state`` ROLLED_BACK under an ``assignment_id`` records ``rolled_back`` for its
+  candidate bundle (the reported FAIL verdict of the same assignment, when there is one, is preferred for
+  its reasons). A rollback of a config-only candidate (candidate bundle == running bundle) records nothing.
+
+Outcomes without an assignment id (devices that predate assignments) are not recorded: only an outcome the
+device ties to a decision the controller made counts. Devices are untrusted: the candidate must look like a
+digest and the caller records it only for a bundle published here; summaries are bounded.
+
+``refusal_message`` words the refusal CreateRollout returns, ``override_line`` the admission line a forced
+rollout keeps.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from edgefleet_controller.store.rollouts import SUMMARY_MAX, BundleFailure
+
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+SHOWN_REASONS_MAX = 240
+
+
+def _outcome(verdict: Mapping[str, Any]) -> str:
+    return str(verdict.get("outcome") or "").removeprefix("OUTCOME_").lower()
+
+
+def _truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def summary_of(reasons: Sequence[object], fallback: str) -> str:
+    text = "; ".join(str(r) for r in reasons if str(r)) or fallback
+    return _truncate(text, SUMMARY_MAX)
+
+
+def rollout_of(assignment_id: str) -> str | None:
+    """The rollout a rollout-made assignment id names (``ro_…/<device>/w<n>``), else None."""
+    head = assignment_id.split("/", 1)[0]
+    return head if head.startswith("ro_") and "/" in assignment_id else None
+
+
+def failure_from_verdict(
+    verdict: Mapping[str, Any], *, device_id: str, device_name: str, at: datetime, rollout_id: str | None = None
+) -> BundleFailure | None:
+    """The failure a FAIL verdict records, or None (passed, inconclusive, no assignment, config-only)."""
+    assignment_id = str(verdict.get("assignment_id") or "")
+    candidate = str(verdict.get("candidate_digest") or "")
+    if _outcome(verdict) != "fail" or not assignment_id or not _DIGEST.match(candidate):
+        return None
+    if candidate == verdict.get("baseline_digest"):
+        return None  # a config-only candidate: the bundle ran before and after
+    reasons = verdict.get("reasons")
+    phase = str(verdict.get("phase") or "canary")
+    return BundleFailure(
+        bundle_digest=candidate,
+        device_id=device_id,
+        device_name=device_name,
+        rollout_id=rollout_id or rollout_of(assignment_id),
+        assignment_id=assignment_id[:128],
+        kind="canary_fail",
+        summary=summary_of(reasons if isinstance(reasons, list) else [], f"{phase} verdict FAIL"),
+        at=at,
+    )
+
+
+def failure_from_report(
+    state: Mapping[str, Any], *, device_id: str, device_name: str, at: datetime, rollout_id: str | None = None
+) -> BundleFailure | None:
+    """The failure a reported state records (a FAIL last verdict, or a rollback), or None."""
+    verdict = state.get("last_verdict")
+    if isinstance(verdict, Mapping):
+        found = failure_from_verdict(
+            verdict, device_id=device_id, device_name=device_name, at=at, rollout_id=rollout_id
+        )
+        if found is not None:
+            return found
+    update_state = str(state.get("update_state") or "").removeprefix("UPDATE_STATE_").lower()
+    assignment_id = str(state.get("assignment_id") or "")
+    candidate = str(state.get("candidate_bundle_digest") or "")
+    if update_state != "rolled_back" or not assignment_id or not _DIGEST.match(candidate):
+        return None
+    if candidate == state.get("running_bundle_digest"):
+        return None  # a config-only candidate went back; the bundle is not to blame
+    return BundleFailure(
+        bundle_digest=candidate,
+        device_id=device_id,
+        device_name=device_name,
+        rollout_id=rollout_id or rollout_of(assignment_id),
+        assignment_id=assignment_id[:128],
+        kind="rolled_back",
+        summary=summary_of([state.get("update_reason") or ""], "rolled back"),
+        at=at,
+    )
+
+
+def describe(failure: BundleFailure) -> str:
+    """``lab-1 in rollout ro_… at 2025-03-01T12:00:00Z: canary FAIL: confidence drift …`` (reasons truncated)."""
+    where = f" in rollout {failure.rollout_id}" if failure.rollout_id else " (set-bundle)"
+    what = "canary FAIL" if failure.kind == "canary_fail" else "rolled back"
+    when = failure.at.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (
+        f"{failure.device_name or failure.device_id}{where} at {when}: {what}: "
+        f"{_truncate(failure.summary, SHOWN_REASONS_MAX)}"
+    )
+
+
+def refusal_message(ref: str, digest: str, failures: Sequence[BundleFailure]) -> str:
+    """Why CreateRollout refuses a bundle that failed before, and what to do."""
+    newest = failures[-1]
+    more = f" (and {len(failures) - 1} earlier failure{'s' if len(failures) > 2 else ''})" if len(failures) > 1 else ""
+    return (
+        f"bundle {ref} ({digest}) failed its canary before: {describe(newest)}{more}; fix the bundle and publish "
+        "a new version, or pass --force (CreateRolloutRequest.force / spec.force) to roll it out anyway"
+    )
+
+
+def override_line(failures: Sequence[BundleFailure]) -> str:
+    """The admission line a forced rollout of a bundle that failed before keeps."""
+    newest = failures[-1]
+    return (
+        f"failed-canary refusal overridden (forced): {len(failures)} earlier failure"
+        f"{'s' if len(failures) > 1 else ''}, newest {describe(newest)}"
+    )
