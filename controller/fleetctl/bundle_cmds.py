@@ -164,7 +164,14 @@ def manifest_table(manifest: BundleManifest, *, title: str | None = None) -> Tab
         ("postprocess", f"{post.kind} conf≥{post.conf_threshold} iou={post.iou_threshold}"),
         ("labels", ", ".join(manifest.labels) or "-"),
         ("latency", f"p{manifest.latency.percentile:g} ≤ {manifest.latency.sla_ms:g} ms"),
-        ("canary", f"≥{canary.min_frames} frames, headroom {canary.headroom:g}, psi ≤ {canary.psi_max:g}"),
+        (
+            # The bundle's declared policy: it applies on a device unless a manifest sets the same key
+            # (``fleetctl config effective DEVICE`` shows which layer won each key).
+            "canary",
+            f"≥{canary.min_frames} frames and ≥{canary.min_seconds:g} s, headroom {canary.headroom:g}, "
+            f"p95 ratio ≤ {canary.max_p95_ratio:g}, psi ≤ {canary.psi_max:g}, KS α {canary.ks_alpha:g}, "
+            f"agreement ≥ {canary.min_agreement:g} (unless a manifest sets the key)",
+        ),
         ("providers", " > ".join(manifest.providers)),
     ]
     for role, ref in manifest.artifacts.items():
