@@ -315,7 +315,7 @@ class EdgeAgent:
         if desired is None or not desired.bundle_digest:
             return
         digest = desired.bundle_digest
-        record = self.reporter.record or self.driver.record
+        record = self._current_record()
         if not force:
             # Re-offer only a bundle whose last attempt failed for a reason worth retrying, not too often.
             settled = record.state not in IN_PROGRESS
@@ -335,8 +335,11 @@ class EdgeAgent:
 
     # ------------------------------------------------------------------ reporting
 
+    def _current_record(self) -> UpdateRecord:
+        return self.reporter.record or self.driver.record
+
     def reported_state(self) -> common_pb2.ReportedState:
-        record: UpdateRecord = self.reporter.record or self.driver.record
+        record = self._current_record()
         engine = self.slot.current if self.slot.has_engine else None
         snap = self.runner.snapshot()
         details = Struct()
@@ -383,6 +386,9 @@ class EdgeAgent:
             alive = seen != self._last_seen_frames or self._last_snapshot is None
             self._last_seen_frames = seen
             health = judge_health(snap, self._last_snapshot, source_alive=alive)
+            if health == common_pb2.HEALTH_SERVING and self._current_record().degraded:
+                # First-install policy: serving a bundle that missed its latency SLA (update.state).
+                health = common_pb2.HEALTH_DEGRADED
             self._last_snapshot = snap
             if health != self.health:
                 log.info("agent.health", health=common_pb2.Health.Name(health))
@@ -393,7 +399,7 @@ class EdgeAgent:
             await asyncio.sleep(self.settings.status_interval_s)
 
     def _write_status(self, snap: RunnerSnapshot) -> None:
-        record = self.reporter.record or self.driver.record
+        record = self._current_record()
         _write_json_atomic(
             self.data_dir / STATUS_FILE,
             {

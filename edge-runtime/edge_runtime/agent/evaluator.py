@@ -150,6 +150,17 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def _event_numbers(verdict: CanaryVerdict) -> tuple[tuple[str, float], ...]:
+    """The figures a failing verdict hands the update machine (its first-install alert carries them)."""
+    numbers = {
+        "candidate_p95_ms": verdict.candidate_latency.p95_ms,
+        "latency_budget_ms": verdict.latency_budget_ms,
+        "sla_ms": verdict.sla_ms,
+        "frames": float(verdict.frames),
+    }
+    return tuple((k, float(v)) for k, v in numbers.items() if math.isfinite(v))
+
+
 class CanaryEvaluator:
     """Golden preflight + shadow canary (canary) and the watch window (trial); see the module docstring."""
 
@@ -312,7 +323,7 @@ class CanaryEvaluator:
                 self._inconclusive.pop(digest, None)
             return CanaryPassed(verdict.summary())
         if verdict.outcome is Outcome.FAIL:
-            return CanaryFailed(reasons)
+            return CanaryFailed(reasons, latency_only=verdict.latency_only, numbers=_event_numbers(verdict))
         with self._lock:
             count = self._inconclusive.get(digest, 0) + 1
             self._inconclusive[digest] = count
@@ -320,7 +331,9 @@ class CanaryEvaluator:
             return CanaryInconclusive(reasons)
         return CanaryFailed(
             f"canary inconclusive {count} times in a row (canary.inconclusive_limit {policy.inconclusive_limit}): "
-            f"{reasons}"
+            f"{reasons}",
+            inconclusive=True,
+            numbers=_event_numbers(verdict),
         )
 
     def _publish(self, verdict: CanaryVerdict, candidate: InferenceEngine, baseline: InferenceEngine | None) -> None:
@@ -449,7 +462,11 @@ class CanaryEvaluator:
         self._raise_alerts(verdict, run, hot)
         if verdict.outcome is Outcome.FAIL:
             detail = f" (last error: {run.side.last_error})" if served.error_count and run.side.last_error else ""
-            event: UpdateEvent = TrialFailed("; ".join(verdict.reasons) + detail)
+            event: UpdateEvent = TrialFailed(
+                "; ".join(verdict.reasons) + detail,
+                latency_only=verdict.latency_only,
+                numbers=_event_numbers(verdict),
+            )
         else:
             event = TrialPassed()
         log.info(

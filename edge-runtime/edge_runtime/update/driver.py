@@ -27,11 +27,11 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, assert_never
 
 import structlog
 
@@ -54,6 +54,7 @@ from edge_runtime.update.state import (
     DiskInsufficient,
     DownloadCompleted,
     DownloadFailed,
+    RaiseAlert,
     ReportState,
     RetryLimits,
     Stage,
@@ -129,9 +130,11 @@ class CandidateEvaluator(Protocol):
 
 
 class StateReporter(Protocol):
-    """Publishes the record as the device's reported update state (for the next sync)."""
+    """Publishes the record as the device's reported update state (for the next sync), and alerts."""
 
     def report(self, record: UpdateRecord) -> None: ...
+
+    def report_alert(self, bundle_digest: str, reason: str, numbers: Mapping[str, float]) -> None: ...
 
 
 def _utc_now() -> datetime:
@@ -321,8 +324,16 @@ class UpdateDriver:
                 self._collect(keep)
             case DiscardCandidate(digest=digest, keep_partial=keep_partial):
                 self._discard(digest, keep_partial=keep_partial)
+            case RaiseAlert(code=code, digest=digest, message=message, numbers=numbers):
+                log.warning("update.alert", code=code, digest=digest, message=message, **dict(numbers))
+                try:
+                    self._reporter.report_alert(digest, f"{code}: {message}", dict(numbers))
+                except Exception as exc:  # an alert must never stop or undo an update
+                    log.warning("update.alert_failed", error=str(exc))
             case ReportState():
                 self._report()
+            case _:
+                assert_never(effect)
         return _Outcome()
 
     def _download(self, effect: StartDownload) -> _Outcome:

@@ -34,6 +34,15 @@ Decisions written down here (the rest of the runtime relies on them):
   ``max_interruptions`` attributable crashes (``crashes``) the candidate is rejected (rolled back), so a
   bundle that kills the process cannot cause an update loop. ``interruptions`` counts every restart during
   the candidate, for the record.
+- First install (nothing committed, so nothing to fall back to): the device never ends with no bundle when
+  one passed its golden checks. A canary that fails on latency alone (``CanaryFailed.latency_only``: budget
+  or regression, no errors, NaNs, drift or disagreement) or stays inconclusive does not refuse the bundle:
+  it goes on to its trial and serves, ``degraded`` set (the agent reports ``HEALTH_DEGRADED``) and an alert
+  raised (``RaiseAlert``: ``first_install.latency_miss`` / ``first_install.inconclusive`` with the numbers).
+  A trial that fails on latency alone commits it, degraded (one alert per candidate); one that passes after
+  a canary miss commits it still degraded. Errors, NaNs, a golden
+  mismatch, a load or verification failure and a crash loop refuse it as for any device: the device serves
+  nothing rather than a bundle that computes wrongly. ``degraded`` is cleared when a bundle commits normally.
 - Outcomes belong to an assignment. Every desired state carries the controller's ``assignment_id``
   (opaque to the device); the record keeps the assignment of the desired state the device is acting on
   (``assignment_id``), the reporter echoes it in ``ReportedState.assignment_id`` next to the state,
@@ -194,7 +203,14 @@ class CanaryPassed:
 
 @dataclass(frozen=True)
 class CanaryFailed:
+    """The canary rejected the candidate. ``latency_only``: only latency checks failed (the outputs were
+    fine); ``inconclusive``: the policy rejects it for staying inconclusive; ``numbers``: what decided it
+    (``candidate_p95_ms``, ``latency_budget_ms``, ...), for the first-install alert."""
+
     reason: str
+    latency_only: bool = False
+    inconclusive: bool = False
+    numbers: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -209,7 +225,12 @@ class TrialPassed:
 
 @dataclass(frozen=True)
 class TrialFailed:
+    """The watch window failed the candidate serving in trial (``latency_only``, ``numbers``: as for
+    ``CanaryFailed``)."""
+
     reason: str
+    latency_only: bool = False
+    numbers: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -350,6 +371,17 @@ class CollectGarbage:
 
 
 @dataclass(frozen=True)
+class RaiseAlert:
+    """Tell the operator something that rolled nothing back (a ``KIND_ALERT`` event): ``code`` is the
+    dotted name (``first_install.latency_miss``), ``numbers`` the figures behind it."""
+
+    code: str
+    digest: str
+    message: str
+    numbers: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
 class ReportState:
     """Tell the controller (on the next sync) what the record now says."""
 
@@ -366,6 +398,7 @@ UpdateEffect = (
     | Commit
     | DiscardCandidate
     | CollectGarbage
+    | RaiseAlert
     | ReportState
 )
 
@@ -408,6 +441,8 @@ class UpdateRecord:
     # When the candidate was last loaded (staging); a restart resuming ``canary``/``trial`` is ``resuming``.
     candidate_loaded_at: datetime | None = None
     resuming: UpdateState | None = None
+    # First-install policy: why the candidate (in trial) or the committed bundle serves with degraded health.
+    degraded: str | None = None
     rejected: str | None = None
     failure: str | None = None
     canary_summary: str | None = None
@@ -447,6 +482,7 @@ class UpdateRecord:
             "crashes": self.crashes,
             "candidate_loaded_at": self.candidate_loaded_at.isoformat() if self.candidate_loaded_at else None,
             "resuming": self.resuming.value if self.resuming else None,
+            "degraded": self.degraded,
             "rejected": self.rejected,
             "failure": self.failure,
             "canary_summary": self.canary_summary,
@@ -503,6 +539,7 @@ class UpdateRecord:
             crashes=_count(data, "crashes"),
             candidate_loaded_at=_optional_time(data, "candidate_loaded_at"),
             resuming=_optional_state(data, "resuming"),
+            degraded=_optional_str(data, "degraded"),
             rejected=_optional_digest(data, "rejected"),
             failure=_optional_str(data, "failure"),
             canary_summary=_optional_str(data, "canary_summary"),
@@ -602,6 +639,9 @@ def _go(record: UpdateRecord, state: UpdateState, now: datetime, *effects: Updat
     """Move to ``state`` (re-entering the same state keeps ``entered_at``) and report it."""
     entered_at = record.entered_at if state == record.state else now
     next_record = replace(record, state=state, entered_at=entered_at, updated_at=now, **changes)
+    if next_record.committed is None and state != UpdateState.TRIAL and next_record.degraded is not None:
+        # A first-install candidate served degraded was abandoned: nothing serves, nothing is degraded.
+        next_record = replace(next_record, degraded=None)
     return Decision(record=next_record, effects=(*effects, ReportState()))
 
 
@@ -655,6 +695,7 @@ def _start_candidate(record: UpdateRecord, event: DesiredBundleChanged, now: dat
         crashes=record.crashes if same_candidate and event.digest != record.rejected else 0,
         candidate_loaded_at=None,
         resuming=None,
+        degraded=record.degraded if record.committed is not None else None,
         failure=None,
         canary_summary=None,
         assignment_id=event.assignment_id,
@@ -868,8 +909,53 @@ def _on_canary_started(record: UpdateRecord, event: CanaryStarted, now: datetime
     return _go(record, UpdateState.CANARY, now, canary_attempts=1)
 
 
+def _first_install_trial(
+    record: UpdateRecord, now: datetime, *, code: str, why: str, numbers: tuple[tuple[str, float], ...]
+) -> Decision:
+    """First install: serve the candidate that missed only on latency (or stayed inconclusive) in trial."""
+    candidate = record.candidate
+    assert candidate is not None and record.committed is None
+    message = f"first install: serving {candidate} with degraded health although {why}"
+    return _go(
+        record,
+        UpdateState.TRIAL,
+        now,
+        SwapToCandidate(candidate),
+        StartWatch(candidate),
+        RaiseAlert(code, candidate, message, numbers),
+        degraded=message,
+        failure=message,
+    )
+
+
+def _first_install_commit(
+    record: UpdateRecord, now: datetime, *, code: str, why: str, numbers: tuple[tuple[str, float], ...]
+) -> Decision:
+    """First install: commit the candidate serving in trial that missed only on latency, degraded."""
+    candidate = record.candidate
+    assert candidate is not None and record.committed is None
+    message = f"first install: committed {candidate} with degraded health although {why}"
+    alert = () if record.degraded else (RaiseAlert(code, candidate, message, numbers),)
+    return _go(
+        record,
+        UpdateState.COMMITTED,
+        now,
+        StopEvaluation(candidate),
+        Commit(candidate, keep=(candidate,)),
+        *alert,
+        **_committed_changes(candidate, None),
+        degraded=message,
+        failure=message,
+    )
+
+
 def _on_canary_failed(record: UpdateRecord, event: CanaryFailed, now: datetime, limits: RetryLimits) -> Decision:
     assert record.candidate is not None
+    if record.committed is None and (event.latency_only or event.inconclusive):
+        code = "first_install.latency_miss" if event.latency_only else "first_install.inconclusive"
+        return _first_install_trial(
+            record, now, code=code, why=f"its canary failed: {event.reason}", numbers=event.numbers
+        )
     return _go(
         record,
         UpdateState.ROLLED_BACK,
@@ -906,6 +992,9 @@ def _on_canary_inconclusive(
             canary_attempts=record.canary_attempts + 1,
             failure=f"canary run {record.canary_attempts} inconclusive: {event.reason}",
         )
+    why = f"its canary stayed inconclusive after {record.canary_attempts} runs: {event.reason}"
+    if record.committed is None:
+        return _first_install_trial(record, now, code="first_install.inconclusive", why=why, numbers=())
     return _go(
         record,
         UpdateState.ROLLED_BACK,
@@ -929,32 +1018,50 @@ def _on_canary_passed(record: UpdateRecord, event: CanaryPassed, now: datetime, 
     )
 
 
+def _committed_changes(new: str, previous: str | None) -> dict[str, Any]:
+    """The record changes of committing ``new`` over ``previous``: the candidate's bookkeeping is cleared."""
+    return {
+        "committed": new,
+        "previous": previous,
+        "candidate": None,
+        "candidate_artifacts": (),
+        "candidate_since": None,
+        "download_attempts": 0,
+        "canary_attempts": 0,
+        "interruptions": 0,
+        "crashes": 0,
+        "candidate_loaded_at": None,
+        "resuming": None,
+    }
+
+
 def _on_trial_passed(record: UpdateRecord, event: TrialPassed, now: datetime, limits: RetryLimits) -> Decision:
     assert record.candidate is not None
     new = record.candidate
     previous = record.committed if record.committed != new else record.previous
+    # A first-install candidate served despite a canary miss stays degraded: its window was short.
+    degraded = record.degraded if record.committed is None else None
     return _go(
         record,
         UpdateState.COMMITTED,
         now,
         Commit(new, keep=tuple(d for d in (new, previous) if d is not None)),
-        committed=new,
-        previous=previous,
-        candidate=None,
-        candidate_artifacts=(),
-        candidate_since=None,
-        download_attempts=0,
-        canary_attempts=0,
-        interruptions=0,
-        crashes=0,
-        candidate_loaded_at=None,
-        resuming=None,
-        failure=None,
+        **_committed_changes(new, previous),
+        degraded=degraded,
+        failure=degraded,
     )
 
 
 def _on_trial_failed(record: UpdateRecord, event: TrialFailed, now: datetime, limits: RetryLimits) -> Decision:
     assert record.candidate is not None
+    if record.committed is None and event.latency_only:
+        return _first_install_commit(
+            record,
+            now,
+            code="first_install.latency_miss",
+            why=f"its trial failed: {event.reason}",
+            numbers=event.numbers,
+        )
     return _go(
         record,
         UpdateState.ROLLED_BACK,

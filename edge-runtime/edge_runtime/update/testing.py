@@ -190,9 +190,13 @@ class ScriptedEvaluator:
 @dataclass
 class RecordingReporter:
     reports: list[UpdateRecord] = field(default_factory=list)
+    alerts: list[tuple[str, str, dict[str, float]]] = field(default_factory=list)
 
     def report(self, record: UpdateRecord) -> None:
         self.reports.append(record)
+
+    def report_alert(self, bundle_digest: str, reason: str, numbers: Mapping[str, float]) -> None:
+        self.alerts.append((bundle_digest, reason, dict(numbers)))
 
 
 def manifests_of(bundles: Iterable[PublishedBundle]) -> dict[str, dict[str, str]]:
