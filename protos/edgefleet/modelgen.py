@@ -8,6 +8,13 @@ digests stable across runs.
 All models use opset 17, take a float32 NCHW input named ``images`` with a dynamic batch dimension
 (``batch``), and can be made slower *by construction* with ``extra_matmuls``: chained square MatMul + Relu
 layers over the widest feature map, so a "slow" bundle is slow on every machine, not by sleeping.
+
+A classifier can also be slow only on some scenes (``scene_matmuls``): an ``If`` on the input's mean runs
+that many extra MatMuls when the frame is brighter than ``scene_threshold`` and nothing extra otherwise, with
+the same outputs either way (the heavy branch folds into an exact 0.0) as the same seed's model without
+them, up to float rounding (onnxruntime fuses the two graphs' layers differently, ~1e-7). It stands for a
+bundle whose cost depends on what the camera sees (NMS on a busy scene): a canary on a quiet scene cannot
+see the regression, the watch window on the busy scene must.
 """
 
 from __future__ import annotations
@@ -75,12 +82,45 @@ class _GraphBuilder:
     def relu(self, x: str) -> str:
         return self.node("Relu", [x], "relu")
 
-    def square_matmuls(self, x: str, dim: int, count: int) -> str:
+    def square_matmuls(self, x: str, dim: int, count: int, rng: np.random.Generator | None = None) -> str:
         """``count`` chained ``x @ W`` (W is dim×dim over the last axis) + Relu; He-scaled to stay bounded."""
+        draw = rng if rng is not None else self.rng
         for _ in range(count):
-            w = (self.rng.standard_normal((dim, dim)) * np.sqrt(2.0 / dim)).astype(np.float32)
+            w = (draw.standard_normal((dim, dim)) * np.sqrt(2.0 / dim)).astype(np.float32)
             x = self.relu(self.node("MatMul", [x, self.const("slow_w", w)], "slow_matmul"))
         return x
+
+    def scene_matmuls(self, x: str, dim: int, count: int, threshold: float, seed: int) -> str:
+        """``x`` unchanged, after ``count`` extra MatMuls only when the input's mean exceeds ``threshold``.
+
+        The heavy branch ends in ``x + float(max(h) > inf)``: always exactly ``x + 0.0``, yet it depends on
+        ``h``, so no optimiser can drop the MatMuls. Their weights come from their own generator, so every
+        other weight is the same as the same seed's model without them.
+        """
+        if count == 0:
+            return x
+        mean = self.node("ReduceMean", [INPUT_NAME], "scene_mean", keepdims=0)
+        busy = self.node("Greater", [mean, self.const("scene_threshold", np.array(threshold, np.float32))])
+        outer, self.nodes = self.nodes, []
+        heavy = self.square_matmuls(x, dim, count, rng=np.random.default_rng([seed, 0x5CE4E]))
+        peak = self.node("ReduceMax", [heavy], "scene_peak", keepdims=0)
+        never = self.node("Greater", [peak, self.const("inf", np.array(np.inf, np.float32))], "scene_never")
+        zero = self.node("Cast", [never], "scene_zero", to=TensorProto.FLOAT)
+        busy_out = self.node("Add", [x, zero], "scene_busy_out")
+        busy_nodes, self.nodes = self.nodes, []
+        quiet_out = self.node("Identity", [x], "scene_quiet_out")
+        quiet_nodes, self.nodes = self.nodes, outer
+
+        def branch(name: str, nodes: list[onnx.NodeProto], out: str) -> onnx.GraphProto:
+            return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)])
+
+        return self.node(
+            "If",
+            [busy],
+            "scene",
+            then_branch=branch("scene_busy", busy_nodes, busy_out),
+            else_branch=branch("scene_quiet", quiet_nodes, quiet_out),
+        )
 
 
 def _logit_shift_vector(
@@ -143,22 +183,29 @@ def make_classifier(
     seed: int = 0,
     extra_matmuls: int = 0,
     logit_shift: float = 0.0,
+    scene_matmuls: int = 0,
+    scene_threshold: float = 0.5,
 ) -> Path:
     """Write a tiny conv classifier: ``images [N,channels,size,size]`` → ``logits [N,num_classes]``.
 
-    Conv → Relu → (extra MatMul+Relu)* → GlobalAveragePool → Flatten → Gemm. ``logit_shift`` lowers
-    each class's bias by ``logit_shift`` times its rank (0 = least, 1 = most favoured on a mid-grey image),
-    so a positive shift makes the model less confident and moves its confidence distribution: a
-    "regressed" model for canary tests. Negative shifts make it more confident.
+    Conv → Relu → (extra MatMul+Relu)* → [If bright: scene MatMuls] → GlobalAveragePool → Flatten → Gemm.
+    ``logit_shift`` lowers each class's bias by ``logit_shift`` times its rank (0 = least, 1 = most
+    favoured on a mid-grey image), so a positive shift makes the model less confident and moves its
+    confidence distribution: a "regressed" model for canary tests. Negative shifts make it more confident.
+    ``scene_matmuls`` > 0 makes frames whose mean input exceeds ``scene_threshold`` (inputs as the bundle's
+    preprocessing feeds them, e.g. 0..1) that much slower, outputs unchanged (see the module docstring).
     """
     for name, value in (("num_classes", num_classes), ("size", size), ("channels", channels)):
         _check_positive(name, value)
     if extra_matmuls < 0:
         raise ValueError(f"modelgen: extra_matmuls must be >= 0, got {extra_matmuls}")
+    if scene_matmuls < 0:
+        raise ValueError(f"modelgen: scene_matmuls must be >= 0, got {scene_matmuls}")
     b = _GraphBuilder(np.random.default_rng(seed))
     features = 16
     x = b.relu(b.conv(INPUT_NAME, channels, features, kernel=3, stride=1))
     x = b.square_matmuls(x, size, extra_matmuls)
+    x = b.scene_matmuls(x, size, scene_matmuls, scene_threshold, seed)
     x = b.node("GlobalAveragePool", [x], "gap")
     x = b.node("Flatten", [x], "flatten", axis=1)
     # Wide weights so logits (and softmax confidences) vary visibly between inputs.

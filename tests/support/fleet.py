@@ -108,12 +108,14 @@ def make_bundle(
     watch_golden: bool = True,
     logit_shift: float = 0.0,
     extra_matmuls: int = 0,
+    scene_matmuls: int = 0,
 ) -> SignedBundle:
     """Generate a classifier (size×size), build, sign and pack a bundle; ``padding_bytes`` adds a random
     ``padding`` artifact to make downloads as large as a test needs.
 
     Regressed candidates for canary tests: ``logit_shift`` moves the confidence distribution (drift →
-    canary FAIL against a same-seed baseline), ``extra_matmuls`` makes the model slower (latency FAIL)."""
+    canary FAIL against a same-seed baseline), ``extra_matmuls`` makes the model slower (latency FAIL),
+    ``scene_matmuls`` makes it slower on bright frames only (mean input > 0.5), outputs unchanged."""
     workdir.mkdir(parents=True, exist_ok=True)
     model = make_classifier(
         workdir / "model.onnx",
@@ -122,6 +124,7 @@ def make_bundle(
         num_classes=4,
         logit_shift=logit_shift,
         extra_matmuls=extra_matmuls,
+        scene_matmuls=scene_matmuls,
     )
     spec = BundleSpec.from_dict(
         {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,29 @@ def test_extra_matmuls_add_square_matmul_layers(tmp_path: Path) -> None:
     assert _session(slow).run(None, {"images": np.zeros((1, 3, 64, 64), np.float32)})[0].shape == (1, 10)
     yolo = make_yolo_detector(tmp_path / "y.onnx", size=128, extra_matmuls=2)
     assert _op_count(yolo, "MatMul") == 2
+
+
+def test_scene_matmuls_run_only_on_bright_frames_and_change_no_output(tmp_path: Path) -> None:
+    plain = _session(make_classifier(tmp_path / "plain.onnx", size=32, seed=1, num_classes=4))
+    scene_path = make_classifier(tmp_path / "scene.onnx", size=32, seed=1, num_classes=4, scene_matmuls=40)
+    scene = _session(scene_path)
+    (branch,) = [n for n in onnx.load(str(scene_path)).graph.node if n.op_type == "If"]
+    busy = next(a.g for a in branch.attribute if a.name == "then_branch")
+    assert sum(n.op_type == "MatMul" for n in busy.node) == 40
+    rng = np.random.default_rng(2)
+    timings = {}
+    for level in (0.1, 0.9):
+        x = np.clip(rng.normal(level, 0.05, (2, 3, 32, 32)), 0.0, 1.0).astype(np.float32)
+        np.testing.assert_allclose(scene.run(None, {"images": x})[0], plain.run(None, {"images": x})[0], atol=1e-5)
+        best = []
+        for _ in range(5):
+            started = time.perf_counter()
+            scene.run(None, {"images": x})
+            best.append(time.perf_counter() - started)
+        timings[level] = min(best)
+    assert timings[0.9] > 3 * timings[0.1], timings
+    with pytest.raises(ValueError, match="scene_matmuls must be >= 0, got -1"):
+        make_classifier(tmp_path / "bad.onnx", scene_matmuls=-1)
 
 
 def _softmax_confidence(logits: np.ndarray) -> np.ndarray:

@@ -198,17 +198,21 @@ class FrameRunner:
             served = engine.infer(frame.image_bgr, frame.frame_id)
         except Exception as exc:
             served = exc
+        # The second inference of a pair runs right after the served one, before any bookkeeping: whichever
+        # goes second must start as soon after the frame's wake-up as the other does when it goes second, or
+        # a loaded host would preempt one side more than the other and the pairing would be biased.
+        if shadow is not None and candidate is None:
+            candidate = shadow.run_candidate(frame)
+        if watch is not None and pair and reference is None:
+            reference = watch.run_reference(frame)
         self._count(frame, digest, served, out)
         observer = self.observer
         if observer is not None:
             observer(frame, digest, served)
         if shadow is not None:
-            if candidate is None:
-                candidate = shadow.run_candidate(frame)
+            assert candidate is not None
             shadow.record(served, candidate)
         if watch is not None:
-            if pair and reference is None:
-                reference = watch.run_reference(frame)
             watch.record(served, reference)
 
     def _count(self, frame: Frame, digest: str, served: FrameResult | Exception, out: TextIO | None) -> None:

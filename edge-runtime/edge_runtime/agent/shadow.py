@@ -3,8 +3,10 @@
 The shadow canary runs the staged candidate on the SAME live frames as the committed engine, inside the
 frame loop: the served result is always the committed engine's, the candidate's is only recorded. Which of
 the two runs first alternates every frame, so thermal drift and cache warmth over a run fall equally on
-both sides (a frame where the candidate goes first is served one candidate-inference later; a frame
-where it goes second is served before the candidate runs). Row i of both sides describes frame i.
+both sides, and the second runs straight after the first, before the frame's bookkeeping (counters,
+telemetry, frame log), so neither side starts later after the frame's wake-up than the other does in its
+turn: on a loaded host the later an inference starts, the likelier it is preempted. The served result is
+therefore handed on one shadow inference later. Row i of both sides describes frame i.
 
 A first-ever bundle has nothing committed to compare against: the device serves nothing yet, so the
 candidate runs alone on the live frames and its samples stand for both sides. The verdict then compares
