@@ -6,32 +6,25 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
 
 from edge_runtime.agent.config_readers import CONFIG_READERS
 from edgefleet.contract.layering import DEFAULT_CONFIG
-from edgefleet.contract.manifest_schema import manifest_schema
+from edgefleet.contract.manifest_schema import config_keys
 from edgefleet.contract.precedence import leaf_paths
 
 # Keys with no built-in default, and why: the bundle's own SLA applies / the device's --source applies.
 NO_DEFAULT = {"sla.latency_ms", "source"}
 
 
-def schema_keys(properties: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
-    """Dotted leaf keys of the config schema: a section with ``properties`` is walked; anything else (a
-    scalar, a list, a free-keyed mapping such as ``trusted_keys``) is a key of its own."""
-    for name, node in properties.items():
-        dotted = f"{prefix}{name}"
-        if isinstance(node, Mapping) and "properties" in node:
-            yield from schema_keys(node["properties"], f"{dotted}.")
-        else:
-            yield dotted
+SCHEMA_KEYS = list(config_keys())
 
 
-SCHEMA_KEYS = sorted(schema_keys(manifest_schema()["$defs"]["config"]["properties"]))
+def test_config_keys_walks_sections_and_free_keyed_mappings() -> None:
+    assert {"canary.min_frames", "inference.providers", "source", "trusted_keys"} <= set(SCHEMA_KEYS)
+    assert "canary" not in SCHEMA_KEYS and not any(k.startswith("trusted_keys.") for k in SCHEMA_KEYS)
 
 
 def test_every_schema_key_has_a_reader_and_every_reader_a_schema_key() -> None:

@@ -4,7 +4,8 @@ Owns ``schema/manifest-v1.schema.json`` at run time (the same file is published 
 ``manifests/schema/`` for editors), the checks JSON Schema cannot express (Ed25519 trusted keys,
 rising percent waves, cross-field bounds of a merged config) and the wording of every violation:
 ``must be >= 50, got 10``, ``unknown field; did you mean 'min_frames'?``. Pure: no I/O beyond
-reading the packaged schema once.
+reading the packaged schema once. ``config_keys`` lists the config's leaf keys, the list the runtime's
+reader table and the classification of keys are held equal to.
 """
 
 from __future__ import annotations
@@ -54,6 +55,22 @@ def _config_validator() -> Any:
     schema = manifest_schema()
     # The config definition is validated on its own with the root's $defs in scope, for merged results.
     return jsonschema.Draft202012Validator({"$defs": schema["$defs"], "$ref": "#/$defs/config"})
+
+
+@functools.cache
+def config_keys() -> tuple[str, ...]:
+    """Every dotted leaf key of the config schema, sorted: a section with ``properties`` is walked; anything
+    else (a scalar, a list, a free-keyed mapping such as ``trusted_keys``) is a key of its own. What the
+    runtime's reader table and the inference/non-inference classification of keys are checked against."""
+
+    def walk(properties: Mapping[str, Any], prefix: str) -> Iterator[str]:
+        for name, node in properties.items():
+            if isinstance(node, Mapping) and "properties" in node:
+                yield from walk(node["properties"], f"{prefix}{name}.")
+            else:
+                yield f"{prefix}{name}"
+
+    return tuple(sorted(walk(manifest_schema()["$defs"]["config"]["properties"], "")))
 
 
 def document_violations(document: Any) -> list[Violation]:
