@@ -96,6 +96,7 @@ from edge_runtime.update.state import (
 from edgefleet.contract.bundle import GOLDEN_ROLE, MANIFEST_NAME, BundleManifest
 from edgefleet.contract.bundle_builder import load_golden
 from edgefleet.contract.errors import ContractError
+from edgefleet.contract.layering import thaw
 from edgefleet.contract.precedence import resolve_policy
 from edgefleet.v1 import common_pb2
 
@@ -414,8 +415,16 @@ class CanaryEvaluator:
         if remembered is not None:
             return remembered
         # Neither a bundle to read the SLA from nor a canary of this process: the paired statistics still
-        # judge, with the built-in thresholds; only the absolute budget is unknown.
-        return CanaryPolicy(sla_ms=math.inf, watch_window_s=window)
+        # judge with the operator's thresholds over the defaults; only an SLA no layer sets is unknown.
+        try:
+            values = thaw(resolve_policy(self._config()).values)
+            sla = values.setdefault("sla", {})
+            if isinstance(sla, dict) and sla.get("latency_ms") is None:
+                sla["latency_ms"] = math.inf
+            return CanaryPolicy.from_config(values)
+        except PolicyError as exc:
+            log.error("canary.watch_policy_invalid", digest=digest, error=str(exc))
+            return CanaryPolicy(sla_ms=math.inf, watch_window_s=window)
 
     def _read_thermal(self) -> ThermalState:
         try:

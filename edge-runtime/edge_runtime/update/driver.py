@@ -124,7 +124,7 @@ class CandidateEvaluator(Protocol):
 
     def start_canary(self, digest: str, bundle_dir: Path) -> Sequence[UpdateEvent]: ...
 
-    def start_watch(self, digest: str) -> Sequence[UpdateEvent]: ...
+    def start_watch(self, digest: str, bundle_dir: Path) -> Sequence[UpdateEvent]: ...
 
     def stop(self, digest: str) -> None: ...
 
@@ -308,7 +308,7 @@ class UpdateDriver:
             case StartCanary(digest=digest):
                 return _Outcome(list(self._evaluator.start_canary(digest, self._slots.path_for(digest))))
             case StartWatch(digest=digest):
-                return _Outcome(list(self._evaluator.start_watch(digest)))
+                return _Outcome(list(self._evaluator.start_watch(digest, self._slots.path_for(digest))))
             case StopEvaluation(digest=digest):
                 self._evaluator.stop(digest)
             case SwapToCandidate(digest=digest):

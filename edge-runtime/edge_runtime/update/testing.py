@@ -179,7 +179,7 @@ class ScriptedEvaluator:
         self.calls.append(("start_canary", digest))
         return list(self.canary_by_digest.get(digest, self.canary))
 
-    def start_watch(self, digest: str) -> Sequence[UpdateEvent]:
+    def start_watch(self, digest: str, bundle_dir: Path) -> Sequence[UpdateEvent]:
         self.calls.append(("start_watch", digest))
         return list(self.watch)
 
