@@ -11,7 +11,9 @@ written by ``edge-runtime profile --output json`` — then nothing is asked of t
 offline. BUNDLE names (``name@version`` or ``sha256:…``) narrow the candidates; none = every profiled bundle.
 
 The ranking and the rule are ``edgefleet.contract.budget.rank_candidates``: largest model first (bytes of
-the bundle's ``model`` artifact), chosen = the first with ``p95 <= sla × (1 − headroom − thermal_buffer)``.
+the bundle's ``model`` artifact), chosen = the first with ``p95 <= sla × (1 − headroom − thermal_buffer)``
+that never failed a canary: ``GetBundle.canary_failures`` marks a bundle known to be bad, and its row says
+``excluded: failed its canary (<device> in rollout <id> …)`` instead (offline files carry no such record).
 The table shows that arithmetic per candidate; the last line is ``chosen: NAME@VER (p95 31.2 ms <= 32.0 ms)``.
 Exit codes: 0 a candidate fits, 1 none fits (the arithmetic is still printed), 2 bad input.
 """
@@ -66,15 +68,29 @@ def load_profile_files(paths: list[Path]) -> list[BudgetCandidate]:
     return out
 
 
-def _model_size(
+def failed_canary_text(failures: list[fleet_pb2.BundleFailure]) -> str:
+    """The newest recorded failure, as the budget line shows it (``""`` when there is none)."""
+    if not failures:
+        return ""
+    newest = failures[-1]
+    where = f" in rollout {newest.rollout_id}" if newest.rollout_id else ""
+    what = "canary FAIL" if newest.kind == "canary_fail" else "rolled back"
+    summary = newest.summary if len(newest.summary) <= 120 else newest.summary[:119] + "…"
+    more = f"; {len(failures)} failures" if len(failures) > 1 else ""
+    return f"{newest.device_name or newest.device_id}{where}: {what}: {summary}{more}"
+
+
+def _bundle_facts(
     stub: fleet_pb2_grpc.FleetServiceStub, digest: str, metadata: tuple[tuple[str, str], ...]
-) -> tuple[int, str]:
+) -> tuple[int, str, str]:
+    """(model size, size basis, failed-canary text) of a published bundle."""
     reply = stub.GetBundle(fleet_pb2.GetBundleRequest(ref=digest), metadata=metadata, timeout=RPC_TIMEOUT_S)
+    failed = failed_canary_text(list(reply.canary_failures))
     try:
         manifest = BundleManifest.from_json_bytes(reply.manifest)
-        return manifest.artifact(MODEL_ROLE).size, SIZE_MODEL
+        return manifest.artifact(MODEL_ROLE).size, SIZE_MODEL, failed
     except ContractError:
-        return int(reply.bundle.size_bytes), SIZE_BUNDLE
+        return int(reply.bundle.size_bytes), SIZE_BUNDLE, failed
 
 
 def fetch_candidates(bundles: list[str], hardware_class: str) -> list[BudgetCandidate]:
@@ -86,17 +102,17 @@ def fetch_candidates(bundles: list[str], hardware_class: str) -> list[BudgetCand
             metadata=conn.metadata,
             timeout=RPC_TIMEOUT_S,
         )
-        sizes: dict[str, tuple[int, str]] = {}
+        sizes: dict[str, tuple[int, str, str]] = {}
         out: list[BudgetCandidate] = []
         for p in reply.profiles:
             if p.bundle_digest not in sizes:
                 try:
-                    sizes[p.bundle_digest] = _model_size(stub, p.bundle_digest, conn.metadata)
+                    sizes[p.bundle_digest] = _bundle_facts(stub, p.bundle_digest, conn.metadata)
                 except grpc.RpcError as exc:
                     if exc.code() != grpc.StatusCode.NOT_FOUND:
                         raise
-                    sizes[p.bundle_digest] = (0, SIZE_BUNDLE)
-            size, basis = sizes[p.bundle_digest]
+                    sizes[p.bundle_digest] = (0, SIZE_BUNDLE, "")
+            size, basis, failed = sizes[p.bundle_digest]
             out.append(
                 BudgetCandidate(
                     ref=p.bundle_ref,
@@ -108,6 +124,7 @@ def fetch_candidates(bundles: list[str], hardware_class: str) -> list[BudgetCand
                     samples=p.samples,
                     source=f"{p.source or 'profile'} on {p.device_id or '?'}",
                     size_basis=basis,
+                    failed_canary=failed,
                 )
             )
     return out
@@ -137,6 +154,8 @@ def render(result: BudgetResult, fmt: str, hardware_class: str) -> None:
             p95 = f"{cand.p95_ms:.1f}"
             arithmetic = f"{p95} {'<=' if c.fits else '>'} {result.budget_ms:.1f} ms"
         verdict = "[green]fits[/green]" if c.fits else "[red]no[/red]"
+        if cand.failed_canary:
+            verdict = f"[red]failed its canary[/red] ({escape(cand.failed_canary)})"
         if result.chosen is cand:
             verdict = "[bold green]chosen[/bold green]"
         grid.add_row(str(c.rank), cand.label, format_size(cand.size_bytes), p50, p95, arithmetic, verdict)

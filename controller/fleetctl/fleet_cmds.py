@@ -258,8 +258,17 @@ def _manifest_files(path: Path) -> Iterator[Path]:
 def apply(
     file: list[Path] = typer.Option(..., "-f", "--file", help="manifest file or directory (repeatable)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="validate and show what would change"),
+    stage: bool = typer.Option(
+        False,
+        "--stage",
+        help="store the config documents staged, not live: they take effect through a Rollout whose "
+        "spec.target.config (or 'fleetctl rollout create --config') names them",
+    ),
 ) -> None:
-    """Apply config manifests (FleetConfig, SiteConfig, DeviceConfig, Rollout)."""
+    """Apply config manifests (FleetConfig, SiteConfig, DeviceConfig, Rollout).
+
+    A config document that a Rollout in the same apply targets (spec.target.config) is staged instead of live,
+    and canaried device by device; it becomes live when that rollout completes."""
     files = [
         fleet_pb2.ManifestFile(name=str(p), content=p.read_text(encoding="utf-8"))
         for f in file
@@ -270,7 +279,7 @@ def apply(
     conn = OPTIONS.connection()
     with conn.fleet() as stub:
         reply = stub.ApplyConfig(
-            fleet_pb2.ApplyConfigRequest(files=files, dry_run=dry_run), metadata=conn.metadata, timeout=60
+            fleet_pb2.ApplyConfigRequest(files=files, dry_run=dry_run, stage=stage), metadata=conn.metadata, timeout=60
         )
     for line in reply.results:
         console.print(line, highlight=False)

@@ -1,10 +1,14 @@
 """``fleetctl rollout``: create, status, watch, pause, resume, approve, abort and rollback canary-gated
 rollouts over gRPC (``FleetService`` rollout RPCs).
 
-``watch`` redraws one rich ``Live`` view per streamed update: the phase and message, one line per wave
-(assigned / succeeded / failed / in flight), and one row per device with its status, update state and the
-numbers of its canary verdict (p95 candidate vs baseline, PSI, agreement, frames). ``rollback`` is an
-abort of a rollout whose ``on_abort`` is rollback: devices already moved go back to their previous bundle.
+``watch`` redraws one rich ``Live`` view per streamed update: the phase and message, the target (bundle and/or
+staged config document with its content digest), one line per wave (assigned / succeeded / failed / in flight),
+and one row per device with its status, update state, its target config (config rollouts) and the numbers of its
+canary verdict (p95 candidate vs baseline, PSI, agreement, frames). ``rollback`` is an abort of a rollout whose
+``on_abort`` is rollback: devices already moved go back to their previous bundle (and live config).
+
+``create --force`` overrides both refusals a create can meet: latency admission, and a bundle that failed a
+canary before; the overrides are kept on the rollout (its admission lines) and shown by ``status``.
 """
 
 from __future__ import annotations
@@ -78,30 +82,46 @@ def wave_lines(rollout: fleet_pb2.Rollout) -> list[str]:
     return lines
 
 
+def target_text(rollout: fleet_pb2.Rollout) -> str:
+    """``bundle sha256:ab12…``, ``config SiteConfig/a (staged sha256:cd34…)`` or both."""
+    parts = []
+    if rollout.bundle_digest:
+        parts.append(f"bundle {short_digest(rollout.bundle_digest)}")
+    if rollout.config:
+        staged = f" (staged {short_digest(rollout.config_content_digest)})" if rollout.config_content_digest else ""
+        parts.append(f"config {rollout.config}{staged}")
+    return "  ".join(parts) or "no target"
+
+
 def render(rollout: fleet_pb2.Rollout) -> Group:
     """The whole view of one rollout (used by ``status`` and redrawn by ``watch``)."""
     header = Text.assemble(
         (f"{rollout.name} ", "bold"),
         (f"{rollout.id}  ", "dim"),
         (phase_name(rollout.phase), "bold cyan"),
-        f"  wave {rollout.wave}/{rollout.waves_total}  bundle {short_digest(rollout.bundle_digest)}",
+        f"  wave {rollout.wave}/{rollout.waves_total}  {target_text(rollout)}",
     )
     parts: list[Text | Table] = [header]
     if rollout.message:
         parts.append(Text(rollout.message))
     if rollout.forced:
-        parts.append(Text("latency admission overridden (forced): " + "; ".join(rollout.admission), style="yellow"))
+        overridden = [line for line in rollout.admission if "forced" in line] or list(rollout.admission)
+        parts.append(Text("overridden (forced): " + "; ".join(overridden), style="yellow"))
+    parts.extend(Text(line) for line in rollout.admission if line.startswith("config "))
     parts.extend(Text(line) for line in wave_lines(rollout))
     table = Table(show_lines=False, title_justify="left")
-    for column in ("DEVICE", "SITE", "WAVE", "STATUS", "UPDATE", "VERDICT"):
+    columns = ["DEVICE", "SITE", "WAVE", "STATUS", "UPDATE", *(["CONFIG"] if rollout.config else []), "VERDICT"]
+    for column in columns:
         table.add_column(column, overflow="fold")
     for d in rollout.devices:
+        config = [short_digest(d.target_config_digest) if d.target_config_digest else "-"] if rollout.config else []
         table.add_row(
             d.device_name or d.device_id,
             d.site,
             str(d.wave) if d.wave else "-",
             Text(d.status, style=_STATUS_STYLE.get(d.status, "")),
             _update_state(d.update_state),
+            *config,
             verdict_numbers(d.verdict),
         )
     parts.append(table)
@@ -111,7 +131,12 @@ def render(rollout: fleet_pb2.Rollout) -> Group:
 @rollout_app.command("create")
 @grpc_errors
 def create(
-    bundle: str = typer.Argument(..., help="bundle digest or name@version"),
+    bundle: str = typer.Argument("", help="bundle digest or name@version (omit for a config-only rollout)"),
+    config: str = typer.Option(
+        "",
+        "--config",
+        help="a staged config document to roll out, e.g. SiteConfig/warehouse-a (fleetctl apply --stage)",
+    ),
     site: list[str] = typer.Option([], "--site", help="a site to include; repeat for several"),
     tag: list[str] = typer.Option([], "--tag", help="key=value every device must carry; repeat for several"),
     waves: str = typer.Option("1,100%", help="cumulative wave sizes per site, e.g. 1,10%,50%,100%"),
@@ -121,12 +146,20 @@ def create(
     inconclusive_limit: int = typer.Option(0, help="inconclusive verdicts that count as a failure (0 = 2)"),
     manual_approval: bool = typer.Option(False, help="wait for 'fleetctl rollout approve' between waves"),
     on_abort: str = typer.Option("rollback", help="rollback or halt"),
-    force: bool = typer.Option(False, help="override a refused latency admission"),
+    force: bool = typer.Option(
+        False,
+        help="override a refused latency admission and the refusal of a bundle that failed a canary before "
+        "(recorded on the rollout)",
+    ),
     name: str = typer.Option("", help="rollout name (default: bundle name-version)"),
     output: str = OutputOpt,
 ) -> None:
-    """Create a rollout of BUNDLE onto the selected devices."""
+    """Create a rollout of BUNDLE and/or a staged config document (--config) onto the selected devices."""
     fmt = _check_format(output)
+    if not bundle and not config:
+        raise typer.BadParameter(
+            "give a BUNDLE, --config SiteConfig/<name> (staged with fleetctl apply --stage), or both"
+        )
     tags: dict[str, str] = {}
     for item in tag:
         key, eq, value = item.partition("=")
@@ -136,6 +169,7 @@ def create(
     request = fleet_pb2.CreateRolloutRequest(
         name=name,
         bundle=bundle,
+        config=config,
         selector=fleet_pb2.RolloutSelector(sites=site, tags=tags),
         strategy=fleet_pb2.RolloutStrategy(
             waves=[w.strip() for w in waves.split(",") if w.strip()],
@@ -178,13 +212,13 @@ def status(
         list(reply.rollouts),
         fmt,
         f"rollouts ({len(reply.rollouts)})",
-        ["ID", "NAME", "PHASE", "WAVE", "BUNDLE", "DEVICES", "CREATED"],
+        ["ID", "NAME", "PHASE", "WAVE", "TARGET", "DEVICES", "CREATED"],
         lambda r: [
             r.id,
             r.name,
             phase_name(r.phase),
             f"{r.wave}/{r.waves_total}",
-            short_digest(r.bundle_digest),
+            " + ".join(filter(None, [short_digest(r.bundle_digest) if r.bundle_digest else "", r.config])),
             str(sum(1 for d in r.devices if d.status != "pending")),
             ts(r.created_at),
         ],

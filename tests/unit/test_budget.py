@@ -4,6 +4,7 @@ on latency-profile JSON files."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -230,3 +231,17 @@ def test_fleetctl_budget_bad_input_exits_2(tmp_path: Path) -> None:
     (tmp_path / "junk.json").write_text("{nope")
     junk = runner.invoke(app, ["budget", "--sla", "40ms", "--profile", str(tmp_path / "junk.json")])
     assert junk.exit_code == 2 and "is not JSON" in junk.output
+
+
+def test_a_bundle_that_failed_its_canary_is_never_chosen_and_says_why() -> None:
+    failed = replace(cand("big@2.0.0", 20.0, 40_000), failed_canary="lab-1 in rollout ro_1: canary FAIL: drift")
+    result = rank_candidates([failed, cand("small@1.0.0", 5.0, 1_000)], 40.0, 0.2, 0.0)
+    assert result.chosen is not None and result.chosen.ref == "small@1.0.0"
+    line = result.lines[0]
+    assert not line.fits and "excluded: failed its canary (lab-1 in rollout ro_1: canary FAIL: drift)" in line.line
+    assert result.to_dict()["candidates"][0]["failed_canary"].startswith("lab-1")  # type: ignore[index]
+    alone = rank_candidates([failed], 40.0, 0.2, 0.0)
+    assert alone.chosen is None and "every candidate failed its canary (big@2.0.0)" in alone.summary
+    # merging profiles of one bundle keeps the mark
+    (merged,) = merge_candidates([cand("big@2.0.0", 10.0, 40_000), failed])
+    assert merged.failed_canary

@@ -17,6 +17,9 @@ Decisions, written down:
   chosen. A candidate without a profile never fits: an unmeasured budget is no budget.
 - Several profiles of one bundle on one hardware class (several devices, several runs) are merged by
   taking the slowest p95 (``merge_candidates``): the budget must hold on every device of the class.
+- A bundle that failed its canary (``failed_canary``: what the controller recorded, e.g. ``lab-1 in rollout
+  ro_…: canary FAIL: confidence drift …``) is never chosen, however well it fits: it is known to be bad on
+  live frames. Its line says so and why. Offline (``--profile FILE``) there is no such record to consult.
 """
 
 from __future__ import annotations
@@ -104,6 +107,8 @@ class BudgetCandidate:
     samples: int = 0
     source: str = ""
     size_basis: str = SIZE_MODEL
+    #: why the bundle is known to be bad (a failed canary the controller recorded); "" = no failure known
+    failed_canary: str = ""
 
     @property
     def label(self) -> str:
@@ -145,6 +150,13 @@ class BudgetResult:
                 f"none fits: no candidate has a profile; budget {self.formula} = {self.budget_ms:.1f} ms; "
                 "run 'edge-runtime profile' on a device of this class"
             )
+        excluded = [c.candidate for c in self.lines if c.candidate.failed_canary]
+        if excluded and len(excluded) == len(self.lines):
+            return (
+                f"none fits: every candidate failed its canary ({', '.join(c.label for c in excluded)}); "
+                "publish a fixed bundle"
+            )
+        measured = [c for c in measured if not c.failed_canary] or measured
         fastest = min(measured, key=lambda c: c.p95_ms or 0.0)
         p95, budget = _pair(fastest.p95_ms or 0.0, self.budget_ms)
         return (
@@ -174,6 +186,7 @@ class BudgetResult:
                     "samples": c.candidate.samples,
                     "source": c.candidate.source,
                     "fits": c.fits,
+                    "failed_canary": c.candidate.failed_canary,
                     "margin_ms": None if c.margin_ms is None else round(c.margin_ms, 4),
                     "line": c.line,
                 }
@@ -213,6 +226,9 @@ def rank_candidates(
         fits = cand.p95_ms <= budget
         p95, shown_budget = _pair(cand.p95_ms, budget)
         verdict = "fits" if fits else "too slow"
+        if cand.failed_canary:
+            fits = False
+            verdict = f"excluded: failed its canary ({cand.failed_canary})"
         if fits and chosen is None:
             chosen = cand
             verdict = "fits: chosen"
@@ -246,6 +262,7 @@ def merge_candidates(candidates: Iterable[BudgetCandidate]) -> list[BudgetCandid
             samples=seen.samples + cand.samples,
             size_bytes=max(seen.size_bytes, cand.size_bytes),
             ref=seen.ref or cand.ref,
+            failed_canary=seen.failed_canary or cand.failed_canary,
         )
     return list(merged.values())
 
