@@ -60,6 +60,7 @@ names = st.text("abcdefgh-", min_size=1, max_size=8)
     on_abort=st.sampled_from(list(OnAbort)),
     sites=st.lists(names, max_size=3, unique=True),
     tags=st.dictionaries(names, names, max_size=3),
+    target=st.sampled_from([(V2, None), (None, "SiteConfig/lab"), (V2, "FleetConfig/default")]),
 )
 def test_spec_round_trips_through_stored_json(
     waves: list[Any],
@@ -73,10 +74,12 @@ def test_spec_round_trips_through_stored_json(
     on_abort: OnAbort,
     sites: list[str],
     tags: dict[str, str],
+    target: tuple[str | None, str | None],
 ) -> None:
     spec = RolloutSpec(
         id="ro_1",
-        bundle_digest=V2,
+        bundle_digest=target[0],
+        config=target[1],
         selector=Selector(tuple(sites), tags),
         strategy=Strategy(tuple(waves), bake, parallel, per_site),
         gates=Gates(ratio, canary, limit, manual),
@@ -102,7 +105,10 @@ def test_state_round_trips_through_stored_json(
         wave=wave,
         wave_started_at=T0,
         baked_since=None,
-        assigned={d: Assignment(w, p, T0 + timedelta(seconds=s), "berlin") for d, (w, p, s) in assigned.items()},
+        assigned={
+            d: Assignment(w, p, T0 + timedelta(seconds=s), "berlin", f"ro_1/{d}/w{w}", p, p and V2)
+            for d, (w, p, s) in assigned.items()
+        },
         reverting=frozenset(list(assigned)[:2]),
         message=message,
     )
@@ -297,3 +303,30 @@ def test_inconclusive_counts_are_in_a_row_since_assignment_under_it() -> None:
     ]
     accepted = {"a": OURS, "b": OURS, "c": frozenset({"ro_1/c/w1"})}
     assert inconclusive_counts(events, accepted, {"a": T0, "b": T0, "c": T0}) == {"a": 2, "b": 0}
+
+
+def test_state_stored_before_assignment_ids_reads_with_none() -> None:
+    """A rollout stored by the previous version (no assignment ids): its devices stay in flight, never judged."""
+    stored = {"phase": "running", "wave": 1, "assigned": {"d": {"wave": 1, "assigned_at": T0.isoformat()}}}
+    assignment = state_from_dict(stored).assigned["d"]
+    assert (assignment.assignment_id, assignment.previous_bundle_digest, assignment.config_digest) == ("", None, None)
+    old_spec = {"id": "ro_1", "bundle_digest": V2, "config_digest": None}
+    assert spec_from_dict(old_spec) == RolloutSpec(id="ro_1", bundle_digest=V2)
+
+
+def test_rollout_message_shows_the_config_target_per_device() -> None:
+    spec = RolloutSpec(id="ro_1", config="SiteConfig/lab", selector=Selector(("lab",)))
+    target = "sha256:" + "c" * 64
+    state = RolloutState(
+        phase=RolloutPhase.RUNNING,
+        wave=1,
+        assigned={"d1": Assignment(1, V1, T0, "lab", "ro_1/d1/w1", None, target)},
+    )
+    facts = [DeviceFact("d1", "lab", running_bundle=V1), DeviceFact("d2", "lab", target_config_digest=V2)]
+    message = rollout_message(
+        name="r", spec=spec, state=state, created_at=T0, updated_at=T0, facts=facts, config_content_digest=V1
+    )
+    assert (message.bundle_digest, message.config, message.config_content_digest) == ("", "SiteConfig/lab", V1)
+    rows = {d.device_id: d for d in message.devices}
+    assert (rows["d1"].assignment_id, rows["d1"].target_config_digest) == ("ro_1/d1/w1", target)
+    assert (rows["d2"].status, rows["d2"].target_config_digest) == ("pending", V2)

@@ -88,7 +88,7 @@ from edgefleet_controller.rollout.model import (
 )
 from edgefleet_controller.rollout.planner import plan
 from edgefleet_controller.store import Store
-from edgefleet_controller.store.errors import Conflict
+from edgefleet_controller.store.errors import Conflict, NotFound
 from edgefleet_controller.store.records import ConfigDocInput, DeviceRecord, EventRecord
 from edgefleet_controller.store.rollouts import (
     CommandRow,
@@ -461,21 +461,24 @@ class Reconciler:
         )
 
     def config_overrides(self) -> dict[str, tuple[str, ManifestDoc]]:
-        """Device id → (rollout id, staged document) for every device a running config rollout has moved and
-        not sent back: the controller's config assignment computes their config with that document in place,
-        so a config change mid-rollout does not undo the rollout's target on them."""
+        """Device id → (rollout id, staged document) for every device a config rollout has moved and not sent
+        back, while its staged revision is held (running, or completed and not yet made live): the
+        controller's config assignment computes their config with that document in place, so a config change
+        mid-rollout (or in the moment between completion and promotion) does not undo the rollout's target."""
         out: dict[str, tuple[str, ManifestDoc]] = {}
-        for row in self.rollouts.unfinished():
-            spec = spec_from_dict(row.spec["spec"])
-            state = state_from_dict(row.state)
-            if spec.config is None or state.phase.aborting:
+        for staged in self.rollouts.staged_configs():
+            if staged.rollout_id is None:
                 continue
-            staged = self.staged_for(spec)
-            if staged is None:
+            try:
+                row = self.rollouts.get(staged.rollout_id)
+            except NotFound:
+                continue
+            state = state_from_dict(row.state)
+            if state.phase.aborting:
                 continue
             doc = staged_document(staged)
             for device_id in set(state.assigned) - state.reverting:
-                out[device_id] = (spec.id, doc)
+                out[device_id] = (row.id, doc)
         return out
 
     async def _settle_staged(self, report: PassReport, now: datetime) -> None:
@@ -486,7 +489,7 @@ class Reconciler:
                 continue
             try:
                 row = await asyncio.to_thread(self.rollouts.get, item.rollout_id)
-            except Exception:
+            except NotFound:
                 continue  # a claim by a rollout this database does not hold: leave it for an operator
             if row.phase == RolloutPhase.COMPLETED:
                 doc = ConfigDocInput(item.kind, item.name, item.site, item.doc_json, item.content_digest)
