@@ -86,6 +86,7 @@ OFFLINE_AFTER = timedelta(seconds=120)
 REPORT_REFRESH_S = 15.0
 
 Clock = Callable[[], datetime]
+_FAILURE_EVENT_KINDS = (telemetry_pb2.DeviceEvent.KIND_CANARY_VERDICT, telemetry_pb2.DeviceEvent.KIND_ROLLBACK)
 
 
 def utcnow() -> datetime:
@@ -557,12 +558,16 @@ class ControllerApp:
             inputs.append(EventInput(kind, payload, at, seq))
         stored = await asyncio.to_thread(self.store.record_events, device_id, inputs, self.clock())
         await self._record_profiles(device_id, events)
-        verdicts = [(ev, i) for ev, i in zip(events, inputs, strict=True) if ev.kind == ev.KIND_CANARY_VERDICT]
-        if verdicts:
+        # a bundle these events show failing (a FAIL verdict, a rollback) under an assignment is remembered
+        failing = [(ev, i) for ev, i in zip(events, inputs, strict=True) if ev.kind in _FAILURE_EVENT_KINDS]
+        if failing:
             device = await asyncio.to_thread(self.store.get_device, device_id)
-            for ev, item in verdicts:
-                verdict = MessageToDict(ev.verdict, preserving_proto_field_name=True)
-                await self.rollouts.note_verdict(device, verdict, item.at)
+            for ev, item in failing:
+                if ev.kind == telemetry_pb2.DeviceEvent.KIND_CANARY_VERDICT:
+                    verdict = MessageToDict(ev.verdict, preserving_proto_field_name=True)
+                    await self.rollouts.note_verdict(device, verdict, item.at)
+                else:
+                    await self.rollouts.note_rollback(device, ev.bundle_digest, ev.reason, ev.revision, item.at)
         for ev in events:
             self.feed.publish_event(device_id, ev, site)
         self.rollouts.wake()

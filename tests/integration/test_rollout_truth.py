@@ -21,8 +21,8 @@ import grpc
 import pytest
 
 from edgefleet.contract.signing import generate_keypair
-from edgefleet.v1 import common_pb2, fleet_pb2
-from tests.support.controller import Fleet, connected, publish_bundle, running_controller
+from edgefleet.v1 import common_pb2, device_pb2, fleet_pb2, telemetry_pb2
+from tests.support.controller import Fleet, bearer, connected, publish_bundle, running_controller
 
 pytestmark = pytest.mark.integration
 
@@ -348,3 +348,37 @@ async def test_a_config_rollout_whose_canary_rolls_back_is_discarded_and_reverte
 
         await eventually(discarded, "the staged revision discarded")
         assert await effective(fleet, "lab-1") == live and await effective(fleet, "lab-2") == live
+
+
+async def test_a_rollback_without_a_fail_verdict_is_remembered_from_its_event(tmp_path: Path) -> None:
+    """A candidate that crashed in its trial rolls back with no FAIL verdict: the rollback event, under the
+    assignment the device reports, marks the bundle; a rollback of another assignment's state does not."""
+    async with running_controller(tmp_path / "ctl") as ctrl, connected(ctrl) as fleet:
+        key = generate_keypair("publisher")
+        await fleet.trust(key)
+        v2 = (await fleet.push(publish_bundle(tmp_path / "b", key, version="2.0.0", seed=2))).bundle.digest
+        (device,) = await enroll(fleet, "lab", ["lab-1"])
+        await device.commit()
+        created = await fleet.fleet.CreateRollout(create(v2), metadata=fleet.admin)
+        desired = await device.desired()
+        await device.run(update_state=ROLLED_BACK, assignment_id=desired.assignment_id, update_reason="crashed x3")
+        event = telemetry_pb2.DeviceEvent(
+            event_id="e-1",
+            kind=telemetry_pb2.DeviceEvent.KIND_ROLLBACK,
+            bundle_digest=v2,
+            to_state=ROLLED_BACK,
+            reason="candidate crashed 3 times within 60 s of loading",
+            revision=desired.revision,
+        )
+        await fleet.device.ReportEvent(
+            device_pb2.ReportEventRequest(events=[event]), metadata=bearer(device.credential)
+        )
+        bundle = await fleet.fleet.GetBundle(fleet_pb2.GetBundleRequest(ref=v2), metadata=fleet.admin)
+        (failure,) = bundle.canary_failures
+        assert (failure.kind, failure.rollout_id, failure.assignment_id) == (
+            "rolled_back",
+            created.id,
+            desired.assignment_id,
+        )
+        assert "crashed 3 times" in failure.summary
+        await wait_phase(fleet, created.id, PHASE.ROLLOUT_PHASE_ROLLED_BACK)

@@ -9,7 +9,10 @@ the records at ingestion, idempotently per (bundle, device, assignment)):
   and records nothing;
 - a report in ``update_state`` ROLLED_BACK under an ``assignment_id`` records ``rolled_back`` for its
   candidate bundle (the reported FAIL verdict of the same assignment, when there is one, is preferred for
-  its reasons). A rollback of a config-only candidate (candidate bundle == running bundle) records nothing.
+  its reasons). A rollback of a config-only candidate (candidate bundle == running bundle) records nothing;
+- a ``rollback`` event (a rollback with no FAIL verdict, e.g. a crash attributed to the candidate) records
+  ``rolled_back`` for the event's bundle under the assignment the device was acting on (``failure_from_rollback``:
+  the caller finds it from the device's report or its desired revision; without one nothing is recorded).
 
 Outcomes without an assignment id (devices that predate assignments) are not recorded: only an outcome the
 device ties to a decision the controller made counts. Devices are untrusted: the candidate must look like a
@@ -101,6 +104,32 @@ def failure_from_report(
         assignment_id=assignment_id[:128],
         kind="rolled_back",
         summary=summary_of([state.get("update_reason") or ""], "rolled back"),
+        at=at,
+    )
+
+
+def failure_from_rollback(
+    bundle_digest: str,
+    reason: str,
+    assignment_id: str,
+    *,
+    running_bundle: str | None,
+    device_id: str,
+    device_name: str,
+    at: datetime,
+    rollout_id: str | None = None,
+) -> BundleFailure | None:
+    """The failure a ``rollback`` event records, or None (no assignment, not a digest, config-only)."""
+    if not assignment_id or not _DIGEST.match(bundle_digest) or bundle_digest == running_bundle:
+        return None
+    return BundleFailure(
+        bundle_digest=bundle_digest,
+        device_id=device_id,
+        device_name=device_name,
+        rollout_id=rollout_id or rollout_of(assignment_id),
+        assignment_id=assignment_id[:128],
+        kind="rolled_back",
+        summary=summary_of([reason], "rolled back"),
         at=at,
     )
 

@@ -59,6 +59,7 @@ from edgefleet_controller.rollout.convert import (
 from edgefleet_controller.rollout.errors import AdmissionInputError, RolloutSpecError
 from edgefleet_controller.rollout.failures import (
     failure_from_report,
+    failure_from_rollback,
     failure_from_verdict,
     override_line,
     refusal_message,
@@ -73,6 +74,7 @@ from edgefleet_controller.rollout.reconciler import (
     Reconciler,
     config_key,
     hardware_class_of,
+    reported_state,
 )
 from edgefleet_controller.store import Store
 from edgefleet_controller.store import errors as serr
@@ -474,6 +476,31 @@ class RolloutService:
     async def note_verdict(self, device: DeviceRecord, verdict: Mapping[str, Any], at: datetime) -> None:
         """Record the bundle failure a device's canary verdict event shows."""
         await self._record_failure(failure_from_verdict(verdict, device_id=device.id, device_name=device.name, at=at))
+
+    async def note_rollback(
+        self, device: DeviceRecord, bundle_digest: str, reason: str, revision: int, at: datetime
+    ) -> None:
+        """Record the bundle failure a device's rollback event shows, under the assignment it acted on: the
+        one its report names while it reports the rollback, else its desired state's when the event's
+        revision is the current one."""
+        state = reported_state(device)
+        assignment = ""
+        if str(state.get("update_state") or "").endswith("ROLLED_BACK"):
+            assignment = str(state.get("assignment_id") or "")
+        if not assignment:
+            desired = (await asyncio.to_thread(self.rollouts.desired_rows, [device.id])).get(device.id)
+            if desired is not None and desired.revision == revision and desired.assignment_id:
+                assignment = desired.assignment_id
+        failure = failure_from_rollback(
+            bundle_digest,
+            reason,
+            assignment,
+            running_bundle=device.running_bundle,
+            device_id=device.id,
+            device_name=device.name,
+            at=at,
+        )
+        await self._record_failure(failure)
 
     # ---- read ------------------------------------------------------------------------------------------
 
