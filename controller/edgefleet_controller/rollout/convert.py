@@ -129,7 +129,8 @@ def state_from_dict(data: Mapping[str, Any]) -> RolloutState:
             assigned_at=at,
             site=a.get("site", ""),
             # rows stored before assignment ids existed carry none: no report can match it, so such a
-            # device stays in flight rather than be judged on an outcome of unknown origin
+            # device stays in flight rather than be judged on an outcome of unknown origin (a rollout left
+            # unfinished across the upgrade is aborted and created again)
             assignment_id=str(a.get("assignment_id", "")),
             previous_config_digest=a.get("previous_config_digest"),
             config_digest=a.get("config_digest"),
