@@ -1,27 +1,125 @@
 """Update sequences on real processes: restarts during canary and trial, first installs, config candidates.
 
 A real controller and real ``edge-runtime`` processes (real gRPC, real onnxruntime), observed through
-``status.json`` and the controller's FleetService like an operator would:
+``status.json``, the frame log and the controller's FleetService like an operator would:
 
 - (e) SIGKILL during the canary and during the trial of a bundle: the restarted device resumes the canary or
-  the trial of the SAME verified candidate from its journal (no re-download) and commits it; the crash is
-  counted against the candidate (it died right after loading it) but one crash does not reject it. A first
-  install of a bundle too slow for its SLA serves it anyway with degraded health and an alert.
-- (f) config candidates: a config change that keeps the outputs passes its shadow canary and commits; one
-  whose threshold drops every confident classification fails agreement and the previous config is
-  restored, reported ``rolled_back`` with both config digests in the verdict.
+  the trial of the SAME verified candidate from its journal (re-verified from its slot, nothing fetched
+  again) and commits it; the death right after loading the candidate is counted against it, one count does
+  not reject it. A first install of a bundle too slow for its SLA serves it anyway, with degraded health and
+  a ``first_install.latency_miss`` alert carrying the numbers.
+- (f) config rollouts through the controller (a staged FleetConfig revision rolled out in waves): a change
+  of ``inference.conf_threshold`` that keeps every classification is canaried in shadow (a second engine of
+  the same bundle under the new config) and committed on both devices; one whose threshold drops every
+  classification fails agreement on the canary device, which restores the previous config and reports
+  ``rolled_back`` under the rollout's assignment with both config digests in the verdict, and the rollout
+  never reaches the second device.
 """
 
 from __future__ import annotations
 
+import signal
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from edgefleet.v1 import common_pb2, fleet_pb2, telemetry_pb2
-from tests.support.fleet import make_bundle, running_edge, start_controller, wait_until
+from tests.e2e.test_rollout_e2e import PHASE, Fleet, by_name, fleet_on_v1
+from tests.support.fleet import (
+    Controller,
+    EdgeProcess,
+    make_bundle,
+    running_edge,
+    start_controller,
+    start_edge,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+KIND = telemetry_pb2.DeviceEvent
+S = common_pb2
+
+
+def events(ctl: Controller, name: str) -> list[telemetry_pb2.DeviceEvent]:
+    reply = ctl.fleet.ListDeviceEvents(
+        fleet_pb2.ListDeviceEventsRequest(device=name, limit=500), metadata=ctl.md, timeout=10
+    )
+    return sorted(reply.events, key=lambda e: e.at.ToNanoseconds())
+
+
+# ---------------------------------------------------------------------------------------------- (e)
+
+
+def test_sigkill_during_canary_and_during_trial_resumes_the_same_candidate_and_commits(tmp_path: Path) -> None:
+    with start_controller(tmp_path / "ctl") as ctl:
+        key = ctl.trust_new_key(tmp_path / "keys")
+        v1 = make_bundle(tmp_path / "b1", key, version="1.0.0", seed=1)
+        v2 = make_bundle(tmp_path / "b2", key, version="2.0.0", seed=1)  # same weights: its canary passes
+        ctl.push(v1)
+        ctl.push(v2)
+        ctl.apply_config(watch_window_s=1.0, min_frames=50, min_seconds=1.0)
+        token = ctl.enrollment_token("lab")
+
+        def first_life(boundary: str) -> tuple[str, dict[str, Any]]:
+            name = f"dev-{boundary.split(':')[0]}"
+            env = {"EDGEFLEET_CRASH_AT": boundary, "EDGEFLEET_CRASH_CANDIDATE": v2.digest}
+            dev = start_edge(ctl.address, tmp_path / name, token, name=name, source="synthetic:30", env=env)
+            try:
+                ctl.set_desired(name, v1.digest)
+                dev.committed(v1.digest, timeout=60)
+                ctl.set_desired(name, v2.digest)
+                assert dev.wait_exit(60) == -signal.SIGKILL
+            finally:
+                dev.terminate()
+            return name, dev.status()
+
+        with ThreadPoolExecutor(2) as pool:
+            lives = dict(pool.map(first_life, ["canary:after", "trial:after"]))
+        for name, last in lives.items():
+            # The dead process's last status: the candidate verified and in its slot, v1 still committed.
+            assert last["update"]["committed"] == v1.digest, (name, last["update"])
+            assert (tmp_path / name / "bundles" / v2.digest.removeprefix("sha256:")).is_dir()
+
+        def second_life(name: str) -> tuple[str, dict[str, Any], list[telemetry_pb2.DeviceEvent]]:
+            with running_edge(ctl.address, tmp_path / name, token, name=name, source="synthetic:30") as dev:
+                status = dev.committed(v2.digest, timeout=90)
+                wait_until(
+                    lambda: ctl.device(name).reported.running_bundle_digest == v2.digest, 20, f"{name} reports v2"
+                )
+                return name, status, events(ctl, name)
+
+        with ThreadPoolExecutor(2) as pool:
+            results = {name: (status, evs) for name, status, evs in pool.map(second_life, lives)}
+
+        for phase, name in (("canary", "dev-canary"), ("trial", "dev-trial")):
+            status, evs = results[name]
+            # Nothing fetched again: the verified slot on disk was the candidate.
+            assert status["fetch"]["bytes_received"] == 0, status["fetch"]
+            assert status["update"]["previous"] == v1.digest
+            resumed = [e for e in evs if e.kind == KIND.KIND_UPDATE_STATE and e.reason.startswith("resumed at")]
+            assert resumed, [(e.to_state, e.reason) for e in evs]
+            # Died right after loading the candidate: a crash that counts, one of three.
+            assert resumed[0].reason == (
+                f"resumed at {phase} after the process crashed; crash 1 of 3 counted against it"
+            ), resumed[0].reason
+            assert resumed[0].to_state == S.UPDATE_STATE_VERIFYING and resumed[0].bundle_digest == v2.digest
+            after = [
+                e
+                for e in evs
+                if e.kind == KIND.KIND_UPDATE_STATE and e.at.ToNanoseconds() >= resumed[0].at.ToNanoseconds()
+            ]
+            states = [e.to_state for e in after]
+            if phase == "canary":
+                # The canary runs again from the start, then the trial, then the commit.
+                assert S.UPDATE_STATE_CANARY in states and S.UPDATE_STATE_TRIAL in states, states
+            else:
+                # The trial resumes: the canary the bundle passed before the crash is not run again.
+                assert S.UPDATE_STATE_CANARY not in states and S.UPDATE_STATE_TRIAL in states, states
+            assert states[-1] == S.UPDATE_STATE_COMMITTED, states
 
 
 def test_first_install_of_a_too_slow_bundle_serves_degraded_with_an_alert(tmp_path: Path) -> None:
@@ -38,22 +136,153 @@ def test_first_install_of_a_too_slow_bundle_serves_degraded_with_an_alert(tmp_pa
             assert status["update"]["degraded"] is not None and "first install" in status["update"]["degraded"]
             dev.wait_for(lambda s: s["health"] == "HEALTH_DEGRADED", 10, "degraded health")
             assert status["last_verdict"]["outcome"] == "fail"
+            assert any(reason.startswith("p95 latency") for reason in status["last_verdict"]["reasons"])
 
-            def alerts() -> list[telemetry_pb2.DeviceEvent]:
-                reply = ctl.fleet.ListDeviceEvents(
-                    fleet_pb2.ListDeviceEventsRequest(device="dev", limit=100), metadata=ctl.md, timeout=10
-                )
-                return [e for e in reply.events if e.kind == telemetry_pb2.DeviceEvent.KIND_ALERT]
+            def alert() -> telemetry_pb2.DeviceEvent | None:
+                found = [e for e in events(ctl, "dev") if e.kind == KIND.KIND_ALERT]
+                return next((e for e in found if e.reason.startswith("first_install.latency_miss")), None)
 
-            alert = wait_until(
-                lambda: next((e for e in alerts() if e.reason.startswith("first_install.latency_miss")), None),
-                20,
-                "the first-install alert at the controller",
-            )
-            assert alert.bundle_digest == slow.digest
-            assert alert.numbers["candidate_p95_ms"] > alert.numbers["latency_budget_ms"] > 0
+            event = wait_until(alert, 20, "the first-install alert at the controller")
+            assert event.bundle_digest == slow.digest
+            assert event.numbers["candidate_p95_ms"] > event.numbers["latency_budget_ms"] > 0
+            assert event.numbers["sla_ms"] == pytest.approx(0.001)
             reported = wait_until(
-                lambda: (d := ctl.device("dev")).reported.health == common_pb2.HEALTH_DEGRADED and d, 20, "degraded"
+                lambda: (d := ctl.device("dev")).reported.health == S.HEALTH_DEGRADED and d, 20, "degraded health"
             )
             assert reported.reported.running_bundle_digest == slow.digest
-            assert reported.reported.update_state == common_pb2.UPDATE_STATE_COMMITTED
+            assert reported.reported.update_state == S.UPDATE_STATE_COMMITTED
+            # It serves: frames are inferred with it, none idle since it was committed.
+            assert dev.frames() and dev.frames()[-1][1] == slow.digest
+
+
+# ---------------------------------------------------------------------------------------------- (f)
+
+FLEET_CONFIG = """apiVersion: edgefleet.io/v1
+kind: FleetConfig
+metadata: {{name: default}}
+spec:
+  config:
+    canary: {{min_frames: 50, min_seconds: 1, watch_window_s: 1, max_p95_ratio: 20}}
+    inference: {{conf_threshold: {threshold}}}
+"""
+
+
+def stage_threshold(ctl: Controller, threshold: float) -> None:
+    ctl.fleet.ApplyConfig(
+        fleet_pb2.ApplyConfigRequest(
+            files=[fleet_pb2.ManifestFile(name="fleet.yaml", content=FLEET_CONFIG.format(threshold=threshold))],
+            stage=True,
+        ),
+        metadata=ctl.md,
+        timeout=10,
+    )
+
+
+def config_rollout(fleet: Fleet) -> fleet_pb2.Rollout:
+    reply: fleet_pb2.Rollout = fleet.ctl.fleet.CreateRollout(
+        fleet_pb2.CreateRolloutRequest(
+            config="FleetConfig/default",
+            selector=fleet_pb2.RolloutSelector(sites=sorted(fleet.sites)),
+            strategy=fleet_pb2.RolloutStrategy(waves=["1", "100%"], bake_s=0),
+            on_abort="rollback",
+        ),
+        metadata=fleet.ctl.md,
+        timeout=30,
+    )
+    return reply
+
+
+def config_is(digest: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda status: bool(status["update"]["committed_config"] == digest)
+
+
+def committed_config(edge: EdgeProcess) -> str | None:
+    config: str | None = edge.status()["update"]["committed_config"]
+    return config
+
+
+def test_config_rollouts_canary_a_threshold_change_and_revert_one_that_drops_every_classification(
+    tmp_path: Path,
+) -> None:
+    with start_controller(tmp_path / "ctl") as ctl, fleet_on_v1(tmp_path, ctl, {"lab": ["lab-1", "lab-2"]}) as fleet:
+        before = {name: committed_config(edge) for name, edge in fleet.edges.items()}
+        assert all(before.values()), before
+
+        # Passes: every classification's confidence is above 0.1, so the outputs do not change.
+        stage_threshold(ctl, 0.1)
+        good = config_rollout(fleet)
+        done = fleet.wait_phase(good.id, PHASE.ROLLOUT_PHASE_COMPLETED, 120)
+        targets = {name: row.target_config_digest for name, row in by_name(done).items()}
+        for name, edge in fleet.edges.items():
+            status = edge.wait_for(config_is(targets[name]), 20, "config committed")
+            assert status["update"]["committed"] == fleet.v1.digest and status["update"]["state"] == "committed"
+            reported = ctl.device(name).reported
+            assert reported.running_config_digest == targets[name] != before[name]
+            assert reported.assignment_id == by_name(done)[name].assignment_id
+            # It was canaried in shadow: a canary verdict of the same bundle under the two configs.
+            canaries = [
+                e.verdict
+                for e in events(ctl, name)
+                if e.kind == KIND.KIND_CANARY_VERDICT
+                and e.verdict.phase == "canary"
+                and e.verdict.candidate_config_digest == targets[name]
+            ]
+            assert canaries and canaries[-1].outcome == S.CanaryVerdict.OUTCOME_PASS, canaries
+            assert canaries[-1].candidate_digest == canaries[-1].baseline_digest == fleet.v1.digest
+            assert canaries[-1].baseline_config_digest == before[name]
+            assert canaries[-1].agreement == 1.0
+        passed = {name: committed_config(edge) for name, edge in fleet.edges.items()}
+
+        # Fails: a threshold above every confidence drops every classification; agreement collapses.
+        stage_threshold(ctl, 0.99)
+        bad = config_rollout(fleet)
+        rolled_back = fleet.wait_phase(bad.id, PHASE.ROLLOUT_PHASE_ROLLED_BACK, 120)
+        rows = by_name(rolled_back)
+        (canary,) = [name for name, row in rows.items() if row.wave == 1]
+        (other,) = [name for name in fleet.edges if name != canary]
+        target = rows[canary].target_config_digest
+        assert rows[canary].verdict.outcome == S.CanaryVerdict.OUTCOME_FAIL, rows[canary]
+        assert rows[canary].verdict.assignment_id == rows[canary].assignment_id
+        # What the device said under the rollout's assignment: rolled back, with the verdict naming both
+        # configs (the controller then reverts it to the previous config, a new assignment it reaches at once).
+        evs = events(ctl, canary)
+        (verdict,) = [
+            e.verdict
+            for e in evs
+            if e.kind == KIND.KIND_CANARY_VERDICT and e.verdict.assignment_id == rows[canary].assignment_id
+        ]
+        assert verdict.outcome == S.CanaryVerdict.OUTCOME_FAIL and verdict.phase == "canary"
+        assert (verdict.candidate_config_digest, verdict.baseline_config_digest) == (target, passed[canary])
+        assert verdict.candidate_digest == verdict.baseline_digest == fleet.v1.digest
+        assert any("agreement" in reason for reason in verdict.reasons), verdict.reasons
+        rollback = [
+            e
+            for e in evs
+            if e.kind == KIND.KIND_ROLLBACK and e.at.ToNanoseconds() >= verdict.decided_at.ToNanoseconds()
+        ]
+        assert rollback and rollback[0].reason.startswith("canary failed: agreement"), rollback
+        reported = wait_until(
+            lambda: (
+                (d := ctl.device(canary)).reported.assignment_id == d.desired.assignment_id
+                and d.reported.update_state == S.UPDATE_STATE_COMMITTED
+                and d
+            ),
+            20,
+            "the canary device back on the previous config under the revert",
+        ).reported
+        assert reported.running_config_digest == passed[canary], "the previous config is restored"
+        assert reported.running_bundle_digest == fleet.v1.digest
+        edge = fleet.edges[canary]
+        assert committed_config(edge) == passed[canary]
+        # The device goes on serving v1, under the restored config.
+        served_from = len(edge.frames())
+        wait_until(lambda: len(edge.frames()) > served_from + 10, 20, "frames served after the rollback")
+        assert edge.status()["serving"] == fleet.v1.digest
+        # The second device never had the failing config.
+        assert committed_config(fleet.edges[other]) == passed[other]
+        assert all(
+            e.verdict.candidate_config_digest != rows[other].target_config_digest
+            or not rows[other].target_config_digest
+            for e in events(ctl, other)
+            if e.kind == KIND.KIND_CANARY_VERDICT
+        )

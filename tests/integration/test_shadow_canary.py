@@ -116,7 +116,9 @@ class Rig:
     def __init__(self, tmp: Path, baseline: Bundle | None, config: dict[str, Any]) -> None:
         self.config = config
         self.slot = EngineSlot()
-        self.switcher = SlotSwitcher(self.slot, cache_root=tmp / "cache", config=lambda: config, intra_op_threads=1)
+        self.switcher = SlotSwitcher(
+            self.slot, cache_root=tmp / "cache", configs=lambda _digest: config, intra_op_threads=1
+        )
         if baseline is not None:
             self.switcher.swap_to_committed(baseline.digest, baseline.directory)
         self.source = BreakableSource()

@@ -30,6 +30,7 @@ from edge_runtime.update.state import (
     IN_PROGRESS,
     CanaryFailed,
     CanaryStarted,
+    DesiredBundleChanged,
     TrialFailed,
     UpdateRecord,
     UpdateState,
@@ -38,6 +39,7 @@ from edge_runtime.update.testing import (
     DirectoryFetcher,
     ManifestVerifier,
     PublishedBundle,
+    RecordingConfigs,
     RecordingReporter,
     RecordingSwitcher,
     ScriptedEvaluator,
@@ -96,6 +98,7 @@ def device(
     evaluator: ScriptedEvaluator | None = None,
     fetcher: DirectoryFetcher | None = None,
     switcher: RecordingSwitcher | None = None,
+    configs: RecordingConfigs | None = None,
     margin: int = 0,
 ) -> Device:
     slots = BundleSlots(data)
@@ -112,6 +115,7 @@ def device(
         switcher=switcher,
         evaluator=evaluator,
         reporter=reporter,
+        configs=configs,
         disk_margin_bytes=margin,
     )
     driver.start()
@@ -364,3 +368,43 @@ def test_insufficient_disk_fails_with_numbers(world: World, tmp_path: Path) -> N
     assert record.state == S.FAILED
     assert record.failure is not None and record.failure.startswith("not enough disk")
     assert dev.fetcher.calls == [] and dev.switcher.serving is None
+
+
+# --- config candidates through the driver ------------------------------------------------------------------
+
+X1, X2, X3 = ("sha256:" + c * 64 for c in "123")
+INFER_1, INFER_2 = "sha256:" + "d" * 64, "sha256:" + "e" * 64  # inference fingerprints (X3 shares X1's)
+
+
+def test_config_candidates_put_their_config_in_force_and_commit_or_restore_it(
+    world: World, base: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "d"
+    shutil.copytree(base, data)
+    configs = RecordingConfigs()
+    evaluator = ScriptedEvaluator()
+    dev = device(data, world, evaluator=evaluator, configs=configs)
+    v1 = world.v1.digest
+
+    # A config that changes inference: a second engine of v1 staged under it, canaried, swapped, committed.
+    record = dev.driver.handle(DesiredBundleChanged("", (), "cfg-1", X1, INFER_1))
+    assert (record.state, record.committed, record.committed_config) == (S.COMMITTED, v1, X1)
+    assert ("stage", v1) in dev.switcher.calls and ("start_canary", v1) in evaluator.calls
+    assert (configs.in_force, configs.committed) == (X1, X1) and dev.switcher.serving_config == X1
+    assert dev.fetcher.calls == [], "the committed slot is the candidate's: nothing to download"
+
+    # A config that keeps the inference keys: no engine, no shadow; in force for an unpaired watch window.
+    calls_before = len(dev.switcher.calls)
+    record = dev.driver.handle(DesiredBundleChanged("", (), "cfg-2", X3, INFER_1))
+    assert (record.state, record.committed_config) == (S.COMMITTED, X3)
+    assert ("stage", v1) not in dev.switcher.calls[calls_before:]
+    assert ("start_watch_unpaired", v1) in evaluator.calls and configs.committed == X3
+
+    # A config whose canary fails: the previous config is back in force, still the committed one.
+    evaluator.canary = (CanaryStarted(), CanaryFailed("agreement 0.000 < 0.90"))
+    record = dev.driver.handle(DesiredBundleChanged("", (), "cfg-3", X2, INFER_2))
+    assert (record.state, record.committed_config, record.candidate_config) == (S.ROLLED_BACK, X3, X2)
+    assert record.rejected_under(v1, "cfg-3", X2) and record.assignment_id == "cfg-3"
+    assert (configs.in_force, configs.committed) == (X3, X3)
+    assert dev.slots.has(v1), "a failed config candidate never removes the committed bundle's slot"
+    assert Journal(data / "update").load() == record

@@ -122,11 +122,12 @@ def test_record_of_an_unknown_version_counts_as_damaged(tmp_path: Path) -> None:
 
 def test_version_1_record_written_before_assignments_still_loads(tmp_path: Path) -> None:
     """A journal written by the runtime before assignments (record_version 1) keeps its committed bundle."""
-    v1 = {
-        k: v
-        for k, v in replace(rec(UpdateState.ROLLED_BACK, committed=A), rejected=B).to_dict().items()
-        if k not in ("assignment_id", "rejections")
-    }
+    v1_fields = (
+        "state entered_at updated_at committed previous candidate candidate_artifacts candidate_since "
+        "download_attempts canary_attempts interruptions rejected failure canary_summary"
+    ).split()
+    current = replace(rec(UpdateState.ROLLED_BACK, committed=A), rejected=B).to_dict()
+    v1 = {k: current[k] for k in v1_fields}
     text = json.dumps({**v1, "record_version": 1})
     envelope = {
         "format": "edgefleet.update-journal",
@@ -141,7 +142,8 @@ def test_version_1_record_written_before_assignments_still_loads(tmp_path: Path)
     assert (record.state, record.committed, record.rejected) == (UpdateState.ROLLED_BACK, A, B)
     assert record.assignment_id is None
     # Its rejection predates assignments: tied to none, so a controller's new assignment may retry it.
-    assert record.rejections == ((B, ""),) and record.rejected_under(B, "") and not record.rejected_under(B, "as-1")
+    assert record.rejections == ((B, "", ""),) and record.rejected_under(B, "") and not record.rejected_under(B, "as-1")
+    assert record.committed_config is None and record.crashes == 0 and record.degraded is None
     # Written back, it is a current-version record and generations continue.
     journal.write(record)
     generation, again = decode_entry(journal.current_path.read_bytes())

@@ -19,6 +19,16 @@ digest must equal the bundle digest, which verification checks), and only the ot
 A bundle whose download failed for a transient reason (link, disk) is offered again every
 ``failed_retry_s`` while it stays desired.
 
+Configs go through the same machine: a candidate is (bundle, config). A received config is validated
+against its digest, kept by digest (``ConfigKeeper``) and offered with the bundle as one desired state,
+with its ``config_classes.inference_fingerprint`` so the machine can tell a change of inference (shadow
+canary of a new engine under the new config) from a passive one (watch window only). What reads the config
+reads the one IN FORCE (``self.config``): the committed config, or the candidate's during its trial. The
+canary and watch policy of a candidate come from the candidate's config (``_judging_config``). Trusted
+publisher keys are the exception (``config_classes.TRUST``): they take effect when the config is received,
+since they decide whether the candidate's bundle verifies. ``running_config_digest`` reports the committed
+config, ``candidate_config_digest`` the candidate's.
+
 ``status.json`` in the data dir is rewritten every ``status_interval_s`` (frames, errors, serving bundle,
 health, update record): ``edge-runtime status`` and tests read it.
 """
@@ -42,7 +52,7 @@ from google.protobuf.struct_pb2 import Struct
 from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
 
 from edge_runtime.agent.client import ControllerLink, is_transient
-from edge_runtime.agent.config_store import load_config, save_config
+from edge_runtime.agent.config_keeper import ConfigKeeper
 from edge_runtime.agent.enroll import Credential, enroll, load_credential, save_credential
 from edge_runtime.agent.errors import EnrollmentError
 from edge_runtime.agent.evaluator import CanaryEvaluator
@@ -72,6 +82,7 @@ from edge_runtime.update.state import (
     UpdateState,
 )
 from edgefleet.contract.bundle import MANIFEST_NAME, SIGNATURE_NAME
+from edgefleet.contract.config_classes import inference_fingerprint
 from edgefleet.contract.errors import ManifestError
 from edgefleet.contract.layering import EffectiveConfig
 from edgefleet.contract.precedence import resolve_policy
@@ -153,23 +164,20 @@ class EdgeAgent:
         self.data_dir = data
         self.slots = BundleSlots(data)
         self.slot = EngineSlot()
-        self.config: Mapping[str, Any] = {}
-        self.config_digest = ""
-        saved = load_config(data)  # the last applied config: a restart without a link keeps it
-        if saved is not None:
-            self.config, self.config_digest = saved.values, saved.digest
+        # The last applied config (config.json: a restart without a link keeps it) and candidates by digest.
+        self.configs = ConfigKeeper(data, on_change=lambda _values: self._use_source())
         self.applied_revision = 0
         self.health: common_pb2.Health.ValueType = common_pb2.HEALTH_STARTING
         self.link = ControllerLink(settings.controller)
         self.reporter = BufferedReporter()
         self.verifier = SignatureVerifier(key_dir=settings.trusted_keys_dir)
         if self.config:
-            self._use_trusted_keys()
+            self._use_trusted_keys(self.config)
         self.fetcher = BlobFetcher(settings.controller, lambda: self.link.metadata, chunk_bytes=settings.chunk_bytes)
         self.switcher = SlotSwitcher(
             self.slot,
             cache_root=data / "cache",
-            config=lambda: self.config,
+            configs=self.configs.values,
             intra_op_threads=settings.intra_op_threads,
         )
         self.runner = FrameRunner(self.slot, open_source(settings.source), frame_log=settings.frame_log)
@@ -179,7 +187,7 @@ class EdgeAgent:
             self.switcher,
             self.runner,
             self.post,
-            config=lambda: self.config,
+            config=self._judging_config,
             report_verdict=self.reporter.report_verdict,
             thermal=ThermalProbe(SensorReader(data_dir=data)).read,
             alert=self.reporter.report_alert,
@@ -192,6 +200,7 @@ class EdgeAgent:
             switcher=self.switcher,
             evaluator=self.evaluator,
             reporter=self.reporter,
+            configs=self.configs,
             disk_margin_bytes=settings.disk_margin_bytes,
             boundary_hook=self._boundary if settings.crash_at else None,
         )
@@ -217,6 +226,7 @@ class EdgeAgent:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
         self._desired: common_pb2.DesiredState | None = None
+        self._desired_config: tuple[str | None, str | None] = (None, None)
         self._offered: str | None = None
         self._last_snapshot: RunnerSnapshot | None = None
         self._last_seen_frames = -1
@@ -258,7 +268,7 @@ class EdgeAgent:
             self._desired = desired
             self.reporter.revision = desired.revision
             self.applied_revision = desired.revision
-            self._apply_config(desired)
+            self._desired_config = self._receive_config(desired)
             log.info(
                 "agent.desired_received",
                 revision=desired.revision,
@@ -270,23 +280,32 @@ class EdgeAgent:
         else:
             self._offer(force=False)
 
-    def _apply_config(self, desired: common_pb2.DesiredState) -> None:
-        if not desired.config_json or desired.config_digest == self.config_digest:
-            return
+    @property
+    def config(self) -> Mapping[str, Any]:
+        """The config in force: the committed one, or a config candidate's during its trial."""
+        return self.configs.in_force
+
+    def _judging_config(self) -> Mapping[str, Any]:
+        """The config a candidate is judged by (its canary and watch policy): the candidate's own."""
+        record = self._current_record()
+        if record.state in IN_PROGRESS and record.candidate_config is not None:
+            with contextlib.suppress(LookupError):
+                return self.configs.values(record.candidate_config)
+        return self.config
+
+    def _receive_config(self, desired: common_pb2.DesiredState) -> tuple[str | None, str | None]:
+        """Validate and keep the desired config; (digest, inference fingerprint) to offer, (None, None) when
+        the desired state carries none or an invalid one (the device keeps its config)."""
+        if not desired.config_json:
+            return None, None
         try:
             config = EffectiveConfig.from_json_bytes(desired.config_json, expected_digest=desired.config_digest or None)
         except ManifestError as exc:
             log.error("agent.config_rejected", digest=desired.config_digest, error=str(exc))
-            return
-        self.config = config.values
-        self.config_digest = config.digest
-        self._use_trusted_keys()
-        self._use_source()
-        try:
-            save_config(self.data_dir, config)
-        except OSError as exc:
-            log.error("agent.config_not_saved", digest=config.digest, error=str(exc))
-        log.info("agent.config_applied", digest=config.digest)
+            return None, None
+        self.configs.add(config)
+        self._use_trusted_keys(config.values)
+        return config.digest, inference_fingerprint(config.values)
 
     def _use_source(self) -> None:
         """Frames come from the config's ``source`` when an operator layer sets one, else from ``--source``;
@@ -303,8 +322,8 @@ class EdgeAgent:
         log.info("agent.source_changed", source=spec, previous=self._source_spec)
         self._source_spec = spec
 
-    def _use_trusted_keys(self) -> None:
-        keys = self.config.get("trusted_keys") or {}
+    def _use_trusted_keys(self, config: Mapping[str, Any]) -> None:
+        keys = config.get("trusted_keys") or {}
         try:
             self.verifier.set_configured(dict(keys))
         except Exception as exc:
@@ -312,15 +331,18 @@ class EdgeAgent:
 
     def _offer(self, *, force: bool) -> None:
         desired = self._desired
-        if desired is None or not desired.bundle_digest:
+        if desired is None:
             return
         digest = desired.bundle_digest
+        config, inference = self._desired_config
         record = self._current_record()
         if not force:
             # Re-offer only a bundle whose last attempt failed for a reason worth retrying, not too often.
+            if not digest:
+                return
             settled = record.state not in IN_PROGRESS
             age = (datetime.now(UTC) - record.updated_at).total_seconds()
-            rejected_here = record.rejected_under(digest, desired.assignment_id)
+            rejected_here = record.rejected_under(digest, desired.assignment_id, config)
             if not settled or digest == record.committed or rejected_here or age < self.settings.failed_retry_s:
                 return
             log.info("agent.retrying_desired", digest=digest, last_failure=record.failure)
@@ -330,8 +352,9 @@ class EdgeAgent:
         ):
             if content:
                 self.fetcher.add_inline(ref_digest, content)
-        self._offered = digest
-        self._queue.put_nowait(DesiredBundleChanged(digest, bundle_artifacts(desired), desired.assignment_id))
+        self._offered = digest or None
+        artifacts = bundle_artifacts(desired) if digest else ()
+        self._queue.put_nowait(DesiredBundleChanged(digest, artifacts, desired.assignment_id, config, inference))
 
     # ------------------------------------------------------------------ reporting
 
@@ -353,7 +376,7 @@ class EdgeAgent:
         )
         state = common_pb2.ReportedState(
             running_bundle_digest=record.committed or "",
-            running_config_digest=self.config_digest,
+            running_config_digest=record.committed_config or self.configs.committed_digest or "",
             update_state=wire_state(record.state),
             candidate_bundle_digest=record.candidate or "",
             update_reason=record.failure or "",
@@ -364,6 +387,7 @@ class EdgeAgent:
             details=details,
             applied_revision=self.applied_revision,
             assignment_id=record.assignment_id or "",
+            candidate_config_digest=(record.candidate_config or "") if record.config_candidate else "",
         )
         verdict = self.reporter.last_verdict
         if verdict is not None:
@@ -470,7 +494,11 @@ class EdgeAgent:
         try:
             # The journal is read at once; recovery (serve the committed bundle, resume an update) is the
             # update worker's first job, so status, health and enrollment do not wait for a model load.
-            await asyncio.to_thread(self.driver.load)
+            record = await asyncio.to_thread(self.driver.load)
+            if record.state in IN_PROGRESS and record.candidate_config is not None:
+                # A config candidate's publisher keys verify its bundle when the update resumes.
+                with contextlib.suppress(LookupError):
+                    self._use_trusted_keys(self.configs.values(record.candidate_config))
             tasks.append(asyncio.create_task(self._tick(), name="tick"))
             tasks.append(asyncio.create_task(self._drive(), name="update-worker"))
             cred_task = asyncio.create_task(self._credential(), name="credential")

@@ -368,7 +368,12 @@ class CanaryEvaluator:
     # ------------------------------------------------------------------ trial watch
 
     def start_watch(
-        self, digest: str, bundle_dir: Path | None = None, *, reference: InferenceEngine | None = None
+        self,
+        digest: str,
+        bundle_dir: Path | None = None,
+        *,
+        reference: InferenceEngine | None = None,
+        paired: bool = True,
     ) -> Sequence[UpdateEvent]:
         """Watch the trial of ``digest``, which must be the engine serving now.
 
@@ -376,6 +381,8 @@ class CanaryEvaluator:
         replaced: the previous bundle, or the same bundle under the previous config). ``None`` with no
         previous engine: a first install, judged on errors and the SLA alone. ``bundle_dir`` lets the policy
         be read afresh (a trial resumed after a restart has no canary of this process behind it).
+        ``paired=False``: a config change that kept the engine (the update machine's passive config
+        candidate) has nothing to pair with, and is judged like a first install: errors and the SLA.
         """
         slot = self._switcher.slot
         trial = slot.current if slot.has_engine else None
@@ -384,7 +391,7 @@ class CanaryEvaluator:
             reason = f"trial of {digest} cannot be watched: the slot serves {serving}; the swap must have failed"
             log.error("canary.watch_not_serving", digest=digest, serving=serving)
             return [TrialFailed(reason)]
-        if reference is None:
+        if reference is None and paired:
             previous = slot.previous
             reference = previous if previous is not None and previous is not trial else None
         policy = self._watch_policy(digest, bundle_dir)

@@ -9,7 +9,9 @@ final canary or watch verdict as ``last_verdict`` (sent in ``ReportedState``) an
 
 Assignments: every verdict is stamped with the assignment of the record it was decided under
 (``CanaryVerdict.assignment_id``), both in ``last_verdict`` and in its event, so the controller counts a
-verdict only for the assignment that asked for it. ``ReportedState.assignment_id`` is the record's.
+verdict only for the assignment that asked for it, and with the candidate's and the committed config
+digests (``candidate_config_digest`` / ``baseline_config_digest``: a candidate is (bundle, config)).
+``ReportedState.assignment_id`` is the record's.
 
 Events are queued in memory (bounded; the oldest are dropped past ``max_events`` with a count) with a
 unique ``event_id`` each, so re-sending after a reconnect is idempotent on the controller. ``EventSender``
@@ -85,6 +87,12 @@ class AgentReporter:
             record = self._record
         if record is not None and not stamped.assignment_id:
             stamped.assignment_id = record.assignment_id or ""
+        if record is not None and record.candidate is not None:
+            # The machine knows which configs the candidate and the baseline are (a config change that kept
+            # the engine is invisible in the engines the evaluator compared).
+            config = record.candidate_config if record.candidate_config is not None else record.committed_config
+            stamped.candidate_config_digest = config or ""
+            stamped.baseline_config_digest = record.committed_config or ""
         verdict = stamped
         event = telemetry_pb2.DeviceEvent(
             event_id=str(uuid.uuid4()),

@@ -6,6 +6,12 @@
 - ``swap_to_candidate`` is ``EngineSlot.swap``: one reference change between two frames.
 - ``swap_to_committed`` puts the committed bundle back: nothing to do when it already serves, ``rollback``
   when it is the previous engine still loaded, else a fresh load (start-up) installed at once.
+- A candidate is (bundle, config). Every load names its config by digest (``configs`` looks the values up;
+  ``None`` is the config in force) and the switcher remembers each engine's ``inference_fingerprint``
+  (``edgefleet.contract.config_classes``): an engine "is" a (bundle, config) when its bundle and the
+  fingerprint of the config's inference keys match. So a config candidate that changes inference is a new
+  engine of the same bundle (staged, canaried, swapped like any candidate; rolled back to the engine it
+  replaced), and one that does not keeps the engine serving (``swap_to_candidate`` changes nothing here).
 - How a bundle is loaded comes from ``precedence.resolve_policy`` over the operator config the device
   received, with that bundle's declared policy below it: ``inference.providers`` (the bundle's own list
   unless a manifest sets one), ``inference.precision`` (which variant of a multi-precision bundle),
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,6 +40,7 @@ from edge_runtime.inference import (
 )
 from edge_runtime.update.errors import EngineSwitchError
 from edgefleet.contract.bundle import MANIFEST_NAME, MODEL_ROLE, BundleManifest
+from edgefleet.contract.config_classes import inference_fingerprint
 from edgefleet.contract.errors import ContractError
 from edgefleet.contract.precedence import resolve_policy
 
@@ -48,6 +56,7 @@ def load_engine(
     cache_root: Path,
     config: Mapping[str, Any] | None = None,
     intra_op_threads: int | None = None,
+    config_digest: str = "",
 ) -> InferenceEngine:
     """Load the bundle in ``bundle_dir`` into a warmed engine (raises ``EngineSwitchError``).
 
@@ -91,9 +100,14 @@ def load_engine(
             intra_op_threads=intra_op_threads,
             fp16=inference.get("fp16") is True,
             int8=int8,
+            config_digest=config_digest,
         )
     except (OSError, ContractError, InferenceError) as exc:
         raise EngineSwitchError(f"bundle {digest} in {bundle_dir} cannot be loaded: {exc}") from exc
+
+
+#: Config digest -> config values (None: the config in force); raises ``LookupError`` for an unknown digest.
+ConfigLookup = Callable[[str | None], Mapping[str, Any]]
 
 
 class SlotSwitcher:
@@ -104,27 +118,54 @@ class SlotSwitcher:
         slot: EngineSlot,
         *,
         cache_root: Path,
-        config: Callable[[], Mapping[str, Any]] = dict,
+        configs: ConfigLookup = lambda _digest: {},
         intra_op_threads: int | None = None,
     ) -> None:
         self.slot = slot
         self._cache_root = cache_root
-        self._config = config
+        self._configs = configs
         self._threads = intra_op_threads
         self._lock = threading.Lock()
-        self._staged_digest: str | None = None
+        # The inference fingerprint of the config each live engine was loaded with.
+        self._fingerprints: weakref.WeakKeyDictionary[InferenceEngine, str] = weakref.WeakKeyDictionary()
 
-    def _load(self, digest: str, bundle_dir: Path) -> InferenceEngine:
-        return load_engine(
-            bundle_dir, digest, cache_root=self._cache_root, config=self._config(), intra_op_threads=self._threads
+    def _values(self, digest: str, config: str | None) -> Mapping[str, Any]:
+        try:
+            return self._configs(config)
+        except LookupError as exc:
+            raise EngineSwitchError(f"config {config} for bundle {digest} is not on this device: {exc}") from exc
+
+    def _load(self, digest: str, bundle_dir: Path, config: str | None) -> InferenceEngine:
+        values = self._values(digest, config)
+        engine = load_engine(
+            bundle_dir,
+            digest,
+            cache_root=self._cache_root,
+            config=values,
+            intra_op_threads=self._threads,
+            config_digest=config or "",
         )
+        with self._lock:
+            self._fingerprints[engine] = inference_fingerprint(values)
+        return engine
+
+    def _is(self, engine: InferenceEngine | None, digest: str, config: str | None, *, unknown: bool = False) -> bool:
+        """Whether ``engine`` is bundle ``digest`` loaded for ``config`` (same inference keys); ``unknown``:
+        the answer for an engine this switcher did not load (staged by hand: it is what was staged)."""
+        if engine is None or engine.bundle_digest != digest:
+            return False
+        with self._lock:
+            loaded_for = self._fingerprints.get(engine)
+        if loaded_for is None:
+            return unknown
+        return loaded_for == inference_fingerprint(self._values(digest, config))
 
     def staged_engine(self, digest: str) -> InferenceEngine | None:
         staged = self.slot.staged
         return staged if staged is not None and staged.bundle_digest == digest else None
 
-    def stage(self, digest: str, bundle_dir: Path) -> None:
-        future = self.slot.prepare(lambda: self._load(digest, bundle_dir))
+    def stage(self, digest: str, bundle_dir: Path, config: str | None = None) -> None:
+        future = self.slot.prepare(lambda: self._load(digest, bundle_dir, config))
         try:
             future.result(timeout=STAGE_TIMEOUT_S)
         except EngineSwitchError:
@@ -132,33 +173,37 @@ class SlotSwitcher:
         except Exception as exc:
             raise EngineSwitchError(f"staging {digest} failed: {exc}") from exc
 
-    def swap_to_candidate(self, digest: str) -> None:
-        if self.staged_engine(digest) is None:
-            raise EngineSwitchError(
-                f"candidate {digest} is not staged (staged: "
-                f"{self.slot.staged.bundle_digest if self.slot.staged else 'nothing'}); it must be staged again"
-            )
-        try:
-            self.slot.swap()
-        except InferenceError as exc:
-            raise EngineSwitchError(str(exc)) from exc
+    def swap_to_candidate(self, digest: str, config: str | None = None) -> None:
+        slot = self.slot
+        if self._is(self.staged_engine(digest), digest, config, unknown=True):
+            try:
+                slot.swap()
+            except InferenceError as exc:
+                raise EngineSwitchError(str(exc)) from exc
+            return
+        if self._is(slot.current if slot.has_engine else None, digest, config):
+            return  # a config change that does not change inference: the engine serving is the candidate's
+        raise EngineSwitchError(
+            f"candidate {digest} (config {config or 'in force'}) is not staged (staged: "
+            f"{slot.staged.bundle_digest if slot.staged else 'nothing'}); it must be staged again"
+        )
 
-    def swap_to_committed(self, digest: str | None, bundle_dir: Path | None) -> None:
+    def swap_to_committed(self, digest: str | None, bundle_dir: Path | None, config: str | None = None) -> None:
         slot = self.slot
         current = slot.current if slot.has_engine else None
         if digest is None:
             if current is not None:
                 slot.clear()
             return
-        if current is not None and current.bundle_digest == digest:
+        if self._is(current, digest, config):
             return
         previous = slot.previous
-        if previous is not None and previous.bundle_digest == digest:
+        if self._is(previous, digest, config):
             slot.rollback()
             return
         if bundle_dir is None:
             raise EngineSwitchError(f"committed bundle {digest} has no slot directory to load from")
-        engine = self._load(digest, bundle_dir)
+        engine = self._load(digest, bundle_dir, config)
         slot.install(engine)
         slot.release_previous()
-        log.info("agent.engine_installed", bundle_digest=digest, provider=engine.provider)
+        log.info("agent.engine_installed", bundle_digest=digest, config=config, provider=engine.provider)

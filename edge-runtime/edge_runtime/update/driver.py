@@ -49,6 +49,7 @@ from edge_runtime.update.state import (
     CandidateLoadFailed,
     CollectGarbage,
     Commit,
+    CommitConfig,
     Decision,
     DiscardCandidate,
     DiskInsufficient,
@@ -104,19 +105,45 @@ class BundleVerifier(Protocol):
 
 
 class EngineSwitcher(Protocol):
-    """The inference engine's view of bundles: load off the frame path, then swap by reference."""
+    """The inference engine's view of candidates: load off the frame path, then swap by reference.
 
-    def stage(self, digest: str, bundle_dir: Path) -> None:
+    A candidate is (bundle, config): ``config`` is a config digest (None: the config in force) whose values
+    the switcher looks up; two configs with the same inference keys load the same engine."""
+
+    def stage(self, digest: str, bundle_dir: Path, config: str | None = None) -> None:
         """Load and warm the candidate without serving it; raise ``EngineSwitchError`` if it cannot."""
         ...
 
-    def swap_to_candidate(self, digest: str) -> None:
-        """Serve the staged candidate; raise ``EngineSwitchError`` if it cannot."""
+    def swap_to_candidate(self, digest: str, config: str | None = None) -> None:
+        """Serve the staged candidate (or keep the engine serving when ``config`` does not change its
+        inference); raise ``EngineSwitchError`` if it cannot."""
         ...
 
-    def swap_to_committed(self, digest: str | None, bundle_dir: Path | None) -> None:
-        """Serve the committed bundle (``None``: nothing committed yet, serve nothing)."""
+    def swap_to_committed(self, digest: str | None, bundle_dir: Path | None, config: str | None = None) -> None:
+        """Serve the committed bundle under the committed config (``None``: nothing committed, serve nothing)."""
         ...
+
+
+class ConfigApplier(Protocol):
+    """The device's configs by digest: which one is in force, which one is the durable last applied one."""
+
+    def use(self, digest: str | None) -> None:
+        """Put ``digest`` in force (None: the last applied config)."""
+        ...
+
+    def commit(self, digest: str | None) -> None:
+        """Make ``digest`` the durable last applied config (None: keep it)."""
+        ...
+
+
+class NoConfigs:
+    """A ``ConfigApplier`` for devices and tests that have no configs."""
+
+    def use(self, digest: str | None) -> None:
+        return None
+
+    def commit(self, digest: str | None) -> None:
+        return None
 
 
 class CandidateEvaluator(Protocol):
@@ -124,7 +151,7 @@ class CandidateEvaluator(Protocol):
 
     def start_canary(self, digest: str, bundle_dir: Path) -> Sequence[UpdateEvent]: ...
 
-    def start_watch(self, digest: str, bundle_dir: Path) -> Sequence[UpdateEvent]: ...
+    def start_watch(self, digest: str, bundle_dir: Path, *, paired: bool = True) -> Sequence[UpdateEvent]: ...
 
     def stop(self, digest: str) -> None: ...
 
@@ -169,6 +196,7 @@ class UpdateDriver:
         switcher: EngineSwitcher,
         evaluator: CandidateEvaluator,
         reporter: StateReporter,
+        configs: ConfigApplier | None = None,
         clock: Callable[[], datetime] = _utc_now,
         limits: RetryLimits = DEFAULT_LIMITS,
         disk_margin_bytes: int = DEFAULT_DISK_MARGIN_BYTES,
@@ -181,6 +209,7 @@ class UpdateDriver:
         self._switcher = switcher
         self._evaluator = evaluator
         self._reporter = reporter
+        self._configs: ConfigApplier = configs or NoConfigs()
         self._clock = clock
         self._limits = limits
         self._margin = disk_margin_bytes
@@ -303,23 +332,30 @@ class UpdateDriver:
                 return self._download(effect)
             case Verify():
                 return self._verify(effect)
-            case Stage(digest=digest):
-                return self._stage(digest)
+            case Stage(digest=digest, config=config):
+                return self._stage(digest, config)
             case StartCanary(digest=digest):
                 return _Outcome(list(self._evaluator.start_canary(digest, self._slots.path_for(digest))))
-            case StartWatch(digest=digest):
-                return _Outcome(list(self._evaluator.start_watch(digest, self._slots.path_for(digest))))
+            case StartWatch(digest=digest, paired=paired):
+                path = self._slots.path_for(digest)
+                return _Outcome(list(self._evaluator.start_watch(digest, path, paired=paired)))
             case StopEvaluation(digest=digest):
                 self._evaluator.stop(digest)
-            case SwapToCandidate(digest=digest):
+            case SwapToCandidate(digest=digest, config=config):
                 try:
-                    self._switcher.swap_to_candidate(digest)
+                    self._switcher.swap_to_candidate(digest, config)
                 except EngineSwitchError as exc:
                     return _Outcome([TrialFailed(f"swap to candidate {digest} failed: {exc}")], abort=True)
-            case SwapToCommitted(digest=digest):
-                self._serve_committed(digest)
-            case Commit(keep=keep):
+                self._configs.use(config)
+            case SwapToCommitted(digest=digest, config=config):
+                self._serve_committed(digest, config)
+                self._configs.use(config)
+            case Commit(keep=keep, config=config):
+                self._configs.commit(config)
                 self._collect(keep)
+            case CommitConfig(config=config):
+                self._configs.use(config)
+                self._configs.commit(config)
             case CollectGarbage(keep=keep):
                 self._collect(keep)
             case DiscardCandidate(digest=digest, keep_partial=keep_partial):
@@ -394,18 +430,18 @@ class UpdateDriver:
             return _Outcome([VerificationFailed(str(exc))], abort=True)
         return _Outcome([VerificationPassed()])
 
-    def _stage(self, digest: str) -> _Outcome:
+    def _stage(self, digest: str, config: str | None) -> _Outcome:
         try:
             path = self._slots.promote_incoming(digest)
-            self._switcher.stage(digest, path)
+            self._switcher.stage(digest, path, config)
         except (EngineSwitchError, SlotError) as exc:
             return _Outcome([CandidateLoadFailed(f"could not stage {digest}: {exc}")], abort=True)
         return _Outcome()
 
-    def _serve_committed(self, digest: str | None) -> None:
+    def _serve_committed(self, digest: str | None, config: str | None) -> None:
         try:
             path = self._slots.path_for(digest) if digest is not None else None
-            self._switcher.swap_to_committed(digest, path)
+            self._switcher.swap_to_committed(digest, path, config)
         except (SlotNotFoundError, EngineSwitchError) as exc:
             # Nothing better to serve: stay up, say so loudly, let the controller re-send a bundle.
             log.error("update.committed_unavailable", committed=digest, error=str(exc))

@@ -10,20 +10,44 @@ Happy path::
       --DownloadCompleted--> verifying --VerificationPassed--> staged --CanaryStarted--> canary
       --CanaryPassed--> trial --TrialPassed--> committed
 
+A config-only candidate (the committed bundle under a new config) starts at ``staged`` (a second engine
+of the committed slot under the new config, canaried in shadow) or, when the change keeps every inference
+key, at ``trial`` (the config is put in force for an unpaired watch window).
+
 Decisions written down here (the rest of the runtime relies on them):
+
+- A candidate is (bundle, config). The desired state names a bundle (``""``: keep the one running or being
+  installed) and a config digest with its inference fingerprint (``config_classes.inference_fingerprint``;
+  None: keep the config). The record keeps the committed pair (``committed``, ``committed_config``) and the
+  candidate's (``candidate``, ``candidate_config``), each config with its fingerprint. A new bundle, with or
+  without a new config, is downloaded, verified, staged under the candidate config, canaried, trialled and
+  committed with it. A new config for the committed bundle is a candidate of its own: if its fingerprint
+  differs from the committed one (an ``INFERENCE`` key changed: thresholds, pre/post-processing overrides,
+  provider or precision; unknown fingerprints count as changed) it is staged as a new engine and canaried
+  in shadow against the current engine and config, then trial, then commit; otherwise (telemetry, sampling,
+  policy keys) it goes straight to ``trial`` (``SwapToCandidate`` changes only the config in force) and a
+  watch window with no shadow (``StartWatch(paired=False)``), then commit. Failing → ``rolled_back``: the
+  committed engine and config are put back (``SwapToCommitted`` names both), the rejection is remembered for
+  (bundle, config, assignment). A config change while a bundle is being installed joins that candidate (a
+  candidate already loaded is staged again under the new config and its canary starts over). A config with
+  no bundle to judge it on (nothing installed or assigned) is committed at once (``CommitConfig``). The
+  config in force is the committed one, except during a trial: the candidate's. ``Commit`` carries the
+  config that becomes the durable last applied config.
 
 - ``failed`` means the candidate was abandoned before it ever ran (download, disk, verification);
   ``rolled_back`` means it ran (canary shadow or trial) and was abandoned. In both the device serves the
   last committed bundle; ``failure`` says why.
-- Cancelling (``Cancelled``, or a desired bundle equal to the committed one) before the candidate ran goes
-  to ``idle``; during canary or trial it goes to ``rolled_back``.
+- Cancelling (``Cancelled``, or a desired state equal to the committed one) before the candidate ran goes
+  to ``idle``; during canary or trial it goes to ``rolled_back`` (``committed`` when the desired state came
+  under a new assignment: that assignment's outcome is reached).
 - Restarts resume (``Recovered``, see ``recover``). A record in ``downloading`` .. ``trial`` was interrupted
   by a restart (SIGTERM, SIGKILL, a container or power restart). The committed bundle serves at once and the
   same candidate picks up where it stood: a download resumes from its partial files, verification runs
   again, and a candidate that was staged, in canary or in trial is verified again from its slot on disk
   (sha256 of every artifact and the signature: seconds, and it proves the slot survived the power cut),
   then loaded again and its canary (``staged``/``canary``) or its trial (``trial``: swap, watch window)
-  starts over. Nothing is discarded, so a first-install device keeps the verified bundle it was trialling.
+  starts over. A config-only candidate skips the verification (its slot is the committed one). Nothing is
+  discarded, so a first-install device keeps the verified bundle it was trialling.
 - Crashes count, restarts do not. Only a crash attributable to the candidate counts towards rejecting it:
   the previous process died WITHOUT a clean-stop marker (the driver writes one on a clean SIGTERM stop, see
   ``UpdateDriver.stop``; ``Recovered.clean_shutdown``) while the record was in ``staged``, ``canary`` or
@@ -157,12 +181,18 @@ class ArtifactRef:
 
 @dataclass(frozen=True)
 class DesiredBundleChanged:
-    """The controller's desired bundle for this device (``digest`` of its bundle.json, and its artifacts),
-    under the controller's ``assignment_id`` (``""``: the controller minted none)."""
+    """The controller's desired state for this device, under its ``assignment_id`` (``""``: none minted).
+
+    ``digest`` is the desired bundle (its bundle.json's digest, with its artifacts); ``""`` keeps the bundle
+    the device runs or installs. ``config`` is the desired effective config digest (None: keep the config),
+    ``config_inference`` its ``config_classes.inference_fingerprint`` (which says whether it changes
+    inference); the agent holds the config's values, the machine only their identity."""
 
     digest: str
     artifacts: tuple[ArtifactRef, ...] = ()
     assignment_id: str = ""
+    config: str | None = None
+    config_inference: str | None = None
 
 
 @dataclass(frozen=True)
@@ -313,9 +343,11 @@ class Verify:
 
 @dataclass(frozen=True)
 class Stage:
-    """Promote the verified download to a read-only slot and load it off the frame path."""
+    """Promote the verified download to a read-only slot and load it off the frame path, with ``config``
+    (a config digest; None: the config in force)."""
 
     digest: str
+    config: str | None = None
 
 
 @dataclass(frozen=True)
@@ -325,9 +357,11 @@ class StartCanary:
 
 @dataclass(frozen=True)
 class StartWatch:
-    """Start the trial watch window for the candidate now serving."""
+    """Start the trial watch window for the candidate now serving. ``paired``: run the engine it replaced
+    beside it; False for a config change that kept the engine (nothing else to pair it with)."""
 
     digest: str
+    paired: bool = True
 
 
 @dataclass(frozen=True)
@@ -339,22 +373,38 @@ class StopEvaluation:
 
 @dataclass(frozen=True)
 class SwapToCandidate:
+    """Serve the candidate: its staged engine (or the engine serving, when its config did not change
+    inference), and put its config in force."""
+
     digest: str
+    config: str | None = None
 
 
 @dataclass(frozen=True)
 class SwapToCommitted:
-    """Serve the committed bundle (``None``: nothing was ever committed, serve nothing)."""
+    """Serve the committed bundle (``None``: nothing was ever committed, serve nothing) and put the
+    committed config in force (``None``: the last config the device applied, if any)."""
 
     digest: str | None
+    config: str | None = None
 
 
 @dataclass(frozen=True)
 class Commit:
-    """The candidate is now committed; slots outside ``keep`` may be reclaimed."""
+    """The candidate is now committed, with ``config`` as the durable last applied config (None: keep it);
+    slots outside ``keep`` may be reclaimed."""
 
     digest: str
     keep: tuple[str, ...]
+    config: str | None = None
+
+
+@dataclass(frozen=True)
+class CommitConfig:
+    """Put ``config`` in force and make it the durable last applied config at once: nothing serves, so
+    there is nothing to judge it on."""
+
+    config: str
 
 
 @dataclass(frozen=True)
@@ -396,6 +446,7 @@ UpdateEffect = (
     | SwapToCandidate
     | SwapToCommitted
     | Commit
+    | CommitConfig
     | DiscardCandidate
     | CollectGarbage
     | RaiseAlert
@@ -446,19 +497,49 @@ class UpdateRecord:
     rejected: str | None = None
     failure: str | None = None
     canary_summary: str | None = None
-    # The assignment of the desired state the device acts on; (digest, assignment) of recent rejections.
+    # The assignment of the desired state the device acts on; (bundle, config part, assignment) of recent
+    # rejections (the config part is "" when the candidate kept the committed config).
     assignment_id: str | None = None
-    rejections: tuple[tuple[str, str], ...] = ()
+    rejections: tuple[tuple[str, str, str], ...] = ()
+    # A candidate is (bundle, config): config digests and their inference fingerprints (config_classes).
+    committed_config: str | None = None
+    committed_config_inference: str | None = None
+    candidate_config: str | None = None
+    candidate_config_inference: str | None = None
     record_version: int = field(default=RECORD_VERSION)
 
-    def rejected_under(self, digest: str, assignment_id: str) -> bool:
-        """Whether ``digest`` was rejected under ``assignment_id`` (then it is not retried under it)."""
-        return (digest, assignment_id) in self.rejections
+    def config_part(self, config: str | None) -> str:
+        """How a rejection names a candidate's config: ``""`` when it is the committed one (or none)."""
+        return "" if config is None or config == self.committed_config else config
+
+    def rejected_under(self, digest: str, assignment_id: str, config: str | None = None) -> bool:
+        """Whether (``digest``, ``config``) was rejected under ``assignment_id`` (then it is not retried
+        under it)."""
+        return (digest, self.config_part(config), assignment_id) in self.rejections
 
     @property
     def rejected_assignment(self) -> str | None:
         """The assignment the latest rejection (``rejected``) happened under."""
-        return self.rejections[-1][1] if self.rejections else None
+        return self.rejections[-1][2] if self.rejections else None
+
+    @property
+    def config_candidate(self) -> bool:
+        """Whether the candidate in progress brings a config other than the committed one."""
+        return self.candidate is not None and self.config_part(self.candidate_config) != ""
+
+    @property
+    def config_only(self) -> bool:
+        """Whether the candidate is the committed bundle under another config."""
+        return self.candidate is not None and self.candidate == self.committed and self.config_candidate
+
+    @property
+    def keeps_engine(self) -> bool:
+        """Whether the candidate is a config change that does not change inference (no new engine)."""
+        return (
+            self.config_only
+            and self.candidate_config_inference is not None
+            and self.candidate_config_inference == self.committed_config_inference
+        )
 
     @classmethod
     def initial(cls, now: datetime, committed: str | None = None) -> UpdateRecord:
@@ -487,7 +568,11 @@ class UpdateRecord:
             "failure": self.failure,
             "canary_summary": self.canary_summary,
             "assignment_id": self.assignment_id,
-            "rejections": [[d, a] for d, a in self.rejections],
+            "rejections": [list(r) for r in self.rejections],
+            "committed_config": self.committed_config,
+            "committed_config_inference": self.committed_config_inference,
+            "candidate_config": self.candidate_config,
+            "candidate_config_inference": self.candidate_config_inference,
         }
 
     def to_json(self) -> str:
@@ -545,6 +630,10 @@ class UpdateRecord:
             canary_summary=_optional_str(data, "canary_summary"),
             assignment_id=_optional_str(data, "assignment_id"),
             rejections=_rejections(data, _optional_digest(data, "rejected")),
+            committed_config=_optional_digest(data, "committed_config"),
+            committed_config_inference=_optional_digest(data, "committed_config_inference"),
+            candidate_config=_optional_digest(data, "candidate_config"),
+            candidate_config_inference=_optional_digest(data, "candidate_config_inference"),
         )
 
 
@@ -558,27 +647,41 @@ def _optional_digest(data: Mapping[str, Any], key: str) -> str | None:
     return value
 
 
-def _rejections(data: Mapping[str, Any], rejected: str | None) -> tuple[tuple[str, str], ...]:
+def _rejection_entry(entry: Any) -> tuple[str, str, str] | None:
+    if (
+        not isinstance(entry, list)
+        or not all(isinstance(p, str) for p in entry)
+        or not entry
+        or not is_digest(entry[0])
+    ):
+        return None
+    if len(entry) == 2:  # written before config candidates: [bundle, assignment]
+        return (entry[0], "", entry[1])
+    if len(entry) == 3 and (entry[1] == "" or is_digest(entry[1])):
+        return (entry[0], entry[1], entry[2])
+    return None
+
+
+def _rejections(data: Mapping[str, Any], rejected: str | None) -> tuple[tuple[str, str, str], ...]:
     raw = data.get("rejections")
     if raw is None:
         # A version 1 record: its rejection was made before assignments existed.
-        return ((rejected, ""),) if rejected is not None else ()
-    if not isinstance(raw, list) or not all(
-        isinstance(p, list) and len(p) == 2 and is_digest(p[0]) and isinstance(p[1], str) for p in raw
-    ):
+        return ((rejected, "", ""),) if rejected is not None else ()
+    entries = [_rejection_entry(e) for e in raw] if isinstance(raw, list) else [None]
+    if any(e is None for e in entries):
         raise RecordFormatError(
-            f"update record: field 'rejections' must be a list of [sha256 digest, assignment id] pairs, "
-            f"got {str(raw)[:200]!r}"
+            "update record: field 'rejections' must be a list of [bundle digest, config digest or '', "
+            f"assignment id] entries, got {str(raw)[:200]!r}"
         )
-    return tuple((str(d), str(a)) for d, a in raw)
+    return tuple(e for e in entries if e is not None)
 
 
 def _rejected(record: UpdateRecord) -> dict[str, Any]:
-    """The record changes that reject the candidate under the current assignment."""
+    """The record changes that reject the candidate (bundle and config) under the current assignment."""
     assert record.candidate is not None
-    pair = (record.candidate, record.assignment_id or "")
-    kept = tuple(p for p in record.rejections if p != pair)
-    return {"rejected": record.candidate, "rejections": (*kept, pair)[-MAX_REJECTIONS:]}
+    entry = (record.candidate, record.config_part(record.candidate_config), record.assignment_id or "")
+    kept = tuple(r for r in record.rejections if r != entry)
+    return {"rejected": record.candidate, "rejections": (*kept, entry)[-MAX_REJECTIONS:]}
 
 
 def _optional_str(data: Mapping[str, Any], key: str) -> str | None:
@@ -649,6 +752,25 @@ def _ignore(record: UpdateRecord, reason: str) -> Decision:
     return Decision(record=record, effects=(), ignored=reason)
 
 
+def _serve_committed(record: UpdateRecord) -> SwapToCommitted:
+    return SwapToCommitted(record.committed, record.committed_config)
+
+
+def _stage(record: UpdateRecord) -> Stage:
+    assert record.candidate is not None
+    return Stage(record.candidate, record.candidate_config)
+
+
+def _serve_candidate(record: UpdateRecord) -> SwapToCandidate:
+    assert record.candidate is not None
+    return SwapToCandidate(record.candidate, record.candidate_config)
+
+
+def _watch(record: UpdateRecord) -> StartWatch:
+    assert record.candidate is not None
+    return StartWatch(record.candidate, paired=not record.keeps_engine)
+
+
 def _keep(record: UpdateRecord, *extra: str | None) -> tuple[str, ...]:
     kept = [d for d in (record.committed, record.previous, *extra) if d is not None]
     return tuple(dict.fromkeys(kept))
@@ -659,7 +781,7 @@ def _abandon_effects(record: UpdateRecord, *, keep_partial: bool) -> tuple[Updat
     assert record.candidate is not None
     effects: list[UpdateEffect] = []
     if record.state == UpdateState.TRIAL:
-        effects.append(SwapToCommitted(record.committed))
+        effects.append(_serve_committed(record))
     if record.state in _EVALUATING:
         effects.append(StopEvaluation(record.candidate))
     effects.append(DiscardCandidate(record.candidate, keep_partial=keep_partial))
@@ -677,47 +799,164 @@ def _cancel(record: UpdateRecord, now: datetime, why: str) -> Decision:
     )
 
 
-def _start_candidate(record: UpdateRecord, event: DesiredBundleChanged, now: datetime) -> Decision:
+def _fresh_candidate(record: UpdateRecord, now: datetime, *, same: bool) -> dict[str, Any]:
+    """Bookkeeping of a candidate that starts now (``same``: the candidate tried before, counts kept)."""
+    return {
+        "candidate_since": now,
+        "download_attempts": 0,
+        "canary_attempts": 0,
+        "interruptions": record.interruptions if same else 0,
+        "crashes": record.crashes if same else 0,
+        "candidate_loaded_at": None,
+        "resuming": None,
+        "degraded": record.degraded if record.committed is not None else None,
+        "failure": None,
+        "canary_summary": None,
+    }
+
+
+def _start_candidate(
+    record: UpdateRecord, event: DesiredBundleChanged, config: str | None, inference: str | None, now: datetime
+) -> Decision:
     cleanup = _abandon_effects(record, keep_partial=False) if record.state in IN_PROGRESS else ()
-    same_candidate = event.digest == record.candidate and record.state in SETTLED
+    same = event.digest == record.candidate and record.state in SETTLED and event.digest != record.rejected
     return _go(
         record,
         UpdateState.DOWNLOADING,
         now,
         *cleanup,
         StartDownload(event.digest, event.artifacts),
-        candidate=event.digest,
-        candidate_artifacts=event.artifacts,
-        candidate_since=now,
-        download_attempts=1,
-        canary_attempts=0,
-        interruptions=record.interruptions if same_candidate and event.digest != record.rejected else 0,
-        crashes=record.crashes if same_candidate and event.digest != record.rejected else 0,
-        candidate_loaded_at=None,
-        resuming=None,
-        degraded=record.degraded if record.committed is not None else None,
-        failure=None,
-        canary_summary=None,
-        assignment_id=event.assignment_id,
+        **{
+            **_fresh_candidate(record, now, same=same),
+            "candidate": event.digest,
+            "candidate_artifacts": event.artifacts,
+            "candidate_config": config,
+            "candidate_config_inference": inference,
+            "download_attempts": 1,
+            "assignment_id": event.assignment_id,
+        },
     )
 
 
-def _adopt_assignment(record: UpdateRecord, event: DesiredBundleChanged, now: datetime) -> Decision:
+def _start_config_candidate(
+    record: UpdateRecord, config: str | None, inference: str | None, assignment_id: str, now: datetime
+) -> Decision:
+    """The committed bundle under a new config: canaried in shadow when the change changes inference (a
+    new engine from the same slot), else put in force for a watch window (the engine is kept)."""
+    bundle = record.committed
+    assert bundle is not None
+    cleanup = _abandon_effects(record, keep_partial=False) if record.state in IN_PROGRESS else ()
+    changes: dict[str, Any] = {
+        **_fresh_candidate(record, now, same=False),
+        "candidate": bundle,
+        "candidate_artifacts": (),
+        "candidate_config": config,
+        "candidate_config_inference": inference,
+        "assignment_id": assignment_id,
+    }
+    candidate = replace(record, **changes)
+    if candidate.keeps_engine:
+        return _go(record, UpdateState.TRIAL, now, *cleanup, _serve_candidate(candidate), _watch(candidate), **changes)
+    # The committed bundle's digest names this candidate too: the evaluator forgets the runs it had for it.
+    fresh = () if StopEvaluation(bundle) in cleanup else (StopEvaluation(bundle),)
+    return _go(
+        record,
+        UpdateState.STAGED,
+        now,
+        *cleanup,
+        *fresh,
+        _stage(candidate),
+        StartCanary(bundle),
+        **{**changes, "candidate_loaded_at": now},
+    )
+
+
+def _retarget_config(
+    record: UpdateRecord, config: str | None, inference: str | None, assignment_id: str, now: datetime
+) -> Decision:
+    """The bundle being installed is now wanted with another config."""
+    candidate = record.candidate
+    assert candidate is not None
+    changes: dict[str, Any] = {
+        "candidate_config": config,
+        "candidate_config_inference": inference,
+        "assignment_id": assignment_id,
+    }
+    if record.state in (UpdateState.DOWNLOADING, UpdateState.VERIFYING):
+        return _go(record, record.state, now, **changes)  # nothing was loaded yet: staging will use it
+    # Loaded (and maybe serving) with the old config: load it again with the new one and canary that.
+    retargeted = replace(record, **changes)
+    back = (_serve_committed(record),) if record.state == UpdateState.TRIAL else ()
+    return _go(
+        record,
+        UpdateState.STAGED,
+        now,
+        *back,
+        StopEvaluation(candidate),
+        _stage(retargeted),
+        StartCanary(candidate),
+        **changes,
+        canary_attempts=0,
+        candidate_loaded_at=now,
+        failure=None,
+    )
+
+
+def _settled_state(record: UpdateRecord) -> UpdateState:
+    return UpdateState.COMMITTED if record.committed is not None else UpdateState.IDLE
+
+
+def _adopt_assignment(record: UpdateRecord, assignment_id: str, now: datetime) -> Decision:
     """A new assignment that names what the device already runs or installs: only the id changes.
 
-    Settled with the desired bundle committed: the outcome for this assignment is ``committed``."""
-    if record.state in SETTLED and record.committed is not None:
-        return _go(record, UpdateState.COMMITTED, now, assignment_id=event.assignment_id, failure=None)
-    return _go(record, record.state, now, assignment_id=event.assignment_id)
+    Settled: the outcome for this assignment is reached (``committed``; ``idle`` with nothing to run)."""
+    if record.state in SETTLED:
+        state = _settled_state(record)
+        return _go(record, state, now, assignment_id=assignment_id, failure=record.degraded)
+    return _go(record, record.state, now, assignment_id=assignment_id)
+
+
+def _describe(bundle: str | None, config: str | None) -> str:
+    return f"bundle {bundle or '(none)'} with config {config or '(none)'}"
 
 
 def _on_desired(record: UpdateRecord, event: DesiredBundleChanged, now: datetime, limits: RetryLimits) -> Decision:
-    if not is_digest(event.digest):
+    if event.digest and not is_digest(event.digest):
         return _ignore(record, f"desired bundle digest must be sha256:<64 hex>, got {event.digest!r}")
+    if event.config is not None and not is_digest(event.config):
+        return _ignore(record, f"desired config digest must be sha256:<64 hex>, got {event.config!r}")
+    in_progress = record.state in IN_PROGRESS
+    # An empty desired bundle keeps the bundle the device runs or installs; no config keeps the config.
+    bundle = event.digest or (record.candidate if in_progress else record.committed)
+    config: str | None
+    inference: str | None
+    if event.config is not None:
+        config, inference = event.config, event.config_inference
+    elif in_progress and bundle == record.candidate and record.candidate_config is not None:
+        config, inference = record.candidate_config, record.candidate_config_inference
+    else:
+        config, inference = record.committed_config, record.committed_config_inference
     new_assignment = event.assignment_id != (record.assignment_id or "")
-    if event.digest == record.committed:
-        if record.state in IN_PROGRESS:
-            cancelled = _cancel(record, now, f"desired bundle is the committed {event.digest} again")
+    wanted = _describe(bundle, config)
+
+    if bundle is None:
+        # Nothing installed and no bundle assigned: a config has nothing to be judged on; it applies at once.
+        if config is not None and config != record.committed_config:
+            return _go(
+                record,
+                _settled_state(record) if new_assignment else record.state,
+                now,
+                CommitConfig(config),
+                committed_config=config,
+                committed_config_inference=inference,
+                assignment_id=event.assignment_id,
+            )
+        if new_assignment:
+            return _adopt_assignment(record, event.assignment_id, now)
+        return _ignore(record, f"desired state names no bundle and no new config ({wanted})")
+    if bundle == record.committed and config == record.committed_config:
+        if in_progress:
+            cancelled = _cancel(record, now, f"desired state is the committed {wanted} again")
             if not new_assignment:
                 return cancelled
             # The new assignment asks for what serves: its outcome is reached, the old candidate's was not.
@@ -729,24 +968,28 @@ def _on_desired(record: UpdateRecord, event: DesiredBundleChanged, now: datetime
                 assignment_id=event.assignment_id,
             )
         if new_assignment:
-            return _adopt_assignment(record, event, now)
-        return _ignore(record, f"desired bundle {event.digest} is already committed")
-    if record.state in IN_PROGRESS and event.digest == record.candidate:
+            return _adopt_assignment(record, event.assignment_id, now)
+        return _ignore(record, f"desired {wanted} is already committed")
+    if in_progress and bundle == record.candidate and config == record.candidate_config:
         if new_assignment:
-            return _adopt_assignment(record, event, now)
-        return _ignore(record, f"desired bundle {event.digest} is already being installed ({record.state})")
-    if record.rejected_under(event.digest, event.assignment_id):
+            return _adopt_assignment(record, event.assignment_id, now)
+        return _ignore(record, f"desired {wanted} is already being installed ({record.state})")
+    if record.rejected_under(bundle, event.assignment_id, config):
         return _ignore(
             record,
-            f"desired bundle {event.digest} was rejected under assignment "
+            f"desired {wanted} was rejected under assignment "
             f"{event.assignment_id or '(none)'} ({record.failure}); a new assignment is needed to retry it",
         )
+    if bundle == record.committed:
+        return _start_config_candidate(record, config, inference, event.assignment_id, now)
+    if in_progress and bundle == record.candidate:
+        return _retarget_config(record, config, inference, event.assignment_id, now)
     if not event.artifacts:
-        return _ignore(record, f"desired bundle {event.digest} lists no artifacts; cannot download it")
+        return _ignore(record, f"desired bundle {bundle} lists no artifacts; cannot download it")
     bad = [a for a in event.artifacts if not is_digest(a.digest) or a.size < 0]
     if bad:
-        return _ignore(record, f"desired bundle {event.digest} has malformed artifacts: {bad!r}")
-    return _start_candidate(record, event, now)
+        return _ignore(record, f"desired bundle {bundle} has malformed artifacts: {bad!r}")
+    return _start_candidate(record, event, config, inference, now)
 
 
 def _on_cancelled(record: UpdateRecord, event: Cancelled, now: datetime, limits: RetryLimits) -> Decision:
@@ -767,7 +1010,7 @@ def crash_attributable(record: UpdateRecord, event: Recovered, now: datetime, li
 def _on_recovered(record: UpdateRecord, event: Recovered, now: datetime, limits: RetryLimits) -> Decision:
     if record.state in SETTLED:
         keep = _keep(record, record.candidate if record.candidate != record.rejected else None)
-        return _go(record, record.state, now, SwapToCommitted(record.committed), CollectGarbage(keep))
+        return _go(record, record.state, now, _serve_committed(record), CollectGarbage(keep))
     candidate = record.candidate
     assert candidate is not None
     crashed = crash_attributable(record, event, now, limits)
@@ -780,7 +1023,7 @@ def _on_recovered(record: UpdateRecord, event: Recovered, now: datetime, limits:
             record,
             UpdateState.ROLLED_BACK,
             now,
-            SwapToCommitted(record.committed),
+            _serve_committed(record),
             DiscardCandidate(candidate, keep_partial=False),
             CollectGarbage(_keep(record)),
             interruptions=interruptions,
@@ -796,7 +1039,34 @@ def _on_recovered(record: UpdateRecord, event: Recovered, now: datetime, limits:
     note = f"resumed at {record.state.value} after the process {how}{counted}"
     changes: dict[str, Any] = {"interruptions": interruptions, "crashes": crashes, "failure": note}
     collect = CollectGarbage(_keep(record, candidate))
-    serve = SwapToCommitted(record.committed)
+    serve = _serve_committed(record)
+    if record.config_only:
+        # The committed bundle under another config: its slot is the committed one, nothing to verify.
+        if record.state != UpdateState.TRIAL:
+            return _go(
+                record,
+                UpdateState.STAGED,
+                now,
+                serve,
+                collect,
+                _stage(record),
+                StartCanary(candidate),
+                candidate_loaded_at=now,
+                **changes,
+            )
+        load = () if record.keeps_engine else (_stage(record),)
+        return _go(
+            record,
+            UpdateState.TRIAL,
+            now,
+            serve,
+            collect,
+            *load,
+            _serve_candidate(record),
+            _watch(record),
+            candidate_loaded_at=now,
+            **changes,
+        )
     match record.state:
         case UpdateState.DOWNLOADING:
             artifacts = record.candidate_artifacts
@@ -874,9 +1144,9 @@ def _on_verification_passed(
             record,
             UpdateState.TRIAL,
             now,
-            Stage(candidate),
-            SwapToCandidate(candidate),
-            StartWatch(candidate),
+            _stage(record),
+            _serve_candidate(record),
+            _watch(record),
             candidate_loaded_at=now,
             resuming=None,
         )
@@ -884,7 +1154,7 @@ def _on_verification_passed(
         record,
         UpdateState.STAGED,
         now,
-        Stage(candidate),
+        _stage(record),
         StartCanary(candidate),
         candidate_loaded_at=now,
         resuming=None,
@@ -920,8 +1190,8 @@ def _first_install_trial(
         record,
         UpdateState.TRIAL,
         now,
-        SwapToCandidate(candidate),
-        StartWatch(candidate),
+        _serve_candidate(record),
+        _watch(record),
         RaiseAlert(code, candidate, message, numbers),
         degraded=message,
         failure=message,
@@ -941,9 +1211,9 @@ def _first_install_commit(
         UpdateState.COMMITTED,
         now,
         StopEvaluation(candidate),
-        Commit(candidate, keep=(candidate,)),
+        Commit(candidate, keep=(candidate,), config=_target_config(record)),
         *alert,
-        **_committed_changes(candidate, None),
+        **_committed_changes(record, candidate, None),
         degraded=message,
         failure=message,
     )
@@ -1011,18 +1281,31 @@ def _on_canary_passed(record: UpdateRecord, event: CanaryPassed, now: datetime, 
         record,
         UpdateState.TRIAL,
         now,
-        SwapToCandidate(record.candidate),
-        StartWatch(record.candidate),
+        _serve_candidate(record),
+        _watch(record),
         canary_summary=event.summary,
         failure=None,
     )
 
 
-def _committed_changes(new: str, previous: str | None) -> dict[str, Any]:
-    """The record changes of committing ``new`` over ``previous``: the candidate's bookkeeping is cleared."""
+def _target_config(record: UpdateRecord) -> str | None:
+    """The config the candidate brings (the committed one when it brings none)."""
+    return record.candidate_config if record.candidate_config is not None else record.committed_config
+
+
+def _committed_changes(record: UpdateRecord, new: str, previous: str | None) -> dict[str, Any]:
+    """The record changes of committing ``new`` (with the candidate's config) over ``previous``: the
+    candidate's bookkeeping is cleared."""
+    brings_config = record.candidate_config is not None
     return {
         "committed": new,
         "previous": previous,
+        "committed_config": _target_config(record),
+        "committed_config_inference": (
+            record.candidate_config_inference if brings_config else record.committed_config_inference
+        ),
+        "candidate_config": None,
+        "candidate_config_inference": None,
         "candidate": None,
         "candidate_artifacts": (),
         "candidate_since": None,
@@ -1045,8 +1328,8 @@ def _on_trial_passed(record: UpdateRecord, event: TrialPassed, now: datetime, li
         record,
         UpdateState.COMMITTED,
         now,
-        Commit(new, keep=tuple(d for d in (new, previous) if d is not None)),
-        **_committed_changes(new, previous),
+        Commit(new, keep=tuple(d for d in (new, previous) if d is not None), config=_target_config(record)),
+        **_committed_changes(record, new, previous),
         degraded=degraded,
         failure=degraded,
     )

@@ -6,7 +6,8 @@ They do real work on real files (copying blobs, hashing, recording calls) so tes
   content-addressed blobs (``<blob_dir>/<hex>``) and records it in ``<blob_dir>/catalog.json``.
 - ``DirectoryFetcher`` serves those blobs with resume offsets, optionally failing mid-file like a flaky link.
 - ``ManifestVerifier`` checks a bundle directory holds exactly the files of a known manifest, byte-exact.
-- ``RecordingSwitcher``, ``ScriptedEvaluator`` and ``RecordingReporter`` record what they were asked to do.
+- ``RecordingSwitcher``, ``ScriptedEvaluator``, ``RecordingConfigs`` and ``RecordingReporter`` record what
+  they were asked to do.
 """
 
 from __future__ import annotations
@@ -136,31 +137,54 @@ class ManifestVerifier:
 
 @dataclass
 class RecordingSwitcher:
-    """Remembers what is staged and served; ``fail_stage`` digests fail to load."""
+    """Remembers what is staged and served, with which config; ``fail_stage`` digests fail to load."""
 
     fail_stage: set[str] = field(default_factory=set)
     serving: str | None = None
     serving_dir: Path | None = None
+    serving_config: str | None = None
     staged: str | None = None
     staged_dir: Path | None = None
+    staged_config: str | None = None
     calls: list[tuple[str, str | None]] = field(default_factory=list)
 
-    def stage(self, digest: str, bundle_dir: Path) -> None:
+    def stage(self, digest: str, bundle_dir: Path, config: str | None = None) -> None:
         self.calls.append(("stage", digest))
         if digest in self.fail_stage:
             raise EngineSwitchError(f"bundle {digest} failed to load: scripted failure")
-        self.staged = digest
-        self.staged_dir = bundle_dir
+        self.staged, self.staged_dir, self.staged_config = digest, bundle_dir, config
 
-    def swap_to_candidate(self, digest: str) -> None:
+    def swap_to_candidate(self, digest: str, config: str | None = None) -> None:
         self.calls.append(("swap_to_candidate", digest))
-        if self.staged != digest:
+        if self.staged == digest:
+            self.serving, self.serving_dir, self.serving_config = digest, self.staged_dir, config
+            self.staged = None
+        elif self.serving == digest:
+            self.serving_config = config  # a config that keeps the engine
+        else:
             raise EngineSwitchError(f"cannot serve {digest}: it is not staged (staged: {self.staged})")
-        self.serving, self.serving_dir = digest, self.staged_dir
 
-    def swap_to_committed(self, digest: str | None, bundle_dir: Path | None) -> None:
+    def swap_to_committed(self, digest: str | None, bundle_dir: Path | None, config: str | None = None) -> None:
         self.calls.append(("swap_to_committed", digest))
-        self.serving, self.serving_dir = digest, bundle_dir
+        self.serving, self.serving_dir, self.serving_config = digest, bundle_dir, config
+
+
+@dataclass
+class RecordingConfigs:
+    """A ``ConfigApplier`` that records which config is in force and which one was committed."""
+
+    in_force: str | None = None
+    committed: str | None = None
+    calls: list[tuple[str, str | None]] = field(default_factory=list)
+
+    def use(self, digest: str | None) -> None:
+        self.calls.append(("use", digest))
+        self.in_force = digest
+
+    def commit(self, digest: str | None) -> None:
+        self.calls.append(("commit", digest))
+        if digest is not None:
+            self.committed = digest
 
 
 @dataclass
@@ -179,8 +203,8 @@ class ScriptedEvaluator:
         self.calls.append(("start_canary", digest))
         return list(self.canary_by_digest.get(digest, self.canary))
 
-    def start_watch(self, digest: str, bundle_dir: Path) -> Sequence[UpdateEvent]:
-        self.calls.append(("start_watch", digest))
+    def start_watch(self, digest: str, bundle_dir: Path, *, paired: bool = True) -> Sequence[UpdateEvent]:
+        self.calls.append(("start_watch" if paired else "start_watch_unpaired", digest))
         return list(self.watch)
 
     def stop(self, digest: str) -> None:
