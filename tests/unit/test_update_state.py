@@ -877,3 +877,15 @@ def test_random_sequences_with_configs_keep_the_config_in_force_consistent(
         if nxt.committed_config is not None:
             assert nxt.committed_config_inference == CONFIGS[nxt.committed_config]
         record = nxt
+
+
+def test_a_record_from_before_config_candidates_adopts_the_config_saved_on_disk() -> None:
+    legacy = record_in(S.COMMITTED)  # committed A, no committed_config
+    adopted = recover(legacy, NOW, saved_config=(X, FP_X)).record
+    assert (adopted.committed_config, adopted.committed_config_inference) == (X, FP_X)
+    # The same config desired (under a new assignment) is already committed: nothing to trial.
+    again = decide(adopted, config_desired(X, FP_X), NOW)
+    assert again.record.state == S.COMMITTED and again.record.candidate_config is None
+    assert again.effects == (ReportState(),)
+    # A record that names its config keeps it.
+    assert recover(configured(), NOW, saved_config=(X2, FP_X2)).record.committed_config == X

@@ -28,6 +28,7 @@ import structlog
 
 from edge_runtime.agent.config_store import load_config, save_config
 from edge_runtime.durable import write_durably
+from edgefleet.contract.config_classes import inference_fingerprint
 from edgefleet.contract.errors import ContractError
 from edgefleet.contract.layering import EffectiveConfig
 
@@ -91,6 +92,11 @@ class ConfigKeeper:
         with self._lock:
             self._known[digest] = config
         return config
+
+    def saved(self) -> tuple[str, str] | None:
+        """(digest, inference fingerprint) of the committed config on disk (``config.json``), if any."""
+        committed = self._committed
+        return (committed.digest, inference_fingerprint(committed.values)) if committed is not None else None
 
     def values(self, digest: str | None) -> Mapping[str, Any]:
         """The values of ``digest`` (None: the committed config; empty when none); ``LookupError`` when the

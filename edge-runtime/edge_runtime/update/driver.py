@@ -135,6 +135,10 @@ class ConfigApplier(Protocol):
         """Make ``digest`` the durable last applied config (None: keep it)."""
         ...
 
+    def saved(self) -> tuple[str, str] | None:
+        """(digest, inference fingerprint) of the last applied config on disk, if any."""
+        ...
+
 
 class NoConfigs:
     """A ``ConfigApplier`` for devices and tests that have no configs."""
@@ -143,6 +147,9 @@ class NoConfigs:
         return None
 
     def commit(self, digest: str | None) -> None:
+        return None
+
+    def saved(self) -> tuple[str, str] | None:
         return None
 
 
@@ -244,7 +251,10 @@ class UpdateDriver:
                 candidate=record.candidate,
                 clean_shutdown=self._clean,
             )
-            self._run(recover(record, self._clock(), self._limits, clean_shutdown=self._clean))
+            decision = recover(
+                record, self._clock(), self._limits, clean_shutdown=self._clean, saved_config=self._configs.saved()
+            )
+            self._run(decision)
             return self.record
 
     def handle(self, event: UpdateEvent) -> UpdateRecord:

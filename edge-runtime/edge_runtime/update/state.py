@@ -268,9 +268,12 @@ class Recovered:
     """The process started; whatever the record says was in progress was interrupted.
 
     ``clean_shutdown``: the previous process stopped cleanly (its driver left the clean-stop marker for
-    exactly this record); unknown counts as not clean."""
+    exactly this record); unknown counts as not clean. ``saved_config``: (digest, inference fingerprint) of
+    the last applied config on disk, adopted as the committed config by a record that names none (written
+    by a runtime before config candidates), so the first config after an upgrade is judged against it."""
 
     clean_shutdown: bool = False
+    saved_config: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -1008,6 +1011,9 @@ def crash_attributable(record: UpdateRecord, event: Recovered, now: datetime, li
 
 
 def _on_recovered(record: UpdateRecord, event: Recovered, now: datetime, limits: RetryLimits) -> Decision:
+    if record.committed_config is None and event.saved_config is not None:
+        saved, inference = event.saved_config
+        record = replace(record, committed_config=saved, committed_config_inference=inference)
     if record.state in SETTLED:
         keep = _keep(record, record.candidate if record.candidate != record.rejected else None)
         return _go(record, record.state, now, _serve_committed(record), CollectGarbage(keep))
@@ -1391,7 +1397,12 @@ def decide(record: UpdateRecord, event: UpdateEvent, now: datetime, limits: Retr
 
 
 def recover(
-    record: UpdateRecord, now: datetime, limits: RetryLimits = DEFAULT_LIMITS, *, clean_shutdown: bool = False
+    record: UpdateRecord,
+    now: datetime,
+    limits: RetryLimits = DEFAULT_LIMITS,
+    *,
+    clean_shutdown: bool = False,
+    saved_config: tuple[str, str] | None = None,
 ) -> Decision:
     """The start-up decision: serve the last committed bundle, resume whatever was in progress."""
-    return decide(record, Recovered(clean_shutdown=clean_shutdown), now, limits)
+    return decide(record, Recovered(clean_shutdown=clean_shutdown, saved_config=saved_config), now, limits)

@@ -186,6 +186,9 @@ class RecordingConfigs:
         if digest is not None:
             self.committed = digest
 
+    def saved(self) -> tuple[str, str] | None:
+        return None
+
 
 @dataclass
 class ScriptedEvaluator:
