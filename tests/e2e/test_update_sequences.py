@@ -6,8 +6,9 @@ A real controller and real ``edge-runtime`` processes (real gRPC, real onnxrunti
 - (e) SIGKILL during the canary and during the trial of a bundle: the restarted device resumes the canary or
   the trial of the SAME verified candidate from its journal (re-verified from its slot, nothing fetched
   again) and commits it; the death right after loading the candidate is counted against it, one count does
-  not reject it. A first install of a bundle too slow for its SLA serves it anyway, with degraded health and
-  a ``first_install.latency_miss`` alert carrying the numbers.
+  not reject it. A first-install device killed in its trial resumes it too (it used to end with no bundle).
+  A SIGTERM stop is clean (its marker is on disk). A first install of a bundle too slow for its SLA serves
+  it anyway, with degraded health and a ``first_install.latency_miss`` alert carrying the numbers.
 - (f) config rollouts through the controller (a staged FleetConfig revision rolled out in waves): a change
   of ``inference.conf_threshold`` that keeps every classification is canaried in shadow (a second engine of
   the same bundle under the new config) and committed on both devices; one whose threshold drops every
@@ -64,42 +65,54 @@ def test_sigkill_during_canary_and_during_trial_resumes_the_same_candidate_and_c
         ctl.apply_config(watch_window_s=1.0, min_frames=50, min_seconds=1.0)
         token = ctl.enrollment_token("lab")
 
-        def first_life(boundary: str) -> tuple[str, dict[str, Any]]:
-            name = f"dev-{boundary.split(':')[0]}"
-            env = {"EDGEFLEET_CRASH_AT": boundary, "EDGEFLEET_CRASH_CANDIDATE": v2.digest}
+        # dev-canary and dev-trial run v1 and die installing v2; dev-first dies in the trial of its first
+        # bundle (the sequence that used to end with no bundle at all: the candidate discarded on restart,
+        # its download then refused once the aborted rollout cleared the desired bundle).
+        plans = {"dev-canary": "canary:after", "dev-trial": "trial:after", "dev-first": "trial:after"}
+
+        def first_life(name: str) -> tuple[str, dict[str, Any]]:
+            env = {"EDGEFLEET_CRASH_AT": plans[name], "EDGEFLEET_CRASH_CANDIDATE": v2.digest}
             dev = start_edge(ctl.address, tmp_path / name, token, name=name, source="synthetic:30", env=env)
             try:
-                ctl.set_desired(name, v1.digest)
-                dev.committed(v1.digest, timeout=60)
+                if name != "dev-first":
+                    ctl.set_desired(name, v1.digest)
+                    dev.committed(v1.digest, timeout=60)
                 ctl.set_desired(name, v2.digest)
                 assert dev.wait_exit(60) == -signal.SIGKILL
             finally:
                 dev.terminate()
             return name, dev.status()
 
-        with ThreadPoolExecutor(2) as pool:
-            lives = dict(pool.map(first_life, ["canary:after", "trial:after"]))
+        with ThreadPoolExecutor(3) as pool:
+            lives = dict(pool.map(first_life, plans))
         for name, last in lives.items():
             # The dead process's last status: the candidate verified and in its slot, v1 still committed.
-            assert last["update"]["committed"] == v1.digest, (name, last["update"])
+            expected = None if name == "dev-first" else v1.digest
+            assert last["update"]["committed"] == expected, (name, last["update"])
             assert (tmp_path / name / "bundles" / v2.digest.removeprefix("sha256:")).is_dir()
 
         def second_life(name: str) -> tuple[str, dict[str, Any], list[telemetry_pb2.DeviceEvent]]:
-            with running_edge(ctl.address, tmp_path / name, token, name=name, source="synthetic:30") as dev:
+            dev = start_edge(ctl.address, tmp_path / name, token, name=name, source="synthetic:30")
+            try:
                 status = dev.committed(v2.digest, timeout=90)
                 wait_until(
                     lambda: ctl.device(name).reported.running_bundle_digest == v2.digest, 20, f"{name} reports v2"
                 )
-                return name, status, events(ctl, name)
+                found = events(ctl, name)
+            finally:
+                # A SIGTERM stop is clean: it leaves the marker that keeps the next start from counting a crash.
+                assert dev.terminate() == 0
+            assert (tmp_path / name / "update" / "clean-stop.json").is_file()
+            return name, status, found
 
-        with ThreadPoolExecutor(2) as pool:
+        with ThreadPoolExecutor(3) as pool:
             results = {name: (status, evs) for name, status, evs in pool.map(second_life, lives)}
 
-        for phase, name in (("canary", "dev-canary"), ("trial", "dev-trial")):
+        for phase, name in (("canary", "dev-canary"), ("trial", "dev-trial"), ("trial", "dev-first")):
             status, evs = results[name]
             # Nothing fetched again: the verified slot on disk was the candidate.
             assert status["fetch"]["bytes_received"] == 0, status["fetch"]
-            assert status["update"]["previous"] == v1.digest
+            assert status["update"]["previous"] == (None if name == "dev-first" else v1.digest)
             resumed = [e for e in evs if e.kind == KIND.KIND_UPDATE_STATE and e.reason.startswith("resumed at")]
             assert resumed, [(e.to_state, e.reason) for e in evs]
             # Died right after loading the candidate: a crash that counts, one of three.
