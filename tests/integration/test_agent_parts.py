@@ -134,3 +134,31 @@ def test_reporter_stamps_verdicts_with_the_assignment_they_were_decided_under() 
     assert reporter.last_verdict is not None and reporter.last_verdict.assignment_id == "ro_1/w1/dev_1"
     sent = [e for e in reporter.pending() if e.kind == telemetry_pb2.DeviceEvent.KIND_CANARY_VERDICT]
     assert [e.verdict.assignment_id for e in sent] == ["ro_1/w1/dev_1"]
+
+
+def test_update_events_name_the_bundle_of_their_own_transition_after_an_earlier_rollback() -> None:
+    """X rolls back, then Y commits: the commit's event names Y, never the earlier rejection X."""
+    from dataclasses import replace
+    from datetime import UTC, datetime
+
+    x, y, v1 = ("sha256:" + c * 64 for c in "bcd")
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    reporter = AgentReporter()
+    serving = UpdateRecord.initial(now, committed=v1)
+    trial_x = replace(serving, state=UpdateState.TRIAL, candidate=x, assignment_id="ro_1/dev/w1")
+    rolled_back = replace(serving, state=UpdateState.ROLLED_BACK, rejected=x, failure="watch: drift")
+    canary_y = replace(rolled_back, state=UpdateState.CANARY, candidate=y, assignment_id="ro_2/dev/w1")
+    committed_y = replace(rolled_back, state=UpdateState.COMMITTED, committed=y, previous=v1)
+    for record in (serving, trial_x, rolled_back, canary_y, committed_y):
+        reporter.report(record)
+    sent = [
+        (telemetry_pb2.DeviceEvent.Kind.Name(e.kind), common_pb2.UpdateState.Name(e.to_state), e.bundle_digest)
+        for e in reporter.pending(100)
+        if e.kind in (telemetry_pb2.DeviceEvent.KIND_UPDATE_STATE, telemetry_pb2.DeviceEvent.KIND_ROLLBACK)
+    ]
+    by_state = {(kind, state): digest for kind, state, digest in sent}
+    assert by_state[("KIND_UPDATE_STATE", "UPDATE_STATE_TRIAL")] == x
+    assert by_state[("KIND_UPDATE_STATE", "UPDATE_STATE_ROLLED_BACK")] == x
+    assert by_state[("KIND_ROLLBACK", "UPDATE_STATE_ROLLED_BACK")] == x
+    assert by_state[("KIND_UPDATE_STATE", "UPDATE_STATE_CANARY")] == y
+    assert by_state[("KIND_UPDATE_STATE", "UPDATE_STATE_COMMITTED")] == y

@@ -54,6 +54,23 @@ def _timestamp(at: datetime) -> Timestamp:
     return ts
 
 
+def transition_digest(before: UpdateRecord | None, record: UpdateRecord) -> str:
+    """The bundle an update-state event is about.
+
+    In progress: the candidate. Failed or rolled back: the candidate that was just abandoned (the record
+    before the transition still names it), else the latest rejection. Settled otherwise (committed, idle):
+    the committed bundle. A rejection from an earlier update is never named by a later commit's event.
+    """
+    if record.candidate:
+        return record.candidate
+    if record.state in (UpdateState.FAILED, UpdateState.ROLLED_BACK):
+        if before is not None and before.candidate:
+            return before.candidate
+        if record.rejected:
+            return record.rejected
+    return record.committed or ""
+
+
 class AgentReporter:
     """Latest update record + queued events; thread-safe."""
 
@@ -139,7 +156,7 @@ class AgentReporter:
         self._wake()
 
     def _queue_transition(self, before: UpdateRecord | None, record: UpdateRecord) -> None:
-        digest = record.candidate or record.rejected or record.committed or ""
+        digest = transition_digest(before, record)
         kinds = [telemetry_pb2.DeviceEvent.KIND_UPDATE_STATE]
         if record.state == UpdateState.ROLLED_BACK and (before is None or before.state != record.state):
             kinds.append(telemetry_pb2.DeviceEvent.KIND_ROLLBACK)
