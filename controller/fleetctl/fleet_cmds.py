@@ -236,6 +236,40 @@ def describe_device(device: str = typer.Argument(..., help="device id or name"),
             )
 
 
+@describe_app.command("bundle")
+@grpc_errors
+def describe_bundle(ref: str = typer.Argument(..., help="digest or name@version"), output: str = OutputOpt) -> None:
+    """Show one bundle: identity, artifacts, devices running it, and every canary failure recorded for it."""
+    fmt = _check_format(output)
+    conn = OPTIONS.connection()
+    with conn.fleet() as stub:
+        reply = stub.GetBundle(fleet_pb2.GetBundleRequest(ref=ref), metadata=conn.metadata, timeout=30)
+    if fmt in ("json", "yaml"):
+        emit_structured(reply, fmt)
+        return
+    b = reply.bundle
+    lines = [
+        f"[bold]{b.name}@{b.version}[/bold]  ({b.digest})",
+        f"signed by:   {b.key_id}",
+        f"sla:         {b.sla_ms:g} ms   postprocess {b.postprocess_kind}   {b.size_bytes / 1e6:.1f} MB",
+        f"running on:  {reply.running_devices} device(s)",
+        "artifacts:",
+        *(f"  {a.role:18} {short_digest(a.digest)}  {a.size_bytes:>12} B  {a.path}" for a in reply.artifacts),
+    ]
+    if reply.canary_failures:
+        lines.append(
+            f"[red]canary failures ({len(reply.canary_failures)}):[/red] new rollouts are refused unless --force"
+        )
+        lines.extend(
+            f"  {_ts_short(f.at)}  {f.device_name or f.device_id:16} {f.kind:12} {f.rollout_id or '-'}  {f.summary}"
+            for f in reply.canary_failures
+        )
+    else:
+        lines.append("canary failures: none")
+    for line in lines:
+        console.print(line, highlight=False)
+
+
 def _ts_short(value: Timestamp) -> str:
     from fleetctl.output import ts
 

@@ -122,6 +122,14 @@ def test_a_bundle_that_failed_its_canary_is_refused_and_forced_runs_its_canary_f
             first.id
         ]
 
+        # an operator sees the failure on the bundle itself
+        described = fleetctl(ctl, "describe", "bundle", bad)
+        assert described.returncode == 0, described
+        assert "canary failures (1)" in described.stdout and canary in described.stdout, described.stdout
+        assert first.id in described.stdout and "refused unless --force" in described.stdout
+        clean = fleetctl(ctl, "describe", "bundle", fleet.v1.digest)
+        assert clean.returncode == 0 and "canary failures: none" in clean.stdout, clean
+
         # fleetctl budget never picks it, and says why
         budget = fleetctl(ctl, "budget", bad, "--sla", "10s")
         assert "failed its canary" in budget.stdout and canary in budget.stdout, budget
