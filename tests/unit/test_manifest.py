@@ -618,3 +618,11 @@ def test_fuzz_manifest_shaped_documents(kind: str, config: dict[str, object], sp
         "spec": {"config": config, **spec_extra},
     }
     _parse_or_manifest_error(yaml.safe_dump(document))
+
+
+def test_the_config_rollout_example_in_the_manifests_readme_parses() -> None:
+    text = (MANIFESTS / "README.md").read_text(encoding="utf-8")
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    docs = parse_manifests(block, source="manifests/README.md")
+    assert [d.kind for d in docs] == ["SiteConfig", "Rollout"]
+    assert docs[1].spec["target"] == {"config": "SiteConfig/farm-b"}
