@@ -9,7 +9,12 @@ What it shows, end to end and for real (OS processes, gRPC over loopback, SQLite
 4. a rollout v1 → v2 in waves ``[1, 50%, 100%]`` passes every canary and completes;
 5. a rollout v2 → v3 fails its canary on the first device (drift, with its numbers), aborts at once and rolls
    back: the canary device is on v2 again and no other device ever received v3;
-6. a fleet status table, the rollouts with their verdicts, and telemetry percentiles are printed.
+6. the operator tries v3 again: refused, with the earlier canary verdict (``--force`` would override it);
+7. config rollouts through the same canary: a SiteConfig raising ``inference.conf_threshold`` to 0.99 (every
+   classification dropped) is staged and rolled out by a Rollout manifest in the same apply; its canary device
+   compares the new config with the current one in shadow on the same frames, fails on agreement and is put
+   back; a SiteConfig with a harmless threshold then passes wave by wave and goes live;
+8. a fleet status table, the rollouts with their verdicts, and telemetry percentiles are printed.
 
 Everything lives under ``demo-out/fleet/`` and every process is stopped at the end, also on failure.
 """
@@ -269,8 +274,8 @@ def follow_rollout(fleet: Fleet, rollout_id: str, terminal: set[Any], timeout: f
 
 
 def verdict_text(v: common_pb2.CanaryVerdict) -> str:
-    """The numbers of a verdict: the canary compares candidate and baseline on the same frames; the watch
-    window after promotion compares the trial's latency with the canary's baseline."""
+    """The numbers of a verdict: the canary, and the watch window after promotion, compare candidate and
+    baseline (the previous bundle, or the same bundle under the previous config) on the same frames."""
     if not v.outcome:
         return "-"
     outcome = common_pb2.CanaryVerdict.Outcome.Name(v.outcome).removeprefix("OUTCOME_").lower()
@@ -282,6 +287,54 @@ def verdict_text(v: common_pb2.CanaryVerdict) -> str:
         return text
     drift = f"PSI {v.psi:.3f}" if v.psi else f"KS D {v.ks_statistic:.2f} (p {v.ks_p_value:.2g})"
     return f"{text}, {drift}, agreement {v.agreement:.2f}"
+
+
+def site_config_rollout(threshold: float, name: str) -> str:
+    """A SiteConfig change and the Rollout that canaries it, in one file (``fleetctl apply -f`` of it)."""
+    return f"""\
+apiVersion: edgefleet.io/v1
+kind: SiteConfig
+metadata: {{name: {SITE}, site: {SITE}}}
+spec:
+  config:
+    review: {{sample_rate: 0.01, low_confidence_below: 0.3}}
+    inference: {{conf_threshold: {threshold}}}
+---
+apiVersion: edgefleet.io/v1
+kind: Rollout
+metadata: {{name: {name}}}
+spec:
+  target: {{config: SiteConfig/{SITE}}}
+  selector: {{sites: [{SITE}]}}
+  strategy: {{waves: [1, "50%", "100%"], bake_s: 1}}
+  on_abort: rollback
+"""
+
+
+def apply_rollout_file(fleet: Fleet, name: str, content: str) -> str:
+    reply = fleet.fleet.ApplyConfig(
+        fleet_pb2.ApplyConfigRequest(files=[fleet_pb2.ManifestFile(name=name, content=content)]),
+        metadata=fleet.md,
+        timeout=30,
+    )
+    for line in reply.results:
+        fleet.console.print(f"  {line}", highlight=False)
+    if len(reply.rollout_ids) != 1:
+        raise RuntimeError(f"{name}: expected one rollout, got {list(reply.rollout_ids)}")
+    rollout_id: str = reply.rollout_ids[0]
+    return rollout_id
+
+
+def config_rollout(fleet: Fleet, threshold: float, terminal: set[Any], expect: int) -> fleet_pb2.Rollout:
+    """Apply a SiteConfig threshold with its Rollout, follow it, and insist it ends in phase ``expect``."""
+    name = f"threshold-{threshold:g}".replace(".", "")
+    rollout_id = apply_rollout_file(fleet, f"{name}.yaml", site_config_rollout(threshold, name))
+    ro = follow_rollout(fleet, rollout_id, terminal, 150)
+    if ro.phase != expect:
+        raise RuntimeError(
+            f"config rollout {threshold:g} ended {_phase(ro.phase)}, expected {_phase(expect)}: {ro.message}"
+        )
+    return ro
 
 
 def run(root: Path, console: Console) -> int:
@@ -397,9 +450,35 @@ def run(root: Path, console: Console) -> int:
             raise RuntimeError(f"devices other than the canary received v3: {others_saw_v3}")
         console.print(f"  no other device ever received v3; {canary[0].device_name} serves v2 again")
 
-        console.rule("[bold]6. fleet status")
+        console.rule("[bold]6. the operator tries v3 again")
+        try:
+            fleet.fleet.CreateRollout(
+                fleet_pb2.CreateRolloutRequest(
+                    name="v3-again", bundle=v3.digest, selector=fleet_pb2.RolloutSelector(sites=[SITE])
+                ),
+                metadata=fleet.md,
+                timeout=10,
+            )
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.FAILED_PRECONDITION:
+                raise
+            console.print(f"  refused: {exc.code().name}: {exc.details()}", highlight=False)
+        else:
+            raise RuntimeError("a second rollout of the bundle that failed its canary was accepted")
+
+        console.rule("[bold]7. config rollouts: a threshold that drops every classification, then a good one")
+        bad_config = config_rollout(fleet, 0.99, terminal, fleet_pb2.ROLLOUT_PHASE_ROLLED_BACK)
+        (config_canary,) = [d for d in bad_config.devices if d.wave == 1]
+        console.print(f"  canary {config_canary.device_name}: {verdict_text(config_canary.verdict)}", highlight=False)
+        for reason in config_canary.verdict.reasons:
+            console.print(f"    - {reason}", highlight=False)
+        never_config = sorted(d.device_name for d in bad_config.devices if d.status == "pending")
+        console.print(f"  the failing config never reached: {', '.join(never_config)}", highlight=False)
+        good_config = config_rollout(fleet, 0.05, terminal, fleet_pb2.ROLLOUT_PHASE_COMPLETED)
+
+        console.rule("[bold]8. fleet status")
         print_status(fleet, {v1.digest: "1.0.0", v2.digest: "1.1.0", v3.digest: "2.0.0-drifted"})
-        for ro in (good, bad):
+        for ro in (good, bad, bad_config, good_config):
             console.print(f"rollout {ro.id} ({ro.name}): [bold]{_phase(ro.phase)}[/bold] {ro.message}", highlight=False)
             for st in ro.devices:
                 if st.status != "pending":
