@@ -125,8 +125,18 @@ class SessionInfo:
 
 
 def session_options(intra_op_threads: int | None = None) -> ort.SessionOptions:
+    """Options of every session the runtime creates.
+
+    Thread spinning is off. A device runs two sessions back to back on the same cores whenever it judges
+    something — the candidate and the current bundle in the canary, the trial and the previous bundle in the
+    watch window — and onnxruntime's default lets each session's worker threads spin after a run, stealing
+    the cores the other session needs next (``bench/bench_watch_shadow.py`` measured the served engine ~1.25x
+    slower beside a spinning shadow). Spinning also burns power and heat a fanless box does not have.
+    """
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if intra_op_threads is not None:
         if intra_op_threads <= 0:
             raise ModelLoadError(
