@@ -297,6 +297,10 @@ def test_happy_path_commits_and_collects_old_slots(world: World, base: Path, tmp
     ]
     assert Journal(data / "update").load() == record
     assert_slots_verified(data, world)
+    # the engine served before is kept through the trial (shadow + instant rollback), then released
+    calls = dev.switcher.calls
+    assert calls.count(("release_previous", world.v2.digest)) == 1
+    assert calls.index(("swap_to_candidate", world.v2.digest)) < calls.index(("release_previous", world.v2.digest))
 
 
 def test_going_back_to_previous_bundle_needs_no_download(world: World, base: Path, tmp_path: Path) -> None:

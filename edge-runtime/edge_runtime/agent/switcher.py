@@ -188,6 +188,9 @@ class SlotSwitcher:
             f"{slot.staged.bundle_digest if slot.staged else 'nothing'}); it must be staged again"
         )
 
+    def release_previous(self) -> None:
+        self.slot.release_previous()
+
     def swap_to_committed(self, digest: str | None, bundle_dir: Path | None, config: str | None = None) -> None:
         slot = self.slot
         current = slot.current if slot.has_engine else None

@@ -123,6 +123,11 @@ class EngineSwitcher(Protocol):
         """Serve the committed bundle under the committed config (``None``: nothing committed, serve nothing)."""
         ...
 
+    def release_previous(self) -> None:
+        """Drop the engine served before the candidate: kept loaded through the watch window (it runs in shadow
+        there and is the instant rollback), its memory is freed once the candidate is committed."""
+        ...
+
 
 class ConfigApplier(Protocol):
     """The device's configs by digest: which one is in force, which one is the durable last applied one."""
@@ -362,6 +367,7 @@ class UpdateDriver:
                 self._configs.use(config)
             case Commit(keep=keep, config=config):
                 self._configs.commit(config)
+                self._switcher.release_previous()
                 self._collect(keep)
             case CommitConfig(config=config):
                 self._configs.use(config)

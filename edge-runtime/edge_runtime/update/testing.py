@@ -147,6 +147,7 @@ class RecordingSwitcher:
     staged_dir: Path | None = None
     staged_config: str | None = None
     calls: list[tuple[str, str | None]] = field(default_factory=list)
+    released: int = 0
 
     def stage(self, digest: str, bundle_dir: Path, config: str | None = None) -> None:
         self.calls.append(("stage", digest))
@@ -167,6 +168,10 @@ class RecordingSwitcher:
     def swap_to_committed(self, digest: str | None, bundle_dir: Path | None, config: str | None = None) -> None:
         self.calls.append(("swap_to_committed", digest))
         self.serving, self.serving_dir, self.serving_config = digest, bundle_dir, config
+
+    def release_previous(self) -> None:
+        self.calls.append(("release_previous", self.serving))
+        self.released += 1
 
 
 @dataclass
