@@ -13,8 +13,6 @@ canary before; the overrides are kept on the rollout (its admission lines) and s
 
 from __future__ import annotations
 
-from collections import Counter
-
 import typer
 from rich.console import Group
 from rich.live import Live
@@ -66,15 +64,22 @@ def wave_lines(rollout: fleet_pb2.Rollout) -> list[str]:
     """One line per wave reached so far: how many devices it moved and how they are doing."""
     lines = []
     for wave in range(1, max(rollout.wave, 0) + 1):
-        statuses = Counter(d.status for d in rollout.devices if d.wave == wave)
-        total = sum(statuses.values())
-        done = statuses["succeeded"]
-        bad = statuses["failed"] + statuses["rolled_back"]
+        members = [d for d in rollout.devices if d.wave == wave]
+        total = len(members)
+        done = sum(1 for d in members if d.status == "succeeded")
+        # rolled_back: sent back by the rollout; a failure only when the device's own verdict failed (an
+        # operator abort reverts devices that did nothing wrong)
+        sent_back = [d for d in members if d.status == "rolled_back"]
+        failed_too = sum(1 for d in sent_back if d.verdict.outcome == common_pb2.CanaryVerdict.OUTCOME_FAIL)
+        bad = sum(1 for d in members if d.status == "failed") + failed_too
+        reverted = len(sent_back) - failed_too
         marker = "▶" if wave == rollout.wave and rollout.phase not in _TERMINAL else "✓" if bad == 0 else "✗"
         lines.append(
             f"{marker} wave {wave}/{rollout.waves_total}"
             f" ({rollout.strategy.waves[wave - 1] if wave <= len(rollout.strategy.waves) else '100%'}):"
-            f" {total} assigned, {done} succeeded, {bad} failed, {total - done - bad} in flight"
+            f" {total} assigned, {done} succeeded, {bad} failed"
+            + (f", {reverted} reverted without a failure" if reverted else "")
+            + f", {total - done - bad - reverted} in flight"
         )
     pending = sum(1 for d in rollout.devices if d.status == "pending")
     if pending:

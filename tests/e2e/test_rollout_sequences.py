@@ -166,7 +166,7 @@ def test_a_bundle_that_failed_its_canary_is_refused_and_forced_runs_its_canary_f
 def test_after_a_rollback_a_good_bundle_rolls_out_to_the_same_site(tmp_path: Path) -> None:
     sites = {"lab": ["lab-1", "lab-2"]}
     with start_controller(tmp_path / "ctl") as ctl, fleet_on_v1(tmp_path, ctl, sites) as fleet:
-        _, canary, bad = roll_back_a_bad_bundle(fleet)
+        first_rollout, canary, bad = roll_back_a_bad_bundle(fleet)
         stale = fleet.ctl.device(canary).reported
         assert stale.last_verdict.outcome == FAIL and stale.last_verdict.candidate_digest == bad
 
@@ -200,3 +200,11 @@ def test_after_a_rollback_a_good_bundle_rolls_out_to_the_same_site(tmp_path: Pat
         assert {v.phase for v in judged} == {"canary", "watch"} and {v.outcome for v in judged} == {PASS}, judged
         watched_at = max(v.decided_at.ToDatetime() for v in judged)
         assert rows[second].assigned_at.ToDatetime() >= watched_at, (first, second)
+        # the rolled-back rollout still shows its canary's failing verdict after the device moved on
+        old = by_name(
+            ctl.fleet.GetRollout(fleet_pb2.GetRolloutRequest(id=first_rollout.id), metadata=ctl.md, timeout=10)
+        )
+        assert old[canary].status == "rolled_back" and old[canary].verdict.outcome == FAIL, old[canary]
+        assert old[canary].verdict.assignment_id == old[canary].assignment_id != rows[canary].assignment_id
+        shown = fleetctl(ctl, "rollout", "status", first_rollout.id)
+        assert "1 assigned, 0 succeeded, 1 failed" in shown.stdout, shown.stdout

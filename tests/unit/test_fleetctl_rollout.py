@@ -58,3 +58,33 @@ def test_a_forced_rollout_shows_what_was_overridden() -> None:
     assert target_text(rollout) == f"bundle {BUNDLE[7:19]}"
     both = fleet_pb2.Rollout(bundle_digest=BUNDLE, config="FleetConfig/default")
     assert target_text(both) == f"bundle {BUNDLE[7:19]}  config FleetConfig/default"
+
+
+def test_wave_lines_tell_a_failed_device_from_one_an_operator_abort_sent_back() -> None:
+    from edgefleet.v1 import common_pb2
+    from fleetctl.rollout_cmds import wave_lines
+
+    fail = common_pb2.CanaryVerdict(outcome=common_pb2.CanaryVerdict.OUTCOME_FAIL)
+    base = {"phase": fleet_pb2.ROLLOUT_PHASE_ROLLED_BACK, "wave": 1, "waves_total": 2}
+    strategy = fleet_pb2.RolloutStrategy(waves=["2", "100%"])
+    failed = fleet_pb2.Rollout(
+        **base,
+        strategy=strategy,
+        devices=[
+            fleet_pb2.DeviceRolloutStatus(device_id="d1", wave=1, status="rolled_back", verdict=fail),
+            fleet_pb2.DeviceRolloutStatus(device_id="d2", wave=1, status="rolled_back"),
+            fleet_pb2.DeviceRolloutStatus(device_id="d3", status="pending"),
+        ],
+    )
+    assert wave_lines(failed) == [
+        "✗ wave 1/2 (2): 2 assigned, 0 succeeded, 1 failed, 1 reverted without a failure, 0 in flight",
+        "  1 devices not yet assigned",
+    ]
+    aborted = fleet_pb2.Rollout(
+        **base,
+        strategy=strategy,
+        devices=[fleet_pb2.DeviceRolloutStatus(device_id="d1", wave=1, status="rolled_back")],
+    )
+    assert wave_lines(aborted) == [
+        "✓ wave 1/2 (2): 1 assigned, 0 succeeded, 0 failed, 1 reverted without a failure, 0 in flight"
+    ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -198,6 +199,9 @@ def test_device_status_while_reverting() -> None:
     )
     assert device_status(spec, state, "d", DeviceFact("d", "s", running_bundle=V2)) == "reverting"
     assert device_status(spec, state, "d", DeviceFact("d", "s", running_bundle=V1)) == "rolled_back"
+    # a rolled-back rollout's reverts are done, whatever the device has run since (a later rollout moved it)
+    done = replace(state, phase=RolloutPhase.ROLLED_BACK)
+    assert device_status(spec, done, "d", DeviceFact("d", "s", running_bundle="sha256:" + "9" * 64)) == "rolled_back"
 
 
 # ------------------------------------------------------------------ fact rules (reconciler, pure)

@@ -271,7 +271,9 @@ def device_status(spec: RolloutSpec, state: RolloutState, device_id: str, fact: 
     if assignment is None:
         return "pending"
     if device_id in state.reverting:
-        return "rolled_back" if reverted(spec, assignment, fact) else "reverting"
+        # once the rollout is rolled back its reverts are done, whatever the device ran since
+        done = state.phase is RolloutPhase.ROLLED_BACK or reverted(spec, assignment, fact)
+        return "rolled_back" if done else "reverting"
     if fact is None:
         return "assigned"
     if fact.failed or fact.inconclusive_count >= spec.gates.inconclusive_limit:

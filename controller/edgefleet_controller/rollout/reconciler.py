@@ -219,6 +219,21 @@ def device_fact(
     )
 
 
+def verdicts_under(
+    events: Iterable[EventRecord], accepted: Mapping[str, frozenset[str]]
+) -> dict[str, Mapping[str, Any]]:
+    """Per device, the newest verdict event under one of its ``accepted`` assignment ids: what the rollout
+    shows for the device once later updates have replaced the device's reported last verdict."""
+    newest: dict[str, Mapping[str, Any]] = {}
+    for event in sorted(events, key=lambda e: e.id):
+        verdict = event.payload.get("verdict")
+        if isinstance(verdict, Mapping) and _under(
+            verdict.get("assignment_id"), accepted.get(event.device_id, frozenset())
+        ):
+            newest[event.device_id] = verdict
+    return newest
+
+
 def inconclusive_counts(
     events: Iterable[EventRecord], accepted: Mapping[str, frozenset[str]], assigned_at: Mapping[str, datetime]
 ) -> dict[str, int]:
@@ -430,9 +445,11 @@ class Reconciler:
         }
         assigned_at = {d: a.assigned_at for d, a in state.assigned.items()}
         counts: dict[str, int] = {}
+        recorded: dict[str, Mapping[str, Any]] = {}
         if assigned_at:
             events = self.rollouts.verdict_events(sorted(assigned_at), min(assigned_at.values()))
             counts = inconclusive_counts(events, accepted, assigned_at)
+            recorded = verdicts_under(events, accepted)
         configs = self._configs(spec, state, relevant, desired)
         facts = tuple(
             device_fact(
@@ -448,11 +465,17 @@ class Reconciler:
             )
             for d in relevant
         )
-        verdicts = {
-            d.id: verdict
-            for d in relevant
-            if (verdict := last_verdict(d)) and _under(verdict.get("assignment_id"), accepted.get(d.id, frozenset()))
-        }
+        # the reported last verdict when it is this rollout's (it may be newer than the stored events), else
+        # the newest stored verdict event under the rollout's assignment (after the device moved on)
+        verdicts = dict(recorded)
+        verdicts.update(
+            {
+                d.id: verdict
+                for d in relevant
+                if (verdict := last_verdict(d))
+                and _under(verdict.get("assignment_id"), accepted.get(d.id, frozenset()))
+            }
+        )
         return Observation(
             facts=facts,
             names={d.id: d.name for d in relevant},
