@@ -54,6 +54,29 @@ def rollout_of(assignment_id: str) -> str | None:
     return head if head.startswith("ro_") and "/" in assignment_id else None
 
 
+def _record(
+    bundle_digest: str,
+    assignment_id: str,
+    kind: str,
+    summary: str,
+    *,
+    device_id: str,
+    device_name: str,
+    at: datetime,
+    rollout_id: str | None,
+) -> BundleFailure:
+    return BundleFailure(
+        bundle_digest=bundle_digest,
+        device_id=device_id,
+        device_name=device_name,
+        rollout_id=rollout_id or rollout_of(assignment_id),
+        assignment_id=assignment_id[:128],
+        kind=kind,
+        summary=summary,
+        at=at,
+    )
+
+
 def failure_from_verdict(
     verdict: Mapping[str, Any], *, device_id: str, device_name: str, at: datetime, rollout_id: str | None = None
 ) -> BundleFailure | None:
@@ -66,15 +89,16 @@ def failure_from_verdict(
         return None  # a config-only candidate: the bundle ran before and after
     reasons = verdict.get("reasons")
     phase = str(verdict.get("phase") or "canary")
-    return BundleFailure(
-        bundle_digest=candidate,
+    summary = summary_of(reasons if isinstance(reasons, list) else [], f"{phase} verdict FAIL")
+    return _record(
+        candidate,
+        assignment_id,
+        "canary_fail",
+        summary,
         device_id=device_id,
         device_name=device_name,
-        rollout_id=rollout_id or rollout_of(assignment_id),
-        assignment_id=assignment_id[:128],
-        kind="canary_fail",
-        summary=summary_of(reasons if isinstance(reasons, list) else [], f"{phase} verdict FAIL"),
         at=at,
+        rollout_id=rollout_id,
     )
 
 
@@ -96,15 +120,16 @@ def failure_from_report(
         return None
     if candidate == state.get("running_bundle_digest"):
         return None  # a config-only candidate went back; the bundle is not to blame
-    return BundleFailure(
-        bundle_digest=candidate,
+    summary = summary_of([state.get("update_reason") or ""], "rolled back")
+    return _record(
+        candidate,
+        assignment_id,
+        "rolled_back",
+        summary,
         device_id=device_id,
         device_name=device_name,
-        rollout_id=rollout_id or rollout_of(assignment_id),
-        assignment_id=assignment_id[:128],
-        kind="rolled_back",
-        summary=summary_of([state.get("update_reason") or ""], "rolled back"),
         at=at,
+        rollout_id=rollout_id,
     )
 
 
@@ -122,15 +147,16 @@ def failure_from_rollback(
     """The failure a ``rollback`` event records, or None (no assignment, not a digest, config-only)."""
     if not assignment_id or not _DIGEST.match(bundle_digest) or bundle_digest == running_bundle:
         return None
-    return BundleFailure(
-        bundle_digest=bundle_digest,
+    summary = summary_of([reason], "rolled back")
+    return _record(
+        bundle_digest,
+        assignment_id,
+        "rolled_back",
+        summary,
         device_id=device_id,
         device_name=device_name,
-        rollout_id=rollout_id or rollout_of(assignment_id),
-        assignment_id=assignment_id[:128],
-        kind="rolled_back",
-        summary=summary_of([reason], "rolled back"),
         at=at,
+        rollout_id=rollout_id,
     )
 
 
