@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import get_args
 
 import pytest
 from hypothesis import given, settings
@@ -529,7 +530,10 @@ def test_random_sequences_keep_invariants(start_committed: str | None, data: st.
 
 
 def test_event_types_match_the_union() -> None:
-    assert {t for _, t in TRANSITIONS} <= set(EVENT_TYPES)
+    # The table is the machine's match over events: a new variant must be listed and handled somewhere,
+    # or decide() would ignore it silently in every state.
+    assert set(get_args(UpdateEvent)) == set(EVENT_TYPES)
+    assert {t for _, t in TRANSITIONS} == set(EVENT_TYPES)
 
 
 # --- assignments -------------------------------------------------------------------------------------------

@@ -61,6 +61,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import assert_never
 
 from edgefleet_controller.rollout.model import (
     Abort,
@@ -257,6 +258,8 @@ class _Planning:
                     self._next_wave()
                 else:
                     applied = False
+            case _:
+                assert_never(command)
         if not applied:
             self._emit("rollout.command_ignored", command=type(command).__name__.lower(), phase=str(phase))
 

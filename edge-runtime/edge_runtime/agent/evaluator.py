@@ -61,7 +61,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, assert_never
 
 import numpy as np
 import structlog
@@ -265,10 +265,15 @@ class CanaryEvaluator:
         return stop
 
     def _detach(self, run: ShadowRun | WatchRun | None) -> None:
-        if isinstance(run, ShadowRun):
-            self._runner.detach_shadow(run)
-        elif isinstance(run, WatchRun):
-            self._runner.detach_watch(run)
+        match run:
+            case ShadowRun():
+                self._runner.detach_shadow(run)
+            case WatchRun():
+                self._runner.detach_watch(run)
+            case None:
+                pass
+            case _:
+                assert_never(run)
 
     def _finish_job(self, digest: str, stop: threading.Event) -> bool:
         """Whether ``stop``'s job is still the current one for ``digest`` (then it is removed)."""
