@@ -52,9 +52,9 @@ from edge_runtime.update.state import (
     Verify,
     crash_attributable,
     decide,
-    is_digest,
     recover,
 )
+from edgefleet.contract.digests import is_digest
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 A = "sha256:" + "a" * 64  # committed

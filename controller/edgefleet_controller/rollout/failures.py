@@ -24,14 +24,13 @@ rollout keeps.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from edgefleet.contract.digests import is_digest
 from edgefleet_controller.store.rollouts import SUMMARY_MAX, BundleFailure
 
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 SHOWN_REASONS_MAX = 240
 
 
@@ -83,7 +82,7 @@ def failure_from_verdict(
     """The failure a FAIL verdict records, or None (passed, inconclusive, no assignment, config-only)."""
     assignment_id = str(verdict.get("assignment_id") or "")
     candidate = str(verdict.get("candidate_digest") or "")
-    if _outcome(verdict) != "fail" or not assignment_id or not _DIGEST.match(candidate):
+    if _outcome(verdict) != "fail" or not assignment_id or not is_digest(candidate):
         return None
     if candidate == verdict.get("baseline_digest"):
         return None  # a config-only candidate: the bundle ran before and after
@@ -116,7 +115,7 @@ def failure_from_report(
     update_state = str(state.get("update_state") or "").removeprefix("UPDATE_STATE_").lower()
     assignment_id = str(state.get("assignment_id") or "")
     candidate = str(state.get("candidate_bundle_digest") or "")
-    if update_state != "rolled_back" or not assignment_id or not _DIGEST.match(candidate):
+    if update_state != "rolled_back" or not assignment_id or not is_digest(candidate):
         return None
     if candidate == state.get("running_bundle_digest"):
         return None  # a config-only candidate went back; the bundle is not to blame
@@ -145,7 +144,7 @@ def failure_from_rollback(
     rollout_id: str | None = None,
 ) -> BundleFailure | None:
     """The failure a ``rollback`` event records, or None (no assignment, not a digest, config-only)."""
-    if not assignment_id or not _DIGEST.match(bundle_digest) or bundle_digest == running_bundle:
+    if not assignment_id or not is_digest(bundle_digest) or bundle_digest == running_bundle:
         return None
     summary = summary_of([reason], "rolled back")
     return _record(

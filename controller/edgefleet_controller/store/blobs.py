@@ -13,13 +13,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Self
 
+from edgefleet.contract.digests import DIGEST_PREFIX, is_digest, sha256_digest
 from edgefleet_controller.store.errors import (
     BlobDigestMismatch,
     BlobTooLarge,
@@ -29,19 +29,16 @@ from edgefleet_controller.store.errors import (
     StoreError,
 )
 
-DIGEST_PREFIX = "sha256:"
-_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
-
 
 def check_digest(value: object) -> str:
     """``value`` if it is ``sha256:`` + 64 lowercase hex, else ``InvalidDigest``."""
-    if not isinstance(value, str) or _DIGEST_RE.fullmatch(value) is None:
-        raise InvalidDigest(value)
-    return value
+    if isinstance(value, str) and is_digest(value):
+        return value
+    raise InvalidDigest(value)
 
 
-def digest_of(data: bytes) -> str:
-    return DIGEST_PREFIX + hashlib.sha256(data).hexdigest()
+# The contract's helper under the name the store has always exported.
+digest_of = sha256_digest
 
 
 def _fsync_dir(path: Path) -> None:
@@ -190,7 +187,7 @@ class BlobStore:
                 continue
             for entry in sorted(shard.iterdir()):
                 candidate = DIGEST_PREFIX + entry.name
-                if _DIGEST_RE.fullmatch(candidate) and entry.name[:2] == shard.name:
+                if is_digest(candidate) and entry.name[:2] == shard.name:
                     yield candidate
 
     def remove_stale_temp(self, older_than: float) -> int:

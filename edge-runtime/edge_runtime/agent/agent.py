@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import signal
@@ -83,6 +82,7 @@ from edge_runtime.update.state import (
 )
 from edgefleet.contract.bundle import MANIFEST_NAME, SIGNATURE_NAME
 from edgefleet.contract.config_classes import inference_fingerprint
+from edgefleet.contract.digests import sha256_digest
 from edgefleet.contract.errors import ManifestError
 from edgefleet.contract.layering import EffectiveConfig
 from edgefleet.contract.precedence import resolve_policy
@@ -114,10 +114,6 @@ class AgentSettings:
     # Crash drill: SIGKILL at the first transition into this state (optionally only for this candidate).
     crash_at: CrashPoint | None = None
     crash_candidate: str | None = None
-
-
-def sha256_digest(data: bytes) -> str:
-    return f"sha256:{hashlib.sha256(data).hexdigest()}"
 
 
 def bundle_artifacts(desired: common_pb2.DesiredState) -> tuple[ArtifactRef, ...]:

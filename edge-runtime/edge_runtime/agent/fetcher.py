@@ -29,6 +29,7 @@ import structlog
 
 from edge_runtime.agent.client import blocking_channel, is_transient, rpc_code
 from edge_runtime.update.errors import FetchError
+from edgefleet.contract.digests import DIGEST_PREFIX
 from edgefleet.v1 import device_pb2, device_pb2_grpc
 
 log = structlog.get_logger(__name__)
@@ -160,7 +161,7 @@ class BlobFetcher:
                         "the blob is shorter than the bundle declares"
                     )
             out.flush()
-        actual = f"sha256:{hasher.hexdigest()}"
+        actual = DIGEST_PREFIX + hasher.hexdigest()
         if actual != digest:
             log.warning("agent.fetch_digest_mismatch", digest=digest, actual=actual, path=str(dest_path))
         else:

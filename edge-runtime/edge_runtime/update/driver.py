@@ -24,7 +24,6 @@ Rules the driver keeps:
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -76,6 +75,7 @@ from edge_runtime.update.state import (
     decide,
     recover,
 )
+from edgefleet.contract.digests import file_sha256_digest
 from edgefleet.contract.errors import BundleFormatError, ContractError, DigestMismatchError
 
 log = structlog.get_logger(__name__)
@@ -178,15 +178,6 @@ class StateReporter(Protocol):
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-def file_sha256(path: Path) -> str:
-    """``sha256:<hex>`` of a file's bytes, read in chunks."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1024 * 1024):
-            h.update(chunk)
-    return f"sha256:{h.hexdigest()}"
 
 
 @dataclass
@@ -434,7 +425,7 @@ class UpdateDriver:
                     f"but the artifact list gives {manifest.digest if manifest else 'no ' + BUNDLE_MANIFEST}"
                 )
             for artifact in effect.artifacts:
-                actual = file_sha256(root / artifact.name)
+                actual = file_sha256_digest(root / artifact.name)
                 if actual != artifact.digest:
                     raise DigestMismatchError(
                         f"artifact {artifact.name!r}: sha256 is {actual}, expected {artifact.digest}; "

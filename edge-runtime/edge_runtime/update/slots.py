@@ -28,7 +28,8 @@ from edge_runtime.update.errors import (
     SlotNotFoundError,
     UnsafeArtifactNameError,
 )
-from edge_runtime.update.state import format_bytes, is_digest
+from edge_runtime.update.state import format_bytes
+from edgefleet.contract.digests import is_digest
 
 __all__ = ["BundleSlots", "digest_hex", "format_bytes", "safe_relative"]
 

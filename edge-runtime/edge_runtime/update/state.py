@@ -91,7 +91,6 @@ take their defaults (no assignment, the rejection not tied to one), so the commi
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -99,18 +98,12 @@ from enum import StrEnum
 from typing import Any
 
 from edge_runtime.update.errors import RecordFormatError
+from edgefleet.contract.digests import is_digest
 
 RECORD_VERSION = 2
 MAX_REJECTIONS = 16
 # Versions this runtime reads; older ones are migrated on load (see ``UpdateRecord.from_dict``).
 READABLE_VERSIONS = (1, 2)
-
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-
-
-def is_digest(value: object) -> bool:
-    """Whether ``value`` is a content address of the form ``sha256:<64 lowercase hex>``."""
-    return isinstance(value, str) and _DIGEST_RE.match(value) is not None
 
 
 def format_bytes(n: int) -> str:

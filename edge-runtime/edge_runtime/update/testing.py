@@ -12,7 +12,6 @@ They do real work on real files (copying blobs, hashing, recording calls) so tes
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -29,13 +28,10 @@ from edge_runtime.update.state import (
     UpdateEvent,
     UpdateRecord,
 )
+from edgefleet.contract.digests import sha256_digest
 from edgefleet.contract.errors import BundleFormatError, DigestMismatchError, SignatureError
 
 CATALOG = "catalog.json"
-
-
-def _sha256(data: bytes) -> str:
-    return f"sha256:{hashlib.sha256(data).hexdigest()}"
 
 
 @dataclass(frozen=True)
@@ -56,11 +52,11 @@ class PublishedBundle:
 def publish_bundle(blob_dir: Path, name: str, files: Mapping[str, bytes]) -> PublishedBundle:
     """Store ``files`` plus a generated ``bundle.json`` as blobs; the bundle digest is that of bundle.json."""
     blob_dir.mkdir(parents=True, exist_ok=True)
-    refs = [ArtifactRef(n, _sha256(data), len(data)) for n, data in sorted(files.items())]
+    refs = [ArtifactRef(n, sha256_digest(data), len(data)) for n, data in sorted(files.items())]
     for ref, data in zip(refs, (files[r.name] for r in refs), strict=True):
         (blob_dir / ref.digest.removeprefix("sha256:")).write_bytes(data)
     manifest = json.dumps({"name": name, "artifacts": {r.name: r.digest for r in refs}}, sort_keys=True).encode()
-    digest = _sha256(manifest)
+    digest = sha256_digest(manifest)
     (blob_dir / digest.removeprefix("sha256:")).write_bytes(manifest)
     bundle = PublishedBundle(digest, (ArtifactRef("bundle.json", digest, len(manifest)), *refs))
     catalog = load_catalog(blob_dir)
@@ -129,7 +125,7 @@ class ManifestVerifier:
         if present != sorted(manifest):
             raise BundleFormatError(f"bundle {digest}: files {present} differ from the manifest {sorted(manifest)}")
         for name, expected in manifest.items():
-            actual = _sha256((bundle_dir / name).read_bytes())
+            actual = sha256_digest((bundle_dir / name).read_bytes())
             if actual != expected:
                 raise DigestMismatchError(f"bundle {digest}: {name} has sha256 {actual}, expected {expected}")
         self.verified.append(digest)

@@ -34,6 +34,7 @@ from typing import Any, Literal, NamedTuple, cast
 
 import yaml
 
+from edgefleet.contract.digests import sha256_digest
 from edgefleet.contract.errors import (
     BundleError,
     BundleFormatError,
@@ -612,7 +613,7 @@ class BundleManifest:
     @property
     def digest(self) -> str:
         """``sha256:<hex>`` of the exact bundle.json bytes."""
-        return "sha256:" + hashlib.sha256(self._bytes).hexdigest()
+        return sha256_digest(self._bytes)
 
     @property
     def ref(self) -> str:

@@ -31,7 +31,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
-from edgefleet.contract.layering import canonical_json, sha256_digest, thaw
+from edgefleet.contract.digests import sha256_digest
+from edgefleet.contract.layering import canonical_json, thaw
 
 __all__ = [
     "CONFIG_KEY_CLASSES",

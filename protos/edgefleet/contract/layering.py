@@ -36,7 +36,6 @@ frame ``source`` has none: the device's ``--source`` applies unless a layer sets
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -44,6 +43,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from edgefleet.contract.digests import sha256_digest
 from edgefleet.contract.errors import ManifestError
 from edgefleet.contract.manifest_schema import config_violations, validate_config_values
 from edgefleet.contract.manifest_yaml import format_path
@@ -57,7 +57,6 @@ __all__ = [
     "deep_merge",
     "freeze",
     "merge_config_layers",
-    "sha256_digest",
     "thaw",
     "validate_config_values",
 ]
@@ -145,11 +144,6 @@ def canonical_json(value: Any) -> bytes:
     return json.dumps(
         _canonical_value(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     ).encode("utf-8")
-
-
-def sha256_digest(data: bytes) -> str:
-    """``sha256:<64 lowercase hex>``, the digest format of the whole contract."""
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:

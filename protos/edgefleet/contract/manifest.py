@@ -29,6 +29,7 @@ from pathlib import Path as FsPath
 from types import MappingProxyType
 from typing import Any
 
+from edgefleet.contract.digests import sha256_digest
 from edgefleet.contract.errors import ManifestError, ManifestSetError
 from edgefleet.contract.layering import (
     DEFAULT_CONFIG,
@@ -37,7 +38,6 @@ from edgefleet.contract.layering import (
     canonical_json,
     freeze,
     merge_config_layers,
-    sha256_digest,
     thaw,
     validate_config_values,
 )
