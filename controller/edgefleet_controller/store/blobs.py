@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import BinaryIO, Self
 
 from edgefleet.contract.digests import DIGEST_PREFIX, is_digest, sha256_digest
+from edgefleet.contract.durable import fsync_dir
 from edgefleet_controller.store.errors import (
     BlobDigestMismatch,
     BlobTooLarge,
@@ -39,14 +40,6 @@ def check_digest(value: object) -> str:
 
 # The contract's helper under the name the store has always exported.
 digest_of = sha256_digest
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class BlobWriter:
@@ -103,7 +96,7 @@ class BlobWriter:
             # blobs are immutable; read-only makes an accidental in-place edit fail loudly
             os.chmod(self.temp_path, 0o444)
             os.replace(self.temp_path, final)
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
         except BaseException:
             self.abort()
             raise

@@ -52,6 +52,7 @@ from typing import Final
 
 import structlog
 
+from edge_runtime.durable import fsync_dir
 from edge_runtime.telemetry.errors import RecordTooLargeError, TelemetryBufferError
 from edgefleet.v1.telemetry_pb2 import (
     DeviceEvent,
@@ -387,18 +388,11 @@ class TelemetryBuffer:
                 f"telemetry buffer {self.path}: cannot create a new store ({exc}); check disk space and "
                 "permissions of the data dir"
             ) from exc
-        self._fsync_dir()
+        fsync_dir(self.path.parent)
         self._conn = conn
         self._next_seq = 1
         self._acked_through = 0
         log.info("telemetry.buffer_created", path=str(self.path), epoch=self.epoch)
-
-    def _fsync_dir(self) -> None:
-        fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     def _record_reset(self, reason: str, moved: Path | None) -> None:
         now = self._clock()

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import structlog
 
-from edge_runtime.durable import write_durably
+from edge_runtime.durable import fsync_dir, write_durably
 from edge_runtime.update.errors import JournalError, RecordFormatError
 from edge_runtime.update.slots import BundleSlots
 from edge_runtime.update.state import UpdateRecord
@@ -88,14 +87,6 @@ def decode_entry(raw: bytes) -> tuple[int, UpdateRecord]:
     if actual != checksum:
         raise RecordFormatError(f"journal copy: checksum mismatch (stored {checksum}, computed {actual})")
     return generation, UpdateRecord.from_json(text)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Journal:
@@ -231,7 +222,7 @@ class Journal:
             stopped_at = None
         try:
             path.unlink()
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         except OSError as exc:
             raise JournalError(
                 f"journal {self.directory}: cannot remove the clean-stop marker {path.name}: {exc}; "

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
+from edge_runtime.durable import fsync_dir
 from edge_runtime.update.errors import (
     DiskSpaceError,
     InvalidDigestError,
@@ -59,14 +60,6 @@ def safe_relative(name: str) -> PurePosixPath:
             f"artifact name {name!r} must be a relative path without '.', '..' or empty parts"
         )
     return path
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _make_writable(root: Path) -> None:
@@ -144,17 +137,17 @@ class BundleSlots:
                 os.chmod(file_path, _FILE_MODE)
             for d in dirnames:
                 sub = os.path.join(dirpath, d)
-                _fsync_dir(Path(sub))
+                fsync_dir(Path(sub))
                 os.chmod(sub, _DIR_MODE)
-        _fsync_dir(source)
+        fsync_dir(source)
         # The moved directory itself must stay writable until after the rename: rename(2) updates its '..'.
         os.rename(source, target)
         os.chmod(target, _DIR_MODE)
         # newest() orders slots by promotion time; an explicit ns stamp beats coarse filesystem clocks.
         stamp = time.time_ns()
         os.utime(target, ns=(stamp, stamp))
-        _fsync_dir(self.bundles_dir)
-        _fsync_dir(self.incoming_dir)
+        fsync_dir(self.bundles_dir)
+        fsync_dir(self.incoming_dir)
         return target
 
     # --- verified slots -----------------------------------------------------------------------------------
@@ -230,7 +223,7 @@ class BundleSlots:
             os.chmod(path, _WRITABLE_DIR_MODE)  # rename(2) of a directory updates its '..'
         tomb = self.trash_dir / f"{path.name}.{uuid.uuid4().hex}"
         os.rename(path, tomb)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         self._purge(tomb)
         return True
 

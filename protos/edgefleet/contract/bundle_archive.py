@@ -33,6 +33,7 @@ from edgefleet.contract.bundle import (
     check_bundle_files,
     read_manifest,
 )
+from edgefleet.contract.durable import fsync_dir
 from edgefleet.contract.errors import (
     BundleError,
     BundleFormatError,
@@ -325,16 +326,8 @@ def _unpack(
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     return dest, manifest, key_id
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def unpack_bundle(
