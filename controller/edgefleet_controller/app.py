@@ -72,6 +72,9 @@ from edgefleet_controller.store.records import (
     DeviceRecord,
     OperatorRole,
 )
+from edgefleet_controller.telemetry.ingest import BatchError
+from edgefleet_controller.telemetry.query import QueryError
+from edgefleet_controller.telemetry.review import ReviewQueryError
 from edgefleet_controller.telemetry.service import TelemetryService
 
 log = structlog.get_logger("edgefleet.controller")
@@ -104,6 +107,16 @@ def health_name(value: int) -> str:
     return common_pb2.Health.Name(common_pb2.Health.ValueType(value)).removeprefix("HEALTH_").lower()
 
 
+def event_kind_name(value: int) -> str:
+    """``DeviceEvent.Kind`` value → its stored name (``canary_verdict``); ``InvalidArgument`` if unknown."""
+    try:
+        name = telemetry_pb2.DeviceEvent.Kind.Name(telemetry_pb2.DeviceEvent.Kind.ValueType(value))
+    except ValueError:
+        known = ", ".join(telemetry_pb2.DeviceEvent.Kind.keys())
+        raise cerr.InvalidArgument(f"DeviceEvent.kind must be one of {known}, got {value}") from None
+    return name.removeprefix("KIND_").lower()
+
+
 def health_value(name: str) -> int:
     try:
         return int(common_pb2.Health.Value(f"HEALTH_{name.upper()}"))
@@ -111,8 +124,24 @@ def health_value(name: str) -> int:
         return int(common_pb2.HEALTH_UNSPECIFIED)
 
 
+#: Typed refusals of bad input besides ``ControllerError`` (which carries its own code): INVALID_ARGUMENT with
+#: their message (telemetry's: a batch, a query, a review-sample filter).
+_INPUT_ERRORS = (
+    serr.InvalidArgument,
+    serr.BlobIntegrityError,
+    ContractError,
+    BatchError,
+    QueryError,
+    ReviewQueryError,
+)
+
+
 def map_error(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
-    """Map store and contract errors to gRPC statuses; None for anything unexpected."""
+    """Map store, contract and telemetry input errors to gRPC statuses; None for anything unexpected.
+
+    Only typed errors are bad input: a bare ``ValueError`` (or ``KeyError``, a SQL error...) is the
+    controller's own bug, which the interceptor reports as INTERNAL with a request id, never its text.
+    """
     code: grpc.StatusCode | None = None
     if isinstance(exc, serr.TokenRejected):
         code = grpc.StatusCode.UNAUTHENTICATED
@@ -124,7 +153,7 @@ def map_error(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
         code = grpc.StatusCode.ALREADY_EXISTS
     elif isinstance(exc, serr.OffsetOutOfRange):
         code = grpc.StatusCode.OUT_OF_RANGE
-    elif isinstance(exc, serr.InvalidArgument | serr.BlobIntegrityError | ContractError | ValueError):
+    elif isinstance(exc, _INPUT_ERRORS):
         code = grpc.StatusCode.INVALID_ARGUMENT
     return (code, str(exc)) if code is not None else None
 
@@ -551,9 +580,9 @@ class ControllerApp:
     async def report_events(self, device_id: str, events: Sequence[telemetry_pb2.DeviceEvent], site: str = "") -> int:
         inputs = []
         for ev in events:
-            at = ev.at.ToDatetime(tzinfo=UTC) if ev.HasField("at") else self.clock()
+            at = cerr.timestamp_arg(ev.at, "DeviceEvent.at") if ev.HasField("at") else self.clock()
             seq = int(hashlib.sha256(ev.event_id.encode()).hexdigest()[:15], 16) if ev.event_id else None
-            kind = telemetry_pb2.DeviceEvent.Kind.Name(ev.kind).removeprefix("KIND_").lower()
+            kind = event_kind_name(ev.kind)
             payload = MessageToDict(ev, preserving_proto_field_name=True)
             inputs.append(EventInput(kind, payload, at, seq))
         stored = await asyncio.to_thread(self.store.record_events, device_id, inputs, self.clock())
@@ -1001,8 +1030,12 @@ class ControllerApp:
             bundle = (await asyncio.to_thread(self.store.get_bundle, request.bundle)).digest
         health = None
         if request.health and request.health != common_pb2.HEALTH_OFFLINE:
-            health = health_name(request.health)
-        seen_since = request.seen_since.ToDatetime(tzinfo=UTC) if request.HasField("seen_since") else None
+            try:
+                health = health_name(request.health)
+            except ValueError:
+                known = ", ".join(common_pb2.Health.keys())
+                raise cerr.InvalidArgument(f"health filter must be one of {known}, got {request.health}") from None
+        seen_since = cerr.timestamp_arg(request.seen_since, "seen_since") if request.HasField("seen_since") else None
         for tag in request.tags:
             if "=" not in tag:
                 raise cerr.InvalidArgument(f"tag filter must be key=value, got {tag!r}")

@@ -10,13 +10,19 @@
     ├── Unauthenticated             UNAUTHENTICATED: missing, unknown, expired or revoked credential
     └── PermissionDenied            PERMISSION_DENIED: authenticated, but not allowed
 
-Store errors (``edgefleet_controller.store.errors``) and contract errors (``edgefleet.contract.errors``)
-are mapped in ``status_for``; anything else is INTERNAL and logged with its traceback.
+Store errors (``edgefleet_controller.store.errors``), contract errors (``edgefleet.contract.errors``) and
+telemetry's typed input errors are mapped by ``edgefleet_controller.app.map_error``. Anything else (a bare
+``ValueError``, a ``KeyError``, a SQL error) is a controller bug, not bad input: the interceptor answers
+INTERNAL with a request id and none of the exception's text, and logs the traceback under that id. Code that
+checks client input raises one of these typed errors (``timestamp_arg`` for client timestamps).
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 
 class ControllerError(Exception):
@@ -53,3 +59,13 @@ class Unauthenticated(ControllerError):
 
 class PermissionDenied(ControllerError):
     code = grpc.StatusCode.PERMISSION_DENIED
+
+
+def timestamp_arg(ts: Timestamp, field: str) -> datetime:
+    """A client's timestamp as an aware UTC datetime; ``InvalidArgument`` naming ``field`` when out of range."""
+    try:
+        return ts.ToDatetime(tzinfo=UTC)
+    except ValueError:
+        raise InvalidArgument(
+            f"{field} must be a timestamp between years 1 and 9999, got seconds={ts.seconds}, nanos={ts.nanos}"
+        ) from None

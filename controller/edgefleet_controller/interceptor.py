@@ -3,10 +3,16 @@ method table, error → status mapping, request logs bound into structlog, and R
 
 Servicers stay thin: they read the caller from ``current_principal()`` and raise domain errors; this module
 turns those into gRPC statuses with the error's message.
+
+Only typed errors reach the client with their message: ``ControllerError`` (it carries its code) and what the
+error mapper recognises (store and contract errors). Anything else is the controller's own bug, not bad input:
+the call ends INTERNAL with a fresh request id (``req_`` + 16 hex) and nothing of the exception, whose text can
+hold SQL, parameters or paths; the same id is in the ``rpc.internal_error`` log line with the traceback.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
@@ -64,6 +70,11 @@ def current_principal() -> Principal:
     if principal is None:
         raise Unauthenticated("this call needs a credential")
     return principal
+
+
+def new_request_id() -> str:
+    """The id an INTERNAL status and its log line share: ``req_`` + 16 hex."""
+    return f"req_{secrets.token_hex(8)}"
 
 
 Authenticate = Callable[[str], Awaitable[Principal]]
@@ -135,8 +146,10 @@ class _Guard:
         elif mapped is not None:
             code, message = mapped
         else:
-            log.error("rpc.internal_error", method=self.method, exc_info=exc)
-            code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+            request_id = new_request_id()
+            log.error("rpc.internal_error", method=self.method, request_id=request_id, exc_info=exc)
+            code = grpc.StatusCode.INTERNAL
+            message = f"internal error; request id {request_id}; see the controller log"
         self.exit(code)
         log.info("rpc.refused", method=self.short, code=code.name, error=message)
         await context.abort(code, message)

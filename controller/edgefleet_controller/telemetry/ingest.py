@@ -15,7 +15,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from edgefleet.v1.telemetry_pb2 import TelemetryBatch
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from edgefleet.v1.telemetry_pb2 import DeviceEvent, TelemetryBatch, TelemetryRecord
 
 MAX_EPOCH_LEN = 64
 MAX_BATCH_RECORDS = 10_000
@@ -55,6 +57,7 @@ def validate_batch(batch: TelemetryBatch) -> None:
             )
         if record.WhichOneof("body") is None:
             raise BatchError(f"TelemetryBatch: records[{i}] (seq {seq}) has no body (metrics, event or review)")
+        _check_body(record, f"records[{i}] (seq {seq})")
         previous = seq
     for i, r in enumerate(batch.dropped):
         if r.first > r.last or r.first < first or r.last > last:
@@ -62,6 +65,29 @@ def validate_batch(batch: TelemetryBatch) -> None:
                 f"TelemetryBatch: dropped[{i}] = {r.first}..{r.last} must be ordered and within "
                 f"first_seq..last_seq = {first}..{last}"
             )
+
+
+def _check_body(record: TelemetryRecord, where: str) -> None:
+    """Values the store converts: timestamps within years 1..9999, an event kind this contract names."""
+    stamps: list[tuple[str, Timestamp]] = []
+    match record.WhichOneof("body"):
+        case "metrics":
+            stamps.append(("metrics.window_start", record.metrics.window_start))
+        case "event":
+            stamps.append(("event.at", record.event.at))
+            if record.event.kind not in DeviceEvent.Kind.values():
+                known = ", ".join(DeviceEvent.Kind.keys())
+                raise BatchError(f"TelemetryBatch: {where}.event.kind must be one of {known}, got {record.event.kind}")
+        case "review":
+            stamps.append(("review.captured_at", record.review.captured_at))
+    for name, ts in stamps:
+        try:
+            ts.ToDatetime()
+        except ValueError:
+            raise BatchError(
+                f"TelemetryBatch: {where}.{name} must be a timestamp between years 1 and 9999, "
+                f"got seconds={ts.seconds}, nanos={ts.nanos}"
+            ) from None
 
 
 @dataclass(frozen=True, slots=True)

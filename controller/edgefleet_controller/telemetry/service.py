@@ -22,11 +22,12 @@ import math
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import structlog
 
 from edgefleet.v1 import fleet_pb2, telemetry_pb2
+from edgefleet_controller.errors import timestamp_arg
 from edgefleet_controller.fleet_feed import FleetFeed
 from edgefleet_controller.store import EventInput, Store
 from edgefleet_controller.store.telemetry import IngestOutcome, TelemetryStore
@@ -218,8 +219,8 @@ class TelemetryService:
     # ------------------------------------------------------------------ queries
 
     async def query(self, request: fleet_pb2.QueryTelemetryRequest) -> fleet_pb2.QueryTelemetryResponse:
-        since = request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None
-        until = request.until.ToDatetime(tzinfo=UTC) if request.HasField("until") else None
+        since = timestamp_arg(request.since, "since") if request.HasField("since") else None
+        until = timestamp_arg(request.until, "until") if request.HasField("until") else None
         device_id = await asyncio.to_thread(self.tstore.resolve_device, request.device) if request.device else None
         rows = await asyncio.to_thread(
             lambda: self.tstore.windows(

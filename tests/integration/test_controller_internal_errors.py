@@ -1,0 +1,165 @@
+"""The controller's own bugs are not bad input: an exception that is not a typed contract, store or controller
+error ends the call INTERNAL with a request id and nothing of its text (SQL, parameters), and the
+``rpc.internal_error`` log line carries the same id and the traceback. Typed refusals keep their status."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import sqlalchemy.exc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from edgefleet.logging import configure_logging
+from edgefleet.v1 import common_pb2, device_pb2, fleet_pb2, telemetry_pb2
+from edgefleet_controller.telemetry.ingest import BatchError, validate_batch
+from tests.support.controller import bearer, connected, running_controller
+
+pytestmark = pytest.mark.integration
+
+INTERNAL_DETAILS = re.compile(r"^internal error; request id (req_[0-9a-f]{16}); see the controller log$")
+SECRET_SQL = "SELECT secret FROM operator_tokens WHERE name = ?"
+SECRET_PARAM = "hunter2-param"
+UNKNOWN_KIND = telemetry_pb2.DeviceEvent.Kind.ValueType(99)
+
+
+def internal_log_lines(err: str) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("event") == "rpc.internal_error"]
+
+
+async def internal(call: Any) -> str:
+    """The request id of a call that must fail INTERNAL without showing any of the exception."""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    details = info.value.details() or ""
+    assert info.value.code() == grpc.StatusCode.INTERNAL, (info.value.code(), details)
+    match = INTERNAL_DETAILS.match(details)
+    assert match is not None, details
+    for leaked in ("SELECT", SECRET_PARAM, "Error", "store"):
+        assert leaked not in details, (leaked, details)
+    return match.group(1)
+
+
+async def test_unexpected_errors_are_internal_with_a_logged_request_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("info", json=True)
+
+    def broken_listing(name: str | None) -> list[Any]:
+        raise ValueError(f"{SECRET_SQL} [{SECRET_PARAM}]")
+
+    def broken_summary() -> list[Any]:
+        raise sqlalchemy.exc.OperationalError(SECRET_SQL, (SECRET_PARAM,), Exception("database is locked"))
+
+    async with running_controller(tmp_path / "data") as ctrl, connected(ctrl) as c:
+        monkeypatch.setattr(ctrl.app.store, "list_bundles", broken_listing)
+        monkeypatch.setattr(ctrl.app.store, "site_summary", broken_summary)
+        value_error_id = await internal(c.fleet.ListBundles(fleet_pb2.ListBundlesRequest(), metadata=c.admin))
+        sql_error_id = await internal(c.fleet.ListSites(fleet_pb2.ListSitesRequest(), metadata=c.admin))
+        assert value_error_id != sql_error_id
+        # The controller still serves what is not broken.
+        await c.fleet.ListDevices(fleet_pb2.ListDevicesRequest(), metadata=c.admin)
+
+    logged = {line["request_id"]: line for line in internal_log_lines(capsys.readouterr().err)}
+    assert set(logged) == {value_error_id, sql_error_id}
+    listing, summary = logged[value_error_id], logged[sql_error_id]
+    assert listing["method"] == "/edgefleet.v1.FleetService/ListBundles"
+    assert listing["level"] == "error"
+    assert "Traceback" in listing["exception"]
+    assert "in broken_listing" in listing["exception"]
+    assert f"ValueError: {SECRET_SQL} [{SECRET_PARAM}]" in listing["exception"]
+    assert summary["method"] == "/edgefleet.v1.FleetService/ListSites"
+    assert "in broken_summary" in summary["exception"]
+    assert "sqlalchemy.exc.OperationalError" in summary["exception"]
+
+
+async def test_out_of_range_client_values_are_invalid_argument_not_internal(tmp_path: Path) -> None:
+    far = Timestamp(seconds=10**12)
+    async with running_controller(tmp_path / "data") as ctrl, connected(ctrl) as c:
+        _, cred = await c.enroll("site-1", "cam-1")
+        cases: list[tuple[Any, tuple[str, ...]]] = [
+            (
+                c.fleet.ListDevices(fleet_pb2.ListDevicesRequest(seen_since=far), metadata=c.admin),
+                ("seen_since", "1000000000000"),
+            ),
+            (
+                c.fleet.ListDevices(
+                    fleet_pb2.ListDevicesRequest(health=common_pb2.Health.ValueType(99)), metadata=c.admin
+                ),
+                ("health filter", "99"),
+            ),
+            (
+                c.fleet.QueryTelemetry(fleet_pb2.QueryTelemetryRequest(since=far), metadata=c.admin),
+                ("since", "1000000000000"),
+            ),
+            (
+                c.device.ReportEvent(
+                    device_pb2.ReportEventRequest(events=[telemetry_pb2.DeviceEvent(event_id="e1", kind=UNKNOWN_KIND)]),
+                    metadata=bearer(cred),
+                ),
+                ("DeviceEvent.kind", "99"),
+            ),
+            (
+                c.device.ReportEvent(
+                    device_pb2.ReportEventRequest(events=[telemetry_pb2.DeviceEvent(event_id="e2", at=far)]),
+                    metadata=bearer(cred),
+                ),
+                ("DeviceEvent.at", "1000000000000"),
+            ),
+        ]
+        for call, fragments in cases:
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call
+            details = info.value.details() or ""
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (fragments, info.value.code(), details)
+            for fragment in fragments:
+                assert fragment in details, (fragment, details)
+        listed = await c.fleet.ListDeviceEvents(fleet_pb2.ListDeviceEventsRequest(device="cam-1"), metadata=c.admin)
+        assert list(listed.events) == []
+
+
+@pytest.mark.parametrize(
+    ("record", "fragment"),
+    [
+        (
+            telemetry_pb2.TelemetryRecord(seq=1, event=telemetry_pb2.DeviceEvent(kind=UNKNOWN_KIND)),
+            "records[0] (seq 1).event.kind must be one of",
+        ),
+        (
+            telemetry_pb2.TelemetryRecord(seq=1, event=telemetry_pb2.DeviceEvent(at=Timestamp(seconds=-(10**12)))),
+            "records[0] (seq 1).event.at must be a timestamp",
+        ),
+        (
+            telemetry_pb2.TelemetryRecord(
+                seq=1, metrics=telemetry_pb2.MetricWindow(window_start=Timestamp(seconds=10**12))
+            ),
+            "records[0] (seq 1).metrics.window_start must be a timestamp",
+        ),
+        (
+            telemetry_pb2.TelemetryRecord(
+                seq=1, review=telemetry_pb2.ReviewSample(captured_at=Timestamp(seconds=10**12))
+            ),
+            "records[0] (seq 1).review.captured_at must be a timestamp",
+        ),
+    ],
+)
+def test_batches_with_values_the_store_cannot_convert_are_refused(
+    record: telemetry_pb2.TelemetryRecord, fragment: str
+) -> None:
+    batch = telemetry_pb2.TelemetryBatch(epoch="e", first_seq=1, last_seq=1, records=[record])
+    with pytest.raises(BatchError) as info:
+        validate_batch(batch)
+    assert fragment in str(info.value)
+    good = telemetry_pb2.TelemetryBatch(
+        epoch="e", first_seq=1, last_seq=1, records=[telemetry_pb2.TelemetryRecord(seq=1, event=common_event())]
+    )
+    validate_batch(good)
+
+
+def common_event() -> telemetry_pb2.DeviceEvent:
+    return telemetry_pb2.DeviceEvent(kind=telemetry_pb2.DeviceEvent.KIND_ROLLBACK, at=Timestamp(seconds=1))
