@@ -48,9 +48,8 @@ from typing import Any
 
 import structlog
 from google.protobuf.struct_pb2 import Struct
-from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
 
-from edge_runtime.agent.client import ControllerLink, is_transient
+from edge_runtime.agent.client import ControllerLink
 from edge_runtime.agent.config_keeper import ConfigKeeper
 from edge_runtime.agent.enroll import Credential, enroll, load_credential, save_credential
 from edge_runtime.agent.errors import EnrollmentError
@@ -59,6 +58,7 @@ from edge_runtime.agent.fetcher import DEFAULT_CHUNK_BYTES, BlobFetcher
 from edge_runtime.agent.hardware import hardware_profile, read_host_facts
 from edge_runtime.agent.health import HealthEndpoint, judge_health
 from edge_runtime.agent.reporter import EventSender, wire_state
+from edge_runtime.agent.retry import Sleep, transient_retry
 from edge_runtime.agent.runner import FrameRunner, RunnerSnapshot
 from edge_runtime.agent.shadow import ThermalProbe
 from edge_runtime.agent.switcher import SlotSwitcher
@@ -152,9 +152,16 @@ class EdgeAgent:
     """The device runtime. Construct inside the running event loop, then ``await run()`` until ``stop()``
     or SIGTERM."""
 
-    def __init__(self, settings: AgentSettings, *, announce: Callable[[str], None] = lambda _: None) -> None:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        announce: Callable[[str], None] = lambda _: None,
+        retry_sleep: Sleep | None = None,
+    ) -> None:
         self.settings = settings
         self._announce = announce
+        self._retry_sleep = retry_sleep  # tenacity's asyncio sleep unless a test injects one
         data = Path(settings.data_dir)
         data.mkdir(parents=True, exist_ok=True)
         self.data_dir = data
@@ -206,8 +213,9 @@ class EdgeAgent:
             reported=self.reported_state,
             on_response=self._on_sync,
             wait_s=settings.sync_wait_s,
+            retry_sleep=retry_sleep,
         )
-        self.sender = EventSender(self.link, self.reporter)
+        self.sender = EventSender(self.link, self.reporter, retry_sleep=retry_sleep)
         self.telemetry = TelemetryPipeline(
             data,
             stub=lambda: self.link.device,
@@ -458,11 +466,7 @@ class EdgeAgent:
                 "create a token with 'fleetctl token create --site SITE' and pass it with --enroll-token"
             )
         profile = hardware_profile(self.data_dir, self._host)
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception(is_transient),
-            wait=wait_random_exponential(multiplier=0.5, max=30),
-            reraise=True,
-        ):
+        async for attempt in transient_retry(sleep=self._retry_sleep):
             with attempt:
                 cred = await enroll(
                     self.link,

@@ -31,9 +31,9 @@ from datetime import UTC, datetime
 import grpc
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
-from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
 
-from edge_runtime.agent.client import ControllerLink, is_transient
+from edge_runtime.agent.client import ControllerLink
+from edge_runtime.agent.retry import Sleep, transient_retry
 from edge_runtime.update.state import UpdateRecord, UpdateState
 from edgefleet.v1 import common_pb2, device_pb2, telemetry_pb2
 
@@ -191,10 +191,18 @@ class AgentReporter:
 class EventSender:
     """Sends the reporter's queued events with ``ReportEvent``; retries transient failures with backoff."""
 
-    def __init__(self, link: ControllerLink, reporter: AgentReporter, *, timeout_s: float = 15.0) -> None:
+    def __init__(
+        self,
+        link: ControllerLink,
+        reporter: AgentReporter,
+        *,
+        timeout_s: float = 15.0,
+        retry_sleep: Sleep | None = None,
+    ) -> None:
         self._link = link
         self._reporter = reporter
         self._timeout = timeout_s
+        self._retry_sleep = retry_sleep
         self.wakeup = asyncio.Event()
 
     async def run(self) -> None:
@@ -204,11 +212,7 @@ class EventSender:
             while self._reporter.has_pending():
                 batch = self._reporter.pending()
                 try:
-                    async for attempt in AsyncRetrying(
-                        retry=retry_if_exception(is_transient),
-                        wait=wait_random_exponential(multiplier=0.5, max=30),
-                        reraise=True,
-                    ):
+                    async for attempt in transient_retry(sleep=self._retry_sleep):
                         with attempt:
                             await self._link.device.ReportEvent(
                                 device_pb2.ReportEventRequest(events=batch),

@@ -5,9 +5,9 @@ One exchange = one unary ``Sync(known_revision, reported, wait_s)`` with a deadl
 ``wake()`` cancels the call and the next one carries the new state at once, so the controller sees update
 progress within moments instead of at the end of the long-poll.
 
-Failures: transient codes (see ``client.is_transient``) are retried by tenacity with exponential backoff and
-full jitter, capped at 30 s (``wait_random_exponential(multiplier=0.5, max=30)``), forever: a device offline
-for hours keeps serving and keeps trying, cheaply. UNAUTHENTICATED after enrollment is an operator problem
+Failures: transient codes (see ``client.is_transient``) are retried by the agent's one retry policy
+(``retry.transient_retry``: tenacity, exponential backoff with full jitter capped at 30 s, forever): a device
+offline for hours keeps serving and keeps trying, cheaply. UNAUTHENTICATED after enrollment is an operator problem
 (credential revoked, controller restored without it): logged as ``agent.credential_rejected`` and retried
 only every ``unauth_backoff_s``. Other refusals back off ``refused_backoff_s``. A call that comes back
 unchanged sooner than ``min_interval_s`` waits out the rest, so a misbehaving server cannot make us spin.
@@ -23,9 +23,10 @@ from typing import Any
 
 import grpc
 import structlog
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
+from tenacity import RetryCallState
 
-from edge_runtime.agent.client import ControllerLink, is_transient
+from edge_runtime.agent.client import ControllerLink
+from edge_runtime.agent.retry import Sleep, transient_retry
 from edgefleet.v1 import common_pb2, device_pb2
 
 log = structlog.get_logger(__name__)
@@ -57,6 +58,7 @@ class SyncLoop:
         unauth_backoff_s: float = 300.0,
         refused_backoff_s: float = 60.0,
         min_interval_s: float = 1.0,
+        retry_sleep: Sleep | None = None,
     ) -> None:
         self._link = link
         self._reported = reported
@@ -65,6 +67,7 @@ class SyncLoop:
         self._unauth_backoff = unauth_backoff_s
         self._refused_backoff = refused_backoff_s
         self._min_interval = min_interval_s
+        self._retry_sleep = retry_sleep
         self._wake = asyncio.Event()
         self.known_revision = 0
         self.online = False
@@ -78,12 +81,7 @@ class SyncLoop:
         while True:
             started = time.monotonic()
             try:
-                async for attempt in AsyncRetrying(
-                    retry=retry_if_exception(is_transient),
-                    wait=wait_random_exponential(multiplier=0.5, max=30),
-                    before_sleep=_log_retry,
-                    reraise=True,
-                ):
+                async for attempt in transient_retry(sleep=self._retry_sleep, before_sleep=_log_retry):
                     with attempt:
                         try:
                             response = await self._exchange()
