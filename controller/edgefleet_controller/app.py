@@ -690,7 +690,7 @@ class ControllerApp:
         received: dict[str, tuple[str, int]] = {}
         writer = None
         current = ""
-        deduplicated: list[str] = []
+        stored_before: set[str] = set()
         try:
             async for req in requests:
                 if not req.HasField("chunk"):
@@ -705,6 +705,8 @@ class ControllerApp:
                     if digest in received:
                         raise cerr.InvalidArgument(f"PushBundle: artifact {digest} sent twice")
                     current = digest
+                    if await asyncio.to_thread(self.blobs.has, digest):
+                        stored_before.add(digest)  # still verified; the commit then discards the bytes
                     writer = self.blobs.open_writer(max_size=expected[digest].size)
                 assert writer is not None
                 await asyncio.to_thread(writer.write, req.chunk.data)
@@ -721,6 +723,8 @@ class ControllerApp:
         missing = [f"{a.role} ({d})" for d, a in expected.items() if d not in received and not self.blobs.has(d)]
         if missing:
             raise cerr.InvalidArgument(f"bundle refused: artifacts not sent: {', '.join(missing)}")
+        # Already stored: sent and discarded after verification, or not sent because the store has them.
+        deduplicated = [d for d in expected if d in stored_before or d not in received]
         refs = [ArtifactRef(a.role, a.digest, a.size) for a in manifest.artifacts.values()]
         record, created = await asyncio.to_thread(
             lambda: self.store.put_bundle(
