@@ -8,9 +8,9 @@ send them. Two kinds exist, told apart by prefix:
 - operator tokens ``eot_<id>.<secret>`` with a role: viewer (reads) < operator (bundles, configs,
   rollouts, desired state) < admin (tokens, trusted keys).
 
-Successful look-ups are cached for ``cache_ttl_s`` so that a Sync storm does not become a database
-storm; revocations made through this controller evict the cache at once, and the TTL bounds staleness
-for revocations made by another replica.
+Successful look-ups are cached for ``CredentialCache``'s ``ttl_s`` (10 s) so that a Sync storm does not
+become a database storm; revocations made through this controller evict the cache at once, and the TTL
+bounds staleness for revocations made by another replica.
 """
 
 from __future__ import annotations
