@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import grpc
 import structlog
 
 from edgefleet.v1 import common_pb2, fleet_pb2, telemetry_pb2
+from edgefleet_controller.errors import ControllerError
 
 log = structlog.get_logger("edgefleet.controller.feed")
 
@@ -19,8 +21,11 @@ QUEUE_BOUND = 1000
 _CLOSED = object()
 
 
-class WatcherTooSlow(Exception):
-    """The watcher's queue overflowed; it must reconnect (and take a fresh snapshot)."""
+class WatcherTooSlow(ControllerError):
+    """The watcher's queue overflowed; it must reconnect (and take a fresh snapshot). An expected end of a
+    watch, not a controller bug: RESOURCE_EXHAUSTED with this message."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class FleetFeed:

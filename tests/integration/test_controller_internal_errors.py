@@ -16,6 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from edgefleet.logging import configure_logging
 from edgefleet.v1 import common_pb2, device_pb2, fleet_pb2, telemetry_pb2
+from edgefleet_controller.fleet_feed import QUEUE_BOUND
 from edgefleet_controller.telemetry.ingest import BatchError, validate_batch
 from tests.support.controller import bearer, connected, running_controller
 
@@ -121,6 +122,19 @@ async def test_out_of_range_client_values_are_invalid_argument_not_internal(tmp_
                 assert fragment in details, (fragment, details)
         listed = await c.fleet.ListDeviceEvents(fleet_pb2.ListDeviceEventsRequest(device="cam-1"), metadata=c.admin)
         assert list(listed.events) == []
+
+
+async def test_a_watcher_that_falls_behind_is_told_to_watch_again(tmp_path: Path) -> None:
+    async with running_controller(tmp_path / "data") as ctrl, connected(ctrl) as c:
+        call = c.fleet.WatchFleet(fleet_pb2.WatchFleetRequest(), metadata=c.admin)
+        await call.initial_metadata()  # subscribed
+        for i in range(QUEUE_BOUND + 1):
+            ctrl.app.feed.publish_event("dev_x", telemetry_pb2.DeviceEvent(event_id=f"e{i}"))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ in call:
+                pass
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, info.value.details()
+        assert "watch again" in (info.value.details() or "")
 
 
 @pytest.mark.parametrize(
