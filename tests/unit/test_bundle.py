@@ -16,13 +16,13 @@ from hypothesis import strategies as st
 
 from edgefleet.contract.bundle import (
     BundleManifest,
-    canonical_json,
     iter_bundle_files,
     load_spec,
     read_manifest,
 )
 from edgefleet.contract.bundle_archive import verify_bundle
 from edgefleet.contract.bundle_builder import build_bundle, load_golden
+from edgefleet.contract.canonical import canonical_json
 from edgefleet.contract.errors import (
     BundleError,
     BundleFormatError,
@@ -69,7 +69,7 @@ def test_build_writes_canonical_manifest_with_inferred_tensors(tmp_path: Path) -
     out = tmp_path / "bundle"
     manifest = build_bundle(_spec(tmp_path), out, created_at=CREATED)
     raw = (out / "bundle.json").read_bytes()
-    assert raw == canonical_json(json.loads(raw))
+    assert raw == canonical_json(json.loads(raw), trailing_newline=True)
     assert raw.endswith(b"\n") and b" " not in raw.replace(b'": ', b"").split(b'"labels"')[0][:10]
     assert manifest == read_manifest(out)
     assert manifest.digest.startswith("sha256:") and len(manifest.digest) == 71
@@ -203,7 +203,7 @@ def test_edited_manifest_is_refused(signed: tuple[Path, TrustedKeys]) -> None:
     bundle, trusted = signed
     doc = json.loads((bundle / "bundle.json").read_bytes())
     doc["latency"]["sla_ms"] = 500.0
-    (bundle / "bundle.json").write_bytes(canonical_json(doc))
+    (bundle / "bundle.json").write_bytes(canonical_json(doc, trailing_newline=True))
     with pytest.raises(SignatureError, match=re.escape("does not match bundle.json")):
         verify_bundle(bundle, trusted)
 
@@ -230,7 +230,7 @@ def test_unsupported_schema_version(signed: tuple[Path, TrustedKeys]) -> None:
     bundle, trusted = signed
     doc = json.loads((bundle / "bundle.json").read_bytes())
     doc["schema_version"] = 2
-    data = canonical_json(doc)
+    data = canonical_json(doc, trailing_newline=True)
     with pytest.raises(UnsupportedSchemaError, match="schema_version 2 is not supported"):
         BundleManifest.from_json_bytes(data)
     (bundle / "bundle.json").write_bytes(data)
@@ -253,11 +253,11 @@ def test_manifest_field_errors(signed: tuple[Path, TrustedKeys]) -> None:
     doc = json.loads((bundle / "bundle.json").read_bytes())
     doc["latency"]["sla_ms"] = -5
     with pytest.raises(BundleFormatError, match=re.escape("bundle.json: field 'latency.sla_ms' must be > 0, got -5")):
-        BundleManifest.from_json_bytes(canonical_json(doc))
+        BundleManifest.from_json_bytes(canonical_json(doc, trailing_newline=True))
     doc["latency"]["sla_ms"] = 20.0
     doc["artifacts"]["model"]["path"] = "artifacts/../../etc/passwd"
     with pytest.raises(BundleFormatError, match=re.escape("artifacts.model.path")):
-        BundleManifest.from_json_bytes(canonical_json(doc))
+        BundleManifest.from_json_bytes(canonical_json(doc, trailing_newline=True))
 
 
 _JSON = st.recursive(
@@ -296,7 +296,7 @@ def test_fuzz_manifest_only_contract_errors(valid_manifest_doc: dict[str, object
     elif mode == "bytes":
         raw = data.draw(st.binary(max_size=200))
     elif mode == "huge":
-        raw = canonical_json(doc).replace(b'"sla_ms":20.0', b'"sla_ms":1e999')
+        raw = canonical_json(doc, trailing_newline=True).replace(b'"sla_ms":20.0', b'"sla_ms":1e999')
     else:
         for _ in range(data.draw(st.integers(1, 3))):
             path = data.draw(st.sampled_from(_paths(doc)[1:]))
@@ -307,7 +307,7 @@ def test_fuzz_manifest_only_contract_errors(valid_manifest_doc: dict[str, object
                 parent[path[-1]] = data.draw(_JSON)  # type: ignore[index]
             elif isinstance(parent, dict):
                 del parent[path[-1]]
-        raw = canonical_json(doc)
+        raw = canonical_json(doc, trailing_newline=True)
     try:
         manifest = BundleManifest.from_json_bytes(raw)
     except ContractError:

@@ -16,8 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgefleet.contract.canonical import canonical_json
 from edgefleet.contract.errors import ManifestError
-from edgefleet.contract.layering import canonical_json, deep_merge, thaw
+from edgefleet.contract.layering import deep_merge, thaw
 from edgefleet.contract.manifest import (
     DEFAULT_CONFIG,
     DeviceFacts,
@@ -299,7 +300,7 @@ def test_defaults_are_read_only() -> None:
 
 
 def test_canonical_json_writes_integral_floats_as_integers() -> None:
-    assert canonical_json({"b": 1.0, "a": [2.5, 3.0]}) == b'{"a":[2.5,3],"b":1}'
+    assert canonical_json({"b": 1.0, "a": [2.5, 3.0]}, integral_floats=True) == b'{"a":[2.5,3],"b":1}'
 
 
 LEAF = st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=3)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from edge_runtime.inference import Detection
-from edge_runtime.telemetry import ReviewEncodeError, ReviewSampler, canonical_json, encode_jpeg
+from edge_runtime.telemetry import ReviewEncodeError, ReviewSampler, encode_jpeg, results_json
 
 T0 = datetime(2025, 3, 1, 8, 0, 0, tzinfo=UTC)
 
@@ -94,11 +94,11 @@ def test_non_bgr_frames_are_refused(frame: object) -> None:
 
 
 def test_canonical_json_refuses_nan_and_unknown_types() -> None:
-    assert canonical_json({"b": np.float32(0.5), "a": [np.int64(3)]}) == '{"a":[3],"b":0.5}'
+    assert results_json({"b": np.float32(0.5), "a": [np.int64(3)]}) == '{"a":[3],"b":0.5}'
     with pytest.raises(ValueError):
-        canonical_json({"x": float("nan")})
+        results_json({"x": float("nan")})
     with pytest.raises(TypeError, match="object"):
-        canonical_json({"x": object()})
+        results_json({"x": object()})
 
 
 @pytest.mark.parametrize(

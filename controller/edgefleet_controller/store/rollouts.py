@@ -38,10 +38,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
+from edgefleet.contract.canonical import canonical_json_text
 from edgefleet_controller.store import schema as t
 from edgefleet_controller.store.errors import Conflict, InvalidArgument, NotFound
 from edgefleet_controller.store.records import ConfigDocInput, EventRecord
-from edgefleet_controller.store.schema import canonical_json
 from edgefleet_controller.store.store import UNSET, Store
 
 #: Phases after which a rollout never acts again (``RolloutPhase`` stored values).
@@ -225,8 +225,8 @@ class RolloutStore:
                     id=rollout_id,
                     name=name,
                     bundle_digest=bundle_digest,
-                    spec_json=canonical_json(spec),
-                    state_json=canonical_json(state),
+                    spec_json=canonical_json_text(spec),
+                    state_json=canonical_json_text(state),
                     phase=phase,
                     created_at=now,
                     updated_at=now,
@@ -296,7 +296,7 @@ class RolloutStore:
             result = conn.execute(
                 rollouts.update()
                 .where(rollouts.c.id == rollout_id, rollouts.c.version == read_version)
-                .values(state_json=canonical_json(state), phase=phase, updated_at=now, version=read_version + 1)
+                .values(state_json=canonical_json_text(state), phase=phase, updated_at=now, version=read_version + 1)
             )
             if result.rowcount != 1:
                 raise Conflict(
@@ -380,7 +380,12 @@ class RolloutStore:
             conn.execute(
                 t.rollout_events.insert(),
                 [
-                    {"rollout_id": rollout_id, "event": name, "fields_json": canonical_json(dict(fields)), "at": now}
+                    {
+                        "rollout_id": rollout_id,
+                        "event": name,
+                        "fields_json": canonical_json_text(dict(fields)),
+                        "at": now,
+                    }
                     for name, fields in events
                 ],
             )

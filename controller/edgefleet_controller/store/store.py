@@ -40,6 +40,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, Row
 
+from edgefleet.contract.canonical import canonical_json_text
 from edgefleet_controller.store import credentials
 from edgefleet_controller.store import schema as t
 from edgefleet_controller.store.blobs import check_digest, digest_of
@@ -75,7 +76,6 @@ from edgefleet_controller.store.records import (
     SiteSummary,
     TrustedKeyRecord,
 )
-from edgefleet_controller.store.schema import canonical_json
 
 log = structlog.get_logger(__name__)
 
@@ -203,7 +203,7 @@ def _text(field: str, value: object, max_len: int = _MAX_TEXT) -> str:
 
 def _json_text(field: str, value: object) -> str:
     try:
-        return canonical_json(value)
+        return canonical_json_text(value)
     except (TypeError, ValueError) as exc:
         raise InvalidArgument(f"{field} must be JSON-serialisable: {exc}") from None
 
@@ -582,7 +582,7 @@ class Store:
                     id=device_id,
                     name=name,
                     site=token.site,
-                    tags_json=canonical_json(checked_tags),
+                    tags_json=canonical_json_text(checked_tags),
                     hardware_class=hardware_class,
                     facts_json=facts_json,
                     credential_sha256=credentials.secret_hash(credential),
@@ -641,7 +641,7 @@ class Store:
         devices = t.devices
         with self._write() as conn:
             result = conn.execute(
-                devices.update().where(devices.c.id == device_id).values(tags_json=canonical_json(checked))
+                devices.update().where(devices.c.id == device_id).values(tags_json=canonical_json_text(checked))
             )
             if result.rowcount != 1:
                 raise NotFound("device", device_id, "list devices to see the enrolled ids")

@@ -22,11 +22,11 @@ import sqlalchemy as sa
 from google.protobuf.json_format import MessageToDict
 from sqlalchemy.engine import Connection, Row
 
+from edgefleet.contract.canonical import canonical_json_text
 from edgefleet.contract.sketch import sketch_from_proto
 from edgefleet.v1.telemetry_pb2 import DeviceEvent, MetricWindow, ReviewSample, SensorReading, TelemetryBatch
 from edgefleet_controller.store import schema as t
 from edgefleet_controller.store.errors import InvalidArgument, NotFound
-from edgefleet_controller.store.schema import canonical_json
 from edgefleet_controller.store.store import Store
 from edgefleet_controller.telemetry.drift import DEFAULT_BASELINE_WINDOWS, Baseline, baseline_step
 from edgefleet_controller.telemetry.ingest import advance, validate_batch
@@ -46,7 +46,7 @@ def _ts(value: Any, fallback: datetime) -> datetime:
 
 
 def sensors_to_json(sensors: Sequence[SensorReading]) -> str:
-    return canonical_json([MessageToDict(s, preserving_proto_field_name=True) for s in sensors])
+    return canonical_json_text([MessageToDict(s, preserving_proto_field_name=True) for s in sensors])
 
 
 def sensors_from_json(text: str) -> list[SensorReading]:
@@ -292,9 +292,9 @@ class TelemetryStore:
             "latency_e2e": e2e,
             "latency_model": w.latency_model.SerializeToString(),
             "p95_e2e_ms": float(p95) if p95 is not None else 0.0,
-            "confidence_json": canonical_json(counts),
+            "confidence_json": canonical_json_text(counts),
             "sensors_json": sensors_to_json(w.sensors),
-            "dropped_json": canonical_json(dict(w.dropped)),
+            "dropped_json": canonical_json_text(dict(w.dropped)),
             "provider": w.provider[:64],
         }
         row["size_bytes"] = len(e2e) + len(row["latency_model"]) + len(row["sensors_json"]) + 200
@@ -315,7 +315,7 @@ class TelemetryStore:
             "bundle_digest": b.bundle_digest,
             "windows": b.windows,
             "windows_needed": b.windows_needed,
-            "counts_json": canonical_json(list(b.counts)),
+            "counts_json": canonical_json_text(list(b.counts)),
             "started_at": b.started_at,
         }
         tb = t.telemetry_baselines

@@ -21,7 +21,7 @@ from edge_runtime.telemetry.errors import (
     TelemetryBufferError,
     TelemetryError,
 )
-from edge_runtime.telemetry.review import ReviewReason, ReviewSampler, canonical_json, encode_jpeg
+from edge_runtime.telemetry.review import ReviewReason, ReviewSampler, encode_jpeg, results_json
 from edge_runtime.telemetry.sensors import SensorReader, SensorSnapshot, parse_nvidia_smi
 from edge_runtime.telemetry.window import WindowAggregator, confidence_bin
 
@@ -41,9 +41,9 @@ __all__ = [
     "TelemetryBufferError",
     "TelemetryError",
     "WindowAggregator",
-    "canonical_json",
     "confidence_bin",
     "encode_jpeg",
     "parse_nvidia_smi",
     "record_footprint",
+    "results_json",
 ]

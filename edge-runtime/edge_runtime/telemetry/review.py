@@ -14,7 +14,6 @@ first when ``max_side`` is set, and the results as canonical JSON (sorted keys, 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import random
 import uuid
@@ -26,25 +25,27 @@ import cv2
 import numpy as np
 
 from edge_runtime.telemetry.errors import ReviewEncodeError
+from edgefleet.contract.canonical import canonical_json_text
 from edgefleet.v1.telemetry_pb2 import ReviewSample
 
 ReviewReason = Literal["low_confidence", "sampled"]
 _HOUR = timedelta(hours=1)
 
 
-def canonical_json(results: Any) -> str:
-    """Results as canonical JSON; dataclasses (``Detection``, ``Classification``) become objects."""
+def _result_default(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"review results: {type(obj).__name__} is not JSON-serialisable, got {obj!r}")
 
-    def default(obj: Any) -> Any:
-        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            return dataclasses.asdict(obj)
-        if isinstance(obj, np.generic):
-            return obj.item()
-        if isinstance(obj, np.ndarray):
-            return obj.tolist()
-        raise TypeError(f"review results: {type(obj).__name__} is not JSON-serialisable, got {obj!r}")
 
-    return json.dumps(results, sort_keys=True, separators=(",", ":"), default=default, allow_nan=False)
+def results_json(results: Any) -> str:
+    """Results as the contract's canonical JSON (ASCII-escaped, the spelling review samples have always had);
+    dataclasses (``Detection``, ``Classification``) become objects, numpy scalars and arrays numbers and lists."""
+    return canonical_json_text(results, ensure_ascii=True, default=_result_default)
 
 
 def encode_jpeg(frame_bgr: Any, quality: int, max_side: int | None = None) -> bytes:
@@ -153,7 +154,7 @@ class ReviewSampler:
             reason=reason,
             top_confidence=0.0 if math.isnan(top_confidence) else top_confidence,
             jpeg=encode_jpeg(frame_bgr, self.jpeg_quality, self.max_side),
-            results_json=canonical_json(results),
+            results_json=results_json(results),
         )
         sample.captured_at.FromDatetime(captured_at)
         return sample

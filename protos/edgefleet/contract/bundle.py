@@ -34,6 +34,7 @@ from typing import Any, Literal, NamedTuple, cast
 
 import yaml
 
+from edgefleet.contract.canonical import canonical_json
 from edgefleet.contract.digests import sha256_digest
 from edgefleet.contract.errors import (
     BundleError,
@@ -95,12 +96,6 @@ def sha256_file(path: Path) -> tuple[str, int]:
             digest.update(chunk)
             size += len(chunk)
     return digest.hexdigest(), size
-
-
-def canonical_json(value: object) -> bytes:
-    """Canonical JSON bytes: sorted keys, no spaces, UTF-8, trailing newline."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return text.encode("utf-8") + b"\n"
 
 
 def is_semver(version: str) -> bool:
@@ -608,7 +603,7 @@ class BundleManifest:
 
     @cached_property
     def _bytes(self) -> bytes:
-        return canonical_json(self.to_dict())
+        return canonical_json(self.to_dict(), trailing_newline=True)
 
     @property
     def digest(self) -> str:

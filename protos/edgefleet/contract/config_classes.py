@@ -31,8 +31,9 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
+from edgefleet.contract.canonical import canonical_json
 from edgefleet.contract.digests import sha256_digest
-from edgefleet.contract.layering import canonical_json, thaw
+from edgefleet.contract.layering import thaw
 
 __all__ = [
     "CONFIG_KEY_CLASSES",
@@ -130,7 +131,10 @@ def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[str, .
         sorted(
             k
             for k in before.keys() | after.keys()
-            if k not in before or k not in after or canonical_json(thaw(before[k])) != canonical_json(thaw(after[k]))
+            if k not in before
+            or k not in after
+            or canonical_json(thaw(before[k]), integral_floats=True)
+            != canonical_json(thaw(after[k]), integral_floats=True)
         )
     )
 
@@ -175,4 +179,4 @@ def inference_view(values: Mapping[str, Any]) -> dict[str, Any]:
 
 def inference_fingerprint(values: Mapping[str, Any]) -> str:
     """``sha256:<hex>`` of the canonical JSON of a config's ``INFERENCE`` keys (``inference_view``)."""
-    return sha256_digest(canonical_json(inference_view(values)))
+    return sha256_digest(canonical_json(inference_view(values), integral_floats=True))

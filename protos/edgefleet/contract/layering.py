@@ -37,12 +37,12 @@ frame ``source`` has none: the device's ``--source`` applies unless a layer sets
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from edgefleet.contract.canonical import canonical_json
 from edgefleet.contract.digests import sha256_digest
 from edgefleet.contract.errors import ManifestError
 from edgefleet.contract.manifest_schema import config_violations, validate_config_values
@@ -53,7 +53,6 @@ __all__ = [
     "DEFAULT_CONFIG",
     "DeviceFacts",
     "EffectiveConfig",
-    "canonical_json",
     "deep_merge",
     "freeze",
     "merge_config_layers",
@@ -126,26 +125,6 @@ def thaw(value: Any) -> Any:
 DEFAULT_CONFIG: Mapping[str, Any] = freeze(_DEFAULTS)
 
 
-def _canonical_value(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _canonical_value(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_canonical_value(v) for v in value]
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise ValueError(f"canonical JSON cannot hold the non-finite number {value!r}")
-        if value.is_integer() and abs(value) < 2**53:
-            return int(value)
-    return value
-
-
-def canonical_json(value: Any) -> bytes:
-    """Canonical JSON bytes: sorted keys, no whitespace, UTF-8, integral floats as integers."""
-    return json.dumps(
-        _canonical_value(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
-
-
 def deep_merge(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
     """``overlay`` on top of ``base``: mappings merge, lists and scalars replace, ``None`` removes the key."""
     merged: dict[str, Any] = thaw(base)
@@ -181,13 +160,17 @@ class EffectiveConfig:
 
     def to_json_bytes(self) -> bytes:
         """The canonical JSON the digest is computed over (what ``DesiredState.config_json`` carries)."""
-        return canonical_json(self.values)
+        return canonical_json(self.values, integral_floats=True)
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any], sources: Sequence[str] = ()) -> EffectiveConfig:
         """Validate ``values`` and compute the digest; raises ``ManifestError`` when they are invalid."""
         validate_config_values(values)
-        return cls(values=freeze(values), digest=sha256_digest(canonical_json(values)), sources=tuple(sources))
+        return cls(
+            values=freeze(values),
+            digest=sha256_digest(canonical_json(values, integral_floats=True)),
+            sources=tuple(sources),
+        )
 
     @classmethod
     def from_json_bytes(cls, data: bytes, *, expected_digest: str | None = None) -> EffectiveConfig:
@@ -209,7 +192,9 @@ class EffectiveConfig:
         found = config_violations(values)
         if found:
             raise ManifestError(found[0].message, location="effective config", path=format_path(found[0].path))
-        return cls(values=freeze(values), digest=sha256_digest(canonical_json(values)), sources=())
+        return cls(
+            values=freeze(values), digest=sha256_digest(canonical_json(values, integral_floats=True)), sources=()
+        )
 
 
 def merge_config_layers(layers: Sequence[tuple[str, Mapping[str, Any]]]) -> EffectiveConfig:
@@ -230,4 +215,8 @@ def merge_config_layers(layers: Sequence[tuple[str, Mapping[str, Any]]]) -> Effe
             location="effective config",
             path=format_path(found[0].path),
         )
-    return EffectiveConfig(values=freeze(values), digest=sha256_digest(canonical_json(values)), sources=tuple(sources))
+    return EffectiveConfig(
+        values=freeze(values),
+        digest=sha256_digest(canonical_json(values, integral_floats=True)),
+        sources=tuple(sources),
+    )

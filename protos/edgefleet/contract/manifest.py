@@ -29,13 +29,13 @@ from pathlib import Path as FsPath
 from types import MappingProxyType
 from typing import Any
 
+from edgefleet.contract.canonical import canonical_json
 from edgefleet.contract.digests import sha256_digest
 from edgefleet.contract.errors import ManifestError, ManifestSetError
 from edgefleet.contract.layering import (
     DEFAULT_CONFIG,
     DeviceFacts,
     EffectiveConfig,
-    canonical_json,
     freeze,
     merge_config_layers,
     thaw,
@@ -130,7 +130,7 @@ class ManifestDoc:
     @property
     def content_digest(self) -> str:
         """``sha256:<hex>`` of the canonical JSON of ``to_dict()``; equal content hashes the same."""
-        return sha256_digest(canonical_json(self.to_dict()))
+        return sha256_digest(canonical_json(self.to_dict(), integral_floats=True))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str = "<dict>", line: int = 1) -> ManifestDoc:

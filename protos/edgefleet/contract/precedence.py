@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgefleet.contract.bundle import BundleManifest
-from edgefleet.contract.layering import DEFAULT_CONFIG, DEFAULTS_SOURCE, canonical_json, deep_merge, freeze, thaw
+from edgefleet.contract.canonical import canonical_json
+from edgefleet.contract.layering import DEFAULT_CONFIG, DEFAULTS_SOURCE, deep_merge, freeze, thaw
 
 __all__ = [
     "BUNDLE_LAYER_PREFIX",
@@ -71,7 +72,7 @@ class ConfigLeaf:
     @property
     def value_json(self) -> str:
         """The value as canonical JSON (``100``, ``"auto"``, ``["cpu"]``)."""
-        return canonical_json(thaw(self.value)).decode("utf-8")
+        return canonical_json(thaw(self.value), integral_floats=True).decode("utf-8")
 
 
 @dataclass(frozen=True)

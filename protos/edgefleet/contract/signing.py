@@ -27,7 +27,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edgefleet.contract.bundle import MANIFEST_NAME, SIGNATURE_NAME, canonical_json, read_manifest
+from edgefleet.contract.bundle import MANIFEST_NAME, SIGNATURE_NAME, read_manifest
+from edgefleet.contract.canonical import canonical_json
 from edgefleet.contract.errors import SignatureError, SigningKeyError
 
 ALGORITHM = "ed25519"
@@ -210,7 +211,7 @@ class TrustedKeys(Mapping[str, Ed25519PublicKey]):
 def signature_document(manifest_bytes: bytes, key: SigningKey) -> bytes:
     """The bundle.sig bytes for ``manifest_bytes`` signed by ``key``."""
     signature = base64.b64encode(key.sign(manifest_bytes)).decode("ascii")
-    return canonical_json({"algorithm": ALGORITHM, "key_id": key.key_id, "signature": signature})
+    return canonical_json({"algorithm": ALGORITHM, "key_id": key.key_id, "signature": signature}, trailing_newline=True)
 
 
 def sign_bundle(bundle_dir: Path | str, key: SigningKey) -> str:
