@@ -20,6 +20,7 @@ from typing import Any
 
 import grpc
 import structlog
+from sqlalchemy import exc as sa_exc
 
 from edgefleet_controller.auth import Principal, Role, bearer_token
 from edgefleet_controller.errors import ControllerError, Unauthenticated
@@ -145,6 +146,12 @@ class _Guard:
             code, message = exc.code, str(exc)
         elif mapped is not None:
             code, message = mapped
+        elif isinstance(exc, sa_exc.OperationalError):
+            # the database is unreachable, locked or failing over: transient for the caller, who retries
+            request_id = new_request_id()
+            log.error("rpc.database_unavailable", method=self.method, request_id=request_id, exc_info=exc)
+            code = grpc.StatusCode.UNAVAILABLE
+            message = f"database unavailable; request id {request_id}; retry later (see the controller log)"
         else:
             request_id = new_request_id()
             log.error("rpc.internal_error", method=self.method, request_id=request_id, exc_info=exc)

@@ -55,7 +55,7 @@ async def test_unexpected_errors_are_internal_with_a_logged_request_id(
         raise ValueError(f"{SECRET_SQL} [{SECRET_PARAM}]")
 
     def broken_summary() -> list[Any]:
-        raise sqlalchemy.exc.OperationalError(SECRET_SQL, (SECRET_PARAM,), Exception("database is locked"))
+        raise sqlalchemy.exc.ProgrammingError(SECRET_SQL, (SECRET_PARAM,), Exception("no such column"))
 
     async with running_controller(tmp_path / "data") as ctrl, connected(ctrl) as c:
         monkeypatch.setattr(ctrl.app.store, "list_bundles", broken_listing)
@@ -76,7 +76,31 @@ async def test_unexpected_errors_are_internal_with_a_logged_request_id(
     assert f"ValueError: {SECRET_SQL} [{SECRET_PARAM}]" in listing["exception"]
     assert summary["method"] == "/edgefleet.v1.FleetService/ListSites"
     assert "in broken_summary" in summary["exception"]
-    assert "sqlalchemy.exc.OperationalError" in summary["exception"]
+    assert "sqlalchemy.exc.ProgrammingError" in summary["exception"]
+
+
+async def test_a_database_outage_is_unavailable_so_callers_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """OperationalError (connection lost, database locked, failover) is transient: UNAVAILABLE, which devices
+    retry with backoff, with a request id and none of the SQL; the log line has the id and the traceback."""
+    configure_logging("info", json=True)
+
+    def locked(name: str | None) -> list[Any]:
+        raise sqlalchemy.exc.OperationalError(SECRET_SQL, (SECRET_PARAM,), Exception("database is locked"))
+
+    async with running_controller(tmp_path / "data") as ctrl, connected(ctrl) as c:
+        monkeypatch.setattr(ctrl.app.store, "list_bundles", locked)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await c.fleet.ListBundles(fleet_pb2.ListBundlesRequest(), metadata=c.admin)
+    details = info.value.details() or ""
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE, (info.value.code(), details)
+    match = re.match(r"^database unavailable; request id (req_[0-9a-f]{16}); retry later", details)
+    assert match is not None, details
+    assert "SELECT" not in details and SECRET_PARAM not in details and "locked" not in details
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    (logged,) = [line for line in lines if line.get("event") == "rpc.database_unavailable"]
+    assert logged["request_id"] == match.group(1) and "OperationalError" in logged["exception"]
 
 
 async def test_out_of_range_client_values_are_invalid_argument_not_internal(tmp_path: Path) -> None:
