@@ -7,7 +7,9 @@ turns those into gRPC statuses with the error's message.
 Only typed errors reach the client with their message: ``ControllerError`` (it carries its code) and what the
 error mapper recognises (store and contract errors). Anything else is the controller's own bug, not bad input:
 the call ends INTERNAL with a fresh request id (``req_`` + 16 hex) and nothing of the exception, whose text can
-hold SQL, parameters or paths; the same id is in the ``rpc.internal_error`` log line with the traceback.
+hold SQL, parameters or paths; the same id is in the ``rpc.internal_error`` log line with the traceback. A
+database ``OperationalError`` (connection lost, locked, failing over) is the one untyped exception with its own
+status: UNAVAILABLE, which callers retry, with a request id and none of its text (``rpc.database_unavailable``).
 """
 
 from __future__ import annotations
