@@ -20,9 +20,18 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
-__all__ = ["canonical_json", "canonical_json_text"]
+__all__ = ["CanonicalOptions", "canonical_json", "canonical_json_text"]
+
+
+class CanonicalOptions(TypedDict, total=False):
+    """The keyword options of ``canonical_json_text``, for ``canonical_json``."""
+
+    integral_floats: bool
+    ensure_ascii: bool
+    trailing_newline: bool
+    default: Callable[[Any], Any] | None
 
 
 def _integral_floats(value: Any) -> Any:
@@ -58,19 +67,6 @@ def canonical_json_text(
     return text + "\n" if trailing_newline else text
 
 
-def canonical_json(
-    value: Any,
-    *,
-    integral_floats: bool = False,
-    ensure_ascii: bool = False,
-    trailing_newline: bool = False,
-    default: Callable[[Any], Any] | None = None,
-) -> bytes:
+def canonical_json(value: Any, **options: Unpack[CanonicalOptions]) -> bytes:
     """The UTF-8 bytes of ``canonical_json_text`` with the same options."""
-    return canonical_json_text(
-        value,
-        integral_floats=integral_floats,
-        ensure_ascii=ensure_ascii,
-        trailing_newline=trailing_newline,
-        default=default,
-    ).encode("utf-8")
+    return canonical_json_text(value, **options).encode("utf-8")
