@@ -38,12 +38,10 @@ import grpc
 from rich.console import Console
 from rich.table import Table
 
-from edgefleet.contract.bundle import BundleSpec
-from edgefleet.contract.bundle_archive import pack_bundle
-from edgefleet.contract.bundle_builder import build_bundle
 from edgefleet.contract.bundle_upload import read_archive_for_upload
-from edgefleet.contract.signing import SigningKey, generate_keypair, public_key_pem, sign_bundle
-from edgefleet.modelgen import make_classifier
+from edgefleet.contract.signing import SigningKey, generate_keypair, public_key_pem
+from edgefleet.testing import make_bundle as make_signed_bundle
+from edgefleet.testing import wait_until
 from edgefleet.v1 import common_pb2, fleet_pb2, fleet_pb2_grpc
 
 BIN = Path(sys.executable).parent
@@ -204,39 +202,24 @@ class Fleet:
 
 
 def wait_for(what: str, predicate: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    """The shared ``wait_until`` (raises a ``TimeoutError``), polled every half second."""
+    return wait_until(predicate, timeout, what, interval)
 
 
 def make_bundle(root: Path, key: SigningKey, version: str, *, logit_shift: float = 0.0) -> Bundle:
-    work = root / "bundles" / version
-    work.mkdir(parents=True, exist_ok=True)
     # Same seed: v1, v2 and v3 share their weights; v3's logits are shifted, so its confidences drift.
-    model = make_classifier(work / "model.onnx", num_classes=4, size=32, seed=7, logit_shift=logit_shift)
-    spec = BundleSpec.from_dict(
-        {
-            "name": "dock-classifier",
-            "version": version,
-            "model": str(model),
-            "preprocess": {"size": [32, 32], "layout": "nchw", "dtype": "float32", "scale": 1 / 255},
-            "postprocess": {"kind": "classification", "top_k": 1},
-            "labels": ["empty", "pallet", "forklift", "person"],
-            "latency": {"sla_ms": 50},
-            "providers": ["tensorrt", "cuda", "cpu"],
-        },
-        source=f"dock-classifier-{version}.spec.yaml",
-        base_dir=work,
+    made = make_signed_bundle(
+        root / "bundles" / version,
+        key,
+        version=version,
+        seed=7,
+        name="dock-classifier",
+        labels=("empty", "pallet", "forklift", "person"),
+        sla_ms=50,
+        providers=("tensorrt", "cuda", "cpu"),
+        logit_shift=logit_shift,
     )
-    manifest = build_bundle(spec, work / "bundle", golden_count=2)
-    sign_bundle(work / "bundle", key)
-    archive = pack_bundle(work / "bundle", work / f"dock-classifier-{version}.efb")
-    return Bundle(version, manifest.digest, archive)
+    return Bundle(version, made.digest, made.archive)
 
 
 def _health(value: int) -> str:

@@ -19,12 +19,12 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
 
+from edgefleet.testing import wait_until
 from edgefleet.v1 import common_pb2, device_pb2, device_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 from tests.support.faultproxy import FaultProxy
 
@@ -133,16 +133,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class Proc:

@@ -34,12 +34,11 @@ from typing import Any
 
 import grpc
 
-from edgefleet.contract.bundle import BundleSpec
-from edgefleet.contract.bundle_archive import pack_bundle
-from edgefleet.contract.bundle_builder import build_bundle
 from edgefleet.contract.bundle_upload import read_archive_for_upload
-from edgefleet.contract.signing import SigningKey, generate_keypair, sign_bundle
-from edgefleet.modelgen import make_classifier
+from edgefleet.contract.signing import SigningKey, generate_keypair
+from edgefleet.testing import SignedBundle as SignedBundle
+from edgefleet.testing import make_bundle as make_bundle
+from edgefleet.testing import wait_until as wait_until
 from edgefleet.v1 import common_pb2, fleet_pb2, fleet_pb2_grpc
 
 BIN = Path(sys.executable).parent
@@ -71,91 +70,6 @@ def _read_port(proc: subprocess.Popen[str], marker: str, timeout: float, log: Pa
             thread.join(5)
             raise RuntimeError(f"{marker!r} not printed within {timeout} s (exit {proc.poll()}); log:\n{tail}")
     return found[0], thread
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
-
-
-# ---------------------------------------------------------------------------------------------- bundles
-
-
-@dataclass(frozen=True)
-class SignedBundle:
-    archive: Path
-    directory: Path
-    digest: str
-    version: str
-    artifact_digests: dict[str, str]
-
-
-def make_bundle(
-    workdir: Path,
-    key: SigningKey,
-    *,
-    version: str,
-    seed: int,
-    size: int = 32,
-    padding_bytes: int = 0,
-    name: str = "classifier",
-    watch_golden: bool = True,
-    logit_shift: float = 0.0,
-    extra_matmuls: int = 0,
-    scene_matmuls: int = 0,
-) -> SignedBundle:
-    """Generate a classifier (size×size), build, sign and pack a bundle; ``padding_bytes`` adds a random
-    ``padding`` artifact to make downloads as large as a test needs.
-
-    Regressed candidates for canary tests: ``logit_shift`` moves the confidence distribution (drift →
-    canary FAIL against a same-seed baseline), ``extra_matmuls`` makes the model slower (latency FAIL),
-    ``scene_matmuls`` makes it slower on bright frames only (mean input > 0.5), outputs unchanged."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    model = make_classifier(
-        workdir / "model.onnx",
-        size=size,
-        seed=seed,
-        num_classes=4,
-        logit_shift=logit_shift,
-        extra_matmuls=extra_matmuls,
-        scene_matmuls=scene_matmuls,
-    )
-    spec = BundleSpec.from_dict(
-        {
-            "name": name,
-            "version": version,
-            "model": str(model),
-            "preprocess": {"size": [size, size], "layout": "nchw", "dtype": "float32", "scale": 1 / 255},
-            "postprocess": {"kind": "classification", "top_k": 1},
-            "labels": ["a", "b", "c", "d"],
-            "latency": {"sla_ms": 500},
-            "providers": ["cpu"],
-        },
-        source=f"{name}-{version}.spec.yaml",
-        base_dir=workdir,
-    )
-    extra: dict[str, Path] = {}
-    if padding_bytes:
-        pad = workdir / "padding.bin"
-        pad.write_bytes(os.urandom(padding_bytes))
-        extra["padding"] = pad
-    bundle_dir = workdir / "bundle"
-    manifest = build_bundle(spec, bundle_dir, extra_artifacts=extra, golden_count=2 if watch_golden else 1)
-    sign_bundle(bundle_dir, key)
-    archive = pack_bundle(bundle_dir, workdir / f"{name}-{version}.efb")
-    return SignedBundle(
-        archive=archive,
-        directory=bundle_dir,
-        digest=manifest.digest,
-        version=version,
-        artifact_digests={role: a.digest for role, a in manifest.artifacts.items()},
-    )
 
 
 # ---------------------------------------------------------------------------------------------- controller

@@ -1,0 +1,117 @@
+"""Helpers shared by the tests and the demo: a bounded ``wait_until`` and ``make_bundle`` (a signed, packed
+classifier bundle from a generated model).
+
+Lives beside ``modelgen.py`` for now because both the demo and the tests import it and ``tests/support`` is
+test-only; issue 11 moves it, with the model generator and the process harness, into a testing distribution.
+Nothing here imports the controller or the runtime.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from edgefleet.contract.bundle import BundleSpec
+from edgefleet.contract.bundle_archive import pack_bundle
+from edgefleet.contract.bundle_builder import build_bundle
+from edgefleet.contract.signing import SigningKey, sign_bundle
+from edgefleet.modelgen import make_classifier
+
+__all__ = ["SignedBundle", "WaitTimeout", "make_bundle", "wait_until"]
+
+T = TypeVar("T")
+
+
+class WaitTimeout(TimeoutError, AssertionError):
+    """``wait_until`` ran out of time: an assertion failure to a test, a timeout to the demo."""
+
+
+def wait_until(predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll ``predicate`` every ``interval`` s until it returns something truthy (returned) or ``timeout`` s
+    pass (``WaitTimeout`` naming ``what``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise WaitTimeout(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass(frozen=True)
+class SignedBundle:
+    archive: Path
+    directory: Path
+    digest: str
+    version: str
+    artifact_digests: dict[str, str]
+
+
+def make_bundle(
+    workdir: Path,
+    key: SigningKey,
+    *,
+    version: str,
+    seed: int,
+    size: int = 32,
+    padding_bytes: int = 0,
+    name: str = "classifier",
+    labels: Sequence[str] = ("a", "b", "c", "d"),
+    sla_ms: int = 500,
+    providers: Sequence[str] = ("cpu",),
+    watch_golden: bool = True,
+    logit_shift: float = 0.0,
+    extra_matmuls: int = 0,
+    scene_matmuls: int = 0,
+) -> SignedBundle:
+    """Generate a classifier (size×size, one class per label), build, sign and pack a bundle under ``workdir``;
+    ``padding_bytes`` adds a random ``padding`` artifact to make downloads as large as a test needs.
+
+    Regressed candidates for canary tests: ``logit_shift`` moves the confidence distribution (drift →
+    canary FAIL against a same-seed baseline), ``extra_matmuls`` makes the model slower (latency FAIL),
+    ``scene_matmuls`` makes it slower on bright frames only (mean input > 0.5), outputs unchanged."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    model = make_classifier(
+        workdir / "model.onnx",
+        size=size,
+        seed=seed,
+        num_classes=len(labels),
+        logit_shift=logit_shift,
+        extra_matmuls=extra_matmuls,
+        scene_matmuls=scene_matmuls,
+    )
+    spec = BundleSpec.from_dict(
+        {
+            "name": name,
+            "version": version,
+            "model": str(model),
+            "preprocess": {"size": [size, size], "layout": "nchw", "dtype": "float32", "scale": 1 / 255},
+            "postprocess": {"kind": "classification", "top_k": 1},
+            "labels": list(labels),
+            "latency": {"sla_ms": sla_ms},
+            "providers": list(providers),
+        },
+        source=f"{name}-{version}.spec.yaml",
+        base_dir=workdir,
+    )
+    extra: dict[str, Path] = {}
+    if padding_bytes:
+        pad = workdir / "padding.bin"
+        pad.write_bytes(os.urandom(padding_bytes))
+        extra["padding"] = pad
+    bundle_dir = workdir / "bundle"
+    manifest = build_bundle(spec, bundle_dir, extra_artifacts=extra, golden_count=2 if watch_golden else 1)
+    sign_bundle(bundle_dir, key)
+    archive = pack_bundle(bundle_dir, workdir / f"{name}-{version}.efb")
+    return SignedBundle(
+        archive=archive,
+        directory=bundle_dir,
+        digest=manifest.digest,
+        version=version,
+        artifact_digests={role: a.digest for role, a in manifest.artifacts.items()},
+    )
