@@ -113,18 +113,15 @@ def failure_from_report(
         if found is not None:
             return found
     update_state = str(state.get("update_state") or "").removeprefix("UPDATE_STATE_").lower()
-    assignment_id = str(state.get("assignment_id") or "")
-    candidate = str(state.get("candidate_bundle_digest") or "")
-    if update_state != "rolled_back" or not assignment_id or not is_digest(candidate):
+    if update_state != "rolled_back":
         return None
-    if candidate == state.get("running_bundle_digest"):
-        return None  # a config-only candidate went back; the bundle is not to blame
-    summary = summary_of([state.get("update_reason") or ""], "rolled back")
-    return _record(
-        candidate,
-        assignment_id,
-        "rolled_back",
-        summary,
+    # a reported rollback is the same fact as a rollback event: the candidate, under the reported assignment
+    running = state.get("running_bundle_digest")
+    return failure_from_rollback(
+        str(state.get("candidate_bundle_digest") or ""),
+        str(state.get("update_reason") or ""),
+        str(state.get("assignment_id") or ""),
+        running_bundle=running if isinstance(running, str) else None,
         device_id=device_id,
         device_name=device_name,
         at=at,
@@ -143,7 +140,8 @@ def failure_from_rollback(
     at: datetime,
     rollout_id: str | None = None,
 ) -> BundleFailure | None:
-    """The failure a ``rollback`` event records, or None (no assignment, not a digest, config-only)."""
+    """The failure a ``rollback`` event (or a report in ``rolled_back``) records, or None (no assignment, not a
+    digest, or a config-only candidate: the bundle went back to itself and is not to blame)."""
     if not assignment_id or not is_digest(bundle_digest) or bundle_digest == running_bundle:
         return None
     summary = summary_of([reason], "rolled back")
