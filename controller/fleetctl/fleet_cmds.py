@@ -86,6 +86,9 @@ def _list_devices(site: str, tags: list[str], bundle: str, health: str) -> list[
     conn = OPTIONS.connection()
     request = fleet_pb2.ListDevicesRequest(site=site, tags=tags, bundle=bundle, page_size=500)
     if health:
+        names = [n.removeprefix("HEALTH_").lower() for n, _ in common_pb2.Health.items() if n != "HEALTH_UNSPECIFIED"]
+        if health.lower() not in names:
+            raise typer.BadParameter(f"--health must be one of {', '.join(names)}; got {health[:40]!r}")
         request.health = common_pb2.Health.Value(f"HEALTH_{health.upper()}")
     devices: list[common_pb2.Device] = []
     with conn.fleet() as stub:

@@ -88,3 +88,15 @@ def test_wave_lines_tell_a_failed_device_from_one_an_operator_abort_sent_back() 
     assert wave_lines(aborted) == [
         "✓ wave 1/2 (2): 1 assigned, 0 succeeded, 0 failed, 1 reverted without a failure, 0 in flight"
     ]
+
+
+def test_an_unknown_health_filter_is_a_clear_usage_error_before_any_call() -> None:
+    from typer.testing import CliRunner
+
+    from fleetctl.main import app
+
+    result = CliRunner().invoke(app, ["--controller", "127.0.0.1:1", "get", "devices", "--health", "bogus"])
+    assert result.exit_code == 2, result.output
+    assert "--health must be one of starting, serving, degraded, failing, offline; got 'bogus'" in " ".join(
+        result.output.replace("│", " ").split()
+    )
