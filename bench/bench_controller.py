@@ -296,7 +296,7 @@ async def _enroll_many(fleet: Any, site: str, names: list[str]) -> list[str]:
 
 
 async def _bench(quick: bool, work: Path) -> list[dict[str, Any]]:
-    from tests.support.controller import ControllerProcess, connected, free_port, publish_bundle
+    from edgefleet_testing.controller import ControllerProcess, connected, free_port, publish_bundle
 
     rows: list[dict[str, Any]] = []
     key = generate_keypair("bench-publisher")

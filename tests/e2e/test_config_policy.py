@@ -21,11 +21,11 @@ import pytest
 
 from edgefleet.contract.bundle import BundleSpec
 from edgefleet.contract.bundle_archive import pack_bundle
-from edgefleet.contract.bundle_builder import build_bundle
 from edgefleet.contract.signing import SigningKey, sign_bundle
-from edgefleet.modelgen import make_classifier
 from edgefleet.v1 import common_pb2, fleet_pb2, telemetry_pb2
-from tests.support.fleet import Controller, SignedBundle, running_edge, start_controller, wait_until
+from edgefleet_pipeline.bundle_builder import build_bundle
+from edgefleet_testing.fleet import Controller, SignedBundle, running_edge, start_controller, wait_until
+from edgefleet_testing.modelgen import make_classifier
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -18,8 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgefleet.contract.signing import SigningKey
 from edgefleet.v1 import common_pb2
-from tests.support.faultproxy import FaultProxy
-from tests.support.fleet import Controller, SignedBundle, make_bundle, running_edge, start_controller, wait_until
+from edgefleet_testing.faultproxy import FaultProxy
+from edgefleet_testing.fleet import Controller, SignedBundle, make_bundle, running_edge, start_controller, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -18,7 +18,7 @@ import pytest
 from edge_runtime.update.state import UpdateState
 from edgefleet.contract.bundle_archive import verify_bundle
 from edgefleet.contract.signing import TrustedKeys
-from tests.support.fleet import EDGE_RUNTIME, EdgeProcess, make_bundle, start_controller, start_edge
+from edgefleet_testing.fleet import EDGE_RUNTIME, EdgeProcess, make_bundle, start_controller, start_edge
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

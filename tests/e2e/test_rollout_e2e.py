@@ -35,8 +35,8 @@ import pytest
 
 from edgefleet.contract.signing import SigningKey
 from edgefleet.v1 import common_pb2, fleet_pb2, telemetry_pb2
-from tests.support.faultproxy import FaultProxy
-from tests.support.fleet import (
+from edgefleet_testing.faultproxy import FaultProxy
+from edgefleet_testing.fleet import (
     Controller,
     EdgeProcess,
     SignedBundle,

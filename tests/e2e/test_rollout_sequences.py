@@ -26,6 +26,7 @@ import grpc
 import pytest
 
 from edgefleet.v1 import common_pb2, fleet_pb2
+from edgefleet_testing.fleet import Controller, start_controller
 from tests.e2e.test_rollout_e2e import (
     PHASE,
     DesiredSampler,
@@ -35,7 +36,6 @@ from tests.e2e.test_rollout_e2e import (
     fleet_on_v1,
     verdicts_of,
 )
-from tests.support.fleet import Controller, start_controller
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

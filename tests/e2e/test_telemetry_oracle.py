@@ -24,9 +24,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from edgefleet.testing import wait_until
 from edgefleet.v1 import common_pb2, device_pb2, device_pb2_grpc, fleet_pb2, fleet_pb2_grpc
-from tests.support.faultproxy import FaultProxy
+from edgefleet_testing.faultproxy import FaultProxy
+from edgefleet_testing.helpers import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

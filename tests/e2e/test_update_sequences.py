@@ -28,8 +28,7 @@ from typing import Any
 import pytest
 
 from edgefleet.v1 import common_pb2, fleet_pb2, telemetry_pb2
-from tests.e2e.test_rollout_e2e import PHASE, Fleet, by_name, fleet_on_v1
-from tests.support.fleet import (
+from edgefleet_testing.fleet import (
     Controller,
     EdgeProcess,
     make_bundle,
@@ -38,6 +37,7 @@ from tests.support.fleet import (
     start_edge,
     wait_until,
 )
+from tests.e2e.test_rollout_e2e import PHASE, Fleet, by_name, fleet_on_v1
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -31,7 +31,7 @@ import psutil
 import pytest
 
 from edgefleet.v1 import common_pb2, fleet_pb2, telemetry_pb2
-from tests.support.fleet import Controller, EdgeProcess, make_bundle, running_edge, start_controller, wait_until
+from edgefleet_testing.fleet import Controller, EdgeProcess, make_bundle, running_edge, start_controller, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -11,7 +11,7 @@ import pytest
 
 from edgefleet.contract.signing import generate_keypair
 from edgefleet.v1 import common_pb2, fleet_pb2
-from tests.support.controller import Fleet, connected, publish_bundle, running_controller
+from edgefleet_testing.controller import Fleet, connected, publish_bundle, running_controller
 
 pytestmark = pytest.mark.integration
 

@@ -66,6 +66,6 @@ async def test_reflection_lists_every_service_and_method() -> None:
 
 
 def test_generated_code_is_fresh() -> None:
-    from edgefleet.protogen import check
+    from tools.protogen import check
 
     assert check() == []

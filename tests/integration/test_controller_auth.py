@@ -20,7 +20,7 @@ import pytest
 from edgefleet.contract.signing import generate_keypair
 from edgefleet.v1 import device_pb2, fleet_pb2
 from edgefleet_controller.store import Store
-from tests.support.controller import bearer, connected, publish_bundle, running_controller
+from edgefleet_testing.controller import bearer, connected, publish_bundle, running_controller
 
 pytestmark = pytest.mark.integration
 

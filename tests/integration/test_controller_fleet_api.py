@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from edgefleet.contract.signing import generate_keypair
 from edgefleet.v1 import common_pb2, fleet_pb2
-from tests.support.controller import CONFIG_MANIFESTS, bearer, connected, publish_bundle, running_controller
+from edgefleet_testing.controller import CONFIG_MANIFESTS, bearer, connected, publish_bundle, running_controller
 
 pytestmark = pytest.mark.integration
 

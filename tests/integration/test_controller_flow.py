@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgefleet.contract.signing import generate_keypair
 from edgefleet.v1 import common_pb2, fleet_pb2
-from tests.support.controller import (
+from edgefleet_testing.controller import (
     CONFIG_MANIFESTS,
     ControllerProcess,
     bearer,

@@ -14,7 +14,7 @@ import pytest
 from edgefleet.contract.bundle_archive import read_archive_manifest
 from edgefleet.contract.signing import generate_keypair
 from edgefleet.v1 import common_pb2, device_pb2, fleet_pb2
-from tests.support.controller import (
+from edgefleet_testing.controller import (
     Fleet,
     InProcessController,
     bearer,

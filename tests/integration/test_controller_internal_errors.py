@@ -18,7 +18,7 @@ from edgefleet.logging import configure_logging
 from edgefleet.v1 import common_pb2, device_pb2, fleet_pb2, telemetry_pb2
 from edgefleet_controller.fleet_feed import QUEUE_BOUND
 from edgefleet_controller.telemetry.ingest import BatchError, validate_batch
-from tests.support.controller import bearer, connected, running_controller
+from edgefleet_testing.controller import bearer, connected, running_controller
 
 pytestmark = pytest.mark.integration
 

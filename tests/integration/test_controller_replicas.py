@@ -17,8 +17,8 @@ from edgefleet.grpc_server import set_serving
 from edgefleet.v1 import common_pb2, device_pb2, device_pb2_grpc, fleet_pb2
 from edgefleet_controller.app import ControllerApp
 from edgefleet_controller.server import SERVICE_NAMES, build_server
-from tests.support.controller import Fleet, publish_bundle
-from tests.support.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
+from edgefleet_testing.controller import Fleet, publish_bundle
+from edgefleet_testing.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
 

@@ -14,10 +14,10 @@ import yaml
 
 from edge_runtime.precision import VariantChoice, VariantError, choose_variant, eligible_variants, interleaved_latency
 from edgefleet.contract.bundle import BundleManifest, PrecisionVariant, read_manifest
-from edgefleet.modelgen import make_classifier
-from edgefleet.pipeline.precision import select_precision
-from edgefleet.pipeline.precision_bundle import build_precision_bundle
-from edgefleet.pipeline.synthetic_documents import write_document_set
+from edgefleet.contract.precision import select_precision
+from edgefleet_pipeline.precision_bundle import build_precision_bundle
+from edgefleet_pipeline.synthetic_documents import write_document_set
+from edgefleet_testing.modelgen import make_classifier
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ import yaml
 
 from edgefleet.contract.signing import PRIVATE_SUFFIX, PUBLIC_SUFFIX, generate_keypair
 from edgefleet.v1 import common_pb2, device_pb2, device_pb2_grpc
-from tests.support.controller import REPO, ControllerProcess, bearer, free_port, publish_bundle
+from edgefleet_testing.controller import REPO, ControllerProcess, bearer, free_port, publish_bundle
 
 pytestmark = pytest.mark.integration
 

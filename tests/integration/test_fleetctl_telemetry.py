@@ -25,8 +25,8 @@ from edge_runtime.telemetry.buffer import Body, TelemetryBuffer
 from edgefleet.contract.sketch import new_sketch, sketch_to_proto
 from edgefleet.v1 import device_pb2_grpc
 from edgefleet.v1.telemetry_pb2 import ConfidenceHistogram, MetricWindow, ReviewSample, SensorReading
+from edgefleet_testing.controller import InProcessController, bearer, connected, running_controller
 from fleetctl.main import app
-from tests.support.controller import InProcessController, bearer, connected, running_controller
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from edge_runtime.inference import (
     SwapError,
 )
 from edge_runtime.sources import Frame, open_source
-from edgefleet.modelgen import make_classifier
+from edgefleet_testing.modelgen import make_classifier
 
 pytestmark = pytest.mark.integration
 

@@ -26,7 +26,7 @@ from edge_runtime.inference import (
 from edge_runtime.inference.postprocess import postprocess
 from edge_runtime.inference.preprocess import preprocess
 from edge_runtime.sources import open_source
-from edgefleet.modelgen import make_classifier, make_yolo_detector
+from edgefleet_testing.modelgen import make_classifier, make_yolo_detector
 
 pytestmark = pytest.mark.integration
 

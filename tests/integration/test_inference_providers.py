@@ -16,7 +16,7 @@ from edge_runtime.inference.providers import (
     create_session,
     select_providers,
 )
-from edgefleet.modelgen import make_classifier
+from edgefleet_testing.modelgen import make_classifier
 
 pytestmark = pytest.mark.integration
 

@@ -22,11 +22,11 @@ from typer.testing import CliRunner, Result
 from edgefleet.contract.bundle import load_spec
 from edgefleet.contract.bundle_archive import unpack_bundle
 from edgefleet.contract.signing import TrustedKeys, generate_keypair
-from edgefleet.modelgen import make_yolo_detector
-from edgefleet.pipeline.calibration import load_image_set, preprocess_image, read_image
-from edgefleet.pipeline.quantize import quantize_int8
-from edgefleet.pipeline.synthetic_documents import write_document_set
-from edgefleet.pipeline.trt_table import read_trt_calibration_table, write_trt_calibration_table
+from edgefleet_pipeline.calibration import load_image_set, preprocess_image, read_image
+from edgefleet_pipeline.quantize import quantize_int8
+from edgefleet_pipeline.synthetic_documents import write_document_set
+from edgefleet_pipeline.trt_table import read_trt_calibration_table, write_trt_calibration_table
+from edgefleet_testing.modelgen import make_yolo_detector
 from fleetctl.main import app
 
 pytestmark = pytest.mark.integration

@@ -17,9 +17,9 @@ from edge_runtime.agent.enroll import Credential, save_credential
 from edge_runtime.profile_cli import profile
 from edgefleet.contract.signing import generate_keypair, sign_bundle
 from edgefleet.v1 import fleet_pb2, telemetry_pb2
+from edgefleet_testing.controller import connected, publish_bundle, running_controller
 from fleetctl.budget_cmds import budget
 from tests.integration.test_device_precision import build_int8_bundle
-from tests.support.controller import connected, publish_bundle, running_controller
 
 pytestmark = pytest.mark.integration
 

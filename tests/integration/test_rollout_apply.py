@@ -10,7 +10,7 @@ import pytest
 
 from edgefleet.contract.signing import generate_keypair
 from edgefleet.v1 import fleet_pb2
-from tests.support.controller import connected, publish_bundle, running_controller
+from edgefleet_testing.controller import connected, publish_bundle, running_controller
 
 pytestmark = pytest.mark.integration
 

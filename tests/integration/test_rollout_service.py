@@ -17,9 +17,7 @@ import pytest
 import yaml
 
 from edgefleet.contract.bundle import BundleManifest
-from edgefleet.contract.bundle_builder import build_bundle
 from edgefleet.contract.manifest import parse_manifests
-from edgefleet.modelgen import make_classifier
 from edgefleet.v1 import fleet_pb2
 from edgefleet_controller import errors as cerr
 from edgefleet_controller.hub import SyncHub
@@ -28,7 +26,9 @@ from edgefleet_controller.store import Store
 from edgefleet_controller.store.errors import StillReferenced
 from edgefleet_controller.store.records import ArtifactRef
 from edgefleet_controller.store.rollouts import RolloutStore
-from tests.support.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
+from edgefleet_pipeline.bundle_builder import build_bundle
+from edgefleet_testing.modelgen import make_classifier
+from edgefleet_testing.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
 
@@ -62,7 +62,7 @@ def base_manifest(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """SQLite in a temp file, or a clean PostgreSQL database (see tests/support/postgres.py; skips, saying
+    """SQLite in a temp file, or a clean PostgreSQL database (see testing/edgefleet_testing/postgres.py; skips, saying
     why, where PostgreSQL is not available)."""
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'controller.db'}"

@@ -36,10 +36,10 @@ from edge_runtime.update.state import (
     UpdateEvent,
 )
 from edgefleet.contract.bundle import BundleSpec
-from edgefleet.contract.bundle_builder import build_bundle
-from edgefleet.modelgen import make_classifier
 from edgefleet.v1 import common_pb2
 from edgefleet.v1.telemetry_pb2 import SensorReading
+from edgefleet_pipeline.bundle_builder import build_bundle
+from edgefleet_testing.modelgen import make_classifier
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""The controller store against a real SQLite file and a real PostgreSQL server (see tests/support/postgres.py)."""
+"""The controller store against a real SQLite file and a real PostgreSQL server (edgefleet_testing/postgres.py)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from edgefleet_controller.store.errors import (
 )
 from edgefleet_controller.store.records import ArtifactRef, ConfigDocInput, OperatorRole, TokenState
 from edgefleet_controller.store.schema import metadata
-from tests.support.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
+from edgefleet_testing.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
 

@@ -1,5 +1,5 @@
 """Migration 0004 and what it stores — assignment ids on desired state, bundle failures, staged config
-revisions — against a real SQLite file and a real PostgreSQL server (see tests/support/postgres.py)."""
+revisions — against a real SQLite file and a real PostgreSQL server (see testing/edgefleet_testing/postgres.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from edgefleet_controller.store.errors import Conflict, InvalidArgument
 from edgefleet_controller.store.records import ArtifactRef, ConfigDocInput
 from edgefleet_controller.store.rollouts import BundleFailure, RolloutStore
 from edgefleet_controller.store.store import MIGRATIONS_DIR
-from tests.support.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
+from edgefleet_testing.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
 

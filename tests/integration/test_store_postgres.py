@@ -22,7 +22,7 @@ from edgefleet_controller.store import Store, head_revision
 from edgefleet_controller.store.errors import Conflict, TokenExhausted
 from edgefleet_controller.store.records import ArtifactRef
 from edgefleet_controller.store.rollouts import RolloutRow, RolloutStore
-from tests.support.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
+from edgefleet_testing.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
 

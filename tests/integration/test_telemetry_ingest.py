@@ -33,7 +33,7 @@ from edgefleet.v1.telemetry_pb2 import (
 from edgefleet_controller.app import ControllerApp
 from edgefleet_controller.store import schema as t
 from edgefleet_controller.telemetry.service import TelemetryService
-from tests.support.controller import bearer, connected, running_controller
+from edgefleet_testing.controller import bearer, connected, running_controller
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ from edge_runtime.agent.telemetry_pipeline import BUFFER_MAX_BYTES, TelemetryPip
 from edge_runtime.telemetry.sensors import SensorReader
 from edgefleet.v1 import device_pb2_grpc
 from edgefleet.v1.telemetry_pb2 import DeviceEvent
-from tests.support.controller import free_port
+from edgefleet_testing.controller import free_port
 
 pytestmark = pytest.mark.integration
 

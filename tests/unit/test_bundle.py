@@ -21,7 +21,6 @@ from edgefleet.contract.bundle import (
     read_manifest,
 )
 from edgefleet.contract.bundle_archive import verify_bundle
-from edgefleet.contract.bundle_builder import build_bundle, load_golden
 from edgefleet.contract.canonical import canonical_json
 from edgefleet.contract.errors import (
     BundleError,
@@ -33,8 +32,10 @@ from edgefleet.contract.errors import (
     UnlistedFileError,
     UnsupportedSchemaError,
 )
+from edgefleet.contract.golden import load_golden
 from edgefleet.contract.signing import TrustedKeys, generate_keypair, sign_bundle
-from edgefleet.modelgen import make_classifier, make_yolo_detector
+from edgefleet_pipeline.bundle_builder import build_bundle
+from edgefleet_testing.modelgen import make_classifier, make_yolo_detector
 
 CREATED = datetime(2025, 1, 31, 12, 0, tzinfo=UTC)
 

@@ -20,7 +20,6 @@ from edgefleet.contract.bundle_archive import (
     unpack_bundle,
     unpack_unverified_bundle,
 )
-from edgefleet.contract.bundle_builder import build_bundle
 from edgefleet.contract.errors import (
     BundleError,
     ContractError,
@@ -32,7 +31,8 @@ from edgefleet.contract.errors import (
     UnsupportedSchemaError,
 )
 from edgefleet.contract.signing import SigningKey, TrustedKeys, generate_keypair, sign_bundle
-from edgefleet.modelgen import make_classifier
+from edgefleet_pipeline.bundle_builder import build_bundle
+from edgefleet_testing.modelgen import make_classifier
 
 Member = tuple[tarfile.TarInfo, bytes]
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.faultproxy import FaultProxy
+from edgefleet_testing.faultproxy import FaultProxy
 
 
 class _Echo(socketserver.BaseRequestHandler):

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from typer.testing import CliRunner
 
-from edgefleet.modelgen import make_classifier
+from edgefleet_testing.modelgen import make_classifier
 from fleetctl.main import app
 
 runner = CliRunner()

@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from edgefleet.modelgen import YoloLayout, make_classifier, make_yolo_detector
+from edgefleet_testing.modelgen import YoloLayout, make_classifier, make_yolo_detector
 
 
 def _session(path: Path) -> ort.InferenceSession:

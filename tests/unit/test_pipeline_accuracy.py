@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgefleet.pipeline.accuracy import (
+from edgefleet_pipeline.accuracy import (
     AccuracyReport,
     Detections,
     average_precision,
@@ -17,7 +17,7 @@ from edgefleet.pipeline.accuracy import (
     nms,
     top1_agreement,
 )
-from edgefleet.pipeline.errors import AccuracyLossError
+from edgefleet_pipeline.errors import AccuracyLossError
 
 
 def _dets(boxes: list[list[float]], scores: list[float], classes: list[int]) -> Detections:

@@ -10,9 +10,9 @@ from structlog.testing import capture_logs
 
 from edge_runtime.inference.preprocess import PreprocessSpec, preprocess
 from edgefleet.contract.bundle import Preprocess, _Doc
-from edgefleet.pipeline.calibration import ImageSetReader, load_image_set, preprocess_image, read_image
-from edgefleet.pipeline.errors import CalibrationSetError
-from edgefleet.pipeline.synthetic_documents import write_document_set
+from edgefleet_pipeline.calibration import ImageSetReader, load_image_set, preprocess_image, read_image
+from edgefleet_pipeline.errors import CalibrationSetError
+from edgefleet_pipeline.synthetic_documents import write_document_set
 
 
 def test_too_few_images_is_refused(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgefleet.pipeline.errors import ExportError
-from edgefleet.pipeline.export import export_torch
+from edgefleet_pipeline.errors import ExportError
+from edgefleet_pipeline.export import export_torch
 
 
 def test_missing_torch_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,15 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgefleet.modelgen import make_classifier
-from edgefleet.pipeline.errors import PipelineError
-from edgefleet.pipeline.precision import (
-    LatencyFigures,
-    choose_precision,
-    hardware_class,
-    measure_latency,
-    select_precision,
-)
+from edgefleet.contract.errors import PrecisionError
+from edgefleet.contract.hardware import hardware_class
+from edgefleet.contract.precision import LatencyFigures, select_precision
+from edgefleet_pipeline.precision import choose_precision, measure_latency
+from edgefleet_testing.modelgen import make_classifier
 
 
 def _fig(p50: float) -> LatencyFigures:
@@ -42,7 +38,7 @@ def test_only_eligible_variants_are_chosen() -> None:
     figures = {"fp32": _fig(8.0), "int8": _fig(2.0), "fp16": _fig(4.0)}
     choice = select_precision(figures, eligible={"fp32", "fp16"})
     assert choice.chosen == "fp16" and set(choice.figures) == {"fp32", "fp16"}
-    with pytest.raises(PipelineError, match="reference variant 'fp32'"):
+    with pytest.raises(PrecisionError, match="reference variant 'fp32'"):
         select_precision({"int8": _fig(1.0)})
 
 
@@ -60,7 +56,7 @@ def test_choice_is_never_slower_than_fp32(p50s: dict[str, float]) -> None:
 def test_figures_from_samples() -> None:
     fig = LatencyFigures.from_samples_ns([1_000_000, 2_000_000, 3_000_000])
     assert (fig.p50_ms, fig.mean_ms, fig.runs) == (2.0, 2.0, 3)
-    with pytest.raises(PipelineError):
+    with pytest.raises(PrecisionError):
         LatencyFigures.from_samples_ns([])
 
 

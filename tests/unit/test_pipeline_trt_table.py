@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgefleet.pipeline.errors import CalibrationTableError
-from edgefleet.pipeline.trt_table import (
+from edgefleet_pipeline.errors import CalibrationTableError
+from edgefleet_pipeline.trt_table import (
     format_trt_calibration_table,
     parse_trt_calibration_table,
     read_trt_calibration_table,

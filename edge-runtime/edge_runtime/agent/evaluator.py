@@ -94,8 +94,8 @@ from edge_runtime.update.state import (
     UpdateEvent,
 )
 from edgefleet.contract.bundle import GOLDEN_ROLE, MANIFEST_NAME, BundleManifest
-from edgefleet.contract.bundle_builder import load_golden
 from edgefleet.contract.errors import ContractError
+from edgefleet.contract.golden import load_golden
 from edgefleet.contract.layering import thaw
 from edgefleet.contract.precedence import resolve_policy
 from edgefleet.v1 import common_pb2

@@ -14,6 +14,7 @@ input catch that one type. Messages say what was wrong, with the offending value
     │   └── SignatureError            missing, unknown-key or invalid Ed25519 signature
     ├── SigningKeyError               a signing or trusted key file cannot be read
     ├── SketchError                   a LatencySketch is malformed, or sketches of different accuracy meet
+    ├── PrecisionError                latency figures or the precision choice's input are invalid
     ├── BudgetError                   latency-budget input is invalid (SLA, headroom, a profile document)
     └── ManifestError                 a config manifest is invalid (carries file, line and path)
         └── ManifestSetError          several documents are invalid; ``errors`` holds one per document
@@ -100,3 +101,7 @@ class ManifestSetError(ManifestError):
         self.detail = first.detail
         lines = "\n".join(f"  {err}" for err in errors)
         ContractError.__init__(self, f"{len(errors)} invalid manifest documents:\n{lines}")
+
+
+class PrecisionError(ContractError):
+    """Latency figures, or the input to the precision choice, are invalid."""

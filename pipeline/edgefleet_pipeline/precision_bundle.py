@@ -33,12 +33,13 @@ from typing import Literal
 import structlog
 
 from edgefleet.contract.bundle import MODEL_ROLE, BundleManifest, BundleSpec, PrecisionVariant, load_spec
-from edgefleet.contract.bundle_builder import build_bundle
-from edgefleet.pipeline.accuracy import AccuracyReport, check_loss, evaluate_variant
-from edgefleet.pipeline.calibration import ImageSet, load_image_set, preprocess_image, read_image
-from edgefleet.pipeline.errors import PrecisionUnavailableError
-from edgefleet.pipeline.precision import PrecisionChoice, choose_precision
-from edgefleet.pipeline.quantize import (
+from edgefleet.contract.precision import PrecisionChoice
+from edgefleet_pipeline.accuracy import AccuracyReport, check_loss, evaluate_variant
+from edgefleet_pipeline.bundle_builder import build_bundle
+from edgefleet_pipeline.calibration import ImageSet, load_image_set, preprocess_image, read_image
+from edgefleet_pipeline.errors import PrecisionUnavailableError
+from edgefleet_pipeline.precision import choose_precision
+from edgefleet_pipeline.quantize import (
     CalibrationMethodName,
     CalibrationRun,
     calibrate,
@@ -46,7 +47,7 @@ from edgefleet.pipeline.quantize import (
     prepare_for_quantization,
     quantize_int8,
 )
-from edgefleet.pipeline.trt_table import write_trt_calibration_table
+from edgefleet_pipeline.trt_table import write_trt_calibration_table
 
 PrecisionRequest = Literal["fp32", "fp16", "int8", "auto"]
 PRECISION_REQUESTS: tuple[PrecisionRequest, ...] = ("fp32", "fp16", "int8", "auto")

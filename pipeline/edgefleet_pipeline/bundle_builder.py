@@ -8,12 +8,9 @@ provider computes what the publisher's CPU computed, within ``canary.golden_tole
 
 from __future__ import annotations
 
-import io
 import re
 import shutil
-import zipfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -39,9 +36,9 @@ from edgefleet.contract.bundle import (
     sha256_file,
 )
 from edgefleet.contract.errors import BundleError, BundleFormatError
+from edgefleet.contract.golden import GoldenCase, write_golden
 
 GOLDEN_SEED = 20240601
-_ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _ORT_DTYPES = {
     "tensor(float)": "float32",
     "tensor(float16)": "float16",
@@ -54,14 +51,6 @@ _ORT_DTYPES = {
 }
 
 GoldenInputs = Sequence[Mapping[str, NDArray[np.generic]]]
-
-
-@dataclass(frozen=True)
-class GoldenCase:
-    """One golden input set and the reference outputs the publisher's CPU computed for it."""
-
-    inputs: Mapping[str, NDArray[np.generic]]
-    outputs: Mapping[str, NDArray[np.generic]]
 
 
 _DIM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -133,40 +122,6 @@ def generate_golden_inputs(
                 case[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         cases.append(case)
     return cases
-
-
-def write_golden(path: Path, cases: Sequence[GoldenCase]) -> None:
-    """Write golden.npz (``input.<name>``/``output.<name>`` stacked over cases) with fixed zip timestamps."""
-    arrays: dict[str, NDArray[np.generic]] = {}
-    for name in cases[0].inputs:
-        arrays[f"input.{name}"] = np.stack([c.inputs[name] for c in cases])
-    for name in cases[0].outputs:
-        arrays[f"output.{name}"] = np.stack([c.outputs[name] for c in cases])
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
-        for key in sorted(arrays):
-            buffer = io.BytesIO()
-            np.lib.format.write_array(buffer, np.ascontiguousarray(arrays[key]), allow_pickle=False)
-            info = zipfile.ZipInfo(f"{key}.npy", date_time=_ZIP_EPOCH)
-            info.external_attr = 0o644 << 16
-            archive.writestr(info, buffer.getvalue())
-
-
-def load_golden(path: Path | str) -> list[GoldenCase]:
-    """Read golden.npz back into cases (no pickle)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise BundleFormatError(f"{path}: is not a golden .npz file ({exc})") from None
-    inputs = {k.removeprefix("input."): v for k, v in arrays.items() if k.startswith("input.")}
-    outputs = {k.removeprefix("output."): v for k, v in arrays.items() if k.startswith("output.")}
-    counts = {len(v) for v in [*inputs.values(), *outputs.values()]}
-    if not inputs or not outputs or len(counts) != 1:
-        raise BundleFormatError(f"{path}: needs input.* and output.* arrays with the same number of cases")
-    (count,) = counts
-    return [
-        GoldenCase({k: v[i] for k, v in inputs.items()}, {k: v[i] for k, v in outputs.items()}) for i in range(count)
-    ]
 
 
 def _media_type(path: Path) -> str:

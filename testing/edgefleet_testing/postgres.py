@@ -15,7 +15,7 @@ scope) hands each test a clean database (schema ``public`` dropped and recreated
 under root, or without the ``psycopg`` driver, the tests that ask for PostgreSQL SKIP and say why; a server
 that is installed but fails to start is an error, with the tail of its log.
 
-Test modules import both fixtures (``from tests.support.postgres import postgres_server, postgres_url``).
+Test modules import both fixtures (``from edgefleet_testing.postgres import postgres_server, postgres_url``).
 Each importing module gets its own session-scoped fixture definition, so the server itself is shared by
 reference count: the first user starts it, the last one stops it (and an ``atexit`` hook catches a session
 that dies before its finalizers run).

@@ -30,8 +30,8 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 
 from edgefleet.contract.bundle import Postprocess, Preprocess
-from edgefleet.pipeline.calibration import ImageSet, preprocess_image
-from edgefleet.pipeline.errors import AccuracyLossError, PipelineError
+from edgefleet_pipeline.calibration import ImageSet, preprocess_image
+from edgefleet_pipeline.errors import AccuracyLossError, PipelineError
 
 IOU_MATCH = 0.5
 AP_CONF_FLOOR = 0.001

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgefleet.pipeline.errors import CalibrationTableError
+from edgefleet_pipeline.errors import CalibrationTableError
 
 TRT_VERSION_TAG = "8601"
 INT8_MAX = 127.0

@@ -34,7 +34,7 @@ BATCH_DIM = "batch"
 DETECTOR_STRIDE = 32
 # Kept fixed so files do not change when the onnx package version changes.
 _IR_VERSION = 8
-_PRODUCER = "edgefleet.modelgen"
+_PRODUCER = "edgefleet_testing.modelgen"
 
 YoloLayout = Literal["v8", "v5"]
 

@@ -39,8 +39,8 @@ from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_d
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from edgefleet.contract.bundle import Preprocess
-from edgefleet.pipeline.calibration import ImageSet, ImageSetReader
-from edgefleet.pipeline.errors import QuantizationError
+from edgefleet_pipeline.calibration import ImageSet, ImageSetReader
+from edgefleet_pipeline.errors import QuantizationError
 
 CalibrationMethodName = Literal["minmax", "entropy", "percentile"]
 ActivationType = Literal["int8", "uint8"]

@@ -24,7 +24,7 @@ from edgefleet.contract.bundle_archive import (
 )
 from edgefleet.contract.errors import ContractError
 from edgefleet.contract.signing import SigningKey, TrustedKeys, sign_bundle
-from edgefleet.pipeline.precision_bundle import (
+from edgefleet_pipeline.precision_bundle import (
     DEFAULT_MAX_ACCURACY_LOSS,
     PrecisionRequest,
     build_precision_bundle,

@@ -16,7 +16,7 @@ from typing import Any
 
 import onnx
 
-from edgefleet.pipeline.errors import ExportError
+from edgefleet_pipeline.errors import ExportError
 
 DEFAULT_OPSET = 17
 

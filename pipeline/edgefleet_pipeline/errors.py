@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from edgefleet.contract.errors import ContractError
 
 if TYPE_CHECKING:
-    from edgefleet.pipeline.accuracy import AccuracyReport
+    from edgefleet_pipeline.accuracy import AccuracyReport
 
 
 class PipelineError(ContractError):

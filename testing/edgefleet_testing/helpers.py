@@ -1,8 +1,7 @@
 """Helpers shared by the tests and the demo: a bounded ``wait_until`` and ``make_bundle`` (a signed, packed
 classifier bundle from a generated model).
 
-Lives beside ``modelgen.py`` for now because both the demo and the tests import it and ``tests/support`` is
-test-only; issue 11 moves it, with the model generator and the process harness, into a testing distribution.
+Part of the testing distribution (``edgefleet-testing``) with the model generator and the process harness.
 Nothing here imports the controller or the runtime.
 """
 
@@ -17,9 +16,9 @@ from typing import TypeVar
 
 from edgefleet.contract.bundle import BundleSpec
 from edgefleet.contract.bundle_archive import pack_bundle
-from edgefleet.contract.bundle_builder import build_bundle
 from edgefleet.contract.signing import SigningKey, sign_bundle
-from edgefleet.modelgen import make_classifier
+from edgefleet_pipeline.bundle_builder import build_bundle
+from edgefleet_testing.modelgen import make_classifier
 
 __all__ = ["SignedBundle", "WaitTimeout", "make_bundle", "wait_until"]
 

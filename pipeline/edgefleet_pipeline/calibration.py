@@ -33,7 +33,7 @@ from numpy.typing import NDArray
 from onnxruntime.quantization import CalibrationDataReader
 
 from edgefleet.contract.bundle import Preprocess
-from edgefleet.pipeline.errors import CalibrationSetError
+from edgefleet_pipeline.errors import CalibrationSetError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MIN_IMAGES = 10

@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-PROTO_ROOT = Path(__file__).resolve().parent.parent
+PROTO_ROOT = Path(__file__).resolve().parent.parent / "protos"
 PACKAGE_DIR = PROTO_ROOT / "edgefleet" / "v1"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 

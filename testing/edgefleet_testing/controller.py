@@ -29,14 +29,14 @@ import yaml
 from grpc_health.v1 import health
 
 from edgefleet.contract.bundle_archive import pack_bundle
-from edgefleet.contract.bundle_builder import build_bundle
 from edgefleet.contract.bundle_upload import read_archive_for_upload
 from edgefleet.contract.signing import SigningKey, sign_bundle
 from edgefleet.grpc_server import set_serving
-from edgefleet.modelgen import make_classifier
 from edgefleet.v1 import common_pb2, device_pb2, device_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 from edgefleet_controller.app import ControllerApp
 from edgefleet_controller.server import SERVICE_NAMES, build_server
+from edgefleet_pipeline.bundle_builder import build_bundle
+from edgefleet_testing.modelgen import make_classifier
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE_SPEC = REPO / "examples" / "bundles" / "classifier-v1.spec.yaml"
