@@ -41,8 +41,8 @@ from rich.table import Table
 from edgefleet.contract.bundle_upload import read_archive_for_upload
 from edgefleet.contract.signing import SigningKey, generate_keypair, public_key_pem
 from edgefleet.v1 import common_pb2, fleet_pb2, fleet_pb2_grpc
-from edgefleet_testing.helpers import make_bundle as make_signed_bundle
-from edgefleet_testing.helpers import wait_until
+from edgefleet_testing.bundles import make_bundle as make_signed_bundle
+from edgefleet_testing.waiting import wait_until
 
 BIN = Path(sys.executable).parent
 SITE = "warehouse-a"

@@ -37,9 +37,9 @@ import grpc
 from edgefleet.contract.bundle_upload import read_archive_for_upload
 from edgefleet.contract.signing import SigningKey, generate_keypair
 from edgefleet.v1 import common_pb2, fleet_pb2, fleet_pb2_grpc
-from edgefleet_testing.helpers import SignedBundle as SignedBundle
-from edgefleet_testing.helpers import make_bundle as make_bundle
-from edgefleet_testing.helpers import wait_until as wait_until
+from edgefleet_testing.bundles import SignedBundle as SignedBundle
+from edgefleet_testing.bundles import make_bundle as make_bundle
+from edgefleet_testing.waiting import wait_until as wait_until
 
 BIN = Path(sys.executable).parent
 CONTROLLER = BIN / "edgefleet-controller"

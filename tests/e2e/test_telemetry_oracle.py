@@ -26,7 +26,7 @@ import pytest
 
 from edgefleet.v1 import common_pb2, device_pb2, device_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 from edgefleet_testing.faultproxy import FaultProxy
-from edgefleet_testing.helpers import wait_until
+from edgefleet_testing.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -1,18 +1,11 @@
-"""Helpers shared by the tests and the demo: a bounded ``wait_until`` and ``make_bundle`` (a signed, packed
-classifier bundle from a generated model).
-
-Part of the testing distribution (``edgefleet-testing``) with the model generator and the process harness.
-Nothing here imports the controller or the runtime.
-"""
+"""``make_bundle``: a signed, packed classifier bundle from a generated model, for the tests and the demo."""
 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from edgefleet.contract.bundle import BundleSpec
 from edgefleet.contract.bundle_archive import pack_bundle
@@ -20,26 +13,7 @@ from edgefleet.contract.signing import SigningKey, sign_bundle
 from edgefleet_pipeline.bundle_builder import build_bundle
 from edgefleet_testing.modelgen import make_classifier
 
-__all__ = ["SignedBundle", "WaitTimeout", "make_bundle", "wait_until"]
-
-T = TypeVar("T")
-
-
-class WaitTimeout(TimeoutError, AssertionError):
-    """``wait_until`` ran out of time: an assertion failure to a test, a timeout to the demo."""
-
-
-def wait_until(predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
-    """Poll ``predicate`` every ``interval`` s until it returns something truthy (returned) or ``timeout`` s
-    pass (``WaitTimeout`` naming ``what``)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise WaitTimeout(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
+__all__ = ["SignedBundle", "make_bundle"]
 
 
 @dataclass(frozen=True)
