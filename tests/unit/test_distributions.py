@@ -1,0 +1,88 @@
+"""Each boundary is its own distribution, with only its own dependencies (docs/ARCHITECTURE.md).
+
+The dependency closure of each edgefleet distribution is computed from the installed metadata (what pip
+would install for it alone, extras included where the distribution asks for them), so a dependency added to
+the wrong pyproject.toml fails here, not on a device.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+
+REPO = Path(__file__).resolve().parents[2]
+
+DISTRIBUTIONS = {
+    "edgefleet-contract": "protos",
+    "edgefleet-pipeline": "pipeline",
+    "edgefleet-controller": "controller",
+    "edgefleet-fleetctl": "fleetctl",
+    "edgefleet-edge-runtime": "edge-runtime",
+    "edgefleet-testing": "testing",
+}
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def closure(root: str, extras: frozenset[str] = frozenset()) -> set[str]:
+    """Every distribution pip installs for ``root[extras]``, by installed metadata (environment markers apply)."""
+    seen: set[tuple[str, frozenset[str]]] = set()
+    names: set[str] = set()
+    todo = [(_canonical(root), extras)]
+    while todo:
+        name, wanted = todo.pop()
+        if (name, wanted) in seen:
+            continue
+        seen.add((name, wanted))
+        names.add(name)
+        for text in metadata.requires(name) or []:
+            req = Requirement(text)
+            if req.marker is not None and not any(
+                req.marker.evaluate({"extra": extra}) for extra in (wanted or {""})
+            ):
+                continue
+            todo.append((_canonical(req.name), frozenset(req.extras)))
+    return names
+
+
+def test_every_boundary_is_an_installed_distribution_with_its_own_pyproject() -> None:
+    for dist, folder in DISTRIBUTIONS.items():
+        project = tomllib.loads((REPO / folder / "pyproject.toml").read_text())["project"]
+        assert project["name"] == dist
+        assert metadata.version(dist) == project["version"]
+
+
+def test_the_edge_runtime_installs_no_database_stack_or_rich_cli() -> None:
+    runtime = closure("edgefleet-edge-runtime")
+    assert {"onnxruntime", "opencv-python-headless", "tenacity", "grpcio"} <= runtime
+    assert not runtime & {"sqlalchemy", "alembic", "typer", "rich", "psycopg", "edgefleet-controller"}
+    assert "edgefleet-pipeline" not in runtime
+
+
+def test_the_controller_installs_no_model_runtime_or_opencv() -> None:
+    controller = closure("edgefleet-controller", frozenset({"postgres"}))
+    assert {"sqlalchemy", "alembic", "grpcio", "edgefleet-contract"} <= controller
+    assert not controller & {"onnxruntime", "onnx", "opencv-python-headless", "edgefleet-edge-runtime"}
+
+
+def test_fleetctl_installs_without_the_controllers_database_stack() -> None:
+    fleetctl = closure("edgefleet-fleetctl")
+    assert {"typer", "rich", "grpcio", "edgefleet-contract"} <= fleetctl
+    assert not fleetctl & {"sqlalchemy", "alembic", "psycopg", "edgefleet-controller", "edgefleet-edge-runtime"}
+
+
+@pytest.mark.parametrize("dist", ["edgefleet-contract", "edgefleet-pipeline"])
+def test_the_contract_and_pipeline_need_neither_side(dist: str) -> None:
+    assert not closure(dist) & {"edgefleet-controller", "edgefleet-edge-runtime", "sqlalchemy", "alembic"}
+
+
+def test_opencv_comes_with_the_contract_only_through_its_processing_extra() -> None:
+    assert "opencv-python-headless" not in closure("edgefleet-contract")
+    assert "opencv-python-headless" in closure("edgefleet-contract", frozenset({"processing"}))
