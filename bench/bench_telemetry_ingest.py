@@ -47,7 +47,7 @@ import grpc  # noqa: E402
 import numpy as np  # noqa: E402
 from benchlib import row, run_alone  # noqa: E402
 
-from edge_runtime.agent.uploader import TelemetryUploader, UploadSettings  # noqa: E402
+from edge_runtime.agent.telemetry.uploader import TelemetryUploader, UploadSettings  # noqa: E402
 from edge_runtime.telemetry import TelemetryBuffer, WindowAggregator  # noqa: E402
 from edge_runtime.telemetry.buffer import Body  # noqa: E402
 from edgefleet.v1 import device_pb2_grpc  # noqa: E402

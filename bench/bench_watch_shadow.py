@@ -24,7 +24,7 @@ the block it was captured in (the runner reads the attached watch right after th
 first 0.25 s of a block are not counted for throughput and latency (the frame in flight across the
 switch, a pair: two inferences, finishes there).
 
-Scenarios, and why the goals are what the design promises (``agent.shadow`` module docstring):
+Scenarios, and why the goals are what the design promises (``agent.canary.shadow`` module docstring):
 
 (a) Camera at 30 FPS (``synthetic:30``), the stock generated YOLOv8 detector (≈ 4 ms a frame on an idle
     host): the interval binds (one pair per 100 ms, every third or fourth frame), the loop has slack in
@@ -68,8 +68,8 @@ import numpy as np
 from bench_inference import LABELS, YOLO_POST, YOLO_PRE
 from benchlib import Row, row, run_alone
 
+from edge_runtime.agent.canary.shadow import ShadowRateLimit, WatchRun
 from edge_runtime.agent.runner import FrameRunner
-from edge_runtime.agent.shadow import ShadowRateLimit, WatchRun
 from edge_runtime.canary import WATCH_MIN_PAIRED_FRAMES, CanaryPolicy
 from edge_runtime.inference import EngineSlot, FrameResult, InferenceEngine
 from edge_runtime.sources import Frame, open_source

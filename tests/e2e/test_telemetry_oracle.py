@@ -63,7 +63,7 @@ from edgefleet.logging import configure_logging
 from edgefleet.contract.sketch import new_sketch, sketch_to_proto
 from edgefleet.v1 import device_pb2_grpc
 from edgefleet.v1.telemetry_pb2 import ConfidenceHistogram, DeviceEvent, MetricWindow, ReviewSample
-from edge_runtime.agent.uploader import TelemetryUploader, UploadSettings
+from edge_runtime.agent.telemetry.uploader import TelemetryUploader, UploadSettings
 from edge_runtime.telemetry.buffer import TelemetryBuffer
 
 configure_logging("warning", json=True)

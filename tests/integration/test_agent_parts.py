@@ -14,9 +14,9 @@ from edge_runtime.agent.client import is_transient
 from edge_runtime.agent.enroll import Credential, load_credential, save_credential
 from edge_runtime.agent.errors import CredentialError
 from edge_runtime.agent.hardware import HostFacts, classify, hardware_profile
-from edge_runtime.agent.health import FAILING_AFTER, judge_health
-from edge_runtime.agent.reporter import AgentReporter
+from edge_runtime.agent.health.endpoint import FAILING_AFTER, judge_health
 from edge_runtime.agent.runner import RunnerSnapshot
+from edge_runtime.agent.telemetry.reporter import AgentReporter
 from edge_runtime.update.state import UpdateRecord, UpdateState
 from edgefleet.v1 import common_pb2, telemetry_pb2
 

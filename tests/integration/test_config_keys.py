@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
-from edge_runtime.agent.config_readers import CONFIG_READERS
-from edge_runtime.agent.evaluator import canary_policy
+from edge_runtime.agent.canary.evaluator import canary_policy
 from edge_runtime.agent.runner import FrameRunner
-from edge_runtime.agent.switcher import load_engine
-from edge_runtime.agent.telemetry_pipeline import TelemetryPipeline
-from edge_runtime.agent.uploader import UploadSettings
+from edge_runtime.agent.telemetry.pipeline import TelemetryPipeline
+from edge_runtime.agent.telemetry.uploader import UploadSettings
+from edge_runtime.agent.update.config_readers import CONFIG_READERS
+from edge_runtime.agent.update.switcher import load_engine
 from edge_runtime.inference import EngineSlot
 from edge_runtime.sources import open_source
 from edge_runtime.telemetry.sensors import SensorReader

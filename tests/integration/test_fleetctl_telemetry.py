@@ -20,7 +20,7 @@ import structlog
 import yaml
 from typer.testing import CliRunner, Result
 
-from edge_runtime.agent.uploader import TelemetryUploader, UploadSettings
+from edge_runtime.agent.telemetry.uploader import TelemetryUploader, UploadSettings
 from edge_runtime.telemetry.buffer import Body, TelemetryBuffer
 from edgefleet.contract.sketch import new_sketch, sketch_to_proto
 from edgefleet.v1 import device_pb2_grpc

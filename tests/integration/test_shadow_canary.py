@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge_runtime.agent.evaluator import CanaryEvaluator
+from edge_runtime.agent.canary.evaluator import CanaryEvaluator
+from edge_runtime.agent.canary.shadow import NOT_THROTTLING, ThermalState, thermal_throttling
 from edge_runtime.agent.runner import FrameRunner
-from edge_runtime.agent.shadow import NOT_THROTTLING, ThermalState, thermal_throttling
-from edge_runtime.agent.switcher import SlotSwitcher, load_engine
+from edge_runtime.agent.update.switcher import SlotSwitcher, load_engine
 from edge_runtime.inference import EngineSlot
 from edge_runtime.sources import Frame, open_source
 from edge_runtime.telemetry.sensors import SensorSnapshot

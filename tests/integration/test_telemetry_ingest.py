@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from edge_runtime.agent.uploader import TelemetryUploader, UploadSettings
+from edge_runtime.agent.telemetry.uploader import TelemetryUploader, UploadSettings
 from edge_runtime.telemetry.buffer import TelemetryBuffer
 from edgefleet.contract.sketch import new_sketch, sketch_to_proto
 from edgefleet.v1 import device_pb2_grpc, fleet_pb2

@@ -13,7 +13,7 @@ import grpc
 import pytest
 from structlog.testing import capture_logs
 
-from edge_runtime.agent.telemetry_pipeline import BUFFER_MAX_BYTES, TelemetryPipeline
+from edge_runtime.agent.telemetry.pipeline import BUFFER_MAX_BYTES, TelemetryPipeline
 from edge_runtime.telemetry.sensors import SensorReader
 from edgefleet.v1 import device_pb2_grpc
 from edgefleet.v1.telemetry_pb2 import DeviceEvent

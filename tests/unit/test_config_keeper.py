@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from edge_runtime.agent.config_keeper import CONFIGS_DIR, ConfigKeeper
-from edge_runtime.agent.config_store import load_config
+from edge_runtime.agent.update.config_keeper import CONFIGS_DIR, ConfigKeeper
+from edge_runtime.agent.update.config_store import load_config
 from edgefleet.contract.layering import EffectiveConfig
 
 

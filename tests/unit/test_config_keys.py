@@ -1,5 +1,5 @@
 """Every config key of the manifest schema is read by the runtime, or removed: the reader table
-(``edge_runtime.agent.config_readers``) against the published schema, both ways, and each reader exists
+(``edge_runtime.agent.update.config_readers``) against the published schema, both ways, and each reader exists
 and reads its key. The behaviour per key class is checked in ``tests/integration/test_config_keys.py``."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from edge_runtime.agent.config_readers import CONFIG_READERS
+from edge_runtime.agent.update.config_readers import CONFIG_READERS
 from edgefleet.contract.layering import DEFAULT_CONFIG
 from edgefleet.contract.manifest_schema import config_keys
 from edgefleet.contract.precedence import leaf_paths

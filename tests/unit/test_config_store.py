@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edge_runtime.agent.config_store import CONFIG_FILE, load_config, save_config
+from edge_runtime.agent.update.config_store import CONFIG_FILE, load_config, save_config
 from edgefleet.contract.manifest import DEFAULT_CONFIG, EffectiveConfig
 
 

@@ -49,22 +49,22 @@ from typing import Any
 import structlog
 from google.protobuf.struct_pb2 import Struct
 
+from edge_runtime.agent.canary.evaluator import CanaryEvaluator
+from edge_runtime.agent.canary.shadow import ThermalProbe
 from edge_runtime.agent.client import ControllerLink
-from edge_runtime.agent.config_keeper import ConfigKeeper
+from edge_runtime.agent.download.fetcher import DEFAULT_CHUNK_BYTES, BlobFetcher
 from edge_runtime.agent.enroll import Credential, enroll, load_credential, save_credential
 from edge_runtime.agent.errors import EnrollmentError
-from edge_runtime.agent.evaluator import CanaryEvaluator
-from edge_runtime.agent.fetcher import DEFAULT_CHUNK_BYTES, BlobFetcher
 from edge_runtime.agent.hardware import hardware_profile, read_host_facts
-from edge_runtime.agent.health import HealthEndpoint, judge_health
-from edge_runtime.agent.reporter import EventSender, wire_state
+from edge_runtime.agent.health.endpoint import HealthEndpoint, judge_health
 from edge_runtime.agent.retry import Sleep, transient_retry
 from edge_runtime.agent.runner import FrameRunner, RunnerSnapshot
-from edge_runtime.agent.shadow import ThermalProbe
-from edge_runtime.agent.switcher import SlotSwitcher
-from edge_runtime.agent.sync import SyncLoop
-from edge_runtime.agent.telemetry_pipeline import BufferedReporter, TelemetryPipeline
-from edge_runtime.agent.verifier import SignatureVerifier
+from edge_runtime.agent.sync.loop import SyncLoop
+from edge_runtime.agent.telemetry.pipeline import BufferedReporter, TelemetryPipeline
+from edge_runtime.agent.telemetry.reporter import EventSender, wire_state
+from edge_runtime.agent.update.config_keeper import ConfigKeeper
+from edge_runtime.agent.update.switcher import SlotSwitcher
+from edge_runtime.agent.update.verifier import SignatureVerifier
 from edge_runtime.inference import EngineSlot
 from edge_runtime.inference.errors import FrameSourceError
 from edge_runtime.sources import open_source

@@ -8,7 +8,7 @@ frame, ``"<frame_id> <bundle digest>"``, which proves no frame was dropped acros
 ``switch_source`` replaces the frame source between two frames (the config's ``source`` changed); frame
 ids go on counting up from the last one.
 
-Canary and watch hooks (``edge_runtime.agent.shadow``): while a ``ShadowRun`` is attached and the slot
+Canary and watch hooks (``edge_runtime.agent.canary.shadow``): while a ``ShadowRun`` is attached and the slot
 serves its baseline engine, each frame also runs the candidate — before or after the served inference,
 alternating — and both outcomes are recorded; the served result (counters, frame log) is always the
 current engine's. With nothing to serve and a first-ever candidate attached, the candidate runs alone.
@@ -30,7 +30,7 @@ from typing import TextIO
 
 import structlog
 
-from edge_runtime.agent.shadow import ShadowRun, WatchRun
+from edge_runtime.agent.canary.shadow import ShadowRun, WatchRun
 from edge_runtime.inference import FrameResult, InferenceEngine, SwapError
 from edge_runtime.inference.hotswap import EngineSlot
 from edge_runtime.sources import Frame
@@ -73,7 +73,7 @@ class FrameRunner:
         self._serving: InferenceEngine | None = None
         self._shadow: ShadowRun | None = None
         self._watch: WatchRun | None = None
-        # Telemetry: called with every served frame's outcome (edge_runtime.agent.telemetry_pipeline).
+        # Telemetry: called with every served frame's outcome (edge_runtime.agent.telemetry.pipeline).
         self.observer: Callable[[Frame, str, FrameResult | Exception], None] | None = None
 
     @property

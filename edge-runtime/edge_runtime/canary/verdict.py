@@ -140,7 +140,7 @@ class CanaryPolicy:
     ``watch_shadow_every_ms`` and ``watch_shadow_max_share`` bound the watch window's shadow work (the
     previous engine on sampled frames): at most one paired frame per ``watch_shadow_every_ms``, and shadow
     inference at most ``watch_shadow_max_share`` of the frame loop's wall time (see
-    ``edge_runtime.agent.shadow.ShadowRateLimit``).
+    ``edge_runtime.agent.canary.shadow.ShadowRateLimit``).
     """
 
     sla_ms: float

@@ -15,10 +15,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-_LOAD = "edge_runtime.agent.switcher:load_engine"
+_LOAD = "edge_runtime.agent.update.switcher:load_engine"
 _POLICY = "edge_runtime.canary.verdict:CanaryPolicy.from_config"
-_UPLOAD = "edge_runtime.agent.uploader:UploadSettings.from_config"
-_PIPELINE = "edge_runtime.agent.telemetry_pipeline:TelemetryPipeline"
+_UPLOAD = "edge_runtime.agent.telemetry.uploader:UploadSettings.from_config"
+_PIPELINE = "edge_runtime.agent.telemetry.pipeline:TelemetryPipeline"
 
 CONFIG_READERS: Mapping[str, str] = MappingProxyType(
     {

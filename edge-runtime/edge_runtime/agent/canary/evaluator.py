@@ -5,7 +5,7 @@
    bundle's ``canary.golden_tolerance``. That catches a model this device's providers compute wrongly (a
    broken TensorRT build, a bad INT8 table) before it sees a live frame.
 2. Shadow canary (asynchronous): a ``ShadowRun`` is attached to the frame loop, so the candidate runs on
-   the same live frames as the committed engine without ever serving them (see ``agent.shadow``). Every
+   the same live frames as the committed engine without ever serving them (see ``agent.canary.shadow``). Every
    ``decide_every_s`` the pure ``decide_verdict`` judges both sides' samples, with ``elapsed_s`` since
    the run started and ``deadline_reached`` at ``canary.deadline_s``. The ``CanaryPolicy`` is read when
    the run starts from ``precedence.resolve_policy``: the built-in defaults < the CANDIDATE bundle's
@@ -16,7 +16,7 @@
    (the slot's ``previous``: the previous bundle, or the same bundle under the previous config). A
    ``WatchRun`` records every served frame and runs the previous engine in shadow on a rate-limited
    sample of the same frames (``canary.watch_shadow_every_ms``, ``canary.watch_shadow_max_share``; see
-   ``agent.shadow``). After ``canary.watch_window_s`` the pure ``decide_watch`` judges the paired rows with
+   ``agent.canary.shadow``). After ``canary.watch_window_s`` the pure ``decide_watch`` judges the paired rows with
    the canary's own statistics — latency regression, drift, agreement, side by side on the same frames at
    the same moment, so host load and heat cancel out — and attributes a latency-budget miss to the
    candidate only when the previous engine met the budget on those frames. Nothing is compared with the
@@ -66,9 +66,9 @@ from typing import Any, assert_never
 import numpy as np
 import structlog
 
+from edge_runtime.agent.canary.shadow import NOT_THROTTLING, ShadowRateLimit, ShadowRun, ThermalState, WatchRun
 from edge_runtime.agent.runner import FrameRunner
-from edge_runtime.agent.shadow import NOT_THROTTLING, ShadowRateLimit, ShadowRun, ThermalState, WatchRun
-from edge_runtime.agent.switcher import SlotSwitcher
+from edge_runtime.agent.update.switcher import SlotSwitcher
 from edge_runtime.canary import (
     CHECK_BUDGET,
     CHECK_REGRESSION,

@@ -38,8 +38,8 @@ from typing import Any
 
 import structlog
 
-from edge_runtime.agent.reporter import AgentReporter
-from edge_runtime.agent.uploader import Metadata, TelemetryUploader, UploadSettings
+from edge_runtime.agent.telemetry.reporter import AgentReporter
+from edge_runtime.agent.telemetry.uploader import Metadata, TelemetryUploader, UploadSettings
 from edge_runtime.inference import FrameResult
 from edge_runtime.sources import Frame
 from edge_runtime.telemetry.buffer import Body, TelemetryBuffer

@@ -1,0 +1,1 @@
+"""Download: fetching a bundle's artifacts by digest, chunked and resumable (``fetcher.BlobFetcher``)."""

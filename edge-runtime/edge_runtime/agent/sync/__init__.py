@@ -1,0 +1,1 @@
+"""Sync: the device's long-poll with the controller (``loop.SyncLoop``): report state, receive desired state."""
