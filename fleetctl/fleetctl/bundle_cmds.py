@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import json
 import tempfile
-from enum import StrEnum
 from pathlib import Path
-from typing import cast
+from typing import Literal
 
 import typer
 from rich.console import Console
@@ -29,28 +28,15 @@ from edgefleet_pipeline.precision_bundle import (
     PrecisionRequest,
     build_precision_bundle,
 )
+from edgefleet_pipeline.quantize import CalibrationMethodName
 from fleetctl.keys_cmds import fail
 
 bundle_app = typer.Typer(help="Build, sign, verify and inspect engine bundles.", no_args_is_help=True)
 _out = Console(soft_wrap=True)
 
 
-class OutputFormat(StrEnum):
-    table = "table"
-    json = "json"
-
-
-class PrecisionOption(StrEnum):
-    fp32 = "fp32"
-    fp16 = "fp16"
-    int8 = "int8"
-    auto = "auto"
-
-
-class CalibrationMethodOption(StrEnum):
-    minmax = "minmax"
-    entropy = "entropy"
-    percentile = "percentile"
+# The choices are the pipeline's own literal types: typer lists and checks them, no second copy here.
+InspectFormat = Literal["table", "json"]
 
 
 @bundle_app.command("build")
@@ -62,18 +48,18 @@ def build(
         None, "--calibration", help="Calibration images (jpg/png, 200-500 from the target environment)."
     ),
     eval_dir: Path | None = typer.Option(None, "--eval", help="Held-out images to measure INT8 accuracy against FP32."),
-    precision: PrecisionOption | None = typer.Option(
+    precision: PrecisionRequest | None = typer.Option(
         None, "--precision", help="fp32, fp16, int8 or auto (measure; default: int8 with --calibration)."
     ),
     max_accuracy_loss: float = typer.Option(
         DEFAULT_MAX_ACCURACY_LOSS, "--max-accuracy-loss", help="Refuse above this loss vs FP32 (0.01 = 1%)."
     ),
-    calibration_method: CalibrationMethodOption = typer.Option(
-        CalibrationMethodOption.minmax, "--calibration-method", help="minmax, entropy or percentile."
+    calibration_method: CalibrationMethodName = typer.Option(
+        "minmax", "--calibration-method", help="minmax, entropy or percentile."
     ),
 ) -> None:
     """Build a bundle from a spec (INT8 + TensorRT table with --calibration), sign it if --key is given."""
-    chosen = precision.value if precision else ("int8" if calibration is not None else "fp32")
+    chosen: PrecisionRequest = precision or ("int8" if calibration is not None else "fp32")
     try:
         signing_key = SigningKey.load(key) if key is not None else None
         with tempfile.TemporaryDirectory(prefix="fleetctl-build-") as tmp:
@@ -83,9 +69,9 @@ def build(
                 bundle_dir,
                 calibration_dir=calibration,
                 eval_dir=eval_dir,
-                precision=cast(PrecisionRequest, chosen),
+                precision=chosen,
                 max_accuracy_loss=max_accuracy_loss,
-                method=calibration_method.value,
+                method=calibration_method,
             )
             if signing_key is not None:
                 sign_bundle(bundle_dir, signing_key)
@@ -98,7 +84,7 @@ def build(
     if result.calibration is not None:
         cal = result.calibration
         _out.print(
-            f"calibration: {cal.count} images sha256:{cal.sha256[:12]}… ({calibration_method.value})",
+            f"calibration: {cal.count} images sha256:{cal.sha256[:12]}… ({calibration_method})",
             highlight=False,
         )
     if result.accuracy is not None:
@@ -184,7 +170,7 @@ def manifest_table(manifest: BundleManifest, *, title: str | None = None) -> Tab
 @bundle_app.command("inspect")
 def inspect(
     archive: Path = typer.Argument(..., help="Bundle archive (.efb)."),
-    output: OutputFormat = typer.Option(OutputFormat.table, "--output", "-o", help="table or json."),
+    output: InspectFormat = typer.Option("table", "--output", "-o", help="table or json."),
 ) -> None:
     """Print an archive's manifest and digest (no verification)."""
     try:
@@ -195,7 +181,7 @@ def inspect(
         key_id = json.loads(sig).get("key_id") if sig else None
     except (ValueError, AttributeError):
         key_id = "<malformed bundle.sig>"
-    if output is OutputFormat.json:
+    if output == "json":
         doc = {"digest": manifest.digest, "signed_by": key_id, "manifest": manifest.to_dict()}
         typer.echo(json.dumps(doc, indent=2, sort_keys=True))
         return

@@ -6,10 +6,11 @@ fleetctl speaks gRPC only, never the database."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import yaml
@@ -17,6 +18,12 @@ import yaml
 from edgefleet.v1 import fleet_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:7443"
+
+Request = TypeVar("Request")
+Reply = TypeVar("Reply")
+if TYPE_CHECKING:  # grpc's multicallables are generic in its stubs only
+    #: Picks one unary RPC of the stub, e.g. ``lambda stub: stub.GetDevice``.
+    UnaryRpc = Callable[[fleet_pb2_grpc.FleetServiceStub], grpc.UnaryUnaryMultiCallable[Request, Reply]]
 
 
 def config_path() -> Path:
@@ -78,3 +85,8 @@ class Connection:
             channel = grpc.insecure_channel(self.address)
         with channel:
             yield fleet_pb2_grpc.FleetServiceStub(channel)
+
+    def call(self, rpc: UnaryRpc[Request, Reply], request: Request, *, timeout: float = 30) -> Reply:
+        """One unary FleetService call on its own channel, with this connection's token."""
+        with self.fleet() as stub:
+            return rpc(stub)(request, metadata=self.metadata, timeout=timeout)

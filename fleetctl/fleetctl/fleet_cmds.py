@@ -5,19 +5,29 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
 import typer
-import yaml
-from google.protobuf.timestamp_pb2 import Timestamp
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from edgefleet.v1 import common_pb2, fleet_pb2, telemetry_pb2
-from fleetctl.output import FORMATS, age, console, emit_structured, emit_table, err_console, short_digest, table
+from fleetctl.output import (
+    FORMATS,
+    age,
+    console,
+    emit_data,
+    emit_structured,
+    emit_table,
+    err_console,
+    is_structured,
+    short_digest,
+    table,
+    ts,
+)
 from fleetctl.settings import OPTIONS
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -82,7 +92,8 @@ def parse_duration(text: str) -> int:
 # ------------------------------------------------------------------ get
 
 
-def _list_devices(site: str, tags: list[str], bundle: str, health: str) -> list[common_pb2.Device]:
+def list_devices(site: str, tags: Sequence[str] = (), bundle: str = "", health: str = "") -> list[common_pb2.Device]:
+    """Every device matching the filters, page by page."""
     conn = OPTIONS.connection()
     request = fleet_pb2.ListDevicesRequest(site=site, tags=tags, bundle=bundle, page_size=500)
     if health:
@@ -111,7 +122,7 @@ def get_devices(
 ) -> None:
     """List devices."""
     fmt = _check_format(output)
-    devices = _list_devices(site, tag, bundle, health)
+    devices = list_devices(site, tag, bundle, health)
     emit_table(
         devices,
         fmt,
@@ -141,9 +152,7 @@ def get_devices(
 def get_bundles(output: str = OutputOpt, name: str = typer.Option("", help="only bundles of this name")) -> None:
     """List bundles stored by the controller."""
     fmt = _check_format(output)
-    conn = OPTIONS.connection()
-    with conn.fleet() as stub:
-        reply = stub.ListBundles(fleet_pb2.ListBundlesRequest(name=name), metadata=conn.metadata, timeout=30)
+    reply = OPTIONS.connection().call(lambda stub: stub.ListBundles, fleet_pb2.ListBundlesRequest(name=name))
     emit_table(
         list(reply.bundles),
         fmt,
@@ -167,9 +176,7 @@ def get_bundles(output: str = OutputOpt, name: str = typer.Option("", help="only
 def get_sites(output: str = OutputOpt) -> None:
     """Per-site summary: devices by bundle version and health."""
     fmt = _check_format(output)
-    conn = OPTIONS.connection()
-    with conn.fleet() as stub:
-        reply = stub.ListSites(fleet_pb2.ListSitesRequest(), metadata=conn.metadata, timeout=30)
+    reply = OPTIONS.connection().call(lambda stub: stub.ListSites, fleet_pb2.ListSitesRequest())
     emit_table(
         list(reply.sites),
         fmt,
@@ -198,7 +205,7 @@ def describe_device(device: str = typer.Argument(..., help="device id or name"),
         events = stub.ListDeviceEvents(
             fleet_pb2.ListDeviceEventsRequest(device=d.id, limit=10), metadata=conn.metadata, timeout=30
         )
-    if fmt in ("json", "yaml"):
+    if is_structured(fmt):
         emit_structured(d, fmt)
         return
     r = d.reported
@@ -233,7 +240,7 @@ def describe_device(device: str = typer.Argument(..., help="device id or name"),
         for e in events.events:
             kind = telemetry_pb2.DeviceEvent.Kind.Name(e.kind)
             console.print(
-                f"  {_ts_short(e.at)}  {kind.removeprefix('KIND_').lower():14} "
+                f"  {ts(e.at)}  {kind.removeprefix('KIND_').lower():14} "
                 f"{_state(e.from_state)}→{_state(e.to_state)} {e.reason}",
                 highlight=False,
             )
@@ -244,10 +251,8 @@ def describe_device(device: str = typer.Argument(..., help="device id or name"),
 def describe_bundle(ref: str = typer.Argument(..., help="digest or name@version"), output: str = OutputOpt) -> None:
     """Show one bundle: identity, artifacts, devices running it, and every canary failure recorded for it."""
     fmt = _check_format(output)
-    conn = OPTIONS.connection()
-    with conn.fleet() as stub:
-        reply = stub.GetBundle(fleet_pb2.GetBundleRequest(ref=ref), metadata=conn.metadata, timeout=30)
-    if fmt in ("json", "yaml"):
+    reply = OPTIONS.connection().call(lambda stub: stub.GetBundle, fleet_pb2.GetBundleRequest(ref=ref))
+    if is_structured(fmt):
         emit_structured(reply, fmt)
         return
     b = reply.bundle
@@ -264,19 +269,13 @@ def describe_bundle(ref: str = typer.Argument(..., help="digest or name@version"
             f"[red]canary failures ({len(reply.canary_failures)}):[/red] new rollouts are refused unless --force"
         )
         lines.extend(
-            f"  {_ts_short(f.at)}  {f.device_name or f.device_id:16} {f.kind:12} {f.rollout_id or '-'}  {f.summary}"
+            f"  {ts(f.at)}  {f.device_name or f.device_id:16} {f.kind:12} {f.rollout_id or '-'}  {f.summary}"
             for f in reply.canary_failures
         )
     else:
         lines.append("canary failures: none")
     for line in lines:
         console.print(line, highlight=False)
-
-
-def _ts_short(value: Timestamp) -> str:
-    from fleetctl.output import ts
-
-    return ts(value)
 
 
 # ------------------------------------------------------------------ apply
@@ -313,11 +312,11 @@ def apply(
     ]
     if not files:
         raise typer.BadParameter("no *.yaml or *.yml files found")
-    conn = OPTIONS.connection()
-    with conn.fleet() as stub:
-        reply = stub.ApplyConfig(
-            fleet_pb2.ApplyConfigRequest(files=files, dry_run=dry_run, stage=stage), metadata=conn.metadata, timeout=60
-        )
+    reply = OPTIONS.connection().call(
+        lambda stub: stub.ApplyConfig,
+        fleet_pb2.ApplyConfigRequest(files=files, dry_run=dry_run, stage=stage),
+        timeout=60,
+    )
     for line in reply.results:
         console.print(line, highlight=False)
     suffix = " (dry run)" if dry_run else ""
@@ -384,17 +383,20 @@ def trust(
 ) -> None:
     """Add a publisher's public key to the fleet's trusted keys (admin)."""
     kid = key_id or public_key.name.removesuffix(".pem").removesuffix(".pub")
-    conn = OPTIONS.connection()
-    with conn.fleet() as stub:
-        reply = stub.AddTrustedKey(
-            fleet_pb2.AddTrustedKeyRequest(key_id=kid, public_key_pem=public_key.read_text()),
-            metadata=conn.metadata,
-            timeout=30,
-        )
+    reply = OPTIONS.connection().call(
+        lambda stub: stub.AddTrustedKey,
+        fleet_pb2.AddTrustedKeyRequest(key_id=kid, public_key_pem=public_key.read_text()),
+    )
     console.print(f"trusted key {reply.key_id}", highlight=False)
 
 
 # ------------------------------------------------------------------ tokens
+
+
+def _print_secret(secret: str, note: str) -> None:
+    """A new token is printed once: the note on stderr, the secret alone on stdout (for ``$(fleetctl ...)``)."""
+    err_console.print(note, highlight=False)
+    print(secret)
 
 
 @token_app.command("create")
@@ -405,29 +407,22 @@ def token_create(
     max_uses: int = typer.Option(0, help="0 = unlimited until expiry"),
 ) -> None:
     """Create an enrollment token; it is printed once."""
-    conn = OPTIONS.connection()
-    with conn.fleet() as stub:
-        reply = stub.CreateEnrollmentToken(
-            fleet_pb2.CreateEnrollmentTokenRequest(site=site, ttl_s=parse_duration(expires), max_uses=max_uses),
-            metadata=conn.metadata,
-            timeout=30,
-        )
-    err_console.print(
-        f"enrollment token {reply.token_id} for site {site}, expires {reply.expires_at.ToJsonString()}",
-        highlight=False,
+    reply = OPTIONS.connection().call(
+        lambda stub: stub.CreateEnrollmentToken,
+        fleet_pb2.CreateEnrollmentTokenRequest(site=site, ttl_s=parse_duration(expires), max_uses=max_uses),
     )
-    print(reply.token)
+    _print_secret(
+        reply.token, f"enrollment token {reply.token_id} for site {site}, expires {reply.expires_at.ToJsonString()}"
+    )
 
 
 @token_app.command("revoke")
 @grpc_errors
 def token_revoke(token_id: str = typer.Argument(...)) -> None:
     """Revoke an enrollment token."""
-    conn = OPTIONS.connection()
-    with conn.fleet() as stub:
-        stub.RevokeEnrollmentToken(
-            fleet_pb2.RevokeEnrollmentTokenRequest(token_id=token_id), metadata=conn.metadata, timeout=30
-        )
+    OPTIONS.connection().call(
+        lambda stub: stub.RevokeEnrollmentToken, fleet_pb2.RevokeEnrollmentTokenRequest(token_id=token_id)
+    )
     console.print(f"revoked {token_id}")
 
 
@@ -439,15 +434,11 @@ def token_operator(
     expires: str = typer.Option("0", help="lifetime (0 = no expiry)"),
 ) -> None:
     """Create an operator token; it is printed once."""
-    conn = OPTIONS.connection()
-    with conn.fleet() as stub:
-        reply = stub.CreateOperatorToken(
-            fleet_pb2.CreateOperatorTokenRequest(name=name, role=role, ttl_s=parse_duration(expires)),
-            metadata=conn.metadata,
-            timeout=30,
-        )
-    err_console.print(f"operator token {reply.token_id} ({role})", highlight=False)
-    print(reply.token)
+    reply = OPTIONS.connection().call(
+        lambda stub: stub.CreateOperatorToken,
+        fleet_pb2.CreateOperatorTokenRequest(name=name, role=role, ttl_s=parse_duration(expires)),
+    )
+    _print_secret(reply.token, f"operator token {reply.token_id} ({role})")
 
 
 # ------------------------------------------------------------------ devices / config
@@ -468,9 +459,7 @@ def set_bundle(
         request.device = device
     else:
         request.site = site
-    conn = OPTIONS.connection()
-    with conn.fleet() as stub:
-        reply = stub.SetDesiredBundle(request, metadata=conn.metadata, timeout=30)
+    reply = OPTIONS.connection().call(lambda stub: stub.SetDesiredBundle, request)
     console.print(f"{len(reply.revisions)} device(s) now want {bundle}", highlight=False)
 
 
@@ -484,12 +473,10 @@ def effective(device: str = typer.Argument(..., help="device id or name"), outpu
     sets. The digest is that of the operator config the device receives (manifest layers only).
     """
     fmt = _check_format(output)
-    conn = OPTIONS.connection()
-    with conn.fleet() as stub:
-        reply = stub.GetEffectiveConfig(
-            fleet_pb2.GetEffectiveConfigRequest(device=device), metadata=conn.metadata, timeout=30
-        )
-    if fmt in ("json", "yaml"):
+    reply = OPTIONS.connection().call(
+        lambda stub: stub.GetEffectiveConfig, fleet_pb2.GetEffectiveConfigRequest(device=device)
+    )
+    if is_structured(fmt):
         data = {
             "device_id": reply.device_id,
             "digest": reply.digest,
@@ -497,10 +484,7 @@ def effective(device: str = typer.Argument(..., help="device id or name"), outpu
             "config": json.loads(reply.config_json or b"{}"),
             "values": [{"path": v.path, "value": json.loads(v.value_json), "layer": v.layer} for v in reply.values],
         }
-        if fmt == "json":
-            console.print_json(json.dumps(data))
-        else:
-            console.print(yaml.safe_dump(data, sort_keys=False), end="", markup=False, highlight=False, soft_wrap=True)
+        emit_data(data, fmt)
         return
     console.print(f"device {reply.device_id}  config digest {reply.digest}", highlight=False)
     console.print(f"layers: {' < '.join(reply.sources)}", highlight=False)

@@ -27,13 +27,22 @@ def to_dict(message: Message) -> dict[str, Any]:
     return MessageToDict(message, preserving_proto_field_name=True)
 
 
-def emit_structured(items: Sequence[Message] | Message, fmt: str) -> None:
-    data: Any = [to_dict(m) for m in items] if isinstance(items, Sequence) else to_dict(items)
+def is_structured(fmt: str) -> bool:
+    """``-o json`` and ``-o yaml`` print data for scripts; ``table`` and ``wide`` print for people."""
+    return fmt in ("json", "yaml")
+
+
+def emit_data(data: Any, fmt: str) -> None:
+    """Plain data (mappings, lists, scalars) as JSON or YAML."""
     if fmt == "json":
         console.print_json(json.dumps(data))
     else:
         # soft_wrap: a folded line would change a long scalar (a digest) when the YAML is parsed back.
         console.print(yaml.safe_dump(data, sort_keys=False), end="", markup=False, highlight=False, soft_wrap=True)
+
+
+def emit_structured(items: Sequence[Message] | Message, fmt: str) -> None:
+    emit_data([to_dict(m) for m in items] if isinstance(items, Sequence) else to_dict(items), fmt)
 
 
 def ts(value: Timestamp) -> str:
@@ -74,7 +83,7 @@ def emit_table(
     wide_columns: Sequence[str] = (),
     wide_row: Callable[[Any], Sequence[str]] | None = None,
 ) -> None:
-    if fmt in ("json", "yaml"):
+    if is_structured(fmt):
         emit_structured(items, fmt)
         return
     if fmt == "wide" and wide_row is not None:

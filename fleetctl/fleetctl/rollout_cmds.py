@@ -13,6 +13,9 @@ canary before; the overrides are kept on the rollout (its admission lines) and s
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import typer
 from rich.console import Group
 from rich.live import Live
@@ -21,8 +24,13 @@ from rich.text import Text
 
 from edgefleet.v1 import common_pb2, fleet_pb2
 from fleetctl.fleet_cmds import OutputOpt, _check_format, grpc_errors, parse_duration
-from fleetctl.output import console, emit_structured, emit_table, err_console, short_digest, ts
+from fleetctl.output import console, emit_structured, emit_table, err_console, is_structured, short_digest, ts
 from fleetctl.settings import OPTIONS
+
+if TYPE_CHECKING:
+    from fleetctl.client import UnaryRpc
+
+    ActionRpc = UnaryRpc[fleet_pb2.RolloutActionRequest, fleet_pb2.Rollout]
 
 rollout_app = typer.Typer(help="Canary-gated rollouts: create, watch, pause, approve, abort.", no_args_is_help=True)
 
@@ -187,14 +195,11 @@ def create(
         on_abort=on_abort,
         force=force,
     )
-    conn = OPTIONS.connection()
-    with conn.fleet() as stub:
-        rollout = stub.CreateRollout(request, metadata=conn.metadata, timeout=60)
-    _show(rollout, fmt)
+    _show(OPTIONS.connection().call(lambda stub: stub.CreateRollout, request, timeout=60), fmt)
 
 
 def _show(rollout: fleet_pb2.Rollout, fmt: str) -> None:
-    if fmt in ("json", "yaml"):
+    if is_structured(fmt):
         emit_structured(rollout, fmt)
     else:
         console.print(render(rollout))
@@ -208,11 +213,10 @@ def status(
     """Show one rollout in detail, or list all rollouts."""
     fmt = _check_format(output)
     conn = OPTIONS.connection()
-    with conn.fleet() as stub:
-        if rollout_id:
-            _show(stub.GetRollout(fleet_pb2.GetRolloutRequest(id=rollout_id), metadata=conn.metadata, timeout=30), fmt)
-            return
-        reply = stub.ListRollouts(fleet_pb2.ListRolloutsRequest(), metadata=conn.metadata, timeout=30)
+    if rollout_id:
+        _show(conn.call(lambda stub: stub.GetRollout, fleet_pb2.GetRolloutRequest(id=rollout_id)), fmt)
+        return
+    reply = conn.call(lambda stub: stub.ListRollouts, fleet_pb2.ListRolloutsRequest())
     emit_table(
         list(reply.rollouts),
         fmt,
@@ -246,53 +250,43 @@ def watch(rollout_id: str = typer.Argument(..., help="the rollout id")) -> None:
         raise typer.Exit(1)
 
 
-def _action(rpc: str, rollout_id: str, reason: str) -> None:
-    conn = OPTIONS.connection()
-    with conn.fleet() as stub:
-        rollout = getattr(stub, rpc)(
-            fleet_pb2.RolloutActionRequest(id=rollout_id, reason=reason), metadata=conn.metadata, timeout=60
-        )
+def _action(rpc: ActionRpc, rollout_id: str, reason: str) -> None:
+    rollout = OPTIONS.connection().call(rpc, fleet_pb2.RolloutActionRequest(id=rollout_id, reason=reason), timeout=60)
     console.print(render(rollout))
 
 
 ReasonOpt = typer.Option("", "--reason", "-r", help="recorded with the action")
 
-
-@rollout_app.command("pause")
-@grpc_errors
-def pause(rollout_id: str = typer.Argument(...), reason: str = ReasonOpt) -> None:
-    """Stop assigning devices (gates are still checked while paused)."""
-    _action("PauseRollout", rollout_id, reason)
-
-
-@rollout_app.command("resume")
-@grpc_errors
-def resume(rollout_id: str = typer.Argument(...), reason: str = ReasonOpt) -> None:
-    """Continue a paused rollout."""
-    _action("ResumeRollout", rollout_id, reason)
+#: The plain actions, one command each: name, RPC, help.
+_ACTIONS: tuple[tuple[str, ActionRpc, str], ...] = (
+    ("pause", lambda stub: stub.PauseRollout, "Stop assigning devices (gates are still checked while paused)."),
+    ("resume", lambda stub: stub.ResumeRollout, "Continue a paused rollout."),
+    ("approve", lambda stub: stub.ApproveRollout, "Start the next wave of a rollout waiting for approval."),
+    (
+        "abort",
+        lambda stub: stub.AbortRollout,
+        "Abort: nothing more is assigned; moved devices go back or stay, per the rollout's on_abort.",
+    ),
+)
 
 
-@rollout_app.command("approve")
-@grpc_errors
-def approve(rollout_id: str = typer.Argument(...), reason: str = ReasonOpt) -> None:
-    """Start the next wave of a rollout waiting for approval."""
-    _action("ApproveRollout", rollout_id, reason)
+def _action_command(rpc: ActionRpc) -> Callable[[str, str], None]:
+    @grpc_errors
+    def command(rollout_id: str = typer.Argument(...), reason: str = ReasonOpt) -> None:
+        _action(rpc, rollout_id, reason)
+
+    return command
 
 
-@rollout_app.command("abort")
-@grpc_errors
-def abort(rollout_id: str = typer.Argument(...), reason: str = ReasonOpt) -> None:
-    """Abort: nothing more is assigned; moved devices go back or stay, per the rollout's on_abort."""
-    _action("AbortRollout", rollout_id, reason)
+for _name, _rpc, _help in _ACTIONS:
+    rollout_app.command(_name, help=_help)(_action_command(_rpc))
 
 
 @rollout_app.command("rollback")
 @grpc_errors
 def rollback(rollout_id: str = typer.Argument(...), reason: str = ReasonOpt) -> None:
     """Abort and send every device the rollout moved back to its previous bundle."""
-    conn = OPTIONS.connection()
-    with conn.fleet() as stub:
-        current = stub.GetRollout(fleet_pb2.GetRolloutRequest(id=rollout_id), metadata=conn.metadata, timeout=30)
+    current = OPTIONS.connection().call(lambda stub: stub.GetRollout, fleet_pb2.GetRolloutRequest(id=rollout_id))
     if current.on_abort == "halt":
         err_console.print(
             f"[red]error:[/red] rollout {rollout_id} was created with on_abort=halt, so aborting it leaves devices "
@@ -300,4 +294,4 @@ def rollback(rollout_id: str = typer.Argument(...), reason: str = ReasonOpt) -> 
             highlight=False,
         )
         raise typer.Exit(1)
-    _action("AbortRollout", rollout_id, f"rollback: {reason}" if reason else "rollback")
+    _action(lambda stub: stub.AbortRollout, rollout_id, f"rollback: {reason}" if reason else "rollback")

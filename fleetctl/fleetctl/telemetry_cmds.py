@@ -29,8 +29,8 @@ from rich.table import Table
 
 from edgefleet.v1 import fleet_pb2
 from edgefleet.v1.telemetry_pb2 import SensorReading
-from fleetctl.fleet_cmds import OutputOpt, _check_format, grpc_errors, parse_duration
-from fleetctl.output import console, emit_structured, short_digest, table, ts
+from fleetctl.fleet_cmds import OutputOpt, _check_format, grpc_errors, list_devices, parse_duration
+from fleetctl.output import console, emit_structured, is_structured, short_digest, table, ts
 from fleetctl.settings import OPTIONS
 
 telemetry_app = typer.Typer(
@@ -42,6 +42,9 @@ GROUPS = ("device", "site", "bundle")
 LABELS = ("tp", "fp")
 LABEL_FILTERS = ("unlabeled", "tp", "fp")
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+
+SiteOpt = typer.Option("", help="only this site")
+BundleOpt = typer.Option("", help="only this bundle digest")
 
 
 # ------------------------------------------------------------------ pure rendering
@@ -172,23 +175,11 @@ def jpeg_file_name(sample_id: str) -> str:
 
 
 def _device_names(site: str) -> dict[str, str]:
-    conn = OPTIONS.connection()
-    names: dict[str, str] = {}
-    request = fleet_pb2.ListDevicesRequest(site=site, page_size=500)
-    with conn.fleet() as stub:
-        while True:
-            reply = stub.ListDevices(request, metadata=conn.metadata, timeout=30)
-            names.update((d.id, d.name) for d in reply.devices)
-            if not reply.next_page_token:
-                return names
-            request.page_token = reply.next_page_token
+    return {d.id: d.name for d in list_devices(site)}
 
 
 def _query(request: fleet_pb2.QueryTelemetryRequest) -> fleet_pb2.QueryTelemetryResponse:
-    conn = OPTIONS.connection()
-    with conn.fleet() as stub:
-        reply: fleet_pb2.QueryTelemetryResponse = stub.QueryTelemetry(request, metadata=conn.metadata, timeout=30)
-    return reply
+    return OPTIONS.connection().call(lambda stub: stub.QueryTelemetry, request)
 
 
 def _window(since: str, until: str | None, now: datetime) -> tuple[datetime, datetime | None]:
@@ -250,9 +241,9 @@ def query(
     group_by: str = typer.Option("device", "--group-by", "-g", help="device, site or bundle"),
     since: str = typer.Option("1h", help="a duration ago (1h, 7d) or an ISO 8601 time"),
     until: str | None = typer.Option(None, help="a duration ago or an ISO 8601 time (default: now)"),
-    site: str = typer.Option("", help="only this site"),
+    site: str = SiteOpt,
     device: str = typer.Option("", help="only this device (id or name)"),
-    bundle: str = typer.Option("", help="only this bundle digest"),
+    bundle: str = BundleOpt,
     output: str = OutputOpt,
 ) -> None:
     """Latency percentiles (merged sketches), frames, errors, fps, drift and throttling per group."""
@@ -265,7 +256,7 @@ def query(
     if end is not None:
         request.until.FromDatetime(end)
     reply = _query(request)
-    if fmt in ("json", "yaml"):
+    if is_structured(fmt):
         emit_structured(list(reply.rows), fmt)
         return
     names = _device_names(site) if group_by == "device" else {}
@@ -316,8 +307,8 @@ def _save_jpegs(samples: Sequence[fleet_pb2.ReviewSampleInfo], directory: Path) 
 @review_app.command("list")
 @grpc_errors
 def review_list(
-    site: str = typer.Option("", help="only this site"),
-    bundle: str = typer.Option("", help="only this bundle digest"),
+    site: str = SiteOpt,
+    bundle: str = BundleOpt,
     label: str = typer.Option("", help="unlabeled, tp or fp (default: all)"),
     limit: int = typer.Option(50, help="at most this many samples (newest first)", min=1, max=1000),
     save_jpegs: Path | None = typer.Option(None, "--save-jpegs", help="write each sample's frame to DIR/<id>.jpg"),
@@ -332,11 +323,9 @@ def review_list(
     request = fleet_pb2.ListReviewSamplesRequest(
         site=site, bundle=bundle, label=label, limit=limit, include_jpeg=save_jpegs is not None
     )
-    conn = OPTIONS.connection()
-    with conn.fleet() as stub:
-        reply: fleet_pb2.ListReviewSamplesResponse = stub.ListReviewSamples(request, metadata=conn.metadata, timeout=60)
+    reply = OPTIONS.connection().call(lambda stub: stub.ListReviewSamples, request, timeout=60)
     saved = _save_jpegs(reply.samples, save_jpegs) if save_jpegs is not None else 0
-    if fmt in ("json", "yaml"):
+    if is_structured(fmt):
         for s in reply.samples:
             s.sample.ClearField("jpeg")
         emit_structured(reply, fmt)
@@ -364,12 +353,10 @@ def review_label(
     fmt = _check_format(output)
     if label not in LABELS:
         raise typer.BadParameter(f"label must be 'tp' or 'fp'; got {label!r}")
-    conn = OPTIONS.connection()
-    with conn.fleet() as stub:
-        info: fleet_pb2.ReviewSampleInfo = stub.LabelReviewSample(
-            fleet_pb2.LabelReviewSampleRequest(sample_id=sample_id, label=label), metadata=conn.metadata, timeout=30
-        )
-    if fmt in ("json", "yaml"):
+    info = OPTIONS.connection().call(
+        lambda stub: stub.LabelReviewSample, fleet_pb2.LabelReviewSampleRequest(sample_id=sample_id, label=label)
+    )
+    if is_structured(fmt):
         info.sample.ClearField("jpeg")
         emit_structured(info, fmt)
         return
