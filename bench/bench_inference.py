@@ -36,14 +36,15 @@ import numpy as np
 import onnxruntime as ort
 from benchlib import row, run_alone
 
-from edge_runtime.inference import EngineSlot, FrameResult, InferenceEngine, PostprocessSpec, PreprocessSpec
-from edge_runtime.inference.preprocess import preprocess
+from edge_runtime.inference import EngineSlot, FrameResult, InferenceEngine
 from edge_runtime.inference.providers import session_options
 from edge_runtime.sources import open_source
+from edgefleet.contract.bundle import Postprocess, Preprocess
+from edgefleet.contract.processing.preprocess import preprocess
 from edgefleet_testing.modelgen import make_yolo_detector
 
-YOLO_PRE = PreprocessSpec.from_mapping({"resize": "letterbox", "size": [640, 640], "pad_value": 114})
-YOLO_POST = PostprocessSpec.from_mapping({"kind": "yolov8", "conf_threshold": 0.25, "iou_threshold": 0.45})
+YOLO_PRE = Preprocess.from_dict({"resize": "letterbox", "size": [640, 640], "pad_value": 114})
+YOLO_POST = Postprocess.from_dict({"kind": "yolov8", "conf_threshold": 0.25, "iou_threshold": 0.45})
 LABELS = ("person", "car", "bike", "dog")
 # 21 anchor shapes x 20x20 cells = 8400 anchors, the YOLOv8 head size at 640.
 YOLOV8N_ANCHORS = tuple((16.0 * (1 + i % 7), 32.0 * (1 + i // 7)) for i in range(21))

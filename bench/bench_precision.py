@@ -30,8 +30,9 @@ from benchlib import row, run_alone
 from edgefleet.contract.bundle import Postprocess, Preprocess
 from edgefleet.contract.hardware import hardware_class
 from edgefleet.contract.precision import select_precision
+from edgefleet.contract.processing.preprocess import preprocess
 from edgefleet_pipeline.accuracy import evaluate_variant
-from edgefleet_pipeline.calibration import load_image_set, preprocess_image, read_image
+from edgefleet_pipeline.calibration import load_image_set, read_image
 from edgefleet_pipeline.precision import measure_latency
 from edgefleet_pipeline.quantize import model_input_name, quantize_int8
 from edgefleet_pipeline.synthetic_documents import write_document_set
@@ -64,7 +65,7 @@ def _bench_model(
     evaluation = load_image_set(work / "eval", recommended=0)
     quantized = quantize_int8(model, calibration, pre, work / f"{name}.int8.onnx")
     report = evaluate_variant(model, quantized.path, evaluation, pre, post)
-    x = preprocess_image(read_image(evaluation.paths[0]), pre)
+    x = preprocess(read_image(evaluation.paths[0]), pre)[0]
     figures = measure_latency({"fp32": model, "int8": quantized.path}, {model_input_name(model): x}, runs=runs)
     fp32, int8 = figures["fp32"], figures["int8"]
     speedup = fp32.p50_ms / int8.p50_ms

@@ -38,11 +38,12 @@ import numpy as np
 import structlog
 from numpy.typing import NDArray
 
-from edge_runtime.inference import InferenceEngine, InferenceError, PostprocessSpec, PreprocessSpec, preprocess
+from edge_runtime.inference import InferenceEngine, InferenceError
 from edge_runtime.sources import SyntheticScene
 from edgefleet.contract.bundle import MODEL_ROLE, BundleManifest, PrecisionVariant
 from edgefleet.contract.hardware import hardware_class
 from edgefleet.contract.precision import MIN_SPEEDUP, LatencyFigures, select_precision
+from edgefleet.contract.processing.preprocess import preprocess
 
 log = structlog.get_logger(__name__)
 
@@ -182,8 +183,8 @@ def _load(
 ) -> InferenceEngine:
     return InferenceEngine.load(
         bundle_dir / manifest.artifact(variant.artifact).path,
-        PreprocessSpec.from_mapping(manifest.preprocess.to_dict()),
-        PostprocessSpec.from_mapping(manifest.postprocess.to_dict()),
+        manifest.preprocess,
+        manifest.postprocess,
         list(manifest.labels),
         providers=tuple(providers),
         cache_dir=cache_dir,

@@ -33,7 +33,7 @@ import numpy as np
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from edge_runtime.inference import InferenceEngine, InferenceError, PostprocessSpec, PreprocessSpec, Timings
+from edge_runtime.inference import InferenceEngine, InferenceError, Timings
 from edge_runtime.precision import VariantChoice, choose_variant
 from edge_runtime.sources import Frame
 from edgefleet.contract.budget import PROFILE_FORMAT
@@ -309,8 +309,8 @@ def profile_bundle(
     )
     engine = InferenceEngine.load(
         choice.model_path,
-        PreprocessSpec.from_mapping(manifest.preprocess.to_dict()),
-        PostprocessSpec.from_mapping(manifest.postprocess.to_dict()),
+        manifest.preprocess,
+        manifest.postprocess,
         list(manifest.labels),
         providers=wanted,
         cache_dir=cache_dir,

@@ -12,10 +12,10 @@ how good the model is — which random-weight models could not tell anyway.
   detects nothing at the bundle's ``conf_threshold`` and 0.0 otherwise.
 - ``loss = 1 − value``: FP32 against itself scores exactly 1.
 
-The decode + NMS here mirror the edge runtime's (``edge_runtime.inference.postprocess``), rewritten because
-the contract must not import the runtime: v8 ``[1, 4+C, A]``; v5 ``[1, A, 5+C]`` with confidence =
-objectness × class score; cx,cy,w,h → x1,y1,x2,y2; class-wise greedy NMS; capped at ``max_detections``.
-Coordinates stay in model-input pixels: both variants see the same input, so no letterbox undo is needed.
+The decode + NMS are the contract's (``edgefleet.contract.processing.postprocess``), the very code a device
+runs: v8 ``[1, 4+C, A]``; v5 ``[1, A, 5+C]`` with confidence = objectness × class score; cx,cy,w,h →
+x1,y1,x2,y2; class-wise greedy NMS; capped at ``max_detections``. Coordinates stay in model-input pixels:
+both variants see the same input, so no letterbox undo is needed.
 """
 
 from __future__ import annotations
@@ -23,19 +23,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from edgefleet.contract.bundle import Postprocess, Preprocess
-from edgefleet_pipeline.calibration import ImageSet, preprocess_image
+from edgefleet.contract.bundle import Postprocess, PostprocessKind, Preprocess
+from edgefleet.contract.processing.postprocess import decode_detections
+from edgefleet.contract.processing.preprocess import preprocess
+from edgefleet_pipeline.calibration import ImageSet
 from edgefleet_pipeline.errors import AccuracyLossError, PipelineError
 
 IOU_MATCH = 0.5
 AP_CONF_FLOOR = 0.001
-MAX_NMS_CANDIDATES = 30_000
 
 
 @dataclass(frozen=True)
@@ -119,18 +120,6 @@ def box_iou(box: NDArray[np.float32], boxes: NDArray[np.float32]) -> NDArray[np.
     return iou.astype(np.float32)
 
 
-def nms(boxes: NDArray[np.float32], scores: NDArray[np.float32], iou_threshold: float) -> list[int]:
-    """Greedy NMS: indices kept, by descending score (stable), suppressing IoU > ``iou_threshold``."""
-    order = np.argsort(-scores, kind="stable")
-    keep: list[int] = []
-    while order.size:
-        i = int(order[0])
-        keep.append(i)
-        rest = order[1:]
-        order = rest[box_iou(boxes[i], boxes[rest]) <= iou_threshold]
-    return keep
-
-
 def decode_yolo(
     output: NDArray[Any],
     kind: str,
@@ -139,39 +128,17 @@ def decode_yolo(
     iou_threshold: float,
     max_detections: int,
 ) -> Detections:
-    """Decode one image's raw YOLO output (batch 1) into class-wise NMS'd detections."""
-    raw = np.asarray(output, np.float32)
-    if raw.ndim == 3:
-        raw = raw[0]
-    if kind == "yolov8":
-        rows = raw.T  # [A, 4+C]
-        class_scores = rows[:, 4:]
-    elif kind == "yolov5":
-        rows = raw
-        class_scores = rows[:, 5:] * rows[:, 4:5]
-    else:
+    """Decode one image's raw YOLO output (batch 1) into class-wise NMS'd detections, as a device would."""
+    if kind not in ("yolov5", "yolov8"):
         raise PipelineError(f"cannot decode detections for postprocess kind {kind!r}; use yolov5 or yolov8")
-    classes = np.argmax(class_scores, axis=1)
-    scores = class_scores[np.arange(len(rows)), classes]
-    mask = scores >= conf_threshold
-    rows, scores, classes = rows[mask], scores[mask], classes[mask]
-    if len(scores) > MAX_NMS_CANDIDATES:
-        top = np.argsort(-scores, kind="stable")[:MAX_NMS_CANDIDATES]
-        rows, scores, classes = rows[top], scores[top], classes[top]
-    cx, cy, w, h = rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3]
-    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1).astype(np.float32)
-    kept: list[int] = []
-    for cls in np.unique(classes):
-        idx = np.flatnonzero(classes == cls)
-        kept.extend(int(idx[k]) for k in nms(boxes[idx], scores[idx], iou_threshold))
-    kept_arr = np.asarray(kept, np.int64)
-    if kept_arr.size:
-        kept_arr = kept_arr[np.argsort(-scores[kept_arr], kind="stable")][:max_detections]
-    return Detections(
-        boxes=boxes[kept_arr].reshape(-1, 4).astype(np.float32),
-        scores=scores[kept_arr].astype(np.float32),
-        classes=classes[kept_arr].astype(np.int64),
+    post = Postprocess(
+        kind=cast(PostprocessKind, kind),
+        conf_threshold=conf_threshold,
+        iou_threshold=iou_threshold,
+        max_detections=max_detections,
     )
+    boxes, scores, classes = decode_detections(output, post)
+    return Detections(boxes=boxes.reshape(-1, 4), scores=scores, classes=classes.astype(np.int64))
 
 
 def average_precision(recall: NDArray[np.float64], precision: NDArray[np.float64]) -> float:
@@ -253,7 +220,7 @@ def evaluate_variant(
     ref_out: list[NDArray[Any]] = []
     cand_out: list[NDArray[Any]] = []
     for image in images.images():
-        x = preprocess_image(image, pre)
+        x = preprocess(image, pre)[0]
         ref_out.append(np.asarray(ref.run(None, {input_name: x})[0]))
         cand_out.append(np.asarray(cand.run(None, {input_name: x})[0]))
     if post.kind == "classification":

@@ -1,4 +1,4 @@
-"""Calibration and evaluation image sets: loading, content hash, pre-processing, ORT calibration reader.
+"""Calibration and evaluation image sets: loading, content hash, the ORT calibration reader.
 
 An ``ImageSet`` is a directory of ``.jpg``/``.jpeg``/``.png`` images (not recursive). Its content hash is
 the sha256 over the images in sorted name order, each fed as ``name``, a NUL byte, the 8-byte big-endian
@@ -10,11 +10,8 @@ Decisions:
 - Fewer than ``MIN_IMAGES`` (10) images is refused: ranges from a handful of frames are noise. Fewer than
   ``RECOMMENDED_IMAGES`` (200) is allowed with a warning, logged (``calibration.too_few_images``) and
   returned, so it can be recorded in bundle.json next to the count.
-- Pre-processing re-implements the bundle's ``Preprocess`` here with numpy + cv2 rather than importing the
-  edge runtime's (the contract package must not import ``edge_runtime``). It follows the same steps with
-  the same arithmetic: frames are BGR uint8; letterbox (aspect kept, even padding with ``pad_value``, odd
-  pixel bottom/right, ``INTER_LINEAR``) or stretch; colour order; ``(x·scale − mean)/std``; layout; dtype.
-  Calibrating on tensors a device would not produce would calibrate the wrong ranges.
+- Pre-processing is the contract's (``edgefleet.contract.processing.preprocess``), the very code a device
+  runs on its frames: calibrating on tensors a device would not produce would calibrate the wrong ranges.
 - The calibration reader reads images lazily: 500 images at 640×640 float32 would be ~2.4 GB held at once.
 """
 
@@ -33,6 +30,7 @@ from numpy.typing import NDArray
 from onnxruntime.quantization import CalibrationDataReader
 
 from edgefleet.contract.bundle import Preprocess
+from edgefleet.contract.processing.preprocess import preprocess
 from edgefleet_pipeline.errors import CalibrationSetError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -122,55 +120,6 @@ def read_image(path: Path) -> NDArray[np.uint8]:
     return np.ascontiguousarray(image, dtype=np.uint8)
 
 
-def _letterbox_geometry(frame_hw: tuple[int, int], size_hw: tuple[int, int]) -> tuple[int, int, int, int]:
-    fh, fw = frame_hw
-    th, tw = size_hw
-    ratio = min(th / fh, tw / fw)
-    new_h = min(th, max(1, round(fh * ratio)))
-    new_w = min(tw, max(1, round(fw * ratio)))
-    return new_h, new_w, (th - new_h) // 2, (tw - new_w) // 2
-
-
-def resize_image(image_bgr: NDArray[np.uint8], pre: Preprocess) -> NDArray[np.uint8]:
-    """Letterbox or stretch ``image_bgr`` to ``pre.size`` (height, width)."""
-    fh, fw = image_bgr.shape[:2]
-    th, tw = pre.size
-    if pre.resize == "stretch":
-        if (fh, fw) == (th, tw):
-            return image_bgr
-        return np.asarray(cv2.resize(image_bgr, (tw, th), interpolation=cv2.INTER_LINEAR), np.uint8)
-    new_h, new_w, top, left = _letterbox_geometry((fh, fw), (th, tw))
-    inner = image_bgr
-    if (fh, fw) != (new_h, new_w):
-        inner = np.asarray(cv2.resize(image_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR), np.uint8)
-    if (new_h, new_w) == (th, tw):
-        return np.asarray(inner, np.uint8)
-    pad = (pre.pad_value, pre.pad_value, pre.pad_value)
-    boxed = cv2.copyMakeBorder(inner, top, th - new_h - top, left, tw - new_w - left, cv2.BORDER_CONSTANT, value=pad)
-    return np.asarray(boxed, np.uint8)
-
-
-def preprocess_image(image_bgr: NDArray[np.uint8], pre: Preprocess) -> NDArray[Any]:
-    """The batch-of-one model input for a BGR uint8 frame, as ``pre`` declares."""
-    if image_bgr.dtype != np.uint8 or image_bgr.ndim != 3 or image_bgr.shape[2] != 3:
-        raise CalibrationSetError(
-            f"image must be BGR uint8 HxWx3, got dtype {image_bgr.dtype} shape {tuple(image_bgr.shape)}"
-        )
-    resized = resize_image(image_bgr, pre)
-    pixels = resized[:, :, ::-1] if pre.color == "rgb" else resized
-    if pre.dtype == "uint8":
-        tensor: NDArray[Any] = np.ascontiguousarray(pixels)
-    else:
-        std = np.asarray(pre.std, np.float32)
-        gain = (np.float32(pre.scale) / std).astype(np.float32)
-        offset = (-np.asarray(pre.mean, np.float32) / std).astype(np.float32)
-        tensor = pixels.astype(np.float32) * gain + offset
-        tensor = tensor.astype(np.float16) if pre.dtype == "float16" else tensor.astype(np.float32)
-    if pre.layout == "nchw":
-        tensor = tensor.transpose(2, 0, 1)
-    return np.ascontiguousarray(tensor[None])
-
-
 class ImageSetReader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntime ships no type hints
     """onnxruntime ``CalibrationDataReader`` over an ``ImageSet``: one pre-processed image per ``get_next``."""
 
@@ -184,7 +133,7 @@ class ImageSetReader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntim
         image = next(self._iter, None)
         if image is None:
             return None
-        return {self._input_name: preprocess_image(image, self._pre)}
+        return {self._input_name: preprocess(image, self._pre)[0]}
 
     def rewind(self) -> None:
         self._iter = self._images.images()

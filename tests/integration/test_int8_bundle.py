@@ -21,8 +21,9 @@ from typer.testing import CliRunner, Result
 
 from edgefleet.contract.bundle import load_spec
 from edgefleet.contract.bundle_archive import unpack_bundle
+from edgefleet.contract.processing.preprocess import preprocess
 from edgefleet.contract.signing import TrustedKeys, generate_keypair
-from edgefleet_pipeline.calibration import load_image_set, preprocess_image, read_image
+from edgefleet_pipeline.calibration import load_image_set, read_image
 from edgefleet_pipeline.quantize import quantize_int8
 from edgefleet_pipeline.synthetic_documents import write_document_set
 from edgefleet_pipeline.trt_table import read_trt_calibration_table, write_trt_calibration_table
@@ -127,7 +128,7 @@ def test_int8_bundle_end_to_end(tmp_path: Path, images: dict[str, Path]) -> None
     labels = [r for _, r in sorted(((p.name, r) for p, r in _rotations(images["eval"])))]
     predictions: list[list[int]] = [[], []]
     for path in load_image_set(images["eval"]).paths:
-        x = preprocess_image(read_image(path), spec.preprocess)
+        x = preprocess(read_image(path), spec.preprocess)[0]
         for i, session in enumerate(sessions):
             predictions[i].append(int(np.argmax(session.run(None, {"x": x})[0])))
     agreement = np.mean(np.array(predictions[0]) == np.array(predictions[1]))

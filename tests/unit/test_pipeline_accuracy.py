@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgefleet.contract.processing.postprocess import nms
 from edgefleet_pipeline.accuracy import (
     AccuracyReport,
     Detections,
@@ -14,7 +15,6 @@ from edgefleet_pipeline.accuracy import (
     check_loss,
     decode_yolo,
     mean_average_precision,
-    nms,
     top1_agreement,
 )
 from edgefleet_pipeline.errors import AccuracyLossError
@@ -83,7 +83,7 @@ def test_average_precision_envelope() -> None:
 def test_nms_suppresses_overlaps_only() -> None:
     boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]], np.float32)
     scores = np.array([0.8, 0.9, 0.7], np.float32)
-    assert nms(boxes, scores, 0.45) == [1, 2]
+    assert nms(boxes, scores, np.zeros(3, np.intp), 0.45, 10).tolist() == [1, 2]
 
 
 def test_decode_v8_and_v5_agree() -> None:

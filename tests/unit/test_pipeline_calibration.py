@@ -1,4 +1,4 @@
-"""Calibration image sets: counting, refusing, warning, hashing, and pre-processing like a device does."""
+"""Calibration image sets: counting, refusing, warning, hashing, and the calibration reader."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from edge_runtime.inference.preprocess import PreprocessSpec, preprocess
-from edgefleet.contract.bundle import Preprocess, _Doc
-from edgefleet_pipeline.calibration import ImageSetReader, load_image_set, preprocess_image, read_image
+from edgefleet.contract.bundle import Preprocess
+from edgefleet_pipeline.calibration import ImageSetReader, load_image_set, read_image
 from edgefleet_pipeline.errors import CalibrationSetError
 from edgefleet_pipeline.synthetic_documents import write_document_set
 
@@ -51,32 +50,9 @@ def test_digest_depends_on_names_and_bytes(tmp_path: Path) -> None:
     assert load_image_set(tmp_path).sha256 not in (first, renamed)
 
 
-@pytest.mark.parametrize(
-    "spec",
-    [
-        {"size": [64, 96], "resize": "letterbox", "color": "rgb"},
-        {
-            "size": [48, 48],
-            "resize": "stretch",
-            "color": "bgr",
-            "mean": [0.485, 0.456, 0.406],
-            "std": [0.229, 0.224, 0.225],
-        },
-        {"size": [40, 32], "resize": "letterbox", "layout": "nhwc", "pad_value": 0},
-        {"size": [32, 32], "dtype": "uint8", "scale": 1.0},
-    ],
-)
-def test_preprocess_matches_the_edge_runtime(spec: dict[str, object]) -> None:
-    frame = np.random.default_rng(0).integers(0, 256, (37, 53, 3), dtype=np.uint8)
-    ours = preprocess_image(frame, _pre(spec))
-    theirs, _ = preprocess(frame, PreprocessSpec.from_mapping(spec))
-    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
-    np.testing.assert_allclose(ours.astype(np.float64), theirs.astype(np.float64), atol=1e-5)
-
-
 def _pre(spec: dict[str, object]) -> Preprocess:
     # The contract's own parser, so the defaults are those bundle.json readers get.
-    return Preprocess.parse(_Doc("test", spec))
+    return Preprocess.from_dict(spec, source="test")
 
 
 def test_reader_yields_every_image_then_none(tmp_path: Path) -> None:

@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from edge_runtime.inference.errors import SpecError
-from edge_runtime.inference.postprocess import (
+from edgefleet.contract.bundle import Postprocess
+from edgefleet.contract.errors import BundleFormatError
+from edgefleet.contract.processing.postprocess import (
     Classification,
-    PostprocessSpec,
     classify,
     classify_scored,
     detect,
@@ -23,7 +23,7 @@ from edge_runtime.inference.postprocess import (
     softmax,
     xywh_to_xyxy,
 )
-from edge_runtime.inference.preprocess import FrameTransform
+from edgefleet.contract.processing.preprocess import FrameTransform
 
 IDENTITY = FrameTransform(1.0, 1.0, 0.0, 0.0, 640, 640)
 LABELS = ("person", "car", "dog")
@@ -40,39 +40,39 @@ def v5_tensor(rows: list[tuple[float, float, float, float, float, list[float]]])
 
 
 def test_from_mapping_defaults_and_errors() -> None:
-    spec = PostprocessSpec.from_mapping({"kind": "yolov8"})
+    spec = Postprocess.from_dict({"kind": "yolov8"})
     assert (spec.top_k, spec.conf_threshold, spec.iou_threshold, spec.max_detections, spec.softmax) == (
         5,
         0.25,
         0.45,
         100,
-        False,
+        True,  # the contract's default: a classifier's outputs are logits unless the bundle says otherwise
     )
     cases: list[tuple[dict[str, Any], str]] = [
         ({"kind": "ssd"}, "'postprocess.kind' must be one of classification, yolov5, yolov8, got 'ssd'"),
         (
             {"kind": "yolov8", "conf_threshold": 1.5},
-            "'postprocess.conf_threshold' must be a number in [0, 1], got 1.5",
+            "'postprocess.conf_threshold' must be <= 1, got 1.5",
         ),
         (
             {"kind": "yolov8", "max_detections": 0},
-            "'postprocess.max_detections' must be an integer > 0, got 0",
+            "'postprocess.max_detections' must be >= 1, got 0",
         ),
-        ({"kind": "classification", "top_k": "3"}, "'postprocess.top_k' must be an integer > 0, got '3'"),
+        ({"kind": "classification", "top_k": "3"}, "'postprocess.top_k' must be an integer, got '3'"),
         (
             {"kind": "classification", "softmax": "yes"},
             "'postprocess.softmax' must be true or false, got 'yes'",
         ),
-        ({"kind": "classification", "nms": 1}, "unknown field(s) ['nms']"),
+        ({"kind": "classification", "nms": 1}, "unknown field 'postprocess.nms'"),
     ]
     for section, needle in cases:
-        with pytest.raises(SpecError) as info:
-            PostprocessSpec.from_mapping(section)
+        with pytest.raises(BundleFormatError) as info:
+            Postprocess.from_dict(section)
         assert needle in str(info.value)
 
 
 def test_classification_top_k_with_softmax_and_labels() -> None:
-    spec = PostprocessSpec(kind="classification", top_k=2, softmax=True, conf_threshold=0.0)
+    spec = Postprocess(kind="classification", top_k=2, softmax=True, conf_threshold=0.0)
     logits = np.array([[1.0, 3.0, 2.0]], np.float32)
     out = classify(logits, spec, LABELS)
     e = np.exp([1.0, 3.0, 2.0])
@@ -83,7 +83,7 @@ def test_classification_top_k_with_softmax_and_labels() -> None:
 
 
 def test_classification_without_softmax_passes_probabilities_through() -> None:
-    spec = PostprocessSpec(kind="classification", top_k=10, conf_threshold=0.0)
+    spec = Postprocess(kind="classification", top_k=10, conf_threshold=0.0, softmax=False)
     out = classify(np.array([[0.1, 0.6, 0.3]], np.float32), spec, ("a", "b"))
     assert out == (
         Classification("b", 1, pytest.approx(0.6)),  # type: ignore[arg-type]
@@ -94,16 +94,16 @@ def test_classification_without_softmax_passes_probabilities_through() -> None:
 
 def test_classes_below_conf_threshold_are_dropped_and_the_top_score_is_kept() -> None:
     scores = np.array([[0.1, 0.6, 0.3]], np.float32)
-    spec = PostprocessSpec(kind="classification", top_k=3, conf_threshold=0.3)
+    spec = Postprocess(kind="classification", top_k=3, conf_threshold=0.3, softmax=False)
     out, top = classify_scored(scores, spec, ("a", "b", "c"))
     assert [(c.label, c.confidence) for c in out] == [("b", pytest.approx(0.6)), ("c", pytest.approx(0.3))]
     assert top == pytest.approx(0.6)
     # Nothing confident: no label at all, while top_confidence still says what the model scored.
-    none, top = classify_scored(scores, PostprocessSpec(kind="classification", conf_threshold=0.7), ())
+    none, top = classify_scored(scores, Postprocess(kind="classification", conf_threshold=0.7, softmax=False), ())
     assert none == () and top == pytest.approx(0.6)
     detections, top = postprocess_scored(
         v8_tensor([(100, 100, 20, 20, [0.9, 0.0, 0.0])]),
-        PostprocessSpec(kind="yolov8", conf_threshold=0.95),
+        Postprocess(kind="yolov8", conf_threshold=0.95),
         LABELS,
         IDENTITY,
     )
@@ -114,7 +114,7 @@ def test_classes_below_conf_threshold_are_dropped_and_the_top_score_is_kept() ->
 @given(st.lists(st.floats(-20, 20), min_size=1, max_size=40), st.integers(1, 50))
 def test_top_k_matches_full_sort(values: list[float], k: int) -> None:
     scores = np.array(values, np.float32)
-    out = classify(scores[None], PostprocessSpec(kind="classification", top_k=k, conf_threshold=-np.inf), ())
+    out = classify(scores[None], Postprocess(kind="classification", top_k=k, conf_threshold=-np.inf, softmax=False), ())
     confidences = [c.confidence for c in out]
     assert len(out) == min(k, len(values))
     assert confidences == sorted(confidences, reverse=True)
@@ -129,7 +129,7 @@ def test_xywh_to_xyxy() -> None:
 
 
 def test_nms_keeps_best_of_overlapping_same_class_but_not_across_classes() -> None:
-    spec = PostprocessSpec(kind="yolov8", conf_threshold=0.3, iou_threshold=0.5)
+    spec = Postprocess(kind="yolov8", conf_threshold=0.3, iou_threshold=0.5)
     out = v8_tensor(
         [
             (100, 100, 100, 100, [0.80, 0.0, 0.0]),  # best person
@@ -151,7 +151,7 @@ def test_nms_keeps_best_of_overlapping_same_class_but_not_across_classes() -> No
 
 def test_max_detections_keeps_the_most_confident() -> None:
     rows = [(float(40 * i + 20), 20.0, 10.0, 10.0, [0.3 + 0.05 * i]) for i in range(10)]
-    dets = detect(v8_tensor(rows), PostprocessSpec(kind="yolov8", max_detections=3), ("x",), IDENTITY)
+    dets = detect(v8_tensor(rows), Postprocess(kind="yolov8", max_detections=3), ("x",), IDENTITY)
     assert [round(d.confidence, 2) for d in dets] == [0.75, 0.7, 0.65]
 
 
@@ -164,8 +164,8 @@ def test_v5_and_v8_give_the_same_detections_on_equivalent_tensors() -> None:
     v5 = np.concatenate([boxes, obj[:, None], cls], axis=1)[None]
     v8 = np.concatenate([boxes, cls * obj[:, None]], axis=1).T[None]
     transform = FrameTransform(0.5, 0.5, 0.0, 140.0, 1280, 720)
-    d5 = detect(v5, PostprocessSpec(kind="yolov5"), LABELS, transform)
-    d8 = detect(v8, PostprocessSpec(kind="yolov8"), LABELS, transform)
+    d5 = detect(v5, Postprocess(kind="yolov5"), LABELS, transform)
+    d8 = detect(v8, Postprocess(kind="yolov8"), LABELS, transform)
     assert len(d5) > 5
     assert [(d.class_id, d.label) for d in d5] == [(d.class_id, d.label) for d in d8]
     for x, y in zip(d5, d8, strict=True):
@@ -176,7 +176,7 @@ def test_v5_and_v8_give_the_same_detections_on_equivalent_tensors() -> None:
 
 def test_v5_confidence_is_objectness_times_class_score() -> None:
     out = v5_tensor([(320, 320, 64, 64, 0.5, [0.2, 0.9, 0.1]), (100, 100, 20, 20, 0.2, [0.0, 0.0, 1.0])])
-    dets = detect(out, PostprocessSpec(kind="yolov5", conf_threshold=0.25), LABELS, IDENTITY)
+    dets = detect(out, Postprocess(kind="yolov5", conf_threshold=0.25), LABELS, IDENTITY)
     assert len(dets) == 1
     assert dets[0].label == "car"
     assert dets[0].confidence == pytest.approx(0.45)
@@ -186,7 +186,7 @@ def test_boxes_are_mapped_back_through_the_letterbox() -> None:
     # 720x1280 frame letterboxed into 640x640: scale 0.5, 140 px bars top and bottom.
     transform = FrameTransform(0.5, 0.5, 0.0, 140.0, 1280, 720)
     out = v8_tensor([(150, 240, 100, 100, [0.9]), (620, 150, 80, 40, [0.8])])
-    dets = detect(out, PostprocessSpec(kind="yolov8"), ("x",), transform)
+    dets = detect(out, Postprocess(kind="yolov8"), ("x",), transform)
     assert dets[0].box == pytest.approx((200.0, 100.0, 400.0, 300.0))
     # Second box runs past the right edge of the frame: x2 = (660)/0.5 = 1320 → clipped to 1280.
     assert dets[1].box == pytest.approx((1160.0, 0.0, 1280.0, 60.0))
@@ -194,7 +194,7 @@ def test_boxes_are_mapped_back_through_the_letterbox() -> None:
 
 def test_empty_when_nothing_passes_the_threshold() -> None:
     out = v8_tensor([(10, 10, 5, 5, [0.1, 0.1])])
-    assert detect(out, PostprocessSpec(kind="yolov8"), ("a", "b"), IDENTITY) == ()
+    assert detect(out, Postprocess(kind="yolov8"), ("a", "b"), IDENTITY) == ()
 
 
 @settings(max_examples=120, deadline=None)

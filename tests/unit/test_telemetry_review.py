@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from edge_runtime.inference import Detection
 from edge_runtime.telemetry import ReviewEncodeError, ReviewSampler, encode_jpeg, results_json
+from edgefleet.contract.processing.postprocess import Detection
 
 T0 = datetime(2025, 3, 1, 8, 0, 0, tzinfo=UTC)
 

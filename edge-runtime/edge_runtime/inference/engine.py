@@ -23,9 +23,11 @@ import structlog
 from numpy.typing import NDArray
 
 from edge_runtime.inference.errors import ModelLoadError
-from edge_runtime.inference.postprocess import FrameResult, PostprocessSpec, Timings, postprocess_scored
-from edge_runtime.inference.preprocess import Normaliser, PreprocessSpec
 from edge_runtime.inference.providers import SessionInfo, create_session
+from edge_runtime.inference.results import FrameResult, Timings
+from edgefleet.contract.bundle import Postprocess, Preprocess
+from edgefleet.contract.processing.postprocess import postprocess_scored
+from edgefleet.contract.processing.preprocess import Normaliser
 
 log = structlog.get_logger(__name__)
 
@@ -36,8 +38,8 @@ _NS_PER_MS = 1_000_000.0
 def _check_model(
     session: ort.InferenceSession,
     model_path: Path,
-    pre: PreprocessSpec,
-    post: PostprocessSpec,
+    pre: Preprocess,
+    post: Postprocess,
     labels: Sequence[str],
 ) -> None:
     inputs = session.get_inputs()
@@ -88,8 +90,8 @@ class InferenceEngine:
         self,
         session: ort.InferenceSession,
         info: SessionInfo,
-        preprocess: PreprocessSpec,
-        postprocess: PostprocessSpec,
+        preprocess: Preprocess,
+        postprocess: Postprocess,
         labels: Sequence[str],
         bundle_digest: str,
         config_digest: str = "",
@@ -113,8 +115,8 @@ class InferenceEngine:
     def load(
         cls,
         model_path: Path,
-        preprocess: PreprocessSpec,
-        postprocess: PostprocessSpec,
+        preprocess: Preprocess,
+        postprocess: Postprocess,
         labels: Sequence[str],
         *,
         providers: Sequence[str] = ("cpu",),

@@ -83,7 +83,10 @@ _HASH_CHUNK = 1024 * 1024
 ResizeMode = Literal["letterbox", "stretch"]
 ColorOrder = Literal["rgb", "bgr"]
 Layout = Literal["nchw", "nhwc"]
+TensorDType = Literal["float32", "float16", "uint8"]
 PostprocessKind = Literal["classification", "yolov5", "yolov8"]
+TENSOR_DTYPES: tuple[TensorDType, ...] = ("float32", "float16", "uint8")
+POSTPROCESS_KINDS: tuple[PostprocessKind, ...] = ("classification", "yolov5", "yolov8")
 Dim = int | str
 
 
@@ -274,7 +277,10 @@ class TensorSpec:
 class Preprocess:
     """How frames become the model input: resize, colour order, normalisation, layout and dtype.
 
-    The input tensor is ``(pixel * scale - mean) / std`` per channel, in ``color`` order.
+    The input tensor is ``(pixel * scale - mean) / std`` per channel, in ``color`` order; ``size`` is the
+    model input's (height, width). ``dtype: uint8`` feeds raw pixels, so its normalisation must be the
+    identity (``scale`` then defaults to 1): a spec asking for both is refused, not silently half-applied.
+    What it computes is ``edgefleet.contract.processing.preprocess``.
     """
 
     size: tuple[int, int]
@@ -284,8 +290,14 @@ class Preprocess:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     scale: float = 1.0 / 255.0
     layout: Layout = "nchw"
-    dtype: str = "float32"
+    dtype: TensorDType = "float32"
     pad_value: int = 114
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        """Shape of the batch-of-one tensor this section produces."""
+        h, w = self.size
+        return (1, 3, h, w) if self.layout == "nchw" else (1, h, w, 3)
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -299,6 +311,11 @@ class Preprocess:
             "dtype": self.dtype,
             "pad_value": self.pad_value,
         }
+
+    @staticmethod
+    def from_dict(obj: object, *, source: str = MANIFEST_NAME) -> Preprocess:
+        """Validate a ``preprocess`` mapping on its own (errors name ``preprocess.<field>``)."""
+        return Preprocess.parse(_Doc(source, obj, "preprocess"))
 
     @staticmethod
     def parse(doc: _Doc) -> Preprocess:
@@ -319,22 +336,35 @@ class Preprocess:
             ]
             return (out[0], out[1], out[2])
 
+        dtype = cast(TensorDType, doc.string("dtype", "float32", choices=TENSOR_DTYPES))
+        raw_pixels = dtype == "uint8"
+        scale = doc.number("scale", 1.0 if raw_pixels else 1.0 / 255.0, gt=0.0)
+        mean = triple("mean", (0.0, 0.0, 0.0), positive=False)
+        std = triple("std", (1.0, 1.0, 1.0), positive=True)
+        if raw_pixels and (scale != 1.0 or mean != (0.0, 0.0, 0.0) or std != (1.0, 1.0, 1.0)):
+            raise BundleFormatError(
+                f"{doc.source}: section '{doc.path}' has dtype 'uint8' (raw pixels) but normalisation "
+                f"scale={scale}, mean={list(mean)}, std={list(std)}; drop scale/mean/std or use dtype float32"
+            )
         return Preprocess(
             size=(cast(int, size_raw[0]), cast(int, size_raw[1])),
             resize=cast(ResizeMode, doc.string("resize", "letterbox", choices=("letterbox", "stretch"))),
             color=cast(ColorOrder, doc.string("color", "rgb", choices=("rgb", "bgr"))),
-            mean=triple("mean", (0.0, 0.0, 0.0), positive=False),
-            std=triple("std", (1.0, 1.0, 1.0), positive=True),
-            scale=doc.number("scale", 1.0 / 255.0, gt=0.0),
+            mean=mean,
+            std=std,
+            scale=scale,
             layout=cast(Layout, doc.string("layout", "nchw", choices=("nchw", "nhwc"))),
-            dtype=doc.string("dtype", "float32", choices=("float32", "float16", "uint8")),
+            dtype=dtype,
             pad_value=doc.integer("pad_value", 114, ge=0, le=255),
         )
 
 
 @dataclass(frozen=True)
 class Postprocess:
-    """How raw outputs become results: top-k classes, or YOLO decode + NMS."""
+    """How raw outputs become results: top-k classes, or YOLO decode + NMS.
+
+    What it computes is ``edgefleet.contract.processing.postprocess``.
+    """
 
     kind: PostprocessKind
     top_k: int = 5
@@ -356,6 +386,11 @@ class Postprocess:
         }
 
     @staticmethod
+    def from_dict(obj: object, *, source: str = MANIFEST_NAME) -> Postprocess:
+        """Validate a ``postprocess`` mapping on its own (errors name ``postprocess.<field>``)."""
+        return Postprocess.parse(_Doc(source, obj, "postprocess"))
+
+    @staticmethod
     def parse(doc: _Doc) -> Postprocess:
         doc.known("kind", "top_k", "conf_threshold", "iou_threshold", "max_detections", "softmax")
         softmax = doc.raw("softmax", True)
@@ -363,7 +398,7 @@ class Postprocess:
             raise doc.error("softmax", "must be true or false", softmax)
         return Postprocess(
             softmax=softmax,
-            kind=cast(PostprocessKind, doc.string("kind", choices=("classification", "yolov5", "yolov8"))),
+            kind=cast(PostprocessKind, doc.string("kind", choices=POSTPROCESS_KINDS)),
             top_k=doc.integer("top_k", 5, ge=1),
             conf_threshold=doc.number("conf_threshold", 0.25, ge=0.0, le=1.0),
             iou_threshold=doc.number("iou_threshold", 0.45, gt=0.0, le=1.0),

@@ -1,4 +1,4 @@
-"""Errors of the shared contract (bundle format, manifests, signing).
+"""Errors of the shared contract (bundle format, manifests, signing, bundle processing).
 
 Every error the contract raises is a subclass of ``ContractError``; callers that accept untrusted
 input catch that one type. Messages say what was wrong, with the offending value, and what to do.
@@ -16,6 +16,9 @@ input catch that one type. Messages say what was wrong, with the offending value
     ├── SketchError                   a LatencySketch is malformed, or sketches of different accuracy meet
     ├── PrecisionError                latency figures or the precision choice's input are invalid
     ├── BudgetError                   latency-budget input is invalid (SLA, headroom, a profile document)
+    ├── ProcessingError               a bundle's pre/post-processing cannot compute its input or results
+    │   ├── FrameError                a frame is not a BGR uint8 HxWx3 image
+    │   └── ModelOutputError          a model output has a shape its ``postprocess.kind`` cannot decode
     └── ManifestError                 a config manifest is invalid (carries file, line and path)
         └── ManifestSetError          several documents are invalid; ``errors`` holds one per document
 """
@@ -105,3 +108,15 @@ class ManifestSetError(ManifestError):
 
 class PrecisionError(ContractError):
     """Latency figures, or the input to the precision choice, are invalid."""
+
+
+class ProcessingError(ContractError):
+    """A bundle's pre- or post-processing (``edgefleet.contract.processing``) cannot compute its result."""
+
+
+class FrameError(ProcessingError):
+    """A frame handed to pre-processing is not a BGR uint8 image of shape HxWx3."""
+
+
+class ModelOutputError(ProcessingError):
+    """A model output does not have the shape the bundle's ``postprocess.kind`` decodes."""

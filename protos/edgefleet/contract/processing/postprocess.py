@@ -1,4 +1,5 @@
-"""Model output → results, as a bundle's ``postprocess`` section declares; owns the result types.
+"""Model output → results, as a bundle's ``postprocess`` section (``Postprocess``) declares; owns
+``Classification`` and ``Detection``.
 
 Pure numpy (no I/O, no clock). Three kinds:
 - ``classification``: ``[1, C]`` scores → top-k ``Classification`` (softmax first for logits), keeping
@@ -17,78 +18,20 @@ Ties in confidence keep model order (stable sort), so the same tensor always yie
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_runtime.inference.errors import InferenceError, SpecError
-from edge_runtime.inference.preprocess import FrameTransform
+from edgefleet.contract.bundle import Postprocess
+from edgefleet.contract.errors import ModelOutputError
+from edgefleet.contract.processing.preprocess import FrameTransform
 
-PostprocessKind = Literal["classification", "yolov5", "yolov8"]
-_KINDS: tuple[PostprocessKind, ...] = ("classification", "yolov5", "yolov8")
-_FIELDS = frozenset({"kind", "top_k", "conf_threshold", "iou_threshold", "max_detections", "softmax"})
 # Bounds NMS work on a degenerate model that scores every anchor high; YOLO's own exporters use the same cap.
 MAX_NMS_CANDIDATES = 30_000
-
-
-def _where(field: str) -> str:
-    return f"bundle.json: field 'postprocess.{field}'"
-
-
-def _positive_int(d: Mapping[str, Any], field: str, default: int) -> int:
-    value = d.get(field, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise SpecError(f"{_where(field)} must be an integer > 0, got {value!r}")
-    return value
-
-
-def _unit_float(d: Mapping[str, Any], field: str, default: float) -> float:
-    value = d.get(field, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-        raise SpecError(f"{_where(field)} must be a number in [0, 1], got {value!r}")
-    return float(value)
-
-
-@dataclass(frozen=True, slots=True)
-class PostprocessSpec:
-    """A validated ``postprocess`` section."""
-
-    kind: PostprocessKind
-    top_k: int = 5
-    conf_threshold: float = 0.25
-    iou_threshold: float = 0.45
-    max_detections: int = 100
-    softmax: bool = False
-
-    @classmethod
-    def from_mapping(cls, d: Mapping[str, Any]) -> PostprocessSpec:
-        """Validate a bundle.json ``postprocess`` mapping; raises ``SpecError`` naming field and value."""
-        if not isinstance(d, Mapping):
-            raise SpecError(f"bundle.json: field 'postprocess' must be a mapping, got {d!r}")
-        unknown = sorted(set(d) - _FIELDS)
-        if unknown:
-            raise SpecError(
-                f"bundle.json: section 'postprocess' has unknown field(s) {unknown}; "
-                f"accepted fields are {sorted(_FIELDS)}"
-            )
-        kind = d.get("kind")
-        if kind not in _KINDS:
-            raise SpecError(f"{_where('kind')} must be one of {', '.join(_KINDS)}, got {kind!r}")
-        softmax = d.get("softmax", False)
-        if not isinstance(softmax, bool):
-            raise SpecError(f"{_where('softmax')} must be true or false, got {softmax!r}")
-        return cls(
-            kind=cast(PostprocessKind, kind),
-            top_k=_positive_int(d, "top_k", 5),
-            conf_threshold=_unit_float(d, "conf_threshold", 0.25),
-            iou_threshold=_unit_float(d, "iou_threshold", 0.45),
-            max_detections=_positive_int(d, "max_detections", 100),
-            softmax=softmax,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,27 +51,6 @@ class Detection:
     confidence: float
 
 
-@dataclass(frozen=True, slots=True)
-class Timings:
-    pre_ms: float
-    model_ms: float
-    post_ms: float
-    total_ms: float
-
-
-@dataclass(frozen=True, slots=True)
-class FrameResult:
-    """One frame's answer. ``top_confidence``: highest output confidence, 0.0 when nothing was found; for a
-    classifier, the best class's score even when it is below the threshold (see the module docstring)."""
-
-    frame_id: int
-    outputs: tuple[Classification, ...] | tuple[Detection, ...]
-    top_confidence: float
-    timings: Timings
-    provider: str
-    bundle_digest: str
-
-
 def label_for(labels: Sequence[str], class_id: int) -> str:
     # A model with more classes than labels still reports something traceable instead of failing the frame.
     return labels[class_id] if 0 <= class_id < len(labels) else f"class_{class_id}"
@@ -141,13 +63,13 @@ def softmax(x: NDArray[np.floating[Any]]) -> NDArray[np.float32]:
     return cast(NDArray[np.float32], e / e.sum(axis=-1, keepdims=True))
 
 
-def classify(output: NDArray[Any], spec: PostprocessSpec, labels: Sequence[str]) -> tuple[Classification, ...]:
+def classify(output: NDArray[Any], spec: Postprocess, labels: Sequence[str]) -> tuple[Classification, ...]:
     """Top-k classes of a ``[1, C]`` (or ``[C]``) score tensor at or above ``conf_threshold``, best first."""
     return classify_scored(output, spec, labels)[0]
 
 
 def classify_scored(
-    output: NDArray[Any], spec: PostprocessSpec, labels: Sequence[str]
+    output: NDArray[Any], spec: Postprocess, labels: Sequence[str]
 ) -> tuple[tuple[Classification, ...], float]:
     """``classify`` and the best class's score (0.0 for no classes), whether or not it passed the threshold."""
     scores = np.asarray(output, np.float32).reshape(-1)
@@ -264,35 +186,31 @@ def greedy_nms(
 
 
 def yolo_candidates(
-    output: NDArray[Any], spec: PostprocessSpec
+    output: NDArray[Any], spec: Postprocess
 ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.intp]]:
     """Decode a YOLO head for one image into (cx,cy,w,h boxes, confidences, class ids) above threshold."""
     raw = np.asarray(output)
     if raw.ndim == 3:
         if raw.shape[0] != 1:
-            raise InferenceError(f"{spec.kind} output must hold one image, got batch of {raw.shape[0]}")
+            raise ModelOutputError(f"{spec.kind} output must hold one image, got batch of {raw.shape[0]}")
         raw = raw[0]
     if raw.ndim != 2:
-        raise InferenceError(f"{spec.kind} output must be [1, rows, cols], got shape {tuple(np.shape(output))}")
+        raise ModelOutputError(f"{spec.kind} output must be [1, rows, cols], got shape {tuple(np.shape(output))}")
     if spec.kind == "yolov8":
         pred = raw.T
         if pred.shape[1] < 5:
-            raise InferenceError(f"yolov8 output must be [1, 4+classes, anchors], got {tuple(np.shape(output))}")
+            raise ModelOutputError(f"yolov8 output must be [1, 4+classes, anchors], got {tuple(np.shape(output))}")
         cls_scores = pred[:, 4:]
-        class_ids = cls_scores.argmax(axis=1)
-        conf = cls_scores[np.arange(pred.shape[0]), class_ids]
-        mask = conf >= spec.conf_threshold
-        pred, conf, class_ids = pred[mask], conf[mask], class_ids[mask]
     else:
         if raw.shape[1] < 6:
-            raise InferenceError(f"yolov5 output must be [1, anchors, 5+classes], got {tuple(np.shape(output))}")
+            raise ModelOutputError(f"yolov5 output must be [1, anchors, 5+classes], got {tuple(np.shape(output))}")
         # Class scores are ≤ 1, so obj × cls ≥ threshold needs obj ≥ threshold: filter cheaply first.
         pred = raw[raw[:, 4] >= spec.conf_threshold]
         cls_scores = pred[:, 5:] * pred[:, 4:5]
-        class_ids = cls_scores.argmax(axis=1)
-        conf = cls_scores[np.arange(pred.shape[0]), class_ids]
-        mask = conf >= spec.conf_threshold
-        pred, conf, class_ids = pred[mask], conf[mask], class_ids[mask]
+    class_ids = cls_scores.argmax(axis=1)
+    conf = cls_scores[np.arange(pred.shape[0]), class_ids]
+    mask = conf >= spec.conf_threshold
+    pred, conf, class_ids = pred[mask], conf[mask], class_ids[mask]
     if conf.shape[0] > MAX_NMS_CANDIDATES:
         top = np.argsort(-conf, kind="stable")[:MAX_NMS_CANDIDATES]
         pred, conf, class_ids = pred[top], conf[top], class_ids[top]
@@ -303,31 +221,41 @@ def yolo_candidates(
     )
 
 
-def detect(
-    output: NDArray[Any], spec: PostprocessSpec, labels: Sequence[str], transform: FrameTransform
-) -> tuple[Detection, ...]:
-    """Detections in frame pixels for one image's YOLO output, best first."""
+def decode_detections(
+    output: NDArray[Any], spec: Postprocess
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.intp]]:
+    """One image's YOLO output → NMS survivors as (x1,y1,x2,y2 boxes in model-input pixels, confidences,
+    class ids), best first. The pipeline's accuracy gate scores these; ``detect`` maps them to the frame."""
     boxes_cxcywh, conf, class_ids = yolo_candidates(output, spec)
     boxes = xywh_to_xyxy(boxes_cxcywh)
     keep = nms(boxes, conf, class_ids, spec.iou_threshold, spec.max_detections)
-    framed = transform.to_frame(boxes[keep]).tolist()
+    return boxes[keep], conf[keep], class_ids[keep]
+
+
+def detect(
+    output: NDArray[Any], spec: Postprocess, labels: Sequence[str], transform: FrameTransform
+) -> tuple[Detection, ...]:
+    """Detections in frame pixels for one image's YOLO output, best first."""
+    boxes, conf, class_ids = decode_detections(output, spec)
+    framed = transform.to_frame(boxes).tolist()
     return tuple(
         Detection(box=(b[0], b[1], b[2], b[3]), class_id=c, label=label_for(labels, c), confidence=p)
-        for b, c, p in zip(framed, class_ids[keep].tolist(), conf[keep].tolist(), strict=True)
+        for b, c, p in zip(framed, class_ids.tolist(), conf.tolist(), strict=True)
     )
 
 
 def postprocess(
-    output: NDArray[Any], spec: PostprocessSpec, labels: Sequence[str], transform: FrameTransform
+    output: NDArray[Any], spec: Postprocess, labels: Sequence[str], transform: FrameTransform
 ) -> tuple[Classification, ...] | tuple[Detection, ...]:
     """Dispatch on ``spec.kind``."""
     return postprocess_scored(output, spec, labels, transform)[0]
 
 
 def postprocess_scored(
-    output: NDArray[Any], spec: PostprocessSpec, labels: Sequence[str], transform: FrameTransform
+    output: NDArray[Any], spec: Postprocess, labels: Sequence[str], transform: FrameTransform
 ) -> tuple[tuple[Classification, ...] | tuple[Detection, ...], float]:
-    """``postprocess`` and the frame's ``top_confidence`` (see ``FrameResult``)."""
+    """``postprocess`` and the frame's top confidence: the best output's, 0.0 when nothing was found; for a
+    classifier, the best class's score even when it is below the threshold (see the module docstring)."""
     if spec.kind == "classification":
         return classify_scored(output, spec, labels)
     detections = detect(output, spec, labels, transform)

@@ -1,4 +1,4 @@
-"""Frame → model-input tensor, as a bundle's ``preprocess`` section declares; owns ``PreprocessSpec``.
+"""Frame → model-input tensor, as a bundle's ``preprocess`` section (``Preprocess``) declares.
 
 Pure functions over numpy arrays (no I/O, no clock). A frame arrives as OpenCV gives it: BGR uint8 HxWx3.
 The pipeline is resize (letterbox keeping aspect ratio, or stretch) → colour order → ``(x·scale − mean)/std``
@@ -10,128 +10,21 @@ Decisions:
 - ``scale``, ``mean`` and ``std`` are folded into one multiply-add per channel (``a = scale/std``,
   ``b = −mean/std``) written straight into the NCHW output, so a frame costs one resize, one border and one
   fused pass over the pixels.
-- ``dtype: uint8`` feeds raw pixels; normalisation must then be the identity or the spec is rejected,
-  rather than silently ignored.
+- The section itself (including "``dtype: uint8`` means identity normalisation") is validated once, when
+  bundle.json is parsed; nothing here re-validates it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_runtime.inference.errors import FrameError, SpecError
-
-ResizeMode = Literal["letterbox", "stretch"]
-ColorOrder = Literal["rgb", "bgr"]
-Layout = Literal["nchw", "nhwc"]
-TensorDType = Literal["float32", "float16", "uint8"]
-
-_RESIZE_MODES: tuple[ResizeMode, ...] = ("letterbox", "stretch")
-_COLORS: tuple[ColorOrder, ...] = ("rgb", "bgr")
-_LAYOUTS: tuple[Layout, ...] = ("nchw", "nhwc")
-_DTYPES: tuple[TensorDType, ...] = ("float32", "float16", "uint8")
-_FIELDS = frozenset({"resize", "size", "color", "mean", "std", "scale", "layout", "dtype", "pad_value"})
-
-
-def _where(field: str) -> str:
-    return f"bundle.json: field 'preprocess.{field}'"
-
-
-def _choice(d: Mapping[str, Any], field: str, choices: tuple[str, ...], default: str) -> str:
-    value = d.get(field, default)
-    if value not in choices:
-        raise SpecError(f"{_where(field)} must be one of {', '.join(choices)}, got {value!r}")
-    return cast(str, value)
-
-
-def _number(value: Any, where: str) -> float:
-    # bool is an int subclass; true/false for a number is always a manifest mistake.
-    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
-        raise SpecError(f"{where} must be a finite number, got {value!r}")
-    return float(value)
-
-
-def _triple(d: Mapping[str, Any], field: str, default: tuple[float, float, float]) -> tuple[float, float, float]:
-    value = d.get(field, default)
-    if not isinstance(value, list | tuple) or len(value) != 3:
-        raise SpecError(f"{_where(field)} must be a list of 3 numbers (one per channel), got {value!r}")
-    a, b, c = (_number(v, _where(field)) for v in value)
-    return (a, b, c)
-
-
-@dataclass(frozen=True, slots=True)
-class PreprocessSpec:
-    """A validated ``preprocess`` section. ``size`` is (height, width) of the model input."""
-
-    size: tuple[int, int]
-    resize: ResizeMode = "letterbox"
-    color: ColorOrder = "rgb"
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    scale: float = 1.0 / 255.0
-    layout: Layout = "nchw"
-    dtype: TensorDType = "float32"
-    pad_value: int = 114
-
-    @classmethod
-    def from_mapping(cls, d: Mapping[str, Any]) -> PreprocessSpec:
-        """Validate a bundle.json ``preprocess`` mapping; raises ``SpecError`` naming field and value."""
-        if not isinstance(d, Mapping):
-            raise SpecError(f"bundle.json: field 'preprocess' must be a mapping, got {d!r}")
-        unknown = sorted(set(d) - _FIELDS)
-        if unknown:
-            raise SpecError(
-                f"bundle.json: section 'preprocess' has unknown field(s) {unknown}; "
-                f"accepted fields are {sorted(_FIELDS)}"
-            )
-        if "size" not in d:
-            raise SpecError(f"{_where('size')} is required: the model input [height, width], e.g. [640, 640]")
-        size = d["size"]
-        if (
-            not isinstance(size, list | tuple)
-            or len(size) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
-        ):
-            raise SpecError(f"{_where('size')} must be [height, width] with positive integers, got {size!r}")
-        dtype = _choice(d, "dtype", _DTYPES, "float32")
-        identity = dtype == "uint8"
-        scale = _number(d.get("scale", 1.0 if identity else 1.0 / 255.0), _where("scale"))
-        if scale <= 0:
-            raise SpecError(f"{_where('scale')} must be > 0, got {scale!r}")
-        mean = _triple(d, "mean", (0.0, 0.0, 0.0))
-        std = _triple(d, "std", (1.0, 1.0, 1.0))
-        if any(s <= 0 for s in std):
-            raise SpecError(f"{_where('std')} values must all be > 0, got {list(std)}")
-        if identity and (scale != 1.0 or mean != (0.0, 0.0, 0.0) or std != (1.0, 1.0, 1.0)):
-            raise SpecError(
-                f"bundle.json: section 'preprocess' has dtype 'uint8' (raw pixels) but normalisation "
-                f"scale={scale}, mean={list(mean)}, std={list(std)}; drop scale/mean/std or use dtype float32"
-            )
-        pad = d.get("pad_value", 114)
-        if isinstance(pad, bool) or not isinstance(pad, int) or not 0 <= pad <= 255:
-            raise SpecError(f"{_where('pad_value')} must be an integer pixel value in 0..255, got {pad!r}")
-        return cls(
-            size=(int(size[0]), int(size[1])),
-            resize=cast(ResizeMode, _choice(d, "resize", _RESIZE_MODES, "letterbox")),
-            color=cast(ColorOrder, _choice(d, "color", _COLORS, "rgb")),
-            mean=mean,
-            std=std,
-            scale=scale,
-            layout=cast(Layout, _choice(d, "layout", _LAYOUTS, "nchw")),
-            dtype=cast(TensorDType, dtype),
-            pad_value=pad,
-        )
-
-    @property
-    def input_shape(self) -> tuple[int, int, int, int]:
-        """Shape of the batch-of-one tensor this spec produces."""
-        h, w = self.size
-        return (1, 3, h, w) if self.layout == "nchw" else (1, h, w, 3)
+from edgefleet.contract.bundle import Preprocess
+from edgefleet.contract.errors import FrameError
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +53,7 @@ class Normaliser:
 
     __slots__ = ("_channel_order", "_gain", "_offset", "spec")
 
-    def __init__(self, spec: PreprocessSpec) -> None:
+    def __init__(self, spec: Preprocess) -> None:
         self.spec = spec
         # Frames are BGR; a model wanting RGB reads channel 2 first.
         self._channel_order = [2, 1, 0] if spec.color == "rgb" else [0, 1, 2]
@@ -222,7 +115,7 @@ def letterbox_geometry(frame_hw: tuple[int, int], size_hw: tuple[int, int]) -> t
     return new_h, new_w, (th - new_h) // 2, (tw - new_w) // 2
 
 
-def resize_frame(frame_bgr: NDArray[np.uint8], spec: PreprocessSpec) -> tuple[NDArray[np.uint8], FrameTransform]:
+def resize_frame(frame_bgr: NDArray[np.uint8], spec: Preprocess) -> tuple[NDArray[np.uint8], FrameTransform]:
     """Resize (letterbox or stretch) to ``spec.size``; the transform maps input pixels back to the frame."""
     frame = check_frame(frame_bgr)
     fh, fw = frame.shape[:2]
@@ -247,7 +140,7 @@ def resize_frame(frame_bgr: NDArray[np.uint8], spec: PreprocessSpec) -> tuple[ND
     return cast(NDArray[np.uint8], boxed), FrameTransform(new_w / fw, new_h / fh, float(left), float(top), fw, fh)
 
 
-def preprocess(frame_bgr: NDArray[np.uint8], spec: PreprocessSpec) -> tuple[NDArray[Any], FrameTransform]:
+def preprocess(frame_bgr: NDArray[np.uint8], spec: Preprocess) -> tuple[NDArray[Any], FrameTransform]:
     """One-shot convenience: the tensor for ``frame_bgr`` and its ``FrameTransform``.
 
     Engines keep a ``Normaliser`` instead, so the per-channel constants are computed once.
