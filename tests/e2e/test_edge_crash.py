@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_runtime.update.state import UpdateState
+from edge_runtime.update.record import UpdateState
 from edgefleet.contract.bundle_archive import verify_bundle
 from edgefleet.contract.signing import TrustedKeys
 from edgefleet_testing.fleet import EDGE_RUNTIME, EdgeProcess, make_bundle, start_controller, start_edge

@@ -17,7 +17,7 @@ from edge_runtime.agent.hardware import HostFacts, classify, hardware_profile
 from edge_runtime.agent.health.endpoint import FAILING_AFTER, judge_health
 from edge_runtime.agent.runner import RunnerSnapshot
 from edge_runtime.agent.telemetry.reporter import AgentReporter
-from edge_runtime.update.state import UpdateRecord, UpdateState
+from edge_runtime.update.record import UpdateRecord, UpdateState
 from edgefleet.v1 import common_pb2, telemetry_pb2
 
 pytestmark = pytest.mark.integration

@@ -26,7 +26,7 @@ from edge_runtime.agent.update.switcher import SlotSwitcher, load_engine
 from edge_runtime.inference import EngineSlot
 from edge_runtime.sources import Frame, open_source
 from edge_runtime.telemetry.sensors import SensorSnapshot
-from edge_runtime.update.state import (
+from edge_runtime.update.events import (
     CanaryFailed,
     CanaryInconclusive,
     CanaryPassed,

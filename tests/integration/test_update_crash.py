@@ -24,17 +24,10 @@ from typing import Any
 import pytest
 
 from edge_runtime.update.driver import UpdateDriver
+from edge_runtime.update.events import CanaryFailed, CanaryStarted, DesiredBundleChanged, TrialFailed
 from edge_runtime.update.journal import Journal
+from edge_runtime.update.record import IN_PROGRESS, UpdateRecord, UpdateState
 from edge_runtime.update.slots import BundleSlots
-from edge_runtime.update.state import (
-    IN_PROGRESS,
-    CanaryFailed,
-    CanaryStarted,
-    DesiredBundleChanged,
-    TrialFailed,
-    UpdateRecord,
-    UpdateState,
-)
 from edge_runtime.update.testing import (
     DirectoryFetcher,
     ManifestVerifier,

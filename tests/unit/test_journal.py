@@ -21,8 +21,8 @@ from edge_runtime.update.errors import (
     UnsafeArtifactNameError,
 )
 from edge_runtime.update.journal import Journal, decode_entry, encode_entry
+from edge_runtime.update.record import UpdateRecord, UpdateState
 from edge_runtime.update.slots import BundleSlots, format_bytes
-from edge_runtime.update.state import UpdateRecord, UpdateState
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 A = "sha256:" + "a" * 64

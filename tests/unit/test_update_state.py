@@ -10,30 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_runtime.update.errors import RecordFormatError
-from edge_runtime.update.state import (
-    DEFAULT_LIMITS,
-    EVENT_TYPES,
-    IN_PROGRESS,
-    SETTLED,
-    TRANSITIONS,
-    ArtifactRef,
-    CanaryFailed,
-    CanaryInconclusive,
-    CanaryPassed,
-    CanaryStarted,
-    Cancelled,
-    CandidateLoadFailed,
+from edge_runtime.update.effects import (
     CollectGarbage,
     Commit,
     CommitConfig,
-    DesiredBundleChanged,
     DiscardCandidate,
-    DiskInsufficient,
-    DownloadCompleted,
-    DownloadFailed,
     RaiseAlert,
-    Recovered,
     ReportState,
     Stage,
     StartCanary,
@@ -42,18 +24,31 @@ from edge_runtime.update.state import (
     StopEvaluation,
     SwapToCandidate,
     SwapToCommitted,
+    Verify,
+)
+from edge_runtime.update.errors import RecordFormatError
+from edge_runtime.update.events import (
+    EVENT_TYPES,
+    CanaryFailed,
+    CanaryInconclusive,
+    CanaryPassed,
+    CanaryStarted,
+    Cancelled,
+    CandidateLoadFailed,
+    DesiredBundleChanged,
+    DiskInsufficient,
+    DownloadCompleted,
+    DownloadFailed,
+    Recovered,
     TrialFailed,
     TrialPassed,
     UpdateEvent,
-    UpdateRecord,
-    UpdateState,
     VerificationFailed,
     VerificationPassed,
-    Verify,
-    crash_attributable,
-    decide,
-    recover,
 )
+from edge_runtime.update.record import DEFAULT_LIMITS, IN_PROGRESS, SETTLED, ArtifactRef, UpdateRecord, UpdateState
+from edge_runtime.update.recovery import crash_attributable
+from edge_runtime.update.state import TRANSITIONS, decide, recover
 from edgefleet.contract.digests import is_digest
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -70,16 +70,10 @@ from edge_runtime.inference.errors import FrameSourceError
 from edge_runtime.sources import open_source
 from edge_runtime.telemetry.sensors import SensorReader
 from edge_runtime.update.driver import DEFAULT_DISK_MARGIN_BYTES, Phase, UpdateDriver
+from edge_runtime.update.events import DesiredBundleChanged, UpdateEvent
 from edge_runtime.update.journal import Journal
+from edge_runtime.update.record import IN_PROGRESS, ArtifactRef, UpdateRecord, UpdateState
 from edge_runtime.update.slots import BundleSlots
-from edge_runtime.update.state import (
-    IN_PROGRESS,
-    ArtifactRef,
-    DesiredBundleChanged,
-    UpdateEvent,
-    UpdateRecord,
-    UpdateState,
-)
 from edgefleet.contract.bundle import MANIFEST_NAME, SIGNATURE_NAME
 from edgefleet.contract.config_classes import inference_fingerprint
 from edgefleet.contract.digests import sha256_digest

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from edge_runtime.update.driver import Phase, UpdateDriver
 from edge_runtime.update.journal import Journal
+from edge_runtime.update.record import UpdateState
 from edge_runtime.update.slots import BundleSlots
-from edge_runtime.update.state import UpdateState
 from edge_runtime.update.testing import (
     DirectoryFetcher,
     ManifestVerifier,

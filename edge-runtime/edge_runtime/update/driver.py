@@ -34,29 +34,14 @@ from typing import Literal, Protocol, assert_never
 
 import structlog
 
-from edge_runtime.update.errors import (
-    DiskSpaceError,
-    EngineSwitchError,
-    FetchError,
-    SlotError,
-    SlotNotFoundError,
-)
-from edge_runtime.update.journal import Journal
-from edge_runtime.update.slots import BundleSlots
-from edge_runtime.update.state import (
-    DEFAULT_LIMITS,
-    CandidateLoadFailed,
+from edge_runtime.update.decision import Decision
+from edge_runtime.update.effects import (
     CollectGarbage,
     Commit,
     CommitConfig,
-    Decision,
     DiscardCandidate,
-    DiskInsufficient,
-    DownloadCompleted,
-    DownloadFailed,
     RaiseAlert,
     ReportState,
-    RetryLimits,
     Stage,
     StartCanary,
     StartDownload,
@@ -64,17 +49,30 @@ from edge_runtime.update.state import (
     StopEvaluation,
     SwapToCandidate,
     SwapToCommitted,
-    TrialFailed,
     UpdateEffect,
+    Verify,
+)
+from edge_runtime.update.errors import (
+    DiskSpaceError,
+    EngineSwitchError,
+    FetchError,
+    SlotError,
+    SlotNotFoundError,
+)
+from edge_runtime.update.events import (
+    CandidateLoadFailed,
+    DiskInsufficient,
+    DownloadCompleted,
+    DownloadFailed,
+    TrialFailed,
     UpdateEvent,
-    UpdateRecord,
-    UpdateState,
     VerificationFailed,
     VerificationPassed,
-    Verify,
-    decide,
-    recover,
 )
+from edge_runtime.update.journal import Journal
+from edge_runtime.update.record import DEFAULT_LIMITS, RetryLimits, UpdateRecord, UpdateState
+from edge_runtime.update.slots import BundleSlots
+from edge_runtime.update.state import decide, recover
 from edgefleet.contract.digests import file_sha256_digest
 from edgefleet.contract.errors import BundleFormatError, ContractError, DigestMismatchError
 

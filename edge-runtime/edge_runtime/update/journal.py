@@ -37,8 +37,8 @@ import structlog
 
 from edge_runtime.durable import fsync_dir, write_durably
 from edge_runtime.update.errors import JournalError, RecordFormatError
+from edge_runtime.update.record import UpdateRecord
 from edge_runtime.update.slots import BundleSlots
-from edge_runtime.update.state import UpdateRecord
 
 _FORMAT = "edgefleet.update-journal"
 

@@ -29,7 +29,7 @@ from edge_runtime.update.errors import (
     SlotNotFoundError,
     UnsafeArtifactNameError,
 )
-from edge_runtime.update.state import format_bytes
+from edge_runtime.update.events import format_bytes
 from edgefleet.contract.digests import is_digest
 
 __all__ = ["BundleSlots", "digest_hex", "format_bytes", "safe_relative"]

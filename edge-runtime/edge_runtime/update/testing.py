@@ -19,15 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_runtime.update.errors import EngineSwitchError, FetchError
-from edge_runtime.update.state import (
-    ArtifactRef,
-    CanaryPassed,
-    CanaryStarted,
-    DesiredBundleChanged,
-    TrialPassed,
-    UpdateEvent,
-    UpdateRecord,
-)
+from edge_runtime.update.events import CanaryPassed, CanaryStarted, DesiredBundleChanged, TrialPassed, UpdateEvent
+from edge_runtime.update.record import ArtifactRef, UpdateRecord
 from edgefleet.contract.digests import sha256_digest
 from edgefleet.contract.errors import BundleFormatError, DigestMismatchError, SignatureError
 

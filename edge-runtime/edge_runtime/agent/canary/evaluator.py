@@ -84,7 +84,7 @@ from edge_runtime.canary import (
     verdict_to_proto,
 )
 from edge_runtime.inference import InferenceEngine
-from edge_runtime.update.state import (
+from edge_runtime.update.events import (
     CanaryFailed,
     CanaryInconclusive,
     CanaryPassed,
@@ -239,9 +239,7 @@ class CanaryEvaluator:
             log.error("canary.policy_invalid", digest=digest, error=str(exc))
             return [*started, CanaryInconclusive(reason)]
         run = ShadowRun(engine, baseline, started_at=self._monotonic())
-        stop = self._replace_job(digest, run)
-        self._runner.attach_shadow(run)
-        threading.Thread(target=self._canary_loop, args=(run, policy, stop), name="canary-shadow", daemon=True).start()
+        self._start_job(digest, run, policy)
         log.info(
             "canary.shadow_started",
             digest=digest,
@@ -252,6 +250,21 @@ class CanaryEvaluator:
             latency_budget_ms=round(policy.latency_budget_ms, 3),
         )
         return started
+
+    def _start_job(self, digest: str, run: ShadowRun | WatchRun, policy: CanaryPolicy) -> None:
+        """Replace the candidate's running job with ``run``, attach it to the frame loop, start its thread."""
+        stop = self._replace_job(digest, run)
+        match run:
+            case ShadowRun():
+                self._runner.attach_shadow(run)
+                job = threading.Thread(target=self._canary_loop, args=(run, policy, stop), name="canary-shadow")
+            case WatchRun():
+                self._runner.attach_watch(run)
+                job = threading.Thread(target=self._watch_loop, args=(run, policy, stop), name="trial-watch")
+            case _:
+                assert_never(run)
+        job.daemon = True
+        job.start()
 
     def _replace_job(self, digest: str, run: ShadowRun | WatchRun) -> threading.Event:
         stop = threading.Event()
@@ -401,9 +414,7 @@ class CanaryEvaluator:
             reference = previous if previous is not None and previous is not trial else None
         policy = self._watch_policy(digest, bundle_dir)
         run = WatchRun(trial, reference, started_at=self._monotonic(), limit=ShadowRateLimit.from_policy(policy))
-        stop = self._replace_job(digest, run)
-        self._runner.attach_watch(run)
-        threading.Thread(target=self._watch_loop, args=(run, policy, stop), name="trial-watch", daemon=True).start()
+        self._start_job(digest, run, policy)
         log.info(
             "canary.watch_started",
             digest=digest,

@@ -34,7 +34,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from edge_runtime.agent.client import ControllerLink
 from edge_runtime.agent.retry import Sleep, transient_retry
-from edge_runtime.update.state import UpdateRecord, UpdateState
+from edge_runtime.update.record import UpdateRecord, UpdateState
 from edgefleet.v1 import common_pb2, device_pb2, telemetry_pb2
 
 log = structlog.get_logger(__name__)

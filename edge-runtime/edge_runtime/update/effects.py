@@ -1,0 +1,140 @@
+"""The effects of the update machine: what the driver must do, in order, after the record is journaled.
+
+Each effect is a frozen dataclass naming its bundle (and config) by digest; ``UpdateEffect`` is their union,
+which the driver's executor matches exhaustively (``assert_never``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edge_runtime.update.record import ArtifactRef
+
+
+@dataclass(frozen=True)
+class StartDownload:
+    """Fetch every artifact of ``digest`` into ``incoming/`` (resuming partial files)."""
+
+    digest: str
+    artifacts: tuple[ArtifactRef, ...]
+
+
+@dataclass(frozen=True)
+class Verify:
+    """Check every artifact's sha256 and the bundle signature."""
+
+    digest: str
+    artifacts: tuple[ArtifactRef, ...]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Promote the verified download to a read-only slot and load it off the frame path, with ``config``
+    (a config digest; None: the config in force)."""
+
+    digest: str
+    config: str | None = None
+
+
+@dataclass(frozen=True)
+class StartCanary:
+    digest: str
+
+
+@dataclass(frozen=True)
+class StartWatch:
+    """Start the trial watch window for the candidate now serving. ``paired``: run the engine it replaced
+    beside it; False for a config change that kept the engine (nothing else to pair it with)."""
+
+    digest: str
+    paired: bool = True
+
+
+@dataclass(frozen=True)
+class StopEvaluation:
+    """Stop any canary or watch window running for ``digest``."""
+
+    digest: str
+
+
+@dataclass(frozen=True)
+class SwapToCandidate:
+    """Serve the candidate: its staged engine (or the engine serving, when its config did not change
+    inference), and put its config in force."""
+
+    digest: str
+    config: str | None = None
+
+
+@dataclass(frozen=True)
+class SwapToCommitted:
+    """Serve the committed bundle (``None``: nothing was ever committed, serve nothing) and put the
+    committed config in force (``None``: the last config the device applied, if any)."""
+
+    digest: str | None
+    config: str | None = None
+
+
+@dataclass(frozen=True)
+class Commit:
+    """The candidate is now committed, with ``config`` as the durable last applied config (None: keep it);
+    slots outside ``keep`` may be reclaimed."""
+
+    digest: str
+    keep: tuple[str, ...]
+    config: str | None = None
+
+
+@dataclass(frozen=True)
+class CommitConfig:
+    """Put ``config`` in force and make it the durable last applied config at once: nothing serves, so
+    there is nothing to judge it on."""
+
+    config: str
+
+
+@dataclass(frozen=True)
+class DiscardCandidate:
+    """Remove the candidate's slot; its partial download too unless ``keep_partial``."""
+
+    digest: str
+    keep_partial: bool
+
+
+@dataclass(frozen=True)
+class CollectGarbage:
+    keep: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RaiseAlert:
+    """Tell the operator something that rolled nothing back (a ``KIND_ALERT`` event): ``code`` is the
+    dotted name (``first_install.latency_miss``), ``numbers`` the figures behind it."""
+
+    code: str
+    digest: str
+    message: str
+    numbers: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class ReportState:
+    """Tell the controller (on the next sync) what the record now says."""
+
+
+UpdateEffect = (
+    StartDownload
+    | Verify
+    | Stage
+    | StartCanary
+    | StartWatch
+    | StopEvaluation
+    | SwapToCandidate
+    | SwapToCommitted
+    | Commit
+    | CommitConfig
+    | DiscardCandidate
+    | CollectGarbage
+    | RaiseAlert
+    | ReportState
+)
