@@ -24,41 +24,30 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from benchlib import row, run_alone
 from google.protobuf import json_format
+from telemetry_workload import MISSING_SENSOR, PRESENT_SENSORS, TEGRA_THERMALS, detector_window
 
-from edge_runtime.telemetry import TelemetryBuffer, WindowAggregator
+from edge_runtime.telemetry import TelemetryBuffer
 from edge_runtime.telemetry.buffer import encode_record
-from edgefleet.v1.telemetry_pb2 import MetricWindow, SensorReading, TelemetryBatch, TelemetryRecord
+from edgefleet.v1.telemetry_pb2 import MetricWindow, TelemetryBatch, TelemetryRecord
 
 T0 = datetime(2025, 3, 1, tzinfo=UTC)
 BATCH = 100
-SENSORS = [
-    SensorReading(name="cpu_temp", kind="temp_c", value=61.5),
-    SensorReading(name="gpu_temp", kind="temp_c", value=58.0),
-    SensorReading(name="cpu_clock", kind="clock_mhz", value=1420.8, max_value=1510.4),
-    SensorReading(name="gpu_clock", kind="clock_mhz", value=612.0, max_value=624.75),
-    SensorReading(name="CPU-therm", kind="temp_c", value=61.5),
-    SensorReading(name="GPU-therm", kind="temp_c", value=58.0),
-    SensorReading(name="soc-thermal", kind="temp_c", missing=True),
-]
+SENSORS = [*PRESENT_SENSORS, *TEGRA_THERMALS, MISSING_SENSOR]
 
 
 def realistic_window(seed: int) -> MetricWindow:
-    rng = np.random.default_rng(seed)
-    agg = WindowAggregator(bundle_digest="sha256:" + "5e" * 32, provider="TensorrtExecutionProvider", started_at=T0)
-    for ms in rng.lognormal(3.2, 0.25, size=300):
-        agg.observe(float(ms), float(ms) * 0.7, float(rng.beta(5, 2)), detections=int(rng.integers(0, 6)))
-    return agg.close(
-        T0 + timedelta(seconds=10),
+    return detector_window(
+        seed,
+        started_at=T0,
+        bundle_digest="sha256:" + "5e" * 32,
+        provider="TensorrtExecutionProvider",
         sensors=SENSORS,
-        memory_free=3 << 30,
-        disk_free=20 << 30,
         dropped={"metrics": 0},
     )
 

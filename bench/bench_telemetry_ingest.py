@@ -44,14 +44,14 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import grpc  # noqa: E402
-import numpy as np  # noqa: E402
 from benchlib import row, run_alone  # noqa: E402
+from telemetry_workload import MISSING_SENSOR, PRESENT_SENSORS, detector_window  # noqa: E402
 
 from edge_runtime.agent.telemetry.uploader import TelemetryUploader, UploadSettings  # noqa: E402
-from edge_runtime.telemetry import TelemetryBuffer, WindowAggregator  # noqa: E402
+from edge_runtime.telemetry import TelemetryBuffer  # noqa: E402
 from edge_runtime.telemetry.buffer import Body  # noqa: E402
 from edgefleet.v1 import device_pb2_grpc  # noqa: E402
-from edgefleet.v1.telemetry_pb2 import DeviceEvent, MetricWindow, SensorReading  # noqa: E402
+from edgefleet.v1.telemetry_pb2 import DeviceEvent, MetricWindow  # noqa: E402
 
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
 BUNDLE = "sha256:" + "5e" * 32
@@ -65,13 +65,7 @@ UNPACED = UploadSettings(
 )
 HOUR_WINDOWS = 360
 HOUR_EVENTS = 600
-SENSORS = [
-    SensorReading(name="cpu_temp", kind="temp_c", value=61.5),
-    SensorReading(name="gpu_temp", kind="temp_c", value=58.0),
-    SensorReading(name="cpu_clock", kind="clock_mhz", value=1420.8, max_value=1510.4),
-    SensorReading(name="gpu_clock", kind="clock_mhz", value=612.0, max_value=624.75),
-    SensorReading(name="soc-thermal", kind="temp_c", missing=True),
-]
+SENSORS = [*PRESENT_SENSORS, MISSING_SENSOR]
 
 
 def _say(message: str) -> None:
@@ -84,14 +78,10 @@ def _say(message: str) -> None:
 def _templates(count: int) -> list[MetricWindow]:
     """Realistic windows (300 frames of a ~30 FPS detector each); reused with new start times, since
     aggregating 300 frames per window for a whole fleet-hour would dominate the run."""
-    out = []
-    for seed in range(count):
-        rng = np.random.default_rng(seed)
-        agg = WindowAggregator(bundle_digest=BUNDLE, provider="CPUExecutionProvider", started_at=T0)
-        for v in rng.lognormal(3.2, 0.25, size=300):
-            agg.observe(float(v), float(v) * 0.7, float(rng.beta(5, 2)), detections=int(rng.integers(0, 6)))
-        out.append(agg.close(T0 + timedelta(seconds=10), sensors=SENSORS, memory_free=3 << 30, disk_free=20 << 30))
-    return out
+    return [
+        detector_window(seed, started_at=T0, bundle_digest=BUNDLE, provider="CPUExecutionProvider", sensors=SENSORS)
+        for seed in range(count)
+    ]
 
 
 def _windows(templates: Sequence[MetricWindow], count: int, start: datetime) -> list[MetricWindow]:
