@@ -242,8 +242,8 @@ class ControllerApp:
         )
         self.telemetry = TelemetryService(self.store, self.clock, self.feed)
         self.relay: ChangeRelay | None = None
-        if self.store.engine.dialect.name == "postgresql":
-            self.relay = ChangeRelay(self.store.engine.url, self.hub, replica_id(self.data_dir))
+        if self.store.db.engine.dialect.name == "postgresql":
+            self.relay = ChangeRelay(self.store.db.engine.url, self.hub, replica_id(self.data_dir))
         self.metrics = ControllerMetrics()
         self.metrics.watch_waiting(lambda: self.hub.waiting)
         self.metrics.watch_devices(self._devices_by_state)
@@ -260,7 +260,7 @@ class ControllerApp:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        secret = await asyncio.to_thread(self.store.ensure_bootstrap_admin, self.clock())
+        secret = await asyncio.to_thread(self.store.operator_tokens.ensure_bootstrap_admin, self.clock())
         if secret is not None:
             path = self.data_dir / "admin.token"
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -293,7 +293,7 @@ class ControllerApp:
         # a site summary scans every device, which per report would make N reports cost O(N²).
         if self._device_counts_stale:
             self._device_counts_stale = False
-            summary = self.store.site_summary()
+            summary = self.store.devices.site_summary()
             self._device_counts = {
                 (site, health): count for site, s in summary.items() for health, count in s.by_health.items()
             }
@@ -307,7 +307,7 @@ class ControllerApp:
         if cached is not None:
             return cached
         generation = self._desired.generation
-        desired = await asyncio.to_thread(self.store.get_desired, device_id)
+        desired = await asyncio.to_thread(self.store.desired.get, device_id)
         self._desired.put(desired, generation)
         return desired
 
@@ -317,7 +317,7 @@ class ControllerApp:
         missing = [i for i in device_ids if i not in found]
         if missing:
             generation = self._desired.generation
-            fetched = await asyncio.to_thread(self.store.get_desired_many, missing)
+            fetched = await asyncio.to_thread(self.store.desired.get_many, missing)
             for desired in fetched.values():
                 self._desired.put(desired, generation)
             found.update(fetched)
@@ -332,7 +332,7 @@ class ControllerApp:
     async def _pieces_of(self, bundle_digest: str) -> _BundlePieces:
         pieces = self._bundle_pieces.get(bundle_digest)
         if pieces is None:
-            bundle = await asyncio.to_thread(self.store.get_bundle, bundle_digest)
+            bundle = await asyncio.to_thread(self.store.bundles.get, bundle_digest)
             manifest = BundleManifest.from_json_bytes(bundle.manifest)
             pieces = _BundlePieces(bundle.manifest, bundle.signature, tuple(self.artifact_refs(manifest)))
             self._remember(self._bundle_pieces, bundle_digest, pieces)
@@ -354,14 +354,14 @@ class ControllerApp:
         if cached is not None and (cached.expires_at is None or self.clock() < cached.expires_at):
             return cached
         if token.startswith("edc_"):
-            device_id = await asyncio.to_thread(self.store.authenticate_device, token)
+            device_id = await asyncio.to_thread(self.store.devices.authenticate, token)
             if device_id is None:
                 raise cerr.Unauthenticated("unknown device credential; the device must enroll again")
-            device = await asyncio.to_thread(self.store.get_device, device_id)
+            device = await asyncio.to_thread(self.store.devices.get, device_id)
             principal = Principal("device", device_id, device.name, site=device.site)
         elif token.startswith("eot_"):
             try:
-                op = await asyncio.to_thread(self.store.authenticate_operator, token, self.clock())
+                op = await asyncio.to_thread(self.store.operator_tokens.authenticate, token, self.clock())
             except serr.TokenRejected as exc:
                 raise cerr.Unauthenticated(f"operator token refused: {exc}") from None
             principal = Principal("operator", op.id, op.name, role=Role.parse(op.role.value), expires_at=op.expires_at)
@@ -377,7 +377,7 @@ class ControllerApp:
     # ------------------------------------------------------------------ conversions
 
     async def trusted_keys(self) -> TrustedKeys:
-        records = await asyncio.to_thread(self.store.list_trusted_keys, False)
+        records = await asyncio.to_thread(self.store.trusted_keys.all, False)
         return TrustedKeys.from_pem_map({r.key_id: r.public_key_pem for r in records})
 
     def device_message(self, rec: DeviceRecord, desired: DesiredState | None = None) -> common_pb2.Device:
@@ -437,7 +437,7 @@ class ControllerApp:
         now = self.clock()
         try:
             device, credential = await asyncio.to_thread(
-                self.store.enroll_device,
+                self.store.devices.enroll,
                 request.enrollment_token,
                 request.name,
                 request.hardware.hardware_class or "unknown",
@@ -448,7 +448,7 @@ class ControllerApp:
         except serr.TokenRejected as exc:
             raise cerr.Unauthenticated(f"enrollment refused: {exc}") from None
         await self._assign_configs([device])
-        keys = await asyncio.to_thread(self.store.list_trusted_keys, False)
+        keys = await asyncio.to_thread(self.store.trusted_keys.all, False)
         log.info("device.enrolled", device_id=device.id, name=device.name, site=device.site)
         self.feed.publish_device(fleet_pb2.FleetEvent.KIND_ENROLLED, self.device_message(device))
         self._device_counts_changed()
@@ -480,12 +480,12 @@ class ControllerApp:
             return await self.desired_of(device_id)
         generation = self._desired.generation
         desired = await asyncio.to_thread(
-            self.store.record_report, device_id, self._reported_document(reported), self.clock()
+            self.store.devices.record_report, device_id, self._reported_document(reported), self.clock()
         )
         self._desired.put(desired, generation)
         self._reports[device_id] = _ReportMemo(digest, loop_now)
         if memo is None or memo.digest != digest:
-            device = await asyncio.to_thread(self.store.get_device, device_id)
+            device = await asyncio.to_thread(self.store.devices.get, device_id)
             self.feed.publish_device(fleet_pb2.FleetEvent.KIND_UPDATED, self.device_message(device, desired))
             self._device_counts_changed()
             # a bundle this report shows failing (FAIL verdict or rollback under an assignment) is remembered
@@ -585,12 +585,12 @@ class ControllerApp:
             kind = event_kind_name(ev.kind)
             payload = MessageToDict(ev, preserving_proto_field_name=True)
             inputs.append(EventInput(kind, payload, at, seq))
-        stored = await asyncio.to_thread(self.store.record_events, device_id, inputs, self.clock())
+        stored = await asyncio.to_thread(self.store.events.record_many, device_id, inputs, self.clock())
         await self._record_profiles(device_id, events)
         # a bundle these events show failing (a FAIL verdict, a rollback) under an assignment is remembered
         failing = [(ev, i) for ev, i in zip(events, inputs, strict=True) if ev.kind in _FAILURE_EVENT_KINDS]
         if failing:
-            device = await asyncio.to_thread(self.store.get_device, device_id)
+            device = await asyncio.to_thread(self.store.devices.get, device_id)
             for ev, item in failing:
                 if ev.kind == telemetry_pb2.DeviceEvent.KIND_CANARY_VERDICT:
                     verdict = MessageToDict(ev.verdict, preserving_proto_field_name=True)
@@ -608,7 +608,7 @@ class ControllerApp:
         relevant = [ev for ev in events if ev.kind in kinds]
         if not relevant:
             return
-        device = await asyncio.to_thread(self.store.get_device, device_id)
+        device = await asyncio.to_thread(self.store.devices.get, device_id)
         for ev in relevant:
             at = ev.at.ToDatetime(tzinfo=UTC) if ev.HasField("at") else self.clock()
             if ev.kind == telemetry_pb2.DeviceEvent.KIND_PROFILE and ev.profile.total.count:
@@ -635,11 +635,11 @@ class ControllerApp:
             )
 
     async def list_profiles(self, request: fleet_pb2.ListProfilesRequest) -> fleet_pb2.ListProfilesResponse:
-        digests = [(await asyncio.to_thread(self.store.get_bundle, ref)).digest for ref in request.bundles]
+        digests = [(await asyncio.to_thread(self.store.bundles.get, ref)).digest for ref in request.bundles]
         rows = await asyncio.to_thread(
             self.rollouts.rollouts.list_profiles, digests or None, request.hardware_class or None
         )
-        refs = {r.digest: f"{r.name}@{r.version}" for r in await asyncio.to_thread(self.store.list_bundles, None)}
+        refs = {r.digest: f"{r.name}@{r.version}" for r in await asyncio.to_thread(self.store.bundles.all, None)}
         out = fleet_pb2.ListProfilesResponse()
         for row in rows:
             out.profiles.append(
@@ -659,7 +659,7 @@ class ControllerApp:
 
     async def list_events(self, device: str, limit: int) -> list[telemetry_pb2.DeviceEvent]:
         rec = await self.find_device(device)
-        records = await asyncio.to_thread(self.store.list_events, device_id=rec.id, limit=limit or 50)
+        records = await asyncio.to_thread(self.store.events.query, device_id=rec.id, limit=limit or 50)
         out = []
         for r in records:
             msg = telemetry_pb2.DeviceEvent()
@@ -727,7 +727,7 @@ class ControllerApp:
         deduplicated = [d for d in expected if d in stored_before or d not in received]
         refs = [ArtifactRef(a.role, a.digest, a.size) for a in manifest.artifacts.values()]
         record, created = await asyncio.to_thread(
-            lambda: self.store.put_bundle(
+            lambda: self.store.bundles.put(
                 manifest_bytes,
                 sig_bytes,
                 name=manifest.name,
@@ -753,9 +753,9 @@ class ControllerApp:
         return got_digest, size
 
     async def get_bundle(self, ref: str) -> fleet_pb2.GetBundleResponse:
-        rec = await asyncio.to_thread(self.store.get_bundle, ref)
+        rec = await asyncio.to_thread(self.store.bundles.get, ref)
         manifest = BundleManifest.from_json_bytes(rec.manifest)
-        running, _ = await asyncio.to_thread(lambda: self.store.list_devices(bundle=rec.digest, page_size=1000))
+        running, _ = await asyncio.to_thread(lambda: self.store.devices.page(bundle=rec.digest, page_size=1000))
         failures = await self.rollouts.bundle_failures(rec.digest)
         return fleet_pb2.GetBundleResponse(
             bundle=self.bundle_summary(rec),
@@ -779,12 +779,12 @@ class ControllerApp:
         )
 
     async def list_bundles(self, name: str) -> list[common_pb2.BundleSummary]:
-        records = await asyncio.to_thread(self.store.list_bundles, name or None)
+        records = await asyncio.to_thread(self.store.bundles.all, name or None)
         return [self.bundle_summary(r) for r in records]
 
     async def delete_bundle(self, ref: str) -> None:
-        rec = await asyncio.to_thread(self.store.get_bundle, ref)
-        orphans = await asyncio.to_thread(self.store.delete_bundle, rec.digest)
+        rec = await asyncio.to_thread(self.store.bundles.get, ref)
+        orphans = await asyncio.to_thread(self.store.bundles.delete, rec.digest)
         self._bundle_pieces.pop(rec.digest, None)
         for digest in orphans:
             await asyncio.to_thread(self.blobs.delete, digest)
@@ -793,7 +793,7 @@ class ControllerApp:
     # ------------------------------------------------------------------ configs
 
     async def config_documents(self) -> list[ManifestDoc]:
-        records = await asyncio.to_thread(self.store.current_config_documents)
+        records = await asyncio.to_thread(self.store.configs.current)
         docs = []
         for r in records:
             if r.deleted or r.doc_json is None:
@@ -839,7 +839,7 @@ class ControllerApp:
             reason = "config applied" if rollout_id is None else f"config applied (rollout {rollout_id} target kept)"
             await asyncio.to_thread(
                 functools.partial(
-                    self.store.set_desired, ids, config_digest=digest, reason=reason, now=now, rollout_id=rollout_id
+                    self.store.desired.assign, ids, config_digest=digest, reason=reason, now=now, rollout_id=rollout_id
                 )
             )
             changed.extend(ids)
@@ -855,7 +855,7 @@ class ControllerApp:
         token = None
         while True:
             page, token = await asyncio.to_thread(
-                functools.partial(self.store.list_devices, page_size=500, page_token=token, **filters)
+                functools.partial(self.store.devices.page, page_size=500, page_token=token, **filters)
             )
             out.extend(page)
             if token is None:
@@ -914,7 +914,7 @@ class ControllerApp:
         if request.dry_run:
             results.extend(f"{d.ref} valid (not staged: dry run)" for d in staged_docs)
             results.extend(f"Rollout/{d.name} valid (not created: dry run)" for d in rollout_docs)
-            revision = await asyncio.to_thread(self.store.config_revision)
+            revision = await asyncio.to_thread(self.store.configs.revision)
             return fleet_pb2.ApplyConfigResponse(revision=revision, results=results)
 
         def stored(docs: Sequence[ManifestDoc]) -> list[ConfigDocInput]:
@@ -936,7 +936,7 @@ class ControllerApp:
                 f"{d.ref} {outcome} (live when a Rollout of it completes)"
                 for d, outcome in zip(staged_docs, outcomes, strict=True)
             )
-        revision = await asyncio.to_thread(lambda: self.store.apply_config_documents(inputs, applied_by, self.clock()))
+        revision = await asyncio.to_thread(lambda: self.store.configs.apply(inputs, applied_by, self.clock()))
         changed = await self._assign_configs(devices, list(merged.values()))
         rollout_ids = []
         for d in rollout_docs:
@@ -958,7 +958,7 @@ class ControllerApp:
         if not ref:
             raise cerr.InvalidArgument("device must be a device id (dev_…) or name; got ''")
         if ref.startswith("dev_"):
-            return await asyncio.to_thread(self.store.get_device, ref)
+            return await asyncio.to_thread(self.store.devices.get, ref)
         matches = await self.all_devices(name=ref)
         if not matches:
             raise cerr.NotFoundError(f"no device named {ref!r}; list them with fleetctl get devices")
@@ -1003,7 +1003,7 @@ class ControllerApp:
     # ------------------------------------------------------------------ desired state
 
     async def set_desired_bundle(self, request: fleet_pb2.SetDesiredBundleRequest) -> dict[str, int]:
-        bundle = await asyncio.to_thread(self.store.get_bundle, request.bundle)
+        bundle = await asyncio.to_thread(self.store.bundles.get, request.bundle)
         if request.HasField("device") or request.device:
             ids = [(await self.find_device(request.device)).id]
         elif request.site:
@@ -1013,7 +1013,7 @@ class ControllerApp:
         else:
             raise cerr.InvalidArgument("SetDesiredBundle needs a device or a site")
         revisions = await asyncio.to_thread(
-            lambda: self.store.set_desired(
+            lambda: self.store.desired.assign(
                 ids,
                 bundle_digest=bundle.digest,
                 reason=f"set-bundle {bundle.name}@{bundle.version}",
@@ -1031,7 +1031,7 @@ class ControllerApp:
     async def list_devices(self, request: fleet_pb2.ListDevicesRequest) -> fleet_pb2.ListDevicesResponse:
         bundle = None
         if request.bundle:
-            bundle = (await asyncio.to_thread(self.store.get_bundle, request.bundle)).digest
+            bundle = (await asyncio.to_thread(self.store.bundles.get, request.bundle)).digest
         health = None
         if request.health and request.health != common_pb2.HEALTH_OFFLINE:
             try:
@@ -1044,7 +1044,7 @@ class ControllerApp:
             if "=" not in tag:
                 raise cerr.InvalidArgument(f"tag filter must be key=value, got {tag!r}")
         page, token = await asyncio.to_thread(
-            lambda: self.store.list_devices(
+            lambda: self.store.devices.page(
                 site=request.site or None,
                 tag=request.tags[0] if request.tags else None,
                 bundle=bundle,
@@ -1074,9 +1074,9 @@ class ControllerApp:
         return self.device_message(rec, desired)
 
     async def list_sites(self) -> list[fleet_pb2.SiteSummary]:
-        summary = await asyncio.to_thread(self.store.site_summary)
+        summary = await asyncio.to_thread(self.store.devices.site_summary)
         names: dict[str, str] = {}
-        for rec in await asyncio.to_thread(self.store.list_bundles, None):
+        for rec in await asyncio.to_thread(self.store.bundles.all, None):
             names[rec.digest] = f"{rec.name}@{rec.version}"
         out = []
         for site, s in sorted(summary.items()):
@@ -1098,7 +1098,7 @@ class ControllerApp:
         if not request.site:
             raise cerr.InvalidArgument("CreateEnrollmentToken: site is required (e.g. --site warehouse-a)")
         rec, secret = await asyncio.to_thread(
-            lambda: self.store.create_enrollment_token(
+            lambda: self.store.enrollment_tokens.create(
                 request.site,
                 request.ttl_s or 86400,
                 self.clock(),
@@ -1111,7 +1111,7 @@ class ControllerApp:
         )
 
     async def revoke_enrollment_token(self, token_id: str) -> None:
-        await asyncio.to_thread(self.store.revoke_enrollment_token, token_id.removeprefix("eft_"), self.clock())
+        await asyncio.to_thread(self.store.enrollment_tokens.revoke, token_id.removeprefix("eft_"), self.clock())
 
     async def create_operator_token(
         self, request: fleet_pb2.CreateOperatorTokenRequest
@@ -1121,12 +1121,12 @@ class ControllerApp:
         except ValueError:
             raise cerr.InvalidArgument(f"role must be viewer, operator or admin; got {request.role!r}") from None
         rec, secret = await asyncio.to_thread(
-            lambda: self.store.create_operator_token(request.name, role, request.ttl_s or None, self.clock())
+            lambda: self.store.operator_tokens.create(request.name, role, request.ttl_s or None, self.clock())
         )
         return fleet_pb2.CreateOperatorTokenResponse(token_id=rec.id, token=secret)
 
     async def revoke_operator_token(self, token_id: str) -> None:
-        await asyncio.to_thread(self.store.revoke_operator_token, token_id, self.clock())
+        await asyncio.to_thread(self.store.operator_tokens.revoke, token_id, self.clock())
         self._credentials.evict_subject(token_id)
 
     async def add_trusted_key(self, key_id: str, pem: str) -> str:
@@ -1135,11 +1135,11 @@ class ControllerApp:
             TrustedKeys.from_pem_map({key_id: pem})
         except ContractError as exc:
             raise cerr.InvalidArgument(f"trusted key refused: {exc}") from None
-        rec = await asyncio.to_thread(self.store.add_trusted_key, key_id, pem, self.clock())
+        rec = await asyncio.to_thread(self.store.trusted_keys.add, key_id, pem, self.clock())
         return rec.key_id
 
     async def list_trusted_keys(self) -> list[fleet_pb2.TrustedKey]:
-        records = await asyncio.to_thread(self.store.list_trusted_keys, False)
+        records = await asyncio.to_thread(self.store.trusted_keys.all, False)
         return [
             fleet_pb2.TrustedKey(key_id=r.key_id, public_key_pem=r.public_key_pem, added_at=to_timestamp(r.added_at))
             for r in records

@@ -170,7 +170,7 @@ async def test_revoked_operator_tokens_are_refused(tmp_path: Path) -> None:
     # Written straight to the store (an administrator's act while the controller is down) …
     store = Store.open_data_dir(data)
     try:
-        store.revoke_operator_token(second_id, datetime.now(UTC))
+        store.operator_tokens.revoke(second_id, datetime.now(UTC))
     finally:
         store.close()
     # … and honoured by the next controller on that data dir.

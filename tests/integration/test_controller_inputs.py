@@ -45,7 +45,7 @@ def blob_files(ctrl: InProcessController) -> set[str]:
 async def fleet_state(c: Fleet, ctrl: InProcessController) -> tuple[Any, ...]:
     bundles = await c.fleet.ListBundles(fleet_pb2.ListBundlesRequest(), metadata=c.admin)
     devices = await c.fleet.ListDevices(fleet_pb2.ListDevicesRequest(), metadata=c.admin)
-    revision = await asyncio.to_thread(ctrl.app.store.config_revision)
+    revision = await asyncio.to_thread(ctrl.app.store.configs.revision)
     return (
         [b.SerializeToString() for b in bundles.bundles],
         sorted((d.id, d.desired.SerializeToString()) for d in devices.devices),

@@ -89,7 +89,7 @@ def publish(
     doc = {**base, "name": name, "version": version, "latency": {"sla_ms": sla, "percentile": 95.0}}
     manifest = BundleManifest.from_dict(doc)
     refs = [ArtifactRef(role, a.digest, a.size) for role, a in manifest.artifacts.items()]
-    record, _ = store.put_bundle(
+    record, _ = store.bundles.put(
         manifest.to_json_bytes(), b"sig", name=name, version=version, key_id="pub", artifacts=refs, now=T0
     )
     return record.digest
@@ -98,8 +98,8 @@ def publish(
 def enroll(
     store: Store, site: str, n: int, hardware: str = "x86-avx2", tags: dict[str, str] | None = None
 ) -> list[str]:
-    _, secret = store.create_enrollment_token(site, 3600, T0)
-    return [store.enroll_device(secret, f"{site}-{i}", hardware, {}, tags or {}, T0)[0].id for i in range(n)]
+    _, secret = store.enrollment_tokens.create(site, 3600, T0)
+    return [store.devices.enroll(secret, f"{site}-{i}", hardware, {}, tags or {}, T0)[0].id for i in range(n)]
 
 
 def report(
@@ -114,7 +114,7 @@ def report(
 ) -> dict[str, Any]:
     """Write a report as the Sync RPC does. Like the edge runtime, the device echoes the assignment of its
     current desired state (``echo``), with its update state and its verdict."""
-    desired = store.get_desired(device_id)
+    desired = store.desired.get(device_id)
     state: dict[str, Any] = {
         "update_state": f"UPDATE_STATE_{update_state}",
         "applied_revision": str(desired.revision),
@@ -128,12 +128,12 @@ def report(
         state["candidate_bundle_digest"] = candidate
     if verdict:
         state["last_verdict"] = {**verdict, "assignment_id": assignment} if assignment else verdict
-    store.record_report(device_id, {"running_bundle": running, "health": "serving", "slots": {}, "state": state}, now)
+    store.devices.record_report(device_id, {"running_bundle": running, "health": "serving", "slots": {}, "state": state}, now)
     return state
 
 
 def assigned_to(store: Store, ids: list[str], digest: str) -> list[str]:
-    return sorted(d for d in ids if store.get_desired(d).bundle_digest == digest)
+    return sorted(d for d in ids if store.desired.get(d).bundle_digest == digest)
 
 
 def request(bundle: str, sites: list[str], waves: list[str], **kwargs: Any) -> fleet_pb2.CreateRolloutRequest:
@@ -161,7 +161,7 @@ async def test_waves_advance_with_reports_bake_and_complete(
     assert ro.id.startswith("ro_") and ro.phase == PHASE.ROLLOUT_PHASE_RUNNING and ro.waves_total == 3
     wave1 = assigned_to(store, ids, v2)
     assert len(wave1) == 1
-    desired = store.get_desired(wave1[0])
+    desired = store.desired.get(wave1[0])
     assert (desired.rollout_id, desired.reason) == (ro.id, f"rollout {ro.id} wave 1")
     assert {s.status for s in ro.devices} == {"assigned", "pending"}
 
@@ -174,7 +174,7 @@ async def test_waves_advance_with_reports_bake_and_complete(
     await service.reconcile_once(clock.advance(61))
     wave2 = assigned_to(store, ids, v2)
     assert len(wave2) == 2
-    assert store.get_desired((set(wave2) - set(wave1)).pop()).reason == f"rollout {ro.id} wave 2"
+    assert store.desired.get((set(wave2) - set(wave1)).pop()).reason == f"rollout {ro.id} wave 2"
 
     for d in wave2:
         report(store, d, clock.advance(1), v2)
@@ -187,7 +187,7 @@ async def test_waves_advance_with_reports_bake_and_complete(
     done = await service.get(ro.id)
     assert done.phase == PHASE.ROLLOUT_PHASE_COMPLETED
     assert {s.status for s in done.devices} == {"succeeded"}
-    assert all(store.get_desired(d).revision == 1 for d in ids)  # each device assigned exactly once
+    assert all(store.desired.get(d).revision == 1 for d in ids)  # each device assigned exactly once
     events = [e.event for e in service.rollouts.events(ro.id)]
     assert events.count("rollout.wave_started") == 3 and events[-1] in ("rollout.completed", "rollout.phase_set")
     assert service.rollouts.bundles_held(ro.id) == {}  # a finished rollout holds no bundle
@@ -212,19 +212,19 @@ async def test_failing_canary_aborts_and_rolls_back(
     assert rolling.phase == PHASE.ROLLOUT_PHASE_ROLLING_BACK
     assert "wave 1 (canary): 1 of 2 devices failed" in rolling.message and bad in rolling.message
     for d in (good, bad):
-        desired = store.get_desired(d)
+        desired = store.desired.get(d)
         assert (desired.bundle_digest, desired.reason) == (v1, f"rollback of {ro.id}")
     assert assigned_to(store, ids, v2) == []  # nothing else was ever assigned
     by_id = {s.device_id: s for s in rolling.devices}
     assert by_id[good].status == "reverting" and by_id[bad].status == "rolled_back"
     # the previous bundle is needed to go back: it cannot be deleted now
     with pytest.raises(StillReferenced, match=f"rollout {ro.id}"):
-        store.delete_bundle(v1)
+        store.bundles.delete(v1)
 
     report(store, good, clock.advance(1), v1)
     await service.reconcile_once(clock())
     assert (await service.get(ro.id)).phase == PHASE.ROLLOUT_PHASE_ROLLED_BACK
-    assert all(store.get_desired(d).revision == 2 for d in (good, bad))  # assigned once, reverted once
+    assert all(store.desired.get(d).revision == 2 for d in (good, bad))  # assigned once, reverted once
 
 
 async def test_halt_leaves_devices_where_they_are(
@@ -241,7 +241,7 @@ async def test_halt_leaves_devices_where_they_are(
     await service.reconcile_once(clock())
     halted = await service.get(ro.id)
     assert halted.phase == PHASE.ROLLOUT_PHASE_ABORTED
-    assert store.get_desired(canary).bundle_digest == v2  # halt: not reverted
+    assert store.desired.get(canary).bundle_digest == v2  # halt: not reverted
 
 
 async def test_pause_resume_approve(
@@ -341,14 +341,14 @@ async def test_restart_mid_rollout_never_assigns_twice(
     first = RolloutService(store, SyncHub(), clock, holder="before-crash")
     ro = await first.create(request(v2, ["berlin"], ["1", "50%"]))
     (canary,) = assigned_to(store, ids, v2)
-    revision = store.get_desired(canary).revision
+    revision = store.desired.get(canary).revision
     del first  # "crash": no stop(), the lease is left to expire
 
     second = RolloutService(store, SyncHub(), clock, holder="after-restart")
     assert not (await second.reconcile_once(clock.advance(1))).leader  # the dead holder's lease still runs
     report_after = await second.reconcile_once(clock.advance(20))
     assert report_after.leader
-    assert assigned_to(store, ids, v2) == [canary] and store.get_desired(canary).revision == revision
+    assert assigned_to(store, ids, v2) == [canary] and store.desired.get(canary).revision == revision
 
     report(store, canary, clock.advance(1), v2)
     await second.reconcile_once(clock())
@@ -360,7 +360,7 @@ async def test_restart_mid_rollout_never_assigns_twice(
         report(store, d, clock.advance(1), v2)
     await second.reconcile_once(clock())
     assert (await second.get(ro.id)).phase == PHASE.ROLLOUT_PHASE_COMPLETED
-    assert [store.get_desired(d).revision for d in ids] == [1, 1, 1, 1]
+    assert [store.desired.get(d).revision for d in ids] == [1, 1, 1, 1]
 
 
 async def test_only_one_reconciler_acts_per_lease(store: Store, clock: Clock, base_manifest: dict[str, Any]) -> None:
@@ -408,8 +408,8 @@ async def test_rollout_blocks_deleting_its_target_bundle(
     ro = await service.create(request(v3, ["berlin"], ["1"], gates={"manual_approval": True}))
     await service.pause(ro.id)
     with pytest.raises(StillReferenced, match=rf"rollout {ro.id} \(target\)"):
-        store.delete_bundle(v3)
-    assert store.delete_bundle(v2) is not None  # unrelated bundles still delete
+        store.bundles.delete(v3)
+    assert store.bundles.delete(v2) is not None  # unrelated bundles still delete
 
 
 async def test_watch_streams_until_terminal(

@@ -17,7 +17,7 @@ from edgefleet_controller.store import Store, head_revision
 from edgefleet_controller.store.errors import Conflict, InvalidArgument
 from edgefleet_controller.store.records import ArtifactRef, ConfigDocInput
 from edgefleet_controller.store.rollouts import BundleFailure, RolloutStore
-from edgefleet_controller.store.store import MIGRATIONS_DIR
+from edgefleet_controller.store.db import MIGRATIONS_DIR
 from edgefleet_testing.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
@@ -45,13 +45,13 @@ def store(store_url: str) -> Iterator[Store]:
 
 
 def enroll(store: Store, site: str = "berlin", name: str = "cam") -> str:
-    _, secret = store.create_enrollment_token(site, 3600, T0)
-    device, _ = store.enroll_device(secret, name, "x86-avx2", {}, {}, T0)
+    _, secret = store.enrollment_tokens.create(site, 3600, T0)
+    device, _ = store.devices.enroll(secret, name, "x86-avx2", {}, {}, T0)
     return device.id
 
 
 def publish(store: Store, version: str = "1.0.0") -> str:
-    record, _ = store.put_bundle(
+    record, _ = store.bundles.put(
         f'{{"name":"d","version":"{version}"}}'.encode(),
         b"sig",
         name="d",
@@ -90,36 +90,36 @@ def test_0004_upgrades_a_0003_database_keeping_its_rows(store_url: str) -> None:
     finally:
         engine.dispose()
     with Store.open(store_url) as migrated:
-        assert migrated.schema_revision() == head_revision() == "0004"
-        desired = migrated.get_desired("dev_old")
+        assert migrated.db.schema_revision() == head_revision() == "0004"
+        desired = migrated.desired.get("dev_old")
         assert (desired.revision, desired.reason, desired.assignment_id) == (3, "set-bundle", None)
-        tables = set(sa.inspect(migrated.engine).get_table_names())
+        tables = set(sa.inspect(migrated.db.engine).get_table_names())
         assert {"bundle_failures", "staged_configs"} <= tables
         # the next change mints the device's first assignment
-        migrated.set_desired(["dev_old"], config_digest=sha("c"), reason="config", now=T0)
-        assert (migrated.get_desired("dev_old").assignment_id or "").startswith("asg_")
+        migrated.desired.assign(["dev_old"], config_digest=sha("c"), reason="config", now=T0)
+        assert (migrated.desired.get("dev_old").assignment_id or "").startswith("asg_")
 
 
 def test_every_desired_change_carries_a_new_assignment_id(store: Store) -> None:
     a, b = enroll(store), enroll(store, name="cam2")
     digest = publish(store)
-    store.set_desired([a, b], bundle_digest=digest, reason="r", now=T0)
-    first = {d: store.get_desired(d).assignment_id for d in (a, b)}
+    store.desired.assign([a, b], bundle_digest=digest, reason="r", now=T0)
+    first = {d: store.desired.get(d).assignment_id for d in (a, b)}
     assert all(v and v.startswith("asg_") for v in first.values()) and first[a] != first[b]
     # a no-op keeps the assignment; an explicit one always changes the row, even to the same target
-    store.set_desired([a], bundle_digest=digest, reason="again", now=T0)
-    assert store.get_desired(a).assignment_id == first[a]
-    revisions = store.set_desired(
+    store.desired.assign([a], bundle_digest=digest, reason="again", now=T0)
+    assert store.desired.get(a).assignment_id == first[a]
+    revisions = store.desired.assign(
         [a], bundle_digest=digest, reason="rollout", now=T0, rollout_id="ro_1", assignment_ids={a: "ro_1/a/w1"}
     )
-    desired = store.get_desired(a)
+    desired = store.desired.get(a)
     assert revisions == {a: 2} and (desired.assignment_id, desired.rollout_id) == ("ro_1/a/w1", "ro_1")
     # reassign: an operator retrying the same bundle gives every device a fresh assignment
-    store.set_desired([a, b], bundle_digest=digest, reason="retry", now=T0, reassign=True)
-    assert store.get_desired(a).assignment_id not in (None, "ro_1/a/w1")
-    assert store.get_desired(b).revision == 2
+    store.desired.assign([a, b], bundle_digest=digest, reason="retry", now=T0, reassign=True)
+    assert store.desired.get(a).assignment_id not in (None, "ro_1/a/w1")
+    assert store.desired.get(b).revision == 2
     with pytest.raises(InvalidArgument, match="assignment_id of"):
-        store.set_desired([a], bundle_digest=digest, reason="r", now=T0, assignment_ids={a: ""})
+        store.desired.assign([a], bundle_digest=digest, reason="r", now=T0, assignment_ids={a: ""})
 
 
 def test_bundle_failures_are_recorded_once_per_assignment(store: Store) -> None:

@@ -81,23 +81,23 @@ def test_exactly_one_replica_wins_the_reconciler_lease_each_round(replicas: list
 
 
 def test_enrollments_through_several_replicas_never_exceed_max_uses(replicas: list[Store]) -> None:
-    _, secret = replicas[0].create_enrollment_token("berlin", 3600, T0, max_uses=5)
+    _, secret = replicas[0].enrollment_tokens.create("berlin", 3600, T0, max_uses=5)
     attempts = [
-        partial(replicas[i % REPLICAS].enroll_device, secret, f"cam-{i}", "x86-avx2", {}, {}, T0)
+        partial(replicas[i % REPLICAS].devices.enroll, secret, f"cam-{i}", "x86-avx2", {}, {}, T0)
         for i in range(2 * REPLICAS)
     ]
     outcomes = race(attempts)
     assert sum(not isinstance(o, BaseException) for o in outcomes) == 5
     assert all(isinstance(o, TokenExhausted) for o in outcomes if isinstance(o, BaseException)), outcomes
-    assert len(replicas[1].list_devices()[0]) == 5
-    assert replicas[2].get_enrollment_token(replicas[0].list_enrollment_tokens()[0].id).uses == 5
+    assert len(replicas[1].devices.page()[0]) == 5
+    assert replicas[2].enrollment_tokens.get(replicas[0].enrollment_tokens.all()[0].id).uses == 5
 
 
 def test_replicas_starting_together_migrate_once(postgres_url: str) -> None:  # noqa: F811
     opened = race([lambda: Store.open(postgres_url) for _ in range(REPLICAS)])
     try:
         assert not [o for o in opened if isinstance(o, BaseException)], opened
-        assert {o.schema_revision() for o in opened if isinstance(o, Store)} == {head_revision()}
+        assert {o.db.schema_revision() for o in opened if isinstance(o, Store)} == {head_revision()}
     finally:
         for store in opened:
             if isinstance(store, Store):
@@ -105,7 +105,7 @@ def test_replicas_starting_together_migrate_once(postgres_url: str) -> None:  # 
 
 
 def test_overlapping_rollouts_created_on_two_replicas_admit_one(replicas: list[Store]) -> None:
-    digest, _ = replicas[0].put_bundle(
+    digest, _ = replicas[0].bundles.put(
         b'{"name":"det"}', b"sig", name="det", version="1.0.0", key_id="k", artifacts=[], now=T0
     )
 
@@ -136,7 +136,7 @@ def test_the_same_bundle_published_through_every_replica_is_stored_once(replicas
     refs = [ArtifactRef("model", sha("model"), 1234), ArtifactRef("golden", sha("golden"), 10)]
     outcomes = race(
         [
-            partial(s.put_bundle, b'{"b":1}', b"sig", name="det", version="2.0.0", key_id="k", artifacts=refs, now=T0)
+            partial(s.bundles.put, b'{"b":1}', b"sig", name="det", version="2.0.0", key_id="k", artifacts=refs, now=T0)
             for s in replicas
         ]
     )
@@ -144,18 +144,18 @@ def test_the_same_bundle_published_through_every_replica_is_stored_once(replicas
     created = [o[1] for o in outcomes if isinstance(o, tuple)]
     assert created.count(True) == 1
     assert {o[0].digest for o in outcomes if isinstance(o, tuple)} == {sha('{"b":1}')}
-    assert len(replicas[0].list_bundles()) == 1
+    assert len(replicas[0].bundles.all()) == 1
 
 
 def test_replicas_starting_together_create_one_bootstrap_admin(replicas: list[Store]) -> None:
-    secrets = race([partial(s.ensure_bootstrap_admin, T0) for s in replicas])
+    secrets = race([partial(s.operator_tokens.ensure_bootstrap_admin, T0) for s in replicas])
     assert not [o for o in secrets if isinstance(o, BaseException)], secrets
     assert sum(o is not None for o in secrets) == 1
-    assert len(replicas[0].list_operator_tokens()) == 1
+    assert len(replicas[0].operator_tokens.all()) == 1
 
 
 def test_only_one_replica_persists_a_plan_from_the_same_version(replicas: list[Store]) -> None:
-    digest, _ = replicas[0].put_bundle(
+    digest, _ = replicas[0].bundles.put(
         b'{"name":"det"}', b"sig", name="det", version="1.0.0", key_id="k", artifacts=[], now=T0
     )
     RolloutStore(replicas[0]).insert(
@@ -176,20 +176,20 @@ def test_only_one_replica_persists_a_plan_from_the_same_version(replicas: list[S
 
 
 def test_desired_state_changes_from_every_replica_are_all_counted(replicas: list[Store]) -> None:
-    _, secret = replicas[0].create_enrollment_token("berlin", 3600, T0)
-    devices = [replicas[0].enroll_device(secret, f"cam-{i}", "x86-avx2", {}, {}, T0)[0].id for i in range(20)]
-    before = replicas[0].desired_change_counter()
+    _, secret = replicas[0].enrollment_tokens.create("berlin", 3600, T0)
+    devices = [replicas[0].devices.enroll(secret, f"cam-{i}", "x86-avx2", {}, {}, T0)[0].id for i in range(20)]
+    before = replicas[0].desired.change_counter()
 
     def assign(store: Store, i: int) -> dict[str, int]:
         # overlapping device sets in different orders: row locks must not deadlock
         ids = devices[i:] + devices[:i]
-        return store.set_desired(ids, config_digest=sha(f"config-{i}"), reason=f"replica {i}", now=T0)
+        return store.desired.assign(ids, config_digest=sha(f"config-{i}"), reason=f"replica {i}", now=T0)
 
     outcomes: list[Any] = race([partial(assign, s, i) for i, s in enumerate(replicas)])
     assert not [o for o in outcomes if isinstance(o, BaseException)], outcomes
     # every call changed every device: each bumped the counter once and each device's revision REPLICAS times
-    assert replicas[0].desired_change_counter() == before + REPLICAS
-    assert {replicas[1].get_desired(d).revision for d in devices} == {REPLICAS}
-    changes = replicas[2].desired_changes_since(before)
+    assert replicas[0].desired.change_counter() == before + REPLICAS
+    assert {replicas[1].desired.get(d).revision for d in devices} == {REPLICAS}
+    changes = replicas[2].desired.changes_since(before)
     assert len(changes) == len(devices)
     assert len({c.config_digest for c in changes}) == 1  # the last writer's config, on every device

@@ -109,7 +109,7 @@ async def test_ack_is_contiguous_and_passes_declared_drops_and_duplicates(tmp_pa
             ],
         )
         assert acks == [(2, 0), (6, 0), (6, 0), (9, 0), (9, 4), (1, 0)]
-        with ctrl.app.store.engine.connect() as conn:  # type: ignore[attr-defined]
+        with ctrl.app.store.db.engine.connect() as conn:  # type: ignore[attr-defined]
             rows = conn.execute(sa.select(t.telemetry_events.c.epoch, t.telemetry_events.c.seq)).all()
             pending = conn.execute(sa.select(t.telemetry_pending)).all()
         assert sorted(rows) == [("ep1", s) for s in (1, 2, 6, 7, 8, 9)] + [("ep2", 1)]

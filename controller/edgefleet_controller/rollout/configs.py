@@ -104,7 +104,7 @@ class StoreConfigTargets:
     def effective(
         self, devices: Sequence[DeviceRecord], staged: ManifestDoc | None
     ) -> dict[str, tuple[str, str | None]]:
-        live = live_documents(self._store.current_config_documents())
+        live = live_documents(self._store.configs.current())
         live_key = tuple(sorted(f"{d.ref}@{d.content_digest}" for d in live))
         target_docs = with_staged(live, staged) if staged is not None else None
         target_key = (*live_key, f"staged {staged.ref}@{staged.content_digest}") if staged is not None else ()

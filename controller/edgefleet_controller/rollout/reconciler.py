@@ -45,7 +45,7 @@ Fact rules (``device_fact``), relative to the rollout's target T (a bundle, a pe
 Config rollouts: the rollout's staged revision (``RolloutStore.staged_config``, claimed at create) gives
 each device its target (``configs.ConfigTargets``: effective config with the staged revision in place),
 and ``live_config_digest`` (the same without it) is where a revert sends the device. Once a config rollout
-is completed its staged revision becomes a live version (``Store.apply_config_documents``), then every
+is completed its staged revision becomes a live version (``ConfigStore.apply``), then every
 device's config is recomputed (the ``on_configs_changed`` hook: the controller's config assignment, so
 devices the document affects outside the selector get it as a normal config change), then the staged row
 is dropped; an aborted rollout's staged revision is dropped. Both steps are idempotent and retried on the
@@ -387,7 +387,7 @@ class Reconciler:
         devices: list[DeviceRecord] = []
         token: str | None = None
         while True:
-            page, token = self.store.list_devices(page_size=1000, page_token=token)
+            page, token = self.store.devices.page(page_size=1000, page_token=token)
             devices.extend(page)
             if token is None:
                 return devices
@@ -517,7 +517,7 @@ class Reconciler:
             if row.phase == RolloutPhase.COMPLETED:
                 doc = ConfigDocInput(item.kind, item.name, item.site, item.doc_json, item.content_digest)
                 by = f"rollout {item.rollout_id}"
-                await asyncio.to_thread(self.store.apply_config_documents, [doc], by, now)
+                await asyncio.to_thread(self.store.configs.apply, [doc], by, now)
                 if self.on_configs_changed is not None:
                     await self.on_configs_changed()
                 report.promoted.append(item.ref)

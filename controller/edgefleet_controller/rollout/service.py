@@ -183,7 +183,7 @@ class RolloutService:
                 "rollout target: bundle must be a digest 'sha256:<64 hex>' or 'name@version', got ''"
             )
         try:
-            return await asyncio.to_thread(self.store.get_bundle, ref)
+            return await asyncio.to_thread(self.store.bundles.get, ref)
         except serr.NotFound:
             raise cerr.NotFoundError(
                 f"rollout target: bundle {ref!r} is not published; push it first (fleetctl bundle push)"

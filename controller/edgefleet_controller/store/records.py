@@ -1,16 +1,23 @@
 """Values the store hands out and takes in: frozen dataclasses, no behaviour beyond small derived facts.
 
 Secrets and their hashes never appear in a record; a secret is returned exactly once, next to the record,
-by the call that mints it.
+by the call that mints it. ``record_from_row`` is the one row → record conversion: a record's fields are
+read from the row's columns of the same names, except those the store computes (JSON, enums, bytes).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+    from sqlalchemy.engine import Row
+
+_Record = TypeVar("_Record", bound="DataclassInstance")
 
 # Keys of a device's reported-state document that the store indexes (everything else is stored as is).
 # ``slots`` maps a slot name to a mapping whose ``bundle`` is the digest held in that slot: a bundle kept
@@ -205,3 +212,10 @@ class EventRecord:
     payload: Mapping[str, Any]
     at: datetime
     received_at: datetime
+
+
+def record_from_row(record_type: type[_Record], row: Row[Any], **computed: Any) -> _Record:
+    """A ``record_type`` whose fields are the row's same-named columns, but for those given in ``computed``."""
+    columns = row._mapping
+    values = {f.name: columns[f.name] for f in fields(record_type) if f.name not in computed}
+    return record_type(**values, **computed)

@@ -3,7 +3,7 @@ hold, hardware latency profiles, named leases, the canary failures recorded per 
 document revisions staged for config rollouts.
 
 ``RolloutStore`` sits next to ``Store`` on the same database and uses its write transactions
-(``Store.transaction`` / ``Store.set_desired_in``), so a plan's new rollout state, the desired states it
+(``Database.transaction`` / ``DesiredStore.assign_in``), so a plan's new rollout state, the desired states it
 changes, the commands it consumed and its events commit together or not at all.
 
 Concurrency:
@@ -42,7 +42,8 @@ from edgefleet.contract.canonical import canonical_json_text
 from edgefleet_controller.store import schema as t
 from edgefleet_controller.store.errors import Conflict, InvalidArgument, NotFound
 from edgefleet_controller.store.records import ConfigDocInput, EventRecord
-from edgefleet_controller.store.store import UNSET, Store
+from edgefleet_controller.store.desired import UNSET
+from edgefleet_controller.store.store import Store
 
 #: Phases after which a rollout never acts again (``RolloutPhase`` stored values).
 TERMINAL_PHASES = frozenset({"completed", "aborted", "rolled_back"})
@@ -186,7 +187,7 @@ class RolloutStore:
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._engine = store.engine
+        self._engine = store.db.engine
 
     def _read(self) -> Any:
         return self._engine.begin()
@@ -213,7 +214,7 @@ class RolloutStore:
         claims that staged config document for this rollout in the same transaction; ``Conflict`` when it
         is not staged or another rollout holds it.
         """
-        with self._store.transaction() as conn:
+        with self._store.db.transaction() as conn:
             if check is not None:
                 check(self._unfinished(conn))
             if conn.execute(sa.select(t.rollouts.c.id).where(t.rollouts.c.id == rollout_id)).first() is not None:
@@ -292,7 +293,7 @@ class RolloutStore:
         nothing is stored.
         """
         rollouts = t.rollouts
-        with self._store.transaction() as conn:
+        with self._store.db.transaction() as conn:
             result = conn.execute(
                 rollouts.update()
                 .where(rollouts.c.id == rollout_id, rollouts.c.version == read_version)
@@ -303,7 +304,7 @@ class RolloutStore:
                     f"rollout {rollout_id} changed since version {read_version} was read; re-plan from the stored state"
                 )
             for change in changes:
-                self._store.set_desired_in(
+                self._store.desired.assign_in(
                     conn,
                     change.device_ids,
                     bundle_digest=UNSET if change.keep_bundle else change.bundle_digest,
@@ -344,7 +345,7 @@ class RolloutStore:
         """Queue an operator command for the reconciler; returns its id."""
         if command not in COMMANDS:
             raise InvalidArgument(f"rollout command must be one of {', '.join(sorted(COMMANDS))}, got {command!r}")
-        with self._store.transaction() as conn:
+        with self._store.db.transaction() as conn:
             if conn.execute(sa.select(t.rollouts.c.id).where(t.rollouts.c.id == rollout_id)).first() is None:
                 raise NotFound("rollout", rollout_id, "list rollouts to see the ids")
             inserted = conn.execute(
@@ -467,7 +468,7 @@ class RolloutStore:
             raise InvalidArgument(f"bundle failure time must be an aware UTC datetime, got {failure.at!r}")
         failures = t.bundle_failures
         try:
-            with self._store.transaction() as conn:
+            with self._store.db.transaction() as conn:
                 known = conn.execute(
                     sa.select(failures.c.id).where(
                         failures.c.bundle_digest == failure.bundle_digest,
@@ -526,7 +527,7 @@ class RolloutStore:
         unfinished rollout."""
         staged = t.staged_configs
         results: list[str] = []
-        with self._store.transaction() as conn:
+        with self._store.db.transaction() as conn:
             for doc in docs:
                 row = conn.execute(
                     sa.select(staged).where(staged.c.kind == doc.kind, staged.c.name == doc.name)
@@ -596,7 +597,7 @@ class RolloutStore:
     def drop_staged(self, kind: str, name: str, rollout_id: str) -> bool:
         """Remove the staged revision ``rollout_id`` claimed (once promoted or discarded); False if gone."""
         staged = t.staged_configs
-        with self._store.transaction() as conn:
+        with self._store.db.transaction() as conn:
             result = conn.execute(
                 staged.delete().where(staged.c.kind == kind, staged.c.name == name, staged.c.rollout_id == rollout_id)
             )
@@ -627,7 +628,7 @@ class RolloutStore:
                 raise InvalidArgument(f"profile {field} must be a finite number of milliseconds >= 0, got {value!r}")
         if measured_at.tzinfo is None:
             raise InvalidArgument(f"measured_at must be an aware UTC datetime, got {measured_at!r}")
-        with self._store.transaction() as conn:
+        with self._store.db.transaction() as conn:
             conn.execute(
                 t.hardware_profiles.insert().values(
                     hardware_class=hardware_class,
@@ -707,7 +708,7 @@ class RolloutStore:
         leases = t.leases
         expires = now + timedelta(seconds=ttl_s)
         try:
-            with self._store.transaction() as conn:
+            with self._store.db.transaction() as conn:
                 result = conn.execute(
                     leases.update()
                     .where(leases.c.name == name, sa.or_(leases.c.holder == holder, leases.c.expires_at <= now))
@@ -726,7 +727,7 @@ class RolloutStore:
     def release_lease(self, name: str, holder: str, now: datetime) -> None:
         """Give the lease up (only if ``holder`` holds it) so a successor need not wait for expiry."""
         leases = t.leases
-        with self._store.transaction() as conn:
+        with self._store.db.transaction() as conn:
             conn.execute(leases.update().where(leases.c.name == name, leases.c.holder == holder).values(expires_at=now))
 
     def lease_holder(self, name: str, now: datetime) -> str | None:

@@ -280,7 +280,7 @@ rollout_events = sa.Table(
 )
 
 # Bundles an unfinished rollout needs: its target, and every bundle a device it moved may be sent back to.
-# Rows go when the rollout reaches a terminal phase; ``Store.delete_bundle`` refuses while any row names
+# Rows go when the rollout reaches a terminal phase; ``BundleStore.delete`` refuses while any row names
 # the bundle.
 rollout_bundle_refs = sa.Table(
     "rollout_bundle_refs",

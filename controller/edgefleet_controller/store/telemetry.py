@@ -2,7 +2,7 @@
 windows, telemetry events, review samples and confidence baselines; retention.
 
 ``TelemetryStore`` sits next to ``Store`` on the same database and uses its write transactions
-(``Store.transaction``, ``BEGIN IMMEDIATE`` on SQLite). ``ingest_batch`` is ONE transaction: the new
+(``Database.transaction``, ``BEGIN IMMEDIATE`` on SQLite). ``ingest_batch`` is ONE transaction: the new
 records, the pending ranges, the mark and the baseline commit together, so an acknowledged mark never
 runs ahead of what is stored and a crash between two batches loses nothing that was acknowledged. The
 unique ``(device_id, epoch, seq)`` constraints are the backstop of the duplicate check.
@@ -138,7 +138,7 @@ class TelemetryStore:
         validate_batch(batch)
         epoch = batch.epoch
         marks, pending_t = t.telemetry_marks, t.telemetry_pending
-        with self.store.transaction() as conn:
+        with self.store.db.transaction() as conn:
             device = conn.execute(
                 sa.select(t.devices.c.site, t.devices.c.running_bundle).where(t.devices.c.id == device_id)
             ).first()
@@ -328,7 +328,7 @@ class TelemetryStore:
 
     def mark(self, device_id: str, epoch: str) -> int:
         m = t.telemetry_marks
-        with self.store.engine.connect() as conn:
+        with self.store.db.engine.connect() as conn:
             value = conn.execute(
                 sa.select(m.c.acked_through).where(m.c.device_id == device_id, m.c.epoch == epoch)
             ).scalar()
@@ -368,7 +368,7 @@ class TelemetryStore:
             query = query.where(w.c.device_id == device_id)
         if bundle:
             query = query.where(w.c.bundle_digest == bundle)
-        with self.store.engine.connect() as conn:
+        with self.store.db.engine.connect() as conn:
             return [
                 WindowRow(
                     r.device_id,
@@ -390,7 +390,7 @@ class TelemetryStore:
     def recent_confidence(self, device_id: str, bundle: str, limit: int) -> list[tuple[int, ...]]:
         """Confidence histograms of the device's newest ``limit`` windows of ``bundle``."""
         w = t.telemetry_windows
-        with self.store.engine.connect() as conn:
+        with self.store.db.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(w.c.confidence_json)
                 .where(w.c.device_id == device_id, w.c.bundle_digest == bundle)
@@ -400,7 +400,7 @@ class TelemetryStore:
             return [tuple(json.loads(r)) for r in rows]
 
     def baselines(self) -> dict[str, Baseline]:
-        with self.store.engine.connect() as conn:
+        with self.store.db.engine.connect() as conn:
             out: dict[str, Baseline] = {}
             for row in conn.execute(sa.select(t.telemetry_baselines)):
                 b = _baseline_of(row)
@@ -410,7 +410,7 @@ class TelemetryStore:
 
     def resolve_device(self, ref: str) -> str:
         d = t.devices
-        with self.store.engine.connect() as conn:
+        with self.store.db.engine.connect() as conn:
             found = conn.execute(sa.select(d.c.id).where(sa.or_(d.c.id == ref, d.c.name == ref))).scalars().all()
         if not found:
             raise NotFound("device", ref, "list devices with 'fleetctl devices'")
@@ -418,7 +418,7 @@ class TelemetryStore:
 
     def device_sites(self) -> dict[str, str]:
         d = t.devices
-        with self.store.engine.connect() as conn:
+        with self.store.db.engine.connect() as conn:
             return {str(r.id): str(r.site) for r in conn.execute(sa.select(d.c.id, d.c.site))}
 
     # ------------------------------------------------------------------ review queue
@@ -438,7 +438,7 @@ class TelemetryStore:
             if label not in LABELS:
                 raise InvalidArgument(f"review label filter must be 'unlabeled', 'tp' or 'fp', got {label!r}")
             query = query.where(rv.c.label == label)
-        with self.store.engine.connect() as conn:
+        with self.store.db.engine.connect() as conn:
             return [self._review_row(r, include_jpeg) for r in conn.execute(query)]
 
     @staticmethod
@@ -467,7 +467,7 @@ class TelemetryStore:
         if bundle:
             query = query.where(rv.c.bundle_digest == bundle)
         totals: dict[str, list[int]] = {}
-        with self.store.engine.connect() as conn:
+        with self.store.db.engine.connect() as conn:
             for s, b, label, n in conn.execute(query):
                 entry = totals.setdefault(f"{s}/{b}", [0, 0])
                 entry[1] += int(n)
@@ -479,7 +479,7 @@ class TelemetryStore:
         if label not in LABELS:
             raise InvalidArgument(f"review label must be 'tp' or 'fp', got {label!r}")
         rv = t.review_samples
-        with self.store.transaction() as conn:
+        with self.store.db.transaction() as conn:
             rows = conn.execute(sa.select(rv.c.id).where(rv.c.sample_id == sample_id)).scalars().all()
             if not rows:
                 raise NotFound("review sample", sample_id, "list samples with 'fleetctl review list'")
@@ -504,7 +504,7 @@ class TelemetryStore:
             (t.telemetry_events, t.telemetry_events.c.at),
         )
         deleted: dict[str, int] = {}
-        with self.store.transaction() as conn:
+        with self.store.db.transaction() as conn:
             for table, when in tables:
                 result = conn.execute(table.delete().where(when < older_than))
                 deleted[table.name] = int(result.rowcount or 0)

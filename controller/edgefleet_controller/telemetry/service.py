@@ -198,7 +198,7 @@ class TelemetryService:
         log.warning("telemetry.alert", alert=what, device_id=device_id or None, site=site, reason=reason)
         if device_id:
             payload = {"alert": what, "reason": reason, "numbers": dict(event.numbers), "bundle_digest": bundle}
-            await asyncio.to_thread(self.store.record_events, device_id, [EventInput("alert", payload, now)], now)
+            await asyncio.to_thread(self.store.events.record_many, device_id, [EventInput("alert", payload, now)], now)
         self.feed.publish_event(device_id, event, site)
 
     async def evaluate_site_drift(self) -> list[DriftFinding]:
