@@ -21,12 +21,14 @@ from edgefleet.contract.manifest import parse_manifests
 from edgefleet.v1 import fleet_pb2
 from edgefleet_controller import errors as cerr
 from edgefleet_controller.hub import SyncHub
+from edgefleet_controller.rollout.profiles import class_p95
 from edgefleet_controller.rollout.service import RolloutService
 from edgefleet_controller.store import Store
 from edgefleet_controller.store.errors import StillReferenced
+from edgefleet_controller.store.leases import LeaseStore
 from edgefleet_controller.store.records import ArtifactRef
-from edgefleet_controller.store.rollouts import RolloutStore
 from edgefleet_pipeline.bundle_builder import build_bundle
+from edgefleet_testing.fakes import MovableClock
 from edgefleet_testing.modelgen import make_classifier
 from edgefleet_testing.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
@@ -35,18 +37,6 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 PHASE = fleet_pb2.RolloutPhase
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> datetime:
-        self.now += timedelta(seconds=seconds)
-        return self.now
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +64,12 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> MovableClock:
+    return MovableClock(T0)
 
 
 @pytest.fixture
-def service(store: Store, clock: Clock) -> RolloutService:
+def service(store: Store, clock: MovableClock) -> RolloutService:
     return RolloutService(store, SyncHub(), clock, holder="replica-1", watch_poll_s=0.05)
 
 
@@ -128,7 +118,9 @@ def report(
         state["candidate_bundle_digest"] = candidate
     if verdict:
         state["last_verdict"] = {**verdict, "assignment_id": assignment} if assignment else verdict
-    store.devices.record_report(device_id, {"running_bundle": running, "health": "serving", "slots": {}, "state": state}, now)
+    store.devices.record_report(
+        device_id, {"running_bundle": running, "health": "serving", "slots": {}, "state": state}, now
+    )
     return state
 
 
@@ -149,7 +141,7 @@ def request(bundle: str, sites: list[str], waves: list[str], **kwargs: Any) -> f
 
 
 async def test_waves_advance_with_reports_bake_and_complete(
-    store: Store, service: RolloutService, clock: Clock, base_manifest: dict[str, Any]
+    store: Store, service: RolloutService, clock: MovableClock, base_manifest: dict[str, Any]
 ) -> None:
     v1 = publish(store, base_manifest)
     v2 = publish(store, base_manifest, version="2.0.0")
@@ -194,7 +186,7 @@ async def test_waves_advance_with_reports_bake_and_complete(
 
 
 async def test_failing_canary_aborts_and_rolls_back(
-    store: Store, service: RolloutService, clock: Clock, base_manifest: dict[str, Any]
+    store: Store, service: RolloutService, clock: MovableClock, base_manifest: dict[str, Any]
 ) -> None:
     v1 = publish(store, base_manifest)
     v2 = publish(store, base_manifest, version="2.0.0")
@@ -228,7 +220,7 @@ async def test_failing_canary_aborts_and_rolls_back(
 
 
 async def test_halt_leaves_devices_where_they_are(
-    store: Store, service: RolloutService, clock: Clock, base_manifest: dict[str, Any]
+    store: Store, service: RolloutService, clock: MovableClock, base_manifest: dict[str, Any]
 ) -> None:
     v1 = publish(store, base_manifest)
     v2 = publish(store, base_manifest, version="2.0.0")
@@ -245,7 +237,7 @@ async def test_halt_leaves_devices_where_they_are(
 
 
 async def test_pause_resume_approve(
-    store: Store, service: RolloutService, clock: Clock, base_manifest: dict[str, Any]
+    store: Store, service: RolloutService, clock: MovableClock, base_manifest: dict[str, Any]
 ) -> None:
     v1 = publish(store, base_manifest)
     v2 = publish(store, base_manifest, version="2.0.0")
@@ -280,9 +272,9 @@ async def test_admission_refuses_with_arithmetic_unless_forced(
     v2 = publish(store, base_manifest, version="2.0.0", sla=50)
     enroll(store, "berlin", 2, hardware="rpi5")
     enroll(store, "paris", 1, hardware="x86-avx2")
-    service.rollouts.record_profile(hardware_class="rpi5", bundle_digest=v2, p95_ms=45.0, measured_at=T0)
-    service.rollouts.record_profile(hardware_class="x86-avx2", bundle_digest=v2, p95_ms=12.0, measured_at=T0)
-    assert service.rollouts.profiles_for(v2) == {"rpi5": 45.0, "x86-avx2": 12.0}
+    service.profiles.record(hardware_class="rpi5", bundle_digest=v2, p95_ms=45.0, measured_at=T0)
+    service.profiles.record(hardware_class="x86-avx2", bundle_digest=v2, p95_ms=12.0, measured_at=T0)
+    assert class_p95(service.profiles.measurements([v2])) == {"rpi5": 45.0, "x86-avx2": 12.0}
     with pytest.raises(cerr.FailedPrecondition) as refused:
         await service.create(request(v2, ["berlin", "paris"], ["1"]))
     assert "rpi5: p95 45.0 ms > 50 ms × (1 − 0.20) = 40.0 ms: refused" in str(refused.value)
@@ -331,7 +323,7 @@ async def test_create_from_the_example_manifest(
 
 
 async def test_restart_mid_rollout_never_assigns_twice(
-    store: Store, clock: Clock, base_manifest: dict[str, Any]
+    store: Store, clock: MovableClock, base_manifest: dict[str, Any]
 ) -> None:
     v1 = publish(store, base_manifest)
     v2 = publish(store, base_manifest, version="2.0.0")
@@ -363,23 +355,25 @@ async def test_restart_mid_rollout_never_assigns_twice(
     assert [store.desired.get(d).revision for d in ids] == [1, 1, 1, 1]
 
 
-async def test_only_one_reconciler_acts_per_lease(store: Store, clock: Clock, base_manifest: dict[str, Any]) -> None:
-    rollouts = RolloutStore(store)
-    assert rollouts.acquire_lease("l", "one", 10, T0)
-    assert not rollouts.acquire_lease("l", "two", 10, T0 + timedelta(seconds=5))
-    assert rollouts.acquire_lease("l", "one", 10, T0 + timedelta(seconds=9))  # renewal
-    assert not rollouts.acquire_lease("l", "two", 10, T0 + timedelta(seconds=18))
-    assert rollouts.acquire_lease("l", "two", 10, T0 + timedelta(seconds=20))  # expired: taken over
-    assert not rollouts.acquire_lease("l", "one", 10, T0 + timedelta(seconds=21))
-    rollouts.release_lease("l", "two", T0 + timedelta(seconds=22))
-    assert rollouts.lease_holder("l", T0 + timedelta(seconds=22)) is None
+async def test_only_one_reconciler_acts_per_lease(
+    store: Store, clock: MovableClock, base_manifest: dict[str, Any]
+) -> None:
+    leases = LeaseStore(store)
+    assert leases.acquire("l", "one", 10, T0)
+    assert not leases.acquire("l", "two", 10, T0 + timedelta(seconds=5))
+    assert leases.acquire("l", "one", 10, T0 + timedelta(seconds=9))  # renewal
+    assert not leases.acquire("l", "two", 10, T0 + timedelta(seconds=18))
+    assert leases.acquire("l", "two", 10, T0 + timedelta(seconds=20))  # expired: taken over
+    assert not leases.acquire("l", "one", 10, T0 + timedelta(seconds=21))
+    leases.release("l", "two", T0 + timedelta(seconds=22))
+    assert leases.holder("l", T0 + timedelta(seconds=22)) is None
 
     winners: list[str] = []
     barrier = threading.Barrier(6)
 
     def race(holder: str) -> None:
         barrier.wait()
-        if RolloutStore(store).acquire_lease("race", holder, 10, T0):
+        if LeaseStore(store).acquire("race", holder, 10, T0):
             winners.append(holder)
 
     threads = [threading.Thread(target=race, args=(f"h{i}",)) for i in range(6)]
@@ -413,7 +407,7 @@ async def test_rollout_blocks_deleting_its_target_bundle(
 
 
 async def test_watch_streams_until_terminal(
-    store: Store, service: RolloutService, clock: Clock, base_manifest: dict[str, Any]
+    store: Store, service: RolloutService, clock: MovableClock, base_manifest: dict[str, Any]
 ) -> None:
     v2 = publish(store, base_manifest, version="2.0.0")
     (device,) = enroll(store, "berlin", 1)
@@ -428,7 +422,7 @@ async def test_watch_streams_until_terminal(
 
 
 async def test_background_loop_advances_on_its_own_and_wakes(
-    store: Store, clock: Clock, base_manifest: dict[str, Any]
+    store: Store, clock: MovableClock, base_manifest: dict[str, Any]
 ) -> None:
     v2 = publish(store, base_manifest, version="2.0.0")
     ids = enroll(store, "berlin", 2)
@@ -446,5 +440,5 @@ async def test_background_loop_advances_on_its_own_and_wakes(
         assert len(assigned_to(store, ids, v2)) == 2
     finally:
         await service.stop()
-    assert service.rollouts.lease_holder("rollout-reconciler", clock()) is None
+    assert service.reconciler.leases.holder("rollout-reconciler", clock()) is None
     assert (await service.get(ro.id)).wave == 2

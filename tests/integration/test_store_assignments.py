@@ -14,10 +14,11 @@ from alembic import command
 from alembic.config import Config
 
 from edgefleet_controller.store import Store, head_revision
+from edgefleet_controller.store.bundle_failures import BundleFailure, BundleFailureStore
+from edgefleet_controller.store.db import MIGRATIONS_DIR
 from edgefleet_controller.store.errors import Conflict, InvalidArgument
 from edgefleet_controller.store.records import ArtifactRef, ConfigDocInput
-from edgefleet_controller.store.rollouts import BundleFailure, RolloutStore
-from edgefleet_controller.store.db import MIGRATIONS_DIR
+from edgefleet_controller.store.rollouts import RolloutStore
 from edgefleet_testing.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
@@ -123,19 +124,19 @@ def test_every_desired_change_carries_a_new_assignment_id(store: Store) -> None:
 
 
 def test_bundle_failures_are_recorded_once_per_assignment(store: Store) -> None:
-    rollouts = RolloutStore(store)
+    failures = BundleFailureStore(store)
     digest = publish(store)
     failure = BundleFailure(digest, "dev_1", "lab-1", "ro_1", "ro_1/dev_1/w1", "canary_fail", "drift " * 200, T0)
-    assert rollouts.record_bundle_failure(failure)
-    assert not rollouts.record_bundle_failure(failure)  # the same report seen again
+    assert failures.record(failure)
+    assert not failures.record(failure)  # the same report seen again
     later = BundleFailure(digest, "dev_1", "lab-1", None, "asg_1", "rolled_back", "crashed", T0 + timedelta(1))
-    assert rollouts.record_bundle_failure(later)
-    found = rollouts.bundle_failures([digest])
+    assert failures.record(later)
+    found = failures.of_bundles([digest])
     assert [(f.kind, f.rollout_id) for f in found] == [("canary_fail", "ro_1"), ("rolled_back", None)]
     assert len(found[0].summary) == 500  # bounded
-    assert rollouts.bundle_failures([sha("other")]) == []
+    assert failures.of_bundles([sha("other")]) == []
     with pytest.raises(InvalidArgument, match="needs the assignment id"):
-        rollouts.record_bundle_failure(BundleFailure(digest, "d", "n", None, "", "canary_fail", "", T0))
+        failures.record(BundleFailure(digest, "d", "n", None, "", "canary_fail", "", T0))
 
 
 def test_staged_configs_are_claimed_by_one_rollout(store: Store) -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from edgefleet_controller.store import Store, head_revision
 from edgefleet_controller.store.errors import Conflict, TokenExhausted
+from edgefleet_controller.store.leases import LeaseStore
 from edgefleet_controller.store.records import ArtifactRef
 from edgefleet_controller.store.rollouts import RolloutRow, RolloutStore
 from edgefleet_testing.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
@@ -67,16 +68,16 @@ def sha(text: str) -> str:
 
 
 def test_exactly_one_replica_wins_the_reconciler_lease_each_round(replicas: list[Store]) -> None:
-    leases = [RolloutStore(store) for store in replicas]
+    leases = [LeaseStore(store) for store in replicas]
     now = T0
     for _round in range(5):
-        won = race([partial(r.acquire_lease, "reconciler", f"replica-{i}", 30, now) for i, r in enumerate(leases)])
+        won = race([partial(r.acquire, "reconciler", f"replica-{i}", 30, now) for i, r in enumerate(leases)])
         assert all(isinstance(w, bool) for w in won), won
         assert won.count(True) == 1, won
         winner = f"replica-{won.index(True)}"
-        assert leases[0].lease_holder("reconciler", now) == winner
+        assert leases[0].holder("reconciler", now) == winner
         # the holder renews, everyone else keeps losing while it is valid
-        assert leases[won.index(True)].acquire_lease("reconciler", winner, 30, now + timedelta(seconds=10))
+        assert leases[won.index(True)].acquire("reconciler", winner, 30, now + timedelta(seconds=10))
         now += timedelta(seconds=41)  # expired: the next round is open to all
 
 

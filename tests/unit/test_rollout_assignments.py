@@ -27,7 +27,7 @@ from edgefleet_controller.rollout import (
     Strategy,
     plan,
 )
-from edgefleet_controller.rollout.reconciler import accepted_assignments, device_fact, inconclusive_counts
+from edgefleet_controller.rollout.facts import accepted_assignments, device_fact, inconclusive_counts
 from edgefleet_controller.store.records import DeviceRecord, EventRecord
 from edgefleet_controller.store.rollouts import DesiredRow
 

@@ -25,6 +25,7 @@ from edgefleet_controller.rollout.convert import (
     state_to_dict,
 )
 from edgefleet_controller.rollout.errors import RolloutSpecError
+from edgefleet_controller.rollout.facts import device_fact, inconclusive_counts
 from edgefleet_controller.rollout.model import (
     Assignment,
     DeviceFact,
@@ -36,7 +37,6 @@ from edgefleet_controller.rollout.model import (
     Selector,
     Strategy,
 )
-from edgefleet_controller.rollout.reconciler import device_fact, inconclusive_counts
 from edgefleet_controller.store.records import DeviceRecord, EventRecord
 from edgefleet_controller.store.rollouts import DesiredRow
 

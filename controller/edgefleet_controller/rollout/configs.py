@@ -28,6 +28,12 @@ from edgefleet_controller.store.rollouts import StagedConfig
 CACHE_MAX = 50_000
 
 
+def config_key(ref: str) -> tuple[str, str]:
+    """``("SiteConfig", "warehouse-a")`` for ``"SiteConfig/warehouse-a"``."""
+    kind, _, name = ref.partition("/")
+    return kind, name
+
+
 def staged_document(staged: StagedConfig) -> ManifestDoc:
     """The staged revision as a validated ``ManifestDoc``."""
     return ManifestDoc.from_dict(json.loads(staged.doc_json), source=f"staged {staged.ref}")

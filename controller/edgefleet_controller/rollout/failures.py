@@ -29,7 +29,7 @@ from datetime import datetime
 from typing import Any
 
 from edgefleet.contract.digests import is_digest
-from edgefleet_controller.store.rollouts import SUMMARY_MAX, BundleFailure
+from edgefleet_controller.store.bundle_failures import SUMMARY_MAX, BundleFailure
 
 SHOWN_REASONS_MAX = 240
 

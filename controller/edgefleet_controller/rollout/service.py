@@ -1,18 +1,18 @@
 """The rollout service: what the FleetService rollout RPCs delegate to (create, get, list, watch, pause,
 resume, approve, abort), plus the reconciler it owns (``start``/``stop``/``reconcile_once``).
 
-Create validates before anything is stored: the target is a bundle (digest or ``name@version``), a staged
-config document (``Kind/name``, staged with ApplyConfig ``stage`` or in the same apply as the Rollout
-document), or both; the selector names at least one site or tag and matches at least one enrolled device;
-waves, gates and on_abort parse; a bundle that failed a canary before (a ``BundleFailure`` recorded from a
-device's report under an assignment) is refused with FAILED_PRECONDITION quoting the newest failure
-(device, rollout, reasons) unless ``force`` — then an admission line records the override and the rollout
-is marked forced; latency admission (``admit``) passes for the hardware classes of the selected devices,
-with the bundle's ``latency.sla_ms`` and canary ``headroom`` and the profiles table (refused →
-FAILED_PRECONDITION with the arithmetic, unless ``force``: then the lines are kept on the rollout, marked
-forced; a config-only rollout has no bundle to admit); and no selected device belongs to an unfinished
-rollout (one active rollout per device; checked inside the insert transaction, which also claims the
-staged config revision: one rollout per staged revision).
+Create validates before anything is stored (the checks live in ``rollout.intake``): the target is a bundle
+(digest or ``name@version``), a staged config document (``Kind/name``, staged with ApplyConfig ``stage`` or in
+the same apply as the Rollout document), or both; the selector names at least one site or tag and matches at
+least one enrolled device; waves, gates and on_abort parse; a bundle that failed a canary before (a
+``BundleFailure`` recorded from a device's report under an assignment) is refused with FAILED_PRECONDITION
+quoting the newest failure (device, rollout, reasons) unless ``force`` — then an admission line records the
+override and the rollout is marked forced; latency admission (``admit``) passes for the hardware classes of
+the selected devices, with the bundle's ``latency.sla_ms`` and canary ``headroom`` and the profiles table
+(refused → FAILED_PRECONDITION with the arithmetic, unless ``force``: then the lines are kept on the rollout,
+marked forced; a config-only rollout has no bundle to admit); and no selected device belongs to an unfinished
+rollout (one active rollout per device; checked inside the insert transaction, which also claims the staged
+config revision: one rollout per staged revision).
 
 A config target's document must be staged and unclaimed; devices outside the selector that the document
 affects get the revision only when the rollout completes (as a normal config change, no canary): an
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -38,33 +37,29 @@ from typing import Any
 
 import structlog
 
-from edgefleet.contract.bundle import BundleManifest
-from edgefleet.contract.errors import ContractError
-from edgefleet.contract.manifest import ManifestDoc, ManifestKind
+from edgefleet.contract.manifest import ManifestDoc
 from edgefleet.v1 import fleet_pb2
 from edgefleet_controller import errors as cerr
 from edgefleet_controller.hub import SyncHub
-from edgefleet_controller.rollout.admission import Admission, admit
-from edgefleet_controller.rollout.configs import ConfigTargets, resolve_config_ref, staged_document
+from edgefleet_controller.rollout.configs import ConfigTargets, config_key
 from edgefleet_controller.rollout.convert import (
     phase_from_proto,
     rollout_message,
     spec_from_dict,
-    spec_from_manifest,
-    spec_from_request,
     spec_to_dict,
     state_from_dict,
     state_to_dict,
 )
-from edgefleet_controller.rollout.errors import AdmissionInputError, RolloutSpecError
+from edgefleet_controller.rollout.errors import RolloutSpecError
+from edgefleet_controller.rollout.facts import reported_state
 from edgefleet_controller.rollout.failures import (
     failure_from_report,
     failure_from_rollback,
     failure_from_verdict,
-    override_line,
-    refusal_message,
 )
+from edgefleet_controller.rollout.intake import RolloutIntake, manifest_config_target, refuse_overlap
 from edgefleet_controller.rollout.model import RolloutPhase, RolloutSpec, RolloutState
+from edgefleet_controller.rollout.profiles import profile_summaries
 from edgefleet_controller.rollout.reconciler import (
     DEFAULT_INTERVAL_S,
     DEFAULT_LEASE_TTL_S,
@@ -72,14 +67,14 @@ from edgefleet_controller.rollout.reconciler import (
     ConfigsChanged,
     PassReport,
     Reconciler,
-    config_key,
-    hardware_class_of,
-    reported_state,
 )
 from edgefleet_controller.store import Store
 from edgefleet_controller.store import errors as serr
+from edgefleet_controller.store.bundle_failures import BundleFailure, BundleFailureStore
+from edgefleet_controller.store.hardware_profiles import HardwareProfileStore
+from edgefleet_controller.store.leases import LeaseStore
 from edgefleet_controller.store.records import BundleRecord, ConfigDocInput, DeviceRecord
-from edgefleet_controller.store.rollouts import BundleFailure, RolloutRow, RolloutStore, StagedConfig
+from edgefleet_controller.store.rollouts import RolloutRow, RolloutStore, StagedConfig
 
 log = structlog.get_logger(__name__)
 
@@ -94,19 +89,6 @@ _APPLIES: dict[str, frozenset[RolloutPhase]] = {
         {RolloutPhase.PENDING, RolloutPhase.RUNNING, RolloutPhase.PAUSED, RolloutPhase.WAITING_APPROVAL}
     ),
 }
-
-
-def new_rollout_id() -> str:
-    return f"ro_{secrets.token_hex(8)}"
-
-
-def _describe_selector(spec: RolloutSpec) -> str:
-    parts = []
-    if spec.selector.sites:
-        parts.append(f"sites={list(spec.selector.sites)}")
-    if spec.selector.tags:
-        parts.append("tags=" + ",".join(f"{k}={v}" for k, v in sorted(spec.selector.tags.items())))
-    return " ".join(parts) or "(empty)"
 
 
 class RolloutService:
@@ -128,14 +110,16 @@ class RolloutService:
     ) -> None:
         self.store = store
         self.rollouts = RolloutStore(store)
+        self.failures = BundleFailureStore(store)
+        self.profiles = HardwareProfileStore(store)
         self.clock = clock
-        self.thermal_buffer = thermal_buffer
         self.watch_poll_s = watch_poll_s
         self._changed = asyncio.Event()
         self._failures_seen: set[tuple[str, str, str]] = set()
         self.reconciler = Reconciler(
             store,
             self.rollouts,
+            LeaseStore(store),
             hub,
             clock,
             holder=holder,
@@ -144,6 +128,9 @@ class RolloutService:
             on_change=self._signal_change,
             configs=configs,
             on_configs_changed=on_configs_changed,
+        )
+        self.intake = RolloutIntake(
+            store, self.rollouts, self.failures, self.profiles, self.reconciler.all_devices, configs, thermal_buffer
         )
 
     # ---- lifecycle -------------------------------------------------------------------------------------
@@ -177,212 +164,36 @@ class RolloutService:
 
     # ---- create ----------------------------------------------------------------------------------------
 
-    async def _bundle(self, ref: str) -> BundleRecord:
-        if not ref:
-            raise cerr.InvalidArgument(
-                "rollout target: bundle must be a digest 'sha256:<64 hex>' or 'name@version', got ''"
-            )
-        try:
-            return await asyncio.to_thread(self.store.bundles.get, ref)
-        except serr.NotFound:
-            raise cerr.NotFoundError(
-                f"rollout target: bundle {ref!r} is not published; push it first (fleetctl bundle push)"
-            ) from None
-        except serr.InvalidArgument as exc:
-            raise cerr.InvalidArgument(f"rollout target: {exc}") from None
-
-    async def _config_target(self, ref: str, where: str, staged_here: Sequence[str] = ()) -> str:
-        """The ``Kind/name`` of a config target: staged in this request (``staged_here``) or staged before
-        and not claimed by an unfinished rollout."""
-        staged = await asyncio.to_thread(self.rollouts.staged_configs)
-        names = {*staged_here, *(s.ref for s in staged)}
-        resolved = resolve_config_ref(ref, sorted(names))
-        if resolved is None or resolved not in names:
-            shown = ", ".join(sorted(names)) or "none"
-            raise cerr.FailedPrecondition(
-                f"{where} {ref!r} is not a staged config document (staged: {shown}); apply the document in the "
-                "same 'fleetctl apply -f' as the Rollout, or stage it first with 'fleetctl apply --stage -f FILE'"
-            )
-        if resolved not in staged_here:
-            found = next(s for s in staged if s.ref == resolved)
-            if found.rollout_id is not None:
-                try:
-                    other = await asyncio.to_thread(self.rollouts.get, found.rollout_id)
-                except serr.NotFound:
-                    other = None
-                if other is not None and not other.terminal:
-                    raise cerr.FailedPrecondition(
-                        f"{where} {resolved}: its staged revision belongs to unfinished rollout {other.id} "
-                        f"({other.name}, {other.phase}); one rollout per staged revision — wait for it or abort it"
-                    )
-        if self.reconciler.configs is None:
-            raise cerr.FailedPrecondition(f"{where} {resolved}: this controller serves no config rollouts")
-        return resolved
-
     async def create(self, request: fleet_pb2.CreateRolloutRequest, *, requested_by: str = "") -> fleet_pb2.Rollout:
         """Validate and store a new rollout, then start it (see the module docstring for the checks)."""
-        if not request.bundle and not request.config:
-            raise cerr.InvalidArgument(
-                "rollout target: give a bundle ('sha256:<64 hex>' or 'name@version'), a staged config document "
-                "('SiteConfig/<name>'), or both; got neither"
-            )
-        bundle = await self._bundle(request.bundle) if request.bundle else None
-        config = await self._config_target(request.config, "rollout target: config") if request.config else None
-        rollout_id = new_rollout_id()
-        try:
-            spec = spec_from_request(rollout_id, bundle.digest if bundle else None, request, config)
-        except RolloutSpecError as exc:
-            raise cerr.InvalidArgument(str(exc)) from None
-        name = request.name or (
-            f"{bundle.name}-{bundle.version}" if bundle else (config or "").replace("/", "-").lower()
-        )
+        name, bundle, spec = await self.intake.request_spec(request)
         return await self._create(name, bundle, spec, force=request.force, requested_by=requested_by)
 
     async def check_manifest(self, doc: ManifestDoc, staged_here: Sequence[str] = ()) -> None:
         """Everything ``create_from_manifest`` checks before storing, without storing: ApplyConfig runs it
         for every Rollout document first, so a bad one refuses the whole request and changes nothing.
         ``staged_here``: the ``Kind/name`` of config documents the same request stages."""
-        bundle, spec = await self._manifest_spec(doc, staged_here)
-        await self._checks(bundle, spec, force=bool(doc.spec.get("force", False)))
+        bundle, spec = await self.intake.manifest_spec(doc, staged_here)
+        await self.intake.checks(bundle, spec, force=bool(doc.spec.get("force", False)))
 
-    @staticmethod
-    def manifest_config_target(doc: ManifestDoc) -> str:
-        """``spec.target.config`` of a Rollout document ("" when none)."""
-        target = doc.spec.get("target", {})
-        return str(target.get("config", "")) if isinstance(target, Mapping) else ""
-
-    async def _manifest_spec(
-        self, doc: ManifestDoc, staged_here: Sequence[str] = ()
-    ) -> tuple[BundleRecord | None, RolloutSpec]:
-        if doc.kind is not ManifestKind.ROLLOUT:
-            raise cerr.InvalidArgument(f"{doc.location}: {doc.ref} is not a Rollout document")
-        target = doc.spec.get("target", {})
-        ref = str(target.get("bundle", ""))
-        config_ref = self.manifest_config_target(doc)
-        if not ref and not config_ref:
-            raise cerr.InvalidArgument(f"{doc.location}: spec.target needs a bundle, a config, or both; got neither")
-        bundle = await self._bundle(ref) if ref else None
-        config = (
-            await self._config_target(config_ref, f"{doc.location}: spec.target.config", staged_here)
-            if config_ref
-            else None
-        )
-        rollout_id = new_rollout_id()
-        try:
-            spec = spec_from_manifest(rollout_id, bundle.digest if bundle else None, doc, config)
-        except RolloutSpecError as exc:
-            raise cerr.InvalidArgument(f"{doc.location}: {exc}") from None
-        return bundle, spec
+    manifest_config_target = staticmethod(manifest_config_target)
 
     async def create_from_manifest(self, doc: ManifestDoc, *, requested_by: str = "") -> fleet_pb2.Rollout:
         """Create the rollout a validated ``kind: Rollout`` manifest document describes."""
-        bundle, spec = await self._manifest_spec(doc)
+        bundle, spec = await self.intake.manifest_spec(doc)
         return await self._create(
             doc.name, bundle, spec, force=bool(doc.spec.get("force", False)), requested_by=requested_by
         )
 
-    async def _admission(self, bundle: BundleRecord, selected: Sequence[DeviceRecord], force: bool) -> Admission:
-        try:
-            manifest = BundleManifest.from_json_bytes(bundle.manifest)
-        except ContractError as exc:
-            raise cerr.FailedPrecondition(
-                f"bundle {bundle.name}@{bundle.version} ({bundle.digest}): its bundle.json cannot be read for "
-                f"latency admission: {exc}"
-            ) from None
-        profiles = await asyncio.to_thread(self.rollouts.profiles_for, bundle.digest)
-        classes = sorted({hardware_class_of(d) for d in selected})
-        try:
-            return admit(
-                manifest.latency.sla_ms, manifest.canary.headroom, self.thermal_buffer, profiles, classes, force
-            )
-        except AdmissionInputError as exc:
-            raise cerr.FailedPrecondition(str(exc)) from None
-
-    async def _failures(self, bundle: BundleRecord, force: bool) -> list[str]:
-        """The refusal of a bundle that failed a canary before (FAILED_PRECONDITION), or, forced, the line
-        that records the override."""
-        failures = await asyncio.to_thread(self.rollouts.bundle_failures, [bundle.digest])
-        if not failures:
-            return []
-        if not force:
-            raise cerr.FailedPrecondition(refusal_message(bundle.ref, bundle.digest, failures))
-        return [override_line(failures)]
-
-    async def _checks(
-        self, bundle: BundleRecord | None, spec: RolloutSpec, *, force: bool
-    ) -> tuple[list[DeviceRecord], list[DeviceRecord], list[str], bool]:
-        """Every create check that needs no write: (all devices, selected devices, admission lines, forced)."""
-        if not spec.selector.sites and not spec.selector.tags:
-            raise cerr.InvalidArgument(
-                "rollout selector must name at least one site or tag, got none; a rollout onto the whole "
-                "fleet lists its sites explicitly (e.g. sites: [warehouse-a, farm-b])"
-            )
-        devices = await asyncio.to_thread(self.reconciler.all_devices)
-        selected = [d for d in devices if spec.selector.matches(d.site, d.tags)]
-        if not selected:
-            sites = sorted({d.site for d in devices})
-            raise cerr.FailedPrecondition(
-                f"rollout selector {_describe_selector(spec)} matches no enrolled device "
-                f"(enrolled sites: {', '.join(sites) or 'none'}); fix the selector or enroll devices first"
-            )
-        lines: list[str] = []
-        forced = False
-        if bundle is not None:
-            override = await self._failures(bundle, force)
-            admission = await self._admission(bundle, selected, force)
-            if not admission.admitted:
-                raise cerr.FailedPrecondition(
-                    f"latency admission refused bundle {bundle.name}@{bundle.version}: "
-                    + "; ".join(admission.lines)
-                    + "; profile the bundle on that hardware, raise the SLA, or pass force to override"
-                )
-            lines.extend(admission.lines)
-            lines.extend(override)
-            forced = admission.forced or bool(override)
-        return devices, selected, lines, forced
-
-    async def _config_lines(self, spec: RolloutSpec, devices: Sequence[DeviceRecord]) -> tuple[list[str], str]:
-        """Admission lines of a config target (how many devices it changes inside and outside the selector)
-        and the staged revision's content digest."""
-        if spec.config is None:
-            return [], ""
-        staged = await asyncio.to_thread(self.rollouts.staged_config, *config_key(spec.config))
-        if staged is None or self.reconciler.configs is None:
-            return [], ""
-        doc = staged_document(staged)
-        configs = self.reconciler.configs
-        effective = await asyncio.to_thread(configs.effective, devices, doc)
-        changed = [d for d in devices if effective[d.id][0] != effective[d.id][1]]
-        inside = [d for d in changed if spec.selector.matches(d.site, d.tags)]
-        outside = len(changed) - len(inside)
-        line = (
-            f"config {spec.config} (staged {staged.content_digest}): changes the effective config of "
-            f"{len(inside)} selected device(s), canaried in waves"
-        )
-        if outside:
-            line += f"; {outside} device(s) outside the selector get it without a canary when the rollout completes"
-        return [line], staged.content_digest
-
     async def _create(
         self, name: str, bundle: BundleRecord | None, spec: RolloutSpec, *, force: bool, requested_by: str
     ) -> fleet_pb2.Rollout:
-        devices, selected, lines, forced = await self._checks(bundle, spec, force=force)
-        config_lines, content_digest = await self._config_lines(spec, devices)
+        devices, selected, lines, forced = await self.intake.checks(bundle, spec, force=force)
+        config_lines, content_digest = await self.intake.config_lines(spec, devices)
         selected_ids = {d.id for d in selected}
 
         def check_overlap(unfinished: Sequence[RolloutRow]) -> None:
-            for other in unfinished:
-                other_spec = spec_from_dict(other.spec["spec"])
-                other_state = state_from_dict(other.state)
-                theirs = {d.id for d in devices if other_spec.selector.matches(d.site, d.tags)}
-                both = sorted(selected_ids & (theirs | set(other_state.assigned)))
-                if both:
-                    shown = ", ".join(both[:5]) + (f" and {len(both) - 5} more" if len(both) > 5 else "")
-                    raise cerr.FailedPrecondition(
-                        f"{len(both)} selected device(s) ({shown}) already belong to unfinished rollout "
-                        f"{other.id} ({other.name}, {other.phase}); one rollout per device at a time — wait "
-                        "for it to finish, abort it, or narrow the selector"
-                    )
+            refuse_overlap(selected_ids, devices, unfinished)
 
         now = self.clock()
         document: dict[str, Any] = {
@@ -439,8 +250,15 @@ class RolloutService:
         """See ``Reconciler.config_overrides``."""
         return await asyncio.to_thread(self.reconciler.config_overrides)
 
+    def profile_summaries(
+        self, bundle_digests: Sequence[str] | None = None, hardware_class: str | None = None
+    ) -> list[Mapping[str, Any]]:
+        """ListProfiles: per (bundle, hardware class), what admission reads (``rollout.profiles``). Reads the
+        store: call through ``asyncio.to_thread``."""
+        return profile_summaries(self.profiles.measurements(bundle_digests, hardware_class))
+
     async def bundle_failures(self, digest: str) -> list[BundleFailure]:
-        return await asyncio.to_thread(self.rollouts.bundle_failures, [digest])
+        return await asyncio.to_thread(self.failures.of_bundles, [digest])
 
     async def _record_failure(self, failure: BundleFailure | None) -> None:
         if failure is None:
@@ -455,7 +273,7 @@ class RolloutService:
         row = desired.get(failure.device_id)
         if row is not None and row.assignment_id == failure.assignment_id and row.rollout_id:
             failure = replace(failure, rollout_id=row.rollout_id)
-        if await asyncio.to_thread(self.rollouts.record_bundle_failure, failure):
+        if await asyncio.to_thread(self.failures.record, failure):
             log.info(
                 "rollout.bundle_failure_recorded",
                 bundle=failure.bundle_digest,

@@ -1,27 +1,20 @@
 """The rollout tables: rollouts, queued operator commands, rollout history, the bundles unfinished rollouts
-hold, hardware latency profiles, named leases, the canary failures recorded per bundle, and config
-document revisions staged for config rollouts.
+hold, and config document revisions staged for config rollouts; plus what the reconciler reads about
+devices (desired-state rows, verdict events, known bundles). Leases, bundle failures and hardware profiles
+have their own modules (``leases``, ``bundle_failures``, ``hardware_profiles``).
 
 ``RolloutStore`` sits next to ``Store`` on the same database and uses its write transactions
 (``Database.transaction`` / ``DesiredStore.assign_in``), so a plan's new rollout state, the desired states it
 changes, the commands it consumed and its events commit together or not at all.
 
-Concurrency:
-
-- Optimistic: every state write is ``UPDATE rollouts ... WHERE id = :id AND version = :read_version``; a
-  writer that lost the race gets ``Conflict`` and nothing of its plan is stored (it re-plans from the
-  newer state).
-- Leadership: ``acquire_lease`` is one portable conditional ``UPDATE leases SET holder, expires_at WHERE
-  name = :name AND (holder = :me OR expires_at <= :now)`` (plus an ``INSERT`` the first time). Exactly one
-  caller can win an expired or free lease because the database serialises the two updates of one row
-  (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: the row lock); the loser's ``UPDATE`` matches no row. The
-  optimistic version check above is the fence behind the lease: a replica whose lease silently expired
-  mid-pass still cannot overwrite a newer state.
+Concurrency: optimistic. Every state write is ``UPDATE rollouts ... WHERE id = :id AND version =
+:read_version``; a writer that lost the race gets ``Conflict`` and nothing of its plan is stored (it
+re-plans from the newer state). This version check is the fence behind the reconciler's lease
+(``LeaseStore``): a replica whose lease silently expired mid-pass still cannot overwrite a newer state.
 
 Staged configs: one staged revision per config document (``stage_configs``), claimed by at most one rollout
 (inside the rollout's insert transaction, so two rollouts cannot claim the same revision); restaging a
-document claimed by an unfinished rollout is refused. Bundle failures are idempotent per (bundle, device,
-assignment): a report or verdict seen twice is recorded once.
+document claimed by an unfinished rollout is refused.
 
 Time is always passed in; this module never reads the clock.
 """
@@ -29,27 +22,25 @@ Time is always passed in; this module never reads the clock.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
-from sqlalchemy.exc import IntegrityError
 
 from edgefleet.contract.canonical import canonical_json_text
 from edgefleet_controller.store import schema as t
+from edgefleet_controller.store.db import in_chunks
+from edgefleet_controller.store.desired import UNSET
 from edgefleet_controller.store.errors import Conflict, InvalidArgument, NotFound
 from edgefleet_controller.store.records import ConfigDocInput, EventRecord
-from edgefleet_controller.store.desired import UNSET
 from edgefleet_controller.store.store import Store
 
 #: Phases after which a rollout never acts again (``RolloutPhase`` stored values).
 TERMINAL_PHASES = frozenset({"completed", "aborted", "rolled_back"})
 COMMANDS = frozenset({"pause", "resume", "approve", "abort"})
-PROFILE_SOURCES = frozenset({"canary", "profile"})
-_IN_CHUNK = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,21 +105,6 @@ class DesiredRow:
 
 
 @dataclass(frozen=True, slots=True)
-class BundleFailure:
-    """A device's failed canary (``kind`` "canary_fail") or rollback ("rolled_back") of a bundle, reported
-    under ``assignment_id``; ``summary`` is the verdict's reasons or the rollback reason, truncated."""
-
-    bundle_digest: str
-    device_id: str
-    device_name: str
-    rollout_id: str | None
-    assignment_id: str
-    kind: str
-    summary: str
-    at: datetime
-
-
-@dataclass(frozen=True, slots=True)
 class StagedConfig:
     """A config document revision stored staged (not live); ``rollout_id`` is the rollout that claimed it."""
 
@@ -144,10 +120,6 @@ class StagedConfig:
     @property
     def ref(self) -> str:
         return f"{self.kind}/{self.name}"
-
-
-BUNDLE_FAILURE_KINDS = frozenset({"canary_fail", "rolled_back"})
-SUMMARY_MAX = 500
 
 
 def _rollout_row(row: Row[Any]) -> RolloutRow:
@@ -175,11 +147,6 @@ def _staged_row(row: Row[Any]) -> StagedConfig:
         staged_at=row.staged_at,
         rollout_id=row.rollout_id,
     )
-
-
-def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
-    for start in range(0, len(items), _IN_CHUNK):
-        yield items[start : start + _IN_CHUNK]
 
 
 class RolloutStore:
@@ -416,7 +383,7 @@ class RolloutStore:
         desired = t.desired_state
         out: dict[str, DesiredRow] = {}
         with self._read() as conn:
-            for chunk in _chunks(sorted(set(device_ids))):
+            for chunk in in_chunks(sorted(set(device_ids))):
                 rows = conn.execute(sa.select(desired).where(desired.c.device_id.in_(chunk)))
                 for row in rows:
                     out[row.device_id] = DesiredRow(
@@ -429,7 +396,7 @@ class RolloutStore:
         events = t.device_events
         out: list[EventRecord] = []
         with self._read() as conn:
-            for chunk in _chunks(sorted(set(device_ids))):
+            for chunk in in_chunks(sorted(set(device_ids))):
                 rows = conn.execute(
                     sa.select(events)
                     .where(
@@ -450,74 +417,9 @@ class RolloutStore:
         bundles = t.bundles
         found: set[str] = set()
         with self._read() as conn:
-            for chunk in _chunks(sorted(set(digests))):
+            for chunk in in_chunks(sorted(set(digests))):
                 found.update(conn.execute(sa.select(bundles.c.digest).where(bundles.c.digest.in_(chunk))).scalars())
         return found
-
-    # ---- bundle failures -------------------------------------------------------------------------------
-
-    def record_bundle_failure(self, failure: BundleFailure) -> bool:
-        """Record a failed canary / rollback of a bundle; False when (bundle, device, assignment) is known."""
-        if failure.kind not in BUNDLE_FAILURE_KINDS:
-            raise InvalidArgument(
-                f"bundle failure kind must be one of {sorted(BUNDLE_FAILURE_KINDS)}, got {failure.kind!r}"
-            )
-        if not failure.assignment_id:
-            raise InvalidArgument("a bundle failure needs the assignment id it was reported under, got ''")
-        if failure.at.tzinfo is None:
-            raise InvalidArgument(f"bundle failure time must be an aware UTC datetime, got {failure.at!r}")
-        failures = t.bundle_failures
-        try:
-            with self._store.db.transaction() as conn:
-                known = conn.execute(
-                    sa.select(failures.c.id).where(
-                        failures.c.bundle_digest == failure.bundle_digest,
-                        failures.c.device_id == failure.device_id,
-                        failures.c.assignment_id == failure.assignment_id,
-                    )
-                ).first()
-                if known is not None:
-                    return False
-                conn.execute(
-                    failures.insert().values(
-                        bundle_digest=failure.bundle_digest,
-                        device_id=failure.device_id,
-                        device_name=failure.device_name[:255],
-                        rollout_id=failure.rollout_id,
-                        assignment_id=failure.assignment_id[:128],
-                        kind=failure.kind,
-                        summary=failure.summary[:SUMMARY_MAX],
-                        at=failure.at,
-                    )
-                )
-        except IntegrityError:
-            return False  # recorded concurrently by another replica
-        return True
-
-    def bundle_failures(self, digests: Collection[str]) -> list[BundleFailure]:
-        """Recorded failures of these bundles, oldest first."""
-        failures = t.bundle_failures
-        out: list[BundleFailure] = []
-        with self._read() as conn:
-            for chunk in _chunks(sorted(set(digests))):
-                rows = conn.execute(
-                    sa.select(failures).where(failures.c.bundle_digest.in_(chunk)).order_by(failures.c.id)
-                )
-                out.extend(
-                    BundleFailure(
-                        r.bundle_digest,
-                        r.device_id,
-                        r.device_name,
-                        r.rollout_id,
-                        r.assignment_id,
-                        r.kind,
-                        r.summary,
-                        r.at,
-                    )
-                    for r in rows
-                )
-        out.sort(key=lambda f: (f.at, f.device_id))
-        return out
 
     # ---- staged configs --------------------------------------------------------------------------------
 
@@ -602,140 +504,3 @@ class RolloutStore:
                 staged.delete().where(staged.c.kind == kind, staged.c.name == name, staged.c.rollout_id == rollout_id)
             )
         return bool(result.rowcount)
-
-    # ---- hardware profiles -----------------------------------------------------------------------------
-
-    def record_profile(
-        self,
-        *,
-        hardware_class: str,
-        bundle_digest: str,
-        p95_ms: float,
-        measured_at: datetime,
-        p50_ms: float | None = None,
-        source: str = "profile",
-        device_id: str | None = None,
-    ) -> None:
-        """Record one latency measurement (pre + model + post) of a bundle on a hardware class."""
-        if not isinstance(hardware_class, str) or not hardware_class.strip():
-            raise InvalidArgument(f"hardware_class must be a non-empty string, got {hardware_class!r}")
-        if source not in PROFILE_SOURCES:
-            raise InvalidArgument(f"profile source must be 'canary' or 'profile', got {source!r}")
-        for field, value in (("p95_ms", p95_ms), ("p50_ms", p50_ms)):
-            if value is None and field == "p50_ms":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
-                raise InvalidArgument(f"profile {field} must be a finite number of milliseconds >= 0, got {value!r}")
-        if measured_at.tzinfo is None:
-            raise InvalidArgument(f"measured_at must be an aware UTC datetime, got {measured_at!r}")
-        with self._store.db.transaction() as conn:
-            conn.execute(
-                t.hardware_profiles.insert().values(
-                    hardware_class=hardware_class,
-                    bundle_digest=bundle_digest,
-                    p95_ms=float(p95_ms),
-                    p50_ms=None if p50_ms is None else float(p50_ms),
-                    source=source,
-                    device_id=device_id,
-                    measured_at=measured_at,
-                )
-            )
-
-    def profiles_for(self, bundle_digest: str) -> dict[str, float]:
-        """Hardware class → the p95 (ms) admission should use for ``bundle_digest``.
-
-        Per class, the newest measurement of each (source, device) counts, and the class's value is the
-        WORST of those: admission protects the slowest box of a class, not the average one.
-        """
-        profiles = t.hardware_profiles
-        with self._read() as conn:
-            rows = conn.execute(
-                sa.select(profiles.c.hardware_class, profiles.c.source, profiles.c.device_id, profiles.c.p95_ms)
-                .where(profiles.c.bundle_digest == bundle_digest)
-                .order_by(profiles.c.measured_at, profiles.c.id)
-            ).all()
-        newest: dict[tuple[str, str, str | None], float] = {}
-        for hardware_class, source, device_id, p95 in rows:
-            newest[(hardware_class, source, device_id)] = float(p95)
-        out: dict[str, float] = {}
-        for (hardware_class, _, _), p95 in newest.items():
-            out[hardware_class] = max(p95, out.get(hardware_class, 0.0))
-        return out
-
-    def list_profiles(
-        self, bundle_digests: Sequence[str] | None = None, hardware_class: str | None = None
-    ) -> list[dict[str, Any]]:
-        """Per (bundle, hardware class): the worst of each (source, device)'s newest p95, the matching p50,
-        how many measurements exist, and the newest measurement's source, device and time."""
-        profiles = t.hardware_profiles
-        query = sa.select(profiles).order_by(profiles.c.measured_at, profiles.c.id)
-        if bundle_digests:
-            query = query.where(profiles.c.bundle_digest.in_(list(bundle_digests)))
-        if hardware_class:
-            query = query.where(profiles.c.hardware_class == hardware_class)
-        with self._read() as conn:
-            rows = conn.execute(query).all()
-        newest: dict[tuple[str, str], dict[tuple[str, str | None], Any]] = {}
-        counts: dict[tuple[str, str], int] = {}
-        latest: dict[tuple[str, str], Any] = {}
-        for row in rows:
-            key = (row.bundle_digest, row.hardware_class)
-            newest.setdefault(key, {})[(row.source, row.device_id)] = row
-            counts[key] = counts.get(key, 0) + 1
-            latest[key] = row
-        out = []
-        for key, by_source in sorted(newest.items()):
-            worst = max(by_source.values(), key=lambda r: float(r.p95_ms))
-            out.append(
-                {
-                    "bundle_digest": key[0],
-                    "hardware_class": key[1],
-                    "p95_ms": float(worst.p95_ms),
-                    "p50_ms": float(worst.p50_ms) if worst.p50_ms is not None else 0.0,
-                    "samples": counts[key],
-                    "source": latest[key].source,
-                    "device_id": latest[key].device_id or "",
-                    "measured_at": latest[key].measured_at,
-                }
-            )
-        return out
-
-    # ---- leases ----------------------------------------------------------------------------------------
-
-    def acquire_lease(self, name: str, holder: str, ttl_s: float, now: datetime) -> bool:
-        """Take or renew lease ``name`` for ``holder`` until ``now + ttl_s``; False while another holder's
-        lease has not expired."""
-        leases = t.leases
-        expires = now + timedelta(seconds=ttl_s)
-        try:
-            with self._store.db.transaction() as conn:
-                result = conn.execute(
-                    leases.update()
-                    .where(leases.c.name == name, sa.or_(leases.c.holder == holder, leases.c.expires_at <= now))
-                    .values(holder=holder, expires_at=expires)
-                )
-                if result.rowcount == 1:
-                    return True
-                if conn.execute(sa.select(leases.c.name).where(leases.c.name == name)).first() is not None:
-                    return False
-                conn.execute(leases.insert().values(name=name, holder=holder, expires_at=expires))
-                return True
-        except IntegrityError:
-            # another replica inserted the first row concurrently: it holds the lease
-            return False
-
-    def release_lease(self, name: str, holder: str, now: datetime) -> None:
-        """Give the lease up (only if ``holder`` holds it) so a successor need not wait for expiry."""
-        leases = t.leases
-        with self._store.db.transaction() as conn:
-            conn.execute(leases.update().where(leases.c.name == name, leases.c.holder == holder).values(expires_at=now))
-
-    def lease_holder(self, name: str, now: datetime) -> str | None:
-        """Who holds lease ``name`` at ``now`` (None when free or expired)."""
-        leases = t.leases
-        with self._read() as conn:
-            row = conn.execute(sa.select(leases).where(leases.c.name == name)).one_or_none()
-        if row is None or row.expires_at <= now:
-            return None
-        holder: str = row.holder
-        return holder

@@ -2,10 +2,13 @@
 windows, telemetry events, review samples and confidence baselines; retention.
 
 ``TelemetryStore`` sits next to ``Store`` on the same database and uses its write transactions
-(``Database.transaction``, ``BEGIN IMMEDIATE`` on SQLite). ``ingest_batch`` is ONE transaction: the new
-records, the pending ranges, the mark and the baseline commit together, so an acknowledged mark never
-runs ahead of what is stored and a crash between two batches loses nothing that was acknowledged. The
-unique ``(device_id, epoch, seq)`` constraints are the backstop of the duplicate check.
+(``Database.transaction``, ``BEGIN IMMEDIATE`` on SQLite). It only reads and writes rows: what a batch
+changes is decided by ``telemetry.ingest_plan`` over the facts ``ingest_facts`` read. ``commit_batch`` is
+ONE transaction: the new records, the pending ranges, the mark and the baseline commit together, so an
+acknowledged mark never runs ahead of what is stored and a crash between two batches loses nothing that
+was acknowledged. It refuses (``Conflict``, nothing stored) a plan whose mark row moved since its facts
+were read, or that another writer's rows collide with; the unique ``(device_id, epoch, seq)`` constraints
+are the backstop of the duplicate check.
 
 Time is always passed in; this module never reads the clock.
 """
@@ -14,35 +17,32 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from google.protobuf.json_format import MessageToDict
 from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import IntegrityError
 
 from edgefleet.contract.canonical import canonical_json_text
-from edgefleet.contract.sketch import sketch_from_proto
-from edgefleet.v1.telemetry_pb2 import DeviceEvent, MetricWindow, ReviewSample, SensorReading, TelemetryBatch
+from edgefleet.v1.telemetry_pb2 import DeviceEvent, ReviewSample, SensorReading
 from edgefleet_controller.store import schema as t
-from edgefleet_controller.store.errors import InvalidArgument, NotFound
+from edgefleet_controller.store.errors import Conflict, InvalidArgument, NotFound
 from edgefleet_controller.store.store import Store
-from edgefleet_controller.telemetry.drift import DEFAULT_BASELINE_WINDOWS, Baseline, baseline_step
-from edgefleet_controller.telemetry.ingest import advance, validate_batch
-from edgefleet_controller.telemetry.thermal import (
-    ThermalPoint,
-    ThrottleAssessment,
-    ThrottlePolicy,
-    assess_throttling,
-    thermal_point,
+from edgefleet_controller.telemetry.drift import Baseline
+from edgefleet_controller.telemetry.ingest_plan import (
+    DIGEST_MAX,
+    IngestFacts,
+    IngestPlan,
+    PlannedWindow,
+    RecentWindow,
+    StoredMark,
+    timestamp_or,
 )
 
 LABELS = frozenset({"tp", "fp"})
-
-
-def _ts(value: Any, fallback: datetime) -> datetime:
-    return value.ToDatetime(tzinfo=UTC) if value.seconds or value.nanos else fallback
 
 
 def sensors_to_json(sensors: Sequence[SensorReading]) -> str:
@@ -62,25 +62,6 @@ def sensors_from_json(text: str) -> list[SensorReading]:
             )
         )
     return out
-
-
-@dataclass(frozen=True, slots=True)
-class IngestedWindow:
-    bundle_digest: str
-    window_start: datetime
-    throttling: ThrottleAssessment
-
-
-@dataclass(frozen=True, slots=True)
-class IngestOutcome:
-    epoch: str
-    acked_through: int
-    stored: int
-    duplicates: int
-    site: str
-    windows: tuple[IngestedWindow, ...] = ()
-    baseline: Baseline | None = None
-    events: tuple[DeviceEvent, ...] = field(default=())
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,197 +101,193 @@ def _baseline_of(row: Row[Any] | None) -> Baseline | None:
 class TelemetryStore:
     """Telemetry persistence over a ``Store``'s engine. Synchronous; call through ``asyncio.to_thread``."""
 
-    def __init__(
-        self,
-        store: Store,
-        *,
-        baseline_windows: int = DEFAULT_BASELINE_WINDOWS,
-        throttle_policy: ThrottlePolicy = ThrottlePolicy(),
-    ) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.baseline_windows = baseline_windows
-        self.throttle_policy = throttle_policy
 
     # ------------------------------------------------------------------ ingest
 
-    def ingest_batch(self, device_id: str, batch: TelemetryBatch, now: datetime) -> IngestOutcome:
-        """Store the batch's new records and advance the mark, in one transaction (module docstring)."""
-        validate_batch(batch)
-        epoch = batch.epoch
+    def ingest_facts(self, device_id: str, epoch: str, recent_windows: int) -> IngestFacts:
+        """What is stored for the device and ``epoch`` before a batch, with its newest ``recent_windows``."""
         marks, pending_t = t.telemetry_marks, t.telemetry_pending
-        with self.store.db.transaction() as conn:
+        with self.store.db.engine.connect() as conn:
             device = conn.execute(
                 sa.select(t.devices.c.site, t.devices.c.running_bundle).where(t.devices.c.id == device_id)
             ).first()
             if device is None:
                 raise NotFound("device", device_id, "the device must enroll again")
-            site, committed = str(device.site), device.running_bundle
             mark_row = conn.execute(
                 sa.select(marks).where(marks.c.device_id == device_id, marks.c.epoch == epoch)
             ).first()
-            mark = int(mark_row.acked_through) if mark_row is not None else 0
-            pending = [
-                (int(r.first_seq), int(r.last_seq))
-                for r in conn.execute(
-                    sa.select(pending_t.c.first_seq, pending_t.c.last_seq).where(
-                        pending_t.c.device_id == device_id, pending_t.c.epoch == epoch
-                    )
+            pending = conn.execute(
+                sa.select(pending_t.c.first_seq, pending_t.c.last_seq).where(
+                    pending_t.c.device_id == device_id, pending_t.c.epoch == epoch
                 )
-            ]
-
-            def held(seq: int) -> bool:
-                return seq <= mark or any(a <= seq <= b for a, b in pending)
-
-            fresh = [r for r in batch.records if not held(r.seq)]
-            duplicates = len(batch.records) - len(fresh)
-            windows_rows: list[dict[str, Any]] = []
-            events_rows: list[dict[str, Any]] = []
-            review_rows: list[dict[str, Any]] = []
-            ingested: list[IngestedWindow] = []
-            events: list[DeviceEvent] = []
-            baseline = _baseline_of(
-                conn.execute(
-                    sa.select(t.telemetry_baselines).where(t.telemetry_baselines.c.device_id == device_id)
-                ).first()
             )
-            baseline_before = baseline
-            recent: list[ThermalPoint] | None = None
-            for record in fresh:
-                kind = record.WhichOneof("body")
-                base = {"device_id": device_id, "epoch": epoch, "seq": record.seq, "received_at": now}
-                if kind == "metrics":
-                    if recent is None:
-                        recent = self._recent_points(conn, device_id)
-                    row, point, counts = self._window_row(record.metrics, base, site, now)
-                    recent.append(point)
-                    assessment = assess_throttling(recent, self.throttle_policy)
-                    row["throttling"] = assessment.throttling
-                    windows_rows.append(row)
-                    ingested.append(IngestedWindow(row["bundle_digest"], row["window_start"], assessment))
-                    baseline = baseline_step(
-                        baseline,
-                        window_bundle=row["bundle_digest"],
-                        committed_bundle=committed,
-                        counts=counts,
-                        window_start=row["window_start"],
-                        windows_needed=self.baseline_windows,
-                    )
-                elif kind == "event":
-                    ev = record.event
-                    payload = ev.SerializeToString()
-                    events.append(ev)
-                    events_rows.append(
-                        base
-                        | {
-                            "event_id": ev.event_id[:64],
-                            "kind": DeviceEvent.Kind.Name(ev.kind).removeprefix("KIND_").lower(),
-                            "bundle_digest": ev.bundle_digest[:71],
-                            "at": _ts(ev.at, now),
-                            "payload": payload,
-                            "size_bytes": len(payload),
-                        }
-                    )
-                else:
-                    rv = record.review
-                    review_rows.append(
-                        base
-                        | {
-                            "sample_id": (rv.sample_id or f"{device_id}/{epoch}/{record.seq}")[:64],
-                            "site": site,
-                            "bundle_digest": rv.bundle_digest[:71],
-                            "captured_at": _ts(rv.captured_at, now),
-                            "reason": rv.reason[:32],
-                            "top_confidence": float(rv.top_confidence),
-                            "jpeg": rv.jpeg,
-                            "results_json": rv.results_json,
-                            "label": None,
-                            "labeled_by": None,
-                            "labeled_at": None,
-                            "size_bytes": len(rv.jpeg) + len(rv.results_json) + 64,
-                        }
-                    )
-            if windows_rows:
-                conn.execute(t.telemetry_windows.insert(), windows_rows)
-            if events_rows:
-                conn.execute(t.telemetry_events.insert(), events_rows)
-            if review_rows:
-                conn.execute(t.review_samples.insert(), review_rows)
-            ranges = [*pending, *((r.seq, r.seq) for r in fresh), *((d.first, d.last) for d in batch.dropped)]
-            moved = advance(mark, ranges)
-            if list(moved.pending) != pending:
-                conn.execute(pending_t.delete().where(pending_t.c.device_id == device_id, pending_t.c.epoch == epoch))
-                if moved.pending:
-                    conn.execute(
-                        pending_t.insert(),
-                        [
-                            {"device_id": device_id, "epoch": epoch, "first_seq": a, "last_seq": b}
-                            for a, b in moved.pending
-                        ],
-                    )
-            declared = sum(d.last - d.first + 1 for d in batch.dropped)
-            if mark_row is None:
+            baseline = conn.execute(
+                sa.select(t.telemetry_baselines).where(t.telemetry_baselines.c.device_id == device_id)
+            ).first()
+            return IngestFacts(
+                site=str(device.site),
+                committed_bundle=device.running_bundle,
+                mark=StoredMark(
+                    int(mark_row.acked_through),
+                    int(mark_row.records),
+                    int(mark_row.duplicates),
+                    int(mark_row.declared_dropped),
+                )
+                if mark_row is not None
+                else None,
+                pending=tuple((int(r.first_seq), int(r.last_seq)) for r in pending),
+                baseline=_baseline_of(baseline),
+                recent=self._recent_windows(conn, device_id, recent_windows) if recent_windows > 0 else (),
+            )
+
+    def commit_batch(self, device_id: str, plan: IngestPlan, now: datetime) -> None:
+        """Store ``plan`` in one transaction (module docstring); ``Conflict`` when its facts are stale."""
+        try:
+            with self.store.db.transaction() as conn:
+                self._write_mark(conn, device_id, plan, now)
+                self._write_records(conn, device_id, plan, now)
+                if plan.baseline is not None and plan.baseline_changed:
+                    self._put_baseline(conn, device_id, plan.baseline, before=plan.facts.baseline)
+        except IntegrityError:
+            raise Conflict(
+                f"telemetry of device {device_id} epoch {plan.epoch} was stored concurrently; read it again"
+            ) from None
+
+    def _write_mark(self, conn: Connection, device_id: str, plan: IngestPlan, now: datetime) -> None:
+        marks, pending_t, epoch = t.telemetry_marks, t.telemetry_pending, plan.epoch
+        read = plan.facts.mark
+        stored = len(plan.fresh)
+        if read is None:
+            conn.execute(
+                marks.insert().values(
+                    device_id=device_id,
+                    epoch=epoch,
+                    acked_through=plan.moved.mark,
+                    records=stored,
+                    duplicates=plan.duplicates,
+                    declared_dropped=plan.declared_dropped,
+                    updated_at=now,
+                )
+            )
+        else:
+            result = conn.execute(
+                marks.update()
+                .where(
+                    marks.c.device_id == device_id,
+                    marks.c.epoch == epoch,
+                    marks.c.acked_through == read.acked_through,
+                    marks.c.records == read.records,
+                    marks.c.duplicates == read.duplicates,
+                    marks.c.declared_dropped == read.declared_dropped,
+                )
+                .values(
+                    acked_through=plan.moved.mark,
+                    records=read.records + stored,
+                    duplicates=read.duplicates + plan.duplicates,
+                    declared_dropped=read.declared_dropped + plan.declared_dropped,
+                    updated_at=now,
+                )
+            )
+            if result.rowcount != 1:
+                raise Conflict(f"telemetry mark of device {device_id} epoch {epoch} moved; read it again")
+        if plan.moved.pending != plan.facts.pending:
+            conn.execute(pending_t.delete().where(pending_t.c.device_id == device_id, pending_t.c.epoch == epoch))
+            if plan.moved.pending:
                 conn.execute(
-                    marks.insert().values(
-                        device_id=device_id,
-                        epoch=epoch,
-                        acked_through=moved.mark,
-                        records=len(fresh),
-                        duplicates=duplicates,
-                        declared_dropped=declared,
-                        updated_at=now,
-                    )
+                    pending_t.insert(),
+                    [
+                        {"device_id": device_id, "epoch": epoch, "first_seq": a, "last_seq": b}
+                        for a, b in plan.moved.pending
+                    ],
+                )
+
+    def _write_records(self, conn: Connection, device_id: str, plan: IngestPlan, now: datetime) -> None:
+        site, epoch = plan.facts.site, plan.epoch
+        windows = {w.seq: w for w in plan.windows}
+        windows_rows: list[dict[str, Any]] = []
+        events_rows: list[dict[str, Any]] = []
+        review_rows: list[dict[str, Any]] = []
+        for record in plan.fresh:
+            base = {"device_id": device_id, "epoch": epoch, "seq": record.seq, "received_at": now}
+            kind = record.WhichOneof("body")
+            if kind == "metrics":
+                windows_rows.append(self._window_row(windows[record.seq], base, site))
+            elif kind == "event":
+                ev = record.event
+                payload = ev.SerializeToString()
+                events_rows.append(
+                    base
+                    | {
+                        "event_id": ev.event_id[:64],
+                        "kind": DeviceEvent.Kind.Name(ev.kind).removeprefix("KIND_").lower(),
+                        "bundle_digest": ev.bundle_digest[:DIGEST_MAX],
+                        "at": timestamp_or(ev.at, now),
+                        "payload": payload,
+                        "size_bytes": len(payload),
+                    }
                 )
             else:
-                conn.execute(
-                    marks.update()
-                    .where(marks.c.device_id == device_id, marks.c.epoch == epoch)
-                    .values(
-                        acked_through=moved.mark,
-                        records=marks.c.records + len(fresh),
-                        duplicates=marks.c.duplicates + duplicates,
-                        declared_dropped=marks.c.declared_dropped + declared,
-                        updated_at=now,
-                    )
+                rv = record.review
+                review_rows.append(
+                    base
+                    | {
+                        "sample_id": (rv.sample_id or f"{device_id}/{epoch}/{record.seq}")[:64],
+                        "site": site,
+                        "bundle_digest": rv.bundle_digest[:DIGEST_MAX],
+                        "captured_at": timestamp_or(rv.captured_at, now),
+                        "reason": rv.reason[:32],
+                        "top_confidence": float(rv.top_confidence),
+                        "jpeg": rv.jpeg,
+                        "results_json": rv.results_json,
+                        "label": None,
+                        "labeled_by": None,
+                        "labeled_at": None,
+                        "size_bytes": len(rv.jpeg) + len(rv.results_json) + 64,
+                    }
                 )
-            if baseline is not None and baseline != baseline_before:
-                self._put_baseline(conn, device_id, baseline, replace=baseline_before is not None)
-        return IngestOutcome(epoch, moved.mark, len(fresh), duplicates, site, tuple(ingested), baseline, tuple(events))
+        if windows_rows:
+            conn.execute(t.telemetry_windows.insert(), windows_rows)
+        if events_rows:
+            conn.execute(t.telemetry_events.insert(), events_rows)
+        if review_rows:
+            conn.execute(t.review_samples.insert(), review_rows)
 
-    def _window_row(
-        self, w: MetricWindow, base: dict[str, Any], site: str, now: datetime
-    ) -> tuple[dict[str, Any], ThermalPoint, list[int]]:
+    @staticmethod
+    def _window_row(planned: PlannedWindow, base: dict[str, Any], site: str) -> dict[str, Any]:
+        w = planned.window
         e2e = w.latency_e2e.SerializeToString()
-        p95 = sketch_from_proto(w.latency_e2e).get_quantile_value(0.95) if w.latency_e2e.count > 0 else None
-        counts = [int(c) for c in w.confidence.counts]
         row = base | {
             "site": site,
-            "bundle_digest": w.bundle_digest[:71],
-            "window_start": _ts(w.window_start, now),
+            "bundle_digest": planned.bundle_digest,
+            "window_start": planned.window_start,
             "window_s": float(w.window_s),
             "frames": int(w.frames),
             "errors": int(w.errors),
             "latency_e2e": e2e,
             "latency_model": w.latency_model.SerializeToString(),
-            "p95_e2e_ms": float(p95) if p95 is not None else 0.0,
-            "confidence_json": canonical_json_text(counts),
+            "p95_e2e_ms": float(planned.p95_ms) if planned.p95_ms is not None else 0.0,
+            "confidence_json": canonical_json_text([int(c) for c in w.confidence.counts]),
             "sensors_json": sensors_to_json(w.sensors),
             "dropped_json": canonical_json_text(dict(w.dropped)),
             "provider": w.provider[:64],
+            "throttling": planned.throttling.throttling,
         }
         row["size_bytes"] = len(e2e) + len(row["latency_model"]) + len(row["sensors_json"]) + 200
-        return row, thermal_point(w.sensors, p95), counts
+        return row
 
-    def _recent_points(self, conn: Connection, device_id: str) -> list[ThermalPoint]:
+    def _recent_windows(self, conn: Connection, device_id: str, limit: int) -> tuple[RecentWindow, ...]:
         w = t.telemetry_windows
         rows = conn.execute(
             sa.select(w.c.sensors_json, w.c.p95_e2e_ms)
             .where(w.c.device_id == device_id)
             .order_by(w.c.window_start.desc())
-            .limit(self.throttle_policy.windows)
+            .limit(limit)
         ).all()
-        return [thermal_point(sensors_from_json(r.sensors_json), r.p95_e2e_ms or None) for r in reversed(rows)]
+        return tuple(RecentWindow(sensors_from_json(r.sensors_json), r.p95_e2e_ms or None) for r in reversed(rows))
 
-    def _put_baseline(self, conn: Connection, device_id: str, b: Baseline, *, replace: bool) -> None:
+    def _put_baseline(self, conn: Connection, device_id: str, b: Baseline, *, before: Baseline | None) -> None:
         values = {
             "bundle_digest": b.bundle_digest,
             "windows": b.windows,
@@ -319,10 +296,18 @@ class TelemetryStore:
             "started_at": b.started_at,
         }
         tb = t.telemetry_baselines
-        if replace:
-            conn.execute(tb.update().where(tb.c.device_id == device_id).values(**values))
-        else:
+        if before is None:
             conn.execute(tb.insert().values(device_id=device_id, **values))
+            return
+        result = conn.execute(
+            tb.update()
+            .where(
+                tb.c.device_id == device_id, tb.c.bundle_digest == before.bundle_digest, tb.c.windows == before.windows
+            )
+            .values(**values)
+        )
+        if result.rowcount != 1:
+            raise Conflict(f"telemetry baseline of device {device_id} moved; read it again")
 
     # ------------------------------------------------------------------ reads
 

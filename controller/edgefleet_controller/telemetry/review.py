@@ -30,7 +30,7 @@ def check_request(request: ListReviewSamplesRequest) -> int:
     return min(request.limit or DEFAULT_LIMIT, MAX_LIMIT)
 
 
-def info(row: ReviewRow) -> ReviewSampleInfo:
+def sample_info(row: ReviewRow) -> ReviewSampleInfo:
     return ReviewSampleInfo(
         sample_id=row.sample.sample_id,
         device_id=row.device_id,
@@ -42,4 +42,4 @@ def info(row: ReviewRow) -> ReviewSampleInfo:
 
 
 def listing(rows: Sequence[ReviewRow], fp_rate: Mapping[str, float]) -> ListReviewSamplesResponse:
-    return ListReviewSamplesResponse(samples=[info(r) for r in rows], fp_rate=dict(fp_rate))
+    return ListReviewSamplesResponse(samples=[sample_info(r) for r in rows], fp_rate=dict(fp_rate))

@@ -30,7 +30,8 @@ from edgefleet.v1 import fleet_pb2, telemetry_pb2
 from edgefleet_controller.errors import timestamp_arg
 from edgefleet_controller.fleet_feed import FleetFeed
 from edgefleet_controller.store import EventInput, Store
-from edgefleet_controller.store.telemetry import IngestOutcome, TelemetryStore
+from edgefleet_controller.store.errors import Conflict
+from edgefleet_controller.store.telemetry import TelemetryStore
 from edgefleet_controller.telemetry.drift import (
     DEFAULT_BASELINE_WINDOWS,
     DEFAULT_MIN_FRAMES,
@@ -39,13 +40,18 @@ from edgefleet_controller.telemetry.drift import (
     add_counts,
     evaluate_drift,
 )
+from edgefleet_controller.telemetry.ingest import validate_batch
+from edgefleet_controller.telemetry.ingest_plan import IngestOutcome, plan_batch
 from edgefleet_controller.telemetry.query import QueryPolicy, summarise
-from edgefleet_controller.telemetry.review import check_request, listing
+from edgefleet_controller.telemetry.review import check_request, listing, sample_info
 from edgefleet_controller.telemetry.thermal import ThrottlePolicy
 
 log = structlog.get_logger("edgefleet.controller.telemetry")
 
 Clock = Callable[[], datetime]
+
+#: Reads and plans of one batch before a conflict with a concurrent writer of the same device is an error.
+INGEST_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,9 +77,7 @@ class TelemetryService:
         self.clock = clock
         self.feed = feed
         self.settings = settings
-        self.tstore = TelemetryStore(
-            store, baseline_windows=settings.baseline_windows, throttle_policy=settings.throttle
-        )
+        self.tstore = TelemetryStore(store)
         self._alerting: set[tuple[str, str, str]] = set()
         self._task: asyncio.Task[None] | None = None
 
@@ -117,7 +121,7 @@ class TelemetryService:
     ) -> AsyncIterator[telemetry_pb2.TelemetryAck]:
         """Store each batch (one transaction each) and acknowledge the contiguous mark after the commit."""
         async for batch in batches:
-            outcome = await asyncio.to_thread(self.tstore.ingest_batch, device_id, batch, self.clock())
+            outcome = await asyncio.to_thread(self._store_batch, device_id, batch, self.clock())
             if outcome.duplicates:
                 log.debug("telemetry.duplicates_dropped", device_id=device_id, duplicates=outcome.duplicates)
             yield telemetry_pb2.TelemetryAck(
@@ -128,6 +132,28 @@ class TelemetryService:
                     await self._after_windows(device_id, outcome)
                 except Exception as exc:  # alerts must never break the upload stream
                     log.exception("telemetry.alert_failed", device_id=device_id, error=str(exc))
+
+    def _store_batch(self, device_id: str, batch: telemetry_pb2.TelemetryBatch, now: datetime) -> IngestOutcome:
+        """Read the device's facts, plan the batch (``ingest_plan``), and store the plan in one transaction;
+        a plan whose facts another writer moved meanwhile is planned again from a fresh read."""
+        validate_batch(batch)
+        has_windows = any(r.WhichOneof("body") == "metrics" for r in batch.records)
+        recent = self.settings.throttle.windows if has_windows else 0
+        attempt = 1
+        while True:
+            facts = self.tstore.ingest_facts(device_id, batch.epoch, recent)
+            plan = plan_batch(
+                batch, facts, now, throttle=self.settings.throttle, baseline_windows=self.settings.baseline_windows
+            )
+            try:
+                self.tstore.commit_batch(device_id, plan, now)
+            except Conflict:
+                if attempt >= INGEST_ATTEMPTS:
+                    raise
+                log.info("telemetry.ingest_replanned", device_id=device_id, epoch=batch.epoch, attempt=attempt)
+                attempt += 1
+                continue
+            return plan.outcome()
 
     async def _after_windows(self, device_id: str, outcome: IngestOutcome) -> None:
         latest = outcome.windows[-1]
@@ -251,11 +277,4 @@ class TelemetryService:
         row = await asyncio.to_thread(
             self.tstore.label_review, request.sample_id, request.label, labeled_by, self.clock()
         )
-        return fleet_pb2.ReviewSampleInfo(
-            sample_id=row.sample.sample_id,
-            device_id=row.device_id,
-            site=row.site,
-            sample=row.sample,
-            label=row.label,
-            labeled_by=row.labeled_by,
-        )
+        return sample_info(row)
