@@ -52,8 +52,8 @@ from typing import Final
 
 import structlog
 
-from edge_runtime.durable import fsync_dir
 from edge_runtime.telemetry.errors import RecordTooLargeError, TelemetryBufferError
+from edgefleet.contract.durable import fsync_dir
 from edgefleet.v1.telemetry_pb2 import (
     DeviceEvent,
     MetricWindow,

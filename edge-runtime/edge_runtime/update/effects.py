@@ -38,6 +38,8 @@ class Stage:
 
 @dataclass(frozen=True)
 class StartCanary:
+    """Start the canary: the staged candidate runs in shadow beside the engine serving."""
+
     digest: str
 
 
@@ -103,6 +105,8 @@ class DiscardCandidate:
 
 @dataclass(frozen=True)
 class CollectGarbage:
+    """Remove every slot and partial download outside ``keep``."""
+
     keep: tuple[str, ...]
 
 

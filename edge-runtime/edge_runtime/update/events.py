@@ -45,11 +45,15 @@ class DownloadCompleted:
 
 @dataclass(frozen=True)
 class DownloadFailed:
+    """An artifact could not be fetched (``reason``); the download is retried up to its limit."""
+
     reason: str
 
 
 @dataclass(frozen=True)
 class DiskInsufficient:
+    """The download does not fit: ``needed`` bytes (margin included) against ``free``."""
+
     needed: int
     free: int
 
@@ -61,6 +65,8 @@ class VerificationPassed:
 
 @dataclass(frozen=True)
 class VerificationFailed:
+    """A digest, the manifest or the signature did not check out (``reason``): the bundle is rejected."""
+
     reason: str
 
 
@@ -71,6 +77,8 @@ class CanaryStarted:
 
 @dataclass(frozen=True)
 class CanaryPassed:
+    """The canary judged the candidate fit for a trial; ``summary`` is its verdict in one line."""
+
     summary: str = ""
 
 
@@ -88,6 +96,8 @@ class CanaryFailed:
 
 @dataclass(frozen=True)
 class CanaryInconclusive:
+    """The canary saw too little before its deadline (``reason``); it runs again up to its limit."""
+
     reason: str
 
 
@@ -128,6 +138,8 @@ class CandidateLoadFailed:
 
 @dataclass(frozen=True)
 class Cancelled:
+    """Stop the candidate in progress (``reason``); the committed bundle keeps serving."""
+
     reason: str = "cancelled"
 
 

@@ -35,10 +35,10 @@ from pathlib import Path
 
 import structlog
 
-from edge_runtime.durable import fsync_dir, write_durably
 from edge_runtime.update.errors import JournalError, RecordFormatError
 from edge_runtime.update.record import UpdateRecord
 from edge_runtime.update.slots import BundleSlots
+from edgefleet.contract.durable import fsync_dir, read_durable, write_durably
 
 _FORMAT = "edgefleet.update-journal"
 
@@ -130,20 +130,16 @@ class Journal:
         present = 0
         for path in (self.current_path, self.previous_path):
             try:
-                raw = path.read_bytes()
-            except FileNotFoundError:
-                continue
+                raw = read_durable(path)
+                if raw is None:
+                    continue
+                present += 1
+                copies.append(_Copy(*decode_entry(raw), raw))
             except OSError as exc:
                 present += 1
                 problems[path.name] = f"unreadable: {exc}"
-                continue
-            present += 1
-            try:
-                generation, record = decode_entry(raw)
             except RecordFormatError as exc:
                 problems[path.name] = str(exc)
-                continue
-            copies.append(_Copy(generation, record, raw))
 
         if copies:
             best = max(copies, key=lambda c: c.generation)
@@ -209,12 +205,12 @@ class Journal:
         Call right after ``load``: once this returns, a death of this process is no longer clean."""
         path = self.directory / self.CLEAN_STOP
         try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            return False
+            raw = read_durable(path)
         except OSError as exc:
             log.warning("update.clean_stop_unreadable", path=str(path), error=str(exc))
             raw = b""
+        if raw is None:
+            return False
         try:
             marker = json.loads(raw)
             stopped_at = marker.get("generation") if isinstance(marker, dict) else None

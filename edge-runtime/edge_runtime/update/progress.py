@@ -9,6 +9,7 @@ inconclusive canary serves the candidate degraded, with an alert. See ``edge_run
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from edge_runtime.update.decision import (
     Decision,
@@ -20,7 +21,15 @@ from edge_runtime.update.decision import (
     transition,
     watch_candidate,
 )
-from edge_runtime.update.effects import Commit, RaiseAlert, StartCanary, StartDownload, StopEvaluation, Verify
+from edge_runtime.update.effects import (
+    Commit,
+    RaiseAlert,
+    StartCanary,
+    StartDownload,
+    StopEvaluation,
+    UpdateEffect,
+    Verify,
+)
 from edge_runtime.update.events import (
     CanaryFailed,
     CanaryInconclusive,
@@ -39,6 +48,11 @@ from edge_runtime.update.events import (
 from edge_runtime.update.record import RetryLimits, UpdateRecord, UpdateState
 
 
+def _again(record: UpdateRecord, now: datetime, effect: UpdateEffect, counter: str, why: str) -> Decision:
+    """Run ``effect`` once more in the same state, counting the attempt in the record field ``counter``."""
+    return transition(record, record.state, now, effect, **{counter: getattr(record, counter) + 1}, failure=why)
+
+
 def on_download_completed(
     record: UpdateRecord, event: DownloadCompleted, now: datetime, limits: RetryLimits
 ) -> Decision:
@@ -49,13 +63,9 @@ def on_download_completed(
 def on_download_failed(record: UpdateRecord, event: DownloadFailed, now: datetime, limits: RetryLimits) -> Decision:
     assert record.candidate is not None
     if record.download_attempts < limits.max_download_attempts:
-        return transition(
-            record,
-            UpdateState.DOWNLOADING,
-            now,
-            StartDownload(record.candidate, record.candidate_artifacts),
-            download_attempts=record.download_attempts + 1,
-            failure=f"download attempt {record.download_attempts} failed: {event.reason}",
+        why = f"download attempt {record.download_attempts} failed: {event.reason}"
+        return _again(
+            record, now, StartDownload(record.candidate, record.candidate_artifacts), "download_attempts", why
         )
     return abandon(
         record,
@@ -111,40 +121,36 @@ def on_canary_started(record: UpdateRecord, event: CanaryStarted, now: datetime,
     return transition(record, UpdateState.CANARY, now, canary_attempts=1)
 
 
-def _first_install_trial(
-    record: UpdateRecord, now: datetime, *, code: str, why: str, numbers: tuple[tuple[str, float], ...]
-) -> Decision:
-    """First install: serve the candidate that missed only on latency (or stayed inconclusive) in trial."""
-    candidate = record.candidate
-    assert candidate is not None and record.committed is None
-    message = f"first install: serving {candidate} with degraded health although {why}"
-    return transition(
-        record,
-        UpdateState.TRIAL,
-        now,
-        serve_candidate(record),
-        watch_candidate(record),
-        RaiseAlert(code, candidate, message, numbers),
-        degraded=message,
-        failure=message,
-    )
+def _serve_in_trial(record: UpdateRecord, now: datetime, *alerts: RaiseAlert, **changes: Any) -> Decision:
+    """The candidate serves and its watch window starts (``trial``)."""
+    effects: tuple[UpdateEffect, ...] = (serve_candidate(record), watch_candidate(record), *alerts)
+    return transition(record, UpdateState.TRIAL, now, *effects, **changes)
 
 
-def _first_install_commit(
-    record: UpdateRecord, now: datetime, *, code: str, why: str, numbers: tuple[tuple[str, float], ...]
+def _first_install_degraded(
+    record: UpdateRecord,
+    now: datetime,
+    *,
+    commit: bool,
+    code: str,
+    why: str,
+    numbers: tuple[tuple[str, float], ...],
 ) -> Decision:
-    """First install: commit the candidate serving in trial that missed only on latency, degraded."""
+    """First install: the candidate that missed only on latency (or stayed inconclusive) serves anyway,
+    degraded: in trial after its canary, committed (``commit``) after its trial (one alert per candidate)."""
     candidate = record.candidate
     assert candidate is not None and record.committed is None
-    message = f"first install: committed {candidate} with degraded health although {why}"
-    alert = () if record.degraded else (RaiseAlert(code, candidate, message, numbers),)
+    message = f"first install: {'committed' if commit else 'serving'} {candidate} with degraded health although {why}"
+    alert = RaiseAlert(code, candidate, message, numbers)
+    if not commit:
+        return _serve_in_trial(record, now, alert, degraded=message, failure=message)
     return transition(
         record,
         UpdateState.COMMITTED,
         now,
         StopEvaluation(candidate),
         Commit(candidate, keep=(candidate,), config=target_config(record)),
-        *alert,
+        *(() if record.degraded else (alert,)),
         **commit_changes(record, candidate, None),
         degraded=message,
         failure=message,
@@ -155,9 +161,8 @@ def on_canary_failed(record: UpdateRecord, event: CanaryFailed, now: datetime, l
     assert record.candidate is not None
     if record.committed is None and (event.latency_only or event.inconclusive):
         code = "first_install.latency_miss" if event.latency_only else "first_install.inconclusive"
-        return _first_install_trial(
-            record, now, code=code, why=f"its canary failed: {event.reason}", numbers=event.numbers
-        )
+        why = f"its canary failed: {event.reason}"
+        return _first_install_degraded(record, now, commit=False, code=code, why=why, numbers=event.numbers)
     return abandon(record, UpdateState.ROLLED_BACK, now, f"canary failed: {event.reason}", reject=True)
 
 
@@ -172,32 +177,19 @@ def on_canary_inconclusive(
 ) -> Decision:
     assert record.candidate is not None
     if record.canary_attempts < limits.max_canary_attempts:
-        return transition(
-            record,
-            UpdateState.CANARY,
-            now,
-            StartCanary(record.candidate),
-            canary_attempts=record.canary_attempts + 1,
-            failure=f"canary run {record.canary_attempts} inconclusive: {event.reason}",
-        )
+        why = f"canary run {record.canary_attempts} inconclusive: {event.reason}"
+        return _again(record, now, StartCanary(record.candidate), "canary_attempts", why)
     why = f"its canary stayed inconclusive after {record.canary_attempts} runs: {event.reason}"
     if record.committed is None:
-        return _first_install_trial(record, now, code="first_install.inconclusive", why=why, numbers=())
+        code = "first_install.inconclusive"
+        return _first_install_degraded(record, now, commit=False, code=code, why=why, numbers=())
     failure = f"canary inconclusive after {record.canary_attempts} runs: {event.reason}"
     return abandon(record, UpdateState.ROLLED_BACK, now, failure)
 
 
 def on_canary_passed(record: UpdateRecord, event: CanaryPassed, now: datetime, limits: RetryLimits) -> Decision:
     assert record.candidate is not None
-    return transition(
-        record,
-        UpdateState.TRIAL,
-        now,
-        serve_candidate(record),
-        watch_candidate(record),
-        canary_summary=event.summary,
-        failure=None,
-    )
+    return _serve_in_trial(record, now, canary_summary=event.summary, failure=None)
 
 
 def on_trial_passed(record: UpdateRecord, event: TrialPassed, now: datetime, limits: RetryLimits) -> Decision:
@@ -220,11 +212,7 @@ def on_trial_passed(record: UpdateRecord, event: TrialPassed, now: datetime, lim
 def on_trial_failed(record: UpdateRecord, event: TrialFailed, now: datetime, limits: RetryLimits) -> Decision:
     assert record.candidate is not None
     if record.committed is None and event.latency_only:
-        return _first_install_commit(
-            record,
-            now,
-            code="first_install.latency_miss",
-            why=f"its trial failed: {event.reason}",
-            numbers=event.numbers,
-        )
+        why = f"its trial failed: {event.reason}"
+        code = "first_install.latency_miss"
+        return _first_install_degraded(record, now, commit=True, code=code, why=why, numbers=event.numbers)
     return abandon(record, UpdateState.ROLLED_BACK, now, f"trial failed: {event.reason}", reject=True)

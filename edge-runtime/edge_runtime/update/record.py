@@ -10,7 +10,7 @@ test against, ``ArtifactRef``, ``RetryLimits`` (the loop caps whose counts live 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -231,33 +231,8 @@ class UpdateRecord:
             raise RecordFormatError(
                 f"update record: field 'candidate_artifacts' must be a list of objects, got {artifacts_raw!r}"
             )
-        return cls(
-            record_version=RECORD_VERSION,
-            state=parsed_state,
-            entered_at=_time(data, "entered_at"),
-            updated_at=_time(data, "updated_at"),
-            committed=_optional_digest(data, "committed"),
-            previous=_optional_digest(data, "previous"),
-            candidate=_optional_digest(data, "candidate"),
-            candidate_artifacts=tuple(ArtifactRef.from_dict(a) for a in artifacts_raw),
-            candidate_since=_optional_time(data, "candidate_since"),
-            download_attempts=_count(data, "download_attempts"),
-            canary_attempts=_count(data, "canary_attempts"),
-            interruptions=_count(data, "interruptions"),
-            crashes=_count(data, "crashes"),
-            candidate_loaded_at=_optional_time(data, "candidate_loaded_at"),
-            resuming=_optional_state(data, "resuming"),
-            degraded=_optional_str(data, "degraded"),
-            rejected=_optional_digest(data, "rejected"),
-            failure=_optional_str(data, "failure"),
-            canary_summary=_optional_str(data, "canary_summary"),
-            assignment_id=_optional_str(data, "assignment_id"),
-            rejections=_rejections(data, _optional_digest(data, "rejected")),
-            committed_config=_optional_digest(data, "committed_config"),
-            committed_config_inference=_optional_digest(data, "committed_config_inference"),
-            candidate_config=_optional_digest(data, "candidate_config"),
-            candidate_config_inference=_optional_digest(data, "candidate_config_inference"),
-        )
+        fields = {name: read(data, name) for name, read in _FIELD_READERS}
+        return cls(record_version=RECORD_VERSION, state=parsed_state, **fields)
 
 
 def _optional_digest(data: Mapping[str, Any], key: str) -> str | None:
@@ -285,8 +260,9 @@ def _rejection_entry(entry: Any) -> tuple[str, str, str] | None:
     return None
 
 
-def _rejections(data: Mapping[str, Any], rejected: str | None) -> tuple[tuple[str, str, str], ...]:
-    raw = data.get("rejections")
+def _rejections(data: Mapping[str, Any], key: str) -> tuple[tuple[str, str, str], ...]:
+    rejected = _optional_digest(data, "rejected")
+    raw = data.get(key)
     if raw is None:
         # A version 1 record: its rejection was made before assignments existed.
         return ((rejected, "", ""),) if rejected is not None else ()
@@ -324,6 +300,10 @@ def _optional_state(data: Mapping[str, Any], key: str) -> UpdateState | None:
         raise RecordFormatError(f"update record: field {key!r} must be one of {known} or null, got {value!r}") from None
 
 
+def _artifacts(data: Mapping[str, Any], key: str) -> tuple[ArtifactRef, ...]:
+    return tuple(ArtifactRef.from_dict(a) for a in data.get(key, []))
+
+
 def _optional_time(data: Mapping[str, Any], key: str) -> datetime | None:
     return None if data.get(key) is None else _time(data, key)
 
@@ -339,3 +319,32 @@ def _time(data: Mapping[str, Any], key: str) -> datetime:
     if parsed.tzinfo is None:
         raise RecordFormatError(f"update record: field {key!r} must carry a UTC offset, got {value!r}")
     return parsed
+
+
+# How ``UpdateRecord.from_dict`` reads each field (after the version, the state and the artifact list's
+# shape), in field order, so the first bad field is the one reported.
+_FIELD_READERS: tuple[tuple[str, Callable[[Mapping[str, Any], str], Any]], ...] = (
+    ("entered_at", _time),
+    ("updated_at", _time),
+    ("committed", _optional_digest),
+    ("previous", _optional_digest),
+    ("candidate", _optional_digest),
+    ("candidate_artifacts", _artifacts),
+    ("candidate_since", _optional_time),
+    ("download_attempts", _count),
+    ("canary_attempts", _count),
+    ("interruptions", _count),
+    ("crashes", _count),
+    ("candidate_loaded_at", _optional_time),
+    ("resuming", _optional_state),
+    ("degraded", _optional_str),
+    ("rejected", _optional_digest),
+    ("failure", _optional_str),
+    ("canary_summary", _optional_str),
+    ("assignment_id", _optional_str),
+    ("rejections", _rejections),
+    ("committed_config", _optional_digest),
+    ("committed_config_inference", _optional_digest),
+    ("candidate_config", _optional_digest),
+    ("candidate_config_inference", _optional_digest),
+)

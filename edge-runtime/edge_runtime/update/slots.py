@@ -22,7 +22,6 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
-from edge_runtime.durable import fsync_dir
 from edge_runtime.update.errors import (
     DiskSpaceError,
     InvalidDigestError,
@@ -31,6 +30,7 @@ from edge_runtime.update.errors import (
 )
 from edge_runtime.update.events import format_bytes
 from edgefleet.contract.digests import is_digest
+from edgefleet.contract.durable import fsync_dir
 
 __all__ = ["BundleSlots", "digest_hex", "format_bytes", "safe_relative"]
 

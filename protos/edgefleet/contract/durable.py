@@ -1,11 +1,12 @@
-"""Crash-safe writes: the one ``fsync_dir`` and ``write_durably`` of the tree.
+"""Crash-safe writes: the one ``fsync_dir``, ``write_durably`` and ``read_durable`` of the tree.
 
 ``write_durably`` writes a temp file beside the target, fsyncs it, renames it over the target and fsyncs the
 directory: after a power cut the target holds either the old bytes or the new ones, never a mix.
 ``fsync_dir`` makes a directory's entries (a rename, a new or removed file) durable; every writer that renames
 into place calls it on the directory it renamed into (the controller's blob store, the bundle unpacker, the
 device's slots, journal and telemetry buffer). Lives in the contract because both the controller and the
-runtime need it and neither may import the other.
+runtime need it and neither may import the other. ``read_durable`` is the read side of such a file (the
+update journal's copies and clean-stop marker, the device's last config): absent is an answer, not an error.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["fsync_dir", "write_durably"]
+__all__ = ["fsync_dir", "read_durable", "write_durably"]
 
 
 def fsync_dir(path: Path) -> None:
@@ -39,3 +40,13 @@ def write_durably(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         os.close(fd)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def read_durable(path: Path) -> bytes | None:
+    """The bytes of the file ``path`` (one ``write_durably`` wrote), or None when there is none.
+
+    A file that exists but cannot be read raises its ``OSError``: the caller says what that means for it."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import structlog
 
-from edge_runtime.durable import write_durably
+from edgefleet.contract.durable import read_durable, write_durably
 from edgefleet.contract.errors import ContractError
 from edgefleet.contract.manifest import EffectiveConfig
 
@@ -36,14 +36,10 @@ def save_config(data_dir: Path, config: EffectiveConfig) -> Path:
 def load_config(data_dir: Path) -> EffectiveConfig | None:
     path = data_dir / CONFIG_FILE
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
+        data = read_durable(path)
+        return None if data is None else EffectiveConfig.from_json_bytes(data)
     except OSError as exc:
         log.warning("agent.config_unreadable", path=str(path), error=str(exc))
-        return None
-    try:
-        return EffectiveConfig.from_json_bytes(data)
     except (ContractError, ValueError) as exc:
         log.warning("agent.config_damaged", path=str(path), error=str(exc))
-        return None
+    return None
