@@ -39,7 +39,7 @@ from benchlib import row, run_alone
 from edge_runtime.inference import EngineSlot, FrameResult, InferenceEngine
 from edge_runtime.inference.providers import session_options
 from edge_runtime.sources import open_source
-from edgefleet.contract.bundle import Postprocess, Preprocess
+from edgefleet.contract.bundle_sections import Postprocess, Preprocess
 from edgefleet.contract.processing.preprocess import preprocess
 from edgefleet_testing.modelgen import make_yolo_detector
 

@@ -27,7 +27,7 @@ from typing import Any
 from bench_inference import YOLOV8N_ANCHORS
 from benchlib import row, run_alone
 
-from edgefleet.contract.bundle import Postprocess, Preprocess
+from edgefleet.contract.bundle_sections import Postprocess, Preprocess
 from edgefleet.contract.hardware import hardware_class
 from edgefleet.contract.precision import select_precision
 from edgefleet.contract.processing.preprocess import preprocess

@@ -40,7 +40,9 @@ from numpy.typing import NDArray
 
 from edge_runtime.inference import InferenceEngine, InferenceError
 from edge_runtime.sources import SyntheticScene
-from edgefleet.contract.bundle import MODEL_ROLE, BundleManifest, PrecisionVariant
+from edgefleet.contract.bundle import BundleManifest
+from edgefleet.contract.bundle_layout import MODEL_ROLE
+from edgefleet.contract.bundle_sections import PrecisionVariant
 from edgefleet.contract.hardware import hardware_class
 from edgefleet.contract.precision import MIN_SPEEDUP, LatencyFigures, select_precision
 from edgefleet.contract.processing.preprocess import preprocess

@@ -37,7 +37,8 @@ from edge_runtime.inference import InferenceEngine, InferenceError, Timings
 from edge_runtime.precision import VariantChoice, choose_variant
 from edge_runtime.sources import Frame
 from edgefleet.contract.budget import PROFILE_FORMAT
-from edgefleet.contract.bundle import MODEL_ROLE, BundleManifest
+from edgefleet.contract.bundle import BundleManifest
+from edgefleet.contract.bundle_layout import MODEL_ROLE
 from edgefleet.v1 import common_pb2, telemetry_pb2
 
 log = structlog.get_logger(__name__)

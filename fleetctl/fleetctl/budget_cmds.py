@@ -41,7 +41,8 @@ from edgefleet.contract.budget import (
     rank_candidates,
     select_candidates,
 )
-from edgefleet.contract.bundle import MODEL_ROLE, BundleManifest
+from edgefleet.contract.bundle import BundleManifest
+from edgefleet.contract.bundle_layout import MODEL_ROLE
 from edgefleet.contract.errors import BudgetError, ContractError
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
 from fleetctl.fleet_cmds import grpc_errors

@@ -29,7 +29,7 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from edgefleet.contract.bundle import Postprocess, PostprocessKind, Preprocess
+from edgefleet.contract.bundle_sections import Postprocess, PostprocessKind, Preprocess
 from edgefleet.contract.processing.postprocess import decode_detections
 from edgefleet.contract.processing.preprocess import preprocess
 from edgefleet_pipeline.calibration import ImageSet

@@ -18,7 +18,9 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from edgefleet.contract.bundle import (
+from edgefleet.contract.bundle import BundleManifest
+from edgefleet.contract.bundle_files import sha256_file
+from edgefleet.contract.bundle_layout import (
     ARTIFACTS_DIR,
     DEFAULT_MEDIA_TYPE,
     GOLDEN_ROLE,
@@ -26,15 +28,9 @@ from edgefleet.contract.bundle import (
     MEDIA_TYPES,
     MODEL_ROLE,
     ROLE_RE,
-    ArtifactRef,
-    BundleManifest,
-    BundleSpec,
-    Dim,
-    Preprocess,
-    TensorSpec,
-    load_spec,
-    sha256_file,
 )
+from edgefleet.contract.bundle_sections import ArtifactRef, Dim, Preprocess, TensorSpec
+from edgefleet.contract.bundle_spec import BundleSpec, load_spec
 from edgefleet.contract.errors import BundleError, BundleFormatError
 from edgefleet.contract.golden import GoldenCase, write_golden
 

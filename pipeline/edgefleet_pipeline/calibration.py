@@ -29,7 +29,7 @@ import structlog
 from numpy.typing import NDArray
 from onnxruntime.quantization import CalibrationDataReader
 
-from edgefleet.contract.bundle import Preprocess
+from edgefleet.contract.bundle_sections import Preprocess
 from edgefleet.contract.processing.preprocess import preprocess
 from edgefleet_pipeline.errors import CalibrationSetError
 

@@ -32,7 +32,10 @@ from typing import Literal
 
 import structlog
 
-from edgefleet.contract.bundle import MODEL_ROLE, BundleManifest, BundleSpec, PrecisionVariant, load_spec
+from edgefleet.contract.bundle import BundleManifest
+from edgefleet.contract.bundle_layout import MODEL_ROLE
+from edgefleet.contract.bundle_sections import PrecisionVariant
+from edgefleet.contract.bundle_spec import BundleSpec, load_spec
 from edgefleet.contract.precision import PrecisionChoice
 from edgefleet.contract.processing.preprocess import preprocess
 from edgefleet_pipeline.accuracy import AccuracyReport, check_loss, evaluate_variant

@@ -38,7 +38,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from edgefleet.contract.bundle import Preprocess
+from edgefleet.contract.bundle_sections import Preprocess
 from edgefleet_pipeline.calibration import ImageSet, ImageSetReader
 from edgefleet_pipeline.errors import QuantizationError
 

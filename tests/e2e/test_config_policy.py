@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from edgefleet.contract.bundle import BundleSpec
 from edgefleet.contract.bundle_archive import pack_bundle
+from edgefleet.contract.bundle_spec import BundleSpec
 from edgefleet.contract.signing import SigningKey, sign_bundle
 from edgefleet.v1 import common_pb2, fleet_pb2, telemetry_pb2
 from edgefleet_pipeline.bundle_builder import build_bundle
@@ -72,11 +72,7 @@ def policy_bundle(workdir: Path, key: SigningKey, *, version: str, canary: dict[
 
 
 def apply(ctl: Controller, text: str) -> None:
-    ctl.fleet.ApplyConfig(
-        fleet_pb2.ApplyConfigRequest(files=[fleet_pb2.ManifestFile(name="m.yaml", content=text)]),
-        metadata=ctl.md,
-        timeout=10,
-    )
+    ctl.apply("m.yaml", text, timeout=10)
 
 
 def canary_verdict(ctl: Controller, device: str, digest: str) -> common_pb2.CanaryVerdict:

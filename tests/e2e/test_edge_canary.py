@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from edgefleet.contract.bundle import BundleSpec
 from edgefleet.contract.bundle_archive import pack_bundle
+from edgefleet.contract.bundle_spec import BundleSpec
 from edgefleet.contract.signing import SigningKey, sign_bundle
 from edgefleet.v1 import common_pb2, fleet_pb2, telemetry_pb2
 from edgefleet_pipeline.bundle_builder import build_bundle
@@ -64,11 +64,7 @@ def shifted_bundle(workdir: Path, key: SigningKey, *, version: str, logit_shift:
 
 
 def apply(ctl: Controller) -> None:
-    ctl.fleet.ApplyConfig(
-        fleet_pb2.ApplyConfigRequest(files=[fleet_pb2.ManifestFile(name="fleet.yaml", content=CONFIG)]),
-        metadata=ctl.md,
-        timeout=10,
-    )
+    ctl.apply("fleet.yaml", CONFIG, timeout=10)
 
 
 def test_a_regressed_bundle_fails_its_canary_and_the_device_stays_on_v1(tmp_path: Path) -> None:

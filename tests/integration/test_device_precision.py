@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from edge_runtime.precision import VariantChoice, VariantError, choose_variant, eligible_variants, interleaved_latency
-from edgefleet.contract.bundle import BundleManifest, PrecisionVariant, read_manifest
+from edgefleet.contract.bundle import BundleManifest, read_manifest
+from edgefleet.contract.bundle_sections import PrecisionVariant
 from edgefleet.contract.precision import select_precision
 from edgefleet_pipeline.precision_bundle import build_precision_bundle
 from edgefleet_pipeline.synthetic_documents import write_document_set

@@ -18,7 +18,7 @@ from edge_runtime.inference import (
     SwapError,
 )
 from edge_runtime.sources import Frame, open_source
-from edgefleet.contract.bundle import Postprocess, Preprocess
+from edgefleet.contract.bundle_sections import Postprocess, Preprocess
 from edgefleet_testing.modelgen import make_classifier
 
 pytestmark = pytest.mark.integration

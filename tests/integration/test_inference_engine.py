@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 
 from edge_runtime.inference import InferenceEngine, ModelLoadError
 from edge_runtime.sources import open_source
-from edgefleet.contract.bundle import Postprocess, Preprocess
+from edgefleet.contract.bundle_sections import Postprocess, Preprocess
 from edgefleet.contract.processing.postprocess import Classification, Detection, postprocess
 from edgefleet.contract.processing.preprocess import preprocess
 from edgefleet_testing.modelgen import make_classifier, make_yolo_detector

@@ -19,8 +19,8 @@ import structlog
 import yaml
 from typer.testing import CliRunner, Result
 
-from edgefleet.contract.bundle import load_spec
 from edgefleet.contract.bundle_archive import unpack_bundle
+from edgefleet.contract.bundle_spec import load_spec
 from edgefleet.contract.processing.preprocess import preprocess
 from edgefleet.contract.signing import TrustedKeys, generate_keypair
 from edgefleet_pipeline.calibration import load_image_set, read_image

@@ -35,7 +35,7 @@ from edge_runtime.update.events import (
     TrialPassed,
     UpdateEvent,
 )
-from edgefleet.contract.bundle import BundleSpec
+from edgefleet.contract.bundle_spec import BundleSpec
 from edgefleet.v1 import common_pb2
 from edgefleet.v1.telemetry_pb2 import SensorReading
 from edgefleet_pipeline.bundle_builder import build_bundle

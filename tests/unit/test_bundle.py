@@ -14,13 +14,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgefleet.contract.bundle import (
-    BundleManifest,
-    iter_bundle_files,
-    load_spec,
-    read_manifest,
-)
+from edgefleet.contract.bundle import BundleManifest, read_manifest
 from edgefleet.contract.bundle_archive import verify_bundle
+from edgefleet.contract.bundle_files import iter_bundle_files
+from edgefleet.contract.bundle_spec import load_spec
 from edgefleet.contract.canonical import canonical_json
 from edgefleet.contract.errors import (
     BundleError,

@@ -37,7 +37,7 @@ from edge_runtime.canary.stats import (
     population_stability_index,
     quantile_edges,
 )
-from edgefleet.contract.bundle import CanaryDefaults
+from edgefleet.contract.bundle_policy import CanaryDefaults
 from edgefleet.v1 import common_pb2
 
 # ------------------------------------------------------------------ statistics

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from edgefleet.contract.bundle import Preprocess
+from edgefleet.contract.bundle_sections import Preprocess
 from edgefleet_pipeline.calibration import ImageSetReader, load_image_set, read_image
 from edgefleet_pipeline.errors import CalibrationSetError
 from edgefleet_pipeline.synthetic_documents import write_document_set

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from edgefleet.contract.bundle import Postprocess
+from edgefleet.contract.bundle_sections import Postprocess
 from edgefleet.contract.errors import BundleFormatError
 from edgefleet.contract.processing.postprocess import (
     Classification,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgefleet.contract.bundle import Preprocess
+from edgefleet.contract.bundle_sections import Preprocess
 from edgefleet.contract.errors import BundleFormatError, ContractError, FrameError
 from edgefleet.contract.processing.preprocess import letterbox_geometry, preprocess, resize_frame
 

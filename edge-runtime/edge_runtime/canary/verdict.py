@@ -62,7 +62,7 @@ from edge_runtime.canary.stats import (
     percentile,
     population_stability_index,
 )
-from edgefleet.contract.bundle import CanaryDefaults
+from edgefleet.contract.bundle_policy import CanaryDefaults
 from edgefleet.v1 import common_pb2
 
 

@@ -25,7 +25,7 @@ from numpy.typing import NDArray
 from edge_runtime.inference.errors import ModelLoadError
 from edge_runtime.inference.providers import SessionInfo, create_session
 from edge_runtime.inference.results import FrameResult, Timings
-from edgefleet.contract.bundle import Postprocess, Preprocess
+from edgefleet.contract.bundle_sections import Postprocess, Preprocess
 from edgefleet.contract.processing.postprocess import postprocess_scored
 from edgefleet.contract.processing.preprocess import Normaliser
 

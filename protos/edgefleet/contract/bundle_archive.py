@@ -24,15 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from edgefleet.contract.bundle import (
-    MANIFEST_NAME,
-    MAX_MANIFEST_BYTES,
-    SIGNATURE_NAME,
-    ArtifactRef,
-    BundleManifest,
-    check_bundle_files,
-    read_manifest,
-)
+from edgefleet.contract.bundle import BundleManifest, read_manifest
+from edgefleet.contract.bundle_files import check_bundle_files
+from edgefleet.contract.bundle_layout import MANIFEST_NAME, MAX_MANIFEST_BYTES, SIGNATURE_NAME
+from edgefleet.contract.bundle_sections import ArtifactRef
 from edgefleet.contract.durable import fsync_dir
 from edgefleet.contract.errors import (
     BundleError,

@@ -27,7 +27,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edgefleet.contract.bundle import MANIFEST_NAME, SIGNATURE_NAME, read_manifest
+from edgefleet.contract.bundle import read_manifest
+from edgefleet.contract.bundle_layout import MANIFEST_NAME, SIGNATURE_NAME
 from edgefleet.contract.canonical import canonical_json
 from edgefleet.contract.errors import SignatureError, SigningKeyError
 

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from edgefleet.contract.bundle import Postprocess
+from edgefleet.contract.bundle_sections import Postprocess
 from edgefleet.contract.errors import ModelOutputError
 from edgefleet.contract.processing.preprocess import FrameTransform
 

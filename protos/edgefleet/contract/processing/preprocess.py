@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from edgefleet.contract.bundle import Preprocess
+from edgefleet.contract.bundle_sections import Preprocess
 from edgefleet.contract.errors import FrameError
 
 

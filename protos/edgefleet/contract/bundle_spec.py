@@ -1,0 +1,92 @@
+"""The bundle spec (``*.spec.yaml``): everything needed to build a bundle except digests.
+
+The publisher writes it; ``edgefleet_pipeline.bundle_builder`` turns it into a bundle directory. The model
+path is relative to the spec file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from edgefleet.contract.bundle_fields import FieldReader
+from edgefleet.contract.bundle_policy import CanaryDefaults, LatencySla
+from edgefleet.contract.bundle_sections import (
+    METADATA_FIELDS,
+    SECTION_FIELDS,
+    Postprocess,
+    PrecisionVariant,
+    Preprocess,
+    TensorSpec,
+    parse_calibration,
+    parse_labels,
+    parse_name,
+    parse_providers,
+    parse_tensors,
+    parse_variants,
+    parse_version,
+)
+from edgefleet.contract.errors import BundleFormatError
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    """Everything needed to build a bundle except digests: parsed from a ``*.spec.yaml``.
+
+    ``inputs``/``outputs`` are ``None`` when they are to be inferred from the model.
+    """
+
+    name: str
+    version: str
+    model: Path
+    preprocess: Preprocess
+    postprocess: Postprocess
+    latency: LatencySla
+    labels: tuple[str, ...] = ()
+    canary: CanaryDefaults = field(default_factory=CanaryDefaults)
+    providers: tuple[str, ...] = ("tensorrt", "cuda", "cpu")
+    inputs: tuple[TensorSpec, ...] | None = None
+    outputs: tuple[TensorSpec, ...] | None = None
+    calibration: Mapping[str, object] | None = None
+    precision_variants: Mapping[str, PrecisionVariant] | None = None
+
+    @staticmethod
+    def from_dict(obj: object, *, source: str, base_dir: Path) -> BundleSpec:
+        doc = FieldReader(source, obj)
+        doc.known("name", "version", "model", *SECTION_FIELDS, *METADATA_FIELDS)
+        model = Path(doc.string("model", pattern=re.compile(r"^.+$"), hint="a path to an .onnx file"))
+        return BundleSpec(
+            name=parse_name(doc),
+            version=parse_version(doc),
+            model=model if model.is_absolute() else base_dir / model,
+            inputs=parse_tensors(doc, "inputs") if doc.has("inputs") else None,
+            outputs=parse_tensors(doc, "outputs") if doc.has("outputs") else None,
+            preprocess=Preprocess.parse(doc.sub("preprocess")),
+            postprocess=Postprocess.parse(doc.sub("postprocess")),
+            labels=parse_labels(doc),
+            latency=LatencySla.parse(doc.sub("latency")),
+            canary=CanaryDefaults.parse(doc.sub("canary", required=False)),
+            providers=parse_providers(doc),
+            calibration=parse_calibration(doc),
+            precision_variants=parse_variants(doc),
+        )
+
+
+def load_spec(path: Path | str) -> BundleSpec:
+    """Parse a bundle spec YAML file; the model path is relative to the spec file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BundleFormatError(f"{path}: spec file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BundleFormatError(f"{path}: cannot be read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise BundleFormatError(f"{path.name}: is not valid YAML: {exc}") from None
+    return BundleSpec.from_dict(data, source=path.name, base_dir=path.parent)
