@@ -1,31 +1,38 @@
-"""The ``edge-runtime`` console script: ``run`` the device agent, print a device's ``status``.
+"""The ``edge-runtime`` console script: ``run`` the device agent, print a device's ``status``, ``profile`` a bundle.
 
     edge-runtime run --controller HOST:PORT --data-dir DIR [--enroll-token T] [--name N] [--site-tags k=v]
                      --source SPEC [--health-listen ADDR] [--trusted-keys DIR]
     edge-runtime status --data-dir DIR
+    edge-runtime profile --bundle B ...   (``edge_runtime.profile_cli``)
 
 ``run`` prints ``edge-runtime health listening on port N`` on stdout once the local health endpoint is up
 (scripts and tests wait for that line), logs JSON to stderr, and exits 0 on SIGTERM. The crash drill
 variable ``EDGEFLEET_CRASH_AT=<state>:<before|after>`` (optionally ``EDGEFLEET_CRASH_CANDIDATE=sha256:…``)
 makes the process SIGKILL itself at that update-state boundary, as ``edge_runtime.update.crashdrill`` does.
+
+Plain ``argparse`` (a device installs no typer or rich): a bad argument is a usage line and exit code 2;
+an agent that cannot start (no credential, bad source) exits 2 with one line on stderr.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
 import re
 import socket
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import typer
-
-from edge_runtime.agent.agent import STATUS_FILE, AgentSettings, EdgeAgent
+from edge_runtime.agent.agent import STATUS_FILE, AgentSettings
 from edge_runtime.agent.client import use_tls
 from edge_runtime.agent.errors import AgentError
+from edge_runtime.arguments import bounded_int
+from edge_runtime.bootstrap import build_agent
 from edge_runtime.inference.errors import FrameSourceError
+from edge_runtime.profile_cli import add_profile_command
 from edge_runtime.update.crashdrill import CRASH_ENV, parse_crash_at
 from edge_runtime.update.driver import DEFAULT_DISK_MARGIN_BYTES
 from edge_runtime.update.journal import Journal
@@ -33,8 +40,7 @@ from edge_runtime.update.slots import BundleSlots
 from edgefleet.logging import configure_logging
 
 CRASH_CANDIDATE_ENV = "EDGEFLEET_CRASH_CANDIDATE"
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="edgefleet edge runtime")
+ENROLL_TOKEN_ENV = "EDGEFLEET_ENROLL_TOKEN"
 
 
 def default_name() -> str:
@@ -42,93 +48,113 @@ def default_name() -> str:
     return (name or "device")[:63]
 
 
-def parse_tags(values: list[str]) -> dict[str, str]:
+def parse_tags(values: Sequence[str]) -> dict[str, str]:
     tags: dict[str, str] = {}
     for value in values:
         key, sep, val = value.partition("=")
         if not sep or not key:
-            raise typer.BadParameter(f"--site-tags must be key=value, got {value!r}")
+            raise ValueError(f"--site-tags must be key=value, got {value!r}")
         tags[key.strip()] = val.strip()
     return tags
 
 
-@app.command("run")
-def run_agent(
-    controller: str = typer.Option(..., "--controller", help="controller address host:port"),
-    data_dir: Path = typer.Option(..., "--data-dir", help="journal, bundles, credential and caches live here"),
-    source: str = typer.Option(..., "--source", help="'synthetic[:FPS]', 'images:DIR' or 'video:FILE'"),
-    enroll_token: str = typer.Option("", "--enroll-token", envvar="EDGEFLEET_ENROLL_TOKEN", help="first start"),
-    name: str = typer.Option("", "--name", help="device name (default: from the hostname)"),
-    site_tags: list[str] = typer.Option([], "--site-tags", help="tag key=value (repeatable)"),
-    health_listen: str = typer.Option("127.0.0.1:0", "--health-listen", help="local gRPC health host:port"),
-    trusted_keys: Path | None = typer.Option(None, "--trusted-keys", help="directory of <key_id>.pub.pem"),
-    sync_wait_s: int = typer.Option(30, "--sync-wait-s", min=1, max=300, help="long-poll hold time"),
-    chunk_bytes: int = typer.Option(1 << 20, "--chunk-bytes", min=4096, help="download chunk size"),
-    disk_margin_bytes: int = typer.Option(
-        DEFAULT_DISK_MARGIN_BYTES, "--disk-margin-bytes", min=0, help="free disk kept beyond a download"
-    ),
-    intra_op_threads: int = typer.Option(0, "--intra-op-threads", min=0, help="ORT threads (0 = ORT default)"),
-    frame_log: Path | None = typer.Option(None, "--frame-log", help="append '<frame id> <bundle>' per frame"),
-    failed_retry_s: float = typer.Option(60.0, "--failed-retry-s", help="re-try a failed desired bundle after"),
-    log_level: str = typer.Option("info", "--log-level"),
-    tls: bool = typer.Option(False, "--tls", help="TLS to the controller (system roots unless --ca)"),
-    ca: Path | None = typer.Option(None, "--ca", help="CA certificate (PEM) of the controller; implies --tls"),
-    client_cert: Path | None = typer.Option(None, "--client-cert", help="client certificate (PEM) for mutual TLS"),
-    client_key: Path | None = typer.Option(None, "--client-key", help="client private key (PEM) for mutual TLS"),
-) -> None:
-    """Run the device agent until SIGTERM."""
-    configure_logging(log_level, json=True)
-    if bool(client_cert) != bool(client_key):
-        raise typer.BadParameter("--client-cert and --client-key go together")
-    if tls or ca or client_cert:
+def _add_run_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = commands.add_parser("run", help="Run the device agent until SIGTERM.", description="Run the device agent.")
+    run.add_argument("--controller", required=True, help="controller address host:port")
+    run.add_argument("--data-dir", type=Path, required=True, help="journal, bundles, credential and caches live here")
+    run.add_argument("--source", required=True, help="'synthetic[:FPS]', 'images:DIR' or 'video:FILE'")
+    run.add_argument(
+        "--enroll-token", default=os.environ.get(ENROLL_TOKEN_ENV, ""), help=f"first start (env {ENROLL_TOKEN_ENV})"
+    )
+    run.add_argument("--name", default="", help="device name (default: from the hostname)")
+    run.add_argument("--site-tags", action="append", default=[], help="tag key=value (repeatable)")
+    run.add_argument("--health-listen", default="127.0.0.1:0", help="local gRPC health host:port")
+    run.add_argument("--trusted-keys", type=Path, default=None, help="directory of <key_id>.pub.pem")
+    run.add_argument("--sync-wait-s", type=bounded_int(1, 300), default=30, help="long-poll hold time")
+    run.add_argument("--chunk-bytes", type=bounded_int(4096), default=1 << 20, help="download chunk size")
+    run.add_argument(
+        "--disk-margin-bytes",
+        type=bounded_int(0),
+        default=DEFAULT_DISK_MARGIN_BYTES,
+        help="free disk kept beyond a download",
+    )
+    run.add_argument("--intra-op-threads", type=bounded_int(0), default=0, help="ORT threads (0 = ORT default)")
+    run.add_argument("--frame-log", type=Path, default=None, help="append '<frame id> <bundle>' per frame")
+    run.add_argument("--failed-retry-s", type=float, default=60.0, help="re-try a failed desired bundle after")
+    run.add_argument("--log-level", default="info")
+    run.add_argument("--tls", action="store_true", help="TLS to the controller (system roots unless --ca)")
+    run.add_argument("--ca", type=Path, default=None, help="CA certificate (PEM) of the controller; implies --tls")
+    run.add_argument("--client-cert", type=Path, default=None, help="client certificate (PEM) for mutual TLS")
+    run.add_argument("--client-key", type=Path, default=None, help="client private key (PEM) for mutual TLS")
+    run.set_defaults(command=lambda args: run_agent(run, args))
+
+
+def run_agent(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Run the device agent until SIGTERM; its exit code."""
+    configure_logging(args.log_level, json=True)
+    if bool(args.client_cert) != bool(args.client_key):
+        parser.error("--client-cert and --client-key go together")
+    try:
+        tags = parse_tags(args.site_tags)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.tls or args.ca or args.client_cert:
         use_tls(
-            ca.read_bytes() if ca else None,
-            client_cert.read_bytes() if client_cert else None,
-            client_key.read_bytes() if client_key else None,
+            args.ca.read_bytes() if args.ca else None,
+            args.client_cert.read_bytes() if args.client_cert else None,
+            args.client_key.read_bytes() if args.client_key else None,
         )
     crash = os.environ.get(CRASH_ENV)
     try:
         crash_at = parse_crash_at(crash) if crash else None
     except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from None
+        parser.error(str(exc))
     settings = AgentSettings(
-        controller=controller,
-        data_dir=data_dir,
-        source=source,
-        enroll_token=enroll_token,
-        name=name or default_name(),
-        tags=parse_tags(site_tags),
-        health_listen=health_listen,
-        trusted_keys_dir=trusted_keys,
-        sync_wait_s=sync_wait_s,
-        chunk_bytes=chunk_bytes,
-        disk_margin_bytes=disk_margin_bytes,
-        intra_op_threads=intra_op_threads or None,
-        frame_log=frame_log,
-        failed_retry_s=failed_retry_s,
+        controller=args.controller,
+        data_dir=args.data_dir,
+        source=args.source,
+        enroll_token=args.enroll_token,
+        name=args.name or default_name(),
+        tags=tags,
+        health_listen=args.health_listen,
+        trusted_keys_dir=args.trusted_keys,
+        sync_wait_s=args.sync_wait_s,
+        chunk_bytes=args.chunk_bytes,
+        disk_margin_bytes=args.disk_margin_bytes,
+        intra_op_threads=args.intra_op_threads or None,
+        frame_log=args.frame_log,
+        failed_retry_s=args.failed_retry_s,
         crash_at=crash_at,
         crash_candidate=os.environ.get(CRASH_CANDIDATE_ENV) or None,
     )
 
     async def main() -> int:
         # grpc.aio objects bind to the running loop: build the agent inside it.
-        agent = EdgeAgent(settings, announce=lambda line: print(line, flush=True))
+        agent = build_agent(settings, announce=lambda line: print(line, flush=True))
         return await agent.run()
 
     try:
-        code = asyncio.run(main())
+        return asyncio.run(main())
     except (AgentError, FrameSourceError) as exc:
         print(f"edge-runtime: {exc}", file=sys.stderr, flush=True)
-        raise typer.Exit(2) from None
-    raise typer.Exit(code)
+        return 2
 
 
-@app.command()
-def status(data_dir: Path = typer.Option(..., "--data-dir", help="the device's data directory")) -> None:
+def _add_status_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    status = commands.add_parser(
+        "status",
+        help="Print the update journal's record (and the live status if the runtime is running).",
+        description="Print the update journal's record (and the live status if the runtime is running).",
+    )
+    status.add_argument("--data-dir", type=Path, required=True, help="the device's data directory")
+    status.set_defaults(command=lambda args: print_status(args.data_dir))
+
+
+def print_status(data_dir: Path) -> int:
     """Print the update journal's record (and the live status if the runtime is running)."""
     if not data_dir.is_dir():
         print(f"edge-runtime: --data-dir {data_dir} does not exist", file=sys.stderr)
-        raise typer.Exit(2)
+        return 2
     record = Journal(data_dir / "update", slots=BundleSlots(data_dir)).load()
     out: dict[str, object] = {"update": record.to_dict()}
     live = data_dir / STATUS_FILE
@@ -138,18 +164,31 @@ def status(data_dir: Path = typer.Option(..., "--data-dir", help="the device's d
         except ValueError:
             out["runtime"] = None
     print(json.dumps(out, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-runtime", description="edgefleet edge runtime")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_run_command(commands)
+    _add_status_command(commands)
+    add_profile_command(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: the process's) and run the command; its exit code (2: usage error)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        command: Callable[[argparse.Namespace], int] | None = getattr(args, "command", None)
+        if command is None:
+            parser.print_help()
+            return 2
+        return command(args)
+    except SystemExit as exc:  # argparse's usage errors and --help
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
 
 
 def run() -> None:
-    app()
-
-
-def _mount_profile() -> None:
-    from edge_runtime.profile_cli import profile
-
-    app.command("profile", help="Measure a bundle's latency on this device (pre, model, post, total; p50/p95/p99).")(
-        profile
-    )
-
-
-_mount_profile()
+    sys.exit(main())

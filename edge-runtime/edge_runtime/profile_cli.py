@@ -4,7 +4,7 @@
                          [--trusted DIR | --no-verify] [--precision fp32|int8] [--providers cpu,cuda]
                          [--report-to HOST:PORT --data-dir DIR]
 
-The lead mounts ``profile`` on the edge-runtime typer app (``app.command("profile")(profile)``).
+``edge_runtime.cli`` mounts it (``add_profile_command``); tables are plain text (a device installs no rich).
 
 Decisions:
 - BUNDLE is a bundle directory or an ``.efb`` archive. Both are verified (signature over bundle.json, every
@@ -22,30 +22,30 @@ Decisions:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
 import grpc
-import typer
-from rich.console import Console
-from rich.table import Table
 
 from edge_runtime.agent.client import bearer, blocking_channel
 from edge_runtime.agent.enroll import credential_path, load_credential
 from edge_runtime.agent.errors import AgentError
+from edge_runtime.arguments import bounded_int
 from edge_runtime.inference.errors import InferenceError
 from edge_runtime.profiling import STAGES, DeviceProfile, profile_bundle, profile_event, profile_to_document
 from edge_runtime.sources import open_source
 from edge_runtime.telemetry.sensors import SensorReader
-from edgefleet.contract.bundle import BundleManifest, check_bundle_files, read_manifest
+from edgefleet.contract.bundle import BundleManifest, read_manifest
 from edgefleet.contract.bundle_archive import ARCHIVE_SUFFIX, unpack_bundle, unpack_unverified_bundle, verify_bundle
+from edgefleet.contract.bundle_files import check_bundle_files
 from edgefleet.contract.errors import ContractError
 from edgefleet.contract.hardware import hardware_class
 from edgefleet.contract.signing import TrustedKeys
@@ -58,6 +58,9 @@ REPORT_TIMEOUT_S = 15.0
 class OutputFormat(StrEnum):
     table = "table"
     json = "json"
+
+
+Row = Sequence[str]
 
 
 class ProfileInputError(Exception):
@@ -139,18 +142,35 @@ def _reading(reading: telemetry_pb2.SensorReading | None) -> str:
     return text
 
 
-def render_table(profile: DeviceProfile, console: Console, *, verified: bool) -> None:
-    """Stage percentiles, run facts, the precision choice, and sensors before/after."""
+def text_table(rows: Sequence[Row], *, header: Row | None = None, title: str = "", right: int = 0) -> str:
+    """Rows as aligned plain-text columns; the last ``right`` columns are right-aligned (numbers)."""
+    lines = [header, *rows] if header is not None else list(rows)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))] if lines else []
+    first_right = len(widths) - right
+
+    def cells(line: Row) -> str:
+        return "  ".join(
+            cell.rjust(width) if i >= first_right else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(line, widths, strict=True))
+        ).rstrip()
+
+    out = [title] if title else []
+    if header is not None:
+        out += [cells(header), "  ".join("-" * width for width in widths)]
+    out += [cells(line) for line in rows]
+    return "\n".join(out) + "\n"
+
+
+def render_table(profile: DeviceProfile, *, verified: bool) -> str:
+    """Stage percentiles, run facts, the precision choice, and sensors before/after, as plain text."""
     title = f"latency profile: {profile.bundle.ref} on {profile.hardware_class}"
     if not verified:
-        title += " [bold red](UNVERIFIED bundle, --no-verify)[/bold red]"
-    stages = Table(title=title, title_justify="left")
-    for col in ("stage", "p50 ms", "p95 ms", "p99 ms", "frames"):
-        stages.add_column(col, justify="left" if col == "stage" else "right")
-    for name in STAGES:
-        s = profile.stages[name]
-        stages.add_row(name, _ms(s.p50_ms), _ms(s.p95_ms), _ms(s.p99_ms), str(s.count))
-    console.print(stages)
+        title += " (UNVERIFIED bundle, --no-verify)"
+    stage_rows = [
+        (name, _ms(s.p50_ms), _ms(s.p95_ms), _ms(s.p99_ms), str(s.count))
+        for name, s in ((name, profile.stages[name]) for name in STAGES)
+    ]
+    stages = text_table(stage_rows, header=("stage", "p50 ms", "p95 ms", "p99 ms", "frames"), title=title, right=4)
     choice = profile.variant_choice
     figures = choice.get("figures")
     figure_text = ""
@@ -168,60 +188,77 @@ def render_table(profile: DeviceProfile, console: Console, *, verified: bool) ->
     refused = choice.get("refused")
     if isinstance(refused, dict) and refused:
         facts.append(("not served", "; ".join(str(v) for v in refused.values())))
-    info = Table(show_header=False, box=None)
-    info.add_column(style="bold")
-    info.add_column()
-    for key, value in facts:
-        info.add_row(key, value)
-    console.print(info)
-    sensors = Table(title="sensors", title_justify="left")
-    for col in ("sensor", "before", "after"):
-        sensors.add_column(col)
-    after = {r.name: r for r in profile.sensors_after}
-    names = [r.name for r in profile.sensors_before] + [
-        n for n in after if n not in {r.name for r in profile.sensors_before}
-    ]
     before = {r.name: r for r in profile.sensors_before}
-    for name in names:
-        sensors.add_row(name, _reading(before.get(name)), _reading(after.get(name)))
-    console.print(sensors)
+    after = {r.name: r for r in profile.sensors_after}
+    names = [r.name for r in profile.sensors_before] + [n for n in after if n not in before]
+    sensor_rows = [(name, _reading(before.get(name)), _reading(after.get(name))) for name in names]
+    sensors = text_table(sensor_rows, header=("sensor", "before", "after"), title="sensors")
+    return "\n".join((stages, text_table(facts), sensors))
 
 
-def profile(
-    bundle: Path = typer.Option(..., "--bundle", "-b", help="bundle directory or .efb archive"),
-    seconds: float = typer.Option(10.0, "--seconds", help="how long to measure, after warm-up"),
-    source: str = typer.Option("synthetic:0", "--source", help="'synthetic[:FPS]', 'images:DIR' or 'video:FILE'"),
-    warmup: int = typer.Option(20, "--warmup", min=0, help="frames run and discarded before measuring"),
-    output: OutputFormat = typer.Option(OutputFormat.table, "--output", "-o", help="table or json"),
-    report_to: str | None = typer.Option(None, "--report-to", help="controller host:port to send the profile to"),
-    data_dir: Path | None = typer.Option(
-        None, "--data-dir", help="the device's data dir: credential.json, publisher keys, engine caches"
-    ),
-    trusted: Path | None = typer.Option(None, "--trusted", help="directory of trusted <key_id>.pub.pem"),
-    no_verify: bool = typer.Option(False, "--no-verify", help="skip the signature check (local experiments only)"),
-    precision: str | None = typer.Option(
-        None, "--precision", help="force a precision variant (fp32, int8); default: what this device would serve"
-    ),
-    providers: str | None = typer.Option(None, "--providers", help="comma list: tensorrt,cuda,cpu (default: bundle's)"),
-    max_frames: int | None = typer.Option(None, "--max-frames", min=1, help="stop after this many measured frames"),
-    variant_runs: int = typer.Option(30, "--variant-runs", min=1, help="timed runs per precision variant"),
-    log_level: str = typer.Option("warning", "--log-level"),
-) -> None:
-    """Measure p50/p95/p99 of pre, model, post and total latency of a bundle on this device."""
-    configure_logging(log_level, json=True)
-    err = Console(stderr=True, soft_wrap=True)
+def add_profile_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Mount ``profile`` on the ``edge-runtime`` parser."""
+    about = "Measure a bundle's latency on this device (pre, model, post, total; p50/p95/p99)."
+    cmd = commands.add_parser("profile", help=about, description=about)
+    cmd.add_argument("--bundle", "-b", type=Path, required=True, help="bundle directory or .efb archive")
+    cmd.add_argument("--seconds", type=float, default=10.0, help="how long to measure, after warm-up")
+    cmd.add_argument("--source", default="synthetic:0", help="'synthetic[:FPS]', 'images:DIR' or 'video:FILE'")
+    cmd.add_argument("--warmup", type=bounded_int(0), default=20, help="frames run and discarded before measuring")
+    cmd.add_argument(
+        "--output",
+        "-o",
+        type=OutputFormat,
+        choices=list(OutputFormat),
+        default=OutputFormat.table,
+        help="table or json",
+    )
+    cmd.add_argument("--report-to", default=None, help="controller host:port to send the profile to")
+    cmd.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="the device's data dir: credential.json, publisher keys, engine caches",
+    )
+    cmd.add_argument("--trusted", type=Path, default=None, help="directory of trusted <key_id>.pub.pem")
+    cmd.add_argument("--no-verify", action="store_true", help="skip the signature check (local experiments only)")
+    cmd.add_argument(
+        "--precision",
+        default=None,
+        help="force a precision variant (fp32, int8); default: what this device would serve",
+    )
+    cmd.add_argument("--providers", default=None, help="comma list: tensorrt,cuda,cpu (default: bundle's)")
+    cmd.add_argument("--max-frames", type=bounded_int(1), default=None, help="stop after this many measured frames")
+    cmd.add_argument("--variant-runs", type=bounded_int(1), default=30, help="timed runs per precision variant")
+    cmd.add_argument("--log-level", default="warning")
+    cmd.set_defaults(command=profile_command)
+
+
+def _error(message: str) -> int:
+    print(f"edge-runtime profile: error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+def profile_command(args: argparse.Namespace) -> int:
+    """Measure p50/p95/p99 of pre, model, post and total latency of a bundle on this device; the exit code."""
+    configure_logging(args.log_level, json=True)
+    bundle: Path = args.bundle
+    data_dir: Path | None = args.data_dir
+    report_to: str | None = args.report_to
+    no_verify: bool = args.no_verify
     if report_to and data_dir is None:
-        err.print("[red]error:[/red] --report-to needs --data-dir (the device credential lives there)", highlight=False)
-        raise typer.Exit(2)
+        print("error: --report-to needs --data-dir (the device credential lives there)", file=sys.stderr, flush=True)
+        return 2
     if report_to and no_verify:
-        err.print(
-            "[red]error:[/red] --report-to refuses an unverified bundle: drop --no-verify and pass --trusted DIR",
-            highlight=False,
+        print(
+            "error: --report-to refuses an unverified bundle: drop --no-verify and pass --trusted DIR",
+            file=sys.stderr,
+            flush=True,
         )
-        raise typer.Exit(2)
+        return 2
+    providers: str | None = args.providers
     wanted = tuple(p.strip() for p in providers.split(",") if p.strip()) if providers else None
     try:
-        keys = None if no_verify else _trusted_keys(trusted, data_dir)
+        keys = None if no_verify else _trusted_keys(args.trusted, data_dir)
         with contextlib.ExitStack() as stack:
             bundle_dir, manifest = stack.enter_context(open_bundle(bundle, keys, verify=not no_verify))
             if data_dir is not None:
@@ -230,43 +267,41 @@ def profile(
                 cache_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="edgefleet-cache-")))
             reader = SensorReader(data_dir=data_dir or bundle_dir)
             # Synthetic frames keep the source's camera-like 640x480, so "pre" includes a real resize.
-            frames = open_source(source)
+            frames = open_source(args.source)
             result = profile_bundle(
                 bundle_dir,
                 manifest,
                 frames,
-                seconds=seconds,
-                warmup=warmup,
+                seconds=args.seconds,
+                warmup=args.warmup,
                 read_sensors=lambda: reader.read().readings,
                 now=lambda: datetime.now(UTC),
                 hardware_class=hardware_class(),
                 providers=wanted,
-                precision=precision,
-                variant_runs=variant_runs,
+                precision=args.precision,
+                variant_runs=args.variant_runs,
                 cache_dir=cache_dir,
-                max_frames=max_frames,
+                max_frames=args.max_frames,
             )
     except (ContractError, InferenceError, ProfileInputError, AgentError) as exc:
-        print(f"edge-runtime profile: error: {exc}", file=sys.stderr, flush=True)
-        raise typer.Exit(2) from None
-    out = Console(soft_wrap=True)
-    if output is OutputFormat.json:
+        return _error(str(exc))
+    if args.output is OutputFormat.json:
         document = profile_to_document(result)
         document["verified"] = not no_verify
         sys.stdout.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
-        sys.stdout.flush()
     else:
-        render_table(result, out, verified=not no_verify)
+        sys.stdout.write(render_table(result, verified=not no_verify))
+    sys.stdout.flush()
     if report_to:
         assert data_dir is not None
         try:
             accepted = report_profile(report_to, data_dir, result)
         except (AgentError, ProfileInputError) as exc:
-            print(f"edge-runtime profile: error: {exc}", file=sys.stderr, flush=True)
-            raise typer.Exit(2) from None
+            return _error(str(exc))
         except grpc.RpcError as exc:
             code = exc.code().name if hasattr(exc, "code") else "ERROR"
             details = exc.details() if hasattr(exc, "details") else str(exc)
             print(f"edge-runtime profile: report to {report_to} failed: {code}: {details}", file=sys.stderr, flush=True)
-            raise typer.Exit(1) from None
+            return 1
         print(f"reported profile to {report_to}: {accepted} event(s) accepted", file=sys.stderr, flush=True)
+    return 0

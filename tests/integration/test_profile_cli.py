@@ -5,7 +5,10 @@ exit code 2, and a profile reported to a real in-process controller with the dev
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ import typer
 from typer.testing import CliRunner, Result
 
 from edge_runtime.agent.enroll import Credential, save_credential
-from edge_runtime.profile_cli import profile
+from edge_runtime.cli import main as edge_runtime_main
 from edgefleet.contract.signing import generate_keypair, sign_bundle
 from edgefleet.v1 import fleet_pb2, telemetry_pb2
 from edgefleet_testing.controller import connected, publish_bundle, running_controller
@@ -23,9 +26,6 @@ from tests.integration.test_device_precision import build_int8_bundle
 
 pytestmark = pytest.mark.integration
 
-edge = typer.Typer()
-edge.command("profile")(profile)
-edge.command("noop")(lambda: None)
 fleet = typer.Typer()
 fleet.command("budget")(budget)
 fleet.command("noop")(lambda: None)
@@ -38,6 +38,28 @@ def invoke(app: typer.Typer, args: list[str]) -> Result:
     # The command configures structlog to print to the runner's stderr, which is closed once invoke returns.
     structlog.reset_defaults()
     return result
+
+
+@dataclass(frozen=True)
+class EdgeResult:
+    """What one ``edge-runtime`` command did: its exit code, stdout and stderr."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def invoke_edge(args: list[str]) -> EdgeResult:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = edge_runtime_main(args)
+    # The command configures structlog to print to the captured stderr, which is gone once this returns.
+    structlog.reset_defaults()
+    return EdgeResult(code, out.getvalue(), err.getvalue())
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +76,7 @@ def signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_signed_archive_prints_a_table(signed: tuple[Path, Path]) -> None:
     archive, keys = signed
-    result = invoke(edge, ["profile", "--bundle", str(archive), "--trusted", str(keys), *FAST])
+    result = invoke_edge(["profile", "--bundle", str(archive), "--trusted", str(keys), *FAST])
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert "latency profile: classifier@1.0.0" in out and "UNVERIFIED" not in out
@@ -65,7 +87,7 @@ def test_signed_archive_prints_a_table(signed: tuple[Path, Path]) -> None:
 
 def test_json_profile_of_an_int8_bundle_feeds_fleetctl_budget(tmp_path: Path) -> None:
     bundle = build_int8_bundle(tmp_path / "work")
-    result = invoke(edge, ["profile", "--bundle", str(bundle), "--no-verify", "-o", "json", *FAST])
+    result = invoke_edge(["profile", "--bundle", str(bundle), "--no-verify", "-o", "json", *FAST])
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert doc["verified"] is False
@@ -80,8 +102,8 @@ def test_json_profile_of_an_int8_bundle_feeds_fleetctl_budget(tmp_path: Path) ->
     assert names[:4] == ["cpu_temp", "gpu_temp", "cpu_clock", "gpu_clock"]
     assert all((r["value"] is None) == r["missing"] for r in doc["sensors_after"])
 
-    forced = invoke(
-        edge, ["profile", "--bundle", str(bundle), "--no-verify", "--precision", "int8", "-o", "json", *FAST]
+    forced = invoke_edge(
+        ["profile", "--bundle", str(bundle), "--no-verify", "--precision", "int8", "-o", "json", *FAST]
     )
     assert forced.exit_code == 0, forced.output
     assert json.loads(forced.stdout)["precision"] == "int8"
@@ -96,21 +118,18 @@ def test_json_profile_of_an_int8_bundle_feeds_fleetctl_budget(tmp_path: Path) ->
 
 def test_refusals_exit_2_with_a_reason(signed: tuple[Path, Path], tmp_path: Path) -> None:
     archive, keys = signed
-    no_keys = invoke(edge, ["profile", "--bundle", str(archive), *FAST])
+    no_keys = invoke_edge(["profile", "--bundle", str(archive), *FAST])
     assert no_keys.exit_code == 2 and "pass --trusted DIR" in no_keys.stderr
     other = tmp_path / "other-keys"
     other.mkdir()
     (other / "publisher-b.pub.pem").write_bytes(generate_keypair("publisher-b").public_pem())
-    untrusted = invoke(edge, ["profile", "--bundle", str(archive), "--trusted", str(other), *FAST])
+    untrusted = invoke_edge(["profile", "--bundle", str(archive), "--trusted", str(other), *FAST])
     assert untrusted.exit_code == 2 and "publisher-a" in untrusted.stderr
-    missing = invoke(edge, ["profile", "--bundle", str(tmp_path / "nope.efb"), "--no-verify", *FAST])
+    missing = invoke_edge(["profile", "--bundle", str(tmp_path / "nope.efb"), "--no-verify", *FAST])
     assert missing.exit_code == 2 and "no such bundle directory" in missing.stderr
-    bad_source = invoke(
-        edge, ["profile", "--bundle", str(archive), "--trusted", str(keys), "--source", "webcam", *FAST]
-    )
+    bad_source = invoke_edge(["profile", "--bundle", str(archive), "--trusted", str(keys), "--source", "webcam", *FAST])
     assert bad_source.exit_code == 2 and "frame source" in bad_source.stderr
-    unverified_report = invoke(
-        edge,
+    unverified_report = invoke_edge(
         ["profile", "--bundle", str(archive), "--no-verify", "--report-to", "127.0.0.1:1", "--data-dir", str(tmp_path)],
     )
     assert unverified_report.exit_code == 2 and "refuses an unverified bundle" in unverified_report.stderr
@@ -130,7 +149,7 @@ async def test_report_to_a_real_controller(signed: tuple[Path, Path], tmp_path: 
         bundle = build_int8_bundle(tmp_path / "work")
         sign_bundle(bundle, key)
         args = ["profile", "--bundle", str(bundle), "--data-dir", str(data_dir), "--report-to", ctrl.address, *FAST]
-        result = await asyncio.to_thread(invoke, edge, args)
+        result = await asyncio.to_thread(invoke_edge, args)
         assert result.exit_code == 0, result.output
         assert "1 event(s) accepted" in result.stderr
         request = fleet_pb2.ListDeviceEventsRequest(device=device_id)

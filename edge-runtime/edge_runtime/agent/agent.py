@@ -24,7 +24,7 @@ against its digest, kept by digest (``ConfigKeeper``) and offered with the bundl
 with its ``config_classes.inference_fingerprint`` so the machine can tell a change of inference (shadow
 canary of a new engine under the new config) from a passive one (watch window only). What reads the config
 reads the one IN FORCE (``self.config``): the committed config, or the candidate's during its trial. The
-canary and watch policy of a candidate come from the candidate's config (``_judging_config``). Trusted
+canary and watch policy of a candidate come from the candidate's config (``judging_config``). Trusted
 publisher keys are the exception (``config_classes.TRUST``): they take effect when the config is received,
 since they decide whether the candidate's bundle verifies. ``running_config_digest`` reports the committed
 config, ``candidate_config_digest`` the candidate's.
@@ -50,12 +50,11 @@ import structlog
 from google.protobuf.struct_pb2 import Struct
 
 from edge_runtime.agent.canary.evaluator import CanaryEvaluator
-from edge_runtime.agent.canary.shadow import ThermalProbe
 from edge_runtime.agent.client import ControllerLink
 from edge_runtime.agent.download.fetcher import DEFAULT_CHUNK_BYTES, BlobFetcher
 from edge_runtime.agent.enroll import Credential, enroll, load_credential, save_credential
 from edge_runtime.agent.errors import EnrollmentError
-from edge_runtime.agent.hardware import hardware_profile, read_host_facts
+from edge_runtime.agent.hardware import hardware_profile
 from edge_runtime.agent.health.endpoint import HealthEndpoint, judge_health
 from edge_runtime.agent.retry import Sleep, transient_retry
 from edge_runtime.agent.runner import FrameRunner, RunnerSnapshot
@@ -68,16 +67,15 @@ from edge_runtime.agent.update.verifier import SignatureVerifier
 from edge_runtime.inference import EngineSlot
 from edge_runtime.inference.errors import FrameSourceError
 from edge_runtime.sources import open_source
-from edge_runtime.telemetry.sensors import SensorReader
 from edge_runtime.update.driver import DEFAULT_DISK_MARGIN_BYTES, Phase, UpdateDriver
 from edge_runtime.update.events import DesiredBundleChanged, UpdateEvent
-from edge_runtime.update.journal import Journal
 from edge_runtime.update.record import IN_PROGRESS, ArtifactRef, UpdateRecord, UpdateState
 from edge_runtime.update.slots import BundleSlots
-from edgefleet.contract.bundle import MANIFEST_NAME, SIGNATURE_NAME
+from edgefleet.contract.bundle_layout import MANIFEST_NAME, SIGNATURE_NAME
 from edgefleet.contract.config_classes import inference_fingerprint
 from edgefleet.contract.digests import sha256_digest
 from edgefleet.contract.errors import ManifestError
+from edgefleet.contract.hardware import HostFacts
 from edgefleet.contract.layering import EffectiveConfig
 from edgefleet.contract.precedence import resolve_policy
 from edgefleet.v1 import common_pb2, device_pb2
@@ -142,13 +140,36 @@ def _verdict_status(verdict: common_pb2.CanaryVerdict | None) -> dict[str, Any] 
     }
 
 
+@dataclass(frozen=True)
+class AgentParts:
+    """What the agent drives, built and wired by the composition root (``edge_runtime.bootstrap``)."""
+
+    slots: BundleSlots
+    slot: EngineSlot
+    configs: ConfigKeeper
+    link: ControllerLink
+    reporter: BufferedReporter
+    verifier: SignatureVerifier
+    fetcher: BlobFetcher
+    switcher: SlotSwitcher
+    runner: FrameRunner
+    evaluator: CanaryEvaluator
+    driver: UpdateDriver
+    health_endpoint: HealthEndpoint
+    sync: SyncLoop
+    sender: EventSender
+    telemetry: TelemetryPipeline
+    host: HostFacts
+
+
 class EdgeAgent:
-    """The device runtime. Construct inside the running event loop, then ``await run()`` until ``stop()``
-    or SIGTERM."""
+    """The device runtime. Built by ``edge_runtime.bootstrap.build_agent`` inside the running event loop,
+    then ``await run()`` until ``stop()`` or SIGTERM."""
 
     def __init__(
         self,
         settings: AgentSettings,
+        parts: AgentParts,
         *,
         announce: Callable[[str], None] = lambda _: None,
         retry_sleep: Sleep | None = None,
@@ -156,70 +177,30 @@ class EdgeAgent:
         self.settings = settings
         self._announce = announce
         self._retry_sleep = retry_sleep  # tenacity's asyncio sleep unless a test injects one
-        data = Path(settings.data_dir)
-        data.mkdir(parents=True, exist_ok=True)
-        self.data_dir = data
-        self.slots = BundleSlots(data)
-        self.slot = EngineSlot()
+        self.data_dir = Path(settings.data_dir)
+        self.slots = parts.slots
+        self.slot = parts.slot
         # The last applied config (config.json: a restart without a link keeps it) and candidates by digest.
-        self.configs = ConfigKeeper(data, on_change=lambda _values: self._use_source())
+        self.configs = parts.configs
         self.applied_revision = 0
         self.health: common_pb2.Health.ValueType = common_pb2.HEALTH_STARTING
-        self.link = ControllerLink(settings.controller)
-        self.reporter = BufferedReporter()
-        self.verifier = SignatureVerifier(key_dir=settings.trusted_keys_dir)
+        self.link = parts.link
+        self.reporter = parts.reporter
+        self.verifier = parts.verifier
         if self.config:
             self._use_trusted_keys(self.config)
-        self.fetcher = BlobFetcher(settings.controller, lambda: self.link.metadata, chunk_bytes=settings.chunk_bytes)
-        self.switcher = SlotSwitcher(
-            self.slot,
-            cache_root=data / "cache",
-            configs=self.configs.values,
-            intra_op_threads=settings.intra_op_threads,
-        )
-        self.runner = FrameRunner(self.slot, open_source(settings.source), frame_log=settings.frame_log)
+        self.fetcher = parts.fetcher
+        self.switcher = parts.switcher
+        self.runner = parts.runner
         self._source_spec = settings.source
-        self._use_source()  # a saved config's frame source wins over --source
-        self.evaluator = CanaryEvaluator(
-            self.switcher,
-            self.runner,
-            self.post,
-            config=self._judging_config,
-            report_verdict=self.reporter.report_verdict,
-            thermal=ThermalProbe(SensorReader(data_dir=data)).read,
-            alert=self.reporter.report_alert,
-        )
-        self.driver = UpdateDriver(
-            journal=Journal(data / "update", slots=self.slots),
-            slots=self.slots,
-            fetcher=self.fetcher,
-            verifier=self.verifier,
-            switcher=self.switcher,
-            evaluator=self.evaluator,
-            reporter=self.reporter,
-            configs=self.configs,
-            disk_margin_bytes=settings.disk_margin_bytes,
-            boundary_hook=self._boundary if settings.crash_at else None,
-        )
-        self.health_endpoint = HealthEndpoint(settings.health_listen)
-        self.sync = SyncLoop(
-            self.link,
-            reported=self.reported_state,
-            on_response=self._on_sync,
-            wait_s=settings.sync_wait_s,
-            retry_sleep=retry_sleep,
-        )
-        self.sender = EventSender(self.link, self.reporter, retry_sleep=retry_sleep)
-        self.telemetry = TelemetryPipeline(
-            data,
-            stub=lambda: self.link.device,
-            metadata=lambda: self.link.metadata,
-            config=lambda: self.config,
-            sensors=SensorReader(data_dir=data),
-        )
-        self.reporter.on_event = self.telemetry.record_event
-        self.runner.observer = self.telemetry.observe
-        self._host = read_host_facts()
+        self.use_source()  # a saved config's frame source wins over --source
+        self.evaluator = parts.evaluator
+        self.driver = parts.driver
+        self.health_endpoint = parts.health_endpoint
+        self.sync = parts.sync
+        self.sender = parts.sender
+        self.telemetry = parts.telemetry
+        self._host = parts.host
         self._queue: asyncio.Queue[UpdateEvent] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
@@ -251,7 +232,7 @@ class EdgeAgent:
             except Exception as exc:  # the worker must outlive one bad event; the journal holds the truth
                 log.exception("agent.update_event_failed", event=type(event).__name__, error=str(exc))
 
-    def _boundary(self, before: UpdateState, after: UpdateState, phase: Phase) -> None:
+    def crash_drill(self, before: UpdateState, after: UpdateState, phase: Phase) -> None:
         target = self.settings.crash_at
         wanted = self.settings.crash_candidate
         if target == (after, phase) and before != after and (wanted is None or wanted == self._offered):
@@ -260,7 +241,7 @@ class EdgeAgent:
 
     # ------------------------------------------------------------------ desired state
 
-    async def _on_sync(self, response: device_pb2.SyncResponse) -> None:
+    async def on_sync(self, response: device_pb2.SyncResponse) -> None:
         if response.changed:
             desired = response.desired
             self._desired = desired
@@ -283,7 +264,7 @@ class EdgeAgent:
         """The config in force: the committed one, or a config candidate's during its trial."""
         return self.configs.in_force
 
-    def _judging_config(self) -> Mapping[str, Any]:
+    def judging_config(self) -> Mapping[str, Any]:
         """The config a candidate is judged by (its canary and watch policy): the candidate's own."""
         record = self._current_record()
         if record.state in IN_PROGRESS and record.candidate_config is not None:
@@ -305,7 +286,7 @@ class EdgeAgent:
         self._use_trusted_keys(config.values)
         return config.digest, inference_fingerprint(config.values)
 
-    def _use_source(self) -> None:
+    def use_source(self) -> None:
         """Frames come from the config's ``source`` when an operator layer sets one, else from ``--source``;
         a source that cannot be opened is logged and the current one kept."""
         spec = str(resolve_policy(self.config).get("source") or self.settings.source)

@@ -59,6 +59,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, assert_never
@@ -93,7 +94,8 @@ from edge_runtime.update.events import (
     TrialPassed,
     UpdateEvent,
 )
-from edgefleet.contract.bundle import GOLDEN_ROLE, MANIFEST_NAME, BundleManifest
+from edgefleet.contract.bundle import BundleManifest
+from edgefleet.contract.bundle_layout import GOLDEN_ROLE, MANIFEST_NAME
 from edgefleet.contract.errors import ContractError
 from edgefleet.contract.golden import load_golden
 from edgefleet.contract.layering import thaw
@@ -162,35 +164,24 @@ def _event_numbers(verdict: CanaryVerdict) -> tuple[tuple[str, float], ...]:
     return tuple((k, float(v)) for k, v in numbers.items() if math.isfinite(v))
 
 
+@dataclass(eq=False, repr=False)
 class CanaryEvaluator:
     """Golden preflight + shadow canary (canary) and the watch window (trial); see the module docstring."""
 
-    def __init__(
-        self,
-        switcher: SlotSwitcher,
-        runner: FrameRunner,
-        post: Callable[[UpdateEvent], None],
-        *,
-        config: Callable[[], Mapping[str, Any]] = dict,
-        report_verdict: Callable[[common_pb2.CanaryVerdict], None] = lambda _: None,
-        thermal: Callable[[], ThermalState] = lambda: NOT_THROTTLING,
-        alert: AlertPort = lambda _digest, _reason, _numbers: None,
-        monotonic: Callable[[], float] = time.monotonic,
-        wall: Callable[[], datetime] = _utc_now,
-        decide_every_s: float = DECIDE_EVERY_S,
-        thermal_every_s: float = THERMAL_EVERY_S,
-    ) -> None:
-        self._switcher = switcher
-        self._runner = runner
-        self._post = post
-        self._config = config
-        self._report_verdict = report_verdict
-        self._thermal = thermal
-        self._alert = alert
-        self._monotonic = monotonic
-        self._wall = wall
-        self._every = decide_every_s
-        self._thermal_every = thermal_every_s
+    switcher: SlotSwitcher
+    runner: FrameRunner
+    post: Callable[[UpdateEvent], None]
+    _: KW_ONLY
+    config: Callable[[], Mapping[str, Any]] = dict
+    report_verdict: Callable[[common_pb2.CanaryVerdict], None] = lambda _: None
+    thermal: Callable[[], ThermalState] = lambda: NOT_THROTTLING
+    alert: AlertPort = lambda _digest, _reason, _numbers: None
+    monotonic: Callable[[], float] = time.monotonic
+    wall: Callable[[], datetime] = _utc_now
+    decide_every_s: float = DECIDE_EVERY_S
+    thermal_every_s: float = THERMAL_EVERY_S
+
+    def __post_init__(self) -> None:
         self._lock = threading.Lock()
         # One running job (canary run or watch window) per candidate, stopped by its event.
         self._jobs: dict[str, threading.Event] = {}
@@ -203,14 +194,14 @@ class CanaryEvaluator:
 
     def watch_window_s(self) -> float:
         # No bundle declares a watch window: defaults < operator config.
-        value = resolve_policy(self._config()).get("canary.watch_window_s")
+        value = resolve_policy(self.config()).get("canary.watch_window_s")
         return float(value) if isinstance(value, int | float) else DEFAULT_WATCH_WINDOW_S
 
     # ------------------------------------------------------------------ canary
 
     def start_canary(self, digest: str, bundle_dir: Path) -> Sequence[UpdateEvent]:
-        engine = self._switcher.staged_engine(digest)
-        slot = self._switcher.slot
+        engine = self.switcher.staged_engine(digest)
+        slot = self.switcher.slot
         baseline = slot.current if slot.has_engine else None
         baseline_digest = baseline.bundle_digest if baseline is not None else None
         with self._lock:
@@ -233,12 +224,12 @@ class CanaryEvaluator:
                 self._report_failure(digest, baseline_digest, text)
                 return [*started, CanaryFailed(text)]
         try:
-            policy = canary_policy(self._config(), bundle_dir)
+            policy = canary_policy(self.config(), bundle_dir)
         except (PolicyError, ContractError, OSError) as exc:
             reason = f"canary policy cannot be built from the config and bundle: {exc}"
             log.error("canary.policy_invalid", digest=digest, error=str(exc))
             return [*started, CanaryInconclusive(reason)]
-        run = ShadowRun(engine, baseline, started_at=self._monotonic())
+        run = ShadowRun(engine, baseline, started_at=self.monotonic())
         self._start_job(digest, run, policy)
         log.info(
             "canary.shadow_started",
@@ -256,10 +247,10 @@ class CanaryEvaluator:
         stop = self._replace_job(digest, run)
         match run:
             case ShadowRun():
-                self._runner.attach_shadow(run)
+                self.runner.attach_shadow(run)
                 job = threading.Thread(target=self._canary_loop, args=(run, policy, stop), name="canary-shadow")
             case WatchRun():
-                self._runner.attach_watch(run)
+                self.runner.attach_watch(run)
                 job = threading.Thread(target=self._watch_loop, args=(run, policy, stop), name="trial-watch")
             case _:
                 assert_never(run)
@@ -280,9 +271,9 @@ class CanaryEvaluator:
     def _detach(self, run: ShadowRun | WatchRun | None) -> None:
         match run:
             case ShadowRun():
-                self._runner.detach_shadow(run)
+                self.runner.detach_shadow(run)
             case WatchRun():
-                self._runner.detach_watch(run)
+                self.runner.detach_watch(run)
             case None:
                 pass
             case _:
@@ -301,9 +292,9 @@ class CanaryEvaluator:
         digest = run.candidate_digest
         try:
             while True:
-                if stop.wait(self._every):
+                if stop.wait(self.decide_every_s):
                     return
-                elapsed = self._monotonic() - run.started_at
+                elapsed = self.monotonic() - run.started_at
                 candidate, baseline = run.samples()
                 verdict = decide_verdict(
                     candidate, baseline, policy, elapsed_s=elapsed, deadline_reached=elapsed >= policy.deadline_s
@@ -312,12 +303,12 @@ class CanaryEvaluator:
                     break
         except SamplesError as exc:  # a recording bug must end the run visibly, not hang the update
             log.error("canary.samples_invalid", digest=digest, error=str(exc))
-            self._runner.detach_shadow(run)
+            self.runner.detach_shadow(run)
             if self._finish_job(digest, stop):
-                self._post(CanaryInconclusive(f"canary samples could not be judged: {exc}"))
+                self.post(CanaryInconclusive(f"canary samples could not be judged: {exc}"))
             return
         finally:
-            self._runner.detach_shadow(run)
+            self.runner.detach_shadow(run)
         if not self._finish_job(digest, stop):
             return
         event = self._canary_event(digest, verdict, policy)
@@ -333,7 +324,7 @@ class CanaryEvaluator:
             summary=verdict.summary(),
             update_event=type(event).__name__,
         )
-        self._post(event)
+        self.post(event)
 
     def _canary_event(self, digest: str, verdict: CanaryVerdict, policy: CanaryPolicy) -> UpdateEvent:
         reasons = "; ".join(verdict.reasons)
@@ -360,12 +351,12 @@ class CanaryEvaluator:
             verdict,
             candidate_digest=candidate.bundle_digest,
             baseline_digest=baseline.bundle_digest if baseline is not None else "",
-            decided_at=self._wall(),
+            decided_at=self.wall(),
             candidate_config_digest=candidate.config_digest,
             baseline_config_digest=baseline.config_digest if baseline is not None else "",
         )
         try:
-            self._report_verdict(message)
+            self.report_verdict(message)
         except Exception as exc:  # reporting must never block the update that follows the verdict
             log.warning("canary.verdict_report_failed", error=str(exc))
 
@@ -377,9 +368,9 @@ class CanaryEvaluator:
             phase="canary",
             reasons=[reason],
         )
-        message.decided_at.FromDatetime(self._wall())
+        message.decided_at.FromDatetime(self.wall())
         try:
-            self._report_verdict(message)
+            self.report_verdict(message)
         except Exception as exc:
             log.warning("canary.verdict_report_failed", error=str(exc))
 
@@ -402,7 +393,7 @@ class CanaryEvaluator:
         ``paired=False``: a config change that kept the engine (the update machine's passive config
         candidate) has nothing to pair with, and is judged like a first install: errors and the SLA.
         """
-        slot = self._switcher.slot
+        slot = self.switcher.slot
         trial = slot.current if slot.has_engine else None
         if trial is None or trial.bundle_digest != digest:
             serving = trial.bundle_digest if trial is not None else "nothing"
@@ -413,7 +404,7 @@ class CanaryEvaluator:
             previous = slot.previous
             reference = previous if previous is not None and previous is not trial else None
         policy = self._watch_policy(digest, bundle_dir)
-        run = WatchRun(trial, reference, started_at=self._monotonic(), limit=ShadowRateLimit.from_policy(policy))
+        run = WatchRun(trial, reference, started_at=self.monotonic(), limit=ShadowRateLimit.from_policy(policy))
         self._start_job(digest, run, policy)
         log.info(
             "canary.watch_started",
@@ -432,7 +423,7 @@ class CanaryEvaluator:
         window = self.watch_window_s()
         if directory is not None:
             try:
-                return canary_policy(self._config(), directory)
+                return canary_policy(self.config(), directory)
             except (PolicyError, ContractError, OSError) as exc:
                 log.error("canary.watch_policy_invalid", digest=digest, error=str(exc))
         if remembered is not None:
@@ -440,7 +431,7 @@ class CanaryEvaluator:
         # Neither a bundle to read the SLA from nor a canary of this process: the paired statistics still
         # judge with the operator's thresholds over the defaults; only an SLA no layer sets is unknown.
         try:
-            values = thaw(resolve_policy(self._config()).values)
+            values = thaw(resolve_policy(self.config()).values)
             sla = values.setdefault("sla", {})
             if isinstance(sla, dict) and sla.get("latency_ms") is None:
                 sla["latency_ms"] = math.inf
@@ -451,7 +442,7 @@ class CanaryEvaluator:
 
     def _read_thermal(self) -> ThermalState:
         try:
-            return self._thermal()
+            return self.thermal()
         except Exception as exc:  # a sensor problem must never decide a watch window
             log.warning("canary.sensors_unreadable", error=str(exc), error_type=type(exc).__name__)
             return NOT_THROTTLING
@@ -463,17 +454,17 @@ class CanaryEvaluator:
         next_thermal = run.started_at
         try:
             while True:
-                now = self._monotonic()
+                now = self.monotonic()
                 if now >= next_thermal:
                     thermal.append(self._read_thermal())
-                    next_thermal = now + self._thermal_every
+                    next_thermal = now + self.thermal_every_s
                 served = run.samples()
                 if served.error_count or served.nan_count or (now >= end and served.frames > 0):
                     break
-                if stop.wait(min(self._every, _POLL_S)):
+                if stop.wait(min(self.decide_every_s, _POLL_S)):
                     return
         finally:
-            self._runner.detach_watch(run)
+            self.runner.detach_watch(run)
         thermal.append(self._read_thermal())
         hot = next((t for t in thermal if t.throttling), thermal[-1])
         try:
@@ -483,7 +474,7 @@ class CanaryEvaluator:
         except SamplesError as exc:  # a recording bug must end the window visibly, not hang the update
             log.error("canary.samples_invalid", digest=digest, error=str(exc))
             if self._finish_job(digest, stop):
-                self._post(TrialFailed(f"watch samples could not be judged: {exc}"))
+                self.post(TrialFailed(f"watch samples could not be judged: {exc}"))
             return
         if not self._finish_job(digest, stop):
             return
@@ -512,7 +503,7 @@ class CanaryEvaluator:
             notes=list(verdict.notes),
             update_event=type(event).__name__,
         )
-        self._post(event)
+        self.post(event)
 
     def _raise_alerts(self, verdict: CanaryVerdict, run: WatchRun, thermal: ThermalState) -> None:
         """Conditions the paired window saw but did not blame on the candidate are still worth an alert."""
@@ -548,7 +539,7 @@ class CanaryEvaluator:
     def _send_alert(self, digest: str, reason: str, numbers: Mapping[str, float]) -> None:
         log.warning("canary.watch_alert", digest=digest, reason=reason, **{k: round(v, 3) for k, v in numbers.items()})
         try:
-            self._alert(digest, reason, numbers)
+            self.alert(digest, reason, numbers)
         except Exception as exc:  # an alert must never block the update that follows the verdict
             log.warning("canary.alert_failed", error=str(exc))
 

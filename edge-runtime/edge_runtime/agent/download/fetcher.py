@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import hashlib
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +27,7 @@ import grpc
 import structlog
 
 from edge_runtime.agent.client import blocking_channel, is_transient, rpc_code
+from edge_runtime.agent.retry import Backoff
 from edge_runtime.update.errors import FetchError
 from edgefleet.contract.digests import DIGEST_PREFIX
 from edgefleet.v1 import device_pb2, device_pb2_grpc
@@ -37,6 +37,7 @@ log = structlog.get_logger(__name__)
 DEFAULT_CHUNK_BYTES = 1 << 20
 # A stream is given this long plus the time its bytes need at MIN_RATE before its deadline cuts it.
 _BASE_DEADLINE_S = 30.0
+STALL_MULTIPLIER = 0.2  # waits after a stall start at 0.4 s and double (capped by max_backoff_s)
 _MIN_RATE_BPS = 64 * 1024
 
 
@@ -84,7 +85,7 @@ class BlobFetcher:
         self._metadata = metadata
         self._chunk = chunk_bytes
         self._max_stalls = max_stalls
-        self._max_backoff = max_backoff_s
+        self._backoff = Backoff(multiplier=STALL_MULTIPLIER, max_s=max_backoff_s)
         self._sleep = sleep
         self._channel: grpc.Channel | None = None
         self._inline: dict[str, bytes] = {}
@@ -144,7 +145,7 @@ class BlobFetcher:
                             f"{exc.details() if hasattr(exc, 'details') else exc}"
                         ) from None
                     # Full jitter, growing only while nothing arrives: a resetting link resumes at once.
-                    delay = random.uniform(0, min(self._max_backoff, 0.2 * 2**stalls)) if stalls else 0.05
+                    delay = self._backoff.delay(stalls + 1) if stalls else 0.05
                     log.info(
                         "agent.fetch_interrupted",
                         digest=digest,

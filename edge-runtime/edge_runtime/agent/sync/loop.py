@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -45,33 +46,22 @@ def _log_retry(state: RetryCallState) -> None:
     )
 
 
+@dataclass(eq=False, repr=False, kw_only=True)
 class SyncLoop:
     """Runs Sync exchanges until cancelled; ``on_response`` gets every answer."""
 
-    def __init__(
-        self,
-        link: ControllerLink,
-        *,
-        reported: Callable[[], common_pb2.ReportedState],
-        on_response: Callable[[device_pb2.SyncResponse], Awaitable[None]],
-        wait_s: int = 30,
-        unauth_backoff_s: float = 300.0,
-        refused_backoff_s: float = 60.0,
-        min_interval_s: float = 1.0,
-        retry_sleep: Sleep | None = None,
-    ) -> None:
-        self._link = link
-        self._reported = reported
-        self._on_response = on_response
-        self._wait_s = wait_s
-        self._unauth_backoff = unauth_backoff_s
-        self._refused_backoff = refused_backoff_s
-        self._min_interval = min_interval_s
-        self._retry_sleep = retry_sleep
-        self._wake = asyncio.Event()
-        self.known_revision = 0
-        self.online = False
-        self.last_ok_monotonic: float | None = None
+    link: ControllerLink
+    reported: Callable[[], common_pb2.ReportedState]
+    on_response: Callable[[device_pb2.SyncResponse], Awaitable[None]]
+    wait_s: int = 30
+    unauth_backoff_s: float = 300.0
+    refused_backoff_s: float = 60.0
+    min_interval_s: float = 1.0
+    retry_sleep: Sleep | None = None
+    known_revision: int = field(default=0, init=False)
+    online: bool = field(default=False, init=False)
+    last_ok_monotonic: float | None = field(default=None, init=False)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     def wake(self) -> None:
         """Re-issue the pending long-poll now (call from the event loop's thread)."""
@@ -81,7 +71,7 @@ class SyncLoop:
         while True:
             started = time.monotonic()
             try:
-                async for attempt in transient_retry(sleep=self._retry_sleep, before_sleep=_log_retry):
+                async for attempt in transient_retry(sleep=self.retry_sleep, before_sleep=_log_retry):
                     with attempt:
                         try:
                             response = await self._exchange()
@@ -93,14 +83,14 @@ class SyncLoop:
                     log.error(
                         "agent.credential_rejected",
                         details=exc.details(),
-                        retry_in_s=self._unauth_backoff,
+                        retry_in_s=self.unauth_backoff_s,
                         hint="the controller no longer accepts this device's credential; re-enroll the device "
                         "(delete DATA_DIR/credential.json and restart with --enroll-token)",
                     )
-                    await self._sleep_or_wake(self._unauth_backoff)
+                    await self._sleep_or_wake(self.unauth_backoff_s)
                 else:
                     log.error("agent.sync_refused", code=exc.code().name, details=exc.details())
-                    await self._sleep_or_wake(self._refused_backoff)
+                    await self._sleep_or_wake(self.refused_backoff_s)
                 continue
             if response is None:  # woken: state changed, re-issue at once (after a short debounce)
                 await asyncio.sleep(0.05)
@@ -109,15 +99,15 @@ class SyncLoop:
                 log.info("agent.sync_online", known_revision=self.known_revision)
             self.online = True
             self.last_ok_monotonic = time.monotonic()
-            await self._on_response(response)
+            await self.on_response(response)
             if response.changed:
                 self.known_revision = response.desired.revision
                 continue
             if response.retry_after_s:
                 await asyncio.sleep(response.retry_after_s)
             elapsed = time.monotonic() - started
-            if elapsed < self._min_interval:
-                await asyncio.sleep(self._min_interval - elapsed)
+            if elapsed < self.min_interval_s:
+                await asyncio.sleep(self.min_interval_s - elapsed)
 
     async def _sleep_or_wake(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -126,9 +116,9 @@ class SyncLoop:
     async def _exchange(self) -> device_pb2.SyncResponse | None:
         self._wake.clear()
         request = device_pb2.SyncRequest(
-            known_revision=self.known_revision, reported=self._reported(), wait_s=self._wait_s
+            known_revision=self.known_revision, reported=self.reported(), wait_s=self.wait_s
         )
-        call = self._link.device.Sync(request, metadata=self._link.metadata, timeout=self._wait_s + DEADLINE_SLACK_S)
+        call = self.link.device.Sync(request, metadata=self.link.metadata, timeout=self.wait_s + DEADLINE_SLACK_S)
         answer: asyncio.Future[device_pb2.SyncResponse] = asyncio.ensure_future(call)
         woken: asyncio.Future[bool] = asyncio.ensure_future(self._wake.wait())
         try:

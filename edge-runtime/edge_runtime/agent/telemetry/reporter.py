@@ -26,6 +26,7 @@ import threading
 import uuid
 from collections import deque
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import grpc
@@ -188,40 +189,33 @@ class AgentReporter:
             return bool(self._events)
 
 
+@dataclass(eq=False, repr=False, kw_only=True)
 class EventSender:
     """Sends the reporter's queued events with ``ReportEvent``; retries transient failures with backoff."""
 
-    def __init__(
-        self,
-        link: ControllerLink,
-        reporter: AgentReporter,
-        *,
-        timeout_s: float = 15.0,
-        retry_sleep: Sleep | None = None,
-    ) -> None:
-        self._link = link
-        self._reporter = reporter
-        self._timeout = timeout_s
-        self._retry_sleep = retry_sleep
-        self.wakeup = asyncio.Event()
+    link: ControllerLink
+    reporter: AgentReporter
+    timeout_s: float = 15.0
+    retry_sleep: Sleep | None = None
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     async def run(self) -> None:
         while True:
             await self.wakeup.wait()
             self.wakeup.clear()
-            while self._reporter.has_pending():
-                batch = self._reporter.pending()
+            while self.reporter.has_pending():
+                batch = self.reporter.pending()
                 try:
-                    async for attempt in transient_retry(sleep=self._retry_sleep):
+                    async for attempt in transient_retry(sleep=self.retry_sleep):
                         with attempt:
-                            await self._link.device.ReportEvent(
+                            await self.link.device.ReportEvent(
                                 device_pb2.ReportEventRequest(events=batch),
-                                metadata=self._link.metadata,
-                                timeout=self._timeout,
+                                metadata=self.link.metadata,
+                                timeout=self.timeout_s,
                             )
                 except grpc.aio.AioRpcError as exc:
                     log.warning("agent.events_refused", code=exc.code().name, details=exc.details(), events=len(batch))
                     await asyncio.sleep(60)
                     continue
-                self._reporter.acknowledge(batch)
+                self.reporter.acknowledge(batch)
                 log.debug("agent.events_sent", events=len(batch))

@@ -28,13 +28,13 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import structlog
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
+from edge_runtime.agent.retry import Backoff, transient_retry
 from edge_runtime.telemetry.buffer import BufferedRecord, TelemetryBuffer
 from edgefleet.v1.telemetry_pb2 import SeqRange, TelemetryBatch, TelemetryRecord
 
@@ -67,6 +67,9 @@ class UploadSettings:
         )
 
 
+RECONNECT_MULTIPLIER = 0.2  # reconnect waits start at 0.2 s and double (capped by reconnect_max_s)
+
+
 class _StreamEnded(Exception):
     """The stream failed; ``progressed`` when at least one ack came back on it."""
 
@@ -74,6 +77,10 @@ class _StreamEnded(Exception):
         super().__init__(str(cause))
         self.cause = cause
         self.progressed = progressed
+
+
+def _stream_ended(exc: BaseException) -> bool:
+    return isinstance(exc, _StreamEnded)
 
 
 def declared_gaps(held: list[int], acked: int, upto: int) -> list[tuple[int, int]]:
@@ -107,29 +114,23 @@ def _check_reader(reader: asyncio.Task[None]) -> None:
     raise ConnectionError(f"telemetry ack stream ended: {exc!r}") from exc
 
 
+@dataclass(eq=False, repr=False)
 class TelemetryUploader:
     """Drains ``buffer`` to the controller until cancelled. ``notify()`` (any thread) says records were
     appended. ``stub()`` returns an asyncio ``DeviceServiceStub`` (typed ``Any``: the generated stubs are
     typed for the synchronous API)."""
 
-    def __init__(
-        self,
-        buffer: TelemetryBuffer,
-        stub: Callable[[], Any],
-        metadata: Callable[[], Metadata],
-        settings: Callable[[], UploadSettings] = UploadSettings,
-    ) -> None:
-        self.buffer = buffer
-        self._stub = stub
-        self._metadata = metadata
-        self._settings = settings
-        self._wakeup = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.streams = 0
-        self.batches_sent = 0
-        self.acks = 0
-        self.bytes_sent = 0
-        self._next_backlog_slot = 0.0
+    buffer: TelemetryBuffer
+    stub: Callable[[], Any]
+    metadata: Callable[[], Metadata]
+    settings: Callable[[], UploadSettings] = UploadSettings
+    streams: int = field(default=0, init=False)
+    batches_sent: int = field(default=0, init=False)
+    acks: int = field(default=0, init=False)
+    bytes_sent: int = field(default=0, init=False)
+    _wakeup: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False)
+    _next_backlog_slot: float = field(default=0.0, init=False)
 
     def notify(self) -> None:
         loop = self._loop
@@ -142,12 +143,9 @@ class TelemetryUploader:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         while True:
-            settings = self._settings()
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(_StreamEnded),
-                wait=wait_random_exponential(multiplier=0.2, max=settings.reconnect_max_s),
-                reraise=True,
-            ):
+            settings = self.settings()
+            backoff = Backoff(multiplier=RECONNECT_MULTIPLIER, max_s=settings.reconnect_max_s)
+            async for attempt in transient_retry(retry_on=_stream_ended, backoff=backoff):
                 with attempt:
                     try:
                         await self._stream_once()
@@ -163,9 +161,9 @@ class TelemetryUploader:
     # ------------------------------------------------------------------ one stream
 
     async def _stream_once(self) -> None:
-        settings = self._settings()
+        settings = self.settings()
         self.streams += 1
-        call = self._stub().UploadTelemetry(metadata=self._metadata(), compression=grpc.Compression.Gzip)
+        call = self.stub().UploadTelemetry(metadata=self.metadata(), compression=grpc.Compression.Gzip)
         in_flight: deque[int] = deque()
         slots = asyncio.Semaphore(settings.max_in_flight)
         progressed = [False]

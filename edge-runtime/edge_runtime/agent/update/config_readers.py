@@ -57,7 +57,7 @@ CONFIG_READERS: Mapping[str, str] = MappingProxyType(
         "review.max_per_hour": f"{_PIPELINE}._review_sampler",
         "review.jpeg_quality": f"{_PIPELINE}._review_sampler",
         # Frames and trust.
-        "source": "edge_runtime.agent.agent:EdgeAgent._use_source",
+        "source": "edge_runtime.agent.agent:EdgeAgent.use_source",
         "trusted_keys": "edge_runtime.agent.agent:EdgeAgent._use_trusted_keys",
     }
 )

@@ -35,11 +35,10 @@ from edge_runtime.inference import (
     EngineSlot,
     InferenceEngine,
     InferenceError,
-    PostprocessSpec,
-    PreprocessSpec,
 )
 from edge_runtime.update.errors import EngineSwitchError
-from edgefleet.contract.bundle import MANIFEST_NAME, MODEL_ROLE, BundleManifest
+from edgefleet.contract.bundle import BundleManifest
+from edgefleet.contract.bundle_layout import MANIFEST_NAME, MODEL_ROLE
 from edgefleet.contract.config_classes import inference_fingerprint
 from edgefleet.contract.errors import ContractError
 from edgefleet.contract.precedence import resolve_policy
@@ -70,7 +69,7 @@ def load_engine(
         inference = resolve_policy(config or {}, bundle=manifest).section("inference")
         providers = tuple(inference.get("providers") or manifest.providers)
         precision = str(inference.get("precision") or "auto")
-        post = PostprocessSpec.from_mapping(manifest.postprocess.to_dict())
+        post = manifest.postprocess
         threshold = inference.get("conf_threshold")
         if isinstance(threshold, int | float) and not isinstance(threshold, bool):
             post = dataclasses.replace(post, conf_threshold=float(threshold))
@@ -91,7 +90,7 @@ def load_engine(
             log.info("inference.precision_chosen", bundle=digest, choice=choice.to_dict())
         return InferenceEngine.load(
             model,
-            PreprocessSpec.from_mapping(manifest.preprocess.to_dict()),
+            manifest.preprocess,
             post,
             list(manifest.labels),
             providers=providers,
@@ -110,28 +109,24 @@ def load_engine(
 ConfigLookup = Callable[[str | None], Mapping[str, Any]]
 
 
+@dataclasses.dataclass(eq=False, repr=False)
 class SlotSwitcher:
     """``EngineSwitcher`` over an ``EngineSlot`` shared with the frame loop."""
 
-    def __init__(
-        self,
-        slot: EngineSlot,
-        *,
-        cache_root: Path,
-        configs: ConfigLookup = lambda _digest: {},
-        intra_op_threads: int | None = None,
-    ) -> None:
-        self.slot = slot
-        self._cache_root = cache_root
-        self._configs = configs
-        self._threads = intra_op_threads
+    slot: EngineSlot
+    _: dataclasses.KW_ONLY
+    cache_root: Path
+    configs: ConfigLookup = lambda _digest: {}
+    intra_op_threads: int | None = None
+
+    def __post_init__(self) -> None:
         self._lock = threading.Lock()
         # The inference fingerprint of the config each live engine was loaded with.
         self._fingerprints: weakref.WeakKeyDictionary[InferenceEngine, str] = weakref.WeakKeyDictionary()
 
     def _values(self, digest: str, config: str | None) -> Mapping[str, Any]:
         try:
-            return self._configs(config)
+            return self.configs(config)
         except LookupError as exc:
             raise EngineSwitchError(f"config {config} for bundle {digest} is not on this device: {exc}") from exc
 
@@ -140,9 +135,9 @@ class SlotSwitcher:
         engine = load_engine(
             bundle_dir,
             digest,
-            cache_root=self._cache_root,
+            cache_root=self.cache_root,
             config=values,
-            intra_op_threads=self._threads,
+            intra_op_threads=self.intra_op_threads,
             config_digest=config or "",
         )
         with self._lock:
