@@ -1,4 +1,5 @@
-"""``make_bundle``: a signed, packed classifier bundle from a generated model, for the tests and the demo."""
+"""Signed test bundles for the tests, the demo and the benchmarks: ``make_bundle`` builds, signs and packs a
+classifier bundle from a generated model; ``push_requests`` is the ``PushBundle`` stream that uploads an archive."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgefleet.contract.bundle import BundleSpec
 from edgefleet.contract.bundle_archive import pack_bundle
+from edgefleet.contract.bundle_spec import BundleSpec
+from edgefleet.contract.bundle_upload import read_archive_for_upload
 from edgefleet.contract.signing import SigningKey, sign_bundle
+from edgefleet.v1 import fleet_pb2
 from edgefleet_pipeline.bundle_builder import build_bundle
 from edgefleet_testing.modelgen import make_classifier
 
-__all__ = ["SignedBundle", "make_bundle"]
+__all__ = ["SignedBundle", "make_bundle", "push_requests"]
 
 
 @dataclass(frozen=True)
@@ -88,3 +91,14 @@ def make_bundle(
         version=version,
         artifact_digests={role: a.digest for role, a in manifest.artifacts.items()},
     )
+
+
+def push_requests(archive: Path, chunk_bytes: int = 1 << 20) -> list[fleet_pb2.PushBundleRequest]:
+    """The ``PushBundle`` messages that upload ``archive``: its header, then every artifact in chunks."""
+    upload = read_archive_for_upload(archive)
+    out = [
+        fleet_pb2.PushBundleRequest(header=fleet_pb2.BundleHeader(manifest=upload.manifest, signature=upload.signature))
+    ]
+    for digest, data in upload.chunks(chunk_bytes):
+        out.append(fleet_pb2.PushBundleRequest(chunk=fleet_pb2.ArtifactChunk(digest=digest, data=data)))
+    return out

@@ -7,7 +7,7 @@ import asyncio
 import json
 import re
 import urllib.request
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +21,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from edgefleet.contract.signing import generate_keypair
 from edgefleet.v1 import common_pb2, fleet_pb2
 from edgefleet_testing.controller import CONFIG_MANIFESTS, bearer, connected, publish_bundle, running_controller
+from edgefleet_testing.fakes import MovableClock
 
 pytestmark = pytest.mark.integration
-
-
-class MovableClock:
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def manifest_files() -> list[fleet_pb2.ManifestFile]:

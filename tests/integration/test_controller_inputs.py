@@ -14,13 +14,13 @@ import pytest
 from edgefleet.contract.bundle_archive import read_archive_manifest
 from edgefleet.contract.signing import generate_keypair
 from edgefleet.v1 import common_pb2, device_pb2, fleet_pb2
+from edgefleet_testing.bundles import push_requests
 from edgefleet_testing.controller import (
     Fleet,
     InProcessController,
     bearer,
     connected,
     publish_bundle,
-    push_requests,
     running_controller,
 )
 

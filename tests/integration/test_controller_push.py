@@ -9,7 +9,8 @@ import pytest
 
 from edgefleet.contract.bundle_archive import read_archive_manifest
 from edgefleet.contract.signing import generate_keypair
-from edgefleet_testing.controller import connected, publish_bundle, push_requests, running_controller
+from edgefleet_testing.bundles import push_requests
+from edgefleet_testing.controller import connected, publish_bundle, running_controller
 
 pytestmark = pytest.mark.integration
 
