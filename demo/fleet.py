@@ -22,32 +22,27 @@ Everything lives under ``demo-out/fleet/`` and every process is stopped at the e
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any
 
 import grpc
 from rich.console import Console
 from rich.table import Table
 
-from edgefleet.contract.bundle_upload import read_archive_for_upload
-from edgefleet.contract.signing import SigningKey, generate_keypair, public_key_pem
+from edgefleet.contract.signing import SigningKey, generate_keypair
 from edgefleet.v1 import common_pb2, fleet_pb2, fleet_pb2_grpc
+from edgefleet_testing.bundles import SignedBundle
 from edgefleet_testing.bundles import make_bundle as make_signed_bundle
+from edgefleet_testing.fleet import Controller, EdgeProcess, start_controller, start_edge, terminate_all
 from edgefleet_testing.waiting import wait_until
 
-BIN = Path(sys.executable).parent
 SITE = "warehouse-a"
 DEVICES = ("dock-1", "dock-2", "dock-3", "dock-4")
-T = TypeVar("T")
+POLL_S = 0.5  # the demo polls the controller every half second, as an operator's script would
 
 FLEET_CONFIG = """\
 apiVersion: edgefleet.io/v1
@@ -73,142 +68,50 @@ spec:
 """
 
 
-@dataclass(frozen=True)
-class Bundle:
-    version: str
-    digest: str
-    archive: Path
-
-
+@dataclass
 class Fleet:
-    """Processes and the operator's gRPC view of them."""
+    """The demo's fleet on the shared process harness: the controller, the devices, and the console."""
 
-    def __init__(self, root: Path, console: Console) -> None:
-        self.root = root
-        self.console = console
-        self.procs: list[subprocess.Popen[str]] = []
-        self.logs: list[IO[str]] = []
-        self.address = ""
-        self.channel: grpc.Channel | None = None
-        self.stub: fleet_pb2_grpc.FleetServiceStub | None = None
-        self.md: tuple[tuple[str, str], ...] = ()
+    root: Path
+    console: Console
+    ctl: Controller | None = None
+    edges: list[EdgeProcess] = field(default_factory=list)
 
-    # ------------------------------------------------------------------ processes
-
-    def _spawn(self, name: str, args: list[str], marker: str, timeout: float) -> int:
-        log = (self.root / "logs" / f"{name}.log").open("w")
-        self.logs.append(log)
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True, start_new_session=True)
-        self.procs.append(proc)
-        found: list[int] = []
-        ready = threading.Event()
-
-        def pump() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                if not found and line.startswith(marker):
-                    found.append(int(line.rsplit(" ", 1)[1]))
-                    ready.set()
-
-        threading.Thread(target=pump, daemon=True).start()
-        if not ready.wait(timeout):
-            raise RuntimeError(f"{name} did not start within {timeout:.0f} s; see {log.name}")
-        return found[0]
-
-    def start_controller(self) -> None:
-        data = self.root / "controller"
-        port = self._spawn(
-            "controller",
-            [str(BIN / "edgefleet-controller"), "serve", "--data-dir", str(data), "--listen", "127.0.0.1:0"],
-            "edgefleet-controller listening on port",
-            60,
-        )
-        self.address = f"127.0.0.1:{port}"
-        self.channel = grpc.insecure_channel(self.address)
-        self.stub = fleet_pb2_grpc.FleetServiceStub(self.channel)
-        self.md = (("authorization", f"Bearer {(data / 'admin.token').read_text().strip()}"),)
-
-    def start_device(self, name: str, token: str) -> None:
-        self._spawn(
-            name,
-            [
-                str(BIN / "edge-runtime"),
-                "run",
-                "--controller",
-                self.address,
-                "--data-dir",
-                str(self.root / "devices" / name),
-                "--enroll-token",
-                token,
-                "--name",
-                name,
-                "--source",
-                "synthetic:10",
-                "--intra-op-threads",
-                "1",
-                "--sync-wait-s",
-                "5",
-            ],
-            "edge-runtime health listening on port",
-            90,
-        )
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for proc in self.procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        if self.channel is not None:
-            self.channel.close()
-        for log in self.logs:
-            log.close()
-
-    # ------------------------------------------------------------------ operator calls
+    @property
+    def controller(self) -> Controller:
+        assert self.ctl is not None, "the controller is started in step 2"
+        return self.ctl
 
     @property
     def fleet(self) -> fleet_pb2_grpc.FleetServiceStub:
-        assert self.stub is not None
-        return self.stub
+        return self.controller.fleet
 
-    def push(self, archive: Path) -> fleet_pb2.PushBundleResponse:
-        upload = read_archive_for_upload(archive)
+    @property
+    def md(self) -> tuple[tuple[str, str], ...]:
+        return self.controller.md
 
-        def requests() -> Iterator[fleet_pb2.PushBundleRequest]:
-            yield fleet_pb2.PushBundleRequest(
-                header=fleet_pb2.BundleHeader(manifest=upload.manifest, signature=upload.signature)
-            )
-            for digest, chunk in upload.chunks(1 << 20):
-                yield fleet_pb2.PushBundleRequest(chunk=fleet_pb2.ArtifactChunk(digest=digest, data=chunk))
-
-        reply: fleet_pb2.PushBundleResponse = self.fleet.PushBundle(requests(), metadata=self.md, timeout=60)
-        return reply
+    def start_device(self, name: str, token: str) -> None:
+        edge = start_edge(
+            self.controller.address,
+            self.root / "devices" / name,
+            token,
+            name=name,
+            source="synthetic:10",
+            timeout=90,
+            wait_online=False,
+        )
+        self.edges.append(edge)
 
     def devices(self) -> list[common_pb2.Device]:
-        reply = self.fleet.ListDevices(fleet_pb2.ListDevicesRequest(site=SITE), metadata=self.md, timeout=10)
-        return sorted(reply.devices, key=lambda d: d.name)
+        return self.controller.devices(SITE)
 
     def rollout(self, rollout_id: str) -> fleet_pb2.Rollout:
-        reply: fleet_pb2.Rollout = self.fleet.GetRollout(
-            fleet_pb2.GetRolloutRequest(id=rollout_id), metadata=self.md, timeout=10
-        )
-        return reply
+        return self.controller.rollout(rollout_id)
 
 
-def wait_for(what: str, predicate: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:
-    """The shared ``wait_until`` (raises a ``TimeoutError``), polled every half second."""
-    return wait_until(predicate, timeout, what, interval)
-
-
-def make_bundle(root: Path, key: SigningKey, version: str, *, logit_shift: float = 0.0) -> Bundle:
+def make_bundle(root: Path, key: SigningKey, version: str, *, logit_shift: float = 0.0) -> SignedBundle:
     # Same seed: v1, v2 and v3 share their weights; v3's logits are shifted, so its confidences drift.
-    made = make_signed_bundle(
+    return make_signed_bundle(
         root / "bundles" / version,
         key,
         version=version,
@@ -219,7 +122,6 @@ def make_bundle(root: Path, key: SigningKey, version: str, *, logit_shift: float
         providers=("tensorrt", "cuda", "cpu"),
         logit_shift=logit_shift,
     )
-    return Bundle(version, made.digest, made.archive)
 
 
 def _health(value: int) -> str:
@@ -295,11 +197,7 @@ spec:
 
 
 def apply_rollout_file(fleet: Fleet, name: str, content: str) -> str:
-    reply = fleet.fleet.ApplyConfig(
-        fleet_pb2.ApplyConfigRequest(files=[fleet_pb2.ManifestFile(name=name, content=content)]),
-        metadata=fleet.md,
-        timeout=30,
-    )
+    reply = fleet.controller.apply(name, content)
     for line in reply.results:
         fleet.console.print(f"  {line}", highlight=False)
     if len(reply.rollout_ids) != 1:
@@ -323,9 +221,9 @@ def config_rollout(fleet: Fleet, threshold: float, terminal: set[Any], expect: i
 def run(root: Path, console: Console) -> int:
     started = time.monotonic()
     shutil.rmtree(root, ignore_errors=True)
-    (root / "logs").mkdir(parents=True)
+    root.mkdir(parents=True)
     fleet = Fleet(root, console)
-    try:
+    with contextlib.ExitStack() as stack:
         console.rule("[bold]1. publisher: three signed bundles")
         key = generate_keypair("demo-publisher")
         v1 = make_bundle(root, key, "1.0.0")
@@ -335,40 +233,31 @@ def run(root: Path, console: Console) -> int:
             console.print(f"  dock-classifier@{b.version}  {b.digest[:19]}…  {b.archive.stat().st_size} bytes")
 
         console.rule("[bold]2. controller: trust the publisher, store bundles, apply the fleet config")
-        fleet.start_controller()
-        console.print(f"  controller on {fleet.address} (SQLite + blobs in {root / 'controller'})")
-        fleet.fleet.AddTrustedKey(
-            fleet_pb2.AddTrustedKeyRequest(key_id=key.key_id, public_key_pem=public_key_pem(key.public_key).decode()),
-            metadata=fleet.md,
-            timeout=10,
-        )
+        fleet.ctl = stack.enter_context(start_controller(root / "controller"))
+        # Unwound last in, first out: every device is stopped (all at once), then the controller.
+        stack.callback(lambda: terminate_all(fleet.edges))
+        console.print(f"  controller on {fleet.controller.address} (SQLite + blobs in {root / 'controller'})")
+        fleet.controller.trust(key)
         for b in (v1, v2, v3):
-            fleet.push(b.archive)
-        applied = fleet.fleet.ApplyConfig(
-            fleet_pb2.ApplyConfigRequest(files=[fleet_pb2.ManifestFile(name="fleet.yaml", content=FLEET_CONFIG)]),
-            metadata=fleet.md,
-            timeout=10,
-        )
+            fleet.controller.push(b)
+        applied = fleet.controller.apply("fleet.yaml", FLEET_CONFIG, timeout=10)
         for line in applied.results:
             console.print(f"  {line}")
 
         console.rule(f"[bold]3. site {SITE}: {len(DEVICES)} cameras enroll and install v1")
-        token = fleet.fleet.CreateEnrollmentToken(
-            fleet_pb2.CreateEnrollmentTokenRequest(site=SITE, ttl_s=3600), metadata=fleet.md, timeout=10
-        ).token
+        token = fleet.controller.enrollment_token(SITE)
         starters = [threading.Thread(target=fleet.start_device, args=(name, token)) for name in DEVICES]
         for t in starters:
             t.start()
         for t in starters:
             t.join()
-        wait_for("all devices enrolled", lambda: len(fleet.devices()) == len(DEVICES), 60)
-        fleet.fleet.SetDesiredBundle(
-            fleet_pb2.SetDesiredBundleRequest(site=SITE, bundle=v1.digest), metadata=fleet.md, timeout=10
-        )
-        wait_for(
-            "v1 committed everywhere",
+        wait_until(lambda: len(fleet.devices()) == len(DEVICES), 60, "all devices enrolled", POLL_S)
+        fleet.controller.set_site_desired(SITE, v1.digest)
+        wait_until(
             lambda: all(d.reported.running_bundle_digest == v1.digest for d in fleet.devices()),
             90,
+            "v1 committed everywhere",
+            POLL_S,
         )
         console.print(f"  all {len(DEVICES)} devices run v1 ({time.monotonic() - started:.0f} s)")
 
@@ -411,10 +300,11 @@ def run(root: Path, console: Console) -> int:
         if bad.phase != fleet_pb2.ROLLOUT_PHASE_ROLLED_BACK or len(canary) != 1 or len(assigned) != 1:
             raise RuntimeError(f"rollout v3 should roll back after one canary; got {_phase(bad.phase)}: {bad.message}")
         canary_id = canary[0].device_id
-        wait_for(
-            "the canary device back on v2",
+        wait_until(
             lambda: next(d for d in fleet.devices() if d.id == canary_id).reported.running_bundle_digest == v2.digest,
             60,
+            "the canary device back on v2",
+            POLL_S,
         )
         verdict = next(d for d in fleet.devices() if d.id == canary_id).reported.last_verdict
         console.print(f"  canary {canary[0].device_name}: {verdict_text(verdict)}", highlight=False)
@@ -475,8 +365,6 @@ def run(root: Path, console: Console) -> int:
         print_telemetry(fleet)
         console.print(f"[green]demo finished in {time.monotonic() - started:.0f} s[/green]")
         return 0
-    finally:
-        fleet.stop()
 
 
 def print_status(fleet: Fleet, versions: dict[str, str]) -> None:

@@ -14,12 +14,14 @@ Reusable by every integration / e2e test that needs devices talking to a control
 
 Everything is an operator's view: the controller is driven through ``FleetService`` with the admin token
 (the same calls fleetctl makes), and a device is observed through its ``status.json``, its frame log and
-``FleetService.GetDevice``. Nothing here imports the controller's or the runtime's internals.
+``FleetService.GetDevice``. Nothing here imports the controller's or the runtime's internals. The demo
+(``demo/fleet.py``) runs its fleet on this harness too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -27,18 +29,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from edgefleet.contract.bundle_upload import read_archive_for_upload
 from edgefleet.contract.signing import SigningKey, generate_keypair
 from edgefleet.v1 import common_pb2, fleet_pb2, fleet_pb2_grpc
 from edgefleet_testing.bundles import SignedBundle as SignedBundle
 from edgefleet_testing.bundles import make_bundle as make_bundle
+from edgefleet_testing.bundles import push_requests
 from edgefleet_testing.waiting import wait_until as wait_until
 
 BIN = Path(sys.executable).parent
@@ -77,17 +79,21 @@ def _read_port(proc: subprocess.Popen[str], marker: str, timeout: float, log: Pa
 
 @dataclass
 class Controller:
+    """An ``edgefleet-controller serve`` process, and an operator's admin client of it (``start_controller``)."""
+
     proc: subprocess.Popen[str]
     data_dir: Path
     port: int
     log: Path
     admin_token: str
     channel: grpc.Channel = field(init=False)
-    fleet: fleet_pb2_grpc.FleetServiceStub = field(init=False)
 
     def __post_init__(self) -> None:
         self.channel = grpc.insecure_channel(self.address)
-        self.fleet = fleet_pb2_grpc.FleetServiceStub(self.channel)
+
+    @functools.cached_property
+    def fleet(self) -> fleet_pb2_grpc.FleetServiceStub:
+        return fleet_pb2_grpc.FleetServiceStub(self.channel)
 
     @property
     def address(self) -> str:
@@ -97,28 +103,26 @@ class Controller:
     def md(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.admin_token}"),)
 
-    def trust_new_key(self, key_dir: Path, key_id: str = "test-publisher") -> SigningKey:
-        key = generate_keypair(key_id)
-        key_dir.mkdir(parents=True, exist_ok=True)
-        key.save(key_dir / f"{key_id}.key.pem", key_dir / f"{key_id}.pub.pem")
+    def trust(self, key: SigningKey) -> None:
+        """Add the publisher's public key to the fleet's trusted keys."""
         self.fleet.AddTrustedKey(
             fleet_pb2.AddTrustedKeyRequest(key_id=key.key_id, public_key_pem=key.public_pem().decode()),
             metadata=self.md,
             timeout=10,
         )
+
+    def trust_new_key(self, key_dir: Path, key_id: str = "test-publisher") -> SigningKey:
+        key = generate_keypair(key_id)
+        key_dir.mkdir(parents=True, exist_ok=True)
+        key.save(key_dir / f"{key_id}.key.pem", key_dir / f"{key_id}.pub.pem")
+        self.trust(key)
         return key
 
-    def push(self, bundle: SignedBundle) -> None:
-        upload = read_archive_for_upload(bundle.archive)
-
-        def requests() -> Iterator[fleet_pb2.PushBundleRequest]:
-            yield fleet_pb2.PushBundleRequest(
-                header=fleet_pb2.BundleHeader(manifest=upload.manifest, signature=upload.signature)
-            )
-            for digest, chunk in upload.chunks(1 << 20):
-                yield fleet_pb2.PushBundleRequest(chunk=fleet_pb2.ArtifactChunk(digest=digest, data=chunk))
-
-        self.fleet.PushBundle(requests(), metadata=self.md, timeout=60)
+    def push(self, bundle: SignedBundle) -> fleet_pb2.PushBundleResponse:
+        reply: fleet_pb2.PushBundleResponse = self.fleet.PushBundle(
+            iter(push_requests(bundle.archive)), metadata=self.md, timeout=60
+        )
+        return reply
 
     def enrollment_token(self, site: str = "lab") -> str:
         reply = self.fleet.CreateEnrollmentToken(
@@ -135,20 +139,44 @@ class Controller:
             f"spec:\n  config:\n    canary: {{watch_window_s: {watch_window_s}, min_frames: {min_frames}, "
             f"min_seconds: {min_seconds}}}\n{extra}"
         )
-        self.fleet.ApplyConfig(
-            fleet_pb2.ApplyConfigRequest(files=[fleet_pb2.ManifestFile(name="fleet.yaml", content=text)]),
+        self.apply("fleet.yaml", text, timeout=10)
+
+    def apply(
+        self, name: str, content: str, *, stage: bool = False, timeout: float = 30
+    ) -> fleet_pb2.ApplyConfigResponse:
+        """Apply one manifest file (``fleetctl apply -f``, ``--stage``), e.g. config documents with a Rollout."""
+        reply: fleet_pb2.ApplyConfigResponse = self.fleet.ApplyConfig(
+            fleet_pb2.ApplyConfigRequest(files=[fleet_pb2.ManifestFile(name=name, content=content)], stage=stage),
             metadata=self.md,
-            timeout=10,
+            timeout=timeout,
         )
+        return reply
 
     def set_desired(self, device: str, bundle: str) -> None:
         self.fleet.SetDesiredBundle(
             fleet_pb2.SetDesiredBundleRequest(device=device, bundle=bundle), metadata=self.md, timeout=10
         )
 
+    def set_site_desired(self, site: str, bundle: str) -> None:
+        """Every device of ``site`` wants ``bundle`` (``fleetctl devices set-bundle --site``)."""
+        self.fleet.SetDesiredBundle(
+            fleet_pb2.SetDesiredBundleRequest(site=site, bundle=bundle), metadata=self.md, timeout=10
+        )
+
     def device(self, device: str) -> common_pb2.Device:
         reply: common_pb2.Device = self.fleet.GetDevice(
             fleet_pb2.GetDeviceRequest(device=device), metadata=self.md, timeout=10
+        )
+        return reply
+
+    def devices(self, site: str) -> list[common_pb2.Device]:
+        """The devices of ``site``, by name."""
+        reply = self.fleet.ListDevices(fleet_pb2.ListDevicesRequest(site=site), metadata=self.md, timeout=10)
+        return sorted(reply.devices, key=lambda d: d.name)
+
+    def rollout(self, rollout_id: str) -> fleet_pb2.Rollout:
+        reply: fleet_pb2.Rollout = self.fleet.GetRollout(
+            fleet_pb2.GetRolloutRequest(id=rollout_id), metadata=self.md, timeout=10
         )
         return reply
 
@@ -210,6 +238,8 @@ def start_controller(data_dir: Path, *, port: int = 0) -> Iterator[Controller]:
 
 @dataclass
 class EdgeProcess:
+    """An ``edge-runtime run`` process, observed through its status file and frame log (``start_edge``)."""
+
     proc: subprocess.Popen[str]
     data_dir: Path
     name: str
@@ -253,9 +283,14 @@ class EdgeProcess:
                 out.append((int(parts[0]), parts[1]))
         return out
 
-    def terminate(self, timeout: float = 10) -> int:
+    def request_stop(self) -> None:
+        """SIGTERM, without waiting (``terminate_all`` stops several devices at once)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
+
+    def terminate(self, timeout: float = 10) -> int:
+        if self.proc.poll() is None:
+            self.request_stop()
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -320,6 +355,15 @@ def start_edge(
         # Enrolled and synced once: from here the controller knows the device by name.
         edge.wait_for(lambda s: bool(s.get("online")), timeout, "first successful Sync")
     return edge
+
+
+def terminate_all(edges: Iterable[EdgeProcess], timeout: float = 15) -> None:
+    """SIGTERM every device first, then wait for each (killed after ``timeout``): they drain in parallel."""
+    edges = list(edges)
+    for edge in edges:
+        edge.request_stop()
+    for edge in edges:
+        edge.terminate(timeout)
 
 
 @contextlib.contextmanager

@@ -104,10 +104,7 @@ class Fleet:
         return reply
 
     def get(self, rollout_id: str) -> fleet_pb2.Rollout:
-        reply: fleet_pb2.Rollout = self.ctl.fleet.GetRollout(
-            fleet_pb2.GetRolloutRequest(id=rollout_id), metadata=self.ctl.md, timeout=10
-        )
-        return reply
+        return self.ctl.rollout(rollout_id)
 
     def wait_phase(self, rollout_id: str, phase: fleet_pb2.RolloutPhase.ValueType, timeout: float) -> fleet_pb2.Rollout:
         def reached() -> fleet_pb2.Rollout | None:
@@ -137,11 +134,7 @@ class Fleet:
 
 
 def apply_config(ctl: Controller) -> None:
-    ctl.fleet.ApplyConfig(
-        fleet_pb2.ApplyConfigRequest(files=[fleet_pb2.ManifestFile(name="fleet.yaml", content=CONFIG)]),
-        metadata=ctl.md,
-        timeout=10,
-    )
+    ctl.apply("fleet.yaml", CONFIG, timeout=10)
 
 
 @contextlib.contextmanager
@@ -175,9 +168,7 @@ def fleet_on_v1(
         for edge in started:
             edge.wait_for(lambda s: bool(s.get("online")), 60, "first successful Sync")
         for site in sites:
-            ctl.fleet.SetDesiredBundle(
-                fleet_pb2.SetDesiredBundleRequest(site=site, bundle=v1.digest), metadata=ctl.md, timeout=10
-            )
+            ctl.set_site_desired(site, v1.digest)
         for edge in started:
             edge.committed(v1.digest, timeout=60)
         for name in fleet.edges:

@@ -181,14 +181,7 @@ spec:
 
 
 def stage_threshold(ctl: Controller, threshold: float) -> None:
-    ctl.fleet.ApplyConfig(
-        fleet_pb2.ApplyConfigRequest(
-            files=[fleet_pb2.ManifestFile(name="fleet.yaml", content=FLEET_CONFIG.format(threshold=threshold))],
-            stage=True,
-        ),
-        metadata=ctl.md,
-        timeout=10,
-    )
+    ctl.apply("fleet.yaml", FLEET_CONFIG.format(threshold=threshold), stage=True, timeout=10)
 
 
 def config_rollout(fleet: Fleet) -> fleet_pb2.Rollout:

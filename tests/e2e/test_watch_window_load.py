@@ -147,11 +147,7 @@ def test_a_busy_host_rolls_back_only_the_bundle_that_is_slower_on_the_same_frame
         assert v2.artifact_digests["model"] == v1.artifact_digests["model"] != v3.artifact_digests["model"]
         for bundle in (v1, v2, v3):
             ctl.push(bundle)
-        ctl.fleet.ApplyConfig(
-            fleet_pb2.ApplyConfigRequest(files=[fleet_pb2.ManifestFile(name="fleet.yaml", content=CONFIG)]),
-            metadata=ctl.md,
-            timeout=10,
-        )
+        ctl.apply("fleet.yaml", CONFIG, timeout=10)
         token = ctl.enrollment_token("lab")
         with running_edge(ctl.address, tmp_path / "dev", token, name="dev", source=f"images:{scene}") as dev:
             ctl.set_desired("dev", v1.digest)
