@@ -358,7 +358,7 @@ async def test_restart_mid_rollout_never_assigns_twice(
 async def test_only_one_reconciler_acts_per_lease(
     store: Store, clock: MovableClock, base_manifest: dict[str, Any]
 ) -> None:
-    leases = LeaseStore(store)
+    leases = LeaseStore(store.db)
     assert leases.acquire("l", "one", 10, T0)
     assert not leases.acquire("l", "two", 10, T0 + timedelta(seconds=5))
     assert leases.acquire("l", "one", 10, T0 + timedelta(seconds=9))  # renewal
@@ -373,7 +373,7 @@ async def test_only_one_reconciler_acts_per_lease(
 
     def race(holder: str) -> None:
         barrier.wait()
-        if LeaseStore(store).acquire("race", holder, 10, T0):
+        if LeaseStore(store.db).acquire("race", holder, 10, T0):
             winners.append(holder)
 
     threads = [threading.Thread(target=race, args=(f"h{i}",)) for i in range(6)]

@@ -124,7 +124,7 @@ def test_every_desired_change_carries_a_new_assignment_id(store: Store) -> None:
 
 
 def test_bundle_failures_are_recorded_once_per_assignment(store: Store) -> None:
-    failures = BundleFailureStore(store)
+    failures = BundleFailureStore(store.db)
     digest = publish(store)
     failure = BundleFailure(digest, "dev_1", "lab-1", "ro_1", "ro_1/dev_1/w1", "canary_fail", "drift " * 200, T0)
     assert failures.record(failure)
@@ -140,7 +140,7 @@ def test_bundle_failures_are_recorded_once_per_assignment(store: Store) -> None:
 
 
 def test_staged_configs_are_claimed_by_one_rollout(store: Store) -> None:
-    rollouts = RolloutStore(store)
+    rollouts = RolloutStore(store.db, store.desired)
     doc = ConfigDocInput("SiteConfig", "lab", "lab", '{"kind":"SiteConfig"}', sha("v1"))
     assert rollouts.stage_configs([doc], "alice", T0) == ["staged"]
     assert rollouts.stage_configs([doc], "alice", T0) == ["unchanged"]

@@ -68,7 +68,7 @@ def sha(text: str) -> str:
 
 
 def test_exactly_one_replica_wins_the_reconciler_lease_each_round(replicas: list[Store]) -> None:
-    leases = [LeaseStore(store) for store in replicas]
+    leases = [LeaseStore(store.db) for store in replicas]
     now = T0
     for _round in range(5):
         won = race([partial(r.acquire, "reconciler", f"replica-{i}", 30, now) for i, r in enumerate(leases)])
@@ -116,7 +116,7 @@ def test_overlapping_rollouts_created_on_two_replicas_admit_one(replicas: list[S
         time.sleep(0.2)  # the other replica reads the rollouts while this one has not committed yet
 
     def create(store: Store, i: int) -> RolloutRow:
-        return RolloutStore(store).insert(
+        return RolloutStore(store.db, store.desired).insert(
             rollout_id=f"ro-{i}",
             name=f"rollout {i}",
             bundle_digest=digest.digest,
@@ -130,7 +130,7 @@ def test_overlapping_rollouts_created_on_two_replicas_admit_one(replicas: list[S
     outcomes = race([partial(create, s, i) for i, s in enumerate(replicas[:3])])
     assert sum(isinstance(o, RolloutRow) for o in outcomes) == 1, outcomes
     assert all(isinstance(o, (RolloutRow, Conflict)) for o in outcomes), outcomes
-    assert len(RolloutStore(replicas[0]).unfinished()) == 1
+    assert len(RolloutStore(replicas[0].db, replicas[0].desired).unfinished()) == 1
 
 
 def test_the_same_bundle_published_through_every_replica_is_stored_once(replicas: list[Store]) -> None:
@@ -159,21 +159,24 @@ def test_only_one_replica_persists_a_plan_from_the_same_version(replicas: list[S
     digest, _ = replicas[0].bundles.put(
         b'{"name":"det"}', b"sig", name="det", version="1.0.0", key_id="k", artifacts=[], now=T0
     )
-    RolloutStore(replicas[0]).insert(
+    RolloutStore(replicas[0].db, replicas[0].desired).insert(
         rollout_id="ro-1", name="r", bundle_digest=digest.digest, spec={}, state={}, phase="pending", now=T0
     )
 
     def persist(store: Store, i: int) -> int:
-        return RolloutStore(store).persist_plan(
+        return RolloutStore(store.db, store.desired).persist_plan(
             "ro-1", read_version=1, state={"by": i}, phase="running", now=T0, events=[("rollout.planned", {"by": i})]
         )
 
     outcomes = race([partial(persist, s, i) for i, s in enumerate(replicas)])
     assert outcomes.count(2) == 1, outcomes
     assert all(isinstance(o, Conflict) for o in outcomes if o != 2), outcomes
-    row = RolloutStore(replicas[1]).get("ro-1")
+    row = RolloutStore(replicas[1].db, replicas[1].desired).get("ro-1")
     assert row.version == 2 and row.state == {"by": outcomes.index(2)}
-    assert [e.event for e in RolloutStore(replicas[2]).events("ro-1")] == ["rollout.created", "rollout.planned"]
+    assert [e.event for e in RolloutStore(replicas[2].db, replicas[2].desired).events("ro-1")] == [
+        "rollout.created",
+        "rollout.planned",
+    ]
 
 
 def test_desired_state_changes_from_every_replica_are_all_counted(replicas: list[Store]) -> None:

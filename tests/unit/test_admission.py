@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgefleet_controller.rollout import AdmissionInputError, admit
+from edgefleet_controller.rollout.admission import admit
+from edgefleet_controller.rollout.errors import AdmissionInputError
 
 
 def test_admitted_refused_and_unmeasured_lines() -> None:

@@ -16,7 +16,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgefleet_controller.rollout import (
+from edgefleet_controller.rollout.facts import accepted_assignments, device_fact, inconclusive_counts
+from edgefleet_controller.rollout.model import (
     AssignBundle,
     Emit,
     RevertDevice,
@@ -25,9 +26,8 @@ from edgefleet_controller.rollout import (
     RolloutState,
     Selector,
     Strategy,
-    plan,
 )
-from edgefleet_controller.rollout.facts import accepted_assignments, device_fact, inconclusive_counts
+from edgefleet_controller.rollout.planner import plan
 from edgefleet_controller.store.records import DeviceRecord, EventRecord
 from edgefleet_controller.store.rollouts import DesiredRow
 

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from edgefleet_controller.rollout import (
+from edgefleet_controller.rollout.errors import RolloutSpecError
+from edgefleet_controller.rollout.model import (
     Abort,
     Approve,
     AssignBundle,
@@ -21,20 +22,17 @@ from edgefleet_controller.rollout import (
     Gates,
     OnAbort,
     Pause,
-    Plan,
     Resume,
     RevertDevice,
     RolloutPhase,
     RolloutSpec,
-    RolloutSpecError,
     RolloutState,
     Selector,
     SetPhase,
     Strategy,
     WaveSize,
-    plan,
-    wave_targets,
 )
+from edgefleet_controller.rollout.planner import Plan, plan, wave_targets
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 OLD = "sha256:" + "a" * 64

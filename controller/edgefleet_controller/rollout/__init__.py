@@ -1,58 +1,9 @@
-"""The controller's rollout core: the wave planner and latency admission (pure; shells live elsewhere)."""
+"""The controller's rollout room. Import from the submodules; this package imports nothing.
 
-from edgefleet_controller.rollout.admission import Admission, admit
-from edgefleet_controller.rollout.errors import AdmissionInputError, RolloutError, RolloutSpecError
-from edgefleet_controller.rollout.model import (
-    Abort,
-    Approve,
-    AssignBundle,
-    Assignment,
-    Command,
-    DeviceFact,
-    Emit,
-    Gates,
-    OnAbort,
-    Pause,
-    Resume,
-    RevertDevice,
-    RolloutPhase,
-    RolloutSpec,
-    RolloutState,
-    Selector,
-    SetPhase,
-    Step,
-    Strategy,
-    WaveSize,
-)
-from edgefleet_controller.rollout.planner import Plan, plan, wave_targets
-
-__all__ = [
-    "Abort",
-    "Admission",
-    "AdmissionInputError",
-    "Approve",
-    "AssignBundle",
-    "Assignment",
-    "Command",
-    "DeviceFact",
-    "Emit",
-    "Gates",
-    "OnAbort",
-    "Pause",
-    "Plan",
-    "Resume",
-    "RevertDevice",
-    "RolloutError",
-    "RolloutPhase",
-    "RolloutSpec",
-    "RolloutSpecError",
-    "RolloutState",
-    "Selector",
-    "SetPhase",
-    "Step",
-    "Strategy",
-    "WaveSize",
-    "admit",
-    "plan",
-    "wave_targets",
-]
+Pure cores: ``model`` (specs, state, facts, steps, commands), ``planner`` (``plan``: the wave planner),
+``admission`` (latency admission), ``facts`` (a device's ``DeviceFact`` under a rollout), ``failures``
+(what a device report says about a bundle), ``profiles`` (how admission reads latency measurements),
+``convert`` (model ⇄ stored JSON and wire). Shells: ``reconciler`` (gathers facts, plans, persists, wakes
+devices), ``intake`` (the create checks), ``service`` (``RolloutService``, what the servicers call),
+``configs`` (config targets of config rollouts). Errors: ``errors``.
+"""

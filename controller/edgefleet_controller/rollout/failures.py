@@ -58,11 +58,11 @@ def _record(
     assignment_id: str,
     kind: str,
     summary: str,
-    *,
     device_id: str,
     device_name: str,
     at: datetime,
     rollout_id: str | None,
+    /,
 ) -> BundleFailure:
     return BundleFailure(
         bundle_digest=bundle_digest,
@@ -89,16 +89,7 @@ def failure_from_verdict(
     reasons = verdict.get("reasons")
     phase = str(verdict.get("phase") or "canary")
     summary = summary_of(reasons if isinstance(reasons, list) else [], f"{phase} verdict FAIL")
-    return _record(
-        candidate,
-        assignment_id,
-        "canary_fail",
-        summary,
-        device_id=device_id,
-        device_name=device_name,
-        at=at,
-        rollout_id=rollout_id,
-    )
+    return _record(candidate, assignment_id, "canary_fail", summary, device_id, device_name, at, rollout_id)
 
 
 def failure_from_report(
@@ -145,16 +136,7 @@ def failure_from_rollback(
     if not assignment_id or not is_digest(bundle_digest) or bundle_digest == running_bundle:
         return None
     summary = summary_of([reason], "rolled back")
-    return _record(
-        bundle_digest,
-        assignment_id,
-        "rolled_back",
-        summary,
-        device_id=device_id,
-        device_name=device_name,
-        at=at,
-        rollout_id=rollout_id,
-    )
+    return _record(bundle_digest, assignment_id, "rolled_back", summary, device_id, device_name, at, rollout_id)
 
 
 def describe(failure: BundleFailure) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 
 from edgefleet.contract.bundle import BundleManifest
 from edgefleet.contract.errors import ContractError
@@ -73,26 +74,17 @@ def refuse_overlap(
             )
 
 
+@dataclass(frozen=True)
 class RolloutIntake:
     """The create checks over the store; ``all_devices`` lists every enrolled device (a worker-thread call)."""
 
-    def __init__(
-        self,
-        store: Store,
-        rollouts: RolloutStore,
-        failures: BundleFailureStore,
-        profiles: HardwareProfileStore,
-        all_devices: Callable[[], list[DeviceRecord]],
-        configs: ConfigTargets | None,
-        thermal_buffer: float,
-    ) -> None:
-        self.store = store
-        self.rollouts = rollouts
-        self.failures = failures
-        self.profiles = profiles
-        self.all_devices = all_devices
-        self.configs = configs
-        self.thermal_buffer = thermal_buffer
+    store: Store
+    rollouts: RolloutStore
+    failures: BundleFailureStore
+    profiles: HardwareProfileStore
+    all_devices: Callable[[], list[DeviceRecord]]
+    configs: ConfigTargets | None
+    thermal_buffer: float
 
     async def request_spec(
         self, request: fleet_pb2.CreateRolloutRequest

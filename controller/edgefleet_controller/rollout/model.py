@@ -332,26 +332,37 @@ def reverted(spec: RolloutSpec, assignment: Assignment, fact: DeviceFact | None)
 
 
 @dataclass(frozen=True)
-class Pause:
+class OperatorCommand:
+    """An operator's command to a rollout, with the reason they gave; one subclass per command."""
+
     reason: str = ""
 
 
-@dataclass(frozen=True)
-class Resume:
-    reason: str = ""
+class Pause(OperatorCommand):
+    """The operator's ``pause`` command."""
 
 
-@dataclass(frozen=True)
-class Approve:
-    reason: str = ""
+class Resume(OperatorCommand):
+    """The operator's ``resume`` command."""
 
 
-@dataclass(frozen=True)
-class Abort:
-    reason: str = ""
+class Approve(OperatorCommand):
+    """The operator's ``approve`` command."""
+
+
+class Abort(OperatorCommand):
+    """The operator's ``abort`` command."""
 
 
 Command = Pause | Resume | Approve | Abort
+
+#: Stored command names (``rollout_commands.command``) → the command they queue.
+COMMANDS: Mapping[str, type[Pause | Resume | Approve | Abort]] = {
+    "pause": Pause,
+    "resume": Resume,
+    "approve": Approve,
+    "abort": Abort,
+}
 
 
 # ------------------------------------------------------------------ steps (planner output)

@@ -46,6 +46,7 @@ import structlog
 
 from edgefleet.contract.manifest import ManifestDoc
 from edgefleet_controller.hub import SyncHub
+from edgefleet_controller.loops import stop_loop
 from edgefleet_controller.rollout.configs import ConfigTargets, config_key, staged_document
 from edgefleet_controller.rollout.convert import spec_from_dict, state_from_dict, state_to_dict
 from edgefleet_controller.rollout.facts import (
@@ -57,14 +58,10 @@ from edgefleet_controller.rollout.facts import (
     verdicts_under,
 )
 from edgefleet_controller.rollout.model import (
-    Abort,
-    Approve,
+    COMMANDS,
     AssignBundle,
-    Command,
     DeviceFact,
     Emit,
-    Pause,
-    Resume,
     RevertDevice,
     RolloutPhase,
     RolloutSpec,
@@ -92,13 +89,6 @@ DEFAULT_INTERVAL_S = 1.0
 DEFAULT_LEASE_TTL_S = 15.0
 
 Clock = Callable[[], datetime]
-
-_COMMANDS: Mapping[str, Callable[[str], Command]] = {
-    "pause": Pause,
-    "resume": Resume,
-    "approve": Approve,
-    "abort": Abort,
-}
 
 
 def default_holder() -> str:
@@ -185,10 +175,7 @@ class Reconciler:
     async def stop(self) -> None:
         """Stop the loop and give the lease up so another replica takes over at once."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_loop(task)
         await asyncio.to_thread(self.leases.release, LEASE_NAME, self.holder, self.clock())
 
     def wake(self) -> None:
@@ -391,7 +378,7 @@ class Reconciler:
         state = state_from_dict(row.state)
         commands: list[CommandRow] = self.rollouts.pending_commands(row.id)
         observation = self.observe(spec, state, devices, now)
-        result = plan(spec, state, observation.facts, now, commands=[_COMMANDS[c.command](c.reason) for c in commands])
+        result = plan(spec, state, observation.facts, now, commands=[COMMANDS[c.command](c.reason) for c in commands])
         if not result.steps and not commands and result.next_state == state:
             return None
         assigns: dict[tuple[str | None, str | None, int], dict[str, str]] = {}

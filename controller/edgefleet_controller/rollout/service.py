@@ -109,9 +109,9 @@ class RolloutService:
         on_configs_changed: ConfigsChanged | None = None,
     ) -> None:
         self.store = store
-        self.rollouts = RolloutStore(store)
-        self.failures = BundleFailureStore(store)
-        self.profiles = HardwareProfileStore(store)
+        self.rollouts = RolloutStore(store.db, store.desired)
+        self.failures = BundleFailureStore(store.db)
+        self.profiles = HardwareProfileStore(store.db)
         self.clock = clock
         self.watch_poll_s = watch_poll_s
         self._changed = asyncio.Event()
@@ -119,7 +119,7 @@ class RolloutService:
         self.reconciler = Reconciler(
             store,
             self.rollouts,
-            LeaseStore(store),
+            LeaseStore(store.db),
             hub,
             clock,
             holder=holder,

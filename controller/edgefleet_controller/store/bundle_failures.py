@@ -10,15 +10,13 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from edgefleet_controller.store import schema as t
-from edgefleet_controller.store.db import in_chunks
+from edgefleet_controller.store.db import Database, in_chunks
 from edgefleet_controller.store.errors import InvalidArgument
-from edgefleet_controller.store.store import Store
 
 BUNDLE_FAILURE_KINDS = frozenset({"canary_fail", "rolled_back"})
 SUMMARY_MAX = 500
@@ -40,14 +38,10 @@ class BundleFailure:
 
 
 class BundleFailureStore:
-    """Bundle failure records over a ``Store``'s database. Synchronous; call through ``asyncio.to_thread``."""
+    """Bundle failure records over the controller's ``Database``. Synchronous; call through ``asyncio.to_thread``."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._engine = store.db.engine
-
-    def _read(self) -> Any:
-        return self._engine.begin()
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     def record(self, failure: BundleFailure) -> bool:
         """Record a failed canary / rollback of a bundle; False when (bundle, device, assignment) is known."""
@@ -61,7 +55,7 @@ class BundleFailureStore:
             raise InvalidArgument(f"bundle failure time must be an aware UTC datetime, got {failure.at!r}")
         failures = t.bundle_failures
         try:
-            with self._store.db.transaction() as conn:
+            with self._db.transaction() as conn:
                 known = conn.execute(
                     sa.select(failures.c.id).where(
                         failures.c.bundle_digest == failure.bundle_digest,
@@ -91,7 +85,7 @@ class BundleFailureStore:
         """Recorded failures of these bundles, oldest first."""
         failures = t.bundle_failures
         out: list[BundleFailure] = []
-        with self._read() as conn:
+        with self._db.read() as conn:
             for chunk in in_chunks(sorted(set(digests))):
                 rows = conn.execute(
                     sa.select(failures).where(failures.c.bundle_digest.in_(chunk)).order_by(failures.c.id)

@@ -8,25 +8,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 
 import sqlalchemy as sa
 
 from edgefleet_controller.rollout.profiles import PROFILE_SOURCES, ProfileMeasurement
 from edgefleet_controller.store import schema as t
+from edgefleet_controller.store.db import Database
 from edgefleet_controller.store.errors import InvalidArgument
-from edgefleet_controller.store.store import Store
 
 
 class HardwareProfileStore:
-    """Profile measurements over a ``Store``'s database. Synchronous; call through ``asyncio.to_thread``."""
+    """Profile measurements over the controller's ``Database``. Synchronous; call through ``asyncio.to_thread``."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._engine = store.db.engine
-
-    def _read(self) -> Any:
-        return self._engine.begin()
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     def record(
         self,
@@ -51,7 +46,7 @@ class HardwareProfileStore:
                 raise InvalidArgument(f"profile {field} must be a finite number of milliseconds >= 0, got {value!r}")
         if measured_at.tzinfo is None:
             raise InvalidArgument(f"measured_at must be an aware UTC datetime, got {measured_at!r}")
-        with self._store.db.transaction() as conn:
+        with self._db.transaction() as conn:
             conn.execute(
                 t.hardware_profiles.insert().values(
                     hardware_class=hardware_class,
@@ -74,7 +69,7 @@ class HardwareProfileStore:
             query = query.where(profiles.c.bundle_digest.in_(list(bundle_digests)))
         if hardware_class:
             query = query.where(profiles.c.hardware_class == hardware_class)
-        with self._read() as conn:
+        with self._db.read() as conn:
             return [
                 ProfileMeasurement(
                     r.bundle_digest,

@@ -12,24 +12,19 @@ Time is always passed in; this module never reads the clock.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from edgefleet_controller.store import schema as t
-from edgefleet_controller.store.store import Store
+from edgefleet_controller.store.db import Database
 
 
 class LeaseStore:
-    """Leases over a ``Store``'s database. Synchronous; call through ``asyncio.to_thread``."""
+    """Leases over the controller's ``Database``. Synchronous; call through ``asyncio.to_thread``."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._engine = store.db.engine
-
-    def _read(self) -> Any:
-        return self._engine.begin()
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     def acquire(self, name: str, holder: str, ttl_s: float, now: datetime) -> bool:
         """Take or renew lease ``name`` for ``holder`` until ``now + ttl_s``; False while another holder's
@@ -37,7 +32,7 @@ class LeaseStore:
         leases = t.leases
         expires = now + timedelta(seconds=ttl_s)
         try:
-            with self._store.db.transaction() as conn:
+            with self._db.transaction() as conn:
                 result = conn.execute(
                     leases.update()
                     .where(leases.c.name == name, sa.or_(leases.c.holder == holder, leases.c.expires_at <= now))
@@ -56,13 +51,13 @@ class LeaseStore:
     def release(self, name: str, holder: str, now: datetime) -> None:
         """Give the lease up (only if ``holder`` holds it) so a successor need not wait for expiry."""
         leases = t.leases
-        with self._store.db.transaction() as conn:
+        with self._db.transaction() as conn:
             conn.execute(leases.update().where(leases.c.name == name, leases.c.holder == holder).values(expires_at=now))
 
     def holder(self, name: str, now: datetime) -> str | None:
         """Who holds lease ``name`` at ``now`` (None when free or expired)."""
         leases = t.leases
-        with self._read() as conn:
+        with self._db.read() as conn:
             row = conn.execute(sa.select(leases).where(leases.c.name == name)).one_or_none()
         if row is None or row.expires_at <= now:
             return None

@@ -3,8 +3,8 @@ hold, and config document revisions staged for config rollouts; plus what the re
 devices (desired-state rows, verdict events, known bundles). Leases, bundle failures and hardware profiles
 have their own modules (``leases``, ``bundle_failures``, ``hardware_profiles``).
 
-``RolloutStore`` sits next to ``Store`` on the same database and uses its write transactions
-(``Database.transaction`` / ``DesiredStore.assign_in``), so a plan's new rollout state, the desired states it
+``RolloutStore`` writes in one ``Database.transaction`` what a plan changes (its desired states through
+``DesiredStore.assign_in`` on the same connection), so a plan's new rollout state, the desired states it
 changes, the commands it consumed and its events commit together or not at all.
 
 Concurrency: optimistic. Every state write is ``UPDATE rollouts ... WHERE id = :id AND version =
@@ -32,11 +32,10 @@ from sqlalchemy.engine import Connection, Row
 
 from edgefleet.contract.canonical import canonical_json_text
 from edgefleet_controller.store import schema as t
-from edgefleet_controller.store.db import in_chunks
-from edgefleet_controller.store.desired import UNSET
+from edgefleet_controller.store.db import Database, in_chunks
+from edgefleet_controller.store.desired import UNSET, DesiredStore
 from edgefleet_controller.store.errors import Conflict, InvalidArgument, NotFound
 from edgefleet_controller.store.records import ConfigDocInput, EventRecord
-from edgefleet_controller.store.store import Store
 
 #: Phases after which a rollout never acts again (``RolloutPhase`` stored values).
 TERMINAL_PHASES = frozenset({"completed", "aborted", "rolled_back"})
@@ -150,14 +149,12 @@ def _staged_row(row: Row[Any]) -> StagedConfig:
 
 
 class RolloutStore:
-    """Rollout persistence over a ``Store``'s database (same engine, same transactions)."""
+    """Rollout persistence over the controller's ``Database``; desired-state changes through ``DesiredStore``
+    in the same transaction."""
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
-        self._engine = store.db.engine
-
-    def _read(self) -> Any:
-        return self._engine.begin()
+    def __init__(self, db: Database, desired: DesiredStore) -> None:
+        self._db = db
+        self._desired = desired
 
     # ---- rollouts --------------------------------------------------------------------------------------
 
@@ -181,7 +178,7 @@ class RolloutStore:
         claims that staged config document for this rollout in the same transaction; ``Conflict`` when it
         is not staged or another rollout holds it.
         """
-        with self._store.db.transaction() as conn:
+        with self._db.transaction() as conn:
             if check is not None:
                 check(self._unfinished(conn))
             if conn.execute(sa.select(t.rollouts.c.id).where(t.rollouts.c.id == rollout_id)).first() is not None:
@@ -212,7 +209,7 @@ class RolloutStore:
         return _rollout_row(row)
 
     def get(self, rollout_id: str) -> RolloutRow:
-        with self._read() as conn:
+        with self._db.read() as conn:
             row = conn.execute(sa.select(t.rollouts).where(t.rollouts.c.id == rollout_id)).one_or_none()
         if row is None:
             raise NotFound("rollout", rollout_id, "list rollouts to see the ids")
@@ -223,12 +220,12 @@ class RolloutStore:
         query = sa.select(t.rollouts).order_by(t.rollouts.c.created_at, t.rollouts.c.id)
         if phases:
             query = query.where(t.rollouts.c.phase.in_(sorted(phases)))
-        with self._read() as conn:
+        with self._db.read() as conn:
             return [_rollout_row(row) for row in conn.execute(query)]
 
     def unfinished(self) -> list[RolloutRow]:
         """Rollouts not in a terminal phase, oldest first: the reconciler's work list."""
-        with self._read() as conn:
+        with self._db.read() as conn:
             return self._unfinished(conn)
 
     def _unfinished(self, conn: Connection) -> list[RolloutRow]:
@@ -260,7 +257,7 @@ class RolloutStore:
         nothing is stored.
         """
         rollouts = t.rollouts
-        with self._store.db.transaction() as conn:
+        with self._db.transaction() as conn:
             result = conn.execute(
                 rollouts.update()
                 .where(rollouts.c.id == rollout_id, rollouts.c.version == read_version)
@@ -271,7 +268,7 @@ class RolloutStore:
                     f"rollout {rollout_id} changed since version {read_version} was read; re-plan from the stored state"
                 )
             for change in changes:
-                self._store.desired.assign_in(
+                self._desired.assign_in(
                     conn,
                     change.device_ids,
                     bundle_digest=UNSET if change.keep_bundle else change.bundle_digest,
@@ -312,7 +309,7 @@ class RolloutStore:
         """Queue an operator command for the reconciler; returns its id."""
         if command not in COMMANDS:
             raise InvalidArgument(f"rollout command must be one of {', '.join(sorted(COMMANDS))}, got {command!r}")
-        with self._store.db.transaction() as conn:
+        with self._db.transaction() as conn:
             if conn.execute(sa.select(t.rollouts.c.id).where(t.rollouts.c.id == rollout_id)).first() is None:
                 raise NotFound("rollout", rollout_id, "list rollouts to see the ids")
             inserted = conn.execute(
@@ -333,7 +330,7 @@ class RolloutStore:
 
     def pending_commands(self, rollout_id: str) -> list[CommandRow]:
         commands = t.rollout_commands
-        with self._read() as conn:
+        with self._db.read() as conn:
             rows = conn.execute(
                 sa.select(commands)
                 .where(commands.c.rollout_id == rollout_id, commands.c.consumed_at.is_(None))
@@ -364,7 +361,7 @@ class RolloutStore:
         query = sa.select(events).where(events.c.rollout_id == rollout_id).order_by(events.c.id).limit(limit)
         if after_id is not None:
             query = query.where(events.c.id > after_id)
-        with self._read() as conn:
+        with self._db.read() as conn:
             return [
                 RolloutEventRow(r.id, r.rollout_id, r.event, json.loads(r.fields_json), r.at)
                 for r in conn.execute(query)
@@ -373,7 +370,7 @@ class RolloutStore:
     def bundles_held(self, rollout_id: str) -> dict[str, str]:
         """Bundle digest → role ("target" / "previous") this rollout keeps from deletion."""
         refs = t.rollout_bundle_refs
-        with self._read() as conn:
+        with self._db.read() as conn:
             rows = conn.execute(sa.select(refs.c.bundle_digest, refs.c.role).where(refs.c.rollout_id == rollout_id))
             return {digest: role for digest, role in rows}
 
@@ -382,7 +379,7 @@ class RolloutStore:
     def desired_rows(self, device_ids: Sequence[str]) -> dict[str, DesiredRow]:
         desired = t.desired_state
         out: dict[str, DesiredRow] = {}
-        with self._read() as conn:
+        with self._db.read() as conn:
             for chunk in in_chunks(sorted(set(device_ids))):
                 rows = conn.execute(sa.select(desired).where(desired.c.device_id.in_(chunk)))
                 for row in rows:
@@ -395,7 +392,7 @@ class RolloutStore:
         """``canary_verdict`` events of these devices received at or after ``received_since``, oldest first."""
         events = t.device_events
         out: list[EventRecord] = []
-        with self._read() as conn:
+        with self._db.read() as conn:
             for chunk in in_chunks(sorted(set(device_ids))):
                 rows = conn.execute(
                     sa.select(events)
@@ -416,7 +413,7 @@ class RolloutStore:
     def known_bundles(self, digests: Collection[str]) -> set[str]:
         bundles = t.bundles
         found: set[str] = set()
-        with self._read() as conn:
+        with self._db.read() as conn:
             for chunk in in_chunks(sorted(set(digests))):
                 found.update(conn.execute(sa.select(bundles.c.digest).where(bundles.c.digest.in_(chunk))).scalars())
         return found
@@ -429,7 +426,7 @@ class RolloutStore:
         unfinished rollout."""
         staged = t.staged_configs
         results: list[str] = []
-        with self._store.db.transaction() as conn:
+        with self._db.transaction() as conn:
             for doc in docs:
                 row = conn.execute(
                     sa.select(staged).where(staged.c.kind == doc.kind, staged.c.name == doc.name)
@@ -487,19 +484,19 @@ class RolloutStore:
 
     def staged_config(self, kind: str, name: str) -> StagedConfig | None:
         staged = t.staged_configs
-        with self._read() as conn:
+        with self._db.read() as conn:
             row = conn.execute(sa.select(staged).where(staged.c.kind == kind, staged.c.name == name)).one_or_none()
         return _staged_row(row) if row is not None else None
 
     def staged_configs(self) -> list[StagedConfig]:
         staged = t.staged_configs
-        with self._read() as conn:
+        with self._db.read() as conn:
             return [_staged_row(r) for r in conn.execute(sa.select(staged).order_by(staged.c.kind, staged.c.name))]
 
     def drop_staged(self, kind: str, name: str, rollout_id: str) -> bool:
         """Remove the staged revision ``rollout_id`` claimed (once promoted or discarded); False if gone."""
         staged = t.staged_configs
-        with self._store.db.transaction() as conn:
+        with self._db.transaction() as conn:
             result = conn.execute(
                 staged.delete().where(staged.c.kind == kind, staged.c.name == name, staged.c.rollout_id == rollout_id)
             )

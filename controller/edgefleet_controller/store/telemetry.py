@@ -1,14 +1,13 @@
 """The telemetry tables: records stored exactly once by (device, epoch, seq), the contiguous mark, metric
 windows, telemetry events, review samples and confidence baselines; retention.
 
-``TelemetryStore`` sits next to ``Store`` on the same database and uses its write transactions
-(``Database.transaction``, ``BEGIN IMMEDIATE`` on SQLite). It only reads and writes rows: what a batch
-changes is decided by ``telemetry.ingest_plan`` over the facts ``ingest_facts`` read. ``commit_batch`` is
-ONE transaction: the new records, the pending ranges, the mark and the baseline commit together, so an
-acknowledged mark never runs ahead of what is stored and a crash between two batches loses nothing that
-was acknowledged. It refuses (``Conflict``, nothing stored) a plan whose mark row moved since its facts
-were read, or that another writer's rows collide with; the unique ``(device_id, epoch, seq)`` constraints
-are the backstop of the duplicate check.
+``TelemetryStore`` writes in ``Database.transaction`` (``BEGIN IMMEDIATE`` on SQLite). It only reads and
+writes rows: what a batch changes is decided by ``telemetry.ingest_plan`` over the facts ``ingest_facts``
+read. ``commit_batch`` is ONE transaction: the new records, the pending ranges, the mark and the baseline
+commit together, so an acknowledged mark never runs ahead of what is stored and a crash between two batches
+loses nothing that was acknowledged. It refuses (``Conflict``, nothing stored) a plan whose mark row moved
+since its facts were read, or that another writer's rows collide with; the unique ``(device_id, epoch, seq)``
+constraints are the backstop of the duplicate check.
 
 Time is always passed in; this module never reads the clock.
 """
@@ -29,8 +28,8 @@ from sqlalchemy.exc import IntegrityError
 from edgefleet.contract.canonical import canonical_json_text
 from edgefleet.v1.telemetry_pb2 import DeviceEvent, ReviewSample, SensorReading
 from edgefleet_controller.store import schema as t
+from edgefleet_controller.store.db import Database
 from edgefleet_controller.store.errors import Conflict, InvalidArgument, NotFound
-from edgefleet_controller.store.store import Store
 from edgefleet_controller.telemetry.drift import Baseline
 from edgefleet_controller.telemetry.ingest_plan import (
     DIGEST_MAX,
@@ -99,17 +98,17 @@ def _baseline_of(row: Row[Any] | None) -> Baseline | None:
 
 
 class TelemetryStore:
-    """Telemetry persistence over a ``Store``'s engine. Synchronous; call through ``asyncio.to_thread``."""
+    """Telemetry persistence over the controller's ``Database``. Synchronous; call through ``asyncio.to_thread``."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, db: Database) -> None:
+        self._db = db
 
     # ------------------------------------------------------------------ ingest
 
     def ingest_facts(self, device_id: str, epoch: str, recent_windows: int) -> IngestFacts:
         """What is stored for the device and ``epoch`` before a batch, with its newest ``recent_windows``."""
         marks, pending_t = t.telemetry_marks, t.telemetry_pending
-        with self.store.db.engine.connect() as conn:
+        with self._db.read() as conn:
             device = conn.execute(
                 sa.select(t.devices.c.site, t.devices.c.running_bundle).where(t.devices.c.id == device_id)
             ).first()
@@ -145,7 +144,7 @@ class TelemetryStore:
     def commit_batch(self, device_id: str, plan: IngestPlan, now: datetime) -> None:
         """Store ``plan`` in one transaction (module docstring); ``Conflict`` when its facts are stale."""
         try:
-            with self.store.db.transaction() as conn:
+            with self._db.transaction() as conn:
                 self._write_mark(conn, device_id, plan, now)
                 self._write_records(conn, device_id, plan, now)
                 if plan.baseline is not None and plan.baseline_changed:
@@ -313,7 +312,7 @@ class TelemetryStore:
 
     def mark(self, device_id: str, epoch: str) -> int:
         m = t.telemetry_marks
-        with self.store.db.engine.connect() as conn:
+        with self._db.read() as conn:
             value = conn.execute(
                 sa.select(m.c.acked_through).where(m.c.device_id == device_id, m.c.epoch == epoch)
             ).scalar()
@@ -353,7 +352,7 @@ class TelemetryStore:
             query = query.where(w.c.device_id == device_id)
         if bundle:
             query = query.where(w.c.bundle_digest == bundle)
-        with self.store.db.engine.connect() as conn:
+        with self._db.read() as conn:
             return [
                 WindowRow(
                     r.device_id,
@@ -375,7 +374,7 @@ class TelemetryStore:
     def recent_confidence(self, device_id: str, bundle: str, limit: int) -> list[tuple[int, ...]]:
         """Confidence histograms of the device's newest ``limit`` windows of ``bundle``."""
         w = t.telemetry_windows
-        with self.store.db.engine.connect() as conn:
+        with self._db.read() as conn:
             rows = conn.execute(
                 sa.select(w.c.confidence_json)
                 .where(w.c.device_id == device_id, w.c.bundle_digest == bundle)
@@ -385,7 +384,7 @@ class TelemetryStore:
             return [tuple(json.loads(r)) for r in rows]
 
     def baselines(self) -> dict[str, Baseline]:
-        with self.store.db.engine.connect() as conn:
+        with self._db.read() as conn:
             out: dict[str, Baseline] = {}
             for row in conn.execute(sa.select(t.telemetry_baselines)):
                 b = _baseline_of(row)
@@ -395,7 +394,7 @@ class TelemetryStore:
 
     def resolve_device(self, ref: str) -> str:
         d = t.devices
-        with self.store.db.engine.connect() as conn:
+        with self._db.read() as conn:
             found = conn.execute(sa.select(d.c.id).where(sa.or_(d.c.id == ref, d.c.name == ref))).scalars().all()
         if not found:
             raise NotFound("device", ref, "list devices with 'fleetctl devices'")
@@ -403,7 +402,7 @@ class TelemetryStore:
 
     def device_sites(self) -> dict[str, str]:
         d = t.devices
-        with self.store.db.engine.connect() as conn:
+        with self._db.read() as conn:
             return {str(r.id): str(r.site) for r in conn.execute(sa.select(d.c.id, d.c.site))}
 
     # ------------------------------------------------------------------ review queue
@@ -423,7 +422,7 @@ class TelemetryStore:
             if label not in LABELS:
                 raise InvalidArgument(f"review label filter must be 'unlabeled', 'tp' or 'fp', got {label!r}")
             query = query.where(rv.c.label == label)
-        with self.store.db.engine.connect() as conn:
+        with self._db.read() as conn:
             return [self._review_row(r, include_jpeg) for r in conn.execute(query)]
 
     @staticmethod
@@ -452,7 +451,7 @@ class TelemetryStore:
         if bundle:
             query = query.where(rv.c.bundle_digest == bundle)
         totals: dict[str, list[int]] = {}
-        with self.store.db.engine.connect() as conn:
+        with self._db.read() as conn:
             for s, b, label, n in conn.execute(query):
                 entry = totals.setdefault(f"{s}/{b}", [0, 0])
                 entry[1] += int(n)
@@ -464,7 +463,7 @@ class TelemetryStore:
         if label not in LABELS:
             raise InvalidArgument(f"review label must be 'tp' or 'fp', got {label!r}")
         rv = t.review_samples
-        with self.store.db.transaction() as conn:
+        with self._db.transaction() as conn:
             rows = conn.execute(sa.select(rv.c.id).where(rv.c.sample_id == sample_id)).scalars().all()
             if not rows:
                 raise NotFound("review sample", sample_id, "list samples with 'fleetctl review list'")
@@ -489,7 +488,7 @@ class TelemetryStore:
             (t.telemetry_events, t.telemetry_events.c.at),
         )
         deleted: dict[str, int] = {}
-        with self.store.db.transaction() as conn:
+        with self._db.transaction() as conn:
             for table, when in tables:
                 result = conn.execute(table.delete().where(when < older_than))
                 deleted[table.name] = int(result.rowcount or 0)

@@ -17,7 +17,6 @@ Wiring (``ControllerApp``)::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -29,6 +28,7 @@ import structlog
 from edgefleet.v1 import fleet_pb2, telemetry_pb2
 from edgefleet_controller.errors import timestamp_arg
 from edgefleet_controller.fleet_feed import FleetFeed
+from edgefleet_controller.loops import stop_loop
 from edgefleet_controller.store import EventInput, Store
 from edgefleet_controller.store.errors import Conflict
 from edgefleet_controller.store.telemetry import TelemetryStore
@@ -77,7 +77,7 @@ class TelemetryService:
         self.clock = clock
         self.feed = feed
         self.settings = settings
-        self.tstore = TelemetryStore(store)
+        self.tstore = TelemetryStore(store.db)
         self._alerting: set[tuple[str, str, str]] = set()
         self._task: asyncio.Task[None] | None = None
 
@@ -89,10 +89,7 @@ class TelemetryService:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_loop(task)
 
     async def _periodic(self) -> None:
         while True:
