@@ -204,14 +204,8 @@ def add_profile_command(commands: argparse._SubParsersAction[argparse.ArgumentPa
     cmd.add_argument("--seconds", type=float, default=10.0, help="how long to measure, after warm-up")
     cmd.add_argument("--source", default="synthetic:0", help="'synthetic[:FPS]', 'images:DIR' or 'video:FILE'")
     cmd.add_argument("--warmup", type=bounded_int(0), default=20, help="frames run and discarded before measuring")
-    cmd.add_argument(
-        "--output",
-        "-o",
-        type=OutputFormat,
-        choices=list(OutputFormat),
-        default=OutputFormat.table,
-        help="table or json",
-    )
+    formats = [f.value for f in OutputFormat]
+    cmd.add_argument("--output", "-o", choices=formats, default=OutputFormat.table.value, help="table or json")
     cmd.add_argument("--report-to", default=None, help="controller host:port to send the profile to")
     cmd.add_argument(
         "--data-dir",
@@ -285,7 +279,7 @@ def profile_command(args: argparse.Namespace) -> int:
             )
     except (ContractError, InferenceError, ProfileInputError, AgentError) as exc:
         return _error(str(exc))
-    if args.output is OutputFormat.json:
+    if OutputFormat(args.output) is OutputFormat.json:
         document = profile_to_document(result)
         document["verified"] = not no_verify
         sys.stdout.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
