@@ -19,7 +19,7 @@ import structlog
 
 from edge_runtime.agent.client import ControllerLink, is_transient
 from edge_runtime.agent.errors import CredentialError, EnrollmentError
-from edge_runtime.durable import write_durably
+from edgefleet.contract.durable import write_durably
 from edgefleet.v1 import common_pb2, device_pb2
 
 log = structlog.get_logger(__name__)

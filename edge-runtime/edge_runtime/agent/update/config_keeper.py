@@ -27,8 +27,8 @@ from typing import Any
 import structlog
 
 from edge_runtime.agent.update.config_store import load_config, save_config
-from edge_runtime.durable import write_durably
 from edgefleet.contract.config_classes import inference_fingerprint
+from edgefleet.contract.durable import write_durably
 from edgefleet.contract.errors import ContractError
 from edgefleet.contract.layering import EffectiveConfig
 
