@@ -33,10 +33,10 @@ def serve(
     log_json: bool | None = typer.Option(None, "--log-json/--log-console", help="default: JSON unless a terminal"),
 ) -> None:
     """Serve DeviceService and FleetService (plus health and reflection) until SIGTERM."""
-    from edgefleet_controller.app import ControllerApp
+    from edgefleet_controller.bootstrap import build_controller
+    from edgefleet_controller.bootstrap import serve as run_server
     from edgefleet_controller.memory import tune_malloc
     from edgefleet_controller.server import TlsConfig
-    from edgefleet_controller.server import serve as run_server
 
     configure_logging(log_level, json=log_json)
     tune_malloc()
@@ -45,7 +45,7 @@ def serve(
         if not (tls_cert and tls_key):
             raise typer.BadParameter("--tls-cert and --tls-key go together")
         tls = TlsConfig(tls_cert, tls_key, tls_client_ca)
-    controller = ControllerApp(data_dir, store_url=database_url or None)
+    controller = build_controller(data_dir, store_url=database_url or None)
     asyncio.run(run_server(controller, listen, tls=tls, metrics_listen=metrics_listen or None, grace_s=grace_s))
 
 

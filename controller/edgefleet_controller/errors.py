@@ -11,7 +11,7 @@
     └── PermissionDenied            PERMISSION_DENIED: authenticated, but not allowed
 
 Store errors (``edgefleet_controller.store.errors``), contract errors (``edgefleet.contract.errors``) and
-telemetry's typed input errors are mapped by ``edgefleet_controller.app.map_error``. Anything else (a bare
+telemetry's typed input errors are mapped by ``edgefleet_controller.interceptor.client_status``. Anything else (a bare
 ``ValueError``, a ``KeyError``, a SQL error) is a controller bug, not bad input: the interceptor answers
 INTERNAL with a request id and none of the exception's text, and logs the traceback under that id. Code that
 checks client input raises one of these typed errors (``timestamp_arg`` for client timestamps).
@@ -26,39 +26,46 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 
 class ControllerError(Exception):
+    """Base of the errors a client may see; a subclass names its status: ``class X(ControllerError, code=...)``."""
+
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
-
-class InvalidArgument(ControllerError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
-
-
-class NotFoundError(ControllerError):
-    code = grpc.StatusCode.NOT_FOUND
+    def __init_subclass__(cls, *, code: grpc.StatusCode | None = None, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
 
 
-class AlreadyExists(ControllerError):
-    code = grpc.StatusCode.ALREADY_EXISTS
+class InvalidArgument(ControllerError, code=grpc.StatusCode.INVALID_ARGUMENT):
+    """Bad input; the message names the field and the value."""
 
 
-class FailedPrecondition(ControllerError):
-    code = grpc.StatusCode.FAILED_PRECONDITION
+class NotFoundError(ControllerError, code=grpc.StatusCode.NOT_FOUND):
+    """What the request names does not exist."""
 
 
-class OutOfRange(ControllerError):
-    code = grpc.StatusCode.OUT_OF_RANGE
+class AlreadyExists(ControllerError, code=grpc.StatusCode.ALREADY_EXISTS):
+    """It exists already."""
 
 
-class Unimplemented(ControllerError):
-    code = grpc.StatusCode.UNIMPLEMENTED
+class FailedPrecondition(ControllerError, code=grpc.StatusCode.FAILED_PRECONDITION):
+    """Refused in the current state: a referenced bundle, admission refused."""
 
 
-class Unauthenticated(ControllerError):
-    code = grpc.StatusCode.UNAUTHENTICATED
+class OutOfRange(ControllerError, code=grpc.StatusCode.OUT_OF_RANGE):
+    """An offset or position past the end."""
 
 
-class PermissionDenied(ControllerError):
-    code = grpc.StatusCode.PERMISSION_DENIED
+class Unimplemented(ControllerError, code=grpc.StatusCode.UNIMPLEMENTED):
+    """A capability this version does not serve."""
+
+
+class Unauthenticated(ControllerError, code=grpc.StatusCode.UNAUTHENTICATED):
+    """A missing, unknown, expired or revoked credential."""
+
+
+class PermissionDenied(ControllerError, code=grpc.StatusCode.PERMISSION_DENIED):
+    """Authenticated, but not allowed."""
 
 
 def timestamp_arg(ts: Timestamp, field: str) -> datetime:

@@ -21,11 +21,9 @@ QUEUE_BOUND = 1000
 _CLOSED = object()
 
 
-class WatcherTooSlow(ControllerError):
+class WatcherTooSlow(ControllerError, code=grpc.StatusCode.RESOURCE_EXHAUSTED):
     """The watcher's queue overflowed; it must reconnect (and take a fresh snapshot). An expected end of a
     watch, not a controller bug: RESOURCE_EXHAUSTED with this message."""
-
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class FleetFeed:

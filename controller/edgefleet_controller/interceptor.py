@@ -4,16 +4,18 @@ method table, error → status mapping, request logs bound into structlog, and R
 Servicers stay thin: they read the caller from ``current_principal()`` and raise domain errors; this module
 turns those into gRPC statuses with the error's message.
 
-Only typed errors reach the client with their message: ``ControllerError`` (it carries its code) and what the
-error mapper recognises (store and contract errors). Anything else is the controller's own bug, not bad input:
-the call ends INTERNAL with a fresh request id (``req_`` + 16 hex) and nothing of the exception, whose text can
-hold SQL, parameters or paths; the same id is in the ``rpc.internal_error`` log line with the traceback. A
-database ``OperationalError`` (connection lost, locked, failing over) is the one untyped exception with its own
-status: UNAVAILABLE, which callers retry, with a request id and none of its text (``rpc.database_unavailable``).
+Only typed errors reach the client with their message (``client_status``): ``ControllerError`` (it carries
+its code), store errors, contract errors and telemetry's typed input errors. Anything else is the controller's
+own bug, not bad input: the call ends INTERNAL with a fresh request id (``req_`` + 16 hex) and nothing of the
+exception, whose text can hold SQL, parameters or paths; the same id is in the ``rpc.internal_error`` log line
+with the traceback. A database ``OperationalError`` (connection lost, locked, failing over) is the one untyped
+exception with its own status: UNAVAILABLE, which callers retry, with a request id and none of its text
+(``rpc.database_unavailable``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -24,9 +26,14 @@ import grpc
 import structlog
 from sqlalchemy import exc as sa_exc
 
-from edgefleet_controller.auth import Principal, Role, bearer_token
+from edgefleet.contract.errors import ContractError
+from edgefleet_controller.auth.principals import Principal, Role, bearer_token
 from edgefleet_controller.errors import ControllerError, Unauthenticated
 from edgefleet_controller.metrics import ControllerMetrics
+from edgefleet_controller.store import errors as serr
+from edgefleet_controller.telemetry.ingest import BatchError
+from edgefleet_controller.telemetry.query import QueryError
+from edgefleet_controller.telemetry.review import ReviewQueryError
 
 log = structlog.get_logger("edgefleet.controller.rpc")
 
@@ -81,13 +88,45 @@ def new_request_id() -> str:
 
 
 Authenticate = Callable[[str], Awaitable[Principal]]
-ErrorMapper = Callable[[BaseException], tuple[grpc.StatusCode, str] | None]
+
+#: Typed refusals of bad input besides ``ControllerError`` (which carries its own code): INVALID_ARGUMENT with
+#: their message (telemetry's: a batch, a query, a review-sample filter).
+_INPUT_ERRORS = (
+    serr.InvalidArgument,
+    serr.BlobIntegrityError,
+    ContractError,
+    BatchError,
+    QueryError,
+    ReviewQueryError,
+)
+#: Store errors with a status of their own, checked in this order (``StillReferenced`` before ``Conflict``).
+_STORE_STATUSES: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (serr.TokenRejected, grpc.StatusCode.UNAUTHENTICATED),
+    (serr.NotFound, grpc.StatusCode.NOT_FOUND),
+    (serr.StillReferenced, grpc.StatusCode.FAILED_PRECONDITION),
+    (serr.Conflict, grpc.StatusCode.ALREADY_EXISTS),
+    (serr.OffsetOutOfRange, grpc.StatusCode.OUT_OF_RANGE),
+    *((error, grpc.StatusCode.INVALID_ARGUMENT) for error in _INPUT_ERRORS),
+)
+
+
+def client_status(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
+    """The status and message a typed error reaches the client with; None for anything unexpected.
+
+    Only typed errors are bad input: a bare ``ValueError`` (or ``KeyError``, a SQL error...) is the
+    controller's own bug, which the interceptor reports as INTERNAL with a request id, never its text.
+    """
+    if isinstance(exc, ControllerError):
+        return exc.code, str(exc)
+    for error, code in _STORE_STATUSES:
+        if isinstance(exc, error):
+            return code, str(exc)
+    return None
 
 
 class ControllerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, authenticate: Authenticate, map_error: ErrorMapper, metrics: ControllerMetrics) -> None:
+    def __init__(self, authenticate: Authenticate, metrics: ControllerMetrics) -> None:
         self._authenticate = authenticate
-        self._map_error = map_error
         self._metrics = metrics
 
     async def intercept_service(
@@ -143,10 +182,8 @@ class _Guard:
         structlog.contextvars.bind_contextvars(caller=principal.subject)
 
     async def fail(self, exc: BaseException, context: Any) -> None:
-        mapped = self.owner._map_error(exc)
-        if isinstance(exc, ControllerError):
-            code, message = exc.code, str(exc)
-        elif mapped is not None:
+        mapped = client_status(exc)
+        if mapped is not None:
             code, message = mapped
         elif isinstance(exc, sa_exc.OperationalError):
             # the database is unreachable, locked or failing over: transient for the caller, who retries
@@ -163,6 +200,20 @@ class _Guard:
         log.info("rpc.refused", method=self.short, code=code.name, error=message)
         await context.abort(code, message)
 
+    @contextlib.asynccontextmanager
+    async def around(self, context: Any) -> AsyncIterator[None]:
+        """Authenticate and authorise before the call; time, log and map its errors after."""
+        try:
+            await self.enter()
+            yield
+        except grpc.aio.AbortError:
+            self.exit(context.code() or grpc.StatusCode.UNKNOWN)
+            raise
+        except Exception as exc:
+            await self.fail(exc, context)
+            raise  # unreachable: abort raises
+        self.exit(grpc.StatusCode.OK)
+
     def exit(self, code: grpc.StatusCode) -> None:
         elapsed = time.perf_counter() - self.started
         self.owner._metrics.rpc_seconds.labels(self.short, code.name).observe(elapsed)
@@ -170,80 +221,26 @@ class _Guard:
 
 
 def _wrap(handler: Any, guard: _Guard) -> grpc.RpcMethodHandler[Any, Any]:
-    if handler.unary_unary is not None:
-        inner_uu = handler.unary_unary
+    """The same handler with ``guard`` around each call: one wrapper per response shape."""
 
-        async def unary_unary(request: Any, context: Any) -> Any:
-            try:
-                await guard.enter()
-                response = await inner_uu(request, context)
-            except grpc.aio.AbortError:
-                guard.exit(context.code() or grpc.StatusCode.UNKNOWN)
-                raise
-            except Exception as exc:
-                await guard.fail(exc, context)
-                raise  # unreachable: abort raises
-            guard.exit(grpc.StatusCode.OK)
-            return response
+    async def answer(request: Any, context: Any) -> Any:
+        async with guard.around(context):
+            return await inner(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary, handler.request_deserializer, handler.response_serializer
-        )
-    if handler.unary_stream is not None:
-        inner_us = handler.unary_stream
-
-        async def unary_stream(request: Any, context: Any) -> AsyncIterator[Any]:
-            try:
-                await guard.enter()
-                async for item in inner_us(request, context):
-                    yield item
-            except grpc.aio.AbortError:
-                guard.exit(context.code() or grpc.StatusCode.UNKNOWN)
-                raise
-            except Exception as exc:
-                await guard.fail(exc, context)
-                raise
-            guard.exit(grpc.StatusCode.OK)
-
-        return grpc.unary_stream_rpc_method_handler(
-            unary_stream, handler.request_deserializer, handler.response_serializer
-        )
-    if handler.stream_unary is not None:
-        inner_su = handler.stream_unary
-
-        async def stream_unary(requests: AsyncIterator[Any], context: Any) -> Any:
-            try:
-                await guard.enter()
-                response = await inner_su(requests, context)
-            except grpc.aio.AbortError:
-                guard.exit(context.code() or grpc.StatusCode.UNKNOWN)
-                raise
-            except Exception as exc:
-                await guard.fail(exc, context)
-                raise
-            guard.exit(grpc.StatusCode.OK)
-            return response
-
-        return grpc.stream_unary_rpc_method_handler(
-            stream_unary, handler.request_deserializer, handler.response_serializer
-        )
-    inner_ss = handler.stream_stream
-
-    async def stream_stream(
-        requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[Any]:
-        try:
-            await guard.enter()
-            async for item in inner_ss(requests, context):
+    async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
+        async with guard.around(context):
+            async for item in inner(request, context):
                 yield item
-        except grpc.aio.AbortError:
-            guard.exit(context.code() or grpc.StatusCode.UNKNOWN)
-            raise
-        except Exception as exc:
-            await guard.fail(exc, context)
-            raise
-        guard.exit(grpc.StatusCode.OK)
 
-    return grpc.stream_stream_rpc_method_handler(
-        stream_stream, handler.request_deserializer, handler.response_serializer
-    )
+    wire = handler.request_deserializer, handler.response_serializer
+    if handler.unary_unary is not None:
+        inner = handler.unary_unary
+        return grpc.unary_unary_rpc_method_handler(answer, *wire)
+    if handler.stream_unary is not None:
+        inner = handler.stream_unary
+        return grpc.stream_unary_rpc_method_handler(answer, *wire)
+    if handler.unary_stream is not None:
+        inner = handler.unary_stream
+        return grpc.unary_stream_rpc_method_handler(stream, *wire)
+    inner = handler.stream_stream
+    return grpc.stream_stream_rpc_method_handler(stream, *wire)

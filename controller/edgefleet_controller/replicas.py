@@ -17,7 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
+import socket
 from collections.abc import Collection
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,6 +33,24 @@ log = structlog.get_logger("edgefleet.controller.replicas")
 
 CHANNEL = "edgefleet_desired"
 MAX_PAYLOAD = 7900  # NOTIFY payloads must stay under 8000 bytes
+
+
+def replica_id(data_dir: Path) -> str:
+    """This controller's stable identity for database leases, kept in ``DATA_DIR/replica.id``.
+
+    A controller restarted on the same data dir is the same replica, so it takes its reconciler lease back
+    at once instead of waiting for the dead process's lease to expire; replicas sharing one PostgreSQL
+    database each have their own data dir, hence their own id.
+    """
+    path = data_dir / "replica.id"
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        ident = f"{socket.gethostname()}-{secrets.token_hex(4)}"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(ident + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        return ident
 
 
 def conninfo(url: str | sa.URL) -> str:

@@ -1,29 +1,14 @@
-"""Build the controller's gRPC server from its dependencies.
-
-``build_server(app, listen)`` returns ``(server, bound_port)`` and does not start it, so tests start real
-servers on port 0. Health reports NOT_SERVING until ``serve`` marks it ready, and goes NOT_SERVING again at
-the start of a graceful shutdown.
-"""
+"""The controller's gRPC transport: server options (message limits, keepalive, pending calls), TLS, the
+served service names, and binding the listening port. ``bootstrap.build_server`` puts the servicers on it."""
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import structlog
-from grpc_health.v1 import health
 
-from edgefleet.grpc_server import add_health_and_reflection, set_serving
-from edgefleet.v1 import device_pb2, device_pb2_grpc, fleet_pb2, fleet_pb2_grpc
-from edgefleet_controller.app import ControllerApp
-from edgefleet_controller.interceptor import ControllerInterceptor
-from edgefleet_controller.services.device_service import DeviceServicer
-from edgefleet_controller.services.fleet_service import FleetServicer
-
-log = structlog.get_logger("edgefleet.controller")
+from edgefleet.v1 import device_pb2, fleet_pb2
 
 SERVICE_NAMES = [
     device_pb2.DESCRIPTOR.services_by_name["DeviceService"].full_name,
@@ -61,14 +46,8 @@ def server_options() -> list[tuple[str, int]]:
     ]
 
 
-def build_server(
-    app: ControllerApp, listen: str, *, tls: TlsConfig | None = None
-) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
-    interceptor = ControllerInterceptor(app.authenticate, app.map_error, app.metrics)
-    server = grpc.aio.server(interceptors=[interceptor], options=server_options())
-    device_pb2_grpc.add_DeviceServiceServicer_to_server(DeviceServicer(app), server)
-    fleet_pb2_grpc.add_FleetServiceServicer_to_server(FleetServicer(app), server)
-    health_servicer = add_health_and_reflection(server, SERVICE_NAMES)
+def bind(server: grpc.aio.Server, listen: str, tls: TlsConfig | None) -> int:
+    """Add the listening port (TLS when ``tls`` is set; mutual TLS with a client CA) and return it."""
     if tls is None:
         port = server.add_insecure_port(listen)
     else:
@@ -80,40 +59,4 @@ def build_server(
         port = server.add_secure_port(listen, credentials)
     if port == 0:
         raise OSError(f"could not bind the gRPC server to {listen!r}: address in use or invalid")
-    return server, port, health_servicer
-
-
-async def serve(
-    app: ControllerApp,
-    listen: str,
-    *,
-    tls: TlsConfig | None = None,
-    metrics_listen: str | None = None,
-    grace_s: float = 10.0,
-    ready: asyncio.Event | None = None,
-) -> None:
-    """Run until SIGTERM/SIGINT: start, mark SERVING, then on a signal mark NOT_SERVING, drain, stop."""
-    server, port, health_servicer = build_server(app, listen, tls=tls)
-    await app.start()
-    await server.start()
-    metrics_port = None
-    if metrics_listen:
-        host, _, mport = metrics_listen.rpartition(":")
-        metrics_port = app.metrics.serve(host or "127.0.0.1", int(mport))
-    await set_serving(health_servicer, SERVICE_NAMES, True)
-    log.info("controller.serving", port=port, metrics_port=metrics_port, data_dir=str(app.data_dir))
-    print(f"edgefleet-controller listening on port {port}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    if ready is not None:
-        ready.set()
-    await stop.wait()
-    log.info("controller.draining", grace_s=grace_s, waiting_syncs=app.hub.waiting)
-    await set_serving(health_servicer, SERVICE_NAMES, False)
-    # Long-polls return at once (unchanged) so devices re-sync elsewhere instead of timing out.
-    app.begin_shutdown()
-    await server.stop(grace_s)
-    await app.stop()
-    log.info("controller.stopped")
+    return port

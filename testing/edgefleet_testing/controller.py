@@ -33,8 +33,8 @@ from edgefleet.contract.bundle_upload import read_archive_for_upload
 from edgefleet.contract.signing import SigningKey, sign_bundle
 from edgefleet.grpc_server import set_serving
 from edgefleet.v1 import common_pb2, device_pb2, device_pb2_grpc, fleet_pb2, fleet_pb2_grpc
-from edgefleet_controller.app import ControllerApp
-from edgefleet_controller.server import SERVICE_NAMES, build_server
+from edgefleet_controller.bootstrap import Controller, build_controller, build_server
+from edgefleet_controller.server import SERVICE_NAMES
 from edgefleet_pipeline.bundle_builder import build_bundle
 from edgefleet_testing.modelgen import make_classifier
 
@@ -207,7 +207,7 @@ class Fleet:
 
 @dataclass
 class InProcessController:
-    app: ControllerApp
+    app: Controller
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
@@ -227,7 +227,7 @@ async def running_controller(
     data_dir: Path, *, clock: Callable[[], datetime] | None = None, metrics: bool = False
 ) -> AsyncIterator[InProcessController]:
     """A real controller on 127.0.0.1:<any port>, in this event loop, SERVING until the block ends."""
-    app = ControllerApp(data_dir, clock=clock) if clock is not None else ControllerApp(data_dir)
+    app = build_controller(data_dir, clock=clock) if clock is not None else build_controller(data_dir)
     server, port, health_servicer = build_server(app, "127.0.0.1:0")
     await app.start()
     await server.start()

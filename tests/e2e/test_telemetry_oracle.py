@@ -36,14 +36,13 @@ CONTROLLER_SRC = r"""
 import asyncio, sys
 from pathlib import Path
 from edgefleet.logging import configure_logging
-from edgefleet_controller.app import ControllerApp
-from edgefleet_controller.server import serve
+from edgefleet_controller.bootstrap import build_controller, serve
 from edgefleet_controller.telemetry.service import TelemetryService
 
 configure_logging("warning", json=True)
-app = ControllerApp(Path(sys.argv[1]))
+app = build_controller(Path(sys.argv[1]))
 if not hasattr(app, "telemetry"):
-    # The wiring ControllerApp gets from the lead (see telemetry/service.py), until it carries it itself.
+    # The wiring build_controller does (see bootstrap.py), for a controller without it.
     service = TelemetryService(app.store, app.clock, app.feed)
 
     async def ingest(device_id, batches):

@@ -2,7 +2,7 @@
 missing, expired and revoked credentials are refused with UNAUTHENTICATED.
 
 Operator tokens have no revoke RPC in v1 (fleet.proto has none): revocation is an administrative act on
-the store. Both paths are shown: ``ControllerApp.revoke_operator_token`` (what a future RPC calls) evicts
+the store. Both paths are shown: ``AuthService.revoke_operator_token`` (what a future RPC calls) evicts
 the auth cache at once, and a revocation written to the store is honoured by a freshly started controller.
 """
 
@@ -163,7 +163,7 @@ async def test_revoked_operator_tokens_are_refused(tmp_path: Path) -> None:
         for token in (first, second):
             await c.fleet.ListSites(fleet_pb2.ListSitesRequest(), metadata=bearer(token))  # cached now
         # Through this controller's service layer: the cache is evicted at once, not after its TTL.
-        await ctrl.app.revoke_operator_token(first_id)
+        await ctrl.app.auth.revoke_operator_token(first_id)
         err = await refused(c.fleet.ListSites(fleet_pb2.ListSitesRequest(), metadata=bearer(first)))
         assert err.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "revoked" in (err.details() or "")

@@ -58,8 +58,8 @@ async def test_unexpected_errors_are_internal_with_a_logged_request_id(
         raise sqlalchemy.exc.ProgrammingError(SECRET_SQL, (SECRET_PARAM,), Exception("no such column"))
 
     async with running_controller(tmp_path / "data") as ctrl, connected(ctrl) as c:
-        monkeypatch.setattr(ctrl.app.store, "list_bundles", broken_listing)
-        monkeypatch.setattr(ctrl.app.store, "site_summary", broken_summary)
+        monkeypatch.setattr(ctrl.app.store.bundles, "all", broken_listing)
+        monkeypatch.setattr(ctrl.app.store.devices, "site_summary", broken_summary)
         value_error_id = await internal(c.fleet.ListBundles(fleet_pb2.ListBundlesRequest(), metadata=c.admin))
         sql_error_id = await internal(c.fleet.ListSites(fleet_pb2.ListSitesRequest(), metadata=c.admin))
         assert value_error_id != sql_error_id
@@ -90,7 +90,7 @@ async def test_a_database_outage_is_unavailable_so_callers_retry(
         raise sqlalchemy.exc.OperationalError(SECRET_SQL, (SECRET_PARAM,), Exception("database is locked"))
 
     async with running_controller(tmp_path / "data") as ctrl, connected(ctrl) as c:
-        monkeypatch.setattr(ctrl.app.store, "list_bundles", locked)
+        monkeypatch.setattr(ctrl.app.store.bundles, "all", locked)
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await c.fleet.ListBundles(fleet_pb2.ListBundlesRequest(), metadata=c.admin)
     details = info.value.details() or ""

@@ -15,8 +15,8 @@ import pytest
 from edgefleet.contract.signing import generate_keypair
 from edgefleet.grpc_server import set_serving
 from edgefleet.v1 import common_pb2, device_pb2, device_pb2_grpc, fleet_pb2
-from edgefleet_controller.app import ControllerApp
-from edgefleet_controller.server import SERVICE_NAMES, build_server
+from edgefleet_controller.bootstrap import Controller, build_controller, build_server
+from edgefleet_controller.server import SERVICE_NAMES
 from edgefleet_testing.controller import Fleet, publish_bundle
 from edgefleet_testing.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
@@ -24,8 +24,8 @@ pytestmark = pytest.mark.integration
 
 
 @asynccontextmanager
-async def replica(data_dir: Path, url: str) -> AsyncIterator[tuple[ControllerApp, str]]:
-    app = ControllerApp(data_dir, store_url=url)
+async def replica(data_dir: Path, url: str) -> AsyncIterator[tuple[Controller, str]]:
+    app = build_controller(data_dir, store_url=url)
     server, port, health = build_server(app, "127.0.0.1:0")
     await app.start()
     await server.start()

@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 
 from edgefleet.grpc_server import set_serving
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
-from edgefleet_controller.app import ControllerApp
-from edgefleet_controller.server import SERVICE_NAMES, TlsConfig, build_server
+from edgefleet_controller.bootstrap import build_controller, build_server
+from edgefleet_controller.server import SERVICE_NAMES, TlsConfig
 from fleetctl.main import app as fleetctl_app
 
 pytestmark = pytest.mark.integration
@@ -94,7 +94,7 @@ async def _list_bundles(port: int, token: str, credentials: grpc.ChannelCredenti
 
 @pytest.mark.parametrize("mutual", [False, True], ids=["server-tls", "mutual-tls"])
 async def test_tls_and_mutual_tls(tmp_path: Path, pki: dict[str, Path], mutual: bool) -> None:
-    app = ControllerApp(tmp_path / "data")
+    app = build_controller(tmp_path / "data")
     tls = TlsConfig(pki["server_cert"], pki["server_key"], pki["ca"] if mutual else None)
     server, port, health = build_server(app, "127.0.0.1:0", tls=tls)
     await app.start()

@@ -30,7 +30,7 @@ from edgefleet.v1.telemetry_pb2 import (
     TelemetryBatch,
     TelemetryRecord,
 )
-from edgefleet_controller.app import ControllerApp
+from edgefleet_controller.bootstrap import Controller
 from edgefleet_controller.store import schema as t
 from edgefleet_controller.telemetry.service import TelemetryService
 from edgefleet_testing.controller import bearer, connected, running_controller
@@ -40,8 +40,8 @@ pytestmark = pytest.mark.integration
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 
-def wired(app: ControllerApp) -> TelemetryService:
-    """The wiring the lead adds to ControllerApp (see telemetry/service.py), done on this instance."""
+def wired(app: Controller) -> TelemetryService:
+    """The controller's telemetry service (``bootstrap.build_controller`` wires it)."""
     service = TelemetryService(app.store, app.clock, app.feed)
 
     async def ingest_telemetry(device_id: str, batches: AsyncIterator[TelemetryBatch]) -> AsyncIterator[object]:

@@ -1,0 +1,230 @@
+"""``BundleService``: signed model bundles. PushBundle verifies the signature against the trusted keys and
+streams each artifact into the blob store (digest and size checked before commit); FetchBlob streams an
+artifact, or a config, to a device whose desired state includes it.
+
+Store calls are synchronous transactions run in worker threads (``asyncio.to_thread``); the clock is injected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import BinaryIO
+
+import structlog
+
+from edgefleet.contract.bundle import BundleManifest
+from edgefleet.contract.bundle_sections import ArtifactRef as BundleArtifact
+from edgefleet.contract.errors import ContractError
+from edgefleet.contract.signing import verify_signature
+from edgefleet_controller import errors as cerr
+from edgefleet_controller.auth.service import AuthService
+from edgefleet_controller.devices.delivery import DeliveryPieces
+from edgefleet_controller.devices.desired import DesiredStates
+from edgefleet_controller.metrics import ControllerMetrics
+from edgefleet_controller.rollout.service import RolloutService
+from edgefleet_controller.store import BlobStore
+from edgefleet_controller.store import errors as serr
+from edgefleet_controller.store.blobs import BlobWriter
+from edgefleet_controller.store.bundle_failures import BundleFailure
+from edgefleet_controller.store.bundles import BundleStore
+from edgefleet_controller.store.devices import DeviceStore
+from edgefleet_controller.store.records import ArtifactRef, BundleRecord
+
+log = structlog.get_logger("edgefleet.controller")
+
+Clock = Callable[[], datetime]
+DEFAULT_CHUNK = 1 << 20
+MAX_CHUNK = 4 << 20
+
+
+@dataclass(frozen=True)
+class PushOutcome:
+    """A pushed bundle's record; ``created`` False when it was stored already; ``deduplicated``: the
+    artifacts already stored (sent and discarded after verification, or not sent)."""
+
+    bundle: BundleRecord
+    created: bool
+    deduplicated: list[str]
+
+
+@dataclass(frozen=True)
+class BundleDetail:
+    bundle: BundleRecord
+    manifest: BundleManifest
+    running_devices: int
+    failures: list[BundleFailure]
+
+
+@dataclass(frozen=True)
+class BlobPiece:
+    offset: int
+    data: bytes
+    total_size: int
+
+
+class BundleService:
+    def __init__(
+        self,
+        bundles: BundleStore,
+        devices: DeviceStore,
+        blobs: BlobStore,
+        *,
+        auth: AuthService,
+        desired: DesiredStates,
+        delivery: DeliveryPieces,
+        rollouts: RolloutService,
+        metrics: ControllerMetrics,
+        clock: Clock,
+    ) -> None:
+        self.store = bundles
+        self.devices = devices
+        self.blobs = blobs
+        self.auth = auth
+        self.desired = desired
+        self.delivery = delivery
+        self.rollouts = rollouts
+        self.metrics = metrics
+        self.clock = clock
+
+    # ------------------------------------------------------------------ publishing
+
+    async def push(
+        self, manifest_bytes: bytes, sig_bytes: bytes, chunks: AsyncIterator[tuple[str, bytes]]
+    ) -> PushOutcome:
+        """Verify the signed manifest, then store the artifacts ``chunks`` carries as (digest, data) runs."""
+        if not sig_bytes.strip():
+            self.metrics.bundles_rejected.labels("Unsigned").inc()
+            raise cerr.InvalidArgument(
+                "bundle refused: PushBundleRequest.header.signature is empty, the bundle is unsigned; "
+                "sign it with 'fleetctl bundle sign --key KEY' and push again"
+            )
+        try:
+            manifest = BundleManifest.from_json_bytes(manifest_bytes)
+            key_id = verify_signature(manifest_bytes, sig_bytes, await self.auth.trusted_keys())
+        except ContractError as exc:
+            self.metrics.bundles_rejected.labels(type(exc).__name__).inc()
+            raise cerr.InvalidArgument(f"bundle refused: {exc}") from None
+        expected = {a.digest: a for a in manifest.artifacts.values()}
+        received: dict[str, tuple[str, int]] = {}
+        writer = None
+        current = ""
+        stored_before: set[str] = set()
+        try:
+            async for digest, data in chunks:
+                if digest != current:
+                    if writer is not None:
+                        received[current] = await self._commit_artifact(writer, current, expected[current])
+                        writer = None
+                    if digest not in expected:
+                        raise cerr.InvalidArgument(f"PushBundle: chunk for {digest}, which bundle.json does not list")
+                    if digest in received:
+                        raise cerr.InvalidArgument(f"PushBundle: artifact {digest} sent twice")
+                    current = digest
+                    if await asyncio.to_thread(self.blobs.has, digest):
+                        stored_before.add(digest)  # still verified; the commit then discards the bytes
+                    writer = self.blobs.open_writer(max_size=expected[digest].size)
+                assert writer is not None
+                await asyncio.to_thread(writer.write, data)
+            if writer is not None:
+                received[current] = await self._commit_artifact(writer, current, expected[current])
+                writer = None
+        except serr.BlobIntegrityError as exc:
+            self.metrics.bundles_rejected.labels(type(exc).__name__).inc()
+            role = expected[current].role if current in expected else "?"
+            raise cerr.InvalidArgument(f"bundle refused: artifact {role!r}: {exc}") from None
+        finally:
+            if writer is not None:
+                writer.abort()
+        missing = [f"{a.role} ({d})" for d, a in expected.items() if d not in received and not self.blobs.has(d)]
+        if missing:
+            raise cerr.InvalidArgument(f"bundle refused: artifacts not sent: {', '.join(missing)}")
+        deduplicated = [d for d in expected if d in stored_before or d not in received]
+        refs = [ArtifactRef(a.role, a.digest, a.size) for a in manifest.artifacts.values()]
+        record, created = await asyncio.to_thread(
+            lambda: self.store.put(
+                manifest_bytes,
+                sig_bytes,
+                name=manifest.name,
+                version=manifest.version,
+                key_id=key_id,
+                artifacts=refs,
+                now=self.clock(),
+            )
+        )
+        if created:
+            self.metrics.bundles_pushed.inc()
+        log.info("bundle.pushed", digest=record.digest, ref=f"{record.name}@{record.version}", created=created)
+        return PushOutcome(record, created, deduplicated)
+
+    async def _commit_artifact(self, writer: BlobWriter, digest: str, ref: BundleArtifact) -> tuple[str, int]:
+        got_digest, size = await asyncio.to_thread(writer.commit, digest)
+        if size != ref.size:
+            raise cerr.InvalidArgument(
+                f"bundle refused: artifact {ref.role} is {size} bytes, bundle.json says {ref.size}"
+            )
+        return got_digest, size
+
+    # ------------------------------------------------------------------ catalogue
+
+    async def get_bundle(self, ref: str) -> BundleDetail:
+        rec = await asyncio.to_thread(self.store.get, ref)
+        running, _ = await asyncio.to_thread(lambda: self.devices.page(bundle=rec.digest, page_size=1000))
+        failures = await self.rollouts.bundle_failures(rec.digest)
+        return BundleDetail(rec, BundleManifest.from_json_bytes(rec.manifest), len(running), failures)
+
+    async def list_bundles(self, name: str) -> list[BundleRecord]:
+        return await asyncio.to_thread(self.store.all, name or None)
+
+    async def bundle_refs(self) -> dict[str, str]:
+        """Every stored bundle's ``name@version`` by digest."""
+        return {r.digest: f"{r.name}@{r.version}" for r in await self.list_bundles("")}
+
+    async def delete_bundle(self, ref: str) -> None:
+        rec = await asyncio.to_thread(self.store.get, ref)
+        orphans = await asyncio.to_thread(self.store.delete, rec.digest)
+        self.delivery.forget_bundle(rec.digest)
+        for digest in orphans:
+            await asyncio.to_thread(self.blobs.delete, digest)
+        log.info("bundle.deleted", digest=rec.digest, blobs_removed=len(orphans))
+
+    # ------------------------------------------------------------------ downloads
+
+    async def fetch_blob(self, device_id: str, digest: str, offset: int, chunk_bytes: int) -> AsyncIterator[BlobPiece]:
+        """Stream an artifact or config of the device's desired state from ``offset``."""
+        try:
+            stored = self.blobs.has(digest)
+        except serr.InvalidDigest as exc:
+            raise cerr.InvalidArgument(f"FetchBlobRequest.digest: {exc}") from None
+        if not stored or not await self.delivery.may_fetch(await self.desired.desired_of(device_id), digest):
+            raise cerr.NotFoundError(
+                f"artifact {digest} is not part of this device's desired bundle or config; "
+                "Sync again for the current desired state"
+            )
+        chunk = min(chunk_bytes or DEFAULT_CHUNK, MAX_CHUNK)
+        f: BinaryIO = await asyncio.to_thread(self.blobs.open_range, digest, offset)
+        total = self.blobs.size(digest)
+        # The next chunk is read from disk (in a worker thread) while the current one is being sent.
+        pending: asyncio.Future[bytes] | None = (
+            asyncio.ensure_future(asyncio.to_thread(f.read, chunk)) if offset < total else None
+        )
+        try:
+            while pending is not None:
+                data = await pending
+                pending = None
+                if not data:
+                    break
+                if offset + len(data) < total:
+                    pending = asyncio.ensure_future(asyncio.to_thread(f.read, chunk))
+                self.metrics.blob_bytes_served.inc(len(data))
+                yield BlobPiece(offset, data, total)
+                offset += len(data)
+        finally:
+            if pending is not None:
+                # The read runs in a thread and cannot be cancelled: let it finish before closing the file.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(pending)
+            f.close()

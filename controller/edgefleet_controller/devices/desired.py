@@ -1,0 +1,70 @@
+"""Desired state per device, as this controller last read or wrote it.
+
+``DesiredStates`` serves ``desired_of`` from memory when this controller has not changed the device since;
+the cache is evicted by ``SyncHub.notify`` — the signal every writer of desired state already sends to wake
+waiting devices (a relay carries it from other replicas). A value read before an eviction is not kept after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Sequence
+
+from edgefleet_controller.hub import SyncHub
+from edgefleet_controller.store.desired import DesiredStore
+from edgefleet_controller.store.records import DesiredState
+
+
+class DesiredCache:
+    """Last known desired state per device. ``evict`` bumps a generation; a value read from the store
+    before an eviction is not stored after it (it may predate the change that caused the eviction)."""
+
+    def __init__(self) -> None:
+        self._by_device: dict[str, DesiredState] = {}
+        self.generation = 0
+
+    def get(self, device_id: str) -> DesiredState | None:
+        return self._by_device.get(device_id)
+
+    def put(self, desired: DesiredState, generation: int) -> None:
+        if generation == self.generation:
+            self._by_device[desired.device_id] = desired
+
+    def evict(self, device_ids: Collection[str] | None) -> None:
+        self.generation += 1
+        if device_ids is None:
+            self._by_device.clear()
+            return
+        for device_id in device_ids:
+            self._by_device.pop(device_id, None)
+
+
+class DesiredStates:
+    """Cached reads of desired state; evicted by the hub's change signal."""
+
+    def __init__(self, desired: DesiredStore, hub: SyncHub) -> None:
+        self.store = desired
+        self.cache = DesiredCache()
+        hub.on_change(self.cache.evict)
+
+    async def desired_of(self, device_id: str) -> DesiredState:
+        """The device's desired state, from the cache when this controller has not changed it since."""
+        cached = self.cache.get(device_id)
+        if cached is not None:
+            return cached
+        generation = self.cache.generation
+        desired = await asyncio.to_thread(self.store.get, device_id)
+        self.cache.put(desired, generation)
+        return desired
+
+    async def desired_of_many(self, device_ids: Sequence[str]) -> dict[str, DesiredState]:
+        """``desired_of`` for several devices: cached ones from memory, the rest in one store read."""
+        found = {i: d for i in device_ids if (d := self.cache.get(i)) is not None}
+        missing = [i for i in device_ids if i not in found]
+        if missing:
+            generation = self.cache.generation
+            fetched = await asyncio.to_thread(self.store.get_many, missing)
+            for desired in fetched.values():
+                self.cache.put(desired, generation)
+            found.update(fetched)
+        return found

@@ -1,0 +1,1 @@
+"""gRPC servicers: convert the request (``convert``), call one service, convert the answer back. Nothing else."""

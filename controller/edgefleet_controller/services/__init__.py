@@ -1,1 +1,0 @@
-"""gRPC servicers: convert requests, delegate to ``ControllerApp``, convert back. Nothing else."""

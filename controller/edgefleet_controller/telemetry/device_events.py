@@ -1,0 +1,145 @@
+"""``DeviceEventService``: what devices report as events (ReportEvent), and the reads over them.
+
+Events are stored as their proto's JSON mapping and published on the fleet feed as sent. A canary verdict or
+a rollback feeds the rollouts' failure rules; a profile, or a canary's candidate latency, is a latency
+measurement admission uses (``list_profiles`` shows them).
+
+Store calls are synchronous transactions run in worker threads (``asyncio.to_thread``); the clock is injected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict, ParseDict
+
+from edgefleet.v1 import telemetry_pb2
+from edgefleet_controller import errors as cerr
+from edgefleet_controller.devices.directory import DeviceDirectory
+from edgefleet_controller.fleet_feed import FleetFeed
+from edgefleet_controller.rollout.service import RolloutService
+from edgefleet_controller.store import EventInput
+from edgefleet_controller.store.bundles import BundleStore
+from edgefleet_controller.store.devices import DeviceStore
+from edgefleet_controller.store.events import EventStore
+
+Clock = Callable[[], datetime]
+Event = telemetry_pb2.DeviceEvent
+_FAILURE_EVENT_KINDS = (Event.KIND_CANARY_VERDICT, Event.KIND_ROLLBACK)
+_PROFILE_EVENT_KINDS = (Event.KIND_PROFILE, Event.KIND_CANARY_VERDICT)
+#: Events ListDeviceEvents returns when the request sets no limit.
+DEFAULT_EVENT_LIMIT = 50
+
+
+def event_kind_name(value: int) -> str:
+    """``DeviceEvent.Kind`` value → its stored name (``canary_verdict``); ``InvalidArgument`` if unknown."""
+    try:
+        name = Event.Kind.Name(Event.Kind.ValueType(value))
+    except ValueError:
+        known = ", ".join(Event.Kind.keys())
+        raise cerr.InvalidArgument(f"DeviceEvent.kind must be one of {known}, got {value}") from None
+    return name.removeprefix("KIND_").lower()
+
+
+class DeviceEventService:
+    def __init__(
+        self,
+        events: EventStore,
+        devices: DeviceStore,
+        bundles: BundleStore,
+        *,
+        directory: DeviceDirectory,
+        rollouts: RolloutService,
+        feed: FleetFeed,
+        clock: Clock,
+    ) -> None:
+        self.store = events
+        self.devices = devices
+        self.bundles = bundles
+        self.directory = directory
+        self.rollouts = rollouts
+        self.feed = feed
+        self.clock = clock
+
+    async def report_events(self, device_id: str, events: Sequence[Event], site: str = "") -> int:
+        """Store a device's events (idempotent by ``event_id``); returns how many were new."""
+        inputs = []
+        for ev in events:
+            at = cerr.timestamp_arg(ev.at, "DeviceEvent.at") if ev.HasField("at") else self.clock()
+            seq = int(hashlib.sha256(ev.event_id.encode()).hexdigest()[:15], 16) if ev.event_id else None
+            kind = event_kind_name(ev.kind)
+            payload = MessageToDict(ev, preserving_proto_field_name=True)
+            inputs.append(EventInput(kind, payload, at, seq))
+        stored = await asyncio.to_thread(self.store.record_many, device_id, inputs, self.clock())
+        await self._record_profiles(device_id, events)
+        # a bundle these events show failing (a FAIL verdict, a rollback) under an assignment is remembered
+        failing = [(ev, i) for ev, i in zip(events, inputs, strict=True) if ev.kind in _FAILURE_EVENT_KINDS]
+        if failing:
+            device = await asyncio.to_thread(self.devices.get, device_id)
+            for ev, item in failing:
+                if ev.kind == Event.KIND_CANARY_VERDICT:
+                    verdict = MessageToDict(ev.verdict, preserving_proto_field_name=True)
+                    await self.rollouts.note_verdict(device, verdict, item.at)
+                else:
+                    await self.rollouts.note_rollback(device, ev.bundle_digest, ev.reason, ev.revision, item.at)
+        for ev in events:
+            self.feed.publish_event(device_id, ev, site)
+        self.rollouts.wake()
+        return stored
+
+    async def _record_profiles(self, device_id: str, events: Sequence[Event]) -> None:
+        """Latency measured on devices feeds admission: explicit profiles, and every canary's candidate p95."""
+        relevant = [ev for ev in events if ev.kind in _PROFILE_EVENT_KINDS]
+        if not relevant:
+            return
+        device = await asyncio.to_thread(self.devices.get, device_id)
+        for ev in relevant:
+            at = ev.at.ToDatetime(tzinfo=UTC) if ev.HasField("at") else self.clock()
+            if ev.kind == Event.KIND_PROFILE and ev.profile.total.count:
+                p = ev.profile
+                hw, digest, total, source = p.hardware_class, p.bundle_digest or ev.bundle_digest, p.total, "profile"
+            elif ev.kind == Event.KIND_CANARY_VERDICT and ev.verdict.candidate_latency.count:
+                v = ev.verdict
+                hw, digest, total, source = "", v.candidate_digest or ev.bundle_digest, v.candidate_latency, "canary"
+            else:
+                continue
+            if not digest:
+                continue
+            await asyncio.to_thread(
+                functools.partial(
+                    self.rollouts.profiles.record,
+                    hardware_class=hw or device.hardware_class,
+                    bundle_digest=digest,
+                    p95_ms=total.p95_ms,
+                    p50_ms=total.p50_ms,
+                    source=source,
+                    measured_at=at,
+                    device_id=device_id,
+                )
+            )
+
+    async def list_profiles(
+        self, bundle_refs: Sequence[str], hardware_class: str
+    ) -> tuple[list[Mapping[str, Any]], dict[str, str]]:
+        """Latency profiles (of these bundles and this hardware class; empty = all) and ``name@version`` by
+        bundle digest."""
+        digests = [(await asyncio.to_thread(self.bundles.get, ref)).digest for ref in bundle_refs]
+        rows = await asyncio.to_thread(self.rollouts.profile_summaries, digests or None, hardware_class or None)
+        refs = {r.digest: f"{r.name}@{r.version}" for r in await asyncio.to_thread(self.bundles.all, None)}
+        return rows, refs
+
+    async def list_events(self, device: str, limit: int) -> list[Event]:
+        """A device's (id or name) latest events, newest first."""
+        rec = await self.directory.find_device(device)
+        records = await asyncio.to_thread(self.store.query, device_id=rec.id, limit=limit or DEFAULT_EVENT_LIMIT)
+        out = []
+        for r in records:
+            msg = Event()
+            ParseDict(dict(r.payload), msg, ignore_unknown_fields=True)
+            out.append(msg)
+        return out
