@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, Row
 from edgefleet_controller.store import credentials
 from edgefleet_controller.store import schema as t
 from edgefleet_controller.store.arguments import check_now, check_text, is_int, is_positive_seconds
-from edgefleet_controller.store.db import Database
+from edgefleet_controller.store.db import AggregateStore, Database
 from edgefleet_controller.store.errors import (
     Conflict,
     InvalidArgument,
@@ -42,11 +42,29 @@ log = structlog.get_logger(__name__)
 BOOTSTRAP_ADMIN_NAME: Final = "bootstrap-admin"
 
 
-def _revoke_row(conn: Connection, table: sa.Table, key: str, value: str, now: datetime) -> Row[Any] | None:
-    """Set ``revoked_at`` on the row whose ``key`` is ``value`` unless already set; the row after, or None."""
+def _revoke(db: Database, table: sa.Table, key: str, value: str, now: datetime, missing: NotFound) -> Row[Any]:
+    """Set ``revoked_at`` on the row whose ``key`` is ``value`` unless already set (a second revoke keeps the
+    first time); the row after. Raises ``missing`` when there is no such row."""
+    check_now(now)
     key_column = table.c[key]
-    conn.execute(table.update().where(key_column == value, table.c.revoked_at.is_(None)).values(revoked_at=now))
-    return conn.execute(sa.select(table).where(key_column == value)).one_or_none()
+    with db.transaction() as conn:
+        conn.execute(table.update().where(key_column == value, table.c.revoked_at.is_(None)).values(revoked_at=now))
+        row = conn.execute(sa.select(table).where(key_column == value)).one_or_none()
+    if row is None:
+        raise missing
+    return row
+
+
+def _get(db: Database, table: sa.Table, key: str, value: str, missing: NotFound) -> Row[Any]:
+    with db.read() as conn:
+        row = conn.execute(sa.select(table).where(table.c[key] == value)).one_or_none()
+    if row is None:
+        raise missing
+    return row
+
+
+def _unknown_enrollment(token_id: str) -> NotFound:
+    return NotFound("enrollment token", token_id, "list tokens to see the valid ids")
 
 
 def _enrollment_record(row: Row[Any]) -> EnrollmentTokenRecord:
@@ -99,11 +117,8 @@ def consume_enrollment_in(conn: Connection, secret: str, now: datetime) -> Enrol
     return _enrollment_record(updated)
 
 
-class EnrollmentTokenStore:
+class EnrollmentTokenStore(AggregateStore):
     """Enrollment tokens: minted for a site by an operator, consumed by enrolling devices."""
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
 
     def create(
         self,
@@ -160,19 +175,11 @@ class EnrollmentTokenStore:
             return consume_enrollment_in(conn, secret, now)
 
     def get(self, token_id: str) -> EnrollmentTokenRecord:
-        with self._db.read() as conn:
-            row = conn.execute(sa.select(t.enrollment_tokens).where(t.enrollment_tokens.c.id == token_id)).one_or_none()
-        if row is None:
-            raise NotFound("enrollment token", token_id, "list tokens to see the valid ids")
-        return _enrollment_record(row)
+        return _enrollment_record(_get(self._db, t.enrollment_tokens, "id", token_id, _unknown_enrollment(token_id)))
 
     def revoke(self, token_id: str, now: datetime) -> EnrollmentTokenRecord:
         """Revoke the token (idempotent: a second call keeps the first revocation time)."""
-        check_now(now)
-        with self._db.transaction() as conn:
-            row = _revoke_row(conn, t.enrollment_tokens, "id", token_id, now)
-        if row is None:
-            raise NotFound("enrollment token", token_id, "list tokens to see the valid ids")
+        row = _revoke(self._db, t.enrollment_tokens, "id", token_id, now, _unknown_enrollment(token_id))
         return _enrollment_record(row)
 
     def all(self, site: str | None = None) -> list[EnrollmentTokenRecord]:
@@ -185,11 +192,8 @@ class EnrollmentTokenStore:
             return [_enrollment_record(row) for row in conn.execute(query)]
 
 
-class OperatorTokenStore:
+class OperatorTokenStore(AggregateStore):
     """Operator tokens (a name and a role each), including the bootstrap admin of a fresh installation."""
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
 
     def create(
         self, name: str, role: OperatorRole | str, ttl_s: float | None, now: datetime
@@ -252,12 +256,8 @@ class OperatorTokenStore:
 
     def revoke(self, token_id: str, now: datetime) -> OperatorRecord:
         """Revoke the token (idempotent: a second call keeps the first revocation time)."""
-        check_now(now)
-        with self._db.transaction() as conn:
-            row = _revoke_row(conn, t.operator_tokens, "id", token_id, now)
-        if row is None:
-            raise NotFound("operator token", token_id, "list operator tokens to see the valid ids")
-        return _operator_record(row)
+        missing = NotFound("operator token", token_id, "list operator tokens to see the valid ids")
+        return _operator_record(_revoke(self._db, t.operator_tokens, "id", token_id, now, missing))
 
     def all(self) -> list[OperatorRecord]:
         """Every operator token, oldest first."""
@@ -291,11 +291,8 @@ class OperatorTokenStore:
         return secret
 
 
-class TrustedKeyStore:
+class TrustedKeyStore(AggregateStore):
     """Publisher public keys a bundle signature may name. A revoked key id is never trusted again."""
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
 
     def add(self, key_id: str, public_key_pem: str, now: datetime) -> TrustedKeyRecord:
         """Trust a publisher key (idempotent for the same PEM). A revoked key id stays revoked."""
@@ -326,11 +323,8 @@ class TrustedKeyStore:
         return existing
 
     def get(self, key_id: str) -> TrustedKeyRecord:
-        with self._db.read() as conn:
-            row = conn.execute(sa.select(t.trusted_keys).where(t.trusted_keys.c.key_id == key_id)).one_or_none()
-        if row is None:
-            raise NotFound("trusted key", key_id, "add it with the publisher's public key first")
-        return _trusted_key_record(row)
+        missing = NotFound("trusted key", key_id, "add it with the publisher's public key first")
+        return _trusted_key_record(_get(self._db, t.trusted_keys, "key_id", key_id, missing))
 
     def all(self, include_revoked: bool = True) -> list[TrustedKeyRecord]:
         """Every trusted key (revoked ones too unless ``include_revoked`` is False), by key id."""
@@ -342,9 +336,5 @@ class TrustedKeyStore:
             return [_trusted_key_record(row) for row in conn.execute(query)]
 
     def revoke(self, key_id: str, now: datetime) -> TrustedKeyRecord:
-        check_now(now)
-        with self._db.transaction() as conn:
-            row = _revoke_row(conn, t.trusted_keys, "key_id", key_id, now)
-        if row is None:
-            raise NotFound("trusted key", key_id, "list trusted keys to see the valid ids")
-        return _trusted_key_record(row)
+        missing = NotFound("trusted key", key_id, "list trusted keys to see the valid ids")
+        return _trusted_key_record(_revoke(self._db, t.trusted_keys, "key_id", key_id, now, missing))

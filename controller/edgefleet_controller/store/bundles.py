@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Row
 from edgefleet_controller.store import schema as t
 from edgefleet_controller.store.arguments import check_digest_field, check_now, check_text, is_int
 from edgefleet_controller.store.blobs import digest_of
-from edgefleet_controller.store.db import Database, in_chunks
+from edgefleet_controller.store.db import AggregateStore, in_chunks
 from edgefleet_controller.store.errors import Conflict, InvalidArgument, NotFound, StillReferenced
 from edgefleet_controller.store.records import ArtifactRecord, ArtifactRef, BundleRecord, record_from_row
 
@@ -101,11 +101,8 @@ def referrers_in(conn: Connection, digest: str) -> list[str]:
     return referrers
 
 
-class BundleStore:
+class BundleStore(AggregateStore):
     """Bundles and artifacts."""
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
 
     def put(
         self,

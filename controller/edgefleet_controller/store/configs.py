@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection, Row
 
 from edgefleet_controller.store import schema as t
 from edgefleet_controller.store.arguments import check_digest_field, check_now, check_text
-from edgefleet_controller.store.db import Database
+from edgefleet_controller.store.db import AggregateStore
 from edgefleet_controller.store.errors import InvalidArgument, NotFound
 from edgefleet_controller.store.records import ConfigDocInput, ConfigDocRecord, record_from_row
 
@@ -63,11 +63,8 @@ def _check_documents(
     return inputs, removals
 
 
-class ConfigStore:
+class ConfigStore(AggregateStore):
     """Config documents, revisions and history."""
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
 
     def apply(
         self,

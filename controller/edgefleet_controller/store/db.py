@@ -25,8 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final, Self, TypeVar
+from typing import Any, Final, TypeVar
 
 import sqlalchemy as sa
 import structlog
@@ -169,14 +168,6 @@ class Database:
     def close(self) -> None:
         self._engine.dispose()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A read transaction (plain ``BEGIN``: never blocks writers under WAL)."""
@@ -197,3 +188,10 @@ class Database:
                     conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{_PG_LOCK_TIMEOUT}'")
                     conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_WRITER_LOCK})")
                 yield conn
+
+
+class AggregateStore:
+    """Base of the per-aggregate stores: each works on one ``Database`` it is given (never opens one)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db

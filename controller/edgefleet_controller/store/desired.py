@@ -11,14 +11,14 @@ import secrets
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from enum import Enum
-from typing import Any, Final
+from typing import Any, Final, Required, TypedDict, Unpack
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from edgefleet_controller.store import schema as t
 from edgefleet_controller.store.arguments import check_digest_field, check_now, check_text
-from edgefleet_controller.store.db import Database, in_chunks
+from edgefleet_controller.store.db import AggregateStore, in_chunks
 from edgefleet_controller.store.errors import InvalidArgument, NotFound
 from edgefleet_controller.store.records import DesiredState, record_from_row
 
@@ -29,6 +29,18 @@ class _Unset(Enum):
 
 UNSET: Final = _Unset.UNSET
 """Marks an ``assign`` field the caller leaves as it is (``None`` clears it)."""
+
+
+class DesiredChange(TypedDict, total=False):
+    """The keyword arguments of ``assign`` / ``assign_in``: what changes, why and when."""
+
+    bundle_digest: str | _Unset | None
+    config_digest: str | _Unset | None
+    reason: Required[str]
+    now: Required[datetime]
+    rollout_id: str | None
+    assignment_ids: Mapping[str, str] | None
+    reassign: bool
 
 
 def new_assignment_id() -> str:
@@ -70,24 +82,10 @@ def _bump_counter(conn: Connection, name: str) -> int:
     return value
 
 
-class DesiredStore:
+class DesiredStore(AggregateStore):
     """Desired states and their change feed."""
 
-    def __init__(self, db: Database) -> None:
-        self._db = db
-
-    def assign(
-        self,
-        device_ids: Sequence[str],
-        *,
-        bundle_digest: str | _Unset | None = UNSET,
-        config_digest: str | _Unset | None = UNSET,
-        reason: str,
-        now: datetime,
-        rollout_id: str | None = None,
-        assignment_ids: Mapping[str, str] | None = None,
-        reassign: bool = False,
-    ) -> dict[str, int]:
+    def assign(self, device_ids: Sequence[str], **change: Unpack[DesiredChange]) -> dict[str, int]:
         """Set what the devices should run; fields left ``UNSET`` stay as they are, ``None`` clears.
 
         Only devices whose bundle or config actually changes get a new revision (and the store-wide
@@ -100,17 +98,7 @@ class DesiredStore:
         every device a fresh assignment even where nothing else changes (an operator retrying a bundle).
         """
         with self._db.transaction() as conn:
-            return self.assign_in(
-                conn,
-                device_ids,
-                bundle_digest=bundle_digest,
-                config_digest=config_digest,
-                reason=reason,
-                now=now,
-                rollout_id=rollout_id,
-                assignment_ids=assignment_ids,
-                reassign=reassign,
-            )
+            return self.assign_in(conn, device_ids, **change)
 
     def assign_in(
         self,

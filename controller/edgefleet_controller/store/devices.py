@@ -32,7 +32,7 @@ from edgefleet_controller.store.arguments import (
     check_text,
 )
 from edgefleet_controller.store.auth import consume_enrollment_in
-from edgefleet_controller.store.db import Database
+from edgefleet_controller.store.db import AggregateStore
 from edgefleet_controller.store.errors import InvalidArgument, InvalidPageToken, NotFound
 from edgefleet_controller.store.records import (
     REPORTED_HEALTH,
@@ -111,11 +111,8 @@ def _reported_bundle_refs(reported: Mapping[str, Any]) -> tuple[str | None, str,
     return running, health, refs
 
 
-class DeviceStore:
+class DeviceStore(AggregateStore):
     """Devices, their credentials, tags and reported state."""
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
 
     def enroll(
         self,

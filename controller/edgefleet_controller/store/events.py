@@ -15,7 +15,7 @@ from sqlalchemy.engine import Row
 
 from edgefleet_controller.store import schema as t
 from edgefleet_controller.store.arguments import check_json, check_now, check_page_size, check_text, is_int
-from edgefleet_controller.store.db import Database, in_chunks
+from edgefleet_controller.store.db import AggregateStore, in_chunks
 from edgefleet_controller.store.errors import InvalidArgument, NotFound
 from edgefleet_controller.store.records import EventRecord, record_from_row
 
@@ -33,11 +33,8 @@ def _event_record(row: Row[Any]) -> EventRecord:
     return record_from_row(EventRecord, row, payload=json.loads(row.payload_json))
 
 
-class EventStore:
+class EventStore(AggregateStore):
     """Device events."""
-
-    def __init__(self, db: Database) -> None:
-        self._db = db
 
     def record_many(self, device_id: str, events: Sequence[EventInput], now: datetime) -> int:
         """Store a device's events; those whose ``seq`` is already stored for the device are skipped

@@ -39,6 +39,19 @@ class TokenState(StrEnum):
     EXHAUSTED = "exhausted"
 
 
+def token_state(
+    now: datetime, revoked_at: datetime | None, expires_at: datetime | None, exhausted: bool = False
+) -> TokenState:
+    """A token's state at ``now``: revocation first, then expiry (``None``: never), then its use count."""
+    if revoked_at is not None:
+        return TokenState.REVOKED
+    if expires_at is not None and now >= expires_at:
+        return TokenState.EXPIRED
+    if exhausted:
+        return TokenState.EXHAUSTED
+    return TokenState.ACTIVE
+
+
 class OperatorRole(StrEnum):
     """What an operator token may do; each role includes the ones before it."""
 
@@ -64,13 +77,8 @@ class EnrollmentTokenRecord:
     created_by: str | None
 
     def state(self, now: datetime) -> TokenState:
-        if self.revoked_at is not None:
-            return TokenState.REVOKED
-        if now >= self.expires_at:
-            return TokenState.EXPIRED
-        if self.max_uses is not None and self.uses >= self.max_uses:
-            return TokenState.EXHAUSTED
-        return TokenState.ACTIVE
+        exhausted = self.max_uses is not None and self.uses >= self.max_uses
+        return token_state(now, self.revoked_at, self.expires_at, exhausted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +91,7 @@ class OperatorRecord:
     revoked_at: datetime | None
 
     def state(self, now: datetime) -> TokenState:
-        if self.revoked_at is not None:
-            return TokenState.REVOKED
-        if self.expires_at is not None and now >= self.expires_at:
-            return TokenState.EXPIRED
-        return TokenState.ACTIVE
+        return token_state(now, self.revoked_at, self.expires_at)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ create it, and a test checks that both agree. Portability choices:
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
@@ -54,158 +55,202 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+# ---- column shapes every table spells the same way ------------------------------------------------------
+# (a Column belongs to one table, so these build a fresh one per call)
+
+_SHORT = 64  # ids we mint (devices, tokens, rollouts), kinds, epochs, hex sha256 hashes
+_DIGEST = 71  # "sha256:" + 64 hex
+_TEXT = 255  # names, sites, versions, who did it
+
+
+def _short(name: str, *args: Any, **options: Any) -> sa.Column[Any]:
+    return sa.Column(name, sa.String(_SHORT), *args, **options)
+
+
+def _text(name: str, *args: Any, **options: Any) -> sa.Column[Any]:
+    return sa.Column(name, sa.String(_TEXT), *args, **options)
+
+
+def _digest(name: str = "bundle_digest", *args: Any, **options: Any) -> sa.Column[Any]:
+    return sa.Column(name, sa.String(_DIGEST), *args, **options)
+
+
+def _time(name: str, *, nullable: bool = False, **options: Any) -> sa.Column[Any]:
+    return sa.Column(name, UTCDateTime(), nullable=nullable, **options)
+
+
+def _json(name: str, *, nullable: bool = False) -> sa.Column[Any]:
+    """Canonical JSON text (see the module docstring)."""
+    return sa.Column(name, sa.Text(), nullable=nullable)
+
+
+def _serial_id() -> sa.Column[Any]:
+    return sa.Column("id", BigId, primary_key=True, autoincrement=True)
+
+
+def _owner(table: str, column: str = "id", name: str | None = None, **options: Any) -> sa.Column[Any]:
+    """A reference to the row of ``table`` this row belongs to; deleted with it."""
+    return _short(
+        name or f"{table.removesuffix('s')}_id", sa.ForeignKey(f"{table}.{column}", ondelete="CASCADE"), **options
+    )
+
+
+def _device_upload(*columns: Any) -> list[Any]:
+    """A record a device uploads: stored exactly once by ``(device_id, epoch, seq)``, sized and timestamped
+    on receipt (see "telemetry" below)."""
+    return [
+        _serial_id(),
+        _owner("devices", nullable=False),
+        _short("epoch", nullable=False),
+        sa.Column("seq", sa.BigInteger(), nullable=False),
+        *columns,
+        sa.Column("size_bytes", sa.Integer(), nullable=False),
+        _time("received_at", index=True),
+        sa.UniqueConstraint("device_id", "epoch", "seq"),
+    ]
+
+
 enrollment_tokens = sa.Table(
     "enrollment_tokens",
     metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("secret_sha256", sa.String(64), nullable=False),
-    sa.Column("site", sa.String(255), nullable=False, index=True),
-    sa.Column("created_at", UTCDateTime(), nullable=False),
-    sa.Column("expires_at", UTCDateTime(), nullable=False),
-    sa.Column("revoked_at", UTCDateTime(), nullable=True),
+    _short("id", primary_key=True),
+    _short("secret_sha256", nullable=False),
+    _text("site", nullable=False, index=True),
+    _time("created_at"),
+    _time("expires_at"),
+    _time("revoked_at", nullable=True),
     sa.Column("max_uses", sa.Integer(), nullable=True),
     sa.Column("uses", sa.Integer(), nullable=False),
-    sa.Column("created_by", sa.String(255), nullable=True),
+    _text("created_by", nullable=True),
 )
 
 devices = sa.Table(
     "devices",
     metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("name", sa.String(255), nullable=False),
-    sa.Column("site", sa.String(255), nullable=False, index=True),
-    sa.Column("tags_json", sa.Text(), nullable=False),
-    sa.Column("hardware_class", sa.String(255), nullable=False),
-    sa.Column("facts_json", sa.Text(), nullable=False),
-    sa.Column("credential_sha256", sa.String(64), nullable=False),
-    sa.Column(
-        "enrollment_token_id",
-        sa.String(64),
-        sa.ForeignKey("enrollment_tokens.id", ondelete="SET NULL"),
-        nullable=True,
-    ),
-    sa.Column("enrolled_at", UTCDateTime(), nullable=False),
-    sa.Column("last_seen", UTCDateTime(), nullable=True, index=True),
-    sa.Column("reported_json", sa.Text(), nullable=False),
-    sa.Column("running_bundle", sa.String(71), nullable=True, index=True),
-    sa.Column("health", sa.String(64), nullable=False, index=True),
+    _short("id", primary_key=True),
+    _text("name", nullable=False),
+    _text("site", nullable=False, index=True),
+    _json("tags_json"),
+    _text("hardware_class", nullable=False),
+    _json("facts_json"),
+    _short("credential_sha256", nullable=False),
+    _short("enrollment_token_id", sa.ForeignKey("enrollment_tokens.id", ondelete="SET NULL"), nullable=True),
+    _time("enrolled_at"),
+    _time("last_seen", nullable=True, index=True),
+    _json("reported_json"),
+    _digest("running_bundle", nullable=True, index=True),
+    _short("health", nullable=False, index=True),
 )
 
 device_tags = sa.Table(
     "device_tags",
     metadata,
-    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("key", sa.String(255), primary_key=True),
-    sa.Column("value", sa.String(255), nullable=False),
+    _owner("devices", primary_key=True),
+    _text("key", primary_key=True),
+    _text("value", nullable=False),
     sa.Index(None, "key", "value"),
 )
 
 device_bundle_refs = sa.Table(
     "device_bundle_refs",
     metadata,
-    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
+    _owner("devices", primary_key=True),
     # "running" or "slot:<name>"
-    sa.Column("source", sa.String(255), primary_key=True),
-    sa.Column("bundle_digest", sa.String(71), nullable=False, index=True),
+    _text("source", primary_key=True),
+    _digest(nullable=False, index=True),
 )
 
 operator_tokens = sa.Table(
     "operator_tokens",
     metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("name", sa.String(255), nullable=False),
+    _short("id", primary_key=True),
+    _text("name", nullable=False),
     sa.Column("role", sa.String(16), nullable=False, index=True),
-    sa.Column("secret_sha256", sa.String(64), nullable=False),
-    sa.Column("created_at", UTCDateTime(), nullable=False),
-    sa.Column("expires_at", UTCDateTime(), nullable=True),
-    sa.Column("revoked_at", UTCDateTime(), nullable=True),
+    _short("secret_sha256", nullable=False),
+    _time("created_at"),
+    _time("expires_at", nullable=True),
+    _time("revoked_at", nullable=True),
 )
 
 trusted_keys = sa.Table(
     "trusted_keys",
     metadata,
-    sa.Column("key_id", sa.String(255), primary_key=True),
+    _text("key_id", primary_key=True),
     sa.Column("public_key_pem", sa.Text(), nullable=False),
-    sa.Column("added_at", UTCDateTime(), nullable=False),
-    sa.Column("revoked_at", UTCDateTime(), nullable=True),
+    _time("added_at"),
+    _time("revoked_at", nullable=True),
 )
 
 bundles = sa.Table(
     "bundles",
     metadata,
-    sa.Column("digest", sa.String(71), primary_key=True),
-    sa.Column("name", sa.String(255), nullable=False),
-    sa.Column("version", sa.String(255), nullable=False),
+    _digest("digest", primary_key=True),
+    _text("name", nullable=False),
+    _text("version", nullable=False),
     sa.Column("manifest", sa.LargeBinary(), nullable=False),
     sa.Column("signature", sa.LargeBinary(), nullable=False),
-    sa.Column("key_id", sa.String(255), nullable=False),
+    _text("key_id", nullable=False),
     sa.Column("size", sa.BigInteger(), nullable=False),
-    sa.Column("created_at", UTCDateTime(), nullable=False),
+    _time("created_at"),
     sa.UniqueConstraint("name", "version"),
 )
 
 artifacts = sa.Table(
     "artifacts",
     metadata,
-    sa.Column("digest", sa.String(71), primary_key=True),
+    _digest("digest", primary_key=True),
     sa.Column("size", sa.BigInteger(), nullable=False),
-    sa.Column("created_at", UTCDateTime(), nullable=False),
+    _time("created_at"),
 )
 
 bundle_artifacts = sa.Table(
     "bundle_artifacts",
     metadata,
-    sa.Column("bundle_digest", sa.String(71), sa.ForeignKey("bundles.digest", ondelete="CASCADE"), primary_key=True),
-    sa.Column("role", sa.String(255), primary_key=True),
-    sa.Column("artifact_digest", sa.String(71), sa.ForeignKey("artifacts.digest"), nullable=False, index=True),
+    _digest("bundle_digest", sa.ForeignKey("bundles.digest", ondelete="CASCADE"), primary_key=True),
+    _text("role", primary_key=True),
+    _digest("artifact_digest", sa.ForeignKey("artifacts.digest"), nullable=False, index=True),
 )
 
 config_revisions = sa.Table(
     "config_revisions",
     metadata,
     sa.Column("revision", sa.Integer(), primary_key=True, autoincrement=True),
-    sa.Column("applied_by", sa.String(255), nullable=False),
-    sa.Column("applied_at", UTCDateTime(), nullable=False),
+    _text("applied_by", nullable=False),
+    _time("applied_at"),
 )
 
 config_documents = sa.Table(
     "config_documents",
     metadata,
-    sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column("kind", sa.String(64), nullable=False),
-    sa.Column("name", sa.String(255), nullable=False),
+    _serial_id(),
+    _short("kind", nullable=False),
+    _text("name", nullable=False),
     sa.Column("version", sa.Integer(), nullable=False),
-    sa.Column("site", sa.String(255), nullable=True),
-    sa.Column("doc_json", sa.Text(), nullable=True),
-    sa.Column("content_digest", sa.String(71), nullable=True),
+    _text("site", nullable=True),
+    _json("doc_json", nullable=True),
+    _digest("content_digest", nullable=True),
     sa.Column("deleted", sa.Boolean(), nullable=False),
     sa.Column("is_current", sa.Boolean(), nullable=False, index=True),
     sa.Column("revision", sa.Integer(), sa.ForeignKey("config_revisions.revision"), nullable=False),
-    sa.Column("applied_by", sa.String(255), nullable=False),
-    sa.Column("applied_at", UTCDateTime(), nullable=False),
+    _text("applied_by", nullable=False),
+    _time("applied_at"),
     sa.UniqueConstraint("kind", "name", "version"),
 )
 
 desired_state = sa.Table(
     "desired_state",
     metadata,
-    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
+    _owner("devices", primary_key=True),
     # RESTRICT: the store refuses such deletes with a readable error first; this is the backstop.
-    sa.Column(
-        "bundle_digest",
-        sa.String(71),
-        sa.ForeignKey("bundles.digest", ondelete="RESTRICT"),
-        nullable=True,
-        index=True,
-    ),
-    sa.Column("config_digest", sa.String(71), nullable=True),
+    _digest("bundle_digest", sa.ForeignKey("bundles.digest", ondelete="RESTRICT"), nullable=True, index=True),
+    _digest("config_digest", nullable=True),
     sa.Column("revision", sa.BigInteger(), nullable=False),
     sa.Column("change_seq", sa.BigInteger(), nullable=False, index=True),
-    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    _time("updated_at"),
     sa.Column("reason", sa.Text(), nullable=True),
     # deliberately no foreign key to ``rollouts``: the id is provenance ("which rollout asked for this"),
     # and direct assignments and tests may name ids that no rollouts row holds
-    sa.Column("rollout_id", sa.String(64), nullable=True, index=True),
+    _short("rollout_id", nullable=True, index=True),
     # (migration 0004) minted for every change of the desired target; devices echo it with their outcomes
     sa.Column("assignment_id", sa.String(128), nullable=True),
 )
@@ -213,7 +258,7 @@ desired_state = sa.Table(
 change_counters = sa.Table(
     "change_counters",
     metadata,
-    sa.Column("name", sa.String(64), primary_key=True),
+    _short("name", primary_key=True),
     sa.Column("value", sa.BigInteger(), nullable=False),
 )
 DESIRED_STATE_COUNTER = "desired_state"
@@ -221,13 +266,13 @@ DESIRED_STATE_COUNTER = "desired_state"
 device_events = sa.Table(
     "device_events",
     metadata,
-    sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
-    sa.Column("kind", sa.String(64), nullable=False),
+    _serial_id(),
+    _owner("devices", nullable=False),
+    _short("kind", nullable=False),
     sa.Column("seq", sa.BigInteger(), nullable=True),
-    sa.Column("payload_json", sa.Text(), nullable=False),
-    sa.Column("at", UTCDateTime(), nullable=False),
-    sa.Column("received_at", UTCDateTime(), nullable=False),
+    _json("payload_json"),
+    _time("at"),
+    _time("received_at"),
     # NULL seqs never collide on either backend, so events without a sequence are never deduplicated
     sa.UniqueConstraint("device_id", "seq"),
     sa.Index(None, "device_id", "kind", "id"),
@@ -240,16 +285,16 @@ device_events = sa.Table(
 rollouts = sa.Table(
     "rollouts",
     metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("name", sa.String(255), nullable=False, index=True),
-    sa.Column("bundle_digest", sa.String(71), nullable=False, index=True),
+    _short("id", primary_key=True),
+    _text("name", nullable=False, index=True),
+    _digest(nullable=False, index=True),
     # the operator's spec plus create-time facts (admission lines, forced); never changes after create
-    sa.Column("spec_json", sa.Text(), nullable=False),
+    _json("spec_json"),
     # the planner's RolloutState, replaced on every plan that changes it
-    sa.Column("state_json", sa.Text(), nullable=False),
+    _json("state_json"),
     sa.Column("phase", sa.String(32), nullable=False, index=True),
-    sa.Column("created_at", UTCDateTime(), nullable=False),
-    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    _time("created_at"),
+    _time("updated_at"),
     # optimistic concurrency: every state write is UPDATE ... WHERE version = <the version read>
     sa.Column("version", sa.Integer(), nullable=False),
 )
@@ -257,25 +302,25 @@ rollouts = sa.Table(
 rollout_commands = sa.Table(
     "rollout_commands",
     metadata,
-    sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column("rollout_id", sa.String(64), sa.ForeignKey("rollouts.id", ondelete="CASCADE"), nullable=False),
+    _serial_id(),
+    _owner("rollouts", nullable=False),
     sa.Column("command", sa.String(16), nullable=False),
     sa.Column("reason", sa.Text(), nullable=False),
-    sa.Column("requested_by", sa.String(255), nullable=True),
-    sa.Column("created_at", UTCDateTime(), nullable=False),
+    _text("requested_by", nullable=True),
+    _time("created_at"),
     # set in the same transaction that persists the plan which consumed the command
-    sa.Column("consumed_at", UTCDateTime(), nullable=True),
+    _time("consumed_at", nullable=True),
     sa.Index(None, "rollout_id", "consumed_at"),
 )
 
 rollout_events = sa.Table(
     "rollout_events",
     metadata,
-    sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column("rollout_id", sa.String(64), sa.ForeignKey("rollouts.id", ondelete="CASCADE"), nullable=False),
-    sa.Column("event", sa.String(64), nullable=False),
-    sa.Column("fields_json", sa.Text(), nullable=False),
-    sa.Column("at", UTCDateTime(), nullable=False),
+    _serial_id(),
+    _owner("rollouts", nullable=False),
+    _short("event", nullable=False),
+    _json("fields_json"),
+    _time("at"),
     sa.Index(None, "rollout_id", "id"),
 )
 
@@ -285,8 +330,8 @@ rollout_events = sa.Table(
 rollout_bundle_refs = sa.Table(
     "rollout_bundle_refs",
     metadata,
-    sa.Column("rollout_id", sa.String(64), sa.ForeignKey("rollouts.id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("bundle_digest", sa.String(71), primary_key=True, index=True),
+    _owner("rollouts", primary_key=True),
+    _digest(primary_key=True, index=True),
     # "target" or "previous"
     sa.Column("role", sa.String(16), nullable=False),
 )
@@ -294,15 +339,15 @@ rollout_bundle_refs = sa.Table(
 hardware_profiles = sa.Table(
     "hardware_profiles",
     metadata,
-    sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column("hardware_class", sa.String(255), nullable=False),
-    sa.Column("bundle_digest", sa.String(71), nullable=False),
+    _serial_id(),
+    _text("hardware_class", nullable=False),
+    _digest(nullable=False),
     sa.Column("p95_ms", sa.Float(), nullable=False),
     sa.Column("p50_ms", sa.Float(), nullable=True),
     # "canary" (a device's verdict on live frames) or "profile" (a benchmark run by the model pipeline)
     sa.Column("source", sa.String(16), nullable=False),
-    sa.Column("device_id", sa.String(64), nullable=True),
-    sa.Column("measured_at", UTCDateTime(), nullable=False),
+    _short("device_id", nullable=True),
+    _time("measured_at"),
     sa.Index(None, "bundle_digest", "hardware_class"),
 )
 
@@ -313,17 +358,17 @@ hardware_profiles = sa.Table(
 bundle_failures = sa.Table(
     "bundle_failures",
     metadata,
-    sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column("bundle_digest", sa.String(71), nullable=False, index=True),
+    _serial_id(),
+    _digest(nullable=False, index=True),
     # no foreign key: the record outlives the device and is shown by name
-    sa.Column("device_id", sa.String(64), nullable=False),
-    sa.Column("device_name", sa.String(255), nullable=False),
-    sa.Column("rollout_id", sa.String(64), nullable=True),
+    _short("device_id", nullable=False),
+    _text("device_name", nullable=False),
+    _short("rollout_id", nullable=True),
     sa.Column("assignment_id", sa.String(128), nullable=False),
     # "canary_fail" or "rolled_back"
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("summary", sa.Text(), nullable=False),
-    sa.Column("at", UTCDateTime(), nullable=False),
+    _time("at"),
     sa.UniqueConstraint("bundle_digest", "device_id", "assignment_id"),
 )
 
@@ -332,23 +377,23 @@ bundle_failures = sa.Table(
 staged_configs = sa.Table(
     "staged_configs",
     metadata,
-    sa.Column("kind", sa.String(64), primary_key=True),
-    sa.Column("name", sa.String(255), primary_key=True),
-    sa.Column("site", sa.String(255), nullable=True),
-    sa.Column("doc_json", sa.Text(), nullable=False),
-    sa.Column("content_digest", sa.String(71), nullable=False),
-    sa.Column("staged_by", sa.String(255), nullable=False),
-    sa.Column("staged_at", UTCDateTime(), nullable=False),
-    sa.Column("rollout_id", sa.String(64), nullable=True, index=True),
+    _short("kind", primary_key=True),
+    _text("name", primary_key=True),
+    _text("site", nullable=True),
+    _json("doc_json"),
+    _digest("content_digest", nullable=False),
+    _text("staged_by", nullable=False),
+    _time("staged_at"),
+    _short("rollout_id", nullable=True, index=True),
 )
 
 # Named leases for work only one controller replica may do at a time (the rollout reconciler).
 leases = sa.Table(
     "leases",
     metadata,
-    sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("holder", sa.String(255), nullable=False),
-    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    _short("name", primary_key=True),
+    _text("holder", nullable=False),
+    _time("expires_at"),
 )
 
 
@@ -360,21 +405,21 @@ leases = sa.Table(
 telemetry_marks = sa.Table(
     "telemetry_marks",
     metadata,
-    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("epoch", sa.String(64), primary_key=True),
+    _owner("devices", primary_key=True),
+    _short("epoch", primary_key=True),
     # every seq <= acked_through is stored (or was declared dropped by the device)
     sa.Column("acked_through", sa.BigInteger(), nullable=False),
     sa.Column("records", sa.BigInteger(), nullable=False),
     sa.Column("duplicates", sa.BigInteger(), nullable=False),
     sa.Column("declared_dropped", sa.BigInteger(), nullable=False),
-    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    _time("updated_at"),
 )
 
 telemetry_pending = sa.Table(
     "telemetry_pending",
     metadata,
-    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("epoch", sa.String(64), primary_key=True),
+    _owner("devices", primary_key=True),
+    _short("epoch", primary_key=True),
     sa.Column("first_seq", sa.BigInteger(), primary_key=True),
     sa.Column("last_seq", sa.BigInteger(), nullable=False),
 )
@@ -382,28 +427,23 @@ telemetry_pending = sa.Table(
 telemetry_windows = sa.Table(
     "telemetry_windows",
     metadata,
-    sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
-    sa.Column("epoch", sa.String(64), nullable=False),
-    sa.Column("seq", sa.BigInteger(), nullable=False),
-    sa.Column("site", sa.String(255), nullable=False),
-    sa.Column("bundle_digest", sa.String(71), nullable=False),
-    sa.Column("window_start", UTCDateTime(), nullable=False, index=True),
-    sa.Column("window_s", sa.Float(), nullable=False),
-    sa.Column("frames", sa.BigInteger(), nullable=False),
-    sa.Column("errors", sa.BigInteger(), nullable=False),
-    # serialized edgefleet.v1.LatencySketch, merged at query time (never averaged percentiles)
-    sa.Column("latency_e2e", sa.LargeBinary(), nullable=False),
-    sa.Column("latency_model", sa.LargeBinary(), nullable=False),
-    sa.Column("p95_e2e_ms", sa.Float(), nullable=False),
-    sa.Column("confidence_json", sa.Text(), nullable=False),
-    sa.Column("sensors_json", sa.Text(), nullable=False),
-    sa.Column("dropped_json", sa.Text(), nullable=False),
-    sa.Column("provider", sa.String(64), nullable=False),
-    sa.Column("throttling", sa.Boolean(), nullable=False),
-    sa.Column("size_bytes", sa.Integer(), nullable=False),
-    sa.Column("received_at", UTCDateTime(), nullable=False, index=True),
-    sa.UniqueConstraint("device_id", "epoch", "seq"),
+    *_device_upload(
+        _text("site", nullable=False),
+        _digest(nullable=False),
+        _time("window_start", index=True),
+        sa.Column("window_s", sa.Float(), nullable=False),
+        sa.Column("frames", sa.BigInteger(), nullable=False),
+        sa.Column("errors", sa.BigInteger(), nullable=False),
+        # serialized edgefleet.v1.LatencySketch, merged at query time (never averaged percentiles)
+        sa.Column("latency_e2e", sa.LargeBinary(), nullable=False),
+        sa.Column("latency_model", sa.LargeBinary(), nullable=False),
+        sa.Column("p95_e2e_ms", sa.Float(), nullable=False),
+        _json("confidence_json"),
+        _json("sensors_json"),
+        _json("dropped_json"),
+        _short("provider", nullable=False),
+        sa.Column("throttling", sa.Boolean(), nullable=False),
+    ),
     sa.Index(None, "device_id", "window_start"),
     sa.Index(None, "site", "window_start"),
     sa.Index(None, "bundle_digest", "window_start"),
@@ -412,44 +452,34 @@ telemetry_windows = sa.Table(
 telemetry_events = sa.Table(
     "telemetry_events",
     metadata,
-    sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
-    sa.Column("epoch", sa.String(64), nullable=False),
-    sa.Column("seq", sa.BigInteger(), nullable=False),
-    sa.Column("event_id", sa.String(64), nullable=False),
-    sa.Column("kind", sa.String(64), nullable=False),
-    sa.Column("bundle_digest", sa.String(71), nullable=False),
-    sa.Column("at", UTCDateTime(), nullable=False, index=True),
-    # serialized edgefleet.v1.DeviceEvent
-    sa.Column("payload", sa.LargeBinary(), nullable=False),
-    sa.Column("size_bytes", sa.Integer(), nullable=False),
-    sa.Column("received_at", UTCDateTime(), nullable=False, index=True),
-    sa.UniqueConstraint("device_id", "epoch", "seq"),
+    *_device_upload(
+        _short("event_id", nullable=False),
+        _short("kind", nullable=False),
+        _digest(nullable=False),
+        _time("at", index=True),
+        # serialized edgefleet.v1.DeviceEvent
+        sa.Column("payload", sa.LargeBinary(), nullable=False),
+    ),
     sa.Index(None, "device_id", "at"),
 )
 
 review_samples = sa.Table(
     "review_samples",
     metadata,
-    sa.Column("id", BigId, primary_key=True, autoincrement=True),
-    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.id", ondelete="CASCADE"), nullable=False),
-    sa.Column("epoch", sa.String(64), nullable=False),
-    sa.Column("seq", sa.BigInteger(), nullable=False),
-    sa.Column("sample_id", sa.String(64), nullable=False, index=True),
-    sa.Column("site", sa.String(255), nullable=False),
-    sa.Column("bundle_digest", sa.String(71), nullable=False),
-    sa.Column("captured_at", UTCDateTime(), nullable=False, index=True),
-    sa.Column("reason", sa.String(32), nullable=False),
-    sa.Column("top_confidence", sa.Float(), nullable=False),
-    sa.Column("jpeg", sa.LargeBinary(), nullable=False),
-    sa.Column("results_json", sa.Text(), nullable=False),
-    # NULL (unlabelled), "tp" or "fp"
-    sa.Column("label", sa.String(8), nullable=True),
-    sa.Column("labeled_by", sa.String(255), nullable=True),
-    sa.Column("labeled_at", UTCDateTime(), nullable=True),
-    sa.Column("size_bytes", sa.Integer(), nullable=False),
-    sa.Column("received_at", UTCDateTime(), nullable=False, index=True),
-    sa.UniqueConstraint("device_id", "epoch", "seq"),
+    *_device_upload(
+        _short("sample_id", nullable=False, index=True),
+        _text("site", nullable=False),
+        _digest(nullable=False),
+        _time("captured_at", index=True),
+        sa.Column("reason", sa.String(32), nullable=False),
+        sa.Column("top_confidence", sa.Float(), nullable=False),
+        sa.Column("jpeg", sa.LargeBinary(), nullable=False),
+        _json("results_json"),
+        # NULL (unlabelled), "tp" or "fp"
+        sa.Column("label", sa.String(8), nullable=True),
+        _text("labeled_by", nullable=True),
+        _time("labeled_at", nullable=True),
+    ),
     sa.Index(None, "site", "bundle_digest", "label"),
 )
 
@@ -457,10 +487,10 @@ review_samples = sa.Table(
 telemetry_baselines = sa.Table(
     "telemetry_baselines",
     metadata,
-    sa.Column("device_id", sa.String(64), sa.ForeignKey("devices.id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("bundle_digest", sa.String(71), nullable=False),
+    _owner("devices", primary_key=True),
+    _digest(nullable=False),
     sa.Column("windows", sa.Integer(), nullable=False),
     sa.Column("windows_needed", sa.Integer(), nullable=False),
-    sa.Column("counts_json", sa.Text(), nullable=False),
-    sa.Column("started_at", UTCDateTime(), nullable=False),
+    _json("counts_json"),
+    _time("started_at"),
 )
