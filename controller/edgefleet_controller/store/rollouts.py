@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from edgefleet.contract.canonical import canonical_json_text
+from edgefleet_controller.rollout.model import COMMANDS, RolloutPhase
 from edgefleet_controller.store import schema as t
 from edgefleet_controller.store.db import Database, in_chunks
 from edgefleet_controller.store.desired import UNSET, DesiredStore
@@ -38,8 +39,7 @@ from edgefleet_controller.store.errors import Conflict, InvalidArgument, NotFoun
 from edgefleet_controller.store.records import ConfigDocInput, EventRecord
 
 #: Phases after which a rollout never acts again (``RolloutPhase`` stored values).
-TERMINAL_PHASES = frozenset({"completed", "aborted", "rolled_back"})
-COMMANDS = frozenset({"pause", "resume", "approve", "abort"})
+TERMINAL_PHASES = frozenset(str(phase) for phase in RolloutPhase if phase.terminal)
 
 
 @dataclass(frozen=True, slots=True)
