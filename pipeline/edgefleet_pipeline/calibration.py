@@ -25,23 +25,17 @@ from typing import Any
 
 import cv2
 import numpy as np
-import structlog
 from numpy.typing import NDArray
 from onnxruntime.quantization import CalibrationDataReader
 
 from edgefleet.contract.bundle_sections import Preprocess
 from edgefleet.contract.processing.preprocess import preprocess
+from edgefleet.logging import current_logger
 from edgefleet_pipeline.errors import CalibrationSetError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MIN_IMAGES = 10
 RECOMMENDED_IMAGES = 200
-
-
-def _log() -> structlog.stdlib.BoundLogger:
-    # Looked up per call, not cached at import: entry points (and CLI tests) may configure structlog after
-    # this module is imported, and a logger cached on first use would keep writing to a stale stream.
-    return structlog.get_logger(__name__)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -108,7 +102,9 @@ def load_image_set(
             f"{len(paths)} {purpose} images, fewer than the recommended {recommended}; ranges may not "
             "cover the target environment"
         )
-        _log().warning(f"{purpose}.too_few_images", directory=str(root), count=len(paths), recommended=recommended)
+        current_logger(__name__).warning(
+            f"{purpose}.too_few_images", directory=str(root), count=len(paths), recommended=recommended
+        )
     return ImageSet(root=root, paths=paths, sha256=image_set_digest(paths), warning=warning)
 
 

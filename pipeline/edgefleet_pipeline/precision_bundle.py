@@ -30,14 +30,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-import structlog
-
 from edgefleet.contract.bundle import BundleManifest
 from edgefleet.contract.bundle_layout import MODEL_ROLE
 from edgefleet.contract.bundle_sections import PrecisionVariant
 from edgefleet.contract.bundle_spec import BundleSpec, load_spec
 from edgefleet.contract.precision import PrecisionChoice
 from edgefleet.contract.processing.preprocess import preprocess
+from edgefleet.logging import current_logger
 from edgefleet_pipeline.accuracy import AccuracyReport, check_loss, evaluate_variant
 from edgefleet_pipeline.bundle_builder import build_bundle
 from edgefleet_pipeline.calibration import ImageSet, load_image_set, read_image
@@ -58,12 +57,6 @@ PRECISION_REQUESTS: tuple[PrecisionRequest, ...] = ("fp32", "fp16", "int8", "aut
 INT8_ROLE = "model.int8"
 TABLE_ROLE = "calibration_table"
 DEFAULT_MAX_ACCURACY_LOSS = 0.01
-
-
-def _log() -> structlog.stdlib.BoundLogger:
-    # Looked up per call, not cached at import: entry points (and CLI tests) may configure structlog after
-    # this module is imported, and a logger cached on first use would keep writing to a stale stream.
-    return structlog.get_logger(__name__)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -126,7 +119,7 @@ def build_precision_bundle(
                 "no --eval set: INT8 accuracy was measured on the calibration images, which flatters it; "
                 "pass held-out images with --eval DIR"
             )
-            _log().warning("pipeline.eval_on_calibration_set", count=calib.count)
+            current_logger(__name__).warning("pipeline.eval_on_calibration_set", count=calib.count)
 
     with tempfile.TemporaryDirectory(prefix="edgefleet-precision-") as tmp:
         work = Path(tmp)
@@ -142,7 +135,7 @@ def build_precision_bundle(
             run = quantized.calibration
             extra[INT8_ROLE] = quantized.path
             accuracy = evaluate_variant(spec.model, quantized.path, evalset, spec.preprocess, spec.postprocess)
-            _log().info(
+            current_logger(__name__).info(
                 "pipeline.accuracy_measured",
                 metric=accuracy.metric,
                 value=accuracy.value,
@@ -174,7 +167,7 @@ def build_precision_bundle(
         variants = _variants(run, accuracy, choice, preferred, evalset, eval_label)
         spec = dataclasses.replace(spec, calibration=calibration_section, precision_variants=variants)
         manifest = build_bundle(spec, out_dir, extra_artifacts=extra, created_at=created_at)
-    _log().info(
+    current_logger(__name__).info(
         "pipeline.bundle_built",
         bundle=manifest.ref,
         digest=manifest.digest,

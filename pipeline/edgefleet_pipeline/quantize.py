@@ -33,12 +33,12 @@ from typing import Any, Literal
 
 import numpy as np
 import onnx
-import structlog
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from edgefleet.contract.bundle_sections import Preprocess
+from edgefleet.logging import current_logger
 from edgefleet_pipeline.calibration import ImageSet, ImageSetReader
 from edgefleet_pipeline.errors import QuantizationError
 
@@ -51,12 +51,6 @@ _ORT_METHODS = {
     "percentile": CalibrationMethod.Percentile,
 }
 _ACTIVATION_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
-
-
-def _log() -> structlog.stdlib.BoundLogger:
-    # Looked up per call, not cached at import: entry points (and CLI tests) may configure structlog after
-    # this module is imported, and a logger cached on first use would keep writing to a stale stream.
-    return structlog.get_logger(__name__)  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True)
@@ -224,7 +218,7 @@ def quantize_int8(
             raise QuantizationError(f"{model_path}: static INT8 quantization failed: {exc}") from None
         finally:
             root.setLevel(previous_level)
-    _log().info(
+    current_logger(__name__).info(
         "quantize.int8_written",
         model=str(model_path),
         out=str(out_path),

@@ -1,4 +1,5 @@
-"""structlog configuration, called only by entry points (CLIs, the demo, benchmarks).
+"""structlog configuration, called only by entry points (CLIs, the demo, benchmarks), and the one
+late-bound logger lookup for library code.
 
 JSON lines when stderr is not a terminal (production, containers), a console renderer on a terminal.
 """
@@ -42,3 +43,12 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
         # No caching: entry points configure once, and tests (capture_logs) must be able to reconfigure.
         cache_logger_on_first_use=False,
     )
+
+
+def current_logger(name: str) -> structlog.stdlib.BoundLogger:
+    """The logger for ``name`` as structlog is configured *now*.
+
+    For library code imported before an entry point (or a CLI test) configures logging: looked up per call,
+    never cached at import, so it never keeps writing to a stale stream.
+    """
+    return structlog.get_logger(name)  # type: ignore[no-any-return]

@@ -42,12 +42,9 @@ from edgefleet.contract.bundle_sections import (
     Preprocess,
     TensorSpec,
     check_postprocess_fits,
-    parse_calibration,
-    parse_labels,
+    parse_declared,
     parse_name,
-    parse_providers,
     parse_tensors,
-    parse_variants,
     parse_version,
 )
 from edgefleet.contract.canonical import canonical_json
@@ -168,15 +165,8 @@ class BundleManifest:
             created_at=created_at,
             inputs=parse_tensors(doc, "inputs"),
             outputs=parse_tensors(doc, "outputs"),
-            preprocess=Preprocess.parse(doc.sub("preprocess")),
-            postprocess=Postprocess.parse(doc.sub("postprocess")),
-            labels=parse_labels(doc),
-            latency=LatencySla.parse(doc.sub("latency")),
-            canary=CanaryDefaults.parse(doc.sub("canary")),
-            providers=parse_providers(doc),
+            **parse_declared(doc, canary_required=True),
             artifacts=artifacts,
-            calibration=parse_calibration(doc),
-            precision_variants=parse_variants(doc),
         )
         for name, variant in (manifest.precision_variants or {}).items():
             if variant.artifact not in artifacts:

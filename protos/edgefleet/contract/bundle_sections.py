@@ -13,10 +13,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import Literal, TypedDict, cast
 
 from edgefleet.contract.bundle_fields import FieldReader, check_number, element_error
 from edgefleet.contract.bundle_layout import ARTIFACT_PATH_RE, MANIFEST_NAME, ROLE_RE
+from edgefleet.contract.bundle_policy import CanaryDefaults, LatencySla
 from edgefleet.contract.errors import BundleFormatError
 
 KNOWN_PROVIDERS = ("tensorrt", "cuda", "rocm", "openvino", "directml", "coreml", "cpu")
@@ -328,6 +329,34 @@ def parse_variants(doc: FieldReader) -> Mapping[str, PrecisionVariant] | None:
             raise variants.error(str(name), "name must match [a-z0-9][a-z0-9._-]*", name)
         out[name] = PrecisionVariant.parse(variants.sub(name))
     return out
+
+
+class DeclaredSections(TypedDict):
+    """The sections bundle.json and a bundle spec both declare, parsed: keyword arguments for either type
+    (listed by name; ``parse_declared`` parses them in the order their errors are reported)."""
+
+    calibration: Mapping[str, object] | None
+    canary: CanaryDefaults
+    labels: tuple[str, ...]
+    latency: LatencySla
+    postprocess: Postprocess
+    precision_variants: Mapping[str, PrecisionVariant] | None
+    preprocess: Preprocess
+    providers: tuple[str, ...]
+
+
+def parse_declared(doc: FieldReader, *, canary_required: bool) -> DeclaredSections:
+    """Parse the shared sections in the order their errors are reported (a spec may omit ``canary``)."""
+    return DeclaredSections(
+        preprocess=Preprocess.parse(doc.sub("preprocess")),
+        postprocess=Postprocess.parse(doc.sub("postprocess")),
+        labels=parse_labels(doc),
+        latency=LatencySla.parse(doc.sub("latency")),
+        canary=CanaryDefaults.parse(doc.sub("canary", required=canary_required)),
+        providers=parse_providers(doc),
+        calibration=parse_calibration(doc),
+        precision_variants=parse_variants(doc),
+    )
 
 
 def check_postprocess_fits(

@@ -13,23 +13,10 @@ from pathlib import Path
 
 import yaml
 
+from edgefleet.contract import bundle_sections as sections
 from edgefleet.contract.bundle_fields import FieldReader
 from edgefleet.contract.bundle_policy import CanaryDefaults, LatencySla
-from edgefleet.contract.bundle_sections import (
-    METADATA_FIELDS,
-    SECTION_FIELDS,
-    Postprocess,
-    PrecisionVariant,
-    Preprocess,
-    TensorSpec,
-    parse_calibration,
-    parse_labels,
-    parse_name,
-    parse_providers,
-    parse_tensors,
-    parse_variants,
-    parse_version,
-)
+from edgefleet.contract.bundle_sections import Postprocess, PrecisionVariant, Preprocess, TensorSpec
 from edgefleet.contract.errors import BundleFormatError
 
 
@@ -57,22 +44,15 @@ class BundleSpec:
     @staticmethod
     def from_dict(obj: object, *, source: str, base_dir: Path) -> BundleSpec:
         doc = FieldReader(source, obj)
-        doc.known("name", "version", "model", *SECTION_FIELDS, *METADATA_FIELDS)
+        doc.known("name", "version", "model", *sections.SECTION_FIELDS, *sections.METADATA_FIELDS)
         model = Path(doc.string("model", pattern=re.compile(r"^.+$"), hint="a path to an .onnx file"))
         return BundleSpec(
-            name=parse_name(doc),
-            version=parse_version(doc),
+            name=sections.parse_name(doc),
+            version=sections.parse_version(doc),
             model=model if model.is_absolute() else base_dir / model,
-            inputs=parse_tensors(doc, "inputs") if doc.has("inputs") else None,
-            outputs=parse_tensors(doc, "outputs") if doc.has("outputs") else None,
-            preprocess=Preprocess.parse(doc.sub("preprocess")),
-            postprocess=Postprocess.parse(doc.sub("postprocess")),
-            labels=parse_labels(doc),
-            latency=LatencySla.parse(doc.sub("latency")),
-            canary=CanaryDefaults.parse(doc.sub("canary", required=False)),
-            providers=parse_providers(doc),
-            calibration=parse_calibration(doc),
-            precision_variants=parse_variants(doc),
+            inputs=sections.parse_tensors(doc, "inputs") if doc.has("inputs") else None,
+            outputs=sections.parse_tensors(doc, "outputs") if doc.has("outputs") else None,
+            **sections.parse_declared(doc, canary_required=False),
         )
 
 

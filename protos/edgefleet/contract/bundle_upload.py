@@ -19,22 +19,13 @@ from edgefleet.contract.errors import SignatureError, UnlistedFileError, UnsafeA
 
 @dataclass(frozen=True)
 class BundleUpload:
+    """A signed ``.efb`` archive read for upload: the exact bundle.json (``manifest``, parsed as
+    ``manifest_obj``) and bundle.sig bytes, and its artifacts streamed by ``chunks``."""
+
     path: Path
     manifest_obj: BundleManifest
     manifest: bytes
     signature: bytes
-
-    @property
-    def name(self) -> str:
-        return self.manifest_obj.name
-
-    @property
-    def version(self) -> str:
-        return self.manifest_obj.version
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(a.size for a in self.manifest_obj.artifacts.values())
 
     def chunks(self, chunk_bytes: int = 1 << 20) -> Iterator[tuple[str, bytes]]:
         """(artifact digest, bytes) pairs in archive order, each at most ``chunk_bytes`` long."""
@@ -55,6 +46,18 @@ class BundleUpload:
                 except (tarfile.TarError, EOFError) as exc:
                     raise UnsafeArchiveError(f"{self.path}: member '{member.name}' is truncated ({exc})") from None
                 member = _next_member(tar, self.path)
+
+    @property
+    def name(self) -> str:
+        return self.manifest_obj.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest_obj.version
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(a.size for a in self.manifest_obj.artifacts.values())
 
 
 def read_archive_for_upload(archive_path: Path | str) -> BundleUpload:

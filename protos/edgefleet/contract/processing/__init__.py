@@ -3,7 +3,7 @@
 One implementation, called by the edge runtime on every frame and by the publisher pipeline when it
 calibrates and judges a lower-precision variant, so INT8 is calibrated on exactly the tensors a device
 produces. The sections it follows are the contract's ``Preprocess`` / ``Postprocess``
-(``edgefleet.contract.bundle``), validated once when bundle.json is parsed.
+(``edgefleet.contract.bundle_sections``), validated once when bundle.json is parsed.
 
 These modules need OpenCV: install the contract with its ``processing`` extra
 (``edgefleet-contract[processing]``). The controller installs it without, and never imports this package;

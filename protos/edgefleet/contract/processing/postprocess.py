@@ -33,6 +33,10 @@ from edgefleet.contract.processing.preprocess import FrameTransform
 # Bounds NMS work on a degenerate model that scores every anchor high; YOLO's own exporters use the same cap.
 MAX_NMS_CANDIDATES = 30_000
 
+Boxes = NDArray[np.float32]  # [N, 4]
+Scores = NDArray[np.float32]  # [N]
+Indices = NDArray[np.intp]  # [N] class ids, or positions into the boxes
+
 
 @dataclass(frozen=True, slots=True)
 class Classification:
@@ -90,7 +94,7 @@ def classify_scored(
     return kept, best
 
 
-def xywh_to_xyxy(boxes: NDArray[np.float32]) -> NDArray[np.float32]:
+def xywh_to_xyxy(boxes: Boxes) -> Boxes:
     """Centre-size boxes ``[N, 4]`` → corner boxes ``[N, 4]``."""
     out = np.empty(boxes.shape, np.float32)
     half = boxes[:, 2:4] * np.float32(0.5)
@@ -99,13 +103,7 @@ def xywh_to_xyxy(boxes: NDArray[np.float32]) -> NDArray[np.float32]:
     return out
 
 
-def nms(
-    boxes_xyxy: NDArray[np.float32],
-    scores: NDArray[np.float32],
-    class_ids: NDArray[np.intp],
-    iou_threshold: float,
-    max_keep: int,
-) -> NDArray[np.intp]:
+def nms(boxes_xyxy: Boxes, scores: Scores, class_ids: Indices, iou_threshold: float, max_keep: int) -> Indices:
     """Class-wise greedy NMS with OpenCV's C++ ``NMSBoxesBatched``; kept indices, highest score first.
 
     Same semantics as ``greedy_nms`` (tests hold them equal) at about a tenth of the cost, which is what
@@ -126,18 +124,13 @@ def nms(
         prefix = min(n, prefix * 4)
 
 
-def _best(scores: NDArray[np.float32], k: int) -> NDArray[np.intp]:
+def _best(scores: Scores, k: int) -> Indices:
     """Indices of the ``k`` highest scores, best first, ties in index order (O(n), not a full sort)."""
     idx = np.arange(scores.shape[0]) if k >= scores.shape[0] else np.argpartition(-scores, k - 1)[:k]
     return idx[np.lexsort((idx, -scores[idx]))].astype(np.intp, copy=False)
 
 
-def _opencv_nms(
-    boxes_xyxy: NDArray[np.float32],
-    scores: NDArray[np.float32],
-    class_ids: NDArray[np.intp],
-    iou_threshold: float,
-) -> NDArray[np.intp]:
+def _opencv_nms(boxes_xyxy: Boxes, scores: Scores, class_ids: Indices, iou_threshold: float) -> Indices:
     xywh = np.empty(boxes_xyxy.shape, np.float64)
     xywh[:, :2] = boxes_xyxy[:, :2]
     xywh[:, 2:] = boxes_xyxy[:, 2:] - boxes_xyxy[:, :2]
@@ -152,13 +145,7 @@ def _opencv_nms(
     return np.asarray(kept, np.intp).reshape(-1)
 
 
-def greedy_nms(
-    boxes_xyxy: NDArray[np.float32],
-    scores: NDArray[np.float32],
-    class_ids: NDArray[np.intp],
-    iou_threshold: float,
-    max_keep: int,
-) -> NDArray[np.intp]:
+def greedy_nms(boxes_xyxy: Boxes, scores: Scores, class_ids: Indices, iou_threshold: float, max_keep: int) -> Indices:
     """Class-wise greedy NMS in numpy (the reference ``nms`` is checked against); highest score first.
 
     Boxes of different classes are moved apart by a per-class offset larger than any coordinate, so one
@@ -185,9 +172,7 @@ def greedy_nms(
     return np.asarray(keep, np.intp)
 
 
-def yolo_candidates(
-    output: NDArray[Any], spec: Postprocess
-) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.intp]]:
+def yolo_candidates(output: NDArray[Any], spec: Postprocess) -> tuple[Boxes, Scores, Indices]:
     """Decode a YOLO head for one image into (cx,cy,w,h boxes, confidences, class ids) above threshold."""
     raw = np.asarray(output)
     if raw.ndim == 3:
@@ -221,9 +206,7 @@ def yolo_candidates(
     )
 
 
-def decode_detections(
-    output: NDArray[Any], spec: Postprocess
-) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.intp]]:
+def decode_detections(output: NDArray[Any], spec: Postprocess) -> tuple[Boxes, Scores, Indices]:
     """One image's YOLO output → NMS survivors as (x1,y1,x2,y2 boxes in model-input pixels, confidences,
     class ids), best first. The pipeline's accuracy gate scores these; ``detect`` maps them to the frame."""
     boxes_cxcywh, conf, class_ids = yolo_candidates(output, spec)
