@@ -229,15 +229,8 @@ def _build(
         created_at=stamp,
         inputs=inputs,
         outputs=outputs,
-        preprocess=spec.preprocess,
-        postprocess=spec.postprocess,
-        labels=spec.labels,
-        latency=spec.latency,
-        canary=spec.canary,
-        providers=spec.providers,
         artifacts=dict(sorted(artifacts.items())),
-        calibration=spec.calibration,
-        precision_variants=spec.precision_variants,
+        **spec.declared(),
     )
     # Round-trip through the parser so the builder can never write a manifest the verifier refuses.
     data = manifest.to_json_bytes()

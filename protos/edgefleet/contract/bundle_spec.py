@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import yaml
 
@@ -40,6 +41,12 @@ class BundleSpec:
     outputs: tuple[TensorSpec, ...] | None = None
     calibration: Mapping[str, object] | None = None
     precision_variants: Mapping[str, PrecisionVariant] | None = None
+
+    def declared(self) -> sections.DeclaredSections:
+        """The sections this spec declares (every ``DeclaredSections`` key), as the bundle.json built from it
+        gets them."""
+        keys = sections.DeclaredSections.__required_keys__
+        return cast(sections.DeclaredSections, {key: getattr(self, key) for key in keys})
 
     @staticmethod
     def from_dict(obj: object, *, source: str, base_dir: Path) -> BundleSpec:
