@@ -35,6 +35,7 @@ from edgefleet_controller.store.records import (
     OperatorRole,
     TrustedKeyRecord,
     record_from_row,
+    record_values,
 )
 
 log = structlog.get_logger(__name__)
@@ -137,8 +138,7 @@ class EnrollmentTokenStore(AggregateStore):
             raise InvalidArgument(f"enrollment token max_uses must be >= 1 or None (unlimited), got {max_uses!r}")
         if created_by is not None:
             check_text("created_by", created_by)
-        token_id = credentials.new_token_id()
-        secret = credentials.mint_secret(credentials.ENROLLMENT_PREFIX, token_id)
+        token_id, secret = credentials.new_token(credentials.ENROLLMENT_PREFIX)
         record = EnrollmentTokenRecord(
             id=token_id,
             site=site,
@@ -150,19 +150,8 @@ class EnrollmentTokenStore(AggregateStore):
             created_by=created_by,
         )
         with self._db.transaction() as conn:
-            conn.execute(
-                t.enrollment_tokens.insert().values(
-                    id=record.id,
-                    secret_sha256=credentials.secret_hash(secret),
-                    site=record.site,
-                    created_at=record.created_at,
-                    expires_at=record.expires_at,
-                    revoked_at=None,
-                    max_uses=record.max_uses,
-                    uses=0,
-                    created_by=record.created_by,
-                )
-            )
+            values = record_values(record, secret_sha256=credentials.secret_hash(secret))
+            conn.execute(t.enrollment_tokens.insert().values(values))
         return record, secret
 
     def consume(self, secret: str, now: datetime) -> EnrollmentTokenRecord:
@@ -214,8 +203,7 @@ class OperatorTokenStore(AggregateStore):
     def _insert(
         self, conn: Connection, name: str, role: OperatorRole, ttl_s: float | None, now: datetime
     ) -> tuple[OperatorRecord, str]:
-        token_id = credentials.new_token_id()
-        secret = credentials.mint_secret(credentials.OPERATOR_PREFIX, token_id)
+        token_id, secret = credentials.new_token(credentials.OPERATOR_PREFIX)
         record = OperatorRecord(
             id=token_id,
             name=name,
@@ -224,17 +212,8 @@ class OperatorTokenStore(AggregateStore):
             expires_at=None if ttl_s is None else now + timedelta(seconds=ttl_s),
             revoked_at=None,
         )
-        conn.execute(
-            t.operator_tokens.insert().values(
-                id=record.id,
-                name=record.name,
-                role=record.role.value,
-                secret_sha256=credentials.secret_hash(secret),
-                created_at=record.created_at,
-                expires_at=record.expires_at,
-                revoked_at=None,
-            )
-        )
+        values = record_values(record, role=record.role.value, secret_sha256=credentials.secret_hash(secret))
+        conn.execute(t.operator_tokens.insert().values(values))
         return record, secret
 
     def authenticate(self, secret: str, now: datetime) -> OperatorRecord:

@@ -20,7 +20,13 @@ from edgefleet_controller.store.arguments import check_digest_field, check_now, 
 from edgefleet_controller.store.blobs import digest_of
 from edgefleet_controller.store.db import AggregateStore, in_chunks
 from edgefleet_controller.store.errors import Conflict, InvalidArgument, NotFound, StillReferenced
-from edgefleet_controller.store.records import ArtifactRecord, ArtifactRef, BundleRecord, record_from_row
+from edgefleet_controller.store.records import (
+    ArtifactRecord,
+    ArtifactRef,
+    BundleRecord,
+    record_from_row,
+    record_values,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -129,6 +135,7 @@ class BundleStore(AggregateStore):
         refs = _check_artifacts(artifacts, f"{name}@{version}")
         digest = digest_of(manifest)
         size = len(manifest) + sum(ref.size for ref in refs)
+        record = BundleRecord(digest, name, version, manifest, signature, key_id, size, now, tuple(sorted(refs)))
         with self._db.transaction() as conn:
             existing = _load_bundle(conn, digest)
             if existing is not None:
@@ -150,24 +157,12 @@ class BundleStore(AggregateStore):
                         f"artifact {ref.digest} is stored with {known} bytes but bundle {name}@{version} "
                         f"declares {ref.size}; fix the size in bundle.json"
                     )
-            conn.execute(
-                t.bundles.insert().values(
-                    digest=digest,
-                    name=name,
-                    version=version,
-                    manifest=manifest,
-                    signature=signature,
-                    key_id=key_id,
-                    size=size,
-                    created_at=now,
-                )
-            )
+            conn.execute(t.bundles.insert().values(record_values(record, exclude=("artifacts",))))
             if refs:
                 conn.execute(
                     t.bundle_artifacts.insert(),
                     [{"bundle_digest": digest, "role": r.role, "artifact_digest": r.digest} for r in refs],
                 )
-        record = BundleRecord(digest, name, version, manifest, signature, key_id, size, now, tuple(sorted(refs)))
         return record, True
 
     def get(self, ref: str) -> BundleRecord:

@@ -34,6 +34,12 @@ def mint_secret(prefix: str, row_id: str) -> str:
     return f"{prefix}_{row_id}.{secrets.token_urlsafe(32)}"
 
 
+def new_token(prefix: str) -> tuple[str, str]:
+    """A fresh token row id and the ``prefix`` secret naming it."""
+    token_id = new_token_id()
+    return token_id, mint_secret(prefix, token_id)
+
+
 def secret_hash(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 

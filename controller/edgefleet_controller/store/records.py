@@ -1,8 +1,8 @@
 """Values the store hands out and takes in: frozen dataclasses, no behaviour beyond small derived facts.
 
 Secrets and their hashes never appear in a record; a secret is returned exactly once, next to the record,
-by the call that mints it. ``record_from_row`` is the one row → record conversion: a record's fields are
-read from the row's columns of the same names, except those the store computes (JSON, enums, bytes).
+by the call that mints it. ``record_from_row`` and ``record_values`` are the one row ⇄ record conversion: a
+record's fields are the row's columns of the same names, except those the store computes (JSON, enums, bytes).
 """
 
 from __future__ import annotations
@@ -223,3 +223,9 @@ def record_from_row(record_type: type[_Record], row: Row[Any], **computed: Any) 
     columns = row._mapping
     values = {f.name: columns[f.name] for f in fields(record_type) if f.name not in computed}
     return record_type(**values, **computed)
+
+
+def record_values(record: DataclassInstance, *, exclude: tuple[str, ...] = (), **computed: Any) -> dict[str, Any]:
+    """The column values of ``record``'s row: its fields by name (but ``exclude``), then ``computed``."""
+    values = {f.name: getattr(record, f.name) for f in fields(record) if f.name not in exclude}
+    return {**values, **computed}
