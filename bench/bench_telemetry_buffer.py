@@ -33,7 +33,7 @@ from google.protobuf import json_format
 from telemetry_workload import MISSING_SENSOR, PRESENT_SENSORS, TEGRA_THERMALS, detector_window
 
 from edge_runtime.telemetry import TelemetryBuffer
-from edge_runtime.telemetry.buffer import encode_record
+from edge_runtime.telemetry.records import encode_record
 from edgefleet.v1.telemetry_pb2 import MetricWindow, TelemetryBatch, TelemetryRecord
 
 T0 = datetime(2025, 3, 1, tzinfo=UTC)

@@ -49,7 +49,7 @@ from telemetry_workload import MISSING_SENSOR, PRESENT_SENSORS, detector_window 
 
 from edge_runtime.agent.telemetry.uploader import TelemetryUploader, UploadSettings  # noqa: E402
 from edge_runtime.telemetry import TelemetryBuffer  # noqa: E402
-from edge_runtime.telemetry.buffer import Body  # noqa: E402
+from edge_runtime.telemetry.records import Body  # noqa: E402
 from edgefleet.v1 import device_pb2_grpc  # noqa: E402
 from edgefleet.v1.telemetry_pb2 import DeviceEvent, MetricWindow  # noqa: E402
 

@@ -21,7 +21,8 @@ import yaml
 from typer.testing import CliRunner, Result
 
 from edge_runtime.agent.telemetry.uploader import TelemetryUploader, UploadSettings
-from edge_runtime.telemetry.buffer import Body, TelemetryBuffer
+from edge_runtime.telemetry.buffer import TelemetryBuffer
+from edge_runtime.telemetry.records import Body
 from edgefleet.contract.sketch import new_sketch, sketch_to_proto
 from edgefleet.v1 import device_pb2_grpc
 from edgefleet.v1.telemetry_pb2 import ConfidenceHistogram, MetricWindow, ReviewSample, SensorReading

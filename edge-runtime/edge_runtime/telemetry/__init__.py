@@ -6,14 +6,7 @@ conversion lives in the shared contract (``edgefleet.contract.sketch``) because 
 
 from __future__ import annotations
 
-from edge_runtime.telemetry.buffer import (
-    Batch,
-    BufferedRecord,
-    BufferReset,
-    RecordClass,
-    TelemetryBuffer,
-    record_footprint,
-)
+from edge_runtime.telemetry.buffer import BufferReset, TelemetryBuffer
 from edge_runtime.telemetry.errors import (
     ObservationError,
     RecordTooLargeError,
@@ -21,6 +14,7 @@ from edge_runtime.telemetry.errors import (
     TelemetryBufferError,
     TelemetryError,
 )
+from edge_runtime.telemetry.records import Batch, BufferedRecord, RecordClass, record_footprint
 from edge_runtime.telemetry.review import ReviewReason, ReviewSampler, encode_jpeg, results_json
 from edge_runtime.telemetry.sensors import SensorReader, SensorSnapshot, parse_nvidia_smi
 from edge_runtime.telemetry.window import WindowAggregator, confidence_bin

@@ -32,20 +32,20 @@ stored; links can be down for hours. What this module guarantees, and how:
   Lock and permission errors are not corruption: they raise ``TelemetryBufferError``.
 - The store is opened in ``locking_mode=EXCLUSIVE``: one process owns the buffer (a second runtime
   instance fails to open instead of interleaving sequence numbers). Methods are thread-safe.
+
+This module is the spool (open, append with the drop policy, peek, ack, compact); how a record is encoded
+and what it costs in bytes is ``records``; the file's schema and moving a corrupt one aside ``spool_file``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -53,142 +53,49 @@ from typing import Final
 import structlog
 
 from edge_runtime.telemetry.errors import RecordTooLargeError, TelemetryBufferError
-from edgefleet.contract.durable import fsync_dir
-from edgefleet.v1.telemetry_pb2 import (
-    DeviceEvent,
-    MetricWindow,
-    ReviewSample,
-    SeqRange,
-    TelemetryBatch,
-    TelemetryRecord,
+from edge_runtime.telemetry.records import (
+    CLASS_CODE,
+    CLASS_OF_CODE,
+    DROP_ORDER,
+    Batch,
+    Body,
+    BufferedRecord,
+    RecordClass,
+    classify_body,
+    encode_record,
+    record_footprint,
 )
+from edge_runtime.telemetry.spool_file import (
+    UnusableStoreError,
+    create_schema,
+    move_aside,
+    read_stored_state,
+    remove_store,
+    wal_path,
+)
+from edgefleet.contract.durable import fsync_dir
+from edgefleet.v1.telemetry_pb2 import DeviceEvent
 
 log = structlog.get_logger(__name__)
 
-SCHEMA_VERSION: Final = "1"
-KEEP_CORRUPT_FILES: Final = 2
-# Cell pointer, payload-size and rowid varints of one table-leaf cell.
-CELL_OVERHEAD: Final = 8
-# The (cls, seq, size) index entry of one record at a typical fill, plus its share of interior pages.
-INDEX_OVERHEAD: Final = 24
-
-
-class RecordClass(StrEnum):
-    """Drop classes; the stored names never change."""
-
-    EVENT = "event"
-    METRICS = "metrics"
-    REVIEW = "review"
-
-
-_CODE: Final = {RecordClass.EVENT: 0, RecordClass.METRICS: 1, RecordClass.REVIEW: 2}
-_CLASS_OF_CODE: Final = {v: k for k, v in _CODE.items()}
-# Under pressure the store gives up classes in this order.
-_DROP_ORDER: Final = (RecordClass.METRICS, RecordClass.REVIEW, RecordClass.EVENT)
-_BODY_FIELD: Final = {"metrics": 2, "event": 3, "review": 4}
-_BODY_CLASS: Final = {"metrics": RecordClass.METRICS, "event": RecordClass.EVENT, "review": RecordClass.REVIEW}
 _NOT_CORRUPTION: Final = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM")
-
-Body = MetricWindow | DeviceEvent | ReviewSample | TelemetryRecord
 
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def encode_record(seq: int, body_field: str, body: bytes) -> bytes:
-    """``TelemetryRecord(seq=seq, <body_field>=body)`` serialized, without re-encoding the body.
-
-    Byte-identical to ``SerializeToString()`` (fields in number order), so the buffer serializes each
-    body once.
-    """
-    field = _BODY_FIELD[body_field]
-    return b"\x08" + _varint(seq) + bytes([(field << 3) | 2]) + _varint(len(body)) + body
-
-
-def record_footprint(payload_len: int, page_size: int = 4096) -> int:
-    """Bytes one stored record takes in the database file, by SQLite's table-leaf cell layout.
-
-    Small records are charged their share of a leaf page (a 1.4 KB record fits twice in a 4 KB page, so it
-    costs 2 KB, not 1.4), large ones their local part plus whole overflow pages; ``INDEX_OVERHEAD`` covers
-    the ``(cls, seq, size)`` index entry and interior pages.
-    """
-    usable = page_size
-    max_local = usable - 35
-    min_local = ((usable - 12) * 32 // 255) - 23
-    # Record header + the cls and size columns; the seq is the rowid.
-    p = payload_len + 8
-    if p <= max_local:
-        cell = p + CELL_OVERHEAD
-        per_page = max(1, (usable - 8) // cell)
-        return -(-usable // per_page) + INDEX_OVERHEAD
-    k = min_local + (p - min_local) % (usable - 4)
-    local = k if k <= max_local else min_local
-    overflow_pages = math.ceil((p - local) / (usable - 4))
-    return local + CELL_OVERHEAD + 4 + overflow_pages * page_size + INDEX_OVERHEAD
-
-
-@dataclass(frozen=True, slots=True)
-class BufferedRecord:
-    """One stored record; ``payload`` is the serialized ``TelemetryRecord`` (seq included)."""
-
-    seq: int
-    cls: RecordClass
-    payload: bytes
-
-    def to_proto(self) -> TelemetryRecord:
-        return TelemetryRecord.FromString(self.payload)
-
-
-@dataclass(frozen=True, slots=True)
-class Batch:
-    """What ``peek_batch`` offers for upload: records in ascending seq, plus declared dropped ranges.
-
-    ``first_seq``/``last_seq`` bound both the records and the declared ranges.
-    """
-
-    epoch: str
-    records: tuple[BufferedRecord, ...]
-    dropped: tuple[tuple[int, int], ...]
-
-    @property
-    def empty(self) -> bool:
-        return not self.records and not self.dropped
-
-    @property
-    def first_seq(self) -> int:
-        firsts = [r.seq for r in self.records[:1]] + [d[0] for d in self.dropped[:1]]
-        return min(firsts, default=0)
-
-    @property
-    def last_seq(self) -> int:
-        lasts = [r.seq for r in self.records[-1:]] + [d[1] for d in self.dropped[-1:]]
-        return max(lasts, default=0)
-
-    @property
-    def payload_bytes(self) -> int:
-        return sum(len(r.payload) for r in self.records)
-
-    def to_proto(self) -> TelemetryBatch:
-        return TelemetryBatch(
-            epoch=self.epoch,
-            first_seq=self.first_seq,
-            last_seq=self.last_seq,
-            records=[r.to_proto() for r in self.records],
-            dropped=[SeqRange(first=a, last=b) for a, b in self.dropped],
-        )
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction (``BEGIN IMMEDIATE``): committed when the block ends, rolled back if it raises."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,10 +106,6 @@ class BufferReset:
     moved_to: Path | None
     event: DeviceEvent
     seq: int
-
-
-class _Unusable(Exception):
-    """The file opened but is not a usable buffer (no meta, unknown schema, failed quick_check)."""
 
 
 class TelemetryBuffer:
@@ -293,7 +196,7 @@ class TelemetryBuffer:
                         "process is running on this data dir stop it, else check permissions"
                     ) from exc
                 reason = f"{type(exc).__name__}: {exc}"
-            except _Unusable as exc:
+            except UnusableStoreError as exc:
                 if conn is not None:
                     conn.close()
                 reason = str(exc)
@@ -303,85 +206,22 @@ class TelemetryBuffer:
             self._record_reset(reason, moved)
 
     def _load(self, conn: sqlite3.Connection) -> None:
-        rows = conn.execute("PRAGMA quick_check").fetchall()
-        if [r[0] for r in rows] != ["ok"]:
-            detail = "; ".join(str(r[0]) for r in rows[:3])
-            raise _Unusable(f"quick_check failed: {detail}")
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if not {"meta", "records", "drops"} <= tables:
-            raise _Unusable(f"not a telemetry buffer: tables {sorted(tables)}")
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        if meta.get("schema_version") != SCHEMA_VERSION:
-            raise _Unusable(f"unknown schema_version {meta.get('schema_version')!r}, expected {SCHEMA_VERSION}")
-        try:
-            epoch = str(meta["epoch"])
-            next_seq = int(meta["next_seq"])
-            acked = int(meta["acked_through"])
-        except (KeyError, ValueError) as exc:
-            raise _Unusable(f"meta table incomplete or malformed: {exc!r}") from exc
-        max_seq = conn.execute("SELECT MAX(seq) FROM records").fetchone()[0]
-        if not epoch or next_seq < 1 or (max_seq is not None and max_seq >= next_seq):
-            raise _Unusable(f"meta inconsistent: epoch={epoch!r} next_seq={next_seq} max stored seq={max_seq}")
-        self.epoch = epoch
-        self._next_seq = next_seq
-        self._acked_through = acked
-        for code, total, count in conn.execute(
-            "SELECT cls, COALESCE(SUM(size), 0), COUNT(*) FROM records GROUP BY cls"
-        ):
-            cls = _CLASS_OF_CODE[int(code)]
-            self._bytes[cls] = int(total)
-            self._counts[cls] = int(count)
+        stored = read_stored_state(conn)
+        self.epoch, self._next_seq, self._acked_through = stored.epoch, stored.next_seq, stored.acked_through
+        self._bytes.update(stored.bytes_by_class)
+        self._counts.update(stored.counts_by_class)
 
-    def _move_aside(self) -> Path | None:
-        stamp = self._clock().strftime("%Y%m%dT%H%M%S%fZ")
-        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        try:
-            os.replace(self.path, target)
-            wal = self.path.with_name(self.path.name + "-wal")
-            if wal.exists():
-                os.replace(wal, target.with_name(target.name + "-wal"))
-            with contextlib.suppress(FileNotFoundError):
-                self.path.with_name(self.path.name + "-shm").unlink()
-        except OSError as exc:
-            raise TelemetryBufferError(
-                f"telemetry buffer {self.path} is unreadable and could not be moved aside to {target}: {exc}; "
-                "free disk space or fix permissions on the data dir"
-            ) from exc
-        # Repeated corruption must not fill the disk: keep only the newest few moved-aside files.
-        aside = sorted(self.path.parent.glob(f"{self.path.name}.corrupt-*"))
-        stamps = sorted({p.name.removesuffix("-wal") for p in aside})
-        for old in stamps[:-KEEP_CORRUPT_FILES]:
-            for p in (self.path.with_name(old), self.path.with_name(old + "-wal")):
-                with contextlib.suppress(FileNotFoundError):
-                    p.unlink()
-        return target
+    def _move_aside(self) -> Path:
+        return move_aside(self.path, self._clock().strftime("%Y%m%dT%H%M%S%fZ"))
 
     def _create(self) -> None:
-        for stale in (self.path, self.path.with_name(self.path.name + "-wal")):
-            # A WAL left without its database must not be replayed into the new store.
-            with contextlib.suppress(FileNotFoundError):
-                stale.unlink()
+        remove_store(self.path)
         conn = self._connect()
         try:
             conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             self._configure(conn)
             self.epoch = uuid.uuid4().hex
-            conn.executescript(
-                f"""
-                BEGIN IMMEDIATE;
-                CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-                CREATE TABLE records(
-                    seq INTEGER PRIMARY KEY, cls INTEGER NOT NULL, size INTEGER NOT NULL, payload BLOB NOT NULL
-                );
-                CREATE INDEX records_by_class ON records(cls, seq, size);
-                CREATE TABLE drops(cls TEXT PRIMARY KEY, count INTEGER NOT NULL);
-                INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}'), ('epoch', '{self.epoch}'),
-                    ('next_seq', '1'), ('acked_through', '0'),
-                    ('created_at', '{self._clock().isoformat()}');
-                INSERT INTO drops VALUES ('event', 0), ('metrics', 0), ('review', 0);
-                COMMIT;
-                """
-            )
+            create_schema(conn, self.epoch, self._clock().isoformat())
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise TelemetryBufferError(
@@ -431,7 +271,7 @@ class TelemetryBuffer:
         """Append records in one durable transaction; the returned seqs are the acknowledgement."""
         prepared: list[tuple[RecordClass, str, bytes]] = []
         for body in bodies:
-            prepared.append(self._prepare(body))
+            prepared.append(classify_body(body))
         if not prepared:
             return []
         with self._lock:
@@ -449,13 +289,12 @@ class TelemetryBuffer:
                         f"can never fit the bound of {limit} bytes; shrink it (lower JPEG quality or size) "
                         "or raise the buffer's max_bytes / review_quota_bytes"
                     )
-                rows.append((first + i, _CODE[cls], size, payload))
+                rows.append((first + i, CLASS_CODE[cls], size, payload))
                 incoming[cls] += size
             bytes_ = dict(self._bytes)
             counts = dict(self._counts)
             dropped: dict[RecordClass, int] = dict.fromkeys(RecordClass, 0)
-            try:
-                db.execute("BEGIN IMMEDIATE")
+            with _transaction(db):
                 # Evict before inserting so the pages freed are reused by this very transaction.
                 self._enforce(db, bytes_, counts, dropped, incoming)
                 db.executemany("INSERT INTO records(seq, cls, size, payload) VALUES (?, ?, ?, ?)", rows)
@@ -469,35 +308,12 @@ class TelemetryBuffer:
                 for cls, n in dropped.items():
                     if n:
                         db.execute("UPDATE drops SET count = count + ? WHERE cls = ?", (n, cls.value))
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
             self._next_seq = first + len(rows)
             self._bytes = bytes_
             self._counts = counts
             if any(dropped.values()):
                 self._after_drops(dropped)
             return [r[0] for r in rows]
-
-    def _prepare(self, body: Body) -> tuple[RecordClass, str, bytes]:
-        if isinstance(body, TelemetryRecord):
-            field = body.WhichOneof("body")
-            if field is None:
-                raise TelemetryBufferError("telemetry buffer: a TelemetryRecord with no body cannot be buffered")
-            inner: MetricWindow | DeviceEvent | ReviewSample = getattr(body, field)
-            return _BODY_CLASS[field], field, inner.SerializeToString()
-        if isinstance(body, MetricWindow):
-            return RecordClass.METRICS, "metrics", body.SerializeToString()
-        if isinstance(body, DeviceEvent):
-            return RecordClass.EVENT, "event", body.SerializeToString()
-        if isinstance(body, ReviewSample):
-            return RecordClass.REVIEW, "review", body.SerializeToString()
-        raise TelemetryBufferError(
-            "telemetry buffer: records must be MetricWindow, DeviceEvent, ReviewSample or TelemetryRecord, "
-            f"got {type(body).__name__}"
-        )
 
     def _enforce(
         self,
@@ -516,7 +332,7 @@ class TelemetryBuffer:
         if review_excess > 0:
             self._evict(db, RecordClass.REVIEW, review_excess, bytes_, counts, dropped)
         need = sum(bytes_.values()) + sum(incoming.values()) - self.max_bytes
-        for cls in _DROP_ORDER:
+        for cls in DROP_ORDER:
             if need <= 0:
                 return
             need -= self._evict(db, cls, need, bytes_, counts, dropped)
@@ -536,7 +352,7 @@ class TelemetryBuffer:
         freed = 0
         n = 0
         last = 0
-        cursor = db.execute("SELECT seq, size FROM records WHERE cls = ? ORDER BY seq", (_CODE[cls],))
+        cursor = db.execute("SELECT seq, size FROM records WHERE cls = ? ORDER BY seq", (CLASS_CODE[cls],))
         try:
             for seq, size in cursor:
                 freed += int(size)
@@ -549,7 +365,7 @@ class TelemetryBuffer:
             cursor.close()
         if n == 0:
             return 0
-        db.execute("DELETE FROM records WHERE cls = ? AND seq <= ?", (_CODE[cls], last))
+        db.execute("DELETE FROM records WHERE cls = ? AND seq <= ?", (CLASS_CODE[cls], last))
         bytes_[cls] -= freed
         counts[cls] -= n
         dropped[cls] += n
@@ -590,7 +406,7 @@ class TelemetryBuffer:
                     for seq, code, payload in cursor:
                         if budget[0] <= 0 or (chosen and len(payload) > budget[1]):
                             break
-                        chosen.append(BufferedRecord(int(seq), _CLASS_OF_CODE[int(code)], bytes(payload)))
+                        chosen.append(BufferedRecord(int(seq), CLASS_OF_CODE[int(code)], bytes(payload)))
                         budget[0] -= 1
                         budget[1] -= len(payload)
                 finally:
@@ -599,12 +415,12 @@ class TelemetryBuffer:
             if events_first:
                 take(
                     "SELECT seq, cls, payload FROM records WHERE cls = ? ORDER BY seq LIMIT ?",
-                    (_CODE[RecordClass.EVENT], max_records),
+                    (CLASS_CODE[RecordClass.EVENT], max_records),
                 )
                 if budget[0] > 0:
                     take(
                         "SELECT seq, cls, payload FROM records WHERE cls != ? ORDER BY seq LIMIT ?",
-                        (_CODE[RecordClass.EVENT], budget[0]),
+                        (CLASS_CODE[RecordClass.EVENT], budget[0]),
                     )
                 chosen.sort(key=lambda r: r.seq)
             else:
@@ -653,24 +469,18 @@ class TelemetryBuffer:
             counts = dict(self._counts)
             deleted = 0
             freed = 0
-            try:
-                db.execute("BEGIN IMMEDIATE")
+            with _transaction(db):
                 for code, total, n in db.execute(
                     "SELECT cls, COALESCE(SUM(size), 0), COUNT(*) FROM records WHERE seq <= ? GROUP BY cls",
                     (acked_through,),
                 ).fetchall():
-                    cls = _CLASS_OF_CODE[int(code)]
+                    cls = CLASS_OF_CODE[int(code)]
                     bytes_[cls] -= int(total)
                     counts[cls] -= int(n)
                     deleted += int(n)
                     freed += int(total)
                 db.execute("DELETE FROM records WHERE seq <= ?", (acked_through,))
                 db.execute("UPDATE meta SET value = ? WHERE key = 'acked_through'", (str(acked_through),))
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
             self._bytes = bytes_
             self._counts = counts
             self._acked_through = acked_through
@@ -698,7 +508,7 @@ class TelemetryBuffer:
     def bytes_used(self) -> int:
         """Bytes on disk: the database file plus its WAL."""
         total = 0
-        for p in (self.path, self.path.with_name(self.path.name + "-wal")):
+        for p in (self.path, wal_path(self.path)):
             with contextlib.suppress(FileNotFoundError):
                 total += p.stat().st_size
         return total
@@ -733,7 +543,7 @@ class TelemetryBuffer:
             for seq in sorted(seqs):
                 row = self._db.execute("SELECT cls, payload FROM records WHERE seq = ?", (seq,)).fetchone()
                 if row is not None:
-                    out.append(BufferedRecord(seq, _CLASS_OF_CODE[int(row[0])], bytes(row[1])))
+                    out.append(BufferedRecord(seq, CLASS_OF_CODE[int(row[0])], bytes(row[1])))
             return out
 
     def close(self) -> None:

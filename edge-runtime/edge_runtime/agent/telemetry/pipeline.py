@@ -42,7 +42,8 @@ from edge_runtime.agent.telemetry.reporter import AgentReporter
 from edge_runtime.agent.telemetry.uploader import Metadata, TelemetryUploader, UploadSettings
 from edge_runtime.inference import FrameResult
 from edge_runtime.sources import Frame
-from edge_runtime.telemetry.buffer import Body, TelemetryBuffer
+from edge_runtime.telemetry.buffer import TelemetryBuffer
+from edge_runtime.telemetry.records import Body
 from edge_runtime.telemetry.review import ReviewSampler
 from edge_runtime.telemetry.sensors import SensorReader
 from edge_runtime.telemetry.window import DEFAULT_WINDOW_S, WindowAggregator

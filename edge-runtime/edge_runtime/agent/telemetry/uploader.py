@@ -35,7 +35,8 @@ import grpc
 import structlog
 
 from edge_runtime.agent.retry import Backoff, transient_retry
-from edge_runtime.telemetry.buffer import BufferedRecord, TelemetryBuffer
+from edge_runtime.telemetry.buffer import TelemetryBuffer
+from edge_runtime.telemetry.records import BufferedRecord
 from edgefleet.v1.telemetry_pb2 import SeqRange, TelemetryBatch, TelemetryRecord
 
 log = structlog.get_logger(__name__)
