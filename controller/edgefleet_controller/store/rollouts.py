@@ -12,6 +12,10 @@ Concurrency: optimistic. Every state write is ``UPDATE rollouts ... WHERE id = :
 re-plans from the newer state). This version check is the fence behind the reconciler's lease
 (``LeaseStore``): a replica whose lease silently expired mid-pass still cannot overwrite a newer state.
 
+The one rule evaluated inside a write transaction is the caller's: ``insert(check=...)`` runs the
+overlap check (``rollout.intake.refuse_overlap``) against the unfinished rollouts it reads in the same
+transaction, because two creates must not both pass it and both commit. The store only reads and writes.
+
 Staged configs: one staged revision per config document (``stage_configs``), claimed by at most one rollout
 (inside the rollout's insert transaction, so two rollouts cannot claim the same revision); restaging a
 document claimed by an unfinished rollout is refused.
