@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgefleet_controller.store.blobs import BlobStore, check_digest, digest_of
+from edgefleet.contract.digests import sha256_digest
+from edgefleet_controller.store.blobs import BlobStore, check_digest
 from edgefleet_controller.store.errors import (
     BlobDigestMismatch,
     BlobTooLarge,
@@ -58,13 +59,13 @@ def test_writing_the_same_content_twice_keeps_one_blob_and_no_temp(tmp_path: Pat
 
 def test_expected_digest_mismatch_aborts_and_names_both_digests(tmp_path: Path) -> None:
     blobs = BlobStore(tmp_path)
-    wrong = digest_of(b"something else")
+    wrong = sha256_digest(b"something else")
     with pytest.raises(BlobDigestMismatch) as caught:
         blobs.put_bytes(DATA, expected_digest=wrong)
     assert caught.value.expected == wrong
-    assert caught.value.actual == digest_of(DATA)
-    assert wrong in str(caught.value) and digest_of(DATA) in str(caught.value)
-    assert not blobs.has(digest_of(DATA))
+    assert caught.value.actual == sha256_digest(DATA)
+    assert wrong in str(caught.value) and sha256_digest(DATA) in str(caught.value)
+    assert not blobs.has(sha256_digest(DATA))
     assert _temp_files(blobs) == []
 
 
@@ -119,7 +120,7 @@ def test_open_range_beyond_end_names_offset_and_size(tmp_path: Path) -> None:
 
 def test_unknown_digest_is_not_found(tmp_path: Path) -> None:
     blobs = BlobStore(tmp_path)
-    missing = digest_of(b"never stored")
+    missing = sha256_digest(b"never stored")
     assert not blobs.has(missing)
     with pytest.raises(NotFound, match="blob"):
         blobs.open_range(missing, 0)
@@ -197,7 +198,7 @@ def test_any_content_round_trips_from_any_offset(
 ) -> None:
     blobs = BlobStore(tmp_path_factory.mktemp("blobs"))
     digest, size = blobs.put_bytes(data)
-    assert check_digest(digest) == digest == digest_of(data)
+    assert check_digest(digest) == digest == sha256_digest(data)
     offset = int(size * offset_fraction)
     with blobs.open_range(digest, offset) as reader:
         assert reader.read() == data[offset:]

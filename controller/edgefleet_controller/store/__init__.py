@@ -15,7 +15,7 @@ default (``controller.db`` and ``blobs/``).
 
 from __future__ import annotations
 
-from edgefleet_controller.store.blobs import BlobStore, BlobWriter, check_digest, digest_of
+from edgefleet_controller.store.blobs import BlobStore, BlobWriter, check_digest
 from edgefleet_controller.store.db import Database, head_revision, migrate
 from edgefleet_controller.store.desired import UNSET
 from edgefleet_controller.store.events import EventInput
@@ -29,7 +29,6 @@ __all__ = [
     "EventInput",
     "Store",
     "check_digest",
-    "digest_of",
     "head_revision",
     "migrate",
 ]

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Self
 
-from edgefleet.contract.digests import DIGEST_PREFIX, is_digest, sha256_digest
+from edgefleet.contract.digests import DIGEST_PREFIX, is_digest
 from edgefleet.contract.durable import fsync_dir
 from edgefleet_controller.store.errors import (
     BlobDigestMismatch,
@@ -36,10 +36,6 @@ def check_digest(value: object) -> str:
     if isinstance(value, str) and is_digest(value):
         return value
     raise InvalidDigest(value)
-
-
-# The contract's helper under the name the store has always exported.
-digest_of = sha256_digest
 
 
 class BlobWriter:

@@ -15,9 +15,9 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Connection, Row
 
+from edgefleet.contract.digests import sha256_digest
 from edgefleet_controller.store import schema as t
 from edgefleet_controller.store.arguments import check_digest_field, check_now, check_text, is_int
-from edgefleet_controller.store.blobs import digest_of
 from edgefleet_controller.store.db import AggregateStore, in_chunks
 from edgefleet_controller.store.errors import Conflict, InvalidArgument, NotFound, StillReferenced
 from edgefleet_controller.store.records import (
@@ -133,7 +133,7 @@ class BundleStore(AggregateStore):
         check_text("bundle version", version)
         check_text("bundle key_id", key_id)
         refs = _check_artifacts(artifacts, f"{name}@{version}")
-        digest = digest_of(manifest)
+        digest = sha256_digest(manifest)
         size = len(manifest) + sum(ref.size for ref in refs)
         record = BundleRecord(digest, name, version, manifest, signature, key_id, size, now, tuple(sorted(refs)))
         with self._db.transaction() as conn:
