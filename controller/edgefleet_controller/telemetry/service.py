@@ -6,12 +6,10 @@ thermal throttling per device) are raised on the transition into the bad state, 
 restart may raise a standing alert once more), stored as ``alert`` device events (per device) and
 published on the fleet feed as ``KIND_ALERT`` events.
 
-Wiring (``ControllerApp``)::
-
-    self.telemetry = TelemetryService(self.store, self.clock, self.feed)
-    # start():  self.telemetry.start()          stop():  await self.telemetry.stop()
-    # ingest_telemetry(device_id, batches):  async for ack in self.telemetry.ingest(device_id, batches): yield ack
-    # FleetService: query(request), list_review(request), label(request, labeled_by=principal name)
+Ingest: each batch is validated, planned in the domain (``ingest_plan.plan_batch`` over the facts the
+store reads) and written by the store in one transaction; a plan whose facts another writer moved meanwhile
+is refused by the store and planned again (``INGEST_ATTEMPTS``). The composition root (``bootstrap``)
+builds the service, starts it and stops it.
 """
 
 from __future__ import annotations
