@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, assert_never
 
 from edge_runtime.update.decision import (
     Decision,
@@ -106,8 +106,8 @@ def on_recovered(record: UpdateRecord, event: Recovered, now: datetime, limits: 
             return transition(
                 record, record.state, now, serve, collect, Verify(candidate, record.candidate_artifacts), **changes
             )
-        case _:
-            # staged / canary / trial: verify the slot again, then load it and resume the canary or the trial.
+        case UpdateState.STAGED | UpdateState.CANARY | UpdateState.TRIAL:
+            # Verify the slot again, then load it and resume the canary or the trial.
             resuming = UpdateState.TRIAL if record.state == UpdateState.TRIAL else UpdateState.CANARY
             return transition(
                 record,
@@ -119,3 +119,7 @@ def on_recovered(record: UpdateRecord, event: Recovered, now: datetime, limits: 
                 resuming=resuming,
                 **changes,
             )
+        case UpdateState.IDLE | UpdateState.COMMITTED | UpdateState.ROLLED_BACK | UpdateState.FAILED:
+            raise AssertionError(f"a settled record ({record.state.value}) is recovered before this match")
+        case _:
+            assert_never(record.state)
