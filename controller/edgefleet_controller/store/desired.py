@@ -120,7 +120,7 @@ class DesiredStore(AggregateStore):
         for device_id, assignment_id in given.items():
             check_text(f"assignment_id of {device_id}", assignment_id, 128)
         if bundle_digest is UNSET and config_digest is UNSET and not given and not reassign:
-            raise InvalidArgument("set_desired needs bundle_digest and/or config_digest; nothing to change")
+            raise InvalidArgument("a desired-state change needs bundle_digest and/or config_digest; nothing to change")
         if isinstance(bundle_digest, str):
             check_digest_field("desired bundle_digest", bundle_digest)
         if isinstance(config_digest, str):
