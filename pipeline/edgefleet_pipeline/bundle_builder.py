@@ -2,8 +2,9 @@
 
 The builder loads the model with onnxruntime (CPU) to infer or check its inputs/outputs and to record the
 reference outputs on K golden inputs. Golden inputs are either given or generated from the spec's
-preprocess (seeded random images, normalised as a device would), so a device can prove that its execution
-provider computes what the publisher's CPU computed, within ``canary.golden_tolerance``.
+preprocess (seeded random images, normalised by the device's own ``edgefleet.contract.processing``), so a
+device can prove that its execution provider computes what the publisher's CPU computed, within
+``canary.golden_tolerance``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from edgefleet.contract.bundle_sections import ArtifactRef, Dim, Preprocess, Ten
 from edgefleet.contract.bundle_spec import BundleSpec, load_spec
 from edgefleet.contract.errors import BundleError, BundleFormatError
 from edgefleet.contract.golden import GoldenCase, write_golden
+from edgefleet.contract.processing.preprocess import Normaliser
 
 GOLDEN_SEED = 20240601
 _ORT_DTYPES = {
@@ -93,26 +95,18 @@ def _check_declared(kind: str, declared: tuple[TensorSpec, ...], actual: tuple[T
 def generate_golden_inputs(
     inputs: Sequence[TensorSpec], preprocess: Preprocess, count: int, *, seed: int = GOLDEN_SEED
 ) -> list[dict[str, NDArray[np.generic]]]:
-    """``count`` seeded input sets with batch 1: image inputs get random pixels normalised like frames."""
+    """``count`` seeded input sets with batch 1: image inputs get random BGR pixels normalised as a device
+    normalises its frames."""
     rng = np.random.default_rng(seed)
     height, width = preprocess.size
+    normalise = Normaliser(preprocess)  # the device's own arithmetic (edgefleet.contract.processing)
     cases: list[dict[str, NDArray[np.generic]]] = []
     for _ in range(count):
         case: dict[str, NDArray[np.generic]] = {}
         for spec in inputs:
             if len(spec.shape) == 4:
                 pixels = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-                if preprocess.dtype == "uint8":
-                    image: NDArray[np.generic] = pixels
-                else:
-                    mean = np.asarray(preprocess.mean, np.float32)
-                    std = np.asarray(preprocess.std, np.float32)
-                    image = ((pixels.astype(np.float32) * np.float32(preprocess.scale) - mean) / std).astype(
-                        preprocess.dtype
-                    )
-                if preprocess.layout == "nchw":
-                    image = image.transpose(2, 0, 1)
-                case[spec.name] = np.ascontiguousarray(image[None])
+                case[spec.name] = normalise.to_tensor(pixels)
             else:
                 shape = [1 if i == 0 or not (isinstance(d, int) and d > 0) else d for i, d in enumerate(spec.shape)]
                 case[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
