@@ -70,7 +70,7 @@ def _describe_bound(low: float | None, low_inc: bool, high: float | None, high_i
 
 @dataclass(frozen=True, kw_only=True)
 class CanaryPolicy:
-    """Thresholds of the canary and the watch window. See the module docstring for the rule.
+    """Thresholds of the canary and the watch window. See ``edge_runtime.canary.verdict`` for the rule.
 
     ``watch_shadow_every_ms`` and ``watch_shadow_max_share`` bound the watch window's shadow work (the
     previous engine on sampled frames): at most one paired frame per ``watch_shadow_every_ms``, and shadow

@@ -52,7 +52,7 @@ from typing import Final
 
 import structlog
 
-from edge_runtime.telemetry.errors import RecordTooLargeError, TelemetryBufferError
+from edge_runtime.telemetry.errors import RecordTooLargeError, TelemetryBufferError, UnusableStoreError
 from edge_runtime.telemetry.records import (
     CLASS_CODE,
     CLASS_OF_CODE,
@@ -66,7 +66,6 @@ from edge_runtime.telemetry.records import (
     record_footprint,
 )
 from edge_runtime.telemetry.spool_file import (
-    UnusableStoreError,
     create_schema,
     move_aside,
     read_stored_state,

@@ -8,6 +8,8 @@ disk trouble. Sketch layout problems are the contract's ``edgefleet.contract.err
     ├── ObservationError          a frame observation is out of range (negative latency, confidence ∉ [0, 1])
     ├── TelemetryBufferError      the durable buffer cannot be opened or written
     │   └── RecordTooLargeError   one record is larger than the buffer (or the review quota) can ever hold
+    ├── UnusableStoreError        an existing buffer file is no usable store (internal: the buffer moves it
+    │                             aside and starts a new one; never raised to its callers)
     └── ReviewEncodeError         a review frame is not a BGR uint8 image, or JPEG encoding failed
 """
 
@@ -32,3 +34,9 @@ class RecordTooLargeError(TelemetryBufferError):
 
 class ReviewEncodeError(TelemetryError):
     """A frame for review is not a BGR uint8 HxWx3 image, or OpenCV could not encode it as JPEG."""
+
+
+class UnusableStoreError(TelemetryError):
+    """An existing buffer file opened but is not a usable store (no meta, unknown schema, failed quick_check).
+
+    Internal to the buffer's open: it moves such a file aside and starts a new store."""

@@ -17,17 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from edge_runtime.telemetry.errors import TelemetryBufferError
+from edge_runtime.telemetry.errors import TelemetryBufferError, UnusableStoreError
 from edge_runtime.telemetry.records import CLASS_OF_CODE, RecordClass
 
 SCHEMA_VERSION: Final = "1"
 KEEP_CORRUPT_FILES: Final = 2
-
-
-class UnusableStoreError(Exception):
-    """The file opened but is not a usable buffer (no meta, unknown schema, failed quick_check).
-
-    Internal to the buffer's open: it moves such a file aside and starts a new store."""
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,7 @@ class RetryLimits:
 
     max_download_attempts: int = 5
     max_canary_attempts: int = 3
-    # Attributable crashes (see the module docstring) before the candidate is rejected.
+    # Attributable crashes (see ``edge_runtime.update.state``) before the candidate is rejected.
     max_interruptions: int = 3
     # A restart this soon after the candidate's last load, with no clean-stop marker, is its crash. Covers
     # the default canary deadline (900 s) and watch window (600 s) of a candidate loaded once.

@@ -28,7 +28,7 @@ from edge_runtime.update.record import LOADED, SETTLED, RetryLimits, UpdateRecor
 
 
 def crash_attributable(record: UpdateRecord, event: Recovered, now: datetime, limits: RetryLimits) -> bool:
-    """Whether the restart ``event`` at ``now`` counts as a crash of the candidate (module docstring)."""
+    """Whether the restart ``event`` at ``now`` counts as a crash of the candidate (``edge_runtime.update.state``)."""
     if event.clean_shutdown or record.state not in LOADED or record.candidate is None:
         return False
     loaded_at = record.candidate_loaded_at or record.entered_at
