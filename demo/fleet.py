@@ -39,6 +39,7 @@ from edgefleet_testing.bundles import SignedBundle
 from edgefleet_testing.bundles import make_bundle as make_signed_bundle
 from edgefleet_testing.fleet import Controller, EdgeProcess, start_controller, start_edge, terminate_all
 from edgefleet_testing.waiting import wait_until
+from fleetctl.rollout_cmds import phase_name
 
 SITE = "warehouse-a"
 DEVICES = ("dock-1", "dock-2", "dock-3", "dock-4")
@@ -132,17 +133,13 @@ def _state(value: int) -> str:
     return common_pb2.UpdateState.Name(common_pb2.UpdateState.ValueType(value)).removeprefix("UPDATE_STATE_").lower()
 
 
-def _phase(value: int) -> str:
-    return fleet_pb2.RolloutPhase.Name(fleet_pb2.RolloutPhase.ValueType(value)).removeprefix("ROLLOUT_PHASE_").lower()
-
-
 def follow_rollout(fleet: Fleet, rollout_id: str, terminal: set[Any], timeout: float) -> fleet_pb2.Rollout:
     """Print each change of phase, wave or device status until the rollout is terminal."""
     seen: dict[str, str] = {}
     deadline = time.monotonic() + timeout
     while True:
         ro = fleet.rollout(rollout_id)
-        head = f"phase {_phase(ro.phase)}, wave {ro.wave}/{ro.waves_total}"
+        head = f"phase {phase_name(ro.phase)}, wave {ro.wave}/{ro.waves_total}"
         if seen.get("") != head:
             seen[""] = head
             fleet.console.print(f"  [cyan]{rollout_id}[/cyan] {head}" + (f" — {ro.message}" if ro.message else ""))
@@ -154,7 +151,7 @@ def follow_rollout(fleet: Fleet, rollout_id: str, terminal: set[Any], timeout: f
         if ro.phase in terminal:
             return ro
         if time.monotonic() > deadline:
-            raise TimeoutError(f"rollout {rollout_id} still {_phase(ro.phase)} after {timeout:.0f} s")
+            raise TimeoutError(f"rollout {rollout_id} still {phase_name(ro.phase)} after {timeout:.0f} s")
         time.sleep(0.5)
 
 
@@ -213,7 +210,7 @@ def config_rollout(fleet: Fleet, threshold: float, terminal: set[Any], expect: i
     ro = follow_rollout(fleet, rollout_id, terminal, 150)
     if ro.phase != expect:
         raise RuntimeError(
-            f"config rollout {threshold:g} ended {_phase(ro.phase)}, expected {_phase(expect)}: {ro.message}"
+            f"config rollout {threshold:g} ended {phase_name(ro.phase)}, expected {phase_name(expect)}: {ro.message}"
         )
     return ro
 
@@ -280,7 +277,7 @@ def run(root: Path, console: Console) -> int:
             console.print(f"  admission: {line}")
         good = follow_rollout(fleet, good.id, terminal, 150)
         if good.phase != fleet_pb2.ROLLOUT_PHASE_COMPLETED:
-            raise RuntimeError(f"rollout v2 ended {_phase(good.phase)}: {good.message}")
+            raise RuntimeError(f"rollout v2 ended {phase_name(good.phase)}: {good.message}")
 
         console.rule("[bold]5. rollout v2 → v3 (drifted by construction)")
         bad = fleet.fleet.CreateRollout(
@@ -298,7 +295,9 @@ def run(root: Path, console: Console) -> int:
         canary = [d for d in bad.devices if d.wave == 1]
         assigned = [d for d in bad.devices if d.status != "pending"]
         if bad.phase != fleet_pb2.ROLLOUT_PHASE_ROLLED_BACK or len(canary) != 1 or len(assigned) != 1:
-            raise RuntimeError(f"rollout v3 should roll back after one canary; got {_phase(bad.phase)}: {bad.message}")
+            raise RuntimeError(
+                f"rollout v3 should roll back after one canary; got {phase_name(bad.phase)}: {bad.message}"
+            )
         canary_id = canary[0].device_id
         wait_until(
             lambda: next(d for d in fleet.devices() if d.id == canary_id).reported.running_bundle_digest == v2.digest,
@@ -352,7 +351,9 @@ def run(root: Path, console: Console) -> int:
         console.rule("[bold]8. fleet status")
         print_status(fleet, {v1.digest: "1.0.0", v2.digest: "1.1.0", v3.digest: "2.0.0-drifted"})
         for ro in (good, bad, bad_config, good_config):
-            console.print(f"rollout {ro.id} ({ro.name}): [bold]{_phase(ro.phase)}[/bold] {ro.message}", highlight=False)
+            console.print(
+                f"rollout {ro.id} ({ro.name}): [bold]{phase_name(ro.phase)}[/bold] {ro.message}", highlight=False
+            )
             for st in ro.devices:
                 if st.status != "pending":
                     console.print(
