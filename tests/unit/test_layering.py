@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from edgefleet.contract.canonical import canonical_json
 from edgefleet.contract.errors import ManifestError
-from edgefleet.contract.layering import deep_merge, thaw
+from edgefleet.contract.frozen import thaw
+from edgefleet.contract.layering import deep_merge
 from edgefleet.contract.manifest import (
     DEFAULT_CONFIG,
     DeviceFacts,

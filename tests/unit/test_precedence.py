@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgefleet.contract.bundle import BundleManifest
-from edgefleet.contract.layering import DEFAULT_CONFIG, DEFAULTS_SOURCE, deep_merge, thaw
+from edgefleet.contract.frozen import thaw
+from edgefleet.contract.layering import DEFAULT_CONFIG, DEFAULTS_SOURCE, deep_merge
 from edgefleet.contract.manifest import DeviceFacts, config_layers, effective_config, parse_manifests
 from edgefleet.contract.precedence import (
     OPERATOR_LAYER,

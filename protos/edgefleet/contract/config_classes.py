@@ -33,7 +33,7 @@ from typing import Any
 
 from edgefleet.contract.canonical import canonical_json
 from edgefleet.contract.digests import sha256_digest
-from edgefleet.contract.layering import thaw
+from edgefleet.contract.frozen import thaw
 
 __all__ = [
     "CONFIG_KEY_CLASSES",

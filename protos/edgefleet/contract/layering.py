@@ -39,12 +39,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 from edgefleet.contract.canonical import canonical_json
 from edgefleet.contract.digests import sha256_digest
 from edgefleet.contract.errors import ManifestError
+from edgefleet.contract.frozen import freeze, thaw
 from edgefleet.contract.manifest_schema import config_violations, validate_config_values
 from edgefleet.contract.manifest_yaml import format_path
 
@@ -54,9 +54,7 @@ __all__ = [
     "DeviceFacts",
     "EffectiveConfig",
     "deep_merge",
-    "freeze",
     "merge_config_layers",
-    "thaw",
     "validate_config_values",
 ]
 
@@ -102,24 +100,6 @@ _DEFAULTS: dict[str, Any] = {
     },
     "trusted_keys": {},
 }
-
-
-def freeze(value: Any) -> Any:
-    """A read-only deep copy: mappings become ``MappingProxyType``, lists become tuples."""
-    if isinstance(value, Mapping):
-        return MappingProxyType({str(k): freeze(v) for k, v in value.items()})
-    if isinstance(value, list | tuple):
-        return tuple(freeze(v) for v in value)
-    return value
-
-
-def thaw(value: Any) -> Any:
-    """A plain, mutable deep copy (dicts and lists) of a possibly frozen value."""
-    if isinstance(value, Mapping):
-        return {str(k): thaw(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [thaw(v) for v in value]
-    return value
 
 
 DEFAULT_CONFIG: Mapping[str, Any] = freeze(_DEFAULTS)

@@ -32,13 +32,12 @@ from typing import Any
 from edgefleet.contract.canonical import canonical_json
 from edgefleet.contract.digests import sha256_digest
 from edgefleet.contract.errors import ManifestError, ManifestSetError
+from edgefleet.contract.frozen import freeze, thaw
 from edgefleet.contract.layering import (
     DEFAULT_CONFIG,
     DeviceFacts,
     EffectiveConfig,
-    freeze,
     merge_config_layers,
-    thaw,
     validate_config_values,
 )
 from edgefleet.contract.manifest_schema import API_VERSION, document_violations

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from edgefleet.contract.errors import ManifestError
+from edgefleet.contract.frozen import thaw
 from edgefleet.contract.manifest_yaml import Path, describe_value, format_path
 
 API_VERSION = "edgefleet.io/v1"
@@ -100,18 +101,10 @@ def config_violations(values: Any) -> list[Violation]:
 
 def validate_config_values(values: Mapping[str, Any]) -> None:
     """Re-check a merged config; raise ``ManifestError`` (``effective config``) on the first problem."""
-    found = config_violations(_plain(values))
+    found = config_violations(thaw(values))
     if found:
         first = found[0]
         raise ManifestError(first.message, location="effective config", path=format_path(first.path))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 _TYPE_WORDS = {

@@ -36,7 +36,8 @@ from typing import Any
 
 from edgefleet.contract.bundle import BundleManifest
 from edgefleet.contract.canonical import canonical_json
-from edgefleet.contract.layering import DEFAULT_CONFIG, DEFAULTS_SOURCE, deep_merge, freeze, thaw
+from edgefleet.contract.frozen import freeze, thaw
+from edgefleet.contract.layering import DEFAULT_CONFIG, DEFAULTS_SOURCE, deep_merge
 
 __all__ = [
     "BUNDLE_LAYER_PREFIX",
