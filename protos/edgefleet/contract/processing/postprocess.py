@@ -40,6 +40,8 @@ Indices = NDArray[np.intp]  # [N] class ids, or positions into the boxes
 
 @dataclass(frozen=True, slots=True)
 class Classification:
+    """One class a classifier scored at or above ``conf_threshold``: its label, index and confidence."""
+
     label: str
     class_id: int
     confidence: float
