@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -25,6 +23,7 @@ from edgefleet.grpc_server import add_health_and_reflection, set_serving
 from edgefleet.v1 import device_pb2_grpc, fleet_pb2_grpc
 from edgefleet_controller.auth.service import AuthService
 from edgefleet_controller.bundles.service import BundleService
+from edgefleet_controller.clock import Clock, utcnow
 from edgefleet_controller.configs.service import ConfigService
 from edgefleet_controller.devices.delivery import DeliveryPieces
 from edgefleet_controller.devices.desired import DesiredStates
@@ -47,12 +46,6 @@ from edgefleet_controller.telemetry.service import TelemetryService
 
 log = structlog.get_logger("edgefleet.controller")
 
-Clock = Callable[[], datetime]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
 
 @dataclass
 class Controller:
@@ -61,7 +54,6 @@ class Controller:
     data_dir: Path
     clock: Clock
     store: Store
-    blobs: BlobStore
     hub: SyncHub
     feed: FleetFeed
     metrics: ControllerMetrics
@@ -119,74 +111,18 @@ def build_controller(data_dir: Path, *, clock: Clock = utcnow, store_url: str | 
         on_configs_changed=configs_changed,
     )
     directory = DeviceDirectory(store.devices)
-    desired = DesiredStates(store.desired, hub)
-    delivery = DeliveryPieces(store.bundles, blobs)
-    auth = AuthService(
-        enrollment_tokens=store.enrollment_tokens,
-        operator_tokens=store.operator_tokens,
-        keys=store.trusted_keys,
-        devices=store.devices,
-        clock=clock,
-    )
-    configs = ConfigService(
-        store.configs,
-        store.desired,
-        blobs,
-        directory=directory,
-        desired=desired,
-        delivery=delivery,
-        hub=hub,
-        rollouts=rollouts,
-        clock=clock,
-    )
-    devices = DeviceService(
-        store.devices,
-        store.desired,
-        store.bundles,
-        directory=directory,
-        desired=desired,
-        delivery=delivery,
-        auth=auth,
-        hub=hub,
-        rollouts=rollouts,
-        assign_configs=configs.assign_configs,
-        announce=FeedAnnouncer(feed),
-        clock=clock,
-    )
-    bundles = BundleService(
-        store.bundles,
-        store.devices,
-        blobs,
-        auth=auth,
-        desired=desired,
-        delivery=delivery,
-        rollouts=rollouts,
-        metrics=metrics,
-        clock=clock,
-    )
-    events = DeviceEventService(
-        store.events, store.devices, store.bundles, directory=directory, rollouts=rollouts, feed=feed, clock=clock
-    )
+    desired = DesiredStates(store.desired, DeliveryPieces(store.bundles, blobs), hub)
+    auth = AuthService(store.enrollment_tokens, store.operator_tokens, store.trusted_keys, store.devices, clock)
+    configs = ConfigService(store.configs, blobs, directory, desired, rollouts, clock)
+    announce = FeedAnnouncer(feed)
+    devices = DeviceService(store.devices, store.bundles, directory, desired, auth, configs, rollouts, announce, clock)
+    bundles = BundleService(store.bundles, store.devices, blobs, auth, desired, rollouts, metrics, clock)
+    events = DeviceEventService(store.events, store.devices, store.bundles, directory, rollouts, feed, clock)
     telemetry = TelemetryService(store, clock, feed)
     metrics.watch_waiting(lambda: hub.waiting)
     metrics.watch_devices(devices.devices_by_state)
-    return Controller(
-        data_dir,
-        clock,
-        store,
-        blobs,
-        hub,
-        feed,
-        metrics,
-        relay,
-        auth,
-        devices,
-        bundles,
-        configs,
-        events,
-        rollouts,
-        telemetry,
-    )
+    services = auth, devices, bundles, configs, events, rollouts, telemetry
+    return Controller(data_dir, clock, store, hub, feed, metrics, relay, *services)
 
 
 def build_server(
@@ -196,19 +132,9 @@ def build_server(
     interceptor = ControllerInterceptor(controller.auth.authenticate, controller.metrics)
     server = grpc.aio.server(interceptors=[interceptor], options=server_options())
     c = controller
-    device_pb2_grpc.add_DeviceServiceServicer_to_server(
-        DeviceServicer(c.devices, c.bundles, c.events, c.telemetry), server
-    )
-    fleet = FleetServicer(
-        devices=c.devices,
-        bundles=c.bundles,
-        configs=c.configs,
-        auth=c.auth,
-        events=c.events,
-        rollouts=c.rollouts,
-        telemetry=c.telemetry,
-        feed=c.feed,
-    )
+    devices = DeviceServicer(c.devices, c.bundles, c.events, c.telemetry)
+    fleet = FleetServicer(c.devices, c.bundles, c.configs, c.auth, c.events, c.rollouts, c.telemetry, c.feed)
+    device_pb2_grpc.add_DeviceServiceServicer_to_server(devices, server)
     fleet_pb2_grpc.add_FleetServiceServicer_to_server(fleet, server)
     health_servicer = add_health_and_reflection(server, SERVICE_NAMES)
     return server, bind(server, listen, tls), health_servicer

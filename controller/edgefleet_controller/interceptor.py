@@ -20,6 +20,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -147,23 +148,16 @@ class ControllerInterceptor(grpc.aio.ServerInterceptor):
         return _Guard(self, method, short, requirement, metadata)
 
 
+@dataclass(eq=False)
 class _Guard:
     """Runs around one call: authenticate, authorise, time, log, map errors."""
 
-    def __init__(
-        self,
-        owner: ControllerInterceptor,
-        method: str,
-        short: str,
-        requirement: Requirement | None,
-        metadata: tuple[Any, ...],
-    ) -> None:
-        self.owner = owner
-        self.method = method
-        self.short = short
-        self.requirement = requirement
-        self.metadata = metadata
-        self.started = 0.0
+    owner: ControllerInterceptor
+    method: str
+    short: str
+    requirement: Requirement | None
+    metadata: tuple[Any, ...]
+    started: float = 0.0
 
     async def enter(self) -> None:
         self.started = time.perf_counter()

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
-from datetime import datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -19,6 +18,7 @@ from edgefleet.contract.errors import ContractError
 from edgefleet.contract.signing import TrustedKeys, check_key_id
 from edgefleet_controller import errors as cerr
 from edgefleet_controller.auth.principals import CredentialCache, Principal, Role
+from edgefleet_controller.clock import Clock
 from edgefleet_controller.store import errors as serr
 from edgefleet_controller.store.auth import EnrollmentTokenStore, OperatorTokenStore, TrustedKeyStore
 from edgefleet_controller.store.devices import DeviceStore
@@ -31,27 +31,18 @@ from edgefleet_controller.store.records import (
 
 log = structlog.get_logger("edgefleet.controller")
 
-Clock = Callable[[], datetime]
 #: An enrollment token's lifetime when the request sets none.
 DEFAULT_ENROLLMENT_TTL_S = 86400
 
 
+@dataclass(eq=False)
 class AuthService:
-    def __init__(
-        self,
-        *,
-        enrollment_tokens: EnrollmentTokenStore,
-        operator_tokens: OperatorTokenStore,
-        keys: TrustedKeyStore,
-        devices: DeviceStore,
-        clock: Clock,
-    ) -> None:
-        self.enrollment_tokens = enrollment_tokens
-        self.operator_tokens = operator_tokens
-        self.keys = keys
-        self.devices = devices
-        self.clock = clock
-        self._credentials = CredentialCache()
+    enrollment_tokens: EnrollmentTokenStore
+    operator_tokens: OperatorTokenStore
+    keys: TrustedKeyStore
+    devices: DeviceStore
+    clock: Clock
+    _credentials: CredentialCache = field(default_factory=CredentialCache, init=False)
 
     async def write_bootstrap_admin(self, data_dir: Path) -> None:
         """At first start, create the admin operator token and leave it in ``DATA_DIR/admin.token`` (0600)."""

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime
 from typing import BinaryIO
 
 import structlog
@@ -22,7 +21,7 @@ from edgefleet.contract.errors import ContractError
 from edgefleet.contract.signing import verify_signature
 from edgefleet_controller import errors as cerr
 from edgefleet_controller.auth.service import AuthService
-from edgefleet_controller.devices.delivery import DeliveryPieces
+from edgefleet_controller.clock import Clock
 from edgefleet_controller.devices.desired import DesiredStates
 from edgefleet_controller.metrics import ControllerMetrics
 from edgefleet_controller.rollout.service import RolloutService
@@ -36,7 +35,6 @@ from edgefleet_controller.store.records import ArtifactRef, BundleRecord
 
 log = structlog.get_logger("edgefleet.controller")
 
-Clock = Callable[[], datetime]
 DEFAULT_CHUNK = 1 << 20
 MAX_CHUNK = 4 << 20
 
@@ -66,29 +64,16 @@ class BlobPiece:
     total_size: int
 
 
+@dataclass(eq=False)
 class BundleService:
-    def __init__(
-        self,
-        bundles: BundleStore,
-        devices: DeviceStore,
-        blobs: BlobStore,
-        *,
-        auth: AuthService,
-        desired: DesiredStates,
-        delivery: DeliveryPieces,
-        rollouts: RolloutService,
-        metrics: ControllerMetrics,
-        clock: Clock,
-    ) -> None:
-        self.store = bundles
-        self.devices = devices
-        self.blobs = blobs
-        self.auth = auth
-        self.desired = desired
-        self.delivery = delivery
-        self.rollouts = rollouts
-        self.metrics = metrics
-        self.clock = clock
+    store: BundleStore
+    devices: DeviceStore
+    blobs: BlobStore
+    auth: AuthService
+    desired: DesiredStates
+    rollouts: RolloutService
+    metrics: ControllerMetrics
+    clock: Clock
 
     # ------------------------------------------------------------------ publishing
 
@@ -186,7 +171,7 @@ class BundleService:
     async def delete_bundle(self, ref: str) -> None:
         rec = await asyncio.to_thread(self.store.get, ref)
         orphans = await asyncio.to_thread(self.store.delete, rec.digest)
-        self.delivery.forget_bundle(rec.digest)
+        self.desired.pieces.forget_bundle(rec.digest)
         for digest in orphans:
             await asyncio.to_thread(self.blobs.delete, digest)
         log.info("bundle.deleted", digest=rec.digest, blobs_removed=len(orphans))
@@ -199,7 +184,7 @@ class BundleService:
             stored = self.blobs.has(digest)
         except serr.InvalidDigest as exc:
             raise cerr.InvalidArgument(f"FetchBlobRequest.digest: {exc}") from None
-        if not stored or not await self.delivery.may_fetch(await self.desired.desired_of(device_id), digest):
+        if not stored or not await self.desired.pieces.may_fetch(await self.desired.desired_of(device_id), digest):
             raise cerr.NotFoundError(
                 f"artifact {digest} is not part of this device's desired bundle or config; "
                 "Sync again for the current desired state"

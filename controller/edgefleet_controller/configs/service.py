@@ -11,11 +11,9 @@ Store calls are synchronous transactions run in worker threads (``asyncio.to_thr
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import structlog
 
@@ -33,21 +31,17 @@ from edgefleet.contract.manifest import (
 )
 from edgefleet.contract.precedence import ResolvedConfig, resolve_policy
 from edgefleet_controller import errors as cerr
-from edgefleet_controller.devices.delivery import DeliveryPieces
+from edgefleet_controller.clock import Clock
 from edgefleet_controller.devices.desired import DesiredStates
 from edgefleet_controller.devices.directory import DeviceDirectory
-from edgefleet_controller.hub import SyncHub
 from edgefleet_controller.rollout.configs import resolve_config_ref, with_staged
 from edgefleet_controller.rollout.service import RolloutService
 from edgefleet_controller.store import BlobStore
 from edgefleet_controller.store import errors as serr
 from edgefleet_controller.store.configs import ConfigStore
-from edgefleet_controller.store.desired import DesiredStore
 from edgefleet_controller.store.records import ConfigDocInput, DeviceRecord
 
 log = structlog.get_logger("edgefleet.controller")
-
-Clock = Callable[[], datetime]
 
 
 @dataclass(frozen=True)
@@ -91,29 +85,14 @@ def stored_documents(docs: Sequence[ManifestDoc]) -> list[ConfigDocInput]:
     ]
 
 
+@dataclass(eq=False)
 class ConfigService:
-    def __init__(
-        self,
-        configs: ConfigStore,
-        desired_store: DesiredStore,
-        blobs: BlobStore,
-        *,
-        directory: DeviceDirectory,
-        desired: DesiredStates,
-        delivery: DeliveryPieces,
-        hub: SyncHub,
-        rollouts: RolloutService,
-        clock: Clock,
-    ) -> None:
-        self.store = configs
-        self.desired_store = desired_store
-        self.blobs = blobs
-        self.directory = directory
-        self.desired = desired
-        self.delivery = delivery
-        self.hub = hub
-        self.rollouts = rollouts
-        self.clock = clock
+    store: ConfigStore
+    blobs: BlobStore
+    directory: DeviceDirectory
+    desired: DesiredStates
+    rollouts: RolloutService
+    clock: Clock
 
     async def config_documents(self) -> list[ManifestDoc]:
         records = await asyncio.to_thread(self.store.current)
@@ -213,7 +192,7 @@ class ConfigService:
             if not digest:
                 continue
             try:
-                return BundleManifest.from_json_bytes((await self.delivery.bundle(digest)).manifest)
+                return BundleManifest.from_json_bytes((await self.desired.pieces.bundle(digest)).manifest)
             except serr.NotFound:
                 continue  # deleted since: the next one, or no bundle layer
         return None
@@ -262,13 +241,9 @@ class ConfigService:
         for (digest, rollout_id), ids in by_target.items():
             now = self.clock()
             reason = "config applied" if rollout_id is None else f"config applied (rollout {rollout_id} target kept)"
-            await asyncio.to_thread(
-                functools.partial(
-                    self.desired_store.assign, ids, config_digest=digest, reason=reason, now=now, rollout_id=rollout_id
-                )
-            )
+            await self.desired.assign(ids, config_digest=digest, reason=reason, now=now, rollout_id=rollout_id)
             changed.extend(ids)
-        self.hub.notify(changed)
+        self.desired.notify(changed)
         return changed
 
     async def assign_all_configs(self) -> list[str]:

@@ -1,17 +1,22 @@
-"""Desired state per device, as this controller last read or wrote it.
+"""Desired state per device: read (cached), assigned (stored), signalled (the long-poll hub).
 
-``DesiredStates`` serves ``desired_of`` from memory when this controller has not changed the device since;
-the cache is evicted by ``SyncHub.notify`` — the signal every writer of desired state already sends to wake
-waiting devices (a relay carries it from other replicas). A value read before an eviction is not kept after it.
+``DesiredStates.desired_of`` answers from memory when this controller has not changed the device since; the
+cache is evicted by ``SyncHub.notify`` — the signal every writer of desired state already sends to wake
+waiting devices (a relay carries it from other replicas). A value read before an eviction is not kept after
+it. ``pieces`` are what a device is sent for its desired state (``devices.delivery``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Sequence
+import functools
+from collections.abc import Collection, Iterable, Sequence
+from contextlib import AbstractContextManager
+from typing import Unpack
 
+from edgefleet_controller.devices.delivery import Delivery, DeliveryPieces
 from edgefleet_controller.hub import SyncHub
-from edgefleet_controller.store.desired import DesiredStore
+from edgefleet_controller.store.desired import DesiredChange, DesiredStore
 from edgefleet_controller.store.records import DesiredState
 
 
@@ -40,10 +45,10 @@ class DesiredCache:
 
 
 class DesiredStates:
-    """Cached reads of desired state; evicted by the hub's change signal."""
-
-    def __init__(self, desired: DesiredStore, hub: SyncHub) -> None:
-        self.store = desired
+    def __init__(self, store: DesiredStore, pieces: DeliveryPieces, hub: SyncHub) -> None:
+        self.store = store
+        self.pieces = pieces
+        self.hub = hub
         self.cache = DesiredCache()
         hub.on_change(self.cache.evict)
 
@@ -68,3 +73,21 @@ class DesiredStates:
                 self.cache.put(desired, generation)
             found.update(fetched)
         return found
+
+    async def delivery(self, desired: DesiredState) -> Delivery:
+        return await self.pieces.delivery(desired)
+
+    async def assign(self, device_ids: Sequence[str], **change: Unpack[DesiredChange]) -> dict[str, int]:
+        """Store a desired-state change (``DesiredStore.assign``'s keywords); the caller then ``notify``-s."""
+        return await asyncio.to_thread(functools.partial(self.store.assign, device_ids, **change))
+
+    def notify(self, device_ids: Iterable[str]) -> int:
+        """Wake the devices' long-polls (and evict their cached desired state); how many were waiting."""
+        return self.hub.notify(device_ids)
+
+    def subscribe(self, device_id: str) -> AbstractContextManager[asyncio.Future[None]]:
+        return self.hub.subscribe(device_id)
+
+    async def wait(self, woken: asyncio.Future[None], wait_s: float) -> bool:
+        """Wait up to ``wait_s`` for ``notify``; True if woken."""
+        return await self.hub.wait(woken, wait_s)

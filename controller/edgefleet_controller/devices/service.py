@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -24,20 +24,19 @@ import structlog
 
 from edgefleet_controller import errors as cerr
 from edgefleet_controller.auth.service import AuthService
-from edgefleet_controller.devices.delivery import Delivery, DeliveryPieces
+from edgefleet_controller.clock import Clock
+from edgefleet_controller.configs.service import ConfigService
+from edgefleet_controller.devices.delivery import Delivery
 from edgefleet_controller.devices.desired import DesiredStates
 from edgefleet_controller.devices.directory import DeviceDirectory
-from edgefleet_controller.hub import SyncHub
 from edgefleet_controller.rollout.service import RolloutService
 from edgefleet_controller.store import errors as serr
 from edgefleet_controller.store.bundles import BundleStore
-from edgefleet_controller.store.desired import DesiredStore
 from edgefleet_controller.store.devices import DeviceStore
 from edgefleet_controller.store.records import DesiredState, DeviceRecord, SiteSummary
 
 log = structlog.get_logger("edgefleet.controller")
 
-Clock = Callable[[], datetime]
 #: A device that has not synced for this long is shown as offline.
 OFFLINE_AFTER = timedelta(seconds=120)
 #: Reported state is written when it changes, and at least this often to keep last_seen fresh.
@@ -109,41 +108,20 @@ class _DeviceCounts:
     stale: bool = True
 
 
-AssignConfigs = Callable[[Sequence[DeviceRecord]], Awaitable[list[str]]]
-
-
+@dataclass(eq=False)
 class DeviceService:
-    def __init__(
-        self,
-        devices: DeviceStore,
-        desired_store: DesiredStore,
-        bundles: BundleStore,
-        *,
-        directory: DeviceDirectory,
-        desired: DesiredStates,
-        delivery: DeliveryPieces,
-        auth: AuthService,
-        hub: SyncHub,
-        rollouts: RolloutService,
-        assign_configs: AssignConfigs,
-        announce: DeviceAnnouncer,
-        clock: Clock,
-    ) -> None:
-        self.store = devices
-        self.desired_store = desired_store
-        self.bundles = bundles
-        self.directory = directory
-        self.desired = desired
-        self.delivery = delivery
-        self.auth = auth
-        self.hub = hub
-        self.rollouts = rollouts
-        self._assign_configs = assign_configs
-        self._announce = announce
-        self.clock = clock
-        self._reports: dict[str, _ReportMemo] = {}
-        self._counts = _DeviceCounts()
-        self._shutting_down = False
+    store: DeviceStore
+    bundles: BundleStore
+    directory: DeviceDirectory
+    desired: DesiredStates
+    auth: AuthService
+    configs: ConfigService
+    rollouts: RolloutService
+    announce: DeviceAnnouncer
+    clock: Clock
+    _reports: dict[str, _ReportMemo] = field(default_factory=dict, init=False)
+    _counts: _DeviceCounts = field(default_factory=_DeviceCounts, init=False)
+    _shutting_down: bool = field(default=False, init=False)
 
     def begin_shutdown(self) -> None:
         """Long-polls answer at once from now on (unchanged), so devices re-sync elsewhere."""
@@ -178,10 +156,10 @@ class DeviceService:
             )
         except serr.TokenRejected as exc:
             raise cerr.Unauthenticated(f"enrollment refused: {exc}") from None
-        await self._assign_configs([device])
+        await self.configs.assign_configs([device])
         keys = await self.auth.list_trusted_keys()
         log.info("device.enrolled", device_id=device.id, name=device.name, site=device.site)
-        self._announce(DeviceChange.ENROLLED, self.view(device))
+        self.announce(DeviceChange.ENROLLED, self.view(device))
         self._counts.stale = True
         return Enrollment(device, credential, {k.key_id: k.public_key_pem for k in keys})
 
@@ -199,7 +177,7 @@ class DeviceService:
         self._reports[device_id] = _ReportMemo(report.digest, loop_now)
         if memo is None or memo.digest != report.digest:
             device = await asyncio.to_thread(self.store.get, device_id)
-            self._announce(DeviceChange.UPDATED, self.view(device, desired))
+            self.announce(DeviceChange.UPDATED, self.view(device, desired))
             self._counts.stale = True
             # a bundle this report shows failing (FAIL verdict or rollback under an assignment) is remembered
             await self.rollouts.note_report(device, report.state)
@@ -208,13 +186,17 @@ class DeviceService:
     async def sync(self, device_id: str, report: DeviceReport, known_revision: int, wait_s: float) -> Delivery | None:
         """Record the report; wait up to ``wait_s`` for a desired state newer than ``known_revision``.
         None: unchanged."""
-        with self.hub.subscribe(device_id) as woken:
+        with self.desired.subscribe(device_id) as woken:
             desired = await self._record_report(device_id, report)
-            if desired.revision == known_revision and not self._shutting_down and await self.hub.wait(woken, wait_s):
+            if (
+                desired.revision == known_revision
+                and not self._shutting_down
+                and await self.desired.wait(woken, wait_s)
+            ):
                 desired = await self.desired.desired_of(device_id)
         if desired.revision == known_revision:
             return None
-        return await self.delivery.delivery(desired)
+        return await self.desired.delivery(desired)
 
     # ------------------------------------------------------------------ desired bundles
 
@@ -229,17 +211,15 @@ class DeviceService:
                 raise cerr.NotFoundError(f"site {site!r} has no devices")
         else:
             raise cerr.InvalidArgument("SetDesiredBundle needs a device or a site")
-        revisions = await asyncio.to_thread(
-            lambda: self.desired_store.assign(
-                ids,
-                bundle_digest=bundle.digest,
-                reason=f"set-bundle {bundle.name}@{bundle.version}",
-                now=self.clock(),
-                # every SetDesiredBundle is a new decision: a bundle a device rejected is retried under it
-                reassign=True,
-            )
+        revisions = await self.desired.assign(
+            ids,
+            bundle_digest=bundle.digest,
+            reason=f"set-bundle {bundle.name}@{bundle.version}",
+            now=self.clock(),
+            # every SetDesiredBundle is a new decision: a bundle a device rejected is retried under it
+            reassign=True,
         )
-        woken = self.hub.notify(ids)
+        woken = self.desired.notify(ids)
         log.info("desired.bundle_set", bundle=bundle.digest, devices=len(ids), woken=woken)
         return revisions
 

@@ -134,16 +134,13 @@ class FeedAnnouncer:
 
 def bundle_summary(rec: BundleRecord) -> common_pb2.BundleSummary:
     manifest = BundleManifest.from_json_bytes(rec.manifest)
-    return common_pb2.BundleSummary(
-        digest=rec.digest,
-        name=rec.name,
-        version=rec.version,
-        key_id=rec.key_id,
-        size_bytes=rec.size,
-        created_at=to_timestamp(rec.created_at),
-        sla_ms=manifest.latency.sla_ms,
-        postprocess_kind=manifest.postprocess.kind,
-    )
+    summary = common_pb2.BundleSummary(digest=rec.digest, name=rec.name, version=rec.version, key_id=rec.key_id)
+    summary.size_bytes = rec.size
+    summary.created_at.CopyFrom(to_timestamp(rec.created_at))
+    # what the bundle declares, shown in listings
+    summary.sla_ms = manifest.latency.sla_ms
+    summary.postprocess_kind = manifest.postprocess.kind
+    return summary
 
 
 def artifact_refs(artifacts: Iterable[BundleArtifact]) -> list[common_pb2.ArtifactRef]:

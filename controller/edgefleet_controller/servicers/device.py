@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -24,18 +25,12 @@ DEFAULT_WAIT_S = 30
 MAX_WAIT_S = 300
 
 
+@dataclass(eq=False)
 class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
-    def __init__(
-        self,
-        devices: DeviceService,
-        bundles: BundleService,
-        events: DeviceEventService,
-        telemetry: TelemetryService,
-    ) -> None:
-        self.devices = devices
-        self.bundles = bundles
-        self.events = events
-        self.telemetry = telemetry
+    devices: DeviceService
+    bundles: BundleService
+    events: DeviceEventService
+    telemetry: TelemetryService
 
     async def Enroll(self, request: device_pb2.EnrollRequest, context: Ctx) -> device_pb2.EnrollResponse:
         enrolled = await self.devices.enroll(

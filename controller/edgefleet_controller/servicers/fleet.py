@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -23,27 +24,16 @@ from edgefleet_controller.telemetry.service import TelemetryService
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
+@dataclass(eq=False)
 class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
-    def __init__(
-        self,
-        *,
-        devices: DeviceService,
-        bundles: BundleService,
-        configs: ConfigService,
-        auth: AuthService,
-        events: DeviceEventService,
-        rollouts: RolloutService,
-        telemetry: TelemetryService,
-        feed: FleetFeed,
-    ) -> None:
-        self.devices = devices
-        self.bundles = bundles
-        self.configs = configs
-        self.auth = auth
-        self.events = events
-        self.rollouts = rollouts
-        self.telemetry = telemetry
-        self.feed = feed
+    devices: DeviceService
+    bundles: BundleService
+    configs: ConfigService
+    auth: AuthService
+    events: DeviceEventService
+    rollouts: RolloutService
+    telemetry: TelemetryService
+    feed: FleetFeed
 
     # bundles
     async def PushBundle(

@@ -12,14 +12,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict, ParseDict
 
 from edgefleet.v1 import telemetry_pb2
 from edgefleet_controller import errors as cerr
+from edgefleet_controller.clock import Clock
 from edgefleet_controller.devices.directory import DeviceDirectory
 from edgefleet_controller.fleet_feed import FleetFeed
 from edgefleet_controller.rollout.service import RolloutService
@@ -28,7 +30,6 @@ from edgefleet_controller.store.bundles import BundleStore
 from edgefleet_controller.store.devices import DeviceStore
 from edgefleet_controller.store.events import EventStore
 
-Clock = Callable[[], datetime]
 Event = telemetry_pb2.DeviceEvent
 _FAILURE_EVENT_KINDS = (Event.KIND_CANARY_VERDICT, Event.KIND_ROLLBACK)
 _PROFILE_EVENT_KINDS = (Event.KIND_PROFILE, Event.KIND_CANARY_VERDICT)
@@ -46,25 +47,15 @@ def event_kind_name(value: int) -> str:
     return name.removeprefix("KIND_").lower()
 
 
+@dataclass(eq=False)
 class DeviceEventService:
-    def __init__(
-        self,
-        events: EventStore,
-        devices: DeviceStore,
-        bundles: BundleStore,
-        *,
-        directory: DeviceDirectory,
-        rollouts: RolloutService,
-        feed: FleetFeed,
-        clock: Clock,
-    ) -> None:
-        self.store = events
-        self.devices = devices
-        self.bundles = bundles
-        self.directory = directory
-        self.rollouts = rollouts
-        self.feed = feed
-        self.clock = clock
+    store: EventStore
+    devices: DeviceStore
+    bundles: BundleStore
+    directory: DeviceDirectory
+    rollouts: RolloutService
+    feed: FleetFeed
+    clock: Clock
 
     async def report_events(self, device_id: str, events: Sequence[Event], site: str = "") -> int:
         """Store a device's events (idempotent by ``event_id``); returns how many were new."""
