@@ -45,6 +45,7 @@ from typing import Any, assert_never
 import structlog
 
 from edgefleet.contract.manifest import ManifestDoc
+from edgefleet_controller.clock import Clock
 from edgefleet_controller.hub import SyncHub
 from edgefleet_controller.loops import stop_loop
 from edgefleet_controller.rollout.configs import ConfigTargets, config_key, staged_document
@@ -87,8 +88,6 @@ log = structlog.get_logger(__name__)
 LEASE_NAME = "rollout-reconciler"
 DEFAULT_INTERVAL_S = 1.0
 DEFAULT_LEASE_TTL_S = 15.0
-
-Clock = Callable[[], datetime]
 
 
 def default_holder() -> str:

@@ -40,6 +40,7 @@ import structlog
 from edgefleet.contract.manifest import ManifestDoc
 from edgefleet.v1 import fleet_pb2
 from edgefleet_controller import errors as cerr
+from edgefleet_controller.clock import Clock
 from edgefleet_controller.hub import SyncHub
 from edgefleet_controller.rollout.configs import ConfigTargets, config_key
 from edgefleet_controller.rollout.convert import (
@@ -63,7 +64,6 @@ from edgefleet_controller.rollout.profiles import profile_summaries
 from edgefleet_controller.rollout.reconciler import (
     DEFAULT_INTERVAL_S,
     DEFAULT_LEASE_TTL_S,
-    Clock,
     ConfigsChanged,
     PassReport,
     Reconciler,

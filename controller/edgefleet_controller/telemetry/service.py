@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import math
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import structlog
 
 from edgefleet.v1 import fleet_pb2, telemetry_pb2
+from edgefleet_controller.clock import Clock
 from edgefleet_controller.errors import timestamp_arg
 from edgefleet_controller.fleet_feed import FleetFeed
 from edgefleet_controller.loops import stop_loop
@@ -45,8 +46,6 @@ from edgefleet_controller.telemetry.review import check_request, listing, sample
 from edgefleet_controller.telemetry.thermal import ThrottlePolicy
 
 log = structlog.get_logger("edgefleet.controller.telemetry")
-
-Clock = Callable[[], datetime]
 
 #: Reads and plans of one batch before a conflict with a concurrent writer of the same device is an error.
 INGEST_ATTEMPTS = 5
