@@ -6,8 +6,8 @@ produces. The sections it follows are the contract's ``Preprocess`` / ``Postproc
 (``edgefleet.contract.bundle_sections``), validated once when bundle.json is parsed.
 
 These modules need OpenCV: install the contract with its ``processing`` extra
-(``edgefleet-contract[processing]``). The controller installs it without, and never imports this package;
-nothing else in the contract imports it either (``.importlinter`` holds both to that).
+(``edgefleet-contract[processing]``). The controller installs it without, and never imports this package
+(an import contract in ``.importlinter`` says so); no other contract module imports it either.
 
 - ``preprocess``: letterbox / stretch, colour order, normalisation, layout, dtype; ``FrameTransform``.
 - ``postprocess``: classification top-k, YOLO v5/v8 decode, class-wise NMS; ``Classification``, ``Detection``.
