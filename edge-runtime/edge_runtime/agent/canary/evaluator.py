@@ -97,8 +97,8 @@ from edge_runtime.update.events import (
 from edgefleet.contract.bundle import BundleManifest
 from edgefleet.contract.bundle_layout import GOLDEN_ROLE, MANIFEST_NAME
 from edgefleet.contract.errors import ContractError
+from edgefleet.contract.frozen import thaw
 from edgefleet.contract.golden import load_golden
-from edgefleet.contract.layering import thaw
 from edgefleet.contract.precedence import resolve_policy
 from edgefleet.v1 import common_pb2
 

@@ -50,9 +50,9 @@ import structlog
 from edge_runtime.canary import CanaryPolicy, CanarySamples
 from edge_runtime.canary import Detection as CanaryDetection
 from edge_runtime.inference import FrameResult, InferenceEngine
-from edge_runtime.inference.postprocess import Classification
 from edge_runtime.sources import Frame
 from edge_runtime.telemetry.sensors import SensorReader, SensorSnapshot
+from edgefleet.contract.processing.postprocess import Classification
 
 log = structlog.get_logger(__name__)
 
