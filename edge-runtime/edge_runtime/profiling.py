@@ -22,6 +22,7 @@ Decisions:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,12 +62,8 @@ class StageStats:
     count: int
 
     def to_dict(self) -> dict[str, object]:
-        return {
-            "p50_ms": round(self.p50_ms, 4),
-            "p95_ms": round(self.p95_ms, 4),
-            "p99_ms": round(self.p99_ms, 4),
-            "count": self.count,
-        }
+        """The percentiles rounded to 0.1 µs, and the count."""
+        return {name: round(v, 4) if isinstance(v, float) else v for name, v in dataclasses.asdict(self).items()}
 
     def to_proto(self) -> common_pb2.Percentiles:
         return common_pb2.Percentiles(p50_ms=self.p50_ms, p95_ms=self.p95_ms, p99_ms=self.p99_ms, count=self.count)
@@ -148,12 +145,8 @@ def build_profile(
         raise ProfileError("no frame was measured; profile for longer (--seconds) or check the frame source")
     if not elapsed_s > 0:
         raise ProfileError(f"the measuring time must be > 0 s, got {elapsed_s!r}")
-    stages = {
-        "pre": stage_stats([t.pre_ms for t in timings]),
-        "model": stage_stats([t.model_ms for t in timings]),
-        "post": stage_stats([t.post_ms for t in timings]),
-        "total": stage_stats([t.total_ms for t in timings]),
-    }
+    # Each stage name is the prefix of its Timings field (pre_ms, model_ms, post_ms, total_ms).
+    stages = {name: stage_stats([getattr(t, f"{name}_ms") for t in timings]) for name in STAGES}
     return DeviceProfile(
         bundle=bundle,
         hardware_class=hardware_class,
@@ -183,10 +176,7 @@ def profile_to_proto(profile: DeviceProfile) -> telemetry_pb2.LatencyProfile:
         seconds=profile.seconds,
         frames=profile.frames,
         fps=profile.fps,
-        pre=profile.stages["pre"].to_proto(),
-        model=profile.stages["model"].to_proto(),
-        post=profile.stages["post"].to_proto(),
-        total=profile.stages["total"].to_proto(),
+        **{name: profile.stages[name].to_proto() for name in STAGES},
         sensors_before=list(profile.sensors_before),
         sensors_after=list(profile.sensors_after),
         source=profile.source,
@@ -220,13 +210,7 @@ def profile_to_document(profile: DeviceProfile) -> dict[str, Any]:
     """The JSON document of ``edge-runtime profile --output json`` (format ``PROFILE_FORMAT``)."""
     return {
         "format": PROFILE_FORMAT,
-        "bundle": {
-            "ref": profile.bundle.ref,
-            "digest": profile.bundle.digest,
-            "model_bytes": profile.bundle.model_bytes,
-            "bundle_bytes": profile.bundle.bundle_bytes,
-            "sla_ms": profile.bundle.sla_ms,
-        },
+        "bundle": dataclasses.asdict(profile.bundle),
         "hardware_class": profile.hardware_class,
         "provider": profile.provider,
         "active_providers": list(profile.active_providers),
