@@ -8,7 +8,8 @@
     ├── OutOfRange                  OUT_OF_RANGE
     ├── Unimplemented               UNIMPLEMENTED: a capability this version does not serve
     ├── Unauthenticated             UNAUTHENTICATED: missing, unknown, expired or revoked credential
-    └── PermissionDenied            PERMISSION_DENIED: authenticated, but not allowed
+    ├── PermissionDenied            PERMISSION_DENIED: authenticated, but not allowed
+    └── fleet_feed.WatcherTooSlow   RESOURCE_EXHAUSTED: a WatchFleet watcher fell behind; watch again
 
 Store errors (``edgefleet_controller.store.errors``), contract errors (``edgefleet.contract.errors``) and
 telemetry's typed input errors are mapped by ``edgefleet_controller.interceptor.client_status``. Anything else (a bare

@@ -214,27 +214,34 @@ class _Guard:
         structlog.contextvars.unbind_contextvars("rpc", "caller")
 
 
-def _wrap(handler: Any, guard: _Guard) -> grpc.RpcMethodHandler[Any, Any]:
-    """The same handler with ``guard`` around each call: one wrapper per response shape."""
+def _answering(inner: Any, guard: _Guard) -> Callable[[Any, Any], Awaitable[Any]]:
+    """A unary-response behaviour (unary-unary, stream-unary) with ``guard`` around it."""
 
     async def answer(request: Any, context: Any) -> Any:
         async with guard.around(context):
             return await inner(request, context)
+
+    return answer
+
+
+def _streaming(inner: Any, guard: _Guard) -> Callable[[Any, Any], AsyncIterator[Any]]:
+    """A streaming-response behaviour (unary-stream, stream-stream) with ``guard`` around it."""
 
     async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
         async with guard.around(context):
             async for item in inner(request, context):
                 yield item
 
+    return stream
+
+
+def _wrap(handler: Any, guard: _Guard) -> grpc.RpcMethodHandler[Any, Any]:
+    """The same handler with ``guard`` around each call."""
     wire = handler.request_deserializer, handler.response_serializer
     if handler.unary_unary is not None:
-        inner = handler.unary_unary
-        return grpc.unary_unary_rpc_method_handler(answer, *wire)
+        return grpc.unary_unary_rpc_method_handler(_answering(handler.unary_unary, guard), *wire)
     if handler.stream_unary is not None:
-        inner = handler.stream_unary
-        return grpc.stream_unary_rpc_method_handler(answer, *wire)
+        return grpc.stream_unary_rpc_method_handler(_answering(handler.stream_unary, guard), *wire)
     if handler.unary_stream is not None:
-        inner = handler.unary_stream
-        return grpc.unary_stream_rpc_method_handler(stream, *wire)
-    inner = handler.stream_stream
-    return grpc.stream_stream_rpc_method_handler(stream, *wire)
+        return grpc.unary_stream_rpc_method_handler(_streaming(handler.unary_stream, guard), *wire)
+    return grpc.stream_stream_rpc_method_handler(_streaming(handler.stream_stream, guard), *wire)
