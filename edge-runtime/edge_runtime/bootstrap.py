@@ -130,6 +130,7 @@ def build_agent(
         sender=EventSender(link=link, reporter=reporter, retry_sleep=retry_sleep),
         telemetry=telemetry,
         host=read_host_facts(),
+        open_frames=open_source,
     )
     agent = EdgeAgent(settings, parts, announce=announce, retry_sleep=retry_sleep)
     return agent

@@ -40,7 +40,7 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -66,7 +66,7 @@ from edge_runtime.agent.update.switcher import SlotSwitcher
 from edge_runtime.agent.update.verifier import SignatureVerifier
 from edge_runtime.inference import EngineSlot
 from edge_runtime.inference.errors import FrameSourceError
-from edge_runtime.sources import open_source
+from edge_runtime.sources import Frame
 from edge_runtime.update.driver import DEFAULT_DISK_MARGIN_BYTES, Phase, UpdateDriver
 from edge_runtime.update.events import DesiredBundleChanged, UpdateEvent
 from edge_runtime.update.record import IN_PROGRESS, ArtifactRef, UpdateRecord, UpdateState
@@ -160,6 +160,7 @@ class AgentParts:
     sender: EventSender
     telemetry: TelemetryPipeline
     host: HostFacts
+    open_frames: Callable[[str], Iterator[Frame]]  # a frame source by spec, when a config names one
 
 
 class EdgeAgent:
@@ -192,6 +193,7 @@ class EdgeAgent:
         self.fetcher = parts.fetcher
         self.switcher = parts.switcher
         self.runner = parts.runner
+        self._open_frames = parts.open_frames
         self._source_spec = settings.source
         self.use_source()  # a saved config's frame source wins over --source
         self.evaluator = parts.evaluator
@@ -293,7 +295,7 @@ class EdgeAgent:
         if spec == self._source_spec:
             return
         try:
-            frames = open_source(spec)
+            frames = self._open_frames(spec)
         except FrameSourceError as exc:
             log.error("agent.source_rejected", source=spec, error=str(exc), keeping=self._source_spec)
             return
