@@ -64,6 +64,11 @@ class BlobPiece:
     total_size: int
 
 
+def bundle_refs(bundles: BundleStore) -> dict[str, str]:
+    """Every stored bundle's ``name@version`` by digest (synchronous: call through ``asyncio.to_thread``)."""
+    return {r.digest: r.ref for r in bundles.all(None)}
+
+
 @dataclass(eq=False)
 class BundleService:
     store: BundleStore
@@ -142,7 +147,7 @@ class BundleService:
         )
         if created:
             self.metrics.bundles_pushed.inc()
-        log.info("bundle.pushed", digest=record.digest, ref=f"{record.name}@{record.version}", created=created)
+        log.info("bundle.pushed", digest=record.digest, ref=record.ref, created=created)
         return PushOutcome(record, created, deduplicated)
 
     async def _commit_artifact(self, writer: BlobWriter, digest: str, ref: BundleArtifact) -> tuple[str, int]:
@@ -163,10 +168,6 @@ class BundleService:
 
     async def list_bundles(self, name: str) -> list[BundleRecord]:
         return await asyncio.to_thread(self.store.all, name or None)
-
-    async def bundle_refs(self) -> dict[str, str]:
-        """Every stored bundle's ``name@version`` by digest."""
-        return {r.digest: f"{r.name}@{r.version}" for r in await self.list_bundles("")}
 
     async def delete_bundle(self, ref: str) -> None:
         rec = await asyncio.to_thread(self.store.get, ref)

@@ -24,6 +24,7 @@ import structlog
 
 from edgefleet_controller import errors as cerr
 from edgefleet_controller.auth.service import AuthService
+from edgefleet_controller.bundles.service import bundle_refs
 from edgefleet_controller.clock import Clock
 from edgefleet_controller.configs.service import ConfigService
 from edgefleet_controller.devices.delivery import Delivery
@@ -214,7 +215,7 @@ class DeviceService:
         revisions = await self.desired.assign(
             ids,
             bundle_digest=bundle.digest,
-            reason=f"set-bundle {bundle.name}@{bundle.version}",
+            reason=f"set-bundle {bundle.ref}",
             now=self.clock(),
             # every SetDesiredBundle is a new decision: a bundle a device rejected is retried under it
             reassign=True,
@@ -265,7 +266,7 @@ class DeviceService:
     async def list_sites(self) -> list[SiteSummary]:
         """Each site's counts, sorted by site; ``by_bundle`` keyed by ``name@version`` (``none``: no bundle)."""
         summary = await asyncio.to_thread(self.store.site_summary)
-        names = {rec.digest: f"{rec.name}@{rec.version}" for rec in await asyncio.to_thread(self.bundles.all, None)}
+        names = await asyncio.to_thread(bundle_refs, self.bundles)
         return [
             dataclasses.replace(s, by_bundle={(names.get(d, d) if d else "none"): n for d, n in s.by_bundle.items()})
             for _, s in sorted(summary.items())

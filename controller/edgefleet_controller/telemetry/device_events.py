@@ -21,6 +21,7 @@ from google.protobuf.json_format import MessageToDict, ParseDict
 
 from edgefleet.v1 import telemetry_pb2
 from edgefleet_controller import errors as cerr
+from edgefleet_controller.bundles.service import bundle_refs
 from edgefleet_controller.clock import Clock
 from edgefleet_controller.devices.directory import DeviceDirectory
 from edgefleet_controller.fleet_feed import FleetFeed
@@ -115,13 +116,13 @@ class DeviceEventService:
             )
 
     async def list_profiles(
-        self, bundle_refs: Sequence[str], hardware_class: str
+        self, bundles: Sequence[str], hardware_class: str
     ) -> tuple[list[Mapping[str, Any]], dict[str, str]]:
         """Latency profiles (of these bundles and this hardware class; empty = all) and ``name@version`` by
         bundle digest."""
-        digests = [(await asyncio.to_thread(self.bundles.get, ref)).digest for ref in bundle_refs]
+        digests = [(await asyncio.to_thread(self.bundles.get, ref)).digest for ref in bundles]
         rows = await asyncio.to_thread(self.rollouts.profile_summaries, digests or None, hardware_class or None)
-        refs = {r.digest: f"{r.name}@{r.version}" for r in await asyncio.to_thread(self.bundles.all, None)}
+        refs = await asyncio.to_thread(bundle_refs, self.bundles)
         return rows, refs
 
     async def list_events(self, device: str, limit: int) -> list[Event]:
