@@ -47,7 +47,7 @@ from edgefleet_controller.telemetry.service import TelemetryService
 log = structlog.get_logger("edgefleet.controller")
 
 
-@dataclass
+@dataclass(eq=False)
 class Controller:
     """One controller process: its adapters and its services, started and stopped together."""
 
@@ -99,6 +99,8 @@ def build_controller(data_dir: Path, *, clock: Clock = utcnow, store_url: str | 
     holder = replica_id(data_dir)
     relay = ChangeRelay(store.db.engine.url, hub, holder) if store.db.engine.dialect.name == "postgresql" else None
 
+    # A config rollout that completes makes its staged revision live: every device's config is recomputed by
+    # the config service, which itself asks the rollout service what is staged (hence built after it).
     async def configs_changed() -> list[str]:
         return await configs.assign_all_configs()
 
