@@ -8,7 +8,6 @@ real SQLite data directory.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import queue
@@ -29,13 +28,13 @@ import yaml
 from grpc_health.v1 import health
 
 from edgefleet.contract.bundle_archive import pack_bundle
-from edgefleet.contract.bundle_upload import read_archive_for_upload
 from edgefleet.contract.signing import SigningKey, sign_bundle
 from edgefleet.grpc_server import set_serving
 from edgefleet.v1 import common_pb2, device_pb2, device_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 from edgefleet_controller.bootstrap import Controller, build_controller, build_server
 from edgefleet_controller.server import SERVICE_NAMES
 from edgefleet_pipeline.bundle_builder import build_bundle
+from edgefleet_testing.bundles import push_requests
 from edgefleet_testing.modelgen import make_classifier
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,16 +91,6 @@ def publish_bundle(
     if key is not None:
         sign_bundle(bundle_dir, key)
     return pack_bundle(bundle_dir, work / f"{tag}.efb")
-
-
-def push_requests(archive: Path, chunk_bytes: int = 1 << 20) -> list[fleet_pb2.PushBundleRequest]:
-    upload = read_archive_for_upload(archive)
-    out = [
-        fleet_pb2.PushBundleRequest(header=fleet_pb2.BundleHeader(manifest=upload.manifest, signature=upload.signature))
-    ]
-    for digest, data in upload.chunks(chunk_bytes):
-        out.append(fleet_pb2.PushBundleRequest(chunk=fleet_pb2.ArtifactChunk(digest=digest, data=data)))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- clients
@@ -360,14 +349,3 @@ class ControllerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
         self.wait(10)
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0, step_s: float = 0.02) -> bool:
-    """Poll ``predicate`` until true or ``timeout_s`` passed; return its last value."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not predicate():
-        if loop.time() >= deadline:
-            return predicate()
-        await asyncio.sleep(step_s)
-    return True

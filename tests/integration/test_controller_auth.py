@@ -21,16 +21,9 @@ from edgefleet.contract.signing import generate_keypair
 from edgefleet.v1 import device_pb2, fleet_pb2
 from edgefleet_controller.store import Store
 from edgefleet_testing.controller import bearer, connected, publish_bundle, running_controller
+from edgefleet_testing.fakes import MovableClock
 
 pytestmark = pytest.mark.integration
-
-
-class MovableClock:
-    def __init__(self) -> None:
-        self.now = datetime.now(UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 async def refused(call: Awaitable[Any]) -> grpc.aio.AioRpcError:
