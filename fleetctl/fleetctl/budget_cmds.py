@@ -45,7 +45,7 @@ from edgefleet.contract.bundle import BundleManifest
 from edgefleet.contract.bundle_layout import MODEL_ROLE
 from edgefleet.contract.errors import BudgetError, ContractError
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
-from fleetctl.fleet_cmds import grpc_errors
+from fleetctl.errors import grpc_errors
 from fleetctl.output import console, err_console
 from fleetctl.settings import OPTIONS
 

@@ -29,7 +29,7 @@ from edgefleet_pipeline.precision_bundle import (
     build_precision_bundle,
 )
 from edgefleet_pipeline.quantize import CalibrationMethodName
-from fleetctl.keys_cmds import fail
+from fleetctl.errors import fail
 
 bundle_app = typer.Typer(help="Build, sign, verify and inspect engine bundles.", no_args_is_help=True)
 _out = Console(soft_wrap=True)

@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from functools import wraps
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
 
-import grpc
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from edgefleet.v1 import common_pb2, fleet_pb2, telemetry_pb2
+from fleetctl.durations import parse_duration
+from fleetctl.errors import grpc_errors
 from fleetctl.output import (
-    FORMATS,
+    OutputOpt,
     age,
+    check_format,
     console,
     emit_data,
     emit_structured,
@@ -30,43 +30,11 @@ from fleetctl.output import (
 )
 from fleetctl.settings import OPTIONS
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 get_app = typer.Typer(help="List devices, bundles, sites, rollouts.", no_args_is_help=True)
 describe_app = typer.Typer(help="Show one object in detail.", no_args_is_help=True)
 token_app = typer.Typer(help="Enrollment and operator tokens (admin).", no_args_is_help=True)
 devices_app = typer.Typer(help="Act on devices directly (outside rollouts).", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect configs.", no_args_is_help=True)
-
-OutputOpt = typer.Option("table", "-o", "--output", help="table, wide, json or yaml")
-
-
-def grpc_errors(fn: F) -> F:
-    """Turn an RPC failure into one red line and exit code 1 (2 for bad input), no traceback."""
-
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else None
-            details = exc.details() if hasattr(exc, "details") else str(exc)
-            name = code.name if code is not None else "ERROR"
-            hint = ""
-            if code == grpc.StatusCode.UNAVAILABLE:
-                hint = " (is the controller running? set --controller or EDGEFLEET_CONTROLLER)"
-            elif code == grpc.StatusCode.UNAUTHENTICATED:
-                hint = " (set --token, EDGEFLEET_TOKEN or token in ~/.config/edgefleet/config.yaml)"
-            err_console.print(f"[red]error:[/red] {name}: {details}{hint}", highlight=False)
-            raise typer.Exit(2 if code == grpc.StatusCode.INVALID_ARGUMENT else 1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _check_format(fmt: str) -> str:
-    if fmt not in FORMATS:
-        raise typer.BadParameter(f"-o must be one of {', '.join(FORMATS)}; got {fmt!r}")
-    return fmt
 
 
 def _health(value: int) -> str:
@@ -75,18 +43,6 @@ def _health(value: int) -> str:
 
 def _state(value: int) -> str:
     return common_pb2.UpdateState.Name(common_pb2.UpdateState.ValueType(value)).removeprefix("UPDATE_STATE_").lower()
-
-
-def parse_duration(text: str) -> int:
-    """'90s', '15m', '24h', '7d' or plain seconds → seconds."""
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    text = text.strip().lower()
-    try:
-        if text[-1:] in units:
-            return int(float(text[:-1]) * units[text[-1]])
-        return int(text)
-    except ValueError:
-        raise typer.BadParameter(f"duration must look like 90s, 15m, 24h or 7d; got {text!r}") from None
 
 
 # ------------------------------------------------------------------ get
@@ -121,7 +77,7 @@ def get_devices(
     health: str = typer.Option("", help="starting, serving, degraded, failing, offline"),
 ) -> None:
     """List devices."""
-    fmt = _check_format(output)
+    fmt = check_format(output)
     devices = list_devices(site, tag, bundle, health)
     emit_table(
         devices,
@@ -151,7 +107,7 @@ def get_devices(
 @grpc_errors
 def get_bundles(output: str = OutputOpt, name: str = typer.Option("", help="only bundles of this name")) -> None:
     """List bundles stored by the controller."""
-    fmt = _check_format(output)
+    fmt = check_format(output)
     reply = OPTIONS.connection().call(lambda stub: stub.ListBundles, fleet_pb2.ListBundlesRequest(name=name))
     emit_table(
         list(reply.bundles),
@@ -175,7 +131,7 @@ def get_bundles(output: str = OutputOpt, name: str = typer.Option("", help="only
 @grpc_errors
 def get_sites(output: str = OutputOpt) -> None:
     """Per-site summary: devices by bundle version and health."""
-    fmt = _check_format(output)
+    fmt = check_format(output)
     reply = OPTIONS.connection().call(lambda stub: stub.ListSites, fleet_pb2.ListSitesRequest())
     emit_table(
         list(reply.sites),
@@ -198,7 +154,7 @@ def get_sites(output: str = OutputOpt) -> None:
 @grpc_errors
 def describe_device(device: str = typer.Argument(..., help="device id or name"), output: str = OutputOpt) -> None:
     """Show one device: identity, hardware, desired and reported state, last verdict, recent events."""
-    fmt = _check_format(output)
+    fmt = check_format(output)
     conn = OPTIONS.connection()
     with conn.fleet() as stub:
         d = stub.GetDevice(fleet_pb2.GetDeviceRequest(device=device), metadata=conn.metadata, timeout=30)
@@ -250,7 +206,7 @@ def describe_device(device: str = typer.Argument(..., help="device id or name"),
 @grpc_errors
 def describe_bundle(ref: str = typer.Argument(..., help="digest or name@version"), output: str = OutputOpt) -> None:
     """Show one bundle: identity, artifacts, devices running it, and every canary failure recorded for it."""
-    fmt = _check_format(output)
+    fmt = check_format(output)
     reply = OPTIONS.connection().call(lambda stub: stub.GetBundle, fleet_pb2.GetBundleRequest(ref=ref))
     if is_structured(fmt):
         emit_structured(reply, fmt)
@@ -472,7 +428,7 @@ def effective(device: str = typer.Argument(..., help="device id or name"), outpu
     FleetConfig < SiteConfig < tag DeviceConfig < device DeviceConfig; a layer overrides only the keys it
     sets. The digest is that of the operator config the device receives (manifest layers only).
     """
-    fmt = _check_format(output)
+    fmt = check_format(output)
     reply = OPTIONS.connection().call(
         lambda stub: stub.GetEffectiveConfig, fleet_pb2.GetEffectiveConfigRequest(device=device)
     )

@@ -9,16 +9,10 @@ from rich.console import Console
 
 from edgefleet.contract.errors import ContractError
 from edgefleet.contract.signing import PRIVATE_SUFFIX, PUBLIC_SUFFIX, generate_keypair
+from fleetctl.errors import fail
 
 keys_app = typer.Typer(help="Generate and manage bundle signing keys.", no_args_is_help=True)
 _out = Console(soft_wrap=True)
-_err = Console(stderr=True)
-
-
-def fail(error: ContractError) -> typer.Exit:
-    """One red line with the contract error's message, exit code 2."""
-    _err.print(f"[red]error:[/red] {error}", markup=True, highlight=False, soft_wrap=True)
-    return typer.Exit(code=2)
 
 
 @keys_app.command("generate")

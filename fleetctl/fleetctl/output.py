@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import typer
 import yaml
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
@@ -16,6 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 FORMATS = ("table", "wide", "json", "yaml")
+#: ``-o``: what every listing and describing command takes.
+OutputOpt = typer.Option("table", "-o", "--output", help="table, wide, json or yaml")
 # On a terminal rich fits its width; piped into a file, a pager or CI logs, rich would assume 80 columns and
 # fold every table cell, so tables get room as kubectl's do and long lines are not wrapped.
 console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 1000)
@@ -25,6 +28,13 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 def to_dict(message: Message) -> dict[str, Any]:
     return MessageToDict(message, preserving_proto_field_name=True)
+
+
+def check_format(fmt: str) -> str:
+    """The ``-o`` value, or a usage error naming the formats."""
+    if fmt not in FORMATS:
+        raise typer.BadParameter(f"-o must be one of {', '.join(FORMATS)}; got {fmt!r}")
+    return fmt
 
 
 def is_structured(fmt: str) -> bool:

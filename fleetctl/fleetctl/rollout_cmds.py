@@ -23,8 +23,19 @@ from rich.table import Table
 from rich.text import Text
 
 from edgefleet.v1 import common_pb2, fleet_pb2
-from fleetctl.fleet_cmds import OutputOpt, _check_format, grpc_errors, parse_duration
-from fleetctl.output import console, emit_structured, emit_table, err_console, is_structured, short_digest, ts
+from fleetctl.durations import parse_duration
+from fleetctl.errors import grpc_errors
+from fleetctl.output import (
+    OutputOpt,
+    check_format,
+    console,
+    emit_structured,
+    emit_table,
+    err_console,
+    is_structured,
+    short_digest,
+    ts,
+)
 from fleetctl.settings import OPTIONS
 
 if TYPE_CHECKING:
@@ -168,7 +179,7 @@ def create(
     output: str = OutputOpt,
 ) -> None:
     """Create a rollout of BUNDLE and/or a staged config document (--config) onto the selected devices."""
-    fmt = _check_format(output)
+    fmt = check_format(output)
     if not bundle and not config:
         raise typer.BadParameter(
             "give a BUNDLE, --config SiteConfig/<name> (staged with fleetctl apply --stage), or both"
@@ -211,7 +222,7 @@ def status(
     rollout_id: str = typer.Argument("", help="a rollout id; omit to list rollouts"), output: str = OutputOpt
 ) -> None:
     """Show one rollout in detail, or list all rollouts."""
-    fmt = _check_format(output)
+    fmt = check_format(output)
     conn = OPTIONS.connection()
     if rollout_id:
         _show(conn.call(lambda stub: stub.GetRollout, fleet_pb2.GetRolloutRequest(id=rollout_id)), fmt)

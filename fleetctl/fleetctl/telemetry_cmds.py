@@ -20,7 +20,7 @@ import math
 import re
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
@@ -29,8 +29,10 @@ from rich.table import Table
 
 from edgefleet.v1 import fleet_pb2
 from edgefleet.v1.telemetry_pb2 import SensorReading
-from fleetctl.fleet_cmds import OutputOpt, _check_format, grpc_errors, list_devices, parse_duration
-from fleetctl.output import console, emit_structured, is_structured, short_digest, table, ts
+from fleetctl.durations import parse_time
+from fleetctl.errors import grpc_errors
+from fleetctl.fleet_cmds import list_devices
+from fleetctl.output import OutputOpt, check_format, console, emit_structured, is_structured, short_digest, table, ts
 from fleetctl.settings import OPTIONS
 
 telemetry_app = typer.Typer(
@@ -48,21 +50,6 @@ BundleOpt = typer.Option("", help="only this bundle digest")
 
 
 # ------------------------------------------------------------------ pure rendering
-
-
-def parse_time(text: str, now: datetime) -> datetime:
-    """A duration ago (``90s``, ``10m``, ``24h``, ``7d``) or an ISO 8601 time (naive = UTC)."""
-    text = text.strip()
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        try:
-            return now - timedelta(seconds=parse_duration(text))
-        except typer.BadParameter:
-            raise typer.BadParameter(
-                f"time must be a duration ago (10m, 24h, 7d) or ISO 8601 (2025-01-01T12:00:00Z); got {text!r}"
-            ) from None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def ms(value: float, count: int = 1) -> str:
@@ -247,7 +234,7 @@ def query(
     output: str = OutputOpt,
 ) -> None:
     """Latency percentiles (merged sketches), frames, errors, fps, drift and throttling per group."""
-    fmt = _check_format(output)
+    fmt = check_format(output)
     if group_by not in GROUPS:
         raise typer.BadParameter(f"--group-by must be one of {', '.join(GROUPS)}; got {group_by!r}")
     start, end = _window(since, until, datetime.now(UTC))
@@ -315,7 +302,7 @@ def review_list(
     output: str = OutputOpt,
 ) -> None:
     """List flagged frames awaiting (or after) review, and the false-positive rate per site and bundle."""
-    fmt = _check_format(output)
+    fmt = check_format(output)
     if label and label not in LABEL_FILTERS:
         raise typer.BadParameter(f"--label must be one of {', '.join(LABEL_FILTERS)}; got {label!r}")
     if save_jpegs is not None and save_jpegs.exists() and not save_jpegs.is_dir():
@@ -350,7 +337,7 @@ def review_label(
     output: str = OutputOpt,
 ) -> None:
     """Label one review sample as a true or false positive."""
-    fmt = _check_format(output)
+    fmt = check_format(output)
     if label not in LABELS:
         raise typer.BadParameter(f"label must be 'tp' or 'fp'; got {label!r}")
     info = OPTIONS.connection().call(
@@ -369,7 +356,6 @@ def review_label(
 
 __all__ = [
     "GROUPS",
-    "parse_time",
     "query_row",
     "review_app",
     "telemetry_app",
