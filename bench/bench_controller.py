@@ -279,22 +279,6 @@ def _rss(pid: int) -> int:
     return int(psutil.Process(pid).memory_info().rss)
 
 
-async def _enroll_many(fleet: Any, site: str, names: list[str]) -> list[str]:
-    token = (
-        await fleet.fleet.CreateEnrollmentToken(
-            fleet_pb2.CreateEnrollmentTokenRequest(site=site, ttl_s=3600), metadata=fleet.admin
-        )
-    ).token
-    sem = asyncio.Semaphore(16)
-
-    async def one(name: str) -> str:
-        async with sem:
-            _, cred = await fleet.enroll(site, name, token=token)
-            return str(cred)
-
-    return list(await asyncio.gather(*(one(n) for n in names)))
-
-
 async def _bench(quick: bool, work: Path) -> list[dict[str, Any]]:
     from edgefleet_testing.controller import ControllerProcess, connected, free_port, publish_bundle
 
@@ -316,7 +300,7 @@ async def _bench(quick: bool, work: Path) -> list[dict[str, Any]]:
 
             # ------------------------------------------------------------------ (1) Sync throughput
             concurrency = 32
-            creds = await _enroll_many(c, "sync-site", [f"s-{i}" for i in range(concurrency)])
+            creds = await c.enroll_many("sync-site", [f"s-{i}" for i in range(concurrency)])
             await c.fleet.SetDesiredBundle(
                 fleet_pb2.SetDesiredBundleRequest(site="sync-site", bundle=bundle), metadata=c.admin
             )
@@ -432,7 +416,7 @@ async def _bench(quick: bool, work: Path) -> list[dict[str, Any]]:
             # ------------------------------------------------------------------ (2) waiting Syncs
             n = int(os.environ.get("BENCH_WAITING", 1000 if quick else 5000))
             _say(f"enrolling {n} devices")
-            wait_creds = await _enroll_many(c, "wait-site", [f"w-{i}" for i in range(n)])
+            wait_creds = await c.enroll_many("wait-site", [f"w-{i}" for i in range(n)])
             _say("enrolled; first Sync of each")
             waiter = _Child(
                 "wait", str(_spec_file(work, {"address": ctrl.address, "channels": 8, "creds": wait_creds}))

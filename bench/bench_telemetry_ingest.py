@@ -249,18 +249,11 @@ async def _bench(quick: bool, work: Path) -> list[dict[str, Any]]:
     ctrl.start()
     try:
         async with connected(ctrl) as c:
-            token = await c.enrollment_token("bench-site")
-            sem = asyncio.Semaphore(16)
-
-            async def enroll(name: str) -> str:
-                async with sem:
-                    return (await c.enroll("bench-site", name, token=token))[1]
-
             # (1) one stream vs raw SQLite
             windows = _windows(templates, single, T0)
             raw_rate = await asyncio.to_thread(raw_sqlite_rate, work / "raw.db", windows, SETTINGS.batch_max_records)
             one = _buffer(work / "single.db", windows)
-            cred = await enroll("single")
+            (cred,) = await c.enroll_many("bench-site", ["single"])
             _say(f"draining {single} windows of one device")
             seconds = await drain(ctrl.address, [one], [cred], timeout_s=300, settings=UNPACED)
             one.close()
@@ -277,7 +270,7 @@ async def _bench(quick: bool, work: Path) -> list[dict[str, Any]]:
             )
 
             # (2) one hour of backlog on every device, all at once
-            creds = list(await asyncio.gather(*(enroll(f"cam-{d}") for d in range(devices))))
+            creds = await c.enroll_many("bench-site", [f"cam-{d}" for d in range(devices)])
             hour = [_hour(templates, d) for d in range(devices)]
             records = sum(len(h) for h in hour)
             buffers = [_buffer(work / f"dev-{d}.db", h) for d, h in enumerate(hour)]

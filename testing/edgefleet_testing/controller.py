@@ -8,6 +8,7 @@ real SQLite data directory.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import queue
@@ -17,7 +18,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -158,6 +159,17 @@ class Fleet:
             )
         )
         return reply.device_id, reply.device_credential
+
+    async def enroll_many(self, site: str, names: Sequence[str], *, concurrency: int = 16) -> list[str]:
+        """Enroll ``names`` at ``site`` with one token, ``concurrency`` at a time; return their credentials."""
+        token = await self.enrollment_token(site)
+        slots = asyncio.Semaphore(concurrency)
+
+        async def one(name: str) -> str:
+            async with slots:
+                return (await self.enroll(site, name, token=token))[1]
+
+        return list(await asyncio.gather(*(one(name) for name in names)))
 
     async def sync(
         self,
