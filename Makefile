@@ -42,7 +42,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --no-cache --check .
 	$(BIN)/ruff check --no-cache .
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/mypy protos/edgefleet pipeline controller fleetctl edge-runtime
+	$(BIN)/mypy protos/edgefleet pipeline controller fleetctl edge-runtime testing tools
 
 typecheck: lint
 

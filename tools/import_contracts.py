@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from grimp import ImportGraph
 from importlinter.application import output
@@ -44,8 +44,8 @@ def _imports(tree: ast.AST) -> list[tuple[str, int]]:
 
     def visit(node: ast.AST) -> None:
         if isinstance(node, ast.If) and _is_type_checking(node.test):
-            for child in node.orelse:
-                visit(child)
+            for statement in node.orelse:
+                visit(statement)
             return
         if isinstance(node, ast.Import):
             found.extend((alias.name, node.lineno) for alias in node.names)
@@ -67,9 +67,9 @@ class StdlibForbiddenContract(Contract):
     forbidden_modules = fields.ListField(subfield=fields.StringField())
 
     def check(self, graph: ImportGraph, verbose: bool) -> ContractCheck:
-        forbidden = set(self.forbidden_modules)  # type: ignore[arg-type]
+        forbidden = set(cast(list[str], self.forbidden_modules))
         violations: list[dict[str, Any]] = []
-        for source in self.source_modules:  # type: ignore[attr-defined]
+        for source in cast(list[str], self.source_modules):
             for module, path in _module_files(str(source)):
                 tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
                 for imported, line in _imports(tree):
