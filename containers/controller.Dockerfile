@@ -3,11 +3,11 @@
 FROM python:3.11-slim-bookworm
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
 WORKDIR /opt/edgefleet
-COPY pyproject.toml constraints.txt README.md ./
+COPY constraints.txt ./
+# Only the contract (without its processing extra: no OpenCV) and the controller distribution: no onnxruntime.
 COPY protos ./protos
 COPY controller ./controller
-COPY edge-runtime ./edge-runtime
-RUN pip install -c constraints.txt . && useradd --system --home /var/lib/edgefleet edgefleet \
+RUN pip install -c constraints.txt ./protos "./controller[postgres]" && useradd --system --home /var/lib/edgefleet edgefleet \
     && mkdir -p /var/lib/edgefleet && chown edgefleet /var/lib/edgefleet
 USER edgefleet
 VOLUME /var/lib/edgefleet

@@ -5,12 +5,12 @@ FROM nvcr.io/nvidia/l4t-jetpack:r36.2.0
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
 RUN apt-get update && apt-get install -y --no-install-recommends python3.11 python3.11-venv && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/edgefleet
-COPY pyproject.toml constraints.txt README.md ./
+COPY constraints.txt ./
+# Only the contract (with its processing extra) and the runtime distribution: no SQLAlchemy, Alembic, typer, rich.
 COPY protos ./protos
-COPY controller ./controller
 COPY edge-runtime ./edge-runtime
 # Jetson's onnxruntime-gpu wheel comes from NVIDIA's Jetson AI Lab index; it replaces the CPU wheel.
-RUN python3.11 -m venv /venv && /venv/bin/pip install -c constraints.txt . \
+RUN python3.11 -m venv /venv && /venv/bin/pip install -c constraints.txt "./protos[processing]" ./edge-runtime \
     && /venv/bin/pip uninstall -y onnxruntime \
     && /venv/bin/pip install --extra-index-url https://pypi.jetson-ai-lab.dev/jp6/cu122 onnxruntime-gpu
 ENV PATH=/venv/bin:$PATH

@@ -3,11 +3,11 @@
 FROM python:3.11-slim-bookworm
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONUNBUFFERED=1
 WORKDIR /opt/edgefleet
-COPY pyproject.toml constraints.txt README.md ./
+COPY constraints.txt ./
+# Only the contract (with its processing extra) and the runtime distribution: no SQLAlchemy, Alembic, typer, rich.
 COPY protos ./protos
-COPY controller ./controller
 COPY edge-runtime ./edge-runtime
-RUN pip install -c constraints.txt . && useradd --system --home /data edgefleet \
+RUN pip install -c constraints.txt "./protos[processing]" ./edge-runtime && useradd --system --home /data edgefleet \
     && mkdir -p /data && chown edgefleet /data
 USER edgefleet
 VOLUME /data
