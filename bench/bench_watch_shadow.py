@@ -70,7 +70,8 @@ from benchlib import Row, row, run_alone
 
 from edge_runtime.agent.canary.shadow import ShadowRateLimit, WatchRun
 from edge_runtime.agent.runner import FrameRunner
-from edge_runtime.canary import WATCH_MIN_PAIRED_FRAMES, CanaryPolicy
+from edge_runtime.canary.policy import CanaryPolicy
+from edge_runtime.canary.verdict import WATCH_MIN_PAIRED_FRAMES
 from edge_runtime.inference import EngineSlot, FrameResult, InferenceEngine
 from edge_runtime.sources import Frame, open_source
 from edgefleet.contract.precedence import resolve_policy

@@ -13,22 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edge_runtime.canary import (
-    WATCH_MIN_PAIRED_FRAMES,
-    CanaryPolicy,
-    CanarySamples,
-    Detection,
-    InconclusivePolicy,
-    Outcome,
-    PendingVerdictError,
-    PolicyError,
-    SamplesError,
-    after_inconclusive,
-    decide_verdict,
-    decide_watch,
-    verdict_to_proto,
-)
 from edge_runtime.canary.agreement import frame_detection_agreement, iou
+from edge_runtime.canary.errors import PendingVerdictError, PolicyError, SamplesError
+from edge_runtime.canary.policy import CanaryPolicy, InconclusivePolicy, after_inconclusive
+from edge_runtime.canary.report import Outcome, verdict_to_proto
+from edge_runtime.canary.samples import CanarySamples, Detection
 from edge_runtime.canary.stats import (
     average_ranks,
     kolmogorov_sf,
@@ -37,6 +26,7 @@ from edge_runtime.canary.stats import (
     population_stability_index,
     quantile_edges,
 )
+from edge_runtime.canary.verdict import WATCH_MIN_PAIRED_FRAMES, decide_verdict, decide_watch
 from edgefleet.contract.bundle_policy import CanaryDefaults
 from edgefleet.v1 import common_pb2
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_runtime.agent.canary.shadow import ShadowRateLimit, thermal_state
-from edge_runtime.canary import CanaryPolicy
+from edge_runtime.canary.policy import CanaryPolicy
 from edge_runtime.telemetry.sensors import SensorSnapshot
 from edgefleet.v1.telemetry_pb2 import SensorReading
 

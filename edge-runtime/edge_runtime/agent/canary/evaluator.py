@@ -70,20 +70,10 @@ import structlog
 from edge_runtime.agent.canary.shadow import NOT_THROTTLING, ShadowRateLimit, ShadowRun, ThermalState, WatchRun
 from edge_runtime.agent.runner import FrameRunner
 from edge_runtime.agent.update.switcher import SlotSwitcher
-from edge_runtime.canary import (
-    CHECK_BUDGET,
-    CHECK_REGRESSION,
-    WATCH_MIN_PAIRED_FRAMES,
-    CanaryPolicy,
-    CanaryVerdict,
-    Outcome,
-    PolicyError,
-    SamplesError,
-    after_inconclusive,
-    decide_verdict,
-    decide_watch,
-    verdict_to_proto,
-)
+from edge_runtime.canary.errors import PolicyError, SamplesError
+from edge_runtime.canary.policy import CanaryPolicy, after_inconclusive
+from edge_runtime.canary.report import CHECK_BUDGET, CHECK_REGRESSION, CanaryVerdict, Outcome, verdict_to_proto
+from edge_runtime.canary.verdict import WATCH_MIN_PAIRED_FRAMES, decide_verdict, decide_watch
 from edge_runtime.inference import InferenceEngine
 from edge_runtime.update.events import (
     CanaryFailed,

@@ -47,8 +47,9 @@ from typing import Literal
 import numpy as np
 import structlog
 
-from edge_runtime.canary import CanaryPolicy, CanarySamples
-from edge_runtime.canary import Detection as CanaryDetection
+from edge_runtime.canary.policy import CanaryPolicy
+from edge_runtime.canary.samples import CanarySamples
+from edge_runtime.canary.samples import Detection as CanaryDetection
 from edge_runtime.inference import FrameResult, InferenceEngine
 from edge_runtime.sources import Frame
 from edge_runtime.telemetry.sensors import SensorReader, SensorSnapshot
