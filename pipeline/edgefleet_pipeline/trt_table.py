@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgefleet.contract.user_files import read_user_text
 from edgefleet_pipeline.errors import CalibrationTableError
 
 TRT_VERSION_TAG = "8601"
@@ -134,10 +135,5 @@ def parse_trt_calibration_table(text: str, *, source: str = "calibration table")
 def read_trt_calibration_table(path: Path | str) -> dict[str, float]:
     """``{tensor: scale}`` from a TensorRT calibration table file, format checked."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CalibrationTableError(f"{path}: not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CalibrationTableError(f"{path}: cannot be read as a UTF-8 text table: {exc}") from None
+    text = read_user_text(path, CalibrationTableError, what="calibration table")
     return parse_trt_calibration_table(text, source=str(path))[1]

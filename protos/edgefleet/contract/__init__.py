@@ -2,8 +2,9 @@
 
 - Bundles: the manifest (``bundle``), the directory layout (``bundle_layout``), its sections and declared
   policy (``bundle_sections``, ``bundle_policy``), the field reader (``bundle_fields``), files on disk
-  (``bundle_files``), the build spec (``bundle_spec``), verification and archives (``bundle_archive``,
-  ``bundle_upload``), signing (``signing``) and the golden set (``golden``).
+  (``bundle_files``), the build spec (``bundle_spec``), the publisher's text files (``user_files``),
+  verification and archives (``bundle_archive``, ``bundle_upload``), signing (``signing``) and the golden
+  set (``golden``).
 - What a bundle computes: ``processing`` (pre-processing, decode, NMS). It needs OpenCV, installed by the
   ``processing`` extra; the controller never imports it and nothing else here does either.
 - Config: manifests (``manifest``, ``manifest_schema``, ``manifest_yaml``), layering (``layering``),

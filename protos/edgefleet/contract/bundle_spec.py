@@ -19,6 +19,7 @@ from edgefleet.contract.bundle_fields import FieldReader
 from edgefleet.contract.bundle_policy import CanaryDefaults, LatencySla
 from edgefleet.contract.bundle_sections import Postprocess, PrecisionVariant, Preprocess, TensorSpec
 from edgefleet.contract.errors import BundleFormatError
+from edgefleet.contract.user_files import read_user_text
 
 
 @dataclass(frozen=True)
@@ -66,12 +67,7 @@ class BundleSpec:
 def load_spec(path: Path | str) -> BundleSpec:
     """Parse a bundle spec YAML file; the model path is relative to the spec file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BundleFormatError(f"{path}: spec file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BundleFormatError(f"{path}: cannot be read: {exc}") from None
+    text = read_user_text(path, BundleFormatError, what="spec file")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
