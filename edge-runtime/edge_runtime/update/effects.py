@@ -1,7 +1,8 @@
 """The effects of the update machine: what the driver must do, in order, after the record is journaled.
 
 Each effect is a frozen dataclass naming its bundle (and config) by digest; ``UpdateEffect`` is their union,
-which the driver's executor matches exhaustively (``assert_never``).
+which the driver's executor matches exhaustively (``assert_never``). The effects on the candidate share
+``CandidateEffect`` (its bundle ``digest``).
 """
 
 from __future__ import annotations
@@ -12,59 +13,58 @@ from edge_runtime.update.record import ArtifactRef
 
 
 @dataclass(frozen=True)
-class StartDownload:
+class CandidateEffect:
+    """Base of the effects on the candidate bundle, named by its ``digest``. Never emitted itself: the
+    executor matches the concrete types."""
+
+    digest: str
+
+
+@dataclass(frozen=True)
+class StartDownload(CandidateEffect):
     """Fetch every artifact of ``digest`` into ``incoming/`` (resuming partial files)."""
 
-    digest: str
     artifacts: tuple[ArtifactRef, ...]
 
 
 @dataclass(frozen=True)
-class Verify:
+class Verify(CandidateEffect):
     """Check every artifact's sha256 and the bundle signature."""
 
-    digest: str
     artifacts: tuple[ArtifactRef, ...]
 
 
 @dataclass(frozen=True)
-class Stage:
+class Stage(CandidateEffect):
     """Promote the verified download to a read-only slot and load it off the frame path, with ``config``
     (a config digest; None: the config in force)."""
 
-    digest: str
     config: str | None = None
 
 
 @dataclass(frozen=True)
-class StartCanary:
+class StartCanary(CandidateEffect):
     """Start the canary: the staged candidate runs in shadow beside the engine serving."""
-
-    digest: str
 
 
 @dataclass(frozen=True)
-class StartWatch:
+class StartWatch(CandidateEffect):
     """Start the trial watch window for the candidate now serving. ``paired``: run the engine it replaced
     beside it; False for a config change that kept the engine (nothing else to pair it with)."""
 
-    digest: str
     paired: bool = True
 
 
 @dataclass(frozen=True)
-class StopEvaluation:
+class StopEvaluation(CandidateEffect):
     """Stop any canary or watch window running for ``digest``."""
-
-    digest: str
 
 
 @dataclass(frozen=True)
-class SwapToCandidate:
+class SwapToCandidate(CandidateEffect):
     """Serve the candidate: its staged engine (or the engine serving, when its config did not change
     inference), and put its config in force."""
 
-    digest: str
     config: str | None = None
 
 
@@ -78,11 +78,10 @@ class SwapToCommitted:
 
 
 @dataclass(frozen=True)
-class Commit:
+class Commit(CandidateEffect):
     """The candidate is now committed, with ``config`` as the durable last applied config (None: keep it);
     slots outside ``keep`` may be reclaimed."""
 
-    digest: str
     keep: tuple[str, ...]
     config: str | None = None
 
@@ -96,10 +95,9 @@ class CommitConfig:
 
 
 @dataclass(frozen=True)
-class DiscardCandidate:
+class DiscardCandidate(CandidateEffect):
     """Remove the candidate's slot; its partial download too unless ``keep_partial``."""
 
-    digest: str
     keep_partial: bool
 
 

@@ -1,8 +1,9 @@
 """The events of the update machine: facts reported to it (by the agent, the driver's ports, a restart).
 
 Each event is a frozen dataclass; ``UpdateEvent`` is their union and ``EVENT_TYPES`` lists them (the
-``TRANSITIONS`` table must cover each). ``format_bytes`` spells the byte counts a ``DiskInsufficient``
-carries, for the machine's failure text and the slots' disk errors alike.
+``TRANSITIONS`` table must cover each). The events that hold the candidate back share ``CandidateSetback``
+(their ``reason``, in words, becomes the record's failure text). ``format_bytes`` spells the byte counts a
+``DiskInsufficient`` carries, for the machine's failure text and the slots' disk errors alike.
 """
 
 from __future__ import annotations
@@ -20,6 +21,14 @@ def format_bytes(n: int) -> str:
             return f"{value:.1f} {unit}"
         value /= 1024
     return f"{value:.1f} TiB"
+
+
+@dataclass(frozen=True)
+class CandidateSetback:
+    """Base of the events that hold the candidate back (a failure, an inconclusive canary, a cancel):
+    ``reason`` says why, in words. Never sent itself: ``TRANSITIONS`` is keyed by the concrete type."""
+
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -44,10 +53,8 @@ class DownloadCompleted:
 
 
 @dataclass(frozen=True)
-class DownloadFailed:
+class DownloadFailed(CandidateSetback):
     """An artifact could not be fetched (``reason``); the download is retried up to its limit."""
-
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -64,10 +71,8 @@ class VerificationPassed:
 
 
 @dataclass(frozen=True)
-class VerificationFailed:
+class VerificationFailed(CandidateSetback):
     """A digest, the manifest or the signature did not check out (``reason``): the bundle is rejected."""
-
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -83,22 +88,19 @@ class CanaryPassed:
 
 
 @dataclass(frozen=True)
-class CanaryFailed:
+class CanaryFailed(CandidateSetback):
     """The canary rejected the candidate. ``latency_only``: only latency checks failed (the outputs were
     fine); ``inconclusive``: the policy rejects it for staying inconclusive; ``numbers``: what decided it
     (``candidate_p95_ms``, ``latency_budget_ms``, ...), for the first-install alert."""
 
-    reason: str
     latency_only: bool = False
     inconclusive: bool = False
     numbers: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
-class CanaryInconclusive:
+class CanaryInconclusive(CandidateSetback):
     """The canary saw too little before its deadline (``reason``); it runs again up to its limit."""
-
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -107,11 +109,10 @@ class TrialPassed:
 
 
 @dataclass(frozen=True)
-class TrialFailed:
+class TrialFailed(CandidateSetback):
     """The watch window failed the candidate serving in trial (``latency_only``, ``numbers``: as for
     ``CanaryFailed``)."""
 
-    reason: str
     latency_only: bool = False
     numbers: tuple[tuple[str, float], ...] = ()
 
@@ -130,14 +131,12 @@ class Recovered:
 
 
 @dataclass(frozen=True)
-class CandidateLoadFailed:
+class CandidateLoadFailed(CandidateSetback):
     """The verified candidate could not be loaded into an engine (staging)."""
-
-    reason: str
 
 
 @dataclass(frozen=True)
-class Cancelled:
+class Cancelled(CandidateSetback):
     """Stop the candidate in progress (``reason``); the committed bundle keeps serving."""
 
     reason: str = "cancelled"
