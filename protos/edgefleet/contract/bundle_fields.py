@@ -1,4 +1,5 @@
-"""Reading untrusted bundle.json and bundle-spec objects: strict JSON and a validating field reader.
+"""The fields of bundle.json and bundle-spec objects: strict JSON, a validating field reader, and
+``section_dict``, the one writer of a section's fields.
 
 Every error is a ``BundleFormatError`` naming the source file and the dotted field path with the offending
 value (``bundle.json: field 'latency.sla_ms' must be > 0, got -5``). JSON is read strictly: duplicate keys,
@@ -10,10 +11,14 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any
 
 from edgefleet.contract.errors import BundleFormatError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 _MISSING: Any = object()
 
@@ -112,6 +117,24 @@ class FieldReader:
 
     def at(self, key: str, index: int) -> str:
         return f"{self._full(key)}[{index}]"
+
+
+def section_dict(section: DataclassInstance, *, omit: Collection[str] = ()) -> dict[str, object]:
+    """A section's dataclass fields as its bundle.json object, one key per field (less ``omit``): tuples become
+    lists, mappings plain dicts, and a nested section its own ``to_dict()``; other values stay as they are."""
+    out: dict[str, object] = {}
+    for f in fields(section):
+        if f.name in omit:
+            continue
+        value = getattr(section, f.name)
+        if isinstance(value, tuple):
+            value = list(value)
+        elif isinstance(value, Mapping):
+            value = dict(value)
+        elif hasattr(value, "to_dict"):
+            value = value.to_dict()
+        out[f.name] = value
+    return out
 
 
 def element_error(doc: FieldReader, key: str, index: int, value: object) -> Callable[[str], BundleFormatError]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from edgefleet.contract.bundle_fields import FieldReader
+from edgefleet.contract.bundle_fields import FieldReader, section_dict
 
 
 @dataclass(frozen=True)
@@ -19,7 +19,7 @@ class LatencySla:
     percentile: float = 95.0
 
     def to_dict(self) -> dict[str, object]:
-        return {"sla_ms": self.sla_ms, "percentile": self.percentile}
+        return section_dict(self)
 
     @staticmethod
     def parse(doc: FieldReader) -> LatencySla:
@@ -37,7 +37,7 @@ class GoldenTolerance:
     rtol: float = 1e-3
 
     def to_dict(self) -> dict[str, object]:
-        return {"atol": self.atol, "rtol": self.rtol}
+        return section_dict(self)
 
     @staticmethod
     def parse(doc: FieldReader) -> GoldenTolerance:
@@ -59,16 +59,7 @@ class CanaryDefaults:
     golden_tolerance: GoldenTolerance = field(default_factory=GoldenTolerance)
 
     def to_dict(self) -> dict[str, object]:
-        return {
-            "min_frames": self.min_frames,
-            "min_seconds": self.min_seconds,
-            "headroom": self.headroom,
-            "max_p95_ratio": self.max_p95_ratio,
-            "psi_max": self.psi_max,
-            "ks_alpha": self.ks_alpha,
-            "min_agreement": self.min_agreement,
-            "golden_tolerance": self.golden_tolerance.to_dict(),
-        }
+        return section_dict(self)
 
     @staticmethod
     def parse(doc: FieldReader) -> CanaryDefaults:

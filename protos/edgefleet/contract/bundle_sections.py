@@ -1,5 +1,6 @@
 """The sections of bundle.json and of a bundle spec: identity, tensors, pre/post-processing, artifacts,
-precision variants, labels and providers; each a frozen type with ``to_dict`` and a validating ``parse``.
+precision variants, labels and providers; each a frozen type with a validating ``parse`` and a ``to_dict``
+that writes its fields (``bundle_fields.section_dict``).
 
 - An artifact's ``sha256`` field holds bare hex; ``ArtifactRef.digest`` is the ``sha256:<hex>`` form used
   for content addressing.
@@ -15,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypedDict, cast
 
-from edgefleet.contract.bundle_fields import FieldReader, check_number, element_error
+from edgefleet.contract.bundle_fields import FieldReader, check_number, element_error, section_dict
 from edgefleet.contract.bundle_layout import ARTIFACT_PATH_RE, MANIFEST_NAME, ROLE_RE
 from edgefleet.contract.bundle_policy import CanaryDefaults, LatencySla
 from edgefleet.contract.errors import BundleFormatError
@@ -73,7 +74,7 @@ class TensorSpec:
     shape: tuple[Dim, ...]
 
     def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+        return section_dict(self)
 
     @staticmethod
     def parse(doc: FieldReader) -> TensorSpec:
@@ -122,17 +123,7 @@ class Preprocess:
         return (1, 3, h, w) if self.layout == "nchw" else (1, h, w, 3)
 
     def to_dict(self) -> dict[str, object]:
-        return {
-            "resize": self.resize,
-            "size": list(self.size),
-            "color": self.color,
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "scale": self.scale,
-            "layout": self.layout,
-            "dtype": self.dtype,
-            "pad_value": self.pad_value,
-        }
+        return section_dict(self)
 
     @staticmethod
     def from_dict(obj: object, *, source: str = MANIFEST_NAME) -> Preprocess:
@@ -198,14 +189,7 @@ class Postprocess:
     softmax: bool = True
 
     def to_dict(self) -> dict[str, object]:
-        return {
-            "kind": self.kind,
-            "top_k": self.top_k,
-            "conf_threshold": self.conf_threshold,
-            "iou_threshold": self.iou_threshold,
-            "max_detections": self.max_detections,
-            "softmax": self.softmax,
-        }
+        return section_dict(self)
 
     @staticmethod
     def from_dict(obj: object, *, source: str = MANIFEST_NAME) -> Postprocess:
@@ -243,7 +227,7 @@ class ArtifactRef:
         return f"sha256:{self.sha256}"
 
     def to_dict(self) -> dict[str, object]:
-        return {"path": self.path, "sha256": self.sha256, "size": self.size, "media_type": self.media_type}
+        return section_dict(self, omit=("role",))  # the role is the key bundle.json files it under
 
     @staticmethod
     def parse(role: str, doc: FieldReader) -> ArtifactRef:
@@ -269,7 +253,7 @@ class PrecisionVariant:
     metrics: Mapping[str, object] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
-        return {"artifact": self.artifact, "precision": self.precision, "metrics": dict(self.metrics)}
+        return section_dict(self)
 
     @staticmethod
     def parse(doc: FieldReader) -> PrecisionVariant:
