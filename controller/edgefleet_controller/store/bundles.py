@@ -197,11 +197,10 @@ class BundleStore(AggregateStore):
     def get_artifact(self, digest: str) -> ArtifactRecord:
         """An artifact some bundle declares (devices may fetch only these)."""
         check_digest_field("artifact digest", digest)
-        with self._db.read() as conn:
-            row = conn.execute(sa.select(t.artifacts).where(t.artifacts.c.digest == digest)).one_or_none()
-        if row is None:
-            raise NotFound("artifact", digest, "no published bundle declares it")
-        return record_from_row(ArtifactRecord, row)
+        query = sa.select(t.artifacts).where(t.artifacts.c.digest == digest)
+        return record_from_row(
+            ArtifactRecord, self._db.read_one(query, "artifact", digest, "no published bundle declares it")
+        )
 
     def referrers(self, digest: str) -> list[str]:
         """Who holds bundle ``digest``: ``device <id> (desired|running|slot:<name>)`` entries."""

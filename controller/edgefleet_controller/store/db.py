@@ -34,7 +34,9 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, Row
+
+from edgefleet_controller.store.errors import NotFound
 
 log = structlog.get_logger(__name__)
 
@@ -175,6 +177,14 @@ class Database:
             conn.info[_BEGIN_KEY] = "BEGIN"
             with conn.begin():
                 yield conn
+
+    def read_one(self, query: sa.Select[Any], kind: str, key: str, hint: str) -> Row[Any]:
+        """The one row ``query`` reads; ``NotFound(kind, key, hint)`` when it reads none."""
+        with self.read() as conn:
+            row = conn.execute(query).one_or_none()
+        if row is None:
+            raise NotFound(kind, key, hint)
+        return row
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:

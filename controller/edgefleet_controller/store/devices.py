@@ -173,11 +173,8 @@ class DeviceStore(AggregateStore):
         return device_id
 
     def get(self, device_id: str) -> DeviceRecord:
-        with self._db.read() as conn:
-            row = conn.execute(sa.select(t.devices).where(t.devices.c.id == device_id)).one_or_none()
-        if row is None:
-            raise NotFound("device", device_id, "list devices to see the enrolled ids")
-        return _device_record(row)
+        query = sa.select(t.devices).where(t.devices.c.id == device_id)
+        return _device_record(self._db.read_one(query, "device", device_id, "list devices to see the enrolled ids"))
 
     def set_tags(self, device_id: str, tags: Mapping[str, str]) -> DeviceRecord:
         """Replace the device's tags (operators re-tag devices to target rollouts and config layers)."""

@@ -40,7 +40,7 @@ from edgefleet_controller.store import schema as t
 from edgefleet_controller.store.db import Database, in_chunks
 from edgefleet_controller.store.desired import UNSET, DesiredStore
 from edgefleet_controller.store.errors import Conflict, InvalidArgument, NotFound
-from edgefleet_controller.store.records import ConfigDocInput, EventRecord
+from edgefleet_controller.store.records import ConfigDocInput, EventRecord, record_from_row
 
 #: Phases after which a rollout never acts again (``RolloutPhase`` stored values).
 TERMINAL_PHASES = frozenset(str(phase) for phase in RolloutPhase if phase.terminal)
@@ -126,30 +126,23 @@ class StagedConfig:
 
 
 def _rollout_row(row: Row[Any]) -> RolloutRow:
-    return RolloutRow(
-        id=row.id,
-        name=row.name,
-        bundle_digest=row.bundle_digest,
-        spec=json.loads(row.spec_json),
-        state=json.loads(row.state_json),
-        phase=row.phase,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        version=row.version,
-    )
+    return record_from_row(RolloutRow, row, spec=json.loads(row.spec_json), state=json.loads(row.state_json))
 
 
-def _staged_row(row: Row[Any]) -> StagedConfig:
-    return StagedConfig(
-        kind=row.kind,
-        name=row.name,
-        site=row.site,
-        doc_json=row.doc_json,
-        content_digest=row.content_digest,
-        staged_by=row.staged_by,
-        staged_at=row.staged_at,
-        rollout_id=row.rollout_id,
-    )
+def _staged_in(conn: Connection, kind: str, name: str) -> Row[Any] | None:
+    staged = t.staged_configs
+    return conn.execute(sa.select(staged).where(staged.c.kind == kind, staged.c.name == name)).one_or_none()
+
+
+def _unfinished_phase(conn: Connection, rollout_id: str | None) -> str | None:
+    """The phase of rollout ``rollout_id`` (a staged revision's claimer) while it is unfinished; None when no
+    rollout is named, it is gone, or it reached a terminal phase (the claim no longer holds)."""
+    if rollout_id is None:
+        return None
+    phase: str | None = conn.execute(
+        sa.select(t.rollouts.c.phase).where(t.rollouts.c.id == rollout_id)
+    ).scalar_one_or_none()
+    return phase if phase is not None and phase not in TERMINAL_PHASES else None
 
 
 class RolloutStore:
@@ -213,11 +206,8 @@ class RolloutStore:
         return _rollout_row(row)
 
     def get(self, rollout_id: str) -> RolloutRow:
-        with self._db.read() as conn:
-            row = conn.execute(sa.select(t.rollouts).where(t.rollouts.c.id == rollout_id)).one_or_none()
-        if row is None:
-            raise NotFound("rollout", rollout_id, "list rollouts to see the ids")
-        return _rollout_row(row)
+        query = sa.select(t.rollouts).where(t.rollouts.c.id == rollout_id)
+        return _rollout_row(self._db.read_one(query, "rollout", rollout_id, "list rollouts to see the ids"))
 
     def list_rollouts(self, phases: Collection[str] = ()) -> list[RolloutRow]:
         """Rollouts, oldest first; only those in ``phases`` when given."""
@@ -432,18 +422,13 @@ class RolloutStore:
         results: list[str] = []
         with self._db.transaction() as conn:
             for doc in docs:
-                row = conn.execute(
-                    sa.select(staged).where(staged.c.kind == doc.kind, staged.c.name == doc.name)
-                ).one_or_none()
-                if row is not None and row.rollout_id is not None:
-                    phase = conn.execute(
-                        sa.select(t.rollouts.c.phase).where(t.rollouts.c.id == row.rollout_id)
-                    ).scalar_one_or_none()
-                    if phase is not None and phase not in TERMINAL_PHASES:
-                        raise Conflict(
-                            f"{doc.kind}/{doc.name} is staged for unfinished rollout {row.rollout_id} ({phase}); "
-                            "wait for it to finish or abort it before staging another revision"
-                        )
+                row = _staged_in(conn, doc.kind, doc.name)
+                phase = _unfinished_phase(conn, row.rollout_id) if row is not None else None
+                if row is not None and phase is not None:
+                    raise Conflict(
+                        f"{doc.kind}/{doc.name} is staged for unfinished rollout {row.rollout_id} ({phase}); "
+                        "wait for it to finish or abort it before staging another revision"
+                    )
                 if row is not None and row.content_digest == doc.content_digest and row.rollout_id is None:
                     results.append("unchanged")
                     continue
@@ -467,35 +452,34 @@ class RolloutStore:
 
     def _claim(self, conn: Connection, key: tuple[str, str], rollout_id: str) -> None:
         staged = t.staged_configs
-        row = conn.execute(sa.select(staged).where(staged.c.kind == key[0], staged.c.name == key[1])).one_or_none()
+        row = _staged_in(conn, *key)
         if row is None:
             raise Conflict(
                 f"{key[0]}/{key[1]} has no staged revision; stage it with 'fleetctl apply --stage -f FILE' or apply "
                 "it in the same 'fleetctl apply -f' as the Rollout"
             )
-        if row.rollout_id is not None:
-            phase = conn.execute(
-                sa.select(t.rollouts.c.phase).where(t.rollouts.c.id == row.rollout_id)
-            ).scalar_one_or_none()
-            if phase is not None and phase not in TERMINAL_PHASES:
-                raise Conflict(
-                    f"{key[0]}/{key[1]}'s staged revision belongs to unfinished rollout {row.rollout_id} ({phase}); "
-                    "one rollout per staged revision"
-                )
+        phase = _unfinished_phase(conn, row.rollout_id)
+        if phase is not None:
+            raise Conflict(
+                f"{key[0]}/{key[1]}'s staged revision belongs to unfinished rollout {row.rollout_id} ({phase}); "
+                "one rollout per staged revision"
+            )
         conn.execute(
             staged.update().where(staged.c.kind == key[0], staged.c.name == key[1]).values(rollout_id=rollout_id)
         )
 
     def staged_config(self, kind: str, name: str) -> StagedConfig | None:
-        staged = t.staged_configs
         with self._db.read() as conn:
-            row = conn.execute(sa.select(staged).where(staged.c.kind == kind, staged.c.name == name)).one_or_none()
-        return _staged_row(row) if row is not None else None
+            row = _staged_in(conn, kind, name)
+        return record_from_row(StagedConfig, row) if row is not None else None
 
     def staged_configs(self) -> list[StagedConfig]:
         staged = t.staged_configs
         with self._db.read() as conn:
-            return [_staged_row(r) for r in conn.execute(sa.select(staged).order_by(staged.c.kind, staged.c.name))]
+            return [
+                record_from_row(StagedConfig, r)
+                for r in conn.execute(sa.select(staged).order_by(staged.c.kind, staged.c.name))
+            ]
 
     def drop_staged(self, kind: str, name: str, rollout_id: str) -> bool:
         """Remove the staged revision ``rollout_id`` claimed (once promoted or discarded); False if gone."""
