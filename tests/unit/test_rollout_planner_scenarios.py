@@ -1,24 +1,21 @@
-"""The rollout planner: table-driven scenarios on a simulated fleet, then Hypothesis properties."""
+"""The rollout planner, table-driven on a simulated fleet: waves, aborts, pauses, approval, bake time, gates, spec
+errors, config targets."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import pytest
-from hypothesis import event, given, settings
-from hypothesis import strategies as st
 
 from edgefleet_controller.rollout.errors import RolloutSpecError
 from edgefleet_controller.rollout.model import (
     Abort,
     Approve,
     AssignBundle,
-    Command,
     DeviceFact,
-    Emit,
     Gates,
     OnAbort,
     Pause,
@@ -32,134 +29,20 @@ from edgefleet_controller.rollout.model import (
     Strategy,
     WaveSize,
 )
-from edgefleet_controller.rollout.planner import Plan, plan, wave_targets
-
-T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
-OLD = "sha256:" + "a" * 64
-NEW = "sha256:" + "b" * 64
-
-
-def spec(
-    waves: tuple[int | str, ...] = (1, "50%", "100%"),
-    *,
-    bake_s: float = 0.0,
-    max_parallel: int = 0,
-    gates: Gates | None = None,
-    on_abort: OnAbort = OnAbort.ROLLBACK,
-    selector: Selector | None = None,
-) -> RolloutSpec:
-    return RolloutSpec(
-        id="ro_test",
-        bundle_digest=NEW,
-        selector=selector or Selector(),
-        strategy=Strategy(waves=waves, bake_s=bake_s, max_parallel=max_parallel),
-        gates=gates or Gates(),
-        on_abort=on_abort,
-    )
-
-
-@dataclass
-class Fleet:
-    """A fake fleet driven by the planner's steps: devices take a step per tick towards what they are told."""
-
-    facts: dict[str, DeviceFact]
-    failing: set[str] = field(default_factory=set)
-    inconclusive: set[str] = field(default_factory=set)
-    assigned_log: list[str] = field(default_factory=list)
-
-    @staticmethod
-    def of(sites: dict[str, int], *, offline: Sequence[str] = ()) -> Fleet:
-        facts = {}
-        for site, count in sites.items():
-            for i in range(count):
-                device_id = f"dev_{site}_{i:02d}"
-                facts[device_id] = DeviceFact(
-                    device_id=device_id,
-                    site=site,
-                    online=device_id not in offline,
-                    running_bundle=OLD,
-                    desired_bundle=OLD,
-                    update_state="committed",
-                )
-        return Fleet(facts)
-
-    def apply(self, steps: Sequence[object]) -> None:
-        for step in steps:
-            if isinstance(step, AssignBundle):
-                self.assigned_log.append(step.device_id)
-                fact = self.facts[step.device_id]
-                self.facts[step.device_id] = replace(fact, desired_bundle=step.bundle_digest, update_state="idle")
-            elif isinstance(step, RevertDevice):
-                fact = self.facts[step.device_id]
-                self.facts[step.device_id] = replace(fact, desired_bundle=step.to_bundle)
-
-    def tick(self) -> None:
-        """Every online device converges on its desired bundle (or fails trying)."""
-        for device_id, fact in list(self.facts.items()):
-            if not fact.online or fact.desired_bundle == fact.running_bundle:
-                continue
-            if fact.desired_bundle == NEW:
-                if device_id in self.failing:
-                    fact = replace(fact, failed=True, update_state="rolled_back")
-                elif device_id in self.inconclusive:
-                    fact = replace(fact, inconclusive_count=fact.inconclusive_count + 1)
-                else:
-                    fact = replace(fact, running_bundle=NEW, succeeded=True, update_state="committed")
-            else:
-                fact = replace(fact, running_bundle=fact.desired_bundle, succeeded=False, update_state="committed")
-            self.facts[device_id] = fact
-
-    def view(self) -> list[DeviceFact]:
-        return list(self.facts.values())
-
-
-@dataclass
-class Run:
-    spec: RolloutSpec
-    fleet: Fleet
-    state: RolloutState = field(default_factory=RolloutState)
-    now: datetime = T0
-    history: list[Plan] = field(default_factory=list)
-
-    def step(self, *commands: Command, dt: float = 1.0, tick: bool = True) -> Plan:
-        result = plan(self.spec, self.state, self.fleet.view(), self.now, commands=commands)
-        self.history.append(result)
-        self.state = result.next_state
-        self.fleet.apply(result.steps)
-        if tick:
-            self.fleet.tick()
-        self.now += timedelta(seconds=dt)
-        return result
-
-    def until(self, done: Callable[[Run], bool], limit: int = 50, **kwargs: float) -> None:
-        for _ in range(limit):
-            if done(self):
-                return
-            self.step(**kwargs)  # type: ignore[arg-type]
-        raise AssertionError(f"did not converge in {limit} plans: {self.state.phase} {self.state.message}")
-
-
-def phase_of(run: Run) -> RolloutPhase:
-    """The current phase, read through a call so mypy does not narrow it across steps."""
-    return run.state.phase
-
-
-def assigns(p: Plan) -> list[str]:
-    return [s.device_id for s in p.steps if isinstance(s, AssignBundle)]
-
-
-def reverts(p: Plan) -> list[str]:
-    return [s.device_id for s in p.steps if isinstance(s, RevertDevice)]
-
-
-def events(p: Plan) -> list[str]:
-    return [s.event for s in p.steps if isinstance(s, Emit)]
-
-
-TWO_SITES = {"a": 4, "b": 2}
-
-
-# ------------------------------------------------------------------ scenarios
+from edgefleet_controller.rollout.planner import plan, wave_targets
+from tests.unit.rollout_planner_cases import (
+    NEW,
+    OLD,
+    T0,
+    TWO_SITES,
+    Fleet,
+    Run,
+    assigns,
+    events,
+    phase_of,
+    reverts,
+    spec,
+)
 
 
 def test_success_path_two_sites_waves_1_50_100() -> None:
@@ -377,213 +260,6 @@ def test_waves_parse_and_targets() -> None:
 def test_spec_errors_name_the_field_and_value(build: Callable[[], object], message: str) -> None:
     with pytest.raises(RolloutSpecError, match=message):
         build()
-
-
-# ------------------------------------------------------------------ properties
-
-WAVES = st.sampled_from([(1, "50%", "100%"), (1, "100%"), ("100%",), (2, "25%", "75%"), (1, 3, "10%")])
-
-
-@st.composite
-def fleets(draw: st.DrawFn) -> Fleet:
-    sites = draw(st.dictionaries(st.sampled_from(["a", "b", "c"]), st.integers(0, 7), min_size=1, max_size=3))
-    offline = draw(st.lists(st.sampled_from([f"dev_{s}_{i:02d}" for s in sites for i in range(7)] or ["x"])))
-    return Fleet.of(sites, offline=offline)
-
-
-def _check_invariants(run: Run, p: Plan, assigned_ever: set[str], aborted_seen: bool) -> None:
-    new = assigns(p)
-    assert len(new) == len(set(new))
-    assert not (set(new) & assigned_ever), "a device was assigned twice"
-    assert not (aborted_seen and new), "assigned after abort"
-    if run.state.wave:
-        targets = wave_targets(run.spec, run.fleet.view(), run.state)
-        for group, per_wave in targets.items():
-            in_group = sum(1 for a in run.state.assigned.values() if a.site == group)
-            assert in_group <= per_wave[run.state.wave - 1]
-
-
-@settings(max_examples=150, deadline=None)
-@given(
-    fleet=fleets(),
-    waves=WAVES,
-    max_parallel=st.integers(0, 3),
-    bake_s=st.sampled_from([0.0, 10.0]),
-    manual=st.booleans(),
-)
-def test_converges_to_completed_when_every_device_succeeds(
-    fleet: Fleet, waves: tuple[int | str, ...], max_parallel: int, bake_s: float, manual: bool
-) -> None:
-    for device_id, fact in fleet.facts.items():  # offline devices would (rightly) stall the rollout
-        fleet.facts[device_id] = replace(fact, online=True)
-    run = Run(spec(waves, bake_s=bake_s, max_parallel=max_parallel, gates=Gates(manual_approval=manual)), fleet)
-    assigned_ever: set[str] = set()
-    for _ in range(50):
-        if run.state.phase is RolloutPhase.COMPLETED:
-            break
-        approve = (Approve(),) if run.state.phase is RolloutPhase.WAITING_APPROVAL else ()
-        p = run.step(*approve, dt=5.0)
-        _check_invariants(run, p, assigned_ever, aborted_seen=False)
-        assigned_ever.update(assigns(p))
-    assert phase_of(run) is RolloutPhase.COMPLETED, run.state
-    assert assigned_ever == set(fleet.facts)
-    assert all(f.running_bundle == NEW for f in fleet.facts.values())
-
-
-@settings(max_examples=150, deadline=None)
-@given(
-    fleet=fleets(),
-    waves=WAVES,
-    max_parallel=st.integers(0, 3),
-    on_abort=st.sampled_from(list(OnAbort)),
-    failing=st.sets(st.integers(0, 20), max_size=4),
-    ratio=st.sampled_from([0.0, 0.5]),
-    script=st.lists(st.sampled_from(["tick", "pause", "resume", "abort", "approve"]), max_size=25),
-)
-def test_safety_properties_under_failures_and_commands(
-    fleet: Fleet,
-    waves: tuple[int | str, ...],
-    max_parallel: int,
-    on_abort: OnAbort,
-    failing: set[int],
-    ratio: float,
-    script: list[str],
-) -> None:
-    ids = sorted(fleet.facts)
-    fleet.failing.update(ids[i] for i in failing if i < len(ids))
-    run = Run(spec(waves, max_parallel=max_parallel, on_abort=on_abort, gates=Gates(max_failed_ratio=ratio)), fleet)
-    commands: dict[str, Command] = {"pause": Pause(), "resume": Resume(), "abort": Abort(), "approve": Approve()}
-    assigned_ever: set[str] = set()
-    reverted_ever: set[str] = set()
-    aborted_seen = False
-    for action in [*script, *["tick"] * 20]:
-        p = run.step(*([commands[action]] if action in commands else []), dt=5.0)
-        _check_invariants(run, p, assigned_ever, aborted_seen)
-        assigned_ever.update(assigns(p))
-        assert not (set(reverts(p)) & reverted_ever), "a device was reverted twice"
-        reverted_ever.update(reverts(p))
-        if on_abort is OnAbort.HALT:
-            assert reverts(p) == []
-        aborted_seen = aborted_seen or run.state.phase.aborting
-    event(f"final phase {run.state.phase}")
-    if aborted_seen and on_abort is OnAbort.ROLLBACK:
-        assert phase_of(run) is RolloutPhase.ROLLED_BACK
-        assert reverted_ever == set(run.state.assigned)
-
-
-@settings(max_examples=100, deadline=None)
-@given(fleet=fleets(), waves=WAVES, max_parallel=st.integers(0, 3), ticks=st.integers(0, 8))
-def test_replanning_persisted_state_never_assigns_again(
-    fleet: Fleet, waves: tuple[int | str, ...], max_parallel: int, ticks: int
-) -> None:
-    run = Run(spec(waves, max_parallel=max_parallel), fleet)
-    for _ in range(ticks):
-        run.step(dt=5.0)
-    facts = fleet.view()
-    first = plan(run.spec, run.state, facts, run.now)
-    second = plan(run.spec, first.next_state, facts, run.now)
-    assert assigns(second) == [] and reverts(second) == []
-    assert second.steps == ()
-
-
-def test_revert_of_a_device_that_ran_no_bundle_does_not_wait() -> None:
-    fleet = Fleet.of({"a": 2})
-    fleet.facts["dev_a_00"] = replace(fleet.facts["dev_a_00"], running_bundle=None, desired_bundle=None)
-    run = Run(spec(("100%",)), fleet)
-    run.step()  # both assigned; both commit NEW on the tick
-    aborted = run.step(Abort())
-    assert [(s.device_id, s.to_bundle) for s in aborted.steps if isinstance(s, RevertDevice)] == [
-        ("dev_a_00", None),
-        ("dev_a_01", OLD),
-    ]
-    assert phase_of(run) is RolloutPhase.ROLLING_BACK  # dev_a_01 still runs NEW until its tick
-    run.step()
-    assert phase_of(run) is RolloutPhase.ROLLED_BACK
-
-
-# ------------------------------------------------------------------ assignments, gates at transitions
-
-
-def test_assignments_carry_ids_recorded_in_the_state() -> None:
-    run = Run(spec(), Fleet.of(TWO_SITES))
-    first = run.step()
-    steps = [s for s in first.steps if isinstance(s, AssignBundle)]
-    assert [s.assignment_id for s in steps] == ["ro_test/dev_a_00/w1", "ro_test/dev_b_00/w1"]
-    assert run.state.assigned["dev_a_00"].assignment_id == "ro_test/dev_a_00/w1"
-    fleet = Fleet.of(TWO_SITES)
-    fleet.failing.add("dev_a_00")
-    failing = Run(spec(), fleet)
-    failing.step()
-    aborted = failing.step()
-    assert {s.assignment_id for s in aborted.steps if isinstance(s, RevertDevice)} == {
-        "ro_test/dev_a_00/revert",
-        "ro_test/dev_b_00/revert",
-    }
-
-
-def test_facts_of_devices_assigned_in_the_same_pass_never_count() -> None:
-    """Whatever an unassigned device's fact says (failed, rolled back, succeeded), it predates the assignment."""
-    fleet = Fleet.of({"a": 3})
-    for device_id, fact in fleet.facts.items():
-        fleet.facts[device_id] = replace(fact, failed=True, rolled_back=True, succeeded=True, inconclusive_count=5)
-    first = plan(spec((1, "100%")), RolloutState(), fleet.view(), T0)
-    assert [s.device_id for s in first.steps if isinstance(s, AssignBundle)] == ["dev_a_00"]
-    assert first.next_state.phase is RolloutPhase.RUNNING and first.next_state.wave == 1
-    assert not any(isinstance(s, RevertDevice) for s in first.steps)
-
-
-def test_approve_rechecks_every_earlier_wave_before_starting_the_next() -> None:
-    fleet = Fleet.of({"a": 4})
-    run = Run(spec((1, "50%", "100%"), gates=Gates(manual_approval=True)), fleet)
-    run.step()
-    run.step()
-    assert phase_of(run) is RolloutPhase.WAITING_APPROVAL
-    run.step(Approve())
-    assert run.state.wave == 2
-    run.step()
-    assert phase_of(run) is RolloutPhase.WAITING_APPROVAL and run.state.wave == 2
-    # the canary (wave 1) rolls back in its watch window while wave 2 waits for approval
-    fleet.facts["dev_a_00"] = replace(fleet.facts["dev_a_00"], rolled_back=True, succeeded=False)
-    approved = plan(run.spec, run.state, fleet.view(), run.now, commands=[Approve()])
-    assert approved.next_state.phase is RolloutPhase.ROLLING_BACK
-    assert approved.next_state.wave == 2  # wave 3 never started
-    assert not [s for s in approved.steps if isinstance(s, AssignBundle)]
-    assert "wave 1 (canary): 1 of 1 devices failed" in approved.next_state.message
-    assert "rollout.wave_started" not in events(approved)
-
-
-@settings(max_examples=150, deadline=None)
-@given(
-    fleet=fleets(),
-    waves=WAVES,
-    bake_s=st.sampled_from([0.0, 10.0]),
-    late=st.dictionaries(st.integers(0, 20), st.integers(0, 6), max_size=3),
-    ratio=st.sampled_from([0.0, 0.5]),
-)
-def test_no_wave_starts_while_an_earlier_wave_exceeds_its_gate(
-    fleet: Fleet, waves: tuple[int | str, ...], bake_s: float, late: dict[int, int], ratio: float
-) -> None:
-    """Devices that succeeded and later fail (a watch-window rollback at a drawn tick): whenever a wave
-    starts, every earlier wave was within its gate on the facts of that very plan."""
-    for device_id, fact in fleet.facts.items():
-        fleet.facts[device_id] = replace(fact, online=True)
-    run = Run(spec(waves, bake_s=bake_s, gates=Gates(max_failed_ratio=ratio)), fleet)
-    ids = sorted(fleet.facts)
-    for tick in range(30):
-        for i, when in late.items():
-            if i < len(ids) and tick == when and ids[i] in run.state.assigned:
-                fleet.facts[ids[i]] = replace(fleet.facts[ids[i]], rolled_back=True, succeeded=False)
-        before, facts = run.state, dict(fleet.facts)
-        p = run.step(dt=5.0)
-        started = [s.fields["wave"] for s in p.steps if isinstance(s, Emit) and s.event == "rollout.wave_started"]
-        for wave in (w for w in started if w > 1):
-            for earlier in range(1, wave):
-                members = [d for d, a in before.assigned.items() if a.wave == earlier]
-                failed = [d for d in members if facts[d].rolled_back]
-                if earlier == 1 or ratio == 0.0:
-                    assert not failed, (wave, earlier, failed)
-        if run.state.phase.terminal:
-            break
 
 
 # ------------------------------------------------------------------ config targets
