@@ -1,8 +1,8 @@
 """The shared contract code: the rules every side applies the same way, importing no side.
 
 - Bundles: the manifest (``bundle``), the directory layout (``bundle_layout``), its sections and declared
-  policy (``bundle_sections``, ``bundle_policy``), the field reader (``bundle_fields``), files on disk
-  (``bundle_files``), the build spec (``bundle_spec``), the publisher's text files (``user_files``),
+  policy (``bundle_sections``, ``bundle_policy``), their fields read and written (``bundle_fields``), files
+  on disk (``bundle_files``), the build spec (``bundle_spec``), the publisher's text files (``user_files``),
   verification and archives (``bundle_archive``, ``bundle_upload``), signing (``signing``) and the golden
   set (``golden``).
 - What a bundle computes: ``processing`` (pre-processing, decode, NMS). It needs OpenCV, installed by the

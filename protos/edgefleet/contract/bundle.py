@@ -4,15 +4,12 @@ Decisions, written down:
 - bundle.json is canonical JSON (sorted keys, no spaces, UTF-8, trailing newline). Parsing *requires* the
   canonical form, so one manifest has exactly one digest: ``sha256:`` + hex sha256 of the bytes.
 - Unknown fields are refused (typos must not silently drop a setting).
-- ``golden.npz`` holds ``input.<name>`` arrays ``[K, *shape with batch 1]`` and ``output.<name>`` arrays
-  ``[K, ...]``; case ``i`` is run as ``{name: arr[i]}``. It is written with fixed zip timestamps so that the
-  same spec, model and ``created_at`` build a byte-identical bundle.
 
-The rest of the format has one module each: the directory layout (``bundle_layout``), the field reader
-(``bundle_fields``), the sections (``bundle_sections``), the declared policy (``bundle_policy``), the files
-on disk (``bundle_files``) and the build spec (``bundle_spec``). Building (which runs onnxruntime) is
-``edgefleet_pipeline.bundle_builder``, signing ``signing``, verification, packing and unpacking
-``bundle_archive``; this module needs neither onnxruntime nor cryptography.
+The rest of the format has one module each: the directory layout (``bundle_layout``), reading and writing
+fields (``bundle_fields``), the sections (``bundle_sections``), the declared policy (``bundle_policy``), the
+files on disk (``bundle_files``), the build spec (``bundle_spec``) and the golden set (``golden``). Building
+(which runs onnxruntime) is ``edgefleet_pipeline.bundle_builder``, signing ``signing``, verification, packing
+and unpacking ``bundle_archive``; this module needs neither onnxruntime nor cryptography.
 """
 
 from __future__ import annotations

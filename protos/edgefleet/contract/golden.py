@@ -2,8 +2,9 @@
 computed for them. The builder writes it (``edgefleet_pipeline.bundle_builder``); a device reads it to check that
 its execution provider computes what the publisher computed, within ``canary.golden_tolerance``.
 
-Format: an uncompressed .npz, ``input.<name>`` / ``output.<name>`` arrays stacked over cases, fixed zip
-timestamps (so a rebuilt bundle is byte-identical), read without pickle.
+Format: an uncompressed .npz, ``input.<name>`` arrays ``[K, *shape with batch 1]`` and ``output.<name>``
+arrays ``[K, ...]`` stacked over cases (case ``i`` is run as ``{name: arr[i]}``), fixed zip timestamps (so the
+same spec, model and ``created_at`` build a byte-identical bundle), read without pickle.
 """
 
 from __future__ import annotations
