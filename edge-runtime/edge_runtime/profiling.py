@@ -167,20 +167,14 @@ def build_profile(
 
 
 def profile_to_proto(profile: DeviceProfile) -> telemetry_pb2.LatencyProfile:
-    """The wire form carried by ``DeviceEvent(kind=KIND_PROFILE, profile=...)``."""
-    return telemetry_pb2.LatencyProfile(
-        bundle_digest=profile.bundle.digest,
-        hardware_class=profile.hardware_class,
-        provider=profile.provider,
-        precision=profile.precision,
-        seconds=profile.seconds,
-        frames=profile.frames,
-        fps=profile.fps,
-        **{name: profile.stages[name].to_proto() for name in STAGES},
-        sensors_before=list(profile.sensors_before),
-        sensors_after=list(profile.sensors_after),
-        source=profile.source,
-    )
+    """The wire form carried by ``DeviceEvent(kind=KIND_PROFILE, profile=...)``: every profile field the
+    message declares under the same name, the bundle's digest and one ``Percentiles`` per stage."""
+    wire_names = telemetry_pb2.LatencyProfile.DESCRIPTOR.fields_by_name
+    values: dict[str, Any] = {
+        f.name: getattr(profile, f.name) for f in dataclasses.fields(profile) if f.name in wire_names
+    }
+    values.update((name, profile.stages[name].to_proto()) for name in STAGES)
+    return telemetry_pb2.LatencyProfile(bundle_digest=profile.bundle.digest, **values)
 
 
 def profile_event(profile: DeviceProfile, event_id: str) -> telemetry_pb2.DeviceEvent:
