@@ -15,6 +15,7 @@ from edgefleet_controller.rollout.profiles import PROFILE_SOURCES, ProfileMeasur
 from edgefleet_controller.store import schema as t
 from edgefleet_controller.store.db import Database
 from edgefleet_controller.store.errors import InvalidArgument
+from edgefleet_controller.store.records import record_from_row
 
 
 class HardwareProfileStore:
@@ -71,14 +72,11 @@ class HardwareProfileStore:
             query = query.where(profiles.c.hardware_class == hardware_class)
         with self._db.read() as conn:
             return [
-                ProfileMeasurement(
-                    r.bundle_digest,
-                    r.hardware_class,
-                    r.source,
-                    r.device_id,
-                    float(r.p95_ms),
-                    float(r.p50_ms) if r.p50_ms is not None else None,
-                    r.measured_at,
+                record_from_row(
+                    ProfileMeasurement,
+                    r,
+                    p95_ms=float(r.p95_ms),
+                    p50_ms=float(r.p50_ms) if r.p50_ms is not None else None,
                 )
                 for r in conn.execute(query)
             ]

@@ -218,7 +218,7 @@ class EventRecord:
     received_at: datetime
 
 
-def record_from_row(record_type: type[_Record], row: Row[Any], **computed: Any) -> _Record:
+def record_from_row(record_type: type[_Record], row: Row[*tuple[Any, ...]], **computed: Any) -> _Record:
     """A ``record_type`` whose fields are the row's same-named columns, but for those given in ``computed``."""
     columns = row._mapping
     values = {f.name: columns[f.name] for f in fields(record_type) if f.name not in computed}

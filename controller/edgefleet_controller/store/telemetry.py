@@ -30,6 +30,7 @@ from edgefleet.v1.telemetry_pb2 import DeviceEvent, ReviewSample, SensorReading
 from edgefleet_controller.store import schema as t
 from edgefleet_controller.store.db import Database
 from edgefleet_controller.store.errors import Conflict, InvalidArgument, NotFound
+from edgefleet_controller.store.records import record_from_row
 from edgefleet_controller.telemetry.drift import Baseline
 from edgefleet_controller.telemetry.ingest_plan import (
     DIGEST_MAX,
@@ -354,19 +355,16 @@ class TelemetryStore:
             query = query.where(w.c.bundle_digest == bundle)
         with self._db.read() as conn:
             return [
-                WindowRow(
-                    r.device_id,
-                    r.site,
-                    r.bundle_digest,
-                    r.window_start,
-                    float(r.window_s),
-                    int(r.frames),
-                    int(r.errors),
-                    bytes(r.latency_e2e),
-                    bytes(r.latency_model),
-                    tuple(json.loads(r.confidence_json)),
-                    r.sensors_json,
-                    bool(r.throttling),
+                record_from_row(
+                    WindowRow,
+                    r,
+                    window_s=float(r.window_s),
+                    frames=int(r.frames),
+                    errors=int(r.errors),
+                    latency_e2e=bytes(r.latency_e2e),
+                    latency_model=bytes(r.latency_model),
+                    confidence=tuple(json.loads(r.confidence_json)),
+                    throttling=bool(r.throttling),
                 )
                 for r in conn.execute(query)
             ]
