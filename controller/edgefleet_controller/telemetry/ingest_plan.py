@@ -69,21 +69,20 @@ class IngestFacts:
 
 @dataclass(frozen=True, slots=True)
 class IngestedWindow:
+    """What the service alerts on about a fresh window: its bundle, start and throttling assessment."""
+
     bundle_digest: str
     window_start: datetime
     throttling: ThrottleAssessment
 
 
 @dataclass(frozen=True, slots=True)
-class PlannedWindow:
-    """A fresh metric window as it is stored: its bundle, start, p95 and throttling flag."""
+class PlannedWindow(IngestedWindow):
+    """A fresh metric window as it is stored: the ingested facts plus its record, seq and p95."""
 
     seq: int
     window: MetricWindow
-    bundle_digest: str
-    window_start: datetime
     p95_ms: float | None
-    throttling: ThrottleAssessment
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +156,8 @@ def plan_batch(
         p95 = window_p95(w)
         recent.append(thermal_point(w.sensors, p95))
         bundle, start = w.bundle_digest[:DIGEST_MAX], timestamp_or(w.window_start, now)
-        windows.append(PlannedWindow(record.seq, w, bundle, start, p95, assess_throttling(recent, throttle)))
+        throttling = assess_throttling(recent, throttle)
+        windows.append(PlannedWindow(bundle, start, throttling, seq=record.seq, window=w, p95_ms=p95))
         baseline = baseline_step(
             baseline,
             window_bundle=bundle,
