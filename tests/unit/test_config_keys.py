@@ -54,5 +54,5 @@ def test_the_reader_exists_and_names_its_key(key: str) -> None:
     code = inspect.getsource(reader)
     module = inspect.getsource(importlib.import_module(target.partition(":")[0]))
     leaf = key.rpartition(".")[2]
-    # The reader's own code reads the key, or its module's key table names it (CanaryPolicy's _CONFIG_KEYS).
+    # The reader's own code reads the key, or its module's key table names it (CanaryPolicy's _RULES).
     assert f'"{leaf}"' in code or f'"{key}"' in module, f"{target} does not read {key!r}"

@@ -16,56 +16,64 @@ from typing import Any, Literal
 from edge_runtime.canary.errors import PolicyError
 from edgefleet.contract.bundle_policy import CanaryDefaults
 
-# The config key each policy field is read from, for error messages that point at the right line.
-_CONFIG_KEYS: dict[str, str] = {
-    "sla_ms": "sla.latency_ms",
-    "thermal_buffer": "sla.thermal_buffer",
-    "min_frames": "canary.min_frames",
-    "min_seconds": "canary.min_seconds",
-    "headroom": "canary.headroom",
-    "max_p95_ratio": "canary.max_p95_ratio",
-    "psi_max": "canary.psi_max",
-    "ks_alpha": "canary.ks_alpha",
-    "min_agreement": "canary.min_agreement",
-    "inconclusive_limit": "canary.inconclusive_limit",
-    "watch_window_s": "canary.watch_window_s",
-    "watch_shadow_every_ms": "canary.watch_shadow_every_ms",
-    "watch_shadow_max_share": "canary.watch_shadow_max_share",
-    "deadline_s": "canary.deadline_s",
+
+@dataclass(frozen=True)
+class _FieldRule:
+    """How one policy field is checked: its lower and upper bound (None: unbounded; ``*_inc``: inclusive)
+    and the config key it is read from (None: not configurable; errors then name ``policy.<field>``)."""
+
+    low: float | None
+    low_inc: bool
+    high: float | None = None
+    high_inc: bool = False
+    key: str | None = None
+
+    def admits(self, value: float) -> bool:
+        """Finite (or +inf where unbounded above) and within both bounds."""
+        ok = math.isfinite(value) or (self.high is None and value == math.inf)
+        if self.low is not None:
+            ok = ok and (value >= self.low if self.low_inc else value > self.low)
+        if self.high is not None:
+            ok = ok and (value <= self.high if self.high_inc else value < self.high)
+        return ok
+
+    def describe(self) -> str:
+        """``>= 0 and < 1``: the bounds in words, for error messages."""
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>=' if self.low_inc else '>'} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<=' if self.high_inc else '<'} {self.high:g}")
+        return " and ".join(parts)
+
+
+# One rule per policy field, checked in this order; the keys name the right line in error messages.
+_RULES: dict[str, _FieldRule] = {
+    "sla_ms": _FieldRule(0.0, False, key="sla.latency_ms"),
+    "min_frames": _FieldRule(1, True, key="canary.min_frames"),
+    "min_seconds": _FieldRule(0.0, True, key="canary.min_seconds"),
+    "headroom": _FieldRule(0.0, True, 1.0, False, key="canary.headroom"),
+    "thermal_buffer": _FieldRule(0.0, True, 1.0, False, key="sla.thermal_buffer"),
+    "max_p95_ratio": _FieldRule(1.0, True, key="canary.max_p95_ratio"),
+    "latency_alpha": _FieldRule(0.0, False, 1.0, False),
+    "min_effect_ms": _FieldRule(0.0, True),
+    "psi_max": _FieldRule(0.0, False, key="canary.psi_max"),
+    "psi_min_samples": _FieldRule(1, True),
+    "ks_alpha": _FieldRule(0.0, False, 1.0, False, key="canary.ks_alpha"),
+    "psi_bins": _FieldRule(2, True),
+    "min_agreement": _FieldRule(0.0, True, 1.0, True, key="canary.min_agreement"),
+    "iou_match": _FieldRule(0.0, False, 1.0, True),
+    "inconclusive_limit": _FieldRule(1, True, key="canary.inconclusive_limit"),
+    "watch_window_s": _FieldRule(0.0, True, key="canary.watch_window_s"),
+    "watch_shadow_every_ms": _FieldRule(0.0, True, key="canary.watch_shadow_every_ms"),
+    "watch_shadow_max_share": _FieldRule(0.0, False, 1.0, True, key="canary.watch_shadow_max_share"),
+    "deadline_s": _FieldRule(0.0, False, key="canary.deadline_s"),
 }
 
-# field -> (lower, lower inclusive, upper, upper inclusive); None = unbounded.
-_BOUNDS: dict[str, tuple[float | None, bool, float | None, bool]] = {
-    "sla_ms": (0.0, False, None, False),
-    "min_frames": (1, True, None, False),
-    "min_seconds": (0.0, True, None, False),
-    "headroom": (0.0, True, 1.0, False),
-    "thermal_buffer": (0.0, True, 1.0, False),
-    "max_p95_ratio": (1.0, True, None, False),
-    "latency_alpha": (0.0, False, 1.0, False),
-    "min_effect_ms": (0.0, True, None, False),
-    "psi_max": (0.0, False, None, False),
-    "psi_min_samples": (1, True, None, False),
-    "ks_alpha": (0.0, False, 1.0, False),
-    "psi_bins": (2, True, None, False),
-    "min_agreement": (0.0, True, 1.0, True),
-    "iou_match": (0.0, False, 1.0, True),
-    "inconclusive_limit": (1, True, None, False),
-    "watch_window_s": (0.0, True, None, False),
-    "watch_shadow_every_ms": (0.0, True, None, False),
-    "watch_shadow_max_share": (0.0, False, 1.0, True),
-    "deadline_s": (0.0, False, None, False),
-}
-_INT_FIELDS = frozenset({"min_frames", "psi_min_samples", "psi_bins", "inconclusive_limit"})
 
-
-def _describe_bound(low: float | None, low_inc: bool, high: float | None, high_inc: bool) -> str:
-    parts = []
-    if low is not None:
-        parts.append(f"{'>=' if low_inc else '>'} {low:g}")
-    if high is not None:
-        parts.append(f"{'<=' if high_inc else '<'} {high:g}")
-    return " and ".join(parts)
+def _integer_fields() -> frozenset[str]:
+    """The policy fields declared ``int`` (a float there is refused, not truncated)."""
+    return frozenset(f.name for f in fields(CanaryPolicy) if f.type in ("int", int))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,20 +107,16 @@ class CanaryPolicy:
     deadline_s: float = 900.0
 
     def __post_init__(self) -> None:
-        for name, (low, low_inc, high, high_inc) in _BOUNDS.items():
+        integers = _integer_fields()
+        for name, rule in _RULES.items():
             value = getattr(self, name)
-            key = _CONFIG_KEYS.get(name, f"policy.{name}")
+            key = rule.key or f"policy.{name}"
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise PolicyError(f"{key} must be a number, got {value!r}")
-            if name in _INT_FIELDS and not isinstance(value, int):
+            if name in integers and not isinstance(value, int):
                 raise PolicyError(f"{key} must be an integer, got {value!r}")
-            ok = math.isfinite(value) or (high is None and value == math.inf)
-            if low is not None:
-                ok = ok and (value >= low if low_inc else value > low)
-            if high is not None:
-                ok = ok and (value <= high if high_inc else value < high)
-            if not ok:
-                raise PolicyError(f"{key} must be {_describe_bound(low, low_inc, high, high_inc)}, got {value!r}")
+            if not rule.admits(value):
+                raise PolicyError(f"{key} must be {rule.describe()}, got {value!r}")
         if self.headroom + self.thermal_buffer >= 1.0:
             raise PolicyError(
                 f"canary.headroom + sla.thermal_buffer must be < 1 (they leave no latency budget), "
@@ -168,8 +172,10 @@ class CanaryPolicy:
         if bundle_sla_ms is not None:
             values["sla_ms"] = bundle_sla_ms
         known = {f.name for f in fields(CanaryPolicy)}
-        for name, key in _CONFIG_KEYS.items():
-            section, _, config_key = key.partition(".")
+        for name, rule in _RULES.items():
+            if rule.key is None:
+                continue
+            section, _, config_key = rule.key.partition(".")
             source = sla if section == "sla" else canary
             if source.get(config_key) is not None and name in known:
                 values[name] = source[config_key]
