@@ -1,0 +1,38 @@
+"""Builders shared by the controller store tests: a fixed clock, content digests, an enrolled device, a published
+bundle."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+from edgefleet_controller.store import Store
+from edgefleet_controller.store.records import ArtifactRef
+
+T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def sha(text: str) -> str:
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+def enroll(
+    store: Store, site: str = "berlin", tags: dict[str, str] | None = None, name: str = "cam"
+) -> tuple[str, str]:
+    _, secret = store.enrollment_tokens.create(site, 3600, T0)
+    device, credential = store.devices.enroll(secret, name, "x86-avx2", {"ram_mb": 4096}, tags or {}, T0)
+    return device.id, credential
+
+
+def publish(store: Store, name: str = "detector", version: str = "1.0.0", model: str = "m1") -> str:
+    manifest = f'{{"name":"{name}","version":"{version}","model":"{model}"}}'.encode()
+    record, _ = store.bundles.put(
+        manifest,
+        b"sig",
+        name=name,
+        version=version,
+        key_id="pub-1",
+        artifacts=[ArtifactRef("model", sha(model), 100), ArtifactRef("golden", sha("golden"), 7)],
+        now=T0,
+    )
+    return record.digest
