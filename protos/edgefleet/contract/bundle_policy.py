@@ -6,7 +6,7 @@ A config manifest may override the canary defaults per fleet, site or device
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from edgefleet.contract.bundle_fields import FieldReader, section_dict
 
@@ -42,7 +42,10 @@ class GoldenTolerance:
     @staticmethod
     def parse(doc: FieldReader) -> GoldenTolerance:
         doc.known("atol", "rtol")
-        return GoldenTolerance(atol=doc.number("atol", 1e-3, ge=0.0), rtol=doc.number("rtol", 1e-3, ge=0.0))
+        default = GoldenTolerance()
+        return GoldenTolerance(
+            atol=doc.number("atol", default.atol, ge=0.0), rtol=doc.number("rtol", default.rtol, ge=0.0)
+        )
 
 
 @dataclass(frozen=True)
@@ -63,23 +66,15 @@ class CanaryDefaults:
 
     @staticmethod
     def parse(doc: FieldReader) -> CanaryDefaults:
-        doc.known(
-            "min_frames",
-            "min_seconds",
-            "headroom",
-            "max_p95_ratio",
-            "psi_max",
-            "ks_alpha",
-            "min_agreement",
-            "golden_tolerance",
-        )
+        doc.known(*(f.name for f in fields(CanaryDefaults)))
+        default = CanaryDefaults()  # an absent field takes the type's own default: one value, not two
         return CanaryDefaults(
-            min_frames=doc.integer("min_frames", 200, ge=1),
-            min_seconds=doc.number("min_seconds", 30.0, ge=0.0),
-            headroom=doc.number("headroom", 0.2, ge=0.0, lt=1.0),
-            max_p95_ratio=doc.number("max_p95_ratio", 1.10, ge=1.0),
-            psi_max=doc.number("psi_max", 0.25, gt=0.0),
-            ks_alpha=doc.number("ks_alpha", 0.01, gt=0.0, lt=1.0),
-            min_agreement=doc.number("min_agreement", 0.9, ge=0.0, le=1.0),
+            min_frames=doc.integer("min_frames", default.min_frames, ge=1),
+            min_seconds=doc.number("min_seconds", default.min_seconds, ge=0.0),
+            headroom=doc.number("headroom", default.headroom, ge=0.0, lt=1.0),
+            max_p95_ratio=doc.number("max_p95_ratio", default.max_p95_ratio, ge=1.0),
+            psi_max=doc.number("psi_max", default.psi_max, gt=0.0),
+            ks_alpha=doc.number("ks_alpha", default.ks_alpha, gt=0.0, lt=1.0),
+            min_agreement=doc.number("min_agreement", default.min_agreement, ge=0.0, le=1.0),
             golden_tolerance=GoldenTolerance.parse(doc.sub("golden_tolerance", required=False)),
         )
