@@ -35,6 +35,7 @@ from edgefleet_controller.interceptor import ControllerInterceptor
 from edgefleet_controller.metrics import ControllerMetrics
 from edgefleet_controller.replicas import ChangeRelay, replica_id
 from edgefleet_controller.rollout.configs import StoreConfigTargets
+from edgefleet_controller.rollout.reconciler import ReconcilerSettings
 from edgefleet_controller.rollout.service import RolloutService
 from edgefleet_controller.server import SERVICE_NAMES, TlsConfig, bind, server_options
 from edgefleet_controller.servicers.convert import FeedAnnouncer
@@ -108,7 +109,7 @@ def build_controller(data_dir: Path, *, clock: Clock = utcnow, store_url: str | 
         store,
         hub,
         clock,
-        holder=holder,
+        reconciler=ReconcilerSettings(holder=holder),
         configs=StoreConfigTargets(store, blobs),
         on_configs_changed=configs_changed,
     )

@@ -22,6 +22,7 @@ from edgefleet.v1 import fleet_pb2
 from edgefleet_controller import errors as cerr
 from edgefleet_controller.hub import SyncHub
 from edgefleet_controller.rollout.profiles import class_p95
+from edgefleet_controller.rollout.reconciler import ReconcilerSettings
 from edgefleet_controller.rollout.service import RolloutService
 from edgefleet_controller.store import Store
 from edgefleet_controller.store.errors import StillReferenced
@@ -70,7 +71,7 @@ def clock() -> MovableClock:
 
 @pytest.fixture
 def service(store: Store, clock: MovableClock) -> RolloutService:
-    return RolloutService(store, SyncHub(), clock, holder="replica-1", watch_poll_s=0.05)
+    return RolloutService(store, SyncHub(), clock, reconciler=ReconcilerSettings(holder="replica-1"), watch_poll_s=0.05)
 
 
 def publish(
@@ -330,13 +331,13 @@ async def test_restart_mid_rollout_never_assigns_twice(
     ids = enroll(store, "berlin", 4)
     for d in ids:
         report(store, d, T0, v1)
-    first = RolloutService(store, SyncHub(), clock, holder="before-crash")
+    first = RolloutService(store, SyncHub(), clock, reconciler=ReconcilerSettings(holder="before-crash"))
     ro = await first.create(request(v2, ["berlin"], ["1", "50%"]))
     (canary,) = assigned_to(store, ids, v2)
     revision = store.desired.get(canary).revision
     del first  # "crash": no stop(), the lease is left to expire
 
-    second = RolloutService(store, SyncHub(), clock, holder="after-restart")
+    second = RolloutService(store, SyncHub(), clock, reconciler=ReconcilerSettings(holder="after-restart"))
     assert not (await second.reconcile_once(clock.advance(1))).leader  # the dead holder's lease still runs
     report_after = await second.reconcile_once(clock.advance(20))
     assert report_after.leader
@@ -384,8 +385,8 @@ async def test_only_one_reconciler_acts_per_lease(
     assert len(winners) == 1
 
     publish(store, base_manifest)
-    a = RolloutService(store, SyncHub(), clock, holder="a")
-    b = RolloutService(store, SyncHub(), clock, holder="b")
+    a = RolloutService(store, SyncHub(), clock, reconciler=ReconcilerSettings(holder="a"))
+    b = RolloutService(store, SyncHub(), clock, reconciler=ReconcilerSettings(holder="b"))
     leaders = [(await a.reconcile_once()).leader, (await b.reconcile_once()).leader]
     assert leaders == [True, False]
     await a.stop()  # releases: b takes over without waiting for expiry
@@ -426,7 +427,12 @@ async def test_background_loop_advances_on_its_own_and_wakes(
 ) -> None:
     v2 = publish(store, base_manifest, version="2.0.0")
     ids = enroll(store, "berlin", 2)
-    service = RolloutService(store, SyncHub(), clock, holder="loop", interval_s=0.05, lease_ttl_s=5)
+    service = RolloutService(
+        store,
+        SyncHub(),
+        clock,
+        reconciler=ReconcilerSettings(holder="loop", interval_s=0.05, lease_ttl_s=5),
+    )
     ro = await service.create(request(v2, ["berlin"], ["1"]))
     service.start()
     try:

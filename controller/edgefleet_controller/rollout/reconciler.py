@@ -95,6 +95,23 @@ def default_holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
+@dataclass(frozen=True, slots=True)
+class ReconcilerSettings:
+    """How the reconciler runs: the lease holder name (None: ``default_holder()``), the seconds between passes
+    and the lease's lifetime, which must outlast a pass interval."""
+
+    holder: str | None = None
+    interval_s: float = DEFAULT_INTERVAL_S
+    lease_ttl_s: float = DEFAULT_LEASE_TTL_S
+
+    def __post_init__(self) -> None:
+        if not self.interval_s > 0 or not self.lease_ttl_s > self.interval_s:
+            raise ValueError(
+                "reconciler interval_s must be > 0 and lease_ttl_s > interval_s, "
+                f"got {self.interval_s} and {self.lease_ttl_s}"
+            )
+
+
 # ------------------------------------------------------------------ the shell
 
 
@@ -138,25 +155,19 @@ class Reconciler:
         hub: SyncHub,
         clock: Clock,
         *,
-        holder: str | None = None,
-        interval_s: float = DEFAULT_INTERVAL_S,
-        lease_ttl_s: float = DEFAULT_LEASE_TTL_S,
+        settings: ReconcilerSettings = ReconcilerSettings(),
         on_change: Callable[[], None] | None = None,
         configs: ConfigTargets | None = None,
         on_configs_changed: ConfigsChanged | None = None,
     ) -> None:
-        if not interval_s > 0 or not lease_ttl_s > interval_s:
-            raise ValueError(
-                f"reconciler interval_s must be > 0 and lease_ttl_s > interval_s, got {interval_s} and {lease_ttl_s}"
-            )
         self.store = store
         self.rollouts = rollouts
         self.leases = leases
         self.hub = hub
         self.clock = clock
-        self.holder = holder or default_holder()
-        self.interval_s = interval_s
-        self.lease_ttl_s = lease_ttl_s
+        self.holder = settings.holder or default_holder()
+        self.interval_s = settings.interval_s
+        self.lease_ttl_s = settings.lease_ttl_s
         self._on_change = on_change
         self.configs = configs
         self.on_configs_changed = on_configs_changed

@@ -61,13 +61,7 @@ from edgefleet_controller.rollout.failures import (
 from edgefleet_controller.rollout.intake import RolloutIntake, manifest_config_target, refuse_overlap
 from edgefleet_controller.rollout.model import RolloutPhase, RolloutSpec, RolloutState
 from edgefleet_controller.rollout.profiles import profile_summaries
-from edgefleet_controller.rollout.reconciler import (
-    DEFAULT_INTERVAL_S,
-    DEFAULT_LEASE_TTL_S,
-    ConfigsChanged,
-    PassReport,
-    Reconciler,
-)
+from edgefleet_controller.rollout.reconciler import ConfigsChanged, PassReport, Reconciler, ReconcilerSettings
 from edgefleet_controller.store import Store
 from edgefleet_controller.store import errors as serr
 from edgefleet_controller.store.bundle_failures import BundleFailure, BundleFailureStore
@@ -100,9 +94,7 @@ class RolloutService:
         hub: SyncHub,
         clock: Clock,
         *,
-        holder: str | None = None,
-        interval_s: float = DEFAULT_INTERVAL_S,
-        lease_ttl_s: float = DEFAULT_LEASE_TTL_S,
+        reconciler: ReconcilerSettings = ReconcilerSettings(),
         thermal_buffer: float = 0.0,
         watch_poll_s: float = WATCH_POLL_S,
         configs: ConfigTargets | None = None,
@@ -122,9 +114,7 @@ class RolloutService:
             LeaseStore(store.db),
             hub,
             clock,
-            holder=holder,
-            interval_s=interval_s,
-            lease_ttl_s=lease_ttl_s,
+            settings=reconciler,
             on_change=self._signal_change,
             configs=configs,
             on_configs_changed=on_configs_changed,
