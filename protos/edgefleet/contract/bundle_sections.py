@@ -22,6 +22,8 @@ from edgefleet.contract.bundle_policy import CanaryDefaults, LatencySla
 from edgefleet.contract.errors import BundleFormatError
 
 KNOWN_PROVIDERS = ("tensorrt", "cuda", "rocm", "openvino", "directml", "coreml", "cpu")
+#: A bundle that names no ``providers`` (bundle.json or spec) tries these, in this order.
+DEFAULT_PROVIDERS = ("tensorrt", "cuda", "cpu")
 DTYPES = ("float32", "float16", "float64", "uint8", "int8", "int32", "int64", "bool")
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -276,7 +278,7 @@ def parse_labels(doc: FieldReader) -> tuple[str, ...]:
 
 
 def parse_providers(doc: FieldReader) -> tuple[str, ...]:
-    providers = doc.items("providers", ["tensorrt", "cuda", "cpu"], min_len=1)
+    providers = doc.items("providers", DEFAULT_PROVIDERS, min_len=1)
     for i, provider in enumerate(providers):
         if not isinstance(provider, str) or provider not in KNOWN_PROVIDERS:
             raise BundleFormatError(

@@ -37,7 +37,7 @@ class BundleSpec:
     latency: LatencySla
     labels: tuple[str, ...] = ()
     canary: CanaryDefaults = field(default_factory=CanaryDefaults)
-    providers: tuple[str, ...] = ("tensorrt", "cuda", "cpu")
+    providers: tuple[str, ...] = sections.DEFAULT_PROVIDERS
     inputs: tuple[TensorSpec, ...] | None = None
     outputs: tuple[TensorSpec, ...] | None = None
     calibration: Mapping[str, object] | None = None
