@@ -1,7 +1,7 @@
 """Latency profiles of a bundle on this device: what ``edge-runtime profile`` measures and reports.
 
 Pure core (no clock reads, no I/O): ``stage_stats`` (numpy percentiles over per-frame timings),
-``build_profile`` (timings + conditions → ``DeviceProfile``), ``profile_to_proto`` (the wire form,
+``build_profile`` (timings + ``ProfileConditions`` → ``DeviceProfile``), ``profile_to_proto`` (the wire form,
 ``edgefleet.v1.LatencyProfile``) and ``profile_to_document`` (the JSON form, format
 ``edgefleet.contract.budget.PROFILE_FORMAT``, which ``fleetctl budget --profile FILE`` reads).
 Thin shell: ``measure_frames`` (warm up, then time frames for N seconds) and ``profile_bundle`` (choose the
@@ -99,70 +99,57 @@ class BundleFacts:
 
 
 @dataclass(frozen=True)
-class DeviceProfile:
-    """One latency profile of one bundle on this device."""
+class ProfileConditions:
+    """What a profile is measured under: the bundle, the variant and the provider serving it, the warm-up,
+    the sensors just before and just after, and when. Sequences are kept as tuples, the choice as a dict."""
 
     bundle: BundleFacts
     hardware_class: str
     provider: str
-    active_providers: tuple[str, ...]
+    active_providers: Sequence[str]
     precision: str
     variant: str
+    warmup: int
+    sensors_before: Sequence[telemetry_pb2.SensorReading]
+    sensors_after: Sequence[telemetry_pb2.SensorReading]
+    measured_at: datetime
+    variant_choice: Mapping[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Frozen, so set through object: the profile keeps its own copies, not the caller's lists.
+        object.__setattr__(self, "active_providers", tuple(self.active_providers))
+        object.__setattr__(self, "sensors_before", tuple(self.sensors_before))
+        object.__setattr__(self, "sensors_after", tuple(self.sensors_after))
+        object.__setattr__(self, "variant_choice", dict(self.variant_choice))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceProfile(ProfileConditions):
+    """One latency profile of one bundle on this device: its conditions and what was measured."""
+
     seconds: float
     frames: int
     fps: float
-    warmup: int
     stages: Mapping[str, StageStats]
-    sensors_before: tuple[telemetry_pb2.SensorReading, ...]
-    sensors_after: tuple[telemetry_pb2.SensorReading, ...]
-    measured_at: datetime
     source: str = SOURCE_PROFILE
-    variant_choice: Mapping[str, object] = field(default_factory=dict)
 
     @property
     def total(self) -> StageStats:
         return self.stages["total"]
 
 
-def build_profile(
-    timings: Sequence[Timings],
-    elapsed_s: float,
-    *,
-    bundle: BundleFacts,
-    hardware_class: str,
-    provider: str,
-    active_providers: Sequence[str],
-    precision: str,
-    variant: str,
-    warmup: int,
-    sensors_before: Sequence[telemetry_pb2.SensorReading],
-    sensors_after: Sequence[telemetry_pb2.SensorReading],
-    measured_at: datetime,
-    variant_choice: Mapping[str, object] | None = None,
-) -> DeviceProfile:
-    """Summarise per-frame timings taken over ``elapsed_s`` seconds into a ``DeviceProfile``."""
+def build_profile(timings: Sequence[Timings], elapsed_s: float, conditions: ProfileConditions) -> DeviceProfile:
+    """Summarise per-frame timings taken over ``elapsed_s`` seconds under ``conditions`` into a
+    ``DeviceProfile``."""
     if not timings:
         raise ProfileError("no frame was measured; profile for longer (--seconds) or check the frame source")
     if not elapsed_s > 0:
         raise ProfileError(f"the measuring time must be > 0 s, got {elapsed_s!r}")
     # Each stage name is the prefix of its Timings field (pre_ms, model_ms, post_ms, total_ms).
     stages = {name: stage_stats([getattr(t, f"{name}_ms") for t in timings]) for name in STAGES}
+    measured_under = {f.name: getattr(conditions, f.name) for f in dataclasses.fields(ProfileConditions)}
     return DeviceProfile(
-        bundle=bundle,
-        hardware_class=hardware_class,
-        provider=provider,
-        active_providers=tuple(active_providers),
-        precision=precision,
-        variant=variant,
-        seconds=elapsed_s,
-        frames=len(timings),
-        fps=len(timings) / elapsed_s,
-        warmup=warmup,
-        stages=stages,
-        sensors_before=tuple(sensors_before),
-        sensors_after=tuple(sensors_after),
-        measured_at=measured_at,
-        variant_choice=dict(variant_choice or {}),
+        **measured_under, seconds=elapsed_s, frames=len(timings), fps=len(timings) / elapsed_s, stages=stages
     )
 
 
@@ -302,9 +289,7 @@ def profile_bundle(
     measured_at = now()
     timings, elapsed = measure_frames(engine, frames, seconds=seconds, warmup=warmup, max_frames=max_frames)
     after = tuple(read_sensors())
-    profile = build_profile(
-        timings,
-        elapsed,
+    conditions = ProfileConditions(
         bundle=BundleFacts.of(manifest),
         hardware_class=hardware_class,
         provider=engine.provider,
@@ -317,6 +302,7 @@ def profile_bundle(
         measured_at=measured_at,
         variant_choice=choice.to_dict(),
     )
+    profile = build_profile(timings, elapsed, conditions)
     log.info(
         "profile.measured",
         bundle=manifest.ref,

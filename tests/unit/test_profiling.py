@@ -14,6 +14,7 @@ from edge_runtime.inference import Timings
 from edge_runtime.profiling import (
     BundleFacts,
     DeviceProfile,
+    ProfileConditions,
     ProfileError,
     build_profile,
     profile_event,
@@ -44,17 +45,19 @@ def make_profile(n: int = 200, elapsed: float = 4.0) -> DeviceProfile:
     return build_profile(
         timings(n),
         elapsed,
-        bundle=FACTS,
-        hardware_class="x86-avx2",
-        provider="CPUExecutionProvider",
-        active_providers=["CPUExecutionProvider"],
-        precision="int8",
-        variant="int8",
-        warmup=20,
-        sensors_before=[temp, clock, missing("gpu_temp", "temp_c")],
-        sensors_after=[temp, clock, missing("gpu_temp", "temp_c")],
-        measured_at=AT,
-        variant_choice={"chosen": "int8"},
+        ProfileConditions(
+            bundle=FACTS,
+            hardware_class="x86-avx2",
+            provider="CPUExecutionProvider",
+            active_providers=["CPUExecutionProvider"],
+            precision="int8",
+            variant="int8",
+            warmup=20,
+            sensors_before=[temp, clock, missing("gpu_temp", "temp_c")],
+            sensors_after=[temp, clock, missing("gpu_temp", "temp_c")],
+            measured_at=AT,
+            variant_choice={"chosen": "int8"},
+        ),
     )
 
 
@@ -75,16 +78,18 @@ def test_no_frames_is_an_error_that_says_what_to_do() -> None:
         build_profile(
             timings(3),
             0.0,
-            bundle=FACTS,
-            hardware_class="x",
-            provider="CPUExecutionProvider",
-            active_providers=[],
-            precision="fp32",
-            variant="fp32",
-            warmup=0,
-            sensors_before=[],
-            sensors_after=[],
-            measured_at=AT,
+            ProfileConditions(
+                bundle=FACTS,
+                hardware_class="x",
+                provider="CPUExecutionProvider",
+                active_providers=[],
+                precision="fp32",
+                variant="fp32",
+                warmup=0,
+                sensors_before=[],
+                sensors_after=[],
+                measured_at=AT,
+            ),
         )
 
 
