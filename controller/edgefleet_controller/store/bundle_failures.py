@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from edgefleet_controller.store import schema as t
 from edgefleet_controller.store.db import Database, in_chunks
 from edgefleet_controller.store.errors import InvalidArgument
+from edgefleet_controller.store.records import record_from_row
 
 BUNDLE_FAILURE_KINDS = frozenset({"canary_fail", "rolled_back"})
 SUMMARY_MAX = 500
@@ -90,18 +91,6 @@ class BundleFailureStore:
                 rows = conn.execute(
                     sa.select(failures).where(failures.c.bundle_digest.in_(chunk)).order_by(failures.c.id)
                 )
-                out.extend(
-                    BundleFailure(
-                        r.bundle_digest,
-                        r.device_id,
-                        r.device_name,
-                        r.rollout_id,
-                        r.assignment_id,
-                        r.kind,
-                        r.summary,
-                        r.at,
-                    )
-                    for r in rows
-                )
+                out.extend(record_from_row(BundleFailure, r) for r in rows)
         out.sort(key=lambda f: (f.at, f.device_id))
         return out

@@ -29,7 +29,8 @@ class EventInput(NamedTuple):
     seq: int | None = None
 
 
-def _event_record(row: Row[Any]) -> EventRecord:
+def event_record(row: Row[Any]) -> EventRecord:
+    """The ``EventRecord`` of a ``device_events`` row (its payload JSON parsed)."""
     return record_from_row(EventRecord, row, payload=json.loads(row.payload_json))
 
 
@@ -111,4 +112,4 @@ class EventStore(AggregateStore):
         if after_id is not None:
             query = query.where(events_t.c.id > after_id)
         with self._db.read() as conn:
-            return [_event_record(row) for row in conn.execute(query)]
+            return [event_record(row) for row in conn.execute(query)]

@@ -40,6 +40,7 @@ from edgefleet_controller.store import schema as t
 from edgefleet_controller.store.db import Database, in_chunks
 from edgefleet_controller.store.desired import UNSET, DesiredStore
 from edgefleet_controller.store.errors import Conflict, InvalidArgument, NotFound
+from edgefleet_controller.store.events import event_record
 from edgefleet_controller.store.records import ConfigDocInput, EventRecord, record_from_row
 
 #: Phases after which a rollout never acts again (``RolloutPhase`` stored values).
@@ -330,7 +331,7 @@ class RolloutStore:
                 .where(commands.c.rollout_id == rollout_id, commands.c.consumed_at.is_(None))
                 .order_by(commands.c.id)
             )
-            return [CommandRow(r.id, r.rollout_id, r.command, r.reason, r.requested_by, r.created_at) for r in rows]
+            return [record_from_row(CommandRow, r) for r in rows]
 
     def _events(
         self, conn: Connection, rollout_id: str, events: Sequence[tuple[str, Mapping[str, Any]]], now: datetime
@@ -356,10 +357,8 @@ class RolloutStore:
         if after_id is not None:
             query = query.where(events.c.id > after_id)
         with self._db.read() as conn:
-            return [
-                RolloutEventRow(r.id, r.rollout_id, r.event, json.loads(r.fields_json), r.at)
-                for r in conn.execute(query)
-            ]
+            rows = conn.execute(query)
+            return [record_from_row(RolloutEventRow, r, fields=json.loads(r.fields_json)) for r in rows]
 
     def bundles_held(self, rollout_id: str) -> dict[str, str]:
         """Bundle digest → role ("target" / "previous") this rollout keeps from deletion."""
@@ -377,9 +376,7 @@ class RolloutStore:
             for chunk in in_chunks(sorted(set(device_ids))):
                 rows = conn.execute(sa.select(desired).where(desired.c.device_id.in_(chunk)))
                 for row in rows:
-                    out[row.device_id] = DesiredRow(
-                        row.bundle_digest, int(row.revision), row.assignment_id, row.rollout_id, row.config_digest
-                    )
+                    out[row.device_id] = record_from_row(DesiredRow, row, revision=int(row.revision))
         return out
 
     def verdict_events(self, device_ids: Sequence[str], received_since: datetime) -> list[EventRecord]:
@@ -397,10 +394,7 @@ class RolloutStore:
                     )
                     .order_by(events.c.id)
                 )
-                out.extend(
-                    EventRecord(r.id, r.device_id, r.kind, r.seq, json.loads(r.payload_json), r.at, r.received_at)
-                    for r in rows
-                )
+                out.extend(event_record(r) for r in rows)
         out.sort(key=lambda e: e.id)
         return out
 

@@ -93,8 +93,12 @@ class ReviewRow:
 def _baseline_of(row: Row[Any] | None) -> Baseline | None:
     if row is None:
         return None
-    return Baseline(
-        row.bundle_digest, int(row.windows), int(row.windows_needed), tuple(json.loads(row.counts_json)), row.started_at
+    return record_from_row(
+        Baseline,
+        row,
+        windows=int(row.windows),
+        windows_needed=int(row.windows_needed),
+        counts=tuple(json.loads(row.counts_json)),
     )
 
 
