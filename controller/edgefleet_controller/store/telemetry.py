@@ -18,7 +18,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from google.protobuf.json_format import MessageToDict
@@ -88,6 +88,18 @@ class ReviewRow:
     sample: ReviewSample
     label: str
     labeled_by: str
+
+
+_Query = TypeVar("_Query", bound=sa.Select[Any])
+
+
+def _in_scope(query: _Query, table: sa.Table, site: str | None, bundle: str | None) -> _Query:
+    """``query`` limited to ``site`` and ``bundle`` when given (empty or None: every site, every bundle)."""
+    if site:
+        query = query.where(table.c.site == site)
+    if bundle:
+        query = query.where(table.c.bundle_digest == bundle)
+    return query
 
 
 def _baseline_of(row: Row[Any] | None) -> Baseline | None:
@@ -351,12 +363,9 @@ class TelemetryStore:
             query = query.where(w.c.window_start >= since)
         if until is not None:
             query = query.where(w.c.window_start < until)
-        if site:
-            query = query.where(w.c.site == site)
         if device_id:
             query = query.where(w.c.device_id == device_id)
-        if bundle:
-            query = query.where(w.c.bundle_digest == bundle)
+        query = _in_scope(query, w, site, bundle)
         with self._db.read() as conn:
             return [
                 record_from_row(
@@ -414,10 +423,7 @@ class TelemetryStore:
     ) -> list[ReviewRow]:
         rv = t.review_samples
         query = sa.select(rv).order_by(rv.c.captured_at.desc(), rv.c.id.desc()).limit(limit)
-        if site:
-            query = query.where(rv.c.site == site)
-        if bundle:
-            query = query.where(rv.c.bundle_digest == bundle)
+        query = _in_scope(query, rv, site, bundle)
         if label == "unlabeled":
             query = query.where(rv.c.label.is_(None))
         elif label:
@@ -448,10 +454,7 @@ class TelemetryStore:
             .where(rv.c.label.is_not(None))
             .group_by(rv.c.site, rv.c.bundle_digest, rv.c.label)
         )
-        if site:
-            query = query.where(rv.c.site == site)
-        if bundle:
-            query = query.where(rv.c.bundle_digest == bundle)
+        query = _in_scope(query, rv, site, bundle)
         totals: dict[str, list[int]] = {}
         with self._db.read() as conn:
             for s, b, label, n in conn.execute(query):
