@@ -68,21 +68,16 @@ class IngestFacts:
 
 
 @dataclass(frozen=True, slots=True)
-class IngestedWindow:
-    """What the service alerts on about a fresh window: its bundle, start and throttling assessment."""
-
-    bundle_digest: str
-    window_start: datetime
-    throttling: ThrottleAssessment
-
-
-@dataclass(frozen=True, slots=True)
-class PlannedWindow(IngestedWindow):
-    """A fresh metric window as it is stored: the ingested facts plus its record, seq and p95."""
+class PlannedWindow:
+    """A fresh metric window as it is stored: its bundle, start, p95 and throttling flag (what the service
+    alerts on, through ``IngestOutcome.windows``)."""
 
     seq: int
     window: MetricWindow
+    bundle_digest: str
+    window_start: datetime
     p95_ms: float | None
+    throttling: ThrottleAssessment
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +87,7 @@ class IngestOutcome:
     stored: int
     duplicates: int
     site: str
-    windows: tuple[IngestedWindow, ...] = ()
+    windows: tuple[PlannedWindow, ...] = ()
     baseline: Baseline | None = None
     events: tuple[DeviceEvent, ...] = field(default=())
 
@@ -121,7 +116,7 @@ class IngestPlan:
             len(self.fresh),
             self.duplicates,
             self.facts.site,
-            tuple(IngestedWindow(w.bundle_digest, w.window_start, w.throttling) for w in self.windows),
+            self.windows,
             self.baseline,
             tuple(r.event for r in self.fresh if r.WhichOneof("body") == "event"),
         )
@@ -156,8 +151,7 @@ def plan_batch(
         p95 = window_p95(w)
         recent.append(thermal_point(w.sensors, p95))
         bundle, start = w.bundle_digest[:DIGEST_MAX], timestamp_or(w.window_start, now)
-        throttling = assess_throttling(recent, throttle)
-        windows.append(PlannedWindow(bundle, start, throttling, seq=record.seq, window=w, p95_ms=p95))
+        windows.append(PlannedWindow(record.seq, w, bundle, start, p95, assess_throttling(recent, throttle)))
         baseline = baseline_step(
             baseline,
             window_bundle=bundle,
