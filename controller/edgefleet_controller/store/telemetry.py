@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
-from google.protobuf.json_format import MessageToDict
+from google.protobuf.json_format import MessageToDict, ParseDict
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
@@ -50,18 +50,8 @@ def sensors_to_json(sensors: Sequence[SensorReading]) -> str:
 
 
 def sensors_from_json(text: str) -> list[SensorReading]:
-    out = []
-    for item in json.loads(text):
-        out.append(
-            SensorReading(
-                name=item.get("name", ""),
-                kind=item.get("kind", ""),
-                value=float(item.get("value", 0.0)),
-                missing=bool(item.get("missing", False)),
-                max_value=float(item.get("max_value", 0.0)),
-            )
-        )
-    return out
+    """The readings ``sensors_to_json`` stored (fields it omitted as defaults read back as defaults)."""
+    return [ParseDict(item, SensorReading(), ignore_unknown_fields=True) for item in json.loads(text)]
 
 
 @dataclass(frozen=True, slots=True)
