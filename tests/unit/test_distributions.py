@@ -44,9 +44,7 @@ def closure(root: str, extras: frozenset[str] = frozenset()) -> set[str]:
         names.add(name)
         for text in metadata.requires(name) or []:
             req = Requirement(text)
-            if req.marker is not None and not any(
-                req.marker.evaluate({"extra": extra}) for extra in (wanted or {""})
-            ):
+            if req.marker is not None and not any(req.marker.evaluate({"extra": extra}) for extra in (wanted or {""})):
                 continue
             todo.append((_canonical(req.name), frozenset(req.extras)))
     return names
