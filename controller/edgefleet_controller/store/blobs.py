@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Self
+from typing import BinaryIO
 
 from edgefleet.contract.digests import DIGEST_PREFIX, is_digest
 from edgefleet.contract.durable import fsync_dir
@@ -38,7 +38,7 @@ def check_digest(value: object) -> str:
     raise InvalidDigest(value)
 
 
-class BlobWriter:
+class BlobWriter(contextlib.AbstractContextManager["BlobWriter", None]):
     """Streams one blob into a temp file; ``commit`` makes it visible, ``abort`` (or leaving a ``with``
     block without commit) removes the temp file."""
 
@@ -105,9 +105,6 @@ class BlobWriter:
             self._file = None
         with contextlib.suppress(FileNotFoundError):
             self.temp_path.unlink()
-
-    def __enter__(self) -> Self:
-        return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -107,7 +107,7 @@ class BufferReset:
     seq: int
 
 
-class TelemetryBuffer:
+class TelemetryBuffer(contextlib.AbstractContextManager["TelemetryBuffer", None]):
     """The durable, byte-bounded telemetry store of one device. See the module docstring."""
 
     def __init__(
@@ -556,9 +556,6 @@ class TelemetryBuffer:
                 log.warning("telemetry.buffer_close_compact_failed", path=str(self.path), error=str(exc))
             self._conn.close()
             self._conn = None
-
-    def __enter__(self) -> TelemetryBuffer:
-        return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
