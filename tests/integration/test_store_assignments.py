@@ -1,12 +1,9 @@
 """Migration 0004 and what it stores — assignment ids on desired state, bundle failures, staged config
-revisions — against a real SQLite file and a real PostgreSQL server (see testing/edgefleet_testing/postgres.py)."""
+revisions — against a real SQLite file and a real PostgreSQL server (the ``store`` fixture in conftest.py)."""
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -19,30 +16,9 @@ from edgefleet_controller.store.db import MIGRATIONS_DIR
 from edgefleet_controller.store.errors import Conflict, InvalidArgument
 from edgefleet_controller.store.records import ArtifactRef, ConfigDocInput
 from edgefleet_controller.store.rollouts import RolloutStore
-from edgefleet_testing.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
+from tests.integration.store_cases import T0, sha
 
 pytestmark = pytest.mark.integration
-
-T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
-
-
-def sha(text: str) -> str:
-    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'controller.db'}"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    opened = Store.open(store_url)
-    yield opened
-    opened.close()
 
 
 def enroll(store: Store, site: str = "berlin", name: str = "cam") -> str:
