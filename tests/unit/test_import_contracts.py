@@ -76,6 +76,10 @@ WRONG_IMPORTS = [
     ("edge_runtime.cli", "import sqlalchemy", "no database stack"),
     ("fleetctl.main", "import edgefleet_controller", "fleetctl is a gRPC client"),
     ("edgefleet_controller.cli", "import edgefleet_testing", "never imports the testing package"),
+    ("edgefleet_controller.rollout.facts", "import time", "read no clock and do no I/O"),
+    ("edge_runtime.agent.sync.loop", "import edge_runtime.bootstrap", "Only the runtime's composition root"),
+    ("edgefleet_controller.devices.service", "import edgefleet_controller.bootstrap", "Only the controller's"),
+    ("edgefleet_controller.bundles.service", "import edgefleet.v1.fleet_pb2", "speak domain values"),
 ]
 
 
