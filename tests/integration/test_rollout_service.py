@@ -1,4 +1,5 @@
-"""The rollout service and reconciler against a real store (SQLite and PostgreSQL) and the real planner (no gRPC).
+"""The rollout service and reconciler against a real store (SQLite and PostgreSQL: the conftest's ``store``) and the
+real planner (no gRPC).
 
 Devices are enrolled in the store and "report" by writing their reported state with ``record_report``,
 exactly as the Sync RPC does; time moves by hand.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,6 @@ from edgefleet_controller.store.records import ArtifactRef
 from edgefleet_pipeline.bundle_builder import build_bundle
 from edgefleet_testing.fakes import MovableClock
 from edgefleet_testing.modelgen import make_classifier
-from edgefleet_testing.postgres import postgres_server, postgres_url  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
 
@@ -49,19 +48,6 @@ def base_manifest(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     spec["preprocess"]["size"] = [16, 16]
     (work / "spec.yaml").write_text(yaml.safe_dump(spec))
     return build_bundle(work / "spec.yaml", work / "out", golden_count=1).to_dict()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """SQLite in a temp file, or a clean PostgreSQL database (see testing/edgefleet_testing/postgres.py; skips, saying
-    why, where PostgreSQL is not available)."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'controller.db'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
-    opened = Store.open(url)
-    yield opened
-    opened.close()
 
 
 @pytest.fixture
