@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -20,7 +19,8 @@ from importlib import metadata
 from pathlib import Path
 
 from benchlib import Row, row, run_alone
-from packaging.requirements import Requirement
+
+from edgefleet_testing.distributions import closure
 
 SHIPPED = {
     "edgefleet-contract": {"processing"},
@@ -35,26 +35,6 @@ RUNTIME_LIBRARIES = (
     "onnxruntime, cv2, numpy, grpc, grpc_health.v1.health, google.protobuf, structlog, jsonschema, yaml, tenacity, "
     "psutil, ddsketch, cryptography.hazmat.primitives.asymmetric.ed25519, asyncio, sqlite3"
 )
-
-
-def _canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def closure(root: str, extras: set[str]) -> set[str]:
-    seen: set[tuple[str, frozenset[str]]] = set()
-    todo = [(_canonical(root), frozenset(extras))]
-    while todo:
-        name, wanted = todo.pop()
-        if (name, wanted) in seen:
-            continue
-        seen.add((name, wanted))
-        for text in metadata.requires(name) or []:
-            req = Requirement(text)
-            if req.marker is not None and not any(req.marker.evaluate({"extra": e}) for e in (wanted or {""})):
-                continue
-            todo.append((_canonical(req.name), frozenset(req.extras)))
-    return {name for name, _ in seen}
 
 
 def installed_bytes(names: set[str]) -> int:

@@ -7,13 +7,13 @@ the wrong pyproject.toml fails here, not on a device.
 
 from __future__ import annotations
 
-import re
 import tomllib
 from importlib import metadata
 from pathlib import Path
 
 import pytest
-from packaging.requirements import Requirement
+
+from edgefleet_testing.distributions import closure
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,29 +25,6 @@ DISTRIBUTIONS = {
     "edgefleet-edge-runtime": "edge-runtime",
     "edgefleet-testing": "testing",
 }
-
-
-def _canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def closure(root: str, extras: frozenset[str] = frozenset()) -> set[str]:
-    """Every distribution pip installs for ``root[extras]``, by installed metadata (environment markers apply)."""
-    seen: set[tuple[str, frozenset[str]]] = set()
-    names: set[str] = set()
-    todo = [(_canonical(root), extras)]
-    while todo:
-        name, wanted = todo.pop()
-        if (name, wanted) in seen:
-            continue
-        seen.add((name, wanted))
-        names.add(name)
-        for text in metadata.requires(name) or []:
-            req = Requirement(text)
-            if req.marker is not None and not any(req.marker.evaluate({"extra": extra}) for extra in (wanted or {""})):
-                continue
-            todo.append((_canonical(req.name), frozenset(req.extras)))
-    return names
 
 
 def test_every_boundary_is_an_installed_distribution_with_its_own_pyproject() -> None:
