@@ -35,7 +35,6 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -402,10 +401,8 @@ def acquire_shared_server() -> PostgresServer:
     global _shared, _users
     with _lock:
         if _shared is None:
-            started = time.monotonic()
             _shared = PostgresServer.start()
             atexit.register(_shared.stop)
-            _shared_started_s[0] = time.monotonic() - started
         _users += 1
         return _shared
 
@@ -418,14 +415,6 @@ def release_shared_server() -> None:
             _shared.stop()
             _shared = None
             _users = 0
-
-
-_shared_started_s = [0.0]
-
-
-def shared_server_start_seconds() -> float:
-    """How long the shared server took to start (0.0 before it has): for timing reports."""
-    return _shared_started_s[0]
 
 
 @pytest.fixture(scope="session")
