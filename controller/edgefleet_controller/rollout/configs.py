@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
-from edgefleet.contract.manifest import DeviceFacts, EffectiveConfig, ManifestDoc, ManifestKind, effective_config
+from edgefleet.contract.manifest import DeviceFacts, EffectiveConfig, ManifestDoc, effective_config
 from edgefleet_controller.store import BlobStore, Store
 from edgefleet_controller.store.records import ConfigDocRecord, DeviceRecord
 from edgefleet_controller.store.rollouts import StagedConfig
@@ -62,10 +62,6 @@ def resolve_config_ref(ref: str, names: Iterable[str]) -> str | None:
         return ref
     found = [n for n in names if n.split("/", 1)[-1] == ref]
     return found[0] if len(found) == 1 else None
-
-
-def is_config_kind(kind: str) -> bool:
-    return kind in (ManifestKind.FLEET_CONFIG, ManifestKind.SITE_CONFIG, ManifestKind.DEVICE_CONFIG)
 
 
 def device_facts(device: DeviceRecord) -> DeviceFacts:

@@ -401,11 +401,6 @@ class TelemetryStore:
             raise NotFound("device", ref, "list devices with 'fleetctl devices'")
         return str(found[0])
 
-    def device_sites(self) -> dict[str, str]:
-        d = t.devices
-        with self._db.read() as conn:
-            return {str(r.id): str(r.site) for r in conn.execute(sa.select(d.c.id, d.c.site))}
-
     # ------------------------------------------------------------------ review queue
 
     def list_reviews(
