@@ -59,6 +59,22 @@ def free_port() -> int:
 # ---------------------------------------------------------------------------------------------- bundles
 
 
+def write_sample_spec(
+    src: Path, *, name: str = "classifier", version: str = "1.0.0", seed: int = 0, canary: dict[str, Any] | None = None
+) -> Path:
+    """``SAMPLE_SPEC`` over a generated classifier (10 classes, 16×16), written with its model into ``src``;
+    ``canary`` replaces keys of the spec's ``canary`` section. Returns the spec's path."""
+    src.mkdir(parents=True, exist_ok=True)
+    model = make_classifier(src / "model.onnx", num_classes=10, size=16, seed=seed)
+    spec = yaml.safe_load(SAMPLE_SPEC.read_text())
+    spec.update(name=name, version=version, model=str(model))
+    spec["preprocess"]["size"] = [16, 16]
+    spec["canary"].update(canary or {})
+    spec_path = src / "bundle.spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    return spec_path
+
+
 def publish_bundle(
     work: Path,
     key: SigningKey | None,
@@ -74,14 +90,7 @@ def publish_bundle(
     ``canary`` replaces keys of the sample spec's ``canary`` section (the bundle's declared policy)."""
     tag = f"{name}-{version}-{seed}"
     src = work / f"src-{tag}"
-    src.mkdir(parents=True, exist_ok=True)
-    model = make_classifier(src / "model.onnx", num_classes=10, size=16, seed=seed)
-    spec = yaml.safe_load(SAMPLE_SPEC.read_text())
-    spec.update(name=name, version=version, model=str(model))
-    spec["preprocess"]["size"] = [16, 16]
-    spec["canary"].update(canary or {})
-    spec_path = src / "bundle.spec.yaml"
-    spec_path.write_text(yaml.safe_dump(spec))
+    spec_path = write_sample_spec(src, name=name, version=version, seed=seed, canary=canary)
     extra_paths = {}
     for role, data in (extra or {}).items():
         path = src / f"{role}.bin"

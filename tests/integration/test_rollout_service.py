@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from edgefleet.contract.bundle import BundleManifest
 from edgefleet.contract.manifest import parse_manifests
@@ -29,8 +28,8 @@ from edgefleet_controller.store.errors import StillReferenced
 from edgefleet_controller.store.leases import LeaseStore
 from edgefleet_controller.store.records import ArtifactRef
 from edgefleet_pipeline.bundle_builder import build_bundle
+from edgefleet_testing.controller import write_sample_spec
 from edgefleet_testing.fakes import MovableClock
-from edgefleet_testing.modelgen import make_classifier
 
 pytestmark = pytest.mark.integration
 
@@ -42,12 +41,7 @@ PHASE = fleet_pb2.RolloutPhase
 @pytest.fixture(scope="module")
 def base_manifest(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     work = tmp_path_factory.mktemp("bundle")
-    model = make_classifier(work / "model.onnx", num_classes=10, size=16, seed=0)
-    spec = yaml.safe_load((REPO / "examples" / "bundles" / "classifier-v1.spec.yaml").read_text())
-    spec.update(name="classifier", version="1.0.0", model=str(model))
-    spec["preprocess"]["size"] = [16, 16]
-    (work / "spec.yaml").write_text(yaml.safe_dump(spec))
-    return build_bundle(work / "spec.yaml", work / "out", golden_count=1).to_dict()
+    return build_bundle(write_sample_spec(work), work / "out", golden_count=1).to_dict()
 
 
 @pytest.fixture
