@@ -39,6 +39,7 @@ from edgefleet_testing.bundles import SignedBundle
 from edgefleet_testing.bundles import make_bundle as make_signed_bundle
 from edgefleet_testing.fleet import Controller, EdgeProcess, start_controller, start_edge, terminate_all
 from edgefleet_testing.waiting import wait_until
+from fleetctl.output import health_name, update_state_name
 from fleetctl.rollout_cmds import phase_name
 
 SITE = "warehouse-a"
@@ -125,14 +126,6 @@ def make_bundle(root: Path, key: SigningKey, version: str, *, logit_shift: float
     )
 
 
-def _health(value: int) -> str:
-    return common_pb2.Health.Name(common_pb2.Health.ValueType(value)).removeprefix("HEALTH_").lower()
-
-
-def _state(value: int) -> str:
-    return common_pb2.UpdateState.Name(common_pb2.UpdateState.ValueType(value)).removeprefix("UPDATE_STATE_").lower()
-
-
 def follow_rollout(fleet: Fleet, rollout_id: str, terminal: set[Any], timeout: float) -> fleet_pb2.Rollout:
     """Print each change of phase, wave or device status until the rollout is terminal."""
     seen: dict[str, str] = {}
@@ -144,7 +137,7 @@ def follow_rollout(fleet: Fleet, rollout_id: str, terminal: set[Any], timeout: f
             seen[""] = head
             fleet.console.print(f"  [cyan]{rollout_id}[/cyan] {head}" + (f" — {ro.message}" if ro.message else ""))
         for d in ro.devices:
-            line = f"{d.status} ({_state(d.update_state)})"
+            line = f"{d.status} ({update_state_name(d.update_state)})"
             if seen.get(d.device_id) != line and d.status != "pending":
                 seen[d.device_id] = line
                 fleet.console.print(f"    {d.device_name:8} wave {d.wave}: {line}", highlight=False)
@@ -381,9 +374,9 @@ def print_status(fleet: Fleet, versions: dict[str, str]) -> None:
         )
         table.add_row(
             d.name,
-            _health(d.health),
+            health_name(d.health),
             versions.get(r.running_bundle_digest, r.running_bundle_digest[:19]),
-            _state(r.update_state),
+            update_state_name(r.update_state),
             ",".join(p.removesuffix("ExecutionProvider") for p in r.active_providers) or "-",
             d.hardware.hardware_class or "-",
             outcome,

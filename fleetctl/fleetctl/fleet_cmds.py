@@ -23,10 +23,12 @@ from fleetctl.output import (
     emit_structured,
     emit_table,
     err_console,
+    health_name,
     is_structured,
     short_digest,
     table,
     ts,
+    update_state_name,
 )
 from fleetctl.settings import OPTIONS
 
@@ -35,14 +37,6 @@ describe_app = typer.Typer(help="Show one object in detail.", no_args_is_help=Tr
 token_app = typer.Typer(help="Enrollment and operator tokens (admin).", no_args_is_help=True)
 devices_app = typer.Typer(help="Act on devices directly (outside rollouts).", no_args_is_help=True)
 config_app = typer.Typer(help="Inspect configs.", no_args_is_help=True)
-
-
-def _health(value: int) -> str:
-    return common_pb2.Health.Name(common_pb2.Health.ValueType(value)).removeprefix("HEALTH_").lower()
-
-
-def _state(value: int) -> str:
-    return common_pb2.UpdateState.Name(common_pb2.UpdateState.ValueType(value)).removeprefix("UPDATE_STATE_").lower()
 
 
 # ------------------------------------------------------------------ get
@@ -87,9 +81,9 @@ def get_devices(
         lambda d: [
             d.name,
             d.site,
-            _health(d.health),
+            health_name(d.health),
             short_digest(d.reported.running_bundle_digest),
-            _state(d.reported.update_state),
+            update_state_name(d.reported.update_state),
             age(d.last_seen),
         ],
         ["ID", "CLASS", "PROVIDERS", "DESIRED", "TAGS"],
@@ -171,11 +165,11 @@ def describe_device(device: str = typer.Argument(..., help="device id or name"),
         f"tags:        {', '.join(f'{k}={v}' for k, v in sorted(d.tags.items())) or '-'}",
         f"hardware:    {d.hardware.hardware_class}  cores={d.hardware.cpu_cores}  "
         f"providers={','.join(d.hardware.execution_providers) or '-'}",
-        f"health:      {_health(d.health)}   last seen {age(d.last_seen)} ago",
+        f"health:      {health_name(d.health)}   last seen {age(d.last_seen)} ago",
         f"desired:     bundle {d.desired.bundle_digest or '-'}  config {short_digest(d.desired.config_digest)}  "
         f"revision {d.desired.revision}  ({d.desired.reason or '-'})",
         f"running:     bundle {r.running_bundle_digest or '-'}  config {short_digest(r.running_config_digest)}",
-        f"update:      {_state(r.update_state)}  candidate {short_digest(r.candidate_bundle_digest)}  "
+        f"update:      {update_state_name(r.update_state)}  candidate {short_digest(r.candidate_bundle_digest)}  "
         f"{r.update_reason}",
         f"providers:   {', '.join(r.active_providers) or '-'}",
         f"slots:       {', '.join(short_digest(s) for s in r.slot_digests) or '-'}",
@@ -197,7 +191,7 @@ def describe_device(device: str = typer.Argument(..., help="device id or name"),
             kind = telemetry_pb2.DeviceEvent.Kind.Name(e.kind)
             console.print(
                 f"  {ts(e.at)}  {kind.removeprefix('KIND_').lower():14} "
-                f"{_state(e.from_state)}→{_state(e.to_state)} {e.reason}",
+                f"{update_state_name(e.from_state)}→{update_state_name(e.to_state)} {e.reason}",
                 highlight=False,
             )
 

@@ -16,6 +16,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
 from rich.table import Table
 
+from edgefleet.v1 import common_pb2
+
 FORMATS = ("table", "wide", "json", "yaml")
 #: ``-o``: what every listing and describing command takes.
 OutputOpt = typer.Option("table", "-o", "--output", help="table, wide, json or yaml")
@@ -69,6 +71,16 @@ def age(value: Timestamp, now: datetime | None = None) -> str:
         if seconds >= size:
             return f"{int(seconds // size)}{unit}"
     return f"{max(0, int(seconds))}s"
+
+
+def health_name(value: int) -> str:
+    """``HEALTH_SERVING`` → ``serving``."""
+    return common_pb2.Health.Name(common_pb2.Health.ValueType(value)).removeprefix("HEALTH_").lower()
+
+
+def update_state_name(value: int) -> str:
+    """``UPDATE_STATE_COMMITTED`` → ``committed``."""
+    return common_pb2.UpdateState.Name(common_pb2.UpdateState.ValueType(value)).removeprefix("UPDATE_STATE_").lower()
 
 
 def short_digest(digest: str) -> str:

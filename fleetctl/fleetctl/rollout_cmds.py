@@ -35,6 +35,7 @@ from fleetctl.output import (
     is_structured,
     short_digest,
     ts,
+    update_state_name,
 )
 from fleetctl.settings import OPTIONS
 
@@ -55,11 +56,6 @@ _STATUS_STYLE = {"succeeded": "green", "failed": "red", "rolled_back": "yellow",
 
 def phase_name(value: int) -> str:
     return fleet_pb2.RolloutPhase.Name(fleet_pb2.RolloutPhase.ValueType(value)).removeprefix("ROLLOUT_PHASE_").lower()
-
-
-def _update_state(value: int) -> str:
-    name = common_pb2.UpdateState.Name(common_pb2.UpdateState.ValueType(value))
-    return name.removeprefix("UPDATE_STATE_").lower() if value else "-"
 
 
 def verdict_numbers(verdict: common_pb2.CanaryVerdict) -> str:
@@ -144,7 +140,7 @@ def render(rollout: fleet_pb2.Rollout) -> Group:
             d.site,
             str(d.wave) if d.wave else "-",
             Text(d.status, style=_STATUS_STYLE.get(d.status, "")),
-            _update_state(d.update_state),
+            update_state_name(d.update_state) if d.update_state else "-",
             *config,
             verdict_numbers(d.verdict),
         )
