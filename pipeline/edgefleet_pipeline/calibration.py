@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 from onnxruntime.quantization import CalibrationDataReader
 
 from edgefleet.contract.bundle_sections import Preprocess
-from edgefleet.contract.processing.preprocess import preprocess
+from edgefleet.contract.processing.preprocess import Normaliser
 from edgefleet.logging import current_logger
 from edgefleet_pipeline.errors import CalibrationSetError
 
@@ -121,7 +121,7 @@ class ImageSetReader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntim
 
     def __init__(self, images: ImageSet, pre: Preprocess, input_name: str) -> None:
         self._images = images
-        self._pre = pre
+        self._normalise = Normaliser(pre)  # the per-channel constants once, not per image
         self._input_name = input_name
         self._iter: Iterator[NDArray[np.uint8]] = images.images()
 
@@ -129,7 +129,7 @@ class ImageSetReader(CalibrationDataReader):  # type: ignore[misc]  # onnxruntim
         image = next(self._iter, None)
         if image is None:
             return None
-        return {self._input_name: preprocess(image, self._pre)[0]}
+        return {self._input_name: self._normalise(image)[0]}
 
     def rewind(self) -> None:
         self._iter = self._images.images()
