@@ -21,7 +21,7 @@ both variants see the same input, so no letterbox undo is needed.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -31,7 +31,7 @@ from numpy.typing import NDArray
 
 from edgefleet.contract.bundle_sections import Postprocess, PostprocessKind, Preprocess
 from edgefleet.contract.processing.postprocess import decode_detections
-from edgefleet.contract.processing.preprocess import preprocess
+from edgefleet.contract.processing.preprocess import Normaliser
 from edgefleet_pipeline.calibration import ImageSet
 from edgefleet_pipeline.errors import AccuracyLossError, PipelineError
 
@@ -137,6 +137,11 @@ def decode_yolo(
         iou_threshold=iou_threshold,
         max_detections=max_detections,
     )
+    return _decode(output, post)
+
+
+def _decode(output: NDArray[Any], post: Postprocess) -> Detections:
+    """``decode_yolo`` for a section already validated (a bundle's own ``postprocess``)."""
     boxes, scores, classes = decode_detections(output, post)
     return Detections(boxes=boxes.reshape(-1, 4), scores=scores, classes=classes.astype(np.int64))
 
@@ -219,34 +224,18 @@ def evaluate_variant(
     input_name = ref.get_inputs()[0].name
     ref_out: list[NDArray[Any]] = []
     cand_out: list[NDArray[Any]] = []
+    normalise = Normaliser(pre)
     for image in images.images():
-        x = preprocess(image, pre)[0]
+        x = normalise(image)[0]
         ref_out.append(np.asarray(ref.run(None, {input_name: x})[0]))
         cand_out.append(np.asarray(cand.run(None, {input_name: x})[0]))
     if post.kind == "classification":
         value = top1_agreement(ref_out, cand_out)
         metric = "top1_agreement"
     else:
-        gt = [
-            decode_yolo(
-                o,
-                post.kind,
-                conf_threshold=post.conf_threshold,
-                iou_threshold=post.iou_threshold,
-                max_detections=post.max_detections,
-            )
-            for o in ref_out
-        ]
-        preds = [
-            decode_yolo(
-                o,
-                post.kind,
-                conf_threshold=min(AP_CONF_FLOOR, post.conf_threshold),
-                iou_threshold=post.iou_threshold,
-                max_detections=post.max_detections,
-            )
-            for o in cand_out
-        ]
+        gt = [_decode(o, post) for o in ref_out]
+        floor = replace(post, conf_threshold=min(AP_CONF_FLOOR, post.conf_threshold))
+        preds = [_decode(o, floor) for o in cand_out]
         value = mean_average_precision(gt, preds, empty_conf_threshold=post.conf_threshold)
         metric = "map50"
     return AccuracyReport(metric=metric, value=value, loss=1.0 - value, samples=len(ref_out), precision=precision)
