@@ -67,6 +67,7 @@ def build_agent(
 
     slots = BundleSlots(data)
     slot = EngineSlot()
+    sensors = SensorReader(data_dir=data)
     configs = ConfigKeeper(data, on_change=lambda _values: agent.use_source())
     link = ControllerLink(settings.controller)
     reporter = BufferedReporter()
@@ -82,7 +83,7 @@ def build_agent(
         post,
         config=judging_config,
         report_verdict=reporter.report_verdict,
-        thermal=ThermalProbe(SensorReader(data_dir=data)).read,
+        thermal=ThermalProbe(sensors).read,
         alert=reporter.report_alert,
     )
     driver = UpdateDriver(
@@ -109,7 +110,7 @@ def build_agent(
         stub=lambda: link.device,
         metadata=lambda: link.metadata,
         config=lambda: configs.in_force,
-        sensors=SensorReader(data_dir=data),
+        sensors=sensors,
     )
     reporter.on_event = telemetry.record_event
     runner.observer = telemetry.observe
