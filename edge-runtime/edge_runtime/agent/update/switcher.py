@@ -40,6 +40,7 @@ from edge_runtime.update.errors import EngineSwitchError
 from edgefleet.contract.bundle import BundleManifest
 from edgefleet.contract.bundle_layout import MANIFEST_NAME, MODEL_ROLE
 from edgefleet.contract.config_classes import inference_fingerprint
+from edgefleet.contract.digests import DIGEST_PREFIX
 from edgefleet.contract.errors import ContractError
 from edgefleet.contract.precedence import resolve_policy
 
@@ -74,6 +75,7 @@ def load_engine(
         if isinstance(threshold, int | float) and not isinstance(threshold, bool):
             post = dataclasses.replace(post, conf_threshold=float(threshold))
         model = bundle_dir / manifest.artifact(MODEL_ROLE).path
+        cache_dir = cache_root / digest.removeprefix(DIGEST_PREFIX)
         int8 = False
         if manifest.precision_variants and len(manifest.precision_variants) > 1:
             from edge_runtime.precision import choose_variant
@@ -82,7 +84,7 @@ def load_engine(
                 bundle_dir,
                 manifest,
                 providers=providers,
-                cache_dir=cache_root / digest.removeprefix("sha256:"),
+                cache_dir=cache_dir,
                 only=None if precision in ("", "auto") else {precision},
                 intra_op_threads=intra_op_threads,
             )
@@ -94,7 +96,7 @@ def load_engine(
             post,
             list(manifest.labels),
             providers=providers,
-            cache_dir=cache_root / digest.removeprefix("sha256:"),
+            cache_dir=cache_dir,
             bundle_digest=digest,
             intra_op_threads=intra_op_threads,
             fp16=inference.get("fp16") is True,
