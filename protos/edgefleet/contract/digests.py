@@ -2,7 +2,7 @@
 
 Every digest the controller, the runtime and the pipeline compute or check (bundle manifests, artifacts,
 effective configs, blobs) is ``sha256:`` followed by 64 lowercase hex digits. This module owns that format;
-nothing else spells the prefix or the pattern. A check is a full match: no surrounding text, no trailing newline.
+nothing else spells the pattern. A check is a full match: no surrounding text, no trailing newline.
 """
 
 from __future__ import annotations
