@@ -1,6 +1,7 @@
 """Test fleet: a real controller process, real ``edge-runtime`` processes, signed bundles, operator calls.
 
-Reusable by every integration / e2e test that needs devices talking to a controller over gRPC::
+Reusable by every integration / e2e test that needs devices talking to a controller over gRPC (``make_bundle``
+from ``edgefleet_testing.bundles``)::
 
     with start_controller(tmp_path / "ctl") as ctl:
         key = ctl.trust_new_key(tmp_path / "keys")
@@ -38,10 +39,8 @@ import grpc
 
 from edgefleet.contract.signing import SigningKey, generate_keypair
 from edgefleet.v1 import common_pb2, fleet_pb2, fleet_pb2_grpc
-from edgefleet_testing.bundles import SignedBundle as SignedBundle
-from edgefleet_testing.bundles import make_bundle as make_bundle
-from edgefleet_testing.bundles import push_requests
-from edgefleet_testing.waiting import wait_until as wait_until
+from edgefleet_testing.bundles import SignedBundle, push_requests
+from edgefleet_testing.waiting import wait_until
 
 BIN = Path(sys.executable).parent
 CONTROLLER = BIN / "edgefleet-controller"
@@ -219,8 +218,7 @@ def start_controller(data_dir: Path, *, port: int = 0) -> Iterator[Controller]:
     controller: Controller | None = None
     try:
         bound, pump = _read_port(proc, "edgefleet-controller listening on port", 60, log)
-        token = wait_until(lambda: (data_dir / "admin.token").is_file(), 10, "admin.token")
-        del token
+        wait_until(lambda: (data_dir / "admin.token").is_file(), 10, "admin.token")
         controller = Controller(proc, data_dir, bound, log, (data_dir / "admin.token").read_text().strip())
         yield controller
         controller.stop()

@@ -18,8 +18,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgefleet.contract.signing import SigningKey
 from edgefleet.v1 import common_pb2
+from edgefleet_testing.bundles import SignedBundle, make_bundle
 from edgefleet_testing.faultproxy import FaultProxy
-from edgefleet_testing.fleet import Controller, SignedBundle, make_bundle, running_edge, start_controller, wait_until
+from edgefleet_testing.fleet import Controller, running_edge, start_controller
+from edgefleet_testing.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -18,8 +18,10 @@ from edgefleet.contract.bundle_spec import BundleSpec
 from edgefleet.contract.signing import SigningKey, sign_bundle
 from edgefleet.v1 import common_pb2, fleet_pb2, telemetry_pb2
 from edgefleet_pipeline.bundle_builder import build_bundle
-from edgefleet_testing.fleet import Controller, SignedBundle, running_edge, start_controller, wait_until
+from edgefleet_testing.bundles import SignedBundle
+from edgefleet_testing.fleet import Controller, running_edge, start_controller
 from edgefleet_testing.modelgen import make_classifier
+from edgefleet_testing.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -18,7 +18,8 @@ import pytest
 from edge_runtime.update.record import UpdateState
 from edgefleet.contract.bundle_archive import verify_bundle
 from edgefleet.contract.signing import TrustedKeys
-from edgefleet_testing.fleet import EDGE_RUNTIME, EdgeProcess, make_bundle, start_controller, start_edge
+from edgefleet_testing.bundles import make_bundle
+from edgefleet_testing.fleet import EDGE_RUNTIME, EdgeProcess, start_controller, start_edge
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -35,16 +35,10 @@ import pytest
 
 from edgefleet.contract.signing import SigningKey
 from edgefleet.v1 import common_pb2, fleet_pb2, telemetry_pb2
+from edgefleet_testing.bundles import SignedBundle, make_bundle
 from edgefleet_testing.faultproxy import FaultProxy
-from edgefleet_testing.fleet import (
-    Controller,
-    EdgeProcess,
-    SignedBundle,
-    make_bundle,
-    start_controller,
-    start_edge,
-    wait_until,
-)
+from edgefleet_testing.fleet import Controller, EdgeProcess, start_controller, start_edge
+from edgefleet_testing.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -28,15 +28,9 @@ from typing import Any
 import pytest
 
 from edgefleet.v1 import common_pb2, fleet_pb2, telemetry_pb2
-from edgefleet_testing.fleet import (
-    Controller,
-    EdgeProcess,
-    make_bundle,
-    running_edge,
-    start_controller,
-    start_edge,
-    wait_until,
-)
+from edgefleet_testing.bundles import make_bundle
+from edgefleet_testing.fleet import Controller, EdgeProcess, running_edge, start_controller, start_edge
+from edgefleet_testing.waiting import wait_until
 from tests.e2e.test_rollout_e2e import PHASE, Fleet, by_name, fleet_on_v1
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -31,7 +31,9 @@ import psutil
 import pytest
 
 from edgefleet.v1 import common_pb2, fleet_pb2, telemetry_pb2
-from edgefleet_testing.fleet import Controller, EdgeProcess, make_bundle, running_edge, start_controller, wait_until
+from edgefleet_testing.bundles import make_bundle
+from edgefleet_testing.fleet import Controller, EdgeProcess, running_edge, start_controller
+from edgefleet_testing.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -23,7 +23,7 @@ from edge_runtime.sources import open_source
 from edge_runtime.telemetry.sensors import SensorReader
 from edgefleet.contract.precedence import resolve_policy
 from edgefleet.contract.signing import generate_keypair
-from edgefleet_testing.fleet import SignedBundle, make_bundle
+from edgefleet_testing.bundles import SignedBundle, make_bundle
 
 pytestmark = pytest.mark.integration
 
