@@ -3,7 +3,7 @@
     fleetctl budget [BUNDLE ...] --sla 40ms --hardware-class x86-avx2 [--headroom 0.2] [--thermal-buffer 0.1]
                     [--profile FILE ...] [-o table|json|yaml]
 
-The lead mounts ``budget`` on the fleetctl app (``app.command("budget")(budget)``).
+``fleetctl.main`` mounts ``budget`` on the app (``app.command("budget")(budget)``).
 
 Profiles come from the controller (``FleetService.ListProfiles``, the latest p95 per bundle and hardware
 class, sizes from ``GetBundle``) or, with ``--profile FILE`` (repeatable), from latency-profile JSON files
