@@ -16,7 +16,7 @@ help:
 	@echo "make proto  - regenerate protobuf/gRPC code from protos/"
 	@echo "make lint   - ruff, import contracts (lint-imports), mypy --strict"
 
-DIST_PYPROJECTS := protos/pyproject.toml pipeline/pyproject.toml controller/pyproject.toml fleetctl/pyproject.toml \
+DIST_PYPROJECTS := protos/pyproject.toml pipeline/pyproject.toml controller/pyproject.toml fleetctl-cli/pyproject.toml \
 	edge-runtime/pyproject.toml testing/pyproject.toml
 
 # One development virtualenv holding the six distributions (editable) and the tools: a plain pip
@@ -45,7 +45,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --no-cache --check .
 	$(BIN)/ruff check --no-cache .
 	$(BIN)/lint-imports --no-cache
-	$(BIN)/mypy protos/edgefleet pipeline controller fleetctl edge-runtime testing tools
+	$(BIN)/mypy protos/edgefleet pipeline controller fleetctl-cli edge-runtime testing tools
 
 typecheck: lint
 

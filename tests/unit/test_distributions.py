@@ -7,6 +7,7 @@ the wrong pyproject.toml fails here, not on a device.
 
 from __future__ import annotations
 
+import importlib
 import tomllib
 from importlib import metadata
 from pathlib import Path
@@ -21,7 +22,7 @@ DISTRIBUTIONS = {
     "edgefleet-contract": "protos",
     "edgefleet-pipeline": "pipeline",
     "edgefleet-controller": "controller",
-    "edgefleet-fleetctl": "fleetctl",
+    "edgefleet-fleetctl": "fleetctl-cli",
     "edgefleet-edge-runtime": "edge-runtime",
     "edgefleet-testing": "testing",
 }
@@ -61,3 +62,15 @@ def test_the_contract_and_pipeline_need_neither_side(dist: str) -> None:
 def test_opencv_comes_with_the_contract_only_through_its_processing_extra() -> None:
     assert "opencv-python-headless" not in closure("edgefleet-contract")
     assert "opencv-python-headless" in closure("edgefleet-contract", frozenset({"processing"}))
+
+
+@pytest.mark.parametrize(
+    "package",
+    ["edgefleet", "edgefleet_pipeline", "edgefleet_controller", "fleetctl", "edge_runtime", "edgefleet_testing"],
+)
+def test_from_the_repository_root_each_package_is_the_package_not_a_folder(package: str) -> None:
+    """The tests, the demo and the benchmarks run with the repository root on sys.path: a distribution folder named
+    like its package would shadow it as an empty namespace package (its ``__init__`` never run)."""
+    module = importlib.import_module(package)
+    assert module.__file__ is not None, f"{package} resolves to a namespace package at {list(module.__path__)}"
+    assert Path(module.__file__).parent.name == package

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCE_DIRS = ["protos", "pipeline", "controller", "fleetctl", "edge-runtime", "testing"]
+SOURCE_DIRS = ["protos", "pipeline", "controller", "fleetctl-cli", "edge-runtime", "testing"]
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
@@ -55,7 +55,7 @@ def _module_file(root: Path, module: str) -> Path:
         "edgefleet": "protos",
         "edgefleet_pipeline": "pipeline",
         "edgefleet_controller": "controller",
-        "fleetctl": "fleetctl",
+        "fleetctl": "fleetctl-cli",
         "edge_runtime": "edge-runtime",
     }[top]
     base = root / folder / top / Path(*rest) if rest else root / folder / top
