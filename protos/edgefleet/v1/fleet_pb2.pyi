@@ -1359,6 +1359,10 @@ class TelemetryRow(_message.Message):
     SENSORS_FIELD_NUMBER: _builtins.int
     THROTTLING_FIELD_NUMBER: _builtins.int
     FPS_FIELD_NUMBER: _builtins.int
+    FRAMES_LOST_FIELD_NUMBER: _builtins.int
+    GAPS_FIELD_NUMBER: _builtins.int
+    GAPS_UNKNOWN_FIELD_NUMBER: _builtins.int
+    FRAMES_LOST_AT_LEAST_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """Device id, site name or bundle digest, per group_by."""
     frames: _builtins.int
@@ -1367,6 +1371,14 @@ class TelemetryRow(_message.Message):
     """Confidence PSI against the baseline captured at the last commit (NaN when no baseline)."""
     throttling: _builtins.bool
     fps: _builtins.float
+    frames_lost: _builtins.int
+    """Frames the devices declared lost (FrameGap events whose start lies in the query's range): exact counts
+    summed in frames_lost; gaps_unknown intervals whose count is not known (frames_lost_at_least sums their
+    lower bounds). frames + frames_lost (+ the unknown intervals) is every frame processed.
+    """
+    gaps: _builtins.int
+    gaps_unknown: _builtins.int
+    frames_lost_at_least: _builtins.int
     @_builtins.property
     def latency_e2e(self) -> _common_pb2.Percentiles: ...
     @_builtins.property
@@ -1387,10 +1399,14 @@ class TelemetryRow(_message.Message):
         sensors: _abc.Iterable[_telemetry_pb2.SensorReading] | None = ...,
         throttling: _builtins.bool = ...,
         fps: _builtins.float = ...,
+        frames_lost: _builtins.int = ...,
+        gaps: _builtins.int = ...,
+        gaps_unknown: _builtins.int = ...,
+        frames_lost_at_least: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["latency_e2e", b"latency_e2e", "latency_model", b"latency_model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["drift_psi", b"drift_psi", "errors", b"errors", "fps", b"fps", "frames", b"frames", "key", b"key", "latency_e2e", b"latency_e2e", "latency_model", b"latency_model", "sensors", b"sensors", "throttling", b"throttling"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drift_psi", b"drift_psi", "errors", b"errors", "fps", b"fps", "frames", b"frames", "frames_lost", b"frames_lost", "frames_lost_at_least", b"frames_lost_at_least", "gaps", b"gaps", "gaps_unknown", b"gaps_unknown", "key", b"key", "latency_e2e", b"latency_e2e", "latency_model", b"latency_model", "sensors", b"sensors", "throttling", b"throttling"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

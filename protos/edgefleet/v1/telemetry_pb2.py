@@ -26,7 +26,7 @@ from edgefleet.v1 import common_pb2 as edgefleet_dot_v1_dot_common__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65\x64gefleet/v1/telemetry.proto\x12\x0c\x65\x64gefleet.v1\x1a\x19\x65\x64gefleet/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xff\x04\n\x0b\x44\x65viceEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12,\n\x04kind\x18\x02 \x01(\x0e\x32\x1e.edgefleet.v1.DeviceEvent.Kind\x12\x15\n\rbundle_digest\x18\x03 \x01(\t\x12-\n\nfrom_state\x18\x04 \x01(\x0e\x32\x19.edgefleet.v1.UpdateState\x12+\n\x08to_state\x18\x05 \x01(\x0e\x32\x19.edgefleet.v1.UpdateState\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12,\n\x07verdict\x18\x07 \x01(\x0b\x32\x1b.edgefleet.v1.CanaryVerdict\x12\x12\n\nrollout_id\x18\x08 \x01(\t\x12\x10\n\x08revision\x18\t \x01(\x04\x12&\n\x02\x61t\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x07numbers\x18\x0b \x03(\x0b\x32&.edgefleet.v1.DeviceEvent.NumbersEntry\x12-\n\x07profile\x18\x0c \x01(\x0b\x32\x1c.edgefleet.v1.LatencyProfile\x1a.\n\x0cNumbersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x98\x01\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11KIND_UPDATE_STATE\x10\x01\x12\x17\n\x13KIND_CANARY_VERDICT\x10\x02\x12\x11\n\rKIND_ROLLBACK\x10\x03\x12\x0e\n\nKIND_ALERT\x10\x04\x12\x15\n\x11KIND_BUFFER_RESET\x10\x05\x12\x10\n\x0cKIND_PROFILE\x10\x06\"\xb0\x03\n\x0eLatencyProfile\x12\x15\n\rbundle_digest\x18\x01 \x01(\t\x12\x16\n\x0ehardware_class\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x11\n\tprecision\x18\x04 \x01(\t\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\x12\x0e\n\x06\x66rames\x18\x06 \x01(\x04\x12\x0b\n\x03\x66ps\x18\x07 \x01(\x01\x12&\n\x03pre\x18\x08 \x01(\x0b\x32\x19.edgefleet.v1.Percentiles\x12(\n\x05model\x18\t \x01(\x0b\x32\x19.edgefleet.v1.Percentiles\x12\'\n\x04post\x18\n \x01(\x0b\x32\x19.edgefleet.v1.Percentiles\x12(\n\x05total\x18\x0b \x01(\x0b\x32\x19.edgefleet.v1.Percentiles\x12\x33\n\x0esensors_before\x18\x0c \x03(\x0b\x32\x1b.edgefleet.v1.SensorReading\x12\x32\n\rsensors_after\x18\r \x03(\x0b\x32\x1b.edgefleet.v1.SensorReading\x12\x0e\n\x06source\x18\x0e \x01(\t\"\xc2\x01\n\rLatencySketch\x12\r\n\x05gamma\x18\x01 \x01(\x01\x12\x14\n\x0cindex_offset\x18\x02 \x01(\x01\x12\x1d\n\x15\x63ontiguous_bin_counts\x18\x03 \x03(\x01\x12#\n\x1b\x63ontiguous_bin_index_offset\x18\x04 \x01(\x11\x12\x12\n\nzero_count\x18\x05 \x01(\x01\x12\r\n\x05\x63ount\x18\x06 \x01(\x01\x12\x0b\n\x03sum\x18\x07 \x01(\x01\x12\x0b\n\x03min\x18\x08 \x01(\x01\x12\x0b\n\x03max\x18\t \x01(\x01\"%\n\x13\x43onfidenceHistogram\x12\x0e\n\x06\x63ounts\x18\x01 \x03(\x04\"^\n\rSensorReading\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x0f\n\x07missing\x18\x04 \x01(\x08\x12\x11\n\tmax_value\x18\x05 \x01(\x01\"\xa2\x04\n\x0cMetricWindow\x12\x30\n\x0cwindow_start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08window_s\x18\x02 \x01(\x01\x12\x15\n\rbundle_digest\x18\x03 \x01(\t\x12\x0e\n\x06\x66rames\x18\x04 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x05 \x01(\x04\x12\x30\n\x0blatency_e2e\x18\x06 \x01(\x0b\x32\x1b.edgefleet.v1.LatencySketch\x12\x32\n\rlatency_model\x18\x07 \x01(\x0b\x32\x1b.edgefleet.v1.LatencySketch\x12\x35\n\nconfidence\x18\x08 \x01(\x0b\x32!.edgefleet.v1.ConfidenceHistogram\x12\x1c\n\x14\x64\x65tections_per_frame\x18\t \x01(\x01\x12,\n\x07sensors\x18\n \x03(\x0b\x32\x1b.edgefleet.v1.SensorReading\x12\x19\n\x11memory_free_bytes\x18\x0b \x01(\x04\x12\x17\n\x0f\x64isk_free_bytes\x18\x0c \x01(\x04\x12\x38\n\x07\x64ropped\x18\r \x03(\x0b\x32\'.edgefleet.v1.MetricWindow.DroppedEntry\x12\x10\n\x08provider\x18\x0e \x01(\t\x1a.\n\x0c\x44roppedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xb5\x01\n\x0cReviewSample\x12\x11\n\tsample_id\x18\x01 \x01(\t\x12\x15\n\rbundle_digest\x18\x02 \x01(\t\x12/\n\x0b\x63\x61ptured_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x16\n\x0etop_confidence\x18\x05 \x01(\x01\x12\x0c\n\x04jpeg\x18\x06 \x01(\x0c\x12\x14\n\x0cresults_json\x18\x07 \x01(\t\"\xaf\x01\n\x0fTelemetryRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12-\n\x07metrics\x18\x02 \x01(\x0b\x32\x1a.edgefleet.v1.MetricWindowH\x00\x12*\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x19.edgefleet.v1.DeviceEventH\x00\x12,\n\x06review\x18\x04 \x01(\x0b\x32\x1a.edgefleet.v1.ReviewSampleH\x00\x42\x06\n\x04\x62ody\"\x9d\x01\n\x0eTelemetryBatch\x12\r\n\x05\x65poch\x18\x01 \x01(\t\x12\x11\n\tfirst_seq\x18\x02 \x01(\x04\x12\x10\n\x08last_seq\x18\x03 \x01(\x04\x12.\n\x07records\x18\x04 \x03(\x0b\x32\x1d.edgefleet.v1.TelemetryRecord\x12\'\n\x07\x64ropped\x18\x05 \x03(\x0b\x32\x16.edgefleet.v1.SeqRange\"\'\n\x08SeqRange\x12\r\n\x05\x66irst\x18\x01 \x01(\x04\x12\x0c\n\x04last\x18\x02 \x01(\x04\"H\n\x0cTelemetryAck\x12\r\n\x05\x65poch\x18\x01 \x01(\t\x12\x15\n\racked_through\x18\x02 \x01(\x04\x12\x12\n\nduplicates\x18\x03 \x01(\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x65\x64gefleet/v1/telemetry.proto\x12\x0c\x65\x64gefleet.v1\x1a\x19\x65\x64gefleet/v1/common.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x05\n\x0b\x44\x65viceEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12,\n\x04kind\x18\x02 \x01(\x0e\x32\x1e.edgefleet.v1.DeviceEvent.Kind\x12\x15\n\rbundle_digest\x18\x03 \x01(\t\x12-\n\nfrom_state\x18\x04 \x01(\x0e\x32\x19.edgefleet.v1.UpdateState\x12+\n\x08to_state\x18\x05 \x01(\x0e\x32\x19.edgefleet.v1.UpdateState\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12,\n\x07verdict\x18\x07 \x01(\x0b\x32\x1b.edgefleet.v1.CanaryVerdict\x12\x12\n\nrollout_id\x18\x08 \x01(\t\x12\x10\n\x08revision\x18\t \x01(\x04\x12&\n\x02\x61t\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x07numbers\x18\x0b \x03(\x0b\x32&.edgefleet.v1.DeviceEvent.NumbersEntry\x12-\n\x07profile\x18\x0c \x01(\x0b\x32\x1c.edgefleet.v1.LatencyProfile\x12)\n\tframe_gap\x18\r \x01(\x0b\x32\x16.edgefleet.v1.FrameGap\x1a.\n\x0cNumbersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xac\x01\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11KIND_UPDATE_STATE\x10\x01\x12\x17\n\x13KIND_CANARY_VERDICT\x10\x02\x12\x11\n\rKIND_ROLLBACK\x10\x03\x12\x0e\n\nKIND_ALERT\x10\x04\x12\x15\n\x11KIND_BUFFER_RESET\x10\x05\x12\x10\n\x0cKIND_PROFILE\x10\x06\x12\x12\n\x0eKIND_FRAME_GAP\x10\x07\"\x93\x01\n\x08\x46rameGap\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x66rames\x18\x03 \x01(\x04\x12\x14\n\x0c\x66rames_known\x18\x04 \x01(\x08\x12\r\n\x05\x63\x61use\x18\x05 \x01(\t\"\xb0\x03\n\x0eLatencyProfile\x12\x15\n\rbundle_digest\x18\x01 \x01(\t\x12\x16\n\x0ehardware_class\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x11\n\tprecision\x18\x04 \x01(\t\x12\x0f\n\x07seconds\x18\x05 \x01(\x01\x12\x0e\n\x06\x66rames\x18\x06 \x01(\x04\x12\x0b\n\x03\x66ps\x18\x07 \x01(\x01\x12&\n\x03pre\x18\x08 \x01(\x0b\x32\x19.edgefleet.v1.Percentiles\x12(\n\x05model\x18\t \x01(\x0b\x32\x19.edgefleet.v1.Percentiles\x12\'\n\x04post\x18\n \x01(\x0b\x32\x19.edgefleet.v1.Percentiles\x12(\n\x05total\x18\x0b \x01(\x0b\x32\x19.edgefleet.v1.Percentiles\x12\x33\n\x0esensors_before\x18\x0c \x03(\x0b\x32\x1b.edgefleet.v1.SensorReading\x12\x32\n\rsensors_after\x18\r \x03(\x0b\x32\x1b.edgefleet.v1.SensorReading\x12\x0e\n\x06source\x18\x0e \x01(\t\"\xc2\x01\n\rLatencySketch\x12\r\n\x05gamma\x18\x01 \x01(\x01\x12\x14\n\x0cindex_offset\x18\x02 \x01(\x01\x12\x1d\n\x15\x63ontiguous_bin_counts\x18\x03 \x03(\x01\x12#\n\x1b\x63ontiguous_bin_index_offset\x18\x04 \x01(\x11\x12\x12\n\nzero_count\x18\x05 \x01(\x01\x12\r\n\x05\x63ount\x18\x06 \x01(\x01\x12\x0b\n\x03sum\x18\x07 \x01(\x01\x12\x0b\n\x03min\x18\x08 \x01(\x01\x12\x0b\n\x03max\x18\t \x01(\x01\"%\n\x13\x43onfidenceHistogram\x12\x0e\n\x06\x63ounts\x18\x01 \x03(\x04\"^\n\rSensorReading\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x0f\n\x07missing\x18\x04 \x01(\x08\x12\x11\n\tmax_value\x18\x05 \x01(\x01\"\xa2\x04\n\x0cMetricWindow\x12\x30\n\x0cwindow_start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08window_s\x18\x02 \x01(\x01\x12\x15\n\rbundle_digest\x18\x03 \x01(\t\x12\x0e\n\x06\x66rames\x18\x04 \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x05 \x01(\x04\x12\x30\n\x0blatency_e2e\x18\x06 \x01(\x0b\x32\x1b.edgefleet.v1.LatencySketch\x12\x32\n\rlatency_model\x18\x07 \x01(\x0b\x32\x1b.edgefleet.v1.LatencySketch\x12\x35\n\nconfidence\x18\x08 \x01(\x0b\x32!.edgefleet.v1.ConfidenceHistogram\x12\x1c\n\x14\x64\x65tections_per_frame\x18\t \x01(\x01\x12,\n\x07sensors\x18\n \x03(\x0b\x32\x1b.edgefleet.v1.SensorReading\x12\x19\n\x11memory_free_bytes\x18\x0b \x01(\x04\x12\x17\n\x0f\x64isk_free_bytes\x18\x0c \x01(\x04\x12\x38\n\x07\x64ropped\x18\r \x03(\x0b\x32\'.edgefleet.v1.MetricWindow.DroppedEntry\x12\x10\n\x08provider\x18\x0e \x01(\t\x1a.\n\x0c\x44roppedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xb5\x01\n\x0cReviewSample\x12\x11\n\tsample_id\x18\x01 \x01(\t\x12\x15\n\rbundle_digest\x18\x02 \x01(\t\x12/\n\x0b\x63\x61ptured_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x16\n\x0etop_confidence\x18\x05 \x01(\x01\x12\x0c\n\x04jpeg\x18\x06 \x01(\x0c\x12\x14\n\x0cresults_json\x18\x07 \x01(\t\"\xaf\x01\n\x0fTelemetryRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12-\n\x07metrics\x18\x02 \x01(\x0b\x32\x1a.edgefleet.v1.MetricWindowH\x00\x12*\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x19.edgefleet.v1.DeviceEventH\x00\x12,\n\x06review\x18\x04 \x01(\x0b\x32\x1a.edgefleet.v1.ReviewSampleH\x00\x42\x06\n\x04\x62ody\"\x9d\x01\n\x0eTelemetryBatch\x12\r\n\x05\x65poch\x18\x01 \x01(\t\x12\x11\n\tfirst_seq\x18\x02 \x01(\x04\x12\x10\n\x08last_seq\x18\x03 \x01(\x04\x12.\n\x07records\x18\x04 \x03(\x0b\x32\x1d.edgefleet.v1.TelemetryRecord\x12\'\n\x07\x64ropped\x18\x05 \x03(\x0b\x32\x16.edgefleet.v1.SeqRange\"\'\n\x08SeqRange\x12\r\n\x05\x66irst\x18\x01 \x01(\x04\x12\x0c\n\x04last\x18\x02 \x01(\x04\"H\n\x0cTelemetryAck\x12\r\n\x05\x65poch\x18\x01 \x01(\t\x12\x15\n\racked_through\x18\x02 \x01(\x04\x12\x12\n\nduplicates\x18\x03 \x01(\rb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,31 +38,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_METRICWINDOW_DROPPEDENTRY']._loaded_options = None
   _globals['_METRICWINDOW_DROPPEDENTRY']._serialized_options = b'8\001'
   _globals['_DEVICEEVENT']._serialized_start=107
-  _globals['_DEVICEEVENT']._serialized_end=746
-  _globals['_DEVICEEVENT_NUMBERSENTRY']._serialized_start=545
-  _globals['_DEVICEEVENT_NUMBERSENTRY']._serialized_end=591
-  _globals['_DEVICEEVENT_KIND']._serialized_start=594
-  _globals['_DEVICEEVENT_KIND']._serialized_end=746
-  _globals['_LATENCYPROFILE']._serialized_start=749
-  _globals['_LATENCYPROFILE']._serialized_end=1181
-  _globals['_LATENCYSKETCH']._serialized_start=1184
-  _globals['_LATENCYSKETCH']._serialized_end=1378
-  _globals['_CONFIDENCEHISTOGRAM']._serialized_start=1380
-  _globals['_CONFIDENCEHISTOGRAM']._serialized_end=1417
-  _globals['_SENSORREADING']._serialized_start=1419
-  _globals['_SENSORREADING']._serialized_end=1513
-  _globals['_METRICWINDOW']._serialized_start=1516
-  _globals['_METRICWINDOW']._serialized_end=2062
-  _globals['_METRICWINDOW_DROPPEDENTRY']._serialized_start=2016
-  _globals['_METRICWINDOW_DROPPEDENTRY']._serialized_end=2062
-  _globals['_REVIEWSAMPLE']._serialized_start=2065
-  _globals['_REVIEWSAMPLE']._serialized_end=2246
-  _globals['_TELEMETRYRECORD']._serialized_start=2249
-  _globals['_TELEMETRYRECORD']._serialized_end=2424
-  _globals['_TELEMETRYBATCH']._serialized_start=2427
-  _globals['_TELEMETRYBATCH']._serialized_end=2584
-  _globals['_SEQRANGE']._serialized_start=2586
-  _globals['_SEQRANGE']._serialized_end=2625
-  _globals['_TELEMETRYACK']._serialized_start=2627
-  _globals['_TELEMETRYACK']._serialized_end=2699
+  _globals['_DEVICEEVENT']._serialized_end=809
+  _globals['_DEVICEEVENT_NUMBERSENTRY']._serialized_start=588
+  _globals['_DEVICEEVENT_NUMBERSENTRY']._serialized_end=634
+  _globals['_DEVICEEVENT_KIND']._serialized_start=637
+  _globals['_DEVICEEVENT_KIND']._serialized_end=809
+  _globals['_FRAMEGAP']._serialized_start=812
+  _globals['_FRAMEGAP']._serialized_end=959
+  _globals['_LATENCYPROFILE']._serialized_start=962
+  _globals['_LATENCYPROFILE']._serialized_end=1394
+  _globals['_LATENCYSKETCH']._serialized_start=1397
+  _globals['_LATENCYSKETCH']._serialized_end=1591
+  _globals['_CONFIDENCEHISTOGRAM']._serialized_start=1593
+  _globals['_CONFIDENCEHISTOGRAM']._serialized_end=1630
+  _globals['_SENSORREADING']._serialized_start=1632
+  _globals['_SENSORREADING']._serialized_end=1726
+  _globals['_METRICWINDOW']._serialized_start=1729
+  _globals['_METRICWINDOW']._serialized_end=2275
+  _globals['_METRICWINDOW_DROPPEDENTRY']._serialized_start=2229
+  _globals['_METRICWINDOW_DROPPEDENTRY']._serialized_end=2275
+  _globals['_REVIEWSAMPLE']._serialized_start=2278
+  _globals['_REVIEWSAMPLE']._serialized_end=2459
+  _globals['_TELEMETRYRECORD']._serialized_start=2462
+  _globals['_TELEMETRYRECORD']._serialized_end=2637
+  _globals['_TELEMETRYBATCH']._serialized_start=2640
+  _globals['_TELEMETRYBATCH']._serialized_end=2797
+  _globals['_SEQRANGE']._serialized_start=2799
+  _globals['_SEQRANGE']._serialized_end=2838
+  _globals['_TELEMETRYACK']._serialized_start=2840
+  _globals['_TELEMETRYACK']._serialized_end=2912
 # @@protoc_insertion_point(module_scope)

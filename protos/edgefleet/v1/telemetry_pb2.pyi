@@ -54,6 +54,10 @@ class DeviceEvent(_message.Message):
         """A latency profile of a bundle on this device's hardware class (edge-runtime profile, or a canary);
         the controller keeps it for latency admission. See profile.
         """
+        KIND_FRAME_GAP: DeviceEvent._Kind.ValueType  # 7
+        """Frames the device processed but whose metric window never reached its buffer (the process was
+        killed with a window open, or its frame checkpoint was unreadable); see frame_gap.
+        """
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
     KIND_UNSPECIFIED: DeviceEvent.Kind.ValueType  # 0
@@ -70,6 +74,10 @@ class DeviceEvent(_message.Message):
     KIND_PROFILE: DeviceEvent.Kind.ValueType  # 6
     """A latency profile of a bundle on this device's hardware class (edge-runtime profile, or a canary);
     the controller keeps it for latency admission. See profile.
+    """
+    KIND_FRAME_GAP: DeviceEvent.Kind.ValueType  # 7
+    """Frames the device processed but whose metric window never reached its buffer (the process was
+    killed with a window open, or its frame checkpoint was unreadable); see frame_gap.
     """
 
     @_typing.final
@@ -104,6 +112,7 @@ class DeviceEvent(_message.Message):
     AT_FIELD_NUMBER: _builtins.int
     NUMBERS_FIELD_NUMBER: _builtins.int
     PROFILE_FIELD_NUMBER: _builtins.int
+    FRAME_GAP_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """Device-unique id (e.g. a UUID) so retries are idempotent."""
     kind: Global___DeviceEvent.Kind.ValueType
@@ -127,6 +136,10 @@ class DeviceEvent(_message.Message):
     def profile(self) -> Global___LatencyProfile:
         """Set for KIND_PROFILE."""
 
+    @_builtins.property
+    def frame_gap(self) -> Global___FrameGap:
+        """Set for KIND_FRAME_GAP."""
+
     def __init__(
         self,
         *,
@@ -142,14 +155,61 @@ class DeviceEvent(_message.Message):
         at: _timestamp_pb2.Timestamp | None = ...,
         numbers: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
         profile: Global___LatencyProfile | None = ...,
+        frame_gap: Global___FrameGap | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "profile", b"profile", "verdict", b"verdict"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "frame_gap", b"frame_gap", "profile", b"profile", "verdict", b"verdict"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "bundle_digest", b"bundle_digest", "event_id", b"event_id", "from_state", b"from_state", "kind", b"kind", "numbers", b"numbers", "profile", b"profile", "reason", b"reason", "revision", b"revision", "rollout_id", b"rollout_id", "to_state", b"to_state", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "bundle_digest", b"bundle_digest", "event_id", b"event_id", "frame_gap", b"frame_gap", "from_state", b"from_state", "kind", b"kind", "numbers", b"numbers", "profile", b"profile", "reason", b"reason", "revision", b"revision", "rollout_id", b"rollout_id", "to_state", b"to_state", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeviceEvent: _TypeAlias = DeviceEvent  # noqa: Y015
+
+@_typing.final
+class FrameGap(_message.Message):
+    """An interval of inference whose frames are not in any stored metric window, declared by the device at
+    its next start so the controller's counts say what is missing instead of pretending continuity.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    FRAMES_FIELD_NUMBER: _builtins.int
+    FRAMES_KNOWN_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
+    frames: _builtins.int
+    """Frames processed in the interval. Exact when frames_known; else a lower bound (0: nothing known)."""
+    frames_known: _builtins.bool
+    cause: _builtins.str
+    """Why the frames were not reported: "process_killed", "rebooted" (the checkpoint lives in the page
+    cache, so after a power loss its count may be stale), "checkpoint_corrupt", "checkpoint_missing",
+    "buffer_reset".
+    """
+    @_builtins.property
+    def start(self) -> _timestamp_pb2.Timestamp:
+        """From the end of the last window the buffer holds (the open window's start) to the last frame the
+        device's checkpoint recorded (or the checkpoint file's modification time when its content is unusable).
+        """
+
+    @_builtins.property
+    def end(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        start: _timestamp_pb2.Timestamp | None = ...,
+        end: _timestamp_pb2.Timestamp | None = ...,
+        frames: _builtins.int = ...,
+        frames_known: _builtins.bool = ...,
+        cause: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "end", b"end", "frames", b"frames", "frames_known", b"frames_known", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FrameGap: _TypeAlias = FrameGap  # noqa: Y015
 
 @_typing.final
 class LatencyProfile(_message.Message):
