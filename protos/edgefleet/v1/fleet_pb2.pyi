@@ -241,6 +241,7 @@ class GetBundleResponse(_message.Message):
     ARTIFACTS_FIELD_NUMBER: _builtins.int
     RUNNING_DEVICES_FIELD_NUMBER: _builtins.int
     CANARY_FAILURES_FIELD_NUMBER: _builtins.int
+    QUARANTINED_BLOBS_FIELD_NUMBER: _builtins.int
     manifest: _builtins.bytes
     signature: _builtins.bytes
     running_devices: _builtins.int
@@ -255,6 +256,12 @@ class GetBundleResponse(_message.Message):
         bundle with any is refused by CreateRollout unless forced, and never chosen by fleetctl budget.
         """
 
+    @_builtins.property
+    def quarantined_blobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___QuarantinedBlob]:
+        """Artifacts of this bundle the controller found corrupt on its disk and moved aside, oldest first. One
+        not `restored` is refused to devices (DATA_LOSS) until the bundle is pushed again.
+        """
+
     def __init__(
         self,
         *,
@@ -264,14 +271,65 @@ class GetBundleResponse(_message.Message):
         artifacts: _abc.Iterable[_common_pb2.ArtifactRef] | None = ...,
         running_devices: _builtins.int = ...,
         canary_failures: _abc.Iterable[Global___BundleFailure] | None = ...,
+        quarantined_blobs: _abc.Iterable[Global___QuarantinedBlob] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "bundle", b"bundle", "canary_failures", b"canary_failures", "manifest", b"manifest", "running_devices", b"running_devices", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "bundle", b"bundle", "canary_failures", b"canary_failures", "manifest", b"manifest", "quarantined_blobs", b"quarantined_blobs", "running_devices", b"running_devices", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetBundleResponse: _TypeAlias = GetBundleResponse  # noqa: Y015
+
+@_typing.final
+class QuarantinedBlob(_message.Message):
+    """A blob whose bytes on the controller's disk did not hash to its digest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGEST_FIELD_NUMBER: _builtins.int
+    ACTUAL_DIGEST_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    DETECTED_BY_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    QUARANTINE_PATH_FIELD_NUMBER: _builtins.int
+    RESTORED_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    digest: _builtins.str
+    actual_digest: _builtins.str
+    """What the bytes hashed to."""
+    size_bytes: _builtins.int
+    detected_by: _builtins.str
+    """"serve" (FetchBlob verifies before serving) or the device whose digest-mismatch report made the
+    controller hash its copy again.
+    """
+    quarantine_path: _builtins.str
+    """Where the corrupt bytes were kept on the controller (empty once pruned)."""
+    restored: _builtins.bool
+    """Good bytes are stored under the digest again (the bundle was pushed again)."""
+    role: _builtins.str
+    """The artifact's role in this bundle."""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        digest: _builtins.str = ...,
+        actual_digest: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        detected_by: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        quarantine_path: _builtins.str = ...,
+        restored: _builtins.bool = ...,
+        role: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual_digest", b"actual_digest", "at", b"at", "detected_by", b"detected_by", "digest", b"digest", "quarantine_path", b"quarantine_path", "restored", b"restored", "role", b"role", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___QuarantinedBlob: _TypeAlias = QuarantinedBlob  # noqa: Y015
 
 @_typing.final
 class BundleFailure(_message.Message):
