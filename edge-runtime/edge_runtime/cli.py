@@ -9,6 +9,8 @@
 (scripts and tests wait for that line), logs JSON to stderr, and exits 0 on SIGTERM. The crash drill
 variable ``EDGEFLEET_CRASH_AT=<state>:<before|after>`` (optionally ``EDGEFLEET_CRASH_CANDIDATE=sha256:…``)
 makes the process SIGKILL itself at that update-state boundary, as ``edge_runtime.update.crashdrill`` does.
+The task drill ``EDGEFLEET_TASK_FAILURES=<task>:<n>[,...]`` (e.g. ``telemetry:2``) makes the first ``n``
+runs of that supervised task fail a second after they start (``edge_runtime.agent.supervisor``).
 
 Plain ``argparse`` (a device installs no typer or rich): a bad argument is a usage line and exit code 2;
 an agent that cannot start (no credential, bad source) exits 2 with one line on stderr.
@@ -29,6 +31,7 @@ from pathlib import Path
 from edge_runtime.agent.agent import STATUS_FILE, AgentSettings
 from edge_runtime.agent.client import use_tls
 from edge_runtime.agent.errors import AgentError
+from edge_runtime.agent.supervisor import DRILL_ENV, parse_task_drills
 from edge_runtime.arguments import bounded_int
 from edge_runtime.bootstrap import build_agent
 from edge_runtime.inference.errors import FrameSourceError
@@ -107,6 +110,7 @@ def run_agent(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     crash = os.environ.get(CRASH_ENV)
     try:
         crash_at = parse_crash_at(crash) if crash else None
+        task_failures = parse_task_drills(os.environ.get(DRILL_ENV, ""))
     except ValueError as exc:
         parser.error(str(exc))
     settings = AgentSettings(
@@ -126,6 +130,7 @@ def run_agent(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         failed_retry_s=args.failed_retry_s,
         crash_at=crash_at,
         crash_candidate=os.environ.get(CRASH_CANDIDATE_ENV) or None,
+        task_failures=task_failures,
     )
 
     async def main() -> int:

@@ -6,7 +6,9 @@ Start-up order (so a device without a network serves at once):
 2. the update driver reads its journal; its first job in the worker thread is recovery: the last committed
    bundle goes back in the slot (no network needed) and an update the restart interrupted resumes;
 3. the credential is loaded, or the device enrolls (retried while the controller is unreachable);
-4. the Sync loop, the event sender, the update worker and the status ticker run until SIGTERM.
+4. the Sync loop, the event sender, the update worker, the telemetry pipeline and the status ticker run until
+   SIGTERM, each under the ``Supervisor``: one that raises is logged with its traceback and restarted with
+   backoff, and while it is down the device reports DEGRADED with the reason (``health_reason``).
 
 Threads: the asyncio loop owns the network; the frame loop owns frames; the synchronous ``UpdateDriver``
 runs in one worker thread fed by a queue (``post`` is thread-safe), so the frame loop and the network never
@@ -55,9 +57,10 @@ from edge_runtime.agent.download.fetcher import DEFAULT_CHUNK_BYTES, BlobFetcher
 from edge_runtime.agent.enroll import Credential, enroll, load_credential, save_credential
 from edge_runtime.agent.errors import EnrollmentError
 from edge_runtime.agent.hardware import hardware_profile
-from edge_runtime.agent.health.endpoint import HealthEndpoint, judge_health
+from edge_runtime.agent.health.endpoint import HealthEndpoint, judge
 from edge_runtime.agent.retry import Sleep, transient_retry
 from edge_runtime.agent.runner import FrameRunner, RunnerSnapshot
+from edge_runtime.agent.supervisor import Supervisor
 from edge_runtime.agent.sync.loop import SyncLoop
 from edge_runtime.agent.telemetry.pipeline import BufferedReporter, TelemetryPipeline
 from edge_runtime.agent.telemetry.reporter import EventSender, wire_state
@@ -106,6 +109,8 @@ class AgentSettings:
     # Crash drill: SIGKILL at the first transition into this state (optionally only for this candidate).
     crash_at: CrashPoint | None = None
     crash_candidate: str | None = None
+    # Task drill: the first N runs of these supervised tasks fail on purpose (EDGEFLEET_TASK_FAILURES).
+    task_failures: Mapping[str, int] = field(default_factory=dict)
 
 
 def bundle_artifacts(desired: common_pb2.DesiredState) -> tuple[ArtifactRef, ...]:
@@ -185,6 +190,10 @@ class EdgeAgent:
         self.configs = parts.configs
         self.applied_revision = 0
         self.health: common_pb2.Health.ValueType = common_pb2.HEALTH_STARTING
+        self.health_reason = ""
+        # Every long-running task of run() restarts under it; a task that is down degrades health (_tick).
+        self.supervisor = Supervisor(drills=settings.task_failures)
+        self._recovered = False
         self.link = parts.link
         self.reporter = parts.reporter
         self.verifier = parts.verifier
@@ -222,11 +231,13 @@ class EdgeAgent:
         loop.call_soon_threadsafe(self._queue.put_nowait, event)
 
     async def _drive(self) -> None:
-        try:
-            record = await asyncio.to_thread(self.driver.start)
-            log.info("agent.recovered", state=record.state.value, committed=record.committed)
-        except Exception as exc:  # the journal holds the truth; keep serving and take events
-            log.exception("agent.recovery_failed", error=str(exc))
+        if not self._recovered:  # once per process: a restarted worker only takes events again
+            self._recovered = True
+            try:
+                record = await asyncio.to_thread(self.driver.start)
+                log.info("agent.recovered", state=record.state.value, committed=record.committed)
+            except Exception as exc:  # the journal holds the truth; keep serving and take events
+                log.exception("agent.recovery_failed", error=str(exc))
         while True:
             event = await self._queue.get()
             try:
@@ -353,6 +364,7 @@ class EdgeAgent:
                 "inference_errors": snap.errors,
                 "serving_bundle": snap.serving or "",
                 "events_dropped": self.reporter.dropped,
+                "health_reason": self.health_reason,
             }
         )
         state = common_pb2.ReportedState(
@@ -390,14 +402,18 @@ class EdgeAgent:
             seen = snap.frames_inferred + snap.frames_idle + snap.errors
             alive = seen != self._last_seen_frames or self._last_snapshot is None
             self._last_seen_frames = seen
-            health = judge_health(snap, self._last_snapshot, source_alive=alive)
-            if health == common_pb2.HEALTH_SERVING and self._current_record().degraded:
+            degraded_by = [r for r in (self.supervisor.reason(),) if r]
+            if self._current_record().degraded:
                 # First-install policy: serving a bundle that missed its latency SLA (update.state).
-                health = common_pb2.HEALTH_DEGRADED
+                degraded_by.append("the serving bundle missed its latency SLA at install")
+            judged = judge(snap, self._last_snapshot, source_alive=alive, degraded_by=degraded_by)
+            health = judged.health
             self._last_snapshot = snap
-            if health != self.health:
-                log.info("agent.health", health=common_pb2.Health.Name(health))
+            if health != self.health or judged.reason != self.health_reason:
+                if health != self.health:
+                    log.info("agent.health", health=common_pb2.Health.Name(health), reason=judged.reason or None)
                 self.health = health
+                self.health_reason = judged.reason
                 self._wake_now()
             await self.health_endpoint.set(health in (common_pb2.HEALTH_SERVING, common_pb2.HEALTH_DEGRADED))
             self._write_status(snap)
@@ -411,6 +427,8 @@ class EdgeAgent:
                 "pid": os.getpid(),
                 "at": datetime.now(UTC).isoformat(),
                 "health": common_pb2.Health.Name(self.health),
+                "health_reason": self.health_reason or None,
+                "tasks": self.supervisor.status(),
                 "health_port": self.health_endpoint.port,
                 "online": self.sync.online,
                 "frames_inferred": snap.frames_inferred,
@@ -476,8 +494,8 @@ class EdgeAgent:
                 # A config candidate's publisher keys verify its bundle when the update resumes.
                 with contextlib.suppress(LookupError):
                     self._use_trusted_keys(self.configs.values(record.candidate_config))
-            tasks.append(asyncio.create_task(self._tick(), name="tick"))
-            tasks.append(asyncio.create_task(self._drive(), name="update-worker"))
+            tasks.append(self.supervisor.start("tick", self._tick))
+            tasks.append(self.supervisor.start("update-worker", self._drive))
             cred_task = asyncio.create_task(self._credential(), name="credential")
             stop_task = asyncio.create_task(self._stop.wait())
             done, _ = await asyncio.wait({cred_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
@@ -490,9 +508,9 @@ class EdgeAgent:
             self.link.authenticate(cred.credential)
             self.verifier.set_enrolled(cred.trusted_keys)
             log.info("agent.started", device_id=cred.device_id, site=cred.site, controller=self.settings.controller)
-            tasks.append(asyncio.create_task(self.sync.run(), name="sync"))
-            tasks.append(asyncio.create_task(self.sender.run(), name="events"))
-            tasks.append(asyncio.create_task(self.telemetry.run(), name="telemetry"))
+            tasks.append(self.supervisor.start("sync", self.sync.run))
+            tasks.append(self.supervisor.start("events", self.sender.run))
+            tasks.append(self.supervisor.start("telemetry", self.telemetry.run))
             self.sender.wakeup.set()
             await self._stop.wait()
             log.info("agent.stopping")

@@ -1,12 +1,16 @@
-"""Device health: the pure judgement (``judge_health``) and the local gRPC health endpoint.
+"""Device health: the pure judgement (``judge``, ``judge_health``) and the local gRPC health endpoint.
 
 Health as reported on Sync (``edgefleet.v1.Health``):
 
 - STARTING  no bundle serves yet (never committed one, or still loading it at start-up);
 - FAILING   a bundle is loaded but the last ``FAILING_AFTER`` frames all failed;
 - DEGRADED  serving, but: onnxruntime fell back from the preferred provider, some frames failed since the
-            last report, or the frame source has stopped delivering;
+            last report, the frame source has stopped delivering, or the agent says why not (``degraded_by``:
+            a supervised background task is down, the bundle missed its latency SLA at first install);
 - SERVING   serving a bundle with none of the above.
+
+``judge`` returns the health with its reasons in words (``HealthJudgement``), which the device reports
+(``ReportedState.details["health_reason"]``, ``status.json``): DEGRADED always says why.
 
 The local endpoint (``grpc.health.v1``, plus reflection) on ``--health-listen`` says NOT_SERVING while
 starting or failing and SERVING once a committed bundle serves frames, for a container HEALTHCHECK or
@@ -15,6 +19,9 @@ perfect.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import grpc
 import structlog
@@ -30,18 +37,54 @@ FAILING_AFTER = 10
 RUNTIME_SERVICE = "edgefleet.runtime"
 
 
+@dataclass(frozen=True)
+class HealthJudgement:
+    """A health value and why it is not SERVING (empty when it is)."""
+
+    health: common_pb2.Health.ValueType
+    reasons: tuple[str, ...] = ()
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.reasons)
+
+
+def judge(
+    now: RunnerSnapshot,
+    before: RunnerSnapshot | None,
+    *,
+    source_alive: bool,
+    degraded_by: Sequence[str] = (),
+) -> HealthJudgement:
+    """The ``edgefleet.v1.Health`` value for the runner's state now vs. the last judgement, with its reasons.
+
+    ``degraded_by``: what else the agent knows is wrong (a task down, an SLA missed); it degrades a device
+    that would be SERVING and is kept as a reason whatever the health."""
+    extra = tuple(degraded_by)
+    if now.serving is None:
+        return HealthJudgement(common_pb2.HEALTH_STARTING, ("no bundle serves yet", *extra))
+    if now.consecutive_errors >= FAILING_AFTER:
+        return HealthJudgement(
+            common_pb2.HEALTH_FAILING, (f"the last {now.consecutive_errors} frames all failed", *extra)
+        )
+    reasons: list[str] = []
+    if now.fell_back:
+        reasons.append(f"onnxruntime fell back from the preferred provider to {now.provider}")
+    if before is not None and now.errors > before.errors:
+        reasons.append(f"{now.errors - before.errors} frame(s) failed since the last judgement")
+    if not source_alive:
+        reasons.append("the frame source delivers no frames")
+    reasons.extend(extra)
+    if reasons:
+        return HealthJudgement(common_pb2.HEALTH_DEGRADED, tuple(reasons))
+    return HealthJudgement(common_pb2.HEALTH_SERVING)
+
+
 def judge_health(
     now: RunnerSnapshot, before: RunnerSnapshot | None, *, source_alive: bool
 ) -> common_pb2.Health.ValueType:
-    """The ``edgefleet.v1.Health`` value for the runner's state now vs. the last judgement."""
-    if now.serving is None:
-        return common_pb2.HEALTH_STARTING
-    if now.consecutive_errors >= FAILING_AFTER:
-        return common_pb2.HEALTH_FAILING
-    new_errors = before is not None and now.errors > before.errors
-    if now.fell_back or new_errors or not source_alive:
-        return common_pb2.HEALTH_DEGRADED
-    return common_pb2.HEALTH_SERVING
+    """The health value alone (``judge`` without the agent's own reasons)."""
+    return judge(now, before, source_alive=source_alive).health
 
 
 class HealthEndpoint:
