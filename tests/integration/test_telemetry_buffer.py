@@ -15,7 +15,6 @@ from structlog.testing import capture_logs
 
 from edge_runtime.telemetry import (
     RecordClass,
-    RecordTooLargeError,
     TelemetryBuffer,
     TelemetryBufferError,
     WindowAggregator,
@@ -315,14 +314,48 @@ def test_events_alone_over_the_bound_are_dropped_and_counted(tmp_path: Path) -> 
     buf.close()
 
 
-def test_a_record_that_can_never_fit_is_refused(tmp_path: Path) -> None:
-    buf = open_buffer(tmp_path / "buffer.db", max_bytes=64 * 1024, review_quota_bytes=8 * 1024)
-    with pytest.raises(RecordTooLargeError, match="review record"):
-        buf.append(review(0, 20_000))
-    with pytest.raises(RecordTooLargeError, match="metrics record"):
-        buf.append(fixed_metrics(100_000))
-    assert buf.count() == 0
-    assert buf.next_seq == 1  # nothing was assigned
+def test_a_record_that_can_never_fit_is_dropped_and_counted_and_the_rest_of_its_batch_is_stored(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "buffer.db"
+    buf = open_buffer(path, max_bytes=64 * 1024, review_quota_bytes=16 * 1024)
+    with capture_logs() as logs:
+        seqs = buf.append_many([event(0), review(1, 20_000), fixed_metrics(100_000), review(2), review(3, 30_000)])
+        assert buf.append(review(4, 20_000)) is None
+    # Only what fits got a seq, contiguous: nothing is declared lost that was never in the store.
+    assert seqs == [1, 2]
+    assert [r.cls for r in buf.records(seqs)] == [RecordClass.EVENT, RecordClass.REVIEW]
+    assert buf.peek_batch(10).dropped == ()
+    assert buf.dropped_counts() == {
+        "event": 0,
+        "metrics": 0,
+        "review": 0,
+        "review_too_large": 3,
+        "metrics_too_large": 1,
+    }
+    # Logged once per class, with the sizes and the bound that refused it.
+    too_large = [e for e in logs if e["event"] == "telemetry.record_too_large"]
+    assert [(e["record_class"], e["bound"], e["limit_bytes"]) for e in too_large] == [
+        ("review", "review_quota_bytes", 16 * 1024),
+        ("metrics", "max_bytes", 64 * 1024),
+    ]
+    assert too_large[0]["stored_bytes"] > 16 * 1024 and too_large[0]["payload_bytes"] > 20_000
+    buf.close()
+    # The count is durable.
+    reopened = open_buffer(path, max_bytes=64 * 1024, review_quota_bytes=16 * 1024)
+    assert reopened.dropped_counts()["review_too_large"] == 3
+    assert reopened.append(event(5)) == 3
+    reopened.close()
+
+
+def test_a_review_quota_of_zero_keeps_no_review_and_never_fails(tmp_path: Path) -> None:
+    buf = open_buffer(tmp_path / "buffer.db", max_bytes=64 * 1024, review_quota_bytes=0)
+    with capture_logs() as logs:
+        seqs = buf.append_many([review(0, 10), event(1), review(2, 10)])
+    assert seqs == [1] and buf.count(RecordClass.REVIEW) == 0
+    assert buf.dropped_counts()["review_too_large"] == 2
+    [logged] = [e for e in logs if e["event"] == "telemetry.record_too_large"]
+    assert "review sampling is off" in logged["hint"]
     buf.close()
 
 

@@ -12,7 +12,6 @@ from structlog.testing import capture_logs
 
 from edge_runtime.agent.retry import Backoff
 from edge_runtime.agent.supervisor import Supervisor, TaskDrillError, parse_task_drills
-from edge_runtime.telemetry.errors import RecordTooLargeError
 
 HEALTHY_S = 0.2
 
@@ -57,7 +56,7 @@ async def until(predicate: Callable[[], object]) -> None:
 
 
 async def test_a_failed_task_is_logged_with_its_traceback_restarted_and_down_until_it_stays_up() -> None:
-    script = Script(RecordTooLargeError("a review record of 30000 bytes can never fit 16384"))
+    script = Script(OSError("disk I/O error"))
     waits = Waits()
     sup = Supervisor(healthy_after_s=HEALTHY_S, sleep=waits)
     with capture_logs() as logs:
@@ -66,7 +65,7 @@ async def test_a_failed_task_is_logged_with_its_traceback_restarted_and_down_unt
         # Restarted, but not yet up for healthy_after_s: still down, with the reason.
         assert (
             sup.reason()
-            == "telemetry task failed 1x: RecordTooLargeError: a review record of 30000 bytes can never fit 16384"
+            == "telemetry task failed 1x: OSError: disk I/O error"
         )
         [down] = sup.down()
         assert (down.name, down.failures, down.state) == ("telemetry", 1, "running")
@@ -75,7 +74,7 @@ async def test_a_failed_task_is_logged_with_its_traceback_restarted_and_down_unt
     failed = [e for e in logs if e["event"] == "agent.task_failed"]
     assert len(failed) == 1
     assert failed[0]["task"] == "telemetry" and failed[0]["exc_info"] is True and failed[0]["log_level"] == "error"
-    assert failed[0]["error"].startswith("RecordTooLargeError: ")
+    assert failed[0]["error"].startswith("OSError: ")
     assert [e["event"] for e in logs if e["event"].startswith("agent.task_")] == [
         "agent.task_failed",
         "agent.task_restarted",

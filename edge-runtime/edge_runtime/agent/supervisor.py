@@ -8,7 +8,7 @@ stopped), and so is a ``CancelledError`` that the task raised without being canc
 
 Down and up: from its first failure until a later run has stayed up for ``healthy_after_s``, a task is
 *down*; ``down()`` lists what is down, with the failures in a row and the last error, and ``reason()`` says
-it in one line (``telemetry task failed 2x: RecordTooLargeError: ...``). The agent turns that into
+it in one line (``telemetry task failed 2x: OperationalError: disk I/O error``). The agent turns that into
 ``HEALTH_DEGRADED`` with the reason, on Sync and in ``status.json``, and back to SERVING once nothing is down.
 
 Stopping: cancelling the supervised task (``stop()``) is not a failure; it ends a run or a backoff wait at once.

@@ -9,7 +9,6 @@ from __future__ import annotations
 from edge_runtime.telemetry.buffer import BufferReset, TelemetryBuffer
 from edge_runtime.telemetry.errors import (
     ObservationError,
-    RecordTooLargeError,
     ReviewEncodeError,
     TelemetryBufferError,
     TelemetryError,
@@ -25,7 +24,6 @@ __all__ = [
     "BufferedRecord",
     "ObservationError",
     "RecordClass",
-    "RecordTooLargeError",
     "ReviewEncodeError",
     "ReviewReason",
     "ReviewSampler",

@@ -17,6 +17,11 @@ stored; links can be down for hours. What this module guarantees, and how:
   events alone exceed the bound the oldest ``event`` records. Records of a batch being appended may be
   dropped by that same append (their numbers were assigned and are declared dropped like any other).
   Every drop is counted per class in the same transaction (``dropped_counts()``, persistent).
+- **One record that can never fit is dropped, never fatal.** A record larger than ``max_bytes`` (or a
+  review sample larger than ``review_quota_bytes``; 0 means no review is ever kept) is not stored and gets
+  no seq; the rest of its batch is appended. It is counted under ``<class>_too_large`` in
+  ``dropped_counts()`` (so it reaches the controller in ``MetricWindow.dropped``) and the first one of each
+  class is logged with its size and the bound (``telemetry.record_too_large``).
 - **Dropped ranges need no bookkeeping**: only an ack or a drop deletes a record, and acks are
   contiguous, so every assigned seq above ``acked_through`` that is absent was dropped. ``peek_batch``
   declares those gaps (``TelemetryBatch.dropped``) so the controller's contiguous mark can pass them.
@@ -52,7 +57,7 @@ from typing import Final
 
 import structlog
 
-from edge_runtime.telemetry.errors import RecordTooLargeError, TelemetryBufferError, UnusableStoreError
+from edge_runtime.telemetry.errors import TelemetryBufferError, UnusableStoreError
 from edge_runtime.telemetry.records import (
     CLASS_CODE,
     CLASS_OF_CODE,
@@ -78,6 +83,11 @@ from edgefleet.v1.telemetry_pb2 import DeviceEvent
 log = structlog.get_logger(__name__)
 
 _NOT_CORRUPTION: Final = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM")
+
+
+def too_large_key(cls: RecordClass) -> str:
+    """The ``dropped_counts`` key of records of ``cls`` dropped because one alone is over the bound."""
+    return f"{cls.value}_too_large"
 
 
 def _utc_now() -> datetime:
@@ -143,6 +153,7 @@ class TelemetryBuffer(contextlib.AbstractContextManager["TelemetryBuffer", None]
         self._bytes: dict[RecordClass, int] = dict.fromkeys(RecordClass, 0)
         self._counts: dict[RecordClass, int] = dict.fromkeys(RecordClass, 0)
         self._deleted_since_compact = 0
+        self._too_large_logged: set[RecordClass] = set()
         self._open()
 
     # ------------------------------------------------------------------ open / create / reset
@@ -262,12 +273,15 @@ class TelemetryBuffer(contextlib.AbstractContextManager["TelemetryBuffer", None]
             raise TelemetryBufferError(f"telemetry buffer {self.path} is closed; open a new TelemetryBuffer")
         return self._conn
 
-    def append(self, body: Body) -> int:
-        """Append one record durably; returns its seq. Prefer ``append_many`` for several."""
-        return self.append_many([body])[0]
+    def append(self, body: Body) -> int | None:
+        """Append one record durably; returns its seq (None: it can never fit, dropped and counted). Prefer
+        ``append_many`` for several."""
+        seqs = self.append_many([body])
+        return seqs[0] if seqs else None
 
     def append_many(self, bodies: Iterable[Body]) -> list[int]:
-        """Append records in one durable transaction; the returned seqs are the acknowledgement."""
+        """Append records in one durable transaction; the returned seqs are the acknowledgement (one per
+        record stored, in order: a record that can never fit is dropped and counted, and has none)."""
         prepared: list[tuple[RecordClass, str, bytes]] = []
         for body in bodies:
             prepared.append(classify_body(body))
@@ -278,17 +292,15 @@ class TelemetryBuffer(contextlib.AbstractContextManager["TelemetryBuffer", None]
             first = self._next_seq
             rows: list[tuple[int, int, int, bytes]] = []
             incoming: dict[RecordClass, int] = dict.fromkeys(RecordClass, 0)
-            for i, (cls, field, body_bytes) in enumerate(prepared):
-                payload = encode_record(first + i, field, body_bytes)
+            too_large: dict[RecordClass, int] = dict.fromkeys(RecordClass, 0)
+            for cls, field, body_bytes in prepared:
+                seq = first + len(rows)
+                payload = encode_record(seq, field, body_bytes)
                 size = record_footprint(len(payload), self.page_size)
-                if size > self.max_bytes or (cls is RecordClass.REVIEW and size > self.review_quota_bytes):
-                    limit = self.max_bytes if size > self.max_bytes else self.review_quota_bytes
-                    raise RecordTooLargeError(
-                        f"telemetry buffer: a {cls.value} record of {len(payload)} bytes ({size} stored) "
-                        f"can never fit the bound of {limit} bytes; shrink it (lower JPEG quality or size) "
-                        "or raise the buffer's max_bytes / review_quota_bytes"
-                    )
-                rows.append((first + i, CLASS_CODE[cls], size, payload))
+                if self._never_fits(cls, len(payload), size):
+                    too_large[cls] += 1  # no seq: it never entered the store
+                    continue
+                rows.append((seq, CLASS_CODE[cls], size, payload))
                 incoming[cls] += size
             bytes_ = dict(self._bytes)
             counts = dict(self._counts)
@@ -299,20 +311,54 @@ class TelemetryBuffer(contextlib.AbstractContextManager["TelemetryBuffer", None]
                 db.executemany("INSERT INTO records(seq, cls, size, payload) VALUES (?, ?, ?, ?)", rows)
                 for cls, size in incoming.items():
                     bytes_[cls] += size
-                for cls, *_ in prepared:
-                    counts[cls] += 1
+                for _, code, _, _ in rows:
+                    counts[CLASS_OF_CODE[code]] += 1
                 # Whatever the batch itself overflows goes now, oldest first (its own oldest records).
                 self._enforce(db, bytes_, counts, dropped, dict.fromkeys(RecordClass, 0))
                 db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (str(first + len(rows)),))
                 for cls, n in dropped.items():
                     if n:
                         db.execute("UPDATE drops SET count = count + ? WHERE cls = ?", (n, cls.value))
+                for cls, n in too_large.items():
+                    if n:
+                        db.execute(
+                            "INSERT INTO drops(cls, count) VALUES (?, ?) "
+                            "ON CONFLICT(cls) DO UPDATE SET count = count + excluded.count",
+                            (too_large_key(cls), n),
+                        )
             self._next_seq = first + len(rows)
             self._bytes = bytes_
             self._counts = counts
             if any(dropped.values()):
                 self._after_drops(dropped)
             return [r[0] for r in rows]
+
+    def _never_fits(self, cls: RecordClass, payload_len: int, size: int) -> bool:
+        """Whether a record of ``size`` stored bytes is over the bound (or, for a review, the quota); logs
+        the first such record of each class per open store, with the sizes."""
+        limit, bound = self.max_bytes, "max_bytes"
+        if cls is RecordClass.REVIEW and self.review_quota_bytes < limit:
+            limit, bound = self.review_quota_bytes, "review_quota_bytes"
+        if size <= limit:
+            return False
+        if cls not in self._too_large_logged:
+            self._too_large_logged.add(cls)
+            log.warning(
+                "telemetry.record_too_large",
+                path=str(self.path),
+                record_class=cls.value,
+                payload_bytes=payload_len,
+                stored_bytes=size,
+                bound=bound,
+                limit_bytes=limit,
+                hint=(
+                    "review sampling is off (review_quota_bytes 0)"
+                    if cls is RecordClass.REVIEW and limit == 0
+                    else f"dropped and counted as dropped[{too_large_key(cls)!r}]; raise telemetry.{bound} "
+                    "or make the record smaller (review: lower review.jpeg_quality or the frame size)"
+                ),
+            )
+        return True
 
     def _enforce(
         self,
@@ -499,7 +545,8 @@ class TelemetryBuffer(contextlib.AbstractContextManager["TelemetryBuffer", None]
     # ------------------------------------------------------------------ introspection
 
     def dropped_counts(self) -> dict[str, int]:
-        """Records dropped by the policy since this store was created, by class (persistent)."""
+        """Records dropped since this store was created (persistent): by the policy, by class; and records
+        that could never fit, under ``too_large_key(cls)`` (``review_too_large``), present once one was."""
         with self._lock:
             rows = self._db.execute("SELECT cls, count FROM drops").fetchall()
         return {str(c): int(n) for c, n in rows}

@@ -1,13 +1,13 @@
 """Errors of the device's telemetry (metric windows, sensors, durable buffer, review samples).
 
 A missing sensor is not an error (it is reported as a ``SensorReading`` with ``missing=True``); a corrupt
-buffer file is not an error either (it is moved aside and a new store starts). Errors here are misuse and
-disk trouble. Sketch layout problems are the contract's ``edgefleet.contract.errors.SketchError``.
+buffer file is not an error either (it is moved aside and a new store starts), nor a record that can never
+fit the buffer (it is dropped and counted). Errors here are misuse and disk trouble. Sketch layout problems
+are the contract's ``edgefleet.contract.errors.SketchError``.
 
     TelemetryError
     ├── ObservationError          a frame observation is out of range (negative latency, confidence ∉ [0, 1])
     ├── TelemetryBufferError      the durable buffer cannot be opened or written
-    │   └── RecordTooLargeError   one record is larger than the buffer (or the review quota) can ever hold
     ├── UnusableStoreError        an existing buffer file is no usable store (internal: the buffer moves it
     │                             aside and starts a new one; never raised to its callers)
     └── ReviewEncodeError         a review frame is not a BGR uint8 image, or JPEG encoding failed
@@ -26,10 +26,6 @@ class ObservationError(TelemetryError, ValueError):
 
 class TelemetryBufferError(TelemetryError):
     """The durable telemetry buffer cannot be opened, read or written."""
-
-
-class RecordTooLargeError(TelemetryBufferError):
-    """A single record is larger than the buffer bound (or, for review samples, the review quota)."""
 
 
 class ReviewEncodeError(TelemetryError):
