@@ -24,6 +24,9 @@ Decisions:
   Nothing is lost: unacknowledged records stay in the file and are re-sent (the controller drops the
   duplicates). A smaller bound evicts by the normal drop policy at the next append, counted as drops.
   Invalid bounds (quota above the bound) are logged and the buffer keeps its current ones.
+  ``review_quota_bytes: 0`` turns review sampling off (no frame is flagged or encoded); a review sample over
+  the quota, or any record over the bound, is dropped and counted by the buffer (``review_too_large``, in
+  the next window's ``dropped``), never fatal to the task.
 """
 
 from __future__ import annotations
@@ -210,7 +213,8 @@ class TelemetryPipeline:
             # Models without a softmax report raw scores; the histogram is over [0, 1], so clamp.
             confidence = min(max(served.top_confidence, 0.0), 1.0)
             agg.observe(t.total_ms, t.model_ms, confidence, detections=_detections(served))
-        sampler = self._review_sampler()
+        # review_quota_bytes 0 turns review sampling off: no frame is flagged or encoded.
+        sampler = self._review_sampler() if self.buffer.review_quota_bytes > 0 else None
         if sampler is not None:
             reason = sampler.decide(now, min(max(served.top_confidence, 0.0), 1.0))
             if reason is not None:
