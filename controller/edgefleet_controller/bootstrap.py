@@ -22,6 +22,7 @@ from grpc_health.v1 import health
 from edgefleet.grpc_server import add_health_and_reflection, set_serving
 from edgefleet.v1 import device_pb2_grpc, fleet_pb2_grpc
 from edgefleet_controller.auth.service import AuthService
+from edgefleet_controller.bundles.blob_integrity import BlobIntegrity
 from edgefleet_controller.bundles.service import BundleService
 from edgefleet_controller.clock import Clock, utcnow
 from edgefleet_controller.configs.service import ConfigService
@@ -119,8 +120,9 @@ def build_controller(data_dir: Path, *, clock: Clock = utcnow, store_url: str | 
     configs = ConfigService(store.configs, blobs, directory, desired, rollouts, clock)
     announce = FeedAnnouncer(feed)
     devices = DeviceService(store.devices, store.bundles, directory, desired, auth, configs, rollouts, announce, clock)
-    bundles = BundleService(store.bundles, store.devices, blobs, auth, desired, rollouts, metrics, clock)
-    events = DeviceEventService(store.events, store.devices, store.bundles, directory, rollouts, feed, clock)
+    integrity = BlobIntegrity(blobs, metrics, clock)
+    bundles = BundleService(store.bundles, store.devices, blobs, auth, desired, rollouts, metrics, clock, integrity)
+    events = DeviceEventService(store.events, store.devices, store.bundles, directory, rollouts, feed, clock, integrity)
     telemetry = TelemetryService(store, clock, feed)
     metrics.watch_waiting(lambda: hub.waiting)
     metrics.watch_devices(devices.devices_by_state)

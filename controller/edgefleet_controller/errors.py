@@ -9,6 +9,8 @@
     ├── Unimplemented               UNIMPLEMENTED: a capability this version does not serve
     ├── Unauthenticated             UNAUTHENTICATED: missing, unknown, expired or revoked credential
     ├── PermissionDenied            PERMISSION_DENIED: authenticated, but not allowed
+    ├── Unavailable                 UNAVAILABLE: transient; retry
+    ├── DataLoss                    DATA_LOSS: a stored blob is corrupt (quarantined); re-push its bundle
     └── fleet_feed.WatcherTooSlow   RESOURCE_EXHAUSTED: a WatchFleet watcher fell behind; watch again
 
 Store errors (``edgefleet_controller.store.errors``), contract errors (``edgefleet.contract.errors``) and
@@ -67,6 +69,14 @@ class Unauthenticated(ControllerError, code=grpc.StatusCode.UNAUTHENTICATED):
 
 class PermissionDenied(ControllerError, code=grpc.StatusCode.PERMISSION_DENIED):
     """Authenticated, but not allowed."""
+
+
+class Unavailable(ControllerError, code=grpc.StatusCode.UNAVAILABLE):
+    """Transient: the same request may succeed when retried."""
+
+
+class DataLoss(ControllerError, code=grpc.StatusCode.DATA_LOSS):
+    """Stored bytes are corrupt: a blob that does not hash to its digest (quarantined, never served)."""
 
 
 def timestamp_arg(ts: Timestamp, field: str) -> datetime:

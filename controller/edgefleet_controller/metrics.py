@@ -35,6 +35,17 @@ class ControllerMetrics:
         self.blob_bytes_served = Counter(
             "edgefleet_blob_bytes_served", "Artifact bytes streamed by FetchBlob", registry=self.registry
         )
+        self.blob_verifications = Counter(
+            "edgefleet_blob_verifications",
+            "Full hashes of a stored blob before serving it or on a device's mismatch report, by result",
+            ["result"],
+            registry=self.registry,
+        )
+        self.blobs_quarantined = Counter(
+            "edgefleet_blobs_quarantined",
+            "Blobs found not hashing to their digest on the controller's disk and moved aside",
+            registry=self.registry,
+        )
         self.bundles_pushed = Counter(
             "edgefleet_bundles_pushed", "Bundles accepted by PushBundle", registry=self.registry
         )

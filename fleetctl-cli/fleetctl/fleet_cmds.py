@@ -224,6 +224,12 @@ def describe_bundle(ref: str = typer.Argument(..., help="digest or name@version"
         )
     else:
         lines.append("canary failures: none")
+    for q in reply.quarantined_blobs:
+        state = "restored (pushed again)" if q.restored else "[red]not served: push the bundle again[/red]"
+        lines.append(
+            f"[red]quarantined:[/red] {ts(q.at)}  {q.role} {q.digest} hashed to {short_digest(q.actual_digest)} "
+            f"(found by {q.detected_by}); {state}"
+        )
     for line in lines:
         console.print(line, highlight=False)
 

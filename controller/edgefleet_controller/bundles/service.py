@@ -1,6 +1,7 @@
 """``BundleService``: signed model bundles. PushBundle verifies the signature against the trusted keys and
 streams each artifact into the blob store (digest and size checked before commit); FetchBlob streams an
-artifact, or a config, to a device whose desired state includes it.
+artifact, or a config, to a device whose desired state includes it, once ``BlobIntegrity`` knows the file
+hashes to its digest (a corrupt one is quarantined and refused with DATA_LOSS; ``get_bundle`` lists it).
 
 Store calls are synchronous transactions run in worker threads (``asyncio.to_thread``); the clock is injected.
 """
@@ -21,13 +22,15 @@ from edgefleet.contract.errors import ContractError
 from edgefleet.contract.signing import verify_signature
 from edgefleet_controller import errors as cerr
 from edgefleet_controller.auth.service import AuthService
+from edgefleet_controller.bundles.blob_integrity import BlobIntegrity, data_loss
 from edgefleet_controller.clock import Clock
 from edgefleet_controller.devices.desired import DesiredStates
 from edgefleet_controller.metrics import ControllerMetrics
 from edgefleet_controller.rollout.service import RolloutService
 from edgefleet_controller.store import BlobStore
 from edgefleet_controller.store import errors as serr
-from edgefleet_controller.store.blobs import BlobWriter
+from edgefleet_controller.store.blob_quarantine import QuarantineRecord
+from edgefleet_controller.store.blobs import BlobWriter, stat_key_of
 from edgefleet_controller.store.bundle_failures import BundleFailure
 from edgefleet_controller.store.bundles import BundleStore
 from edgefleet_controller.store.devices import DeviceStore
@@ -55,6 +58,16 @@ class BundleDetail:
     manifest: BundleManifest
     running_devices: int
     failures: list[BundleFailure]
+    quarantined: list[QuarantinedArtifact]
+
+
+@dataclass(frozen=True)
+class QuarantinedArtifact:
+    """A quarantine record of the bundle's artifact ``role``; ``restored`` once good bytes are stored again."""
+
+    role: str
+    record: QuarantineRecord
+    restored: bool
 
 
 @dataclass(frozen=True)
@@ -79,6 +92,7 @@ class BundleService:
     rollouts: RolloutService
     metrics: ControllerMetrics
     clock: Clock
+    integrity: BlobIntegrity
 
     # ------------------------------------------------------------------ publishing
 
@@ -164,7 +178,15 @@ class BundleService:
         rec = await asyncio.to_thread(self.store.get, ref)
         running, _ = await asyncio.to_thread(lambda: self.devices.page(bundle=rec.digest, page_size=1000))
         failures = await self.rollouts.bundle_failures(rec.digest)
-        return BundleDetail(rec, BundleManifest.from_json_bytes(rec.manifest), len(running), failures)
+        manifest = BundleManifest.from_json_bytes(rec.manifest)
+        return BundleDetail(rec, manifest, len(running), failures, await asyncio.to_thread(self._quarantined, manifest))
+
+    def _quarantined(self, manifest: BundleManifest) -> list[QuarantinedArtifact]:
+        return [
+            QuarantinedArtifact(a.role, record, self.blobs.has(a.digest))
+            for a in manifest.artifacts.values()
+            for record in self.blobs.quarantined.records(a.digest)
+        ]
 
     async def list_bundles(self, name: str) -> list[BundleRecord]:
         return await asyncio.to_thread(self.store.all, name or None)
@@ -179,20 +201,35 @@ class BundleService:
 
     # ------------------------------------------------------------------ downloads
 
+    async def _open_verified(self, digest: str, offset: int) -> tuple[BinaryIO, int]:
+        """Blob ``digest`` opened at ``offset`` and its size, once its bytes are known to match its digest
+        (``BlobIntegrity``: hashed now unless this very file was verified before); DATA_LOSS when corrupt."""
+        for _ in range(3):  # the file may be replaced between open and verify (quarantined and pushed again)
+            f: BinaryIO = await asyncio.to_thread(self.blobs.open_range, digest, offset)
+            key = stat_key_of(f)
+            if self.integrity.is_verified(digest, key):
+                return f, key[1]
+            f.close()
+            record = await self.integrity.verify(digest)
+            if record is not None:
+                raise data_loss(record)
+        raise cerr.Unavailable(f"artifact {digest} kept changing on the controller's disk while verified; retry")
+
     async def fetch_blob(self, device_id: str, digest: str, offset: int, chunk_bytes: int) -> AsyncIterator[BlobPiece]:
         """Stream an artifact or config of the device's desired state from ``offset``."""
         try:
             stored = self.blobs.has(digest)
         except serr.InvalidDigest as exc:
             raise cerr.InvalidArgument(f"FetchBlobRequest.digest: {exc}") from None
-        if not stored or not await self.desired.pieces.may_fetch(await self.desired.desired_of(device_id), digest):
+        if not await self.desired.pieces.may_fetch(await self.desired.desired_of(device_id), digest):
             raise cerr.NotFoundError(
                 f"artifact {digest} is not part of this device's desired bundle or config; "
                 "Sync again for the current desired state"
             )
+        if not stored and (record := await self.integrity.quarantine_record(digest)) is not None:
+            raise data_loss(record)
         chunk = min(chunk_bytes or DEFAULT_CHUNK, MAX_CHUNK)
-        f: BinaryIO = await asyncio.to_thread(self.blobs.open_range, digest, offset)
-        total = self.blobs.size(digest)
+        f, total = await self._open_verified(digest, offset)
         # The next chunk is read from disk (in a worker thread) while the current one is being sent.
         pending: asyncio.Future[bytes] | None = (
             asyncio.ensure_future(asyncio.to_thread(f.read, chunk)) if offset < total else None

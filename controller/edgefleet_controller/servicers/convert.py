@@ -15,6 +15,7 @@ from edgefleet.contract.bundle import BundleManifest
 from edgefleet.contract.bundle_sections import ArtifactRef as BundleArtifact
 from edgefleet.v1 import common_pb2, fleet_pb2
 from edgefleet_controller import errors as cerr
+from edgefleet_controller.bundles.service import QuarantinedArtifact
 from edgefleet_controller.devices.delivery import Delivery
 from edgefleet_controller.devices.service import DeviceChange, DeviceReport, DeviceView
 from edgefleet_controller.fleet_feed import FleetFeed
@@ -160,6 +161,20 @@ def bundle_failure(f: BundleFailure) -> fleet_pb2.BundleFailure:
         kind=f.kind,
         summary=f.summary,
         at=to_timestamp(f.at),
+    )
+
+
+def quarantined_blob(q: QuarantinedArtifact) -> fleet_pb2.QuarantinedBlob:
+    r = q.record
+    return fleet_pb2.QuarantinedBlob(
+        digest=r.digest,
+        actual_digest=r.actual,
+        size_bytes=r.size,
+        detected_by=r.detected_by,
+        at=to_timestamp(r.at),
+        quarantine_path=r.path,
+        restored=q.restored,
+        role=q.role,
     )
 
 

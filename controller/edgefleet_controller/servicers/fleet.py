@@ -69,6 +69,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             artifacts=convert.artifact_refs(detail.manifest.artifacts.values()),
             running_devices=detail.running_devices,
             canary_failures=[convert.bundle_failure(f) for f in detail.failures],
+            quarantined_blobs=[convert.quarantined_blob(q) for q in detail.quarantined],
         )
 
     async def DeleteBundle(

@@ -6,6 +6,8 @@ blob already present is not rewritten (dedupe): the temp file is dropped. Digest
 before they touch the filesystem, so a caller-supplied digest can never become a path of its choosing.
 
 Blobs are immutable; deletion is the garbage collector's business (the database says what is unreferenced).
+One found corrupt on disk (``hash_blob`` disagrees with its name) is moved aside by ``quarantine``
+(``store.blob_quarantine``); ``stat_key`` is what a cached "verified" mark is valid for.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
 from edgefleet.contract.digests import DIGEST_PREFIX, is_digest
 from edgefleet.contract.durable import fsync_dir
+from edgefleet_controller.store.blob_quarantine import BlobQuarantine, QuarantineRecord
 from edgefleet_controller.store.errors import (
     BlobDigestMismatch,
     BlobTooLarge,
@@ -29,6 +33,20 @@ from edgefleet_controller.store.errors import (
     OffsetOutOfRange,
     StoreError,
 )
+
+#: What a blob's file is, as far as ``stat`` can tell: (inode, size, mtime ns, ctime ns). Any write, rename
+#: over or chmod of the file changes it, so a verification is valid while it is unchanged.
+StatKey = tuple[int, int, int, int]
+_HASH_READ = 1 << 20
+
+
+def _stat_key(st: os.stat_result) -> StatKey:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def stat_key_of(file: BinaryIO) -> StatKey:
+    """The ``StatKey`` of an open blob file."""
+    return _stat_key(os.fstat(file.fileno()))
 
 
 def check_digest(value: object) -> str:
@@ -39,14 +57,16 @@ def check_digest(value: object) -> str:
 
 
 class BlobWriter(contextlib.AbstractContextManager["BlobWriter", None]):
-    """Streams one blob into a temp file; ``commit`` makes it visible, ``abort`` (or leaving a ``with``
-    block without commit) removes the temp file."""
+    """Streams one blob into a temp file; ``seal`` checks its digest and makes the temp file durable (still
+    invisible: a push stages its artifacts so), ``commit`` seals and makes it visible, ``abort`` (or leaving
+    a ``with`` block without commit) removes the temp file."""
 
     def __init__(self, store: BlobStore, max_size: int | None) -> None:
         self._store = store
         self._max_size = max_size
         self._hash = hashlib.sha256()
         self._size = 0
+        self._sealed: str | None = None
         fd, name = tempfile.mkstemp(prefix="blob-", suffix=".part", dir=store.tmp_dir)
         self._file: BinaryIO | None = os.fdopen(fd, "wb")
         self.temp_path = Path(name)
@@ -65,13 +85,17 @@ class BlobWriter(contextlib.AbstractContextManager["BlobWriter", None]):
         self._hash.update(chunk)
         self._size += len(chunk)
 
-    def commit(self, expected_digest: str | None = None) -> tuple[str, int]:
-        """Make the blob durable under its digest and return ``(digest, size)``.
+    def seal(self, expected_digest: str | None = None) -> tuple[str, int]:
+        """Check the digest, fsync the temp file and return ``(digest, size)``; the blob is not visible yet.
 
         A mismatch with ``expected_digest`` aborts the writer and raises ``BlobDigestMismatch``.
         """
         if expected_digest is not None:
             check_digest(expected_digest)
+        if self._sealed is not None:
+            if expected_digest is not None and expected_digest != self._sealed:
+                raise BlobDigestMismatch(expected_digest, self._sealed)
+            return self._sealed, self._size
         file = self._file
         if file is None:
             raise StoreError("blob writer is closed (already committed or aborted); open a new writer")
@@ -80,26 +104,37 @@ class BlobWriter(contextlib.AbstractContextManager["BlobWriter", None]):
             self.abort()
             raise BlobDigestMismatch(expected_digest, digest)
         try:
-            final = self._store.path(digest)
-            if final.exists():
-                self.abort()
-                return digest, self._size
             file.flush()
             os.fsync(file.fileno())
             file.close()
             self._file = None
-            final.parent.mkdir(parents=True, exist_ok=True)
             # blobs are immutable; read-only makes an accidental in-place edit fail loudly
             os.chmod(self.temp_path, 0o444)
+        except BaseException:
+            self.abort()
+            raise
+        self._sealed = digest
+        return digest, self._size
+
+    def commit(self, expected_digest: str | None = None) -> tuple[str, int]:
+        """Seal (see ``seal``), then make the blob durable under its digest and return ``(digest, size)``."""
+        digest, size = self.seal(expected_digest)
+        try:
+            final = self._store.path(digest)
+            if final.exists():
+                self.abort()
+                return digest, size
+            final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(self.temp_path, final)
             fsync_dir(final.parent)
         except BaseException:
             self.abort()
             raise
-        return digest, self._size
+        return digest, size
 
     def abort(self) -> None:
         """Drop the temp file. Safe to call more than once, and after commit."""
+        self._sealed = None
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -119,6 +154,7 @@ class BlobStore:
         self.root = Path(root)
         self.tmp_dir = self.root / "tmp"
         self._objects = self.root / "sha256"
+        self.quarantined = BlobQuarantine(self.root / "quarantine")
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         self._objects.mkdir(parents=True, exist_ok=True)
 
@@ -157,6 +193,32 @@ class BlobStore:
             raise OffsetOutOfRange(digest, offset, size)
         file.seek(offset)
         return file
+
+    def stat_key(self, digest: str) -> StatKey | None:
+        """The blob file's ``StatKey``, or None when it is absent."""
+        try:
+            return _stat_key(self.path(digest).stat())
+        except FileNotFoundError:
+            return None
+
+    def hash_blob(self, digest: str) -> tuple[str, StatKey]:
+        """The digest the stored bytes of ``digest`` hash to, and the ``StatKey`` of the file that was read
+        (``NotFound`` when absent)."""
+        with self.open_range(digest) as file:
+            key = stat_key_of(file)
+            h = hashlib.sha256()
+            while chunk := file.read(_HASH_READ):
+                h.update(chunk)
+        return DIGEST_PREFIX + h.hexdigest(), key
+
+    def quarantine(self, digest: str, actual: str, detected_by: str, at: datetime) -> QuarantineRecord | None:
+        """Move the corrupt blob ``digest`` (its bytes hash to ``actual``) aside; None when it was gone."""
+        path = self.path(digest)
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return None
+        return self.quarantined.move_aside(path, QuarantineRecord(digest, actual, size, detected_by, at, ""))
 
     def delete(self, digest: str) -> bool:
         """Remove blob ``digest``; False when it was not there."""

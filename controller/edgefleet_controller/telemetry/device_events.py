@@ -2,7 +2,9 @@
 
 Events are stored as their proto's JSON mapping and published on the fleet feed as sent. A canary verdict or
 a rollback feeds the rollouts' failure rules; a profile, or a canary's candidate latency, is a latency
-measurement admission uses (``list_profiles`` shows them).
+measurement admission uses (``list_profiles`` shows them). An event whose reason says a downloaded artifact
+did not hash to its digest makes the controller hash its own copy again (``BlobIntegrity.reverify``), which
+quarantines it when it is the controller's copy that is corrupt.
 
 Store calls are synchronous transactions run in worker threads (``asyncio.to_thread``); the clock is injected.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
@@ -21,6 +24,7 @@ from google.protobuf.json_format import MessageToDict, ParseDict
 
 from edgefleet.v1 import telemetry_pb2
 from edgefleet_controller import errors as cerr
+from edgefleet_controller.bundles.blob_integrity import BlobIntegrity
 from edgefleet_controller.bundles.service import bundle_refs
 from edgefleet_controller.clock import Clock
 from edgefleet_controller.devices.directory import DeviceDirectory
@@ -36,6 +40,14 @@ _FAILURE_EVENT_KINDS = (Event.KIND_CANARY_VERDICT, Event.KIND_ROLLBACK)
 _PROFILE_EVENT_KINDS = (Event.KIND_PROFILE, Event.KIND_CANARY_VERDICT)
 #: Events ListDeviceEvents returns when the request sets no limit.
 DEFAULT_EVENT_LIMIT = 50
+#: How the runtime's verification step words an artifact that did not hash to its digest
+#: (``edge_runtime.update.driver``: "artifact 'x': sha256 is <actual>, expected <digest>; ...").
+_DIGEST_MISMATCH = re.compile(r"sha256 is sha256:[0-9a-f]{64}, expected (sha256:[0-9a-f]{64})")
+
+
+def reported_mismatches(events: Sequence[Event]) -> list[str]:
+    """The artifact digests these events say a device's download did not hash to, each once."""
+    return list(dict.fromkeys(m.group(1) for ev in events for m in _DIGEST_MISMATCH.finditer(ev.reason)))
 
 
 def event_kind_name(value: int) -> str:
@@ -57,6 +69,7 @@ class DeviceEventService:
     rollouts: RolloutService
     feed: FleetFeed
     clock: Clock
+    integrity: BlobIntegrity
 
     async def report_events(self, device_id: str, events: Sequence[Event], site: str = "") -> int:
         """Store a device's events (idempotent by ``event_id``); returns how many were new."""
@@ -81,6 +94,8 @@ class DeviceEventService:
                     await self.rollouts.note_rollback(device, ev.bundle_digest, ev.reason, ev.revision, item.at)
         for ev in events:
             self.feed.publish_event(device_id, ev, site)
+        for digest in reported_mismatches(events):
+            await self.integrity.reverify(digest, f"device {device_id} reporting a digest mismatch")
         self.rollouts.wake()
         return stored
 

@@ -1,0 +1,136 @@
+"""The controller verifies a blob before serving it: a blob corrupted on its disk is quarantined (moved aside,
+counted, listed by GetBundle), refused with DATA_LOSS instead of streamed, and restored by pushing the bundle
+again; an unchanged blob is hashed once, however often and from wherever it is fetched; a device's report of
+a digest mismatch makes the controller hash its copy again."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import grpc
+import pytest
+
+from edgefleet.contract.signing import generate_keypair
+from edgefleet.v1 import device_pb2, fleet_pb2, telemetry_pb2
+from edgefleet_testing.controller import (
+    Fleet,
+    InProcessController,
+    bearer,
+    connected,
+    publish_bundle,
+    running_controller,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def hashes(ctrl: InProcessController, result: str) -> float:
+    value = ctrl.app.metrics.registry.get_sample_value("edgefleet_blob_verifications_total", {"result": result})
+    return value or 0.0
+
+
+def corrupt(path: Path) -> None:
+    """Flip one byte in place (same size), as a failing disk or a stray edit would."""
+    os.chmod(path, 0o644)
+    with path.open("r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+async def setup(c: Fleet, tmp_path: Path) -> tuple[Path, str, str, device_pb2.SyncResponse]:
+    key = generate_keypair("pub")
+    archive = publish_bundle(tmp_path / "w", key)
+    await c.trust(key)
+    pushed = await c.push(archive)
+    device_id, cred = await c.enroll("site-1", "cam-1")
+    await c.fleet.SetDesiredBundle(
+        fleet_pb2.SetDesiredBundleRequest(device=device_id, bundle=pushed.bundle.digest), metadata=c.admin
+    )
+    return archive, device_id, cred, await c.sync(cred)
+
+
+async def test_corrupt_blob_is_quarantined_refused_and_restored_by_a_push(tmp_path: Path) -> None:
+    async with running_controller(tmp_path / "data") as ctrl, connected(ctrl) as c:
+        archive, _, cred, synced = await setup(c, tmp_path)
+        model = next(a for a in synced.desired.artifacts if a.role == "model")
+        good = await c.fetch(cred, model.digest)
+        assert len(good) == model.size_bytes
+        blob = ctrl.app.bundles.blobs.path(model.digest)
+        corrupt(blob)
+
+        for offset in (0, 10, model.size_bytes - 1):  # from the start or resumed: nothing of it is served
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await c.fetch(cred, model.digest, offset=offset)
+            assert info.value.code() == grpc.StatusCode.DATA_LOSS
+            details = info.value.details() or ""
+            assert model.digest in details and "Push the bundle again" in details, details
+        assert not blob.exists()
+        assert hashes(ctrl, "corrupt") == 1  # quarantined once; later fetches are refused without hashing
+        quarantined = list((ctrl.app.data_dir / "blobs" / "quarantine").glob("*.blob"))
+        assert len(quarantined) == 1 and quarantined[0].read_bytes() != good
+
+        detail = await c.fleet.GetBundle(fleet_pb2.GetBundleRequest(ref=synced.desired.bundle_digest), metadata=c.admin)
+        [q] = detail.quarantined_blobs
+        assert (q.digest, q.role, q.detected_by, q.restored) == (model.digest, "model", "serve", False)
+        assert q.actual_digest.startswith("sha256:") and q.actual_digest != model.digest
+        assert q.size_bytes == model.size_bytes and q.quarantine_path == str(quarantined[0])
+
+        # The operator pushes the bundle again: good bytes under the name, served again, history kept.
+        await c.push(archive)
+        assert await c.fetch(cred, model.digest) == good
+        detail = await c.fleet.GetBundle(fleet_pb2.GetBundleRequest(ref=synced.desired.bundle_digest), metadata=c.admin)
+        assert [(b.digest, b.restored) for b in detail.quarantined_blobs] == [(model.digest, True)]
+        assert hashes(ctrl, "corrupt") == 1
+
+
+async def test_an_unchanged_blob_is_hashed_once_and_a_changed_one_again(tmp_path: Path) -> None:
+    async with running_controller(tmp_path / "data") as ctrl, connected(ctrl) as c:
+        _, _, cred, synced = await setup(c, tmp_path)
+        model = next(a for a in synced.desired.artifacts if a.role == "model")
+        start = hashes(ctrl, "ok")
+        whole = await c.fetch(cred, model.digest)
+        assert await c.fetch(cred, model.digest, offset=1000) == whole[1000:]
+        assert await c.fetch(cred, model.digest, chunk_bytes=4096) == whole
+        assert hashes(ctrl, "ok") == start + 1
+        blob = ctrl.app.bundles.blobs.path(model.digest)
+        os.utime(blob, ns=(blob.stat().st_atime_ns, blob.stat().st_mtime_ns + 1))  # same bytes, file touched
+        assert await c.fetch(cred, model.digest, offset=500) == whole[500:]
+        assert hashes(ctrl, "ok") == start + 2
+
+
+async def test_a_device_mismatch_report_rehashes_and_quarantines_a_corrupt_copy(tmp_path: Path) -> None:
+    async with running_controller(tmp_path / "data") as ctrl, connected(ctrl) as c:
+        _, device_id, cred, synced = await setup(c, tmp_path)
+        model = next(a for a in synced.desired.artifacts if a.role == "model")
+        await c.fetch(cred, model.digest)
+        start = hashes(ctrl, "ok")
+
+        def report(n: int) -> device_pb2.ReportEventRequest:
+            reason = (
+                f"verification failed: artifact 'model.onnx': sha256 is sha256:{'e' * 64}, "
+                f"expected {model.digest}; the download is corrupt and will be discarded"
+            )
+            event = telemetry_pb2.DeviceEvent(
+                event_id=f"ev-{n}", kind=telemetry_pb2.DeviceEvent.KIND_UPDATE_STATE, reason=reason
+            )
+            return device_pb2.ReportEventRequest(events=[event])
+
+        # The controller's copy is fine: hashed again (the mark does not excuse it), nothing moved.
+        await c.device.ReportEvent(report(1), metadata=bearer(cred))
+        assert hashes(ctrl, "ok") == start + 1
+        blob = ctrl.app.bundles.blobs.path(model.digest)
+        assert blob.exists()
+
+        # Corrupted since, and no fetch has seen it: the device's report is what finds it.
+        corrupt(blob)
+        await c.device.ReportEvent(report(2), metadata=bearer(cred))
+        assert not blob.exists()
+        detail = await c.fleet.GetBundle(fleet_pb2.GetBundleRequest(ref=synced.desired.bundle_digest), metadata=c.admin)
+        [q] = detail.quarantined_blobs
+        assert q.detected_by == f"device {device_id} reporting a digest mismatch"
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await c.fetch(cred, model.digest)
+        assert info.value.code() == grpc.StatusCode.DATA_LOSS
