@@ -144,6 +144,10 @@ def get_sites(output: str = OutputOpt) -> None:
 # ------------------------------------------------------------------ describe
 
 
+#: Events ``describe device`` shows: the device's newest (ListDeviceEvents returns the newest, oldest first).
+RECENT_EVENTS = 10
+
+
 @describe_app.command("device")
 @grpc_errors
 def describe_device(device: str = typer.Argument(..., help="device id or name"), output: str = OutputOpt) -> None:
@@ -153,7 +157,7 @@ def describe_device(device: str = typer.Argument(..., help="device id or name"),
     with conn.fleet() as stub:
         d = stub.GetDevice(fleet_pb2.GetDeviceRequest(device=device), metadata=conn.metadata, timeout=30)
         events = stub.ListDeviceEvents(
-            fleet_pb2.ListDeviceEventsRequest(device=d.id, limit=10), metadata=conn.metadata, timeout=30
+            fleet_pb2.ListDeviceEventsRequest(device=d.id, limit=RECENT_EVENTS), metadata=conn.metadata, timeout=30
         )
     if is_structured(fmt):
         emit_structured(d, fmt)
@@ -186,7 +190,7 @@ def describe_device(device: str = typer.Argument(..., help="device id or name"),
     for line in lines:
         console.print(line, highlight=False)
     if events.events:
-        console.print("events:")
+        console.print(f"events (the newest {RECENT_EVENTS}, newest last):")
         for e in events.events:
             kind = telemetry_pb2.DeviceEvent.Kind.Name(e.kind)
             console.print(

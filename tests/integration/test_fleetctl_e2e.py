@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from edgefleet.contract.signing import PRIVATE_SUFFIX, PUBLIC_SUFFIX, generate_keypair
-from edgefleet.v1 import common_pb2, device_pb2, device_pb2_grpc
+from edgefleet.v1 import common_pb2, device_pb2, device_pb2_grpc, telemetry_pb2
 from edgefleet_testing.controller import REPO, ControllerProcess, bearer, free_port, publish_bundle
 
 pytestmark = pytest.mark.integration
@@ -197,6 +197,22 @@ def test_fleetctl_operates_a_real_controller(env: Env) -> None:
     # The digest is that of the config the device receives: manifest keys only, no defaults.
     assert "min_seconds" not in as_json["config"]["canary"] and as_json["config"]["sla"]["latency_ms"] == 50
     assert as_json["digest"] == described_digest(env, "wa-aisle-1")
+
+
+def test_describe_device_shows_the_newest_events(env: Env) -> None:
+    token = env.ok("token", "create", "--site", "warehouse-b").out.strip()
+    device_id, cred = enroll(env.ctrl.address, token, "wb-events-1", {})
+    with grpc.insecure_channel(env.ctrl.address) as channel:
+        stub = device_pb2_grpc.DeviceServiceStub(channel)
+        for n in range(1, 16):  # one at a time: arrival order is the order they happened
+            event = telemetry_pb2.DeviceEvent(
+                event_id=f"e{n}", kind=telemetry_pb2.DeviceEvent.KIND_ALERT, reason=f"alert-{n:02d}"
+            )
+            stub.ReportEvent(device_pb2.ReportEventRequest(events=[event]), metadata=bearer(cred), timeout=10)
+    text = env.ok("describe", "device", device_id).out
+    assert "events (the newest 10, newest last):" in text
+    shown = [line.rsplit(" ", 1)[-1] for line in text.splitlines() if "alert-" in line]
+    assert shown == [f"alert-{n:02d}" for n in range(6, 16)]
 
 
 def test_fleetctl_errors_are_one_line(env: Env) -> None:

@@ -294,6 +294,10 @@ def test_events_are_stored_deduplicated_and_listed(store: Store) -> None:
     first_page = store.events.query(limit=2)
     rest = store.events.query(after_id=first_page[-1].id)
     assert [e.id for e in first_page + rest] == [e.id for e in store.events.query()]
+    # a device's newest events, oldest of them first; another device's never mixed in
+    assert [e.seq for e in store.events.latest(a, limit=3)] == [3, 4, None]
+    assert [e.seq for e in store.events.latest(a)] == [1, 2, 3, 4, None]
+    assert [e.seq for e in store.events.latest(b, limit=1)] == [1]
     with pytest.raises(NotFound):
         store.events.record("dev_ghost", "update", {}, T0, T0)
     with pytest.raises(InvalidArgument, match="payload"):

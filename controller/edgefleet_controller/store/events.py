@@ -1,6 +1,6 @@
 """Device events (lifecycle facts a device reports: updates applied, rollbacks, canary verdicts...): stored
 once per ``(device, seq)``, so events re-sent after a lost acknowledgement are skipped, and read back oldest
-first in pages.
+first in pages (``query``) or as a device's newest ``limit``, oldest of them first (``latest``).
 """
 
 from __future__ import annotations
@@ -113,3 +113,12 @@ class EventStore(AggregateStore):
             query = query.where(events_t.c.id > after_id)
         with self._db.read() as conn:
             return [event_record(row) for row in conn.execute(query)]
+
+    def latest(self, device_id: str, limit: int = 100) -> list[EventRecord]:
+        """The device's newest ``limit`` events (by arrival), oldest of them first, so a reader sees a tail."""
+        check_page_size("limit", limit)
+        events_t = t.device_events
+        query = sa.select(events_t).where(events_t.c.device_id == device_id).order_by(events_t.c.id.desc()).limit(limit)
+        with self._db.read() as conn:
+            newest_first = [event_record(row) for row in conn.execute(query)]
+        return newest_first[::-1]

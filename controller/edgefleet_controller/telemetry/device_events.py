@@ -141,9 +141,9 @@ class DeviceEventService:
         return rows, refs
 
     async def list_events(self, device: str, limit: int) -> list[Event]:
-        """A device's (id or name) latest events, newest first."""
+        """A device's (id or name) newest ``limit`` events, oldest of them first (the newest last)."""
         rec = await self.directory.find_device(device)
-        records = await asyncio.to_thread(self.store.query, device_id=rec.id, limit=limit or DEFAULT_EVENT_LIMIT)
+        records = await asyncio.to_thread(self.store.latest, rec.id, limit or DEFAULT_EVENT_LIMIT)
         out = []
         for r in records:
             msg = Event()
