@@ -2,7 +2,8 @@
 
 Owns ``schema/manifest-v1.schema.json`` at run time (the same file is published under
 ``manifests/schema/`` for editors), the checks JSON Schema cannot express (Ed25519 trusted keys,
-rising percent waves, cross-field bounds of a merged config) and the wording of every violation:
+rising percent waves, cross-field bounds of a merged config, telemetry bounds that can never hold a record:
+``telemetry_bounds``) and the wording of every violation:
 ``must be >= 50, got 10``, ``unknown field; did you mean 'min_frames'?``. Pure: no I/O beyond
 reading the packaged schema once. ``config_keys`` lists the config's leaf keys, the list the runtime's
 reader table and the classification of keys are held equal to.
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from edgefleet.contract.errors import ManifestError
 from edgefleet.contract.frozen import thaw
 from edgefleet.contract.manifest_yaml import Path, describe_value, format_path
+from edgefleet.contract.telemetry_bounds import review_quota_problem
 
 API_VERSION = "edgefleet.io/v1"
 SCHEMA_FILE = "manifest-v1.schema.json"
@@ -266,6 +268,9 @@ def _cross_field_violations(values: Mapping[str, Any]) -> Iterator[Violation]:
             f"got {describe_value(canary['deadline_s'])}; a canary could never finish",
         )
     telemetry = values.get("telemetry") or {}
+    quota = telemetry.get("review_quota_bytes")
+    if isinstance(quota, int) and (problem := review_quota_problem(quota)) is not None:
+        yield Violation(("telemetry", "review_quota_bytes"), problem)
     buffer = telemetry.get("buffer_max_bytes")
     if buffer is not None:
         for field in ("batch_max_bytes", "review_quota_bytes"):

@@ -1,0 +1,57 @@
+"""Telemetry bounds that can never hold a record are refused by the config checks, with the arithmetic;
+``review_quota_bytes: 0`` is valid (review sampling off); the contract's figure is the device's own."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from edge_runtime.telemetry.records import classify_body, encode_record, record_footprint
+from edge_runtime.telemetry.review import ReviewSampler
+from edgefleet.contract.errors import ManifestError
+from edgefleet.contract.layering import merge_config_layers
+from edgefleet.contract.telemetry_bounds import MIN_REVIEW_JPEG_BYTES, MIN_REVIEW_RECORD_BYTES
+
+
+def merged(telemetry: dict[str, int]) -> str:
+    return merge_config_layers([("FleetConfig/default", {"telemetry": telemetry})]).digest
+
+
+def test_a_review_quota_below_one_review_sample_is_refused_with_the_arithmetic() -> None:
+    with pytest.raises(ManifestError) as info:
+        merged({"buffer_max_bytes": 65536, "review_quota_bytes": 500})
+    assert info.value.path == "telemetry.review_quota_bytes"
+    message = str(info.value)
+    assert "review_quota_bytes 500 is smaller than one review sample" in message
+    assert f"{MIN_REVIEW_RECORD_BYTES} bytes in the device's buffer" in message
+    assert f"a {MIN_REVIEW_JPEG_BYTES}-byte JPEG" in message
+    assert f"raise it to >= {MIN_REVIEW_RECORD_BYTES}" in message and "set 0 to turn review sampling off" in message
+    with pytest.raises(ManifestError, match="review_quota_bytes 843 is smaller"):
+        merged({"review_quota_bytes": MIN_REVIEW_RECORD_BYTES - 1})
+
+
+def test_the_configs_of_the_issue_are_valid_zero_turns_sampling_off() -> None:
+    merged({"review_quota_bytes": 0})
+    # (a 64 KiB buffer also needs batch_max_bytes within it: the default 1 MiB batch is refused)
+    with pytest.raises(ManifestError, match="batch_max_bytes: must be <= telemetry.buffer_max_bytes"):
+        merged({"buffer_max_bytes": 65536, "review_quota_bytes": 16384})
+    merged({"buffer_max_bytes": 65536, "review_quota_bytes": 16384, "batch_max_bytes": 65536})
+    merged({"review_quota_bytes": MIN_REVIEW_RECORD_BYTES})
+
+
+@pytest.mark.parametrize("quality", [1, 85, 100])
+def test_the_contract_minimum_is_the_smallest_review_record_the_device_writes(quality: int) -> None:
+    sampler = ReviewSampler(sample_rate=1.0, low_confidence_below=0.5, max_per_hour=10, jpeg_quality=quality)
+    sample = sampler.sample(
+        np.zeros((1, 1, 3), np.uint8),
+        [],
+        bundle_digest="sha256:" + "a" * 64,
+        top_confidence=0.1,
+        reason="sampled",
+        captured_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    _, field, body = classify_body(sample)
+    assert len(sample.jpeg) >= MIN_REVIEW_JPEG_BYTES
+    assert record_footprint(len(encode_record(1, field, body))) == MIN_REVIEW_RECORD_BYTES
