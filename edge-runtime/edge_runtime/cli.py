@@ -9,8 +9,9 @@
 (scripts and tests wait for that line), logs JSON to stderr, and exits 0 on SIGTERM. The crash drill
 variable ``EDGEFLEET_CRASH_AT=<state>:<before|after>`` (optionally ``EDGEFLEET_CRASH_CANDIDATE=sha256:…``)
 makes the process SIGKILL itself at that update-state boundary, as ``edge_runtime.update.crashdrill`` does.
-The task drill ``EDGEFLEET_TASK_FAILURES=<task>:<n>[,...]`` (e.g. ``telemetry:2``) makes the first ``n``
-runs of that supervised task fail a second after they start (``edge_runtime.agent.supervisor``).
+The task drill ``EDGEFLEET_TASK_FAILURES=<task>:<n>[@<seconds>][,...]`` (e.g. ``telemetry:2@3``) makes the
+first ``n`` runs of that supervised task fail that long (default 1 s) after they start
+(``edge_runtime.agent.supervisor``).
 
 Plain ``argparse`` (a device installs no typer or rich): a bad argument is a usage line and exit code 2;
 an agent that cannot start (no credential, bad source) exits 2 with one line on stderr.

@@ -11,7 +11,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from edge_runtime.agent.retry import Backoff
-from edge_runtime.agent.supervisor import Supervisor, TaskDrillError, parse_task_drills
+from edge_runtime.agent.supervisor import Supervisor, TaskDrill, TaskDrillError, parse_task_drills
 
 HEALTHY_S = 0.2
 
@@ -63,10 +63,7 @@ async def test_a_failed_task_is_logged_with_its_traceback_restarted_and_down_unt
         sup.start("telemetry", script)
         await until(lambda: script.runs == 2)
         # Restarted, but not yet up for healthy_after_s: still down, with the reason.
-        assert (
-            sup.reason()
-            == "telemetry task failed 1x: OSError: disk I/O error"
-        )
+        assert sup.reason() == "telemetry task failed 1x: OSError: disk I/O error"
         [down] = sup.down()
         assert (down.name, down.failures, down.state) == ("telemetry", 1, "running")
         await until(lambda: not sup.down())
@@ -200,7 +197,7 @@ async def test_two_tasks_down_are_both_in_the_reason() -> None:
 async def test_a_drill_fails_the_first_runs_of_the_named_task_then_it_runs() -> None:
     script = Script()
     other = Script()
-    sup = Supervisor(healthy_after_s=HEALTHY_S, sleep=Waits(), drills={"telemetry": 2}, drill_after_s=0.05)
+    sup = Supervisor(healthy_after_s=HEALTHY_S, sleep=Waits(), drills={"telemetry": TaskDrill(2, after_s=0.05)})
     with capture_logs() as logs:
         sup.start("telemetry", script)
         sup.start("sync", other)
@@ -215,8 +212,8 @@ async def test_a_drill_fails_the_first_runs_of_the_named_task_then_it_runs() -> 
 
 
 def test_parse_task_drills() -> None:
-    assert parse_task_drills("telemetry:2, sync:1") == {"telemetry": 2, "sync": 1}
+    assert parse_task_drills("telemetry:2@3, sync:1") == {"telemetry": TaskDrill(2, 3.0), "sync": TaskDrill(1, 1.0)}
     assert parse_task_drills("") == {}
-    for bad in ("telemetry", "telemetry:0", ":2", "telemetry:x"):
-        with pytest.raises(ValueError, match="TASK:N"):
+    for bad in ("telemetry", "telemetry:0", ":2", "telemetry:x", "telemetry:2@x", "telemetry:2@-1"):
+        with pytest.raises(ValueError, match=r"TASK:N\[@SECONDS\]"):
             parse_task_drills(bad)

@@ -60,7 +60,7 @@ from edge_runtime.agent.hardware import hardware_profile
 from edge_runtime.agent.health.endpoint import HealthEndpoint, judge
 from edge_runtime.agent.retry import Sleep, transient_retry
 from edge_runtime.agent.runner import FrameRunner, RunnerSnapshot
-from edge_runtime.agent.supervisor import Supervisor
+from edge_runtime.agent.supervisor import Supervisor, TaskDrill
 from edge_runtime.agent.sync.loop import SyncLoop
 from edge_runtime.agent.telemetry.pipeline import BufferedReporter, TelemetryPipeline
 from edge_runtime.agent.telemetry.reporter import EventSender, wire_state
@@ -110,7 +110,7 @@ class AgentSettings:
     crash_at: CrashPoint | None = None
     crash_candidate: str | None = None
     # Task drill: the first N runs of these supervised tasks fail on purpose (EDGEFLEET_TASK_FAILURES).
-    task_failures: Mapping[str, int] = field(default_factory=dict)
+    task_failures: Mapping[str, TaskDrill] = field(default_factory=dict)
 
 
 def bundle_artifacts(desired: common_pb2.DesiredState) -> tuple[ArtifactRef, ...]:

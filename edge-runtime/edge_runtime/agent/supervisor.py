@@ -13,8 +13,8 @@ it in one line (``telemetry task failed 2x: OperationalError: disk I/O error``).
 
 Stopping: cancelling the supervised task (``stop()``) is not a failure; it ends a run or a backoff wait at once.
 
-Drills: ``drills`` maps a task name to how many runs should fail on purpose (``EDGEFLEET_TASK_FAILURES``,
-like the update crash drill): such a run is cancelled ``drill_after_s`` after it started and raises
+Drills: ``drills`` maps a task name to a ``TaskDrill`` (``EDGEFLEET_TASK_FAILURES=telemetry:2@3``, like the
+update crash drill): its first ``failures`` runs are cancelled ``after_s`` after they start and raise
 ``TaskDrillError``, so an end-to-end test can kill the real telemetry task from inside the real process.
 """
 
@@ -36,6 +36,7 @@ __all__ = [
     "TASK_BACKOFF",
     "Supervisor",
     "TaskDown",
+    "TaskDrill",
     "TaskDrillError",
     "parse_task_drills",
 ]
@@ -60,16 +61,31 @@ class TaskReturnedError(RuntimeError):
     """A task meant to run until stopped returned."""
 
 
-def parse_task_drills(value: str) -> dict[str, int]:
-    """``"telemetry:2,sync:1"`` -> {"telemetry": 2, "sync": 1}; ValueError with the accepted form."""
-    drills: dict[str, int] = {}
+@dataclass(frozen=True)
+class TaskDrill:
+    """The first ``failures`` runs of a task fail on purpose, each ``after_s`` seconds after it started."""
+
+    failures: int
+    after_s: float = 1.0
+
+
+def parse_task_drills(value: str) -> dict[str, TaskDrill]:
+    """``"telemetry:2@3,sync:1"`` -> {"telemetry": TaskDrill(2, 3.0), "sync": TaskDrill(1)}; ValueError with
+    the accepted form."""
+    drills: dict[str, TaskDrill] = {}
     for part in filter(None, (p.strip() for p in value.split(","))):
-        name, _, count = part.partition(":")
-        if not name or not count.isdigit() or int(count) < 1:
+        name, _, rest = part.partition(":")
+        count, _, after = rest.partition("@")
+        try:
+            drill = TaskDrill(int(count), float(after) if after else 1.0)
+        except ValueError:
+            drill = TaskDrill(0)
+        if not name or drill.failures < 1 or not drill.after_s >= 0:
             raise ValueError(
-                f"{DRILL_ENV}={value[:80]!r}: each entry must be TASK:N with N >= 1 (e.g. telemetry:2), got {part!r}"
+                f"{DRILL_ENV}={value[:80]!r}: each entry must be TASK:N[@SECONDS] with N >= 1 "
+                f"(e.g. telemetry:2@3), got {part[:40]!r}"
             )
-        drills[name] = int(count)
+        drills[name] = drill
     return drills
 
 
@@ -115,15 +131,14 @@ class Supervisor:
         healthy_after_s: float = DEFAULT_HEALTHY_AFTER_S,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
-        drills: Mapping[str, int] | None = None,
-        drill_after_s: float = 1.0,
+        drills: Mapping[str, TaskDrill] | None = None,
     ) -> None:
         self.backoff = backoff
         self.healthy_after_s = healthy_after_s
         self._sleep = sleep
         self._clock = clock
-        self._drills = dict(drills or {})
-        self._drill_after_s = drill_after_s
+        self._drills = {name: drill.failures for name, drill in (drills or {}).items()}
+        self._drill_after_s = {name: drill.after_s for name, drill in (drills or {}).items()}
         self._tasks: dict[str, _Task] = {}
         self._running: dict[str, asyncio.Task[None]] = {}
 
@@ -208,7 +223,7 @@ class Supervisor:
         self._drills[task.name] = drilled - 1
         run = asyncio.ensure_future(factory())
         try:
-            done, _ = await asyncio.wait({run}, timeout=self._drill_after_s)
+            done, _ = await asyncio.wait({run}, timeout=self._drill_after_s[task.name])
         finally:
             if not run.done():
                 run.cancel()
