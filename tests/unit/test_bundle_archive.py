@@ -240,9 +240,9 @@ def test_wrong_and_unknown_keys(archive: Path, tmp_path: Path) -> None:
 
 
 def test_limits(archive: Path, trusted: TrustedKeys, tmp_path: Path) -> None:
-    with pytest.raises(UnsafeArchiveError, match="over the 100 limit"):
+    with pytest.raises(UnsafeArchiveError, match="over the 100-byte ceiling"):
         unpack_bundle(archive, tmp_path / "a", trusted, max_member_bytes=100)
-    with pytest.raises(UnsafeArchiveError, match="over the 1000 limit"):
+    with pytest.raises(UnsafeArchiveError, match="over the 1000-byte ceiling"):
         unpack_bundle(archive, tmp_path / "b", trusted, max_total_bytes=1000)
     assert list(tmp_path.iterdir()) == []
 

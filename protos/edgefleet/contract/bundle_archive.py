@@ -5,9 +5,11 @@ order, with zeroed owners and times so the same bundle packs to the same bytes.
 
 Unpacking treats the archive as hostile. It streams members in order, checks the signature before writing
 any artifact, refuses anything that is not a regular file listed in bundle.json (absolute paths, ``..``,
-links, devices, fifos, duplicates, members larger than declared or than the limits), hashes while writing
-into a temporary sibling of the destination, and renames into place only when everything matched. On any
-error nothing is left behind.
+links, devices, fifos, duplicates, members larger than declared or than the ceilings of ``bundle_limits``),
+checks every declared size before reading (bundle.json's sizes, each tar header's size, the pax and GNU
+extended headers tarfile would read whole into memory), hashes while writing into a temporary sibling of the
+destination, checks the golden set's declared sizes (``golden.check_golden``), and renames into place only
+when everything matched. On any error nothing is left behind.
 """
 
 from __future__ import annotations
@@ -22,11 +24,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, cast
 
 from edgefleet.contract.bundle import BundleManifest, read_manifest
 from edgefleet.contract.bundle_files import check_bundle_files
-from edgefleet.contract.bundle_layout import MANIFEST_NAME, MAX_MANIFEST_BYTES, SIGNATURE_NAME
+from edgefleet.contract.bundle_layout import GOLDEN_ROLE, MANIFEST_NAME, MAX_MANIFEST_BYTES, SIGNATURE_NAME
+from edgefleet.contract.bundle_limits import (
+    DEFAULT_LIMITS,
+    MAX_ARTIFACT_BYTES,
+    MAX_BUNDLE_BYTES,
+    MAX_TAR_HEADER_BYTES,
+    BundleLimits,
+    check_declared_sizes,
+)
 from edgefleet.contract.bundle_sections import ArtifactRef
 from edgefleet.contract.durable import fsync_dir
 from edgefleet.contract.errors import (
@@ -39,14 +49,19 @@ from edgefleet.contract.errors import (
     UnsafeArchiveError,
     UnsupportedSchemaError,
 )
+from edgefleet.contract.golden import check_golden
 from edgefleet.contract.signing import MAX_SIGNATURE_BYTES, TrustedKeys, verify_signature
 
 ARCHIVE_SUFFIX = ".efb"
-DEFAULT_MAX_TOTAL_BYTES = 8 * 1024**3
-DEFAULT_MAX_MEMBER_BYTES = 4 * 1024**3
+DEFAULT_MAX_TOTAL_BYTES = MAX_BUNDLE_BYTES
+DEFAULT_MAX_MEMBER_BYTES = MAX_ARTIFACT_BYTES
 _COPY_CHUNK = 1024 * 1024
 # Everything tarfile can raise on a malformed archive; wrapped so callers only ever see ContractError.
 _TAR_ERRORS = (tarfile.TarError, EOFError, ValueError, OverflowError, struct.error, UnicodeError)
+# Headers whose data tarfile reads whole into memory to describe the member after them.
+_EXTENSION_TYPES = frozenset(
+    {tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK}
+)
 
 
 @dataclass(frozen=True)
@@ -78,8 +93,17 @@ def verify_bundle(bundle_dir: Path | str, trusted: TrustedKeys) -> VerifiedBundl
         raise SignatureError(f"{sig_path}: not found; the bundle is unsigned, sign it with 'fleetctl bundle sign'")
     key_id = verify_signature(manifest_bytes, sig_path.read_bytes(), trusted)
     manifest = BundleManifest.from_json_bytes(manifest_bytes, source=str(manifest_path))
+    check_declared_sizes(manifest, source=str(root))
     check_bundle_files(root, manifest)
+    _check_contents(root, manifest, DEFAULT_LIMITS, str(root))
     return VerifiedBundle(root, manifest, key_id)
+
+
+def _check_contents(root: Path, manifest: BundleManifest, limits: BundleLimits, source: str) -> None:
+    """The checks of what artifacts hold, after their digests matched: the golden set's declared sizes."""
+    if GOLDEN_ROLE in manifest.artifacts:
+        ref = manifest.artifact(GOLDEN_ROLE)
+        check_golden(root / ref.path, limits, source=f"{source}: {ref.path}")
 
 
 def _check_schema(manifest_bytes: bytes, source: str) -> None:
@@ -138,22 +162,68 @@ def pack_bundle(bundle_dir: Path | str, archive_path: Path | str) -> Path:
 @contextmanager
 def _open_archive(archive: Path) -> Iterator[tarfile.TarFile]:
     try:
-        tar = tarfile.open(archive, mode="r:")  # noqa: SIM115 - closed by the ``with tar`` below
+        raw = archive.open("rb")
     except FileNotFoundError:
         raise BundleError(f"{archive}: not found") from None
     except IsADirectoryError:
         raise BundleError(f"{archive}: is a directory, expected an {ARCHIVE_SUFFIX} file") from None
-    except _TAR_ERRORS as exc:
-        raise UnsafeArchiveError(f"{archive}: is not an uncompressed tar bundle archive ({exc})") from None
-    with tar:
-        yield tar
+    with raw:
+        _check_extension_headers(raw, 0, archive)  # tarfile.open reads the first member already
+        try:
+            tar = tarfile.open(fileobj=raw, mode="r:")  # noqa: SIM115 - closed by the ``with tar`` below
+        except _TAR_ERRORS as exc:
+            raise UnsafeArchiveError(f"{archive}: is not an uncompressed tar bundle archive ({exc})") from None
+        with tar:
+            yield tar
+
+
+def _check_extension_headers(raw: IO[bytes], offset: int, archive: Path) -> None:
+    """Refuse pax or GNU long-name headers at ``offset`` declaring more than ``MAX_TAR_HEADER_BYTES`` in
+    all (tarfile would read their data whole into memory); anything else is left to tarfile to judge."""
+    position, total = raw.tell(), 0
+    try:
+        while True:
+            raw.seek(offset)
+            block = raw.read(tarfile.BLOCKSIZE)
+            if len(block) < tarfile.BLOCKSIZE:
+                return
+            try:
+                info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+            except _TAR_ERRORS:
+                return  # the end-of-archive marker, or a corrupt header tarfile reports itself
+            if info.type not in _EXTENSION_TYPES:
+                return
+            total += info.size
+            if total > MAX_TAR_HEADER_BYTES:
+                raise UnsafeArchiveError(
+                    f"{archive}: extended tar headers at offset {offset} declare {total} bytes, over the "
+                    f"{MAX_TAR_HEADER_BYTES}-byte ceiling; refusing the archive"
+                )
+            offset += tarfile.BLOCKSIZE + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+    finally:
+        raw.seek(position)
 
 
 def _next_member(tar: tarfile.TarFile, archive: Path) -> tarfile.TarInfo | None:
+    if tar.fileobj is not None:
+        _check_extension_headers(cast(IO[bytes], tar.fileobj), tar.offset, archive)
     try:
         return tar.next()
     except _TAR_ERRORS as exc:
         raise UnsafeArchiveError(f"{archive}: corrupt tar header ({exc})") from None
+
+
+def check_member_size(member: tarfile.TarInfo, ref: ArtifactRef, archive: Path, limits: BundleLimits) -> None:
+    """A tar member's header size against bundle.json's and the ceilings, before any of it is read."""
+    ceiling = limits.max_golden_bytes if ref.role == GOLDEN_ROLE else limits.max_artifact_bytes
+    if member.size > ref.size:
+        raise UnsafeArchiveError(
+            f"{archive}: member '{member.name}' is {member.size} bytes, {MANIFEST_NAME} says {ref.size}"
+        )
+    if member.size > ceiling:
+        raise UnsafeArchiveError(
+            f"{archive}: member '{member.name}' is {member.size} bytes, over the {ceiling}-byte ceiling"
+        )
 
 
 def _check_member_kind(member: tarfile.TarInfo, archive: Path) -> None:
@@ -238,11 +308,7 @@ def _copy_member(src: IO[bytes], dest: Path, ref: ArtifactRef, archive: Path, bu
 
 
 def _extract(
-    archive: Path,
-    work: Path,
-    trusted: TrustedKeys | None,
-    max_total_bytes: int,
-    max_member_bytes: int,
+    archive: Path, work: Path, trusted: TrustedKeys | None, limits: BundleLimits
 ) -> tuple[BundleManifest, str | None]:
     with _open_archive(archive) as tar:
         manifest_bytes, manifest, sig_bytes, member = _read_head(tar, archive)
@@ -251,11 +317,7 @@ def _extract(
             if sig_bytes is None:
                 raise SignatureError(f"{archive}: has no {SIGNATURE_NAME} after {MANIFEST_NAME}; it is unsigned")
             key_id = verify_signature(manifest_bytes, sig_bytes, trusted)
-        declared = sum(ref.size for ref in manifest.artifacts.values())
-        if declared > max_total_bytes:
-            raise UnsafeArchiveError(
-                f"{archive}: artifacts declare {declared} bytes in total, over the {max_total_bytes} limit"
-            )
+        check_declared_sizes(manifest, limits, source=str(archive))
         by_path = {ref.path: ref for ref in manifest.artifacts.values()}
         (work / MANIFEST_NAME).write_bytes(manifest_bytes)
         if sig_bytes is not None:
@@ -271,20 +333,13 @@ def _extract(
             if name in seen:
                 raise UnsafeArchiveError(f"{archive}: member '{name}' appears twice")
             seen.add(name)
-            if member.size > ref.size:
-                raise UnsafeArchiveError(
-                    f"{archive}: member '{name}' is {member.size} bytes, {MANIFEST_NAME} says {ref.size}"
-                )
-            if member.size > max_member_bytes:
-                raise UnsafeArchiveError(
-                    f"{archive}: member '{name}' is {member.size} bytes, over the {max_member_bytes} limit"
-                )
+            check_member_size(member, ref, archive, limits)
             src = tar.extractfile(member)
             if src is None:
                 raise UnsafeArchiveError(f"{archive}: member '{name}' has no data")
             target = work / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            sha, size = _copy_member(src, target, ref, archive, max_total_bytes - total)
+            sha, size = _copy_member(src, target, ref, archive, limits.max_total_bytes - total)
             total += size
             if size != ref.size:
                 raise DigestMismatchError(
@@ -299,6 +354,7 @@ def _extract(
         missing = sorted(set(by_path) - seen)
         if missing:
             raise MissingArtifactError(f"{archive}: artifacts missing from the archive: {', '.join(missing)}")
+    _check_contents(work, manifest, limits, str(archive))
     return manifest, key_id
 
 
@@ -316,7 +372,8 @@ def _unpack(
         raise BundleError(f"{dest.parent}: is not a directory; create it before unpacking into it")
     work = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
     try:
-        manifest, key_id = _extract(archive, work, trusted, max_total_bytes, max_member_bytes)
+        limits = BundleLimits(max_total_bytes=max_total_bytes, max_artifact_bytes=max_member_bytes)
+        manifest, key_id = _extract(archive, work, trusted, limits)
         os.rename(work, dest)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)

@@ -2,7 +2,8 @@
 bundle.sig bytes first, then each listed artifact's bytes in bounded chunks, without unpacking to disk.
 
 The controller re-checks everything (digests, sizes, signature); this side only refuses what it can see
-is wrong before sending (an unsigned bundle, a member that is not a listed artifact).
+is wrong before sending (an unsigned bundle, a member that is not a listed artifact, sizes over the
+ceilings of ``bundle_limits``: bundle.json's declared sizes, and each member's tar header before it is read).
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgefleet.contract.bundle import BundleManifest
-from edgefleet.contract.bundle_archive import _check_member_kind, _next_member, _open_archive, _read_head
+from edgefleet.contract.bundle_archive import (
+    _check_member_kind,
+    _next_member,
+    _open_archive,
+    _read_head,
+    check_member_size,
+)
+from edgefleet.contract.bundle_limits import DEFAULT_LIMITS, check_declared_sizes
 from edgefleet.contract.errors import SignatureError, UnlistedFileError, UnsafeArchiveError
 
 
@@ -37,6 +45,7 @@ class BundleUpload:
                 ref = by_path.get(member.name)
                 if ref is None:
                     raise UnlistedFileError(f"{self.path}: member '{member.name}' is not listed in bundle.json")
+                check_member_size(member, ref, self.path, DEFAULT_LIMITS)
                 fh = tar.extractfile(member)
                 if fh is None:
                     raise UnsafeArchiveError(f"{self.path}: member '{member.name}' has no data")
@@ -66,4 +75,5 @@ def read_archive_for_upload(archive_path: Path | str) -> BundleUpload:
         manifest_bytes, manifest, sig, _ = _read_head(tar, archive)
     if sig is None:
         raise SignatureError(f"{archive}: bundle is unsigned; sign it with fleetctl bundle sign --key KEY first")
+    check_declared_sizes(manifest, source=str(archive))
     return BundleUpload(archive, manifest, manifest_bytes, sig)
