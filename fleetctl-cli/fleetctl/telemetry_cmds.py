@@ -124,7 +124,20 @@ def top_row(row: fleet_pb2.TelemetryRow, names: dict[str, str]) -> list[str]:
     ]
 
 
-QUERY_COLUMNS = ("P50 MS", "P95 MS", "P99 MS", "MODEL P95", "FRAMES", "ERRORS", "FPS", "PSI", "THROTTLING")
+QUERY_COLUMNS = ("P50 MS", "P95 MS", "P99 MS", "MODEL P95", "FRAMES", "LOST", "ERRORS", "FPS", "PSI", "THROTTLING")
+
+
+def lost_text(row: fleet_pb2.TelemetryRow) -> str:
+    """Frames the devices declared lost: the exact count, plus intervals whose count is unknown."""
+    if not row.gaps:
+        return "0"
+    text = str(row.frames_lost)
+    if row.gaps_unknown:
+        bound = f", ≥{row.frames_lost_at_least}" if row.frames_lost_at_least else ""
+        text += f" +{row.gaps_unknown} unknown{bound}"
+    return text
+
+
 QUERY_WIDE_COLUMNS = ("CPU °C", "GPU °C", "CPU MHZ", "GPU MHZ", "KEY")
 
 
@@ -137,6 +150,7 @@ def query_row(row: fleet_pb2.TelemetryRow, group_by: str, names: dict[str, str],
         ms(e2e.p99_ms, e2e.count),
         ms(model.p95_ms, model.count),
         str(row.frames),
+        lost_text(row),
         str(row.errors),
         f"{row.fps:.1f}",
         psi_text(row.drift_psi),
@@ -233,7 +247,9 @@ def query(
     bundle: str = BundleOpt,
     output: str = OutputOpt,
 ) -> None:
-    """Latency percentiles (merged sketches), frames, errors, fps, drift and throttling per group."""
+    """Latency percentiles (merged sketches), frames, frames declared lost, errors, fps, drift and throttling
+    per group. LOST: frames a device processed but never reported (killed with a window open), "+N unknown"
+    for intervals whose count it could not know (a reboot, an unreadable frame checkpoint)."""
     fmt = check_format(output)
     if group_by not in GROUPS:
         raise typer.BadParameter(f"--group-by must be one of {', '.join(GROUPS)}; got {group_by!r}")

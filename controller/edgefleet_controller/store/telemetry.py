@@ -71,6 +71,20 @@ class WindowRow:
 
 
 @dataclass(frozen=True, slots=True)
+class GapRow:
+    """A stored ``KIND_FRAME_GAP`` event: frames a device processed and never reported in a window."""
+
+    device_id: str
+    site: str
+    bundle_digest: str
+    start: datetime
+    end: datetime
+    frames: int
+    frames_known: bool
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
 class ReviewRow:
     id: int
     device_id: str
@@ -371,6 +385,46 @@ class TelemetryStore:
                 )
                 for r in conn.execute(query)
             ]
+
+    def frame_gaps(
+        self,
+        *,
+        since: datetime | None,
+        until: datetime | None,
+        site: str | None = None,
+        device_id: str | None = None,
+        bundle: str | None = None,
+    ) -> list[GapRow]:
+        """Declared frame gaps whose start lies in [since, until), oldest first (a gap is declared after it
+        started, so ``at >= since`` bounds the read and the start is checked on the decoded gap)."""
+        ev, d = t.telemetry_events, t.devices
+        query = (
+            sa.select(ev.c.device_id, d.c.site, ev.c.bundle_digest, ev.c.at, ev.c.payload)
+            .join(d, d.c.id == ev.c.device_id)
+            .where(ev.c.kind == "frame_gap")
+            .order_by(ev.c.at, ev.c.id)
+        )
+        if since is not None:
+            query = query.where(ev.c.at >= since)
+        if device_id:
+            query = query.where(ev.c.device_id == device_id)
+        if site:
+            query = query.where(d.c.site == site)
+        if bundle:
+            query = query.where(ev.c.bundle_digest == bundle)
+        out: list[GapRow] = []
+        with self._db.read() as conn:
+            for r in conn.execute(query):
+                gap = DeviceEvent.FromString(r.payload).frame_gap
+                start, end = timestamp_or(gap.start, r.at), timestamp_or(gap.end, r.at)
+                if (since is not None and start < since) or (until is not None and start >= until):
+                    continue
+                out.append(
+                    GapRow(
+                        r.device_id, r.site, r.bundle_digest, start, end, int(gap.frames), gap.frames_known, gap.cause
+                    )
+                )
+        return out
 
     def recent_confidence(self, device_id: str, bundle: str, limit: int) -> list[tuple[int, ...]]:
         """Confidence histograms of the device's newest ``limit`` windows of ``bundle``."""

@@ -78,6 +78,9 @@ def _check_body(record: TelemetryRecord, where: str) -> None:
             if record.event.kind not in DeviceEvent.Kind.values():
                 known = ", ".join(DeviceEvent.Kind.keys())
                 raise BatchError(f"TelemetryBatch: {where}.event.kind must be one of {known}, got {record.event.kind}")
+            if record.event.kind == DeviceEvent.KIND_FRAME_GAP:
+                gap = record.event.frame_gap
+                stamps += [("event.frame_gap.start", gap.start), ("event.frame_gap.end", gap.end)]
         case "review":
             stamps.append(("review.captured_at", record.review.captured_at))
     for name, ts in stamps:

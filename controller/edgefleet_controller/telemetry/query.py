@@ -10,6 +10,10 @@ Pure over rows (``summarise``); the service fetches the rows. Decisions:
 - ``drift_psi``: for every device in the group with a complete baseline, the windows of its baseline's
   bundle are summed into the current histogram and its baseline into the expected one; PSI of the two
   (NaN when no device has a baseline, or too few frames).
+- Frames the devices declared lost (``KIND_FRAME_GAP`` events, ``gaps``) are grouped the same way and
+  counted beside the stored ``frames``: ``frames_lost`` (exact counts), ``gaps``, ``gaps_unknown`` (intervals
+  whose count the device could not know; ``frames_lost_at_least`` sums their lower bounds). A group with
+  gaps and no window still gets a row: a device that only ever lost frames must not look idle.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from edgefleet.contract.sketch import merge_sketches
 from edgefleet.v1.common_pb2 import Percentiles
 from edgefleet.v1.fleet_pb2 import QueryTelemetryResponse, TelemetryRow
 from edgefleet.v1.telemetry_pb2 import LatencySketch
-from edgefleet_controller.store.telemetry import WindowRow, sensors_from_json
+from edgefleet_controller.store.telemetry import GapRow, WindowRow, sensors_from_json
 from edgefleet_controller.telemetry.drift import Baseline, add_counts, evaluate_drift
 
 GROUPS = ("device", "site", "bundle")
@@ -32,7 +37,18 @@ class QueryError(ValueError):
     """A query the controller cannot answer as asked."""
 
 
-def group_key(row: WindowRow, group_by: str) -> str:
+class Scoped(Protocol):
+    """What grouping reads of a stored window or gap."""
+
+    @property
+    def device_id(self) -> str: ...
+    @property
+    def site(self) -> str: ...
+    @property
+    def bundle_digest(self) -> str: ...
+
+
+def group_key(row: Scoped, group_by: str) -> str:
     if group_by == "device":
         return row.device_id
     if group_by == "site":
@@ -65,13 +81,22 @@ def summarise(
     group_by: str,
     baselines: Mapping[str, Baseline],
     policy: QueryPolicy = QueryPolicy(),
+    gaps: Sequence[GapRow] = (),
 ) -> QueryTelemetryResponse:
     groups: dict[str, list[WindowRow]] = {}
     for row in rows:
         groups.setdefault(group_key(row, group_by or "device"), []).append(row)
+    lost: dict[str, list[GapRow]] = {}
+    for gap in gaps:
+        lost.setdefault(group_key(gap, group_by or "device"), []).append(gap)
     out = QueryTelemetryResponse()
-    for key in sorted(groups):
-        members = groups[key]
+    for key in sorted(groups.keys() | lost.keys()):
+        members = groups.get(key, [])
+        counted = _lost_counts(key, lost.get(key, []))
+        if not members:
+            counted.drift_psi = math.nan
+            out.rows.append(counted)
+            continue
         per_device: dict[str, list[WindowRow]] = {}
         for r in members:
             per_device.setdefault(r.device_id, []).append(r)
@@ -118,4 +143,17 @@ def summarise(
                 fps=fps,
             )
         )
+        out.rows[-1].MergeFrom(counted)
     return out
+
+
+def _lost_counts(key: str, gaps: Sequence[GapRow]) -> TelemetryRow:
+    """A row holding only the group's key and its declared-lost counts (merged into the full row)."""
+    unknown = [g for g in gaps if not g.frames_known]
+    return TelemetryRow(
+        key=key,
+        frames_lost=sum(g.frames for g in gaps if g.frames_known),
+        gaps=len(gaps),
+        gaps_unknown=len(unknown),
+        frames_lost_at_least=sum(g.frames for g in unknown),
+    )

@@ -247,9 +247,14 @@ class TelemetryService:
                 since=since, until=until, site=request.site or None, device_id=device_id, bundle=request.bundle or None
             )
         )
+        gaps = await asyncio.to_thread(
+            lambda: self.tstore.frame_gaps(
+                since=since, until=until, site=request.site or None, device_id=device_id, bundle=request.bundle or None
+            )
+        )
         baselines = await asyncio.to_thread(self.tstore.baselines)
         policy = QueryPolicy(self.settings.psi_bound, self.settings.min_frames)
-        return summarise(rows, request.group_by or "device", baselines, policy)
+        return summarise(rows, request.group_by or "device", baselines, policy, gaps)
 
     async def list_review(self, request: fleet_pb2.ListReviewSamplesRequest) -> fleet_pb2.ListReviewSamplesResponse:
         limit = check_request(request)

@@ -86,6 +86,8 @@ from edgefleet.v1 import common_pb2, device_pb2
 log = structlog.get_logger(__name__)
 
 STATUS_FILE = "status.json"
+# At a clean stop, how long the uploader may send what the final flush put in the buffer.
+STOP_UPLOAD_S = 2.0
 CrashPoint = tuple[UpdateState, Phase]
 
 
@@ -526,6 +528,9 @@ class EdgeAgent:
                 await asyncio.to_thread(self.driver.stop)
             await self.health_endpoint.stop()
             self.runner.stop()
+            # Every frame accounted for: the open windows go into the buffer before exit (and up, if the
+            # link allows); a kill -9 instead leaves a gap the next start declares.
+            await self.telemetry.finish(upload_s=STOP_UPLOAD_S if self.link.metadata else 0)
             self.fetcher.close()
             await self.link.close()
             self.telemetry.close()

@@ -22,6 +22,9 @@ stored; links can be down for hours. What this module guarantees, and how:
   no seq; the rest of its batch is appended. It is counted under ``<class>_too_large`` in
   ``dropped_counts()`` (so it reaches the controller in ``MetricWindow.dropped``) and the first one of each
   class is logged with its size and the bound (``telemetry.record_too_large``).
+- **Callers' marks commit with the records.** ``append_many(progress=...)`` writes the caller's keys
+  (``progress_value``) in the same transaction: the pipeline's frames-through count says exactly which
+  frames the durable windows cover (``telemetry.frame_gap``). A recreated store has none.
 - **Dropped ranges need no bookkeeping**: only an ack or a drop deletes a record, and acks are
   contiguous, so every assigned seq above ``acked_through`` that is absent was dropped. ``peek_batch``
   declares those gaps (``TelemetryBatch.dropped``) so the controller's contiguous mark can pass them.
@@ -48,7 +51,7 @@ import contextlib
 import sqlite3
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -82,6 +85,8 @@ from edgefleet.v1.telemetry_pb2 import DeviceEvent
 
 log = structlog.get_logger(__name__)
 
+# Callers' marks live in ``meta`` under this prefix, apart from the buffer's own keys.
+PROGRESS_PREFIX: Final = "progress."
 _NOT_CORRUPTION: Final = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM")
 
 
@@ -279,13 +284,16 @@ class TelemetryBuffer(contextlib.AbstractContextManager["TelemetryBuffer", None]
         seqs = self.append_many([body])
         return seqs[0] if seqs else None
 
-    def append_many(self, bodies: Iterable[Body]) -> list[int]:
+    def append_many(self, bodies: Iterable[Body], *, progress: Mapping[str, str] | None = None) -> list[int]:
         """Append records in one durable transaction; the returned seqs are the acknowledgement (one per
-        record stored, in order: a record that can never fit is dropped and counted, and has none)."""
+        record stored, in order: a record that can never fit is dropped and counted, and has none).
+
+        ``progress``: the caller's own marks (``progress_value``), committed in the same transaction as the
+        records, so a mark says exactly which records are durable (the pipeline's frames-through count)."""
         prepared: list[tuple[RecordClass, str, bytes]] = []
         for body in bodies:
             prepared.append(classify_body(body))
-        if not prepared:
+        if not prepared and not progress:
             return []
         with self._lock:
             db = self._db
@@ -316,6 +324,10 @@ class TelemetryBuffer(contextlib.AbstractContextManager["TelemetryBuffer", None]
                 # Whatever the batch itself overflows goes now, oldest first (its own oldest records).
                 self._enforce(db, bytes_, counts, dropped, dict.fromkeys(RecordClass, 0))
                 db.execute("UPDATE meta SET value = ? WHERE key = 'next_seq'", (str(first + len(rows)),))
+                db.executemany(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                    [(PROGRESS_PREFIX + k, v) for k, v in (progress or {}).items()],
+                )
                 for cls, n in dropped.items():
                     if n:
                         db.execute("UPDATE drops SET count = count + ? WHERE cls = ?", (n, cls.value))
@@ -543,6 +555,13 @@ class TelemetryBuffer(contextlib.AbstractContextManager["TelemetryBuffer", None]
         log.debug("telemetry.buffer_compacted", busy=busy, wal_pages=wal_pages, checkpointed=done)
 
     # ------------------------------------------------------------------ introspection
+
+    def progress_value(self, key: str) -> str | None:
+        """The caller's mark ``key`` as last committed by ``append_many(progress=...)`` (None: never, or this
+        store was created since)."""
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (PROGRESS_PREFIX + key,)).fetchone()
+        return str(row[0]) if row is not None else None
 
     def dropped_counts(self) -> dict[str, int]:
         """Records dropped since this store was created (persistent): by the policy, by class; and records

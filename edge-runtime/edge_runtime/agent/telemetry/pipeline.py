@@ -7,7 +7,16 @@ the rare frame the review sampler flags, a JPEG encode). Closing windows (which 
 via worker threads, so inference never waits on disk or sensors.
 
 Decisions:
-- One window aggregator per served bundle; a window with no frames is not emitted.
+- One window aggregator per served bundle; a window with no frames is not emitted. When one is due, every
+  open window closes with it (a later bundle's is simply shorter), so one count says which frames the
+  buffer's windows cover.
+- Every frame is accounted for. Each observed frame bumps a cumulative count written to the frame
+  checkpoint (``telemetry.frame_progress``, one pwrite per frame); each batch of closed windows commits the
+  count it covers as the buffer's ``frames_through`` mark IN the same transaction. At start the two are
+  compared (``telemetry.frame_gap.declare_gap``) and frames a killed run never reported are declared as a
+  ``KIND_FRAME_GAP`` event (exact after kill -9; an unknown count after a reboot or with an unreadable
+  checkpoint), committed together with the new mark so a gap is declared once. ``finish`` (a clean stop)
+  closes the open windows into the buffer, marks the checkpoint clean and gives the uploader a moment.
 - ``MetricWindow.dropped`` is the buffer's drop count per class since the previous window (a delta).
 - Events: every update-state change, rollback and canary verdict the reporter queues is also appended to
   the buffer (``BufferedReporter``), so it reaches the controller even if the ReportEvent call was lost.
@@ -34,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +56,8 @@ from edge_runtime.agent.telemetry.uploader import Metadata, TelemetryUploader, U
 from edge_runtime.inference import FrameResult
 from edge_runtime.sources import Frame
 from edge_runtime.telemetry.buffer import TelemetryBuffer
+from edge_runtime.telemetry.frame_gap import FramesThrough, UnreadableCheckpoint, declare_gap, gap_event
+from edge_runtime.telemetry.frame_progress import FrameCheckpoint, current_boot_id, move_aside, read_checkpoint
 from edge_runtime.telemetry.records import Body
 from edge_runtime.telemetry.review import ReviewSampler
 from edge_runtime.telemetry.sensors import SensorReader
@@ -60,6 +72,10 @@ log = structlog.get_logger(__name__)
 BUFFER_MAX_BYTES: int = DEFAULT_CONFIG["telemetry"]["buffer_max_bytes"]
 REVIEW_QUOTA_BYTES: int = DEFAULT_CONFIG["telemetry"]["review_quota_bytes"]
 TICK_S = 0.1
+CHECKPOINT_NAME = "frames.ckpt"
+# The buffer's progress marks: the cumulative frame count its windows cover, and when it was committed.
+FRAMES_THROUGH = "frames_through"
+FRAMES_THROUGH_AT = "frames_through_at"
 
 
 def _utcnow() -> datetime:
@@ -109,6 +125,56 @@ class TelemetryPipeline:
         self._sampler_key: tuple[Any, ...] = ()
         self._dropped_before = self.buffer.dropped_counts()
         self.observe_failures = 0
+        self._commit_lock = threading.Lock()  # appends that carry a frames-through mark, in mark order
+        self.declared_gap: telemetry_pb2.DeviceEvent | None = None
+        self.frames_observed = self._declare_unreported(data_dir / "telemetry" / CHECKPOINT_NAME)
+        self._frames_through = self.frames_observed
+        self._checkpoint = FrameCheckpoint(
+            data_dir / "telemetry" / CHECKPOINT_NAME,
+            frames=self.frames_observed,
+            now=clock(),
+            boot_id=current_boot_id(),
+        )
+
+    # ------------------------------------------------------------------ frame accounting
+
+    def _declare_unreported(self, path: Path) -> int:
+        """Declare what the previous run processed but never reported (module docstring); returns the count
+        this run goes on from. Never raises: accounting must not keep the device from serving."""
+        now = self._clock()
+        previous = read_checkpoint(path)
+        result = declare_gap(previous, frames_through(self.buffer), boot_id=current_boot_id(), now=now)
+        if isinstance(previous, UnreadableCheckpoint):
+            moved = move_aside(path)
+            log.warning("telemetry.frame_checkpoint_unreadable", path=str(path), moved_to=str(moved), detail=previous)
+        items: list[Body] = []
+        if result.gap is not None:
+            self.declared_gap = gap_event(result.gap, event_id=str(uuid.uuid4()), at=now)
+            items.append(self.declared_gap)
+            log.warning(
+                "telemetry.frame_gap_declared",
+                frames=result.gap.frames,
+                frames_known=result.gap.frames_known,
+                cause=result.gap.cause.value,
+                start=result.gap.start.isoformat(),
+                end=result.gap.end.isoformat(),
+            )
+        try:
+            self.buffer.append_many(items, progress=_through_marks(result.base, now))
+        except Exception as exc:
+            log.error("telemetry.frame_gap_append_failed", error=str(exc), gap=str(result.gap))
+        return result.base
+
+    def _commit(self, items: list[Body], through: int | None, at: datetime) -> None:
+        """Append ``items`` durably; with ``through``, also move the buffer's frames-through mark (never back:
+        a cancelled flush's append may land after a later one's)."""
+        with self._commit_lock:
+            marks = None
+            if through is not None and through > self._frames_through:
+                marks = _through_marks(through, at)
+            self.buffer.append_many(items, progress=marks)
+            if marks is not None and through is not None:
+                self._frames_through = through
 
     def _policy(self) -> ResolvedConfig:
         config = self._config()
@@ -154,6 +220,7 @@ class TelemetryPipeline:
     async def _reopen_if_bounds_changed(self, upload: asyncio.Task[None]) -> asyncio.Task[None]:
         """Reopen the buffer with the configured bounds when they differ; returns the (new) upload task."""
         bounds = self.buffer_bounds()
+        now = self._clock()
         old = self.buffer
         if bounds is None or bounds == (old.max_bytes, old.review_quota_bytes):
             return upload
@@ -180,6 +247,8 @@ class TelemetryPipeline:
                 previous=(old.max_bytes, old.review_quota_bytes),
             )
         self.uploader.buffer = self.buffer
+        if frames_through(self.buffer) is None:  # a recreated store: it counts on from here
+            await asyncio.to_thread(self.buffer.append_many, [], progress=_through_marks(self._frames_through, now))
         return asyncio.create_task(self.uploader.run(), name="telemetry-upload")
 
     @property
@@ -206,6 +275,9 @@ class TelemetryPipeline:
                 provider = served.provider if isinstance(served, FrameResult) else ""
                 agg = WindowAggregator(bundle_digest=digest, provider=provider, started_at=now, window_s=self.window_s)
                 self._windows[digest] = agg
+            # Counted before the window sees it: the window counts a frame even when its numbers are refused.
+            self.frames_observed += 1
+            self._checkpoint.record(self.frames_observed, now.timestamp(), digest)
             if isinstance(served, Exception):
                 agg.observe(0.0, 0.0, 0.0, error=True)
                 return
@@ -277,15 +349,18 @@ class TelemetryPipeline:
         """Append every closed window and queued record to the buffer; returns how many were appended."""
         now = self._clock()
         with self._lock:
-            due = [d for d, a in self._windows.items() if force or a.due(now)]
+            due = force or any(a.due(now) for a in self._windows.values())
         windows: list[Body] = []
+        through: int | None = None
         if due:
             snapshot = await asyncio.to_thread(self._sensors.read)
             counts = await asyncio.to_thread(self.buffer.dropped_counts)
             dropped = {k: v - self._dropped_before.get(k, 0) for k, v in counts.items()}
             self._dropped_before = counts
             with self._lock:
-                for digest in due:
+                # Every open window, including one a new bundle opened meanwhile: ``through`` covers them all.
+                through = self.frames_observed
+                for digest in list(self._windows):
                     agg = self._windows[digest]
                     empty = agg.frames == 0
                     window = agg.close(
@@ -302,14 +377,57 @@ class TelemetryPipeline:
                         dropped = {}
         with self._lock:
             items, self._pending = [*windows, *self._pending], []
-        if not items:
+        if not items and through is None:
             return 0
-        await asyncio.to_thread(self.buffer.append_many, items)
-        self.uploader.notify()
+        await asyncio.to_thread(self._commit, items, through, now)
+        if items:
+            self.uploader.notify()
         return len(items)
 
+    async def finish(self, *, upload_s: float = 2.0) -> None:
+        """A clean stop, after the frame loop stopped: close every open window into the buffer (durably),
+        mark the checkpoint clean, then let the uploader send what the buffer holds for up to ``upload_s``
+        (what it cannot send goes at the next start). Never raises."""
+        try:
+            await self.flush(force=True)
+        except Exception as exc:  # the frames stay counted in the checkpoint: the next start declares them
+            log.error("telemetry.final_flush_failed", error=str(exc))
+            return
+        with self._lock:
+            flushed = self.frames_observed == self._frames_through
+        if flushed:
+            await asyncio.to_thread(self._checkpoint.mark_clean)
+        log.info("telemetry.flushed", frames_through=self._frames_through, held=self.buffer.count(), clean=flushed)
+        if upload_s <= 0 or not self.buffer.count():
+            return
+        upload = asyncio.create_task(self.uploader.run(), name="telemetry-final-upload")
+        try:
+            for _ in range(max(1, round(upload_s / 0.05))):  # until everything is acknowledged, or upload_s
+                if not self.buffer.count() or (await asyncio.wait({upload}, timeout=0.05))[0]:
+                    break
+        finally:
+            upload.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await upload
+
     def close(self) -> None:
+        self._checkpoint.close()
         self.buffer.close()
+
+
+def frames_through(buffer: TelemetryBuffer) -> FramesThrough | None:
+    """The frames-through mark ``buffer`` holds (None: none yet, or an unreadable one)."""
+    frames, at = buffer.progress_value(FRAMES_THROUGH), buffer.progress_value(FRAMES_THROUGH_AT)
+    if frames is None or at is None:
+        return None
+    try:
+        return FramesThrough(int(frames), datetime.fromisoformat(at))
+    except ValueError:
+        return None
+
+
+def _through_marks(frames: int, at: datetime) -> dict[str, str]:
+    return {FRAMES_THROUGH: str(frames), FRAMES_THROUGH_AT: at.isoformat()}
 
 
 def _detections(result: FrameResult) -> int:
