@@ -1,15 +1,13 @@
 """fleetctl commands that talk to the controller: get, describe, apply, token, devices, config, and the
-``bundle push`` / ``keys trust`` commands. kubectl-like: ``-o table|wide|json|yaml``."""
+``keys trust`` command (``bundle push`` is ``bundle_push``). kubectl-like: ``-o table|wide|json|yaml``."""
 
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
 from edgefleet.v1 import common_pb2, fleet_pb2, telemetry_pb2
 from fleetctl.durations import parse_duration
@@ -286,51 +284,6 @@ def apply(
     )
     for rid in reply.rollout_ids:
         console.print(f"rollout {rid} created", highlight=False)
-
-
-# ------------------------------------------------------------------ bundle push
-
-
-@grpc_errors
-def push(
-    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="signed bundle archive (.efb)"),
-) -> None:
-    """Upload a signed bundle to the controller, with a progress bar."""
-    from edgefleet.contract.bundle_upload import read_archive_for_upload
-    from edgefleet.contract.errors import ContractError
-
-    try:
-        upload = read_archive_for_upload(file)
-    except ContractError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
-    conn = OPTIONS.connection()
-    total = upload.total_bytes
-    with (
-        Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            console=err_console,
-            transient=not sys.stderr.isatty(),
-        ) as progress,
-        conn.fleet() as stub,
-    ):
-        task = progress.add_task(f"push {upload.name}@{upload.version}", total=total)
-
-        def requests() -> Iterator[fleet_pb2.PushBundleRequest]:
-            yield fleet_pb2.PushBundleRequest(
-                header=fleet_pb2.BundleHeader(manifest=upload.manifest, signature=upload.signature)
-            )
-            for digest, chunk in upload.chunks(1 << 20):
-                progress.advance(task, len(chunk))
-                yield fleet_pb2.PushBundleRequest(chunk=fleet_pb2.ArtifactChunk(digest=digest, data=chunk))
-
-        reply = stub.PushBundle(requests(), metadata=conn.metadata, timeout=3600)
-    b = reply.bundle
-    verb = "pushed" if reply.created else "already present"
-    console.print(f"{verb}: {b.name}@{b.version} {b.digest} (signed by {b.key_id})", highlight=False)
 
 
 # ------------------------------------------------------------------ keys trust

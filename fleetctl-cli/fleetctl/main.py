@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from edgefleet.logging import configure_logging
-from fleetctl import fleet_cmds
+from fleetctl import bundle_push, fleet_cmds
 from fleetctl.budget_cmds import budget
 from fleetctl.bundle_cmds import bundle_app
 from fleetctl.keys_cmds import keys_app
@@ -33,7 +33,7 @@ app.add_typer(telemetry_app, name="telemetry")
 app.add_typer(review_app, name="review")
 app.command("apply")(fleet_cmds.apply)
 app.command("budget")(budget)
-bundle_app.command("push")(fleet_cmds.push)
+bundle_app.command("push")(bundle_push.push)
 keys_app.command("trust")(fleet_cmds.trust)
 
 

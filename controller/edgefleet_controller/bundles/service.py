@@ -1,5 +1,6 @@
-"""``BundleService``: signed model bundles. PushBundle verifies the signature against the trusted keys and
-streams each artifact into the blob store (digest and size checked before commit); FetchBlob streams an
+"""``BundleService``: signed model bundles. PushBundle verifies the signature against the trusted keys,
+stages each artifact (``intake.StagedPush``: digest and size checked) and stores the bundle only once the
+request stream ended cleanly and every check passed — a refused or abandoned push leaves nothing; FetchBlob streams an
 artifact, or a config, to a device whose desired state includes it, once ``BlobIntegrity`` knows the file
 hashes to its digest (a corrupt one is quarantined and refused with DATA_LOSS; ``get_bundle`` lists it).
 
@@ -17,12 +18,12 @@ from typing import BinaryIO
 import structlog
 
 from edgefleet.contract.bundle import BundleManifest
-from edgefleet.contract.bundle_sections import ArtifactRef as BundleArtifact
 from edgefleet.contract.errors import ContractError
 from edgefleet.contract.signing import verify_signature
 from edgefleet_controller import errors as cerr
 from edgefleet_controller.auth.service import AuthService
 from edgefleet_controller.bundles.blob_integrity import BlobIntegrity, data_loss
+from edgefleet_controller.bundles.intake import StagedPush, run_to_end
 from edgefleet_controller.clock import Clock
 from edgefleet_controller.devices.desired import DesiredStates
 from edgefleet_controller.metrics import ControllerMetrics
@@ -30,7 +31,7 @@ from edgefleet_controller.rollout.service import RolloutService
 from edgefleet_controller.store import BlobStore
 from edgefleet_controller.store import errors as serr
 from edgefleet_controller.store.blob_quarantine import QuarantineRecord
-from edgefleet_controller.store.blobs import BlobWriter, stat_key_of
+from edgefleet_controller.store.blobs import stat_key_of
 from edgefleet_controller.store.bundle_failures import BundleFailure
 from edgefleet_controller.store.bundles import BundleStore
 from edgefleet_controller.store.devices import DeviceStore
@@ -112,44 +113,49 @@ class BundleService:
         except ContractError as exc:
             self.metrics.bundles_rejected.labels(type(exc).__name__).inc()
             raise cerr.InvalidArgument(f"bundle refused: {exc}") from None
-        expected = {a.digest: a for a in manifest.artifacts.values()}
-        received: dict[str, tuple[str, int]] = {}
-        writer = None
-        current = ""
-        stored_before: set[str] = set()
+        staging = StagedPush(self.blobs, {a.digest: a for a in manifest.artifacts.values()})
         try:
             async for digest, data in chunks:
-                if digest != current:
-                    if writer is not None:
-                        received[current] = await self._commit_artifact(writer, current, expected[current])
-                        writer = None
-                    if digest not in expected:
-                        raise cerr.InvalidArgument(f"PushBundle: chunk for {digest}, which bundle.json does not list")
-                    if digest in received:
-                        raise cerr.InvalidArgument(f"PushBundle: artifact {digest} sent twice")
-                    current = digest
-                    if await asyncio.to_thread(self.blobs.has, digest):
-                        stored_before.add(digest)  # still verified; the commit then discards the bytes
-                    writer = self.blobs.open_writer(max_size=expected[digest].size)
-                assert writer is not None
-                await asyncio.to_thread(writer.write, data)
-            if writer is not None:
-                received[current] = await self._commit_artifact(writer, current, expected[current])
-                writer = None
-        except serr.BlobIntegrityError as exc:
-            self.metrics.bundles_rejected.labels(type(exc).__name__).inc()
-            role = expected[current].role if current in expected else "?"
-            raise cerr.InvalidArgument(f"bundle refused: artifact {role!r}: {exc}") from None
+                await staging.add(digest, data)
+            missing = await staging.finish()
+            deduplicated = staging.deduplicated()
+            if missing:
+                names = ", ".join(f"{a.role!r} ({a.path})" for a in missing)
+                raise cerr.InvalidArgument(
+                    f"bundle refused: the stream ended before these artifacts were sent: {names}; nothing was "
+                    "stored, push the whole archive again"
+                )
+            refs = [ArtifactRef(a.role, a.digest, a.size) for a in manifest.artifacts.values()]
+            record, created = await run_to_end(
+                lambda: self._publish(staging, manifest_bytes, sig_bytes, manifest, key_id, refs)
+            )
+        except cerr.InvalidArgument:
+            self.metrics.bundles_rejected.labels("ArtifactRefused").inc()
+            raise
+        except asyncio.CancelledError:
+            log.info("bundle.push_abandoned", ref=manifest.ref, reason="the client cancelled or disconnected")
+            raise
         finally:
-            if writer is not None:
-                writer.abort()
-        missing = [f"{a.role} ({d})" for d, a in expected.items() if d not in received and not self.blobs.has(d)]
-        if missing:
-            raise cerr.InvalidArgument(f"bundle refused: artifacts not sent: {', '.join(missing)}")
-        deduplicated = [d for d in expected if d in stored_before or d not in received]
-        refs = [ArtifactRef(a.role, a.digest, a.size) for a in manifest.artifacts.values()]
-        record, created = await asyncio.to_thread(
-            lambda: self.store.put(
+            staging.discard()
+        if created:
+            self.metrics.bundles_pushed.inc()
+        log.info("bundle.pushed", digest=record.digest, ref=record.ref, created=created)
+        return PushOutcome(record, created, deduplicated)
+
+    def _publish(
+        self,
+        staging: StagedPush,
+        manifest_bytes: bytes,
+        sig_bytes: bytes,
+        manifest: BundleManifest,
+        key_id: str,
+        refs: list[ArtifactRef],
+    ) -> tuple[BundleRecord, bool]:
+        """Make the staged artifacts visible, then record the bundle; if the record is refused (another
+        bundle under the same name@version), the blobs this push added and no bundle declares are removed."""
+        added = staging.publish()
+        try:
+            return self.store.put(
                 manifest_bytes,
                 sig_bytes,
                 name=manifest.name,
@@ -158,19 +164,13 @@ class BundleService:
                 artifacts=refs,
                 now=self.clock(),
             )
-        )
-        if created:
-            self.metrics.bundles_pushed.inc()
-        log.info("bundle.pushed", digest=record.digest, ref=record.ref, created=created)
-        return PushOutcome(record, created, deduplicated)
-
-    async def _commit_artifact(self, writer: BlobWriter, digest: str, ref: BundleArtifact) -> tuple[str, int]:
-        got_digest, size = await asyncio.to_thread(writer.commit, digest)
-        if size != ref.size:
-            raise cerr.InvalidArgument(
-                f"bundle refused: artifact {ref.role} is {size} bytes, bundle.json says {ref.size}"
-            )
-        return got_digest, size
+        except BaseException:
+            for digest in added:
+                try:
+                    self.store.get_artifact(digest)  # declared by a bundle stored meanwhile: keep it
+                except serr.NotFound:
+                    self.blobs.delete(digest)
+            raise
 
     # ------------------------------------------------------------------ catalogue
 
