@@ -2,7 +2,7 @@
 
     edge-runtime run --controller HOST:PORT --data-dir DIR [--enroll-token T] [--name N] [--site-tags k=v]
                      --source SPEC [--health-listen ADDR] [--trusted-keys DIR]
-    edge-runtime status --data-dir DIR
+    edge-runtime status --data-dir DIR      (JSON on stdout; exit 0 running, 3 not running, 2 no data dir)
     edge-runtime profile --bundle B ...   (``edge_runtime.profile_cli``)
 
 ``run`` prints ``edge-runtime health listening on port N`` on stdout once the local health endpoint is up
@@ -27,6 +27,7 @@ import re
 import socket
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from edge_runtime.agent.agent import STATUS_FILE, AgentSettings
@@ -37,6 +38,7 @@ from edge_runtime.arguments import bounded_int
 from edge_runtime.bootstrap import build_agent
 from edge_runtime.inference.errors import FrameSourceError
 from edge_runtime.profile_cli import add_profile_command
+from edge_runtime.status_report import NOT_RUNNING_EXIT, judge, status_document
 from edge_runtime.update.crashdrill import CRASH_ENV, parse_crash_at
 from edge_runtime.update.driver import DEFAULT_DISK_MARGIN_BYTES
 from edge_runtime.update.journal import Journal
@@ -149,28 +151,34 @@ def run_agent(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 def _add_status_command(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status = commands.add_parser(
         "status",
-        help="Print the update journal's record (and the live status if the runtime is running).",
-        description="Print the update journal's record (and the live status if the runtime is running).",
+        help="Print the update record and the runtime's status as JSON; exit 3 when it is not running.",
+        description=(
+            "Print the update journal's record and the runtime's last status as JSON, with running: true|false "
+            "(pid alive, an edge runtime, status.json fresh). Exit 0 running, 3 not running, 2 no data dir."
+        ),
     )
     status.add_argument("--data-dir", type=Path, required=True, help="the device's data directory")
     status.set_defaults(command=lambda args: print_status(args.data_dir))
 
 
 def print_status(data_dir: Path) -> int:
-    """Print the update journal's record (and the live status if the runtime is running)."""
+    """Print the update journal's record and the runtime's last status, saying whether it is running
+    (``edge_runtime.status_report``); JSON only on stdout, logs on stderr. Exit 0 when running,
+    ``NOT_RUNNING_EXIT`` (3) when not, 2 when the data dir does not exist."""
+    configure_logging("warning")
     if not data_dir.is_dir():
         print(f"edge-runtime: --data-dir {data_dir} does not exist", file=sys.stderr)
         return 2
     record = Journal(data_dir / "update", slots=BundleSlots(data_dir)).load()
-    out: dict[str, object] = {"update": record.to_dict()}
-    live = data_dir / STATUS_FILE
-    if live.is_file():
-        try:
-            out["runtime"] = json.loads(live.read_text(encoding="utf-8"))
-        except ValueError:
-            out["runtime"] = None
-    print(json.dumps(out, indent=2, sort_keys=True, default=str))
-    return 0
+    try:
+        status = json.loads((data_dir / STATUS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        status = None
+    if not isinstance(status, dict):
+        status = None
+    liveness = judge(status, datetime.now(UTC))
+    print(json.dumps(status_document(record.to_dict(), status, liveness), indent=2, sort_keys=True, default=str))
+    return 0 if liveness.running else NOT_RUNNING_EXIT
 
 
 def build_parser() -> argparse.ArgumentParser:

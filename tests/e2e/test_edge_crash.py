@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_runtime.status_report import NOT_RUNNING_EXIT
 from edge_runtime.update.record import UpdateState
 from edgefleet.contract.bundle_archive import verify_bundle
 from edgefleet.contract.signing import TrustedKeys
@@ -87,9 +88,10 @@ def test_sigkill_at_every_update_boundary_restarts_consistent(tmp_path: Path) ->
                 [str(EDGE_RUNTIME), "status", "--data-dir", str(tmp_path / name)],
                 capture_output=True,
                 text=True,
-                check=True,
                 timeout=30,
             )
+            # SIGKILLed: status says so (exit 3, running false), whatever its last status.json claimed.
+            assert out.returncode == NOT_RUNNING_EXIT and json.loads(out.stdout)["running"] is False, out
             record = json.loads(out.stdout)["update"]
             expected = v2.digest if boundary == "committed:after" else v1.digest
             assert record["committed"] == expected, (boundary, record)

@@ -7,12 +7,14 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import structlog
 
 from edge_runtime.cli import main
+from edge_runtime.status_report import NOT_RUNNING_EXIT
 
 
 @pytest.fixture(autouse=True)
@@ -33,12 +35,32 @@ def test_status_of_a_missing_data_dir_exits_2(tmp_path: Path, capsys: pytest.Cap
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_status_prints_the_update_record_as_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["status", "--data-dir", str(tmp_path)]) == 0
-    printed = capsys.readouterr().out
-    # A fresh data dir's journal logs that it was created (structlog's default: stdout) before the document.
-    out = json.loads(printed[printed.index("{\n") :])
+def test_status_of_a_fresh_data_dir_is_json_only_and_not_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["status", "--data-dir", str(tmp_path)]) == NOT_RUNNING_EXIT
+    out = json.loads(capsys.readouterr().out)  # stdout is the document and nothing else (logs: stderr)
     assert out["update"]["committed"] is None and "runtime" not in out
+    assert out["running"] is False and "has not run on this data dir" in out["not_running_reason"]
+
+
+def test_status_says_running_only_while_the_writer_lives(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # A real process stands in for the runtime: alive, its command line naming edge_runtime.
+    runtime = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "edge_runtime"])
+    try:
+        written = {"pid": runtime.pid, "at": datetime.now(UTC).isoformat(), "status_interval_s": 0.5}
+        (tmp_path / "status.json").write_text(json.dumps({**written, "health": "HEALTH_SERVING", "online": True}))
+        assert main(["status", "--data-dir", str(tmp_path)]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["running"] is True and out["runtime"]["health"] == "HEALTH_SERVING"
+    finally:
+        runtime.kill()
+        runtime.wait()
+    assert main(["status", "--data-dir", str(tmp_path)]) == NOT_RUNNING_EXIT
+    out = json.loads(capsys.readouterr().out)
+    assert out["running"] is False and out["not_running_reason"] == f"process {runtime.pid} is not alive"
+    assert out["runtime"]["health"] == f"UNKNOWN (not running; last status at {written['at']})"
+    assert out["runtime"]["online"] is False
 
 
 @pytest.mark.parametrize(

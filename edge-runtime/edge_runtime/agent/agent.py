@@ -32,7 +32,8 @@ since they decide whether the candidate's bundle verifies. ``running_config_dige
 config, ``candidate_config_digest`` the candidate's.
 
 ``status.json`` in the data dir is rewritten every ``status_interval_s`` (frames, errors, serving bundle,
-health, update record): ``edge-runtime status`` and tests read it.
+health, update record, with ``pid``, ``at`` and the interval): ``edge-runtime status`` (which tells from them
+whether the runtime still runs) and tests read it.
 """
 
 from __future__ import annotations
@@ -428,6 +429,7 @@ class EdgeAgent:
             {
                 "pid": os.getpid(),
                 "at": datetime.now(UTC).isoformat(),
+                "status_interval_s": self.settings.status_interval_s,
                 "health": common_pb2.Health.Name(self.health),
                 "health_reason": self.health_reason or None,
                 "tasks": self.supervisor.status(),
