@@ -121,7 +121,9 @@ def blocking_channel(address: str) -> grpc.Channel:
 
     BDP probing is off: it grows the HTTP/2 receive window to megabytes, and everything buffered ahead of
     the reader is lost on a reset. With the default 64 KiB window a drop costs at most the chunk in flight
-    plus that window, which is what makes "bytes fetched again <= one chunk per reset" hold.
+    plus that window, which is what makes "bytes fetched again <= one chunk per reset" hold. Its own
+    subchannel pool: a channel opened after a lost connection makes a new connection, never reuses the dead one.
     """
-    channel: grpc.Channel = _open(address, [*channel_options(), ("grpc.http2.bdp_probe", 0)], aio=False)
+    options = [*channel_options(), ("grpc.http2.bdp_probe", 0), ("grpc.use_local_subchannel_pool", 1)]
+    channel: grpc.Channel = _open(address, options, aio=False)
     return channel

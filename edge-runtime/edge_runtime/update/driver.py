@@ -15,11 +15,14 @@ Rules the driver keeps:
   an asyncio agent runs ``handle`` in a worker thread, one call at a time.
 - Verification checks every artifact's sha256 and that ``bundle.json`` hashes to the bundle digest, then
   asks the ``BundleVerifier`` (signature, manifest). Only then is the download promoted to a slot.
+- A download gives up promptly when ``interrupt_download`` (a new desired bundle) or ``stop`` cancels it:
+  nothing is counted, the bytes kept stay, the record stays ``downloading``. If the next event leaves that
+  candidate downloading (it was not replaced after all), the download resumes at once.
 - Clean stops: ``stop()`` (the agent calls it on SIGTERM) lets the decision in progress finish its current
-  effect, decides nothing more (the journal already says where the update stands, and the next start
-  resumes from there), then writes the journal's clean-stop marker. ``start()`` takes the marker and tells
-  the machine whether the previous process stopped cleanly (``Recovered.clean_shutdown``): only a death
-  without it can count as a crash of the candidate.
+  effect (a download in flight is cancelled), decides nothing more (the journal already says where the update
+  stands, and the next start resumes from there), then writes the journal's clean-stop marker. ``start()``
+  takes the marker and tells the machine whether the previous process stopped cleanly
+  (``Recovered.clean_shutdown``): only a death without it can count as a crash of the candidate.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from edge_runtime.update.errors import (
     DiskSpaceError,
     EngineSwitchError,
     FetchError,
+    FetchInterrupted,
     SlotError,
     SlotNotFoundError,
 )
@@ -89,8 +93,17 @@ BoundaryHook = Callable[[UpdateState, UpdateState, Phase], None]
 class ArtifactFetcher(Protocol):
     """Downloads one artifact, appending to ``dest_path`` from byte ``resume_from``."""
 
-    def fetch(self, digest: str, dest_path: Path, expected_size: int, resume_from: int) -> None:
-        """Write bytes ``resume_from..expected_size`` of ``digest``; raise ``FetchError`` on failure."""
+    def fetch(
+        self,
+        digest: str,
+        dest_path: Path,
+        expected_size: int,
+        resume_from: int,
+        *,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        """Write bytes ``resume_from..expected_size`` of ``digest``; raise ``FetchError`` on a failure that
+        counts, ``FetchInterrupted`` soon after ``cancel`` is set."""
         ...
 
 
@@ -219,6 +232,10 @@ class UpdateDriver:
         self._lock = threading.Lock()  # one decision chain at a time; stop() waits for it
         self._stopping = threading.Event()
         self._clean = False
+        # The download in flight (bundle digest, its cancel event); the last one interrupted, to resume.
+        self._download_lock = threading.Lock()
+        self._download_cancel: tuple[str, threading.Event] | None = None
+        self._interrupted: StartDownload | None = None
 
     @property
     def record(self) -> UpdateRecord:
@@ -257,13 +274,28 @@ class UpdateDriver:
             if self._stopping.is_set():
                 log.info("update.event_after_stop", ignored_event=type(event).__name__)
                 return self.record
+            interrupted, self._interrupted = self._interrupted, None
             self._run(decide(self.record, event, self._clock(), self._limits), event)
+            if interrupted is not None:
+                self._resume_download(interrupted)
             return self.record
+
+    def interrupt_download(self, keep: str | None = None) -> bool:
+        """Make the download in flight give up promptly (its bytes stay), unless it is bundle ``keep``'s.
+        Thread-safe; True when a download was cancelled. The caller posts the event that replaces it."""
+        with self._download_lock:
+            current = self._download_cancel
+            if current is None or current[0] == keep:
+                return False
+            current[1].set()
+        log.info("update.download_interrupt_requested", digest=current[0], keep=keep)
+        return True
 
     def stop(self, timeout_s: float = 5.0) -> bool:
         """Stop cleanly: decide nothing more, then leave the clean-stop marker. False (no marker, the next
         start treats this stop as a death) when the decision in progress does not finish in ``timeout_s``."""
         self._stopping.set()
+        self.interrupt_download()
         if not self._lock.acquire(timeout=timeout_s):
             log.warning("update.stop_unclean", timeout_s=timeout_s, hint="an update step was still running")
             return False
@@ -276,13 +308,16 @@ class UpdateDriver:
         finally:
             self._lock.release()
 
-    def _run(self, first: Decision, first_event: UpdateEvent | None = None) -> None:
-        pending: deque[UpdateEvent] = deque()
+    def _run(
+        self, first: Decision | None, first_event: UpdateEvent | None = None, events: Sequence[UpdateEvent] = ()
+    ) -> None:
+        pending: deque[UpdateEvent] = deque(events)
         decision: Decision | None = first
         event = first_event
         while True:
-            assert decision is not None
-            if decision.ignored is not None:
+            if decision is None:
+                pass
+            elif decision.ignored is not None:
                 log.info(
                     "update.event_ignored",
                     ignored_event=type(event).__name__ if event else None,
@@ -377,7 +412,31 @@ class UpdateDriver:
                 assert_never(effect)
         return _Outcome()
 
+    def _resume_download(self, effect: StartDownload) -> None:
+        """Resume a download an interrupt stopped when the event after it left that candidate downloading."""
+        record = self.record
+        if self._stopping.is_set() or record.state != UpdateState.DOWNLOADING or record.candidate != effect.digest:
+            return
+        log.info("update.download_resumed", digest=effect.digest)
+        self._run(None, None, self._download(effect).events)
+
     def _download(self, effect: StartDownload) -> _Outcome:
+        cancel = threading.Event()
+        with self._download_lock:
+            self._download_cancel = (effect.digest, cancel)
+        if self._stopping.is_set():
+            cancel.set()
+        try:
+            return self._download_artifacts(effect, cancel)
+        except FetchInterrupted as exc:
+            log.info("update.download_interrupted", digest=effect.digest, reason=str(exc))
+            self._interrupted = effect
+            return _Outcome(abort=True)
+        finally:
+            with self._download_lock:
+                self._download_cancel = None
+
+    def _download_artifacts(self, effect: StartDownload, cancel: threading.Event) -> _Outcome:
         digest = effect.digest
         record = self.record
         self._collect((record.committed, record.previous, digest))
@@ -401,7 +460,7 @@ class UpdateDriver:
                     path.unlink()  # longer than the artifact: not a prefix of it, start over
                     have = 0
                 if have < artifact.size or not path.exists():
-                    self._fetcher.fetch(artifact.digest, path, artifact.size, have)
+                    self._fetcher.fetch(artifact.digest, path, artifact.size, have, cancel=cancel)
                 got = path.stat().st_size
                 if got != artifact.size:
                     raise FetchError(f"got {got} bytes, expected {artifact.size}")

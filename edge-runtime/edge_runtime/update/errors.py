@@ -12,7 +12,9 @@ verification failures are the contract's own ``edgefleet.contract.errors.BundleE
     │   ├── UnsafeArtifactNameError an artifact name would escape its slot directory
     │   ├── SlotNotFoundError       no verified slot holds the requested bundle
     │   └── DiskSpaceError          not enough free bytes for a download (carries the numbers)
-    ├── FetchError                  an ArtifactFetcher could not fetch an artifact (transient; retried)
+    ├── FetchError                  an artifact could not be fetched: a refusal, a size disagreement (counted as a
+    │                               failed download attempt; link trouble is retried inside the fetcher, never raised)
+    ├── FetchInterrupted            a fetch gave up because it was cancelled (new desired bundle, stop); counts nothing
     └── EngineSwitchError           an EngineSwitcher could not load or swap to a bundle
 """
 
@@ -59,7 +61,13 @@ class DiskSpaceError(SlotError):
 
 
 class FetchError(UpdateError):
-    """An artifact could not be fetched (link drop, server error); the download is retried."""
+    """An artifact could not be fetched for a reason retrying the link will not fix (the controller refused it,
+    or disagrees with the bundle about its size); the update machine counts a failed download attempt."""
+
+
+class FetchInterrupted(UpdateError):
+    """A fetch gave up because it was cancelled (a new desired bundle, a stop); the bytes kept stay on disk and
+    no download attempt is counted."""
 
 
 class EngineSwitchError(UpdateError):

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edge_runtime.update.errors import EngineSwitchError, FetchError
+from edge_runtime.update.errors import EngineSwitchError, FetchError, FetchInterrupted
 from edge_runtime.update.events import CanaryPassed, CanaryStarted, DesiredBundleChanged, TrialPassed, UpdateEvent
 from edge_runtime.update.record import ArtifactRef, UpdateRecord
 from edgefleet.contract.digests import sha256_digest
@@ -77,8 +78,18 @@ class DirectoryFetcher:
         self.fail_after_bytes = fail_after_bytes
         self.calls: list[tuple[str, int]] = []
 
-    def fetch(self, digest: str, dest_path: Path, expected_size: int, resume_from: int) -> None:
+    def fetch(
+        self,
+        digest: str,
+        dest_path: Path,
+        expected_size: int,
+        resume_from: int,
+        *,
+        cancel: threading.Event | None = None,
+    ) -> None:
         self.calls.append((digest, resume_from))
+        if cancel is not None and cancel.is_set():
+            raise FetchInterrupted(f"fetch of {digest} cancelled before it started")
         source = self.blob_dir / digest.removeprefix("sha256:")
         if not source.exists():
             raise FetchError(f"blob {digest} not found in {self.blob_dir}")

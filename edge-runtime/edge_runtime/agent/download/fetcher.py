@@ -1,14 +1,24 @@
 """The real ``ArtifactFetcher``: artifacts over ``DeviceService.FetchBlob``, resumed from the partial length.
 
-- Each call appends to the partial file from ``resume_from`` and asks the controller for that offset, so a
-  drop (or a runtime restart) costs at most the chunk that was in flight: bytes fetched again are bounded by
-  one chunk per reset. A chunk is written only whole and at the offset expected, then flushed.
-- Inside one ``fetch`` the fetcher reconnects by itself while downloads make progress: a link that resets
-  every few megabytes still completes. It gives up (``FetchError``, which the update machine counts as a
-  failed download attempt) after ``max_stalls`` consecutive attempts that brought no new byte, or at once on
-  a non-transient refusal (NOT_FOUND: the bundle is no longer desired; UNAUTHENTICATED).
-- The sha256 is computed while streaming (the prefix already on disk is hashed first); a mismatch is logged
-  here, and the driver's verification step rejects the artifact with the numbers.
+- Each stream appends to the partial file and asks the controller for the offset it holds, so a drop (or a
+  runtime restart) costs at most the chunk in flight. A chunk is written only whole, at the offset
+  expected, then flushed: bytes are kept as they arrive, the sha256 is checked at the end.
+- The chunk size adapts to the link (``chunking.ChunkSizer``): down on resets that lost the chunk in
+  flight, back up after sustained good transfer, never above ``--chunk-bytes``.
+- A watchdog thread cancels a stream that delivers no chunk for its idle limit (``stall_timeout_s``, longer
+  when the measured rate says a chunk needs longer, doubled while stalls repeat at the smallest chunk), and a
+  new connection that does not complete its handshake within ``connect_timeout_s`` is dropped: a blackholed
+  link costs seconds, not a 500 s deadline. Every loss closes the channel, so the next stream gets a fresh
+  TCP connection instead of waiting for the old one's keepalive.
+- Link trouble never fails the fetch: transient errors, resets and stalls are retried forever, at once while
+  connections bring bytes, with exponential backoff and full jitter (``retry.Backoff``, capped) while they
+  do not. Only a non-transient refusal (NOT_FOUND: the bundle is no longer desired; UNAUTHENTICATED) or the
+  controller disagreeing with the bundle about the size raises ``FetchError``, which the update machine
+  counts as a failed download attempt. A sha256 mismatch at the end is logged here; the driver's
+  verification rejects the artifact with the numbers.
+- The fetch gives up promptly with ``FetchInterrupted`` (counted as nothing, the bytes kept) when its
+  ``cancel`` event is set (the driver: a new desired bundle, a stop) or the fetcher is closed.
+- ``progress`` (``DownloadProgress``) says what the artifact in flight has done, for the reported state.
 - Small content the device already holds in memory (``bundle.json`` and ``bundle.sig`` come inside the
   ``DesiredState``) is served from ``inline`` without a network call.
 """
@@ -27,23 +37,35 @@ import grpc
 import structlog
 
 from edge_runtime.agent.client import blocking_channel, is_transient, rpc_code
+from edge_runtime.agent.download.chunking import ChunkSizer
+from edge_runtime.agent.download.progress import DownloadProgress
 from edge_runtime.agent.retry import Backoff
-from edge_runtime.update.errors import FetchError
+from edge_runtime.update.errors import FetchError, FetchInterrupted
 from edgefleet.contract.digests import DIGEST_PREFIX
 from edgefleet.v1 import device_pb2, device_pb2_grpc
 
 log = structlog.get_logger(__name__)
 
 DEFAULT_CHUNK_BYTES = 1 << 20
-# A stream is given this long plus the time its bytes need at MIN_RATE before its deadline cuts it.
+STALL_TIMEOUT_S = 4.0
+CONNECT_TIMEOUT_S = 2.0
+# Waits while connections bring nothing: uniform in [0, min(cap, 0.25 s * 2**(n-1))].
+RETRY_BACKOFF = Backoff(multiplier=0.25, max_s=15.0)
+# A stream is given this long plus the time its bytes need at MIN_RATE before its deadline cuts it (a backstop:
+# the watchdog notices a dead link long before).
 _BASE_DEADLINE_S = 30.0
-STALL_MULTIPLIER = 0.2  # waits after a stall start at 0.4 s and double (capped by max_backoff_s)
 _MIN_RATE_BPS = 64 * 1024
+_WATCH_TICK_S = 0.1
+_MAX_TIMEOUT_DOUBLINGS = 5
+# Codes of a connection that died (the chunk in flight is lost); others (overload) keep the chunk size.
+_LINK_LOST = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+)
 
 
 @dataclass
 class FetchCounters:
-    """What the fetcher did since start: for reports, logs and the resume-cost test."""
+    """What the fetcher did since start: for status.json, logs and the resume-cost tests."""
 
     connections: int = 0
     bytes_received: int = 0
@@ -51,6 +73,22 @@ class FetchCounters:
     chunks_discarded: int = 0
     resumes: int = 0
     inline_bytes: int = 0
+    resets: int = 0
+    stalls: int = 0
+    connect_timeouts: int = 0
+    interrupted: int = 0
+    chunk_bytes: int = 0
+
+
+@dataclass
+class _Attempt:
+    """How one stream ended: where the file stands, what that connection kept, and why it stopped."""
+
+    offset: int
+    delivered: int = 0
+    error: grpc.RpcError | None = None
+    stalled: bool = False
+    unconnected: bool = False
 
 
 def _sha256_prefix(path: Path, length: int) -> hashlib._Hash:
@@ -66,6 +104,42 @@ def _sha256_prefix(path: Path, length: int) -> hashlib._Hash:
     return h
 
 
+def _details(exc: grpc.RpcError) -> str:
+    code = rpc_code(exc)
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return f"{code.name if code else 'error'}: {details}"
+
+
+class _Watchdog:
+    """Cancels ``call`` when no chunk was ``fed`` for ``idle_s`` (``stalled``) or ``interrupted()`` turns true."""
+
+    def __init__(self, call: grpc.RpcContext, idle_s: float, interrupted: Callable[[], bool]) -> None:
+        self._call = call
+        self._idle_s = idle_s
+        self._interrupted = interrupted
+        self._last = time.monotonic()
+        self._done = threading.Event()
+        self.stalled = False
+        self.fired = False
+        self._thread = threading.Thread(target=self._watch, name="fetch-watchdog", daemon=True)
+        self._thread.start()
+
+    def fed(self) -> None:
+        self._last = time.monotonic()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._done.wait(_WATCH_TICK_S):
+            stalled = time.monotonic() - self._last > self._idle_s
+            if stalled or self._interrupted():
+                self.stalled, self.fired = stalled, True
+                self._call.cancel()
+                return
+
+
 class BlobFetcher:
     """Fetches content-addressed blobs from the controller; thread-confined to the update worker."""
 
@@ -75,22 +149,28 @@ class BlobFetcher:
         metadata: Callable[[], tuple[tuple[str, str], ...]],
         *,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-        max_stalls: int = 6,
-        max_backoff_s: float = 5.0,
-        sleep: Callable[[float], None] = time.sleep,
+        stall_timeout_s: float = STALL_TIMEOUT_S,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        backoff: Backoff = RETRY_BACKOFF,
+        sleep: Callable[[float], None] | None = None,
     ) -> None:
         if chunk_bytes <= 0:
             raise ValueError(f"chunk_bytes must be > 0, got {chunk_bytes}")
         self._address = address
         self._metadata = metadata
-        self._chunk = chunk_bytes
-        self._max_stalls = max_stalls
-        self._backoff = Backoff(multiplier=STALL_MULTIPLIER, max_s=max_backoff_s)
-        self._sleep = sleep
+        self.sizer = ChunkSizer(chunk_bytes)
+        self._stall_s = stall_timeout_s
+        self._connect_s = connect_timeout_s
+        self._backoff = backoff
+        self._sleep = sleep  # None: wait in small steps, giving up at once when interrupted
         self._channel: grpc.Channel | None = None
         self._inline: dict[str, bytes] = {}
         self._lock = threading.Lock()
-        self.counters = FetchCounters()
+        self._closed = threading.Event()
+        self._floor_stalls = 0  # stalls in a row at the smallest chunk: the idle limit doubles with each
+        self._connect_failures = 0  # handshakes in a row that timed out: the connect limit doubles with each
+        self.progress = DownloadProgress()
+        self.counters = FetchCounters(chunk_bytes=self.sizer.current)
 
     def add_inline(self, digest: str, content: bytes) -> None:
         """Serve ``digest`` from memory (the manifest and signature carried by the desired state)."""
@@ -98,16 +178,24 @@ class BlobFetcher:
             self._inline[digest] = content
 
     def close(self) -> None:
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
+        """Stop: a fetch in flight gives up (``FetchInterrupted``) within a watchdog tick."""
+        self._closed.set()
+        self._drop_channel()
 
-    def _stub(self) -> device_pb2_grpc.DeviceServiceStub:
-        if self._channel is None:
-            self._channel = blocking_channel(self._address)
-        return device_pb2_grpc.DeviceServiceStub(self._channel)
+    def _drop_channel(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close()
 
-    def fetch(self, digest: str, dest_path: Path, expected_size: int, resume_from: int) -> None:
+    def fetch(
+        self,
+        digest: str,
+        dest_path: Path,
+        expected_size: int,
+        resume_from: int,
+        *,
+        cancel: threading.Event | None = None,
+    ) -> None:
         with self._lock:
             inline = self._inline.get(digest)
         if inline is not None:
@@ -121,85 +209,190 @@ class BlobFetcher:
         if have:
             self.counters.resumes += 1
             log.info("agent.fetch_resumed", digest=digest, offset=have, size=expected_size)
-        stalls = 0
-        with dest_path.open("ab") as out:
-            while have < expected_size:
-                before = have
-                try:
-                    have = self._stream(digest, out, hasher, have, expected_size)
-                except grpc.RpcError as exc:
-                    # Whole chunks written before the drop count: resume right after them.
-                    out.flush()
-                    have = out.tell()
-                    if not is_transient(exc):
-                        code = rpc_code(exc)
-                        raise FetchError(
-                            f"controller refused {digest} at offset {have}: "
-                            f"{code.name if code else 'error'}: {exc.details() if hasattr(exc, 'details') else exc}"
-                        ) from None
-                    stalls = 0 if have > before else stalls + 1
-                    if stalls >= self._max_stalls:
-                        raise FetchError(
-                            f"no progress on {digest} at offset {have} of {expected_size} after {stalls} "
-                            f"attempts; last error {rpc_code(exc)}: "
-                            f"{exc.details() if hasattr(exc, 'details') else exc}"
-                        ) from None
-                    # Full jitter, growing only while nothing arrives: a resetting link resumes at once.
-                    delay = self._backoff.delay(stalls + 1) if stalls else 0.05
-                    log.info(
-                        "agent.fetch_interrupted",
-                        digest=digest,
-                        offset=have,
-                        size=expected_size,
-                        code=str(rpc_code(exc)),
-                        retry_in_s=round(delay, 3),
-                    )
-                    self._sleep(delay)
-                    continue
-                if have == before and have < expected_size:
-                    raise FetchError(
-                        f"controller ended the stream of {digest} at {have} of {expected_size} bytes; "
-                        "the blob is shorter than the bundle declares"
-                    )
-            out.flush()
+        self.progress.started(digest, have, expected_size, self.sizer.current)
+        try:
+            with dest_path.open("ab") as out:
+                self._fetch_rest(digest, out, hasher, have, expected_size, cancel)
+        finally:
+            self.progress.finished()
         actual = DIGEST_PREFIX + hasher.hexdigest()
         if actual != digest:
             log.warning("agent.fetch_digest_mismatch", digest=digest, actual=actual, path=str(dest_path))
         else:
             log.info("agent.fetch_completed", digest=digest, size=expected_size)
 
-    def _stream(self, digest: str, out: BinaryIO, hasher: hashlib._Hash, offset: int, expected_size: int) -> int:
+    def _interrupted(self, cancel: threading.Event | None) -> bool:
+        return self._closed.is_set() or (cancel is not None and cancel.is_set())
+
+    def _give_up(self, digest: str, have: int, expected_size: int) -> FetchInterrupted:
+        self._drop_channel()  # its call was cancelled mid-stream; the next fetch starts on a fresh connection
+        self.counters.interrupted += 1
+        why = "the fetcher was closed" if self._closed.is_set() else "the download was cancelled"
+        log.info("agent.fetch_interrupted", digest=digest, offset=have, size=expected_size, reason=why)
+        return FetchInterrupted(f"{why} at {have} of {expected_size} bytes of {digest}; the bytes are kept")
+
+    def _fetch_rest(
+        self,
+        digest: str,
+        out: BinaryIO,
+        hasher: hashlib._Hash,
+        have: int,
+        expected_size: int,
+        cancel: threading.Event | None,
+    ) -> None:
+        idle_attempts = 0  # connections in a row that brought no byte: the backoff grows with them
+        while have < expected_size:
+            if self._interrupted(cancel):
+                raise self._give_up(digest, have, expected_size)
+            before = have
+            attempt = self._attempt(digest, out, hasher, have, expected_size, cancel)
+            have = attempt.offset
+            if self._interrupted(cancel):
+                raise self._give_up(digest, have, expected_size)
+            if attempt.error is None and not attempt.stalled and not attempt.unconnected:
+                if have == before:
+                    raise FetchError(
+                        f"controller ended the stream of {digest} at {have} of {expected_size} bytes; "
+                        "the blob is shorter than the bundle declares"
+                    )
+                continue
+            if attempt.error is not None and not attempt.stalled and not is_transient(attempt.error):
+                raise FetchError(f"controller refused {digest} at offset {have}: {_details(attempt.error)}")
+            self._drop_channel()
+            reason = self._adapt(attempt)
+            idle_attempts = 0 if have > before else idle_attempts + 1
+            delay = self._backoff.delay(idle_attempts) if idle_attempts else 0.0
+            log.info(
+                "agent.fetch_link_lost",
+                digest=digest,
+                offset=have,
+                size=expected_size,
+                reason=reason,
+                kept_on_connection=attempt.delivered,
+                chunk_bytes=self.sizer.current,
+                retry_in_s=round(delay, 3),
+            )
+            self._pause(delay, cancel, digest, have, expected_size)
+
+    def _adapt(self, attempt: _Attempt) -> str:
+        """Count the loss and adapt the chunk size to it; returns what happened, for the log."""
+        if attempt.unconnected:
+            self.counters.connect_timeouts += 1
+            return f"no handshake within {self._connect_limit():.1f} s"
+        code = rpc_code(attempt.error) if attempt.error is not None else None
+        if attempt.stalled:
+            self.counters.stalls += 1
+            self.sizer.stalled(attempt.delivered)
+            reason = f"no chunk within {self._idle_limit():.1f} s"
+            if attempt.delivered == 0 and self.sizer.at_floor:
+                self._floor_stalls = min(self._floor_stalls + 1, _MAX_TIMEOUT_DOUBLINGS)
+            self.progress.lost(stalled=True, chunk_bytes=self.sizer.current)
+        elif code in _LINK_LOST:
+            self.counters.resets += 1
+            self.sizer.lost(attempt.delivered)
+            reason = f"connection lost ({code.name if code else 'error'})"
+            self.progress.lost(stalled=False, chunk_bytes=self.sizer.current)
+        else:
+            reason = f"transient error {_details(attempt.error) if attempt.error is not None else ''}"
+        self.counters.chunk_bytes = self.sizer.current
+        return reason
+
+    def _pause(self, delay: float, cancel: threading.Event | None, digest: str, have: int, size: int) -> None:
+        if self._sleep is not None:
+            self._sleep(delay)
+        else:
+            until = time.monotonic() + delay
+            while (left := until - time.monotonic()) > 0 and not self._interrupted(cancel):
+                time.sleep(min(left, _WATCH_TICK_S))
+        if self._interrupted(cancel):
+            raise self._give_up(digest, have, size)
+
+    def _idle_limit(self) -> float:
+        rate = self.progress.rate_bps()
+        needed = 3 * self.sizer.current / rate if rate > 0 else 0.0
+        return float(max(self._stall_s, needed) * 2**self._floor_stalls)
+
+    def _connect_limit(self) -> float:
+        return float(self._connect_s * 2 ** min(self._connect_failures, _MAX_TIMEOUT_DOUBLINGS))
+
+    def _connected(self, cancel: threading.Event | None) -> grpc.Channel | None:
+        """The channel once its handshake completed; None when it did not within the connect limit."""
+        if self._channel is None:
+            self._channel = blocking_channel(self._address)
+        ready = grpc.channel_ready_future(self._channel)
+        until = time.monotonic() + self._connect_limit()
+        while time.monotonic() < until and not self._interrupted(cancel):
+            try:
+                ready.result(timeout=_WATCH_TICK_S)
+            except grpc.FutureTimeoutError:
+                continue
+            self._connect_failures = 0
+            return self._channel
+        ready.cancel()
+        self._connect_failures += 1
+        return None
+
+    def _attempt(
+        self,
+        digest: str,
+        out: BinaryIO,
+        hasher: hashlib._Hash,
+        offset: int,
+        expected_size: int,
+        cancel: threading.Event | None,
+    ) -> _Attempt:
+        channel = self._connected(cancel)
+        if channel is None:
+            return _Attempt(offset, unconnected=True)
         self.counters.connections += 1
-        remaining = expected_size - offset
-        deadline = _BASE_DEADLINE_S + remaining / _MIN_RATE_BPS
-        request = device_pb2.FetchBlobRequest(digest=digest, offset=offset, chunk_bytes=self._chunk)
-        stream = self._stub().FetchBlob(request, metadata=self._metadata(), timeout=deadline)
+        deadline = _BASE_DEADLINE_S + (expected_size - offset) / _MIN_RATE_BPS
+        chunk_bytes = self.sizer.current
+        request = device_pb2.FetchBlobRequest(digest=digest, offset=offset, chunk_bytes=chunk_bytes)
+        stub = device_pb2_grpc.DeviceServiceStub(channel)
+        stream = stub.FetchBlob(request, metadata=self._metadata(), timeout=deadline)
+        watchdog = _Watchdog(stream, self._idle_limit(), lambda: self._interrupted(cancel))
+        result = _Attempt(offset)
         try:
             for chunk in stream:
+                watchdog.fed()
                 self.counters.bytes_received += len(chunk.data)
-                if chunk.offset != offset:
+                if chunk.offset != result.offset:
                     # Not the continuation of our file: drop it and ask again from what we hold.
                     self.counters.chunks_discarded += 1
-                    log.warning("agent.fetch_offset_mismatch", digest=digest, expected=offset, got=chunk.offset)
-                    return offset
-                if chunk.total_size and chunk.total_size != expected_size:
-                    raise FetchError(
-                        f"controller says {digest} is {chunk.total_size} bytes, the bundle declares "
-                        f"{expected_size}; the bundle and the blob store disagree"
-                    )
-                if offset + len(chunk.data) > expected_size:
-                    raise FetchError(
-                        f"controller sent {offset + len(chunk.data)} bytes of {digest}, more than the "
-                        f"declared {expected_size}"
-                    )
+                    log.warning("agent.fetch_offset_mismatch", digest=digest, expected=result.offset, got=chunk.offset)
+                    return result
+                self._check_size(digest, chunk, result.offset, expected_size)
                 out.write(chunk.data)
                 out.flush()
                 hasher.update(chunk.data)
-                offset += len(chunk.data)
+                result.offset += len(chunk.data)
+                result.delivered += len(chunk.data)
                 self.counters.bytes_written += len(chunk.data)
+                self._floor_stalls = 0
+                self.sizer.kept(len(chunk.data))
+                self.progress.kept(len(chunk.data), self.sizer.current)
+                if self.sizer.current != chunk_bytes:
+                    # Grown: the next request asks for the larger chunk (this stream keeps its size).
+                    self.counters.chunk_bytes = self.sizer.current
+                    return result
+        except grpc.RpcError as exc:
+            result.error = exc
         finally:
+            watchdog.stop()
             stream.cancel()
-        return offset
+        result.stalled = watchdog.stalled
+        return result
+
+    def _check_size(self, digest: str, chunk: device_pb2.BlobChunk, offset: int, expected_size: int) -> None:
+        if chunk.total_size and chunk.total_size != expected_size:
+            raise FetchError(
+                f"controller says {digest} is {chunk.total_size} bytes, the bundle declares "
+                f"{expected_size}; the bundle and the blob store disagree"
+            )
+        if offset + len(chunk.data) > expected_size:
+            raise FetchError(
+                f"controller sent {offset + len(chunk.data)} bytes of {digest}, more than the declared {expected_size}"
+            )
 
     def _write_inline(self, digest: str, content: bytes, dest: Path, expected_size: int, resume_from: int) -> None:
         if len(content) != expected_size:
