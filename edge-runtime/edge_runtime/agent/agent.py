@@ -203,6 +203,7 @@ class EdgeAgent:
         if self.config:
             self._use_trusted_keys(self.config)
         self.fetcher = parts.fetcher
+        self.fetcher.progress.listen(self._wake)  # download progress reaches the controller within seconds
         self.switcher = parts.switcher
         self.runner = parts.runner
         self._open_frames = parts.open_frames
@@ -349,6 +350,9 @@ class EdgeAgent:
                 self.fetcher.add_inline(ref_digest, content)
         self._offered = digest or None
         artifacts = bundle_artifacts(desired) if digest else ()
+        if digest:
+            # A download of another bundle stuck on a bad link must not hold up the new desired state.
+            self.driver.interrupt_download(keep=digest)
         self._queue.put_nowait(DesiredBundleChanged(digest, artifacts, desired.assignment_id, config, inference))
 
     # ------------------------------------------------------------------ reporting
@@ -370,6 +374,9 @@ class EdgeAgent:
                 "health_reason": self.health_reason,
             }
         )
+        download = self.fetcher.progress.snapshot()
+        if download is not None:
+            details.update({"download": download.to_dict()})
         state = common_pb2.ReportedState(
             running_bundle_digest=record.committed or "",
             running_config_digest=record.committed_config or self.configs.committed_digest or "",
@@ -443,6 +450,7 @@ class EdgeAgent:
                 "provider": snap.provider,
                 "known_revision": self.sync.known_revision,
                 "fetch": vars(self.fetcher.counters),
+                "download": download.to_dict() if (download := self.fetcher.progress.snapshot()) else None,
                 "update": record.to_dict(),
                 "last_verdict": _verdict_status(self.reporter.last_verdict),
             },
