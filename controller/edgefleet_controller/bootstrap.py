@@ -70,6 +70,7 @@ class Controller:
 
     async def start(self) -> None:
         await self.auth.write_bootstrap_admin(self.data_dir)
+        await self.bundles.remove_abandoned_uploads()
         if self.relay is not None:
             await self.relay.start()
         self.rollouts.start()

@@ -14,6 +14,8 @@ import os
 import subprocess
 import sys
 import tarfile
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,7 @@ from edgefleet_testing.controller import (
     running_controller,
 )
 from edgefleet_testing.faultproxy import FaultProxy
+from edgefleet_testing.waiting import wait_until
 from fleetctl.bundle_push import send_upload
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -324,3 +327,40 @@ async def test_fleetctl_reports_an_archive_read_error_mid_stream_as_itself(
         with grpc.insecure_channel(ctrl.address) as channel:
             reply = await asyncio.to_thread(send_upload, fleet_pb2_grpc.FleetServiceStub(channel), checked, c.admin)
         assert reply.created
+
+
+def test_a_controller_killed_mid_push_leaves_nothing_after_restart(cli: Cli, tmp_path: Path) -> None:
+    """kill -9 during a push leaves staged temp files; the next start removes those untouched for an hour
+    (a replica's push in progress is spared), no bundle was stored, and the push then succeeds."""
+    key = generate_keypair("kill-pub")
+    archive = publish_bundle(tmp_path / "w", key, extra={"padding": os.urandom(2 << 20)})
+    ctrl, data = cli.ctrl, cli.ctrl.data_dir
+    pub = tmp_path / f"{key.key_id}{PUBLIC_SUFFIX}"
+    pub.write_bytes(key.public_pem())
+    assert cli.run("keys", "trust", str(pub)).returncode == 0
+    release = threading.Event()
+
+    def held() -> Iterator[fleet_pb2.PushBundleRequest]:
+        yield from push_requests(archive)
+        release.wait(30)
+
+    with grpc.insecure_channel(ctrl.address) as channel:
+        call = fleet_pb2_grpc.FleetServiceStub(channel).PushBundle.future(
+            held(), metadata=(("authorization", f"Bearer {ctrl.admin_token}"),)
+        )
+        wait_until(lambda: staged_bytes(data) == artifact_bytes(archive), 20, "all artifacts staged")
+        ctrl.kill()
+        with pytest.raises(grpc.RpcError):
+            call.result(10)
+        release.set()
+    leftovers = list((data / "blobs" / "tmp").glob("*.part"))
+    assert leftovers  # what a dead controller leaves behind
+    hour_ago = time.time() - 3700
+    for path in leftovers:
+        os.utime(path, (hour_ago, hour_ago))
+    ctrl.start()
+    assert stored_files(data) == []
+    listing = cli.run("get", "bundles", "-o", "json")
+    assert json.loads(listing.stdout) == []
+    pushed = cli.run("bundle", "push", str(archive))
+    assert pushed.returncode == 0 and "pushed: classifier@1.0.0" in pushed.stdout, pushed

@@ -202,3 +202,26 @@ def test_any_content_round_trips_from_any_offset(
     offset = int(size * offset_fraction)
     with blobs.open_range(digest, offset) as reader:
         assert reader.read() == data[offset:]
+
+
+def test_seal_checks_and_keeps_the_blob_invisible_until_commit(tmp_path: Path) -> None:
+    """A push stages its artifacts sealed (verified, durable, invisible) and commits them only at the end;
+    an abort after sealing leaves nothing."""
+    blobs = BlobStore(tmp_path / "blobs")
+    digest = sha256_digest(DATA)
+    staged = blobs.open_writer(max_size=len(DATA))
+    staged.write(DATA)
+    assert staged.seal(digest) == (digest, len(DATA))
+    assert not blobs.has(digest) and len(_temp_files(blobs)) == 1
+    with pytest.raises(BlobDigestMismatch):
+        staged.seal(sha256_digest(b"other"))
+    assert staged.commit(digest) == (digest, len(DATA))
+    assert blobs.has(digest) and _temp_files(blobs) == []
+
+    dropped = blobs.open_writer()
+    dropped.write(b"abandoned")
+    dropped.seal()
+    dropped.abort()
+    assert _temp_files(blobs) == [] and not blobs.has(sha256_digest(b"abandoned"))
+    with pytest.raises(StoreError):
+        dropped.commit()

