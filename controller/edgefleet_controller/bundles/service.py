@@ -18,6 +18,8 @@ from typing import BinaryIO
 import structlog
 
 from edgefleet.contract.bundle import BundleManifest
+from edgefleet.contract.bundle_layout import MANIFEST_NAME
+from edgefleet.contract.bundle_limits import check_declared_sizes
 from edgefleet.contract.errors import ContractError
 from edgefleet.contract.signing import verify_signature
 from edgefleet_controller import errors as cerr
@@ -113,6 +115,7 @@ class BundleService:
         try:
             manifest = BundleManifest.from_json_bytes(manifest_bytes)
             key_id = verify_signature(manifest_bytes, sig_bytes, await self.auth.trusted_keys())
+            check_declared_sizes(manifest, source=MANIFEST_NAME)  # before any chunk is read
         except ContractError as exc:
             self.metrics.bundles_rejected.labels(type(exc).__name__).inc()
             raise cerr.InvalidArgument(f"bundle refused: {exc}") from None
