@@ -46,6 +46,8 @@ DEFAULT_CHUNK = 1 << 20
 #: and publishes within moments of its last one.
 ABANDONED_UPLOAD_S = 3600.0
 MAX_CHUNK = 4 << 20
+# Below this a device's adaptive chunk would cost more in per-message overhead than a reset re-sends.
+MIN_CHUNK = 4 << 10
 
 
 @dataclass(frozen=True)
@@ -243,7 +245,7 @@ class BundleService:
             )
         if not stored and (record := await self.integrity.quarantine_record(digest)) is not None:
             raise data_loss(record)
-        chunk = min(chunk_bytes or DEFAULT_CHUNK, MAX_CHUNK)
+        chunk = max(MIN_CHUNK, min(chunk_bytes or DEFAULT_CHUNK, MAX_CHUNK))
         f, total = await self._open_verified(digest, offset)
         # The next chunk is read from disk (in a worker thread) while the current one is being sent.
         pending: asyncio.Future[bytes] | None = (
