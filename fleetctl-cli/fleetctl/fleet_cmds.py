@@ -146,6 +146,22 @@ def get_sites(output: str = OutputOpt) -> None:
 RECENT_EVENTS = 10
 
 
+def download_line(reported: common_pb2.ReportedState) -> str | None:
+    """``download: 12.3 of 30.0 MB (41%), 210 KB/s, 37 resets, 2 stalls, chunk 64 KiB`` while the device reports an
+    artifact download in flight (``details.download``), else None."""
+    value = reported.details.fields.get("download")
+    if value is None or not value.HasField("struct_value"):
+        return None
+    d = {k: v.number_value for k, v in value.struct_value.fields.items() if v.HasField("number_value")}
+    kept, total = d.get("bytes_kept", 0.0), d.get("total_bytes", 0.0)
+    share = f" ({100 * kept / total:.0f}%)" if total else ""
+    return (
+        f"download:    {kept / 1e6:.1f} of {total / 1e6:.1f} MB{share}, {d.get('rate_bps', 0.0) / 1e3:.0f} KB/s, "
+        f"{d.get('resets', 0.0):.0f} resets, {d.get('stalls', 0.0):.0f} stalls, "
+        f"chunk {d.get('chunk_bytes', 0.0) / 1024:.0f} KiB"
+    )
+
+
 @describe_app.command("device")
 @grpc_errors
 def describe_device(device: str = typer.Argument(..., help="device id or name"), output: str = OutputOpt) -> None:
@@ -173,6 +189,7 @@ def describe_device(device: str = typer.Argument(..., help="device id or name"),
         f"running:     bundle {r.running_bundle_digest or '-'}  config {short_digest(r.running_config_digest)}",
         f"update:      {update_state_name(r.update_state)}  candidate {short_digest(r.candidate_bundle_digest)}  "
         f"{r.update_reason}",
+        *filter(None, [download_line(r)]),
         f"providers:   {', '.join(r.active_providers) or '-'}",
         f"slots:       {', '.join(short_digest(s) for s in r.slot_digests) or '-'}",
     ]
