@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from edgefleet.v1 import common_pb2, fleet_pb2, telemetry_pb2
 from fleetctl.durations import parse_duration
@@ -146,6 +147,13 @@ def get_sites(output: str = OutputOpt) -> None:
 RECENT_EVENTS = 10
 
 
+def health_reason(reported: common_pb2.ReportedState) -> str:
+    """A ``why: <reason>`` line when the device said why it is not SERVING (``details.health_reason``), else ''."""
+    value = reported.details.fields.get("health_reason")
+    reason = value.string_value if value is not None else ""
+    return f"\n             why: {escape(reason)}" if reason else ""
+
+
 def download_line(reported: common_pb2.ReportedState) -> str | None:
     """``download: 12.3 of 30.0 MB (41%), 210 KB/s, 37 resets, 2 stalls, chunk 64 KiB`` while the device reports an
     artifact download in flight (``details.download``), else None."""
@@ -183,7 +191,7 @@ def describe_device(device: str = typer.Argument(..., help="device id or name"),
         f"tags:        {', '.join(f'{k}={v}' for k, v in sorted(d.tags.items())) or '-'}",
         f"hardware:    {d.hardware.hardware_class}  cores={d.hardware.cpu_cores}  "
         f"providers={','.join(d.hardware.execution_providers) or '-'}",
-        f"health:      {health_name(d.health)}   last seen {age(d.last_seen)} ago",
+        f"health:      {health_name(d.health)}   last seen {age(d.last_seen)} ago{health_reason(r)}",
         f"desired:     bundle {d.desired.bundle_digest or '-'}  config {short_digest(d.desired.config_digest)}  "
         f"revision {d.desired.revision}  ({d.desired.reason or '-'})",
         f"running:     bundle {r.running_bundle_digest or '-'}  config {short_digest(r.running_config_digest)}",

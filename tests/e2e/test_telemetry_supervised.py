@@ -14,7 +14,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +104,14 @@ def reported_when(ctl: Controller, name: str, health: common_pb2.Health.ValueTyp
     return reported
 
 
+def fleetctl(ctl: Controller, *args: str) -> str:
+    """``fleetctl ARGS`` as an operator runs it against the controller; its stdout."""
+    env = {**os.environ, "EDGEFLEET_CONTROLLER": ctl.address, "EDGEFLEET_TOKEN": ctl.admin_token, "COLUMNS": "200"}
+    exe = Path(sys.executable).with_name("fleetctl")
+    proc = subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, timeout=60, check=True)
+    return proc.stdout
+
+
 def config_in_force(ctl: Controller, dev: EdgeProcess) -> dict[str, Any]:
     desired = ctl.device(dev.name).desired.config_digest
     return dev.wait_for(lambda s: s["update"]["committed_config"] == desired, 30, f"config {desired[:19]} in force")
@@ -157,7 +168,11 @@ def test_the_review_quota_configs_of_the_issue_keep_telemetry_flowing_with_count
         status = dev.status()
         assert telemetry_task(status)["total_failures"] == 0
         assert status["health"] == "HEALTH_SERVING", status.get("health_reason")
-        assert ctl.device("quota").health == common_pb2.HEALTH_SERVING
+        assert status["telemetry_too_large"]["review_too_large"] >= 2
+        reported = ctl.device("quota").reported
+        assert reported.health == common_pb2.HEALTH_SERVING
+        too_large = reported.details["telemetry_too_large"]
+        assert isinstance(too_large, float) and too_large >= 2
     log = dev.log.read_text(errors="replace")
     assert '"telemetry.record_too_large"' in log
     assert '"agent.task_failed"' not in log
@@ -184,6 +199,8 @@ def test_a_telemetry_task_killed_inside_the_process_is_restarted_and_health_is_d
         assert "TaskDrillError" in degraded["health_reason"]
         reported = reported_when(ctl, "drill", common_pb2.HEALTH_DEGRADED)
         assert "telemetry task failed" in str(reported.details["health_reason"])
+        described = fleetctl(ctl, "describe", "device", "drill")
+        assert "health:      degraded" in described and "why: telemetry task failed" in described
         # Both drilled runs fail, the third one stays up: SERVING again, at the device and the controller.
         dev.wait_for(lambda s: telemetry_task(s)["total_failures"] == 2, 30, "second failure")
         back = dev.wait_for(lambda s: s["health"] == "HEALTH_SERVING", 30, "SERVING again")

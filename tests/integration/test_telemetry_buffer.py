@@ -326,6 +326,7 @@ def test_a_record_that_can_never_fit_is_dropped_and_counted_and_the_rest_of_its_
     assert seqs == [1, 2]
     assert [r.cls for r in buf.records(seqs)] == [RecordClass.EVENT, RecordClass.REVIEW]
     assert buf.peek_batch(10).dropped == ()
+    assert buf.too_large_counts() == {"review_too_large": 3, "metrics_too_large": 1}
     assert buf.dropped_counts() == {
         "event": 0,
         "metrics": 0,
@@ -344,6 +345,7 @@ def test_a_record_that_can_never_fit_is_dropped_and_counted_and_the_rest_of_its_
     # The count is durable.
     reopened = open_buffer(path, max_bytes=64 * 1024, review_quota_bytes=16 * 1024)
     assert reopened.dropped_counts()["review_too_large"] == 3
+    assert reopened.too_large_counts() == {"review_too_large": 3, "metrics_too_large": 1}
     assert reopened.append(event(5)) == 3
     reopened.close()
 

@@ -372,6 +372,8 @@ class EdgeAgent:
                 "serving_bundle": snap.serving or "",
                 "events_dropped": self.reporter.dropped,
                 "health_reason": self.health_reason,
+                # Telemetry records that could never fit the buffer (e.g. review samples over the quota).
+                "telemetry_too_large": sum(self.telemetry.buffer.too_large_counts().values()),
             }
         )
         download = self.fetcher.progress.snapshot()
@@ -440,6 +442,7 @@ class EdgeAgent:
                 "health": common_pb2.Health.Name(self.health),
                 "health_reason": self.health_reason or None,
                 "tasks": self.supervisor.status(),
+                "telemetry_too_large": self.telemetry.buffer.too_large_counts(),
                 "health_port": self.health_endpoint.port,
                 "online": self.sync.online,
                 "frames_inferred": snap.frames_inferred,

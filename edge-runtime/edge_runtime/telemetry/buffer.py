@@ -90,9 +90,12 @@ PROGRESS_PREFIX: Final = "progress."
 _NOT_CORRUPTION: Final = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM")
 
 
+TOO_LARGE_SUFFIX: Final = "_too_large"
+
+
 def too_large_key(cls: RecordClass) -> str:
     """The ``dropped_counts`` key of records of ``cls`` dropped because one alone is over the bound."""
-    return f"{cls.value}_too_large"
+    return cls.value + TOO_LARGE_SUFFIX
 
 
 def _utc_now() -> datetime:
@@ -159,6 +162,7 @@ class TelemetryBuffer(contextlib.AbstractContextManager["TelemetryBuffer", None]
         self._counts: dict[RecordClass, int] = dict.fromkeys(RecordClass, 0)
         self._deleted_since_compact = 0
         self._too_large_logged: set[RecordClass] = set()
+        self._too_large: dict[str, int] = {}  # the persistent <class>_too_large counts, without a query
         self._open()
 
     # ------------------------------------------------------------------ open / create / reset
@@ -225,6 +229,10 @@ class TelemetryBuffer(contextlib.AbstractContextManager["TelemetryBuffer", None]
         self.epoch, self._next_seq, self._acked_through = stored.epoch, stored.next_seq, stored.acked_through
         self._bytes.update(stored.bytes_by_class)
         self._counts.update(stored.counts_by_class)
+        self._too_large = {
+            str(key): int(n)
+            for key, n in conn.execute("SELECT cls, count FROM drops WHERE cls LIKE ?", ("%" + TOO_LARGE_SUFFIX,))
+        }
 
     def _move_aside(self) -> Path:
         return move_aside(self.path, self._clock().strftime("%Y%m%dT%H%M%S%fZ"))
@@ -247,6 +255,7 @@ class TelemetryBuffer(contextlib.AbstractContextManager["TelemetryBuffer", None]
         self._conn = conn
         self._next_seq = 1
         self._acked_through = 0
+        self._too_large = {}
         log.info("telemetry.buffer_created", path=str(self.path), epoch=self.epoch)
 
     def _record_reset(self, reason: str, moved: Path | None) -> None:
@@ -339,6 +348,10 @@ class TelemetryBuffer(contextlib.AbstractContextManager["TelemetryBuffer", None]
                             (too_large_key(cls), n),
                         )
             self._next_seq = first + len(rows)
+            for cls, n in too_large.items():
+                if n:
+                    key = too_large_key(cls)
+                    self._too_large[key] = self._too_large.get(key, 0) + n
             self._bytes = bytes_
             self._counts = counts
             if any(dropped.values()):
@@ -569,6 +582,11 @@ class TelemetryBuffer(contextlib.AbstractContextManager["TelemetryBuffer", None]
         with self._lock:
             rows = self._db.execute("SELECT cls, count FROM drops").fetchall()
         return {str(c): int(n) for c, n in rows}
+
+    def too_large_counts(self) -> dict[str, int]:
+        """The ``<class>_too_large`` part of ``dropped_counts()``, from memory (cheap: status, reports)."""
+        with self._lock:
+            return dict(self._too_large)
 
     def bytes_used(self) -> int:
         """Bytes on disk: the database file plus its WAL."""
