@@ -9,6 +9,7 @@ asyncio loop in a daemon thread, so synchronous and asynchronous tests drive it 
         proxy.reset_every_bytes = 3 << 20 # reset each connection after this many downstream bytes
         proxy.reset_all()                 # reset every open connection now
         proxy.blackhole = True            # accept, then silently drop everything (a dead link)
+        proxy.blackhole_every(20, 5)      # a dead link for 5 s out of every 20 s, from now on
         proxy.refuse = True               # close new connections at once (host down)
 
 Every loop is bounded by the connections' lifetime; ``close()`` (or leaving the ``with``) stops it all.
@@ -26,10 +27,15 @@ from dataclasses import dataclass
 
 @dataclass
 class ProxyStats:
+    """Exact counts: bytes are counted when forwarded (a reset's last partial write included); bytes
+    swallowed by a blackhole are ``bytes_blackholed``, never ``bytes_up``/``bytes_down``."""
+
     connections: int = 0
     resets: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
+    bytes_blackholed: int = 0
+    blackholes: int = 0  # scheduled blackhole windows opened
 
 
 class FaultProxy:
@@ -41,6 +47,8 @@ class FaultProxy:
         self.blackhole = False
         self.refuse = False
         self.stats = ProxyStats()
+        self._scheduled_blackhole = False
+        self._schedule: asyncio.Task[None] | None = None
         self._loop = asyncio.new_event_loop()
         self._writers: set[asyncio.StreamWriter] = set()
         self._ready = threading.Event()
@@ -62,11 +70,44 @@ class FaultProxy:
         """Reset (RST) every open connection now."""
         self._loop.call_soon_threadsafe(self._reset_all)
 
+    @property
+    def blackholed(self) -> bool:
+        """Whether the link drops everything now (``blackhole`` or a scheduled window)."""
+        return self.blackhole or self._scheduled_blackhole
+
+    def blackhole_every(self, every_s: float, for_s: float, *, first_in_s: float | None = None) -> None:
+        """From now on, blackhole the link for ``for_s`` out of every ``every_s`` seconds; the first window
+        opens after ``first_in_s`` (default ``every_s - for_s``). ``every_s`` 0 stops the schedule."""
+        if every_s and not 0 < for_s < every_s:
+            raise ValueError(f"blackhole_every: for_s must be in (0, every_s={every_s}), got {for_s}")
+        first = every_s - for_s if first_in_s is None else first_in_s
+
+        async def schedule() -> None:
+            await asyncio.sleep(first)
+            while True:
+                self._scheduled_blackhole = True
+                self.stats.blackholes += 1
+                await asyncio.sleep(for_s)
+                self._scheduled_blackhole = False
+                await asyncio.sleep(every_s - for_s)
+
+        def restart() -> None:
+            if self._schedule is not None:
+                self._schedule.cancel()
+                self._schedule = None
+            self._scheduled_blackhole = False
+            if every_s:
+                self._schedule = self._loop.create_task(schedule())
+
+        self._loop.call_soon_threadsafe(restart)
+
     def close(self) -> None:
         if self._loop.is_closed():
             return
 
         async def shutdown() -> None:
+            if self._schedule is not None:
+                self._schedule.cancel()
             if self._server is not None:
                 self._server.close()
             self._reset_all()
@@ -147,7 +188,8 @@ class FaultProxy:
                 data = await reader.read(16 * 1024)
                 if not data:
                     return
-                if self.blackhole:
+                if self.blackholed:
+                    self.stats.bytes_blackholed += len(data)
                     continue  # swallowed: the peer sees a live socket that never answers
                 if self.latency_s:
                     await asyncio.sleep(self.latency_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -66,3 +67,24 @@ def test_blackhole_times_out(echo_port: int) -> None:
         proxy.blackhole = True
         with pytest.raises(TimeoutError):
             _roundtrip(proxy.port, b"z" * 10, timeout=0.5)
+
+
+def test_scheduled_blackholes_open_and_close_on_time_and_count(echo_port: int) -> None:
+    with FaultProxy(echo_port) as proxy:
+        proxy.blackhole_every(2.0, 0.5, first_in_s=0.2)
+        assert _roundtrip(proxy.port, b"a" * 1000) == b"a" * 1000  # before the first window
+        time.sleep(0.3)  # inside the window [0.2, 0.7)
+        assert proxy.blackholed
+        with pytest.raises(TimeoutError):
+            _roundtrip(proxy.port, b"b" * 10, timeout=0.15)
+        time.sleep(0.5)  # after it: [0.7, 2.2) is open
+        assert not proxy.blackholed
+        assert _roundtrip(proxy.port, b"c" * 1000) == b"c" * 1000
+        assert proxy.stats.blackholes == 1
+        assert proxy.stats.bytes_blackholed == 10
+        assert proxy.stats.bytes_up == proxy.stats.bytes_down == 2000, "swallowed bytes are not forwarded bytes"
+        proxy.blackhole_every(0, 0)
+        time.sleep(1.5)  # past where the next window would have opened
+        assert not proxy.blackholed and proxy.stats.blackholes == 1
+    with pytest.raises(ValueError, match="for_s must be in"):
+        FaultProxy(echo_port).blackhole_every(5, 5)
