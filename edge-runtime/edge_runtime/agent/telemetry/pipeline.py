@@ -127,8 +127,11 @@ class TelemetryPipeline:
         self.observe_failures = 0
         self._commit_lock = threading.Lock()  # appends that carry a frames-through mark, in mark order
         self.declared_gap: telemetry_pb2.DeviceEvent | None = None
+        self._unsaved_gap: tuple[list[Body], int, datetime] | None = None
         self.frames_observed = self._declare_unreported(data_dir / "telemetry" / CHECKPOINT_NAME)
-        self._frames_through = self.frames_observed
+        # Until an unsaved gap is stored, the buffer's mark is still the old one.
+        through = frames_through(self.buffer)
+        self._frames_through = (through.frames if through else 0) if self._unsaved_gap else self.frames_observed
         self._checkpoint = FrameCheckpoint(
             data_dir / "telemetry" / CHECKPOINT_NAME,
             frames=self.frames_observed,
@@ -162,7 +165,9 @@ class TelemetryPipeline:
         try:
             self.buffer.append_many(items, progress=_through_marks(result.base, now))
         except Exception as exc:
+            # Retried by every flush until it is stored: the gap and its mark must commit together.
             log.error("telemetry.frame_gap_append_failed", error=str(exc), gap=str(result.gap))
+            self._unsaved_gap = (items, result.base, now)
         return result.base
 
     def _commit(self, items: list[Body], through: int | None, at: datetime) -> None:
@@ -347,6 +352,9 @@ class TelemetryPipeline:
 
     async def flush(self, *, force: bool = False) -> int:
         """Append every closed window and queued record to the buffer; returns how many were appended."""
+        if self._unsaved_gap is not None:
+            await asyncio.to_thread(self._commit, *self._unsaved_gap)
+            self._unsaved_gap = None
         now = self._clock()
         with self._lock:
             due = force or any(a.due(now) for a in self._windows.values())
