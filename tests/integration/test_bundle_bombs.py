@@ -41,7 +41,10 @@ BOMBS: dict[str, tuple[list[NpyMember], str]] = {
         f"member 'input.input.npy' declares {4 * FLOATS_2GIB + 128} bytes uncompressed",
     ),
     "zip-lie.npz": (
-        [NpyMember("input.input.npy", npy_header((1, 218)), 4 * FLOATS_2GIB, file_size=1000), OUTPUT],
+        [
+            NpyMember("input.input.npy", npy_header((1, 218)), 4 * FLOATS_2GIB, file_size=1000, crc_of="declared"),
+            OUTPUT,
+        ],
         "member 'input.input.npy' declares 1000 bytes uncompressed but holds",
     ),
     "header-lie.npz": (

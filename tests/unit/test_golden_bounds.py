@@ -42,10 +42,13 @@ def bombs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_zero_npz(
         root / "honest.npz", [NpyMember("input.input.npy", npy_header((BOMB_FLOATS,)), 4 * BOMB_FLOATS), small_output]
     )
-    # The zip header lies: file_size 1,000 while the deflate stream inflates to 2 GiB.
+    # The zip header lies: file_size 1,000 (and the CRC of those 1,000 bytes) while the stream inflates to 2 GiB.
     write_zero_npz(
         root / "zip-lie.npz",
-        [NpyMember("input.input.npy", npy_header((218,)), 4 * BOMB_FLOATS, file_size=1000), small_output],
+        [
+            NpyMember("input.input.npy", npy_header((218,)), 4 * BOMB_FLOATS, file_size=1000, crc_of="declared"),
+            small_output,
+        ],
     )
     # A subtler zip lie: file_size 10 MiB + header (plausible for its 2 MB of compressed data), stream 512 MiB.
     ten = 10 * MiB // 4
@@ -245,6 +248,12 @@ def test_signed_bomb_is_refused_by_verification_and_fleetctl_verify(
     assert (
         f"{bomb_archive}: artifacts/golden.npz: member 'input.input.npy' declares 2147483776 bytes uncompressed"
         in " ".join(result.output.split())
+    )
+    # 'fleetctl bundle push' refuses it with the same reason before it connects to anything.
+    pushed = CliRunner().invoke(app, ["bundle", "push", str(bomb_archive)])
+    assert pushed.exit_code == 2, pushed.output
+    assert "golden.npz: member 'input.input.npy' declares 2147483776 bytes uncompressed" in " ".join(
+        pushed.output.split()
     )
     # The same publisher's good bundle, next: verified.
     result = CliRunner().invoke(
