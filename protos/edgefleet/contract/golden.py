@@ -34,7 +34,8 @@ from edgefleet.contract.errors import BundleFormatError, UnsafeArchiveError
 
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _READ_CHUNK = 1024 * 1024
-_MEMBER_RE = re.compile(r"^(?:input|output)\.[A-Za-z0-9_.:/-]{1,200}\.npy$")
+# Tensor names become dict keys only (never paths): anything printable, bounded in length.
+_MEMBER_RE = re.compile(r"^(?:input|output)\.[^\x00-\x1f\x7f]{1,200}\.npy$")
 _NUMERIC_KINDS = frozenset("biufc")
 # End of central directory record (and the zip64 locator that may precede it), as in the zip specification.
 _EOCD = struct.Struct("<4s4H2LH")
@@ -178,7 +179,7 @@ def _checked_infos(archive: zipfile.ZipFile, path: str, limits: BundleLimits) ->
     total = 0
     for info in infos:
         name = info.filename
-        if not _MEMBER_RE.match(name) or ".." in name:
+        if not _MEMBER_RE.match(name):
             raise BundleFormatError(f"{path}: member {name[:80]!r} is not an input.<name>.npy/output.<name>.npy array")
         if name in seen:
             raise BundleFormatError(f"{path}: member '{name}' appears twice")
