@@ -35,7 +35,7 @@ def test_a_review_quota_below_one_review_sample_is_refused_with_the_arithmetic()
 def test_the_configs_of_the_issue_are_valid_zero_turns_sampling_off() -> None:
     merged({"review_quota_bytes": 0})
     # (a 64 KiB buffer also needs batch_max_bytes within it: the default 1 MiB batch is refused)
-    with pytest.raises(ManifestError, match="batch_max_bytes: must be <= telemetry.buffer_max_bytes"):
+    with pytest.raises(ManifestError, match=r"batch_max_bytes: must be <= telemetry\.buffer_max_bytes"):
         merged({"buffer_max_bytes": 65536, "review_quota_bytes": 16384})
     merged({"buffer_max_bytes": 65536, "review_quota_bytes": 16384, "batch_max_bytes": 65536})
     merged({"review_quota_bytes": MIN_REVIEW_RECORD_BYTES})

@@ -20,8 +20,7 @@ stored; links can be down for hours. What this module guarantees, and how:
 - **One record that can never fit is dropped, never fatal.** A record larger than ``max_bytes`` (or a
   review sample larger than ``review_quota_bytes``; 0 means no review is ever kept) is not stored and gets
   no seq; the rest of its batch is appended. It is counted under ``<class>_too_large`` in
-  ``dropped_counts()`` (so it reaches the controller in ``MetricWindow.dropped``) and the first one of each
-  class is logged with its size and the bound (``telemetry.record_too_large``).
+  ``dropped_counts()`` (so it reaches the controller in ``MetricWindow.dropped``); see ``oversize``.
 - **Callers' marks commit with the records.** ``append_many(progress=...)`` writes the caller's keys
   (``progress_value``) in the same transaction: the pipeline's frames-through count says exactly which
   frames the durable windows cover (``telemetry.frame_gap``). A recreated store has none.
@@ -61,6 +60,7 @@ from typing import Final
 import structlog
 
 from edge_runtime.telemetry.errors import TelemetryBufferError, UnusableStoreError
+from edge_runtime.telemetry.oversize import Oversize
 from edge_runtime.telemetry.records import (
     CLASS_CODE,
     CLASS_OF_CODE,
@@ -88,14 +88,6 @@ log = structlog.get_logger(__name__)
 # Callers' marks live in ``meta`` under this prefix, apart from the buffer's own keys.
 PROGRESS_PREFIX: Final = "progress."
 _NOT_CORRUPTION: Final = ("SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_CANTOPEN", "SQLITE_READONLY", "SQLITE_PERM")
-
-
-TOO_LARGE_SUFFIX: Final = "_too_large"
-
-
-def too_large_key(cls: RecordClass) -> str:
-    """The ``dropped_counts`` key of records of ``cls`` dropped because one alone is over the bound."""
-    return cls.value + TOO_LARGE_SUFFIX
 
 
 def _utc_now() -> datetime:
@@ -161,8 +153,7 @@ class TelemetryBuffer(contextlib.AbstractContextManager["TelemetryBuffer", None]
         self._bytes: dict[RecordClass, int] = dict.fromkeys(RecordClass, 0)
         self._counts: dict[RecordClass, int] = dict.fromkeys(RecordClass, 0)
         self._deleted_since_compact = 0
-        self._too_large_logged: set[RecordClass] = set()
-        self._too_large: dict[str, int] = {}  # the persistent <class>_too_large counts, without a query
+        self._oversize = Oversize(self.path, max_bytes=max_bytes, review_quota_bytes=review_quota_bytes)
         self._open()
 
     # ------------------------------------------------------------------ open / create / reset
@@ -229,10 +220,7 @@ class TelemetryBuffer(contextlib.AbstractContextManager["TelemetryBuffer", None]
         self.epoch, self._next_seq, self._acked_through = stored.epoch, stored.next_seq, stored.acked_through
         self._bytes.update(stored.bytes_by_class)
         self._counts.update(stored.counts_by_class)
-        self._too_large = {
-            str(key): int(n)
-            for key, n in conn.execute("SELECT cls, count FROM drops WHERE cls LIKE ?", ("%" + TOO_LARGE_SUFFIX,))
-        }
+        self._oversize.load(conn)
 
     def _move_aside(self) -> Path:
         return move_aside(self.path, self._clock().strftime("%Y%m%dT%H%M%S%fZ"))
@@ -255,7 +243,7 @@ class TelemetryBuffer(contextlib.AbstractContextManager["TelemetryBuffer", None]
         self._conn = conn
         self._next_seq = 1
         self._acked_through = 0
-        self._too_large = {}
+        self._oversize.load(None)
         log.info("telemetry.buffer_created", path=str(self.path), epoch=self.epoch)
 
     def _record_reset(self, reason: str, moved: Path | None) -> None:
@@ -314,7 +302,7 @@ class TelemetryBuffer(contextlib.AbstractContextManager["TelemetryBuffer", None]
                 seq = first + len(rows)
                 payload = encode_record(seq, field, body_bytes)
                 size = record_footprint(len(payload), self.page_size)
-                if self._never_fits(cls, len(payload), size):
+                if self._oversize.never_fits(cls, len(payload), size):
                     too_large[cls] += 1  # no seq: it never entered the store
                     continue
                 rows.append((seq, CLASS_CODE[cls], size, payload))
@@ -340,50 +328,14 @@ class TelemetryBuffer(contextlib.AbstractContextManager["TelemetryBuffer", None]
                 for cls, n in dropped.items():
                     if n:
                         db.execute("UPDATE drops SET count = count + ? WHERE cls = ?", (n, cls.value))
-                for cls, n in too_large.items():
-                    if n:
-                        db.execute(
-                            "INSERT INTO drops(cls, count) VALUES (?, ?) "
-                            "ON CONFLICT(cls) DO UPDATE SET count = count + excluded.count",
-                            (too_large_key(cls), n),
-                        )
+                self._oversize.store(db, too_large)
             self._next_seq = first + len(rows)
-            for cls, n in too_large.items():
-                if n:
-                    key = too_large_key(cls)
-                    self._too_large[key] = self._too_large.get(key, 0) + n
+            self._oversize.committed(too_large)
             self._bytes = bytes_
             self._counts = counts
             if any(dropped.values()):
                 self._after_drops(dropped)
             return [r[0] for r in rows]
-
-    def _never_fits(self, cls: RecordClass, payload_len: int, size: int) -> bool:
-        """Whether a record of ``size`` stored bytes is over the bound (or, for a review, the quota); logs
-        the first such record of each class per open store, with the sizes."""
-        limit, bound = self.max_bytes, "max_bytes"
-        if cls is RecordClass.REVIEW and self.review_quota_bytes < limit:
-            limit, bound = self.review_quota_bytes, "review_quota_bytes"
-        if size <= limit:
-            return False
-        if cls not in self._too_large_logged:
-            self._too_large_logged.add(cls)
-            log.warning(
-                "telemetry.record_too_large",
-                path=str(self.path),
-                record_class=cls.value,
-                payload_bytes=payload_len,
-                stored_bytes=size,
-                bound=bound,
-                limit_bytes=limit,
-                hint=(
-                    "review sampling is off (review_quota_bytes 0)"
-                    if cls is RecordClass.REVIEW and limit == 0
-                    else f"dropped and counted as dropped[{too_large_key(cls)!r}]; raise telemetry.{bound} "
-                    "or make the record smaller (review: lower review.jpeg_quality or the frame size)"
-                ),
-            )
-        return True
 
     def _enforce(
         self,
@@ -578,7 +530,7 @@ class TelemetryBuffer(contextlib.AbstractContextManager["TelemetryBuffer", None]
 
     def dropped_counts(self) -> dict[str, int]:
         """Records dropped since this store was created (persistent): by the policy, by class; and records
-        that could never fit, under ``too_large_key(cls)`` (``review_too_large``), present once one was."""
+        that could never fit, under ``oversize.too_large_key(cls)`` (``review_too_large``), once one was."""
         with self._lock:
             rows = self._db.execute("SELECT cls, count FROM drops").fetchall()
         return {str(c): int(n) for c, n in rows}
@@ -586,7 +538,7 @@ class TelemetryBuffer(contextlib.AbstractContextManager["TelemetryBuffer", None]
     def too_large_counts(self) -> dict[str, int]:
         """The ``<class>_too_large`` part of ``dropped_counts()``, from memory (cheap: status, reports)."""
         with self._lock:
-            return dict(self._too_large)
+            return self._oversize.counts()
 
     def bytes_used(self) -> int:
         """Bytes on disk: the database file plus its WAL."""
