@@ -71,7 +71,12 @@ class StagedPush:
             if await run_to_end(lambda: self.blobs.has(digest)):
                 self.stored_before.add(digest)
             self._digest = digest
-            self._writer = await run_to_end(lambda: self.blobs.open_writer(max_size=ref.size))
+
+            def open_writer() -> None:
+                # assigned in the thread: a push cancelled meanwhile still finds the writer to discard
+                self._writer = self.blobs.open_writer(max_size=ref.size)
+
+            await run_to_end(open_writer)
         writer = self._writer
         assert writer is not None
         try:
