@@ -133,10 +133,9 @@ def test_frames_processed_equal_frames_stored_plus_declared_lost_over_nine_stops
         address = f"127.0.0.1:{controller.port}"
         dev: EdgeProcess | None = None
 
-        def start(after: str, *, online: bool = True) -> EdgeProcess:
+        def start(after: str) -> EdgeProcess:
             lives.append(Life(time.time(), after))
-            edge = start_edge(address, data, token, name="cam", source="synthetic:30", wait_online=online)
-            return edge
+            return start_edge(address, data, token, name="cam", source="synthetic:30")
 
         def serving_frames(edge: EdgeProcess) -> float:
             """Wait for this life's first inferred frame (the frame log grows): its first window opens then."""

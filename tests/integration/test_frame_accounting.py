@@ -50,9 +50,9 @@ DRIVER = textwrap.dedent(
 
     data, smi, steps = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
     config = {"review": {"sample_rate": 0.0, "low_confidence_below": 0.0}}
+    sensors = SensorReader(data_dir=data, root=data / "no-sysfs", nvidia_smi=None, timeout_s=60.0)
     pipeline = TelemetryPipeline(
-        data, stub=lambda: None, metadata=lambda: (), config=lambda: config,
-        sensors=SensorReader(data_dir=data, root=data / "no-sysfs", nvidia_smi=smi, timeout_s=60.0),
+        data, stub=lambda: None, metadata=lambda: (), config=lambda: config, sensors=sensors
     )
     image = np.zeros((2, 2, 3), np.uint8)
     result = FrameResult(0, (), 0.5, Timings(1.0, 2.0, 1.0, 4.0), "CPUExecutionProvider", "DIGEST")
@@ -64,10 +64,9 @@ DRIVER = textwrap.dedent(
                 for i in range(int(arg)):
                     pipeline.observe(Frame(i, image, time.time()), "DIGEST", result)
             elif name == "flush":
-                pipeline._sensors.nvidia_smi = None
                 await pipeline.flush(force=True)
-                pipeline._sensors.nvidia_smi = smi
             elif name == "stall-flush":
+                sensors.nvidia_smi = smi  # the flush's sensor read now hangs
                 print("stall-flush", flush=True)
                 await pipeline.flush(force=True)
             elif name == "hang":
