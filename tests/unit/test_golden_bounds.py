@@ -218,6 +218,22 @@ def test_malformed_members_are_refused(
         load_golden(path)
 
 
+def test_stored_member_whose_sizes_disagree_is_refused(tmp_path: Path) -> None:
+    header = npy_header((1, 4))
+    lie = NpyMember("input.x.npy", header, 16, method="stored", file_size=len(header) + 1600)
+    path = write_zero_npz(tmp_path / "st.npz", [lie])
+    with pytest.raises(UnsafeArchiveError, match="is stored uncompressed but declares 1728 bytes with 144 stored"):
+        check_golden(path)
+
+
+def test_other_zip_compression_methods_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bz.npz"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_BZIP2) as zf:
+        zf.writestr("input.x.npy", npy_header((1,)) + bytes(4))
+    with pytest.raises(BundleFormatError, match="uses zip compression method 12; only stored or deflated"):
+        load_golden(path)
+
+
 def test_golden_file_over_the_ceiling_on_disk_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "big.npz"
     path.write_bytes(bytes(4096))
