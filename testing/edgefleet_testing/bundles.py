@@ -3,7 +3,7 @@ classifier bundle from a generated model; ``push_requests`` is the ``PushBundle`
 
 from __future__ import annotations
 
-import os
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +46,8 @@ def make_bundle(
     scene_matmuls: int = 0,
 ) -> SignedBundle:
     """Generate a classifier (size×size, one class per label), build, sign and pack a bundle under ``workdir``;
-    ``padding_bytes`` adds a random ``padding`` artifact to make downloads as large as a test needs.
+    ``padding_bytes`` adds a random ``padding`` artifact (seeded by ``seed``) to make downloads as large as a
+    test needs.
 
     Regressed candidates for canary tests: ``logit_shift`` moves the confidence distribution (drift →
     canary FAIL against a same-seed baseline), ``extra_matmuls`` makes the model slower (latency FAIL),
@@ -78,7 +79,8 @@ def make_bundle(
     extra: dict[str, Path] = {}
     if padding_bytes:
         pad = workdir / "padding.bin"
-        pad.write_bytes(os.urandom(padding_bytes))
+        # Random (incompressible) and reproducible: the same seed gives the same bytes.
+        pad.write_bytes(random.Random(seed).randbytes(padding_bytes))
         extra["padding"] = pad
     bundle_dir = workdir / "bundle"
     manifest = build_bundle(spec, bundle_dir, extra_artifacts=extra, golden_count=2 if watch_golden else 1)

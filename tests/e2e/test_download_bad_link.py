@@ -1,0 +1,142 @@
+"""A 30 MB update with DEFAULT flags over a bad link: a real controller process, a real ``edge-runtime`` process
+connected through the fault proxy (resets every 256 KiB, 5 s blackholes every 20 s; then the same under a
+3 Mbit/s cap). The device commits the bundle, re-sends at most 64 KiB per reset (counted by the proxy), no
+blackhole or reset spends a download attempt, and ``fleetctl describe device`` shows the download's progress,
+rate and resets while it runs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from google.protobuf.json_format import MessageToDict
+
+from edgefleet.contract.bundle_layout import MANIFEST_NAME, SIGNATURE_NAME
+from edgefleet.contract.signing import SigningKey
+from edgefleet.v1 import fleet_pb2
+from edgefleet_testing.bundles import SignedBundle, make_bundle
+from edgefleet_testing.faultproxy import FaultProxy
+from edgefleet_testing.fleet import Controller, EdgeProcess, running_edge, start_controller
+from edgefleet_testing.waiting import wait_until
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+PADDING = 30_000_000
+RESET_EVERY = 256 << 10
+MAX_RESENT_PER_RESET = 64 << 10
+CAP_BPS = 3_000_000 / 8  # the proxy's bandwidth is in bytes per second
+
+
+@dataclass
+class Fleet:
+    ctl: Controller
+    key: SigningKey
+    root: Path
+
+    def big(self, version: str, seed: int) -> SignedBundle:
+        bundle = make_bundle(self.root / version, self.key, version=version, seed=seed, padding_bytes=PADDING)
+        self.ctl.push(bundle)
+        return bundle
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    root = tmp_path_factory.mktemp("badlink")
+    with start_controller(root / "ctl") as ctl:
+        key = ctl.trust_new_key(root / "keys")
+        ctl.apply_config(watch_window_s=0.5)
+        yield Fleet(ctl, key, root)
+
+
+def fetched_bytes(bundle: SignedBundle) -> int:
+    """What the artifacts need over FetchBlob (bundle.json and bundle.sig come inside the desired state)."""
+    files = [p for p in bundle.directory.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files if p.name not in (MANIFEST_NAME, SIGNATURE_NAME))
+
+
+def fleetctl(ctl: Controller, *args: str) -> str:
+    env = {**os.environ, "EDGEFLEET_CONTROLLER": ctl.address, "EDGEFLEET_TOKEN": ctl.admin_token, "COLUMNS": "200"}
+    env.pop("FORCE_COLOR", None)
+    exe = Path(sys.executable).with_name("fleetctl")
+    proc = subprocess.run([str(exe), *args], capture_output=True, text=True, env=env, timeout=60, cwd=str(REPO))
+    assert proc.returncode == 0, proc
+    return proc.stdout
+
+
+def download_details(ctl: Controller, device: str) -> dict[str, float] | None:
+    details = MessageToDict(ctl.device(device).reported.details)
+    download = details.get("download")
+    return download if isinstance(download, dict) else None
+
+
+def update_through(
+    fleet: Fleet, proxy: FaultProxy, dev: EdgeProcess, bundle: SignedBundle, timeout: float
+) -> dict[str, object]:
+    """Desire ``bundle`` on ``dev`` over the link as ``proxy`` is set, 5 s blackholes every 20 s from the
+    moment the download is under way (the first one 0.5 s later, so it hits the download); watch the download
+    from the operator's side; return the device's status at commit."""
+    down, resets = proxy.stats.bytes_down, proxy.stats.resets
+    started = time.monotonic()
+    fleet.ctl.set_desired(dev.name, bundle.digest)
+    dev.wait_for(lambda s: s["download"] is not None and s["download"]["bytes_kept"] > 0, 30, "download under way")
+    proxy.blackhole_every(20, 5, first_in_s=0.5)
+    wait_until(
+        lambda: (d := download_details(fleet.ctl, dev.name)) and d["resets"] > 0 and d["bytes_kept"] > 0,
+        timeout / 2,
+        "the controller sees the download in flight, bytes kept and resets",
+    )
+    described = fleetctl(fleet.ctl, "describe", "device", dev.name)
+    line = next((ln for ln in described.splitlines() if ln.startswith("download:")), None)
+    assert line is not None, described
+    assert " MB (" in line and "KB/s" in line and "chunk" in line and " 0 resets" not in line, line
+
+    status = dev.committed(bundle.digest, timeout=timeout)
+    took = time.monotonic() - started
+    lost = proxy.stats.resets - resets
+    assert lost >= 20, proxy.stats
+    resent = (proxy.stats.bytes_down - down - fetched_bytes(bundle)) / lost
+    assert resent <= MAX_RESENT_PER_RESET, (resent, proxy.stats, status["fetch"])
+    events = fleet.ctl.fleet.ListDeviceEvents(
+        fleet_pb2.ListDeviceEventsRequest(device=dev.name, limit=100), metadata=fleet.ctl.md, timeout=10
+    )
+    spent = [e.reason for e in events.events if "download attempt" in e.reason or "download failed" in e.reason]
+    assert spent == [], "link trouble must not spend download attempts"
+    print(f"committed after {took:.0f} s; proxy {proxy.stats}; re-sent {resent / 1024:.1f} KiB per reset")
+    return status
+
+
+def test_30mb_update_with_default_flags_completes_through_resets_and_blackholes(fleet: Fleet, tmp_path: Path) -> None:
+    bundle = fleet.big("30.0.0-resets", seed=30)
+    with (
+        FaultProxy(fleet.ctl.port) as proxy,
+        running_edge(proxy.address, tmp_path / "resets", fleet.ctl.enrollment_token("lab"), name="resets") as dev,
+    ):
+        proxy.reset_every_bytes = RESET_EVERY
+        status = update_through(fleet, proxy, dev, bundle, timeout=150)
+
+    fetch = status["fetch"]
+    assert isinstance(fetch, dict)
+    assert proxy.stats.blackholes >= 1 and fetch["stalls"] + fetch["connect_timeouts"] >= 1, (proxy.stats, fetch)
+    assert fetch["chunk_bytes"] <= MAX_RESENT_PER_RESET, fetch
+
+
+def test_30mb_update_through_a_3_mbit_cap_with_resets_and_blackholes(fleet: Fleet, tmp_path: Path) -> None:
+    bundle = fleet.big("30.0.0-capped", seed=31)
+    with (
+        FaultProxy(fleet.ctl.port) as proxy,
+        running_edge(proxy.address, tmp_path / "capped", fleet.ctl.enrollment_token("lab"), name="capped") as dev,
+    ):
+        proxy.bandwidth_bps = CAP_BPS
+        proxy.reset_every_bytes = RESET_EVERY
+        status = update_through(fleet, proxy, dev, bundle, timeout=240)
+
+    fetch = status["fetch"]
+    assert isinstance(fetch, dict)
+    assert proxy.stats.blackholes >= 3, proxy.stats
