@@ -25,6 +25,7 @@ from edge_runtime.agent.telemetry.pipeline import CHECKPOINT_NAME, TelemetryPipe
 from edge_runtime.inference.results import FrameResult, Timings
 from edge_runtime.sources import Frame
 from edge_runtime.telemetry.buffer import TelemetryBuffer
+from edge_runtime.telemetry.frame_progress import FrameCheckpoint
 from edge_runtime.telemetry.sensors import SensorReader
 from edgefleet.v1 import device_pb2_grpc, fleet_pb2
 from edgefleet.v1.telemetry_pb2 import DeviceEvent, TelemetryRecord
@@ -229,6 +230,31 @@ async def test_a_corrupt_checkpoint_is_moved_aside_and_declared_as_unknown_count
         await p.finish(upload_s=0)
         assert window_frames(p.buffer) == 23
     assert any(e["event"] == "telemetry.frame_checkpoint_unreadable" for e in logs)
+    with pipeline_at(data) as p:
+        assert p.declared_gap is None
+
+
+# ---------------------------------------------------------------------- reboots
+
+
+async def test_after_a_reboot_the_count_is_a_lower_bound_unless_the_stop_was_clean(tmp_path: Path) -> None:
+    """The checkpoint lives in the page cache: written under another boot, an unclean one may be stale."""
+    run_then_kill(tmp_path, "observe:20", "flush", "observe:5", "hang")
+    data = tmp_path / "data"
+    path = data / "telemetry" / CHECKPOINT_NAME
+    # What the file would say had the machine lost power (the kill's state, written under the last boot).
+    FrameCheckpoint(path, frames=25, now=datetime.now(UTC), boot_id="a-previous-boot").close()
+    with pipeline_at(data) as p:
+        (gap,) = gaps(p.buffer)
+        assert (gap.frame_gap.frames, gap.frame_gap.frames_known, gap.frame_gap.cause) == (5, False, "rebooted")
+        assert p.frames_observed == 25
+        observe(p, 4)
+        await p.finish(upload_s=0)
+        assert window_frames(p.buffer) == 24
+    # A clean stop, then a reboot: nothing to declare.
+    clean = FrameCheckpoint(path, frames=29, now=datetime.now(UTC), boot_id="a-previous-boot")
+    clean.mark_clean()
+    clean.close()
     with pipeline_at(data) as p:
         assert p.declared_gap is None
 

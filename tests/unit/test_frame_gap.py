@@ -135,6 +135,16 @@ def test_checkpoint_round_trip_and_clean_flag(tmp_path: Path) -> None:
     assert path.stat().st_size == FILE_SIZE
 
 
+def test_a_clean_stop_with_no_frame_since_the_start_reads_clean(tmp_path: Path) -> None:
+    # Both slots hold the start's count; the clean one is the newer write.
+    path = tmp_path / "frames.ckpt"
+    cp = FrameCheckpoint(path, frames=100, now=T0, boot_id=BOOT)
+    cp.mark_clean()
+    cp.close()
+    state = read_checkpoint(path)
+    assert isinstance(state, CheckpointState) and state.clean and state.frames == 100
+
+
 def test_a_torn_slot_falls_back_to_the_other_one(tmp_path: Path) -> None:
     path = tmp_path / "frames.ckpt"
     cp = FrameCheckpoint(path, frames=0, now=T0, boot_id=BOOT)

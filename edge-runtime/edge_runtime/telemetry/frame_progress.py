@@ -100,7 +100,8 @@ def read_checkpoint(path: Path) -> CheckpointState | UnreadableCheckpoint | None
             slots.append(_SLOT.unpack(body))
     if not slots:
         return UnreadableCheckpoint("no slot passes its CRC", modified)
-    frames, at, flags = max(slots, key=lambda s: s[0])
+    # Both slots hold the same count after a start or a clean stop; the clean one is then the newer write.
+    frames, at, flags = max(slots, key=lambda s: (s[0], s[2] & _CLEAN))
     try:
         last_at = datetime.fromtimestamp(at, UTC)
     except (OverflowError, OSError, ValueError):
