@@ -1,7 +1,8 @@
 """Every frame accounted for, at the pipeline's depth with real processes killed by SIGKILL: the final flush
 of a clean stop, the gap a start declares after a kill (exact, and once), two kills in a row before any
 window closed, a kill while the flush waits on its sensors, a corrupt checkpoint (moved aside, an
-unknown-count gap, never fatal), and a gap's round trip buffer → uploader → real controller → query counts."""
+unknown-count gap, never fatal), a checkpoint from another boot (a lower bound unless that stop was clean),
+and a gap's round trip buffer → uploader → real controller → query counts."""
 
 from __future__ import annotations
 
