@@ -6,6 +6,7 @@ a digest mismatch makes the controller hash its copy again."""
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -13,6 +14,7 @@ import pytest
 
 from edgefleet.contract.signing import generate_keypair
 from edgefleet.v1 import device_pb2, fleet_pb2, telemetry_pb2
+from edgefleet_controller.bundles.blob_integrity import REVERIFY_AFTER_S
 from edgefleet_testing.controller import (
     Fleet,
     InProcessController,
@@ -102,7 +104,12 @@ async def test_an_unchanged_blob_is_hashed_once_and_a_changed_one_again(tmp_path
 
 
 async def test_a_device_mismatch_report_rehashes_and_quarantines_a_corrupt_copy(tmp_path: Path) -> None:
-    async with running_controller(tmp_path / "data") as ctrl, connected(ctrl) as c:
+    skew = [0.0]
+
+    def clock() -> datetime:
+        return datetime.now(UTC) + timedelta(seconds=skew[0])
+
+    async with running_controller(tmp_path / "data", clock=clock) as ctrl, connected(ctrl) as c:
         _, device_id, cred, synced = await setup(c, tmp_path)
         model = next(a for a in synced.desired.artifacts if a.role == "model")
         await c.fetch(cred, model.digest)
@@ -118,15 +125,19 @@ async def test_a_device_mismatch_report_rehashes_and_quarantines_a_corrupt_copy(
             )
             return device_pb2.ReportEventRequest(events=[event])
 
-        # The controller's copy is fine: hashed again (the mark does not excuse it), nothing moved.
+        # Moments after it was hashed, an unchanged file is not hashed again: a burst of reports costs nothing.
         await c.device.ReportEvent(report(1), metadata=bearer(cred))
+        assert hashes(ctrl, "ok") == start
+        # Later, a report makes the controller hash its copy again (the mark does not excuse it); it is fine.
+        skew[0] = REVERIFY_AFTER_S + 1
+        await c.device.ReportEvent(report(2), metadata=bearer(cred))
         assert hashes(ctrl, "ok") == start + 1
         blob = ctrl.app.bundles.blobs.path(model.digest)
         assert blob.exists()
 
         # Corrupted since, and no fetch has seen it: the device's report is what finds it.
         corrupt(blob)
-        await c.device.ReportEvent(report(2), metadata=bearer(cred))
+        await c.device.ReportEvent(report(3), metadata=bearer(cred))
         assert not blob.exists()
         detail = await c.fleet.GetBundle(fleet_pb2.GetBundleRequest(ref=synced.desired.bundle_digest), metadata=c.admin)
         [q] = detail.quarantined_blobs

@@ -6,7 +6,8 @@ name. FetchBlob serves a file whose key equals the mark without reading it twice
 mark (first serve since start, or the file changed: written, chmod-ed, replaced) is hashed in full first, so
 an unchanged blob is hashed at most once per controller process, and concurrent fetches of one digest share
 that hash (single flight). A device's report that a download did not hash to its digest (``reverify``)
-drops the mark and hashes again.
+drops the mark and hashes again, unless the unchanged file was hashed less than ``REVERIFY_AFTER_S`` ago (a
+burst of reports, or a device repeating one, costs one hash).
 
 A mismatch moves the blob aside (``BlobStore.quarantine``: never served again under its name), logs
 ``blob.quarantined``, counts it (``edgefleet_blobs_quarantined``; every hash is counted in
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import structlog
 
@@ -31,6 +33,8 @@ from edgefleet_controller.store.blob_quarantine import QuarantineRecord
 from edgefleet_controller.store.blobs import StatKey
 
 log = structlog.get_logger("edgefleet.controller")
+
+REVERIFY_AFTER_S = 10.0
 
 
 def data_loss(record: QuarantineRecord) -> cerr.DataLoss:
@@ -48,6 +52,7 @@ class BlobIntegrity:
     metrics: ControllerMetrics
     clock: Clock
     _marks: dict[str, StatKey] = field(default_factory=dict, init=False)
+    _marked_at: dict[str, datetime] = field(default_factory=dict, init=False)
     _inflight: dict[str, asyncio.Future[QuarantineRecord | None]] = field(default_factory=dict, init=False)
 
     def is_verified(self, digest: str, key: StatKey) -> bool:
@@ -65,7 +70,13 @@ class BlobIntegrity:
         return await asyncio.shield(pending)
 
     async def reverify(self, digest: str, detected_by: str) -> QuarantineRecord | None:
-        """Drop the mark of ``digest`` and hash it again (a device reported a download that did not match)."""
+        """Drop the mark of ``digest`` and hash it again (a device reported a download that did not match),
+        unless this unchanged file was hashed less than ``REVERIFY_AFTER_S`` ago."""
+        key = await asyncio.to_thread(self.blobs.stat_key, digest)
+        marked_at = self._marked_at.get(digest)
+        recent = marked_at is not None and (self.clock() - marked_at).total_seconds() < REVERIFY_AFTER_S
+        if recent and key is not None and self.is_verified(digest, key):
+            return None
         self._marks.pop(digest, None)
         return await self.verify(digest, detected_by)
 
@@ -86,6 +97,7 @@ class BlobIntegrity:
         if actual == digest:
             self.metrics.blob_verifications.labels("ok").inc()
             self._marks[digest] = key
+            self._marked_at[digest] = self.clock()
             return None
         self.metrics.blob_verifications.labels("corrupt").inc()
         self._marks.pop(digest, None)
