@@ -16,6 +16,10 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import structlog
+
+log = structlog.get_logger(__name__)
+
 RATE_WINDOW_S = 10.0
 NOTIFY_INTERVAL_S = 2.0
 
@@ -120,4 +124,7 @@ class DownloadProgress:
         if not force and now - self._notified < NOTIFY_INTERVAL_S:
             return
         self._notified = now
-        listener()
+        try:
+            listener()
+        except Exception as exc:  # a report that cannot be sent must never stop a download
+            log.warning("agent.download_progress_listener_failed", error=str(exc))
