@@ -2,7 +2,8 @@
 connected through the fault proxy (resets every 256 KiB, 5 s blackholes every 20 s; then the same under a
 3 Mbit/s cap). The device commits the bundle, re-sends at most 64 KiB per reset (counted by the proxy), no
 blackhole or reset spends a download attempt, and ``fleetctl describe device`` shows the download's progress,
-rate and resets while it runs."""
+rate and resets while it runs. Then: a SIGTERM while the download is stuck on a dead link stops the runtime
+at once, and the restarted runtime resumes from the bytes it kept."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from edgefleet.contract.signing import SigningKey
 from edgefleet.v1 import fleet_pb2
 from edgefleet_testing.bundles import SignedBundle, make_bundle
 from edgefleet_testing.faultproxy import FaultProxy
-from edgefleet_testing.fleet import Controller, EdgeProcess, running_edge, start_controller
+from edgefleet_testing.fleet import Controller, EdgeProcess, running_edge, start_controller, start_edge
 from edgefleet_testing.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -140,3 +141,36 @@ def test_30mb_update_through_a_3_mbit_cap_with_resets_and_blackholes(fleet: Flee
     fetch = status["fetch"]
     assert isinstance(fetch, dict)
     assert proxy.stats.blackholes >= 3, proxy.stats
+
+
+def test_sigterm_during_a_stuck_download_stops_at_once_and_the_restart_resumes_from_the_kept_bytes(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    bundle = make_bundle(tmp_path / "b", fleet.key, version="8.0.0-resume", seed=32, padding_bytes=8_000_000)
+    fleet.ctl.push(bundle)
+    data = tmp_path / "resume"
+    with FaultProxy(fleet.ctl.port) as proxy:
+        dev = start_edge(proxy.address, data, fleet.ctl.enrollment_token("lab"), name="resume")
+        try:
+            proxy.bandwidth_bps = 2_000_000
+            fleet.ctl.set_desired(dev.name, bundle.digest)
+            dev.wait_for(lambda s: s["download"] and s["download"]["bytes_kept"] > 2_000_000, 30, "2 MB kept")
+            proxy.blackhole = True  # the download now retries forever: only the stop can end it
+            dev.wait_for(lambda s: s["fetch"]["stalls"] + s["fetch"]["connect_timeouts"] >= 1, 20, "a stall")
+            asked = time.monotonic()
+            assert dev.terminate(timeout=15) == 0
+            assert time.monotonic() - asked < 10, "a stuck download must not hold up the stop"
+        finally:
+            dev.terminate()
+        assert "update.stopped_cleanly" in dev.log.read_text(), "the stop left the journal's clean-stop marker"
+        kept = sum(p.stat().st_size for p in (data / "incoming").rglob("*") if p.is_file())
+        assert kept > 2_000_000
+
+        proxy.blackhole = False
+        proxy.bandwidth_bps = 0
+        down = proxy.stats.bytes_down
+        with running_edge(proxy.address, data, "", name="resume") as again:
+            status = again.committed(bundle.digest, timeout=60)
+        fetched_again = proxy.stats.bytes_down - down
+        assert status["fetch"]["resumes"] >= 1, status["fetch"]
+        assert fetched_again <= fetched_bytes(bundle) - kept + (1 << 20), (fetched_again, kept)
