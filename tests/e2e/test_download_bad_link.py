@@ -174,3 +174,24 @@ def test_sigterm_during_a_stuck_download_stops_at_once_and_the_restart_resumes_f
         fetched_again = proxy.stats.bytes_down - down
         assert status["fetch"]["resumes"] >= 1, status["fetch"]
         assert fetched_again <= fetched_bytes(bundle) - kept + (1 << 20), (fetched_again, kept)
+
+
+def test_a_new_desired_bundle_does_not_wait_for_a_slow_download(fleet: Fleet, tmp_path: Path) -> None:
+    slow = make_bundle(tmp_path / "slow", fleet.key, version="9.0.0-slow", seed=34, padding_bytes=8_000_000)
+    small = make_bundle(tmp_path / "small", fleet.key, version="9.0.1-small", seed=35)
+    fleet.ctl.push(slow)
+    fleet.ctl.push(small)
+    with (
+        FaultProxy(fleet.ctl.port) as proxy,
+        running_edge(proxy.address, tmp_path / "switch", fleet.ctl.enrollment_token("lab"), name="switch") as dev,
+    ):
+        proxy.bandwidth_bps = 150_000  # the slow bundle alone needs ~55 s
+        fleet.ctl.set_desired(dev.name, slow.digest)
+        dev.wait_for(lambda s: s["download"] and s["download"]["bytes_kept"] > 300_000, 30, "slow download under way")
+        switched = time.monotonic()
+        fleet.ctl.set_desired(dev.name, small.digest)
+        status = dev.committed(small.digest, timeout=30)
+        assert time.monotonic() - switched < 25, "the new desired bundle waited for the old download"
+        assert status["fetch"]["interrupted"] >= 1, status["fetch"]
+        assert status["download"] is None
+        assert not (tmp_path / "switch" / "incoming" / slow.digest.removeprefix("sha256:")).exists()
