@@ -89,6 +89,7 @@ class _Attempt:
     error: grpc.RpcError | None = None
     stalled: bool = False
     unconnected: bool = False
+    limit_s: float = 0.0  # the idle (or handshake) limit this attempt ran under
 
 
 def _sha256_prefix(path: Path, length: int) -> hashlib._Hash:
@@ -278,12 +279,12 @@ class BlobFetcher:
         """Count the loss and adapt the chunk size to it; returns what happened, for the log."""
         if attempt.unconnected:
             self.counters.connect_timeouts += 1
-            return f"no handshake within {self._connect_limit():.1f} s"
+            return f"no handshake within {attempt.limit_s:.1f} s"
         code = rpc_code(attempt.error) if attempt.error is not None else None
         if attempt.stalled:
             self.counters.stalls += 1
             self.sizer.stalled(attempt.delivered)
-            reason = f"no chunk within {self._idle_limit():.1f} s"
+            reason = f"no chunk within {attempt.limit_s:.1f} s"
             if attempt.delivered == 0 and self.sizer.at_floor:
                 self._floor_stalls = min(self._floor_stalls + 1, _MAX_TIMEOUT_DOUBLINGS)
             self.progress.lost(stalled=True, chunk_bytes=self.sizer.current)
@@ -315,12 +316,12 @@ class BlobFetcher:
     def _connect_limit(self) -> float:
         return float(self._connect_s * 2 ** min(self._connect_failures, _MAX_TIMEOUT_DOUBLINGS))
 
-    def _connected(self, cancel: threading.Event | None) -> grpc.Channel | None:
-        """The channel once its handshake completed; None when it did not within the connect limit."""
+    def _connected(self, cancel: threading.Event | None, limit_s: float) -> grpc.Channel | None:
+        """The channel once its handshake completed; None when it did not within ``limit_s``."""
         if self._channel is None:
             self._channel = blocking_channel(self._address)
         ready = grpc.channel_ready_future(self._channel)
-        until = time.monotonic() + self._connect_limit()
+        until = time.monotonic() + limit_s
         while time.monotonic() < until and not self._interrupted(cancel):
             try:
                 ready.result(timeout=_WATCH_TICK_S)
@@ -341,17 +342,18 @@ class BlobFetcher:
         expected_size: int,
         cancel: threading.Event | None,
     ) -> _Attempt:
-        channel = self._connected(cancel)
+        connect_limit = self._connect_limit()
+        channel = self._connected(cancel, connect_limit)
         if channel is None:
-            return _Attempt(offset, unconnected=True)
+            return _Attempt(offset, unconnected=True, limit_s=connect_limit)
         self.counters.connections += 1
         deadline = _BASE_DEADLINE_S + (expected_size - offset) / _MIN_RATE_BPS
         chunk_bytes = self.sizer.current
         request = device_pb2.FetchBlobRequest(digest=digest, offset=offset, chunk_bytes=chunk_bytes)
         stub = device_pb2_grpc.DeviceServiceStub(channel)
         stream = stub.FetchBlob(request, metadata=self._metadata(), timeout=deadline)
-        watchdog = _Watchdog(stream, self._idle_limit(), lambda: self._interrupted(cancel))
-        result = _Attempt(offset)
+        result = _Attempt(offset, limit_s=self._idle_limit())
+        watchdog = _Watchdog(stream, result.limit_s, lambda: self._interrupted(cancel))
         try:
             for chunk in stream:
                 watchdog.fed()
