@@ -58,7 +58,7 @@ def _round(server: BlobServer, digest: str, size: int, work: Path, reset_every: 
 
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
-    size, rounds = (4 << 20, 2) if quick else (16 << 20, 3)
+    size, rounds = (8 << 20, 2) if quick else (16 << 20, 3)
     clean: list[float] = []
     bad: list[tuple[float, float, int]] = []
     with tempfile.TemporaryDirectory() as tmp, BlobServer() as server:
