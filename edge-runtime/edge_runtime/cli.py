@@ -77,7 +77,12 @@ def _add_run_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
     run.add_argument("--health-listen", default="127.0.0.1:0", help="local gRPC health host:port")
     run.add_argument("--trusted-keys", type=Path, default=None, help="directory of <key_id>.pub.pem")
     run.add_argument("--sync-wait-s", type=bounded_int(1, 300), default=30, help="long-poll hold time")
-    run.add_argument("--chunk-bytes", type=bounded_int(4096), default=1 << 20, help="download chunk size")
+    run.add_argument(
+        "--chunk-bytes",
+        type=bounded_int(4096),
+        default=1 << 20,
+        help="largest download chunk; on a link that resets the fetcher asks for smaller ones (down to 16 KiB)",
+    )
     run.add_argument(
         "--disk-margin-bytes",
         type=bounded_int(0),
