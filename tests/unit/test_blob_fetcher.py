@@ -210,7 +210,7 @@ def test_cancel_gives_up_promptly_keeping_the_bytes_and_the_next_fetch_resumes(l
     assert time.monotonic() - cancelled_at < 1.0, "a cancelled fetch must not wait for its stall limit"
     assert len(raised) == 1 and isinstance(raised[0], FetchInterrupted), raised
     kept = dest.stat().st_size
-    assert kept >= 256 << 10 and kept % (64 << 10) == 0, "whole chunks were kept"
+    assert kept >= 256 << 10 and kept % MIN_CHUNK_BYTES == 0, "whole chunks were kept"
     assert dest.read_bytes() == data[:kept]
 
     link.proxy.blackhole = False
