@@ -56,8 +56,11 @@ pg:
 	  || (test "$$(id -u)" = 0 && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
 	  || echo "PostgreSQL not installed: its tests will skip"
 
+# Three workers on two cores: most e2e time is spent waiting on processes, links and windows (pytest's own
+# user time is under half its wall time serially), and worksteal keeps the long e2e tests from queueing.
+TEST_WORKERS ?= 3
 test: $(STAMP) pg proto-check lint
-	$(BIN)/pytest -q -p no:cacheprovider tests
+	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal tests
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -x -m "not slow and not e2e" tests
