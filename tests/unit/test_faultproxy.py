@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from edgefleet_testing.faultproxy import FaultProxy
+from edgefleet_testing.waiting import wait_until
 
 
 class _Echo(socketserver.BaseRequestHandler):
@@ -71,20 +72,19 @@ def test_blackhole_times_out(echo_port: int) -> None:
 
 def test_scheduled_blackholes_open_and_close_on_time_and_count(echo_port: int) -> None:
     with FaultProxy(echo_port) as proxy:
-        proxy.blackhole_every(2.0, 0.5, first_in_s=0.2)
+        started = time.monotonic()
+        proxy.blackhole_every(2.0, 0.6, first_in_s=0.6)  # windows [0.6, 1.2), [2.6, 3.2), ...
         assert _roundtrip(proxy.port, b"a" * 1000) == b"a" * 1000  # before the first window
-        time.sleep(0.3)  # inside the window [0.2, 0.7)
-        assert proxy.blackholed
+        wait_until(lambda: proxy.blackholed, 2, "the first window to open", interval=0.01)
         with pytest.raises(TimeoutError):
             _roundtrip(proxy.port, b"b" * 10, timeout=0.15)
-        time.sleep(0.5)  # after it: [0.7, 2.2) is open
-        assert not proxy.blackholed
+        wait_until(lambda: not proxy.blackholed, 2, "the first window to close", interval=0.01)
         assert _roundtrip(proxy.port, b"c" * 1000) == b"c" * 1000
         assert proxy.stats.blackholes == 1
         assert proxy.stats.bytes_blackholed == 10
         assert proxy.stats.bytes_up == proxy.stats.bytes_down == 2000, "swallowed bytes are not forwarded bytes"
         proxy.blackhole_every(0, 0)
-        time.sleep(1.5)  # past where the next window would have opened
+        time.sleep(max(0.0, started + 3.0 - time.monotonic()))  # inside where the second window would be
         assert not proxy.blackholed and proxy.stats.blackholes == 1
-    with pytest.raises(ValueError, match="for_s must be in"):
-        FaultProxy(echo_port).blackhole_every(5, 5)
+    with FaultProxy(echo_port) as proxy, pytest.raises(ValueError, match="for_s must be in"):
+        proxy.blackhole_every(5, 5)
