@@ -223,6 +223,15 @@ def describe_device(device: str = typer.Argument(..., help="device id or name"),
             )
 
 
+def quarantine_line(q: fleet_pb2.QuarantinedBlob) -> str:
+    """``describe bundle``'s line (rich markup) for an artifact found corrupt on the controller's disk."""
+    state = "restored (pushed again)" if q.restored else "[red]not served: push the bundle again[/red]"
+    return (
+        f"[red]quarantined:[/red] {ts(q.at)}  {escape(q.role)} {q.digest} hashed to {short_digest(q.actual_digest)} "
+        f"(found by {escape(q.detected_by)}); {state}"
+    )
+
+
 @describe_app.command("bundle")
 @grpc_errors
 def describe_bundle(ref: str = typer.Argument(..., help="digest or name@version"), output: str = OutputOpt) -> None:
@@ -251,12 +260,7 @@ def describe_bundle(ref: str = typer.Argument(..., help="digest or name@version"
         )
     else:
         lines.append("canary failures: none")
-    for q in reply.quarantined_blobs:
-        state = "restored (pushed again)" if q.restored else "[red]not served: push the bundle again[/red]"
-        lines.append(
-            f"[red]quarantined:[/red] {ts(q.at)}  {q.role} {q.digest} hashed to {short_digest(q.actual_digest)} "
-            f"(found by {q.detected_by}); {state}"
-        )
+    lines.extend(quarantine_line(q) for q in reply.quarantined_blobs)
     for line in lines:
         console.print(line, highlight=False)
 
