@@ -19,8 +19,10 @@ def printed(q: fleet_pb2.QuarantinedBlob) -> str:
     return console.export_text().rstrip("\n")
 
 
-def blob(**fields: object) -> fleet_pb2.QuarantinedBlob:
-    q = fleet_pb2.QuarantinedBlob(digest=DIGEST, actual_digest="sha256:" + "e" * 64, role="model", **fields)
+def blob(detected_by: str, restored: bool = False) -> fleet_pb2.QuarantinedBlob:
+    q = fleet_pb2.QuarantinedBlob(
+        digest=DIGEST, actual_digest="sha256:" + "e" * 64, role="model", detected_by=detected_by, restored=restored
+    )
     q.at.FromDatetime(datetime(2026, 12, 2, 3, 4, 5, tzinfo=UTC))
     return q
 
