@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -179,6 +180,44 @@ async def test_a_window_due_closes_every_open_window_with_one_count(tmp_path: Pa
         assert again.declared_gap is not None and again.declared_gap.frame_gap.frames == 4
 
 
+def fail_appends(monkeypatch: pytest.MonkeyPatch, times: int) -> None:
+    """The next ``times`` appends to any buffer fail as a full disk makes them fail (nothing stored)."""
+    real = TelemetryBuffer.append_many
+    left = [times]
+
+    def append_many(self: TelemetryBuffer, *args: Any, **kwargs: Any) -> Any:
+        if left[0] > 0:
+            left[0] -= 1
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(TelemetryBuffer, "append_many", append_many)
+
+
+async def test_a_failed_append_loses_nothing_and_the_next_flush_stores_it_with_its_mark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The flush's append fails: the closed window and the queued event go back to the queue with their mark,
+    # and the next flush (nothing due) stores them; the frames after it are the only gap a kill declares.
+    data = tmp_path / "data"
+    with pipeline_at(data) as p:
+        observe(p, 30)
+        p.record_event(DeviceEvent(event_id="ev-1", kind=DeviceEvent.KIND_ROLLBACK))
+        fail_appends(monkeypatch, 1)
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            await p.flush(force=True)
+        assert window_frames(p.buffer) == 0
+        assert await p.flush() == 2  # nothing is due: only what the failed append put back
+        assert window_frames(p.buffer) == 30
+        assert [r.event.event_id for r in held(p.buffer) if r.WhichOneof("body") == "event"] == ["ev-1"]
+        observe(p, 4)
+        p.close()  # as a kill leaves it: the open window (4 frames) only in memory
+    with pipeline_at(data) as again:
+        assert again.declared_gap is not None
+        assert (again.declared_gap.frame_gap.frames, again.declared_gap.frame_gap.frames_known) == (4, True)
+        assert window_frames(again.buffer) == 30 and again.frames_observed == 34
+
+
 # ---------------------------------------------------------------------- kills
 
 
@@ -195,6 +234,22 @@ def test_kill_with_a_window_open_declares_the_exact_count_once(tmp_path: Path) -
         assert p.frames_observed == 57
     with pipeline_at(data) as p:  # declared once: a second start finds the mark moved with the gap
         assert p.declared_gap is None and len(gaps(p.buffer)) == 1
+
+
+async def test_a_gap_whose_append_failed_at_start_is_stored_by_the_next_flush_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_then_kill(tmp_path, "observe:20", "flush", "observe:5", "hang")
+    data = tmp_path / "data"
+    fail_appends(monkeypatch, 1)  # the declaring start's append (the gap and its mark) fails
+    with pipeline_at(data) as p:
+        assert p.declared_gap is not None and gaps(p.buffer) == []
+        observe(p, 3)
+        await p.flush(force=True)  # the gap with its mark first, then the window on top
+        assert [g.frame_gap.frames for g in gaps(p.buffer)] == [5]
+        assert window_frames(p.buffer) == 23
+    with pipeline_at(data) as again:  # every frame stored or declared: nothing more to declare
+        assert again.declared_gap is None and again.frames_observed == 28
 
 
 def test_two_kills_in_a_row_before_any_window_closed(tmp_path: Path) -> None:

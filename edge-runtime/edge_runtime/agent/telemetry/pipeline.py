@@ -15,8 +15,10 @@ Decisions:
   count it covers as the buffer's ``frames_through`` mark IN the same transaction. At start the two are
   compared (``telemetry.frame_gap.declare_gap``) and frames a killed run never reported are declared as a
   ``KIND_FRAME_GAP`` event (exact after kill -9; an unknown count after a reboot or with an unreadable
-  checkpoint), committed together with the new mark so a gap is declared once. ``finish`` (a clean stop)
-  closes the open windows into the buffer, marks the checkpoint clean and gives the uploader a moment.
+  checkpoint), committed together with the new mark so a gap is declared once. A batch whose append fails
+  goes back to the queue with its count (the next flush stores both), so no mark covers unstored windows.
+  ``finish`` (a clean stop) closes the open windows into the buffer, marks the checkpoint clean and gives
+  the uploader a moment.
 - ``MetricWindow.dropped`` is the buffer's drop count per class since the previous window (a delta).
 - Events: every update-state change, rollback and canary verdict the reporter queues is also appended to
   the buffer (``BufferedReporter``), so it reaches the controller even if the ReportEvent call was lost.
@@ -128,6 +130,7 @@ class TelemetryPipeline:
         self._commit_lock = threading.Lock()  # appends that carry a frames-through mark, in mark order
         self.declared_gap: telemetry_pb2.DeviceEvent | None = None
         self._unsaved_gap: tuple[list[Body], int, datetime] | None = None
+        self._requeued_through: int | None = None  # the mark of items a failed append put back (_store)
         self.frames_observed = self._declare_unreported(data_dir / "telemetry" / CHECKPOINT_NAME)
         # Until an unsaved gap is stored, the buffer's mark is still the old one.
         through = frames_through(self.buffer)
@@ -180,6 +183,19 @@ class TelemetryPipeline:
             self.buffer.append_many(items, progress=marks)
             if marks is not None and through is not None:
                 self._frames_through = through
+
+    def _store(self, items: list[Body], through: int | None, at: datetime) -> None:
+        """``_commit`` for ``flush`` (in a worker thread). When the append fails, nothing was stored: the items
+        go back to the front of the queue with their mark, for the next flush (also when the flush awaiting
+        this was cancelled), so a later mark never covers windows that were never stored."""
+        try:
+            self._commit(items, through, at)
+        except Exception:
+            with self._lock:
+                self._pending[:0] = items
+                if through is not None:
+                    self._requeued_through = max(through, self._requeued_through or 0)
+            raise
 
     def _policy(self) -> ResolvedConfig:
         config = self._config()
@@ -385,9 +401,12 @@ class TelemetryPipeline:
                         dropped = {}
         with self._lock:
             items, self._pending = [*windows, *self._pending], []
+            if through is None:  # not due: a mark put back by a failed append still goes with its windows
+                through = self._requeued_through
+            self._requeued_through = None
         if not items and through is None:
             return 0
-        await asyncio.to_thread(self._commit, items, through, now)
+        await asyncio.to_thread(self._store, items, through, now)
         if items:
             self.uploader.notify()
         return len(items)
