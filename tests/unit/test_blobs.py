@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -225,3 +226,29 @@ def test_seal_checks_and_keeps_the_blob_invisible_until_commit(tmp_path: Path) -
     assert _temp_files(blobs) == [] and not blobs.has(sha256_digest(b"abandoned"))
     with pytest.raises(StoreError):
         dropped.commit()
+
+
+def test_quarantine_moves_aside_only_the_file_that_was_hashed(tmp_path: Path) -> None:
+    """A corrupt blob is found by hashing; if good bytes replace it before it is moved aside (pushed again
+    meanwhile), the good file stays served and nothing is recorded; the hashed file itself is moved aside."""
+    blobs = BlobStore(tmp_path / "blobs")
+    digest, _ = blobs.put_bytes(DATA)
+    path = blobs.path(digest)
+    os.chmod(path, 0o644)
+    path.write_bytes(b"x" + DATA[1:])  # corrupt in place
+    actual, hashed = blobs.hash_blob(digest)
+    assert actual != digest
+
+    replacement = tmp_path / "good"
+    replacement.write_bytes(DATA)
+    os.replace(replacement, path)  # restored while the corrupt one was being judged
+    at = datetime(2026, 12, 2, tzinfo=UTC)
+    assert blobs.quarantine(digest, actual, "serve", at, hashed) is None
+    assert path.read_bytes() == DATA and blobs.quarantined.records(digest) == []
+
+    path.write_bytes(b"y" + DATA[1:])
+    actual, hashed = blobs.hash_blob(digest)
+    record = blobs.quarantine(digest, actual, "serve", at, hashed)
+    assert record is not None and (record.digest, record.actual, record.size) == (digest, actual, len(DATA))
+    assert not blobs.has(digest) and Path(record.path).read_bytes() == b"y" + DATA[1:]
+    assert blobs.quarantine(digest, actual, "serve", at, hashed) is None  # gone: nothing to move

@@ -61,7 +61,8 @@ class BlobIntegrity:
 
     async def verify(self, digest: str, detected_by: str = "serve") -> QuarantineRecord | None:
         """Hash blob ``digest`` unless another call is hashing it already; the quarantine record when it is
-        corrupt (moved aside now, or by whoever got there first), else None (also when it is absent)."""
+        corrupt (moved aside now, or by whoever got there first), else None (also when it is absent, or was
+        replaced by another file while it was hashed: the caller opens it again)."""
         pending = self._inflight.get(digest)
         if pending is None:
             pending = asyncio.ensure_future(self._hash_and_judge(digest, detected_by))
@@ -101,9 +102,11 @@ class BlobIntegrity:
             return None
         self.metrics.blob_verifications.labels("corrupt").inc()
         self._marks.pop(digest, None)
-        record = await asyncio.to_thread(self.blobs.quarantine, digest, actual, detected_by, self.clock())
-        if record is None:  # moved aside meanwhile (another replica): report what it found
-            return await self.quarantine_record(digest)
+        record = await asyncio.to_thread(self.blobs.quarantine, digest, actual, detected_by, self.clock(), key)
+        if record is None:
+            if await asyncio.to_thread(self.blobs.stat_key, digest) is not None:
+                return None  # replaced since it was hashed (pushed again): a serve hashes the new file next
+            return await self.quarantine_record(digest)  # moved aside meanwhile (another replica)
         self.metrics.blobs_quarantined.inc()
         log.error(
             "blob.quarantined",

@@ -211,13 +211,20 @@ class BlobStore:
                 h.update(chunk)
         return DIGEST_PREFIX + h.hexdigest(), key
 
-    def quarantine(self, digest: str, actual: str, detected_by: str, at: datetime) -> QuarantineRecord | None:
-        """Move the corrupt blob ``digest`` (its bytes hash to ``actual``) aside; None when it was gone."""
+    def quarantine(
+        self, digest: str, actual: str, detected_by: str, at: datetime, hashed: StatKey
+    ) -> QuarantineRecord | None:
+        """Move the corrupt blob ``digest`` aside: the file ``hashed`` (``hash_blob``) whose bytes hash to
+        ``actual``. None when that file is no longer there: gone, or replaced meanwhile (good bytes pushed
+        again while it was hashed) — a replacement is never moved aside for what another file held."""
         path = self.path(digest)
         try:
-            size = path.stat().st_size
+            st = path.stat()
         except FileNotFoundError:
             return None
+        if _stat_key(st) != hashed:
+            return None
+        size = st.st_size
         return self.quarantined.move_aside(path, QuarantineRecord(digest, actual, size, detected_by, at, ""))
 
     def delete(self, digest: str) -> bool:
