@@ -21,6 +21,7 @@ from edge_runtime.update.errors import FetchError, FetchInterrupted
 from edgefleet.contract.digests import sha256_digest
 from edgefleet_testing.blobserver import BlobServer
 from edgefleet_testing.faultproxy import FaultProxy
+from edgefleet_testing.waiting import wait_until
 
 FAST = Backoff(multiplier=0.01, max_s=0.05)
 
@@ -43,6 +44,10 @@ def link() -> Iterator[Link]:
 
 def _random(size: int, seed: int) -> bytes:
     return hashlib.shake_256(seed.to_bytes(4, "big")).digest(size)
+
+
+def _wait_for_bytes(dest: Path, size: int) -> None:
+    wait_until(lambda: dest.exists() and dest.stat().st_size >= size, 20, f"{size} bytes in {dest}", interval=0.01)
 
 
 def _fetch(fetcher: BlobFetcher, digest: str, dest: Path, size: int, **kwargs: object) -> None:
@@ -148,10 +153,14 @@ def test_blackhole_and_refused_connections_are_retried_not_failed(link: Link, tm
 
     worker = threading.Thread(target=run)
     worker.start()
-    while not dest.exists() or dest.stat().st_size < 512 << 10:
-        time.sleep(0.01)
+    _wait_for_bytes(dest, 512 << 10)
     link.proxy.blackhole = True  # a dead link: connections stay open, nothing answers
-    time.sleep(1.5)
+    wait_until(
+        lambda: fetcher.counters.stalls and fetcher.counters.connect_timeouts,
+        20,
+        "a stall, then a handshake timeout, on the blackholed link",
+        interval=0.01,
+    )
     link.proxy.blackhole = False
     link.proxy.refuse = True  # then the host refuses connections for a while
     time.sleep(1.0)
@@ -200,14 +209,13 @@ def test_cancel_gives_up_promptly_keeping_the_bytes_and_the_next_fetch_resumes(l
 
     worker = threading.Thread(target=run)
     worker.start()
-    while not dest.exists() or dest.stat().st_size < 256 << 10:
-        time.sleep(0.01)
+    _wait_for_bytes(dest, 256 << 10)
     link.proxy.blackhole = True
     time.sleep(0.3)
     cancelled_at = time.monotonic()
     cancel.set()
     worker.join(10)
-    assert time.monotonic() - cancelled_at < 1.0, "a cancelled fetch must not wait for its stall limit"
+    assert time.monotonic() - cancelled_at < 3.0, "a cancelled fetch must not wait for its 60 s stall limit"
     assert len(raised) == 1 and isinstance(raised[0], FetchInterrupted), raised
     kept = dest.stat().st_size
     assert kept >= 256 << 10 and kept % MIN_CHUNK_BYTES == 0, "whole chunks were kept"
@@ -215,10 +223,11 @@ def test_cancel_gives_up_promptly_keeping_the_bytes_and_the_next_fetch_resumes(l
 
     link.proxy.blackhole = False
     link.proxy.bandwidth_bps = 0
+    before = len(link.blobs.requests)
     _fetch(fetcher, digest, dest, len(data))
     assert dest.read_bytes() == data
     assert fetcher.counters.resumes == 1
-    assert link.blobs.requests[-1][0] >= kept, "the resumed fetch asked from the bytes kept"
+    assert link.blobs.requests[before][0] == kept, "the resumed fetch asked from the bytes kept"
 
     fetcher.close()
     with pytest.raises(FetchInterrupted, match="closed"):
