@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from edgefleet.contract.digests import mismatch_reason
 from edgefleet.contract.signing import generate_keypair
 from edgefleet.v1 import device_pb2, fleet_pb2, telemetry_pb2
 from edgefleet_controller.bundles.blob_integrity import REVERIFY_AFTER_S
@@ -116,10 +117,7 @@ async def test_a_device_mismatch_report_rehashes_and_quarantines_a_corrupt_copy(
         start = hashes(ctrl, "ok")
 
         def report(n: int) -> device_pb2.ReportEventRequest:
-            reason = (
-                f"verification failed: artifact 'model.onnx': sha256 is sha256:{'e' * 64}, "
-                f"expected {model.digest}; the download is corrupt and will be discarded"
-            )
+            reason = f"verification failed: {mismatch_reason('model.onnx', 'sha256:' + 'e' * 64, model.digest)}"
             event = telemetry_pb2.DeviceEvent(
                 event_id=f"ev-{n}", kind=telemetry_pb2.DeviceEvent.KIND_UPDATE_STATE, reason=reason
             )

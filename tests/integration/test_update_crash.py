@@ -39,6 +39,7 @@ from edge_runtime.update.testing import (
     manifests_of,
     publish_bundle,
 )
+from edgefleet.contract.digests import mismatched_digests
 
 pytestmark = pytest.mark.integration
 
@@ -317,6 +318,7 @@ def test_corrupt_blob_fails_verification_and_is_discarded(world: World, tmp_path
     record = dev.driver.handle(world.v2.desired())
     assert record.state == S.FAILED and record.rejected == world.v2.digest
     assert record.failure is not None and "model.onnx" in record.failure and "sha256 is" in record.failure
+    assert mismatched_digests(record.failure) == [model.digest]  # what the controller re-verifies
     assert dev.switcher.serving == world.v1.digest
     assert not dev.slots.has(world.v2.digest) and not dev.slots.has_incoming(world.v2.digest)
     assert dev.driver.handle(world.v2.desired()) == record  # rejected: not retried

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
@@ -22,6 +21,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict, ParseDict
 
+from edgefleet.contract.digests import mismatched_digests
 from edgefleet.v1 import telemetry_pb2
 from edgefleet_controller import errors as cerr
 from edgefleet_controller.bundles.blob_integrity import BlobIntegrity
@@ -40,14 +40,12 @@ _FAILURE_EVENT_KINDS = (Event.KIND_CANARY_VERDICT, Event.KIND_ROLLBACK)
 _PROFILE_EVENT_KINDS = (Event.KIND_PROFILE, Event.KIND_CANARY_VERDICT)
 #: Events ListDeviceEvents returns when the request sets no limit.
 DEFAULT_EVENT_LIMIT = 50
-#: How the runtime's verification step words an artifact that did not hash to its digest
-#: (``edge_runtime.update.driver``: "artifact 'x': sha256 is <actual>, expected <digest>; ...").
-_DIGEST_MISMATCH = re.compile(r"sha256 is sha256:[0-9a-f]{64}, expected (sha256:[0-9a-f]{64})")
 
 
 def reported_mismatches(events: Sequence[Event]) -> list[str]:
-    """The artifact digests these events say a device's download did not hash to, each once."""
-    return list(dict.fromkeys(m.group(1) for ev in events for m in _DIGEST_MISMATCH.finditer(ev.reason)))
+    """The artifact digests these events say a device's download did not hash to (worded by the runtime's
+    verification with ``edgefleet.contract.digests.mismatch_reason``), each once."""
+    return list(dict.fromkeys(d for ev in events for d in mismatched_digests(ev.reason)))
 
 
 def event_kind_name(value: int) -> str:

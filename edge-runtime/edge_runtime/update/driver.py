@@ -77,7 +77,7 @@ from edge_runtime.update.journal import Journal
 from edge_runtime.update.record import DEFAULT_LIMITS, RetryLimits, UpdateRecord, UpdateState
 from edge_runtime.update.slots import BundleSlots
 from edge_runtime.update.state import decide, recover
-from edgefleet.contract.digests import file_sha256_digest
+from edgefleet.contract.digests import file_sha256_digest, mismatch_reason
 from edgefleet.contract.errors import BundleFormatError, ContractError, DigestMismatchError
 
 log = structlog.get_logger(__name__)
@@ -485,7 +485,7 @@ class UpdateDriver:
                 actual = file_sha256_digest(root / artifact.name)
                 if actual != artifact.digest:
                     raise DigestMismatchError(
-                        f"artifact {artifact.name!r}: sha256 is {actual}, expected {artifact.digest}; "
+                        f"{mismatch_reason(artifact.name, actual, artifact.digest)}; "
                         "the download is corrupt and will be discarded"
                     )
             self._verifier.verify(root)

@@ -11,11 +11,20 @@ import hashlib
 import re
 from pathlib import Path
 
-__all__ = ["DIGEST_PATTERN", "DIGEST_PREFIX", "file_sha256_digest", "is_digest", "sha256_digest"]
+__all__ = [
+    "DIGEST_PATTERN",
+    "DIGEST_PREFIX",
+    "file_sha256_digest",
+    "is_digest",
+    "mismatch_reason",
+    "mismatched_digests",
+    "sha256_digest",
+]
 
 DIGEST_PREFIX = "sha256:"
 DIGEST_PATTERN = re.compile(r"sha256:[0-9a-f]{64}")
 _CHUNK = 1024 * 1024
+_MISMATCH = re.compile(rf"sha256 is {DIGEST_PATTERN.pattern}, expected ({DIGEST_PATTERN.pattern})")
 
 
 def sha256_digest(data: bytes) -> str:
@@ -35,3 +44,14 @@ def file_sha256_digest(path: Path) -> str:
 def is_digest(value: object) -> bool:
     """Whether ``value`` is a string that is exactly ``sha256:<64 lowercase hex>``."""
     return isinstance(value, str) and DIGEST_PATTERN.fullmatch(value) is not None
+
+
+def mismatch_reason(name: str, actual: str, expected: str) -> str:
+    """How a device words an artifact ``name`` whose bytes hashed to ``actual``, not ``expected``, in the event
+    it reports; the controller reads the digest back (``mismatched_digests``) and hashes its own copy again."""
+    return f"artifact {name!r}: sha256 is {actual}, expected {expected}"
+
+
+def mismatched_digests(text: str) -> list[str]:
+    """The expected digests of every ``mismatch_reason`` in ``text``, each once, in order."""
+    return list(dict.fromkeys(m.group(1) for m in _MISMATCH.finditer(text)))
