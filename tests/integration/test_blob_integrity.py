@@ -143,3 +143,26 @@ async def test_a_device_mismatch_report_rehashes_and_quarantines_a_corrupt_copy(
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await c.fetch(cred, model.digest)
         assert info.value.code() == grpc.StatusCode.DATA_LOSS
+
+
+async def test_a_mismatch_report_is_accepted_when_the_controller_cannot_read_its_copy(tmp_path: Path) -> None:
+    """The re-check a report triggers is best effort: an unreadable blob (here a directory where the file was,
+    as a failing disk can leave) is logged, the events are stored and acknowledged, and the device's next
+    events go through — a device's event reporting never sticks on the controller's disk."""
+    async with running_controller(tmp_path / "data") as ctrl, connected(ctrl) as c:
+        _, device_id, cred, synced = await setup(c, tmp_path)
+        model = next(a for a in synced.desired.artifacts if a.role == "model")
+        blob = ctrl.app.bundles.blobs.path(model.digest)
+        blob.unlink()
+        blob.mkdir()  # open() fails with IsADirectoryError, even for root
+        reason = mismatch_reason("model.onnx", "sha256:" + "e" * 64, model.digest)
+        for n in (1, 2):
+            event = telemetry_pb2.DeviceEvent(
+                event_id=f"ev-{n}", kind=telemetry_pb2.DeviceEvent.KIND_UPDATE_STATE, reason=reason
+            )
+            reply = await c.device.ReportEvent(device_pb2.ReportEventRequest(events=[event]), metadata=bearer(cred))
+            assert reply.accepted == 1
+        listed = await c.fleet.ListDeviceEvents(
+            fleet_pb2.ListDeviceEventsRequest(device=device_id, limit=10), metadata=c.admin
+        )
+        assert [e.event_id for e in listed.events] == ["ev-1", "ev-2"]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
+import structlog
 from google.protobuf.json_format import MessageToDict, ParseDict
 
 from edgefleet.contract.digests import mismatched_digests
@@ -31,9 +32,12 @@ from edgefleet_controller.devices.directory import DeviceDirectory
 from edgefleet_controller.fleet_feed import FleetFeed
 from edgefleet_controller.rollout.service import RolloutService
 from edgefleet_controller.store import EventInput
+from edgefleet_controller.store import errors as serr
 from edgefleet_controller.store.bundles import BundleStore
 from edgefleet_controller.store.devices import DeviceStore
 from edgefleet_controller.store.events import EventStore
+
+log = structlog.get_logger("edgefleet.controller")
 
 Event = telemetry_pb2.DeviceEvent
 _FAILURE_EVENT_KINDS = (Event.KIND_CANARY_VERDICT, Event.KIND_ROLLBACK)
@@ -93,7 +97,10 @@ class DeviceEventService:
         for ev in events:
             self.feed.publish_event(device_id, ev, site)
         for digest in reported_mismatches(events):
-            await self.integrity.reverify(digest, f"device {device_id} reporting a digest mismatch")
+            try:
+                await self.integrity.reverify(digest, f"device {device_id} reporting a digest mismatch")
+            except (OSError, serr.StoreError):  # the events are stored: a failed re-check must not refuse them
+                log.exception("blob.reverify_failed", digest=digest, device_id=device_id)
         self.rollouts.wake()
         return stored
 
