@@ -1,6 +1,7 @@
 """The update driver with the real BlobFetcher over real gRPC and the fault proxy: a download stuck on a dead
-link is cancelled by a new desired bundle or a stop without spending a download attempt, keeps its bytes,
-resumes when the next event keeps its candidate, and resumes from the kept bytes after a restart."""
+link is cancelled by a new desired bundle or a stop without spending a download attempt, keeps its bytes
+(discarded once a new candidate replaces it), resumes when the next event keeps its candidate, and resumes
+from the kept bytes after a restart."""
 
 from __future__ import annotations
 
@@ -139,6 +140,7 @@ def test_new_desired_bundle_cancels_a_stuck_download_without_spending_an_attempt
     driver.handle(world.v2.desired())
     record = _record(driver)
     assert record.state == UpdateState.COMMITTED and record.committed == world.v2.digest
+    assert _partial(data, world.v1) == 0, "the replaced candidate's partial download is discarded"
 
 
 def test_an_event_that_keeps_the_candidate_resumes_the_interrupted_download(world: World, tmp_path: Path) -> None:
