@@ -215,12 +215,25 @@ def describe_device(device: str = typer.Argument(..., help="device id or name"),
     if events.events:
         console.print(f"events (the newest {RECENT_EVENTS}, newest last):")
         for e in events.events:
-            kind = telemetry_pb2.DeviceEvent.Kind.Name(e.kind)
-            console.print(
-                f"  {ts(e.at)}  {kind.removeprefix('KIND_').lower():14} "
-                f"{update_state_name(e.from_state)}→{update_state_name(e.to_state)} {e.reason}",
-                highlight=False,
-            )
+            console.print(event_line(e), highlight=False)
+
+
+def event_line(e: telemetry_pb2.DeviceEvent) -> str:
+    """``describe device``'s line for one event: a transition shows ``from→to``, a verdict its outcome and phase,
+    a frame gap its count and cause; every kind ends with the event's reason."""
+    kind = telemetry_pb2.DeviceEvent.Kind.Name(e.kind).removeprefix("KIND_").lower()
+    if e.kind == telemetry_pb2.DeviceEvent.KIND_CANARY_VERDICT and e.verdict.outcome:
+        outcome = common_pb2.CanaryVerdict.Outcome.Name(e.verdict.outcome).removeprefix("OUTCOME_").lower()
+        detail = f"{outcome} ({e.verdict.phase or '-'})"
+    elif e.kind == telemetry_pb2.DeviceEvent.KIND_FRAME_GAP and e.HasField("frame_gap"):
+        g = e.frame_gap
+        count = f"{g.frames}" if g.frames_known else f">= {g.frames}" if g.frames else "unknown"
+        detail = f"{count} frames lost ({g.cause or '-'})"
+    elif e.from_state or e.to_state:
+        detail = f"{update_state_name(e.from_state)}→{update_state_name(e.to_state)}"
+    else:
+        detail = ""
+    return " ".join(filter(None, [f"  {ts(e.at)}  {kind:14}", detail, e.reason]))
 
 
 def quarantine_line(q: fleet_pb2.QuarantinedBlob) -> str:
