@@ -76,7 +76,9 @@ def _add_run_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
     run.add_argument("--site-tags", action="append", default=[], help="tag key=value (repeatable)")
     run.add_argument("--health-listen", default="127.0.0.1:0", help="local gRPC health host:port")
     run.add_argument("--trusted-keys", type=Path, default=None, help="directory of <key_id>.pub.pem")
-    run.add_argument("--sync-wait-s", type=bounded_int(1, 300), default=30, help="long-poll hold time")
+    run.add_argument(
+        "--sync-wait-s", type=bounded_int(1, 300), default=30, help="long-poll hold time, seconds (default 30)"
+    )
     run.add_argument(
         "--chunk-bytes",
         type=bounded_int(4096),
@@ -91,7 +93,12 @@ def _add_run_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
     )
     run.add_argument("--intra-op-threads", type=bounded_int(0), default=0, help="ORT threads (0 = ORT default)")
     run.add_argument("--frame-log", type=Path, default=None, help="append '<frame id> <bundle>' per frame")
-    run.add_argument("--failed-retry-s", type=float, default=60.0, help="re-try a failed desired bundle after")
+    run.add_argument(
+        "--failed-retry-s",
+        type=float,
+        default=60.0,
+        help="seconds before a desired bundle that failed is tried again (default 60)",
+    )
     run.add_argument("--log-level", default="info")
     run.add_argument("--tls", action="store_true", help="TLS to the controller (system roots unless --ca)")
     run.add_argument("--ca", type=Path, default=None, help="CA certificate (PEM) of the controller; implies --tls")
