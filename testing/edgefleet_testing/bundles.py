@@ -52,6 +52,8 @@ def make_bundle(
     Regressed candidates for canary tests: ``logit_shift`` moves the confidence distribution (drift →
     canary FAIL against a same-seed baseline), ``extra_matmuls`` makes the model slower (latency FAIL),
     ``scene_matmuls`` makes it slower on bright frames only (mean input > 0.5), outputs unchanged."""
+    # Absolute: the spec's model path is resolved against ``base_dir``, so a relative one would be joined twice.
+    workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     model = make_classifier(
         workdir / "model.onnx",
