@@ -1,9 +1,11 @@
 """The agent's task supervisor: restart with capped jittered backoff, down-with-reason until a run stays up,
-cancellation is no failure, a stop during a backoff wait is prompt, drills fail the first N runs."""
+cancellation is no failure (and ends the task even when a run swallows it or fails in its cleanup), a stop
+during a backoff wait is prompt, drills fail the first N runs."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -143,6 +145,31 @@ async def test_cancellation_at_stop_is_not_a_failure() -> None:
     assert script.cancelled == 1 and script.runs == 1
     assert not [e for e in logs if e["event"] == "agent.task_failed"]
     assert sup.down() == [] and sup.status()["events"]["state"] == "stopped"
+
+
+async def test_a_stop_the_task_swallows_or_fails_on_still_stops_it() -> None:
+    # One run turns the cancel into an error in its cleanup, the other returns: neither is restarted.
+    runs: list[str] = []
+
+    async def fails_on_cancel() -> None:
+        runs.append("fails")
+        try:
+            await asyncio.Event().wait()
+        finally:
+            raise OSError("close failed")
+
+    async def swallows_cancel() -> None:
+        runs.append("swallows")
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+
+    sup = Supervisor(healthy_after_s=HEALTHY_S, sleep=Waits())
+    tasks = [sup.start("telemetry", fails_on_cancel), sup.start("events", swallows_cancel)]
+    await until(lambda: len(runs) == 2)
+    async with asyncio.timeout(2.0):
+        await sup.stop()
+    assert all(t.cancelled() for t in tasks) and sorted(runs) == ["fails", "swallows"]
+    assert {name: s["state"] for name, s in sup.status().items()} == {"events": "stopped", "telemetry": "stopped"}
 
 
 async def test_stopping_while_a_task_waits_in_backoff_is_prompt() -> None:

@@ -11,7 +11,8 @@ Down and up: from its first failure until a later run has stayed up for ``health
 it in one line (``telemetry task failed 2x: OperationalError: disk I/O error``). The agent turns that into
 ``HEALTH_DEGRADED`` with the reason, on Sync and in ``status.json``, and back to SERVING once nothing is down.
 
-Stopping: cancelling the supervised task (``stop()``) is not a failure; it ends a run or a backoff wait at once.
+Stopping: cancelling the supervised task (``stop()``) is not a failure; it ends a run or a backoff wait at once,
+and no run starts after it, even when the run swallowed the cancel or raised in its cleanup (that is logged).
 
 Drills: ``drills`` maps a task name to a ``TaskDrill`` (``EDGEFLEET_TASK_FAILURES=telemetry:2@3``, like the
 update crash drill): its first ``failures`` runs are cancelled ``after_s`` after they start and raise
@@ -208,6 +209,10 @@ class Supervisor:
                 finally:
                     if healthy is not None:
                         healthy.cancel()
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    # Stopped, but the run swallowed the cancel or failed in its cleanup: no restart.
+                    raise asyncio.CancelledError
                 task.state = "backoff"
                 await self._sleep(task.next_retry_in_s)
                 task.restarts += 1
