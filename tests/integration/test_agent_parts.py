@@ -14,7 +14,7 @@ from edge_runtime.agent.client import is_transient
 from edge_runtime.agent.enroll import Credential, load_credential, save_credential
 from edge_runtime.agent.errors import CredentialError
 from edge_runtime.agent.hardware import HostFacts, classify, hardware_profile
-from edge_runtime.agent.health.endpoint import FAILING_AFTER, judge_health
+from edge_runtime.agent.health.endpoint import FAILING_AFTER, judge
 from edge_runtime.agent.runner import RunnerSnapshot
 from edge_runtime.agent.telemetry.reporter import AgentReporter
 from edge_runtime.update.record import UpdateRecord, UpdateState
@@ -60,13 +60,13 @@ def snap(**changes: object) -> RunnerSnapshot:
 
 
 def test_health_judgement() -> None:
-    assert judge_health(snap(serving=None), None, source_alive=True) == common_pb2.HEALTH_STARTING
-    assert judge_health(snap(), snap(), source_alive=True) == common_pb2.HEALTH_SERVING
-    assert judge_health(snap(errors=1), snap(), source_alive=True) == common_pb2.HEALTH_DEGRADED
-    assert judge_health(snap(fell_back=True), snap(), source_alive=True) == common_pb2.HEALTH_DEGRADED
-    assert judge_health(snap(), snap(), source_alive=False) == common_pb2.HEALTH_DEGRADED
+    assert judge(snap(serving=None), None, source_alive=True).health == common_pb2.HEALTH_STARTING
+    assert judge(snap(), snap(), source_alive=True).health == common_pb2.HEALTH_SERVING
+    assert judge(snap(errors=1), snap(), source_alive=True).health == common_pb2.HEALTH_DEGRADED
+    assert judge(snap(fell_back=True), snap(), source_alive=True).health == common_pb2.HEALTH_DEGRADED
+    assert judge(snap(), snap(), source_alive=False).health == common_pb2.HEALTH_DEGRADED
     failing = snap(errors=FAILING_AFTER, consecutive_errors=FAILING_AFTER)
-    assert judge_health(failing, snap(), source_alive=True) == common_pb2.HEALTH_FAILING
+    assert judge(failing, snap(), source_alive=True).health == common_pb2.HEALTH_FAILING
 
 
 def test_download_list_carries_manifest_and_signature_inline() -> None:

@@ -1,4 +1,4 @@
-"""Device health: the pure judgement (``judge``, ``judge_health``) and the local gRPC health endpoint.
+"""Device health: the pure judgement (``judge``) and the local gRPC health endpoint.
 
 Health as reported on Sync (``edgefleet.v1.Health``):
 
@@ -78,13 +78,6 @@ def judge(
     if reasons:
         return HealthJudgement(common_pb2.HEALTH_DEGRADED, tuple(reasons))
     return HealthJudgement(common_pb2.HEALTH_SERVING)
-
-
-def judge_health(
-    now: RunnerSnapshot, before: RunnerSnapshot | None, *, source_alive: bool
-) -> common_pb2.Health.ValueType:
-    """The health value alone (``judge`` without the agent's own reasons)."""
-    return judge(now, before, source_alive=source_alive).health
 
 
 class HealthEndpoint:
