@@ -536,9 +536,10 @@ class TelemetryBuffer(contextlib.AbstractContextManager["TelemetryBuffer", None]
         return {str(c): int(n) for c, n in rows}
 
     def too_large_counts(self) -> dict[str, int]:
-        """The ``<class>_too_large`` part of ``dropped_counts()``, from memory (cheap: status, reports)."""
-        with self._lock:
-            return self._oversize.counts()
+        """The ``<class>_too_large`` part of ``dropped_counts()``, from memory (cheap: status, reports). Not
+        under the buffer's lock: the asyncio loop calls this and must not wait on an append's fsync (the copy
+        of a dict of ints is atomic under the GIL)."""
+        return self._oversize.counts()
 
     def bytes_used(self) -> int:
         """Bytes on disk: the database file plus its WAL."""
