@@ -13,7 +13,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from edge_runtime.agent.retry import Backoff
-from edge_runtime.agent.supervisor import Supervisor, TaskDrill, TaskDrillError, parse_task_drills
+from edge_runtime.agent.supervisor import TASK_BACKOFF, Supervisor, TaskDrill, TaskDrillError, parse_task_drills
 
 HEALTHY_S = 0.2
 
@@ -105,6 +105,11 @@ async def test_a_task_that_keeps_failing_stays_down_and_is_retried_with_capped_j
         assert 0 <= wait <= min(4.0, 0.5 * 2 ** (n - 1)), (n, wait)
     assert max(waits.waits) <= 4.0
     assert len(set(waits.waits)) == 12, "waits are drawn with jitter"
+
+
+def test_the_backoff_stays_capped_after_any_number_of_failures() -> None:
+    # A task failing every 30 s for 9 hours is past 1024 failures in a row: 2**1024 would overflow a float.
+    assert all(0 <= TASK_BACKOFF.delay(n) <= TASK_BACKOFF.max_s for n in (1, 64, 1025, 10**6))
 
 
 async def test_after_recovery_a_second_failure_degrades_again_from_one() -> None:

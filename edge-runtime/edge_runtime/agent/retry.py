@@ -42,8 +42,9 @@ class Backoff:
         return wait_random_exponential(multiplier=self.multiplier, max=self.max_s)
 
     def delay(self, attempt: int) -> float:
-        """The wait before retry number ``attempt`` (1-based), for a loop that is not a tenacity one."""
-        return random.uniform(0, min(self.max_s, self.multiplier * 2 ** (attempt - 1)))
+        """The wait before retry number ``attempt`` (1-based), for a loop that is not a tenacity one. Any
+        ``attempt`` (a task down for days): the exponent stops at 64, as 2**1024 overflows a float."""
+        return random.uniform(0, min(self.max_s, self.multiplier * 2 ** (min(attempt, 64) - 1)))
 
 
 CONTROLLER_CALLS = Backoff(multiplier=BACKOFF_MULTIPLIER, max_s=BACKOFF_MAX_S)
