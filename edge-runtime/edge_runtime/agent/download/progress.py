@@ -2,11 +2,9 @@
 
 Written by the fetcher's thread, read by the agent's event loop (``snapshot``), so every access holds one
 lock. The rate is bytes kept over the last ``RATE_WINDOW_S`` seconds (0 while nothing arrives). A listener
-(the agent's wake, which re-issues the Sync long-poll with the new reported state) is told at once when a
-download starts or ends, otherwise (bytes kept, a connection lost) at most every ``NOTIFY_INTERVAL_S``: a
-link that resets every 256 KiB costs one Sync per interval, not one per reset, and ``fleetctl describe
-device`` still follows a download within seconds. A stall is told at once (the fetcher's 4 s stall limit
-is longer than the interval).
+(the agent's wake, which re-issues the Sync long-poll with the new reported state) is told at most every
+``NOTIFY_INTERVAL_S`` while bytes arrive, and at once when a download starts, loses its connection or ends,
+so ``fleetctl describe device`` follows a download within seconds.
 """
 
 from __future__ import annotations
@@ -92,7 +90,7 @@ class DownloadProgress:
                 self._resets += 1
             self._chunk = chunk_bytes
             self._phase = "reconnecting"
-        self._notify(force=False)
+        self._notify(force=True)
 
     def finished(self) -> None:
         with self._lock:
