@@ -133,8 +133,9 @@ def lost_text(row: fleet_pb2.TelemetryRow) -> str:
         return "0"
     text = str(row.frames_lost)
     if row.gaps_unknown:
-        bound = f", ≥{row.frames_lost_at_least}" if row.frames_lost_at_least else ""
-        text += f" +{row.gaps_unknown} unknown{bound}"
+        n = row.gaps_unknown
+        bound = f" (≥{row.frames_lost_at_least})" if row.frames_lost_at_least else ""
+        text += f" + {n} gap{'s' if n != 1 else ''} of unknown count{bound}"
     return text
 
 
@@ -248,8 +249,8 @@ def query(
     output: str = OutputOpt,
 ) -> None:
     """Latency percentiles (merged sketches), frames, frames declared lost, errors, fps, drift and throttling
-    per group. LOST: frames a device processed but never reported (killed with a window open), "+N unknown"
-    for intervals whose count it could not know (a reboot, an unreadable frame checkpoint)."""
+    per group. LOST: frames a device processed but never reported (killed with a window open), "+ N gaps of
+    unknown count (≥M)" for intervals whose count it could not know (a reboot, an unreadable frame checkpoint)."""
     fmt = check_format(output)
     if group_by not in GROUPS:
         raise typer.BadParameter(f"--group-by must be one of {', '.join(GROUPS)}; got {group_by!r}")

@@ -57,6 +57,6 @@ def test_fleetctl_lost_column() -> None:
     assert lost_text(TelemetryRow()) == "0"
     assert lost_text(TelemetryRow(frames_lost=17, gaps=1)) == "17"
     assert lost_text(TelemetryRow(frames_lost=17, gaps=3, gaps_unknown=2, frames_lost_at_least=4)) == (
-        "17 +2 unknown, ≥4"
+        "17 + 2 gaps of unknown count (≥4)"
     )
-    assert lost_text(TelemetryRow(gaps=1, gaps_unknown=1)) == "0 +1 unknown"
+    assert lost_text(TelemetryRow(gaps=1, gaps_unknown=1)) == "0 + 1 gap of unknown count"
