@@ -153,7 +153,6 @@ class BlobFetcher:
         stall_timeout_s: float = STALL_TIMEOUT_S,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
         backoff: Backoff = RETRY_BACKOFF,
-        sleep: Callable[[float], None] | None = None,
     ) -> None:
         if chunk_bytes <= 0:
             raise ValueError(f"chunk_bytes must be > 0, got {chunk_bytes}")
@@ -163,7 +162,6 @@ class BlobFetcher:
         self._stall_s = stall_timeout_s
         self._connect_s = connect_timeout_s
         self._backoff = backoff
-        self._sleep = sleep  # None: wait in small steps, giving up at once when interrupted
         self._channel: grpc.Channel | None = None
         self._inline: dict[str, bytes] = {}
         self._lock = threading.Lock()
@@ -299,12 +297,10 @@ class BlobFetcher:
         return reason
 
     def _pause(self, delay: float, cancel: threading.Event | None, digest: str, have: int, size: int) -> None:
-        if self._sleep is not None:
-            self._sleep(delay)
-        else:
-            until = time.monotonic() + delay
-            while (left := until - time.monotonic()) > 0 and not self._interrupted(cancel):
-                time.sleep(min(left, _WATCH_TICK_S))
+        """Wait ``delay`` in small steps, giving up at once when interrupted."""
+        until = time.monotonic() + delay
+        while (left := until - time.monotonic()) > 0 and not self._interrupted(cancel):
+            time.sleep(min(left, _WATCH_TICK_S))
         if self._interrupted(cancel):
             raise self._give_up(digest, have, size)
 
