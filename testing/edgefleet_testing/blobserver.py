@@ -1,6 +1,7 @@
 """An in-process ``DeviceService`` that serves blobs by digest (``BlobServer``), for the fetcher's tests and the
-download benchmark: FetchBlob honours the requested offset and chunk size as the controller does, answers
-NOT_FOUND for an unknown digest, and can be told to claim a wrong total size. Real gRPC on a loopback port."""
+download benchmark: FetchBlob honours the requested offset and chunk size as the controller does (without its
+4 KiB..4 MiB bounds), answers NOT_FOUND for an unknown digest, and can be told to claim a wrong total size. Real
+gRPC on a loopback port."""
 
 from __future__ import annotations
 
