@@ -73,6 +73,8 @@ def judge(status: Mapping[str, Any] | None, now: datetime, probe: ProcessProbe =
     pid = status.get("pid")
     try:
         written = datetime.fromisoformat(str(at))
+        if written.tzinfo is None:  # the runtime writes UTC with its offset; a naive time cannot be compared
+            raise ValueError(at)
     except ValueError:
         return Liveness(False, f"status.json has no valid 'at' time (got {str(at)[:40]!r})", None)
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:

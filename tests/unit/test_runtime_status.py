@@ -46,6 +46,7 @@ def test_dead_reused_or_missing_writers_are_not_running() -> None:
     assert (verdict.running, verdict.reason) == (False, "process 4242 is not alive")
     assert "no valid pid" in judge(written(0.1, pid="x"), NOW, alive).reason
     assert "no valid 'at'" in judge({"pid": 1, "at": "yesterday"}, NOW, alive).reason
+    assert "no valid 'at'" in judge({"pid": 1, "at": "2026-01-01T00:00:00"}, NOW, alive).reason  # no offset
     assert "has not run" in judge(None, NOW, alive).reason
 
 
