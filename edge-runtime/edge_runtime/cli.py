@@ -81,9 +81,10 @@ def _add_run_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
     )
     run.add_argument(
         "--chunk-bytes",
-        type=bounded_int(4096),
+        type=bounded_int(4096, 4 << 20),  # the controller sends at most 4 MiB; the stall limit scales with this
         default=1 << 20,
-        help="largest download chunk; on a link that resets the fetcher asks for smaller ones (down to 16 KiB)",
+        help="largest download chunk, at most 4 MiB; on a link that resets the fetcher asks for smaller ones "
+        "(down to 16 KiB)",
     )
     run.add_argument(
         "--disk-margin-bytes",

@@ -68,6 +68,7 @@ def test_status_says_running_only_while_the_writer_lives(tmp_path: Path, capsys:
     [
         (["--sync-wait-s", "0"], "--sync-wait-s: 0 is not in the range 1<=x<=300"),
         (["--chunk-bytes", "many"], "--chunk-bytes: 'many' is not a valid integer"),
+        (["--chunk-bytes", str(8 << 20)], "--chunk-bytes: 8388608 is not in the range 4096<=x<=4194304"),
         (["--site-tags", "zone"], "--site-tags must be key=value, got 'zone'"),
         (["--client-cert", "c.pem"], "--client-cert and --client-key go together"),
     ],
