@@ -23,11 +23,12 @@ import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from edge_runtime.agent.telemetry.pipeline import CHECKPOINT_NAME, TelemetryPipeline
+from edge_runtime.agent.telemetry.pipeline import CHECKPOINT_NAME, REQUEUE_REVIEWS_MAX, TelemetryPipeline
 from edge_runtime.inference.results import FrameResult, Timings
 from edge_runtime.sources import Frame
 from edge_runtime.telemetry.buffer import TelemetryBuffer
 from edge_runtime.telemetry.frame_progress import FrameCheckpoint
+from edge_runtime.telemetry.records import RecordClass
 from edge_runtime.telemetry.sensors import SensorReader
 from edgefleet.v1 import device_pb2_grpc, fleet_pb2
 from edgefleet.v1.telemetry_pb2 import DeviceEvent, TelemetryRecord
@@ -116,12 +117,14 @@ def run_then_kill(tmp_path: Path, *steps: str) -> None:
 
 
 @contextlib.contextmanager
-def pipeline_at(data: Path, stub: Any = None, metadata: Any = ()) -> Iterator[TelemetryPipeline]:
+def pipeline_at(
+    data: Path, stub: Any = None, metadata: Any = (), config: dict[str, Any] = CONFIG
+) -> Iterator[TelemetryPipeline]:
     p = TelemetryPipeline(
         data,
         stub=stub or (lambda: None),
         metadata=lambda: metadata,
-        config=lambda: CONFIG,
+        config=lambda: config,
         sensors=SensorReader(data_dir=data, root=data / "no-sysfs", nvidia_smi=None),
     )
     try:
@@ -234,6 +237,21 @@ def test_kill_with_a_window_open_declares_the_exact_count_once(tmp_path: Path) -
         assert p.frames_observed == 57
     with pipeline_at(data) as p:  # declared once: a second start finds the mark moved with the gap
         assert p.declared_gap is None and len(gaps(p.buffer)) == 1
+
+
+async def test_a_failed_append_keeps_only_the_newest_review_samples(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    every_frame = {"review": {"sample_rate": 1.0, "low_confidence_below": 0.0, "max_per_hour": 1000}}
+    with pipeline_at(tmp_path / "data", config=every_frame) as p:
+        observe(p, REQUEUE_REVIEWS_MAX + 4)  # one review sample per frame
+        fail_appends(monkeypatch, 1)
+        with capture_logs() as logs, pytest.raises(sqlite3.OperationalError):
+            await p.flush(force=True)
+        assert [e["count"] for e in logs if e["event"] == "telemetry.review_samples_dropped"] == [4]
+        assert await p.flush() == REQUEUE_REVIEWS_MAX + 1  # the window (every frame) and the newest samples
+        assert window_frames(p.buffer) == REQUEUE_REVIEWS_MAX + 4
+        assert p.buffer.count(RecordClass.REVIEW) == REQUEUE_REVIEWS_MAX
 
 
 async def test_a_gap_whose_append_failed_at_start_is_stored_by_the_next_flush_once(

@@ -75,6 +75,8 @@ BUFFER_MAX_BYTES: int = DEFAULT_CONFIG["telemetry"]["buffer_max_bytes"]
 REVIEW_QUOTA_BYTES: int = DEFAULT_CONFIG["telemetry"]["review_quota_bytes"]
 TICK_S = 0.1
 CHECKPOINT_NAME = "frames.ckpt"
+# Review samples a failed append keeps in memory for the next flush (the oldest beyond go).
+REQUEUE_REVIEWS_MAX = 8
 # The buffer's progress marks: the cumulative frame count its windows cover, and when it was committed.
 FRAMES_THROUGH = "frames_through"
 FRAMES_THROUGH_AT = "frames_through_at"
@@ -191,6 +193,13 @@ class TelemetryPipeline:
         try:
             self._commit(items, through, at)
         except Exception:
+            # Review samples are large (tens of KB) and optional: while appends keep failing, only the newest
+            # few wait in memory. Windows and events (small; the frame count depends on them) all wait.
+            reviews = [b for b in items if isinstance(b, telemetry_pb2.ReviewSample)]
+            if (excess := len(reviews) - REQUEUE_REVIEWS_MAX) > 0:
+                oldest = {id(r) for r in reviews[:excess]}
+                items = [b for b in items if id(b) not in oldest]
+                log.warning("telemetry.review_samples_dropped", count=excess, reason="the buffer's appends fail")
             with self._lock:
                 self._pending[:0] = items
                 if through is not None:
