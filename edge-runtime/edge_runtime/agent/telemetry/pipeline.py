@@ -16,7 +16,8 @@ Decisions:
   compared (``telemetry.frame_gap.declare_gap``) and frames a killed run never reported are declared as a
   ``KIND_FRAME_GAP`` event (exact after kill -9; an unknown count after a reboot or with an unreadable
   checkpoint), committed together with the new mark so a gap is declared once. A batch whose append fails
-  goes back to the queue with its count (the next flush stores both), so no mark covers unstored windows.
+  goes back to the queue with its count (the next flush stores both), so no mark covers unstored windows
+  (of its review samples only the newest ``REQUEUE_REVIEWS_MAX``).
   ``finish`` (a clean stop) closes the open windows into the buffer, marks the checkpoint clean and gives
   the uploader a moment.
 - ``MetricWindow.dropped`` is the buffer's drop count per class since the previous window (a delta).
