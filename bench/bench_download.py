@@ -36,14 +36,14 @@ from edgefleet_testing.blobserver import BlobServer  # noqa: E402
 from edgefleet_testing.faultproxy import FaultProxy  # noqa: E402
 
 RESET_EVERY = 256 << 10
-CAP_BPS = 4_000_000  # bytes/s, per direction
+CAP_BYTES_PER_S = 4_000_000  # bytes/s, per direction
 
 
 def _round(server: BlobServer, digest: str, size: int, work: Path, reset_every: int) -> tuple[float, float, int]:
     """One download from scratch: (MB/s, bytes re-sent per reset, resets)."""
     with FaultProxy(server.port) as proxy:
         proxy.reset_every_bytes = reset_every
-        proxy.bandwidth_bps = CAP_BPS
+        proxy.bandwidth_bytes_per_s = CAP_BYTES_PER_S
         fetcher = BlobFetcher(proxy.address, lambda: ())
         dest = work / f"blob-{time.monotonic_ns()}"
         started = time.perf_counter()

@@ -5,7 +5,7 @@ asyncio loop in a daemon thread, so synchronous and asynchronous tests drive it 
 
     with FaultProxy(target_port) as proxy:
         proxy.latency_s = 0.05            # added to every forwarded chunk, both directions
-        proxy.bandwidth_bps = 2_000_000   # per direction, per connection
+        proxy.bandwidth_bytes_per_s = 250_000  # bytes (not bits) per second, per direction and connection
         proxy.reset_every_bytes = 3 << 20 # reset each connection after this many downstream bytes
         proxy.reset_all()                 # reset every open connection now
         proxy.blackhole = True            # accept, then silently drop everything (a dead link)
@@ -42,7 +42,7 @@ class FaultProxy:
     def __init__(self, target_port: int, target_host: str = "127.0.0.1", listen_host: str = "127.0.0.1") -> None:
         self.target = (target_host, target_port)
         self.latency_s = 0.0
-        self.bandwidth_bps = 0.0  # 0 = unlimited
+        self.bandwidth_bytes_per_s = 0.0  # 0 = unlimited
         self.reset_every_bytes = 0  # 0 = never
         self.blackhole = False
         self.refuse = False
@@ -193,8 +193,8 @@ class FaultProxy:
                     continue  # swallowed: the peer sees a live socket that never answers
                 if self.latency_s:
                     await asyncio.sleep(self.latency_s)
-                if self.bandwidth_bps:
-                    await asyncio.sleep(len(data) / self.bandwidth_bps)
+                if self.bandwidth_bytes_per_s:
+                    await asyncio.sleep(len(data) / self.bandwidth_bytes_per_s)
                 if budget is not None and budget[0]:
                     if len(data) >= budget[0]:
                         self.stats.bytes_down += budget[0]

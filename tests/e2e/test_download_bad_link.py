@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 PADDING = 30_000_000
 RESET_EVERY = 256 << 10
 MAX_RESENT_PER_RESET = 64 << 10
-CAP_BPS = 3_000_000 / 8  # the proxy's bandwidth is in bytes per second
+CAP_BYTES_PER_S = 3_000_000 / 8  # 3 Mbit/s
 
 
 @dataclass
@@ -134,7 +134,7 @@ def test_30mb_update_through_a_3_mbit_cap_with_resets_and_blackholes(fleet: Flee
         FaultProxy(fleet.ctl.port) as proxy,
         running_edge(proxy.address, tmp_path / "capped", fleet.ctl.enrollment_token("lab"), name="capped") as dev,
     ):
-        proxy.bandwidth_bps = CAP_BPS
+        proxy.bandwidth_bytes_per_s = CAP_BYTES_PER_S
         proxy.reset_every_bytes = RESET_EVERY
         status = update_through(fleet, proxy, dev, bundle, timeout=240)
 
@@ -152,7 +152,7 @@ def test_sigterm_during_a_stuck_download_stops_at_once_and_the_restart_resumes_f
     with FaultProxy(fleet.ctl.port) as proxy:
         dev = start_edge(proxy.address, data, fleet.ctl.enrollment_token("lab"), name="resume")
         try:
-            proxy.bandwidth_bps = 2_000_000
+            proxy.bandwidth_bytes_per_s = 2_000_000
             fleet.ctl.set_desired(dev.name, bundle.digest)
             dev.wait_for(lambda s: s["download"] and s["download"]["bytes_kept"] > 2_000_000, 30, "2 MB kept")
             proxy.blackhole = True  # the download now retries forever: only the stop can end it
@@ -167,7 +167,7 @@ def test_sigterm_during_a_stuck_download_stops_at_once_and_the_restart_resumes_f
         assert kept > 2_000_000
 
         proxy.blackhole = False
-        proxy.bandwidth_bps = 0
+        proxy.bandwidth_bytes_per_s = 0
         down = proxy.stats.bytes_down
         with running_edge(proxy.address, data, "", name="resume") as again:
             status = again.committed(bundle.digest, timeout=60)
@@ -185,7 +185,7 @@ def test_a_new_desired_bundle_does_not_wait_for_a_slow_download(fleet: Fleet, tm
         FaultProxy(fleet.ctl.port) as proxy,
         running_edge(proxy.address, tmp_path / "switch", fleet.ctl.enrollment_token("lab"), name="switch") as dev,
     ):
-        proxy.bandwidth_bps = 150_000  # the slow bundle alone needs ~55 s
+        proxy.bandwidth_bytes_per_s = 150_000  # the slow bundle alone needs ~55 s
         fleet.ctl.set_desired(dev.name, slow.digest)
         dev.wait_for(lambda s: s["download"] and s["download"]["bytes_kept"] > 300_000, 30, "slow download under way")
         switched = time.monotonic()

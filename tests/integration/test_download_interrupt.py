@@ -90,7 +90,7 @@ def _partial(data: Path, bundle: PublishedBundle) -> int:
 
 def _start_stuck_download(world: World, driver: UpdateDriver, fetcher: BlobFetcher, data: Path) -> threading.Thread:
     """Desire v1 on a slow link and blackhole it once some of the model arrived: the fetch retries forever."""
-    world.proxy.bandwidth_bps = 3_000_000
+    world.proxy.bandwidth_bytes_per_s = 3_000_000
     worker = threading.Thread(target=driver.handle, args=(world.v1.desired(),))
     worker.start()
     deadline = time.monotonic() + 20
@@ -111,7 +111,7 @@ def _start_stuck_download(world: World, driver: UpdateDriver, fetcher: BlobFetch
 
 def _heal(world: World) -> None:
     world.proxy.blackhole = False
-    world.proxy.bandwidth_bps = 0
+    world.proxy.bandwidth_bytes_per_s = 0
 
 
 def _record(driver: UpdateDriver) -> UpdateRecord:

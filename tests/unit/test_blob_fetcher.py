@@ -139,7 +139,7 @@ def test_chunk_grows_back_when_the_link_recovers(link: Link, tmp_path: Path) -> 
 def test_blackhole_and_refused_connections_are_retried_not_failed(link: Link, tmp_path: Path) -> None:
     data = _random(3 << 20, seed=4)
     digest = link.blobs.add(data)
-    link.proxy.bandwidth_bps = 4_000_000  # ~0.8 s of transfer, so the link dies mid-download
+    link.proxy.bandwidth_bytes_per_s = 4_000_000  # ~0.8 s of transfer, so the link dies mid-download
     fetcher = link.fetcher(chunk_bytes=64 << 10)
     dest = tmp_path / "blob"
     outcome: list[BaseException | None] = []
@@ -195,7 +195,7 @@ def test_size_disagreement_fails_with_both_sizes(link: Link, tmp_path: Path) -> 
 def test_cancel_gives_up_promptly_keeping_the_bytes_and_the_next_fetch_resumes(link: Link, tmp_path: Path) -> None:
     data = _random(4 << 20, seed=6)
     digest = link.blobs.add(data)
-    link.proxy.bandwidth_bps = 2_000_000
+    link.proxy.bandwidth_bytes_per_s = 2_000_000
     fetcher = link.fetcher(chunk_bytes=64 << 10, stall_timeout_s=60.0)  # only the cancel can end this one
     dest = tmp_path / "blob"
     cancel = threading.Event()
@@ -222,7 +222,7 @@ def test_cancel_gives_up_promptly_keeping_the_bytes_and_the_next_fetch_resumes(l
     assert dest.read_bytes() == data[:kept]
 
     link.proxy.blackhole = False
-    link.proxy.bandwidth_bps = 0
+    link.proxy.bandwidth_bytes_per_s = 0
     before = len(link.blobs.requests)
     _fetch(fetcher, digest, dest, len(data))
     assert dest.read_bytes() == data
