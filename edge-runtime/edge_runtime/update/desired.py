@@ -4,11 +4,14 @@ What the controller asks for becomes a candidate (bundle, config): a new bundle 
 for the committed bundle is staged and canaried in shadow, or put in force for a watch window when it keeps
 every inference key; a config change while a bundle is installed retargets that candidate; a config with
 nothing to judge it on is committed at once; what already serves is adopted under the new assignment; a
-rejection is not retried under the same assignment. See ``edge_runtime.update.state`` for the rules.
+rejection is not retried under the same assignment. On a first install, the candidate serving its trial is
+committed before anything replaces it, so it serves until something better is proven. See
+``edge_runtime.update.state`` for the rules.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -17,15 +20,25 @@ from edge_runtime.update.decision import (
     Decision,
     abandon,
     abandon_effects,
+    commit_changes,
     fresh_candidate_changes,
     ignore,
     serve_candidate,
     serve_committed,
     stage_candidate,
+    target_config,
     transition,
     watch_candidate,
 )
-from edge_runtime.update.effects import CommitConfig, StartCanary, StartDownload, StopEvaluation
+from edge_runtime.update.effects import (
+    Commit,
+    CommitConfig,
+    RaiseAlert,
+    StartCanary,
+    StartDownload,
+    StopEvaluation,
+    UpdateEffect,
+)
 from edge_runtime.update.events import Cancelled, DesiredBundleChanged
 from edge_runtime.update.record import CANDIDATE_RAN, IN_PROGRESS, SETTLED, RetryLimits, UpdateRecord, UpdateState
 from edgefleet.contract.digests import is_digest
@@ -125,6 +138,37 @@ def _retarget_config(
     )
 
 
+def _keep_first_install_serving(
+    record: UpdateRecord, now: datetime, wanted: str, keep: str, then: Callable[[UpdateRecord], Decision]
+) -> Decision:
+    """``then`` on ``record``, except on a first install whose candidate serves its trial: that candidate is
+    committed first (its watch window cut short, an alert says so, a degraded mark kept), then ``then`` runs
+    on the committed record. So it serves while the new candidate (``wanted``) is installed, and stays when
+    that one fails: nothing committed means nothing to fall back to, so serving nothing would be the fallback.
+    One decision, one journal write: a restart after it serves the committed bundle. ``keep``: the slot the
+    new candidate may reuse."""
+    if record.state != UpdateState.TRIAL or record.committed is not None:
+        return then(record)
+    serving = record.candidate
+    assert serving is not None
+    message = (
+        f"first install: committed {serving} before its trial window ended, so it keeps serving while "
+        f"{wanted} is installed"
+    )
+    first: tuple[UpdateEffect, ...] = (
+        StopEvaluation(serving),
+        Commit(serving, keep=tuple(dict.fromkeys((serving, keep))), config=target_config(record)),
+        RaiseAlert("first_install.committed_early", serving, message),
+    )
+    committed = replace(
+        record, state=UpdateState.COMMITTED, entered_at=now, updated_at=now, **commit_changes(record, serving, None)
+    )
+    decision = then(committed)
+    if decision.ignored is not None:
+        return ignore(record, decision.ignored)
+    return replace(decision, effects=(*first, *decision.effects))
+
+
 def _settled_state(record: UpdateRecord) -> UpdateState:
     return UpdateState.COMMITTED if record.committed is not None else UpdateState.IDLE
 
@@ -206,13 +250,25 @@ def on_desired(record: UpdateRecord, event: DesiredBundleChanged, now: datetime,
     if bundle == record.committed:
         return _start_config_candidate(record, config, inference, event.assignment_id, now)
     if in_progress and bundle == record.candidate:
-        return _retarget_config(record, config, inference, event.assignment_id, now)
+        return _keep_first_install_serving(
+            record,
+            now,
+            wanted,
+            bundle,
+            lambda r: (
+                _start_config_candidate(r, config, inference, event.assignment_id, now)
+                if r.committed == bundle
+                else _retarget_config(r, config, inference, event.assignment_id, now)
+            ),
+        )
     if not event.artifacts:
         return ignore(record, f"desired bundle {bundle} lists no artifacts; cannot download it")
     bad = [a for a in event.artifacts if not is_digest(a.digest) or a.size < 0]
     if bad:
         return ignore(record, f"desired bundle {bundle} has malformed artifacts: {bad!r}")
-    return _start_candidate(record, event, config, inference, now)
+    return _keep_first_install_serving(
+        record, now, wanted, bundle, lambda r: _start_candidate(r, event, config, inference, now)
+    )
 
 
 def on_cancelled(record: UpdateRecord, event: Cancelled, now: datetime, limits: RetryLimits) -> Decision:

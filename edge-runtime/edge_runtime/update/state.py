@@ -70,6 +70,12 @@ Decisions written down here (the rest of the runtime relies on them):
   a canary miss commits it still degraded. Errors, NaNs, a golden
   mismatch, a load or verification failure and a crash loop refuse it as for any device: the device serves
   nothing rather than a bundle that computes wrongly. ``degraded`` is cleared when a bundle commits normally.
+  What serves keeps serving until something better is proven: a new desired state (another bundle, or any
+  config change, even telemetry-only) that arrives while the first-install candidate serves its trial first
+  commits that candidate (its watch window cut short, ``first_install.committed_early`` alert, a degraded
+  mark kept), then becomes a candidate against it as on any device, in the same decision (one journal
+  write). It serves while the new candidate downloads and canaries; if that one fails the device still
+  serves it (committed: there is nothing else to fall back to); a restart serves it at once.
 - Outcomes belong to an assignment. Every desired state carries the controller's ``assignment_id``
   (opaque to the device); the record keeps the assignment of the desired state the device is acting on
   (``assignment_id``), the reporter echoes it in ``ReportedState.assignment_id`` next to the state,
