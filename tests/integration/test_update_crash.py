@@ -16,6 +16,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,15 @@ from typing import Any
 import pytest
 
 from edge_runtime.update.driver import UpdateDriver
-from edge_runtime.update.events import CanaryFailed, CanaryStarted, DesiredBundleChanged, TrialFailed
+from edge_runtime.update.errors import FetchError
+from edge_runtime.update.events import (
+    CanaryFailed,
+    CanaryStarted,
+    DesiredBundleChanged,
+    TrialFailed,
+    TrialPassed,
+    UpdateEvent,
+)
 from edge_runtime.update.journal import Journal
 from edge_runtime.update.record import IN_PROGRESS, UpdateRecord, UpdateState
 from edge_runtime.update.slots import BundleSlots
@@ -156,7 +165,17 @@ BOUNDARIES = [
 ]
 
 
-def drill(data: Path, world: World, *, desired: str | None, crash_at: str | None) -> subprocess.CompletedProcess[str]:
+def drill(
+    data: Path,
+    world: World,
+    *,
+    desired: str | None,
+    crash_at: str | None,
+    blobs: Path | None = None,
+    hold_trial: bool = False,
+) -> subprocess.CompletedProcess[str]:
+    """One life of the crash drill on ``data`` (``blobs``: another blob store than the world's; ``hold_trial``:
+    the watch window never ends)."""
     env = {k: v for k, v in os.environ.items() if k != "EDGEFLEET_CRASH_AT"}
     if crash_at:
         env["EDGEFLEET_CRASH_AT"] = crash_at
@@ -167,10 +186,12 @@ def drill(data: Path, world: World, *, desired: str | None, crash_at: str | None
         "--data-dir",
         str(data),
         "--blobs",
-        str(world.blobs),
+        str(blobs or world.blobs),
     ]
     if desired:
         cmd += ["--desired", desired]
+    if hold_trial:
+        cmd.append("--hold-trial")
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
@@ -255,6 +276,140 @@ def test_clean_stop_during_trial_resumes_without_counting_a_crash(world: World, 
     assert record.failure == "resumed at trial after the process stopped cleanly"
     assert again.switcher.serving == world.v2.digest and again.driver.record.committed == world.v1.digest
     assert ("start_watch", world.v2.digest) in again.evaluator.calls
+
+
+def corrupt_blobs(world: World, bundle: PublishedBundle, root: Path) -> Path:
+    """A copy of the world's blobs where ``bundle``'s model has one byte flipped (same size)."""
+    blobs = root / "corrupt-blobs"
+    shutil.copytree(world.blobs, blobs)
+    model = next(a for a in bundle.artifacts if a.name == "model.onnx")
+    blob = blobs / model.digest.removeprefix("sha256:")
+    blob.write_bytes(b"X" + blob.read_bytes()[1:])
+    return blobs
+
+
+def test_sigkill_while_a_first_install_trial_is_replaced_recovers_serving_it(world: World, tmp_path: Path) -> None:
+    """Nothing committed, v0 serving its trial; v1 desired; SIGKILL at the write that commits v0 and starts v1."""
+    v0, v1 = world.v0.digest, world.v1.digest
+    first = tmp_path / "first"
+    trial = snapshots(drill(first, world, desired=v0, crash_at=None, hold_trial=True))["final"]
+    assert (trial["record"]["state"], trial["record"]["committed"], trial["serving"]) == ("trial", None, v0)
+    corrupt = corrupt_blobs(world, world.v1, tmp_path)
+
+    # Killed before that write: v0's trial resumes, serving it.
+    before = tmp_path / "before"
+    shutil.copytree(first, before)
+    assert (
+        drill(before, world, desired=v1, crash_at="downloading:before", hold_trial=True).returncode == -signal.SIGKILL
+    )
+    recovered = snapshots(drill(before, world, desired=None, crash_at=None, hold_trial=True))["recovered"]
+    assert (recovered["record"]["state"], recovered["record"]["committed"], recovered["serving"]) == ("trial", None, v0)
+
+    # Killed right after it (v0 committed in the journal, its Commit effect not yet run): v0 serves at once;
+    # v1's download resumes; v1 is corrupt on the blob store, fails, and v0 still serves, also after a restart.
+    after = tmp_path / "after"
+    shutil.copytree(first, after)
+    assert drill(after, world, desired=v1, crash_at="downloading:after", hold_trial=True).returncode == -signal.SIGKILL
+    left = Journal(after / "update").load()
+    assert (left.state, left.committed, left.candidate) == (S.DOWNLOADING, v0, v1)
+    recovered = snapshots(drill(after, world, desired=None, crash_at=None, blobs=corrupt))["recovered"]
+    record = UpdateRecord.from_dict(recovered["record"])
+    assert (record.state, record.committed, record.rejected, recovered["serving"]) == (S.FAILED, v0, v1, v0)
+    assert record.failure is not None and "model.onnx" in record.failure
+    again = snapshots(drill(after, world, desired=None, crash_at=None))["recovered"]
+    assert (again["record"]["committed"], again["serving"]) == (v0, v0)
+    assert_slots_verified(after, world)
+
+    # The same death, then v1 intact: it passes and replaces v0.
+    passes = tmp_path / "passes"
+    shutil.copytree(first, passes)
+    assert drill(passes, world, desired=v1, crash_at="downloading:after", hold_trial=True).returncode == -signal.SIGKILL
+    done = snapshots(drill(passes, world, desired=None, crash_at=None))["recovered"]
+    assert (done["record"]["state"], done["record"]["committed"], done["record"]["previous"]) == ("committed", v1, v0)
+    assert done["serving"] == v1
+    assert_slots_verified(passes, world)
+
+
+class ServingProbe:
+    """What the switcher serves whenever the replacement is fetched or canaried, and what the alerts say."""
+
+    def __init__(self, switcher: RecordingSwitcher) -> None:
+        self.switcher = switcher
+        self.seen: list[tuple[str, str | None]] = []
+
+    def note(self, what: str) -> None:
+        self.seen.append((what, self.switcher.serving))
+
+
+class ProbedFetcher(DirectoryFetcher):
+    """Fetches from a blob directory, noting what serves; ``data_loss`` digests fail as a corrupt blob does."""
+
+    def __init__(self, blob_dir: Path, probe: ServingProbe, data_loss: set[str]) -> None:
+        super().__init__(blob_dir)
+        self.probe, self.data_loss = probe, data_loss
+
+    def fetch(
+        self,
+        digest: str,
+        dest_path: Path,
+        expected_size: int,
+        resume_from: int,
+        *,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        self.probe.note(f"fetch {digest}")
+        if digest in self.data_loss:
+            raise FetchError(f"DATA_LOSS: blob {digest} fails its own digest on the controller")
+        super().fetch(digest, dest_path, expected_size, resume_from, cancel=cancel)
+
+
+class ProbedEvaluator(ScriptedEvaluator):
+    def __init__(self, probe: ServingProbe, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.probe = probe
+
+    def start_canary(self, digest: str, bundle_dir: Path) -> list[UpdateEvent]:
+        self.probe.note(f"canary {digest}")
+        return list(super().start_canary(digest, bundle_dir))
+
+
+def test_a_first_install_in_trial_keeps_serving_while_replacements_download_canary_and_fail(
+    world: World, tmp_path: Path
+) -> None:
+    v0, v1, v2 = world.v0.digest, world.v1.digest, world.v2.digest
+    switcher = RecordingSwitcher()
+    probe = ServingProbe(switcher)
+    model_v1 = next(a for a in world.v1.artifacts if a.name == "model.onnx").digest
+    fetcher = ProbedFetcher(world.blobs, probe, data_loss={model_v1})
+    evaluator = ProbedEvaluator(
+        probe, watch=(), canary_by_digest={v2: (CanaryStarted(), CanaryFailed("3 inference errors in 60 frames"))}
+    )
+    dev = device(tmp_path / "d", world, fetcher=fetcher, evaluator=evaluator, switcher=switcher)
+    trial = dev.driver.handle(world.v0.desired())
+    assert (trial.state, trial.committed, switcher.serving) == (S.TRIAL, None, v0)
+    served_from, seen_from = len(switcher.calls), len(probe.seen)
+
+    # v1's blob is corrupt on the controller: every attempt fails, v0 serves throughout and after.
+    failed = dev.driver.handle(world.v1.desired())
+    assert (failed.state, failed.committed, failed.candidate) == (S.FAILED, v0, v1)
+    assert failed.failure is not None and "DATA_LOSS" in failed.failure
+    assert dev.reporter.alerts[-1][0] == v0 and dev.reporter.alerts[-1][1].startswith("first_install.committed_early")
+    # v2's canary finds errors: rolled back, v0 (committed now) still serves.
+    rolled_back = dev.driver.handle(world.v2.desired())
+    assert (rolled_back.state, rolled_back.committed, rolled_back.rejected) == (S.ROLLED_BACK, v0, v2)
+    assert ("canary " + v2, v0) in probe.seen and ("fetch " + model_v1, v0) in probe.seen
+    assert all(serving == v0 for _, serving in probe.seen[seen_from:]), probe.seen[seen_from:]
+    assert ("swap_to_committed", None) not in switcher.calls[served_from:] and switcher.serving == v0
+    assert len(dev.reporter.alerts) == 1, "committed early once"
+    # A restart (no clean stop; on a copy of the data dir) serves v0 at once.
+    shutil.copytree(tmp_path / "d", tmp_path / "restart")
+    restarted = device(tmp_path / "restart", world)
+    assert (restarted.driver.record.committed, restarted.switcher.serving) == (v0, v0)
+
+    # v2 under a new assignment and a passing canary: it replaces v0 as on any device.
+    evaluator.canary_by_digest, evaluator.watch = {}, (TrialPassed(),)
+    record = dev.driver.handle(DesiredBundleChanged(v2, world.v2.artifacts, "retry-v2"))
+    assert (record.state, record.committed, record.previous, switcher.serving) == (S.COMMITTED, v2, v0, v2)
 
 
 def test_damaged_journal_after_crash_serves_newest_verified_slot(world: World, base: Path, tmp_path: Path) -> None:

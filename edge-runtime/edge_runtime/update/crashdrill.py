@@ -6,7 +6,8 @@ Starts an ``UpdateDriver`` on ``DIR`` (journal in ``DIR/update``), recovers (an 
 and, with the scripted canary, finishes), prints one JSON line ``{"phase": "recovered", ...}``, then, with
 ``--desired``, drives that bundle (from ``BLOBS/catalog.json``) through every state and prints
 ``{"phase": "final", ...}``. Each line carries the record and the bundle the engine serves. A run that
-reaches its end stops the driver cleanly (the clean-stop marker); a killed one does not.
+reaches its end stops the driver cleanly (the clean-stop marker); a killed one does not. ``--hold-trial``:
+the watch window never ends, so a candidate that reaches its trial stays there, serving.
 
 ``EDGEFLEET_CRASH_AT=<state>:<before|after>`` kills the process with SIGKILL at the first transition into
 ``<state>``, before or after its journal write: the closest a test can get to pulling the power cord.
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--blobs", type=Path, required=True)
     parser.add_argument("--desired", default=None)
+    parser.add_argument("--hold-trial", action="store_true", help="the watch window never ends")
     args = parser.parse_args(argv)
     configure_logging("info", json=True)
 
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         fetcher=DirectoryFetcher(args.blobs),
         verifier=ManifestVerifier(manifests_of(catalog.values())),
         switcher=switcher,
-        evaluator=ScriptedEvaluator(),
+        evaluator=ScriptedEvaluator(watch=()) if args.hold_trial else ScriptedEvaluator(),
         reporter=RecordingReporter(),
         disk_margin_bytes=0,
         boundary_hook=boundary,
