@@ -8,7 +8,9 @@ A real controller and real ``edge-runtime`` processes (real gRPC, real onnxrunti
   again) and commits it; the death right after loading the candidate is counted against it, one count does
   not reject it. A first-install device killed in its trial resumes it too (it used to end with no bundle).
   A SIGTERM stop is clean (its marker is on disk). A first install of a bundle too slow for its SLA serves
-  it anyway, with degraded health and a ``first_install.latency_miss`` alert carrying the numbers.
+  it anyway, with degraded health and a ``first_install.latency_miss`` alert carrying the numbers. A first
+  install serving its trial keeps serving (no idle frame) through a config change, a corrupt bundle and a
+  SIGKILL, until a good bundle passes its canary and replaces it.
 - (f) config rollouts through the controller (a staged FleetConfig revision rolled out in waves): a change
   of ``inference.conf_threshold`` that keeps every classification is canaried in shadow (a second engine of
   the same bundle under the new config) and committed on both devices; one whose threshold drops every
@@ -19,6 +21,7 @@ A real controller and real ``edge-runtime`` processes (real gRPC, real onnxrunti
 
 from __future__ import annotations
 
+import itertools
 import signal
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -286,3 +289,71 @@ def test_config_rollouts_canary_a_threshold_change_and_revert_one_that_drops_eve
             for e in events(ctl, other)
             if e.kind == KIND.KIND_CANARY_VERDICT
         )
+
+
+def test_a_first_install_in_trial_serves_through_a_config_change_a_corrupt_bundle_a_sigkill_and_a_good_one(
+    tmp_path: Path,
+) -> None:
+    """Nothing committed, v1 serving its first-install trial: a telemetry-only config change, then a bundle
+    whose blob is corrupt on the controller (DATA_LOSS), with a SIGKILL while it is in progress, then a good
+    bundle. v1 serves the whole time (no idle frame, no gap in the frame log, health never back to starting)
+    until v2 passes its canary and replaces it. This sequence used to clear v1 and serve nothing."""
+    with start_controller(tmp_path / "ctl") as ctl:
+        key = ctl.trust_new_key(tmp_path / "keys")
+        v1 = make_bundle(tmp_path / "b1", key, version="1.0.0", seed=1)
+        bad = make_bundle(tmp_path / "bad", key, version="2.0.0-corrupt", seed=3)  # its own model blob
+        v2 = make_bundle(tmp_path / "b2", key, version="3.0.0", seed=1)  # same weights: its canary passes
+        for bundle in (v1, bad, v2):
+            ctl.push(bundle)
+        blob = ctl.blob_path(bad.artifact_digests["model"])
+        blob.chmod(0o644)
+        data = bytearray(blob.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        blob.write_bytes(bytes(data))
+        canary: dict[str, Any] = {"watch_window_s": 600.0, "min_frames": 50, "min_seconds": 1.0}  # trials outlast it
+        ctl.apply_config(**canary)
+        token = ctl.enrollment_token("lab")
+        seen: list[dict[str, Any]] = []
+
+        def serving_v1(status: dict[str, Any]) -> bool:
+            seen.append(status)
+            return bool(status["serving"] == v1.digest)
+
+        dev = start_edge(ctl.address, tmp_path / "dev", token, name="dev")
+        try:
+            ctl.set_desired("dev", v1.digest)
+            trial = dev.wait_for(lambda s: s["update"]["state"] == "trial" and s["serving"] == v1.digest, 60, "trial")
+            assert trial["update"]["committed"] is None
+            first_frame = dev.frames()[-1][0]
+
+            # A telemetry-only change: v1 is committed and goes on serving, the config in a watch window.
+            ctl.apply_config(**canary, extra="    telemetry: {window_s: 2}\n")
+            dev.wait_for(lambda s: serving_v1(s) and s["update"]["committed"] == v1.digest, 20, "v1 committed")
+            # The corrupt bundle: its downloads are refused; killed while it is in progress.
+            ctl.set_desired("dev", bad.digest)
+            dev.wait_for(lambda s: serving_v1(s) and s["update"]["candidate"] == bad.digest, 20, "bad in progress")
+            dev.proc.kill()
+            assert dev.wait_exit(10) == -signal.SIGKILL
+            logged = dev.frames()
+            first_life = [(fid, digest) for fid, digest in logged if fid >= first_frame]
+            dev = start_edge(ctl.address, tmp_path / "dev", token, name="dev")
+            dev.wait_for(lambda s: serving_v1(s) and s["update"]["state"] == "failed", 60, "bad failed")
+            wait_until(lambda: ctl.device("dev").reported.update_state == S.UPDATE_STATE_FAILED, 20, "failed")
+            reported = ctl.device("dev").reported
+            assert reported.running_bundle_digest == v1.digest and bad.digest not in reported.slot_digests
+            # The good one: canaried against v1 in shadow, then it replaces v1.
+            ctl.set_desired("dev", v2.digest)
+            replaced = dev.wait_for(lambda s: not serving_v1(s), 60, "v2 serving")
+            assert replaced["serving"] == v2.digest and replaced["update"]["state"] == "trial"
+            assert replaced["update"]["committed"] == v1.digest
+            second_life = dev.frames()[len(logged) :]
+        finally:
+            dev.terminate()
+        assert all(s["health"] != "HEALTH_STARTING" for s in seen), [s["health_reason"] for s in seen]
+        assert all(s["frames_idle"] == trial["frames_idle"] for s in seen if s["pid"] == trial["pid"]), "idle frames"
+        for frames in (first_life, second_life):
+            ids = [fid for fid, _ in frames]
+            assert ids and ids == list(range(ids[0], ids[0] + len(ids))), "a frame was not served"
+        assert {digest for _, digest in first_life} == {v1.digest}
+        changes = [(a, b) for (_, a), (_, b) in itertools.pairwise(second_life) if a != b]
+        assert second_life[0][1] == v1.digest and changes == [(v1.digest, v2.digest)], changes
