@@ -46,7 +46,7 @@ class World:
     v2: PublishedBundle
     manifests: dict[str, dict[str, str]]
 
-    def device(self, data: Path) -> tuple[UpdateDriver, BlobFetcher]:
+    def device(self, data: Path, reporter: RecordingReporter | None = None) -> tuple[UpdateDriver, BlobFetcher]:
         slots = BundleSlots(data)
         fetcher = BlobFetcher(
             self.proxy.address,
@@ -63,7 +63,7 @@ class World:
             verifier=ManifestVerifier(self.manifests),
             switcher=RecordingSwitcher(),
             evaluator=ScriptedEvaluator(),
-            reporter=RecordingReporter(),
+            reporter=reporter or RecordingReporter(),
             disk_margin_bytes=0,
         )
         driver.start()
@@ -88,13 +88,17 @@ def _partial(data: Path, bundle: PublishedBundle) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-def _start_stuck_download(world: World, driver: UpdateDriver, fetcher: BlobFetcher, data: Path) -> threading.Thread:
-    """Desire v1 on a slow link and blackhole it once some of the model arrived: the fetch retries forever."""
+def _start_stuck_download(
+    world: World, driver: UpdateDriver, fetcher: BlobFetcher, data: Path, bundle: PublishedBundle | None = None
+) -> threading.Thread:
+    """Desire ``bundle`` (v1) on a slow link and blackhole it once some of the model arrived: the fetch
+    retries forever."""
+    bundle = bundle or world.v1
     world.proxy.bandwidth_bytes_per_s = 3_000_000
-    worker = threading.Thread(target=driver.handle, args=(world.v1.desired(),))
+    worker = threading.Thread(target=driver.handle, args=(bundle.desired(),))
     worker.start()
     deadline = time.monotonic() + 20
-    while _partial(data, world.v1) < 256 << 10:
+    while _partial(data, bundle) < 256 << 10:
         assert time.monotonic() < deadline, "the download never started"
         time.sleep(0.01)
     world.proxy.blackhole = True
@@ -186,3 +190,24 @@ def test_stop_during_a_stuck_download_is_clean_and_the_restart_resumes_from_the_
     assert refetcher.counters.resumes >= 1
     total = sum(a.size for a in world.v1.artifacts if a.name != "bundle.json")
     assert refetcher.counters.bytes_written <= total - kept + (64 << 10)
+
+
+def test_the_downloading_state_is_reported_while_the_download_is_still_stuck(world: World, tmp_path: Path) -> None:
+    data = tmp_path / "dev"
+    reporter = RecordingReporter()
+    driver, fetcher = world.device(data, reporter)
+    driver.handle(world.v1.desired())
+    assert _record(driver).committed == world.v1.digest
+    worker = _start_stuck_download(world, driver, fetcher, data, world.v2)
+    try:
+        last = reporter.reports[-1]  # the fetch of v2 is still blocked on the dead link
+        assert (last.state, last.candidate, last.committed) == (
+            UpdateState.DOWNLOADING,
+            world.v2.digest,
+            world.v1.digest,
+        ), "the new state is reported when the download starts, not when it ends"
+        assert last == _record(driver), "the reported record is the journaled one"
+    finally:
+        assert driver.stop(timeout_s=5) is True
+        worker.join(5)
+    assert not worker.is_alive()

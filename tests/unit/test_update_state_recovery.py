@@ -9,6 +9,7 @@ import pytest
 from edge_runtime.update.effects import (
     CollectGarbage,
     DiscardCandidate,
+    ReportState,
     Stage,
     StartCanary,
     StartDownload,
@@ -27,7 +28,12 @@ from tests.unit.update_state_cases import NOW, A, B, S, arts, desired, record_in
 def test_recover_resumes_a_download_keeping_its_partial_files() -> None:
     decision = recover(record_in(S.DOWNLOADING), NOW)
     assert decision.record.state == S.DOWNLOADING and decision.record.candidate == B
-    assert decision.effects[:3] == (SwapToCommitted(A), CollectGarbage(keep=(A, B)), StartDownload(B, arts(B)))
+    assert decision.effects == (
+        SwapToCommitted(A),
+        CollectGarbage(keep=(A, B)),
+        ReportState(),
+        StartDownload(B, arts(B)),
+    )
     assert not any(isinstance(e, DiscardCandidate) for e in decision.effects)
     # A death while downloading is no crash of the candidate: no candidate code ran.
     assert (decision.record.interruptions, decision.record.crashes) == (1, 0)

@@ -15,6 +15,7 @@ from edge_runtime.update.effects import (
     CollectGarbage,
     Commit,
     DiscardCandidate,
+    ReportState,
     Stage,
     StartCanary,
     StartDownload,
@@ -61,38 +62,39 @@ from tests.unit.update_state_cases import (
     record_in,
 )
 
-# (id, state, event, expected state, expected effect types)
+# (id, state, event, expected state, expected effect types). ReportState comes last, except before a
+# StartDownload: the driver blocks in it until the download ends, so the new state is reported first.
 CASES: list[tuple[str, UpdateState, UpdateEvent, UpdateState, tuple[type, ...]]] = [
-    *[(f"{s}-desired-new", s, desired(C), S.DOWNLOADING, (StartDownload, R)) for s in sorted(SETTLED)],
+    *[(f"{s}-desired-new", s, desired(C), S.DOWNLOADING, (R, StartDownload)) for s in sorted(SETTLED)],
     *[(f"{s}-recovered", s, Recovered(), s, (SwapToCommitted, CollectGarbage, R)) for s in sorted(SETTLED)],
     (
         "downloading-desired-new",
         S.DOWNLOADING,
         desired(C),
         S.DOWNLOADING,
-        (DiscardCandidate, StartDownload, R),
+        (DiscardCandidate, R, StartDownload),
     ),
-    ("verifying-desired-new", S.VERIFYING, desired(C), S.DOWNLOADING, (DiscardCandidate, StartDownload, R)),
+    ("verifying-desired-new", S.VERIFYING, desired(C), S.DOWNLOADING, (DiscardCandidate, R, StartDownload)),
     (
         "staged-desired-new",
         S.STAGED,
         desired(C),
         S.DOWNLOADING,
-        (StopEvaluation, DiscardCandidate, StartDownload, R),
+        (StopEvaluation, DiscardCandidate, R, StartDownload),
     ),
     (
         "canary-desired-new",
         S.CANARY,
         desired(C),
         S.DOWNLOADING,
-        (StopEvaluation, DiscardCandidate, StartDownload, R),
+        (StopEvaluation, DiscardCandidate, R, StartDownload),
     ),
     (
         "trial-desired-new",
         S.TRIAL,
         desired(C),
         S.DOWNLOADING,
-        (SwapToCommitted, StopEvaluation, DiscardCandidate, StartDownload, R),
+        (SwapToCommitted, StopEvaluation, DiscardCandidate, R, StartDownload),
     ),
     # Restarts resume: the committed bundle serves, the same candidate picks up where it stood.
     (
@@ -100,7 +102,7 @@ CASES: list[tuple[str, UpdateState, UpdateEvent, UpdateState, tuple[type, ...]]]
         S.DOWNLOADING,
         Recovered(),
         S.DOWNLOADING,
-        (SwapToCommitted, CollectGarbage, StartDownload, R),
+        (SwapToCommitted, CollectGarbage, R, StartDownload),
     ),
     *[
         (f"{s}-recovered", s, Recovered(), S.VERIFYING, (SwapToCommitted, CollectGarbage, Verify, R))
@@ -126,7 +128,7 @@ CASES: list[tuple[str, UpdateState, UpdateEvent, UpdateState, tuple[type, ...]]]
         (SwapToCommitted, StopEvaluation, DiscardCandidate, R),
     ),
     ("download-completed", S.DOWNLOADING, DownloadCompleted(), S.VERIFYING, (Verify, R)),
-    ("download-failed-retry", S.DOWNLOADING, DownloadFailed("reset"), S.DOWNLOADING, (StartDownload, R)),
+    ("download-failed-retry", S.DOWNLOADING, DownloadFailed("reset"), S.DOWNLOADING, (R, StartDownload)),
     ("disk-insufficient", S.DOWNLOADING, DiskInsufficient(10, 5), S.FAILED, (DiscardCandidate, R)),
     ("verification-passed", S.VERIFYING, VerificationPassed(), S.STAGED, (Stage, StartCanary, R)),
     ("verification-failed", S.VERIFYING, VerificationFailed("bad sig"), S.FAILED, (DiscardCandidate, R)),
@@ -214,7 +216,7 @@ def test_same_candidate_while_in_progress_is_ignored() -> None:
 def test_new_desired_during_canary_cancels_candidate_then_downloads_new_one() -> None:
     decision = decide(record_in(S.CANARY), desired(C), NOW)
     assert decision.effects[:2] == (StopEvaluation(B), DiscardCandidate(B, keep_partial=False))
-    assert decision.effects[2] == StartDownload(C, arts(C))
+    assert decision.effects[2:] == (ReportState(), StartDownload(C, arts(C))), "reported before the download blocks"
     assert decision.record.candidate == C
     assert decision.record.candidate_since == NOW
     assert decision.record.canary_attempts == 0
@@ -248,7 +250,7 @@ def test_download_failures_are_retried_up_to_the_cap() -> None:
     for attempt in range(1, DEFAULT_LIMITS.max_download_attempts):
         decision = decide(record, DownloadFailed(f"drop {attempt}"), NOW)
         assert decision.record.state == S.DOWNLOADING
-        assert decision.effects[0] == StartDownload(B, arts(B))
+        assert decision.effects == (ReportState(), StartDownload(B, arts(B)))
         record = decision.record
     assert record.download_attempts == DEFAULT_LIMITS.max_download_attempts
     final = decide(record, DownloadFailed("drop last"), NOW)

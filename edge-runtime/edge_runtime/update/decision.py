@@ -1,6 +1,8 @@
 """The machine's answer to one event (``Decision``) and the pieces every handler builds it from.
 
-``transition`` is the one way a handler moves the record (it stamps the times and appends ``ReportState``);
+``transition`` is the one way a handler moves the record (it stamps the times and adds ``ReportState``: after
+the quick effects, but before a long-running one, ``StartDownload``, so the new state is published while the
+download runs, not when it ends);
 ``ignore`` leaves it alone with a reason. The effect builders (serve, stage, watch, abandon) and the record
 changes of a fresh, rejected or committed candidate are shared by the handlers of ``desired``, ``progress``
 and ``recovery``, so each rule is written once. Pure, like the rest of the machine.
@@ -16,6 +18,7 @@ from edge_runtime.update.effects import (
     DiscardCandidate,
     ReportState,
     Stage,
+    StartDownload,
     StartWatch,
     StopEvaluation,
     SwapToCandidate,
@@ -37,13 +40,22 @@ class Decision:
 def transition(
     record: UpdateRecord, state: UpdateState, now: datetime, *effects: UpdateEffect, **changes: Any
 ) -> Decision:
-    """Move to ``state`` (re-entering the same state keeps ``entered_at``) and report it."""
+    """Move to ``state`` (re-entering the same state keeps ``entered_at``) and report it: ``ReportState``
+    goes right before a ``StartDownload`` (the driver blocks in it until the download ends), else last."""
     entered_at = record.entered_at if state == record.state else now
     next_record = replace(record, state=state, entered_at=entered_at, updated_at=now, **changes)
     if next_record.committed is None and state != UpdateState.TRIAL and next_record.degraded is not None:
         # A first-install candidate served degraded was abandoned: nothing serves, nothing is degraded.
         next_record = replace(next_record, degraded=None)
-    return Decision(record=next_record, effects=(*effects, ReportState()))
+    return Decision(record=next_record, effects=with_report(effects))
+
+
+def with_report(effects: tuple[UpdateEffect, ...]) -> tuple[UpdateEffect, ...]:
+    """``effects`` with ``ReportState`` before the first long-running effect (``StartDownload``), else last."""
+    for i, effect in enumerate(effects):
+        if isinstance(effect, StartDownload):
+            return (*effects[:i], ReportState(), *effects[i:])
+    return (*effects, ReportState())
 
 
 def ignore(record: UpdateRecord, reason: str) -> Decision:
