@@ -17,6 +17,7 @@ import pytest
 from edge_runtime.agent.download.fetcher import BlobFetcher
 from edge_runtime.agent.retry import Backoff
 from edge_runtime.update.driver import UpdateDriver
+from edge_runtime.update.events import DesiredBundleChanged
 from edge_runtime.update.journal import Journal
 from edge_runtime.update.record import UpdateRecord, UpdateState
 from edge_runtime.update.slots import BundleSlots
@@ -211,3 +212,49 @@ def test_the_downloading_state_is_reported_while_the_download_is_still_stuck(wor
         assert driver.stop(timeout_s=5) is True
         worker.join(5)
     assert not worker.is_alive()
+
+
+def _handle_within(driver: UpdateDriver, event: DesiredBundleChanged, timeout_s: float) -> UpdateRecord:
+    """``driver.handle(event)``, failing (after a clean stop, so no thread is left stuck) past ``timeout_s``."""
+    worker = threading.Thread(target=driver.handle, args=(event,))
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        driver.stop(timeout_s=5)
+        worker.join(5)
+        pytest.fail(f"handling {event.digest[:15]} took over {timeout_s}s: the download was not cancelled")
+    return driver.record
+
+
+def test_an_offer_made_before_the_download_registers_cancels_it(world: World, tmp_path: Path) -> None:
+    data = tmp_path / "dev"
+    driver, fetcher = world.device(data)
+    world.proxy.blackhole = True  # a download of v1 that ran would retry forever
+    driver.offer(world.v1.digest)
+    driver.offer(world.v2.digest)  # queued before the v1 event was decided: no download in flight to interrupt
+    record = _handle_within(driver, world.v1.desired(), 3.0)  # not the stall limit, nor never
+    assert record.state == UpdateState.DOWNLOADING and record.candidate == world.v1.digest
+    assert record.download_attempts == 1 and record.failure is None, "the cancel counted nothing"
+    assert fetcher.counters.stalls + fetcher.counters.connect_timeouts == 0, "no fetch was attempted"
+
+    _heal(world)
+    record = driver.handle(world.v2.desired())  # the offered event
+    assert record.state == UpdateState.COMMITTED and record.committed == world.v2.digest
+    assert _partial(data, world.v1) == 0
+
+
+def test_an_offer_that_keeps_or_is_ignored_leaves_the_candidate_downloading(world: World, tmp_path: Path) -> None:
+    data = tmp_path / "dev"
+    driver, _ = world.device(data)
+    driver.offer(world.v1.digest)
+    driver.offer("")  # "" keeps the bundle being installed: it cancels nothing
+    assert _handle_within(driver, world.v1.desired(), 10.0).committed == world.v1.digest
+    assert driver.handle(DesiredBundleChanged("")).committed == world.v1.digest
+
+    other = DesiredBundleChanged("sha256:" + "c" * 64, ())  # lists no artifacts: the machine ignores it
+    driver.offer(world.v2.digest)
+    driver.offer(other.digest)
+    record = _handle_within(driver, world.v2.desired(), 3.0)
+    assert record.state == UpdateState.DOWNLOADING and record.candidate == world.v2.digest, "cancelled for the offer"
+    record = driver.handle(other)  # ignored: v2 is still the candidate, and its download resumes at once
+    assert record.state == UpdateState.COMMITTED and record.committed == world.v2.digest

@@ -350,9 +350,8 @@ class EdgeAgent:
                 self.fetcher.add_inline(ref_digest, content)
         self._offered = digest or None
         artifacts = bundle_artifacts(desired) if digest else ()
-        if digest:
-            # A download of another bundle stuck on a bad link must not hold up the new desired state.
-            self.driver.interrupt_download(keep=digest)
+        # A download of another bundle (stuck on a bad link, or about to start) must not hold up this one.
+        self.driver.offer(digest)
         self._queue.put_nowait(DesiredBundleChanged(digest, artifacts, desired.assignment_id, config, inference))
 
     # ------------------------------------------------------------------ reporting

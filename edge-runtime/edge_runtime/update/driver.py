@@ -18,6 +18,10 @@ Rules the driver keeps:
 - A download gives up promptly when ``interrupt_download`` (a new desired bundle) or ``stop`` cancels it:
   nothing is counted, the bytes kept stay, the record stays ``downloading``. If the next event leaves that
   candidate downloading (it was not replaced after all), the download resumes at once.
+- Offers (``offer``): the agent numbers each desired state it queues. While a newer offer of another bundle
+  is still undecided, a download that registers (a new one, a retry, a resume) is cancelled at once, so an
+  interrupt asked before the download began is not lost; once that offer is decided (even ignored), the
+  candidate it left downloading resumes. An offer of ``""`` (keep the bundle) cancels nothing.
 - Clean stops: ``stop()`` (the agent calls it on SIGTERM) lets the decision in progress finish its current
   effect (a download in flight is cancelled), decides nothing more (the journal already says where the update
   stands, and the next start resumes from there), then writes the journal's clean-stop marker. ``start()``
@@ -65,6 +69,7 @@ from edge_runtime.update.errors import (
 )
 from edge_runtime.update.events import (
     CandidateLoadFailed,
+    DesiredBundleChanged,
     DiskInsufficient,
     DownloadCompleted,
     DownloadFailed,
@@ -236,6 +241,10 @@ class UpdateDriver:
         self._download_lock = threading.Lock()
         self._download_cancel: tuple[str, threading.Event] | None = None
         self._interrupted: StartDownload | None = None
+        # Desired states the agent offered and how many of them were decided; the newest offer's bundle.
+        self._offers = 0
+        self._offers_decided = 0
+        self._newest_offer = ""
 
     @property
     def record(self) -> UpdateRecord:
@@ -275,6 +284,9 @@ class UpdateDriver:
                 log.info("update.event_after_stop", ignored_event=type(event).__name__)
                 return self.record
             interrupted, self._interrupted = self._interrupted, None
+            if isinstance(event, DesiredBundleChanged):
+                with self._download_lock:  # an event not offered (a test's) never runs ahead of the offers
+                    self._offers_decided = min(self._offers_decided + 1, self._offers)
             self._run(decide(self.record, event, self._clock(), self._limits), event)
             if interrupted is not None:
                 self._resume_download(interrupted)
@@ -290,6 +302,21 @@ class UpdateDriver:
             current[1].set()
         log.info("update.download_interrupt_requested", digest=current[0], keep=keep)
         return True
+
+    def offer(self, digest: str) -> None:
+        """The agent is about to queue a ``DesiredBundleChanged`` for ``digest`` (call it once per event, in
+        queue order): the download of another bundle in flight gives up now, and one that registers before
+        that event is decided is cancelled at once. ``""`` (keep the bundle) cancels nothing. Thread-safe."""
+        with self._download_lock:
+            self._offers += 1
+            self._newest_offer = digest
+        if digest:
+            self.interrupt_download(keep=digest)
+
+    def _superseded(self, digest: str) -> bool:
+        """A newer offer of another bundle is still undecided (call with ``_download_lock`` held)."""
+        newest = self._newest_offer
+        return self._offers_decided < self._offers and newest != "" and newest != digest
 
     def stop(self, timeout_s: float = 5.0) -> bool:
         """Stop cleanly: decide nothing more, then leave the clean-stop marker. False (no marker, the next
@@ -424,9 +451,12 @@ class UpdateDriver:
         cancel = threading.Event()
         with self._download_lock:
             self._download_cancel = (effect.digest, cancel)
-        if self._stopping.is_set():
+            superseded = self._superseded(effect.digest)
+        if self._stopping.is_set() or superseded:
             cancel.set()
         try:
+            if superseded:
+                raise FetchInterrupted(f"a newer desired bundle {self._newest_offer} is waiting to be decided")
             return self._download_artifacts(effect, cancel)
         except FetchInterrupted as exc:
             log.info("update.download_interrupted", digest=effect.digest, reason=str(exc))
