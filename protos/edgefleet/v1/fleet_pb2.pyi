@@ -148,6 +148,7 @@ class PushBundleResponse(_message.Message):
     BUNDLE_FIELD_NUMBER: _builtins.int
     CREATED_FIELD_NUMBER: _builtins.int
     DEDUPLICATED_ARTIFACTS_FIELD_NUMBER: _builtins.int
+    RESTORED_ARTIFACTS_FIELD_NUMBER: _builtins.int
     created: _builtins.bool
     """False when an identical bundle was already stored."""
     @_builtins.property
@@ -156,16 +157,21 @@ class PushBundleResponse(_message.Message):
     def deduplicated_artifacts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Artifacts that were already stored (sent bytes were discarded after verification)."""
 
+    @_builtins.property
+    def restored_artifacts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Artifacts that had been quarantined (found corrupt on disk) and that this push stored again."""
+
     def __init__(
         self,
         *,
         bundle: _common_pb2.BundleSummary | None = ...,
         created: _builtins.bool = ...,
         deduplicated_artifacts: _abc.Iterable[_builtins.str] | None = ...,
+        restored_artifacts: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "created", b"created", "deduplicated_artifacts", b"deduplicated_artifacts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "created", b"created", "deduplicated_artifacts", b"deduplicated_artifacts", "restored_artifacts", b"restored_artifacts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
