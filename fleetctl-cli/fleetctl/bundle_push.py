@@ -112,3 +112,6 @@ def push(
     b = reply.bundle
     verb = "pushed" if reply.created else "already present"
     console.print(f"{verb}: {b.name}@{b.version} {b.digest} (signed by {b.key_id})", highlight=False)
+    if reply.restored_artifacts:
+        restored = ", ".join(reply.restored_artifacts)
+        console.print(f"restored quarantined artifacts: {restored} (stored again from this push)", highlight=False)

@@ -77,8 +77,10 @@ def test_corrupt_blob_is_quarantined_refused_and_restored_by_a_push(tmp_path: Pa
             code, doc = runtime_status(data_dir)
             assert (code, doc["running"]) == (0, True), doc
 
-            # The operator pushes the bundle again: the blob is back, the device downloads and commits it.
-            ctl.push(v1)
+            # The operator pushes the bundle again: the blob is back (the reply says so), the device downloads
+            # and commits it.
+            again = ctl.push(v1)
+            assert (again.created, list(again.restored_artifacts)) == (False, [model])
             dev.committed(v1.digest, timeout=60)
             assert [(b.digest, b.restored) for b in bundle().quarantined_blobs] == [(model, True)]
 

@@ -81,9 +81,14 @@ async def test_corrupt_blob_is_quarantined_refused_and_restored_by_a_push(tmp_pa
         assert q.actual_digest.startswith("sha256:") and q.actual_digest != model.digest
         assert q.size_bytes == model.size_bytes and q.quarantine_path == str(quarantined[0])
 
-        # The operator pushes the bundle again: good bytes under the name, served again, history kept.
-        await c.push(archive)
+        # The operator pushes the bundle again: good bytes under the name, served again, history kept; the
+        # reply names the restored artifact (the bundle itself was already present).
+        again = await c.push(archive)
+        assert again.created is False and list(again.restored_artifacts) == [model.digest]
+        assert model.digest not in again.deduplicated_artifacts
         assert await c.fetch(cred, model.digest) == good
+        third = await c.push(archive)  # nothing quarantined any more: nothing restored
+        assert list(third.restored_artifacts) == [] and model.digest in third.deduplicated_artifacts
         detail = await c.fleet.GetBundle(fleet_pb2.GetBundleRequest(ref=synced.desired.bundle_digest), metadata=c.admin)
         assert [(b.digest, b.restored) for b in detail.quarantined_blobs] == [(model.digest, True)]
         assert hashes(ctrl, "corrupt") == 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO
 
 import structlog
@@ -53,11 +53,13 @@ MIN_CHUNK = 4 << 10
 @dataclass(frozen=True)
 class PushOutcome:
     """A pushed bundle's record; ``created`` False when it was stored already; ``deduplicated``: the
-    artifacts already stored (sent and discarded after verification, or not sent)."""
+    artifacts already stored (sent and discarded after verification, or not sent); ``restored``: the
+    quarantined artifacts (found corrupt on disk) this push stored again."""
 
     bundle: BundleRecord
     created: bool
     deduplicated: list[str]
+    restored: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ class BundleService:
                     "stored, push the whole archive again"
                 )
             refs = [ArtifactRef(a.role, a.digest, a.size) for a in manifest.artifacts.values()]
-            record, created = await run_to_end(
+            record, created, restored = await run_to_end(
                 lambda: self._publish(staging, manifest_bytes, sig_bytes, manifest, key_id, refs)
             )
         except cerr.InvalidArgument:
@@ -147,8 +149,8 @@ class BundleService:
             staging.discard()
         if created:
             self.metrics.bundles_pushed.inc()
-        log.info("bundle.pushed", digest=record.digest, ref=record.ref, created=created)
-        return PushOutcome(record, created, deduplicated)
+        log.info("bundle.pushed", digest=record.digest, ref=record.ref, created=created, restored=restored)
+        return PushOutcome(record, created, deduplicated, restored)
 
     def _publish(
         self,
@@ -158,12 +160,14 @@ class BundleService:
         manifest: BundleManifest,
         key_id: str,
         refs: list[ArtifactRef],
-    ) -> tuple[BundleRecord, bool]:
+    ) -> tuple[BundleRecord, bool, list[str]]:
         """Make the staged artifacts visible, then record the bundle; if the record is refused (another
-        bundle under the same name@version), the blobs this push added and no bundle declares are removed."""
+        bundle under the same name@version), the blobs this push added and no bundle declares are removed.
+        Returns (record, created, the added artifacts that had been quarantined: restored)."""
         added = staging.publish()
+        restored = [d for d in added if self.blobs.quarantined.records(d)]
         try:
-            return self.store.put(
+            record, created = self.store.put(
                 manifest_bytes,
                 sig_bytes,
                 name=manifest.name,
@@ -172,6 +176,7 @@ class BundleService:
                 artifacts=refs,
                 now=self.clock(),
             )
+            return record, created, restored
         except BaseException:
             for digest in added:
                 try:

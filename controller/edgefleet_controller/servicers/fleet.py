@@ -70,6 +70,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             bundle=convert.bundle_summary(pushed.bundle),
             created=pushed.created,
             deduplicated_artifacts=pushed.deduplicated,
+            restored_artifacts=pushed.restored,
         )
 
     async def ListBundles(self, request: fleet_pb2.ListBundlesRequest, context: Ctx) -> fleet_pb2.ListBundlesResponse:
