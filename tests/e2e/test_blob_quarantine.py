@@ -53,7 +53,7 @@ def test_corrupt_blob_is_quarantined_refused_and_restored_by_a_push(tmp_path: Pa
 
         data_dir = tmp_path / "dev"
         token = ctl.enrollment_token()
-        with running_edge(ctl.address, data_dir, token, name="dev", extra_args=["--failed-retry-s", "1"]) as dev:
+        with running_edge(ctl.address, data_dir, token, name="dev", extra_args=["--failed-retry-s", "600"]) as dev:
             ctl.set_desired("dev", v1.digest)
             [q] = wait_until(lambda: bundle().quarantined_blobs, 60, "the controller quarantines the blob")
             assert (q.digest, q.role, q.detected_by, q.restored) == (model, "model", "serve", False)
@@ -77,11 +77,15 @@ def test_corrupt_blob_is_quarantined_refused_and_restored_by_a_push(tmp_path: Pa
             code, doc = runtime_status(data_dir)
             assert (code, doc["running"]) == (0, True), doc
 
-            # The operator pushes the bundle again: the blob is back (the reply says so), the device downloads
-            # and commits it.
+            # The download failed for good; a retry would wait --failed-retry-s (600 s here).
+            dev.wait_for(lambda s: s["update"]["state"] == "failed", 60, "the download failed")
+            # The operator pushes the bundle again: the blob is back (the reply says so), and the device is
+            # handed its desired state again, so it downloads and commits at once, not after 600 s.
+            revision = ctl.device("dev").desired.revision
             again = ctl.push(v1)
             assert (again.created, list(again.restored_artifacts)) == (False, [model])
-            dev.committed(v1.digest, timeout=60)
+            assert ctl.device("dev").desired.revision == revision + 1, "a new revision wakes the device"
+            dev.committed(v1.digest, timeout=30)
             assert [(b.digest, b.restored) for b in bundle().quarantined_blobs] == [(model, True)]
 
             dev.proc.send_signal(signal.SIGKILL)

@@ -87,8 +87,17 @@ async def test_corrupt_blob_is_quarantined_refused_and_restored_by_a_push(tmp_pa
         assert again.created is False and list(again.restored_artifacts) == [model.digest]
         assert model.digest not in again.deduplicated_artifacts
         assert await c.fetch(cred, model.digest) == good
+        # The device that was refused gets its desired state again (a new revision, same target and
+        # assignment), so it retries now; a push that restores nothing leaves it alone.
+        resynced = await c.sync(cred, known_revision=synced.desired.revision)
+        assert resynced.changed and resynced.desired.revision == synced.desired.revision + 1
+        assert (resynced.desired.bundle_digest, resynced.desired.assignment_id) == (
+            synced.desired.bundle_digest,
+            synced.desired.assignment_id,
+        )
         third = await c.push(archive)  # nothing quarantined any more: nothing restored
         assert list(third.restored_artifacts) == [] and model.digest in third.deduplicated_artifacts
+        assert not (await c.sync(cred, known_revision=resynced.desired.revision)).changed
         detail = await c.fleet.GetBundle(fleet_pb2.GetBundleRequest(ref=synced.desired.bundle_digest), metadata=c.admin)
         assert [(b.digest, b.restored) for b in detail.quarantined_blobs] == [(model.digest, True)]
         assert hashes(ctrl, "corrupt") == 1

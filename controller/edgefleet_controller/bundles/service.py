@@ -149,6 +149,9 @@ class BundleService:
             staging.discard()
         if created:
             self.metrics.bundles_pushed.inc()
+        if restored:  # devices refused these artifacts: hand them their desired state again, now
+            woken = await self.desired.redeliver_artifacts(restored)
+            log.info("bundle.restored_redelivered", digest=record.digest, restored=restored, devices=woken)
         log.info("bundle.pushed", digest=record.digest, ref=record.ref, created=created, restored=restored)
         return PushOutcome(record, created, deduplicated, restored)
 

@@ -81,6 +81,13 @@ class DesiredStates:
         """Store a desired-state change (``DesiredStore.assign``'s keywords); the caller then ``notify``-s."""
         return await asyncio.to_thread(functools.partial(self.store.assign, device_ids, **change))
 
+    async def redeliver_artifacts(self, artifact_digests: Sequence[str]) -> list[str]:
+        """New revisions (same target) for the devices whose desired bundle declares one of these
+        artifacts, and wake them: their Sync returns the desired state again (``DesiredStore``)."""
+        woken = await asyncio.to_thread(self.store.redeliver_artifacts, artifact_digests)
+        self.notify(woken)
+        return woken
+
     def notify(self, device_ids: Iterable[str]) -> int:
         """Wake the devices' long-polls (and evict their cached desired state); how many were waiting."""
         return self.hub.notify(device_ids)

@@ -185,6 +185,27 @@ class DesiredStore(AggregateStore):
                 revisions[row.device_id] = int(row.revision) + 1
         return revisions
 
+    def redeliver_artifacts(self, artifact_digests: Sequence[str]) -> list[str]:
+        """Give every device whose desired bundle declares one of ``artifact_digests`` a new revision, its
+        target, assignment, rollout and reason unchanged, so its next Sync hands it the same desired state
+        again (the artifacts were restored after a quarantine refused them); returns those devices."""
+        if not artifact_digests:
+            return []
+        desired, ba = t.desired_state, t.bundle_artifacts
+        declaring = sa.select(ba.c.bundle_digest).where(ba.c.artifact_digest.in_(list(artifact_digests)))
+        with self._db.transaction() as conn:
+            ids = sorted(
+                conn.execute(sa.select(desired.c.device_id).where(desired.c.bundle_digest.in_(declaring))).scalars()
+            )
+            if ids:
+                seq = _bump_counter(conn, t.DESIRED_STATE_COUNTER)
+                conn.execute(
+                    desired.update()
+                    .where(desired.c.bundle_digest.in_(declaring))
+                    .values(revision=desired.c.revision + 1, change_seq=seq)
+                )
+        return ids
+
     def get(self, device_id: str) -> DesiredState:
         with self._db.read() as conn:
             found = read_in(conn, device_id)
