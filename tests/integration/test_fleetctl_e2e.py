@@ -10,14 +10,17 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 import pytest
 import yaml
 
+from edgefleet.contract.bundle_upload import read_archive_for_upload
 from edgefleet.contract.signing import PRIVATE_SUFFIX, PUBLIC_SUFFIX, generate_keypair
 from edgefleet.v1 import common_pb2, device_pb2, device_pb2_grpc, telemetry_pb2
+from edgefleet_controller.store.blobs import BlobStore
 from edgefleet_testing.controller import REPO, ControllerProcess, bearer, free_port, publish_bundle
 
 pytestmark = pytest.mark.integration
@@ -149,7 +152,17 @@ def test_fleetctl_operates_a_real_controller(env: Env) -> None:
     assert "push classifier@1.0.0" in pushed.err  # the progress bar's description
     assert "100%" in pushed.err or "━" in pushed.err
     again = env.ok("bundle", "push", str(env.archive))
-    assert "already present: classifier@1.0.0" in again.out
+    assert "already present: classifier@1.0.0" in again.out and "restored" not in again.out
+    # The model blob is found corrupt and moved aside (the controller's serve check, through its blob store);
+    # pushing the bundle again stores it again and says so.
+    upload = read_archive_for_upload(env.archive)
+    model = next(a for a in upload.manifest_obj.artifacts.values() if a.role == "model")
+    blobs = BlobStore(env.ctrl.data_dir / "blobs")
+    _, hashed = blobs.hash_blob(model.digest)
+    assert blobs.quarantine(model.digest, "sha256:" + "0" * 64, "test", datetime.now(UTC), hashed) is not None
+    restored = env.ok("bundle", "push", str(env.archive))
+    assert "already present: classifier@1.0.0" in restored.out
+    assert f"restored quarantined artifacts: {model.digest} (stored again from this push)" in restored.out
 
     table = env.ok("get", "devices").out
     assert "wa-dock-door-3" in table and "warehouse-a" in table and "serving" in table
