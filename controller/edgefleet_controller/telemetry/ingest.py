@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from edgefleet.v1.telemetry_pb2 import DeviceEvent, TelemetryBatch, TelemetryRecord
+from edgefleet_controller.telemetry.window_bounds import MAX_STORED_INT, WindowInvalid, check_window
 
 MAX_EPOCH_LEN = 64
 MAX_BATCH_RECORDS = 10_000
@@ -43,8 +44,11 @@ def validate_batch(batch: TelemetryBatch) -> None:
             f"TelemetryBatch: at most {MAX_BATCH_RECORDS} records per batch, got {len(batch.records)}; split it"
         )
     first, last = batch.first_seq, batch.last_seq
-    if first < 1 or last < first:
-        raise BatchError(f"TelemetryBatch: need 1 <= first_seq <= last_seq, got first_seq={first}, last_seq={last}")
+    if first < 1 or last < first or last > MAX_STORED_INT:
+        raise BatchError(
+            f"TelemetryBatch: need 1 <= first_seq <= last_seq <= {MAX_STORED_INT} (2^63 - 1), "
+            f"got first_seq={first}, last_seq={last}"
+        )
     previous = 0
     for i, record in enumerate(batch.records):
         seq = record.seq
@@ -91,6 +95,11 @@ def _check_body(record: TelemetryRecord, where: str) -> None:
                 f"TelemetryBatch: {where}.{name} must be a timestamp between years 1 and 9999, "
                 f"got seconds={ts.seconds}, nanos={ts.nanos}"
             ) from None
+    if record.WhichOneof("body") == "metrics":
+        try:
+            check_window(record.metrics)
+        except WindowInvalid as exc:
+            raise BatchError(f"TelemetryBatch: {where}.metrics.{exc}; the batch was not stored") from None
 
 
 @dataclass(frozen=True, slots=True)

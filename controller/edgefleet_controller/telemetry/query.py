@@ -14,6 +14,9 @@ Pure over rows (``summarise``); the service fetches the rows. Decisions:
   counted beside the stored ``frames``: ``frames_lost`` (exact counts), ``gaps``, ``gaps_unknown`` (intervals
   whose count the device could not know; ``frames_lost_at_least`` sums their lower bounds). A group with
   gaps and no window still gets a row: a device that only ever lost frames must not look idle.
+- A stored window breaking the bounds windows are now stored with (``window_bounds.row_problem``: written by
+  an older controller) is skipped, never merged, and counted in ``skipped_records``; the first few are
+  logged (``telemetry.query_skipped_record``). So every merged sketch has at most the bounded bins.
 """
 
 from __future__ import annotations
@@ -23,12 +26,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import structlog
+
 from edgefleet.contract.sketch import merge_sketches
 from edgefleet.v1.common_pb2 import Percentiles
 from edgefleet.v1.fleet_pb2 import QueryTelemetryResponse, TelemetryRow
 from edgefleet.v1.telemetry_pb2 import LatencySketch
 from edgefleet_controller.store.telemetry import GapRow, WindowRow, sensors_from_json
 from edgefleet_controller.telemetry.drift import Baseline, add_counts, evaluate_drift
+from edgefleet_controller.telemetry.window_bounds import row_problem
+
+log = structlog.get_logger(__name__)
+
+#: Skipped records logged per query (all are counted).
+SKIPPED_LOGGED = 5
 
 GROUPS = ("device", "site", "bundle")
 
@@ -83,13 +94,14 @@ def summarise(
     policy: QueryPolicy = QueryPolicy(),
     gaps: Sequence[GapRow] = (),
 ) -> QueryTelemetryResponse:
+    sound, skipped = sound_rows(rows)
     groups: dict[str, list[WindowRow]] = {}
-    for row in rows:
+    for row in sound:
         groups.setdefault(group_key(row, group_by or "device"), []).append(row)
     lost: dict[str, list[GapRow]] = {}
     for gap in gaps:
         lost.setdefault(group_key(gap, group_by or "device"), []).append(gap)
-    out = QueryTelemetryResponse()
+    out = QueryTelemetryResponse(skipped_records=skipped)
     for key in sorted(groups.keys() | lost.keys()):
         members = groups.get(key, [])
         counted = _lost_counts(key, lost.get(key, []))
@@ -145,6 +157,26 @@ def summarise(
         )
         out.rows[-1].MergeFrom(counted)
     return out
+
+
+def sound_rows(rows: Sequence[WindowRow]) -> tuple[list[WindowRow], int]:
+    """The rows that keep the window bounds, and how many did not (each of the first few logged)."""
+    sound: list[WindowRow] = []
+    skipped = 0
+    for row in rows:
+        problem = row_problem(row.window_s, row.frames, row.errors, row.latency_e2e, row.latency_model, row.confidence)
+        if problem is None:
+            sound.append(row)
+            continue
+        skipped += 1
+        if skipped <= SKIPPED_LOGGED:
+            log.warning(
+                "telemetry.query_skipped_record",
+                device_id=row.device_id,
+                window_start=row.window_start.isoformat(),
+                problem=problem[:200],
+            )
+    return sound, skipped
 
 
 def _lost_counts(key: str, gaps: Sequence[GapRow]) -> TelemetryRow:

@@ -254,7 +254,11 @@ class TelemetryService:
         )
         baselines = await asyncio.to_thread(self.tstore.baselines)
         policy = QueryPolicy(self.settings.psi_bound, self.settings.min_frames)
-        return summarise(rows, request.group_by or "device", baselines, policy, gaps)
+        # Merging is bounded per row (window_bounds) but linear in the rows: never on the event loop.
+        out = await asyncio.to_thread(summarise, rows, request.group_by or "device", baselines, policy, gaps)
+        if out.skipped_records:
+            log.warning("telemetry.query_skipped_records", skipped=out.skipped_records)
+        return out
 
     async def list_review(self, request: fleet_pb2.ListReviewSamplesRequest) -> fleet_pb2.ListReviewSamplesResponse:
         limit = check_request(request)

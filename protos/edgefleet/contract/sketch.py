@@ -38,6 +38,59 @@ def new_sketch() -> DDSketch:
     return DDSketch(RELATIVE_ACCURACY)
 
 
+FLEET_GAMMA: float = new_sketch()._mapping.gamma
+"""The gamma of every sketch a device of this fleet builds; a stored or uploaded sketch must carry exactly it."""
+FLEET_INDEX_OFFSET = 0.0
+"""The index offset of the fleet's logarithmic mapping (DDSketch's default)."""
+MIN_LATENCY_MS = 1e-6
+"""Smallest latency the fleet indexes in a bin: 1 ns (smaller values belong in ``zero_count``)."""
+MAX_LATENCY_MS = 24 * 3600 * 1000.0
+"""Largest latency a bin may hold: 24 h. With the fleet's gamma the keys of 1 ns..24 h are -690..914."""
+BIN_KEY_MIN: int = int(new_sketch()._mapping.key(MIN_LATENCY_MS))
+BIN_KEY_MAX: int = int(new_sketch()._mapping.key(MAX_LATENCY_MS))
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:80]}... ({len(text)} characters)"
+
+
+def check_fleet_sketch(proto: LatencySketch, field: str) -> None:
+    """Refuse a sketch this fleet did not build: another gamma or mapping offset, bins outside the keys of
+    ``MIN_LATENCY_MS..MAX_LATENCY_MS``, non-finite or negative values, counts that do not add up. Merging
+    sketches that pass costs at most ``BIN_KEY_MAX - BIN_KEY_MIN + 1`` bins each. ``field`` names the sketch
+    in the ``SketchError`` message (with the offending value, truncated, and the bound)."""
+    if proto.gamma != FLEET_GAMMA:
+        raise SketchError(
+            f"{field}.gamma must be the fleet's {FLEET_GAMMA!r} (relative accuracy {RELATIVE_ACCURACY}), "
+            f"got {_shown(proto.gamma)}; build sketches with edgefleet.contract.sketch.new_sketch()"
+        )
+    if proto.index_offset != FLEET_INDEX_OFFSET:
+        raise SketchError(
+            f"{field}.index_offset must be the fleet's {FLEET_INDEX_OFFSET!r}, got {_shown(proto.index_offset)}"
+        )
+    n = len(proto.contiguous_bin_counts)
+    if n > BIN_KEY_MAX - BIN_KEY_MIN + 1:
+        raise SketchError(
+            f"{field}.contiguous_bin_counts has {n} bins, at most {BIN_KEY_MAX - BIN_KEY_MIN + 1} "
+            f"(keys {BIN_KEY_MIN}..{BIN_KEY_MAX}: latencies {MIN_LATENCY_MS:g}..{MAX_LATENCY_MS:g} ms)"
+        )
+    lo = proto.contiguous_bin_index_offset
+    if n and not (lo >= BIN_KEY_MIN and lo + n - 1 <= BIN_KEY_MAX):
+        raise SketchError(
+            f"{field}: bins {lo}..{lo + n - 1} (contiguous_bin_index_offset={lo}, {n} bins) must lie within keys "
+            f"{BIN_KEY_MIN}..{BIN_KEY_MAX} (latencies {MIN_LATENCY_MS:g}..{MAX_LATENCY_MS:g} ms)"
+        )
+    for name in ("sum", "min", "max"):
+        value = getattr(proto, name)
+        if not (math.isfinite(value) and value >= 0.0):
+            raise SketchError(f"{field}.{name} must be a finite number >= 0, got {_shown(value)}")
+    try:
+        _validate(proto)
+    except SketchError as exc:
+        raise SketchError(f"{field}: {exc}") from None
+
+
 def _dense(store: object, what: str) -> DenseStore:
     if not isinstance(store, DenseStore):
         raise SketchError(f"{what}: expected a DDSketch with a dense store, got {type(store).__name__}")

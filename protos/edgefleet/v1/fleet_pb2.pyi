@@ -1481,16 +1481,22 @@ class QueryTelemetryResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ROWS_FIELD_NUMBER: _builtins.int
+    SKIPPED_RECORDS_FIELD_NUMBER: _builtins.int
+    skipped_records: _builtins.int
+    """Stored windows in scope that break the bounds a window is stored with (another sketch gamma or mapping,
+    bins out of range, non-finite window_s...: written before those bounds were checked); skipped, not merged.
+    """
     @_builtins.property
     def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___TelemetryRow]: ...
     def __init__(
         self,
         *,
         rows: _abc.Iterable[Global___TelemetryRow] | None = ...,
+        skipped_records: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows", b"rows"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rows", b"rows", "skipped_records", b"skipped_records"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
