@@ -34,7 +34,7 @@ from edgefleet_controller.rollout.service import RolloutService
 from edgefleet_controller.store import errors as serr
 from edgefleet_controller.store.bundles import BundleStore
 from edgefleet_controller.store.devices import DeviceStore
-from edgefleet_controller.store.records import DesiredState, DeviceRecord, SiteSummary
+from edgefleet_controller.store.records import OFFLINE_HEALTH, DesiredState, DeviceRecord, SiteSummary
 
 log = structlog.get_logger("edgefleet.controller")
 
@@ -43,7 +43,7 @@ OFFLINE_AFTER = timedelta(seconds=120)
 #: Reported state is written when it changes, and at least this often to keep last_seen fresh.
 REPORT_REFRESH_S = 15.0
 #: Health shown for a device not seen for ``OFFLINE_AFTER``.
-OFFLINE = "offline"
+OFFLINE = OFFLINE_HEALTH
 
 
 @dataclass(frozen=True)
@@ -226,38 +226,34 @@ class DeviceService:
 
     # ------------------------------------------------------------------ fleet views
 
-    async def list_devices(self, wanted: DeviceFilter) -> tuple[list[DeviceView], str | None]:
-        """One page of devices matching ``wanted`` and the next page's token (None: last page)."""
+    async def list_devices(self, wanted: DeviceFilter) -> tuple[list[DeviceView], str | None, int]:
+        """One page of devices matching ``wanted``, the next page's token (None: last page) and how many
+        devices match in all. Every filter is applied by the store's query, before paging: pages are full
+        until the last, and ``health`` is the health shown (``offline`` computed from last_seen)."""
         bundle = None
         if wanted.bundle:
             bundle = (await asyncio.to_thread(self.bundles.get, wanted.bundle)).digest
         for tag in wanted.tags:
             if "=" not in tag:
                 raise cerr.InvalidArgument(f"tag filter must be key=value, got {tag!r}")
-        page, token = await asyncio.to_thread(
-            lambda: self.store.page(
-                site=wanted.site or None,
-                tag=wanted.tags[0] if wanted.tags else None,
-                bundle=bundle,
-                # offline is not stored: it is computed from last_seen below
-                health=wanted.health if wanted.health != OFFLINE else None,
-                seen_since=wanted.seen_since,
-                page_size=min(wanted.page_size or 100, 1000),
-                page_token=wanted.page_token or None,
+        filters: dict[str, Any] = {
+            "site": wanted.site or None,
+            "tags": list(wanted.tags),
+            "bundle": bundle,
+            "health": wanted.health,
+            "seen_since": wanted.seen_since,
+            "offline_before": self.clock() - OFFLINE_AFTER,
+        }
+
+        def read() -> tuple[list[DeviceRecord], str | None, int]:
+            page, token = self.store.page(
+                page_size=min(wanted.page_size or 100, 1000), page_token=wanted.page_token or None, **filters
             )
-        )
-        # The store filters by the first tag; any further tags are checked here.
-        extra = [tuple(t.split("=", 1)) for t in wanted.tags[1:]]
+            return page, token, self.store.count(**filters)
+
+        page, token, total = await asyncio.to_thread(read)
         desired = await self.desired.desired_of_many([rec.id for rec in page])
-        views = []
-        for rec in page:
-            if any(rec.tags.get(k) != v for k, v in extra):
-                continue
-            view = self.view(rec, desired.get(rec.id))
-            if wanted.health is not None and view.health != wanted.health:
-                continue
-            views.append(view)
-        return views, token
+        return [self.view(rec, desired.get(rec.id)) for rec in page], token, total
 
     async def get_device(self, ref: str) -> DeviceView:
         rec = await self.directory.find_device(ref)

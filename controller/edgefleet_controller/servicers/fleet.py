@@ -145,9 +145,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             page_size=request.page_size,
             page_token=request.page_token or None,
         )
-        views, token = await self.devices.list_devices(wanted)
+        views, token, total = await self.devices.list_devices(wanted)
         devices = [convert.device_message(v) for v in views]
-        return fleet_pb2.ListDevicesResponse(devices=devices, next_page_token=token or "", total=len(devices))
+        return fleet_pb2.ListDevicesResponse(devices=devices, next_page_token=token or "", total=total)
 
     async def GetDevice(self, request: fleet_pb2.GetDeviceRequest, context: Ctx) -> common_pb2.Device:
         return convert.device_message(await self.devices.get_device(request.device))
@@ -165,7 +165,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
             if request.snapshot:
                 wanted = DeviceFilter(site=request.site, page_size=1000)
                 while True:
-                    views, token = await self.devices.list_devices(wanted)
+                    views, token, _ = await self.devices.list_devices(wanted)
                     for view in views:
                         device = convert.device_message(view)
                         yield fleet_pb2.FleetEvent(kind=fleet_pb2.FleetEvent.KIND_SNAPSHOT, device=device)

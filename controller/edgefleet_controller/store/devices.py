@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -35,6 +35,7 @@ from edgefleet_controller.store.auth import consume_enrollment_in
 from edgefleet_controller.store.db import AggregateStore
 from edgefleet_controller.store.errors import InvalidArgument, InvalidPageToken, NotFound
 from edgefleet_controller.store.records import (
+    OFFLINE_HEALTH,
     REPORTED_HEALTH,
     REPORTED_RUNNING_BUNDLE,
     REPORTED_SLOT_BUNDLE,
@@ -88,6 +89,47 @@ def _decode_page_token(token: str) -> str:
         raise InvalidPageToken(token)
     after: str = data["after"]
     return after
+
+
+def _match(
+    site: str | None,
+    name: str | None,
+    tags: Sequence[str],
+    bundle: str | None,
+    health: str | None,
+    seen_since: datetime | None,
+    offline_before: datetime | None,
+) -> list[sa.ColumnElement[bool]]:
+    """The WHERE conditions of a device listing (every filter in SQL, so pages are full and counts exact).
+
+    Without ``offline_before`` ``health`` is the stored (reported) health. With it, ``health`` is the health
+    operators see: ``offline`` for a device not seen since ``offline_before`` (or never, or reporting
+    offline), the reported health for the others."""
+    devices = t.devices
+    where: list[sa.ColumnElement[bool]] = []
+    if site is not None:
+        where.append(devices.c.site == site)
+    if name is not None:
+        where.append(devices.c.name == name)
+    for tag in tags:
+        key, value = _parse_tag_filter(tag)
+        dt = t.device_tags
+        where.append(sa.exists().where(dt.c.device_id == devices.c.id, dt.c.key == key, dt.c.value == value))
+    if bundle is not None:
+        where.append(devices.c.running_bundle == check_digest_field("bundle filter", bundle))
+    if health is not None and offline_before is None:
+        where.append(devices.c.health == health)
+    elif health is not None and offline_before is not None:
+        check_now(offline_before)
+        seen = devices.c.last_seen
+        if health == OFFLINE_HEALTH:
+            where.append(sa.or_(seen.is_(None), seen < offline_before, devices.c.health == OFFLINE_HEALTH))
+        else:
+            where += [devices.c.health == health, seen >= offline_before]
+    if seen_since is not None:
+        check_now(seen_since)
+        where.append(devices.c.last_seen >= seen_since)
+    return where
 
 
 def _reported_bundle_refs(reported: Mapping[str, Any]) -> tuple[str | None, str, dict[str, str]]:
@@ -196,42 +238,47 @@ class DeviceStore(AggregateStore):
         *,
         site: str | None = None,
         tag: str | None = None,
+        tags: Sequence[str] = (),
         bundle: str | None = None,
         health: str | None = None,
         seen_since: datetime | None = None,
+        offline_before: datetime | None = None,
         page_size: int = 100,
         page_token: str | None = None,
         name: str | None = None,
     ) -> tuple[list[DeviceRecord], str | None]:
-        """One page of devices matching every given filter, ordered by id; the second value is the token
-        of the next page (None on the last page). ``tag`` is ``key=value``; ``bundle`` the running digest."""
+        """One page of devices matching every given filter, ordered by id (keyset: a device enrolled between
+        pages is neither skipped nor repeated); the second value is the token of the next page (None on the
+        last page). ``tag``/``tags`` are ``key=value`` (all must match); ``bundle`` the running digest;
+        ``offline_before``: see ``_match``."""
         check_page_size("page_size", page_size)
         devices = t.devices
-        query = sa.select(devices).order_by(devices.c.id).limit(page_size + 1)
+        where = _match(
+            site, name, [tag, *tags] if tag is not None else tags, bundle, health, seen_since, offline_before
+        )
+        query = sa.select(devices).where(*where).order_by(devices.c.id).limit(page_size + 1)
         if page_token:
             query = query.where(devices.c.id > _decode_page_token(page_token))
-        if site is not None:
-            query = query.where(devices.c.site == site)
-        if name is not None:
-            query = query.where(devices.c.name == name)
-        if tag is not None:
-            key, value = _parse_tag_filter(tag)
-            tags = t.device_tags
-            query = query.where(
-                sa.exists().where(tags.c.device_id == devices.c.id, tags.c.key == key, tags.c.value == value)
-            )
-        if bundle is not None:
-            query = query.where(devices.c.running_bundle == check_digest_field("bundle filter", bundle))
-        if health is not None:
-            query = query.where(devices.c.health == health)
-        if seen_since is not None:
-            check_now(seen_since)
-            query = query.where(devices.c.last_seen >= seen_since)
         with self._db.read() as conn:
             rows = conn.execute(query).all()
         page = [_device_record(row) for row in rows[:page_size]]
         next_token = _encode_page_token(page[-1].id) if len(rows) > page_size else None
         return page, next_token
+
+    def count(
+        self,
+        *,
+        site: str | None = None,
+        tags: Sequence[str] = (),
+        bundle: str | None = None,
+        health: str | None = None,
+        seen_since: datetime | None = None,
+        offline_before: datetime | None = None,
+    ) -> int:
+        """How many devices match the filters (all pages together; same filters as ``page``)."""
+        where = _match(site, None, tags, bundle, health, seen_since, offline_before)
+        with self._db.read() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(t.devices).where(*where)).scalar_one())
 
     def record_report(self, device_id: str, reported: Mapping[str, Any], now: datetime) -> DesiredState:
         """Store the device's reported state, mark it seen at ``now``, and return its desired state.

@@ -28,6 +28,8 @@ REPORTED_SLOTS = "slots"
 REPORTED_SLOT_BUNDLE = "bundle"
 
 UNKNOWN_HEALTH = "unknown"
+#: Health the controller shows for a device that has not synced for a while (never stored by it).
+OFFLINE_HEALTH = "offline"
 
 
 class TokenState(StrEnum):
