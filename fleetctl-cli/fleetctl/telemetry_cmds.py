@@ -32,7 +32,17 @@ from edgefleet.v1.telemetry_pb2 import SensorReading
 from fleetctl.durations import parse_time
 from fleetctl.errors import grpc_errors
 from fleetctl.fleet_cmds import list_devices
-from fleetctl.output import OutputOpt, check_format, console, emit_structured, is_structured, short_digest, table, ts
+from fleetctl.output import (
+    OutputOpt,
+    check_format,
+    console,
+    emit_structured,
+    err_console,
+    is_structured,
+    short_digest,
+    table,
+    ts,
+)
 from fleetctl.settings import OPTIONS
 
 telemetry_app = typer.Typer(
@@ -181,7 +191,13 @@ def _device_names(site: str) -> dict[str, str]:
 
 
 def _query(request: fleet_pb2.QueryTelemetryRequest) -> fleet_pb2.QueryTelemetryResponse:
-    return OPTIONS.connection().call(lambda stub: stub.QueryTelemetry, request)
+    reply: fleet_pb2.QueryTelemetryResponse = OPTIONS.connection().call(lambda stub: stub.QueryTelemetry, request)
+    if reply.skipped_records:
+        err_console.print(
+            f"warning: {reply.skipped_records} stored telemetry window(s) in scope are malformed (written by an "
+            "older controller) and were skipped; the controller's log names them (telemetry.query_skipped_record)"
+        )
+    return reply
 
 
 def _window(since: str, until: str | None, now: datetime) -> tuple[datetime, datetime | None]:

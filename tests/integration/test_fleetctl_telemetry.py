@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import sqlalchemy as sa
 import structlog
 import yaml
 from typer.testing import CliRunner, Result
@@ -26,6 +27,7 @@ from edge_runtime.telemetry.records import Body
 from edgefleet.contract.sketch import new_sketch, sketch_to_proto
 from edgefleet.v1 import device_pb2_grpc
 from edgefleet.v1.telemetry_pb2 import ConfidenceHistogram, MetricWindow, ReviewSample, SensorReading
+from edgefleet_controller.store import schema as t
 from edgefleet_testing.controller import InProcessController, bearer, connected, running_controller
 from fleetctl.main import app
 
@@ -222,3 +224,16 @@ async def test_review_label_errors(fed: Cli) -> None:
     assert missing.exit_code == 1 and "NOT_FOUND" in missing.output and "no-such-sample" in missing.output
     bad_filter = await fed("review", "list", "--label", "weird")
     assert bad_filter.exit_code == 2
+
+
+async def test_top_skips_a_malformed_stored_window_and_warns(fed: Cli) -> None:
+    """A window an older controller stored with no sketch (gamma 0) used to fail every fleet-wide query."""
+    before = table_line(await fed.ok("telemetry", "top"), "cam-hot")
+    w = t.telemetry_windows
+    with fed.ctrl.app.store.db.engine.begin() as conn:
+        row = dict(conn.execute(sa.select(w).order_by(w.c.window_start.desc()).limit(1)).mappings().one())
+        del row["id"]
+        conn.execute(w.insert(), [row | {"epoch": "old-version", "latency_e2e": b""}])
+    out = await fed.ok("telemetry", "top")
+    assert table_line(out, "cam-hot")[:4] == before[:4]
+    assert "warning: 1 stored telemetry window(s) in scope are malformed" in out

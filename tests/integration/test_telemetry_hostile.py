@@ -70,7 +70,21 @@ def hostile_batch(draw: st.DrawFn) -> TelemetryBatch:
     last = first + 1
     kind = draw(
         st.sampled_from(
-            ["missing", "gamma", "mapping", "low", "high", "many", "count", "window_s", "seq", "frames", "conf", "min"]
+            [
+                "missing",
+                "gamma",
+                "mapping",
+                "low",
+                "high",
+                "many",
+                "count",
+                "window_s",
+                "seq",
+                "frames",
+                "conf",
+                "min",
+                "sensor",
+            ]
         )
     )
     n = len(sk.contiguous_bin_counts)
@@ -102,6 +116,8 @@ def hostile_batch(draw: st.DrawFn) -> TelemetryBatch:
             w.confidence.counts.extend([1] * draw(st.integers(1001, 3000)))
         case "min":
             setattr(sk, draw(st.sampled_from(["sum", "min", "max"])), draw(st.sampled_from([math.nan, -1.0, math.inf])))
+        case "sensor":
+            w.sensors.add(name="cpu_thermal", kind="temp_c", value=draw(st.sampled_from([math.nan, math.inf])))
         case _:
             raise AssertionError(kind)
     sound = good_window(50.0, T0)

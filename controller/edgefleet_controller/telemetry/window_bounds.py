@@ -5,7 +5,7 @@
   bin keys within 1 ns..24 h, finite non-negative counts), ``window_s`` finite in [0, ``MAX_WINDOW_S``]
   (0 is what a device sends when its clock stepped back within a window: it adds no seconds to ``fps``),
   ``frames``/``errors`` below 2^63 (the store's integer), a confidence histogram of at most
-  ``MAX_CONFIDENCE_BINS`` bins, a finite ``detections_per_frame`` >= 0.
+  ``MAX_CONFIDENCE_BINS`` bins, a finite ``detections_per_frame`` >= 0, finite sensor readings.
 - At query (``row_problem``) a stored row breaking them — written by an older controller that did not check —
   is skipped and counted, never merged: so merging costs at most the bounded bins per row.
 """
@@ -53,6 +53,12 @@ def check_window(window: MetricWindow) -> None:
         except SketchError as exc:
             raise WindowInvalid(str(exc)) from None
     _check_common(window.window_s, window.frames, window.errors, list(window.confidence.counts))
+    for i, reading in enumerate(window.sensors):
+        if not (math.isfinite(reading.value) and math.isfinite(reading.max_value)):
+            raise WindowInvalid(
+                f"sensors[{i}] ({reading.name[:80]!r}) value and max_value must be finite, got "
+                f"{reading.value!r}, {reading.max_value!r}; report an unreadable sensor with missing = true"
+            )
     if not (math.isfinite(window.detections_per_frame) and window.detections_per_frame >= 0):
         raise WindowInvalid(f"detections_per_frame must be a finite number >= 0, got {window.detections_per_frame!r}")
 
