@@ -124,7 +124,7 @@ def build_controller(data_dir: Path, *, clock: Clock = utcnow, store_url: str | 
     integrity = BlobIntegrity(blobs, metrics, clock)
     bundles = BundleService(store.bundles, store.devices, blobs, auth, desired, rollouts, metrics, clock, integrity)
     events = DeviceEventService(store.events, store.devices, store.bundles, directory, rollouts, feed, clock, integrity)
-    telemetry = TelemetryService(store, clock, feed)
+    telemetry = TelemetryService(store, clock, feed, metrics=metrics)
     metrics.watch_waiting(lambda: hub.waiting)
     metrics.watch_devices(devices.devices_by_state)
     services = auth, devices, bundles, configs, events, rollouts, telemetry

@@ -52,6 +52,11 @@ class ControllerMetrics:
         self.bundles_rejected = Counter(
             "edgefleet_bundles_rejected", "Bundles refused by PushBundle", ["reason"], registry=self.registry
         )
+        self.telemetry_skipped_records = Counter(
+            "edgefleet_telemetry_skipped_records",
+            "Stored telemetry windows QueryTelemetry skipped as malformed (written by an older controller)",
+            registry=self.registry,
+        )
 
     def watch_waiting(self, read: Callable[[], int]) -> None:
         self.waiting_syncs.set_function(lambda: float(read()))

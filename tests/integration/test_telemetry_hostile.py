@@ -250,6 +250,8 @@ async def test_bad_windows_stored_by_older_versions_are_skipped_and_counted(tmp_
         fleet = await c.fleet.QueryTelemetry(fleet_pb2.QueryTelemetryRequest(group_by="site"), metadata=c.admin)
         elapsed = time.perf_counter() - started
         assert fleet.skipped_records == len(bad)
+        metered = ctrl.app.metrics.registry.get_sample_value("edgefleet_telemetry_skipped_records_total")
+        assert metered == len(bad)
         assert list(fleet.rows) == list(sound_fleet.rows)
         assert elapsed < 2.0, elapsed
         after = await answers(c)

@@ -28,6 +28,7 @@ from edgefleet_controller.clock import Clock
 from edgefleet_controller.errors import timestamp_arg
 from edgefleet_controller.fleet_feed import FleetFeed
 from edgefleet_controller.loops import stop_loop
+from edgefleet_controller.metrics import ControllerMetrics
 from edgefleet_controller.store import EventInput, Store
 from edgefleet_controller.store.errors import Conflict
 from edgefleet_controller.store.telemetry import TelemetryStore
@@ -68,9 +69,16 @@ class TelemetrySettings:
 
 class TelemetryService:
     def __init__(
-        self, store: Store, clock: Clock, feed: FleetFeed, settings: TelemetrySettings = TelemetrySettings()
+        self,
+        store: Store,
+        clock: Clock,
+        feed: FleetFeed,
+        settings: TelemetrySettings = TelemetrySettings(),
+        *,
+        metrics: ControllerMetrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics
         self.clock = clock
         self.feed = feed
         self.settings = settings
@@ -258,6 +266,8 @@ class TelemetryService:
         out = await asyncio.to_thread(summarise, rows, request.group_by or "device", baselines, policy, gaps)
         if out.skipped_records:
             log.warning("telemetry.query_skipped_records", skipped=out.skipped_records)
+            if self.metrics is not None:
+                self.metrics.telemetry_skipped_records.inc(out.skipped_records)
         return out
 
     async def list_review(self, request: fleet_pb2.ListReviewSamplesRequest) -> fleet_pb2.ListReviewSamplesResponse:
