@@ -14,8 +14,6 @@ from edge_runtime.agent.client import is_transient
 from edge_runtime.agent.enroll import Credential, load_credential, save_credential
 from edge_runtime.agent.errors import CredentialError
 from edge_runtime.agent.hardware import HostFacts, classify, hardware_profile
-from edge_runtime.agent.health.endpoint import FAILING_AFTER, judge
-from edge_runtime.agent.runner import RunnerSnapshot
 from edge_runtime.agent.telemetry.reporter import AgentReporter
 from edge_runtime.update.record import UpdateRecord, UpdateState
 from edgefleet.v1 import common_pb2, telemetry_pb2
@@ -41,32 +39,6 @@ def test_hardware_profile_reports_this_host(tmp_path: Path) -> None:
     assert profile.cpu_cores >= 1 and profile.ram_bytes > 0 and profile.disk_free_bytes > 0
     assert "CPUExecutionProvider" in profile.execution_providers
     assert profile.hardware_class
-
-
-def snap(**changes: object) -> RunnerSnapshot:
-    base: dict[str, object] = {
-        "frames_inferred": 10,
-        "frames_idle": 0,
-        "errors": 0,
-        "consecutive_errors": 0,
-        "last_frame_id": 9,
-        "serving": "sha256:" + "a" * 64,
-        "provider": "CPUExecutionProvider",
-        "fell_back": False,
-        "last_total_ms": 1.0,
-    }
-    base.update(changes)
-    return RunnerSnapshot(**base)  # type: ignore[arg-type]
-
-
-def test_health_judgement() -> None:
-    assert judge(snap(serving=None), None, source_alive=True).health == common_pb2.HEALTH_STARTING
-    assert judge(snap(), snap(), source_alive=True).health == common_pb2.HEALTH_SERVING
-    assert judge(snap(errors=1), snap(), source_alive=True).health == common_pb2.HEALTH_DEGRADED
-    assert judge(snap(fell_back=True), snap(), source_alive=True).health == common_pb2.HEALTH_DEGRADED
-    assert judge(snap(), snap(), source_alive=False).health == common_pb2.HEALTH_DEGRADED
-    failing = snap(errors=FAILING_AFTER, consecutive_errors=FAILING_AFTER)
-    assert judge(failing, snap(), source_alive=True).health == common_pb2.HEALTH_FAILING
 
 
 def test_download_list_carries_manifest_and_signature_inline() -> None:

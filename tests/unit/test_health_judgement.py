@@ -49,3 +49,13 @@ def test_starting_and_failing_keep_their_health_and_still_say_a_task_is_down() -
     failing = judge(snap(consecutive_errors=FAILING_AFTER), snap(), source_alive=True, degraded_by=[DOWN])
     assert failing.health == common_pb2.HEALTH_FAILING
     assert failing.reasons == (f"the last {FAILING_AFTER} frames all failed", DOWN)
+
+
+def test_health_judgement() -> None:
+    assert judge(snap(serving=None), None, source_alive=True).health == common_pb2.HEALTH_STARTING
+    assert judge(snap(), snap(), source_alive=True).health == common_pb2.HEALTH_SERVING
+    assert judge(snap(errors=1), snap(), source_alive=True).health == common_pb2.HEALTH_DEGRADED
+    assert judge(snap(fell_back=True), snap(), source_alive=True).health == common_pb2.HEALTH_DEGRADED
+    assert judge(snap(), snap(), source_alive=False).health == common_pb2.HEALTH_DEGRADED
+    failing = snap(errors=FAILING_AFTER, consecutive_errors=FAILING_AFTER)
+    assert judge(failing, snap(), source_alive=True).health == common_pb2.HEALTH_FAILING
