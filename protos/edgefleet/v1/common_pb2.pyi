@@ -581,6 +581,7 @@ class Device(_message.Message):
     HEALTH_FIELD_NUMBER: _builtins.int
     REPORTED_FIELD_NUMBER: _builtins.int
     DESIRED_FIELD_NUMBER: _builtins.int
+    DISABLED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     site: _builtins.str
@@ -597,6 +598,10 @@ class Device(_message.Message):
     def reported(self) -> Global___ReportedState: ...
     @_builtins.property
     def desired(self) -> Global___DesiredState: ...
+    @_builtins.property
+    def disabled_at(self) -> _timestamp_pb2.Timestamp:
+        """Set while an operator has disabled the device (its credential is refused until EnableDevice)."""
+
     def __init__(
         self,
         *,
@@ -610,10 +615,11 @@ class Device(_message.Message):
         health: Global___Health.ValueType = ...,
         reported: Global___ReportedState | None = ...,
         desired: Global___DesiredState | None = ...,
+        disabled_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "enrolled_at", b"enrolled_at", "hardware", b"hardware", "last_seen", b"last_seen", "reported", b"reported"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "disabled_at", b"disabled_at", "enrolled_at", b"enrolled_at", "hardware", b"hardware", "last_seen", b"last_seen", "reported", b"reported"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "enrolled_at", b"enrolled_at", "hardware", b"hardware", "health", b"health", "id", b"id", "last_seen", b"last_seen", "name", b"name", "reported", b"reported", "site", b"site", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "disabled_at", b"disabled_at", "enrolled_at", b"enrolled_at", "hardware", b"hardware", "health", b"health", "id", b"id", "last_seen", b"last_seen", "name", b"name", "reported", b"reported", "site", b"site", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

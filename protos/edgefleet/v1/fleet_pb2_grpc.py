@@ -180,6 +180,36 @@ class FleetServiceStub:
                 request_serializer=edgefleet_dot_v1_dot_fleet__pb2.ListTrustedKeysRequest.SerializeToString,
                 response_deserializer=edgefleet_dot_v1_dot_fleet__pb2.ListTrustedKeysResponse.FromString,
                 _registered_method=True)
+        self.ListOperatorTokens = channel.unary_unary(
+                '/edgefleet.v1.FleetService/ListOperatorTokens',
+                request_serializer=edgefleet_dot_v1_dot_fleet__pb2.ListOperatorTokensRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_fleet__pb2.ListOperatorTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeOperatorToken = channel.unary_unary(
+                '/edgefleet.v1.FleetService/RevokeOperatorToken',
+                request_serializer=edgefleet_dot_v1_dot_fleet__pb2.RevokeOperatorTokenRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_fleet__pb2.OperatorToken.FromString,
+                _registered_method=True)
+        self.DisableDevice = channel.unary_unary(
+                '/edgefleet.v1.FleetService/DisableDevice',
+                request_serializer=edgefleet_dot_v1_dot_fleet__pb2.DeviceActionRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_common__pb2.Device.FromString,
+                _registered_method=True)
+        self.EnableDevice = channel.unary_unary(
+                '/edgefleet.v1.FleetService/EnableDevice',
+                request_serializer=edgefleet_dot_v1_dot_fleet__pb2.DeviceActionRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_common__pb2.Device.FromString,
+                _registered_method=True)
+        self.DeleteDevice = channel.unary_unary(
+                '/edgefleet.v1.FleetService/DeleteDevice',
+                request_serializer=edgefleet_dot_v1_dot_fleet__pb2.DeviceActionRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_fleet__pb2.DeleteDeviceResponse.FromString,
+                _registered_method=True)
+        self.RotateDeviceCredential = channel.unary_unary(
+                '/edgefleet.v1.FleetService/RotateDeviceCredential',
+                request_serializer=edgefleet_dot_v1_dot_fleet__pb2.DeviceActionRequest.SerializeToString,
+                response_deserializer=edgefleet_dot_v1_dot_fleet__pb2.RotateDeviceCredentialResponse.FromString,
+                _registered_method=True)
 
 
 class FleetServiceServicer:
@@ -387,6 +417,47 @@ class FleetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListOperatorTokens(self, request, context):
+        """--- revocation (admin) --- effective on the next call, on every replica sharing the database.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeOperatorToken(self, request, context):
+        """NOT_FOUND for an unknown id (nothing changes); revoking twice keeps the first time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DisableDevice(self, request, context):
+        """A disabled device's credential is refused (PERMISSION_DENIED) until EnableDevice; its state is kept.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EnableDevice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDevice(self, request, context):
+        """Removes the device (desired state, tags, events); its credential stops working, its name is free.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateDeviceCredential(self, request, context):
+        """A new credential, shown once; the old one is refused from now on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -534,6 +605,36 @@ def add_FleetServiceServicer_to_server(servicer, server):
                     servicer.ListTrustedKeys,
                     request_deserializer=edgefleet_dot_v1_dot_fleet__pb2.ListTrustedKeysRequest.FromString,
                     response_serializer=edgefleet_dot_v1_dot_fleet__pb2.ListTrustedKeysResponse.SerializeToString,
+            ),
+            'ListOperatorTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOperatorTokens,
+                    request_deserializer=edgefleet_dot_v1_dot_fleet__pb2.ListOperatorTokensRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_fleet__pb2.ListOperatorTokensResponse.SerializeToString,
+            ),
+            'RevokeOperatorToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeOperatorToken,
+                    request_deserializer=edgefleet_dot_v1_dot_fleet__pb2.RevokeOperatorTokenRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_fleet__pb2.OperatorToken.SerializeToString,
+            ),
+            'DisableDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisableDevice,
+                    request_deserializer=edgefleet_dot_v1_dot_fleet__pb2.DeviceActionRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_common__pb2.Device.SerializeToString,
+            ),
+            'EnableDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.EnableDevice,
+                    request_deserializer=edgefleet_dot_v1_dot_fleet__pb2.DeviceActionRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_common__pb2.Device.SerializeToString,
+            ),
+            'DeleteDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDevice,
+                    request_deserializer=edgefleet_dot_v1_dot_fleet__pb2.DeviceActionRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_fleet__pb2.DeleteDeviceResponse.SerializeToString,
+            ),
+            'RotateDeviceCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateDeviceCredential,
+                    request_deserializer=edgefleet_dot_v1_dot_fleet__pb2.DeviceActionRequest.FromString,
+                    response_serializer=edgefleet_dot_v1_dot_fleet__pb2.RotateDeviceCredentialResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1319,6 +1420,168 @@ class FleetService:
             '/edgefleet.v1.FleetService/ListTrustedKeys',
             edgefleet_dot_v1_dot_fleet__pb2.ListTrustedKeysRequest.SerializeToString,
             edgefleet_dot_v1_dot_fleet__pb2.ListTrustedKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOperatorTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.FleetService/ListOperatorTokens',
+            edgefleet_dot_v1_dot_fleet__pb2.ListOperatorTokensRequest.SerializeToString,
+            edgefleet_dot_v1_dot_fleet__pb2.ListOperatorTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeOperatorToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.FleetService/RevokeOperatorToken',
+            edgefleet_dot_v1_dot_fleet__pb2.RevokeOperatorTokenRequest.SerializeToString,
+            edgefleet_dot_v1_dot_fleet__pb2.OperatorToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisableDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.FleetService/DisableDevice',
+            edgefleet_dot_v1_dot_fleet__pb2.DeviceActionRequest.SerializeToString,
+            edgefleet_dot_v1_dot_common__pb2.Device.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EnableDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.FleetService/EnableDevice',
+            edgefleet_dot_v1_dot_fleet__pb2.DeviceActionRequest.SerializeToString,
+            edgefleet_dot_v1_dot_common__pb2.Device.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.FleetService/DeleteDevice',
+            edgefleet_dot_v1_dot_fleet__pb2.DeviceActionRequest.SerializeToString,
+            edgefleet_dot_v1_dot_fleet__pb2.DeleteDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateDeviceCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/edgefleet.v1.FleetService/RotateDeviceCredential',
+            edgefleet_dot_v1_dot_fleet__pb2.DeviceActionRequest.SerializeToString,
+            edgefleet_dot_v1_dot_fleet__pb2.RotateDeviceCredentialResponse.FromString,
             options,
             channel_credentials,
             insecure,

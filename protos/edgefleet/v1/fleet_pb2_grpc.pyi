@@ -105,6 +105,17 @@ class FleetServiceStub:
     CreateOperatorToken: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.CreateOperatorTokenRequest, _fleet_pb2.CreateOperatorTokenResponse]
     AddTrustedKey: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.AddTrustedKeyRequest, _fleet_pb2.AddTrustedKeyResponse]
     ListTrustedKeys: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.ListTrustedKeysRequest, _fleet_pb2.ListTrustedKeysResponse]
+    ListOperatorTokens: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.ListOperatorTokensRequest, _fleet_pb2.ListOperatorTokensResponse]
+    """--- revocation (admin) --- effective on the next call, on every replica sharing the database."""
+    RevokeOperatorToken: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.RevokeOperatorTokenRequest, _fleet_pb2.OperatorToken]
+    """NOT_FOUND for an unknown id (nothing changes); revoking twice keeps the first time."""
+    DisableDevice: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.DeviceActionRequest, _common_pb2.Device]
+    """A disabled device's credential is refused (PERMISSION_DENIED) until EnableDevice; its state is kept."""
+    EnableDevice: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.DeviceActionRequest, _common_pb2.Device]
+    DeleteDevice: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.DeviceActionRequest, _fleet_pb2.DeleteDeviceResponse]
+    """Removes the device (desired state, tags, events); its credential stops working, its name is free."""
+    RotateDeviceCredential: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.DeviceActionRequest, _fleet_pb2.RotateDeviceCredentialResponse]
+    """A new credential, shown once; the old one is refused from now on."""
 
 @_typing.type_check_only
 class FleetServiceAsyncStub(FleetServiceStub):
@@ -172,6 +183,17 @@ class FleetServiceAsyncStub(FleetServiceStub):
     CreateOperatorToken: _aio.UnaryUnaryMultiCallable[_fleet_pb2.CreateOperatorTokenRequest, _fleet_pb2.CreateOperatorTokenResponse]  # type: ignore[assignment]
     AddTrustedKey: _aio.UnaryUnaryMultiCallable[_fleet_pb2.AddTrustedKeyRequest, _fleet_pb2.AddTrustedKeyResponse]  # type: ignore[assignment]
     ListTrustedKeys: _aio.UnaryUnaryMultiCallable[_fleet_pb2.ListTrustedKeysRequest, _fleet_pb2.ListTrustedKeysResponse]  # type: ignore[assignment]
+    ListOperatorTokens: _aio.UnaryUnaryMultiCallable[_fleet_pb2.ListOperatorTokensRequest, _fleet_pb2.ListOperatorTokensResponse]  # type: ignore[assignment]
+    """--- revocation (admin) --- effective on the next call, on every replica sharing the database."""
+    RevokeOperatorToken: _aio.UnaryUnaryMultiCallable[_fleet_pb2.RevokeOperatorTokenRequest, _fleet_pb2.OperatorToken]  # type: ignore[assignment]
+    """NOT_FOUND for an unknown id (nothing changes); revoking twice keeps the first time."""
+    DisableDevice: _aio.UnaryUnaryMultiCallable[_fleet_pb2.DeviceActionRequest, _common_pb2.Device]  # type: ignore[assignment]
+    """A disabled device's credential is refused (PERMISSION_DENIED) until EnableDevice; its state is kept."""
+    EnableDevice: _aio.UnaryUnaryMultiCallable[_fleet_pb2.DeviceActionRequest, _common_pb2.Device]  # type: ignore[assignment]
+    DeleteDevice: _aio.UnaryUnaryMultiCallable[_fleet_pb2.DeviceActionRequest, _fleet_pb2.DeleteDeviceResponse]  # type: ignore[assignment]
+    """Removes the device (desired state, tags, events); its credential stops working, its name is free."""
+    RotateDeviceCredential: _aio.UnaryUnaryMultiCallable[_fleet_pb2.DeviceActionRequest, _fleet_pb2.RotateDeviceCredentialResponse]  # type: ignore[assignment]
+    """A new credential, shown once; the old one is refused from now on."""
 
 class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -410,5 +432,52 @@ class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _fleet_pb2.ListTrustedKeysRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fleet_pb2.ListTrustedKeysResponse, _abc.Awaitable[_fleet_pb2.ListTrustedKeysResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListOperatorTokens(
+        self,
+        request: _fleet_pb2.ListOperatorTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fleet_pb2.ListOperatorTokensResponse, _abc.Awaitable[_fleet_pb2.ListOperatorTokensResponse]]:
+        """--- revocation (admin) --- effective on the next call, on every replica sharing the database."""
+
+    @_abc_1.abstractmethod
+    def RevokeOperatorToken(
+        self,
+        request: _fleet_pb2.RevokeOperatorTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fleet_pb2.OperatorToken, _abc.Awaitable[_fleet_pb2.OperatorToken]]:
+        """NOT_FOUND for an unknown id (nothing changes); revoking twice keeps the first time."""
+
+    @_abc_1.abstractmethod
+    def DisableDevice(
+        self,
+        request: _fleet_pb2.DeviceActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_common_pb2.Device, _abc.Awaitable[_common_pb2.Device]]:
+        """A disabled device's credential is refused (PERMISSION_DENIED) until EnableDevice; its state is kept."""
+
+    @_abc_1.abstractmethod
+    def EnableDevice(
+        self,
+        request: _fleet_pb2.DeviceActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_common_pb2.Device, _abc.Awaitable[_common_pb2.Device]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteDevice(
+        self,
+        request: _fleet_pb2.DeviceActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fleet_pb2.DeleteDeviceResponse, _abc.Awaitable[_fleet_pb2.DeleteDeviceResponse]]:
+        """Removes the device (desired state, tags, events); its credential stops working, its name is free."""
+
+    @_abc_1.abstractmethod
+    def RotateDeviceCredential(
+        self,
+        request: _fleet_pb2.DeviceActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fleet_pb2.RotateDeviceCredentialResponse, _abc.Awaitable[_fleet_pb2.RotateDeviceCredentialResponse]]:
+        """A new credential, shown once; the old one is refused from now on."""
 
 def add_FleetServiceServicer_to_server(servicer: FleetServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
