@@ -71,6 +71,7 @@ METHOD_POLICY: dict[str, Requirement] = {
         _FS + m: Role.ADMIN
         for m in "CreateEnrollmentToken RevokeEnrollmentToken CreateOperatorToken AddTrustedKey".split()
     },
+    _FS + "DeleteTelemetry": Role.ADMIN,
 }
 
 _principal: ContextVar[Principal | None] = ContextVar("edgefleet_principal", default=None)
