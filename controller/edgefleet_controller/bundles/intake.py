@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from edgefleet.contract.bundle_layout import MANIFEST_NAME
 from edgefleet.contract.bundle_sections import ArtifactRef
+from edgefleet.contract.shown import shown
 from edgefleet_controller import errors as cerr
 from edgefleet_controller.bundles.size_checks import check_staged_artifact
 from edgefleet_controller.store import BlobStore
@@ -60,12 +61,12 @@ class StagedPush:
             await self._seal_current()
             if digest not in self.expected:
                 raise cerr.InvalidArgument(
-                    f"bundle refused: PushBundle sent a chunk for {digest[:80]!r}, which {MANIFEST_NAME} does "
+                    f"bundle refused: PushBundle sent a chunk for {shown(digest)}, which {MANIFEST_NAME} does "
                     "not list; push the archive the manifest was signed with"
                 )
             if digest in self.sealed:
                 raise cerr.InvalidArgument(
-                    f"bundle refused: artifact {self.expected[digest].role!r} was sent twice; send each once"
+                    f"bundle refused: artifact {shown(self.expected[digest].role)} was sent twice; send each once"
                 )
             ref = self.expected[digest]
             if await run_to_end(lambda: self.blobs.has(digest)):
@@ -84,7 +85,7 @@ class StagedPush:
         except BlobTooLarge:
             ref = self.expected[digest]
             raise cerr.InvalidArgument(
-                f"bundle refused: artifact {ref.role!r} ({ref.path}) holds more data than {MANIFEST_NAME} "
+                f"bundle refused: artifact {shown(ref.role)} ({ref.path}) holds more data than {MANIFEST_NAME} "
                 f"declares ({ref.size} bytes); {_FIX}"
             ) from None
 
@@ -132,7 +133,7 @@ class StagedPush:
             what = f"is {size} bytes" if size != ref.size else f"has {got}"
             says = f"{ref.size}" if size != ref.size else digest
             raise cerr.InvalidArgument(
-                f"bundle refused: artifact {ref.role!r} ({ref.path}) {what}, {MANIFEST_NAME} says {says}; {_FIX}"
+                f"bundle refused: artifact {shown(ref.role)} ({ref.path}) {what}, {MANIFEST_NAME} says {says}; {_FIX}"
             )
         self.sealed[digest] = writer  # tracked first: a refusal below leaves it to ``discard``
         await run_to_end(lambda: check_staged_artifact(ref, writer.temp_path))

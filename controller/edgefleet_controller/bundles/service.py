@@ -21,6 +21,7 @@ from edgefleet.contract.bundle import BundleManifest
 from edgefleet.contract.bundle_layout import MANIFEST_NAME
 from edgefleet.contract.bundle_limits import check_declared_sizes
 from edgefleet.contract.errors import ContractError
+from edgefleet.contract.shown import shown
 from edgefleet.contract.signing import verify_signature
 from edgefleet_controller import errors as cerr
 from edgefleet_controller.auth.service import AuthService
@@ -130,7 +131,7 @@ class BundleService:
             missing = await staging.finish()
             deduplicated = staging.deduplicated()
             if missing:
-                names = ", ".join(f"{a.role!r} ({a.path})" for a in missing)
+                names = ", ".join(f"{shown(a.role)} ({a.path})" for a in missing)
                 raise cerr.InvalidArgument(
                     f"bundle refused: the stream ended before these artifacts were sent: {names}; nothing was "
                     "stored, push the whole archive again"

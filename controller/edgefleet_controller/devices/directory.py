@@ -7,6 +7,7 @@ import asyncio
 import functools
 from typing import Any
 
+from edgefleet.contract.shown import shown
 from edgefleet_controller import errors as cerr
 from edgefleet_controller.store.devices import DeviceStore
 from edgefleet_controller.store.records import DeviceRecord
@@ -38,9 +39,9 @@ class DeviceDirectory:
             return await asyncio.to_thread(self.devices.get, ref)
         matches = await self.all_devices(name=ref)
         if not matches:
-            raise cerr.NotFoundError(f"no device named {ref!r}; list them with fleetctl get devices")
+            raise cerr.NotFoundError(f"no device named {shown(ref)}; list them with fleetctl get devices")
         if len(matches) > 1:
             raise cerr.InvalidArgument(
-                f"device name {ref!r} is ambiguous ({', '.join(d.id + '@' + d.site for d in matches)}); use the id"
+                f"device name {shown(ref)} is ambiguous ({', '.join(d.id + '@' + d.site for d in matches)}); use the id"
             )
         return matches[0]

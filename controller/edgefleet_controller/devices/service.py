@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from edgefleet.contract.shown import shown
 from edgefleet_controller import errors as cerr
 from edgefleet_controller.auth.service import AuthService
 from edgefleet_controller.bundles.service import bundle_refs
@@ -209,7 +210,7 @@ class DeviceService:
         elif site:
             ids = [d.id for d in await self.directory.all_devices(site=site)]
             if not ids:
-                raise cerr.NotFoundError(f"site {site!r} has no devices")
+                raise cerr.NotFoundError(f"site {shown(site)} has no devices")
         else:
             raise cerr.InvalidArgument("SetDesiredBundle needs a device or a site")
         revisions = await self.desired.assign(
@@ -235,7 +236,7 @@ class DeviceService:
             bundle = (await asyncio.to_thread(self.bundles.get, wanted.bundle)).digest
         for tag in wanted.tags:
             if "=" not in tag:
-                raise cerr.InvalidArgument(f"tag filter must be key=value, got {tag!r}")
+                raise cerr.InvalidArgument(f"tag filter must be key=value, got {shown(tag)}")
         filters: dict[str, Any] = {
             "site": wanted.site or None,
             "tags": list(wanted.tags),

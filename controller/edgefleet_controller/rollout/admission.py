@@ -17,6 +17,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from edgefleet.contract.shown import shown
 from edgefleet_controller.rollout.errors import AdmissionInputError
 
 
@@ -38,7 +39,7 @@ def _check(name: str, value: float, *, low: float, high: float | None = None, lo
     ok = ok and (value >= low if low_inclusive else value > low) and (high is None or value < high)
     if not ok:
         bound = f"{'>=' if low_inclusive else '>'} {low:g}" + (f" and < {high:g}" if high is not None else "")
-        raise AdmissionInputError(f"latency admission: {name} must be {bound}, got {value!r}")
+        raise AdmissionInputError(f"latency admission: {name} must be {bound}, got {shown(value)}")
 
 
 def budget_formula(sla_ms: float, headroom: float, thermal_buffer: float) -> str:
@@ -79,7 +80,7 @@ def admit(
         if p95 is None:
             lines.append(f"{hardware_class}: no profile: admitted (unmeasured)")
             continue
-        _check(f"profile p95 of {hardware_class!r} (ms)", p95, low=0.0)
+        _check(f"profile p95 of {shown(hardware_class)} (ms)", p95, low=0.0)
         if p95 <= budget:
             lines.append(f"{hardware_class}: p95 {p95:.1f} ms <= {formula} = {budget:.1f} ms: admitted")
         else:

@@ -20,6 +20,7 @@ from google.protobuf.json_format import ParseDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from edgefleet.contract.manifest import ManifestDoc
+from edgefleet.contract.shown import shown
 from edgefleet.v1 import common_pb2, fleet_pb2
 from edgefleet_controller.rollout.errors import RolloutSpecError
 from edgefleet_controller.rollout.model import (
@@ -162,7 +163,7 @@ def phase_from_proto(value: int) -> RolloutPhase:
     phase = name.removeprefix("ROLLOUT_PHASE_")
     if phase not in RolloutPhase.__members__:
         known = ", ".join(p.name for p in RolloutPhase)
-        raise RolloutSpecError(f"rollout phase filter must be one of {known}, got {value!r}")
+        raise RolloutSpecError(f"rollout phase filter must be one of {known}, got {shown(value)}")
     return RolloutPhase[phase]
 
 
@@ -182,7 +183,9 @@ def _on_abort(value: str, rollout_id: str) -> OnAbort:
     try:
         return OnAbort(value or OnAbort.ROLLBACK)
     except ValueError:
-        raise RolloutSpecError(f"rollout {rollout_id}: on_abort must be 'rollback' or 'halt', got {value!r}") from None
+        raise RolloutSpecError(
+            f"rollout {rollout_id}: on_abort must be 'rollback' or 'halt', got {shown(value)}"
+        ) from None
 
 
 def spec_from_request(

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from edgefleet.contract.bundle import BundleManifest
 from edgefleet.contract.errors import ContractError
 from edgefleet.contract.manifest import ManifestDoc, ManifestKind
+from edgefleet.contract.shown import shown
 from edgefleet.v1 import fleet_pb2
 from edgefleet_controller import errors as cerr
 from edgefleet_controller.rollout.admission import Admission, admit
@@ -66,9 +67,9 @@ def refuse_overlap(
         theirs = {d.id for d in devices if other_spec.selector.matches(d.site, d.tags)}
         both = sorted(set(selected_ids) & (theirs | set(other_state.assigned)))
         if both:
-            shown = ", ".join(both[:5]) + (f" and {len(both) - 5} more" if len(both) > 5 else "")
+            listed = ", ".join(both[:5]) + (f" and {len(both) - 5} more" if len(both) > 5 else "")
             raise cerr.FailedPrecondition(
-                f"{len(both)} selected device(s) ({shown}) already belong to unfinished rollout "
+                f"{len(both)} selected device(s) ({listed}) already belong to unfinished rollout "
                 f"{other.id} ({other.name}, {other.phase}); one rollout per device at a time — wait "
                 "for it to finish, abort it, or narrow the selector"
             )
@@ -116,7 +117,7 @@ class RolloutIntake:
             return await asyncio.to_thread(self.store.bundles.get, ref)
         except serr.NotFound:
             raise cerr.NotFoundError(
-                f"rollout target: bundle {ref!r} is not published; push it first (fleetctl bundle push)"
+                f"rollout target: bundle {shown(ref)} is not published; push it first (fleetctl bundle push)"
             ) from None
         except serr.InvalidArgument as exc:
             raise cerr.InvalidArgument(f"rollout target: {exc}") from None
@@ -128,10 +129,11 @@ class RolloutIntake:
         names = {*staged_here, *(s.ref for s in staged)}
         resolved = resolve_config_ref(ref, sorted(names))
         if resolved is None or resolved not in names:
-            shown = ", ".join(sorted(names)) or "none"
+            staged_names = ", ".join(sorted(names)) or "none"
             raise cerr.FailedPrecondition(
-                f"{where} {ref!r} is not a staged config document (staged: {shown}); apply the document in the "
-                "same 'fleetctl apply -f' as the Rollout, or stage it first with 'fleetctl apply --stage -f FILE'"
+                f"{where} {shown(ref)} is not a staged config document (staged: {staged_names}); apply the document "
+                "in the same 'fleetctl apply -f' as the Rollout, or stage it first with "
+                "'fleetctl apply --stage -f FILE'"
             )
         if resolved not in staged_here:
             found = next(s for s in staged if s.ref == resolved)

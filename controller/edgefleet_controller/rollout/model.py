@@ -28,6 +28,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from edgefleet.contract.shown import shown
 from edgefleet_controller.rollout.errors import RolloutSpecError
 
 _PERCENT = re.compile(r"^(100|[1-9][0-9]?)%$")
@@ -80,7 +81,7 @@ class WaveSize:
     def parse(value: int | str, index: int) -> WaveSize:
         where = f"strategy.waves[{index}]"
         if isinstance(value, bool):
-            raise RolloutSpecError(f"{where} must be a device count >= 1 or a percentage, got {value!r}")
+            raise RolloutSpecError(f"{where} must be a device count >= 1 or a percentage, got {shown(value)}")
         if isinstance(value, int):
             if value < 1:
                 raise RolloutSpecError(f"{where} must be a device count >= 1, got {value}")
@@ -92,7 +93,7 @@ class WaveSize:
             if _PERCENT.match(text):
                 return WaveSize(percent=int(text[:-1]))
         raise RolloutSpecError(
-            f"{where} must be a device count >= 1 or a percentage from '1%' to '100%', got {value!r}"
+            f"{where} must be a device count >= 1 or a percentage from '1%' to '100%', got {shown(value)}"
         )
 
     def target(self, site_size: int) -> int:
@@ -140,10 +141,10 @@ class Strategy:
         if not self.waves:
             raise RolloutSpecError("strategy.waves must list at least one wave, e.g. [1, '50%', '100%']")
         if isinstance(self.bake_s, bool) or not (math.isfinite(self.bake_s) and self.bake_s >= 0):
-            raise RolloutSpecError(f"strategy.bake_s must be a number of seconds >= 0, got {self.bake_s!r}")
+            raise RolloutSpecError(f"strategy.bake_s must be a number of seconds >= 0, got {shown(self.bake_s)}")
         if isinstance(self.max_parallel, bool) or not isinstance(self.max_parallel, int) or self.max_parallel < 0:
             raise RolloutSpecError(
-                f"strategy.max_parallel must be an integer >= 0 (0 = the whole wave), got {self.max_parallel!r}"
+                f"strategy.max_parallel must be an integer >= 0 (0 = the whole wave), got {shown(self.max_parallel)}"
             )
         self.wave_sizes  # noqa: B018 - validates every wave now, not at the first plan
 
@@ -179,12 +180,12 @@ class Gates:
     def __post_init__(self) -> None:
         ratio = self.max_failed_ratio
         if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0.0 <= ratio <= 1.0:
-            raise RolloutSpecError(f"gates.max_failed_ratio must be between 0 and 1, got {ratio!r}")
+            raise RolloutSpecError(f"gates.max_failed_ratio must be between 0 and 1, got {shown(ratio)}")
         for name in ("canary_max_failed", "inconclusive_limit"):
             value = getattr(self, name)
             low = 1 if name == "inconclusive_limit" else 0
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise RolloutSpecError(f"gates.{name} must be an integer >= {low}, got {value!r}")
+                raise RolloutSpecError(f"gates.{name} must be an integer >= {low}, got {shown(value)}")
 
 
 @dataclass(frozen=True)
@@ -216,13 +217,13 @@ class RolloutSpec:
         if self.config is not None and not _CONFIG_REF.match(self.config):
             raise RolloutSpecError(
                 f"rollout {self.id}: config target must be 'Kind/name' with Kind one of "
-                f"{', '.join(CONFIG_TARGET_KINDS)}, e.g. 'SiteConfig/warehouse-a'; got {self.config!r}"
+                f"{', '.join(CONFIG_TARGET_KINDS)}, e.g. 'SiteConfig/warehouse-a'; got {shown(self.config)}"
             )
         try:
             object.__setattr__(self, "on_abort", OnAbort(self.on_abort))
         except ValueError:
             raise RolloutSpecError(
-                f"rollout {self.id}: on_abort must be 'rollback' or 'halt', got {self.on_abort!r}"
+                f"rollout {self.id}: on_abort must be 'rollback' or 'halt', got {shown(self.on_abort)}"
             ) from None
 
     @property

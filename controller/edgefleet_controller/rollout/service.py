@@ -38,6 +38,7 @@ from typing import Any
 import structlog
 
 from edgefleet.contract.manifest import ManifestDoc
+from edgefleet.contract.shown import shown
 from edgefleet.v1 import fleet_pb2
 from edgefleet_controller import errors as cerr
 from edgefleet_controller.clock import Clock
@@ -318,7 +319,7 @@ class RolloutService:
         try:
             return await asyncio.to_thread(self.rollouts.get, rollout_id)
         except serr.NotFound:
-            raise cerr.NotFoundError(f"rollout {rollout_id!r} not found; list rollouts to see the ids") from None
+            raise cerr.NotFoundError(f"rollout {shown(rollout_id)} not found; list rollouts to see the ids") from None
 
     def _message(self, row: RolloutRow, devices: Sequence[DeviceRecord], now: datetime) -> fleet_pb2.Rollout:
         spec = spec_from_dict(row.spec["spec"])

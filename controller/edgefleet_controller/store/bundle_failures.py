@@ -14,6 +14,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from edgefleet.contract.shown import shown
 from edgefleet_controller.store import schema as t
 from edgefleet_controller.store.db import Database, in_chunks
 from edgefleet_controller.store.errors import InvalidArgument
@@ -48,12 +49,12 @@ class BundleFailureStore:
         """Record a failed canary / rollback of a bundle; False when (bundle, device, assignment) is known."""
         if failure.kind not in BUNDLE_FAILURE_KINDS:
             raise InvalidArgument(
-                f"bundle failure kind must be one of {sorted(BUNDLE_FAILURE_KINDS)}, got {failure.kind!r}"
+                f"bundle failure kind must be one of {sorted(BUNDLE_FAILURE_KINDS)}, got {shown(failure.kind)}"
             )
         if not failure.assignment_id:
             raise InvalidArgument("a bundle failure needs the assignment id it was reported under, got ''")
         if failure.at.tzinfo is None:
-            raise InvalidArgument(f"bundle failure time must be an aware UTC datetime, got {failure.at!r}")
+            raise InvalidArgument(f"bundle failure time must be an aware UTC datetime, got {shown(failure.at)}")
         failures = t.bundle_failures
         try:
             with self._db.transaction() as conn:

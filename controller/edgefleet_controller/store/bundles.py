@@ -16,6 +16,7 @@ import structlog
 from sqlalchemy.engine import Connection, Row
 
 from edgefleet.contract.digests import sha256_digest
+from edgefleet.contract.shown import shown
 from edgefleet_controller.store import schema as t
 from edgefleet_controller.store.arguments import check_digest_field, check_now, check_text, is_int
 from edgefleet_controller.store.db import AggregateStore, in_chunks
@@ -46,11 +47,11 @@ def _check_artifacts(artifacts: Sequence[ArtifactRef], bundle_ref: str) -> list[
     roles: set[str] = set()
     for ref in refs:
         check_text("artifact role", ref.role)
-        check_digest_field(f"artifact {ref.role!r} digest", ref.digest)
+        check_digest_field(f"artifact {shown(ref.role)} digest", ref.digest)
         if not is_int(ref.size) or ref.size < 0:
-            raise InvalidArgument(f"artifact {ref.role!r} size must be >= 0 bytes, got {ref.size!r}")
+            raise InvalidArgument(f"artifact {shown(ref.role)} size must be >= 0 bytes, got {shown(ref.size)}")
         if ref.role in roles:
-            raise InvalidArgument(f"artifact role {ref.role!r} appears twice in bundle {bundle_ref}")
+            raise InvalidArgument(f"artifact role {shown(ref.role)} appears twice in bundle {bundle_ref}")
         roles.add(ref.role)
     return refs
 
@@ -173,7 +174,9 @@ class BundleStore(AggregateStore):
             else:
                 name, at, version = ref.rpartition("@") if isinstance(ref, str) else ("", "", "")
                 if not at or not name or not version:
-                    raise InvalidArgument(f"bundle reference must be 'sha256:<64 hex>' or 'name@version', got {ref!r}")
+                    raise InvalidArgument(
+                        f"bundle reference must be 'sha256:<64 hex>' or 'name@version', got {shown(ref)}"
+                    )
                 found = _digest_of_name(conn, name, version)
                 if found is None:
                     raise NotFound("bundle", ref, "list bundles to see what is published")

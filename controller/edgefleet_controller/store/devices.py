@@ -20,6 +20,7 @@ import structlog
 from sqlalchemy.engine import Connection, Row
 
 from edgefleet.contract.canonical import canonical_json_text
+from edgefleet.contract.shown import shown
 from edgefleet_controller.store import credentials
 from edgefleet_controller.store import desired as desired_states
 from edgefleet_controller.store import schema as t
@@ -71,7 +72,7 @@ def _insert_tags(conn: Connection, device_id: str, tags: Mapping[str, str]) -> N
 def _parse_tag_filter(tag: str) -> tuple[str, str]:
     key, eq, value = tag.partition("=") if isinstance(tag, str) else ("", "", "")
     if not eq or not key:
-        raise InvalidArgument(f"tag filter must be 'key=value', got {tag!r}")
+        raise InvalidArgument(f"tag filter must be 'key=value', got {shown(tag)}")
     return key, value
 
 
@@ -145,11 +146,11 @@ def _reported_bundle_refs(reported: Mapping[str, Any]) -> tuple[str | None, str,
     refs = {"running": running} if running is not None else {}
     slots = reported.get(REPORTED_SLOTS) or {}
     if not isinstance(slots, Mapping):
-        raise InvalidArgument(f"reported {REPORTED_SLOTS!r} must map slot names to slot states, got {slots!r}")
+        raise InvalidArgument(f"reported {REPORTED_SLOTS!r} must map slot names to slot states, got {shown(slots)}")
     for slot_name, slot in slots.items():
         slot_bundle = slot.get(REPORTED_SLOT_BUNDLE) if isinstance(slot, Mapping) else None
         if slot_bundle is not None:
-            refs[f"slot:{slot_name}"] = check_digest_field(f"reported slot {slot_name!r} bundle", slot_bundle)
+            refs[f"slot:{slot_name}"] = check_digest_field(f"reported slot {shown(slot_name)} bundle", slot_bundle)
     return running, health, refs
 
 
@@ -171,7 +172,7 @@ class DeviceStore(AggregateStore):
         check_text("device name", name)
         check_text("hardware_class", hardware_class)
         if not isinstance(facts, Mapping):
-            raise InvalidArgument(f"hardware facts must be a mapping, got {facts!r}")
+            raise InvalidArgument(f"hardware facts must be a mapping, got {shown(facts)}")
         facts_json = check_json("hardware facts", facts)
         checked_tags = check_tags(tags)
         device_id = credentials.new_device_id()
@@ -288,7 +289,7 @@ class DeviceStore(AggregateStore):
         """
         check_now(now)
         if not isinstance(reported, Mapping):
-            raise InvalidArgument(f"reported state must be a mapping, got {reported!r}")
+            raise InvalidArgument(f"reported state must be a mapping, got {shown(reported)}")
         reported_json = check_json("reported state", reported)
         running, health, refs = _reported_bundle_refs(reported)
         devices = t.devices

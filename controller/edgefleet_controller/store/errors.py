@@ -28,6 +28,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from edgefleet.contract.shown import shown
+
 
 class StoreError(Exception):
     """Base of every error the store raises on purpose."""
@@ -39,7 +41,7 @@ class NotFound(StoreError):
     def __init__(self, kind: str, key: str, hint: str = "") -> None:
         self.kind = kind
         self.key = key
-        message = f"{kind} {key!r} not found"
+        message = f"{kind} {shown(key)} not found"
         super().__init__(f"{message}; {hint}" if hint else message)
 
 
@@ -53,10 +55,10 @@ class StillReferenced(StoreError):
     def __init__(self, digest: str, referrers: Sequence[str]) -> None:
         self.digest = digest
         self.referrers = tuple(referrers)
-        shown = ", ".join(self.referrers[:10])
+        listed = ", ".join(self.referrers[:10])
         more = f" and {len(self.referrers) - 10} more" if len(self.referrers) > 10 else ""
         super().__init__(
-            f"bundle {digest} is still referenced by {shown}{more}; "
+            f"bundle {digest} is still referenced by {listed}{more}; "
             "move those devices/rollouts to another bundle first, then delete it"
         )
 
@@ -70,7 +72,7 @@ class InvalidDigest(InvalidArgument):
 
     def __init__(self, value: object) -> None:
         self.value = value
-        super().__init__(f"digest must be 'sha256:' followed by 64 lowercase hex characters, got {value!r}")
+        super().__init__(f"digest must be 'sha256:' followed by 64 lowercase hex characters, got {shown(value)}")
 
 
 class InvalidPageToken(InvalidArgument):
@@ -79,7 +81,7 @@ class InvalidPageToken(InvalidArgument):
     def __init__(self, token: str) -> None:
         self.token = token
         super().__init__(
-            f"page token {token!r} is not valid; pass back the next_page_token of the previous page, "
+            f"page token {shown(token)} is not valid; pass back the next_page_token of the previous page, "
             "or none for the first page"
         )
 

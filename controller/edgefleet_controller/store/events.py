@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.engine import Row
 
+from edgefleet.contract.shown import shown
 from edgefleet_controller.store import schema as t
 from edgefleet_controller.store.arguments import check_json, check_now, check_page_size, check_text, is_int
 from edgefleet_controller.store.db import AggregateStore, in_chunks
@@ -48,10 +49,10 @@ class EventStore(AggregateStore):
             check_text("event kind", ev.kind, 64)
             check_now(ev.at)
             if not isinstance(ev.payload, Mapping):
-                raise InvalidArgument(f"event {ev.kind!r} payload must be a mapping, got {ev.payload!r}")
+                raise InvalidArgument(f"event {shown(ev.kind)} payload must be a mapping, got {shown(ev.payload)}")
             if ev.seq is not None:
                 if not is_int(ev.seq) or ev.seq < 0:
-                    raise InvalidArgument(f"event seq must be an integer >= 0, got {ev.seq!r}")
+                    raise InvalidArgument(f"event seq must be an integer >= 0, got {shown(ev.seq)}")
                 if ev.seq in seqs:
                     continue
                 seqs.add(ev.seq)
@@ -60,7 +61,7 @@ class EventStore(AggregateStore):
                     "device_id": device_id,
                     "kind": ev.kind,
                     "seq": ev.seq,
-                    "payload_json": check_json(f"event {ev.kind!r} payload", ev.payload),
+                    "payload_json": check_json(f"event {shown(ev.kind)} payload", ev.payload),
                     "at": ev.at,
                     "received_at": now,
                 }

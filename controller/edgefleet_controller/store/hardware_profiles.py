@@ -11,6 +11,7 @@ from datetime import datetime
 
 import sqlalchemy as sa
 
+from edgefleet.contract.shown import shown
 from edgefleet_controller.rollout.profiles import PROFILE_SOURCES, ProfileMeasurement
 from edgefleet_controller.store import schema as t
 from edgefleet_controller.store.db import Database
@@ -37,16 +38,18 @@ class HardwareProfileStore:
     ) -> None:
         """Record one latency measurement (pre + model + post) of a bundle on a hardware class."""
         if not isinstance(hardware_class, str) or not hardware_class.strip():
-            raise InvalidArgument(f"hardware_class must be a non-empty string, got {hardware_class!r}")
+            raise InvalidArgument(f"hardware_class must be a non-empty string, got {shown(hardware_class)}")
         if source not in PROFILE_SOURCES:
-            raise InvalidArgument(f"profile source must be 'canary' or 'profile', got {source!r}")
+            raise InvalidArgument(f"profile source must be 'canary' or 'profile', got {shown(source)}")
         for field, value in (("p95_ms", p95_ms), ("p50_ms", p50_ms)):
             if value is None and field == "p50_ms":
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < float("inf"):
-                raise InvalidArgument(f"profile {field} must be a finite number of milliseconds >= 0, got {value!r}")
+                raise InvalidArgument(
+                    f"profile {field} must be a finite number of milliseconds >= 0, got {shown(value)}"
+                )
         if measured_at.tzinfo is None:
-            raise InvalidArgument(f"measured_at must be an aware UTC datetime, got {measured_at!r}")
+            raise InvalidArgument(f"measured_at must be an aware UTC datetime, got {shown(measured_at)}")
         with self._db.transaction() as conn:
             conn.execute(
                 t.hardware_profiles.insert().values(

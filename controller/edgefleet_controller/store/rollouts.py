@@ -35,6 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
 from edgefleet.contract.canonical import canonical_json_text
+from edgefleet.contract.shown import shown
 from edgefleet_controller.rollout.model import COMMANDS, RolloutPhase
 from edgefleet_controller.store import schema as t
 from edgefleet_controller.store.db import Database, in_chunks
@@ -303,7 +304,7 @@ class RolloutStore:
     ) -> int:
         """Queue an operator command for the reconciler; returns its id."""
         if command not in COMMANDS:
-            raise InvalidArgument(f"rollout command must be one of {', '.join(sorted(COMMANDS))}, got {command!r}")
+            raise InvalidArgument(f"rollout command must be one of {', '.join(sorted(COMMANDS))}, got {shown(command)}")
         with self._db.transaction() as conn:
             if conn.execute(sa.select(t.rollouts.c.id).where(t.rollouts.c.id == rollout_id)).first() is None:
                 raise NotFound("rollout", rollout_id, "list rollouts to see the ids")

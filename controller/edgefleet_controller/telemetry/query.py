@@ -28,6 +28,7 @@ from typing import Protocol
 
 import structlog
 
+from edgefleet.contract.shown import shown
 from edgefleet.contract.sketch import merge_sketches
 from edgefleet.v1.common_pb2 import Percentiles
 from edgefleet.v1.fleet_pb2 import QueryTelemetryResponse, TelemetryRow
@@ -66,7 +67,7 @@ def group_key(row: Scoped, group_by: str) -> str:
         return row.site
     if group_by == "bundle":
         return row.bundle_digest
-    raise QueryError(f"QueryTelemetry: 'group_by' must be one of {', '.join(GROUPS)}, got {group_by!r}")
+    raise QueryError(f"QueryTelemetry: 'group_by' must be one of {', '.join(GROUPS)}, got {shown(group_by)}")
 
 
 def percentiles(sketches: Sequence[bytes]) -> Percentiles:

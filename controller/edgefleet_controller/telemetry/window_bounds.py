@@ -16,6 +16,7 @@ import math
 from collections.abc import Sequence
 
 from edgefleet.contract.errors import SketchError
+from edgefleet.contract.shown import shown
 from edgefleet.contract.sketch import check_fleet_sketch
 from edgefleet.v1.telemetry_pb2 import LatencySketch, MetricWindow
 
@@ -30,7 +31,7 @@ class WindowInvalid(ValueError):
 
 def _check_common(window_s: float, frames: int, errors: int, confidence: Sequence[int]) -> None:
     if not (math.isfinite(window_s) and 0.0 <= window_s <= MAX_WINDOW_S):
-        raise WindowInvalid(f"window_s must be a finite number in [0, {MAX_WINDOW_S:g}] seconds, got {window_s!r}")
+        raise WindowInvalid(f"window_s must be a finite number in [0, {MAX_WINDOW_S:g}] seconds, got {shown(window_s)}")
     for name, value in (("frames", frames), ("errors", errors)):
         if not 0 <= value <= MAX_STORED_INT:
             raise WindowInvalid(f"{name} must be within 0..{MAX_STORED_INT}, got {value}")
@@ -40,7 +41,7 @@ def _check_common(window_s: float, frames: int, errors: int, confidence: Sequenc
         )
     for i, c in enumerate(confidence):
         if not (isinstance(c, int) and 0 <= c <= MAX_STORED_INT):
-            raise WindowInvalid(f"confidence.counts[{i}] must be an integer within 0..{MAX_STORED_INT}, got {c!r}")
+            raise WindowInvalid(f"confidence.counts[{i}] must be an integer within 0..{MAX_STORED_INT}, got {shown(c)}")
 
 
 def check_window(window: MetricWindow) -> None:
@@ -56,11 +57,13 @@ def check_window(window: MetricWindow) -> None:
     for i, reading in enumerate(window.sensors):
         if not (math.isfinite(reading.value) and math.isfinite(reading.max_value)):
             raise WindowInvalid(
-                f"sensors[{i}] ({reading.name[:80]!r}) value and max_value must be finite, got "
-                f"{reading.value!r}, {reading.max_value!r}; report an unreadable sensor with missing = true"
+                f"sensors[{i}] ({shown(reading.name)}) value and max_value must be finite, got "
+                f"{shown(reading.value)}, {shown(reading.max_value)}; report an unreadable sensor with missing = true"
             )
     if not (math.isfinite(window.detections_per_frame) and window.detections_per_frame >= 0):
-        raise WindowInvalid(f"detections_per_frame must be a finite number >= 0, got {window.detections_per_frame!r}")
+        raise WindowInvalid(
+            f"detections_per_frame must be a finite number >= 0, got {shown(window.detections_per_frame)}"
+        )
 
 
 def row_problem(
