@@ -6,6 +6,9 @@ measurement admission uses (``list_profiles`` shows them). An event whose reason
 did not hash to its digest makes the controller hash its own copy again (``BlobIntegrity.reverify``), which
 quarantines it when it is the controller's copy that is corrupt.
 
+A ReportEvent call is checked whole before anything of it is stored (``check_events``, then each event's
+time and kind): a refused call stores no event and no profile.
+
 Store calls are synchronous transactions run in worker threads (``asyncio.to_thread``); the clock is injected.
 """
 
@@ -14,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
@@ -23,6 +27,7 @@ import structlog
 from google.protobuf.json_format import MessageToDict, ParseDict
 
 from edgefleet.contract.digests import mismatched_digests
+from edgefleet.contract.shown import shown
 from edgefleet.v1 import telemetry_pb2
 from edgefleet_controller import errors as cerr
 from edgefleet_controller.bundles.blob_integrity import BlobIntegrity
@@ -52,6 +57,35 @@ def reported_mismatches(events: Sequence[Event]) -> list[str]:
     return list(dict.fromkeys(d for ev in events for d in mismatched_digests(ev.reason)))
 
 
+_PERCENTILES = ("p50_ms", "p95_ms", "p99_ms")
+
+
+def _measured_figures(ev: Event) -> Iterator[tuple[str, float]]:
+    """Every number an event's latency measurement carries, by field path."""
+    if ev.kind == Event.KIND_PROFILE and ev.HasField("profile"):
+        p = ev.profile
+        yield "profile.seconds", p.seconds
+        yield "profile.fps", p.fps
+        for part in ("pre", "model", "post", "total"):
+            for name in _PERCENTILES:
+                yield f"profile.{part}.{name}", getattr(getattr(p, part), name)
+    elif ev.kind == Event.KIND_CANARY_VERDICT:
+        for name in _PERCENTILES:
+            yield f"verdict.candidate_latency.{name}", getattr(ev.verdict.candidate_latency, name)
+
+
+def check_events(events: Sequence[Event]) -> None:
+    """Refuse (``InvalidArgument``, naming the event, the field and the value) a call with a latency
+    measurement that is not a finite number >= 0, before any of its events or profiles is stored."""
+    for i, ev in enumerate(events):
+        for path, value in _measured_figures(ev):
+            if not (math.isfinite(value) and value >= 0):
+                raise cerr.InvalidArgument(
+                    f"ReportEvent: events[{i}] (event_id {shown(ev.event_id)}): {path} must be a finite number "
+                    f">= 0, got {value}; nothing of this call was stored"
+                )
+
+
 def event_kind_name(value: int) -> str:
     """``DeviceEvent.Kind`` value → its stored name (``canary_verdict``); ``InvalidArgument`` if unknown."""
     try:
@@ -74,7 +108,9 @@ class DeviceEventService:
     integrity: BlobIntegrity
 
     async def report_events(self, device_id: str, events: Sequence[Event], site: str = "") -> int:
-        """Store a device's events (idempotent by ``event_id``); returns how many were new."""
+        """Store a device's events (idempotent by ``event_id``); returns how many were new. The whole call is
+        checked first: a refused call stores nothing."""
+        check_events(events)
         inputs = []
         for ev in events:
             at = cerr.timestamp_arg(ev.at, "DeviceEvent.at") if ev.HasField("at") else self.clock()
