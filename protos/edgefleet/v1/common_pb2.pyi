@@ -582,10 +582,15 @@ class Device(_message.Message):
     REPORTED_FIELD_NUMBER: _builtins.int
     DESIRED_FIELD_NUMBER: _builtins.int
     DISABLED_AT_FIELD_NUMBER: _builtins.int
+    HARDWARE_MISMATCH_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     site: _builtins.str
     health: Global___Health.ValueType
+    hardware_mismatch: _builtins.str
+    """Set when what the device claims (its Sync's hardware class, its newest latency profile's) differs from
+    the hardware class it enrolled with; the enrolled class is what profiles and rollouts use. Empty: agree.
+    """
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -616,10 +621,11 @@ class Device(_message.Message):
         reported: Global___ReportedState | None = ...,
         desired: Global___DesiredState | None = ...,
         disabled_at: _timestamp_pb2.Timestamp | None = ...,
+        hardware_mismatch: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "disabled_at", b"disabled_at", "enrolled_at", b"enrolled_at", "hardware", b"hardware", "last_seen", b"last_seen", "reported", b"reported"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "disabled_at", b"disabled_at", "enrolled_at", b"enrolled_at", "hardware", b"hardware", "health", b"health", "id", b"id", "last_seen", b"last_seen", "name", b"name", "reported", b"reported", "site", b"site", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired", b"desired", "disabled_at", b"disabled_at", "enrolled_at", b"enrolled_at", "hardware", b"hardware", "hardware_mismatch", b"hardware_mismatch", "health", b"health", "id", b"id", "last_seen", b"last_seen", "name", b"name", "reported", b"reported", "site", b"site", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
