@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from edgefleet.contract.errors import BudgetError
+from edgefleet.contract.shown import shown
 
 PROFILE_FORMAT = "edgefleet.latency-profile/v1"
 SIZE_MODEL = "model artifact"
@@ -43,24 +44,24 @@ def parse_latency_ms(text: str) -> float:
     """``"40ms"``, ``"40 ms"``, ``"40"`` (milliseconds), ``"0.04s"`` or ``"500us"`` → milliseconds (> 0)."""
     match = _LATENCY_RE.match(text)
     if match is None:
-        raise BudgetError(f"latency must look like 40ms, 0.04s or 40 (milliseconds), got {text!r}")
+        raise BudgetError(f"latency must look like 40ms, 0.04s or 40 (milliseconds), got {shown(text)}")
     value = float(match.group(1)) * _UNIT_MS[(match.group(2) or "ms").lower()]
     if not value > 0 or not math.isfinite(value):
-        raise BudgetError(f"latency must be > 0, got {text!r}")
+        raise BudgetError(f"latency must be > 0, got {shown(text)}")
     return value
 
 
 def _check_fraction(name: str, value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise BudgetError(f"{name} must be a number, got {value!r}")
+        raise BudgetError(f"{name} must be a number, got {shown(value)}")
     if not 0.0 <= value < 1.0:
-        raise BudgetError(f"{name} must be a fraction >= 0 and < 1 (0.2 = 20%), got {value!r}")
+        raise BudgetError(f"{name} must be a fraction >= 0 and < 1 (0.2 = 20%), got {shown(value)}")
 
 
 def budget_ms(sla_ms: float, headroom: float, thermal_buffer: float) -> float:
     """``sla × (1 − headroom − thermal_buffer)``; raises ``BudgetError`` when that leaves no budget."""
     if isinstance(sla_ms, bool) or not isinstance(sla_ms, int | float) or not (math.isfinite(sla_ms) and sla_ms > 0):
-        raise BudgetError(f"SLA must be > 0 ms, got {sla_ms!r}")
+        raise BudgetError(f"SLA must be > 0 ms, got {shown(sla_ms)}")
     _check_fraction("headroom", headroom)
     _check_fraction("thermal buffer", thermal_buffer)
     if headroom + thermal_buffer >= 1.0:
@@ -198,7 +199,7 @@ class BudgetResult:
 def _check_candidate(candidate: BudgetCandidate) -> None:
     p95 = candidate.p95_ms
     if p95 is not None and (isinstance(p95, bool) or not math.isfinite(p95) or p95 < 0):
-        raise BudgetError(f"candidate {candidate.label}: p95 must be a finite number >= 0 ms, got {p95!r}")
+        raise BudgetError(f"candidate {candidate.label}: p95 must be a finite number >= 0 ms, got {shown(p95)}")
     if candidate.size_bytes < 0:
         raise BudgetError(f"candidate {candidate.label}: size must be >= 0 bytes, got {candidate.size_bytes}")
 
@@ -287,14 +288,14 @@ def _number(doc: Mapping[str, object], path: str, source: str, *, optional: bool
             return None
         raise
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise BudgetError(f"{source}: field '{path}' must be a number >= 0, got {value!r}")
+        raise BudgetError(f"{source}: field '{path}' must be a number >= 0, got {shown(value)}")
     return float(value)
 
 
 def _text(doc: Mapping[str, object], path: str, source: str) -> str:
     value = _field(doc, path, source)
     if not isinstance(value, str):
-        raise BudgetError(f"{source}: field '{path}' must be a string, got {value!r}")
+        raise BudgetError(f"{source}: field '{path}' must be a string, got {shown(value)}")
     return value
 
 
@@ -305,7 +306,7 @@ def candidate_from_profile(document: object, *, source: str) -> BudgetCandidate:
     fmt = document.get("format")
     if fmt != PROFILE_FORMAT:
         raise BudgetError(
-            f"{source}: field 'format' must be {PROFILE_FORMAT!r}, got {fmt!r}; "
+            f"{source}: field 'format' must be {PROFILE_FORMAT!r}, got {shown(fmt)}; "
             "write it with 'edge-runtime profile --output json'"
         )
     model_bytes = _number(document, "bundle.model_bytes", source, optional=True)

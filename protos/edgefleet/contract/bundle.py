@@ -47,6 +47,7 @@ from edgefleet.contract.bundle_sections import (
 from edgefleet.contract.canonical import canonical_json
 from edgefleet.contract.digests import sha256_digest
 from edgefleet.contract.errors import BundleError, BundleFormatError, UnsupportedSchemaError
+from edgefleet.contract.shown import shown
 
 _CREATED_AT_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -123,7 +124,7 @@ class BundleManifest:
                     f"{SCHEMA_VERSION}); upgrade edgefleet or rebuild the bundle"
                 )
             raise BundleFormatError(
-                f"{source}: field 'schema_version' must be the integer {SCHEMA_VERSION}, got {schema!r}"
+                f"{source}: field 'schema_version' must be the integer {SCHEMA_VERSION}, got {shown(schema)}"
             )
         manifest = BundleManifest.from_dict(obj, source=source)
         if manifest.to_json_bytes() != data:
@@ -169,7 +170,7 @@ class BundleManifest:
             if variant.artifact not in artifacts:
                 raise BundleFormatError(
                     f"{source}: field 'precision_variants.{name}.artifact' names no artifact, "
-                    f"got {variant.artifact!r} (artifacts: {', '.join(sorted(artifacts))})"
+                    f"got {shown(variant.artifact)} (artifacts: {', '.join(sorted(artifacts))})"
                 )
         check_postprocess_fits(source, manifest.postprocess, manifest.outputs, manifest.labels)
         return manifest

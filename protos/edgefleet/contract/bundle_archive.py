@@ -50,6 +50,7 @@ from edgefleet.contract.errors import (
     UnsupportedSchemaError,
 )
 from edgefleet.contract.golden import check_golden
+from edgefleet.contract.shown import shown
 from edgefleet.contract.signing import MAX_SIGNATURE_BYTES, TrustedKeys, verify_signature
 
 ARCHIVE_SUFFIX = ".efb"
@@ -240,7 +241,7 @@ def _check_member_kind(member: tarfile.TarInfo, archive: Path) -> None:
     if member.ischr() or member.isblk() or member.isfifo() or member.isdev():
         raise UnsafeArchiveError(f"{archive}: member '{name}' is a device or fifo; bundles hold regular files only")
     if not member.isreg() or member.issparse():
-        raise UnsafeArchiveError(f"{archive}: member '{name}' is not a regular file (tar type {member.type!r})")
+        raise UnsafeArchiveError(f"{archive}: member '{name}' is not a regular file (tar type {shown(member.type)})")
 
 
 def _read_small(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int, archive: Path) -> bytes:

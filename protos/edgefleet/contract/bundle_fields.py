@@ -16,6 +16,7 @@ from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 from edgefleet.contract.errors import BundleFormatError
+from edgefleet.contract.shown import shown
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -37,10 +38,7 @@ class FieldReader:
         return f"{self.path}.{key}" if self.path else key
 
     def _error_at(self, path: str, what: str, value: object) -> BundleFormatError:
-        shown = repr(value)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        return BundleFormatError(f"{self.source}: field '{path}' {what}, got {shown}")
+        return BundleFormatError(f"{self.source}: field '{path}' {what}, got {shown(value)}")
 
     def error(self, key: str, what: str, value: object) -> BundleFormatError:
         return self._error_at(self._full(key), what, value)
@@ -173,7 +171,7 @@ def _reject_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     out: dict[str, object] = {}
     for key, value in pairs:
         if key in out:
-            raise ValueError(f"duplicate key {key!r}")
+            raise ValueError(f"duplicate key {shown(key)}")
         out[key] = value
     return out
 

@@ -20,6 +20,7 @@ from edgefleet.contract.bundle_fields import FieldReader, check_number, element_
 from edgefleet.contract.bundle_layout import ARTIFACT_PATH_RE, MANIFEST_NAME, ROLE_RE
 from edgefleet.contract.bundle_policy import CanaryDefaults, LatencySla
 from edgefleet.contract.errors import BundleFormatError
+from edgefleet.contract.shown import shown
 
 KNOWN_PROVIDERS = ("tensorrt", "cuda", "rocm", "openvino", "directml", "coreml", "cpu")
 #: A bundle that names no ``providers`` (bundle.json or spec) tries these, in this order.
@@ -88,7 +89,7 @@ class TensorSpec:
             if not (ok_int or ok_str):
                 raise BundleFormatError(
                     f"{doc.source}: field '{doc.at('shape', i)}' must be a positive int, -1 or a dimension "
-                    f"name, got {dim!r}"
+                    f"name, got {shown(dim)}"
                 )
             shape.append(cast(Dim, dim))
         return TensorSpec(
@@ -272,7 +273,7 @@ def parse_labels(doc: FieldReader) -> tuple[str, ...]:
     for i, label in enumerate(labels):
         if not isinstance(label, str) or not label:
             raise BundleFormatError(
-                f"{doc.source}: field '{doc.at('labels', i)}' must be a non-empty string, got {label!r}"
+                f"{doc.source}: field '{doc.at('labels', i)}' must be a non-empty string, got {shown(label)}"
             )
     return tuple(cast(list[str], labels))
 
@@ -283,7 +284,7 @@ def parse_providers(doc: FieldReader) -> tuple[str, ...]:
         if not isinstance(provider, str) or provider not in KNOWN_PROVIDERS:
             raise BundleFormatError(
                 f"{doc.source}: field '{doc.at('providers', i)}' must be one of "
-                f"{', '.join(KNOWN_PROVIDERS)}, got {provider!r}"
+                f"{', '.join(KNOWN_PROVIDERS)}, got {shown(provider)}"
             )
     if len(set(providers)) != len(providers):
         raise doc.error("providers", "must not repeat a provider", providers)

@@ -22,6 +22,8 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, TypedDict, Unpack
 
+from edgefleet.contract.shown import shown
+
 __all__ = ["CanonicalOptions", "canonical_json", "canonical_json_text"]
 
 
@@ -41,7 +43,7 @@ def _integral_floats(value: Any) -> Any:
         return [_integral_floats(v) for v in value]
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise ValueError(f"canonical JSON cannot hold the non-finite number {value!r}")
+            raise ValueError(f"canonical JSON cannot hold the non-finite number {shown(value)}")
         if value.is_integer() and abs(value) < 2**53:
             return int(value)
     return value

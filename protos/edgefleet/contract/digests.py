@@ -11,6 +11,8 @@ import hashlib
 import re
 from pathlib import Path
 
+from edgefleet.contract.shown import shown
+
 __all__ = [
     "DIGEST_PATTERN",
     "DIGEST_PREFIX",
@@ -49,7 +51,7 @@ def is_digest(value: object) -> bool:
 def mismatch_reason(name: str, actual: str, expected: str) -> str:
     """How a device words an artifact ``name`` whose bytes hashed to ``actual``, not ``expected``, in the event
     it reports; the controller reads the digest back (``mismatched_digests``) and hashes its own copy again."""
-    return f"artifact {name!r}: sha256 is {actual}, expected {expected}"
+    return f"artifact {shown(name)}: sha256 is {actual}, expected {expected}"
 
 
 def mismatched_digests(text: str) -> list[str]:

@@ -25,6 +25,8 @@ input catch that one type. Messages say what was wrong, with the offending value
 
 from __future__ import annotations
 
+from edgefleet.contract.shown import SHOWN_CHARS
+
 
 class ContractError(Exception):
     """Base of every error raised by the shared contract code."""
@@ -75,6 +77,16 @@ class BudgetError(ContractError):
     latency-profile document."""
 
 
+def _short_location(location: str) -> str:
+    """A caller's file name (``name`` or ``name:line``) or dotted path as an error shows it: at most the
+    first ``SHOWN_CHARS`` characters, then the full length; the line number is kept."""
+    head, colon, line = location.rpartition(":")
+    name, suffix = (head, colon + line) if colon and line.isdigit() else (location, "")
+    if len(name) <= SHOWN_CHARS:
+        return location
+    return f"{name[:SHOWN_CHARS]}… ({len(name)} chars){suffix}"
+
+
 class ManifestError(ContractError):
     """A config manifest is invalid.
 
@@ -82,8 +94,8 @@ class ManifestError(ContractError):
     """
 
     def __init__(self, message: str, *, location: str = "", path: str = "") -> None:
-        self.location = location
-        self.path = path
+        self.location = location = _short_location(location)
+        self.path = path = _short_location(path)
         self.detail = message
         prefix = " ".join(p for p in (location, path) if p)
         super().__init__(f"{prefix}: {message}" if prefix else message)

@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 
 from edgefleet.contract.bundle_limits import DEFAULT_LIMITS, MAX_NPY_HEADER_BYTES, BundleLimits
 from edgefleet.contract.errors import BundleFormatError, UnsafeArchiveError
+from edgefleet.contract.shown import shown
 
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 _READ_CHUNK = 1024 * 1024
@@ -180,7 +181,7 @@ def _checked_infos(archive: zipfile.ZipFile, path: str, limits: BundleLimits) ->
     for info in infos:
         name = info.filename
         if not _MEMBER_RE.match(name):
-            raise BundleFormatError(f"{path}: member {name[:80]!r} is not an input.<name>.npy/output.<name>.npy array")
+            raise BundleFormatError(f"{path}: member {shown(name)} is not an input.<name>.npy/output.<name>.npy array")
         if name in seen:
             raise BundleFormatError(f"{path}: member '{name}' appears twice")
         seen.add(name)
@@ -268,7 +269,7 @@ def _declared(
     if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise BundleFormatError(f"{path}: member '{name}' has an invalid shape {str(shape)[:80]}")
     if dtype.kind not in _NUMERIC_KINDS or dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
-        raise BundleFormatError(f"{path}: member '{name}' has dtype {dtype.str!r}; golden arrays are numeric")
+        raise BundleFormatError(f"{path}: member '{name}' has dtype {shown(dtype.str)}; golden arrays are numeric")
     data_bytes = math.prod(shape) * dtype.itemsize
     if header_bytes + data_bytes != info.file_size:
         raise UnsafeArchiveError(

@@ -48,6 +48,7 @@ from edgefleet.contract.manifest_yaml import (
     line_of,
     read_documents,
 )
+from edgefleet.contract.shown import shown
 
 __all__ = [
     "API_VERSION",
@@ -276,7 +277,7 @@ def check_document_set(docs: Iterable[ManifestDoc]) -> None:
             if fleet is not None:
                 errors.append(
                     ManifestError(
-                        f"second FleetConfig {doc.name!r} (first is {fleet.name!r} at {fleet.location}); "
+                        f"second FleetConfig {shown(doc.name)} (first is {shown(fleet.name)} at {fleet.location}); "
                         "a fleet has exactly one FleetConfig, merge them",
                         location=doc.location,
                         path="metadata.name",
@@ -289,7 +290,8 @@ def check_document_set(docs: Iterable[ManifestDoc]) -> None:
             if other is not None:
                 errors.append(
                     ManifestError(
-                        f"second SiteConfig for site {doc.site!r}: {doc.name!r} (first is {other.name!r} at "
+                        f"second SiteConfig for site {shown(doc.site)}: {shown(doc.name)} "
+                        f"(first is {shown(other.name)} at "
                         f"{other.location}); a site has one SiteConfig, merge them",
                         location=doc.location,
                         path="metadata.site",

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from edgefleet.contract.errors import ManifestError
 from edgefleet.contract.frozen import thaw
 from edgefleet.contract.manifest_yaml import Path, describe_value, format_path
+from edgefleet.contract.shown import shown
 from edgefleet.contract.telemetry_bounds import review_quota_problem
 
 API_VERSION = "edgefleet.io/v1"
@@ -149,7 +150,7 @@ def _suggest(word: Any, choices: list[str]) -> str:
     if not isinstance(word, str):
         return ""
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return f"; did you mean {shown(close[0])}?" if close else ""
 
 
 def _violation(err: Any) -> Violation:
@@ -159,7 +160,7 @@ def _violation(err: Any) -> Violation:
     validator = err.validator
     expected = schema.get("x-expected")
     if "propertyNames" in err.absolute_schema_path:
-        return Violation((*path, str(value)), f"invalid key: must be {expected or 'a valid key'}, got {value!r}")
+        return Violation((*path, str(value)), f"invalid key: must be {expected or 'a valid key'}, got {shown(value)}")
     if validator == "additionalProperties" and isinstance(value, dict):
         allowed = sorted(schema.get("properties", {}))
         extra = [k for k in value if k not in allowed]
@@ -183,7 +184,7 @@ def _message(validator: str, bound: Any, value: Any, schema: Mapping[str, Any], 
             words = " or ".join(_TYPE_WORDS.get(t, t) for t in wanted)
             return f"must be {words}, {_got(value)}"
         case "const":
-            return f"must be {bound!r}, got {describe_value(value)}"
+            return f"must be {shown(bound)}, got {describe_value(value)}"
         case "enum":
             choices = [c for c in bound if c is not None]
             listed = ", ".join(str(c) for c in choices)
@@ -209,7 +210,7 @@ def _message(validator: str, bound: Any, value: Any, schema: Mapping[str, Any], 
         case "maxProperties":
             return f"must have at most {bound} field(s)"
         case "pattern":
-            return f"must match {bound!r}, {_got(value)}"
+            return f"must match {shown(bound)}, {_got(value)}"
         case _:
             return str(err.message)
 
@@ -222,7 +223,7 @@ def _wave_violations(waves: Any) -> Iterator[Violation]:
             if percent <= last_percent:
                 yield Violation(
                     ("spec", "strategy", "waves", index),
-                    f"percent waves must grow, got {wave!r} after '{last_percent}%'",
+                    f"percent waves must grow, got {shown(wave)} after '{last_percent}%'",
                 )
                 return
             last_percent = percent

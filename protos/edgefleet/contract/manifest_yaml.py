@@ -26,6 +26,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from edgefleet.contract.errors import ManifestError
+from edgefleet.contract.shown import shown
 
 MAX_TEXT_BYTES = 8 * 1024 * 1024
 MAX_DOCUMENT_BYTES = 1024 * 1024
@@ -94,8 +95,7 @@ def describe_value(value: Any) -> str:
         return "a mapping"
     if isinstance(value, list):
         return "a list"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return shown(value)
 
 
 def read_documents(text: str, *, source: str) -> Iterator[YamlDocument | YamlDocumentError]:
@@ -196,7 +196,7 @@ class _NodeReader:
             return self.read_mapping(node, path, depth)
         if isinstance(node, SequenceNode):
             if node.tag != _SEQ:
-                raise self.fail(f"unsupported YAML tag {node.tag!r}; use a plain list", node, path)
+                raise self.fail(f"unsupported YAML tag {shown(node.tag)}; use a plain list", node, path)
             items = []
             for index, item in enumerate(node.value):
                 self.lines.setdefault((*path, index), item.start_mark.line + 1)
@@ -206,7 +206,7 @@ class _NodeReader:
 
     def read_mapping(self, node: MappingNode, path: Path, depth: int) -> dict[str, Any]:
         if node.tag != _MAP:
-            raise self.fail(f"unsupported YAML tag {node.tag!r}; use a plain mapping", node, path)
+            raise self.fail(f"unsupported YAML tag {shown(node.tag)}; use a plain mapping", node, path)
         out: dict[str, Any] = {}
         first_line: dict[str, int] = {}
         for key_node, value_node in node.value:
@@ -218,17 +218,17 @@ class _NodeReader:
                     path,
                 )
             if not isinstance(key_node, ScalarNode) or key_node.tag != _STR:
-                shown = (
+                got = (
                     f"the {key_node.tag.rsplit(':', 1)[-1]} key {describe_value(key_node.value)}"
                     if isinstance(key_node, ScalarNode)
                     else "a collection as a key"
                 )
-                raise self.fail(f"keys must be strings, got {shown}; quote the key", key_node, path)
+                raise self.fail(f"keys must be strings, got {got}; quote the key", key_node, path)
             key = str(key_node.value)
             key_line = key_node.start_mark.line + 1
             if key in out:
                 raise self.fail(
-                    f"duplicate key {key!r} (first at line {first_line[key]}); keep only one",
+                    f"duplicate key {shown(key)} (first at line {first_line[key]}); keep only one",
                     key_node,
                     (*path, key),
                 )
@@ -240,16 +240,16 @@ class _NodeReader:
     def read_scalar(self, node: Node, path: Path) -> Any:
         if node.tag == _TIMESTAMP:
             raise self.fail(
-                f"dates and times are not supported, got {node.value!r}; quote the value to keep it as text",
+                f"dates and times are not supported, got {shown(node.value)}; quote the value to keep it as text",
                 node,
                 path,
             )
         if node.tag not in _SCALAR_TAGS:
-            raise self.fail(f"unsupported YAML tag {node.tag!r}; remove the tag", node, path)
+            raise self.fail(f"unsupported YAML tag {shown(node.tag)}; remove the tag", node, path)
         try:
             value = self.constructor.construct_object(node, deep=True)
         except (yaml.YAMLError, ValueError, OverflowError) as exc:
-            raise self.fail(f"cannot read value {node.value!r}: {exc}; quote it or fix it", node, path) from None
+            raise self.fail(f"cannot read value {shown(node.value)}: {exc}; quote it or fix it", node, path) from None
         if isinstance(value, float) and not math.isfinite(value):
-            raise self.fail(f"numbers must be finite, got {node.value!r}", node, path)
+            raise self.fail(f"numbers must be finite, got {shown(node.value)}", node, path)
         return value

@@ -31,6 +31,7 @@ from edgefleet.contract.bundle import read_manifest
 from edgefleet.contract.bundle_layout import MANIFEST_NAME, SIGNATURE_NAME
 from edgefleet.contract.canonical import canonical_json
 from edgefleet.contract.errors import SignatureError, SigningKeyError
+from edgefleet.contract.shown import shown
 
 ALGORITHM = "ed25519"
 PRIVATE_SUFFIX = ".key.pem"
@@ -51,7 +52,7 @@ def key_id_for(public_key: Ed25519PublicKey) -> str:
 def check_key_id(key_id: str) -> str:
     if not _KEY_ID_RE.match(key_id):
         raise SigningKeyError(
-            f"key id {key_id!r} is invalid: use letters, digits, '.', '_' or '-' (at most 64 characters)"
+            f"key id {shown(key_id)} is invalid: use letters, digits, '.', '_' or '-' (at most 64 characters)"
         )
     return key_id
 
@@ -151,7 +152,7 @@ class TrustedKeys(Mapping[str, Ed25519PublicKey]):
     def _add(self, key_id: str, key: Ed25519PublicKey, origin: str) -> None:
         known = self._keys.get(key_id)
         if known is not None and _raw_public(known) != _raw_public(key):
-            raise SigningKeyError(f"{origin}: key id {key_id!r} is already trusted with a different public key")
+            raise SigningKeyError(f"{origin}: key id {shown(key_id)} is already trusted with a different public key")
         self._keys[key_id] = key
 
     def __getitem__(self, key_id: str) -> Ed25519PublicKey:
@@ -180,7 +181,7 @@ class TrustedKeys(Mapping[str, Ed25519PublicKey]):
         keys = TrustedKeys()
         for key_id, pem in pems.items():
             data = pem.encode("ascii") if isinstance(pem, str) else pem
-            keys._add(check_key_id(key_id), _load_public_pem(data, f"trusted key {key_id!r}"), key_id)
+            keys._add(check_key_id(key_id), _load_public_pem(data, f"trusted key {shown(key_id)}"), key_id)
         return keys
 
     @staticmethod
@@ -238,15 +239,16 @@ def verify_signature(manifest_bytes: bytes, sig_bytes: bytes, trusted: TrustedKe
         raise SignatureError(f"{SIGNATURE_NAME}: must be a JSON object, got {type(doc).__name__}")
     algorithm, key_id, signature = doc.get("algorithm"), doc.get("key_id"), doc.get("signature")
     if algorithm != ALGORITHM:
-        raise SignatureError(f"{SIGNATURE_NAME}: field 'algorithm' must be {ALGORITHM!r}, got {algorithm!r}")
+        raise SignatureError(f"{SIGNATURE_NAME}: field 'algorithm' must be {ALGORITHM!r}, got {shown(algorithm)}")
     if not isinstance(key_id, str) or not isinstance(signature, str):
         raise SignatureError(
-            f"{SIGNATURE_NAME}: fields 'key_id' and 'signature' must be strings, got {key_id!r}, {signature!r}"
+            f"{SIGNATURE_NAME}: fields 'key_id' and 'signature' must be strings, "
+            f"got {shown(key_id)}, {shown(signature)}"
         )
     public_key = trusted.get(key_id)
     if public_key is None:
         raise SignatureError(
-            f"{SIGNATURE_NAME}: signed by key {key_id!r}, which is not trusted "
+            f"{SIGNATURE_NAME}: signed by key {shown(key_id)}, which is not trusted "
             f"(trusted: {', '.join(trusted) or 'none'}); add its public key to the trusted keys"
         )
     try:
@@ -257,7 +259,7 @@ def verify_signature(manifest_bytes: bytes, sig_bytes: bytes, trusted: TrustedKe
         public_key.verify(raw, manifest_bytes)
     except InvalidSignature:
         raise SignatureError(
-            f"{SIGNATURE_NAME}: signature by key {key_id!r} does not match {MANIFEST_NAME}; it was edited "
+            f"{SIGNATURE_NAME}: signature by key {shown(key_id)} does not match {MANIFEST_NAME}; it was edited "
             "after signing or signed by another key with the same id"
         ) from None
     return key_id

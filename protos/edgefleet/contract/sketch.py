@@ -27,6 +27,7 @@ from ddsketch.mapping import LogarithmicMapping
 from ddsketch.store import DenseStore
 
 from edgefleet.contract.errors import SketchError
+from edgefleet.contract.shown import shown
 from edgefleet.v1.telemetry_pb2 import LatencySketch
 
 RELATIVE_ACCURACY = 0.01
@@ -50,11 +51,6 @@ BIN_KEY_MIN: int = int(new_sketch()._mapping.key(MIN_LATENCY_MS))
 BIN_KEY_MAX: int = int(new_sketch()._mapping.key(MAX_LATENCY_MS))
 
 
-def _shown(value: object) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:80]}... ({len(text)} characters)"
-
-
 def check_fleet_sketch(proto: LatencySketch, field: str) -> None:
     """Refuse a sketch this fleet did not build: another gamma or mapping offset, bins outside the keys of
     ``MIN_LATENCY_MS..MAX_LATENCY_MS``, non-finite or negative values, counts that do not add up. Merging
@@ -63,11 +59,11 @@ def check_fleet_sketch(proto: LatencySketch, field: str) -> None:
     if proto.gamma != FLEET_GAMMA:
         raise SketchError(
             f"{field}.gamma must be the fleet's {FLEET_GAMMA!r} (relative accuracy {RELATIVE_ACCURACY}), "
-            f"got {_shown(proto.gamma)}; build sketches with edgefleet.contract.sketch.new_sketch()"
+            f"got {shown(proto.gamma)}; build sketches with edgefleet.contract.sketch.new_sketch()"
         )
     if proto.index_offset != FLEET_INDEX_OFFSET:
         raise SketchError(
-            f"{field}.index_offset must be the fleet's {FLEET_INDEX_OFFSET!r}, got {_shown(proto.index_offset)}"
+            f"{field}.index_offset must be the fleet's {FLEET_INDEX_OFFSET!r}, got {shown(proto.index_offset)}"
         )
     n = len(proto.contiguous_bin_counts)
     if n > BIN_KEY_MAX - BIN_KEY_MIN + 1:
@@ -84,7 +80,7 @@ def check_fleet_sketch(proto: LatencySketch, field: str) -> None:
     for name in ("sum", "min", "max"):
         value = getattr(proto, name)
         if not (math.isfinite(value) and value >= 0.0):
-            raise SketchError(f"{field}.{name} must be a finite number >= 0, got {_shown(value)}")
+            raise SketchError(f"{field}.{name} must be a finite number >= 0, got {shown(value)}")
     try:
         _validate(proto)
     except SketchError as exc:
@@ -136,26 +132,28 @@ def sketch_to_proto(sketch: BaseDDSketch) -> LatencySketch:
 
 def _validate(proto: LatencySketch) -> None:
     if not (math.isfinite(proto.gamma) and proto.gamma > 1.0):
-        raise SketchError(f"LatencySketch: field 'gamma' must be a finite number > 1, got {proto.gamma!r}")
+        raise SketchError(f"LatencySketch: field 'gamma' must be a finite number > 1, got {shown(proto.gamma)}")
     for i, c in enumerate(proto.contiguous_bin_counts):
         if not (math.isfinite(c) and c >= 0):
-            raise SketchError(f"LatencySketch: field 'contiguous_bin_counts[{i}]' must be finite and >= 0, got {c!r}")
+            raise SketchError(
+                f"LatencySketch: field 'contiguous_bin_counts[{i}]' must be finite and >= 0, got {shown(c)}"
+            )
     for field in ("zero_count", "count", "sum", "min", "max", "index_offset"):
         value = getattr(proto, field)
         if not math.isfinite(value):
-            raise SketchError(f"LatencySketch: field '{field}' must be finite, got {value!r}")
+            raise SketchError(f"LatencySketch: field '{field}' must be finite, got {shown(value)}")
     if proto.zero_count < 0 or proto.count < 0:
         raise SketchError(
-            f"LatencySketch: 'zero_count' and 'count' must be >= 0, got {proto.zero_count!r}, {proto.count!r}"
+            f"LatencySketch: 'zero_count' and 'count' must be >= 0, got {shown(proto.zero_count)}, {shown(proto.count)}"
         )
     binned = math.fsum(proto.contiguous_bin_counts) + proto.zero_count
     if not math.isclose(binned, proto.count, rel_tol=1e-9, abs_tol=1e-9):
         raise SketchError(
-            f"LatencySketch: field 'count' ({proto.count!r}) must equal zero_count plus the bin counts "
-            f"({binned!r}); the sketch was corrupted or built by a different layout"
+            f"LatencySketch: field 'count' ({shown(proto.count)}) must equal zero_count plus the bin counts "
+            f"({shown(binned)}); the sketch was corrupted or built by a different layout"
         )
     if proto.count > 0 and proto.min > proto.max:
-        raise SketchError(f"LatencySketch: 'min' ({proto.min!r}) must be <= 'max' ({proto.max!r})")
+        raise SketchError(f"LatencySketch: 'min' ({shown(proto.min)}) must be <= 'max' ({shown(proto.max)})")
 
 
 def _sketch_for_gamma(gamma: float, index_offset: float) -> DDSketch:
@@ -205,8 +203,8 @@ def merge_sketches(protos: Iterable[LatencySketch]) -> DDSketch:
             continue
         if merged._mapping.gamma != sketch._mapping.gamma:
             raise SketchError(
-                f"merge_sketches: sketch {i} has gamma {sketch._mapping.gamma!r} but the first has "
-                f"{merged._mapping.gamma!r}; only sketches of the same relative accuracy merge"
+                f"merge_sketches: sketch {i} has gamma {shown(sketch._mapping.gamma)} but the first has "
+                f"{shown(merged._mapping.gamma)}; only sketches of the same relative accuracy merge"
             )
         merged.merge(sketch)
     return merged if merged is not None else new_sketch()
