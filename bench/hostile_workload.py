@@ -214,7 +214,7 @@ class Clients:
         nan = _window(spec, now)
         nan.window_s = math.nan
         bad.append(("NaN window_s", [_batch("e6", 1, [nan])]))
-        turn = [0]
+        turn = [i]  # the tasks of one kind start at different payloads
 
         async def go() -> None:
             label, batches = bad[turn[0] % len(bad)]
@@ -266,7 +266,7 @@ class Clients:
         token = self.spec["names_token"]
         names = ["cam\x00era", "cam\u202eera", "../../etc", "UPPER", "x" * 64]
         reqs = [device_pb2.EnrollRequest(enrollment_token=token, name=n).SerializeToString() for n in names]
-        turn = [0]
+        turn = [i]  # the tasks of one kind start at different payloads
 
         async def go() -> None:
             turn[0] += 1
