@@ -4,6 +4,7 @@ bundle."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 from datetime import UTC, datetime
 
 from edgefleet_controller.store import Store
@@ -16,9 +17,14 @@ def sha(text: str) -> str:
     return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
+_unnamed = itertools.count(1)
+
+
 def enroll(
-    store: Store, site: str = "berlin", tags: dict[str, str] | None = None, name: str = "cam"
+    store: Store, site: str = "berlin", tags: dict[str, str] | None = None, name: str | None = None
 ) -> tuple[str, str]:
+    """A device enrolled in ``site``; ``name`` defaults to a fresh ``cam-<n>`` (names are unique per site)."""
+    name = name or f"cam-{next(_unnamed)}"
     _, secret = store.enrollment_tokens.create(site, 3600, T0)
     device, credential = store.devices.enroll(secret, name, "x86-avx2", {"ram_mb": 4096}, tags or {}, T0)
     return device.id, credential

@@ -34,7 +34,7 @@ from edgefleet_controller.store.arguments import (
 )
 from edgefleet_controller.store.auth import consume_enrollment_in
 from edgefleet_controller.store.db import AggregateStore
-from edgefleet_controller.store.errors import InvalidArgument, InvalidPageToken, NotFound
+from edgefleet_controller.store.errors import DeviceNameTaken, InvalidArgument, InvalidPageToken, NotFound
 from edgefleet_controller.store.records import (
     OFFLINE_HEALTH,
     REPORTED_HEALTH,
@@ -167,7 +167,10 @@ class DeviceStore(AggregateStore):
         now: datetime,
     ) -> tuple[DeviceRecord, str]:
         """Consume one use of the enrollment token and create the device in the token's site, in one
-        transaction. Returns the device and its credential secret (shown once; only its hash is kept)."""
+        transaction. Returns the device and its credential secret (shown once; only its hash is kept).
+
+        Names are unique per site (``DeviceNameTaken`` when an existing device of the site has ``name``; the
+        transaction rolls back, so the token use is not consumed); a deleted device's name is free again."""
         check_now(now)
         check_text("device name", name)
         check_text("hardware_class", hardware_class)
@@ -179,6 +182,11 @@ class DeviceStore(AggregateStore):
         credential = credentials.mint_secret(credentials.DEVICE_CREDENTIAL_PREFIX, device_id)
         with self._db.transaction() as conn:
             token = consume_enrollment_in(conn, token_secret, now)
+            holder = conn.execute(
+                sa.select(t.devices.c.id).where(t.devices.c.site == token.site, t.devices.c.name == name)
+            ).scalar_one_or_none()
+            if holder is not None:
+                raise DeviceNameTaken(token.site, name, holder)
             conn.execute(
                 t.devices.insert().values(
                     id=device_id,

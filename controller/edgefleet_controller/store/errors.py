@@ -8,6 +8,7 @@ OUT_OF_RANGE). Messages say what was wrong, with the offending value, and what t
     StoreError
     ├── NotFound(kind, key)              no such device / token / bundle / blob / ...
     ├── Conflict                         the write contradicts what is stored (same name@version, other bytes)
+    │   └── DeviceNameTaken(site, name, device_id)   a device of that name is already enrolled in the site
     ├── StillReferenced(digest, refs)    a bundle cannot be deleted while devices or rollouts use it
     ├── InvalidArgument                  a value the store refuses (bad role, ttl, tag filter, JSON...)
     │   ├── InvalidDigest                not ``sha256:`` + 64 lowercase hex; never used as a path
@@ -47,6 +48,19 @@ class NotFound(StoreError):
 
 class Conflict(StoreError):
     """The requested write contradicts what is already stored."""
+
+
+class DeviceNameTaken(Conflict):
+    """Enroll with a name that a device enrolled in the same site already has (names are unique per site)."""
+
+    def __init__(self, site: str, name: str, device_id: str) -> None:
+        self.site = site
+        self.name = name
+        self.device_id = device_id
+        super().__init__(
+            f"device name {shown(name)} is already enrolled in site {shown(site)} (device id {device_id}); "
+            f"delete it with `fleetctl device delete {device_id}` or choose another name"
+        )
 
 
 class StillReferenced(StoreError):
