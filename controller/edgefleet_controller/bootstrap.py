@@ -120,10 +120,14 @@ def build_controller(data_dir: Path, *, clock: Clock = utcnow, store_url: str | 
     auth = AuthService(store.enrollment_tokens, store.operator_tokens, store.trusted_keys, store.devices, clock)
     configs = ConfigService(store.configs, blobs, directory, desired, rollouts, clock)
     announce = FeedAnnouncer(feed)
-    devices = DeviceService(store.devices, store.bundles, directory, desired, auth, configs, rollouts, announce, clock)
+    devices = DeviceService(
+        store.devices, store.bundles, directory, desired, auth, configs, rollouts, announce, clock, store.events
+    )
     integrity = BlobIntegrity(blobs, metrics, clock)
     bundles = BundleService(store.bundles, store.devices, blobs, auth, desired, rollouts, metrics, clock, integrity)
-    events = DeviceEventService(store.events, store.devices, store.bundles, directory, rollouts, feed, clock, integrity)
+    events = DeviceEventService(
+        store.events, store.devices, store.bundles, directory, rollouts, feed, clock, integrity, metrics
+    )
     telemetry = TelemetryService(store, clock, feed, metrics=metrics)
     metrics.watch_waiting(lambda: hub.waiting)
     metrics.watch_devices(devices.devices_by_state)

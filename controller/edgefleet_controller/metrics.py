@@ -52,6 +52,12 @@ class ControllerMetrics:
         self.bundles_rejected = Counter(
             "edgefleet_bundles_rejected", "Bundles refused by PushBundle", ["reason"], registry=self.registry
         )
+        self.profiles_refused = Counter(
+            "edgefleet_profiles_refused",
+            "Latency profiles devices reported that were not recorded for admission, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
         self.telemetry_skipped_records = Counter(
             "edgefleet_telemetry_skipped_records",
             "Stored telemetry windows QueryTelemetry skipped as malformed (written by an older controller)",

@@ -88,7 +88,7 @@ def get_devices(
         ["ID", "CLASS", "PROVIDERS", "DESIRED", "TAGS"],
         lambda d: [
             d.id,
-            d.hardware.hardware_class,
+            d.hardware.hardware_class + (" (mismatch)" if d.hardware_mismatch else ""),
             ",".join(p.removesuffix("ExecutionProvider") for p in d.reported.active_providers) or "-",
             short_digest(d.desired.bundle_digest),
             ",".join(f"{k}={v}" for k, v in sorted(d.tags.items())) or "-",
@@ -191,6 +191,7 @@ def describe_device(device: str = typer.Argument(..., help="device id or name"),
         f"tags:        {', '.join(f'{k}={v}' for k, v in sorted(d.tags.items())) or '-'}",
         f"hardware:    {d.hardware.hardware_class}  cores={d.hardware.cpu_cores}  "
         f"providers={','.join(d.hardware.execution_providers) or '-'}",
+        *([f"[bold red]mismatch:[/bold red]    {escape(d.hardware_mismatch)}"] if d.hardware_mismatch else []),
         f"health:      {health_name(d.health)}   last seen {age(d.last_seen)} ago{health_reason(r)}",
         f"desired:     bundle {d.desired.bundle_digest or '-'}  config {short_digest(d.desired.config_digest)}  "
         f"revision {d.desired.revision}  ({d.desired.reason or '-'})",

@@ -31,10 +31,12 @@ from edgefleet_controller.configs.service import ConfigService
 from edgefleet_controller.devices.delivery import Delivery
 from edgefleet_controller.devices.desired import DesiredStates
 from edgefleet_controller.devices.directory import DeviceDirectory
+from edgefleet_controller.devices.hardware_claims import mismatch_note, profiled_class, reported_class
 from edgefleet_controller.rollout.service import RolloutService
 from edgefleet_controller.store import errors as serr
 from edgefleet_controller.store.bundles import BundleStore
 from edgefleet_controller.store.devices import DeviceStore
+from edgefleet_controller.store.events import EventStore
 from edgefleet_controller.store.records import OFFLINE_HEALTH, DesiredState, DeviceRecord, SiteSummary
 
 log = structlog.get_logger("edgefleet.controller")
@@ -55,6 +57,8 @@ class DeviceView:
     record: DeviceRecord
     desired: DesiredState | None
     health: str
+    #: Why the device's hardware claims differ from its enrolment ('' when they agree; ``hardware_claims``).
+    hardware_mismatch: str = ""
 
 
 class DeviceChange(StrEnum):
@@ -121,6 +125,8 @@ class DeviceService:
     rollouts: RolloutService
     announce: DeviceAnnouncer
     clock: Clock
+    #: Where the devices' profile events are read, for the hardware mismatch flag (None: Sync claims only).
+    events: EventStore | None = None
     _reports: dict[str, _ReportMemo] = field(default_factory=dict, init=False)
     _counts: _DeviceCounts = field(default_factory=_DeviceCounts, init=False)
     _shutting_down: bool = field(default=False, init=False)
@@ -129,9 +135,18 @@ class DeviceService:
         """Long-polls answer at once from now on (unchanged), so devices re-sync elsewhere."""
         self._shutting_down = True
 
-    def view(self, rec: DeviceRecord, desired: DesiredState | None = None) -> DeviceView:
+    def view(self, rec: DeviceRecord, desired: DesiredState | None = None, profiled: str = "") -> DeviceView:
+        """``profiled``: the hardware class the device's newest latency profile claims ('' if none known)."""
         offline = rec.last_seen is None or self.clock() - rec.last_seen > OFFLINE_AFTER
-        return DeviceView(rec, desired, OFFLINE if offline else rec.health)
+        note = mismatch_note(rec.hardware_class, reported=reported_class(rec.reported), profiled=profiled)
+        return DeviceView(rec, desired, OFFLINE if offline else rec.health, note)
+
+    async def _profiled_classes(self, device_ids: Sequence[str]) -> dict[str, str]:
+        """Device id → the hardware class its newest stored profile event claims (one read for all)."""
+        if self.events is None or not device_ids:
+            return {}
+        newest = await asyncio.to_thread(self.events.newest_of_kind, device_ids, "profile")
+        return {device_id: profiled_class(ev.payload) for device_id, ev in newest.items()}
 
     def devices_by_state(self) -> Mapping[tuple[str, str], int]:
         """Devices per (site, health), for the metrics gauge."""
@@ -254,11 +269,13 @@ class DeviceService:
 
         page, token, total = await asyncio.to_thread(read)
         desired = await self.desired.desired_of_many([rec.id for rec in page])
-        return [self.view(rec, desired.get(rec.id)) for rec in page], token, total
+        profiled = await self._profiled_classes([rec.id for rec in page])
+        return [self.view(rec, desired.get(rec.id), profiled.get(rec.id, "")) for rec in page], token, total
 
     async def get_device(self, ref: str) -> DeviceView:
         rec = await self.directory.find_device(ref)
-        return self.view(rec, await self.desired.desired_of(rec.id))
+        profiled = await self._profiled_classes([rec.id])
+        return self.view(rec, await self.desired.desired_of(rec.id), profiled.get(rec.id, ""))
 
     async def list_sites(self) -> list[SiteSummary]:
         """Each site's counts, sorted by site; ``by_bundle`` keyed by ``name@version`` (``none``: no bundle)."""

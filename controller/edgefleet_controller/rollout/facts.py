@@ -50,10 +50,9 @@ def reported_state(record: DeviceRecord) -> Mapping[str, Any]:
 
 
 def hardware_class_of(record: DeviceRecord) -> str:
-    """The hardware class the device reports now, else the one it enrolled with."""
-    hardware = reported_state(record).get("hardware")
-    reported = hardware.get("hardware_class") if isinstance(hardware, Mapping) else None
-    return str(reported) if reported else record.hardware_class
+    """The hardware class the device enrolled with: what it reports later never replaces it (a claim that
+    differs flags the device, ``devices.hardware_claims``; a device whose hardware changed re-enrolls)."""
+    return record.hardware_class
 
 
 def last_verdict(record: DeviceRecord) -> Mapping[str, Any]:

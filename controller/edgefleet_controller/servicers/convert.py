@@ -92,6 +92,7 @@ def device_message(view: DeviceView) -> common_pb2.Device:
     if isinstance(state, Mapping):
         ParseDict(dict(state), msg.reported, ignore_unknown_fields=True)
     msg.health = health_value(view.health)  # type: ignore[assignment]
+    msg.hardware_mismatch = view.hardware_mismatch
     if view.desired is not None:
         fill_desired(msg.desired, view.desired)
     return msg

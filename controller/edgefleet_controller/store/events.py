@@ -123,3 +123,19 @@ class EventStore(AggregateStore):
         with self._db.read() as conn:
             newest_first = [event_record(row) for row in conn.execute(query)]
         return newest_first[::-1]
+
+    def newest_of_kind(self, device_ids: Sequence[str], kind: str) -> dict[str, EventRecord]:
+        """Each device's newest event (by arrival) of ``kind``, for those that have one: one query per
+        ``IN`` chunk, over the ``(device_id, kind, id)`` index."""
+        events_t = t.device_events
+        out: dict[str, EventRecord] = {}
+        with self._db.read() as conn:
+            for chunk in in_chunks(list(device_ids)):
+                newest = (
+                    sa.select(sa.func.max(events_t.c.id))
+                    .where(events_t.c.device_id.in_(chunk), events_t.c.kind == kind)
+                    .group_by(events_t.c.device_id)
+                )
+                for row in conn.execute(sa.select(events_t).where(events_t.c.id.in_(newest))):
+                    out[row.device_id] = event_record(row)
+        return out

@@ -1,5 +1,5 @@
 """Hardware latency profiles: every latency measurement of a bundle on a hardware class, as stored. How
-admission reads them (the worst newest figure per class) is ``rollout.profiles``.
+admission reads them (the upper median of the devices' newest figures per class) is ``rollout.profiles``.
 
 Time is always passed in; this module never reads the clock.
 """

@@ -34,7 +34,9 @@ from edgefleet_controller.bundles.blob_integrity import BlobIntegrity
 from edgefleet_controller.bundles.service import bundle_refs
 from edgefleet_controller.clock import Clock
 from edgefleet_controller.devices.directory import DeviceDirectory
+from edgefleet_controller.devices.hardware_claims import claims_other_class
 from edgefleet_controller.fleet_feed import FleetFeed
+from edgefleet_controller.metrics import ControllerMetrics
 from edgefleet_controller.rollout.service import RolloutService
 from edgefleet_controller.store import EventInput
 from edgefleet_controller.store import errors as serr
@@ -106,6 +108,7 @@ class DeviceEventService:
     feed: FleetFeed
     clock: Clock
     integrity: BlobIntegrity
+    metrics: ControllerMetrics | None = None
 
     async def report_events(self, device_id: str, events: Sequence[Event], site: str = "") -> int:
         """Store a device's events (idempotent by ``event_id``); returns how many were new. The whole call is
@@ -141,7 +144,9 @@ class DeviceEventService:
         return stored
 
     async def _record_profiles(self, device_id: str, events: Sequence[Event]) -> None:
-        """Latency measured on devices feeds admission: explicit profiles, and every canary's candidate p95."""
+        """Latency measured on devices feeds admission: explicit profiles, and every canary's candidate p95,
+        always under the device's enrolled hardware class; a profile claiming another class is not recorded
+        (logged and counted; the device is flagged, ``devices.hardware_claims``)."""
         relevant = [ev for ev in events if ev.kind in _PROFILE_EVENT_KINDS]
         if not relevant:
             return
@@ -150,10 +155,22 @@ class DeviceEventService:
             at = ev.at.ToDatetime(tzinfo=UTC) if ev.HasField("at") else self.clock()
             if ev.kind == Event.KIND_PROFILE and ev.profile.total.count:
                 p = ev.profile
-                hw, digest, total, source = p.hardware_class, p.bundle_digest or ev.bundle_digest, p.total, "profile"
+                digest, total, source = p.bundle_digest or ev.bundle_digest, p.total, "profile"
+                if claims_other_class(device.hardware_class, p.hardware_class):
+                    # the device says it measured other hardware: it counts for neither class (it re-enrolls)
+                    log.warning(
+                        "profile.hardware_mismatch",
+                        device_id=device_id,
+                        enrolled=device.hardware_class,
+                        claimed=shown(p.hardware_class),
+                        bundle=shown(digest),
+                    )
+                    if self.metrics is not None:
+                        self.metrics.profiles_refused.labels(reason="hardware_mismatch").inc()
+                    continue
             elif ev.kind == Event.KIND_CANARY_VERDICT and ev.verdict.candidate_latency.count:
                 v = ev.verdict
-                hw, digest, total, source = "", v.candidate_digest or ev.bundle_digest, v.candidate_latency, "canary"
+                digest, total, source = v.candidate_digest or ev.bundle_digest, v.candidate_latency, "canary"
             else:
                 continue
             if not digest:
@@ -161,7 +178,7 @@ class DeviceEventService:
             await asyncio.to_thread(
                 functools.partial(
                     self.rollouts.profiles.record,
-                    hardware_class=hw or device.hardware_class,
+                    hardware_class=device.hardware_class,
                     bundle_digest=digest,
                     p95_ms=total.p95_ms,
                     p50_ms=total.p50_ms,
