@@ -1,6 +1,6 @@
 """fleetctl telemetry and review commands: ``telemetry top`` (a live per-device view), ``telemetry query``
-(grouped by device, site or bundle), ``review list`` (the review queue and its false-positive rates) and
-``review label``.
+(grouped by device, site or bundle), ``telemetry delete`` (admin: one device's records in a range),
+``review list`` (the review queue and its false-positive rates) and ``review label``.
 
 Decisions:
 - Percentiles are the controller's, computed from merged sketches; fleetctl never averages anything.
@@ -12,6 +12,9 @@ Decisions:
 - ``review list --save-jpegs DIR`` asks for the JPEGs and writes ``DIR/<sample id>.jpg``; the sample id
   comes from a device, so anything but ``[A-Za-z0-9._-]`` is replaced before it becomes a file name. JSON
   and YAML output never carry the JPEG bytes (megabytes of base64 help no script).
+- Sample ids are scoped per device: ``review label --device D ID`` names the sample; without ``--device`` the
+  id must belong to one device only (the controller names the devices otherwise).
+- ``telemetry delete`` deletes nothing without ``--yes`` (or a "y" at its prompt) and prints the counts.
 """
 
 from __future__ import annotations
@@ -286,9 +289,6 @@ def query(
     console.print(table(f"telemetry by {group_by} ({len(rows)})", columns, rows))
 
 
-# ------------------------------------------------------------------ review
-
-
 def _review_rows(samples: Sequence[fleet_pb2.ReviewSampleInfo], names: dict[str, str]) -> list[list[str]]:
     return [
         [
@@ -324,11 +324,51 @@ def _save_jpegs(samples: Sequence[fleet_pb2.ReviewSampleInfo], directory: Path) 
     return saved
 
 
+# ------------------------------------------------------------------ telemetry delete
+
+
+@telemetry_app.command("delete")
+@grpc_errors
+def delete(
+    device: str = typer.Option(..., help="the device (id or name) whose telemetry to delete"),
+    since: str = typer.Option(..., help="from: a duration ago (7d) or an ISO 8601 time"),
+    until: str | None = typer.Option(None, help="to (exclusive): a duration ago or an ISO 8601 time (default: now)"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="delete without asking"),
+    output: str = OutputOpt,
+) -> None:
+    """Admin: delete one device's stored telemetry (metric windows, telemetry events, review samples) in
+    [--since, --until), e.g. a malformed record an older controller stored; prints how many were deleted."""
+    fmt = check_format(output)
+    now = datetime.now(UTC)
+    start, end = _window(since, until, now)
+    end = end or now
+    span = f"[{start.isoformat()}, {end.isoformat()})"
+    if not yes and not typer.confirm(f"delete every telemetry record of device {device!r} in {span}?"):
+        err_console.print("nothing deleted")
+        raise typer.Exit(1)
+    request = fleet_pb2.DeleteTelemetryRequest(device=device)
+    request.since.FromDatetime(start)
+    request.until.FromDatetime(end)
+    reply = OPTIONS.connection().call(lambda stub: stub.DeleteTelemetry, request)
+    if is_structured(fmt):
+        emit_structured(reply, fmt)
+        return
+    console.print(
+        f"deleted telemetry of device {reply.device_id} in {span}: {reply.windows} windows, {reply.events} events, "
+        f"{reply.review_samples} review samples",
+        highlight=False,
+    )
+
+
+# ------------------------------------------------------------------ review
+
+
 @review_app.command("list")
 @grpc_errors
 def review_list(
     site: str = SiteOpt,
     bundle: str = BundleOpt,
+    device: str = typer.Option("", help="only this device's samples (id or name)"),
     label: str = typer.Option("", help="unlabeled, tp or fp (default: all)"),
     limit: int = typer.Option(50, help="at most this many samples (newest first)", min=1, max=1000),
     save_jpegs: Path | None = typer.Option(None, "--save-jpegs", help="write each sample's frame to DIR/<id>.jpg"),
@@ -341,7 +381,7 @@ def review_list(
     if save_jpegs is not None and save_jpegs.exists() and not save_jpegs.is_dir():
         raise typer.BadParameter(f"--save-jpegs must be a directory; {str(save_jpegs)!r} is a file")
     request = fleet_pb2.ListReviewSamplesRequest(
-        site=site, bundle=bundle, label=label, limit=limit, include_jpeg=save_jpegs is not None
+        site=site, bundle=bundle, label=label, limit=limit, include_jpeg=save_jpegs is not None, device=device
     )
     reply = OPTIONS.connection().call(lambda stub: stub.ListReviewSamples, request, timeout=60)
     saved = _save_jpegs(reply.samples, save_jpegs) if save_jpegs is not None else 0
@@ -367,14 +407,16 @@ def review_list(
 def review_label(
     sample_id: str = typer.Argument(..., help="sample id (from fleetctl review list)"),
     label: str = typer.Argument(..., help="tp (true positive) or fp (false positive)"),
+    device: str = typer.Option("", help="the device (id or name) the sample is from; needed when several have the id"),
     output: str = OutputOpt,
 ) -> None:
-    """Label one review sample as a true or false positive."""
+    """Label one review sample (a device's sample id) as a true or false positive."""
     fmt = check_format(output)
     if label not in LABELS:
         raise typer.BadParameter(f"label must be 'tp' or 'fp'; got {label!r}")
     info = OPTIONS.connection().call(
-        lambda stub: stub.LabelReviewSample, fleet_pb2.LabelReviewSampleRequest(sample_id=sample_id, label=label)
+        lambda stub: stub.LabelReviewSample,
+        fleet_pb2.LabelReviewSampleRequest(sample_id=sample_id, label=label, device=device),
     )
     if is_structured(fmt):
         info.sample.ClearField("jpeg")

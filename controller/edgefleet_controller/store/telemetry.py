@@ -7,7 +7,10 @@ read. ``commit_batch`` is ONE transaction: the new records, the pending ranges, 
 commit together, so an acknowledged mark never runs ahead of what is stored and a crash between two batches
 loses nothing that was acknowledged. It refuses (``Conflict``, nothing stored) a plan whose mark row moved
 since its facts were read, or that another writer's rows collide with; the unique ``(device_id, epoch, seq)``
-constraints are the backstop of the duplicate check.
+constraints are the backstop of the duplicate check. A review sample whose id the device already used is
+not stored again (a sample is identified by ``(device_id, sample_id)``; see ``review_samples``).
+
+``delete_range`` removes one device's records in a time range (the admin DeleteTelemetry).
 
 Time is always passed in; this module never reads the clock.
 """
@@ -21,14 +24,16 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
+import structlog
 from google.protobuf.json_format import MessageToDict, ParseDict
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
 from edgefleet.contract.canonical import canonical_json_text
-from edgefleet.v1.telemetry_pb2 import DeviceEvent, ReviewSample, SensorReading
+from edgefleet.contract.shown import shown
+from edgefleet.v1.telemetry_pb2 import DeviceEvent, SensorReading
 from edgefleet_controller.store import schema as t
-from edgefleet_controller.store.db import Database
+from edgefleet_controller.store.db import Database, in_chunks
 from edgefleet_controller.store.errors import Conflict, InvalidArgument, NotFound
 from edgefleet_controller.store.records import record_from_row
 from edgefleet_controller.telemetry.drift import Baseline
@@ -42,7 +47,14 @@ from edgefleet_controller.telemetry.ingest_plan import (
     timestamp_or,
 )
 
-LABELS = frozenset({"tp", "fp"})
+log = structlog.get_logger(__name__)
+
+#: The tables of a device's telemetry records, each with the time retention and ``delete_range`` go by.
+_TIMED_TABLES = (
+    (t.telemetry_windows, t.telemetry_windows.c.window_start),
+    (t.review_samples, t.review_samples.c.captured_at),
+    (t.telemetry_events, t.telemetry_events.c.at),
+)
 
 
 def sensors_to_json(sensors: Sequence[SensorReading]) -> str:
@@ -84,20 +96,10 @@ class GapRow:
     cause: str
 
 
-@dataclass(frozen=True, slots=True)
-class ReviewRow:
-    id: int
-    device_id: str
-    site: str
-    sample: ReviewSample
-    label: str
-    labeled_by: str
-
-
 _Query = TypeVar("_Query", bound=sa.Select[Any])
 
 
-def _in_scope(query: _Query, table: sa.Table, site: str | None, bundle: str | None) -> _Query:
+def in_scope(query: _Query, table: sa.Table, site: str | None, bundle: str | None) -> _Query:
     """``query`` limited to ``site`` and ``bundle`` when given (empty or None: every site, every bundle)."""
     if site:
         query = query.where(table.c.site == site)
@@ -271,8 +273,35 @@ class TelemetryStore:
             conn.execute(t.telemetry_windows.insert(), windows_rows)
         if events_rows:
             conn.execute(t.telemetry_events.insert(), events_rows)
+        review_rows = self._new_review_samples(conn, device_id, review_rows)
         if review_rows:
             conn.execute(t.review_samples.insert(), review_rows)
+
+    @staticmethod
+    def _new_review_samples(conn: Connection, device_id: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``rows`` less the samples whose id the device already used (stored, or earlier in this batch): the
+        first sample keeps its id, its label and its place; the reused one's record is acknowledged, not stored."""
+        rv = t.review_samples
+        seen: set[str] = set()
+        for chunk in in_chunks([r["sample_id"] for r in rows]):
+            seen.update(
+                conn.execute(
+                    sa.select(rv.c.sample_id).where(rv.c.device_id == device_id, rv.c.sample_id.in_(chunk))
+                ).scalars()
+            )
+        fresh = []
+        for row in rows:
+            if row["sample_id"] in seen:
+                log.warning(
+                    "telemetry.review_sample_id_reused",
+                    device_id=device_id,
+                    sample_id=shown(row["sample_id"]),
+                    seq=row["seq"],
+                )
+                continue
+            seen.add(row["sample_id"])
+            fresh.append(row)
+        return fresh
 
     @staticmethod
     def _window_row(planned: PlannedWindow, base: dict[str, Any], site: str) -> dict[str, Any]:
@@ -369,7 +398,7 @@ class TelemetryStore:
             query = query.where(w.c.window_start < until)
         if device_id:
             query = query.where(w.c.device_id == device_id)
-        query = _in_scope(query, w, site, bundle)
+        query = in_scope(query, w, site, bundle)
         with self._db.read() as conn:
             return [
                 record_from_row(
@@ -448,89 +477,27 @@ class TelemetryStore:
             return out
 
     def resolve_device(self, ref: str) -> str:
+        """The id of the device whose id is ``ref``, or else of the one device named ``ref``; a name several
+        sites use is refused (``InvalidArgument`` listing their ids), never guessed."""
         d = t.devices
         with self._db.read() as conn:
-            found = conn.execute(sa.select(d.c.id).where(sa.or_(d.c.id == ref, d.c.name == ref))).scalars().all()
+            found = conn.execute(
+                sa.select(d.c.id, d.c.site).where(sa.or_(d.c.id == ref, d.c.name == ref)).order_by(d.c.id)
+            ).all()
         if not found:
             raise NotFound("device", ref, "list devices with 'fleetctl devices'")
-        return str(found[0])
-
-    # ------------------------------------------------------------------ review queue
-
-    def list_reviews(
-        self, *, site: str | None, bundle: str | None, label: str | None, limit: int, include_jpeg: bool
-    ) -> list[ReviewRow]:
-        rv = t.review_samples
-        query = sa.select(rv).order_by(rv.c.captured_at.desc(), rv.c.id.desc()).limit(limit)
-        query = _in_scope(query, rv, site, bundle)
-        if label == "unlabeled":
-            query = query.where(rv.c.label.is_(None))
-        elif label:
-            if label not in LABELS:
-                raise InvalidArgument(f"review label filter must be 'unlabeled', 'tp' or 'fp', got {label!r}")
-            query = query.where(rv.c.label == label)
-        with self._db.read() as conn:
-            return [self._review_row(r, include_jpeg) for r in conn.execute(query)]
-
-    @staticmethod
-    def _review_row(r: Row[Any], include_jpeg: bool) -> ReviewRow:
-        sample = ReviewSample(
-            sample_id=r.sample_id,
-            bundle_digest=r.bundle_digest,
-            reason=r.reason,
-            top_confidence=r.top_confidence,
-            jpeg=bytes(r.jpeg) if include_jpeg else b"",
-            results_json=r.results_json,
-        )
-        sample.captured_at.FromDatetime(r.captured_at)
-        return ReviewRow(int(r.id), r.device_id, r.site, sample, r.label or "", r.labeled_by or "")
-
-    def fp_rates(self, *, site: str | None, bundle: str | None) -> dict[str, float]:
-        """False-positive rate among labelled samples, per ``"site/bundle"``."""
-        rv = t.review_samples
-        query = (
-            sa.select(rv.c.site, rv.c.bundle_digest, rv.c.label, sa.func.count())
-            .where(rv.c.label.is_not(None))
-            .group_by(rv.c.site, rv.c.bundle_digest, rv.c.label)
-        )
-        query = _in_scope(query, rv, site, bundle)
-        totals: dict[str, list[int]] = {}
-        with self._db.read() as conn:
-            for s, b, label, n in conn.execute(query):
-                entry = totals.setdefault(f"{s}/{b}", [0, 0])
-                entry[1] += int(n)
-                if label == "fp":
-                    entry[0] += int(n)
-        return {key: fp / total for key, (fp, total) in totals.items() if total}
-
-    def label_review(self, sample_id: str, label: str, labeled_by: str, now: datetime) -> ReviewRow:
-        if label not in LABELS:
-            raise InvalidArgument(f"review label must be 'tp' or 'fp', got {label!r}")
-        rv = t.review_samples
-        with self._db.transaction() as conn:
-            rows = conn.execute(sa.select(rv.c.id).where(rv.c.sample_id == sample_id)).scalars().all()
-            if not rows:
-                raise NotFound("review sample", sample_id, "list samples with 'fleetctl review list'")
-            if len(rows) > 1:
-                raise InvalidArgument(
-                    f"review sample id {sample_id!r} is ambiguous ({len(rows)} samples from different devices)"
-                )
-            conn.execute(
-                rv.update().where(rv.c.id == rows[0]).values(label=label, labeled_by=labeled_by, labeled_at=now)
-            )
-            row = conn.execute(sa.select(rv).where(rv.c.id == rows[0])).one()
-        return self._review_row(row, False)
+        by_id = [r for r in found if r.id == ref]
+        if by_id or len(found) == 1:
+            return str((by_id or found)[0].id)
+        devices = ", ".join(f"{r.id} (site {shown(r.site)})" for r in found[:10])
+        raise InvalidArgument(f"device name {shown(ref)} is ambiguous: {devices}; name the device by its id")
 
     # ------------------------------------------------------------------ retention
 
     def enforce_retention(self, *, older_than: datetime, max_bytes: int) -> dict[str, int]:
         """Delete telemetry older than ``older_than``, then the oldest windows, reviews and events (in that
         order) while the stored bytes exceed ``max_bytes``. Marks and baselines are kept."""
-        tables = (
-            (t.telemetry_windows, t.telemetry_windows.c.window_start),
-            (t.review_samples, t.review_samples.c.captured_at),
-            (t.telemetry_events, t.telemetry_events.c.at),
-        )
+        tables = _TIMED_TABLES
         deleted: dict[str, int] = {}
         with self._db.transaction() as conn:
             for table, when in tables:
@@ -553,4 +520,19 @@ class TelemetryStore:
                             break
                     conn.execute(table.delete().where(table.c.id.in_(cut)))
                     deleted[table.name] += len(cut)
+        return deleted
+
+    def delete_range(self, device_id: str, since: datetime, until: datetime) -> dict[str, int]:
+        """Delete the device's windows, telemetry events and review samples whose time lies in [since, until),
+        in one transaction; how many rows of each table (by table name). Marks and baselines are kept, so
+        nothing the device already sent is asked for again."""
+        if not since < until:
+            raise ValueError(f"delete_range needs since < until, got {since.isoformat()} and {until.isoformat()}")
+        deleted: dict[str, int] = {}
+        with self._db.transaction() as conn:
+            if conn.execute(sa.select(t.devices.c.id).where(t.devices.c.id == device_id)).first() is None:
+                raise NotFound("device", device_id, "list devices with 'fleetctl devices'")
+            for table, when in _TIMED_TABLES:
+                result = conn.execute(table.delete().where(table.c.device_id == device_id, when >= since, when < until))
+                deleted[table.name] = int(result.rowcount or 0)
         return deleted

@@ -1,16 +1,18 @@
 """The review queue: stored review samples → ``ReviewSampleInfo``, and the false-positive rate rule.
 
 FP rate (``ListReviewSamplesResponse.fp_rate``) is per ``"site/bundle"``: labelled ``fp`` over all labelled
-samples of that site and bundle, under the request's site and bundle filters (the label filter and the
-limit only shape the listed page, not the rates).
+samples of that site and bundle, under the request's site and bundle filters (the label, device and sample id
+filters and the limit only shape the listed page, not the rates). A sample is identified by its device and
+its id (ids are scoped per device: ``store.review_samples``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from edgefleet.contract.shown import shown
 from edgefleet.v1.fleet_pb2 import ListReviewSamplesRequest, ListReviewSamplesResponse, ReviewSampleInfo
-from edgefleet_controller.store.telemetry import ReviewRow
+from edgefleet_controller.store.review_samples import ReviewRow
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
@@ -25,7 +27,7 @@ def check_request(request: ListReviewSamplesRequest) -> int:
     """The effective limit; raises ``ReviewQueryError`` for an unknown label filter."""
     if request.label not in LABEL_FILTERS:
         raise ReviewQueryError(
-            f"ListReviewSamples: 'label' must be one of 'unlabeled', 'tp', 'fp' or empty, got {request.label!r}"
+            f"ListReviewSamples: 'label' must be one of 'unlabeled', 'tp', 'fp' or empty, got {shown(request.label)}"
         )
     return min(request.limit or DEFAULT_LIMIT, MAX_LIMIT)
 

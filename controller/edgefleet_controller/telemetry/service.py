@@ -6,6 +6,9 @@ thermal throttling per device) are raised on the transition into the bad state, 
 restart may raise a standing alert once more), stored as ``alert`` device events (per device) and
 published on the fleet feed as ``KIND_ALERT`` events.
 
+Review samples are addressed by device and id (``store.review_samples``). ``delete`` is the admin
+DeleteTelemetry: one device's records in a range, checked by ``deletion.check_request`` first.
+
 Ingest: each batch is validated, planned in the domain (``ingest_plan.plan_batch`` over the facts the
 store reads) and written by the store in one transaction; a plan whose facts another writer moved meanwhile
 is refused by the store and planned again (``INGEST_ATTEMPTS``). The composition root (``bootstrap``)
@@ -31,7 +34,9 @@ from edgefleet_controller.loops import stop_loop
 from edgefleet_controller.metrics import ControllerMetrics
 from edgefleet_controller.store import EventInput, Store
 from edgefleet_controller.store.errors import Conflict
+from edgefleet_controller.store.review_samples import ReviewSampleStore
 from edgefleet_controller.store.telemetry import TelemetryStore
+from edgefleet_controller.telemetry import deletion
 from edgefleet_controller.telemetry.drift import (
     DEFAULT_BASELINE_WINDOWS,
     DEFAULT_MIN_FRAMES,
@@ -83,6 +88,7 @@ class TelemetryService:
         self.feed = feed
         self.settings = settings
         self.tstore = TelemetryStore(store.db)
+        self.reviews = ReviewSampleStore(store.db)
         self._alerting: set[tuple[str, str, str]] = set()
         self._task: asyncio.Task[None] | None = None
 
@@ -272,22 +278,44 @@ class TelemetryService:
 
     async def list_review(self, request: fleet_pb2.ListReviewSamplesRequest) -> fleet_pb2.ListReviewSamplesResponse:
         limit = check_request(request)
+        device_id = await asyncio.to_thread(self.tstore.resolve_device, request.device) if request.device else None
         rows = await asyncio.to_thread(
-            lambda: self.tstore.list_reviews(
+            lambda: self.reviews.samples(
                 site=request.site or None,
                 bundle=request.bundle or None,
                 label=request.label or None,
                 limit=limit,
                 include_jpeg=request.include_jpeg,
+                device_id=device_id,
+                sample_id=request.sample_id or None,
             )
         )
         rates = await asyncio.to_thread(
-            lambda: self.tstore.fp_rates(site=request.site or None, bundle=request.bundle or None)
+            lambda: self.reviews.fp_rates(site=request.site or None, bundle=request.bundle or None)
         )
         return listing(rows, rates)
 
     async def label(self, request: fleet_pb2.LabelReviewSampleRequest, labeled_by: str) -> fleet_pb2.ReviewSampleInfo:
+        device_id = await asyncio.to_thread(self.tstore.resolve_device, request.device) if request.device else None
+        now = self.clock()
         row = await asyncio.to_thread(
-            self.tstore.label_review, request.sample_id, request.label, labeled_by, self.clock()
+            lambda: self.reviews.label(request.sample_id, request.label, labeled_by, now, device_id=device_id)
         )
         return sample_info(row)
+
+    async def delete(
+        self, request: fleet_pb2.DeleteTelemetryRequest, deleted_by: str
+    ) -> fleet_pb2.DeleteTelemetryResponse:
+        """DeleteTelemetry: the device's windows, telemetry events and review samples in [since, until)."""
+        span = deletion.check_request(request)
+        device_id = await asyncio.to_thread(self.tstore.resolve_device, span.device)
+        deleted = await asyncio.to_thread(self.tstore.delete_range, device_id, span.since, span.until)
+        log.info(
+            "telemetry.deleted",
+            device_id=device_id,
+            since=span.since.isoformat(),
+            until=span.until.isoformat(),
+            deleted_by=deleted_by,
+            **deleted,
+        )
+        return deletion.reply(device_id, deleted)
