@@ -17,10 +17,13 @@ from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from edgefleet.v1.telemetry_pb2 import DeviceEvent, TelemetryBatch, TelemetryRecord
+from edgefleet.contract.shown import shown
+from edgefleet.v1.telemetry_pb2 import DeviceEvent, FrameGap, TelemetryBatch, TelemetryRecord
 from edgefleet_controller.telemetry.window_bounds import MAX_STORED_INT, WindowInvalid, check_window
 
 MAX_EPOCH_LEN = 64
+#: ``FrameGap.cause`` is a short stored name (``process_killed``, ``rebooted``, ...).
+MAX_GAP_CAUSE_LEN = 32
 MAX_BATCH_RECORDS = 10_000
 
 Range = tuple[int, int]
@@ -100,6 +103,26 @@ def _check_body(record: TelemetryRecord, where: str) -> None:
             check_window(record.metrics)
         except WindowInvalid as exc:
             raise BatchError(f"TelemetryBatch: {where}.metrics.{exc}; the batch was not stored") from None
+    if record.WhichOneof("body") == "event" and record.event.kind == DeviceEvent.KIND_FRAME_GAP:
+        _check_frame_gap(record.event.frame_gap, where)
+
+
+def _check_frame_gap(gap: FrameGap, where: str) -> None:
+    """A frame gap's interval is ordered (start <= end), its count storable, its cause a short name."""
+    if (gap.start.seconds, gap.start.nanos) > (gap.end.seconds, gap.end.nanos):
+        raise BatchError(
+            f"TelemetryBatch: {where}.event.frame_gap must have start <= end, got start {gap.start.ToJsonString()} "
+            f"after end {gap.end.ToJsonString()}; the batch was not stored"
+        )
+    if gap.frames > MAX_STORED_INT:
+        raise BatchError(
+            f"TelemetryBatch: {where}.event.frame_gap.frames must be within 0..{MAX_STORED_INT}, got {gap.frames}"
+        )
+    if len(gap.cause) > MAX_GAP_CAUSE_LEN:
+        raise BatchError(
+            f"TelemetryBatch: {where}.event.frame_gap.cause must be at most {MAX_GAP_CAUSE_LEN} characters, "
+            f"got {shown(gap.cause)}"
+        )
 
 
 @dataclass(frozen=True, slots=True)
