@@ -21,6 +21,7 @@ from grpc_health.v1 import health
 
 from edgefleet.grpc_server import add_health_and_reflection, set_serving
 from edgefleet.v1 import device_pb2_grpc, fleet_pb2_grpc
+from edgefleet_controller.auth.revocation import DeviceRevocation
 from edgefleet_controller.auth.service import AuthService
 from edgefleet_controller.bundles.blob_integrity import BlobIntegrity
 from edgefleet_controller.bundles.service import BundleService
@@ -67,6 +68,7 @@ class Controller:
     events: DeviceEventService
     rollouts: RolloutService
     telemetry: TelemetryService
+    revocation: DeviceRevocation
 
     async def start(self) -> None:
         await self.auth.write_bootstrap_admin(self.data_dir)
@@ -117,7 +119,7 @@ def build_controller(data_dir: Path, *, clock: Clock = utcnow, store_url: str | 
     )
     directory = DeviceDirectory(store.devices)
     desired = DesiredStates(store.desired, DeliveryPieces(store.bundles, blobs), hub)
-    auth = AuthService(store.enrollment_tokens, store.operator_tokens, store.trusted_keys, store.devices, clock)
+    auth = AuthService(store.enrollment_tokens, store.operator_tokens, store.trusted_keys, store.device_access, clock)
     configs = ConfigService(store.configs, blobs, directory, desired, rollouts, clock)
     announce = FeedAnnouncer(feed)
     devices = DeviceService(
@@ -131,7 +133,8 @@ def build_controller(data_dir: Path, *, clock: Clock = utcnow, store_url: str | 
     telemetry = TelemetryService(store, clock, feed, metrics=metrics)
     metrics.watch_waiting(lambda: hub.waiting)
     metrics.watch_devices(devices.devices_by_state)
-    services = auth, devices, bundles, configs, events, rollouts, telemetry
+    revocation = DeviceRevocation(store.device_access, store.devices, directory, hub, clock)
+    services = auth, devices, bundles, configs, events, rollouts, telemetry, revocation
     return Controller(data_dir, clock, store, hub, feed, metrics, relay, *services)
 
 
@@ -143,7 +146,9 @@ def build_server(
     server = grpc.aio.server(interceptors=[interceptor], options=server_options())
     c = controller
     devices = DeviceServicer(c.devices, c.bundles, c.events, c.telemetry)
-    fleet = FleetServicer(c.devices, c.bundles, c.configs, c.auth, c.events, c.rollouts, c.telemetry, c.feed)
+    fleet = FleetServicer(
+        c.devices, c.bundles, c.configs, c.auth, c.events, c.rollouts, c.telemetry, c.feed, c.revocation
+    )
     device_pb2_grpc.add_DeviceServiceServicer_to_server(devices, server)
     fleet_pb2_grpc.add_FleetServiceServicer_to_server(fleet, server)
     health_servicer = add_health_and_reflection(server, SERVICE_NAMES)

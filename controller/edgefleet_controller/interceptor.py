@@ -71,6 +71,12 @@ METHOD_POLICY: dict[str, Requirement] = {
         _FS + m: Role.ADMIN
         for m in "CreateEnrollmentToken RevokeEnrollmentToken CreateOperatorToken AddTrustedKey".split()
     },
+    **{
+        _FS + m: Role.ADMIN
+        for m in (
+            "ListOperatorTokens RevokeOperatorToken DisableDevice EnableDevice DeleteDevice RotateDeviceCredential"
+        ).split()
+    },
     _FS + "DeleteTelemetry": Role.ADMIN,
 }
 

@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 
 from edgefleet.v1 import common_pb2, fleet_pb2, telemetry_pb2
+from fleetctl import revocation_cmds
 from fleetctl.durations import parse_duration
 from fleetctl.errors import grpc_errors
 from fleetctl.output import (
@@ -374,8 +375,11 @@ def token_create(
 
 @token_app.command("revoke")
 @grpc_errors
-def token_revoke(token_id: str = typer.Argument(...)) -> None:
-    """Revoke an enrollment token."""
+def token_revoke(token_id: str = typer.Argument(..., help="token id (eot_/eft_ prefix optional)")) -> None:
+    """Revoke an operator token (ids from fleetctl token list) or an enrollment token."""
+    if revocation_cmds.is_operator_token(token_id):
+        revocation_cmds.revoke_operator_token(token_id)
+        return
     OPTIONS.connection().call(
         lambda stub: stub.RevokeEnrollmentToken, fleet_pb2.RevokeEnrollmentTokenRequest(token_id=token_id)
     )
@@ -387,14 +391,16 @@ def token_revoke(token_id: str = typer.Argument(...)) -> None:
 def token_operator(
     name: str = typer.Option(..., help="who or what uses it"),
     role: str = typer.Option("viewer", help="viewer, operator or admin"),
-    expires: str = typer.Option("0", help="lifetime (0 = no expiry)"),
+    expires: str = typer.Option("90d", help="lifetime: 24h, 90d, ... or 'never' (no expiry, with a warning)"),
 ) -> None:
     """Create an operator token; it is printed once."""
+    ttl_s, no_expiry = revocation_cmds.operator_ttl(expires)
     reply = OPTIONS.connection().call(
         lambda stub: stub.CreateOperatorToken,
-        fleet_pb2.CreateOperatorTokenRequest(name=name, role=role, ttl_s=parse_duration(expires)),
+        fleet_pb2.CreateOperatorTokenRequest(name=name, role=role, ttl_s=ttl_s, no_expiry=no_expiry),
     )
-    _print_secret(reply.token, f"operator token {reply.token_id} ({role})")
+    until = reply.expires_at.ToJsonString() if reply.HasField("expires_at") else "never"
+    _print_secret(reply.token, f"operator token {reply.token_id} ({role}), expires {until}")
 
 
 # ------------------------------------------------------------------ devices / config

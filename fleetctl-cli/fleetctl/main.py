@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from edgefleet.logging import configure_logging
-from fleetctl import bundle_push, fleet_cmds
+from fleetctl import bundle_push, fleet_cmds, revocation_cmds
 from fleetctl.budget_cmds import budget
 from fleetctl.bundle_cmds import bundle_app
 from fleetctl.keys_cmds import keys_app
@@ -35,6 +35,15 @@ app.command("apply")(fleet_cmds.apply)
 app.command("budget")(budget)
 bundle_app.command("push")(bundle_push.push)
 keys_app.command("trust")(fleet_cmds.trust)
+fleet_cmds.token_app.command("list")(revocation_cmds.token_list)
+for _name, _command in (
+    ("disable", revocation_cmds.device_disable),
+    ("enable", revocation_cmds.device_enable),
+    ("delete", revocation_cmds.device_delete),
+    ("rotate-credential", revocation_cmds.device_rotate_credential),
+):
+    fleet_cmds.devices_app.command(_name)(_command)
+app.add_typer(fleet_cmds.devices_app, name="device", help="Act on one device (alias of devices).", hidden=True)
 
 
 @app.callback()

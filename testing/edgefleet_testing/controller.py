@@ -234,10 +234,19 @@ class InProcessController:
 
 @contextlib.asynccontextmanager
 async def running_controller(
-    data_dir: Path, *, clock: Callable[[], datetime] | None = None, metrics: bool = False
+    data_dir: Path,
+    *,
+    clock: Callable[[], datetime] | None = None,
+    metrics: bool = False,
+    store_url: str | None = None,
 ) -> AsyncIterator[InProcessController]:
-    """A real controller on 127.0.0.1:<any port>, in this event loop, SERVING until the block ends."""
-    app = build_controller(data_dir, clock=clock) if clock is not None else build_controller(data_dir)
+    """A real controller on 127.0.0.1:<any port>, in this event loop, SERVING until the block ends. Two
+    started with one ``store_url`` (and their own data dirs) are two replicas sharing a database."""
+    app = (
+        build_controller(data_dir, clock=clock, store_url=store_url)
+        if clock is not None
+        else build_controller(data_dir, store_url=store_url)
+    )
     server, port, health_servicer = build_server(app, "127.0.0.1:0")
     await app.start()
     await server.start()

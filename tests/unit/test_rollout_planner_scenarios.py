@@ -352,3 +352,14 @@ def test_spec_needs_a_bundle_or_a_config_document() -> None:
         RolloutSpec(id="ro_x")
     with pytest.raises(RolloutSpecError, match=r"config target must be 'Kind/name'.*got 'warehouse-a'"):
         RolloutSpec(id="ro_x", config="warehouse-a")
+
+
+def test_a_deleted_device_is_gone_from_its_wave_neither_waited_for_nor_failed() -> None:
+    fleet = Fleet.of(TWO_SITES)
+    run = Run(spec(), fleet)
+    assert assigns(run.step(tick=False)) == ["dev_a_00", "dev_b_00"]
+    del fleet.facts["dev_a_00"]  # an operator deleted the canary before it reported (no fact any more)
+    run.until(lambda r: phase_of(r) is RolloutPhase.COMPLETED)
+    assert "dev_a_00" not in fleet.assigned_log[2:]  # never assigned again
+    assert "failed" not in run.state.message
+    assert all("rollout.aborted" not in events(p) for p in run.history)

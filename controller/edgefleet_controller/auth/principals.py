@@ -8,16 +8,14 @@ send them. Two kinds exist, told apart by prefix:
 - operator tokens ``eot_<id>.<secret>`` with a role: viewer (reads) < operator (bundles, configs,
   rollouts, desired state) < admin (tokens, trusted keys).
 
-Successful look-ups are cached for ``CredentialCache``'s ``ttl_s`` (10 s) so that a Sync storm does not
-become a database storm; revocations made through this controller evict the cache at once, and the TTL
-bounds staleness for revocations made by another replica.
+Nothing is cached: ``AuthService.authenticate`` reads the credential's row on every call (one indexed
+read), so revoking a token, disabling or deleting a device or rotating its credential is refused on the
+next call, on every replica sharing the database.
 """
 
 from __future__ import annotations
 
-import hashlib
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
@@ -49,7 +47,7 @@ class Principal:
     name: str
     role: Role | None = None
     site: str = ""
-    #: When the credential stops being valid (wall clock); the cache must not outlive it.
+    #: When the credential stops being valid (wall clock); None: never.
     expires_at: datetime | None = None
 
     @property
@@ -84,38 +82,3 @@ def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str:
         "missing credential: send metadata 'authorization: Bearer <token>' (operators: the admin token is "
         "in DATA_DIR/admin.token at first start; devices: the credential from Enroll)"
     )
-
-
-class CredentialCache:
-    """A small TTL cache from credential hash to principal."""
-
-    def __init__(self, ttl_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self._ttl = ttl_s
-        self._clock = clock
-        self._entries: dict[str, tuple[float, Principal]] = {}
-
-    @staticmethod
-    def key(token: str) -> str:
-        return hashlib.sha256(token.encode()).hexdigest()
-
-    def get(self, token: str) -> Principal | None:
-        entry = self._entries.get(self.key(token))
-        if entry is None:
-            return None
-        expires, principal = entry
-        if self._clock() >= expires:
-            self._entries.pop(self.key(token), None)
-            return None
-        return principal
-
-    def put(self, token: str, principal: Principal, *, not_after: float | None = None) -> None:
-        if len(self._entries) > 100_000:
-            self._entries.clear()
-        expires = self._clock() + self._ttl
-        if not_after is not None:
-            expires = min(expires, not_after)
-        self._entries[self.key(token)] = (expires, principal)
-
-    def evict_subject(self, subject: str) -> None:
-        for key in [k for k, (_, p) in self._entries.items() if p.subject == subject]:
-            del self._entries[key]

@@ -1,6 +1,10 @@
 """``AuthService``: credentials and trust. It authenticates bearer tokens (device credentials and operator
-tokens, behind a short TTL cache), issues and revokes enrollment and operator tokens, keeps the trusted
-publisher keys, and writes the bootstrap admin token at first start.
+tokens), issues, lists and revokes enrollment and operator tokens, keeps the trusted publisher keys, and
+writes the bootstrap admin token at first start.
+
+Every call's credential is read from the database (one indexed row), never from a cache: a revocation, a
+disabled or deleted device or a rotated credential is refused on the very next call, on every replica that
+shares the database. Device actions (disable, delete, rotate) live in ``auth.revocation``.
 
 Store calls are synchronous transactions run in worker threads (``asyncio.to_thread``); the clock is injected.
 """
@@ -9,19 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import structlog
 
 from edgefleet.contract.errors import ContractError
+from edgefleet.contract.shown import shown
 from edgefleet.contract.signing import TrustedKeys, check_key_id
 from edgefleet_controller import errors as cerr
-from edgefleet_controller.auth.principals import CredentialCache, Principal, Role
+from edgefleet_controller.auth.principals import Principal, Role
 from edgefleet_controller.clock import Clock
 from edgefleet_controller.store import errors as serr
 from edgefleet_controller.store.auth import EnrollmentTokenStore, OperatorTokenStore, TrustedKeyStore
-from edgefleet_controller.store.devices import DeviceStore
+from edgefleet_controller.store.device_access import DeviceAccessStore
 from edgefleet_controller.store.records import (
     EnrollmentTokenRecord,
     OperatorRecord,
@@ -33,6 +39,16 @@ log = structlog.get_logger("edgefleet.controller")
 
 #: An enrollment token's lifetime when the request sets none.
 DEFAULT_ENROLLMENT_TTL_S = 86400
+#: An operator token's lifetime when the request sets none (``no_expiry`` asks for a token that never expires).
+DEFAULT_OPERATOR_TTL_S = int(timedelta(days=90).total_seconds())
+
+
+def disabled_message(name: str, disabled_at: object) -> str:
+    """What a disabled device is told on every call, and how it gets back."""
+    return (
+        f"device {shown(name)} was disabled by an operator at {disabled_at}; its state is kept and it is refused "
+        f"until an admin re-enables it: fleetctl device enable {name}"
+    )
 
 
 @dataclass(eq=False)
@@ -40,9 +56,8 @@ class AuthService:
     enrollment_tokens: EnrollmentTokenStore
     operator_tokens: OperatorTokenStore
     keys: TrustedKeyStore
-    devices: DeviceStore
+    device_access: DeviceAccessStore
     clock: Clock
-    _credentials: CredentialCache = field(default_factory=CredentialCache, init=False)
 
     async def write_bootstrap_admin(self, data_dir: Path) -> None:
         """At first start, create the admin operator token and leave it in ``DATA_DIR/admin.token`` (0600)."""
@@ -57,25 +72,27 @@ class AuthService:
         log.info("controller.bootstrap_admin_token", path=str(path))
 
     async def authenticate(self, token: str) -> Principal:
-        cached = self._credentials.get(token)
-        if cached is not None and (cached.expires_at is None or self.clock() < cached.expires_at):
-            return cached
+        """The caller behind ``token``, read from the database (no cache: revocation is immediate).
+
+        A disabled device is refused with PERMISSION_DENIED saying so (it keeps its credential and state);
+        an unknown, deleted or rotated-away credential with UNAUTHENTICATED."""
         if token.startswith("edc_"):
-            device_id = await asyncio.to_thread(self.devices.authenticate, token)
-            if device_id is None:
-                raise cerr.Unauthenticated("unknown device credential; the device must enroll again")
-            device = await asyncio.to_thread(self.devices.get, device_id)
-            principal = Principal("device", device_id, device.name, site=device.site)
-        elif token.startswith("eot_"):
+            access = await asyncio.to_thread(self.device_access.check, token)
+            if access is None:
+                raise cerr.Unauthenticated(
+                    "unknown device credential (never issued, rotated, or its device was deleted); enroll the "
+                    "device again, or install the credential printed by fleetctl device rotate-credential"
+                )
+            if access.disabled_at is not None:
+                raise cerr.PermissionDenied(disabled_message(access.name, access.disabled_at.isoformat()))
+            return Principal("device", access.device_id, access.name, site=access.site)
+        if token.startswith("eot_"):
             try:
                 op = await asyncio.to_thread(self.operator_tokens.authenticate, token, self.clock())
             except serr.TokenRejected as exc:
                 raise cerr.Unauthenticated(f"operator token refused: {exc}") from None
-            principal = Principal("operator", op.id, op.name, role=Role.parse(op.role.value), expires_at=op.expires_at)
-        else:
-            raise cerr.Unauthenticated("credential must be an operator token (eot_…) or a device credential (edc_…)")
-        self._credentials.put(token, principal)
-        return principal
+            return Principal("operator", op.id, op.name, role=Role.parse(op.role.value), expires_at=op.expires_at)
+        raise cerr.Unauthenticated("credential must be an operator token (eot_…) or a device credential (edc_…)")
 
     # ------------------------------------------------------------------ tokens
 
@@ -94,17 +111,35 @@ class AuthService:
     async def revoke_enrollment_token(self, token_id: str) -> None:
         await asyncio.to_thread(self.enrollment_tokens.revoke, token_id.removeprefix("eft_"), self.clock())
 
-    async def create_operator_token(self, name: str, role: str, ttl_s: int | None) -> tuple[OperatorRecord, str]:
-        """A new operator token (``role`` empty = viewer) and its secret, shown once."""
+    async def create_operator_token(
+        self, name: str, role: str, ttl_s: int, *, no_expiry: bool = False
+    ) -> tuple[OperatorRecord, str]:
+        """A new operator token (``role`` empty = viewer; ``ttl_s`` 0 = 90 days) and its secret, shown once."""
         try:
             operator_role = OperatorRole(role or "viewer")
         except ValueError:
-            raise cerr.InvalidArgument(f"role must be viewer, operator or admin; got {role!r}") from None
-        return await asyncio.to_thread(lambda: self.operator_tokens.create(name, operator_role, ttl_s, self.clock()))
+            raise cerr.InvalidArgument(f"role must be viewer, operator or admin; got {shown(role)}") from None
+        if no_expiry and ttl_s:
+            raise cerr.InvalidArgument(
+                f"CreateOperatorToken: set either ttl_s ({ttl_s}) or no_expiry, not both (fleetctl: --expires)"
+            )
+        lifetime = None if no_expiry else (ttl_s or DEFAULT_OPERATOR_TTL_S)
+        rec, secret = await asyncio.to_thread(
+            lambda: self.operator_tokens.create(name, operator_role, lifetime, self.clock())
+        )
+        if lifetime is None:
+            log.warning("auth.operator_token_never_expires", token_id=rec.id, name=shown(name), role=rec.role.value)
+        return rec, secret
 
-    async def revoke_operator_token(self, token_id: str) -> None:
-        await asyncio.to_thread(self.operator_tokens.revoke, token_id, self.clock())
-        self._credentials.evict_subject(token_id)
+    async def list_operator_tokens(self) -> list[OperatorRecord]:
+        """Every operator token, oldest first, revoked and expired ones too."""
+        return await asyncio.to_thread(self.operator_tokens.all)
+
+    async def revoke_operator_token(self, token_id: str) -> OperatorRecord:
+        """Revoke the token; it is refused on its next call on every replica. ``NotFound`` for an unknown id."""
+        rec = await asyncio.to_thread(self.operator_tokens.revoke, token_id.removeprefix("eot_"), self.clock())
+        log.info("auth.operator_token_revoked", token_id=rec.id, name=shown(rec.name))
+        return rec
 
     # ------------------------------------------------------------------ trusted keys
 

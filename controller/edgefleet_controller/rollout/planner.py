@@ -171,7 +171,10 @@ class _Planning:
         return fact is not None and device_id not in self.fresh and fact.succeeded and self._failure(device_id) is None
 
     def _settled(self, device_id: str) -> bool:
-        return self._succeeded(device_id) or self._failure(device_id) is not None
+        """Succeeded, failed, or gone: an assigned device without a fact was deleted (every assigned device
+        that exists has one), which is neither a success nor a failure and nothing to wait for."""
+        gone = device_id not in self.facts
+        return gone or self._succeeded(device_id) or self._failure(device_id) is not None
 
     # ------------------------------------------------------------ transitions
 

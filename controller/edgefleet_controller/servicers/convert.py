@@ -20,7 +20,13 @@ from edgefleet_controller.devices.delivery import Delivery
 from edgefleet_controller.devices.service import DeviceChange, DeviceReport, DeviceView
 from edgefleet_controller.fleet_feed import FleetFeed
 from edgefleet_controller.store.bundle_failures import BundleFailure
-from edgefleet_controller.store.records import BundleRecord, DesiredState, SiteSummary, TrustedKeyRecord
+from edgefleet_controller.store.records import (
+    BundleRecord,
+    DesiredState,
+    OperatorRecord,
+    SiteSummary,
+    TrustedKeyRecord,
+)
 
 
 def to_timestamp(value: datetime | None) -> Timestamp:
@@ -87,6 +93,8 @@ def device_message(view: DeviceView) -> common_pb2.Device:
         enrolled_at=to_timestamp(rec.enrolled_at),
         last_seen=to_timestamp(rec.last_seen),
     )
+    if rec.disabled_at is not None:
+        msg.disabled_at.FromDatetime(rec.disabled_at)
     ParseDict(dict(rec.facts), msg.hardware, ignore_unknown_fields=True)
     state = rec.reported.get("state")
     if isinstance(state, Mapping):
@@ -180,6 +188,15 @@ def quarantined_blob(q: QuarantinedArtifact) -> fleet_pb2.QuarantinedBlob:
 
 
 # ---------------------------------------------------------------------------------------------- auth, profiles
+
+
+def operator_token(r: OperatorRecord) -> fleet_pb2.OperatorToken:
+    """An operator token as listed; unset times (never expires, never used, not revoked) stay unset."""
+    msg = fleet_pb2.OperatorToken(id=r.id, name=r.name, role=r.role.value, created_at=to_timestamp(r.created_at))
+    for name, value in (("expires_at", r.expires_at), ("last_used_at", r.last_used_at), ("revoked_at", r.revoked_at)):
+        if value is not None:
+            getattr(msg, name).FromDatetime(value)
+    return msg
 
 
 def trusted_key(r: TrustedKeyRecord) -> fleet_pb2.TrustedKey:

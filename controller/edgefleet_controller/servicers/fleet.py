@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 
 from edgefleet.v1 import common_pb2, fleet_pb2, fleet_pb2_grpc
+from edgefleet_controller.auth.revocation import DeviceRevocation
 from edgefleet_controller.auth.service import AuthService
 from edgefleet_controller.bundles.service import BundleService
 from edgefleet_controller.configs.service import ConfigService, ManifestFile
@@ -49,6 +50,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     rollouts: RolloutService
     telemetry: TelemetryService
     feed: FleetFeed
+    revocation: DeviceRevocation
 
     # bundles
     async def PushBundle(
@@ -202,8 +204,46 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     async def CreateOperatorToken(
         self, request: fleet_pb2.CreateOperatorTokenRequest, context: Ctx
     ) -> fleet_pb2.CreateOperatorTokenResponse:
-        rec, secret = await self.auth.create_operator_token(request.name, request.role, request.ttl_s or None)
-        return fleet_pb2.CreateOperatorTokenResponse(token_id=rec.id, token=secret)
+        rec, secret = await self.auth.create_operator_token(
+            request.name, request.role, request.ttl_s, no_expiry=request.no_expiry
+        )
+        response = fleet_pb2.CreateOperatorTokenResponse(token_id=rec.id, token=secret)
+        if rec.expires_at is not None:
+            response.expires_at.FromDatetime(rec.expires_at)
+        return response
+
+    async def ListOperatorTokens(
+        self, request: fleet_pb2.ListOperatorTokensRequest, context: Ctx
+    ) -> fleet_pb2.ListOperatorTokensResponse:
+        records = await self.auth.list_operator_tokens()
+        return fleet_pb2.ListOperatorTokensResponse(tokens=[convert.operator_token(r) for r in records])
+
+    async def RevokeOperatorToken(
+        self, request: fleet_pb2.RevokeOperatorTokenRequest, context: Ctx
+    ) -> fleet_pb2.OperatorToken:
+        return convert.operator_token(await self.auth.revoke_operator_token(request.token_id))
+
+    async def DisableDevice(self, request: fleet_pb2.DeviceActionRequest, context: Ctx) -> common_pb2.Device:
+        rec = await self.revocation.disable(request.device, by=current_principal().name)
+        return convert.device_message(self.devices.view(rec))
+
+    async def EnableDevice(self, request: fleet_pb2.DeviceActionRequest, context: Ctx) -> common_pb2.Device:
+        rec = await self.revocation.enable(request.device, by=current_principal().name)
+        return convert.device_message(self.devices.view(rec))
+
+    async def DeleteDevice(
+        self, request: fleet_pb2.DeviceActionRequest, context: Ctx
+    ) -> fleet_pb2.DeleteDeviceResponse:
+        rec = await self.revocation.delete(request.device, by=current_principal().name)
+        return fleet_pb2.DeleteDeviceResponse(device_id=rec.id, name=rec.name)
+
+    async def RotateDeviceCredential(
+        self, request: fleet_pb2.DeviceActionRequest, context: Ctx
+    ) -> fleet_pb2.RotateDeviceCredentialResponse:
+        rec, credential = await self.revocation.rotate(request.device, by=current_principal().name)
+        return fleet_pb2.RotateDeviceCredentialResponse(
+            device=convert.device_message(self.devices.view(rec)), credential=credential
+        )
 
     async def AddTrustedKey(
         self, request: fleet_pb2.AddTrustedKeyRequest, context: Ctx

@@ -41,6 +41,8 @@ from edgefleet_controller.store.records import (
 log = structlog.get_logger(__name__)
 
 BOOTSTRAP_ADMIN_NAME: Final = "bootstrap-admin"
+#: An operator token's last use is recorded at most this often (the first call after it is written).
+LAST_USE_EVERY: Final = timedelta(minutes=1)
 
 
 def _revoke(db: Database, table: sa.Table, key: str, value: str, now: datetime, missing: NotFound) -> Row[Any]:
@@ -231,11 +233,21 @@ class OperatorTokenStore(AggregateStore):
             raise TokenRevoked("operator token", record.id, record.revoked_at)
         if record.expires_at is not None and now >= record.expires_at:
             raise TokenExpired("operator token", record.id, record.expires_at)
+        if record.last_used_at is None or now - record.last_used_at >= LAST_USE_EVERY:
+            self._record_use(record.id, now)
         return record
+
+    def _record_use(self, token_id: str, now: datetime) -> None:
+        """Set ``last_used_at`` unless it was set less than ``LAST_USE_EVERY`` ago (by any replica): at most one
+        write a minute per token however many calls it makes."""
+        tokens = t.operator_tokens
+        stale = sa.or_(tokens.c.last_used_at.is_(None), tokens.c.last_used_at <= now - LAST_USE_EVERY)
+        with self._db.transaction() as conn:
+            conn.execute(tokens.update().where(tokens.c.id == token_id, stale).values(last_used_at=now))
 
     def revoke(self, token_id: str, now: datetime) -> OperatorRecord:
         """Revoke the token (idempotent: a second call keeps the first revocation time)."""
-        missing = NotFound("operator token", token_id, "list operator tokens to see the valid ids")
+        missing = NotFound("operator token", token_id, "list them with fleetctl token list")
         return _operator_record(_revoke(self._db, t.operator_tokens, "id", token_id, now, missing))
 
     def all(self) -> list[OperatorRecord]:

@@ -91,6 +91,8 @@ class OperatorRecord:
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+    #: The last authenticated call (recorded at most once a minute); None: never used.
+    last_used_at: datetime | None = None
 
     def state(self, now: datetime) -> TokenState:
         return token_state(now, self.revoked_at, self.expires_at)
@@ -110,6 +112,8 @@ class DeviceRecord:
     health: str
     running_bundle: str | None
     enrollment_token_id: str | None
+    #: Set while an operator has disabled the device (its credential is refused).
+    disabled_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,6 +140,8 @@ devices = sa.Table(
     _json("reported_json"),
     _digest("running_bundle", nullable=True, index=True),
     _short("health", nullable=False, index=True),
+    # (migration 0005) set while an operator has disabled the device: its credential is refused
+    _time("disabled_at", nullable=True),
 )
 
 device_tags = sa.Table(
@@ -170,6 +172,8 @@ operator_tokens = sa.Table(
     _time("created_at"),
     _time("expires_at", nullable=True),
     _time("revoked_at", nullable=True),
+    # (migration 0005) the last authenticated call, recorded at most once a minute per token
+    _time("last_used_at", nullable=True),
 )
 
 trusted_keys = sa.Table(

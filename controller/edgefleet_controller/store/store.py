@@ -18,6 +18,7 @@ from edgefleet_controller.store.bundles import BundleStore
 from edgefleet_controller.store.configs import ConfigStore
 from edgefleet_controller.store.db import Database
 from edgefleet_controller.store.desired import DesiredStore
+from edgefleet_controller.store.device_access import DeviceAccessStore
 from edgefleet_controller.store.devices import DeviceStore
 from edgefleet_controller.store.events import EventStore
 
@@ -31,6 +32,7 @@ class Store:
         self.operator_tokens = OperatorTokenStore(db)
         self.trusted_keys = TrustedKeyStore(db)
         self.devices = DeviceStore(db)
+        self.device_access = DeviceAccessStore(db)
         self.bundles = BundleStore(db)
         self.configs = ConfigStore(db)
         self.desired = DesiredStore(db)

@@ -1,0 +1,66 @@
+"""``DeviceRevocation``: an operator's switches on a device's access, named by id or name. Disable (the
+device is refused on its next call, everything about it is kept), enable, delete (its credential stops
+working at once and its name is free for a new enrollment; a rollout that had moved it treats it as gone,
+neither succeeded nor failed) and credential rotation (the new credential is returned once; the old one is
+refused from the next call).
+
+Every switch is a database write read by ``AuthService.authenticate`` on each call, so it holds on every
+replica at once; the device's parked long-poll is also woken (and the other replicas told) so that a waiting
+Sync ends now instead of at its ``wait_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+import structlog
+
+from edgefleet_controller.clock import Clock
+from edgefleet_controller.devices.directory import DeviceDirectory
+from edgefleet_controller.hub import SyncHub
+from edgefleet_controller.store.device_access import DeviceAccessStore
+from edgefleet_controller.store.devices import DeviceStore
+from edgefleet_controller.store.records import DeviceRecord
+
+log = structlog.get_logger("edgefleet.controller")
+
+
+@dataclass(eq=False)
+class DeviceRevocation:
+    access: DeviceAccessStore
+    devices: DeviceStore
+    directory: DeviceDirectory
+    hub: SyncHub
+    clock: Clock
+
+    async def disable(self, ref: str, *, by: str) -> DeviceRecord:
+        """Refuse the device from its next call on (a second disable keeps the first time)."""
+        return await self._switch(ref, disable=True, by=by)
+
+    async def enable(self, ref: str, *, by: str) -> DeviceRecord:
+        """Let a disabled device call again (a no-op for an enabled one)."""
+        return await self._switch(ref, disable=False, by=by)
+
+    async def _switch(self, ref: str, *, disable: bool, by: str) -> DeviceRecord:
+        device = await self.directory.find_device(ref)
+        await asyncio.to_thread(self.access.set_disabled, device.id, self.clock() if disable else None)
+        self.hub.notify([device.id])
+        log.info("device.disabled" if disable else "device.enabled", device_id=device.id, by=by)
+        return await asyncio.to_thread(self.devices.get, device.id)
+
+    async def delete(self, ref: str, *, by: str) -> DeviceRecord:
+        """Remove the device and everything that is only its own; returns the record it had."""
+        device = await self.directory.find_device(ref)
+        await asyncio.to_thread(self.access.delete, device.id)
+        self.hub.notify([device.id])
+        log.info("device.deleted", device_id=device.id, site=device.site, by=by)
+        return device
+
+    async def rotate(self, ref: str, *, by: str) -> tuple[DeviceRecord, str]:
+        """A new credential for the device, shown once; the old one is refused from now on."""
+        device = await self.directory.find_device(ref)
+        credential = await asyncio.to_thread(self.access.rotate, device.id)
+        self.hub.notify([device.id])
+        log.info("device.credential_rotated", device_id=device.id, by=by)
+        return device, credential

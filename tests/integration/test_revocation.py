@@ -1,0 +1,203 @@
+"""Revocation over real gRPC, on two controller replicas sharing one database (SQLite file and PostgreSQL):
+a revoked operator token, a disabled, deleted or re-credentialed device is refused on its very next call on
+either replica; re-enabling restores the device with its state; admin-only; unknown ids change nothing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+
+from edgefleet.v1 import common_pb2, fleet_pb2
+from edgefleet_controller.auth.service import DEFAULT_OPERATOR_TTL_S
+from edgefleet_testing.controller import Fleet, bearer, connected, running_controller
+
+pytestmark = pytest.mark.integration
+
+
+@asynccontextmanager
+async def two_replicas(tmp_path: Path, store_url: str) -> AsyncIterator[tuple[Fleet, Fleet]]:
+    """Two controllers on one database, each with its own data dir; both clients use replica A's admin."""
+    async with (
+        running_controller(tmp_path / "a", store_url=store_url) as a,
+        running_controller(tmp_path / "b", store_url=store_url) as b,
+        connected(a) as fleet_a,
+        grpc.aio.insecure_channel(b.address) as channel_b,
+    ):
+        fleet_b = Fleet(channel_b, a.admin_token)  # the first replica made the bootstrap token
+        yield fleet_a, fleet_b
+
+
+async def refused(call: object, code: grpc.StatusCode) -> str:
+    """Await ``call`` and return the refusal's details; fails when it succeeds or fails otherwise."""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call  # type: ignore[misc]
+    assert info.value.code() == code, info.value.details()
+    return str(info.value.details())
+
+
+def action(device: str) -> fleet_pb2.DeviceActionRequest:
+    return fleet_pb2.DeviceActionRequest(device=device)
+
+
+async def test_revoked_operator_token_is_refused_on_the_next_call_on_both_replicas(
+    tmp_path: Path, store_url: str
+) -> None:
+    async with two_replicas(tmp_path, store_url) as (a, b):
+        token_id, token = await a.operator_token("viewer", "ci-bot")
+        for fleet in (a, b):  # both replicas accept it (and would have cached it, before)
+            await fleet.fleet.ListSites(fleet_pb2.ListSitesRequest(), metadata=bearer(token))
+        revoked = await a.fleet.RevokeOperatorToken(
+            fleet_pb2.RevokeOperatorTokenRequest(token_id=token_id), metadata=a.admin
+        )
+        assert revoked.id == token_id and revoked.HasField("revoked_at")
+        for fleet in (b, a):
+            details = await refused(
+                fleet.fleet.ListSites(fleet_pb2.ListSitesRequest(), metadata=bearer(token)),
+                grpc.StatusCode.UNAUTHENTICATED,
+            )
+            assert "revoked" in details
+        again = await b.fleet.RevokeOperatorToken(
+            fleet_pb2.RevokeOperatorTokenRequest(token_id=token_id), metadata=b.admin
+        )
+        assert again.revoked_at == revoked.revoked_at  # idempotent: the first time is kept
+
+
+async def test_disabled_device_is_refused_on_both_replicas_and_enabling_restores_it(
+    tmp_path: Path, store_url: str
+) -> None:
+    async with two_replicas(tmp_path, store_url) as (a, b):
+        device_id, credential = await a.enroll("lab", "cam-1", tags={"zone": "north"})
+        await b.sync(credential, wait_s=0)
+        await a.sync(credential, wait_s=0)
+        disabled = await b.fleet.DisableDevice(action("cam-1"), metadata=b.admin)
+        assert disabled.id == device_id and disabled.HasField("disabled_at")
+        for fleet in (a, b):
+            details = await refused(fleet.sync(credential, wait_s=0), grpc.StatusCode.PERMISSION_DENIED)
+            assert "disabled by an operator" in details and "fleetctl device enable cam-1" in details
+        kept = await a.fleet.GetDevice(fleet_pb2.GetDeviceRequest(device=device_id), metadata=a.admin)
+        assert kept.HasField("disabled_at") and dict(kept.tags) == {"zone": "north"}
+        assert kept.reported.health == common_pb2.HEALTH_SERVING  # its last report is kept
+
+        enabled = await a.fleet.EnableDevice(action(device_id), metadata=a.admin)
+        assert not enabled.HasField("disabled_at")
+        for fleet in (b, a):
+            assert (await fleet.sync(credential, wait_s=0)).desired.revision >= 1
+
+
+async def test_deleted_device_is_refused_at_once_on_both_replicas_and_its_name_enrolls_again(
+    tmp_path: Path, store_url: str
+) -> None:
+    async with two_replicas(tmp_path, store_url) as (a, b):
+        device_id, credential = await a.enroll("lab", "cam-1")
+        await b.sync(credential, wait_s=0)
+        deleted = await a.fleet.DeleteDevice(action("cam-1"), metadata=a.admin)
+        assert (deleted.device_id, deleted.name) == (device_id, "cam-1")
+        for fleet in (b, a):
+            await refused(fleet.sync(credential, wait_s=0), grpc.StatusCode.UNAUTHENTICATED)
+        await refused(
+            b.fleet.GetDevice(fleet_pb2.GetDeviceRequest(device=device_id), metadata=b.admin),
+            grpc.StatusCode.NOT_FOUND,
+        )
+        await refused(b.fleet.DeleteDevice(action(device_id), metadata=b.admin), grpc.StatusCode.NOT_FOUND)
+        new_id, new_credential = await b.enroll("lab", "cam-1")
+        assert new_id != device_id
+        assert (await a.sync(new_credential, wait_s=0)).changed
+        await refused(a.sync(credential, wait_s=0), grpc.StatusCode.UNAUTHENTICATED)
+
+
+async def test_rotated_credential_old_refused_new_accepted_on_both_replicas(tmp_path: Path, store_url: str) -> None:
+    async with two_replicas(tmp_path, store_url) as (a, b):
+        device_id, old = await a.enroll("lab", "cam-1")
+        await b.sync(old, wait_s=0)
+        rotated = await a.fleet.RotateDeviceCredential(action(device_id), metadata=a.admin)
+        new = rotated.credential
+        assert rotated.device.id == device_id and new.startswith(f"edc_{device_id}.") and new != old
+        for fleet in (b, a):
+            await refused(fleet.sync(old, wait_s=0), grpc.StatusCode.UNAUTHENTICATED)
+            assert (await fleet.sync(new, wait_s=0)).desired.revision >= 1
+
+
+async def test_operator_tokens_default_to_90_days_and_list_shows_last_use(tmp_path: Path) -> None:
+    async with running_controller(tmp_path) as ctrl, connected(ctrl) as fleet:
+        before = datetime.now(UTC)
+        default = await fleet.fleet.CreateOperatorToken(
+            fleet_pb2.CreateOperatorTokenRequest(name="ci", role="operator"), metadata=fleet.admin
+        )
+        expires = default.expires_at.ToDatetime(tzinfo=UTC)
+        assert timedelta(seconds=DEFAULT_OPERATOR_TTL_S - 60) < expires - before < timedelta(days=90, minutes=1)
+        forever = await fleet.fleet.CreateOperatorToken(
+            fleet_pb2.CreateOperatorTokenRequest(name="break-glass", role="admin", no_expiry=True),
+            metadata=fleet.admin,
+        )
+        assert not forever.HasField("expires_at")
+        await refused(
+            fleet.fleet.CreateOperatorToken(
+                fleet_pb2.CreateOperatorTokenRequest(name="both", ttl_s=60, no_expiry=True), metadata=fleet.admin
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        listed = {
+            t.id: t
+            for t in (
+                await fleet.fleet.ListOperatorTokens(fleet_pb2.ListOperatorTokensRequest(), metadata=fleet.admin)
+            ).tokens
+        }
+        assert "both" not in {t.name for t in listed.values()}  # the refused request stored nothing
+        assert not listed[default.token_id].HasField("last_used_at")
+        assert not listed[forever.token_id].HasField("expires_at")
+        await fleet.fleet.ListSites(fleet_pb2.ListSitesRequest(), metadata=bearer(default.token))
+        after = {
+            t.id: t
+            for t in (
+                await fleet.fleet.ListOperatorTokens(fleet_pb2.ListOperatorTokensRequest(), metadata=fleet.admin)
+            ).tokens
+        }
+        used = after[default.token_id].last_used_at.ToDatetime(tzinfo=UTC)
+        assert before - timedelta(seconds=1) <= used <= datetime.now(UTC)
+        assert not after[forever.token_id].HasField("last_used_at")
+
+
+async def test_viewers_and_operators_cannot_revoke_and_unknown_ids_change_nothing(tmp_path: Path) -> None:
+    async with running_controller(tmp_path) as ctrl, connected(ctrl) as fleet:
+        device_id, credential = await fleet.enroll("lab", "cam-1")
+        tokens_before = (
+            await fleet.fleet.ListOperatorTokens(fleet_pb2.ListOperatorTokensRequest(), metadata=fleet.admin)
+        ).tokens
+        for role in ("viewer", "operator"):
+            _, token = await fleet.operator_token(role)
+            md = bearer(token)
+            stub = fleet.fleet
+            for call in (
+                stub.ListOperatorTokens(fleet_pb2.ListOperatorTokensRequest(), metadata=md),
+                stub.RevokeOperatorToken(
+                    fleet_pb2.RevokeOperatorTokenRequest(token_id=tokens_before[0].id), metadata=md
+                ),
+                stub.DisableDevice(action(device_id), metadata=md),
+                stub.EnableDevice(action(device_id), metadata=md),
+                stub.DeleteDevice(action(device_id), metadata=md),
+                stub.RotateDeviceCredential(action(device_id), metadata=md),
+            ):
+                assert "needs admin" in await refused(call, grpc.StatusCode.PERMISSION_DENIED)
+        for call in (
+            fleet.fleet.RevokeOperatorToken(
+                fleet_pb2.RevokeOperatorTokenRequest(token_id="0123456789abcdef"), metadata=fleet.admin
+            ),
+            fleet.fleet.DisableDevice(action("dev_0000000000000000"), metadata=fleet.admin),
+            fleet.fleet.DeleteDevice(action("no-such-camera"), metadata=fleet.admin),
+            fleet.fleet.RotateDeviceCredential(action("dev_0000000000000000"), metadata=fleet.admin),
+        ):
+            await refused(call, grpc.StatusCode.NOT_FOUND)
+        tokens_after = (
+            await fleet.fleet.ListOperatorTokens(fleet_pb2.ListOperatorTokensRequest(), metadata=fleet.admin)
+        ).tokens
+        assert [t.revoked_at for t in tokens_after[: len(tokens_before)]] == [t.revoked_at for t in tokens_before]
+        assert all(not t.HasField("revoked_at") for t in tokens_after)
+        # the device was never touched: its credential still works, it is not disabled
+        assert (await fleet.sync(credential, wait_s=0)).desired.revision >= 1
+        got = await fleet.fleet.GetDevice(fleet_pb2.GetDeviceRequest(device=device_id), metadata=fleet.admin)
+        assert not got.HasField("disabled_at")
