@@ -142,6 +142,8 @@ devices = sa.Table(
     _short("health", nullable=False, index=True),
     # (migration 0005) set while an operator has disabled the device: its credential is refused
     _time("disabled_at", nullable=True),
+    # (migration 0007) a device name is unique within its site
+    sa.Index(None, "site", "name", unique=True),
 )
 
 device_tags = sa.Table(
