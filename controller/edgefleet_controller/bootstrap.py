@@ -142,7 +142,9 @@ def build_server(
     controller: Controller, listen: str, *, tls: TlsConfig | None = None
 ) -> tuple[grpc.aio.Server, int, health.aio.HealthServicer]:
     """The gRPC server with both servicers, health and reflection, bound to ``listen``; not started."""
-    interceptor = ControllerInterceptor(controller.auth.authenticate, controller.metrics)
+    interceptor = ControllerInterceptor(
+        controller.auth.authenticate, controller.metrics, admit_enrollment=controller.auth.admit_enrollment
+    )
     server = grpc.aio.server(interceptors=[interceptor], options=server_options())
     c = controller
     devices = DeviceServicer(c.devices, c.bundles, c.events, c.telemetry)

@@ -4,6 +4,13 @@ method table, error → status mapping, request logs bound into structlog, and R
 Servicers stay thin: they read the caller from ``current_principal()`` and raise domain errors; this module
 turns those into gRPC statuses with the error's message.
 
+Authenticate first, then validate, then store: a call's credential is checked before any payload field is
+looked at (Enroll's enrollment token, which travels in the request, by a read-only check of the token:
+``ENROLLMENT``); then every request message is checked against its entry in
+``edgefleet.contract.request_bounds`` (unary requests before the handler runs, each message of a client
+stream as it arrives), a breach refused whole with INVALID_ARGUMENT before any write. ``rpc.refused`` lines
+are rate-limited per peer (``refusal_log``).
+
 Only typed errors reach the client with their message (``client_status``): ``ControllerError`` (it carries
 its code), store errors, contract errors and telemetry's typed input errors. Anything else is the controller's
 own bug, not bad input: the call ends INTERNAL with a fresh request id (``req_`` + 16 hex) and nothing of the
@@ -28,9 +35,12 @@ import structlog
 from sqlalchemy import exc as sa_exc
 
 from edgefleet.contract.errors import ContractError
+from edgefleet.contract.request_bounds import MAX_TOKEN_CHARS
+from edgefleet.contract.request_bounds import check as check_bounds
 from edgefleet_controller.auth.principals import Principal, Role, bearer_token
 from edgefleet_controller.errors import ControllerError, Unauthenticated
 from edgefleet_controller.metrics import ControllerMetrics
+from edgefleet_controller.refusal_log import RefusalLimiter, peer_host
 from edgefleet_controller.store import errors as serr
 from edgefleet_controller.telemetry.ingest import BatchError
 from edgefleet_controller.telemetry.query import QueryError
@@ -40,6 +50,8 @@ log = structlog.get_logger("edgefleet.controller.rpc")
 
 PUBLIC = "public"
 DEVICE = "device"
+#: Enroll: the caller proves itself by the enrollment token in the request, checked before anything else.
+ENROLLMENT = "enrollment"
 Requirement = str | Role
 
 _DS = "/edgefleet.v1.DeviceService/"
@@ -47,7 +59,7 @@ _FS = "/edgefleet.v1.FleetService/"
 
 #: What each method needs. A method missing from this table is refused: new RPCs must be placed here.
 METHOD_POLICY: dict[str, Requirement] = {
-    _DS + "Enroll": PUBLIC,
+    _DS + "Enroll": ENROLLMENT,
     _DS + "Sync": DEVICE,
     _DS + "FetchBlob": DEVICE,
     _DS + "ReportEvent": DEVICE,
@@ -96,6 +108,7 @@ def new_request_id() -> str:
 
 
 Authenticate = Callable[[str], Awaitable[Principal]]
+AdmitEnrollment = Callable[[str], Awaitable[None]]
 
 #: Typed refusals of bad input besides ``ControllerError`` (which carries its own code): INVALID_ARGUMENT with
 #: their message (telemetry's: a batch, a query, a review-sample filter).
@@ -133,9 +146,18 @@ def client_status(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
 
 
 class ControllerInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, authenticate: Authenticate, metrics: ControllerMetrics) -> None:
+    def __init__(
+        self,
+        authenticate: Authenticate,
+        metrics: ControllerMetrics,
+        *,
+        admit_enrollment: AdmitEnrollment | None = None,
+        refusals: RefusalLimiter | None = None,
+    ) -> None:
         self._authenticate = authenticate
         self._metrics = metrics
+        self._admit_enrollment = admit_enrollment
+        self._refusals = refusals or RefusalLimiter()
 
     async def intercept_service(
         self,
@@ -166,12 +188,22 @@ class _Guard:
     metadata: tuple[Any, ...]
     started: float = 0.0
 
-    async def enter(self) -> None:
+    async def enter(self, request: Any) -> None:
+        """Authenticate and authorise; then check a unary ``request`` (None for a client stream) against its
+        bounds."""
         self.started = time.perf_counter()
         structlog.contextvars.bind_contextvars(rpc=self.short)
+        await self.admit(request)
+        if request is not None:
+            check_bounds(request)
+
+    async def admit(self, request: Any) -> None:
         if self.requirement is None:
             raise Unauthenticated(f"method {self.method} has no access policy; refusing")
         if self.requirement == PUBLIC:
+            return
+        if self.requirement == ENROLLMENT:
+            await self.admit_enrollment(request)
             return
         principal = await self.owner._authenticate(bearer_token(self.metadata))
         if self.requirement == DEVICE:
@@ -181,6 +213,18 @@ class _Guard:
             principal.require_role(self.requirement)
         _principal.set(principal)
         structlog.contextvars.bind_contextvars(caller=principal.subject)
+
+    async def admit_enrollment(self, request: Any) -> None:
+        """The enrollment token, and only it, before any other field: cheap for a caller without one."""
+        token = getattr(request, "enrollment_token", "")
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
+            raise Unauthenticated(
+                "enrollment refused: the enrollment token is malformed; expected 'eft_<id>.<secret>' exactly as "
+                "it was printed when the token was created"
+            )
+        if self.owner._admit_enrollment is None:
+            raise Unauthenticated(f"method {self.method} cannot check enrollment tokens here; refusing")
+        await self.owner._admit_enrollment(token)
 
     async def fail(self, exc: BaseException, context: Any) -> None:
         mapped = client_status(exc)
@@ -198,14 +242,24 @@ class _Guard:
             code = grpc.StatusCode.INTERNAL
             message = f"internal error; request id {request_id}; see the controller log"
         self.exit(code)
-        log.info("rpc.refused", method=self.short, code=code.name, error=message)
+        self.log_refusal(context, code, message)
         await context.abort(code, message)
 
+    def log_refusal(self, context: Any, code: grpc.StatusCode, message: str) -> None:
+        """``rpc.refused``, at most ``refusal_log.PER_WINDOW`` per peer and window; the rest counted."""
+        peer = peer_host(context.peer())
+        admission = self.owner._refusals.admit(peer)
+        for quiet_peer, count in admission.suppressed:
+            log.info("rpc.refused_suppressed", peer=quiet_peer, count=count, window_s=self.owner._refusals.window_s)
+        if admission.log:
+            log.info("rpc.refused", method=self.short, code=code.name, error=message, peer=peer)
+
     @contextlib.asynccontextmanager
-    async def around(self, context: Any) -> AsyncIterator[None]:
-        """Authenticate and authorise before the call; time, log and map its errors after."""
+    async def around(self, context: Any, request: Any) -> AsyncIterator[None]:
+        """Authenticate, authorise and check a unary ``request`` before the call; time, log and map its errors
+        after."""
         try:
-            await self.enter()
+            await self.enter(request)
             yield
         except grpc.aio.AbortError:
             self.exit(context.code() or grpc.StatusCode.UNKNOWN)
@@ -221,22 +275,29 @@ class _Guard:
         structlog.contextvars.unbind_contextvars("rpc", "caller")
 
 
-def _answering(inner: Any, guard: _Guard) -> Callable[[Any, Any], Awaitable[Any]]:
-    """A unary-response behaviour (unary-unary, stream-unary) with ``guard`` around it."""
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """A client stream whose every message is checked against its bounds as it arrives."""
+    async for message in requests:
+        check_bounds(message)
+        yield message
+
+
+def _answering(inner: Any, guard: _Guard, *, streamed: bool) -> Callable[[Any, Any], Awaitable[Any]]:
+    """A unary-response behaviour (unary-unary, stream-unary when ``streamed``) with ``guard`` around it."""
 
     async def answer(request: Any, context: Any) -> Any:
-        async with guard.around(context):
-            return await inner(request, context)
+        async with guard.around(context, None if streamed else request):
+            return await inner(_checked(request) if streamed else request, context)
 
     return answer
 
 
-def _streaming(inner: Any, guard: _Guard) -> Callable[[Any, Any], AsyncIterator[Any]]:
-    """A streaming-response behaviour (unary-stream, stream-stream) with ``guard`` around it."""
+def _streaming(inner: Any, guard: _Guard, *, streamed: bool) -> Callable[[Any, Any], AsyncIterator[Any]]:
+    """A streaming-response behaviour (unary-stream, stream-stream when ``streamed``) with ``guard`` around it."""
 
     async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
-        async with guard.around(context):
-            async for item in inner(request, context):
+        async with guard.around(context, None if streamed else request):
+            async for item in inner(_checked(request) if streamed else request, context):
                 yield item
 
     return stream
@@ -246,9 +307,9 @@ def _wrap(handler: Any, guard: _Guard) -> grpc.RpcMethodHandler[Any, Any]:
     """The same handler with ``guard`` around each call."""
     wire = handler.request_deserializer, handler.response_serializer
     if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(_answering(handler.unary_unary, guard), *wire)
+        return grpc.unary_unary_rpc_method_handler(_answering(handler.unary_unary, guard, streamed=False), *wire)
     if handler.stream_unary is not None:
-        return grpc.stream_unary_rpc_method_handler(_answering(handler.stream_unary, guard), *wire)
+        return grpc.stream_unary_rpc_method_handler(_answering(handler.stream_unary, guard, streamed=True), *wire)
     if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(_streaming(handler.unary_stream, guard), *wire)
-    return grpc.stream_stream_rpc_method_handler(_streaming(handler.stream_stream, guard), *wire)
+        return grpc.unary_stream_rpc_method_handler(_streaming(handler.unary_stream, guard, streamed=False), *wire)
+    return grpc.stream_stream_rpc_method_handler(_streaming(handler.stream_stream, guard, streamed=True), *wire)

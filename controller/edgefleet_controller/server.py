@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 
+from edgefleet.contract.request_bounds import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
 from edgefleet.v1 import device_pb2, fleet_pb2
 
 SERVICE_NAMES = [
@@ -15,9 +16,12 @@ SERVICE_NAMES = [
     fleet_pb2.DESCRIPTOR.services_by_name["FleetService"].full_name,
 ]
 
-#: Largest request a client may send. PushBundle streams artifacts in chunks, so nothing legitimate is
-#: larger; a bigger message is refused with RESOURCE_EXHAUSTED before it reaches a servicer.
-MAX_RECEIVE_BYTES = 8 * 1024 * 1024
+#: Largest request a client may send: the largest message ``request_bounds`` admits (PushBundle streams
+#: artifacts in chunks, so nothing legitimate is larger); a bigger message is refused with RESOURCE_EXHAUSTED
+#: before it is parsed, a smaller one that breaks its type's bound with INVALID_ARGUMENT by the interceptor.
+MAX_RECEIVE_BYTES = MAX_REQUEST_BYTES
+#: Largest answer the controller sends (the clients' receive limit is the same figure).
+MAX_SEND_BYTES = MAX_RESPONSE_BYTES
 #: Calls that may wait to be picked up by the event loop during a burst (see ``server_options``).
 MAX_PENDING_CALLS = 50_000
 
@@ -32,7 +36,7 @@ class TlsConfig:
 def server_options() -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
-        ("grpc.max_send_message_length", 16 * 1024 * 1024),
+        ("grpc.max_send_message_length", MAX_SEND_BYTES),
         # Devices behind NAT keep their long-poll alive with pings; allow them.
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),

@@ -15,9 +15,15 @@ from typing import TYPE_CHECKING, TypeVar
 import grpc
 import yaml
 
+from edgefleet.contract.request_bounds import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
 from edgefleet.v1 import fleet_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:7443"
+#: The controller's message limits (request_bounds): what it may answer, what it accepts.
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES),
+    ("grpc.max_send_message_length", MAX_REQUEST_BYTES),
+]
 
 Request = TypeVar("Request")
 Reply = TypeVar("Reply")
@@ -80,9 +86,9 @@ class Connection:
                 self.client_key.read_bytes() if self.client_key else None,
                 self.client_cert.read_bytes() if self.client_cert else None,
             )
-            channel = grpc.secure_channel(self.address, credentials)
+            channel = grpc.secure_channel(self.address, credentials, options=CHANNEL_OPTIONS)
         else:
-            channel = grpc.insecure_channel(self.address)
+            channel = grpc.insecure_channel(self.address, options=CHANNEL_OPTIONS)
         with channel:
             yield fleet_pb2_grpc.FleetServiceStub(channel)
 

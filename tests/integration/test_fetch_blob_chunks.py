@@ -1,5 +1,6 @@
 """The controller's FetchBlob honours the chunk size a device asks for (its adaptive fetcher shrinks and grows
-it) and bounds it both ways: below 4 KiB it sends 4 KiB, above 4 MiB it sends 4 MiB, 0 means 1 MiB."""
+it) within request_bounds' range: 0 means 1 MiB, 4 KiB..4 MiB is sent as asked, anything else is refused with
+INVALID_ARGUMENT naming the bound (and the next request in range is served)."""
 
 from __future__ import annotations
 
@@ -48,7 +49,13 @@ async def test_fetch_blob_sends_the_requested_chunk_size_within_bounds(tmp_path:
         asked = 32 << 10
         got = await sizes(asked, offset=size - 5 * asked - 100)
         assert got == [asked] * 5 + [100], "the requested size, the tail as it is"
-        assert set(await sizes(1000, offset=size - 3 * MIN_CHUNK)) == {MIN_CHUNK}
-        assert (await sizes(64 << 20))[:2] == [MAX_CHUNK, MAX_CHUNK]
+        for outside in (1, MIN_CHUNK - 1, MAX_CHUNK + 1, 64 << 20):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await sizes(outside)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "FetchBlobRequest.chunk_bytes" in (info.value.details() or "")
+            assert f"[{MIN_CHUNK}, {MAX_CHUNK}]" in (info.value.details() or "")
+        assert set(await sizes(MIN_CHUNK, offset=size - 3 * MIN_CHUNK)) == {MIN_CHUNK}
+        assert (await sizes(MAX_CHUNK))[:2] == [MAX_CHUNK, MAX_CHUNK]
         assert (await sizes(0))[0] == DEFAULT_CHUNK
         await channel.close()

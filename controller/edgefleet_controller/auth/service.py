@@ -94,6 +94,16 @@ class AuthService:
             return Principal("operator", op.id, op.name, role=Role.parse(op.role.value), expires_at=op.expires_at)
         raise cerr.Unauthenticated("credential must be an operator token (eot_…) or a device credential (edc_…)")
 
+    async def admit_enrollment(self, token: str) -> None:
+        """Refuse (UNAUTHENTICATED) an enrollment token that is malformed, unknown, revoked, expired or used up,
+        before anything else of the request is looked at; a read only: enrolling consumes the use."""
+        if not token:
+            raise cerr.Unauthenticated("EnrollRequest.enrollment_token is empty; create one with fleetctl token create")
+        try:
+            await asyncio.to_thread(self.enrollment_tokens.check, token, self.clock())
+        except serr.TokenRejected as exc:
+            raise cerr.Unauthenticated(f"enrollment refused: {exc}") from None
+
     # ------------------------------------------------------------------ tokens
 
     async def create_enrollment_token(

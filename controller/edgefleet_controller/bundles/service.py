@@ -21,6 +21,7 @@ from edgefleet.contract.bundle import BundleManifest
 from edgefleet.contract.bundle_layout import MANIFEST_NAME
 from edgefleet.contract.bundle_limits import check_declared_sizes
 from edgefleet.contract.errors import ContractError
+from edgefleet.contract.request_bounds import FETCH_CHUNK_MAX_BYTES, FETCH_CHUNK_MIN_BYTES
 from edgefleet.contract.shown import shown
 from edgefleet.contract.signing import verify_signature
 from edgefleet_controller import errors as cerr
@@ -46,9 +47,10 @@ DEFAULT_CHUNK = 1 << 20
 #: A push's temp file untouched this long was left by a dead controller: a live push writes each chunk,
 #: and publishes within moments of its last one.
 ABANDONED_UPLOAD_S = 3600.0
-MAX_CHUNK = 4 << 20
-# Below this a device's adaptive chunk would cost more in per-message overhead than a reset re-sends.
-MIN_CHUNK = 4 << 10
+MAX_CHUNK = FETCH_CHUNK_MAX_BYTES
+# Below this a device's adaptive chunk would cost more in per-message overhead than a reset re-sends. Both bounds
+# are FetchBlobRequest.chunk_bytes's in request_bounds: a request outside them is refused before it gets here.
+MIN_CHUNK = FETCH_CHUNK_MIN_BYTES
 
 
 @dataclass(frozen=True)
@@ -254,7 +256,7 @@ class BundleService:
             )
         if not stored and (record := await self.integrity.quarantine_record(digest)) is not None:
             raise data_loss(record)
-        chunk = max(MIN_CHUNK, min(chunk_bytes or DEFAULT_CHUNK, MAX_CHUNK))
+        chunk = chunk_bytes or DEFAULT_CHUNK  # 0 or within [MIN_CHUNK, MAX_CHUNK]: request_bounds
         f, total = await self._open_verified(digest, offset)
         # The next chunk is read from disk (in a worker thread) while the current one is being sent.
         pending: asyncio.Future[bytes] | None = (

@@ -82,8 +82,8 @@ def _trusted_key_record(row: Row[Any]) -> TrustedKeyRecord:
     return record_from_row(TrustedKeyRecord, row)
 
 
-def consume_enrollment_in(conn: Connection, secret: str, now: datetime) -> EnrollmentTokenRecord:
-    """Count one use of the enrollment token inside the caller's write transaction ``conn``.
+def usable_enrollment_in(conn: Connection, secret: str, now: datetime) -> EnrollmentTokenRecord:
+    """The enrollment token ``secret`` names, if it may be used now; reads only.
 
     Raises ``InvalidToken``, ``TokenExpired``, ``TokenRevoked`` or ``TokenExhausted``.
     """
@@ -104,6 +104,19 @@ def consume_enrollment_in(conn: Connection, secret: str, now: datetime) -> Enrol
         raise TokenRevoked("enrollment token", record.id, record.revoked_at)
     if now >= record.expires_at:
         raise TokenExpired("enrollment token", record.id, record.expires_at)
+    if record.max_uses is not None and record.uses >= record.max_uses:
+        raise TokenExhausted(record.id, record.uses, record.max_uses)
+    return record
+
+
+def consume_enrollment_in(conn: Connection, secret: str, now: datetime) -> EnrollmentTokenRecord:
+    """Count one use of the enrollment token inside the caller's write transaction ``conn``.
+
+    Raises ``InvalidToken``, ``TokenExpired``, ``TokenRevoked`` or ``TokenExhausted``.
+    """
+    record = usable_enrollment_in(conn, secret, now)
+    token_id = record.id
+    tokens = t.enrollment_tokens
     # conditional increment: two devices racing for the last use cannot both win
     result = conn.execute(
         tokens.update()
@@ -164,6 +177,15 @@ class EnrollmentTokenStore(AggregateStore):
         check_now(now)
         with self._db.transaction() as conn:
             return consume_enrollment_in(conn, secret, now)
+
+    def check(self, secret: str, now: datetime) -> EnrollmentTokenRecord:
+        """The token, if it may be used now (a read: ``consume`` counts the use, in the enrolment's write).
+
+        Raises ``InvalidToken``, ``TokenExpired``, ``TokenRevoked`` or ``TokenExhausted``.
+        """
+        check_now(now)
+        with self._db.read() as conn:
+            return usable_enrollment_in(conn, secret, now)
 
     def get(self, token_id: str) -> EnrollmentTokenRecord:
         return _enrollment_record(_get(self._db, t.enrollment_tokens, "id", token_id, _unknown_enrollment(token_id)))

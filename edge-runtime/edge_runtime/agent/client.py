@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 
+from edgefleet.contract.request_bounds import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
 from edgefleet.v1 import device_pb2_grpc
 
 KEEPALIVE_TIME_MS = 15_000
@@ -47,7 +48,9 @@ def channel_options() -> ChannelOptions:
         ("grpc.initial_reconnect_backoff_ms", 500),
         ("grpc.min_reconnect_backoff_ms", 500),
         ("grpc.max_reconnect_backoff_ms", MAX_RECONNECT_BACKOFF_MS),
-        ("grpc.max_receive_message_length", 16 << 20),
+        # the controller's limits (request_bounds): what it may answer, what it accepts
+        ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES),
+        ("grpc.max_send_message_length", MAX_REQUEST_BYTES),
     ]
 
 

@@ -7,35 +7,40 @@ authentication and before the handler runs, so a request is refused whole, befor
 fleetctl may call ``check`` to refuse locally what the controller would refuse. A message type without an
 entry is refused, as is a field without a spec (a new field must be given a bound here).
 
-Field specs: ``Text`` (characters, optional full-match pattern), ``Blob`` (bytes), ``Number`` (range, finite),
-``Enum`` (a declared value), ``Flag`` (a bool: nothing to bound), ``Count`` (items of a repeated or map field,
-with the spec of each item, and of each map key), ``Nested`` (a message field, checked by its own entry) and
-``Json`` (a ``google.protobuf.Struct``, bounded in serialized bytes). Each entry also caps the message's
-serialized size. Deeper semantic checks (a sketch's bins against the fleet's mapping, a token's validity, a
-bundle's signature) stay with the code that owns them.
+The kinds of spec (``Text``, ``Blob``, ``Number``, ``Enum``, ``Flag``, ``Count``, ``Nested``, ``Json``) and
+the walk are in ``request_specs``; each entry also caps the message's serialized size. Deeper semantic checks
+(a sketch's bins against the fleet's mapping, a token's validity, a bundle's signature) stay with the code
+that owns them.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Final, assert_never
+from typing import Final
 
 from google.protobuf.message import Message
 
-from edgefleet.contract.errors import ContractError
-from edgefleet.contract.shown import shown
+from edgefleet.contract.request_specs import (
+    MAX_REQUEST_BYTES,
+    Blob,
+    Bounds,
+    Count,
+    Enum,
+    Flag,
+    Json,
+    Nested,
+    Number,
+    RequestBoundsError,
+    Text,
+    check_with,
+)
 from edgefleet.contract.sketch import BIN_KEY_MAX, BIN_KEY_MIN
 from edgefleet.contract.telemetry_bounds import MAX_REVIEW_JPEG_BYTES
 
 KiB: Final = 1024
 MiB: Final = 1024 * KiB
 
-#: The largest request message the controller receives (gRPC ``max_receive_message_length``); every entry's
-#: ``max_bytes`` is at most this. PushBundle streams artifacts in chunks, telemetry in bounded batches.
-MAX_REQUEST_BYTES: Final = 8 * MiB
 #: The largest answer the controller sends (gRPC ``max_send_message_length``; clients receive up to it): a
 #: page of ListDevices of bounded devices, a 4 MiB blob chunk with its framing.
 MAX_RESPONSE_BYTES: Final = 16 * MiB
@@ -84,129 +89,6 @@ SITE_RE: Final = re.compile(r"[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?")
 DIGEST_RE: Final = re.compile(r"sha256:[0-9a-f]{64}")
 #: A bundle reference: a digest or ``name@version`` (a DNS-label name, a SemVer-like version).
 BUNDLE_REF_RE: Final = re.compile(r"sha256:[0-9a-f]{64}|[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?@[0-9A-Za-z.+-]{1,128}")
-
-
-class RequestBoundsError(ContractError):
-    """A request field breaks its bound; ``path`` names the field (``EnrollRequest.hardware.cpu_model``)."""
-
-    def __init__(self, path: str, bound: str, got: str, todo: str) -> None:
-        self.path = path
-        self.bound = bound
-        super().__init__(f"{path} must be {bound}, got {got}; {todo}; nothing was stored")
-
-
-# ---------------------------------------------------------------------------------------------- specs
-
-
-@dataclass(frozen=True)
-class Text:
-    max_chars: int
-    pattern: re.Pattern[str] | None = None
-    allow_empty: bool = True
-    hint: str = ""
-
-    def describe(self) -> str:
-        shape = f"matching {self.hint or self.pattern.pattern}" if self.pattern is not None else "text"
-        empty = "" if self.allow_empty else "non-empty "
-        return f"{empty}{shape} of at most {self.max_chars} characters"
-
-    def problem(self, value: object) -> bool:
-        if not isinstance(value, str) or len(value) > self.max_chars:
-            return True
-        if not value:
-            return not self.allow_empty
-        return self.pattern is not None and self.pattern.fullmatch(value) is None
-
-
-@dataclass(frozen=True)
-class Blob:
-    max_bytes: int
-
-    def describe(self) -> str:
-        return f"at most {self.max_bytes} bytes"
-
-    def problem(self, value: object) -> bool:
-        return not isinstance(value, bytes) or len(value) > self.max_bytes
-
-
-@dataclass(frozen=True)
-class Number:
-    """A number in [lo, hi]; ``or_zero``: 0 too (proto3's unset, asking for a default)."""
-
-    lo: float
-    hi: float
-    finite: bool = True
-    or_zero: bool = False
-
-    def describe(self) -> str:
-        zero = "0 (the default) or " if self.or_zero else ""
-        return f"{zero}a {'finite ' if self.finite else ''}number in [{self.lo}, {self.hi}]"
-
-    def problem(self, value: object) -> bool:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return True
-        if isinstance(value, float) and math.isnan(value):
-            return True
-        if self.finite and isinstance(value, float) and math.isinf(value):
-            return True
-        if self.or_zero and value == 0:
-            return False
-        return not self.lo <= value <= self.hi
-
-
-@dataclass(frozen=True)
-class Enum:
-    """A value the enum declares (proto3 lets any int through the wire)."""
-
-    def describe(self) -> str:
-        return "a declared enum value"
-
-
-@dataclass(frozen=True)
-class Flag:
-    """A bool: any value is in bounds."""
-
-
-@dataclass(frozen=True)
-class Nested:
-    """A message field, checked by its own type's entry (only when set)."""
-
-
-@dataclass(frozen=True)
-class Json:
-    """A ``google.protobuf.Struct``, bounded in serialized bytes."""
-
-    max_bytes: int
-
-    def describe(self) -> str:
-        return f"a JSON object of at most {self.max_bytes} bytes serialized"
-
-
-Scalar = Text | Blob | Number | Enum | Flag | Nested | Json
-
-
-@dataclass(frozen=True)
-class Count:
-    """A repeated or map field: at most ``max_items``, each ``item`` (a map's values), each ``key``."""
-
-    max_items: int
-    item: Scalar
-    key: Text | None = None
-
-    def describe(self) -> str:
-        return f"at most {self.max_items} items"
-
-
-Spec = Scalar | Count
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """One message type's entry: a spec per field and a cap on its serialized size."""
-
-    fields: Mapping[str, Spec]
-    max_bytes: int = MAX_REQUEST_BYTES
-    todo: str = "send a value within the bound (edgefleet.contract.request_bounds lists them)"
 
 
 # ---------------------------------------------------------------------------------------------- table
@@ -516,82 +398,24 @@ BOUNDS: Final[Mapping[str, Bounds]] = {
 }
 
 
-# ---------------------------------------------------------------------------------------------- check
-
-
 def check(message: Message) -> None:
     """Raise ``RequestBoundsError`` for the first field of ``message`` that breaks its bound (or when its
-    type has no entry); return None when every field is within bounds."""
-    _check_message(message, message.DESCRIPTOR.name)
+    type has no entry in ``BOUNDS``); return None when every field is within bounds."""
+    check_with(BOUNDS, message)
 
 
-def _entry(message: Message, path: str) -> Bounds:
-    full_name = message.DESCRIPTOR.full_name
-    bounds = BOUNDS.get(full_name)
-    if bounds is None:
-        raise RequestBoundsError(
-            path, "a message type with declared bounds", shown(full_name), "this message type is not accepted"
-        )
-    return bounds
-
-
-def _check_message(message: Message, path: str) -> None:
-    bounds = _entry(message, path)
-    for fd in message.DESCRIPTOR.fields:
-        spec = bounds.fields.get(fd.name)
-        where = f"{path}.{fd.name}"
-        if spec is None:
-            raise RequestBoundsError(
-                where, "a field with a declared bound", shown(fd.name), "this field is not accepted"
-            )
-        if isinstance(spec, Count):
-            _check_many(fd, getattr(message, fd.name), spec, where, bounds.todo)
-        elif fd.message_type is not None:
-            if message.HasField(fd.name):
-                _check_one(fd, getattr(message, fd.name), spec, where, bounds.todo)
-        else:
-            _check_one(fd, getattr(message, fd.name), spec, where, bounds.todo)
-    # after the fields (each bounded, so the walk is bounded work), so a single oversized field is named
-    size = message.ByteSize()
-    if size > bounds.max_bytes:
-        raise RequestBoundsError(path, f"at most {bounds.max_bytes} bytes serialized", f"{size} bytes", bounds.todo)
-
-
-def _is_map(fd: Any) -> bool:
-    return fd.message_type is not None and fd.message_type.GetOptions().map_entry
-
-
-def _check_many(fd: Any, values: Any, spec: Count, path: str, todo: str) -> None:
-    if len(values) > spec.max_items:
-        raise RequestBoundsError(path, spec.describe(), f"{len(values)} items", todo)
-    if _is_map(fd):
-        value_fd = fd.message_type.fields_by_name["value"]
-        for key, value in values.items():
-            if spec.key is not None and spec.key.problem(key):
-                raise RequestBoundsError(f"{path} key", spec.key.describe(), shown(key), todo)
-            _check_one(value_fd, value, spec.item, f"{path}[{shown(key)}]", todo)
-        return
-    for index, value in enumerate(values):
-        _check_one(fd, value, spec.item, f"{path}[{index}]", todo)
-
-
-def _check_one(fd: Any, value: Any, spec: Spec, path: str, todo: str) -> None:
-    match spec:
-        case Text() | Blob() | Number():
-            if spec.problem(value):
-                raise RequestBoundsError(path, spec.describe(), shown(value), todo)
-        case Enum():
-            if fd.enum_type is None or fd.enum_type.values_by_number.get(value) is None:
-                raise RequestBoundsError(path, spec.describe(), shown(value), todo)
-        case Json():
-            size = value.ByteSize()
-            if size > spec.max_bytes:
-                raise RequestBoundsError(path, spec.describe(), f"{size} bytes", todo)
-        case Nested():
-            _check_message(value, path)
-        case Flag():
-            pass
-        case Count():
-            raise TypeError(f"{path}: Count is a field's spec, not an item's")
-        case _:
-            assert_never(spec)
+__all__ = [
+    "BOUNDS",
+    "MAX_REQUEST_BYTES",
+    "Blob",
+    "Bounds",
+    "Count",
+    "Enum",
+    "Flag",
+    "Json",
+    "Nested",
+    "Number",
+    "RequestBoundsError",
+    "Text",
+    "check",
+]

@@ -80,12 +80,23 @@ def judge(
     return HealthJudgement(common_pb2.HEALTH_SERVING)
 
 
+#: A health check is a service name; an answer a status (reflection's descriptors are a few KB): anything
+#: bigger is refused before it is parsed.
+MAX_RECEIVE_BYTES = 4 * 1024
+MAX_SEND_BYTES = 64 * 1024
+
+
 class HealthEndpoint:
     """The local ``grpc.health.v1`` server; ``port`` is the bound port after ``start``."""
 
     def __init__(self, listen: str) -> None:
         self._listen = listen
-        self._server = grpc.aio.server()
+        self._server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES),
+                ("grpc.max_send_message_length", MAX_SEND_BYTES),
+            ]
+        )
         self._servicer: health.aio.HealthServicer = add_health_and_reflection(self._server, [RUNTIME_SERVICE])
         self.port = 0
         self._serving: bool | None = None
