@@ -5,18 +5,21 @@ error ends the call INTERNAL with a request id and nothing of its text (SQL, par
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+import sqlalchemy as sa
 import sqlalchemy.exc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from edgefleet.logging import configure_logging
 from edgefleet.v1 import common_pb2, device_pb2, fleet_pb2, telemetry_pb2
 from edgefleet_controller.fleet_feed import QUEUE_BOUND
+from edgefleet_controller.store import schema as t
 from edgefleet_controller.telemetry.ingest import BatchError, validate_batch
 from edgefleet_testing.controller import bearer, connected, running_controller
 
@@ -201,3 +204,44 @@ def test_batches_with_values_the_store_cannot_convert_are_refused(
 
 def common_event() -> telemetry_pb2.DeviceEvent:
     return telemetry_pb2.DeviceEvent(kind=telemetry_pb2.DeviceEvent.KIND_ROLLBACK, at=Timestamp(seconds=1))
+
+
+@pytest.mark.parametrize(
+    ("breaks", "fragment"),
+    [
+        ("seq", "seq"),
+        ("window_s_nan", "window_s"),
+        ("window_s_inf", "window_s"),
+        ("frames", "frames"),
+    ],
+)
+async def test_telemetry_the_store_cannot_hold_is_invalid_argument_without_sql(
+    tmp_path: Path, breaks: str, fragment: str
+) -> None:
+    """seq >= 2^63 and a NaN window_s once reached the database: INTERNAL, and for NaN the SQL statement and
+    its parameters in the status. They are refused as input, name the field, and store nothing."""
+    from tests.integration.test_telemetry_hostile import T0, good_window
+
+    window = good_window(30.0, T0)
+    seq = 1
+    if breaks == "seq":
+        seq = 2**63
+    elif breaks == "frames":
+        window.frames = 2**63
+    else:
+        window.window_s = math.nan if breaks == "window_s_nan" else math.inf
+    batch = telemetry_pb2.TelemetryBatch(
+        epoch="ep", first_seq=seq, last_seq=seq, records=[telemetry_pb2.TelemetryRecord(seq=seq, metrics=window)]
+    )
+    async with running_controller(tmp_path / "data") as ctrl, connected(ctrl) as c:
+        _, cred = await c.enroll("site-1", "cam-1")
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for _ack in c.device.UploadTelemetry(iter([batch]), metadata=bearer(cred), timeout=30):
+                pass
+        details = info.value.details() or ""
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (info.value.code(), details)
+        assert fragment in details and len(details) < 1024, details
+        for leaked in ("INSERT", "SELECT", "sqlite", "psycopg", "parameters", "Traceback", "request id"):
+            assert leaked not in details, (leaked, details)
+        with ctrl.app.store.db.engine.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(t.telemetry_windows)).scalar_one() == 0
