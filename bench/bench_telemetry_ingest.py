@@ -254,6 +254,7 @@ async def _bench(quick: bool, work: Path) -> list[dict[str, Any]]:
             raw_rate = await asyncio.to_thread(raw_sqlite_rate, work / "raw.db", windows, SETTINGS.batch_max_records)
             one = _buffer(work / "single.db", windows)
             (cred,) = await c.enroll_many("bench-site", ["single"])
+            await c.report_running(cred, BUNDLE)  # windows of a bundle the device runs (the controller checks)
             _say(f"draining {single} windows of one device")
             seconds = await drain(ctrl.address, [one], [cred], timeout_s=300, settings=UNPACED)
             one.close()
@@ -271,6 +272,7 @@ async def _bench(quick: bool, work: Path) -> list[dict[str, Any]]:
 
             # (2) one hour of backlog on every device, all at once
             creds = await c.enroll_many("bench-site", [f"cam-{d}" for d in range(devices)])
+            await asyncio.gather(*(c.report_running(cr, BUNDLE) for cr in creds))
             hour = [_hour(templates, d) for d in range(devices)]
             records = sum(len(h) for h in hour)
             buffers = [_buffer(work / f"dev-{d}.db", h) for d, h in enumerate(hour)]

@@ -58,6 +58,13 @@ class ControllerMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.telemetry_windows_refused = Counter(
+            "edgefleet_telemetry_windows_refused",
+            "Uploaded telemetry windows acknowledged but not stored, by reason (bundle_digest: a bundle the "
+            "device is neither assigned nor reports holding)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.telemetry_skipped_records = Counter(
             "edgefleet_telemetry_skipped_records",
             "Stored telemetry windows QueryTelemetry skipped as malformed (written by an older controller)",

@@ -199,6 +199,14 @@ class Fleet:
         )
         return reply
 
+    async def report_running(self, credential: str, bundle_digest: str) -> None:
+        """The device reports running ``bundle_digest`` (one Sync, no wait): its telemetry windows may then
+        name that bundle (the controller refuses windows of bundles a device neither runs nor was assigned)."""
+        reported = common_pb2.ReportedState(
+            health=common_pb2.HEALTH_SERVING, running_bundle_digest=bundle_digest, slot_digests=[bundle_digest]
+        )
+        await self.sync(credential, wait_s=0, reported=reported)
+
     async def fetch(self, credential: str, digest: str, offset: int = 0, chunk_bytes: int = 0) -> bytes:
         out = bytearray()
         call = self.device.FetchBlob(

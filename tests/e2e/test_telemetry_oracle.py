@@ -182,6 +182,12 @@ def test_every_appended_record_is_stored_exactly_once_through_flaps_and_kills(tm
             ),
             timeout=10,
         )
+        # the device runs the bundle its windows name (the controller refuses windows of other bundles)
+        device_pb2_grpc.DeviceServiceStub(channel).Sync(
+            device_pb2.SyncRequest(reported=common_pb2.ReportedState(running_bundle_digest="sha256:" + "b" * 64)),
+            metadata=(("authorization", f"Bearer {enrolled.device_credential}"),),
+            timeout=10,
+        )
     flaps = device_kills = controller_kills = 0
     with FaultProxy(port) as proxy:
         device = Proc(

@@ -80,6 +80,7 @@ async def drain(ctrl: InProcessController, tmp: Path, devices: dict[str, tuple[s
         jobs = []
         for name, (site, bodies) in devices.items():
             _, cred = await fleet.enroll(site, name)
+            await fleet.report_running(cred, BUNDLE)
             buf = TelemetryBuffer(tmp / name / "buffer.db", max_bytes=8 << 20, review_quota_bytes=1 << 20)
             buf.append_many(bodies)
             channel = grpc.aio.insecure_channel(ctrl.address)

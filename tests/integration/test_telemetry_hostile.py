@@ -162,6 +162,7 @@ async def seeded(c: Fleet, address: str) -> dict[str, str]:
     creds = {}
     for site, name, latency in (("lab", "cam-good", 20.0), ("yard", "cam-other", 80.0), ("lab", "cam-bad", 40.0)):
         creds[f"id:{name}"], creds[name] = await c.enroll(site, name)
+        await c.report_running(creds[name], BUNDLE)
         windows = [good_window(latency, T0 + timedelta(seconds=10 * i)) for i in range(5)]
         await upload(
             address,

@@ -144,6 +144,7 @@ async def test_uploader_drains_buffer_and_merged_percentiles_match_exact(tmp_pat
         buffers = []
         for d in range(3):
             _, cred = await c.enroll("lab", f"cam-{d}")
+            await c.report_running(cred, "sha256:" + "a" * 64)
             buf = TelemetryBuffer(tmp_path / f"dev{d}" / "buffer.db", max_bytes=32 << 20, review_quota_bytes=8 << 20)
             buffers.append(buf)
             for i in range(40):

@@ -97,3 +97,24 @@ def test_windows_of_the_committed_bundle_fill_the_baseline() -> None:
     assert plan.baseline_changed
     other = plan_batch(batch, facts(committed_bundle="sha256:" + "b" * 64), T0)
     assert other.baseline is None and not other.baseline_changed  # a candidate's windows never touch it
+
+
+def test_windows_of_bundles_the_device_is_not_known_to_have_are_acked_but_not_stored() -> None:
+    forged = "sha256:" + "f" * 64
+    records = [
+        TelemetryRecord(seq=1, metrics=window(10.0, COOL, T0)),
+        TelemetryRecord(seq=2, metrics=window(10.0, COOL, T0, bundle=forged)),
+        event(3),
+        TelemetryRecord(seq=4, metrics=window(10.0, COOL, T0, bundle="")),  # nothing loaded yet
+    ]
+    batch = TelemetryBatch(epoch="ep", first_seq=1, last_seq=4, records=records)
+    plan = plan_batch(batch, facts(bundles=frozenset({BUNDLE})), T0)
+    assert [r.seq for r in plan.fresh] == [1, 3, 4] and [w.seq for w in plan.windows] == [1, 4]
+    assert [(r.seq, r.bundle_digest) for r in plan.refused] == [(2, forged)]
+    assert plan.moved.mark == 4 and plan.duplicates == 0  # acknowledged: the device's buffer moves on
+    assert plan.outcome().refused == plan.refused and plan.outcome().stored == 3
+    # no known bundles read (a batch without windows): nothing is judged
+    assert plan_batch(batch, facts(), T0).refused == ()
+    # a window re-sent after its ack is a duplicate, not refused again
+    again = plan_batch(batch, facts(bundles=frozenset({BUNDLE}), mark=StoredMark(4, 3, 0, 0)), T0)
+    assert again.refused == () and again.duplicates == 4

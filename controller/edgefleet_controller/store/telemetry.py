@@ -49,6 +49,10 @@ from edgefleet_controller.telemetry.ingest_plan import (
 
 log = structlog.get_logger(__name__)
 
+#: A window may name a bundle one of the device's newest this-many stored windows named (a backlog of a
+#: bundle it ran before its assignment moved on), besides what it is assigned and reports holding.
+KNOWN_WINDOW_BUNDLES = 64
+
 #: The tables of a device's telemetry records, each with the time retention and ``delete_range`` go by.
 _TIMED_TABLES = (
     (t.telemetry_windows, t.telemetry_windows.c.window_start),
@@ -128,8 +132,11 @@ class TelemetryStore:
 
     # ------------------------------------------------------------------ ingest
 
-    def ingest_facts(self, device_id: str, epoch: str, recent_windows: int) -> IngestFacts:
-        """What is stored for the device and ``epoch`` before a batch, with its newest ``recent_windows``."""
+    def ingest_facts(
+        self, device_id: str, epoch: str, recent_windows: int, *, known_bundles: bool = False
+    ) -> IngestFacts:
+        """What is stored for the device and ``epoch`` before a batch, with its newest ``recent_windows`` and,
+        when ``known_bundles``, the bundles its windows may name (``IngestFacts.bundles``)."""
         marks, pending_t = t.telemetry_marks, t.telemetry_pending
         with self._db.read() as conn:
             device = conn.execute(
@@ -162,6 +169,7 @@ class TelemetryStore:
                 pending=tuple((int(r.first_seq), int(r.last_seq)) for r in pending),
                 baseline=_baseline_of(baseline),
                 recent=self._recent_windows(conn, device_id, recent_windows) if recent_windows > 0 else (),
+                bundles=self._known_bundles(conn, device_id) if known_bundles else None,
             )
 
     def commit_batch(self, device_id: str, plan: IngestPlan, now: datetime) -> None:
@@ -325,6 +333,24 @@ class TelemetryStore:
         }
         row["size_bytes"] = len(e2e) + len(row["latency_model"]) + len(row["sensors_json"]) + 200
         return row
+
+    def _known_bundles(self, conn: Connection, device_id: str) -> frozenset[str]:
+        """The device's desired bundle, the bundles it reports running or holding in a slot, and those of its
+        newest stored windows (``KNOWN_WINDOW_BUNDLES``): one statement, whatever the batch's size."""
+        w, refs, desired = t.telemetry_windows, t.device_bundle_refs, t.desired_state
+        newest = (
+            sa.select(w.c.bundle_digest)
+            .where(w.c.device_id == device_id)
+            .order_by(w.c.window_start.desc())
+            .limit(KNOWN_WINDOW_BUNDLES)
+            .subquery()
+        )
+        query = sa.union(
+            sa.select(desired.c.bundle_digest).where(desired.c.device_id == device_id),
+            sa.select(refs.c.bundle_digest).where(refs.c.device_id == device_id),
+            sa.select(newest.c.bundle_digest),
+        )
+        return frozenset(str(r[0]) for r in conn.execute(query) if r[0])
 
     def _recent_windows(self, conn: Connection, device_id: str, limit: int) -> tuple[RecentWindow, ...]:
         w = t.telemetry_windows

@@ -2,9 +2,11 @@
 
 ``plan_batch(batch, facts, now, ...)`` takes what the store holds for the device and the batch's epoch
 (``IngestFacts``: its site and committed bundle, the stored mark and pending ranges, its confidence
-baseline, the thermal summary of its newest stored windows) and returns an ``IngestPlan``: the fresh
-records (duplicates dropped, ``ingest``), the new mark and pending ranges, each fresh window's p95 latency
-and throttling assessment (``thermal``), and the baseline after the batch's windows (``drift``). The store
+baseline, the thermal summary of its newest stored windows, the bundles it is known to have) and returns
+an ``IngestPlan``: the fresh records (duplicates dropped, ``ingest``; windows naming a bundle the device is
+not known to have acknowledged but refused, ``bundle_rule``), the new mark and pending ranges, each fresh
+window's p95 latency and throttling assessment (``thermal``), and the baseline after the batch's windows
+(``drift``). The store
 writes the plan in one transaction, refusing it (``Conflict``) when the mark row moved since the facts were
 read; the telemetry service then reads again and re-plans.
 """
@@ -65,6 +67,8 @@ class IngestFacts:
     pending: tuple[Range, ...]
     baseline: Baseline | None
     recent: tuple[RecentWindow, ...] = ()
+    #: Bundles the device's windows may name (``bundle_rule``); None: the batch has no window to check.
+    bundles: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +85,15 @@ class PlannedWindow:
 
 
 @dataclass(frozen=True, slots=True)
+class RefusedWindow:
+    """A fresh window acknowledged but not stored, and why (``bundle_rule``)."""
+
+    seq: int
+    bundle_digest: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class IngestOutcome:
     epoch: str
     acked_through: int
@@ -90,6 +103,7 @@ class IngestOutcome:
     windows: tuple[PlannedWindow, ...] = ()
     baseline: Baseline | None = None
     events: tuple[DeviceEvent, ...] = field(default=())
+    refused: tuple[RefusedWindow, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +118,7 @@ class IngestPlan:
     moved: MarkAdvance
     declared_dropped: int
     baseline: Baseline | None
+    refused: tuple[RefusedWindow, ...] = ()
 
     @property
     def baseline_changed(self) -> bool:
@@ -119,6 +134,7 @@ class IngestPlan:
             self.windows,
             self.baseline,
             tuple(r.event for r in self.fresh if r.WhichOneof("body") == "event"),
+            self.refused,
         )
 
 
@@ -128,6 +144,21 @@ def window_p95(window: MetricWindow) -> float | None:
         return None
     value = sketch_from_proto(window.latency_e2e).get_quantile_value(0.95)
     return float(value) if value is not None else None
+
+
+def bundle_rule(record: TelemetryRecord, bundles: frozenset[str] | None) -> RefusedWindow | None:
+    """A metric window must name a bundle the controller knows the device has: its desired bundle, one it
+    reports running or holding in a slot, or one its newest stored windows named (``bundles``; no bundle
+    named — nothing loaded yet — is fine). Anything else is refused: acknowledged, so the device's buffer
+    moves on (a refused batch would be re-sent forever), but not stored, and counted by the caller."""
+    if record.WhichOneof("body") != "metrics" or bundles is None:
+        return None
+    digest = record.metrics.bundle_digest
+    if not digest or digest in bundles:
+        return None
+    return RefusedWindow(
+        record.seq, digest, "bundle_digest is neither the device's desired bundle nor one it reports holding"
+    )
 
 
 def plan_batch(
@@ -140,7 +171,10 @@ def plan_batch(
 ) -> IngestPlan:
     """The plan of a validated batch against ``facts`` (module docstring)."""
     mark = facts.mark.acked_through if facts.mark is not None else 0
-    fresh = tuple(r for r in batch.records if not is_duplicate(r.seq, mark, facts.pending))
+    new = tuple(r for r in batch.records if not is_duplicate(r.seq, mark, facts.pending))
+    refused = tuple(x for r in new if (x := bundle_rule(r, facts.bundles)) is not None)
+    refused_seqs = {x.seq for x in refused}
+    fresh = tuple(r for r in new if r.seq not in refused_seqs)
     recent = [thermal_point(w.sensors, w.p95_ms) for w in facts.recent]
     baseline = facts.baseline
     windows: list[PlannedWindow] = []
@@ -160,14 +194,15 @@ def plan_batch(
             window_start=start,
             windows_needed=baseline_windows,
         )
-    ranges = [*facts.pending, *((r.seq, r.seq) for r in fresh), *((d.first, d.last) for d in batch.dropped)]
+    ranges = [*facts.pending, *((r.seq, r.seq) for r in new), *((d.first, d.last) for d in batch.dropped)]
     return IngestPlan(
         epoch=batch.epoch,
         facts=facts,
         fresh=fresh,
-        duplicates=len(batch.records) - len(fresh),
+        duplicates=len(batch.records) - len(new),
         windows=tuple(windows),
         moved=advance(mark, ranges),
         declared_dropped=sum(d.last - d.first + 1 for d in batch.dropped),
         baseline=baseline,
+        refused=refused,
     )

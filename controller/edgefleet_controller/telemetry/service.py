@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from edgefleet.contract.shown import shown
 from edgefleet.v1 import fleet_pb2, telemetry_pb2
 from edgefleet_controller.clock import Clock
 from edgefleet_controller.errors import timestamp_arg
@@ -132,6 +133,8 @@ class TelemetryService:
             outcome = await asyncio.to_thread(self._store_batch, device_id, batch, self.clock())
             if outcome.duplicates:
                 log.debug("telemetry.duplicates_dropped", device_id=device_id, duplicates=outcome.duplicates)
+            if outcome.refused:
+                self._count_refused(device_id, outcome)
             yield telemetry_pb2.TelemetryAck(
                 epoch=outcome.epoch, acked_through=outcome.acked_through, duplicates=outcome.duplicates
             )
@@ -141,6 +144,21 @@ class TelemetryService:
                 except Exception as exc:  # alerts must never break the upload stream
                     log.exception("telemetry.alert_failed", device_id=device_id, error=str(exc))
 
+    def _count_refused(self, device_id: str, outcome: IngestOutcome) -> None:
+        """Windows acknowledged but not stored (``ingest_plan.bundle_rule``): counted, one log line a batch."""
+        first = outcome.refused[0]
+        if self.metrics is not None:
+            self.metrics.telemetry_windows_refused.labels(reason="bundle_digest").inc(len(outcome.refused))
+        log.warning(
+            "telemetry.windows_refused",
+            device_id=device_id,
+            epoch=outcome.epoch,
+            refused=len(outcome.refused),
+            first_seq=first.seq,
+            bundle=shown(first.bundle_digest),
+            reason=first.reason,
+        )
+
     def _store_batch(self, device_id: str, batch: telemetry_pb2.TelemetryBatch, now: datetime) -> IngestOutcome:
         """Read the device's facts, plan the batch (``ingest_plan``), and store the plan in one transaction;
         a plan whose facts another writer moved meanwhile is planned again from a fresh read."""
@@ -149,7 +167,7 @@ class TelemetryService:
         recent = self.settings.throttle.windows if has_windows else 0
         attempt = 1
         while True:
-            facts = self.tstore.ingest_facts(device_id, batch.epoch, recent)
+            facts = self.tstore.ingest_facts(device_id, batch.epoch, recent, known_bundles=has_windows)
             plan = plan_batch(
                 batch, facts, now, throttle=self.settings.throttle, baseline_windows=self.settings.baseline_windows
             )
