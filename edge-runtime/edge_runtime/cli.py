@@ -43,6 +43,7 @@ from edge_runtime.update.crashdrill import CRASH_ENV, parse_crash_at
 from edge_runtime.update.driver import DEFAULT_DISK_MARGIN_BYTES
 from edge_runtime.update.journal import Journal
 from edge_runtime.update.slots import BundleSlots
+from edgefleet.contract.request_bounds import FETCH_CHUNK_MAX_BYTES, FETCH_CHUNK_MIN_BYTES
 from edgefleet.logging import configure_logging
 
 CRASH_CANDIDATE_ENV = "EDGEFLEET_CRASH_CANDIDATE"
@@ -81,7 +82,8 @@ def _add_run_command(commands: argparse._SubParsersAction[argparse.ArgumentParse
     )
     run.add_argument(
         "--chunk-bytes",
-        type=bounded_int(4096, 4 << 20),  # the controller sends at most 4 MiB; the stall limit scales with this
+        # the controller's FetchBlobRequest.chunk_bytes bound (request_bounds); the stall limit scales with this
+        type=bounded_int(FETCH_CHUNK_MIN_BYTES, FETCH_CHUNK_MAX_BYTES),
         default=1 << 20,
         help="largest download chunk, at most 4 MiB; on a link that resets the fetcher asks for smaller ones "
         "(down to 16 KiB)",

@@ -74,7 +74,7 @@ async def test_waiting_sync_wakes_with_new_bundle_and_fetch_resumes(tmp_path: Pa
         whole = await c.fetch(cred, model.digest, chunk_bytes=4096)
         assert len(whole) == model.size_bytes
         half = model.size_bytes // 2 + 17
-        rest = await c.fetch(cred, model.digest, offset=half, chunk_bytes=1000)
+        rest = await c.fetch(cred, model.digest, offset=half, chunk_bytes=4096)
         rebuilt = whole[:half] + rest
         assert "sha256:" + hashlib.sha256(rebuilt).hexdigest() == model.digest
 
