@@ -182,7 +182,7 @@ async def test_huge_refs_and_bad_filters_get_invalid_argument_not_a_metadata_err
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "QueryTelemetryRequest.bundle",
             )
-        for site in ("site a", "site\x00", "sïte"):
+        for site in ("", "site a", "site\x00", "sïte"):
             await refused(
                 c.fleet.CreateEnrollmentToken(fleet_pb2.CreateEnrollmentTokenRequest(site=site), metadata=c.admin),
                 grpc.StatusCode.INVALID_ARGUMENT,

@@ -211,3 +211,9 @@ def test_well_behaved_requests_pass() -> None:
     rb.check(
         device_pb2.SyncRequest(reported=common_pb2.ReportedState(details=details, health=common_pb2.HEALTH_SERVING))
     )
+
+
+def test_an_enrollment_token_needs_a_site() -> None:
+    err = refusal(fleet_pb2.CreateEnrollmentTokenRequest(ttl_s=60))
+    assert err.path == "CreateEnrollmentTokenRequest.site" and "--site warehouse-a" in str(err)
+    rb.check(fleet_pb2.CreateEnrollmentTokenRequest(site="warehouse-a.dock_2"))

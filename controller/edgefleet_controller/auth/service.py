@@ -109,9 +109,8 @@ class AuthService:
     async def create_enrollment_token(
         self, site: str, *, ttl_s: int, max_uses: int | None, created_by: str
     ) -> tuple[EnrollmentTokenRecord, str]:
-        """A new enrollment token for ``site`` (``ttl_s`` 0 = one day) and its secret, shown once."""
-        if not site:
-            raise cerr.InvalidArgument("CreateEnrollmentToken: site is required (e.g. --site warehouse-a)")
+        """A new enrollment token for ``site`` (``ttl_s`` 0 = one day) and its secret, shown once; the request's
+        site was checked against ``request_bounds`` (a non-empty site name)."""
         return await asyncio.to_thread(
             lambda: self.enrollment_tokens.create(
                 site, ttl_s or DEFAULT_ENROLLMENT_TTL_S, self.clock(), max_uses=max_uses, created_by=created_by

@@ -383,7 +383,10 @@ BOUNDS: Final[Mapping[str, Bounds]] = {
     "edgefleet.v1.LabelReviewSampleRequest": Bounds({"sample_id": _ID_REQUIRED, "label": Text(63), "device": _ID}),
     "edgefleet.v1.ListProfilesRequest": Bounds({"bundles": Count(100, _BUNDLE_REF), "hardware_class": _SHORT}),
     # ------------------------------------------------------------------ tokens and keys
-    "edgefleet.v1.CreateEnrollmentTokenRequest": Bounds({"site": _SITE, "ttl_s": _U32, "max_uses": _U32}),
+    "edgefleet.v1.CreateEnrollmentTokenRequest": Bounds(
+        {"site": Text(63, SITE_RE, allow_empty=False, hint=_SITE.hint), "ttl_s": _U32, "max_uses": _U32},
+        todo="name the site the token enrolls into, e.g. --site warehouse-a",
+    ),
     "edgefleet.v1.RevokeEnrollmentTokenRequest": Bounds({"token_id": _ID}),
     "edgefleet.v1.CreateOperatorTokenRequest": Bounds(
         {"name": _SHORT, "role": Text(16), "ttl_s": _U32, "no_expiry": _FLAG}
