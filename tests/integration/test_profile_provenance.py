@@ -1,6 +1,7 @@
 """Latency profiles are facts of the controller, not of the device, over real gRPC: a profile counts for the
 device's enrolled hardware class only (a differing claim is not recorded, counted, and flags the device in
-GetDevice/ListDevices), and one device's figure cannot block or wave through a rollout onto another site."""
+GetDevice/ListDevices and fleetctl), and one device's figure cannot block or wave through a rollout onto
+another site."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from edgefleet.contract.signing import generate_keypair
 from edgefleet.v1 import common_pb2, device_pb2, fleet_pb2, telemetry_pb2
 from edgefleet_testing.controller import Fleet, bearer, connected, publish_bundle, running_controller
+from tests.integration.test_fleetctl_telemetry import Cli
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -76,6 +78,10 @@ async def test_one_device_cannot_move_admission_for_another_site(tmp_path: Path)
         listed = await fleet.fleet.ListDevices(fleet_pb2.ListDevicesRequest(), metadata=fleet.admin)
         flagged = {d.name for d in listed.devices if d.hardware_mismatch}
         assert flagged == {"a-x86"}
+        cli = Cli(ctrl, ctrl.admin_token)
+        described = await cli.ok("describe", "device", "a-x86")
+        assert "mismatch:" in described and "enrolled as 'x86-avx2'" in described, described
+        assert "x86-avx2 (mismatch)" in await cli.ok("get", "devices", "-o", "wide")
 
         # 2. honest rpi5 figures (20 ms) and an rpi5 device of the class itself saying 9999 ms: one voice
         # among three, so the rollout onto site B is admitted by the honest figures
