@@ -487,6 +487,8 @@ review_samples = sa.Table(
         _time("labeled_at", nullable=True),
     ),
     sa.Index(None, "site", "bundle_digest", "label"),
+    # a sample's identity (migration 0006): ids are scoped per device, never global
+    sa.Index(None, "device_id", "sample_id", unique=True),
 )
 
 # The confidence histogram a device showed right after committing a bundle (see telemetry/drift.py).
