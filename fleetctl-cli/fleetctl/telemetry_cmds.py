@@ -30,6 +30,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
+from edgefleet.contract.shown import shown
 from edgefleet.v1 import fleet_pb2
 from edgefleet.v1.telemetry_pb2 import SensorReading
 from fleetctl.durations import parse_time
@@ -272,7 +273,7 @@ def query(
     unknown count (≥M)" for intervals whose count it could not know (a reboot, an unreadable frame checkpoint)."""
     fmt = check_format(output)
     if group_by not in GROUPS:
-        raise typer.BadParameter(f"--group-by must be one of {', '.join(GROUPS)}; got {group_by!r}")
+        raise typer.BadParameter(f"--group-by must be one of {', '.join(GROUPS)}; got {shown(group_by)}")
     start, end = _window(since, until, datetime.now(UTC))
     request = fleet_pb2.QueryTelemetryRequest(group_by=group_by, site=site, device=device, bundle=bundle)
     request.since.FromDatetime(start)
@@ -327,6 +328,14 @@ def _save_jpegs(samples: Sequence[fleet_pb2.ReviewSampleInfo], directory: Path) 
 # ------------------------------------------------------------------ telemetry delete
 
 
+def _confirmed(question: str) -> bool:
+    """A "y" at the prompt; no answer (no terminal, end of input) is a no."""
+    try:
+        return typer.confirm(question, default=False)
+    except typer.Abort:
+        return False
+
+
 @telemetry_app.command("delete")
 @grpc_errors
 def delete(
@@ -343,8 +352,8 @@ def delete(
     start, end = _window(since, until, now)
     end = end or now
     span = f"[{start.isoformat()}, {end.isoformat()})"
-    if not yes and not typer.confirm(f"delete every telemetry record of device {device!r} in {span}?"):
-        err_console.print("nothing deleted")
+    if not yes and not _confirmed(f"delete every telemetry record of device {shown(device)} in {span}?"):
+        err_console.print("nothing deleted (confirm with --yes)")
         raise typer.Exit(1)
     request = fleet_pb2.DeleteTelemetryRequest(device=device)
     request.since.FromDatetime(start)
@@ -377,9 +386,9 @@ def review_list(
     """List flagged frames awaiting (or after) review, and the false-positive rate per site and bundle."""
     fmt = check_format(output)
     if label and label not in LABEL_FILTERS:
-        raise typer.BadParameter(f"--label must be one of {', '.join(LABEL_FILTERS)}; got {label!r}")
+        raise typer.BadParameter(f"--label must be one of {', '.join(LABEL_FILTERS)}; got {shown(label)}")
     if save_jpegs is not None and save_jpegs.exists() and not save_jpegs.is_dir():
-        raise typer.BadParameter(f"--save-jpegs must be a directory; {str(save_jpegs)!r} is a file")
+        raise typer.BadParameter(f"--save-jpegs must be a directory; {shown(str(save_jpegs))} is a file")
     request = fleet_pb2.ListReviewSamplesRequest(
         site=site, bundle=bundle, label=label, limit=limit, include_jpeg=save_jpegs is not None, device=device
     )
@@ -413,7 +422,7 @@ def review_label(
     """Label one review sample (a device's sample id) as a true or false positive."""
     fmt = check_format(output)
     if label not in LABELS:
-        raise typer.BadParameter(f"label must be 'tp' or 'fp'; got {label!r}")
+        raise typer.BadParameter(f"label must be 'tp' or 'fp'; got {shown(label)}")
     info = OPTIONS.connection().call(
         lambda stub: stub.LabelReviewSample,
         fleet_pb2.LabelReviewSampleRequest(sample_id=sample_id, label=label, device=device),

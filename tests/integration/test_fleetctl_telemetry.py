@@ -238,3 +238,29 @@ async def test_top_skips_a_malformed_stored_window_and_warns(fed: Cli) -> None:
     out = await fed.ok("telemetry", "top")
     assert table_line(out, "cam-hot")[:4] == before[:4]
     assert "warning: 1 stored telemetry window(s) in scope are malformed" in out
+
+
+async def test_review_label_by_device_and_telemetry_delete(fed: Cli) -> None:
+    """Sample ids are per device (--device names it); ``telemetry delete`` asks first, deletes one device's
+    records in the range and prints the counts; a bad range is a usage error and deletes nothing."""
+    labelled = await fed.ok("review", "label", "--device", "cam-bare", "../../etc/s-bare", "tp")
+    assert "labelled ../../etc/s-bare tp" in labelled
+    mine = json.loads(await fed.ok("review", "list", "--device", "cam-hot", "-o", "json"))
+    assert sorted(s["sample_id"] for s in mine["samples"]) == ["s-hot-1", "s-hot-2"]
+    wrong_device = await fed("review", "label", "--device", "cam-hot", "../../etc/s-bare", "fp")
+    assert wrong_device.exit_code == 1 and "NOT_FOUND" in wrong_device.output
+
+    declined = await fed("telemetry", "delete", "--device", "cam-hot", "--since", "1h")  # no --yes, no "y"
+    assert declined.exit_code == 1 and "nothing deleted" in declined.output
+    backwards = await fed("telemetry", "delete", "--device", "cam-hot", "--since", "1h", "--until", "2h", "--yes")
+    assert backwards.exit_code == 2
+    assert "cam-hot" in await fed.ok("telemetry", "top")
+
+    out = await fed.ok("telemetry", "delete", "--device", "cam-hot", "--since", "1h", "--yes")
+    assert "deleted telemetry of device dev_" in out and ": 6 windows, 0 events, 2 review samples" in out
+    top = await fed.ok("telemetry", "top")
+    assert "cam-hot" not in top and "cam-bare" in top
+    left = json.loads(await fed.ok("review", "list", "-o", "json"))
+    assert [s["sample_id"] for s in left["samples"]] == ["../../etc/s-bare"]
+    again = json.loads(await fed.ok("telemetry", "delete", "--device", "cam-hot", "--since", "1h", "-y", "-o", "json"))
+    assert again["device_id"].startswith("dev_") and not any(again.get(k) for k in ("windows", "review_samples"))

@@ -304,6 +304,11 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     ) -> fleet_pb2.ReviewSampleInfo:
         return await self.telemetry.label(request, labeled_by=current_principal().name)
 
+    async def DeleteTelemetry(
+        self, request: fleet_pb2.DeleteTelemetryRequest, context: Ctx
+    ) -> fleet_pb2.DeleteTelemetryResponse:
+        return await self.telemetry.delete(request, deleted_by=current_principal().name)
+
     async def ListProfiles(
         self, request: fleet_pb2.ListProfilesRequest, context: Ctx
     ) -> fleet_pb2.ListProfilesResponse:
