@@ -46,6 +46,7 @@ from edgefleet.contract.bundle_sections import PrecisionVariant
 from edgefleet.contract.hardware import hardware_class
 from edgefleet.contract.precision import MIN_SPEEDUP, LatencyFigures, select_precision
 from edgefleet.contract.processing.preprocess import preprocess
+from edgefleet.contract.shown import shown
 
 log = structlog.get_logger(__name__)
 
@@ -114,7 +115,7 @@ def _accuracy_refusal(name: str, variant: PrecisionVariant, max_accuracy_loss: f
     if loss is None:
         return f"{name}: no accuracy figures (metrics.accuracy_loss missing); rebuild it with a calibration set"
     if isinstance(loss, bool) or not isinstance(loss, int | float) or not math.isfinite(loss):
-        return f"{name}: metrics.accuracy_loss must be a number, got {loss!r}"
+        return f"{name}: metrics.accuracy_loss must be a number, got {shown(loss)}"
     if loss > max_accuracy_loss + 1e-12:
         return f"{name}: accuracy loss {loss:.2%} is above the bound {max_accuracy_loss:.2%}"
     return None
@@ -132,7 +133,8 @@ def eligible_variants(
     for name, variant in declared.items():
         if variant.artifact not in manifest.artifacts:
             raise VariantError(
-                f"bundle {manifest.ref}: precision variant {name!r} names artifact {variant.artifact!r}, which "
+                f"bundle {manifest.ref}: precision variant {shown(name)} names artifact "
+                f"{shown(variant.artifact)}, which "
                 f"the bundle does not have (artifacts: {', '.join(sorted(manifest.artifacts))}); rebuild it"
             )
     reference = _reference_name(declared)
@@ -224,7 +226,7 @@ def choose_variant(
         unknown = sorted(set(only) - set(eligible) - set(refused))
         if unknown:
             raise VariantError(
-                f"bundle {manifest.ref} has no precision variant {unknown[0]!r} "
+                f"bundle {manifest.ref} has no precision variant {shown(unknown[0])} "
                 f"(it has: {', '.join(sorted({*eligible, *refused}))})"
             )
         for name in sorted(set(eligible) - set(only)):

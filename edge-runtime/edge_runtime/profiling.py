@@ -40,6 +40,7 @@ from edge_runtime.sources import Frame
 from edgefleet.contract.budget import PROFILE_FORMAT
 from edgefleet.contract.bundle import BundleManifest
 from edgefleet.contract.bundle_layout import MODEL_ROLE
+from edgefleet.contract.shown import shown
 from edgefleet.v1 import common_pb2, telemetry_pb2
 
 log = structlog.get_logger(__name__)
@@ -144,7 +145,7 @@ def build_profile(timings: Sequence[Timings], elapsed_s: float, conditions: Prof
     if not timings:
         raise ProfileError("no frame was measured; profile for longer (--seconds) or check the frame source")
     if not elapsed_s > 0:
-        raise ProfileError(f"the measuring time must be > 0 s, got {elapsed_s!r}")
+        raise ProfileError(f"the measuring time must be > 0 s, got {shown(elapsed_s)}")
     # Each stage name is the prefix of its Timings field (pre_ms, model_ms, post_ms, total_ms).
     stages = {name: stage_stats([getattr(t, f"{name}_ms") for t in timings]) for name in STAGES}
     measured_under = {f.name: getattr(conditions, f.name) for f in dataclasses.fields(ProfileConditions)}
@@ -225,9 +226,9 @@ def measure_frames(
     """Run ``warmup`` frames untimed, then frames until ``seconds`` have passed (or ``max_frames``);
     returns the per-frame timings and the wall seconds the measured frames took."""
     if not seconds > 0:
-        raise ProfileError(f"--seconds must be > 0, got {seconds!r}")
+        raise ProfileError(f"--seconds must be > 0, got {shown(seconds)}")
     if warmup < 0:
-        raise ProfileError(f"--warmup must be >= 0, got {warmup!r}")
+        raise ProfileError(f"--warmup must be >= 0, got {shown(warmup)}")
     for _ in range(warmup):
         frame = next(frames)
         engine.infer(frame.image_bgr, frame.frame_id)

@@ -26,6 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from edge_runtime.inference.errors import FrameSourceError
+from edgefleet.contract.shown import shown
 
 ACCEPTED_FORMS = "'synthetic', 'synthetic:FPS', 'images:DIR' or 'video:FILE'"
 DEFAULT_FPS = 30.0
@@ -67,7 +68,7 @@ def _parse_fps(text: str, spec: str) -> float:
         fps = -1.0
     if not np.isfinite(fps) or fps < 0:
         raise FrameSourceError(
-            f"frame source {spec!r}: FPS must be a number >= 0 (0 = unpaced), got {text!r}; "
+            f"frame source {shown(spec)}: FPS must be a number >= 0 (0 = unpaced), got {shown(text)}; "
             f"accepted forms: {ACCEPTED_FORMS}"
         )
     return fps
@@ -124,11 +125,12 @@ def _synthetic(scene: SyntheticScene) -> Iterator[NDArray[np.uint8]]:
 
 def _image_files(directory: Path, spec: str) -> list[Path]:
     if not directory.is_dir():
-        raise FrameSourceError(f"frame source {spec!r}: {str(directory)!r} is not a directory")
+        raise FrameSourceError(f"frame source {shown(spec)}: {shown(str(directory))} is not a directory")
     files = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise FrameSourceError(
-            f"frame source {spec!r}: no .jpg/.jpeg/.png files in {str(directory)!r}; add images or pick another source"
+            f"frame source {shown(spec)}: no .jpg/.jpeg/.png files in "
+            f"{shown(str(directory))}; add images or pick another source"
         )
     return files
 
@@ -138,7 +140,9 @@ def _images(files: list[Path], spec: str) -> Iterator[NDArray[np.uint8]]:
         for path in files:
             img = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if img is None:
-                raise FrameSourceError(f"frame source {spec!r}: cannot decode image {str(path)!r}; remove or fix it")
+                raise FrameSourceError(
+                    f"frame source {shown(spec)}: cannot decode image {shown(str(path))}; remove or fix it"
+                )
             yield cast(NDArray[np.uint8], img)
 
 
@@ -146,7 +150,7 @@ def _video(path: Path, spec: str) -> Iterator[NDArray[np.uint8]]:
     cap = cv2.VideoCapture(str(path))
     try:
         if not cap.isOpened():
-            raise FrameSourceError(f"frame source {spec!r}: OpenCV cannot open video {str(path)!r}")
+            raise FrameSourceError(f"frame source {shown(spec)}: OpenCV cannot open video {shown(str(path))}")
         empty_pass = True
         while True:
             ok, img = cap.read()
@@ -155,7 +159,7 @@ def _video(path: Path, spec: str) -> Iterator[NDArray[np.uint8]]:
                 yield cast(NDArray[np.uint8], img)
                 continue
             if empty_pass:
-                raise FrameSourceError(f"frame source {spec!r}: video {str(path)!r} has no decodable frames")
+                raise FrameSourceError(f"frame source {shown(spec)}: video {shown(str(path))} has no decodable frames")
             # Loop: rewind; some containers refuse seeking, so reopen when it fails.
             if not cap.set(cv2.CAP_PROP_POS_FRAMES, 0):
                 cap.release()
@@ -189,14 +193,14 @@ def open_source(
     elif kind == "video" and arg:
         path = Path(arg)
         if not path.is_file():
-            raise FrameSourceError(f"frame source {spec!r}: video file {arg!r} does not exist")
+            raise FrameSourceError(f"frame source {shown(spec)}: video file {shown(arg)} does not exist")
         cap = cv2.VideoCapture(str(path))
         native = float(cap.get(cv2.CAP_PROP_FPS)) if cap.isOpened() else 0.0
         cap.release()
         rate = native if np.isfinite(native) and 0 < native <= 240 else DEFAULT_FPS
         frames = _video(path, spec)
     else:
-        raise FrameSourceError(f"unknown frame source {spec!r}; accepted forms: {ACCEPTED_FORMS}")
+        raise FrameSourceError(f"unknown frame source {shown(spec)}; accepted forms: {ACCEPTED_FORMS}")
     if fps is not None:
         rate = _parse_fps(str(fps), spec)
     return _paced(frames, Pacer(rate, monotonic, sleep), wall_clock)

@@ -19,6 +19,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from edgefleet.contract.shown import shown
+
 #: Exit code of ``edge-runtime status`` when the runtime is not running (LSB's "program is not running").
 NOT_RUNNING_EXIT = 3
 STALE_INTERVALS = 10
@@ -61,7 +63,7 @@ def probe_process(pid: int, proc: Path = Path("/proc")) -> str | None:
     # An empty command line is a process between fork and exec: it cannot be told from a runtime.
     if not args or any(name in arg for arg in args for name in _PROGRAM_NAMES):
         return None
-    return f"pid {pid} now belongs to another program ({' '.join(args)[:80]!r}), not an edge runtime"
+    return f"pid {pid} now belongs to another program ({shown(' '.join(args))}), not an edge runtime"
 
 
 def judge(status: Mapping[str, Any] | None, now: datetime, probe: ProcessProbe = probe_process) -> Liveness:
@@ -76,9 +78,9 @@ def judge(status: Mapping[str, Any] | None, now: datetime, probe: ProcessProbe =
         if written.tzinfo is None:  # the runtime writes UTC with its offset; a naive time cannot be compared
             raise ValueError(at)
     except ValueError:
-        return Liveness(False, f"status.json has no valid 'at' time (got {str(at)[:40]!r})", None)
+        return Liveness(False, f"status.json has no valid 'at' time (got {shown(str(at))})", None)
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return Liveness(False, f"status.json has no valid pid (got {str(pid)[:40]!r})", written.isoformat())
+        return Liveness(False, f"status.json has no valid pid (got {shown(str(pid))})", written.isoformat())
     dead = probe(pid)
     if dead is not None:
         return Liveness(False, dead, written.isoformat())

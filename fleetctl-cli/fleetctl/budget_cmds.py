@@ -44,6 +44,7 @@ from edgefleet.contract.budget import (
 from edgefleet.contract.bundle import BundleManifest
 from edgefleet.contract.bundle_layout import MODEL_ROLE
 from edgefleet.contract.errors import BudgetError, ContractError
+from edgefleet.contract.shown import shown
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
 from fleetctl.errors import grpc_errors
 from fleetctl.output import console, err_console
@@ -178,7 +179,7 @@ def budget(
 ) -> None:
     """Pick the largest bundle whose measured p95 fits SLA × (1 − headroom − thermal buffer)."""
     if output not in BUDGET_FORMATS:
-        raise typer.BadParameter(f"-o must be one of {', '.join(BUDGET_FORMATS)}; got {output!r}")
+        raise typer.BadParameter(f"-o must be one of {', '.join(BUDGET_FORMATS)}; got {shown(output)}")
     wanted = list(bundles or [])
     try:
         sla_ms = parse_latency_ms(sla)

@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import typer
 
+from edgefleet.contract.shown import shown
+
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -18,7 +20,7 @@ def parse_duration(text: str) -> int:
             return int(float(text[:-1]) * _UNITS[text[-1]])
         return int(text)
     except ValueError:
-        raise typer.BadParameter(f"duration must look like 90s, 15m, 24h or 7d; got {text!r}") from None
+        raise typer.BadParameter(f"duration must look like 90s, 15m, 24h or 7d; got {shown(text)}") from None
 
 
 def parse_time(text: str, now: datetime) -> datetime:
@@ -31,6 +33,6 @@ def parse_time(text: str, now: datetime) -> datetime:
             return now - timedelta(seconds=parse_duration(text))
         except typer.BadParameter:
             raise typer.BadParameter(
-                f"time must be a duration ago (10m, 24h, 7d) or ISO 8601 (2025-01-01T12:00:00Z); got {text!r}"
+                f"time must be a duration ago (10m, 24h, 7d) or ISO 8601 (2025-01-01T12:00:00Z); got {shown(text)}"
             ) from None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

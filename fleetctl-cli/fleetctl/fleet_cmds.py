@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
+from edgefleet.contract.shown import shown
 from edgefleet.v1 import common_pb2, fleet_pb2, telemetry_pb2
 from fleetctl import revocation_cmds
 from fleetctl.durations import parse_duration
@@ -49,7 +50,7 @@ def list_devices(site: str, tags: Sequence[str] = (), bundle: str = "", health: 
     if health:
         names = [n.removeprefix("HEALTH_").lower() for n, _ in common_pb2.Health.items() if n != "HEALTH_UNSPECIFIED"]
         if health.lower() not in names:
-            raise typer.BadParameter(f"--health must be one of {', '.join(names)}; got {health[:40]!r}")
+            raise typer.BadParameter(f"--health must be one of {', '.join(names)}; got {shown(health)}")
         request.health = common_pb2.Health.Value(f"HEALTH_{health.upper()}")
     devices: list[common_pb2.Device] = []
     with conn.fleet() as stub:

@@ -16,6 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
 from rich.table import Table
 
+from edgefleet.contract.shown import shown
 from edgefleet.v1 import common_pb2
 
 FORMATS = ("table", "wide", "json", "yaml")
@@ -35,7 +36,7 @@ def to_dict(message: Message) -> dict[str, Any]:
 def check_format(fmt: str) -> str:
     """The ``-o`` value, or a usage error naming the formats."""
     if fmt not in FORMATS:
-        raise typer.BadParameter(f"-o must be one of {', '.join(FORMATS)}; got {fmt!r}")
+        raise typer.BadParameter(f"-o must be one of {', '.join(FORMATS)}; got {shown(fmt)}")
     return fmt
 
 

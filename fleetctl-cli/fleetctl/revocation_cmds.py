@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 import typer
 from rich.markup import escape
 
+from edgefleet.contract.shown import shown
 from edgefleet.v1 import common_pb2, fleet_pb2
 from fleetctl.durations import parse_duration
 from fleetctl.errors import grpc_errors
@@ -33,7 +34,7 @@ def operator_ttl(expires: str) -> tuple[int, bool]:
     ttl_s = parse_duration(expires)
     if ttl_s <= 0:
         raise typer.BadParameter(
-            f"--expires must be a lifetime (90s, 15m, 24h, 90d) or 'never'; got {escape(expires[:40])!r} "
+            f"--expires must be a lifetime (90s, 15m, 24h, 90d) or 'never'; got {shown(escape(expires[:40]))} "
             "(0 no longer means no expiry)"
         )
     return ttl_s, False
@@ -135,7 +136,7 @@ def device_delete(
     go with it, and its name is free to enroll again. Asks for --yes."""
     if not yes:
         raise typer.BadParameter(
-            f"deleting device {escape(device[:80])!r} cannot be undone (it must enroll again with a new token); "
+            f"deleting device {shown(escape(device[:80]))} cannot be undone (it must enroll again with a new token); "
             "add --yes, or use fleetctl device disable to keep it",
             param_hint="--yes",
         )

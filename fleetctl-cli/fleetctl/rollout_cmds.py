@@ -22,6 +22,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from edgefleet.contract.shown import shown
 from edgefleet.v1 import common_pb2, fleet_pb2
 from fleetctl.durations import parse_duration
 from fleetctl.errors import grpc_errors
@@ -184,7 +185,7 @@ def create(
     for item in tag:
         key, eq, value = item.partition("=")
         if not eq or not key:
-            raise typer.BadParameter(f"--tag must be key=value, got {item!r}")
+            raise typer.BadParameter(f"--tag must be key=value, got {shown(item)}")
         tags[key] = value
     request = fleet_pb2.CreateRolloutRequest(
         name=name,

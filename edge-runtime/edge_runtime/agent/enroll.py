@@ -20,6 +20,7 @@ import structlog
 from edge_runtime.agent.client import ControllerLink, is_transient
 from edge_runtime.agent.errors import CredentialError, EnrollmentError
 from edgefleet.contract.durable import write_durably
+from edgefleet.contract.shown import shown
 from edgefleet.v1 import common_pb2, device_pb2
 
 log = structlog.get_logger(__name__)
@@ -64,13 +65,13 @@ def load_credential(data_dir: Path) -> Credential | None:
             "with --enroll-token"
         ) from None
     if not isinstance(data, dict) or data.get("format") != _FORMAT:
-        raise CredentialError(f"{path}: field 'format' must be {_FORMAT!r}, got {data.get('format')!r}")
+        raise CredentialError(f"{path}: field 'format' must be {shown(_FORMAT)}, got {shown(data.get('format'))}")
     for key in ("device_id", "credential", "site", "controller"):
         if not isinstance(data.get(key), str) or (not data[key] and key != "site"):
-            raise CredentialError(f"{path}: field {key!r} must be a non-empty string, got {data.get(key)!r}")
+            raise CredentialError(f"{path}: field {shown(key)} must be a non-empty string, got {shown(data.get(key))}")
     keys = data.get("trusted_keys", {})
     if not isinstance(keys, dict) or not all(isinstance(v, str) for v in keys.values()):
-        raise CredentialError(f"{path}: field 'trusted_keys' must map key ids to PEM strings, got {keys!r}")
+        raise CredentialError(f"{path}: field 'trusted_keys' must map key ids to PEM strings, got {shown(keys)}")
     return Credential(data["device_id"], data["credential"], data["site"], data["controller"], keys)
 
 
@@ -104,7 +105,7 @@ async def enroll(
         if is_transient(exc):
             raise  # the caller retries an unreachable controller; only a refusal is an EnrollmentError
         raise EnrollmentError(
-            f"enrollment as {name!r} at {link.address} refused: {exc.code().name}: {exc.details()}"
+            f"enrollment as {shown(name)} at {link.address} refused: {exc.code().name}: {exc.details()}"
         ) from None
     log.info("agent.enrolled", device_id=reply.device_id, site=reply.site, name=name)
     return Credential(

@@ -30,6 +30,7 @@ from typing import Any, Literal
 import structlog
 
 from edge_runtime.agent.retry import Backoff, Sleep
+from edgefleet.contract.shown import shown
 
 __all__ = [
     "DEFAULT_HEALTHY_AFTER_S",
@@ -83,8 +84,8 @@ def parse_task_drills(value: str) -> dict[str, TaskDrill]:
             drill = TaskDrill(0)
         if not name or drill.failures < 1 or not drill.after_s >= 0:
             raise ValueError(
-                f"{DRILL_ENV}={value[:80]!r}: each entry must be TASK:N[@SECONDS] with N >= 1 "
-                f"(e.g. telemetry:2@3), got {part[:40]!r}"
+                f"{DRILL_ENV}={shown(value)}: each entry must be TASK:N[@SECONDS] with N >= 1 "
+                f"(e.g. telemetry:2@3), got {shown(part)}"
             )
         drills[name] = drill
     return drills
@@ -146,7 +147,7 @@ class Supervisor:
     def start(self, name: str, factory: TaskFactory) -> asyncio.Task[None]:
         """Run ``factory()`` as task ``name`` under supervision until ``stop()`` (or the task is cancelled)."""
         if name in self._running and not self._running[name].done():
-            raise RuntimeError(f"supervisor: a task named {name!r} is already running")
+            raise RuntimeError(f"supervisor: a task named {shown(name)} is already running")
         self._tasks[name] = _Task(name)
         task = asyncio.create_task(self._keep(self._tasks[name], factory), name=name)
         self._running[name] = task

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from edge_runtime.canary.errors import PolicyError
 from edgefleet.contract.bundle_policy import CanaryDefaults
+from edgefleet.contract.shown import shown
 
 
 @dataclass(frozen=True)
@@ -112,11 +113,11 @@ class CanaryPolicy:
             value = getattr(self, name)
             key = rule.key or f"policy.{name}"
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise PolicyError(f"{key} must be a number, got {value!r}")
+                raise PolicyError(f"{key} must be a number, got {shown(value)}")
             if name in integers and not isinstance(value, int):
-                raise PolicyError(f"{key} must be an integer, got {value!r}")
+                raise PolicyError(f"{key} must be an integer, got {shown(value)}")
             if not rule.admits(value):
-                raise PolicyError(f"{key} must be {rule.describe()}, got {value!r}")
+                raise PolicyError(f"{key} must be {rule.describe()}, got {shown(value)}")
         if self.headroom + self.thermal_buffer >= 1.0:
             raise PolicyError(
                 f"canary.headroom + sla.thermal_buffer must be < 1 (they leave no latency budget), "

@@ -17,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_runtime.canary.errors import SamplesError
+from edgefleet.contract.shown import shown
 
 Box = tuple[float, float, float, float]
 
@@ -37,9 +38,11 @@ def _frozen(values: npt.ArrayLike, dtype: type, name: str) -> npt.NDArray[Any]:
     try:
         array: npt.NDArray[Any] = np.array(values, dtype=dtype, copy=True)
     except (TypeError, ValueError) as exc:
-        raise SamplesError(f"canary samples: field {name!r} must be numbers, got {values!r:.80}: {exc}") from None
+        raise SamplesError(f"canary samples: field {shown(name)} must be numbers, got {values!r:.80}: {exc}") from None
     if array.ndim != 1:
-        raise SamplesError(f"canary samples: field {name!r} must be one value per frame (1-D), got shape {array.shape}")
+        raise SamplesError(
+            f"canary samples: field {shown(name)} must be one value per frame (1-D), got shape {array.shape}"
+        )
     array.setflags(write=False)
     return array
 
@@ -87,14 +90,14 @@ class CanarySamples:
         if dets is not None:
             lengths["detections"] = len(dets)
         if len(set(lengths.values())) != 1:
-            shown = ", ".join(f"{k}={v}" for k, v in lengths.items())
-            raise SamplesError(f"canary samples: every field needs one entry per frame, got {shown}")
+            counts = ", ".join(f"{k}={v}" for k, v in lengths.items())
+            raise SamplesError(f"canary samples: every field needs one entry per frame, got {counts}")
         ok = ~err.astype(bool)
         bad = latency[ok & ~(np.isfinite(latency) & (latency >= 0.0))]
         if bad.size:
             raise SamplesError(
                 f"canary samples: latency_ms must be finite and >= 0 on frames without an error, "
-                f"got {float(bad[0])!r}; mark the frame as an error instead"
+                f"got {shown(float(bad[0]))}; mark the frame as an error instead"
             )
         return CanarySamples(
             latency_ms=latency,

@@ -28,6 +28,7 @@ from edge_runtime.inference.results import FrameResult, Timings
 from edgefleet.contract.bundle_sections import Postprocess, Preprocess
 from edgefleet.contract.processing.postprocess import postprocess_scored
 from edgefleet.contract.processing.preprocess import Normaliser
+from edgefleet.contract.shown import shown
 
 log = structlog.get_logger(__name__)
 
@@ -50,17 +51,19 @@ def _check_model(
     inp = inputs[0]
     if inp.type != _ONNX_DTYPES[pre.dtype]:
         raise ModelLoadError(
-            f"{model_path.name}: input {inp.name!r} is {inp.type} but preprocess.dtype is {pre.dtype!r}; "
+            f"{model_path.name}: input {shown(inp.name)} is {inp.type} but preprocess.dtype is {shown(pre.dtype)}; "
             "make them agree in bundle.json"
         )
     shape = list(inp.shape)
     if len(shape) != 4:
-        raise ModelLoadError(f"{model_path.name}: input {inp.name!r} must be rank 4 (N,C,H,W or N,H,W,C), got {shape}")
+        raise ModelLoadError(
+            f"{model_path.name}: input {shown(inp.name)} must be rank 4 (N,C,H,W or N,H,W,C), got {shape}"
+        )
     for declared, expected, axis in zip(shape[1:], pre.input_shape[1:], ("1", "2", "3"), strict=True):
         if isinstance(declared, int) and declared != expected:
             raise ModelLoadError(
-                f"{model_path.name}: input {inp.name!r} has shape {shape} but preprocess "
-                f"(size={list(pre.size)}, layout={pre.layout!r}) produces {list(pre.input_shape)} "
+                f"{model_path.name}: input {shown(inp.name)} has shape {shape} but preprocess "
+                f"(size={list(pre.size)}, layout={shown(pre.layout)}) produces {list(pre.input_shape)} "
                 f"(axis {axis}); fix preprocess.size/layout in bundle.json"
             )
     out = session.get_outputs()[0]
@@ -69,11 +72,13 @@ def _check_model(
         classes = out_shape[-1] if out_shape else None
         if len(out_shape) != 2:
             raise ModelLoadError(
-                f"{model_path.name}: classification output {out.name!r} must be [N, classes], got {out_shape}"
+                f"{model_path.name}: classification output {shown(out.name)} must be [N, classes], got {out_shape}"
             )
     else:
         if len(out_shape) != 3:
-            raise ModelLoadError(f"{model_path.name}: {post.kind} output {out.name!r} must be rank 3, got {out_shape}")
+            raise ModelLoadError(
+                f"{model_path.name}: {post.kind} output {shown(out.name)} must be rank 3, got {out_shape}"
+            )
         per_anchor = out_shape[1] if post.kind == "yolov8" else out_shape[2]
         extra = 4 if post.kind == "yolov8" else 5
         classes = per_anchor - extra if isinstance(per_anchor, int) else None
@@ -197,4 +202,4 @@ class InferenceEngine:
         )
 
     def __repr__(self) -> str:
-        return f"InferenceEngine(bundle_digest={self.bundle_digest!r}, provider={self.provider!r})"
+        return f"InferenceEngine(bundle_digest={shown(self.bundle_digest)}, provider={shown(self.provider)})"

@@ -25,6 +25,7 @@ import onnxruntime as ort
 import structlog
 
 from edge_runtime.inference.errors import ModelLoadError, ProviderError
+from edgefleet.contract.shown import shown
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +58,7 @@ def resolve_preference(preferred: Sequence[str]) -> list[str]:
             full = name
         if full is None:
             raise ProviderError(
-                f"bundle.json: field 'providers' names unknown execution provider {name!r}; "
+                f"bundle.json: field 'providers' names unknown execution provider {shown(name)}; "
                 f"accepted: {', '.join(PROVIDER_NAMES)}"
             )
         if full not in out:
@@ -173,13 +174,13 @@ def create_session(
             if calibration_table.resolve() != target.resolve():
                 shutil.copyfile(calibration_table, target)
     if not Path(model_path).is_file():
-        raise ModelLoadError(f"model file {str(model_path)!r} does not exist; check the bundle's artifacts")
+        raise ModelLoadError(f"model file {shown(str(model_path))} does not exist; check the bundle's artifacts")
     try:
         session = ort.InferenceSession(
             str(model_path), sess_options=session_options(intra_op_threads), providers=providers
         )
     except Exception as exc:  # onnxruntime raises its own untyped exception family
-        raise ModelLoadError(f"onnxruntime cannot load {str(model_path)!r}: {exc}") from exc
+        raise ModelLoadError(f"onnxruntime cannot load {shown(str(model_path))}: {exc}") from exc
     active = tuple(session.get_providers())
     info = SessionInfo(
         requested=requested,

@@ -81,6 +81,7 @@ from edge_runtime.telemetry.spool_file import (
     wal_path,
 )
 from edgefleet.contract.durable import fsync_dir
+from edgefleet.contract.shown import shown
 from edgefleet.v1.telemetry_pb2 import DeviceEvent
 
 log = structlog.get_logger(__name__)
@@ -173,7 +174,7 @@ class TelemetryBuffer(contextlib.AbstractContextManager["TelemetryBuffer", None]
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             raise TelemetryBufferError(
-                f"telemetry buffer {self.path}: could not switch to WAL mode (got {mode!r}); "
+                f"telemetry buffer {self.path}: could not switch to WAL mode (got {shown(mode)}); "
                 "the filesystem must support shared memory or exclusive locks"
             )
         conn.execute("PRAGMA synchronous=FULL")

@@ -29,6 +29,7 @@ from typing import Final
 import structlog
 
 from edge_runtime.telemetry.frame_gap import CheckpointState, UnreadableCheckpoint
+from edgefleet.contract.shown import shown
 
 log = structlog.get_logger(__name__)
 
@@ -105,7 +106,7 @@ def read_checkpoint(path: Path) -> CheckpointState | UnreadableCheckpoint | None
     try:
         last_at = datetime.fromtimestamp(at, UTC)
     except (OverflowError, OSError, ValueError):
-        return UnreadableCheckpoint(f"last frame time {at!r} out of range", modified)
+        return UnreadableCheckpoint(f"last frame time {shown(at)} out of range", modified)
     return CheckpointState(int(frames), last_at, digest, boot_id, bool(flags & _CLEAN))
 
 

@@ -18,6 +18,7 @@ from typing import Final
 import structlog
 
 from edge_runtime.telemetry.records import RecordClass
+from edgefleet.contract.shown import shown
 
 log = structlog.get_logger(__name__)
 
@@ -64,7 +65,7 @@ class Oversize:
                 limit_bytes=limit,
                 hint="review sampling is off (review_quota_bytes 0)"
                 if off
-                else f"dropped and counted as dropped[{too_large_key(cls)!r}]; raise telemetry.{bound} "
+                else f"dropped and counted as dropped[{shown(too_large_key(cls))}]; raise telemetry.{bound} "
                 "or make the record smaller (review: lower review.jpeg_quality or the frame size)",
             )
         return True

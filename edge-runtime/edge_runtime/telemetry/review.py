@@ -26,6 +26,7 @@ import numpy as np
 
 from edge_runtime.telemetry.errors import ReviewEncodeError
 from edgefleet.contract.canonical import canonical_json_text
+from edgefleet.contract.shown import shown
 from edgefleet.v1.telemetry_pb2 import ReviewSample
 
 ReviewReason = Literal["low_confidence", "sampled"]
@@ -39,7 +40,7 @@ def _result_default(obj: Any) -> Any:
         return obj.item()
     if isinstance(obj, np.ndarray):
         return obj.tolist()
-    raise TypeError(f"review results: {type(obj).__name__} is not JSON-serialisable, got {obj!r}")
+    raise TypeError(f"review results: {type(obj).__name__} is not JSON-serialisable, got {shown(obj)}")
 
 
 def results_json(results: Any) -> str:
@@ -86,17 +87,17 @@ class ReviewSampler:
         max_side: int | None = None,
     ) -> None:
         if not 0.0 <= sample_rate <= 1.0:
-            raise ValueError(f"review sampler: 'sample_rate' must be within [0, 1], got {sample_rate!r}")
+            raise ValueError(f"review sampler: 'sample_rate' must be within [0, 1], got {shown(sample_rate)}")
         if not 0.0 <= low_confidence_below <= 1.0:
             raise ValueError(
-                f"review sampler: 'low_confidence_below' must be within [0, 1], got {low_confidence_below!r}"
+                f"review sampler: 'low_confidence_below' must be within [0, 1], got {shown(low_confidence_below)}"
             )
         if max_per_hour < 0:
-            raise ValueError(f"review sampler: 'max_per_hour' must be >= 0, got {max_per_hour!r}")
+            raise ValueError(f"review sampler: 'max_per_hour' must be >= 0, got {shown(max_per_hour)}")
         if not 1 <= jpeg_quality <= 100:
-            raise ValueError(f"review sampler: 'jpeg_quality' must be within [1, 100], got {jpeg_quality!r}")
+            raise ValueError(f"review sampler: 'jpeg_quality' must be within [1, 100], got {shown(jpeg_quality)}")
         if max_side is not None and max_side < 1:
-            raise ValueError(f"review sampler: 'max_side' must be >= 1, got {max_side!r}")
+            raise ValueError(f"review sampler: 'max_side' must be >= 1, got {shown(max_side)}")
         self.sample_rate = sample_rate
         self.low_confidence_below = low_confidence_below
         self.max_per_hour = max_per_hour

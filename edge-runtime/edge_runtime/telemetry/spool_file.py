@@ -19,6 +19,7 @@ from typing import Final
 
 from edge_runtime.telemetry.errors import TelemetryBufferError, UnusableStoreError
 from edge_runtime.telemetry.records import CLASS_OF_CODE, RecordClass
+from edgefleet.contract.shown import shown
 
 SCHEMA_VERSION: Final = "1"
 KEEP_CORRUPT_FILES: Final = 2
@@ -71,16 +72,20 @@ def read_stored_state(conn: sqlite3.Connection) -> StoredState:
         raise UnusableStoreError(f"not a telemetry buffer: tables {sorted(tables)}")
     meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
     if meta.get("schema_version") != SCHEMA_VERSION:
-        raise UnusableStoreError(f"unknown schema_version {meta.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+        raise UnusableStoreError(
+            f"unknown schema_version {shown(meta.get('schema_version'))}, expected {SCHEMA_VERSION}"
+        )
     try:
         epoch = str(meta["epoch"])
         next_seq = int(meta["next_seq"])
         acked = int(meta["acked_through"])
     except (KeyError, ValueError) as exc:
-        raise UnusableStoreError(f"meta table incomplete or malformed: {exc!r}") from exc
+        raise UnusableStoreError(f"meta table incomplete or malformed: {shown(exc)}") from exc
     max_seq = conn.execute("SELECT MAX(seq) FROM records").fetchone()[0]
     if not epoch or next_seq < 1 or (max_seq is not None and max_seq >= next_seq):
-        raise UnusableStoreError(f"meta inconsistent: epoch={epoch!r} next_seq={next_seq} max stored seq={max_seq}")
+        raise UnusableStoreError(
+            f"meta inconsistent: epoch={shown(epoch)} next_seq={next_seq} max stored seq={max_seq}"
+        )
     bytes_by_class: dict[RecordClass, int] = {}
     counts_by_class: dict[RecordClass, int] = {}
     for code, total, count in conn.execute("SELECT cls, COALESCE(SUM(size), 0), COUNT(*) FROM records GROUP BY cls"):

@@ -25,6 +25,7 @@ from datetime import datetime
 from ddsketch import DDSketch
 
 from edge_runtime.telemetry.errors import ObservationError
+from edgefleet.contract.shown import shown
 from edgefleet.contract.sketch import new_sketch, sketch_to_proto
 from edgefleet.v1.telemetry_pb2 import ConfidenceHistogram, MetricWindow, SensorReading
 
@@ -50,9 +51,9 @@ class WindowAggregator:
         conf_bins: int = DEFAULT_CONF_BINS,
     ) -> None:
         if not (math.isfinite(window_s) and window_s > 0):
-            raise ObservationError(f"metric window: 'window_s' must be > 0, got {window_s!r}")
+            raise ObservationError(f"metric window: 'window_s' must be > 0, got {shown(window_s)}")
         if conf_bins < 1:
-            raise ObservationError(f"metric window: 'conf_bins' must be >= 1, got {conf_bins!r}")
+            raise ObservationError(f"metric window: 'conf_bins' must be >= 1, got {shown(conf_bins)}")
         self.bundle_digest = bundle_digest
         self.provider = provider
         self.window_s = window_s
@@ -83,14 +84,14 @@ class WindowAggregator:
             return
         for name, value in (("e2e_ms", e2e_ms), ("model_ms", model_ms)):
             if not (math.isfinite(value) and value >= 0):
-                raise ObservationError(f"metric window: '{name}' must be a finite number >= 0, got {value!r}")
+                raise ObservationError(f"metric window: '{name}' must be a finite number >= 0, got {shown(value)}")
         if not (0.0 <= top_confidence <= 1.0):
             raise ObservationError(
-                f"metric window: 'top_confidence' must be within [0, 1], got {top_confidence!r}; "
+                f"metric window: 'top_confidence' must be within [0, 1], got {shown(top_confidence)}; "
                 "pass the post-processed (softmaxed / sigmoid) confidence"
             )
         if detections < 0:
-            raise ObservationError(f"metric window: 'detections' must be >= 0, got {detections!r}")
+            raise ObservationError(f"metric window: 'detections' must be >= 0, got {shown(detections)}")
         self._e2e.add(e2e_ms)
         self._model.add(model_ms)
         self._confidence[confidence_bin(top_confidence, self.conf_bins)] += 1

@@ -35,6 +35,7 @@ from edge_runtime.update.testing import (
     load_catalog,
     manifests_of,
 )
+from edgefleet.contract.shown import shown
 from edgefleet.logging import configure_logging
 
 CRASH_ENV = "EDGEFLEET_CRASH_AT"
@@ -47,13 +48,13 @@ def parse_crash_at(value: str) -> tuple[UpdateState, Phase]:
         state = UpdateState(state_text)
     except ValueError:
         raise ValueError(
-            f"{CRASH_ENV}={value!r}: state must be one of {', '.join(UpdateState)}, got {state_text!r}"
+            f"{CRASH_ENV}={shown(value)}: state must be one of {', '.join(UpdateState)}, got {shown(state_text)}"
         ) from None
     if phase == "before":
         return state, "before"
     if phase == "after":
         return state, "after"
-    raise ValueError(f"{CRASH_ENV}={value!r}: phase must be 'before' or 'after', got {phase!r}")
+    raise ValueError(f"{CRASH_ENV}={shown(value)}: phase must be 'before' or 'after', got {shown(phase)}")
 
 
 def _snapshot(phase: str, driver: UpdateDriver, switcher: RecordingSwitcher) -> str:

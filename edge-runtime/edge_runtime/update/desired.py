@@ -42,6 +42,7 @@ from edge_runtime.update.effects import (
 from edge_runtime.update.events import Cancelled, DesiredBundleChanged
 from edge_runtime.update.record import CANDIDATE_RAN, IN_PROGRESS, SETTLED, RetryLimits, UpdateRecord, UpdateState
 from edgefleet.contract.digests import is_digest
+from edgefleet.contract.shown import shown
 
 
 def _cancel(record: UpdateRecord, now: datetime, why: str) -> Decision:
@@ -189,9 +190,9 @@ def _describe(bundle: str | None, config: str | None) -> str:
 
 def on_desired(record: UpdateRecord, event: DesiredBundleChanged, now: datetime, limits: RetryLimits) -> Decision:
     if event.digest and not is_digest(event.digest):
-        return ignore(record, f"desired bundle digest must be sha256:<64 hex>, got {event.digest!r}")
+        return ignore(record, f"desired bundle digest must be sha256:<64 hex>, got {shown(event.digest)}")
     if event.config is not None and not is_digest(event.config):
-        return ignore(record, f"desired config digest must be sha256:<64 hex>, got {event.config!r}")
+        return ignore(record, f"desired config digest must be sha256:<64 hex>, got {shown(event.config)}")
     in_progress = record.state in IN_PROGRESS
     # An empty desired bundle keeps the bundle the device runs or installs; no config keeps the config.
     bundle = event.digest or (record.candidate if in_progress else record.committed)
@@ -265,7 +266,7 @@ def on_desired(record: UpdateRecord, event: DesiredBundleChanged, now: datetime,
         return ignore(record, f"desired bundle {bundle} lists no artifacts; cannot download it")
     bad = [a for a in event.artifacts if not is_digest(a.digest) or a.size < 0]
     if bad:
-        return ignore(record, f"desired bundle {bundle} has malformed artifacts: {bad!r}")
+        return ignore(record, f"desired bundle {bundle} has malformed artifacts: {shown(bad)}")
     return _keep_first_install_serving(
         record, now, wanted, bundle, lambda r: _start_candidate(r, event, config, inference, now)
     )

@@ -84,6 +84,7 @@ from edge_runtime.update.slots import BundleSlots
 from edge_runtime.update.state import decide, recover
 from edgefleet.contract.digests import file_sha256_digest, mismatch_reason
 from edgefleet.contract.errors import BundleFormatError, ContractError, DigestMismatchError
+from edgefleet.contract.shown import shown
 
 log = structlog.get_logger(__name__)
 
@@ -495,7 +496,7 @@ class UpdateDriver:
                 if got != artifact.size:
                     raise FetchError(f"got {got} bytes, expected {artifact.size}")
             except (FetchError, SlotError, OSError) as exc:
-                reason = f"artifact {artifact.name!r} ({artifact.digest}): {exc}"
+                reason = f"artifact {shown(artifact.name)} ({artifact.digest}): {exc}"
                 log.warning("update.download_failed", digest=digest, reason=reason)
                 return _Outcome([DownloadFailed(reason)], abort=True)
         return _Outcome([DownloadCompleted()])

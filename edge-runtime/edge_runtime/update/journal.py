@@ -39,6 +39,7 @@ from edge_runtime.update.errors import JournalError, RecordFormatError
 from edge_runtime.update.record import UpdateRecord
 from edge_runtime.update.slots import BundleSlots
 from edgefleet.contract.durable import fsync_dir, read_durable, write_durably
+from edgefleet.contract.shown import shown
 
 _FORMAT = "edgefleet.update-journal"
 
@@ -80,7 +81,7 @@ def decode_entry(raw: bytes) -> tuple[int, UpdateRecord]:
         raise RecordFormatError(f"journal copy is not a {_FORMAT} envelope")
     generation, text, checksum = envelope.get("generation"), envelope.get("record"), envelope.get("sha256")
     if not isinstance(generation, int) or isinstance(generation, bool) or generation < 1:
-        raise RecordFormatError(f"journal copy: field 'generation' must be an integer >= 1, got {generation!r}")
+        raise RecordFormatError(f"journal copy: field 'generation' must be an integer >= 1, got {shown(generation)}")
     if not isinstance(text, str) or not isinstance(checksum, str):
         raise RecordFormatError("journal copy: fields 'record' and 'sha256' must be strings")
     actual = hashlib.sha256(text.encode()).hexdigest()

@@ -18,6 +18,7 @@ from typing import Any
 
 from edge_runtime.update.errors import RecordFormatError
 from edgefleet.contract.digests import is_digest
+from edgefleet.contract.shown import shown
 
 RECORD_VERSION = 2
 MAX_REJECTIONS = 16
@@ -71,11 +72,13 @@ class ArtifactRef:
     def from_dict(cls, data: Mapping[str, Any]) -> ArtifactRef:
         name, digest, size = data.get("name"), data.get("digest"), data.get("size")
         if not isinstance(name, str) or not name:
-            raise RecordFormatError(f"artifact: field 'name' must be a non-empty string, got {name!r}")
+            raise RecordFormatError(f"artifact: field 'name' must be a non-empty string, got {shown(name)}")
         if not is_digest(digest):
-            raise RecordFormatError(f"artifact {name!r}: field 'digest' must be sha256:<64 hex>, got {digest!r}")
+            raise RecordFormatError(
+                f"artifact {shown(name)}: field 'digest' must be sha256:<64 hex>, got {shown(digest)}"
+            )
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise RecordFormatError(f"artifact {name!r}: field 'size' must be an integer >= 0, got {size!r}")
+            raise RecordFormatError(f"artifact {shown(name)}: field 'size' must be an integer >= 0, got {shown(size)}")
         assert isinstance(digest, str)
         return cls(name=name, digest=digest, size=size)
 
@@ -217,7 +220,7 @@ class UpdateRecord:
         if version not in READABLE_VERSIONS or isinstance(version, bool):
             readable = " or ".join(str(v) for v in READABLE_VERSIONS)
             raise RecordFormatError(
-                f"update record: field 'record_version' must be {readable}, got {version!r}; "
+                f"update record: field 'record_version' must be {readable}, got {shown(version)}; "
                 "this runtime cannot read records written by a newer version"
             )
         state = data.get("state")
@@ -225,11 +228,13 @@ class UpdateRecord:
             parsed_state = UpdateState(str(state))
         except ValueError:
             known = ", ".join(s.value for s in UpdateState)
-            raise RecordFormatError(f"update record: field 'state' must be one of {known}, got {state!r}") from None
+            raise RecordFormatError(
+                f"update record: field 'state' must be one of {known}, got {shown(state)}"
+            ) from None
         artifacts_raw = data.get("candidate_artifacts", [])
         if not isinstance(artifacts_raw, list) or not all(isinstance(a, dict) for a in artifacts_raw):
             raise RecordFormatError(
-                f"update record: field 'candidate_artifacts' must be a list of objects, got {artifacts_raw!r}"
+                f"update record: field 'candidate_artifacts' must be a list of objects, got {shown(artifacts_raw)}"
             )
         fields = {name: read(data, name) for name, read in _FIELD_READERS}
         return cls(record_version=RECORD_VERSION, state=parsed_state, **fields)
@@ -240,7 +245,9 @@ def _optional_digest(data: Mapping[str, Any], key: str) -> str | None:
     if value is None:
         return None
     if not is_digest(value):
-        raise RecordFormatError(f"update record: field {key!r} must be sha256:<64 hex> or null, got {value!r}")
+        raise RecordFormatError(
+            f"update record: field {shown(key)} must be sha256:<64 hex> or null, got {shown(value)}"
+        )
     assert isinstance(value, str)
     return value
 
@@ -270,7 +277,7 @@ def _rejections(data: Mapping[str, Any], key: str) -> tuple[tuple[str, str, str]
     if any(e is None for e in entries):
         raise RecordFormatError(
             "update record: field 'rejections' must be a list of [bundle digest, config digest or '', "
-            f"assignment id] entries, got {str(raw)[:200]!r}"
+            f"assignment id] entries, got {shown(str(raw))}"
         )
     return tuple(e for e in entries if e is not None)
 
@@ -278,14 +285,14 @@ def _rejections(data: Mapping[str, Any], key: str) -> tuple[tuple[str, str, str]
 def _optional_str(data: Mapping[str, Any], key: str) -> str | None:
     value = data.get(key)
     if value is not None and not isinstance(value, str):
-        raise RecordFormatError(f"update record: field {key!r} must be a string or null, got {value!r}")
+        raise RecordFormatError(f"update record: field {shown(key)} must be a string or null, got {shown(value)}")
     return value
 
 
 def _count(data: Mapping[str, Any], key: str) -> int:
     value = data.get(key, 0)
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise RecordFormatError(f"update record: field {key!r} must be an integer >= 0, got {value!r}")
+        raise RecordFormatError(f"update record: field {shown(key)} must be an integer >= 0, got {shown(value)}")
     return value
 
 
@@ -297,7 +304,9 @@ def _optional_state(data: Mapping[str, Any], key: str) -> UpdateState | None:
         return UpdateState(str(value))
     except ValueError:
         known = ", ".join(s.value for s in UpdateState)
-        raise RecordFormatError(f"update record: field {key!r} must be one of {known} or null, got {value!r}") from None
+        raise RecordFormatError(
+            f"update record: field {shown(key)} must be one of {known} or null, got {shown(value)}"
+        ) from None
 
 
 def _artifacts(data: Mapping[str, Any], key: str) -> tuple[ArtifactRef, ...]:
@@ -315,9 +324,11 @@ def _time(data: Mapping[str, Any], key: str) -> datetime:
             raise ValueError
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise RecordFormatError(f"update record: field {key!r} must be an ISO-8601 timestamp, got {value!r}") from None
+        raise RecordFormatError(
+            f"update record: field {shown(key)} must be an ISO-8601 timestamp, got {shown(value)}"
+        ) from None
     if parsed.tzinfo is None:
-        raise RecordFormatError(f"update record: field {key!r} must carry a UTC offset, got {value!r}")
+        raise RecordFormatError(f"update record: field {shown(key)} must carry a UTC offset, got {shown(value)}")
     return parsed
 
 

@@ -31,6 +31,7 @@ from edge_runtime.update.errors import (
 from edge_runtime.update.events import format_bytes
 from edgefleet.contract.digests import is_digest
 from edgefleet.contract.durable import fsync_dir
+from edgefleet.contract.shown import shown
 
 __all__ = ["BundleSlots", "digest_hex", "format_bytes", "safe_relative"]
 
@@ -42,7 +43,7 @@ _WRITABLE_DIR_MODE = 0o755
 def digest_hex(digest: str) -> str:
     """The hex part of ``sha256:<hex>``; raises ``InvalidDigestError`` for anything else."""
     if not is_digest(digest):
-        raise InvalidDigestError(f"bundle digest must be sha256:<64 lowercase hex>, got {digest!r}")
+        raise InvalidDigestError(f"bundle digest must be sha256:<64 lowercase hex>, got {shown(digest)}")
     return digest.removeprefix("sha256:")
 
 
@@ -57,7 +58,7 @@ def safe_relative(name: str) -> PurePosixPath:
         or any(part in ("", ".", "..") for part in name.split("/"))
     ):
         raise UnsafeArtifactNameError(
-            f"artifact name {name!r} must be a relative path without '.', '..' or empty parts"
+            f"artifact name {shown(name)} must be a relative path without '.', '..' or empty parts"
         )
     return path
 

@@ -90,6 +90,7 @@ from edgefleet.contract.errors import ContractError
 from edgefleet.contract.frozen import thaw
 from edgefleet.contract.golden import load_golden
 from edgefleet.contract.precedence import resolve_policy
+from edgefleet.contract.shown import shown
 from edgefleet.v1 import common_pb2
 
 log = structlog.get_logger(__name__)
@@ -115,7 +116,7 @@ def golden_check(
     worst = 0.0
     for i, case in enumerate(cases):
         if input_name not in case.inputs:
-            return False, f"golden case {i}: no input {input_name!r} (has {sorted(case.inputs)})"
+            return False, f"golden case {i}: no input {shown(input_name)} (has {sorted(case.inputs)})"
         outputs = engine_run(case.inputs[input_name])
         for name, got in zip(output_names, outputs, strict=False):
             want = case.outputs.get(name)
@@ -126,7 +127,7 @@ def golden_check(
             worst = max(worst, diff)
             if not np.allclose(got_arr, want, atol=tol.atol, rtol=tol.rtol):
                 return False, (
-                    f"golden case {i}: output {name!r} differs from the reference by up to {diff:.6g} "
+                    f"golden case {i}: output {shown(name)} differs from the reference by up to {diff:.6g} "
                     f"(atol {tol.atol}, rtol {tol.rtol}); this device computes the model differently"
                 )
     return True, f"golden preflight passed: {len(cases)} cases, max abs diff {worst:.3g}"

@@ -54,6 +54,7 @@ from edge_runtime.inference import FrameResult, InferenceEngine
 from edge_runtime.sources import Frame
 from edge_runtime.telemetry.sensors import SensorReader, SensorSnapshot
 from edgefleet.contract.processing.postprocess import Classification
+from edgefleet.contract.shown import shown
 
 log = structlog.get_logger(__name__)
 
@@ -190,9 +191,9 @@ class ShadowRateLimit:
 
     def __init__(self, every_s: float, max_share: float) -> None:
         if not (math.isfinite(every_s) and every_s >= 0.0):
-            raise ValueError(f"shadow rate limit: every_s must be a finite number >= 0, got {every_s!r}")
+            raise ValueError(f"shadow rate limit: every_s must be a finite number >= 0, got {shown(every_s)}")
         if not (0.0 < max_share <= 1.0):
-            raise ValueError(f"shadow rate limit: max_share must be in (0, 1], got {max_share!r}")
+            raise ValueError(f"shadow rate limit: max_share must be in (0, 1], got {shown(max_share)}")
         self.every_s = every_s
         self.max_share = max_share
         self._next_at = -math.inf

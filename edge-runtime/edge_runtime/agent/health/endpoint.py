@@ -28,6 +28,7 @@ import structlog
 from grpc_health.v1 import health
 
 from edge_runtime.agent.runner import RunnerSnapshot
+from edgefleet.contract.shown import shown
 from edgefleet.grpc_server import add_health_and_reflection, set_serving
 from edgefleet.v1 import common_pb2
 
@@ -104,7 +105,7 @@ class HealthEndpoint:
     async def start(self) -> int:
         self.port = self._server.add_insecure_port(self._listen)
         if self.port == 0:
-            raise OSError(f"--health-listen {self._listen!r}: cannot bind; is the port in use?")
+            raise OSError(f"--health-listen {shown(self._listen)}: cannot bind; is the port in use?")
         await self._server.start()
         await self.set(False)
         return self.port

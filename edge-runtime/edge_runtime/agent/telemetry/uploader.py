@@ -37,6 +37,7 @@ import structlog
 from edge_runtime.agent.retry import Backoff, transient_retry
 from edge_runtime.telemetry.buffer import TelemetryBuffer
 from edge_runtime.telemetry.records import BufferedRecord
+from edgefleet.contract.shown import shown
 from edgefleet.v1.telemetry_pb2 import SeqRange, TelemetryBatch, TelemetryRecord
 
 log = structlog.get_logger(__name__)
@@ -112,7 +113,7 @@ def _check_reader(reader: asyncio.Task[None]) -> None:
     if reader.cancelled():
         raise ConnectionError("telemetry ack reader was cancelled (stream reset)")
     exc = reader.exception()
-    raise ConnectionError(f"telemetry ack stream ended: {exc!r}") from exc
+    raise ConnectionError(f"telemetry ack stream ended: {shown(exc)}") from exc
 
 
 @dataclass(eq=False, repr=False)
