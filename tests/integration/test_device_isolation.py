@@ -59,7 +59,7 @@ class Fleet:
         try:
             return pick(self.call(method, request))
         except grpc.RpcError as err:
-            return f"error {err.code().name}: {err.details()}"  # type: ignore[attr-defined]
+            return f"error {err.code().name}: {err.details()}"
 
 
 def profile_event(event_id: str, bundle: str, hardware_class: str, p95: float) -> Event:
@@ -216,7 +216,7 @@ def allowed(send: Callable[[], object]) -> None:
     try:
         send()
     except grpc.RpcError as err:
-        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (err.code(), err.details())  # type: ignore[attr-defined]
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (err.code(), err.details())
 
 
 def burst(f: Fleet) -> list[str]:
@@ -293,9 +293,9 @@ def burst(f: Fleet) -> list[str]:
                 call(request, metadata=md, timeout=30)
             unrefused.append(f"{method} {type(request).__name__}: accepted")
         except grpc.RpcError as err:
-            code = err.code()  # type: ignore[attr-defined]
+            code = err.code()
             if code not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
-                unrefused.append(f"{method}: {code.name} {err.details()!r:.200}")  # type: ignore[attr-defined]
+                unrefused.append(f"{method}: {code.name} {err.details()!r:.200}")
     return unrefused
 
 
