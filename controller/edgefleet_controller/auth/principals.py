@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
 
+from edgefleet.contract.shown import shown
 from edgefleet_controller.errors import PermissionDenied, Unauthenticated
 
 
@@ -35,7 +36,7 @@ class Role(IntEnum):
         try:
             return cls[text.strip().upper()]
         except KeyError:
-            raise ValueError(f"role must be one of viewer, operator, admin; got {text!r}") from None
+            raise ValueError(f"role must be one of viewer, operator, admin; got {shown(text)}") from None
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ class Principal:
             )
         if self.role < role:
             raise PermissionDenied(
-                f"operator token {self.name!r} has role {self.role.name.lower()}; this call needs "
+                f"operator token {shown(self.name)} has role {self.role.name.lower()}; this call needs "
                 f"{role.name.lower()} or higher"
             )
 

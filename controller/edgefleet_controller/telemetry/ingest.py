@@ -37,7 +37,7 @@ def validate_batch(batch: TelemetryBatch) -> None:
     """Check epoch, bounds, ordering and declared ranges; raises ``BatchError`` with what to fix."""
     if not batch.epoch or len(batch.epoch) > MAX_EPOCH_LEN:
         raise BatchError(
-            f"TelemetryBatch: field 'epoch' must be 1..{MAX_EPOCH_LEN} characters, got {batch.epoch!r}; "
+            f"TelemetryBatch: field 'epoch' must be 1..{MAX_EPOCH_LEN} characters, got {shown(batch.epoch)}; "
             "send the buffer's store epoch"
         )
     if not batch.records and not batch.dropped:
