@@ -230,3 +230,18 @@ def test_0006_upgrades_a_0005_database_keeping_its_review_samples(store_url: str
             conn.execute(
                 sa.text("UPDATE review_samples SET sample_id = 's2' WHERE device_id = 'dev_a' AND sample_id = 's1'")
             )
+
+
+def test_a_device_name_two_sites_use_is_refused_not_guessed(store: Store) -> None:
+    """What DeleteTelemetry, QueryTelemetry and the review calls resolve a device reference with."""
+    tstore = TelemetryStore(store.db)
+    berlin, _ = enroll(store, "berlin", name="cam-x")
+    paris, _ = enroll(store, "paris", name="cam-x")
+    with pytest.raises(InvalidArgument) as info:
+        tstore.resolve_device("cam-x")
+    sites = {berlin: "berlin", paris: "paris"}
+    listed_ids = ", ".join(f"{d} (site '{sites[d]}')" for d in sorted(sites))
+    assert f"'cam-x' is ambiguous: {listed_ids}; name the device by its id" in str(info.value)
+    assert (tstore.resolve_device(berlin), tstore.resolve_device(paris)) == (berlin, paris)
+    only, _ = enroll(store, "paris", name="cam-y")
+    assert tstore.resolve_device("cam-y") == only
