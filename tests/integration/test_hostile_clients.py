@@ -300,6 +300,27 @@ def test_every_rpc_has_a_hostile_case() -> None:
     assert set(hs.NEEDS) >= set(RPCS), sorted(set(RPCS) - set(hs.NEEDS))
 
 
+def test_the_checks_have_teeth(seeded: Seeded) -> None:
+    """The store comparison sees a write, and the answer check refuses an echo, SQL, INTERNAL and a long message."""
+    before = seeded.reader.snapshot()
+    seeded.ctl.enrollment_token("lab")  # a legitimate write
+    after = seeded.reader.snapshot()
+    assert after != before and [line.split(":")[0] for line in before.diff(after)] == ["enrollment_tokens"]
+    echoed = hs.Hostile("echo", F.GetDeviceRequest(), (), INV, "x" * 200)
+    for code, details in (
+        (grpc.StatusCode.INVALID_ARGUMENT, "device must be short, got " + "x" * 100),
+        (grpc.StatusCode.INVALID_ARGUMENT, "bad [SQL: SELECT * FROM devices]"),
+        (grpc.StatusCode.INVALID_ARGUMENT, "y" * 1024),
+        (grpc.StatusCode.INTERNAL, "internal error"),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "received metadata size exceeds hard limit"),
+    ):
+        with pytest.raises(AssertionError):
+            check_answer(echoed, code, details)
+    check_answer(
+        echoed, grpc.StatusCode.INVALID_ARGUMENT, "GetDeviceRequest.device must be ..., got 'xxxx…' (200 chars)"
+    )
+
+
 @pytest.mark.parametrize("rpc", sorted(RPCS))
 def test_hostile_inputs(seeded: Seeded, rpc: str) -> None:
     """Generated bad inputs and credentials for ``rpc``: documented status, short message, nothing stored,
