@@ -171,16 +171,7 @@ class PushBundleResponse(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "bundle",
-        b"bundle",
-        "created",
-        b"created",
-        "deduplicated_artifacts",
-        b"deduplicated_artifacts",
-        "restored_artifacts",
-        b"restored_artifacts",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "created", b"created", "deduplicated_artifacts", b"deduplicated_artifacts", "restored_artifacts", b"restored_artifacts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -290,22 +281,7 @@ class GetBundleResponse(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "artifacts",
-        b"artifacts",
-        "bundle",
-        b"bundle",
-        "canary_failures",
-        b"canary_failures",
-        "manifest",
-        b"manifest",
-        "quarantined_blobs",
-        b"quarantined_blobs",
-        "running_devices",
-        b"running_devices",
-        "signature",
-        b"signature",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "bundle", b"bundle", "canary_failures", b"canary_failures", "manifest", b"manifest", "quarantined_blobs", b"quarantined_blobs", "running_devices", b"running_devices", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -355,24 +331,7 @@ class QuarantinedBlob(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "actual_digest",
-        b"actual_digest",
-        "at",
-        b"at",
-        "detected_by",
-        b"detected_by",
-        "digest",
-        b"digest",
-        "quarantine_path",
-        b"quarantine_path",
-        "restored",
-        b"restored",
-        "role",
-        b"role",
-        "size_bytes",
-        b"size_bytes",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actual_digest", b"actual_digest", "at", b"at", "detected_by", b"detected_by", "digest", b"digest", "quarantine_path", b"quarantine_path", "restored", b"restored", "role", b"role", "size_bytes", b"size_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -418,24 +377,7 @@ class BundleFailure(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "assignment_id",
-        b"assignment_id",
-        "at",
-        b"at",
-        "bundle_digest",
-        b"bundle_digest",
-        "device_id",
-        b"device_id",
-        "device_name",
-        b"device_name",
-        "kind",
-        b"kind",
-        "rollout_id",
-        b"rollout_id",
-        "summary",
-        b"summary",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assignment_id", b"assignment_id", "at", b"at", "bundle_digest", b"bundle_digest", "device_id", b"device_id", "device_name", b"device_name", "kind", b"kind", "rollout_id", b"rollout_id", "summary", b"summary"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -547,7 +489,7 @@ class ApplyConfigResponse(_message.Message):
     """Devices whose effective config changed (and received a new desired revision)."""
     @_builtins.property
     def results(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """ "FleetConfig/default created", "SiteConfig/warehouse-a unchanged", …"""
+        """"FleetConfig/default created", "SiteConfig/warehouse-a unchanged", …"""
 
     @_builtins.property
     def rollout_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -563,16 +505,7 @@ class ApplyConfigResponse(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "devices_changed",
-        b"devices_changed",
-        "results",
-        b"results",
-        "revision",
-        b"revision",
-        "rollout_ids",
-        b"rollout_ids",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices_changed", b"devices_changed", "results", b"results", "revision", b"revision", "rollout_ids", b"rollout_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -634,18 +567,7 @@ class GetEffectiveConfigResponse(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "config_json",
-        b"config_json",
-        "device_id",
-        b"device_id",
-        "digest",
-        b"digest",
-        "sources",
-        b"sources",
-        "values",
-        b"values",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_json", b"config_json", "device_id", b"device_id", "digest", b"digest", "sources", b"sources", "values", b"values"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -701,9 +623,7 @@ class SetDesiredBundleRequest(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["device", b"device", "site", b"site", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "bundle", b"bundle", "device", b"device", "site", b"site", "target", b"target"
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "device", b"device", "site", b"site", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["device", "site"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
@@ -779,9 +699,7 @@ class RolloutStrategy(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "bake_s", b"bake_s", "max_parallel", b"max_parallel", "waves", b"waves"
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bake_s", b"bake_s", "max_parallel", b"max_parallel", "waves", b"waves"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -809,14 +727,7 @@ class RolloutGates(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "inconclusive_limit",
-        b"inconclusive_limit",
-        "manual_approval",
-        b"manual_approval",
-        "max_failed_ratio",
-        b"max_failed_ratio",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["inconclusive_limit", b"inconclusive_limit", "manual_approval", b"manual_approval", "max_failed_ratio", b"max_failed_ratio"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -917,30 +828,7 @@ class DeviceRolloutStatus(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["assigned_at", b"assigned_at", "verdict", b"verdict"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "assigned_at",
-        b"assigned_at",
-        "assignment_id",
-        b"assignment_id",
-        "device_id",
-        b"device_id",
-        "device_name",
-        b"device_name",
-        "previous_bundle_digest",
-        b"previous_bundle_digest",
-        "site",
-        b"site",
-        "status",
-        b"status",
-        "target_config_digest",
-        b"target_config_digest",
-        "update_state",
-        b"update_state",
-        "verdict",
-        b"verdict",
-        "wave",
-        b"wave",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["assigned_at", b"assigned_at", "assignment_id", b"assignment_id", "device_id", b"device_id", "device_name", b"device_name", "previous_bundle_digest", b"previous_bundle_digest", "site", b"site", "status", b"status", "target_config_digest", b"target_config_digest", "update_state", b"update_state", "verdict", b"verdict", "wave", b"wave"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1024,57 +912,9 @@ class Rollout(_message.Message):
         admission: _abc.Iterable[_builtins.str] | None = ...,
         config_content_digest: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal[
-        "created_at",
-        b"created_at",
-        "gates",
-        b"gates",
-        "selector",
-        b"selector",
-        "strategy",
-        b"strategy",
-        "updated_at",
-        b"updated_at",
-    ]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "gates", b"gates", "selector", b"selector", "strategy", b"strategy", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "admission",
-        b"admission",
-        "bundle_digest",
-        b"bundle_digest",
-        "config",
-        b"config",
-        "config_content_digest",
-        b"config_content_digest",
-        "created_at",
-        b"created_at",
-        "devices",
-        b"devices",
-        "forced",
-        b"forced",
-        "gates",
-        b"gates",
-        "id",
-        b"id",
-        "message",
-        b"message",
-        "name",
-        b"name",
-        "on_abort",
-        b"on_abort",
-        "phase",
-        b"phase",
-        "selector",
-        b"selector",
-        "strategy",
-        b"strategy",
-        "updated_at",
-        b"updated_at",
-        "wave",
-        b"wave",
-        "waves_total",
-        b"waves_total",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["admission", b"admission", "bundle_digest", b"bundle_digest", "config", b"config", "config_content_digest", b"config_content_digest", "created_at", b"created_at", "devices", b"devices", "forced", b"forced", "gates", b"gates", "id", b"id", "message", b"message", "name", b"name", "on_abort", b"on_abort", "phase", b"phase", "selector", b"selector", "strategy", b"strategy", "updated_at", b"updated_at", "wave", b"wave", "waves_total", b"waves_total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1125,24 +965,7 @@ class CreateRolloutRequest(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["gates", b"gates", "selector", b"selector", "strategy", b"strategy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "bundle",
-        b"bundle",
-        "config",
-        b"config",
-        "force",
-        b"force",
-        "gates",
-        b"gates",
-        "name",
-        b"name",
-        "on_abort",
-        b"on_abort",
-        "selector",
-        b"selector",
-        "strategy",
-        b"strategy",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "config", b"config", "force", b"force", "gates", b"gates", "name", b"name", "on_abort", b"on_abort", "selector", b"selector", "strategy", b"strategy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1254,7 +1077,7 @@ class ListDevicesRequest(_message.Message):
     page_token: _builtins.str
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """ "key=value"; all must match."""
+        """"key=value"; all must match."""
 
     @_builtins.property
     def seen_since(self) -> _timestamp_pb2.Timestamp:
@@ -1273,22 +1096,7 @@ class ListDevicesRequest(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["seen_since", b"seen_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "bundle",
-        b"bundle",
-        "health",
-        b"health",
-        "page_size",
-        b"page_size",
-        "page_token",
-        b"page_token",
-        "seen_since",
-        b"seen_since",
-        "site",
-        b"site",
-        "tags",
-        b"tags",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "health", b"health", "page_size", b"page_size", "page_token", b"page_token", "seen_since", b"seen_since", "site", b"site", "tags", b"tags"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1315,9 +1123,7 @@ class ListDevicesResponse(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "devices", b"devices", "next_page_token", b"next_page_token", "total", b"total"
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["devices", b"devices", "next_page_token", b"next_page_token", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1426,9 +1232,7 @@ class SiteSummary(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "by_bundle", b"by_bundle", "by_health", b"by_health", "devices", b"devices", "site", b"site"
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_bundle", b"by_bundle", "by_health", b"by_health", "devices", b"devices", "site", b"site"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1600,20 +1404,7 @@ class QueryTelemetryRequest(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "bundle",
-        b"bundle",
-        "device",
-        b"device",
-        "group_by",
-        b"group_by",
-        "since",
-        b"since",
-        "site",
-        b"site",
-        "until",
-        b"until",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "device", b"device", "group_by", b"group_by", "since", b"since", "site", b"site", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1679,34 +1470,7 @@ class TelemetryRow(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["latency_e2e", b"latency_e2e", "latency_model", b"latency_model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "drift_psi",
-        b"drift_psi",
-        "errors",
-        b"errors",
-        "fps",
-        b"fps",
-        "frames",
-        b"frames",
-        "frames_lost",
-        b"frames_lost",
-        "frames_lost_at_least",
-        b"frames_lost_at_least",
-        "gaps",
-        b"gaps",
-        "gaps_unknown",
-        b"gaps_unknown",
-        "key",
-        b"key",
-        "latency_e2e",
-        b"latency_e2e",
-        "latency_model",
-        b"latency_model",
-        "sensors",
-        b"sensors",
-        "throttling",
-        b"throttling",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drift_psi", b"drift_psi", "errors", b"errors", "fps", b"fps", "frames", b"frames", "frames_lost", b"frames_lost", "frames_lost_at_least", b"frames_lost_at_least", "gaps", b"gaps", "gaps_unknown", b"gaps_unknown", "key", b"key", "latency_e2e", b"latency_e2e", "latency_model", b"latency_model", "sensors", b"sensors", "throttling", b"throttling"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1772,22 +1536,7 @@ class ListReviewSamplesRequest(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "bundle",
-        b"bundle",
-        "device",
-        b"device",
-        "include_jpeg",
-        b"include_jpeg",
-        "label",
-        b"label",
-        "limit",
-        b"limit",
-        "sample_id",
-        b"sample_id",
-        "site",
-        b"site",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "device", b"device", "include_jpeg", b"include_jpeg", "label", b"label", "limit", b"limit", "sample_id", b"sample_id", "site", b"site"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1823,20 +1572,7 @@ class ReviewSampleInfo(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sample", b"sample"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "device_id",
-        b"device_id",
-        "label",
-        b"label",
-        "labeled_by",
-        b"labeled_by",
-        "sample",
-        b"sample",
-        "sample_id",
-        b"sample_id",
-        "site",
-        b"site",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "label", b"label", "labeled_by", b"labeled_by", "sample", b"sample", "sample_id", b"sample_id", "site", b"site"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1971,9 +1707,7 @@ class DeleteTelemetryResponse(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "device_id", b"device_id", "events", b"events", "review_samples", b"review_samples", "windows", b"windows"
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_id", b"device_id", "events", b"events", "review_samples", b"review_samples", "windows", b"windows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2044,26 +1778,7 @@ class ProfileSummary(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["measured_at", b"measured_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "bundle_digest",
-        b"bundle_digest",
-        "bundle_ref",
-        b"bundle_ref",
-        "device_id",
-        b"device_id",
-        "hardware_class",
-        b"hardware_class",
-        "measured_at",
-        b"measured_at",
-        "p50_ms",
-        b"p50_ms",
-        "p95_ms",
-        b"p95_ms",
-        "samples",
-        b"samples",
-        "source",
-        b"source",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_digest", b"bundle_digest", "bundle_ref", b"bundle_ref", "device_id", b"device_id", "hardware_class", b"hardware_class", "measured_at", b"measured_at", "p50_ms", b"p50_ms", "p95_ms", b"p95_ms", "samples", b"samples", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2139,9 +1854,7 @@ class CreateEnrollmentTokenResponse(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "expires_at", b"expires_at", "token", b"token", "token_id", b"token_id"
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "token", b"token", "token_id", b"token_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2206,9 +1919,7 @@ class CreateOperatorTokenRequest(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "name", b"name", "no_expiry", b"no_expiry", "role", b"role", "ttl_s", b"ttl_s"
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "no_expiry", b"no_expiry", "role", b"role", "ttl_s", b"ttl_s"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2236,9 +1947,7 @@ class CreateOperatorTokenResponse(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "expires_at", b"expires_at", "token", b"token", "token_id", b"token_id"
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "token", b"token", "token_id", b"token_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2321,9 +2030,7 @@ class TrustedKey(_message.Message):
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["added_at", b"added_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "added_at", b"added_at", "key_id", b"key_id", "public_key_pem", b"public_key_pem"
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["added_at", b"added_at", "key_id", b"key_id", "public_key_pem", b"public_key_pem"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -2406,33 +2113,9 @@ class OperatorToken(_message.Message):
         last_used_at: _timestamp_pb2.Timestamp | None = ...,
         revoked_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal[
-        "created_at",
-        b"created_at",
-        "expires_at",
-        b"expires_at",
-        "last_used_at",
-        b"last_used_at",
-        "revoked_at",
-        b"revoked_at",
-    ]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "last_used_at", b"last_used_at", "revoked_at", b"revoked_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal[
-        "created_at",
-        b"created_at",
-        "expires_at",
-        b"expires_at",
-        "id",
-        b"id",
-        "last_used_at",
-        b"last_used_at",
-        "name",
-        b"name",
-        "revoked_at",
-        b"revoked_at",
-        "role",
-        b"role",
-    ]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "id", b"id", "last_used_at", b"last_used_at", "name", b"name", "revoked_at", b"revoked_at", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

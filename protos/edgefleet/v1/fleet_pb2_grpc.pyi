@@ -30,6 +30,7 @@ else:
 _T = _typing.TypeVar("_T")
 
 class _MaybeAsyncIterator(_abc.AsyncIterator[_T], _abc.Iterator[_T], metaclass=_abc_1.ABCMeta): ...
+
 class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ignore[misc, type-arg]
     ...
 
@@ -59,12 +60,8 @@ class FleetServiceStub:
     created as rollouts). Validated as a whole; versioned with history. Devices whose effective config
     changed get a new desired revision.
     """
-    GetEffectiveConfig: _grpc.UnaryUnaryMultiCallable[
-        _fleet_pb2.GetEffectiveConfigRequest, _fleet_pb2.GetEffectiveConfigResponse
-    ]
-    SetDesiredBundle: _grpc.UnaryUnaryMultiCallable[
-        _fleet_pb2.SetDesiredBundleRequest, _fleet_pb2.SetDesiredBundleResponse
-    ]
+    GetEffectiveConfig: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.GetEffectiveConfigRequest, _fleet_pb2.GetEffectiveConfigResponse]
+    SetDesiredBundle: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.SetDesiredBundleRequest, _fleet_pb2.SetDesiredBundleResponse]
     """--- desired state (direct, outside rollouts) ---
     Set the desired bundle of one device or every device of a site. Rollouts are the normal way.
     """
@@ -90,22 +87,16 @@ class FleetServiceStub:
     """Per-site summary: devices by bundle version and by health."""
     WatchFleet: _grpc.UnaryStreamMultiCallable[_fleet_pb2.WatchFleetRequest, _fleet_pb2.FleetEvent]
     """Streams a snapshot of the matching devices, then each device change as it happens."""
-    ListDeviceEvents: _grpc.UnaryUnaryMultiCallable[
-        _fleet_pb2.ListDeviceEventsRequest, _fleet_pb2.ListDeviceEventsResponse
-    ]
+    ListDeviceEvents: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.ListDeviceEventsRequest, _fleet_pb2.ListDeviceEventsResponse]
     QueryTelemetry: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.QueryTelemetryRequest, _fleet_pb2.QueryTelemetryResponse]
     """--- telemetry ---
     Percentiles from merged latency sketches (never averaged percentiles), confidence drift, thermals,
     grouped per device, site or bundle over a time window.
     """
-    ListReviewSamples: _grpc.UnaryUnaryMultiCallable[
-        _fleet_pb2.ListReviewSamplesRequest, _fleet_pb2.ListReviewSamplesResponse
-    ]
+    ListReviewSamples: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.ListReviewSamplesRequest, _fleet_pb2.ListReviewSamplesResponse]
     LabelReviewSample: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.LabelReviewSampleRequest, _fleet_pb2.ReviewSampleInfo]
     """A review sample is identified by (device, sample id): ids are scoped per device."""
-    DeleteTelemetry: _grpc.UnaryUnaryMultiCallable[
-        _fleet_pb2.DeleteTelemetryRequest, _fleet_pb2.DeleteTelemetryResponse
-    ]
+    DeleteTelemetry: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.DeleteTelemetryRequest, _fleet_pb2.DeleteTelemetryResponse]
     """Admin: delete one device's stored telemetry (metric windows, telemetry events, review samples) in
     [since, until) and say how many of each; the way to remove bad records an older version stored.
     """
@@ -113,23 +104,13 @@ class FleetServiceStub:
     """Latency profiles devices measured (edge-runtime profile, canaries), per bundle and hardware class; the
     input of latency admission and of `fleetctl budget`.
     """
-    CreateEnrollmentToken: _grpc.UnaryUnaryMultiCallable[
-        _fleet_pb2.CreateEnrollmentTokenRequest, _fleet_pb2.CreateEnrollmentTokenResponse
-    ]
+    CreateEnrollmentToken: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.CreateEnrollmentTokenRequest, _fleet_pb2.CreateEnrollmentTokenResponse]
     """--- administration ---"""
-    RevokeEnrollmentToken: _grpc.UnaryUnaryMultiCallable[
-        _fleet_pb2.RevokeEnrollmentTokenRequest, _fleet_pb2.RevokeEnrollmentTokenResponse
-    ]
-    CreateOperatorToken: _grpc.UnaryUnaryMultiCallable[
-        _fleet_pb2.CreateOperatorTokenRequest, _fleet_pb2.CreateOperatorTokenResponse
-    ]
+    RevokeEnrollmentToken: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.RevokeEnrollmentTokenRequest, _fleet_pb2.RevokeEnrollmentTokenResponse]
+    CreateOperatorToken: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.CreateOperatorTokenRequest, _fleet_pb2.CreateOperatorTokenResponse]
     AddTrustedKey: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.AddTrustedKeyRequest, _fleet_pb2.AddTrustedKeyResponse]
-    ListTrustedKeys: _grpc.UnaryUnaryMultiCallable[
-        _fleet_pb2.ListTrustedKeysRequest, _fleet_pb2.ListTrustedKeysResponse
-    ]
-    ListOperatorTokens: _grpc.UnaryUnaryMultiCallable[
-        _fleet_pb2.ListOperatorTokensRequest, _fleet_pb2.ListOperatorTokensResponse
-    ]
+    ListTrustedKeys: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.ListTrustedKeysRequest, _fleet_pb2.ListTrustedKeysResponse]
+    ListOperatorTokens: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.ListOperatorTokensRequest, _fleet_pb2.ListOperatorTokensResponse]
     """--- revocation (admin) --- effective on the next call, on every replica sharing the database."""
     RevokeOperatorToken: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.RevokeOperatorTokenRequest, _fleet_pb2.OperatorToken]
     """NOT_FOUND for an unknown id (nothing changes); revoking twice keeps the first time."""
@@ -138,9 +119,7 @@ class FleetServiceStub:
     EnableDevice: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.DeviceActionRequest, _common_pb2.Device]
     DeleteDevice: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.DeviceActionRequest, _fleet_pb2.DeleteDeviceResponse]
     """Removes the device (desired state, tags, events); its credential stops working, its name is free."""
-    RotateDeviceCredential: _grpc.UnaryUnaryMultiCallable[
-        _fleet_pb2.DeviceActionRequest, _fleet_pb2.RotateDeviceCredentialResponse
-    ]
+    RotateDeviceCredential: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.DeviceActionRequest, _fleet_pb2.RotateDeviceCredentialResponse]
     """A new credential, shown once; the old one is refused from now on."""
 
 @_typing.type_check_only
@@ -164,12 +143,8 @@ class FleetServiceAsyncStub(FleetServiceStub):
     created as rollouts). Validated as a whole; versioned with history. Devices whose effective config
     changed get a new desired revision.
     """
-    GetEffectiveConfig: _aio.UnaryUnaryMultiCallable[
-        _fleet_pb2.GetEffectiveConfigRequest, _fleet_pb2.GetEffectiveConfigResponse
-    ]  # type: ignore[assignment]
-    SetDesiredBundle: _aio.UnaryUnaryMultiCallable[
-        _fleet_pb2.SetDesiredBundleRequest, _fleet_pb2.SetDesiredBundleResponse
-    ]  # type: ignore[assignment]
+    GetEffectiveConfig: _aio.UnaryUnaryMultiCallable[_fleet_pb2.GetEffectiveConfigRequest, _fleet_pb2.GetEffectiveConfigResponse]  # type: ignore[assignment]
+    SetDesiredBundle: _aio.UnaryUnaryMultiCallable[_fleet_pb2.SetDesiredBundleRequest, _fleet_pb2.SetDesiredBundleResponse]  # type: ignore[assignment]
     """--- desired state (direct, outside rollouts) ---
     Set the desired bundle of one device or every device of a site. Rollouts are the normal way.
     """
@@ -195,17 +170,13 @@ class FleetServiceAsyncStub(FleetServiceStub):
     """Per-site summary: devices by bundle version and by health."""
     WatchFleet: _aio.UnaryStreamMultiCallable[_fleet_pb2.WatchFleetRequest, _fleet_pb2.FleetEvent]  # type: ignore[assignment]
     """Streams a snapshot of the matching devices, then each device change as it happens."""
-    ListDeviceEvents: _aio.UnaryUnaryMultiCallable[
-        _fleet_pb2.ListDeviceEventsRequest, _fleet_pb2.ListDeviceEventsResponse
-    ]  # type: ignore[assignment]
+    ListDeviceEvents: _aio.UnaryUnaryMultiCallable[_fleet_pb2.ListDeviceEventsRequest, _fleet_pb2.ListDeviceEventsResponse]  # type: ignore[assignment]
     QueryTelemetry: _aio.UnaryUnaryMultiCallable[_fleet_pb2.QueryTelemetryRequest, _fleet_pb2.QueryTelemetryResponse]  # type: ignore[assignment]
     """--- telemetry ---
     Percentiles from merged latency sketches (never averaged percentiles), confidence drift, thermals,
     grouped per device, site or bundle over a time window.
     """
-    ListReviewSamples: _aio.UnaryUnaryMultiCallable[
-        _fleet_pb2.ListReviewSamplesRequest, _fleet_pb2.ListReviewSamplesResponse
-    ]  # type: ignore[assignment]
+    ListReviewSamples: _aio.UnaryUnaryMultiCallable[_fleet_pb2.ListReviewSamplesRequest, _fleet_pb2.ListReviewSamplesResponse]  # type: ignore[assignment]
     LabelReviewSample: _aio.UnaryUnaryMultiCallable[_fleet_pb2.LabelReviewSampleRequest, _fleet_pb2.ReviewSampleInfo]  # type: ignore[assignment]
     """A review sample is identified by (device, sample id): ids are scoped per device."""
     DeleteTelemetry: _aio.UnaryUnaryMultiCallable[_fleet_pb2.DeleteTelemetryRequest, _fleet_pb2.DeleteTelemetryResponse]  # type: ignore[assignment]
@@ -216,21 +187,13 @@ class FleetServiceAsyncStub(FleetServiceStub):
     """Latency profiles devices measured (edge-runtime profile, canaries), per bundle and hardware class; the
     input of latency admission and of `fleetctl budget`.
     """
-    CreateEnrollmentToken: _aio.UnaryUnaryMultiCallable[
-        _fleet_pb2.CreateEnrollmentTokenRequest, _fleet_pb2.CreateEnrollmentTokenResponse
-    ]  # type: ignore[assignment]
+    CreateEnrollmentToken: _aio.UnaryUnaryMultiCallable[_fleet_pb2.CreateEnrollmentTokenRequest, _fleet_pb2.CreateEnrollmentTokenResponse]  # type: ignore[assignment]
     """--- administration ---"""
-    RevokeEnrollmentToken: _aio.UnaryUnaryMultiCallable[
-        _fleet_pb2.RevokeEnrollmentTokenRequest, _fleet_pb2.RevokeEnrollmentTokenResponse
-    ]  # type: ignore[assignment]
-    CreateOperatorToken: _aio.UnaryUnaryMultiCallable[
-        _fleet_pb2.CreateOperatorTokenRequest, _fleet_pb2.CreateOperatorTokenResponse
-    ]  # type: ignore[assignment]
+    RevokeEnrollmentToken: _aio.UnaryUnaryMultiCallable[_fleet_pb2.RevokeEnrollmentTokenRequest, _fleet_pb2.RevokeEnrollmentTokenResponse]  # type: ignore[assignment]
+    CreateOperatorToken: _aio.UnaryUnaryMultiCallable[_fleet_pb2.CreateOperatorTokenRequest, _fleet_pb2.CreateOperatorTokenResponse]  # type: ignore[assignment]
     AddTrustedKey: _aio.UnaryUnaryMultiCallable[_fleet_pb2.AddTrustedKeyRequest, _fleet_pb2.AddTrustedKeyResponse]  # type: ignore[assignment]
     ListTrustedKeys: _aio.UnaryUnaryMultiCallable[_fleet_pb2.ListTrustedKeysRequest, _fleet_pb2.ListTrustedKeysResponse]  # type: ignore[assignment]
-    ListOperatorTokens: _aio.UnaryUnaryMultiCallable[
-        _fleet_pb2.ListOperatorTokensRequest, _fleet_pb2.ListOperatorTokensResponse
-    ]  # type: ignore[assignment]
+    ListOperatorTokens: _aio.UnaryUnaryMultiCallable[_fleet_pb2.ListOperatorTokensRequest, _fleet_pb2.ListOperatorTokensResponse]  # type: ignore[assignment]
     """--- revocation (admin) --- effective on the next call, on every replica sharing the database."""
     RevokeOperatorToken: _aio.UnaryUnaryMultiCallable[_fleet_pb2.RevokeOperatorTokenRequest, _fleet_pb2.OperatorToken]  # type: ignore[assignment]
     """NOT_FOUND for an unknown id (nothing changes); revoking twice keeps the first time."""
@@ -239,9 +202,7 @@ class FleetServiceAsyncStub(FleetServiceStub):
     EnableDevice: _aio.UnaryUnaryMultiCallable[_fleet_pb2.DeviceActionRequest, _common_pb2.Device]  # type: ignore[assignment]
     DeleteDevice: _aio.UnaryUnaryMultiCallable[_fleet_pb2.DeviceActionRequest, _fleet_pb2.DeleteDeviceResponse]  # type: ignore[assignment]
     """Removes the device (desired state, tags, events); its credential stops working, its name is free."""
-    RotateDeviceCredential: _aio.UnaryUnaryMultiCallable[
-        _fleet_pb2.DeviceActionRequest, _fleet_pb2.RotateDeviceCredentialResponse
-    ]  # type: ignore[assignment]
+    RotateDeviceCredential: _aio.UnaryUnaryMultiCallable[_fleet_pb2.DeviceActionRequest, _fleet_pb2.RotateDeviceCredentialResponse]  # type: ignore[assignment]
     """A new credential, shown once; the old one is refused from now on."""
 
 class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -264,6 +225,7 @@ class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _fleet_pb2.ListBundlesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fleet_pb2.ListBundlesResponse, _abc.Awaitable[_fleet_pb2.ListBundlesResponse]]: ...
+
     @_abc_1.abstractmethod
     def GetBundle(
         self,
@@ -297,9 +259,8 @@ class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _fleet_pb2.GetEffectiveConfigRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[
-        _fleet_pb2.GetEffectiveConfigResponse, _abc.Awaitable[_fleet_pb2.GetEffectiveConfigResponse]
-    ]: ...
+    ) -> _typing.Union[_fleet_pb2.GetEffectiveConfigResponse, _abc.Awaitable[_fleet_pb2.GetEffectiveConfigResponse]]: ...
+
     @_abc_1.abstractmethod
     def SetDesiredBundle(
         self,
@@ -327,12 +288,14 @@ class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _fleet_pb2.GetRolloutRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fleet_pb2.Rollout, _abc.Awaitable[_fleet_pb2.Rollout]]: ...
+
     @_abc_1.abstractmethod
     def ListRollouts(
         self,
         request: _fleet_pb2.ListRolloutsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fleet_pb2.ListRolloutsResponse, _abc.Awaitable[_fleet_pb2.ListRolloutsResponse]]: ...
+
     @_abc_1.abstractmethod
     def WatchRollout(
         self,
@@ -347,12 +310,14 @@ class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _fleet_pb2.RolloutActionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fleet_pb2.Rollout, _abc.Awaitable[_fleet_pb2.Rollout]]: ...
+
     @_abc_1.abstractmethod
     def ResumeRollout(
         self,
         request: _fleet_pb2.RolloutActionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fleet_pb2.Rollout, _abc.Awaitable[_fleet_pb2.Rollout]]: ...
+
     @_abc_1.abstractmethod
     def ApproveRollout(
         self,
@@ -383,6 +348,7 @@ class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _fleet_pb2.GetDeviceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_common_pb2.Device, _abc.Awaitable[_common_pb2.Device]]: ...
+
     @_abc_1.abstractmethod
     def ListSites(
         self,
@@ -405,6 +371,7 @@ class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _fleet_pb2.ListDeviceEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fleet_pb2.ListDeviceEventsResponse, _abc.Awaitable[_fleet_pb2.ListDeviceEventsResponse]]: ...
+
     @_abc_1.abstractmethod
     def QueryTelemetry(
         self,
@@ -422,6 +389,7 @@ class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _fleet_pb2.ListReviewSamplesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fleet_pb2.ListReviewSamplesResponse, _abc.Awaitable[_fleet_pb2.ListReviewSamplesResponse]]: ...
+
     @_abc_1.abstractmethod
     def LabelReviewSample(
         self,
@@ -455,9 +423,7 @@ class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _fleet_pb2.CreateEnrollmentTokenRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[
-        _fleet_pb2.CreateEnrollmentTokenResponse, _abc.Awaitable[_fleet_pb2.CreateEnrollmentTokenResponse]
-    ]:
+    ) -> _typing.Union[_fleet_pb2.CreateEnrollmentTokenResponse, _abc.Awaitable[_fleet_pb2.CreateEnrollmentTokenResponse]]:
         """--- administration ---"""
 
     @_abc_1.abstractmethod
@@ -465,29 +431,29 @@ class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _fleet_pb2.RevokeEnrollmentTokenRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[
-        _fleet_pb2.RevokeEnrollmentTokenResponse, _abc.Awaitable[_fleet_pb2.RevokeEnrollmentTokenResponse]
-    ]: ...
+    ) -> _typing.Union[_fleet_pb2.RevokeEnrollmentTokenResponse, _abc.Awaitable[_fleet_pb2.RevokeEnrollmentTokenResponse]]: ...
+
     @_abc_1.abstractmethod
     def CreateOperatorToken(
         self,
         request: _fleet_pb2.CreateOperatorTokenRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[
-        _fleet_pb2.CreateOperatorTokenResponse, _abc.Awaitable[_fleet_pb2.CreateOperatorTokenResponse]
-    ]: ...
+    ) -> _typing.Union[_fleet_pb2.CreateOperatorTokenResponse, _abc.Awaitable[_fleet_pb2.CreateOperatorTokenResponse]]: ...
+
     @_abc_1.abstractmethod
     def AddTrustedKey(
         self,
         request: _fleet_pb2.AddTrustedKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fleet_pb2.AddTrustedKeyResponse, _abc.Awaitable[_fleet_pb2.AddTrustedKeyResponse]]: ...
+
     @_abc_1.abstractmethod
     def ListTrustedKeys(
         self,
         request: _fleet_pb2.ListTrustedKeysRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fleet_pb2.ListTrustedKeysResponse, _abc.Awaitable[_fleet_pb2.ListTrustedKeysResponse]]: ...
+
     @_abc_1.abstractmethod
     def ListOperatorTokens(
         self,
@@ -518,6 +484,7 @@ class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _fleet_pb2.DeviceActionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_common_pb2.Device, _abc.Awaitable[_common_pb2.Device]]: ...
+
     @_abc_1.abstractmethod
     def DeleteDevice(
         self,
@@ -531,11 +498,7 @@ class FleetServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _fleet_pb2.DeviceActionRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[
-        _fleet_pb2.RotateDeviceCredentialResponse, _abc.Awaitable[_fleet_pb2.RotateDeviceCredentialResponse]
-    ]:
+    ) -> _typing.Union[_fleet_pb2.RotateDeviceCredentialResponse, _abc.Awaitable[_fleet_pb2.RotateDeviceCredentialResponse]]:
         """A new credential, shown once; the old one is refused from now on."""
 
-def add_FleetServiceServicer_to_server(
-    servicer: FleetServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]
-) -> None: ...
+def add_FleetServiceServicer_to_server(servicer: FleetServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
