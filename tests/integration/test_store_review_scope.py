@@ -73,7 +73,9 @@ def upload(tstore: TelemetryStore, device_id: str, epoch: str, *bodies: Body) ->
     records = []
     for seq, body in enumerate(bodies, start=1):
         field = {MetricWindow: "metrics", DeviceEvent: "event", ReviewSample: "review"}[type(body)]
-        records.append(TelemetryRecord(seq=seq, **{field: body}))
+        record = TelemetryRecord(seq=seq)
+        getattr(record, field).CopyFrom(body)
+        records.append(record)
     batch = TelemetryBatch(epoch=epoch, first_seq=1, last_seq=len(bodies), records=records)
     validate_batch(batch)
     tstore.commit_batch(device_id, plan_batch(batch, tstore.ingest_facts(device_id, epoch, 0), T0), T0)

@@ -38,8 +38,9 @@ async def refused(call: Any, code: grpc.StatusCode) -> str:
     return info.value.details() or ""
 
 
-async def samples(c: Fleet, **filters: str) -> list[tuple[str, str, str]]:
-    reply = await c.fleet.ListReviewSamples(fleet_pb2.ListReviewSamplesRequest(**filters), metadata=c.admin)
+async def samples(c: Fleet, device: str = "", sample_id: str = "") -> list[tuple[str, str, str]]:
+    request = fleet_pb2.ListReviewSamplesRequest(device=device, sample_id=sample_id)
+    reply = await c.fleet.ListReviewSamples(request, metadata=c.admin)
     return sorted((s.device_id, s.sample_id, s.label) for s in reply.samples)
 
 
