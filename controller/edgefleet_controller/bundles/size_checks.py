@@ -12,6 +12,7 @@ from edgefleet.contract.bundle_layout import GOLDEN_ROLE
 from edgefleet.contract.bundle_sections import ArtifactRef
 from edgefleet.contract.errors import ContractError
 from edgefleet.contract.golden import check_golden
+from edgefleet.contract.shown import shown
 from edgefleet_controller import errors as cerr
 
 _FIX = "nothing was stored; rebuild the bundle with 'fleetctl bundle build' and check it with 'fleetctl bundle verify'"
@@ -23,6 +24,6 @@ def check_staged_artifact(ref: ArtifactRef, path: Path) -> None:
     if ref.role != GOLDEN_ROLE:
         return
     try:
-        check_golden(path, source=f"artifact '{ref.role}' ({ref.path})")
+        check_golden(path, source=f"artifact {shown(ref.role)} ({ref.path})")
     except ContractError as exc:
         raise cerr.InvalidArgument(f"bundle refused: {exc}; {_FIX}") from None

@@ -38,7 +38,7 @@ def _frozen(values: npt.ArrayLike, dtype: type, name: str) -> npt.NDArray[Any]:
     try:
         array: npt.NDArray[Any] = np.array(values, dtype=dtype, copy=True)
     except (TypeError, ValueError) as exc:
-        raise SamplesError(f"canary samples: field {shown(name)} must be numbers, got {values!r:.80}: {exc}") from None
+        raise SamplesError(f"canary samples: field {shown(name)} must be numbers, got {shown(values)}: {exc}") from None
     if array.ndim != 1:
         raise SamplesError(
             f"canary samples: field {shown(name)} must be one value per frame (1-D), got shape {array.shape}"

@@ -219,11 +219,11 @@ def check_member_size(member: tarfile.TarInfo, ref: ArtifactRef, archive: Path, 
     ceiling = limits.max_golden_bytes if ref.role == GOLDEN_ROLE else limits.max_artifact_bytes
     if member.size > ref.size:
         raise UnsafeArchiveError(
-            f"{archive}: member '{member.name}' is {member.size} bytes, {MANIFEST_NAME} says {ref.size}"
+            f"{archive}: member {shown(member.name)} is {member.size} bytes, {MANIFEST_NAME} says {ref.size}"
         )
     if member.size > ceiling:
         raise UnsafeArchiveError(
-            f"{archive}: member '{member.name}' is {member.size} bytes, over the {ceiling}-byte ceiling"
+            f"{archive}: member {shown(member.name)} is {member.size} bytes, over the {ceiling}-byte ceiling"
         )
 
 
@@ -231,31 +231,37 @@ def _check_member_kind(member: tarfile.TarInfo, archive: Path) -> None:
     name = member.name
     pure = PurePosixPath(name)
     if name.startswith("/") or pure.is_absolute() or (len(name) > 1 and name[1] == ":"):
-        raise UnsafeArchiveError(f"{archive}: member '{name}' has an absolute path; refusing the archive")
+        raise UnsafeArchiveError(f"{archive}: member {shown(name)} has an absolute path; refusing the archive")
     if ".." in pure.parts or "\\" in name or "\x00" in name:
-        raise UnsafeArchiveError(f"{archive}: member '{name}' escapes the bundle ('..' or '\\'); refusing")
+        raise UnsafeArchiveError(f"{archive}: member {shown(name)} escapes the bundle ('..' or '\\'); refusing")
     if member.issym() or member.islnk():
         raise UnsafeArchiveError(
-            f"{archive}: member '{name}' is a link (to '{member.linkname}'); bundles hold regular files only"
+            f"{archive}: member {shown(name)} is a link (to {shown(member.linkname)}); bundles hold regular files only"
         )
     if member.ischr() or member.isblk() or member.isfifo() or member.isdev():
-        raise UnsafeArchiveError(f"{archive}: member '{name}' is a device or fifo; bundles hold regular files only")
+        raise UnsafeArchiveError(
+            f"{archive}: member {shown(name)} is a device or fifo; bundles hold regular files only"
+        )
     if not member.isreg() or member.issparse():
-        raise UnsafeArchiveError(f"{archive}: member '{name}' is not a regular file (tar type {shown(member.type)})")
+        raise UnsafeArchiveError(
+            f"{archive}: member {shown(name)} is not a regular file (tar type {shown(member.type)})"
+        )
 
 
 def _read_small(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int, archive: Path) -> bytes:
     if member.size > limit:
-        raise UnsafeArchiveError(f"{archive}: member '{member.name}' is {member.size} bytes, over the {limit} limit")
+        raise UnsafeArchiveError(
+            f"{archive}: member {shown(member.name)} is {member.size} bytes, over the {limit} limit"
+        )
     fh = tar.extractfile(member)
     if fh is None:
-        raise UnsafeArchiveError(f"{archive}: member '{member.name}' has no data")
+        raise UnsafeArchiveError(f"{archive}: member {shown(member.name)} has no data")
     try:
         data = fh.read(limit + 1)
     except _TAR_ERRORS as exc:
-        raise UnsafeArchiveError(f"{archive}: member '{member.name}' is truncated ({exc})") from None
+        raise UnsafeArchiveError(f"{archive}: member {shown(member.name)} is truncated ({exc})") from None
     if len(data) != member.size:
-        raise UnsafeArchiveError(f"{archive}: member '{member.name}' is truncated")
+        raise UnsafeArchiveError(f"{archive}: member {shown(member.name)} is truncated")
     return data
 
 
@@ -330,25 +336,25 @@ def _extract(
             name = str(PurePosixPath(member.name))
             ref = by_path.get(name)
             if ref is None:
-                raise UnlistedFileError(f"{archive}: member '{member.name}' is not listed in {MANIFEST_NAME}")
+                raise UnlistedFileError(f"{archive}: member {shown(member.name)} is not listed in {MANIFEST_NAME}")
             if name in seen:
-                raise UnsafeArchiveError(f"{archive}: member '{name}' appears twice")
+                raise UnsafeArchiveError(f"{archive}: member {shown(name)} appears twice")
             seen.add(name)
             check_member_size(member, ref, archive, limits)
             src = tar.extractfile(member)
             if src is None:
-                raise UnsafeArchiveError(f"{archive}: member '{name}' has no data")
+                raise UnsafeArchiveError(f"{archive}: member {shown(name)} has no data")
             target = work / name
             target.parent.mkdir(parents=True, exist_ok=True)
             sha, size = _copy_member(src, target, ref, archive, limits.max_total_bytes - total)
             total += size
             if size != ref.size:
                 raise DigestMismatchError(
-                    f"{archive}: artifact '{ref.role}' ({name}) is {size} bytes, {MANIFEST_NAME} says {ref.size}"
+                    f"{archive}: artifact {shown(ref.role)} ({name}) is {size} bytes, {MANIFEST_NAME} says {ref.size}"
                 )
             if sha != ref.sha256:
                 raise DigestMismatchError(
-                    f"{archive}: artifact '{ref.role}' ({name}) has sha256:{sha}, {MANIFEST_NAME} says "
+                    f"{archive}: artifact {shown(ref.role)} ({name}) has sha256:{sha}, {MANIFEST_NAME} says "
                     f"{ref.digest}; the archive was altered or corrupted"
                 )
             member = _next_member(tar, archive)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from edgefleet.contract.bundle import BundleManifest
 from edgefleet.contract.bundle_layout import GOLDEN_ROLE
 from edgefleet.contract.errors import UnsafeArchiveError
+from edgefleet.contract.shown import shown
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -63,6 +64,6 @@ def check_declared_sizes(manifest: BundleManifest, limits: BundleLimits = DEFAUL
         if ref.size > ceiling:
             what = "golden data" if role == GOLDEN_ROLE else "an artifact"
             raise UnsafeArchiveError(
-                f"{source}: artifact '{role}' ({ref.path}) declares {ref.size} bytes, over the {ceiling}-byte "
+                f"{source}: artifact {shown(role)} ({ref.path}) declares {ref.size} bytes, over the {ceiling}-byte "
                 f"ceiling for {what}"
             )

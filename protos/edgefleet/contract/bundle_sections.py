@@ -367,5 +367,5 @@ def check_postprocess_fits(
     if isinstance(dim, int) and dim != -1 and dim != size:
         raise BundleFormatError(
             f"{source}: output '{outputs[0].name}' has {dim} values on axis {axis} but postprocess "
-            f"'{post.kind}' with {len(labels)} labels needs {size}; fix 'labels' or 'postprocess.kind'"
+            f"{shown(post.kind)} with {len(labels)} labels needs {size}; fix 'labels' or 'postprocess.kind'"
         )

@@ -183,13 +183,13 @@ def _checked_infos(archive: zipfile.ZipFile, path: str, limits: BundleLimits) ->
         if not _MEMBER_RE.match(name):
             raise BundleFormatError(f"{path}: member {shown(name)} is not an input.<name>.npy/output.<name>.npy array")
         if name in seen:
-            raise BundleFormatError(f"{path}: member '{name}' appears twice")
+            raise BundleFormatError(f"{path}: member {shown(name)} appears twice")
         seen.add(name)
         _check_info(info, path, limits)
         total += info.file_size
         if total > limits.max_golden_bytes:
             raise UnsafeArchiveError(
-                f"{path}: golden members declare {total} bytes uncompressed (through '{name}'), over the "
+                f"{path}: golden members declare {total} bytes uncompressed (through {shown(name)}), over the "
                 f"{limits.max_golden_bytes}-byte golden ceiling"
             )
     return infos
@@ -204,31 +204,31 @@ def _check_info(info: zipfile.ZipInfo, path: str, limits: BundleLimits) -> None:
     """One zip entry's declared sizes: under the ceiling, and a compressed size that can really hold them."""
     name, usize, csize = info.filename, info.file_size, info.compress_size
     if info.flag_bits & 0x1:
-        raise BundleFormatError(f"{path}: member '{name}' is encrypted")
+        raise BundleFormatError(f"{path}: member {shown(name)} is encrypted")
     if usize > limits.max_golden_bytes:
         raise UnsafeArchiveError(
-            f"{path}: member '{name}' declares {usize} bytes uncompressed ({csize} compressed), over the "
+            f"{path}: member {shown(name)} declares {usize} bytes uncompressed ({csize} compressed), over the "
             f"{limits.max_golden_bytes}-byte golden ceiling"
         )
     if info.compress_type == zipfile.ZIP_STORED:
         if csize != usize:
             raise UnsafeArchiveError(
-                f"{path}: member '{name}' is stored uncompressed but declares {usize} bytes with {csize} stored"
+                f"{path}: member {shown(name)} is stored uncompressed but declares {usize} bytes with {csize} stored"
             )
     elif info.compress_type == zipfile.ZIP_DEFLATED:
         if usize > max(csize, 1) * limits.max_golden_ratio:
             raise UnsafeArchiveError(
-                f"{path}: member '{name}' declares {usize} bytes from {csize} compressed, a ratio over the "
+                f"{path}: member {shown(name)} declares {usize} bytes from {csize} compressed, a ratio over the "
                 f"{limits.max_golden_ratio}:1 ceiling; refusing a decompression bomb"
             )
         if csize > _deflate_bound(usize):
             raise UnsafeArchiveError(
-                f"{path}: member '{name}' declares {usize} bytes uncompressed but holds {csize} compressed, more "
+                f"{path}: member {shown(name)} declares {usize} bytes uncompressed but holds {csize} compressed, more "
                 "than deflate makes of that many; its zip header lies about file_size"
             )
     else:
         raise BundleFormatError(
-            f"{path}: member '{name}' uses zip compression method {info.compress_type}; only stored or deflated"
+            f"{path}: member {shown(name)} uses zip compression method {info.compress_type}; only stored or deflated"
         )
 
 
@@ -245,14 +245,14 @@ def _read_member(
             elif version == (2, 0):
                 shape, fortran, dtype = np.lib.format.read_array_header_2_0(header, MAX_NPY_HEADER_BYTES)
             else:
-                raise BundleFormatError(f"{path}: member '{name}' is .npy format {version}; expected 1.0 or 2.0")
+                raise BundleFormatError(f"{path}: member {shown(name)} is .npy format {version}; expected 1.0 or 2.0")
         except _OverRead as exc:
             raise UnsafeArchiveError(
-                f"{path}: member '{name}': its .npy header asks to read {exc.args[0]} more bytes, past the "
+                f"{path}: member {shown(name)}: its .npy header asks to read {exc.args[0]} more bytes, past the "
                 f"{header.limit}-byte header ceiling (file_size {info.file_size})"
             ) from None
         except ValueError as exc:
-            raise BundleFormatError(f"{path}: member '{name}' is not a .npy array ({exc})") from None
+            raise BundleFormatError(f"{path}: member {shown(name)} is not a .npy array ({exc})") from None
         declared = _declared(name, shape, fortran, dtype, header.position, info, path)
         return declared, (_read_data(raw, declared, info, path) if read_data else None)
 
@@ -267,13 +267,13 @@ def _declared(
     path: str,
 ) -> GoldenArray:
     if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise BundleFormatError(f"{path}: member '{name}' has an invalid shape {str(shape)[:80]}")
+        raise BundleFormatError(f"{path}: member {shown(name)} has an invalid shape {str(shape)[:80]}")
     if dtype.kind not in _NUMERIC_KINDS or dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
-        raise BundleFormatError(f"{path}: member '{name}' has dtype {shown(dtype.str)}; golden arrays are numeric")
+        raise BundleFormatError(f"{path}: member {shown(name)} has dtype {shown(dtype.str)}; golden arrays are numeric")
     data_bytes = math.prod(shape) * dtype.itemsize
     if header_bytes + data_bytes != info.file_size:
         raise UnsafeArchiveError(
-            f"{path}: member '{name}': its .npy header declares shape {shape} of {dtype.str} ({data_bytes} data "
+            f"{path}: member {shown(name)}: its .npy header declares shape {shape} of {dtype.str} ({data_bytes} data "
             f"bytes after a {header_bytes}-byte header) but the zip entry declares file_size {info.file_size}; "
             "refusing a lying header"
         )
@@ -289,13 +289,14 @@ def _read_data(raw: IO[bytes], declared: GoldenArray, info: zipfile.ZipInfo, pat
         chunk = raw.read(min(_READ_CHUNK, declared.data_bytes - got))
         if not chunk:
             raise BundleFormatError(
-                f"{path}: member '{info.filename}' ends after {got} of its {declared.data_bytes} declared data bytes"
+                f"{path}: member {shown(info.filename)} ends after {got} of its "
+                f"{declared.data_bytes} declared data bytes"
             )
         view[got : got + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
         got += len(chunk)
     if raw.read(1):
         raise UnsafeArchiveError(
-            f"{path}: member '{info.filename}' holds more than its declared {info.file_size} bytes"
+            f"{path}: member {shown(info.filename)} holds more than its declared {info.file_size} bytes"
         )
     if declared.fortran_order:
         return flat.reshape(declared.shape[::-1]).transpose()
