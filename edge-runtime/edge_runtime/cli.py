@@ -44,6 +44,7 @@ from edge_runtime.update.driver import DEFAULT_DISK_MARGIN_BYTES
 from edge_runtime.update.journal import Journal
 from edge_runtime.update.slots import BundleSlots
 from edgefleet.contract.request_bounds import FETCH_CHUNK_MAX_BYTES, FETCH_CHUNK_MIN_BYTES
+from edgefleet.contract.shown import shown
 from edgefleet.logging import configure_logging
 
 CRASH_CANDIDATE_ENV = "EDGEFLEET_CRASH_CANDIDATE"
@@ -60,7 +61,7 @@ def parse_tags(values: Sequence[str]) -> dict[str, str]:
     for value in values:
         key, sep, val = value.partition("=")
         if not sep or not key:
-            raise ValueError(f"--site-tags must be key=value, got {value!r}")
+            raise ValueError(f"--site-tags must be key=value, got {shown(value)}")
         tags[key.strip()] = val.strip()
     return tags
 
