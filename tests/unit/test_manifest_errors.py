@@ -279,3 +279,14 @@ def test_document_over_one_mebibyte_is_refused() -> None:
 def test_deep_nesting_is_refused() -> None:
     err = _error("[" * 5000)
     assert isinstance(err, ManifestError)
+
+
+def test_a_long_file_name_or_path_is_cut_in_the_location_keeping_the_line() -> None:
+    name = "n" * 5000 + ".yaml"
+    err = _error(f"{HEAD}kind: Nope\nmetadata:\n  name: x\nspec: {{}}\n", source=name)
+    assert err.location == f"{'n' * 80}… (5005 chars):2"
+    assert len(str(err)) < 400 and "Nope" in str(err)
+    # a short location is kept whole
+    assert ManifestError("bad", location="m.yaml:3", path="spec.x").location == "m.yaml:3"
+    long_path = ManifestError("bad", path="spec." + "k" * 1000)
+    assert long_path.path == f"spec.{'k' * 75}… (1005 chars)"
