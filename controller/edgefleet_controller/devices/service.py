@@ -165,8 +165,8 @@ class DeviceService:
     async def enroll(
         self, token: str, name: str, hardware_class: str, facts: Mapping[str, Any], tags: Mapping[str, str]
     ) -> Enrollment:
-        if not token:
-            raise cerr.Unauthenticated("EnrollRequest.enrollment_token is empty; create one with fleetctl token create")
+        """Enroll with ``token``, which the interceptor admitted (``AuthService.admit_enrollment``) before the
+        request's other fields were looked at; consuming its use here still refuses one revoked or used up since."""
         try:
             device, credential = await asyncio.to_thread(
                 self.store.enroll, token, name, hardware_class, dict(facts), dict(tags), self.clock()
