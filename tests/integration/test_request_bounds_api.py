@@ -22,10 +22,11 @@ from typer.testing import CliRunner
 
 from edgefleet.contract import request_bounds as rb
 from edgefleet.contract.telemetry_bounds import MAX_REVIEW_JPEG_BYTES
-from edgefleet.v1 import common_pb2, device_pb2, fleet_pb2, telemetry_pb2
+from edgefleet.v1 import common_pb2, device_pb2, fleet_pb2, fleet_pb2_grpc, telemetry_pb2
 from edgefleet_controller import refusal_log
 from edgefleet_controller.store import schema as t
 from edgefleet_testing.controller import InProcessController, bearer, connected, running_controller
+from fleetctl.client import CHANNEL_OPTIONS
 from fleetctl.main import app as fleetctl_app
 
 pytestmark = pytest.mark.integration
@@ -261,3 +262,38 @@ async def test_refusal_log_lines_are_rate_limited_per_peer(tmp_path: Path, monke
         assert log_bytes(logs) < 20_000
         # and the caller's good call is answered
         assert not (await c.fleet.ListDevices(fleet_pb2.ListDevicesRequest(), metadata=c.admin)).devices
+
+
+async def test_review_samples_of_the_largest_jpegs_still_list_with_their_jpegs(tmp_path: Path) -> None:
+    async with running_controller(tmp_path / "data") as ctrl, connected(ctrl) as c:
+        _, cred = await c.enroll("site-a", "cam-1")
+        jpeg = b"\xff" * MAX_REVIEW_JPEG_BYTES
+        batches = [
+            telemetry_pb2.TelemetryBatch(
+                epoch="ep",
+                first_seq=3 * b + 1,
+                last_seq=3 * b + 3,
+                records=[
+                    telemetry_pb2.TelemetryRecord(
+                        seq=3 * b + i + 1,
+                        review=telemetry_pb2.ReviewSample(
+                            sample_id=f"s{3 * b + i}", bundle_digest="sha256:" + "b" * 64, jpeg=jpeg
+                        ),
+                    )
+                    for i in range(3)
+                ],
+            )
+            for b in range(3)
+        ]
+        acks = [ack async for ack in c.device.UploadTelemetry(iter(batches), metadata=bearer(cred))]
+        assert acks[-1].acked_through == 9
+        listed = await c.fleet.ListReviewSamples(fleet_pb2.ListReviewSamplesRequest(limit=100), metadata=c.admin)
+        assert len(listed.samples) == 9
+        # fleetctl's channel: it receives up to the controller's send limit
+        async with grpc.aio.insecure_channel(ctrl.address, options=CHANNEL_OPTIONS) as channel:
+            with_jpegs = await fleet_pb2_grpc.FleetServiceStub(channel).ListReviewSamples(
+                fleet_pb2.ListReviewSamplesRequest(limit=100, include_jpeg=True), metadata=c.admin
+            )
+        assert len(with_jpegs.samples) == rb.MAX_REVIEW_SAMPLES_WITH_JPEG < 9
+        assert all(len(s.sample.jpeg) == MAX_REVIEW_JPEG_BYTES for s in with_jpegs.samples)
+        assert with_jpegs.ByteSize() <= rb.MAX_RESPONSE_BYTES

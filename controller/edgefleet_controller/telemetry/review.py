@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from edgefleet.contract.request_bounds import MAX_REVIEW_SAMPLES_WITH_JPEG
 from edgefleet.contract.shown import shown
 from edgefleet.v1.fleet_pb2 import ListReviewSamplesRequest, ListReviewSamplesResponse, ReviewSampleInfo
 from edgefleet_controller.store.review_samples import ReviewRow
@@ -24,12 +25,14 @@ class ReviewQueryError(ValueError):
 
 
 def check_request(request: ListReviewSamplesRequest) -> int:
-    """The effective limit; raises ``ReviewQueryError`` for an unknown label filter."""
+    """The effective limit (with ``include_jpeg`` at most ``MAX_REVIEW_SAMPLES_WITH_JPEG``, so the answer fits
+    the controller's message limit); raises ``ReviewQueryError`` for an unknown label filter."""
     if request.label not in LABEL_FILTERS:
         raise ReviewQueryError(
             f"ListReviewSamples: 'label' must be one of 'unlabeled', 'tp', 'fp' or empty, got {shown(request.label)}"
         )
-    return min(request.limit or DEFAULT_LIMIT, MAX_LIMIT)
+    limit = min(request.limit or DEFAULT_LIMIT, MAX_LIMIT)
+    return min(limit, MAX_REVIEW_SAMPLES_WITH_JPEG) if request.include_jpeg else limit
 
 
 def sample_info(row: ReviewRow) -> ReviewSampleInfo:

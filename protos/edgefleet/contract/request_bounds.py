@@ -44,6 +44,10 @@ MiB: Final = 1024 * KiB
 #: The largest answer the controller sends (gRPC ``max_send_message_length``; clients receive up to it): a
 #: page of ListDevices of bounded devices, a 4 MiB blob chunk with its framing.
 MAX_RESPONSE_BYTES: Final = 16 * MiB
+#: The most review samples one ListReviewSamples answer with ``include_jpeg`` holds: each is at most its
+#: entry's size (a JPEG of ``MAX_REVIEW_JPEG_BYTES`` + 128 KiB of fields), the answer at most
+#: ``MAX_RESPONSE_BYTES`` with 1 MiB to spare (the rates, framing).
+MAX_REVIEW_SAMPLES_WITH_JPEG: Final = (MAX_RESPONSE_BYTES - 1 * MiB) // (MAX_REVIEW_JPEG_BYTES + 128 * KiB)
 #: FetchBlob ``chunk_bytes``: 0 asks for the controller's default, anything else must lie in this range.
 FETCH_CHUNK_MIN_BYTES: Final = 4 * KiB
 FETCH_CHUNK_MAX_BYTES: Final = 4 * MiB
@@ -293,7 +297,7 @@ BOUNDS: Final[Mapping[str, Bounds]] = {
             "jpeg": Blob(MAX_REVIEW_JPEG_BYTES),
             "results_json": Text(64 * KiB),
         },
-        max_bytes=MAX_REVIEW_JPEG_BYTES + 128 * KiB,
+        max_bytes=MAX_REVIEW_JPEG_BYTES + 128 * KiB,  # MAX_REVIEW_SAMPLES_WITH_JPEG counts on this
     ),
     "edgefleet.v1.TelemetryRecord": Bounds({"seq": _U64, "metrics": _NESTED, "event": _NESTED, "review": _NESTED}),
     "edgefleet.v1.SeqRange": Bounds({"first": _U64, "last": _U64}),
