@@ -211,7 +211,7 @@ class RolloutService:
                 )
             )
         except serr.Conflict as exc:
-            raise cerr.FailedPrecondition(f"rollout {name}: {exc}") from None
+            raise cerr.FailedPrecondition(f"rollout {shown(name)}: {exc}") from None
         log.info(
             "rollout.created",
             rollout_id=row.id,
