@@ -119,7 +119,14 @@ def build_controller(data_dir: Path, *, clock: Clock = utcnow, store_url: str | 
     )
     directory = DeviceDirectory(store.devices)
     desired = DesiredStates(store.desired, DeliveryPieces(store.bundles, blobs), hub)
-    auth = AuthService(store.enrollment_tokens, store.operator_tokens, store.trusted_keys, store.device_access, clock)
+    auth = AuthService(
+        store.enrollment_tokens,
+        store.operator_tokens,
+        store.trusted_keys,
+        store.device_access,
+        clock,
+        store.credential_generation,
+    )
     configs = ConfigService(store.configs, blobs, directory, desired, rollouts, clock)
     announce = FeedAnnouncer(feed)
     devices = DeviceService(

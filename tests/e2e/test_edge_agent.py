@@ -17,7 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgefleet.contract.signing import SigningKey
-from edgefleet.v1 import common_pb2
+from edgefleet.v1 import common_pb2, fleet_pb2
 from edgefleet_testing.bundles import SignedBundle, make_bundle
 from edgefleet_testing.faultproxy import FaultProxy
 from edgefleet_testing.fleet import Controller, running_edge, start_controller
@@ -196,3 +196,22 @@ def test_download_through_a_resetting_link_resumes_and_refetches_at_most_a_chunk
     # Whatever crossed the link beyond the artifacts is the in-flight chunk of each reset plus sync traffic.
     wasted = proxy.stats.bytes_down - artifacts
     assert wasted <= proxy.stats.resets * (chunk + (64 << 10)) + (1 << 20), (wasted, proxy.stats)
+
+
+def test_a_disabled_device_says_so_and_keeps_serving_its_committed_bundle(fleet: Fleet, tmp_path: Path) -> None:
+    with running_edge(fleet.ctl.address, tmp_path / "disabled", fleet.token(), name="disabled", sync_wait_s=2) as dev:
+        fleet.ctl.set_desired("disabled", fleet.v1.digest)
+        dev.committed(fleet.v1.digest)
+        fleet.ctl.fleet.DisableDevice(
+            fleet_pb2.DeviceActionRequest(device="disabled"), metadata=fleet.ctl.md, timeout=10
+        )
+        wait_until(lambda: "agent.device_disabled" in dev.log.read_text(), 20, "the agent logs that it was disabled")
+        line = next(x for x in dev.log.read_text().splitlines() if "agent.device_disabled" in x)
+        assert "disabled by an operator" in line and "fleetctl device enable disabled" in line
+        frames = frames_of(dev.status())
+        time.sleep(2)
+        status = dev.status()
+        assert status["serving"] == fleet.v1.digest and status["update"]["committed"] == fleet.v1.digest
+        assert frames_of(status) > frames + 30, "a disabled device keeps inferring on its committed bundle"
+        assert (dev.data_dir / "credential.json").exists()  # it does not wipe itself
+        assert dev.proc.poll() is None

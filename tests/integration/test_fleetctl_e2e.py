@@ -253,3 +253,58 @@ def test_fleetctl_errors_are_one_line(env: Env) -> None:
 
     fmt = env.run("get", "devices", "-o", "xml")
     assert fmt.code == 2 and "xml" in fmt.err
+
+
+def sync_code(address: str, credential: str) -> grpc.StatusCode:
+    """What the controller answers a device's Sync with this credential."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            device_pb2_grpc.DeviceServiceStub(channel).Sync(
+                device_pb2.SyncRequest(wait_s=0), metadata=bearer(credential), timeout=10
+            )
+        except grpc.RpcError as exc:
+            return exc.code()  # type: ignore[no-any-return]
+    return grpc.StatusCode.OK
+
+
+@pytest.mark.slow
+def test_fleetctl_revokes_tokens_and_disables_rotates_deletes_devices(env: Env) -> None:
+    ci = env.ok("token", "operator", "--name", "ci-revoke", "--role", "operator")
+    assert "expires 20" in ci.err  # the default lifetime (90 days), not "never"
+    zero = env.run("token", "operator", "--name", "x", "--expires", "0")  # no longer "no expiry": a usage error
+    assert zero.code == 2 and "never" in zero.err
+    eternal = env.ok("token", "operator", "--name", "break-glass", "--role", "viewer", "--expires", "never")
+    assert "never expires" in eternal.err and "expires never" in eternal.err
+    env.ok("get", "sites", token=ci.out.strip())
+    listed = {t["name"]: t for t in json.loads(env.ok("token", "list", "-o", "json").out)}
+    assert "last_used_at" in listed["ci-revoke"] and "last_used_at" not in listed["break-glass"]
+    assert "expires_at" not in listed["break-glass"]
+    rows = {r[1]: r for r in _table_rows(env.ok("token", "list").out)}
+    assert rows["ci-revoke"][3] == "active" and rows["ci-revoke"][5].endswith("ago")
+    assert rows["break-glass"][4] == "never" and rows["break-glass"][5] == "never"
+
+    assert "revoked operator token" in env.ok("token", "revoke", listed["ci-revoke"]["id"]).out
+    assert "UNAUTHENTICATED" in env.fails("get", "sites", token=ci.out.strip()).err
+    assert "NOT_FOUND" in env.fails("token", "revoke", "0123456789abcdef").err
+
+    token = env.ok("token", "create", "--site", "warehouse-r").out.strip()
+    device_id, old = enroll(env.ctrl.address, token, "rv-1", {})
+    viewer = eternal.out.strip()
+    assert "PERMISSION_DENIED" in env.fails("device", "disable", "rv-1", token=viewer).err
+    assert "disabled device rv-1" in env.ok("device", "disable", "rv-1").out
+    assert sync_code(env.ctrl.address, old) == grpc.StatusCode.PERMISSION_DENIED
+    env.ok("device", "enable", device_id)
+    assert sync_code(env.ctrl.address, old) == grpc.StatusCode.OK
+
+    rotated = env.ok("device", "rotate-credential", "rv-1")
+    new = rotated.out.strip()
+    assert new.startswith(f"edc_{device_id}.") and "credential.json" in rotated.err
+    assert sync_code(env.ctrl.address, old) == grpc.StatusCode.UNAUTHENTICATED
+    assert sync_code(env.ctrl.address, new) == grpc.StatusCode.OK
+
+    refused = env.run("device", "delete", "rv-1")
+    assert refused.code == 2 and "--yes" in refused.err
+    assert sync_code(env.ctrl.address, new) == grpc.StatusCode.OK  # the refused delete changed nothing
+    assert f"deleted device rv-1 ({device_id})" in env.ok("device", "delete", "rv-1", "--yes").out
+    assert sync_code(env.ctrl.address, new) == grpc.StatusCode.UNAUTHENTICATED
+    assert "NOT_FOUND" in env.fails("device", "delete", device_id, "--yes").err

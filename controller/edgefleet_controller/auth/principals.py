@@ -8,9 +8,9 @@ send them. Two kinds exist, told apart by prefix:
 - operator tokens ``eot_<id>.<secret>`` with a role: viewer (reads) < operator (bundles, configs,
   rollouts, desired state) < admin (tokens, trusted keys).
 
-Nothing is cached: ``AuthService.authenticate`` reads the credential's row on every call (one indexed
-read), so revoking a token, disabling or deleting a device or rotating its credential is refused on the
-next call, on every replica sharing the database.
+``AuthService.authenticate`` keeps principals only while the store's credential generation is unchanged
+(``auth.credential_cache``), so revoking a token, disabling or deleting a device or rotating its credential
+is refused on the next call, on every replica sharing the database.
 """
 
 from __future__ import annotations

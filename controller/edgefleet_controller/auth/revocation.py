@@ -4,9 +4,9 @@ working at once and its name is free for a new enrollment; a rollout that had mo
 neither succeeded nor failed) and credential rotation (the new credential is returned once; the old one is
 refused from the next call).
 
-Every switch is a database write read by ``AuthService.authenticate`` on each call, so it holds on every
-replica at once; the device's parked long-poll is also woken (and the other replicas told) so that a waiting
-Sync ends now instead of at its ``wait_s``.
+Every switch moves the credential generation in its transaction and answers only after ``settle()``, so any
+call made after the answer is refused on every replica (``auth.credential_cache``); the device's parked
+long-poll is also woken (and the other replicas told) so that a waiting Sync ends now, not at its ``wait_s``.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from edgefleet_controller.auth.credential_cache import settle
 from edgefleet_controller.clock import Clock
 from edgefleet_controller.devices.directory import DeviceDirectory
 from edgefleet_controller.hub import SyncHub
@@ -45,6 +46,7 @@ class DeviceRevocation:
     async def _switch(self, ref: str, *, disable: bool, by: str) -> DeviceRecord:
         device = await self.directory.find_device(ref)
         await asyncio.to_thread(self.access.set_disabled, device.id, self.clock() if disable else None)
+        await settle()
         self.hub.notify([device.id])
         log.info("device.disabled" if disable else "device.enabled", device_id=device.id, by=by)
         return await asyncio.to_thread(self.devices.get, device.id)
@@ -53,6 +55,7 @@ class DeviceRevocation:
         """Remove the device and everything that is only its own; returns the record it had."""
         device = await self.directory.find_device(ref)
         await asyncio.to_thread(self.access.delete, device.id)
+        await settle()
         self.hub.notify([device.id])
         log.info("device.deleted", device_id=device.id, site=device.site, by=by)
         return device
@@ -61,6 +64,7 @@ class DeviceRevocation:
         """A new credential for the device, shown once; the old one is refused from now on."""
         device = await self.directory.find_device(ref)
         credential = await asyncio.to_thread(self.access.rotate, device.id)
+        await settle()
         self.hub.notify([device.id])
         log.info("device.credential_rotated", device_id=device.id, by=by)
         return device, credential

@@ -2,9 +2,11 @@
 tokens), issues, lists and revokes enrollment and operator tokens, keeps the trusted publisher keys, and
 writes the bootstrap admin token at first start.
 
-Every call's credential is read from the database (one indexed row), never from a cache: a revocation, a
-disabled or deleted device or a rotated credential is refused on the very next call, on every replica that
-shares the database. Device actions (disable, delete, rotate) live in ``auth.revocation``.
+A revocation, a disabled or deleted device or a rotated credential is refused on the very next call, on every
+replica that shares the database: authenticated callers are kept in memory only under the credential
+generation that every revocation moves, read at most 0.1 s before each call, and a revocation answers only
+after that bound (``auth.credential_cache``). Device actions (disable, delete, rotate) live in
+``auth.revocation``.
 
 Store calls are synchronous transactions run in worker threads (``asyncio.to_thread``); the clock is injected.
 """
@@ -13,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import structlog
@@ -23,10 +25,12 @@ from edgefleet.contract.errors import ContractError
 from edgefleet.contract.shown import shown
 from edgefleet.contract.signing import TrustedKeys, check_key_id
 from edgefleet_controller import errors as cerr
+from edgefleet_controller.auth.credential_cache import CredentialCache, GenerationReads, settle
 from edgefleet_controller.auth.principals import Principal, Role
 from edgefleet_controller.clock import Clock
 from edgefleet_controller.store import errors as serr
-from edgefleet_controller.store.auth import EnrollmentTokenStore, OperatorTokenStore, TrustedKeyStore
+from edgefleet_controller.store.auth import LAST_USE_EVERY, EnrollmentTokenStore, OperatorTokenStore, TrustedKeyStore
+from edgefleet_controller.store.credential_generation import CredentialGenerationStore
 from edgefleet_controller.store.device_access import DeviceAccessStore
 from edgefleet_controller.store.records import (
     EnrollmentTokenRecord,
@@ -58,6 +62,13 @@ class AuthService:
     keys: TrustedKeyStore
     device_access: DeviceAccessStore
     clock: Clock
+    generation: CredentialGenerationStore
+    _cache: CredentialCache = field(default_factory=CredentialCache, init=False)
+    _used: dict[str, datetime] = field(default_factory=dict, init=False)
+    _generations: GenerationReads = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._generations = GenerationReads(self.generation.read)
 
     async def write_bootstrap_admin(self, data_dir: Path) -> None:
         """At first start, create the admin operator token and leave it in ``DATA_DIR/admin.token`` (0600)."""
@@ -72,10 +83,23 @@ class AuthService:
         log.info("controller.bootstrap_admin_token", path=str(path))
 
     async def authenticate(self, token: str) -> Principal:
-        """The caller behind ``token``, read from the database (no cache: revocation is immediate).
+        """The caller behind ``token``. A disabled device is refused with PERMISSION_DENIED saying so (it keeps
+        its credential and state); an unknown, deleted or rotated-away credential with UNAUTHENTICATED.
 
-        A disabled device is refused with PERMISSION_DENIED saying so (it keeps its credential and state);
-        an unknown, deleted or rotated-away credential with UNAUTHENTICATED."""
+        The cheap path: the credential generation (read at most ``MAX_AGE_S`` before the call, one read shared
+        by the calls of that interval), then this replica's cache of callers read under that generation."""
+        generation = await self._generations.current()
+        cached = self._cache.get(token, generation)
+        now = self.clock()
+        if cached is not None and (cached.expires_at is None or now < cached.expires_at):
+            if cached.kind == "operator":
+                await self._record_use(cached.subject, now)
+            return cached
+        principal = await self._look_up(token, now)
+        self._cache.put(token, principal, generation)
+        return principal
+
+    async def _look_up(self, token: str, now: datetime) -> Principal:
         if token.startswith("edc_"):
             access = await asyncio.to_thread(self.device_access.check, token)
             if access is None:
@@ -88,11 +112,20 @@ class AuthService:
             return Principal("device", access.device_id, access.name, site=access.site)
         if token.startswith("eot_"):
             try:
-                op = await asyncio.to_thread(self.operator_tokens.authenticate, token, self.clock())
+                op = await asyncio.to_thread(self.operator_tokens.authenticate, token, now)  # records the use
             except serr.TokenRejected as exc:
                 raise cerr.Unauthenticated(f"operator token refused: {exc}") from None
+            self._used[op.id] = now
             return Principal("operator", op.id, op.name, role=Role.parse(op.role.value), expires_at=op.expires_at)
         raise cerr.Unauthenticated("credential must be an operator token (eot_…) or a device credential (edc_…)")
+
+    async def _record_use(self, token_id: str, now: datetime) -> None:
+        """An operator token's last use, written at most once a minute per token and replica (the store's
+        conditional write keeps it at most once a minute across replicas)."""
+        last = self._used.get(token_id)
+        if last is None or now - last >= LAST_USE_EVERY:
+            self._used[token_id] = now
+            await asyncio.to_thread(self.operator_tokens.record_use, token_id, now)
 
     async def admit_enrollment(self, token: str) -> None:
         """Refuse (UNAUTHENTICATED) an enrollment token that is malformed, unknown, revoked, expired or used up,
@@ -147,6 +180,7 @@ class AuthService:
     async def revoke_operator_token(self, token_id: str) -> OperatorRecord:
         """Revoke the token; it is refused on its next call on every replica. ``NotFound`` for an unknown id."""
         rec = await asyncio.to_thread(self.operator_tokens.revoke, token_id.removeprefix("eot_"), self.clock())
+        await settle()
         log.info("auth.operator_token_revoked", token_id=rec.id, name=shown(rec.name))
         return rec
 

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Connection, Row
 
-from edgefleet_controller.store import credentials
+from edgefleet_controller.store import credential_generation, credentials
 from edgefleet_controller.store import schema as t
 from edgefleet_controller.store.arguments import check_now, check_text, is_int, is_positive_seconds
 from edgefleet_controller.store.db import AggregateStore, Database
@@ -45,13 +45,25 @@ BOOTSTRAP_ADMIN_NAME: Final = "bootstrap-admin"
 LAST_USE_EVERY: Final = timedelta(minutes=1)
 
 
-def _revoke(db: Database, table: sa.Table, key: str, value: str, now: datetime, missing: NotFound) -> Row[Any]:
+def _revoke(
+    db: Database,
+    table: sa.Table,
+    key: str,
+    value: str,
+    now: datetime,
+    missing: NotFound,
+    *,
+    authenticates: bool = False,
+) -> Row[Any]:
     """Set ``revoked_at`` on the row whose ``key`` is ``value`` unless already set (a second revoke keeps the
-    first time); the row after. Raises ``missing`` when there is no such row."""
+    first time); the row after. Raises ``missing`` when there is no such row. ``authenticates``: the row is a
+    credential callers authenticate with, so the credential generation moves with the revocation."""
     check_now(now)
     key_column = table.c[key]
     with db.transaction() as conn:
-        conn.execute(table.update().where(key_column == value, table.c.revoked_at.is_(None)).values(revoked_at=now))
+        update = table.update().where(key_column == value, table.c.revoked_at.is_(None)).values(revoked_at=now)
+        if conn.execute(update).rowcount and authenticates:
+            credential_generation.bump_in(conn)
         row = conn.execute(sa.select(table).where(key_column == value)).one_or_none()
     if row is None:
         raise missing
@@ -256,10 +268,10 @@ class OperatorTokenStore(AggregateStore):
         if record.expires_at is not None and now >= record.expires_at:
             raise TokenExpired("operator token", record.id, record.expires_at)
         if record.last_used_at is None or now - record.last_used_at >= LAST_USE_EVERY:
-            self._record_use(record.id, now)
+            self.record_use(record.id, now)
         return record
 
-    def _record_use(self, token_id: str, now: datetime) -> None:
+    def record_use(self, token_id: str, now: datetime) -> None:
         """Set ``last_used_at`` unless it was set less than ``LAST_USE_EVERY`` ago (by any replica): at most one
         write a minute per token however many calls it makes."""
         tokens = t.operator_tokens
@@ -270,7 +282,7 @@ class OperatorTokenStore(AggregateStore):
     def revoke(self, token_id: str, now: datetime) -> OperatorRecord:
         """Revoke the token (idempotent: a second call keeps the first revocation time)."""
         missing = NotFound("operator token", token_id, "list them with fleetctl token list")
-        return _operator_record(_revoke(self._db, t.operator_tokens, "id", token_id, now, missing))
+        return _operator_record(_revoke(self._db, t.operator_tokens, "id", token_id, now, missing, authenticates=True))
 
     def all(self) -> list[OperatorRecord]:
         """Every operator token, oldest first."""

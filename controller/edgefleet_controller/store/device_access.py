@@ -1,9 +1,10 @@
-"""Device access: the credential check every device call makes (one indexed read, no cache, so a revocation
-takes effect on the next call on every replica sharing the database), and an operator's revocation of a
+"""Device access: the credential check behind a device call (one indexed read), and an operator's revocation of a
 device: disable/enable (everything else about the device is kept), delete (its rows cascade away and its
 name is free for a new enrollment) and credential rotation (the old secret stops matching at once).
 
-Enrollment and the device's own data stay in ``devices``; this module only decides who may call as a device.
+Every switch bumps the credential generation in its transaction (``credential_generation``), which is what
+lets a replica cache authenticated devices. Enrollment and the device's own data stay in ``devices``; this
+module only decides who may call as a device.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from datetime import datetime
 import sqlalchemy as sa
 import structlog
 
-from edgefleet_controller.store import credentials
+from edgefleet_controller.store import credential_generation, credentials
 from edgefleet_controller.store import schema as t
 from edgefleet_controller.store.arguments import check_now
 from edgefleet_controller.store.db import AggregateStore
@@ -63,7 +64,8 @@ class DeviceAccessStore(AggregateStore):
             check_now(now)
             where.append(d.c.disabled_at.is_(None))
         with self._db.transaction() as conn:
-            conn.execute(d.update().where(*where).values(disabled_at=now))
+            if conn.execute(d.update().where(*where).values(disabled_at=now)).rowcount:
+                credential_generation.bump_in(conn)
             row = conn.execute(sa.select(d.c.disabled_at).where(d.c.id == device_id)).one_or_none()
         if row is None:
             raise _unknown_device(device_id)
@@ -77,6 +79,7 @@ class DeviceAccessStore(AggregateStore):
         Raises ``NotFound``."""
         with self._db.transaction() as conn:
             result = conn.execute(t.devices.delete().where(t.devices.c.id == device_id))
+            credential_generation.bump_in(conn)
         if result.rowcount != 1:
             raise _unknown_device(device_id)
         log.info("store.device_deleted", device_id=device_id)
@@ -90,6 +93,7 @@ class DeviceAccessStore(AggregateStore):
             result = conn.execute(
                 d.update().where(d.c.id == device_id).values(credential_sha256=credentials.secret_hash(credential))
             )
+            credential_generation.bump_in(conn)
         if result.rowcount != 1:
             raise _unknown_device(device_id)
         log.info("store.device_credential_rotated", device_id=device_id)

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from edgefleet_controller.store.auth import EnrollmentTokenStore, OperatorTokenStore, TrustedKeyStore
 from edgefleet_controller.store.bundles import BundleStore
 from edgefleet_controller.store.configs import ConfigStore
+from edgefleet_controller.store.credential_generation import CredentialGenerationStore
 from edgefleet_controller.store.db import Database
 from edgefleet_controller.store.desired import DesiredStore
 from edgefleet_controller.store.device_access import DeviceAccessStore
@@ -33,6 +34,7 @@ class Store:
         self.trusted_keys = TrustedKeyStore(db)
         self.devices = DeviceStore(db)
         self.device_access = DeviceAccessStore(db)
+        self.credential_generation = CredentialGenerationStore(db)
         self.bundles = BundleStore(db)
         self.configs = ConfigStore(db)
         self.desired = DesiredStore(db)

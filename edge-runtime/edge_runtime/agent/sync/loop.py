@@ -9,7 +9,8 @@ Failures: transient codes (see ``client.is_transient``) are retried by the agent
 (``retry.transient_retry``: tenacity, exponential backoff with full jitter capped at 30 s, forever): a device
 offline for hours keeps serving and keeps trying, cheaply. UNAUTHENTICATED after enrollment is an operator problem
 (credential revoked, controller restored without it): logged as ``agent.credential_rejected`` and retried
-only every ``unauth_backoff_s``. Other refusals back off ``refused_backoff_s``. A call that comes back
+only every ``unauth_backoff_s``; PERMISSION_DENIED (an operator disabled the device) as ``agent.device_disabled``.
+Other refusals back off ``refused_backoff_s``; the agent keeps serving what it runs in every case. A call that comes back
 unchanged sooner than ``min_interval_s`` waits out the rest, so a misbehaving server cannot make us spin.
 """
 
@@ -88,6 +89,15 @@ class SyncLoop:
                         "(delete DATA_DIR/credential.json and restart with --enroll-token)",
                     )
                     await self._sleep_or_wake(self.unauth_backoff_s)
+                elif exc.code() == grpc.StatusCode.PERMISSION_DENIED:
+                    log.warning(
+                        "agent.device_disabled",
+                        details=exc.details(),
+                        retry_in_s=self.refused_backoff_s,
+                        hint="the controller refuses this device (disabled by an operator); it keeps serving its "
+                        "committed bundle and syncs again once re-enabled (fleetctl device enable)",
+                    )
+                    await self._sleep_or_wake(self.refused_backoff_s)
                 else:
                     log.error("agent.sync_refused", code=exc.code().name, details=exc.details())
                     await self._sleep_or_wake(self.refused_backoff_s)
