@@ -55,7 +55,8 @@ def test_a_deleted_devices_name_is_free_again(store: Store) -> None:
 def test_the_unique_index_refuses_a_duplicate_written_past_the_store(store: Store) -> None:
     _, secret = store.enrollment_tokens.create("site-a", 3600, T0)
     device, _ = store.devices.enroll(secret, "lab-1", "x86-avx2", {}, {}, T0)
-    row = {c: v for c, v in store.db.engine.connect().execute(sa.select(t.devices)).one()._mapping.items()}
+    with store.db.read() as conn:
+        row = dict(conn.execute(sa.select(t.devices)).one()._mapping)
     with pytest.raises(sa.exc.IntegrityError), store.db.transaction() as conn:
         conn.execute(t.devices.insert().values({**row, "id": "dev_copy", "credential_sha256": "00"}))
     assert [d.id for d in store.devices.page()[0]] == [device.id]
