@@ -23,7 +23,10 @@ def test_operator_token_last_use_is_written_at_most_once_a_minute(store: Store) 
         store.operator_tokens.authenticate(secret, T0 + timedelta(seconds=seconds))
         (listed,) = store.operator_tokens.all()
         assert listed.last_used_at == T0 + timedelta(seconds=expected), seconds
+    generation = store.credential_generation.read()
     store.operator_tokens.revoke(record.id, T0 + timedelta(seconds=300))
+    store.operator_tokens.revoke(record.id, T0 + timedelta(seconds=400))  # idempotent: moves it once
+    assert store.credential_generation.read() == generation + 1
     with pytest.raises(NotFound):
         store.operator_tokens.revoke("0123456789abcdef", T0)
     (after,) = store.operator_tokens.all()
@@ -37,8 +40,11 @@ def test_device_access_disable_enable_rotate_delete(store: Store) -> None:
     assert access is not None and (access.device_id, access.name, access.disabled_at) == (device_id, "cam-1", None)
 
     at = T0 + timedelta(minutes=5)
+    before = store.credential_generation.read()
     assert store.device_access.set_disabled(device_id, at) == at
+    assert store.credential_generation.read() == before + 1  # every replica's cache is told
     assert store.device_access.set_disabled(device_id, at + timedelta(minutes=1)) == at  # first time kept
+    assert store.credential_generation.read() == before + 1  # a no-op moves nothing
     disabled = store.device_access.check(credential)
     assert disabled is not None and disabled.disabled_at == at
     kept = store.devices.get(device_id)
@@ -55,6 +61,7 @@ def test_device_access_disable_enable_rotate_delete(store: Store) -> None:
     with pytest.raises(NotFound):
         store.devices.get(device_id)
     assert store.desired.get_many([device_id]) == {}  # its desired state went with it
+    generation = store.credential_generation.read()
     for action in (
         lambda: store.device_access.delete(device_id),
         lambda: store.device_access.rotate(device_id),
@@ -62,5 +69,6 @@ def test_device_access_disable_enable_rotate_delete(store: Store) -> None:
     ):
         with pytest.raises(NotFound):
             action()
+    assert store.credential_generation.read() == generation  # a refused switch moves nothing
     again, _ = enroll(store, name="cam-1")  # the name is free again
     assert again != device_id

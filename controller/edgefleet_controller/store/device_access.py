@@ -79,7 +79,8 @@ class DeviceAccessStore(AggregateStore):
         Raises ``NotFound``."""
         with self._db.transaction() as conn:
             result = conn.execute(t.devices.delete().where(t.devices.c.id == device_id))
-            credential_generation.bump_in(conn)
+            if result.rowcount:
+                credential_generation.bump_in(conn)
         if result.rowcount != 1:
             raise _unknown_device(device_id)
         log.info("store.device_deleted", device_id=device_id)
@@ -93,7 +94,8 @@ class DeviceAccessStore(AggregateStore):
             result = conn.execute(
                 d.update().where(d.c.id == device_id).values(credential_sha256=credentials.secret_hash(credential))
             )
-            credential_generation.bump_in(conn)
+            if result.rowcount:
+                credential_generation.bump_in(conn)
         if result.rowcount != 1:
             raise _unknown_device(device_id)
         log.info("store.device_credential_rotated", device_id=device_id)
