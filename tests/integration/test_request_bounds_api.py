@@ -24,6 +24,7 @@ from edgefleet.contract import request_bounds as rb
 from edgefleet.contract.telemetry_bounds import MAX_REVIEW_JPEG_BYTES
 from edgefleet.v1 import common_pb2, device_pb2, fleet_pb2, fleet_pb2_grpc, telemetry_pb2
 from edgefleet_controller import refusal_log
+from edgefleet_controller.servicers import fleet as fleet_servicer
 from edgefleet_controller.store import schema as t
 from edgefleet_testing.controller import InProcessController, bearer, connected, running_controller
 from fleetctl.client import CHANNEL_OPTIONS
@@ -297,3 +298,25 @@ async def test_review_samples_of_the_largest_jpegs_still_list_with_their_jpegs(t
         assert len(with_jpegs.samples) == rb.MAX_REVIEW_SAMPLES_WITH_JPEG < 9
         assert all(len(s.sample.jpeg) == MAX_REVIEW_JPEG_BYTES for s in with_jpegs.samples)
         assert with_jpegs.ByteSize() <= rb.MAX_RESPONSE_BYTES
+
+
+async def test_a_device_page_is_cut_short_at_the_byte_budget_and_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fleet_servicer, "LIST_DEVICES_BYTES", 150_000)  # 2 devices of ~62 KB fit, not 3
+    async with running_controller(tmp_path / "data") as ctrl, connected(ctrl) as c:
+        creds = await c.enroll_many("site-a", [f"cam-{i}" for i in range(5)])
+        for cred in creds:
+            reported = common_pb2.ReportedState(health=common_pb2.HEALTH_SERVING)
+            reported.details.update({"blob": "z" * (60 << 10)})
+            await c.sync(cred, wait_s=0, reported=reported)
+        seen: list[str] = []
+        request = fleet_pb2.ListDevicesRequest(page_size=500)
+        while True:
+            page = await c.fleet.ListDevices(request, metadata=c.admin)
+            assert page.total == 5 and 1 <= len(page.devices) <= 2, (page.total, len(page.devices))
+            seen += [d.name for d in page.devices]
+            if not page.next_page_token:
+                break
+            request.page_token = page.next_page_token
+        assert sorted(seen) == [f"cam-{i}" for i in range(5)], "every device once, none skipped"

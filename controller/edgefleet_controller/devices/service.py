@@ -35,7 +35,7 @@ from edgefleet_controller.devices.hardware_claims import mismatch_note, profiled
 from edgefleet_controller.rollout.service import RolloutService
 from edgefleet_controller.store import errors as serr
 from edgefleet_controller.store.bundles import BundleStore
-from edgefleet_controller.store.devices import DeviceStore
+from edgefleet_controller.store.devices import DeviceStore, page_token_after
 from edgefleet_controller.store.events import EventStore
 from edgefleet_controller.store.records import OFFLINE_HEALTH, DesiredState, DeviceRecord, SiteSummary
 
@@ -271,6 +271,11 @@ class DeviceService:
         desired = await self.desired.desired_of_many([rec.id for rec in page])
         profiled = await self._profiled_classes([rec.id for rec in page])
         return [self.view(rec, desired.get(rec.id), profiled.get(rec.id, "")) for rec in page], token, total
+
+    @staticmethod
+    def page_token_after(device_id: str) -> str:
+        """The ListDevices token that resumes after ``device_id``: for a page its caller cut short."""
+        return page_token_after(device_id)
 
     async def get_device(self, ref: str) -> DeviceView:
         rec = await self.directory.find_device(ref)

@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 
+from edgefleet.contract.request_bounds import MAX_RESPONSE_BYTES
 from edgefleet.v1 import common_pb2, fleet_pb2, fleet_pb2_grpc
 from edgefleet_controller.auth.revocation import DeviceRevocation
 from edgefleet_controller.auth.service import AuthService
@@ -31,6 +32,9 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 #: 0.3 ms on loopback. Waiting this long before acting on "the stream ended" keeps an abandoned upload from
 #: being taken for a finished one.
 STREAM_SETTLE_S = 0.05
+#: A ListDevices answer stays under the controller's send limit: a page whose devices (each bounded by
+#: request_bounds: under 1 MiB even when hostile) reach this many bytes is cut short, its token resuming there.
+LIST_DEVICES_BYTES = MAX_RESPONSE_BYTES - (1 << 20)
 
 
 async def confirm_half_close(context: Ctx) -> None:
@@ -149,6 +153,12 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
         )
         views, token, total = await self.devices.list_devices(wanted)
         devices = [convert.device_message(v) for v in views]
+        size = 0
+        for i, device in enumerate(devices):
+            size += device.ByteSize() + 8  # + the field's tag and length
+            if size > LIST_DEVICES_BYTES and i > 0:  # cut short: the next page starts at this device
+                devices, token = devices[:i], self.devices.page_token_after(devices[i - 1].id)
+                break
         return fleet_pb2.ListDevicesResponse(devices=devices, next_page_token=token or "", total=total)
 
     async def GetDevice(self, request: fleet_pb2.GetDeviceRequest, context: Ctx) -> common_pb2.Device:

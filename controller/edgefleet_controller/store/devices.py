@@ -80,6 +80,11 @@ def _encode_page_token(after_id: str) -> str:
     return base64.urlsafe_b64encode(json.dumps({"v": 1, "after": after_id}).encode()).decode().rstrip("=")
 
 
+def page_token_after(device_id: str) -> str:
+    """The token of the page that starts after ``device_id`` (a page cut short by its caller resumes there)."""
+    return _encode_page_token(device_id)
+
+
 def _decode_page_token(token: str) -> str:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
