@@ -12,9 +12,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from edgefleet.v1 import common_pb2, fleet_pb2
+from edgefleet.contract.signing import generate_keypair
+from edgefleet.v1 import common_pb2, device_pb2, fleet_pb2, telemetry_pb2
 from edgefleet_controller.auth.service import DEFAULT_OPERATOR_TTL_S
-from edgefleet_testing.controller import Fleet, bearer, connected, running_controller
+from edgefleet_testing.controller import Fleet, bearer, connected, publish_bundle, running_controller
 
 pytestmark = pytest.mark.integration
 
@@ -93,8 +94,20 @@ async def test_deleted_device_is_refused_at_once_on_both_replicas_and_its_name_e
     tmp_path: Path, store_url: str
 ) -> None:
     async with two_replicas(tmp_path, store_url) as (a, b):
-        device_id, credential = await a.enroll("lab", "cam-1")
+        key = generate_keypair("publisher")
+        await a.trust(key)
+        bundle = (await a.push(publish_bundle(tmp_path / "bundle", key))).bundle.digest
+        device_id, credential = await a.enroll("lab", "cam-1", tags={"zone": "n"})
+        await a.fleet.SetDesiredBundle(
+            fleet_pb2.SetDesiredBundleRequest(device=device_id, bundle=bundle), metadata=a.admin
+        )
+        event = telemetry_pb2.DeviceEvent(event_id="e1", kind=telemetry_pb2.DeviceEvent.KIND_ALERT, reason="hot")
+        await b.device.ReportEvent(device_pb2.ReportEventRequest(events=[event]), metadata=bearer(credential))
         await b.sync(credential, wait_s=0)
+        await refused(  # the device's desired state holds the bundle
+            a.fleet.DeleteBundle(fleet_pb2.DeleteBundleRequest(ref=bundle), metadata=a.admin),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
         deleted = await a.fleet.DeleteDevice(action("cam-1"), metadata=a.admin)
         assert (deleted.device_id, deleted.name) == (device_id, "cam-1")
         for fleet in (b, a):
@@ -104,6 +117,9 @@ async def test_deleted_device_is_refused_at_once_on_both_replicas_and_its_name_e
             grpc.StatusCode.NOT_FOUND,
         )
         await refused(b.fleet.DeleteDevice(action(device_id), metadata=b.admin), grpc.StatusCode.NOT_FOUND)
+        listed = await b.fleet.ListDevices(fleet_pb2.ListDevicesRequest(tags=["zone=n"]), metadata=b.admin)
+        assert listed.total == 0  # its tags went with it
+        await b.fleet.DeleteBundle(fleet_pb2.DeleteBundleRequest(ref=bundle), metadata=b.admin)  # no refs left
         new_id, new_credential = await b.enroll("lab", "cam-1")
         assert new_id != device_id
         assert (await a.sync(new_credential, wait_s=0)).changed
