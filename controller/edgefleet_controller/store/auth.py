@@ -16,6 +16,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Connection, Row
 
+from edgefleet.contract.shown import shown
 from edgefleet_controller.store import credential_generation, credentials
 from edgefleet_controller.store import schema as t
 from edgefleet_controller.store.arguments import check_now, check_text, is_int, is_positive_seconds
@@ -160,9 +161,9 @@ class EnrollmentTokenStore(AggregateStore):
         check_now(now)
         check_text("site", site)
         if not is_positive_seconds(ttl_s):
-            raise InvalidArgument(f"enrollment token ttl_s must be > 0 seconds, got {ttl_s!r}")
+            raise InvalidArgument(f"enrollment token ttl_s must be > 0 seconds, got {shown(ttl_s)}")
         if max_uses is not None and (not is_int(max_uses) or max_uses < 1):
-            raise InvalidArgument(f"enrollment token max_uses must be >= 1 or None (unlimited), got {max_uses!r}")
+            raise InvalidArgument(f"enrollment token max_uses must be >= 1 or None (unlimited), got {shown(max_uses)}")
         if created_by is not None:
             check_text("created_by", created_by)
         token_id, secret = credentials.new_token(credentials.ENROLLMENT_PREFIX)
@@ -230,9 +231,9 @@ class OperatorTokenStore(AggregateStore):
             checked_role = OperatorRole(role)
         except ValueError:
             roles = ", ".join(r.value for r in OperatorRole)
-            raise InvalidArgument(f"operator role must be one of {roles}, got {role!r}") from None
+            raise InvalidArgument(f"operator role must be one of {roles}, got {shown(role)}") from None
         if ttl_s is not None and not is_positive_seconds(ttl_s):
-            raise InvalidArgument(f"operator token ttl_s must be > 0 seconds or None (no expiry), got {ttl_s!r}")
+            raise InvalidArgument(f"operator token ttl_s must be > 0 seconds or None (no expiry), got {shown(ttl_s)}")
         with self._db.transaction() as conn:
             return self._insert(conn, name, checked_role, ttl_s, now)
 
@@ -325,8 +326,8 @@ class TrustedKeyStore(AggregateStore):
         check_text("key_id", key_id)
         if not isinstance(public_key_pem, str) or "-----BEGIN PUBLIC KEY-----" not in public_key_pem:
             raise InvalidArgument(
-                f"trusted key {key_id!r} must be a PEM public key ('-----BEGIN PUBLIC KEY-----'), "
-                f"got {str(public_key_pem)[:40]!r}"
+                f"trusted key {shown(key_id)} must be a PEM public key ('-----BEGIN PUBLIC KEY-----'), "
+                f"got {shown(str(public_key_pem))}"
             )
         keys = t.trusted_keys
         with self._db.transaction() as conn:
@@ -337,12 +338,12 @@ class TrustedKeyStore(AggregateStore):
         existing = _trusted_key_record(row)
         if existing.revoked_at is not None:
             raise Conflict(
-                f"trusted key {key_id!r} was revoked at {existing.revoked_at.isoformat()}; revoked keys are "
+                f"trusted key {shown(key_id)} was revoked at {existing.revoked_at.isoformat()}; revoked keys are "
                 "never trusted again — add the new key under a new key id"
             )
         if existing.public_key_pem.strip() != public_key_pem.strip():
             raise Conflict(
-                f"trusted key {key_id!r} already exists with a different public key; "
+                f"trusted key {shown(key_id)} already exists with a different public key; "
                 "use a new key id for a new key (key ids name exactly one key)"
             )
         return existing
