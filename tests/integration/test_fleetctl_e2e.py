@@ -308,3 +308,10 @@ def test_fleetctl_revokes_tokens_and_disables_rotates_deletes_devices(env: Env) 
     assert f"deleted device rv-1 ({device_id})" in env.ok("device", "delete", "rv-1", "--yes").out
     assert sync_code(env.ctrl.address, new) == grpc.StatusCode.UNAUTHENTICATED
     assert "NOT_FOUND" in env.fails("device", "delete", device_id, "--yes").err
+
+    # a bare id that no operator token has is an enrollment token's: revoked as before
+    enrollment_id = token.partition(".")[0].removeprefix("eft_")
+    assert enrollment_id in env.ok("token", "revoke", enrollment_id).out
+    with pytest.raises(grpc.RpcError) as refused_enroll:
+        enroll(env.ctrl.address, token, "rv-2", {})
+    assert refused_enroll.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
