@@ -362,4 +362,7 @@ def test_a_deleted_device_is_gone_from_its_wave_neither_waited_for_nor_failed() 
     run.until(lambda r: phase_of(r) is RolloutPhase.COMPLETED)
     assert "dev_a_00" not in fleet.assigned_log[2:]  # never assigned again
     assert "failed" not in run.state.message
+    assert (
+        run.state.message.startswith("5 devices on") and "1 deleted during the rollout: dev_a_00" in run.state.message
+    )
     assert all("rollout.aborted" not in events(p) for p in run.history)

@@ -339,14 +339,17 @@ class _Planning:
 
     def _complete(self) -> None:
         failed = sorted(d for d in self.assigned if self._failure(d) is not None)
+        gone = sorted(d for d in self.assigned if d not in self.facts)
         groups = len(self.population)
         self.phase = RolloutPhase.COMPLETED
         self.message = (
-            f"{len(self.assigned) - len(failed)} devices on {self.spec.target_text} across {groups} "
+            f"{len(self.assigned) - len(failed) - len(gone)} devices on {self.spec.target_text} across {groups} "
             f"{'sites' if self.spec.strategy.per_site else 'groups'}"
         )
         if failed:
             self.message += f"; {len(failed)} failed within the gates: {', '.join(failed)}"
+        if gone:
+            self.message += f"; {len(gone)} deleted during the rollout: {', '.join(gone)}"
         self._emit("rollout.completed", devices=len(self.assigned), failed=len(failed))
 
     def _advance(self) -> None:
