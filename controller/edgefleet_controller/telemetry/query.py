@@ -17,6 +17,10 @@ Pure over rows (``summarise``); the service fetches the rows. Decisions:
 - A stored window breaking the bounds windows are now stored with (``window_bounds.row_problem``: written by
   an older controller) is skipped, never merged, and counted in ``skipped_records``; the first few are
   logged (``telemetry.query_skipped_record``). So every merged sketch has at most the bounded bins.
+- Every count in the answer is summed in Python integers and clamped to its proto field's range (``_fit``):
+  windows are bounded per window (``MAX_WINDOW_FRAMES``) but gaps, sketch counts and rows an older version
+  stored are not, and no sum may make the query fail. A clamped count is flagged in the log
+  (``telemetry.query_count_clamped``, with the group and field) and reads as the field's maximum.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ log = structlog.get_logger(__name__)
 
 #: Skipped records logged per query (all are counted).
 SKIPPED_LOGGED = 5
+MAX_UINT64 = 2**64 - 1
+MAX_UINT32 = 2**32 - 1
 
 GROUPS = ("device", "site", "bundle")
 
@@ -70,7 +76,16 @@ def group_key(row: Scoped, group_by: str) -> str:
     raise QueryError(f"QueryTelemetry: 'group_by' must be one of {', '.join(GROUPS)}, got {shown(group_by)}")
 
 
-def percentiles(sketches: Sequence[bytes]) -> Percentiles:
+def _fit(total: float, limit: int, key: str, field: str) -> int:
+    """``total`` (a Python int or a finite float count) as an integer within ``0..limit``; flagged when clamped."""
+    value = int(total) if math.isfinite(total) else limit
+    if 0 <= value <= limit:
+        return value
+    log.warning("telemetry.query_count_clamped", key=shown(key), field=field, total=shown(total), limit=limit)
+    return min(max(value, 0), limit)
+
+
+def percentiles(sketches: Sequence[bytes], key: str = "", field: str = "latency") -> Percentiles:
     merged = merge_sketches(LatencySketch.FromString(b) for b in sketches)
     if merged.count <= 0:
         return Percentiles()
@@ -78,7 +93,7 @@ def percentiles(sketches: Sequence[bytes]) -> Percentiles:
         p50_ms=float(merged.get_quantile_value(0.50) or 0.0),
         p95_ms=float(merged.get_quantile_value(0.95) or 0.0),
         p99_ms=float(merged.get_quantile_value(0.99) or 0.0),
-        count=int(merged.count),
+        count=_fit(merged.count, MAX_UINT64, key, f"{field}.count"),
     )
 
 
@@ -102,7 +117,7 @@ def summarise(
     lost: dict[str, list[GapRow]] = {}
     for gap in gaps:
         lost.setdefault(group_key(gap, group_by or "device"), []).append(gap)
-    out = QueryTelemetryResponse(skipped_records=skipped)
+    out = QueryTelemetryResponse(skipped_records=_fit(skipped, MAX_UINT64, "", "skipped_records"))
     for key in sorted(groups.keys() | lost.keys()):
         members = groups.get(key, [])
         counted = _lost_counts(key, lost.get(key, []))
@@ -146,10 +161,10 @@ def summarise(
         out.rows.append(
             TelemetryRow(
                 key=key,
-                latency_e2e=percentiles([r.latency_e2e for r in members]),
-                latency_model=percentiles([r.latency_model for r in members]),
-                frames=sum(r.frames for r in members),
-                errors=sum(r.errors for r in members),
+                latency_e2e=percentiles([r.latency_e2e for r in members], key, "latency_e2e"),
+                latency_model=percentiles([r.latency_model for r in members], key, "latency_model"),
+                frames=_fit(sum(r.frames for r in members), MAX_UINT64, key, "frames"),
+                errors=_fit(sum(r.errors for r in members), MAX_UINT64, key, "errors"),
                 drift_psi=drift,
                 sensors=sensors_from_json(newest.sensors_json),
                 throttling=any(r.throttling for r in latest_per_device),
@@ -185,8 +200,8 @@ def _lost_counts(key: str, gaps: Sequence[GapRow]) -> TelemetryRow:
     unknown = [g for g in gaps if not g.frames_known]
     return TelemetryRow(
         key=key,
-        frames_lost=sum(g.frames for g in gaps if g.frames_known),
-        gaps=len(gaps),
-        gaps_unknown=len(unknown),
-        frames_lost_at_least=sum(g.frames for g in unknown),
+        frames_lost=_fit(sum(g.frames for g in gaps if g.frames_known), MAX_UINT64, key, "frames_lost"),
+        gaps=_fit(len(gaps), MAX_UINT32, key, "gaps"),
+        gaps_unknown=_fit(len(unknown), MAX_UINT32, key, "gaps_unknown"),
+        frames_lost_at_least=_fit(sum(g.frames for g in unknown), MAX_UINT64, key, "frames_lost_at_least"),
     )

@@ -4,8 +4,11 @@
   any write): both latency sketches present and of the fleet's shape (``check_fleet_sketch``: gamma, mapping,
   bin keys within 1 ns..24 h, finite non-negative counts), ``window_s`` finite in [0, ``MAX_WINDOW_S``]
   (0 is what a device sends when its clock stepped back within a window: it adds no seconds to ``fps``),
-  ``frames``/``errors`` below 2^63 (the store's integer), a confidence histogram of at most
-  ``MAX_CONFIDENCE_BINS`` bins, a finite ``detections_per_frame`` >= 0, finite sensor readings.
+  ``frames``/``errors``, every confidence-histogram count and each latency sketch's ``count`` at most
+  ``MAX_WINDOW_FRAMES`` (what a device can produce in one window: ``MAX_WINDOW_S`` at ``MAX_FPS``, in
+  ``edgefleet.contract.telemetry_bounds``; so no sum over windows a query merges can leave its field), a
+  confidence histogram of at most ``MAX_CONFIDENCE_BINS`` bins, a finite ``detections_per_frame`` >= 0,
+  finite sensor readings.
 - At query (``row_problem``) a stored row breaking them — written by an older controller that did not check —
   is skipped and counted, never merged: so merging costs at most the bounded bins per row.
 """
@@ -16,13 +19,18 @@ import math
 from collections.abc import Sequence
 
 from edgefleet.contract.errors import SketchError
+from edgefleet.contract.request_bounds import MAX_STORED_INT
 from edgefleet.contract.shown import shown
 from edgefleet.contract.sketch import check_fleet_sketch
+from edgefleet.contract.telemetry_bounds import MAX_FPS, MAX_WINDOW_FRAMES
+from edgefleet.contract.telemetry_bounds import MAX_WINDOW_S as _MAX_WINDOW_S
 from edgefleet.v1.telemetry_pb2 import LatencySketch, MetricWindow
 
-MAX_WINDOW_S = 24 * 3600.0
+MAX_WINDOW_S = float(_MAX_WINDOW_S)
 MAX_CONFIDENCE_BINS = 1000
-MAX_STORED_INT = 2**63 - 1
+__all__ = ["MAX_STORED_INT", "MAX_WINDOW_S", "WindowInvalid", "check_window", "row_problem"]
+#: What every per-window count bound says it is.
+_PER_WINDOW = f" (one window: at most {MAX_WINDOW_S:g} s at {MAX_FPS} fps)"
 
 
 class WindowInvalid(ValueError):
@@ -33,15 +41,23 @@ def _check_common(window_s: float, frames: int, errors: int, confidence: Sequenc
     if not (math.isfinite(window_s) and 0.0 <= window_s <= MAX_WINDOW_S):
         raise WindowInvalid(f"window_s must be a finite number in [0, {MAX_WINDOW_S:g}] seconds, got {shown(window_s)}")
     for name, value in (("frames", frames), ("errors", errors)):
-        if not 0 <= value <= MAX_STORED_INT:
-            raise WindowInvalid(f"{name} must be within 0..{MAX_STORED_INT}, got {value}")
+        if not 0 <= value <= MAX_WINDOW_FRAMES:
+            raise WindowInvalid(f"{name} must be within 0..{MAX_WINDOW_FRAMES}{_PER_WINDOW}, got {shown(value)}")
     if len(confidence) > MAX_CONFIDENCE_BINS:
         raise WindowInvalid(
             f"confidence.counts has {len(confidence)} bins, at most {MAX_CONFIDENCE_BINS} (the device's conf_bins)"
         )
     for i, c in enumerate(confidence):
-        if not (isinstance(c, int) and 0 <= c <= MAX_STORED_INT):
-            raise WindowInvalid(f"confidence.counts[{i}] must be an integer within 0..{MAX_STORED_INT}, got {shown(c)}")
+        if not (isinstance(c, int) and 0 <= c <= MAX_WINDOW_FRAMES):
+            raise WindowInvalid(
+                f"confidence.counts[{i}] must be an integer within 0..{MAX_WINDOW_FRAMES}{_PER_WINDOW}, got {shown(c)}"
+            )
+
+
+def _check_sketch(sketch: LatencySketch, name: str) -> None:
+    check_fleet_sketch(sketch, name)
+    if sketch.count > MAX_WINDOW_FRAMES:
+        raise WindowInvalid(f"{name}.count must be at most {MAX_WINDOW_FRAMES}{_PER_WINDOW}, got {shown(sketch.count)}")
 
 
 def check_window(window: MetricWindow) -> None:
@@ -50,7 +66,7 @@ def check_window(window: MetricWindow) -> None:
         if not window.HasField(name):
             raise WindowInvalid(f"{name} is missing; every window carries both latency sketches (may be empty)")
         try:
-            check_fleet_sketch(getattr(window, name), name)
+            _check_sketch(getattr(window, name), name)
         except SketchError as exc:
             raise WindowInvalid(str(exc)) from None
     _check_common(window.window_s, window.frames, window.errors, list(window.confidence.counts))
@@ -76,7 +92,7 @@ def row_problem(
                 sketch = LatencySketch.FromString(blob)
             except Exception:  # a stored blob that is not a LatencySketch at all
                 return f"{name} is not a LatencySketch ({len(blob)} bytes)"
-            check_fleet_sketch(sketch, name)
+            _check_sketch(sketch, name)
         _check_common(window_s, frames, errors, confidence)
     except (SketchError, WindowInvalid) as exc:
         return str(exc)

@@ -36,7 +36,7 @@ from edgefleet.contract.request_specs import (
     check_with,
 )
 from edgefleet.contract.sketch import BIN_KEY_MAX, BIN_KEY_MIN
-from edgefleet.contract.telemetry_bounds import MAX_REVIEW_JPEG_BYTES
+from edgefleet.contract.telemetry_bounds import MAX_REVIEW_JPEG_BYTES, MAX_WINDOW_DROPPED, MAX_WINDOW_FRAMES
 
 KiB: Final = 1024
 MiB: Final = 1024 * KiB
@@ -108,6 +108,8 @@ _U32 = Number(0, MAX_UINT32)
 _U64 = Number(0, MAX_STORED_INT)
 _REAL = Number(-1e300, 1e300)
 _NONNEG = Number(0, 1e300)
+#: A per-window count (frames, errors, confidence bins): what one device can produce in one window.
+_WINDOW_COUNT = Number(0, MAX_WINDOW_FRAMES)
 _ENUM = Enum()
 _FLAG = Flag()
 _NESTED = Nested()
@@ -268,14 +270,14 @@ BOUNDS: Final[Mapping[str, Bounds]] = {
             "max": _REAL,
         }
     ),
-    "edgefleet.v1.ConfidenceHistogram": Bounds({"counts": Count(MAX_HISTOGRAM_BINS, _U64)}),
+    "edgefleet.v1.ConfidenceHistogram": Bounds({"counts": Count(MAX_HISTOGRAM_BINS, _WINDOW_COUNT)}),
     "edgefleet.v1.MetricWindow": Bounds(
         {
             "window_start": _NESTED,
             "window_s": _NONNEG,
             "bundle_digest": _SHORT,
-            "frames": _U64,
-            "errors": _U64,
+            "frames": _WINDOW_COUNT,
+            "errors": _WINDOW_COUNT,
             "latency_e2e": _NESTED,
             "latency_model": _NESTED,
             "confidence": _NESTED,
@@ -283,7 +285,7 @@ BOUNDS: Final[Mapping[str, Bounds]] = {
             "sensors": Count(64, _NESTED),
             "memory_free_bytes": _U64,
             "disk_free_bytes": _U64,
-            "dropped": Count(64, _U64, key=_SHORT),
+            "dropped": Count(64, Number(0, MAX_WINDOW_DROPPED), key=_SHORT),
             "provider": _SHORT,
         }
     ),

@@ -26,6 +26,19 @@ MAX_REVIEW_JPEG_BYTES: Final = 2 * 1024 * 1024
 #: ``telemetry.review_quota_bytes`` that turns review sampling off.
 REVIEW_QUOTA_OFF: Final = 0
 
+#: The longest metric window the controller stores (``MetricWindow.window_s``; the device closes one every
+#: ``telemetry.window_s``, 10 s by default).
+MAX_WINDOW_S: Final = 24 * 3600
+#: A generous ceiling on any device's frame rate (a 4K camera runs 30-120 fps; no edge model does 10,000).
+MAX_FPS: Final = 10_000
+#: The most frames (and so errors, confidence-histogram counts and latency-sketch counts) one window can
+#: carry: ``MAX_WINDOW_S`` at ``MAX_FPS``, 864,000,000 (< 2^30). Not ``window_s`` x ``MAX_FPS``: a wall
+#: clock stepping back closes a window with a short or 0 ``window_s`` over frames of a full window. Any
+#: number of such windows sums far below 2^64; the query clamps its sums anyway.
+MAX_WINDOW_FRAMES: Final = MAX_WINDOW_S * MAX_FPS
+#: Records of one class the device's buffer dropped since the previous window (``MetricWindow.dropped``).
+MAX_WINDOW_DROPPED: Final = 2**40
+
 
 def review_quota_problem(quota: int) -> str | None:
     """Why ``telemetry.review_quota_bytes`` can never hold a review sample, or None when it can (or is 0)."""
