@@ -628,21 +628,32 @@ class TelemetryAck(_message.Message):
     EPOCH_FIELD_NUMBER: _builtins.int
     ACKED_THROUGH_FIELD_NUMBER: _builtins.int
     DUPLICATES_FIELD_NUMBER: _builtins.int
+    REFUSED_WINDOWS_FIELD_NUMBER: _builtins.int
+    REFUSED_REASON_FIELD_NUMBER: _builtins.int
     epoch: _builtins.str
     acked_through: _builtins.int
     """Highest sequence number such that every sequence up to it is durably stored (or declared dropped)."""
     duplicates: _builtins.int
     """Records in the acknowledged batch that were duplicates."""
+    refused_windows: _builtins.int
+    """Fresh metric windows of the batch acknowledged but NOT stored (counted in acked_through all the same, so
+    the device's buffer moves on): their bundle_digest names no bundle the controller knows the device has
+    (neither desired, nor reported running or in a slot, nor named by its newest stored windows).
+    """
+    refused_reason: _builtins.str
+    """Why, in short (the first refused window's bundle and reason); empty when refused_windows is 0."""
     def __init__(
         self,
         *,
         epoch: _builtins.str = ...,
         acked_through: _builtins.int = ...,
         duplicates: _builtins.int = ...,
+        refused_windows: _builtins.int = ...,
+        refused_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_through", b"acked_through", "duplicates", b"duplicates", "epoch", b"epoch"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_through", b"acked_through", "duplicates", b"duplicates", "epoch", b"epoch", "refused_reason", b"refused_reason", "refused_windows", b"refused_windows"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
