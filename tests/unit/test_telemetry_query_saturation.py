@@ -14,7 +14,7 @@ from edgefleet.contract import request_bounds
 from edgefleet.contract.request_specs import RequestBoundsError
 from edgefleet.contract.sketch import new_sketch, sketch_to_proto
 from edgefleet.contract.telemetry_bounds import MAX_FPS, MAX_WINDOW_DROPPED, MAX_WINDOW_FRAMES, MAX_WINDOW_S
-from edgefleet.v1.telemetry_pb2 import ConfidenceHistogram, MetricWindow
+from edgefleet.v1.telemetry_pb2 import ConfidenceHistogram, LatencySketch, MetricWindow
 from edgefleet_controller.store.telemetry import GapRow, WindowRow
 from edgefleet_controller.telemetry.query import MAX_UINT32, MAX_UINT64, percentiles, summarise
 from edgefleet_controller.telemetry.window_bounds import WindowInvalid, check_window, row_problem
@@ -38,6 +38,16 @@ def window(**fields: object) -> MetricWindow:
     w = MetricWindow(window_s=10.0, bundle_digest=A, **(sketches | fields))  # type: ignore[arg-type]
     w.window_start.FromDatetime(T0)
     return w
+
+
+def huge_sketch() -> LatencySketch:
+    """A fleet-shaped sketch of one 5 ms bin counting 1e30 latencies."""
+    sk = new_sketch()
+    sk.add(5.0)
+    proto = sketch_to_proto(sk)
+    proto.contiguous_bin_counts[0] = 1e30
+    proto.count = 1e30
+    return proto
 
 
 def test_the_frame_bound_is_a_day_at_ten_thousand_fps() -> None:
@@ -80,11 +90,7 @@ def test_ingest_names_the_field_the_value_and_the_device_rate(field: str) -> Non
 
 
 def test_a_sketch_counting_more_than_a_window_of_frames_is_refused() -> None:
-    sk = new_sketch()
-    sk.add(5.0)
-    proto = sketch_to_proto(sk)
-    proto.contiguous_bin_counts[0] = 1e30
-    proto.count = 1e30
+    proto = huge_sketch()
     with pytest.raises(WindowInvalid, match=r"latency_model\.count must be at most 864000000"):
         check_window(window(latency_model=proto))
     problem = row_problem(10.0, 1, 0, BLOB, proto.SerializeToString(), ())
@@ -121,11 +127,7 @@ def test_gap_sums_beyond_uint64_are_clamped_and_flagged() -> None:
 
 
 def test_a_merged_sketch_count_beyond_uint64_is_clamped() -> None:
-    sk = new_sketch()
-    sk.add(5.0)
-    proto = sketch_to_proto(sk)
-    proto.contiguous_bin_counts[0] = 1e30
-    proto.count = 1e30
+    proto = huge_sketch()
     with capture_logs() as logs:
         p = percentiles([proto.SerializeToString()] * 2, "d1", "latency_e2e")
     assert p.count == MAX_UINT64 and math.isclose(p.p50_ms, 5.0, rel_tol=0.02)

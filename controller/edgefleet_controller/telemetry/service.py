@@ -133,11 +133,15 @@ class TelemetryService:
             outcome = await asyncio.to_thread(self._store_batch, device_id, batch, self.clock())
             if outcome.duplicates:
                 log.debug("telemetry.duplicates_dropped", device_id=device_id, duplicates=outcome.duplicates)
-            if outcome.refused:
-                self._count_refused(device_id, outcome)
-            yield telemetry_pb2.TelemetryAck(
+            ack = telemetry_pb2.TelemetryAck(
                 epoch=outcome.epoch, acked_through=outcome.acked_through, duplicates=outcome.duplicates
             )
+            if outcome.refused:
+                self._count_refused(device_id, outcome)
+                first = outcome.refused[0]
+                ack.refused_windows = len(outcome.refused)
+                ack.refused_reason = f"seq {first.seq}: bundle {shown(first.bundle_digest)}: {first.reason}"
+            yield ack
             if outcome.windows:
                 try:
                     await self._after_windows(device_id, outcome)

@@ -373,6 +373,8 @@ class EdgeAgent:
                 "health_reason": self.health_reason,
                 # Telemetry records that could never fit the buffer (e.g. review samples over the quota).
                 "telemetry_too_large": sum(self.telemetry.buffer.too_large_counts().values()),
+                # Windows the controller acknowledged but did not store (their bundle is not one it knows we have).
+                "telemetry_windows_refused": self.telemetry.uploader.windows_refused,
             }
         )
         download = self.fetcher.progress.snapshot()
@@ -442,6 +444,7 @@ class EdgeAgent:
                 "health_reason": self.health_reason or None,
                 "tasks": self.supervisor.status(),
                 "telemetry_too_large": self.telemetry.buffer.too_large_counts(),
+                "telemetry_windows_refused": self.telemetry.uploader.windows_refused,
                 "health_port": self.health_endpoint.port,
                 "online": self.sync.online,
                 "frames_inferred": snap.frames_inferred,

@@ -18,6 +18,10 @@ How one stream runs:
 - Reconnects back off with tenacity's full-jitter exponential wait (capped by ``reconnect_max_s``); a
   stream that made progress (an ack) resets the backoff. A stream whose in-flight window stays full with
   no ack for ``ack_timeout_s`` is abandoned and reopened (a blackholed link).
+- An ack may say the controller acknowledged some windows without storing them (``refused_windows``: their
+  bundle is not one it knows the device has). They are gone all the same (the ack covers them); the
+  uploader logs it once per batch (``telemetry.windows_refused_by_controller``) and counts them in
+  ``windows_refused``, which the device reports in ``details.telemetry_windows_refused``.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from edge_runtime.agent.retry import Backoff, transient_retry
 from edge_runtime.telemetry.buffer import TelemetryBuffer
 from edge_runtime.telemetry.records import BufferedRecord
 from edgefleet.contract.shown import shown
-from edgefleet.v1.telemetry_pb2 import SeqRange, TelemetryBatch, TelemetryRecord
+from edgefleet.v1.telemetry_pb2 import SeqRange, TelemetryAck, TelemetryBatch, TelemetryRecord
 
 log = structlog.get_logger(__name__)
 
@@ -130,6 +134,8 @@ class TelemetryUploader:
     batches_sent: int = field(default=0, init=False)
     acks: int = field(default=0, init=False)
     bytes_sent: int = field(default=0, init=False)
+    #: Windows the controller acknowledged but did not store (``TelemetryAck.refused_windows``), since start.
+    windows_refused: int = field(default=0, init=False)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False)
     _next_backlog_slot: float = field(default=0.0, init=False)
@@ -180,6 +186,8 @@ class TelemetryUploader:
                     in_flight.popleft()
                     slots.release()
                 await asyncio.to_thread(self.buffer.ack, ack.epoch, ack.acked_through)
+                if ack.refused_windows:
+                    self._refused(ack)
                 self.acks += 1
                 progressed[0] = True
                 last_ack[0] = time.monotonic()
@@ -218,6 +226,17 @@ class TelemetryUploader:
             with contextlib.suppress(BaseException):
                 await reader
             call.cancel()
+
+    def _refused(self, ack: TelemetryAck) -> None:
+        self.windows_refused += ack.refused_windows
+        log.warning(
+            "telemetry.windows_refused_by_controller",
+            refused=ack.refused_windows,
+            total=self.windows_refused,
+            epoch=shown(ack.epoch),
+            acked_through=ack.acked_through,
+            reason=shown(ack.refused_reason),
+        )
 
     async def _acquire(
         self, slots: asyncio.Semaphore, reader: asyncio.Task[None], last_ack: list[float], settings: UploadSettings
