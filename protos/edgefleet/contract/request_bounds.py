@@ -8,9 +8,9 @@ fleetctl may call ``check`` to refuse locally what the controller would refuse. 
 entry is refused, as is a field without a spec (a new field must be given a bound here).
 
 The kinds of spec (``Text``, ``Blob``, ``Number``, ``Enum``, ``Flag``, ``Count``, ``Nested``, ``Json``) and
-the walk are in ``request_specs``; each entry also caps the message's serialized size. Deeper semantic checks
-(a sketch's bins against the fleet's mapping, a token's validity, a bundle's signature) stay with the code
-that owns them.
+the walk are in ``request_specs``, its compiled fast path in ``request_plans``; each entry also caps the
+message's serialized size. Deeper semantic checks (a sketch's bins against the fleet's mapping, a token's
+validity, a bundle's signature) stay with the code that owns them.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Final
 
 from google.protobuf.message import Message
 
+from edgefleet.contract.request_plans import accepts
 from edgefleet.contract.request_specs import (
     MAX_REQUEST_BYTES,
     Blob,
@@ -409,8 +410,10 @@ BOUNDS: Final[Mapping[str, Bounds]] = {
 
 def check(message: Message) -> None:
     """Raise ``RequestBoundsError`` for the first field of ``message`` that breaks its bound (or when its
-    type has no entry in ``BOUNDS``); return None when every field is within bounds."""
-    check_with(BOUNDS, message)
+    type has no entry in ``BOUNDS``); return None when every field is within bounds. The compiled plans of
+    ``request_plans`` accept a request in bounds; anything else goes through the walk, which names the field."""
+    if not accepts(BOUNDS, message):
+        check_with(BOUNDS, message)
 
 
 __all__ = [
