@@ -601,6 +601,7 @@ def test_window_of_a_bundle_not_assigned(seeded: Seeded) -> None:
     forged = "sha256:" + "b" * 64
     hostile = _window(seeded.world, lambda m: _set(m, bundle_digest=forged))
     (batch,) = hs.requests_of(hostile)
+    assert isinstance(batch, telemetry_pb2.TelemetryBatch)
     batch.epoch = "issue-bundle"
     for attempt in (1, 2):
         before = seeded.reader.snapshot()
