@@ -37,6 +37,7 @@ from typing import Any
 
 import grpc
 
+from edgefleet.contract.request_bounds import MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES
 from edgefleet.contract.signing import SigningKey, generate_keypair
 from edgefleet.v1 import common_pb2, fleet_pb2, fleet_pb2_grpc
 from edgefleet_testing.bundles import SignedBundle, push_requests
@@ -88,7 +89,15 @@ class Controller:
     channel: grpc.Channel = field(init=False)
 
     def __post_init__(self) -> None:
-        self.channel = grpc.insecure_channel(self.address)
+        # The controller's message limits, as fleetctl's channel has them: a fleet-wide ListReviewSamples
+        # include_jpeg answer may take up to MAX_RESPONSE_BYTES, over gRPC's 4 MiB default.
+        self.channel = grpc.insecure_channel(
+            self.address,
+            options=[
+                ("grpc.max_receive_message_length", MAX_RESPONSE_BYTES),
+                ("grpc.max_send_message_length", MAX_REQUEST_BYTES),
+            ],
+        )
 
     @functools.cached_property
     def fleet(self) -> fleet_pb2_grpc.FleetServiceStub:
