@@ -19,7 +19,7 @@ import math
 from collections.abc import Sequence
 
 from edgefleet.contract.errors import SketchError
-from edgefleet.contract.request_bounds import MAX_STORED_INT
+from edgefleet.contract.request_bounds import MAX_HISTOGRAM_BINS, MAX_STORED_INT
 from edgefleet.contract.shown import shown
 from edgefleet.contract.sketch import check_fleet_sketch
 from edgefleet.contract.telemetry_bounds import MAX_FPS, MAX_WINDOW_FRAMES
@@ -27,7 +27,7 @@ from edgefleet.contract.telemetry_bounds import MAX_WINDOW_S as _MAX_WINDOW_S
 from edgefleet.v1.telemetry_pb2 import LatencySketch, MetricWindow
 
 MAX_WINDOW_S = float(_MAX_WINDOW_S)
-MAX_CONFIDENCE_BINS = 1000
+MAX_CONFIDENCE_BINS = MAX_HISTOGRAM_BINS
 __all__ = ["MAX_STORED_INT", "MAX_WINDOW_S", "WindowInvalid", "check_window", "row_problem"]
 #: What every per-window count bound says it is.
 _PER_WINDOW = f" (one window: at most {MAX_WINDOW_S:g} s at {MAX_FPS} fps)"
