@@ -349,12 +349,10 @@ def test_hostile_inputs(seeded: Seeded, rpc: str) -> None:
 # ---- the issue's concrete cases
 
 
-#: A device's claim the controller's facts contradict (a window of a bundle it neither runs nor was assigned).
 def _window(
     w: hs.World,
     change: Callable[[telemetry_pb2.MetricWindow], object],
     seq: int = 1,
-    codes: frozenset[grpc.StatusCode] = hs.INVALID,
 ) -> hs.Hostile:
     window = good_window(20.0, datetime.now(UTC) - timedelta(minutes=5))
     window.bundle_digest = w.bundle_digest
@@ -362,7 +360,7 @@ def _window(
     batch = telemetry_pb2.TelemetryBatch(
         epoch="issue", first_seq=seq, last_seq=seq, records=[telemetry_pb2.TelemetryRecord(seq=seq, metrics=window)]
     )
-    return hs.Hostile("window", (batch,), bearer(w.hostile_cred), codes)
+    return hs.Hostile("window", (batch,), bearer(w.hostile_cred), hs.INVALID)
 
 
 def _set(obj: Any, **values: Any) -> None:
