@@ -236,6 +236,7 @@ def _numbers(spec: Number, *, floats: bool) -> All:
     def numbers(values: Any, size: int) -> bool:
         if not values:
             return True
+        values = values[:] if hasattr(values, "__getitem__") else list(values)  # three passes over one list
         if floats and not math.isfinite(sum(values)):  # a NaN or ±inf among them (or an overflow)
             return not any(map(problem, values))
         if lo <= min(values) and max(values) <= hi:
