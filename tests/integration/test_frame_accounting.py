@@ -341,6 +341,7 @@ async def test_gap_round_trip_to_the_controller_counts(tmp_path: Path) -> None:
     data = tmp_path / "data"
     async with running_controller(tmp_path / "ctl") as ctrl, connected(ctrl) as c:
         device_id, cred = await c.enroll("lab", "cam-gap")
+        await c.report_running(cred, DIGEST)  # the controller stores windows of bundles the device runs
         channel = grpc.aio.insecure_channel(ctrl.address)
         stub = device_pb2_grpc.DeviceServiceStub(channel)
         try:
