@@ -57,7 +57,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     batch = telemetry_pb2.TelemetryBatch(epoch="e-1", first_seq=1, last_seq=500, records=records)
     rounds = 3 if quick else 7
     return [
-        _measure("SyncRequest", sync, 2_000 if quick else 20_000, rounds, goal=12),
+        _measure("SyncRequest", sync, 2_000 if quick else 20_000, rounds, goal=15),
         _measure("TelemetryBatch of 500 windows", batch, 2 if quick else 10, rounds, goal=100),
     ]
 
