@@ -26,11 +26,13 @@ from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from edgefleet.contract.request_bounds import MAX_REQUEST_BYTES
+from edgefleet.contract.telemetry_bounds import MAX_REVIEW_JPEG_BYTES
 from edgefleet.v1 import common_pb2, device_pb2, device_pb2_grpc, fleet_pb2, telemetry_pb2
 from edgefleet_testing.bundles import SignedBundle, make_bundle
 from edgefleet_testing.controller import bearer
 from edgefleet_testing.fleet import Controller, start_controller
-from tests.integration.test_hostile_clients import serving, upload
+from tests.integration.test_hostile_clients import HOSTILE_CHANNEL, serving, upload
 from tests.integration.test_telemetry_hostile import good_window
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -110,7 +112,8 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
         )
         for bundle in (v1, fast, slow):
             ctl.push(bundle)
-        device = device_pb2_grpc.DeviceServiceStub(ctl.channel)
+        hostile_channel = grpc.insecure_channel(ctl.address, options=HOSTILE_CHANNEL)  # sends past the limits
+        device = device_pb2_grpc.DeviceServiceStub(hostile_channel)
         tokens = {site: ctl.enrollment_token(site) for site in ("lab", "yard")}
         ids, creds = {}, {}
         for site, name, hw in (
@@ -143,6 +146,7 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
             timeout=10,
         )
         yield Fleet(ctl, device, ids, creds, v1, fast, slow)
+        hostile_channel.close()
 
 
 def _bytes(message: Message) -> bytes:
@@ -216,7 +220,8 @@ def allowed(send: Callable[[], object]) -> None:
     try:
         send()
     except grpc.RpcError as err:
-        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (err.code(), err.details())
+        refused = (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        assert err.code() in refused, (err.code(), err.details())
 
 
 def burst(f: Fleet) -> list[str]:
@@ -239,10 +244,10 @@ def burst(f: Fleet) -> list[str]:
     allowed(
         lambda: upload(f.device, f.creds["cam-bad"], [batch("worst", 1, list(windows(v1, 5.0e7, 6, frames=2**62)))])
     )
-    jpeg = b"\xff" * (2 << 20)
-    for i in range(3):
-        samples: list[Message] = [review(f"rs-{3 * i + j + 1}", v1, jpeg, START) for j in range(3)]
-        allowed(lambda s=samples, i=i: upload(f.device, f.creds["cam-bad"], [batch("worst", 7 + 3 * i, s)]))
+    jpeg = b"\xff" * min(MAX_REVIEW_JPEG_BYTES, MAX_REQUEST_BYTES - 64 * 1024)  # the largest one request carries
+    for i in range(9):
+        sample = review(f"rs-{i + 1}", v1, jpeg, START)
+        allowed(lambda s=sample, i=i: upload(f.device, f.creds["cam-bad"], [batch("worst", 7 + i, [s])]))
     alerts = [
         Event(event_id=f"a{c}-{i}", kind=Event.KIND_ALERT, reason="a" * 1024) for c in range(2) for i in range(250)
     ]
