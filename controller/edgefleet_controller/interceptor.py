@@ -8,8 +8,10 @@ Authenticate first, then validate, then store: a call's credential is checked be
 looked at (Enroll's enrollment token, which travels in the request, by a read-only check of the token:
 ``ENROLLMENT``); then every request message is checked against its entry in
 ``edgefleet.contract.request_bounds`` (unary requests before the handler runs, each message of a client
-stream as it arrives), a breach refused whole with INVALID_ARGUMENT before any write. ``rpc.refused`` lines
-are rate-limited per peer (``refusal_log``).
+stream as it arrives), a breach refused whole with INVALID_ARGUMENT before any write. A message over
+``LARGE_CHECK_BYTES`` is checked in a worker thread, at most ``LARGE_CHECKS_AT_ONCE`` at a time per server,
+so a flood of refused multi-MB requests cannot stall the event loop (health checks, other calls); smaller
+ones inline. ``rpc.refused`` lines are rate-limited per peer (``refusal_log``).
 
 Only typed errors reach the client with their message (``client_status``): ``ControllerError`` (it carries
 its code), store errors, contract errors and telemetry's typed input errors. Anything else is the controller's
@@ -22,13 +24,14 @@ exception with its own status: UNAVAILABLE, which callers retry, with a request 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import grpc
 import structlog
@@ -145,6 +148,22 @@ def client_status(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
     return None
 
 
+#: Serialized size above which a request's bounds check runs off the event loop (a check of a refused
+#: multi-MB message takes milliseconds).
+LARGE_CHECK_BYTES: Final = 64 * 1024
+#: Large-message checks running at once (each holds its message; more only contend for the GIL).
+LARGE_CHECKS_AT_ONCE: Final = 2
+
+
+async def checked_bounds(message: Any, large: asyncio.Semaphore) -> None:
+    """``check_bounds(message)``: inline when small, in a worker thread under ``large`` otherwise."""
+    if message.ByteSize() <= LARGE_CHECK_BYTES:
+        check_bounds(message)
+        return
+    async with large:
+        await asyncio.to_thread(check_bounds, message)
+
+
 class ControllerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
         self,
@@ -158,6 +177,7 @@ class ControllerInterceptor(grpc.aio.ServerInterceptor):
         self._metrics = metrics
         self._admit_enrollment = admit_enrollment
         self._refusals = refusals or RefusalLimiter()
+        self._large_checks = asyncio.Semaphore(LARGE_CHECKS_AT_ONCE)
 
     async def intercept_service(
         self,
@@ -195,7 +215,11 @@ class _Guard:
         structlog.contextvars.bind_contextvars(rpc=self.short)
         await self.admit(request)
         if request is not None:
-            check_bounds(request)
+            await self.check(request)
+
+    async def check(self, message: Any) -> None:
+        """Check one request message against its bounds (``checked_bounds``)."""
+        await checked_bounds(message, self.owner._large_checks)
 
     async def admit(self, request: Any) -> None:
         if self.requirement is None:
@@ -275,10 +299,10 @@ class _Guard:
         structlog.contextvars.unbind_contextvars("rpc", "caller")
 
 
-async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+async def _checked(requests: AsyncIterator[Any], guard: _Guard) -> AsyncIterator[Any]:
     """A client stream whose every message is checked against its bounds as it arrives."""
     async for message in requests:
-        check_bounds(message)
+        await guard.check(message)
         yield message
 
 
@@ -287,7 +311,7 @@ def _answering(inner: Any, guard: _Guard, *, streamed: bool) -> Callable[[Any, A
 
     async def answer(request: Any, context: Any) -> Any:
         async with guard.around(context, None if streamed else request):
-            return await inner(_checked(request) if streamed else request, context)
+            return await inner(_checked(request, guard) if streamed else request, context)
 
     return answer
 
@@ -297,7 +321,7 @@ def _streaming(inner: Any, guard: _Guard, *, streamed: bool) -> Callable[[Any, A
 
     async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
         async with guard.around(context, None if streamed else request):
-            async for item in inner(_checked(request) if streamed else request, context):
+            async for item in inner(_checked(request, guard) if streamed else request, context):
                 yield item
 
     return stream
