@@ -22,12 +22,13 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 from edgefleet.contract.bundle_archive import unpack_unverified_bundle
 from edgefleet.contract.bundle_upload import BundleUpload, read_archive_for_upload
 from edgefleet.contract.errors import ContractError
+from edgefleet.contract.request_bounds import MAX_PUSH_CHUNK_BYTES
 from edgefleet.v1 import fleet_pb2, fleet_pb2_grpc
 from fleetctl.errors import fail, grpc_errors
 from fleetctl.output import console, err_console
 from fleetctl.settings import OPTIONS
 
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = MAX_PUSH_CHUNK_BYTES  # the largest ArtifactChunk the controller accepts
 
 
 def check_archive(archive: Path) -> BundleUpload:

@@ -32,7 +32,7 @@ from fleetctl.main import app as fleetctl_app
 
 pytestmark = pytest.mark.integration
 
-HUGE = 7_000_000
+HUGE = 1_900_000  # just under the 2 MiB message limit: refused by the bounds, not by gRPC's size check
 
 
 async def refused(call: Awaitable[Any], code: grpc.StatusCode, *fragments: str) -> str:
@@ -62,12 +62,12 @@ async def test_enroll_without_a_valid_token_is_refused_before_its_payload_cheapl
         with capture_logs() as logs:
             started = time.perf_counter()
             for token in tokens:
-                name = "N" * (HUGE if len(token) < 100 else 10)  # both 7 MB would pass the 8 MiB message limit
+                name = "N" * (HUGE if len(token) < 100 else 10)  # both 1.9 MB pass the 2 MiB message limit
                 request = device_pb2.EnrollRequest(enrollment_token=token, name=name)
                 details = await refused(c.device.Enroll(request, timeout=10), grpc.StatusCode.UNAUTHENTICATED)
                 assert "NNNN" not in details and "xxxx" not in details, "neither the name nor the token is echoed"
             elapsed = time.perf_counter() - started
-        assert elapsed < 5.0, f"{len(tokens)} refused 7 MB Enrolls took {elapsed:.2f}s"
+        assert elapsed < 5.0, f"{len(tokens)} refused 1.9 MB Enrolls took {elapsed:.2f}s"
         assert log_bytes(logs) < 4000, f"{log_bytes(logs)} bytes of log for {len(tokens)} refusals"
         assert [e["code"] for e in logs if e["event"] == "rpc.refused"] == ["UNAUTHENTICATED"] * len(tokens)
         assert device_rows(ctrl) == []
@@ -117,7 +117,7 @@ async def test_oversized_device_data_is_refused_and_the_fleet_listing_keeps_work
         before = await c.fleet.ListDevices(fleet_pb2.ListDevicesRequest(), metadata=c.admin)
         for cred in creds:
             reported = common_pb2.ReportedState(health=common_pb2.HEALTH_SERVING)
-            reported.details.update({"blob": "z" * (6 << 20)})
+            reported.details.update({"blob": "z" * HUGE})
             await refused(
                 c.device.Sync(device_pb2.SyncRequest(reported=reported, wait_s=0), metadata=bearer(cred)),
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -269,33 +269,33 @@ async def test_review_samples_of_the_largest_jpegs_still_list_with_their_jpegs(t
     async with running_controller(tmp_path / "data") as ctrl, connected(ctrl) as c:
         _, cred = await c.enroll("site-a", "cam-1")
         jpeg = b"\xff" * MAX_REVIEW_JPEG_BYTES
-        batches = [
+        n = rb.MAX_REVIEW_SAMPLES_WITH_JPEG + 2
+        batches = [  # one largest sample per batch: a batch is at most one 2 MiB request
             telemetry_pb2.TelemetryBatch(
                 epoch="ep",
-                first_seq=3 * b + 1,
-                last_seq=3 * b + 3,
+                first_seq=b + 1,
+                last_seq=b + 1,
                 records=[
                     telemetry_pb2.TelemetryRecord(
-                        seq=3 * b + i + 1,
+                        seq=b + 1,
                         review=telemetry_pb2.ReviewSample(
-                            sample_id=f"s{3 * b + i}", bundle_digest="sha256:" + "b" * 64, jpeg=jpeg
+                            sample_id=f"s{b}", bundle_digest="sha256:" + "b" * 64, jpeg=jpeg
                         ),
                     )
-                    for i in range(3)
                 ],
             )
-            for b in range(3)
+            for b in range(n)
         ]
         acks = [ack async for ack in c.device.UploadTelemetry(iter(batches), metadata=bearer(cred))]
-        assert acks[-1].acked_through == 9
+        assert acks[-1].acked_through == n
         listed = await c.fleet.ListReviewSamples(fleet_pb2.ListReviewSamplesRequest(limit=100), metadata=c.admin)
-        assert len(listed.samples) == 9
+        assert len(listed.samples) == n
         # fleetctl's channel: it receives up to the controller's send limit
         async with grpc.aio.insecure_channel(ctrl.address, options=CHANNEL_OPTIONS) as channel:
             with_jpegs = await fleet_pb2_grpc.FleetServiceStub(channel).ListReviewSamples(
                 fleet_pb2.ListReviewSamplesRequest(limit=100, include_jpeg=True), metadata=c.admin
             )
-        assert len(with_jpegs.samples) == rb.MAX_REVIEW_SAMPLES_WITH_JPEG < 9
+        assert len(with_jpegs.samples) == rb.MAX_REVIEW_SAMPLES_WITH_JPEG < n
         assert all(len(s.sample.jpeg) == MAX_REVIEW_JPEG_BYTES for s in with_jpegs.samples)
         assert with_jpegs.ByteSize() <= rb.MAX_RESPONSE_BYTES
 

@@ -4,6 +4,7 @@ admits what keeps it, and a type or field without a bound is refused."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import pytest
@@ -16,6 +17,7 @@ from edgefleet.contract import request_bounds as rb
 from edgefleet.contract.errors import ContractError
 from edgefleet.contract.telemetry_bounds import MAX_REVIEW_JPEG_BYTES
 from edgefleet.v1 import common_pb2, device_pb2, fleet_pb2, telemetry_pb2
+from edgefleet_controller.interceptor import LARGE_CHECK_BYTES, checked_bounds
 
 SERVICES = (
     device_pb2.DESCRIPTOR.services_by_name["DeviceService"],
@@ -217,3 +219,64 @@ def test_an_enrollment_token_needs_a_site() -> None:
     err = refusal(fleet_pb2.CreateEnrollmentTokenRequest(ttl_s=60))
     assert err.path == "CreateEnrollmentTokenRequest.site" and "--site warehouse-a" in str(err)
     rb.check(fleet_pb2.CreateEnrollmentTokenRequest(site="warehouse-a.dock_2"))
+
+
+def test_the_largest_batch_a_device_builds_fits_the_request_limit_and_every_legit_message_fits() -> None:
+    # record bytes up to MAX_TELEMETRY_BATCH_BYTES (a review sample at its largest, the rest events), as many
+    # records and dropped ranges as a batch may hold, seqs near 2^63: the framing stays inside the spare 512 KiB
+    review = telemetry_pb2.ReviewSample(
+        sample_id="s", jpeg=b"\xff" * MAX_REVIEW_JPEG_BYTES, results_json="x" * (64 * 1024 - 1)
+    )
+    top = 2**63 - 1
+    records = [telemetry_pb2.TelemetryRecord(seq=top, review=review)]
+    left = rb.MAX_TELEMETRY_BATCH_BYTES - records[0].ByteSize()
+    per = left // (rb.MAX_BATCH_RECORDS - 1)
+    pad = per - telemetry_pb2.TelemetryRecord(seq=top, event=telemetry_pb2.DeviceEvent(reason="")).ByteSize() - 2
+    event = telemetry_pb2.DeviceEvent(reason="r" * pad)
+    records += [telemetry_pb2.TelemetryRecord(seq=top, event=event)] * (rb.MAX_BATCH_RECORDS - 1)
+    assert sum(r.ByteSize() for r in records) >= rb.MAX_TELEMETRY_BATCH_BYTES - 2 * rb.MAX_BATCH_RECORDS
+    assert sum(r.ByteSize() for r in records) <= rb.MAX_TELEMETRY_BATCH_BYTES
+    dropped = [telemetry_pb2.SeqRange(first=top, last=top)] * rb.MAX_BATCH_RECORDS
+    batch = telemetry_pb2.TelemetryBatch(epoch="e" * rb.MAX_ID_CHARS, first_seq=top, last_seq=top, records=records)
+    batch.dropped.extend(dropped)
+    assert batch.ByteSize() <= rb.MAX_REQUEST_BYTES
+    rb.check(batch)
+    # a PushBundle chunk at fleetctl's size (the largest accepted), with its digest; one byte more is refused
+    chunk = fleet_pb2.PushBundleRequest(
+        chunk=fleet_pb2.ArtifactChunk(digest="sha256:" + "a" * 64, data=bytes(rb.MAX_PUSH_CHUNK_BYTES))
+    )
+    assert chunk.ByteSize() <= rb.MAX_REQUEST_BYTES
+    rb.check(chunk)
+    chunk.chunk.data += b"x"
+    assert refusal(chunk).path == "PushBundleRequest.chunk.data"
+    # a ListReviewSamples answer with include_jpeg holds more samples now that a JPEG is at most 1 MiB
+    assert rb.MAX_REVIEW_SAMPLES_WITH_JPEG == 13
+
+
+async def test_a_large_message_is_checked_off_the_event_loop_with_the_same_refusal() -> None:
+    bad = device_pb2.SyncRequest()
+    bad.reported.details.update({"blob": "z" * (512 * 1024)})
+    assert bad.ByteSize() > LARGE_CHECK_BYTES
+    expected = str(refusal(bad))
+    gate = asyncio.Semaphore(1)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    beat = asyncio.create_task(ticker())
+    try:
+        for _ in range(3):
+            with pytest.raises(rb.RequestBoundsError) as info:
+                await checked_bounds(bad, gate)
+            assert str(info.value) == expected
+    finally:
+        beat.cancel()
+    assert ticks > 0  # the loop kept running other tasks while the checks ran
+    small = device_pb2.SyncRequest(wait_s=3601)
+    with pytest.raises(rb.RequestBoundsError) as info:
+        await checked_bounds(small, gate)
+    assert str(info.value) == str(refusal(small))

@@ -8,10 +8,13 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
+from edge_runtime.agent.telemetry.uploader import UploadSettings
 from edge_runtime.telemetry.records import classify_body, encode_record, record_footprint
 from edge_runtime.telemetry.review import ReviewSampler
 from edgefleet.contract.errors import ManifestError
 from edgefleet.contract.layering import merge_config_layers
+from edgefleet.contract.manifest_schema import manifest_schema
+from edgefleet.contract.request_bounds import MAX_BATCH_RECORDS, MAX_REQUEST_BYTES, MAX_TELEMETRY_BATCH_BYTES
 from edgefleet.contract.telemetry_bounds import MIN_REVIEW_JPEG_BYTES, MIN_REVIEW_RECORD_BYTES
 
 
@@ -55,3 +58,41 @@ def test_the_contract_minimum_is_the_smallest_review_record_the_device_writes(qu
     _, field, body = classify_body(sample)
     assert len(sample.jpeg) >= MIN_REVIEW_JPEG_BYTES
     assert record_footprint(len(encode_record(1, field, body))) == MIN_REVIEW_RECORD_BYTES
+
+
+def _schema_property(name: str) -> dict[str, object]:
+    found: list[dict[str, object]] = []
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            props = node.get("properties")
+            if isinstance(props, dict) and name in props and "batch_max_delay_s" in props:
+                found.append(props[name])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(manifest_schema())
+    assert len(found) == 1, name
+    return found[0]
+
+
+def test_batch_bounds_above_what_the_controller_accepts_are_refused_and_clamped() -> None:
+    # the schema's maxima are the contract's constants (one source of truth: a test holds them equal)
+    assert _schema_property("batch_max_bytes")["maximum"] == MAX_TELEMETRY_BATCH_BYTES
+    assert _schema_property("batch_max_records")["maximum"] == MAX_BATCH_RECORDS
+    assert MAX_TELEMETRY_BATCH_BYTES < MAX_REQUEST_BYTES
+    big = {"buffer_max_bytes": 64 << 20}
+    merged({**big, "batch_max_bytes": MAX_TELEMETRY_BATCH_BYTES, "batch_max_records": MAX_BATCH_RECORDS})
+    with pytest.raises(ManifestError) as info:
+        merged({**big, "batch_max_bytes": MAX_TELEMETRY_BATCH_BYTES + 1})
+    assert info.value.path == "telemetry.batch_max_bytes" and str(MAX_TELEMETRY_BATCH_BYTES + 1) in str(info.value)
+    with pytest.raises(ManifestError) as info:
+        merged({**big, "batch_max_records": MAX_BATCH_RECORDS + 1})
+    assert info.value.path == "telemetry.batch_max_records"
+    # a device on an older (unchecked) config never builds a batch the controller refuses
+    settings = UploadSettings.from_config({"batch_max_bytes": 8 << 20, "batch_max_records": 10**6})
+    assert (settings.batch_max_bytes, settings.batch_max_records) == (MAX_TELEMETRY_BATCH_BYTES, MAX_BATCH_RECORDS)
+    assert UploadSettings.from_config({"batch_max_bytes": 4096}).batch_max_bytes == 4096

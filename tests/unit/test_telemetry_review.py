@@ -10,6 +10,9 @@ import pytest
 
 from edge_runtime.telemetry import ReviewEncodeError, ReviewSampler, encode_jpeg, results_json
 from edgefleet.contract.processing.postprocess import Detection
+from edgefleet.contract.request_bounds import check
+from edgefleet.contract.telemetry_bounds import MAX_REVIEW_JPEG_BYTES
+from edgefleet.v1 import telemetry_pb2
 
 T0 = datetime(2025, 3, 1, 8, 0, 0, tzinfo=UTC)
 
@@ -108,3 +111,22 @@ def test_canonical_json_refuses_nan_and_unknown_types() -> None:
 def test_bad_settings_are_refused(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         _sampler(**{field: value})
+
+
+def test_a_frame_whose_jpeg_is_over_the_controllers_bound_is_re_encoded_smaller_never_sent_whole() -> None:
+    noise = np.random.default_rng(3).integers(0, 256, (1200, 1600, 3), dtype=np.uint8)
+    assert len(cv2.imencode(".jpg", noise, [cv2.IMWRITE_JPEG_QUALITY, 100])[1]) > MAX_REVIEW_JPEG_BYTES
+    s = _sampler(jpeg_quality=100)
+    packed = [
+        s.sample(f, [], bundle_digest="sha256:" + "a" * 64, top_confidence=0.1, reason="sampled", captured_at=T0)
+        for f in (noise, noise[:100, :100])
+    ]
+    big, small = (p.jpeg for p in packed)
+    assert MAX_REVIEW_JPEG_BYTES // 2 < len(big) <= MAX_REVIEW_JPEG_BYTES  # shrunk, not to a thumbnail
+    decoded = cv2.imdecode(np.frombuffer(big, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape[1] / decoded.shape[0] == pytest.approx(1600 / 1200, rel=0.01)  # aspect kept
+    assert small == encode_jpeg(noise[:100, :100], 100)  # a frame that fits is encoded as before
+    assert s.shrunk == 1
+    batch = telemetry_pb2.TelemetryBatch(epoch="e", first_seq=1, last_seq=2)
+    batch.records.extend(telemetry_pb2.TelemetryRecord(seq=i + 1, review=p) for i, p in enumerate(packed))
+    check(batch)  # what the device sends, the controller accepts

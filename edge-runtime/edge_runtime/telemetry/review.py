@@ -7,7 +7,8 @@ scene that suddenly confuses the model cannot flood the uplink. Randomness comes
 ``random.Random``, time from ``now``: the same inputs give the same decisions.
 
 ``ReviewSampler.sample(...)`` packs a flagged frame: JPEG (``cv2.imencode``, ``jpeg_quality``), downscaled
-first when ``max_side`` is set, and the results as canonical JSON (sorted keys, no spaces), into a
+first when ``max_side`` is set and re-encoded smaller while the JPEG is over ``MAX_REVIEW_JPEG_BYTES`` (counted
+in ``shrunk``), and the results as canonical JSON (sorted keys, no spaces), into a
 ``ReviewSample`` proto whose ``sample_id`` is drawn from the same seeded generator.
 """
 
@@ -27,6 +28,7 @@ import numpy as np
 from edge_runtime.telemetry.errors import ReviewEncodeError
 from edgefleet.contract.canonical import canonical_json_text
 from edgefleet.contract.shown import shown
+from edgefleet.contract.telemetry_bounds import MAX_REVIEW_JPEG_BYTES
 from edgefleet.v1.telemetry_pb2 import ReviewSample
 
 ReviewReason = Literal["low_confidence", "sampled"]
@@ -50,7 +52,15 @@ def results_json(results: Any) -> str:
 
 
 def encode_jpeg(frame_bgr: Any, quality: int, max_side: int | None = None) -> bytes:
-    """A BGR uint8 HxWx3 frame as JPEG bytes, shrunk so its longer side is at most ``max_side``."""
+    """A BGR uint8 HxWx3 frame as JPEG bytes, shrunk so its longer side is at most ``max_side``, and further
+    until the JPEG is at most ``MAX_REVIEW_JPEG_BYTES`` (the largest the controller accepts)."""
+    return fit_jpeg(frame_bgr, quality, max_side, MAX_REVIEW_JPEG_BYTES)[0]
+
+
+def fit_jpeg(frame_bgr: Any, quality: int, max_side: int | None, max_bytes: int) -> tuple[bytes, int]:
+    """The frame as JPEG of at most ``max_bytes``, and how many times it was re-encoded smaller to fit: a
+    JPEG over the bound is encoded again with its longer side scaled by ``0.9 * sqrt(max_bytes / size)``
+    (a 1x1 frame's JPEG, ~630 bytes, ends the loop), never sent whole for the controller to refuse."""
     if not (
         isinstance(frame_bgr, np.ndarray)
         and frame_bgr.dtype == np.uint8
@@ -62,8 +72,19 @@ def encode_jpeg(frame_bgr: Any, quality: int, max_side: int | None = None) -> by
         shape = getattr(frame_bgr, "shape", None)
         dtype = getattr(frame_bgr, "dtype", type(frame_bgr).__name__)
         raise ReviewEncodeError(f"review frame must be a BGR uint8 HxWx3 array, got shape {shape} dtype {dtype}")
+    side = max(frame_bgr.shape[:2]) if max_side is None else min(max_side, max(frame_bgr.shape[:2]))
+    shrunk = 0
+    while True:
+        jpeg = _encode(frame_bgr, quality, side)
+        if len(jpeg) <= max_bytes or side == 1:
+            return jpeg, shrunk
+        side = max(1, min(side - 1, int(side * 0.9 * math.sqrt(max_bytes / len(jpeg)))))
+        shrunk += 1
+
+
+def _encode(frame_bgr: Any, quality: int, max_side: int) -> bytes:
     image = frame_bgr
-    if max_side is not None and max(image.shape[:2]) > max_side:
+    if max(image.shape[:2]) > max_side:
         scale = max_side / max(image.shape[:2])
         size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
@@ -107,6 +128,8 @@ class ReviewSampler:
         self._taken: deque[datetime] = deque()
         self.capped = 0
         """Frames that qualified but were refused by the hourly cap (since creation)."""
+        self.shrunk = 0
+        """Samples whose JPEG was over ``MAX_REVIEW_JPEG_BYTES`` and re-encoded smaller (since creation)."""
 
     def taken_last_hour(self, now: datetime) -> int:
         """Samples taken in the hour up to ``now``."""
@@ -149,12 +172,14 @@ class ReviewSampler:
         captured_at: datetime,
     ) -> ReviewSample:
         """Pack a flagged frame and its results into a ``ReviewSample``."""
+        jpeg, shrunk = fit_jpeg(frame_bgr, self.jpeg_quality, self.max_side, MAX_REVIEW_JPEG_BYTES)
+        self.shrunk += bool(shrunk)
         sample = ReviewSample(
             sample_id=str(uuid.UUID(int=self._rng.getrandbits(128), version=4)),
             bundle_digest=bundle_digest,
             reason=reason,
             top_confidence=0.0 if math.isnan(top_confidence) else top_confidence,
-            jpeg=encode_jpeg(frame_bgr, self.jpeg_quality, self.max_side),
+            jpeg=jpeg,
             results_json=results_json(results),
         )
         sample.captured_at.FromDatetime(captured_at)

@@ -23,6 +23,7 @@ from edgefleet.contract.bundle_archive import (
 )
 from edgefleet.contract.bundle_limits import DEFAULT_LIMITS, check_declared_sizes
 from edgefleet.contract.errors import SignatureError, UnlistedFileError, UnsafeArchiveError
+from edgefleet.contract.request_bounds import MAX_PUSH_CHUNK_BYTES
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,9 @@ class BundleUpload:
     manifest: bytes
     signature: bytes
 
-    def chunks(self, chunk_bytes: int = 1 << 20) -> Iterator[tuple[str, bytes]]:
-        """(artifact digest, bytes) pairs in archive order, each at most ``chunk_bytes`` long."""
+    def chunks(self, chunk_bytes: int = MAX_PUSH_CHUNK_BYTES) -> Iterator[tuple[str, bytes]]:
+        """(artifact digest, bytes) pairs in archive order, each at most ``chunk_bytes`` long (by default the
+        largest chunk the controller accepts)."""
         by_path = {a.path: a for a in self.manifest_obj.artifacts.values()}
         with _open_archive(self.path) as tar:
             _, _, _, member = _read_head(tar, self.path)

@@ -66,10 +66,16 @@ MAX_ID_CHARS: Final = 128
 MAX_TOKEN_CHARS: Final = 256
 #: Tags on one device or in one selector.
 MAX_TAGS: Final = 64
-#: Telemetry records in one batch (the device sends ``batch_max_records``, 500 by default).
+#: Telemetry records in one batch (the device sends ``batch_max_records``, 500 by default; the manifest
+#: schema's maximum for it is this).
 MAX_BATCH_RECORDS: Final = 10_000
-#: One artifact chunk of a PushBundle stream (fleetctl sends 1 MiB).
-MAX_PUSH_CHUNK_BYTES: Final = 4 * MiB
+#: The most record bytes a device puts in one telemetry batch (the manifest schema's maximum for
+#: ``telemetry.batch_max_bytes``; the uploader clamps to it): the request limit less 512 KiB for the batch's
+#: framing (about 4 bytes a record) and its dropped ranges, at most ``MAX_BATCH_RECORDS`` of each.
+MAX_TELEMETRY_BATCH_BYTES: Final = MAX_REQUEST_BYTES - 512 * KiB
+#: One artifact chunk of a PushBundle stream (fleetctl sends chunks of this size): with its framing, well
+#: inside one request.
+MAX_PUSH_CHUNK_BYTES: Final = 1 * MiB
 #: bundle.json and its signature in a PushBundle header.
 MAX_MANIFEST_BYTES: Final = 1 * MiB
 MAX_SIGNATURE_BYTES: Final = 16 * KiB
@@ -214,7 +220,6 @@ BOUNDS: Final[Mapping[str, Bounds]] = {
     ),
     "edgefleet.v1.ReportEventRequest": Bounds(
         {"events": Count(MAX_EVENTS_PER_CALL, _NESTED)},
-        max_bytes=4 * MiB,
         todo=f"send at most {MAX_EVENTS_PER_CALL} events per call, each within its bounds",
     ),
     # ------------------------------------------------------------------ telemetry

@@ -22,9 +22,12 @@ from google.protobuf.message import Message
 from edgefleet.contract.errors import ContractError
 from edgefleet.contract.shown import shown
 
-#: The largest request message the controller receives (gRPC ``max_receive_message_length``); every entry's
-#: ``max_bytes`` is at most this. PushBundle streams artifacts in chunks, telemetry in bounded batches.
-MAX_REQUEST_BYTES: Final = 8 * 1024 * 1024
+#: The largest request message the controller receives (gRPC ``max_receive_message_length``; the device's and
+#: fleetctl's ``max_send_message_length``); every entry's ``max_bytes`` is at most this. gRPC parses a message
+#: whole before any bound is checked, so this times the calls in flight is what hostile clients can make the
+#: controller hold: 2 MiB. Everything legitimate fits: PushBundle streams artifacts in 1 MiB chunks, a review
+#: JPEG is at most 1 MiB, a telemetry batch at most ``MAX_TELEMETRY_BATCH_BYTES`` (``request_bounds``).
+MAX_REQUEST_BYTES: Final = 2 * 1024 * 1024
 
 
 class RequestBoundsError(ContractError):

@@ -20,9 +20,10 @@ from typing import Final
 MIN_REVIEW_RECORD_BYTES: Final = 844
 #: The JPEG part of it: OpenCV's header and tables for a 1x1 frame.
 MIN_REVIEW_JPEG_BYTES: Final = 630
-#: The largest review JPEG the controller accepts (``request_bounds``): a 1920x1080 frame at quality 100 is
-#: about 1 MB; anything larger would make ``ListReviewSamples include_jpeg`` answers unbounded.
-MAX_REVIEW_JPEG_BYTES: Final = 2 * 1024 * 1024
+#: The largest review JPEG the controller accepts (``request_bounds``; it keeps a review sample well inside
+#: one 2 MiB request): a 1920x1080 frame at quality 85 is a few hundred KB. The device re-encodes a frame
+#: whose JPEG is larger at a smaller size until it fits (``edge_runtime.telemetry.review``).
+MAX_REVIEW_JPEG_BYTES: Final = 1024 * 1024
 #: ``telemetry.review_quota_bytes`` that turns review sampling off.
 REVIEW_QUOTA_OFF: Final = 0
 

@@ -36,12 +36,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from edge_runtime.agent.client import ControllerLink
 from edge_runtime.agent.retry import Sleep, transient_retry
 from edge_runtime.update.record import UpdateRecord, UpdateState
+from edgefleet.contract.request_bounds import MAX_REQUEST_BYTES
 from edgefleet.v1 import common_pb2, device_pb2, telemetry_pb2
 
 log = structlog.get_logger(__name__)
 
 MAX_EVENTS = 10_000
 BATCH = 100
+#: The most event bytes one ReportEvent call carries: the controller's request limit less 64 KiB to spare.
+REPORT_MAX_BYTES = MAX_REQUEST_BYTES - 64 * 1024
 
 
 def wire_state(state: UpdateState) -> common_pb2.UpdateState.ValueType:
@@ -175,8 +178,18 @@ class AgentReporter:
             self._append(event)
 
     def pending(self, limit: int = BATCH) -> list[telemetry_pb2.DeviceEvent]:
+        """The oldest queued events, at most ``limit`` and ``REPORT_MAX_BYTES`` of them (at least one), so a
+        ReportEvent call always fits the controller's request limit."""
         with self._lock:
-            return [self._events[i] for i in range(min(limit, len(self._events)))]
+            taken: list[telemetry_pb2.DeviceEvent] = []
+            budget = REPORT_MAX_BYTES
+            for event in list(self._events)[:limit]:
+                size = event.ByteSize() + 8  # its field framing in the request
+                if taken and size > budget:
+                    break
+                taken.append(event)
+                budget -= size
+            return taken
 
     def acknowledge(self, sent: list[telemetry_pb2.DeviceEvent]) -> None:
         ids = {e.event_id for e in sent}

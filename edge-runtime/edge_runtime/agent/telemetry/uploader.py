@@ -4,8 +4,9 @@ what the controller acknowledged.
 How one stream runs:
 
 - gzip call compression; batches bounded in records (``batch_max_records``) and bytes
-  (``batch_max_bytes``); at most ``max_in_flight`` batches un-acknowledged on the wire (acks come back in
-  order, one per batch); an ack deletes the records up to its contiguous mark, nothing else.
+  (``batch_max_bytes``; both clamped to what the controller accepts in one request, ``MAX_BATCH_RECORDS``
+  and ``MAX_TELEMETRY_BATCH_BYTES``); at most ``max_in_flight`` batches un-acknowledged on the wire (acks
+  come back in order, one per batch); an ack deletes the records up to its contiguous mark, nothing else.
 - The first batch of every stream is ``peek_batch(events_first=True)``: after an outage, verdicts and
   rollbacks travel before hours of metrics. Later batches take the held records not yet sent on this
   stream, in seq order. Each batch declares the seqs the buffer dropped (absent above the acked mark)
@@ -41,6 +42,7 @@ import structlog
 from edge_runtime.agent.retry import Backoff, transient_retry
 from edge_runtime.telemetry.buffer import TelemetryBuffer
 from edge_runtime.telemetry.records import BufferedRecord
+from edgefleet.contract.request_bounds import MAX_BATCH_RECORDS, MAX_TELEMETRY_BATCH_BYTES
 from edgefleet.contract.shown import shown
 from edgefleet.v1.telemetry_pb2 import SeqRange, TelemetryAck, TelemetryBatch, TelemetryRecord
 
@@ -61,12 +63,14 @@ class UploadSettings:
 
     @classmethod
     def from_config(cls, telemetry: Mapping[str, Any] | None) -> UploadSettings:
-        """Settings from the effective config's ``telemetry`` section (absent keys keep the defaults)."""
+        """Settings from the effective config's ``telemetry`` section (absent keys keep the defaults). Batch
+        bounds are clamped to what the controller accepts in one request (the schema's maxima), so no config
+        can make the device send a batch the controller refuses forever."""
         t = dict(telemetry or {})
         d = cls()
         return cls(
-            batch_max_records=int(t.get("batch_max_records") or d.batch_max_records),
-            batch_max_bytes=int(t.get("batch_max_bytes") or d.batch_max_bytes),
+            batch_max_records=min(int(t.get("batch_max_records") or d.batch_max_records), MAX_BATCH_RECORDS),
+            batch_max_bytes=min(int(t.get("batch_max_bytes") or d.batch_max_bytes), MAX_TELEMETRY_BATCH_BYTES),
             batch_max_delay_s=float(t.get("batch_max_delay_s") or d.batch_max_delay_s),
             max_in_flight=int(t.get("max_in_flight") or d.max_in_flight),
             backlog_rate_per_s=float(t.get("backlog_rate_per_s") or d.backlog_rate_per_s),
