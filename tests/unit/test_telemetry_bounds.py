@@ -1,5 +1,7 @@
 """Telemetry bounds that can never hold a record are refused by the config checks, with the arithmetic;
-``review_quota_bytes: 0`` is valid (review sampling off); the contract's figure is the device's own."""
+``review_quota_bytes: 0`` is valid (review sampling off); the contract's figure is the device's own; batch
+bounds above what the controller accepts in one request are refused by the schema and clamped by the device,
+and a ReportEvent call never exceeds the request limit."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
+from edge_runtime.agent.telemetry.reporter import BATCH, AgentReporter
 from edge_runtime.agent.telemetry.uploader import UploadSettings
 from edge_runtime.telemetry.records import classify_body, encode_record, record_footprint
 from edge_runtime.telemetry.review import ReviewSampler
@@ -16,6 +19,7 @@ from edgefleet.contract.layering import merge_config_layers
 from edgefleet.contract.manifest_schema import manifest_schema
 from edgefleet.contract.request_bounds import MAX_BATCH_RECORDS, MAX_REQUEST_BYTES, MAX_TELEMETRY_BATCH_BYTES
 from edgefleet.contract.telemetry_bounds import MIN_REVIEW_JPEG_BYTES, MIN_REVIEW_RECORD_BYTES
+from edgefleet.v1 import device_pb2
 
 
 def merged(telemetry: dict[str, int]) -> str:
@@ -96,3 +100,17 @@ def test_batch_bounds_above_what_the_controller_accepts_are_refused_and_clamped(
     settings = UploadSettings.from_config({"batch_max_bytes": 8 << 20, "batch_max_records": 10**6})
     assert (settings.batch_max_bytes, settings.batch_max_records) == (MAX_TELEMETRY_BATCH_BYTES, MAX_BATCH_RECORDS)
     assert UploadSettings.from_config({"batch_max_bytes": 4096}).batch_max_bytes == 4096
+
+
+def test_a_report_event_call_never_exceeds_the_request_limit_and_the_rest_follows() -> None:
+    reporter = AgentReporter()
+    for i in range(BATCH):
+        reporter.report_alert("sha256:" + "a" * 64, f"{i:03d}" + "r" * 30_000, {"t": 1.0})
+    sent: list[str] = []
+    while reporter.has_pending():
+        batch = reporter.pending()
+        assert 1 <= len(batch) < BATCH
+        assert device_pb2.ReportEventRequest(events=batch).ByteSize() <= MAX_REQUEST_BYTES
+        sent += [e.reason[:3] for e in batch]
+        reporter.acknowledge(batch)
+    assert sent == [f"{i:03d}" for i in range(BATCH)]  # every event, in order, none twice
