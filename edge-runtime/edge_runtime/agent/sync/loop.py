@@ -10,8 +10,8 @@ Failures: transient codes (see ``client.is_transient``) are retried by the agent
 offline for hours keeps serving and keeps trying, cheaply. UNAUTHENTICATED after enrollment is an operator problem
 (credential revoked, controller restored without it): logged as ``agent.credential_rejected`` and retried
 only every ``unauth_backoff_s``; PERMISSION_DENIED (an operator disabled the device) as ``agent.device_disabled``.
-Other refusals back off ``refused_backoff_s``; the agent keeps serving what it runs in every case. A call that comes back
-unchanged sooner than ``min_interval_s`` waits out the rest, so a misbehaving server cannot make us spin.
+Other refusals back off ``refused_backoff_s``; the agent keeps serving what it runs in every case. A call that comes
+back unchanged sooner than ``min_interval_s`` waits out the rest, so a misbehaving server cannot make us spin.
 """
 
 from __future__ import annotations
