@@ -33,9 +33,9 @@ def operator_ttl(expires: str) -> tuple[int, bool]:
         return 0, True
     ttl_s = parse_duration(expires)
     if ttl_s <= 0:
+        note = " (0 no longer means no expiry)" if ttl_s == 0 else ""
         raise typer.BadParameter(
-            f"--expires must be a lifetime (90s, 15m, 24h, 90d) or 'never'; got {shown(escape(expires[:40]))} "
-            "(0 no longer means no expiry)"
+            f"--expires must be a lifetime (90s, 15m, 24h, 90d) or 'never'; got {shown(escape(expires[:40]))}{note}"
         )
     return ttl_s, False
 

@@ -126,6 +126,11 @@ async def test_expired_and_revoked_enrollment_tokens_are_refused(tmp_path: Path)
         err = await refused(c.enroll("s", "d1", token=revoked.token))
         assert err.code() == grpc.StatusCode.UNAUTHENTICATED
         assert "revoked" in (err.details() or "")
+        err = await refused(
+            c.fleet.RevokeEnrollmentToken(fleet_pb2.RevokeEnrollmentTokenRequest(token_id="nosuch"), metadata=c.admin)
+        )
+        assert err.code() == grpc.StatusCode.NOT_FOUND
+        assert "enrollment tokens are shown once when created" in (err.details() or ""), err.details()
 
         clock.now += timedelta(seconds=61)
         err = await refused(c.enroll("s", "d2", token=short.token))

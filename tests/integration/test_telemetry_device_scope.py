@@ -76,10 +76,11 @@ async def test_two_devices_with_one_sample_id_each_keep_their_own_sample(tmp_pat
         await upload(ctrl.address, cred_b, [review_batch("ep2", 1, "s1", offset_s=60)])
         assert await samples(c) == sorted([(a, "s1", "fp"), (b, "s1", "tp")])
 
-        await refused(
+        details = await refused(
             c.fleet.LabelReviewSample(label(sample_id="s1", label="tp", device="cam-nope"), metadata=c.admin),
             Code.NOT_FOUND,
         )
+        assert "'fleetctl get devices'" in details, details
         await refused(
             c.fleet.LabelReviewSample(label(sample_id="s1", label="tp", device="cam-a"), metadata=bearer(viewer)),
             Code.PERMISSION_DENIED,

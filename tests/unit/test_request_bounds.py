@@ -221,6 +221,14 @@ def test_an_enrollment_token_needs_a_site() -> None:
     rb.check(fleet_pb2.CreateEnrollmentTokenRequest(site="warehouse-a.dock_2"))
 
 
+def test_a_field_hint_is_given_only_for_its_own_field_and_others_point_to_the_readme() -> None:
+    name = refusal(device_pb2.EnrollRequest(enrollment_token="eft_x.y", name="Cam-1"))
+    assert "enroll with a name of lowercase letters" in str(name)
+    tag = refusal(device_pb2.EnrollRequest(enrollment_token="eft_x.y", name="cam-1", tags={"": "v"}))
+    assert "enroll with a name" not in str(tag)
+    assert "README.md, 'Design in one page'" in str(tag) and "edgefleet.contract" not in str(tag)
+
+
 def test_the_largest_batch_a_device_builds_fits_the_request_limit_and_every_legit_message_fits() -> None:
     # record bytes up to MAX_TELEMETRY_BATCH_BYTES (a review sample at its largest, the rest events), as many
     # records and dropped ranges as a batch may hold, seqs near 2^63: the framing stays inside the spare 512 KiB

@@ -80,7 +80,11 @@ def _get(db: Database, table: sa.Table, key: str, value: str, missing: NotFound)
 
 
 def _unknown_enrollment(token_id: str) -> NotFound:
-    return NotFound("enrollment token", token_id, "list tokens to see the valid ids")
+    return NotFound(
+        "enrollment token",
+        token_id,
+        "operator tokens: fleetctl token list; enrollment tokens are shown once when created",
+    )
 
 
 def _enrollment_record(row: Row[Any]) -> EnrollmentTokenRecord:

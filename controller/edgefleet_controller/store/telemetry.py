@@ -511,7 +511,7 @@ class TelemetryStore:
                 sa.select(d.c.id, d.c.site).where(sa.or_(d.c.id == ref, d.c.name == ref)).order_by(d.c.id)
             ).all()
         if not found:
-            raise NotFound("device", ref, "list devices with 'fleetctl devices'")
+            raise NotFound("device", ref, "list devices with 'fleetctl get devices'")
         by_id = [r for r in found if r.id == ref]
         if by_id or len(found) == 1:
             return str((by_id or found)[0].id)
@@ -557,7 +557,7 @@ class TelemetryStore:
         deleted: dict[str, int] = {}
         with self._db.transaction() as conn:
             if conn.execute(sa.select(t.devices.c.id).where(t.devices.c.id == device_id)).first() is None:
-                raise NotFound("device", device_id, "list devices with 'fleetctl devices'")
+                raise NotFound("device", device_id, "list devices with 'fleetctl get devices'")
             for table, when in _TIMED_TABLES:
                 result = conn.execute(table.delete().where(table.c.device_id == device_id, when >= since, when < until))
                 deleted[table.name] = int(result.rowcount or 0)

@@ -205,7 +205,7 @@ BOUNDS: Final[Mapping[str, Bounds]] = {
             "tags": _TAGS,
         },
         max_bytes=64 * KiB,
-        todo="enroll with a name of lowercase letters, digits and '-', and hardware facts and tags within bounds",
+        field_todo={"name": "enroll with a name of lowercase letters, digits and '-'"},
     ),
     "edgefleet.v1.SyncRequest": Bounds(
         {"known_revision": _U64, "reported": _NESTED, "wait_s": Number(0, 3600)}, max_bytes=512 * KiB
@@ -397,7 +397,7 @@ BOUNDS: Final[Mapping[str, Bounds]] = {
     # ------------------------------------------------------------------ tokens and keys
     "edgefleet.v1.CreateEnrollmentTokenRequest": Bounds(
         {"site": Text(63, SITE_RE, allow_empty=False, hint=_SITE.hint), "ttl_s": _U32, "max_uses": _U32},
-        todo="name the site the token enrolls into, e.g. --site warehouse-a",
+        field_todo={"site": "name the site the token enrolls into, e.g. --site warehouse-a"},
     ),
     "edgefleet.v1.RevokeEnrollmentTokenRequest": Bounds({"token_id": _ID}),
     "edgefleet.v1.CreateOperatorTokenRequest": Bounds(

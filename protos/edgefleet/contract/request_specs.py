@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final, assert_never
 
 from google.protobuf.message import Message
@@ -147,7 +147,9 @@ class Bounds:
 
     fields: Mapping[str, Spec]
     max_bytes: int = MAX_REQUEST_BYTES
-    todo: str = "send a value within the bound (edgefleet.contract.request_bounds lists them)"
+    todo: str = "send a value within the bound (README.md, 'Design in one page': 'Authenticate first' lists them)"
+    #: what to do about one field's bad value, where it says more than ``todo`` (the others get ``todo``)
+    field_todo: Mapping[str, str] = field(default_factory=dict)
 
 
 Table = Mapping[str, Bounds]
@@ -177,17 +179,18 @@ def _check_message(table: Table, message: Message, path: str) -> None:
     for fd in message.DESCRIPTOR.fields:
         spec = bounds.fields.get(fd.name)
         where = f"{path}.{fd.name}"
+        todo = bounds.field_todo.get(fd.name, bounds.todo)
         if spec is None:
             raise RequestBoundsError(
                 where, "a field with a declared bound", shown(fd.name), "this field is not accepted"
             )
         if isinstance(spec, Count):
-            _check_many(table, fd, getattr(message, fd.name), spec, where, bounds.todo)
+            _check_many(table, fd, getattr(message, fd.name), spec, where, todo)
         elif fd.message_type is not None:
             if message.HasField(fd.name):
-                _check_one(table, fd, getattr(message, fd.name), spec, where, bounds.todo)
+                _check_one(table, fd, getattr(message, fd.name), spec, where, todo)
         else:
-            _check_one(table, fd, getattr(message, fd.name), spec, where, bounds.todo)
+            _check_one(table, fd, getattr(message, fd.name), spec, where, todo)
     # after the fields (each bounded, so the walk is bounded work), so a single oversized field is named
     size = message.ByteSize()
     if size > bounds.max_bytes:

@@ -1,0 +1,21 @@
+"""fleetctl's token command helpers: ``--expires`` parsing (the note about 0 only for 0)."""
+
+from __future__ import annotations
+
+import pytest
+import typer
+
+from fleetctl.revocation_cmds import operator_ttl
+
+
+@pytest.mark.parametrize(("expires", "note"), [("0", True), ("0d", True), ("-1d", False), ("-90s", False)])
+def test_a_non_positive_expiry_is_refused_and_only_zero_mentions_the_old_meaning(expires: str, note: bool) -> None:
+    with pytest.raises(typer.BadParameter) as info:
+        operator_ttl(expires)
+    assert "'never'" in str(info.value)
+    assert ("0 no longer means no expiry" in str(info.value)) is note
+
+
+def test_a_lifetime_and_never_are_accepted() -> None:
+    assert operator_ttl("90d") == (90 * 86400, False)
+    assert operator_ttl("never") == (0, True)
