@@ -71,6 +71,20 @@ async def test_two_devices_with_one_sample_id_each_keep_their_own_sample(tmp_pat
         assert await samples(c, device="cam-b") == [(b, "s1", "")]
         await c.fleet.LabelReviewSample(label(sample_id="s1", label="tp", device=b), metadata=bearer(operator))
         assert await samples(c, sample_id="s1") == sorted([(a, "s1", "fp"), (b, "s1", "tp")])
+        # the FP-rate table follows the device filter as the samples do
+        rates = {
+            device: dict(
+                (
+                    await c.fleet.ListReviewSamples(fleet_pb2.ListReviewSamplesRequest(device=device), metadata=c.admin)
+                ).fp_rate
+            )
+            for device in ("", "cam-a", b)
+        }
+        assert rates == {
+            "": {f"lab/{BUNDLE}": 1.0, f"yard/{BUNDLE}": 0.0},
+            "cam-a": {f"lab/{BUNDLE}": 1.0},
+            b: {f"yard/{BUNDLE}": 0.0},
+        }
 
         # cam-b sending "s1" again (a new epoch after a reset) replaces neither its sample nor cam-a's
         await upload(ctrl.address, cred_b, [review_batch("ep2", 1, "s1", offset_s=60)])

@@ -97,8 +97,9 @@ class ReviewSampleStore:
         with self._db.read() as conn:
             return [_review_row(r, include_jpeg) for r in conn.execute(query)]
 
-    def fp_rates(self, *, site: str | None, bundle: str | None) -> dict[str, float]:
-        """False-positive rate among labelled samples, per ``"site/bundle"``."""
+    def fp_rates(self, *, site: str | None, bundle: str | None, device_id: str | None = None) -> dict[str, float]:
+        """False-positive rate among labelled samples, per ``"site/bundle"`` (only ``device_id``'s samples
+        when given, as ``samples`` filters them)."""
         rv = t.review_samples
         query = (
             sa.select(rv.c.site, rv.c.bundle_digest, rv.c.label, sa.func.count())
@@ -106,6 +107,8 @@ class ReviewSampleStore:
             .group_by(rv.c.site, rv.c.bundle_digest, rv.c.label)
         )
         query = in_scope(query, rv, site, bundle)
+        if device_id:
+            query = query.where(rv.c.device_id == device_id)
         totals: dict[str, list[int]] = {}
         with self._db.read() as conn:
             for s, b, label, n in conn.execute(query):

@@ -313,7 +313,7 @@ class TelemetryService:
             )
         )
         rates = await asyncio.to_thread(
-            lambda: self.reviews.fp_rates(site=request.site or None, bundle=request.bundle or None)
+            lambda: self.reviews.fp_rates(site=request.site or None, bundle=request.bundle or None, device_id=device_id)
         )
         return listing(rows, rates)
 
