@@ -4,6 +4,7 @@ either replica; re-enabling restores the device with its state; admin-only; unkn
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,7 @@ import pytest
 
 from edgefleet.contract.signing import generate_keypair
 from edgefleet.v1 import common_pb2, device_pb2, fleet_pb2, telemetry_pb2
-from edgefleet_controller.auth.service import DEFAULT_OPERATOR_TTL_S
+from edgefleet_controller.auth.service import DEFAULT_OPERATOR_TTL_S, DEVICE_GONE
 from edgefleet_testing.controller import Fleet, bearer, connected, publish_bundle, running_controller
 
 pytestmark = pytest.mark.integration
@@ -124,6 +125,42 @@ async def test_deleted_device_is_refused_at_once_on_both_replicas_and_its_name_e
         assert new_id != device_id
         assert (await a.sync(new_credential, wait_s=0)).changed
         await refused(a.sync(credential, wait_s=0), grpc.StatusCode.UNAUTHENTICATED)
+
+
+def event_batch(seq: int) -> telemetry_pb2.TelemetryBatch:
+    event = telemetry_pb2.DeviceEvent(event_id=f"e{seq}", kind=telemetry_pb2.DeviceEvent.KIND_ALERT, reason="hot")
+    record = telemetry_pb2.TelemetryRecord(seq=seq, event=event)
+    return telemetry_pb2.TelemetryBatch(epoch="ep", first_seq=seq, last_seq=seq, records=[record])
+
+
+async def test_a_sync_parked_when_its_device_is_deleted_ends_unauthenticated_as_every_later_call(
+    tmp_path: Path, store_url: str
+) -> None:
+    async with two_replicas(tmp_path, store_url) as (a, b):
+        _, credential = await a.enroll("lab", "cam-1")
+        revision = (await a.sync(credential, wait_s=0)).desired.revision
+        stream = b.device.UploadTelemetry(metadata=bearer(credential))  # open across the deletion
+        await stream.write(event_batch(1))
+        assert (await stream.read()).acked_through == 1
+        parked = asyncio.create_task(a.sync(credential, known_revision=revision, wait_s=60))
+        await asyncio.sleep(0.5)
+        # held in its long-poll, on the replica that deletes (SQLite replicas do not wake each other)
+        assert not parked.done()
+        await a.fleet.DeleteDevice(action("cam-1"), metadata=a.admin)
+        details = await refused(asyncio.wait_for(parked, 10), grpc.StatusCode.UNAUTHENTICATED)
+        assert details == DEVICE_GONE  # woken at once, and told what the next call is told: not NOT_FOUND
+        assert "deleted by an operator" in details and "re-enroll" in details
+        await stream.write(event_batch(2))  # the open upload's next batch: the same answer
+        assert await refused(stream.read(), grpc.StatusCode.UNAUTHENTICATED) == DEVICE_GONE
+        event = event_batch(3).records[0].event
+        for fleet in (b, a):
+            assert await refused(fleet.sync(credential, wait_s=0), grpc.StatusCode.UNAUTHENTICATED) == DEVICE_GONE
+            report = fleet.device.ReportEvent(
+                device_pb2.ReportEventRequest(events=[event]), metadata=bearer(credential)
+            )
+            assert await refused(report, grpc.StatusCode.UNAUTHENTICATED) == DEVICE_GONE
+            upload = fleet.device.UploadTelemetry(iter([event_batch(3)]), metadata=bearer(credential))
+            assert await refused(upload.read(), grpc.StatusCode.UNAUTHENTICATED) == DEVICE_GONE
 
 
 async def test_rotated_credential_old_refused_new_accepted_on_both_replicas(tmp_path: Path, store_url: str) -> None:

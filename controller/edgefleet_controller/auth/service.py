@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -45,6 +47,26 @@ log = structlog.get_logger("edgefleet.controller")
 DEFAULT_ENROLLMENT_TTL_S = 86400
 #: An operator token's lifetime when the request sets none (``no_expiry`` asks for a token that never expires).
 DEFAULT_OPERATOR_TTL_S = int(timedelta(days=90).total_seconds())
+
+
+#: What a device call is told when its device no longer exists: refused at authentication (its credential is
+#: unknown), or found gone inside the call (deleted while its Sync was parked, or between check and write).
+DEVICE_GONE = (
+    "this device was deleted by an operator (or its credential rotated); re-enroll it with an enrollment token "
+    "(a rotated credential: install the one fleetctl device rotate-credential printed)"
+)
+
+
+@contextmanager
+def own_device_call(device_id: str) -> Iterator[None]:
+    """Inside a device's own call, its device found missing is ``Unauthenticated(DEVICE_GONE)``, as the next
+    call's authentication will say, not the operators' NOT_FOUND: the credential's device was deleted."""
+    try:
+        yield
+    except serr.NotFound as exc:
+        if exc.kind == "device" and exc.key == device_id:
+            raise cerr.Unauthenticated(DEVICE_GONE) from None
+        raise
 
 
 def disabled_message(name: str, disabled_at: object) -> str:
@@ -103,10 +125,7 @@ class AuthService:
         if token.startswith("edc_"):
             access = await asyncio.to_thread(self.device_access.check, token)
             if access is None:
-                raise cerr.Unauthenticated(
-                    "unknown device credential (never issued, rotated, or its device was deleted); enroll the "
-                    "device again, or install the credential printed by fleetctl device rotate-credential"
-                )
+                raise cerr.Unauthenticated(DEVICE_GONE)
             if access.disabled_at is not None:
                 raise cerr.PermissionDenied(disabled_message(access.name, access.disabled_at.isoformat()))
             return Principal("device", access.device_id, access.name, site=access.site)

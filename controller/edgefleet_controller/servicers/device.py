@@ -1,4 +1,5 @@
-"""DeviceService: the calls edge runtimes make. The device id always comes from the credential."""
+"""DeviceService: the calls edge runtimes make. The device id always comes from the credential; a call whose
+device is found gone (deleted while it ran) is UNAUTHENTICATED like the next call (``own_device_call``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import grpc
 from google.protobuf.json_format import MessageToDict
 
 from edgefleet.v1 import device_pb2, device_pb2_grpc, telemetry_pb2
+from edgefleet_controller.auth.service import own_device_call
 from edgefleet_controller.bundles.service import BundleService
 from edgefleet_controller.devices.service import DeviceService
 from edgefleet_controller.interceptor import current_principal
@@ -48,12 +50,14 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
         )
 
     async def Sync(self, request: device_pb2.SyncRequest, context: Ctx) -> device_pb2.SyncResponse:
-        delivery = await self.devices.sync(
-            current_principal().device_id,
-            convert.device_report(request.reported),
-            request.known_revision,
-            min(request.wait_s or DEFAULT_WAIT_S, MAX_WAIT_S),
-        )
+        device_id = current_principal().device_id
+        with own_device_call(device_id):
+            delivery = await self.devices.sync(
+                device_id,
+                convert.device_report(request.reported),
+                request.known_revision,
+                min(request.wait_s or DEFAULT_WAIT_S, MAX_WAIT_S),
+            )
         if delivery is None:
             return device_pb2.SyncResponse(changed=False)
         return device_pb2.SyncResponse(changed=True, desired=convert.desired_message(delivery))
@@ -62,17 +66,20 @@ class DeviceServicer(device_pb2_grpc.DeviceServiceServicer):
         self, request: device_pb2.FetchBlobRequest, context: Ctx
     ) -> AsyncIterator[device_pb2.BlobChunk]:
         device_id = current_principal().device_id
-        async for piece in self.bundles.fetch_blob(device_id, request.digest, request.offset, request.chunk_bytes):
-            yield device_pb2.BlobChunk(offset=piece.offset, data=piece.data, total_size=piece.total_size)
+        with own_device_call(device_id):
+            async for piece in self.bundles.fetch_blob(device_id, request.digest, request.offset, request.chunk_bytes):
+                yield device_pb2.BlobChunk(offset=piece.offset, data=piece.data, total_size=piece.total_size)
 
     async def ReportEvent(self, request: device_pb2.ReportEventRequest, context: Ctx) -> device_pb2.ReportEventResponse:
         principal = current_principal()
-        stored = await self.events.report_events(principal.device_id, request.events, principal.site)
+        with own_device_call(principal.device_id):
+            stored = await self.events.report_events(principal.device_id, request.events, principal.site)
         return device_pb2.ReportEventResponse(accepted=stored)
 
     async def UploadTelemetry(
         self, request_iterator: AsyncIterator[telemetry_pb2.TelemetryBatch], context: Ctx
     ) -> AsyncIterator[telemetry_pb2.TelemetryAck]:
         device_id = current_principal().device_id
-        async for ack in self.telemetry.ingest(device_id, request_iterator):
-            yield ack
+        with own_device_call(device_id):
+            async for ack in self.telemetry.ingest(device_id, request_iterator):
+                yield ack
