@@ -14,6 +14,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgefleet.contract.shown import shown
@@ -82,6 +83,14 @@ def health_name(value: int) -> str:
 def update_state_name(value: int) -> str:
     """``UPDATE_STATE_COMMITTED`` → ``committed``."""
     return common_pb2.UpdateState.Name(common_pb2.UpdateState.ValueType(value)).removeprefix("UPDATE_STATE_").lower()
+
+
+def printable(text: str) -> str:
+    """``text`` for a terminal: every non-printable character (controls, newlines, NUL, bidi overrides such
+    as U+202E) as its backslash escape and rich markup escaped, so a stored name cannot reorder or break a
+    listing."""
+    safe = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    return escape(safe)
 
 
 def short_digest(digest: str) -> str:

@@ -14,7 +14,17 @@ from edgefleet.contract.shown import shown
 from edgefleet.v1 import common_pb2, fleet_pb2
 from fleetctl.durations import parse_duration
 from fleetctl.errors import grpc_errors
-from fleetctl.output import OutputOpt, age, check_format, console, emit_structured, emit_table, err_console, ts
+from fleetctl.output import (
+    OutputOpt,
+    age,
+    check_format,
+    console,
+    emit_structured,
+    emit_table,
+    err_console,
+    printable,
+    ts,
+)
 from fleetctl.settings import OPTIONS
 
 #: ``--expires`` of an operator token that never expires (it must be asked for by name).
@@ -61,7 +71,7 @@ def token_list(output: str = OutputOpt) -> None:
         ["ID", "NAME", "ROLE", "STATE", "EXPIRES", "LAST USED"],
         lambda t: [
             t.id,
-            escape(t.name),
+            printable(t.name),
             t.role,
             token_state(t, now),
             ts(t.expires_at) if t.HasField("expires_at") else NEVER,
@@ -86,7 +96,7 @@ def revoke_operator_token(token_id: str) -> None:
         lambda stub: stub.RevokeOperatorToken, fleet_pb2.RevokeOperatorTokenRequest(token_id=token_id)
     )
     console.print(
-        f"revoked operator token {token.id} ({escape(token.name)}, {token.role}) at {ts(token.revoked_at)}; "
+        f"revoked operator token {token.id} ({printable(token.name)}, {token.role}) at {ts(token.revoked_at)}; "
         "it is refused from its next call",
         highlight=False,
     )

@@ -194,13 +194,22 @@ async def test_operator_tokens_default_to_90_days_and_list_shows_last_use(tmp_pa
             ),
             grpc.StatusCode.INVALID_ARGUMENT,
         )
+        for bad in ("evil\u202etxt.exe", "ci\nroot", "nul\x00"):
+            details = await refused(
+                fleet.fleet.CreateOperatorToken(
+                    fleet_pb2.CreateOperatorTokenRequest(name=bad, role="viewer"), metadata=fleet.admin
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            )
+            assert "CreateOperatorTokenRequest.name" in details and details.isprintable(), details
         listed = {
             t.id: t
             for t in (
                 await fleet.fleet.ListOperatorTokens(fleet_pb2.ListOperatorTokensRequest(), metadata=fleet.admin)
             ).tokens
         }
-        assert "both" not in {t.name for t in listed.values()}  # the refused request stored nothing
+        assert {"ci", "break-glass"} <= {t.name for t in listed.values()} and len(listed) == 3, listed  # + bootstrap
+        assert "both" not in {t.name for t in listed.values()}  # the refused requests stored nothing
         assert not listed[default.token_id].HasField("last_used_at")
         assert not listed[forever.token_id].HasField("expires_at")
         await fleet.fleet.ListSites(fleet_pb2.ListSitesRequest(), metadata=bearer(default.token))

@@ -221,6 +221,22 @@ def test_an_enrollment_token_needs_a_site() -> None:
     rb.check(fleet_pb2.CreateEnrollmentTokenRequest(site="warehouse-a.dock_2"))
 
 
+@pytest.mark.parametrize("name", ["evil\u202etxt.exe", "ci\nroot", "nul\x00", "", " lead", "x" * 129, "tab\tx"])
+def test_operator_given_names_outside_the_printable_pattern_are_refused(name: str) -> None:
+    err = refusal(fleet_pb2.CreateOperatorTokenRequest(name=name, role="viewer"))
+    assert err.path == "CreateOperatorTokenRequest.name" and "--name" in str(err)
+    assert str(err).isprintable(), "the name is shown escaped"
+    if name:
+        assert refusal(fleet_pb2.CreateRolloutRequest(name=name)).path == "CreateRolloutRequest.name"
+        assert refusal(fleet_pb2.AddTrustedKeyRequest(key_id=name)).path == "AddTrustedKeyRequest.key_id"
+
+
+@pytest.mark.parametrize("name", ["ci", "break-glass", "ci deploy@host:2", "x" * 128, "A_b.c"])
+def test_printable_operator_names_pass(name: str) -> None:
+    rb.check(fleet_pb2.CreateOperatorTokenRequest(name=name, role="viewer"))
+    rb.check(fleet_pb2.AddTrustedKeyRequest(key_id=name))
+
+
 def test_a_field_hint_is_given_only_for_its_own_field_and_others_point_to_the_readme() -> None:
     name = refusal(device_pb2.EnrollRequest(enrollment_token="eft_x.y", name="Cam-1"))
     assert "enroll with a name of lowercase letters" in str(name)

@@ -96,6 +96,9 @@ MAX_SKETCH_BINS: Final = BIN_KEY_MAX - BIN_KEY_MIN + 1
 DEVICE_NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 #: A site name, as config manifests define sites (manifest-v1 schema ``site``).
 SITE_RE: Final = re.compile(r"[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?")
+#: A free-text name an operator gives (operator token, rollout, trusted key id): printable, so a listing
+#: never renders control or bidi characters.
+OPERATOR_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._@:-]{0,127}")
 #: An artifact or bundle digest.
 DIGEST_RE: Final = re.compile(r"sha256:[0-9a-f]{64}")
 #: A bundle reference: a digest or ``name@version`` (a DNS-label name, a SemVer-like version).
@@ -110,6 +113,8 @@ _SHORT = Text(MAX_SHORT_CHARS)
 _REASON = Text(MAX_REASON_CHARS)
 _DIGEST = Text(71, DIGEST_RE, hint="'sha256:' + 64 lowercase hex")
 _BUNDLE_REF = Text(MAX_SHORT_CHARS, BUNDLE_REF_RE, hint="'sha256:<64 hex>' or 'name@version'")
+_OPERATOR_NAME_HINT = "[A-Za-z0-9][A-Za-z0-9 ._@:-]{0,127} (letters, digits, space and ._@:-)"
+_OPERATOR_NAME = Text(128, OPERATOR_NAME_RE, hint=_OPERATOR_NAME_HINT)
 _SITE = Text(63, SITE_RE, hint="a site name (a-z, 0-9, '.', '_', '-'; 1-63, letter or digit at both ends)")
 _U32 = Number(0, MAX_UINT32)
 _U64 = Number(0, MAX_STORED_INT)
@@ -340,7 +345,7 @@ BOUNDS: Final[Mapping[str, Bounds]] = {
     ),
     "edgefleet.v1.CreateRolloutRequest": Bounds(
         {
-            "name": _SHORT,
+            "name": _OPERATOR_NAME,
             "bundle": _BUNDLE_REF,
             "config": _SHORT,
             "selector": _NESTED,
@@ -401,9 +406,15 @@ BOUNDS: Final[Mapping[str, Bounds]] = {
     ),
     "edgefleet.v1.RevokeEnrollmentTokenRequest": Bounds({"token_id": _ID}),
     "edgefleet.v1.CreateOperatorTokenRequest": Bounds(
-        {"name": _SHORT, "role": Text(16), "ttl_s": _U32, "no_expiry": _FLAG}
+        {
+            "name": Text(128, OPERATOR_NAME_RE, allow_empty=False, hint=_OPERATOR_NAME_HINT),
+            "role": Text(16),
+            "ttl_s": _U32,
+            "no_expiry": _FLAG,
+        },
+        field_todo={"name": "name who or what uses the token, e.g. --name ci-deploy"},
     ),
-    "edgefleet.v1.AddTrustedKeyRequest": Bounds({"key_id": _SHORT, "public_key_pem": Text(16 * KiB)}),
+    "edgefleet.v1.AddTrustedKeyRequest": Bounds({"key_id": _OPERATOR_NAME, "public_key_pem": Text(16 * KiB)}),
     "edgefleet.v1.ListTrustedKeysRequest": Bounds({}),
     "edgefleet.v1.ListOperatorTokensRequest": Bounds({}),
     "edgefleet.v1.RevokeOperatorTokenRequest": Bounds({"token_id": _ID}),
