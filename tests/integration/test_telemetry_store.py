@@ -8,6 +8,7 @@ import asyncio
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -66,8 +67,8 @@ def test_two_writers_racing_on_one_epoch_store_each_record_once(
         read_facts = service.tstore.ingest_facts
         first_read: set[int] = set()
 
-        def ingest_facts(device_id: str, epoch: str, recent: int) -> IngestFacts:
-            facts = read_facts(device_id, epoch, recent)
+        def ingest_facts(device_id: str, epoch: str, recent: int, **options: Any) -> IngestFacts:
+            facts = read_facts(device_id, epoch, recent, **options)
             if threading.get_ident() not in first_read:
                 first_read.add(threading.get_ident())
                 both_read.wait()  # the other writer has read the same facts: both plans are now racing

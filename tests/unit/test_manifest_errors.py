@@ -6,7 +6,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edgefleet.contract.errors import ManifestError, ManifestSetError
+from edgefleet.contract.errors import LOCATION_CHARS, ManifestError, ManifestSetError
 from edgefleet.contract.manifest import parse_manifests
 from edgefleet.contract.manifest_yaml import MAX_DOCUMENT_BYTES
 from tests.unit.manifest_cases import HEAD
@@ -284,9 +284,9 @@ def test_deep_nesting_is_refused() -> None:
 def test_a_long_file_name_or_path_is_cut_in_the_location_keeping_the_line() -> None:
     name = "n" * 5000 + ".yaml"
     err = _error(f"{HEAD}kind: Nope\nmetadata:\n  name: x\nspec: {{}}\n", source=name)
-    assert err.location == f"{'n' * 80}… (5005 chars):2"
-    assert len(str(err)) < 400 and "Nope" in str(err)
+    assert err.location == f"{'n' * LOCATION_CHARS}… (5005 chars):2"
+    assert len(str(err)) < 600 and "Nope" in str(err)
     # a short location is kept whole
     assert ManifestError("bad", location="m.yaml:3", path="spec.x").location == "m.yaml:3"
     long_path = ManifestError("bad", path="spec." + "k" * 1000)
-    assert long_path.path == f"spec.{'k' * 75}… (1005 chars)"
+    assert long_path.path == f"spec.{'k' * (LOCATION_CHARS - 5)}… (1005 chars)"

@@ -25,8 +25,6 @@ input catch that one type. Messages say what was wrong, with the offending value
 
 from __future__ import annotations
 
-from edgefleet.contract.shown import SHOWN_CHARS
-
 
 class ContractError(Exception):
     """Base of every error raised by the shared contract code."""
@@ -77,14 +75,19 @@ class BudgetError(ContractError):
     latency-profile document."""
 
 
+#: How much of a manifest's file name or dotted path an error shows: a real path on an operator's disk
+#: (often over 80 characters) is shown whole; a caller's megabyte "file name" is not.
+LOCATION_CHARS = 255
+
+
 def _short_location(location: str) -> str:
     """A caller's file name (``name`` or ``name:line``) or dotted path as an error shows it: at most the
-    first ``SHOWN_CHARS`` characters, then the full length; the line number is kept."""
+    first ``LOCATION_CHARS`` characters, then the full length; the line number is kept."""
     head, colon, line = location.rpartition(":")
     name, suffix = (head, colon + line) if colon and line.isdigit() else (location, "")
-    if len(name) <= SHOWN_CHARS:
+    if len(name) <= LOCATION_CHARS:
         return location
-    return f"{name[:SHOWN_CHARS]}… ({len(name)} chars){suffix}"
+    return f"{name[:LOCATION_CHARS]}… ({len(name)} chars){suffix}"
 
 
 class ManifestError(ContractError):
