@@ -9,9 +9,11 @@ SQLite, ``--log-level info`` as in production) serves two phases of the same len
     once with the site's desired bundle), ReportEvent (2 alerts), UploadTelemetry (5 valid windows, acked), and
     5 viewers cycling ListDevices (page of 100) and a fleet-wide QueryTelemetry of the last 10 s.
 (B) hostile: 50 clients, closed loop at full speed, each call with a 10 s deadline (the loops end by
-    themselves): unauthenticated Enroll with a 6 MB name; Enroll with a valid (5-use) token and a 6 MB
-    ``cpu_model``; Sync with a 6 MB ``reported.details``; UploadTelemetry of windows with bin offset -2^31,
-    gamma 0 and 1.5, NaN ``window_s``, 500,000 bins, seq 2^63; ReportEvent of 20,000 fresh events; GetBundle
+    themselves): unauthenticated Enroll with a 6 MB name (over the 2 MiB request limit: gRPC refuses it
+    unparsed); payloads just under the limit, which the server parses and checks field by field: Enroll with
+    a valid (5-use) token and a 2 MB ``cpu_model``, Sync with a 2 MB ``reported.details``, ReportEvent of
+    6,500 fresh events (13x the cap); UploadTelemetry of windows with bin offset -2^31, gamma 0 and 1.5,
+    NaN ``window_s``, 500,000 bins, seq 2^63; GetBundle
     and GetDevice with 20 KB refs; bad and garbage bearer tokens; names with NUL, U+202E and ``../``.
 
 The clients are asyncio tasks in one child process at ``nice 10`` (on 2 cores the load generator must not
@@ -199,7 +201,7 @@ async def _setup(ctrl: Any, work: Path) -> dict[str, Any]:
             fleet_pb2.SetDesiredBundleRequest(site="bench-site", bundle=bundle), metadata=c.admin
         )
         _, viewer = await c.operator_token("viewer", "bench-viewer")
-        enroll_token = await c.enrollment_token("bench-site", max_uses=5)  # bounds what a 6 MB enrol could store
+        enroll_token = await c.enrollment_token("bench-site", max_uses=5)  # bounds what a 2 MB enrol could store
         names_token = await c.enrollment_token("bench-site")
     window = detector_window(
         0, started_at=datetime.now(UTC), bundle_digest=bundle, provider="CPUExecutionProvider", sensors=PRESENT_SENSORS
