@@ -20,11 +20,11 @@ from fleetctl.output import (
     age,
     check_format,
     console,
+    device_health,
     emit_data,
     emit_structured,
     emit_table,
     err_console,
-    health_name,
     is_structured,
     short_digest,
     table,
@@ -69,7 +69,7 @@ def get_devices(
     site: str = typer.Option("", help="only this site"),
     tag: list[str] = typer.Option([], help="key=value; repeat to require several"),
     bundle: str = typer.Option("", help="running this bundle (digest or name@version)"),
-    health: str = typer.Option("", help="starting, serving, degraded, failing, offline"),
+    health: str = typer.Option("", help="starting, serving, degraded, failing, offline, disabled"),
 ) -> None:
     """List devices."""
     fmt = check_format(output)
@@ -82,7 +82,7 @@ def get_devices(
         lambda d: [
             d.name,
             d.site,
-            health_name(d.health),
+            device_health(d),
             short_digest(d.reported.running_bundle_digest),
             update_state_name(d.reported.update_state),
             age(d.last_seen),
@@ -149,6 +149,14 @@ def get_sites(output: str = OutputOpt) -> None:
 RECENT_EVENTS = 10
 
 
+def disabled_line(d: common_pb2.Device) -> str:
+    """describe's line for a disabled device: since when, and how to undo it."""
+    return (
+        f"[bold red]disabled:[/bold red]    since {ts(d.disabled_at)} ({age(d.disabled_at)} ago; its calls are "
+        f"refused); re-enable it with: fleetctl device enable {d.id}"
+    )
+
+
 def health_reason(reported: common_pb2.ReportedState) -> str:
     """A ``why: <reason>`` line when the device said why it is not SERVING (``details.health_reason``), else ''."""
     value = reported.details.fields.get("health_reason")
@@ -194,7 +202,8 @@ def describe_device(device: str = typer.Argument(..., help="device id or name"),
         f"hardware:    {d.hardware.hardware_class}  cores={d.hardware.cpu_cores}  "
         f"providers={','.join(d.hardware.execution_providers) or '-'}",
         *([f"[bold red]mismatch:[/bold red]    {escape(d.hardware_mismatch)}"] if d.hardware_mismatch else []),
-        f"health:      {health_name(d.health)}   last seen {age(d.last_seen)} ago{health_reason(r)}",
+        f"health:      {device_health(d)}   last seen {age(d.last_seen)} ago{health_reason(r)}",
+        *([disabled_line(d)] if d.HasField("disabled_at") else []),
         f"desired:     bundle {d.desired.bundle_digest or '-'}  config {short_digest(d.desired.config_digest)}  "
         f"revision {d.desired.revision}  ({d.desired.reason or '-'})",
         f"running:     bundle {r.running_bundle_digest or '-'}  config {short_digest(r.running_config_digest)}",

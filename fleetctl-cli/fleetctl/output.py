@@ -80,6 +80,12 @@ def health_name(value: int) -> str:
     return common_pb2.Health.Name(common_pb2.Health.ValueType(value)).removeprefix("HEALTH_").lower()
 
 
+def device_health(device: common_pb2.Device) -> str:
+    """The health shown for ``device``: ``disabled`` when it is disabled (over offline and any reported
+    health, from a controller of any version), else its health's name."""
+    return "disabled" if device.HasField("disabled_at") else health_name(device.health)
+
+
 def update_state_name(value: int) -> str:
     """``UPDATE_STATE_COMMITTED`` → ``committed``."""
     return common_pb2.UpdateState.Name(common_pb2.UpdateState.ValueType(value)).removeprefix("UPDATE_STATE_").lower()

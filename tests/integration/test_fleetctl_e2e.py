@@ -285,7 +285,8 @@ def test_fleetctl_revokes_tokens_and_disables_rotates_deletes_devices(env: Env) 
 
     assert "revoked operator token" in env.ok("token", "revoke", listed["ci-revoke"]["id"]).out
     assert "UNAUTHENTICATED" in env.fails("get", "sites", token=ci.out.strip()).err
-    assert "NOT_FOUND" in env.fails("token", "revoke", "0123456789abcdef").err
+    unknown = env.fails("token", "revoke", "0123456789abcdef").err
+    assert "NOT_FOUND" in unknown and "fleetctl token list" in unknown and "shown once" in unknown
 
     token = env.ok("token", "create", "--site", "warehouse-r").out.strip()
     device_id, old = enroll(env.ctrl.address, token, "rv-1", {})
@@ -293,7 +294,15 @@ def test_fleetctl_revokes_tokens_and_disables_rotates_deletes_devices(env: Env) 
     assert "PERMISSION_DENIED" in env.fails("device", "disable", "rv-1", token=viewer).err
     assert "disabled device rv-1" in env.ok("device", "disable", "rv-1").out
     assert sync_code(env.ctrl.address, old) == grpc.StatusCode.PERMISSION_DENIED
+    assert [r[2] for r in _table_rows(env.ok("get", "devices", "--site", "warehouse-r").out)] == ["disabled"]
+    assert [r[0] for r in _table_rows(env.ok("get", "devices", "--health", "disabled").out)] == ["rv-1"]
+    described = env.ok("describe", "device", "rv-1").out
+    assert (
+        "health:      disabled" in described and f"re-enable it with: fleetctl device enable {device_id}" in described
+    )
     env.ok("device", "enable", device_id)
+    assert _table_rows(env.ok("get", "devices", "--health", "disabled").out) == []
+    assert "disabled:" not in env.ok("describe", "device", "rv-1").out
     assert sync_code(env.ctrl.address, old) == grpc.StatusCode.OK
 
     rotated = env.ok("device", "rotate-credential", "rv-1")

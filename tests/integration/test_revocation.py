@@ -84,9 +84,20 @@ async def test_disabled_device_is_refused_on_both_replicas_and_enabling_restores
         kept = await a.fleet.GetDevice(fleet_pb2.GetDeviceRequest(device=device_id), metadata=a.admin)
         assert kept.HasField("disabled_at") and dict(kept.tags) == {"zone": "north"}
         assert kept.reported.health == common_pb2.HEALTH_SERVING  # its last report is kept
+        assert kept.health == common_pb2.HEALTH_DISABLED  # shown over its reported health
+
+        async def listed(health: common_pb2.Health.ValueType) -> list[str]:
+            reply = await b.fleet.ListDevices(fleet_pb2.ListDevicesRequest(health=health), metadata=b.admin)
+            assert reply.total == len(reply.devices)
+            return [d.id for d in reply.devices]
+
+        assert await listed(common_pb2.HEALTH_DISABLED) == [device_id]
+        assert await listed(common_pb2.HEALTH_SERVING) == []
 
         enabled = await a.fleet.EnableDevice(action(device_id), metadata=a.admin)
         assert not enabled.HasField("disabled_at")
+        assert enabled.health == common_pb2.HEALTH_SERVING
+        assert (await listed(common_pb2.HEALTH_DISABLED), await listed(common_pb2.HEALTH_SERVING)) == ([], [device_id])
         for fleet in (b, a):
             assert (await fleet.sync(credential, wait_s=0)).desired.revision >= 1
 

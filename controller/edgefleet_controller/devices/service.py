@@ -37,7 +37,13 @@ from edgefleet_controller.store import errors as serr
 from edgefleet_controller.store.bundles import BundleStore
 from edgefleet_controller.store.devices import DeviceStore, page_token_after
 from edgefleet_controller.store.events import EventStore
-from edgefleet_controller.store.records import OFFLINE_HEALTH, DesiredState, DeviceRecord, SiteSummary
+from edgefleet_controller.store.records import (
+    DISABLED_HEALTH,
+    OFFLINE_HEALTH,
+    DesiredState,
+    DeviceRecord,
+    SiteSummary,
+)
 
 log = structlog.get_logger("edgefleet.controller")
 
@@ -51,8 +57,8 @@ OFFLINE = OFFLINE_HEALTH
 
 @dataclass(frozen=True)
 class DeviceView:
-    """A device as operators see it: its record, its desired state, and its health (``offline`` when it
-    has not synced for ``OFFLINE_AFTER``)."""
+    """A device as operators see it: its record, its desired state, and its health (``disabled`` when an
+    operator disabled it, else ``offline`` when it has not synced for ``OFFLINE_AFTER``)."""
 
     record: DeviceRecord
     desired: DesiredState | None
@@ -139,7 +145,8 @@ class DeviceService:
         """``profiled``: the hardware class the device's newest latency profile claims ('' if none known)."""
         offline = rec.last_seen is None or self.clock() - rec.last_seen > OFFLINE_AFTER
         note = mismatch_note(rec.hardware_class, reported=reported_class(rec.reported), profiled=profiled)
-        return DeviceView(rec, desired, OFFLINE if offline else rec.health, note)
+        health = DISABLED_HEALTH if rec.disabled_at is not None else OFFLINE if offline else rec.health
+        return DeviceView(rec, desired, health, note)
 
     async def _profiled_classes(self, device_ids: Sequence[str]) -> dict[str, str]:
         """Device id → the hardware class its newest stored profile event claims (one read for all)."""

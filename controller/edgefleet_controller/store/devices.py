@@ -36,6 +36,7 @@ from edgefleet_controller.store.auth import consume_enrollment_in
 from edgefleet_controller.store.db import AggregateStore
 from edgefleet_controller.store.errors import DeviceNameTaken, InvalidArgument, InvalidPageToken, NotFound
 from edgefleet_controller.store.records import (
+    DISABLED_HEALTH,
     OFFLINE_HEALTH,
     REPORTED_HEALTH,
     REPORTED_RUNNING_BUNDLE,
@@ -110,7 +111,8 @@ def _match(
 
     Without ``offline_before`` ``health`` is the stored (reported) health. With it, ``health`` is the health
     operators see: ``offline`` for a device not seen since ``offline_before`` (or never, or reporting
-    offline), the reported health for the others."""
+    offline), the reported health for the others. Either way ``disabled`` is the disabled devices, and
+    every other health only devices that are not disabled (disabled is shown over any health)."""
     devices = t.devices
     where: list[sa.ColumnElement[bool]] = []
     if site is not None:
@@ -123,10 +125,13 @@ def _match(
         where.append(sa.exists().where(dt.c.device_id == devices.c.id, dt.c.key == key, dt.c.value == value))
     if bundle is not None:
         where.append(devices.c.running_bundle == check_digest_field("bundle filter", bundle))
-    if health is not None and offline_before is None:
-        where.append(devices.c.health == health)
+    if health == DISABLED_HEALTH:
+        where.append(devices.c.disabled_at.is_not(None))
+    elif health is not None and offline_before is None:
+        where += [devices.c.disabled_at.is_(None), devices.c.health == health]
     elif health is not None and offline_before is not None:
         check_now(offline_before)
+        where.append(devices.c.disabled_at.is_(None))
         seen = devices.c.last_seen
         if health == OFFLINE_HEALTH:
             where.append(sa.or_(seen.is_(None), seen < offline_before, devices.c.health == OFFLINE_HEALTH))

@@ -30,6 +30,8 @@ REPORTED_SLOT_BUNDLE = "bundle"
 UNKNOWN_HEALTH = "unknown"
 #: Health the controller shows for a device that has not synced for a while (never stored by it).
 OFFLINE_HEALTH = "offline"
+#: Health the controller shows for a disabled device (``disabled_at`` set; over offline; never stored).
+DISABLED_HEALTH = "disabled"
 
 
 class TokenState(StrEnum):

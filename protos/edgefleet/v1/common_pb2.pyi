@@ -47,6 +47,8 @@ class _HealthEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Health.ValueTy
     """Not serving (no bundle, repeated inference errors)."""
     HEALTH_OFFLINE: _Health.ValueType  # 5
     """Set by the controller only: no Sync within the staleness bound."""
+    HEALTH_DISABLED: _Health.ValueType  # 6
+    """Set by the controller only: an operator disabled the device (Device.disabled_at); shown over offline."""
 
 class Health(_Health, metaclass=_HealthEnumTypeWrapper):
     """Overall health of a device, as the device judges it and the controller refines it (stale last_seen)."""
@@ -62,6 +64,8 @@ HEALTH_FAILING: Health.ValueType  # 4
 """Not serving (no bundle, repeated inference errors)."""
 HEALTH_OFFLINE: Health.ValueType  # 5
 """Set by the controller only: no Sync within the staleness bound."""
+HEALTH_DISABLED: Health.ValueType  # 6
+"""Set by the controller only: an operator disabled the device (Device.disabled_at); shown over offline."""
 Global___Health: _TypeAlias = Health  # noqa: Y015
 
 class _UpdateState:
