@@ -8,8 +8,8 @@ progress within moments instead of at the end of the long-poll.
 Failures: transient codes (see ``client.is_transient``) are retried by the agent's one retry policy
 (``retry.transient_retry``: tenacity, exponential backoff with full jitter capped at 30 s, forever): a device
 offline for hours keeps serving and keeps trying, cheaply. UNAUTHENTICATED after enrollment is an operator problem
-(credential revoked, controller restored without it): logged as ``agent.credential_rejected`` and retried
-only every ``unauth_backoff_s``; PERMISSION_DENIED (an operator disabled the device) as ``agent.device_disabled``.
+(credential rotated, device deleted): logged as ``agent.credential_rejected`` and retried only every
+``unauth_backoff_s``; PERMISSION_DENIED (an operator disabled the device) as ``agent.device_disabled`` (``refusals``).
 Other refusals back off ``refused_backoff_s``; the agent keeps serving what it runs in every case. A call that comes
 back unchanged sooner than ``min_interval_s`` waits out the rest, so a misbehaving server cannot make us spin.
 """
@@ -28,7 +28,9 @@ import structlog
 from tenacity import RetryCallState
 
 from edge_runtime.agent.client import ControllerLink
+from edge_runtime.agent.refusals import DETAILS_CHARS, RefusalLog, refusal_of
 from edge_runtime.agent.retry import Sleep, transient_retry
+from edgefleet.contract.shown import shown
 from edgefleet.v1 import common_pb2, device_pb2
 
 log = structlog.get_logger(__name__)
@@ -69,6 +71,7 @@ class SyncLoop:
         self._wake.set()
 
     async def run(self) -> None:
+        refusals = RefusalLog("Sync", self.unauth_backoff_s, self.refused_backoff_s, every_time=True)
         while True:
             started = time.monotonic()
             try:
@@ -80,26 +83,13 @@ class SyncLoop:
                             self.online = False
                             raise
             except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-                    log.error(
-                        "agent.credential_rejected",
-                        details=exc.details(),
-                        retry_in_s=self.unauth_backoff_s,
-                        hint="the controller no longer accepts this device's credential; re-enroll the device "
-                        "(delete DATA_DIR/credential.json and restart with --enroll-token)",
-                    )
-                    await self._sleep_or_wake(self.unauth_backoff_s)
-                elif exc.code() == grpc.StatusCode.PERMISSION_DENIED:
-                    log.warning(
-                        "agent.device_disabled",
-                        details=exc.details(),
-                        retry_in_s=self.refused_backoff_s,
-                        hint="the controller refuses this device (disabled by an operator); it keeps serving its "
-                        "committed bundle and syncs again once re-enabled (fleetctl device enable)",
-                    )
-                    await self._sleep_or_wake(self.refused_backoff_s)
+                refused = refusal_of(exc)
+                if refused is not None:
+                    await self._sleep_or_wake(refusals.note(refused))
                 else:
-                    log.error("agent.sync_refused", code=exc.code().name, details=exc.details())
+                    log.error(
+                        "agent.sync_refused", code=exc.code().name, details=shown(exc.details() or "", DETAILS_CHARS)
+                    )
                     await self._sleep_or_wake(self.refused_backoff_s)
                 continue
             if response is None:  # woken: state changed, re-issue at once (after a short debounce)

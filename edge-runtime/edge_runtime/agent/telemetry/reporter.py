@@ -34,9 +34,11 @@ import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from edge_runtime.agent.client import ControllerLink
+from edge_runtime.agent.refusals import DETAILS_CHARS, RefusalLog, refusal_of
 from edge_runtime.agent.retry import Sleep, transient_retry
 from edge_runtime.update.record import UpdateRecord, UpdateState
 from edgefleet.contract.request_bounds import MAX_REQUEST_BYTES
+from edgefleet.contract.shown import shown
 from edgefleet.v1 import common_pb2, device_pb2, telemetry_pb2
 
 log = structlog.get_logger(__name__)
@@ -204,15 +206,20 @@ class AgentReporter:
 
 @dataclass(eq=False, repr=False, kw_only=True)
 class EventSender:
-    """Sends the reporter's queued events with ``ReportEvent``; retries transient failures with backoff."""
+    """Sends the reporter's queued events with ``ReportEvent``; retries transient failures with backoff. A
+    device refused (``refusals``: credential rejected, disabled) keeps its events and tries again after the
+    refusal's backoff, logging one line per kind of refusal; any other refusal waits ``refused_backoff_s``."""
 
     link: ControllerLink
     reporter: AgentReporter
     timeout_s: float = 15.0
     retry_sleep: Sleep | None = None
+    unauth_backoff_s: float = 300.0
+    refused_backoff_s: float = 60.0
     wakeup: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     async def run(self) -> None:
+        refusals = RefusalLog("ReportEvent", self.unauth_backoff_s, self.refused_backoff_s)
         while True:
             await self.wakeup.wait()
             self.wakeup.clear()
@@ -227,8 +234,14 @@ class EventSender:
                                 timeout=self.timeout_s,
                             )
                 except grpc.aio.AioRpcError as exc:
-                    log.warning("agent.events_refused", code=exc.code().name, details=exc.details(), events=len(batch))
-                    await asyncio.sleep(60)
+                    refused = refusal_of(exc)
+                    if refused is not None:
+                        await asyncio.sleep(refusals.note(refused))
+                        continue
+                    details = shown(exc.details() or "", DETAILS_CHARS)
+                    log.warning("agent.events_refused", code=exc.code().name, details=details, events=len(batch))
+                    await asyncio.sleep(self.refused_backoff_s)
                     continue
+                refusals.clear()
                 self.reporter.acknowledge(batch)
                 log.debug("agent.events_sent", events=len(batch))

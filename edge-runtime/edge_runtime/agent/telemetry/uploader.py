@@ -23,6 +23,10 @@ How one stream runs:
   bundle is not one it knows the device has). They are gone all the same (the ack covers them); the
   uploader logs it once per batch (``telemetry.windows_refused_by_controller``) and counts them in
   ``windows_refused``, which the device reports in ``details.telemetry_windows_refused``.
+- A stream the controller refuses (UNAUTHENTICATED: credential rotated or device deleted; PERMISSION_DENIED:
+  disabled) is not a link failure: one ``agent.credential_rejected`` / ``agent.device_disabled`` line per kind
+  (``refusals``), the next stream only after ``unauth_backoff_s`` / ``refused_backoff_s``, and the buffer kept
+  whole (nothing was acknowledged, nothing is dropped for it).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from typing import Any
 import grpc
 import structlog
 
+from edge_runtime.agent.refusals import DETAILS_CHARS, Refusal, RefusalLog, refusal
 from edge_runtime.agent.retry import Backoff, transient_retry
 from edge_runtime.telemetry.buffer import TelemetryBuffer
 from edge_runtime.telemetry.records import BufferedRecord
@@ -89,6 +94,21 @@ class _StreamEnded(Exception):
         self.progressed = progressed
 
 
+class _Refused(Exception):
+    """The controller refused this device's stream (``refusals``): not retried like a broken link."""
+
+    def __init__(self, refused: Refusal) -> None:
+        super().__init__(refused.code.name)
+        self.refused = refused
+
+
+def described(exc: BaseException) -> str:
+    """A failure for a log line: a gRPC error as its code and message (``shown``), never its repr."""
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {shown(exc.details() or '', DETAILS_CHARS)}"
+    return shown(str(exc) or type(exc).__name__, DETAILS_CHARS)
+
+
 def _stream_ended(exc: BaseException) -> bool:
     return isinstance(exc, _StreamEnded)
 
@@ -121,7 +141,17 @@ def _check_reader(reader: asyncio.Task[None]) -> None:
     if reader.cancelled():
         raise ConnectionError("telemetry ack reader was cancelled (stream reset)")
     exc = reader.exception()
-    raise ConnectionError(f"telemetry ack stream ended: {shown(exc)}") from exc
+    raise ConnectionError(f"telemetry ack stream ended: {described(exc) if exc else 'unknown'}") from exc
+
+
+async def _ended(call: Any, exc: BaseException, progressed: bool) -> Exception:
+    """Why a stream ended: ``_Refused`` when the call's own status refuses this device (whichever side saw the
+    end first: the ack reader, or a write answered only "Internal error from Core"), else ``_StreamEnded``."""
+    if call.done():
+        refused = refusal(await call.code(), await call.details())
+        if refused is not None:
+            return _Refused(refused)
+    return _StreamEnded(exc, progressed)
 
 
 @dataclass(eq=False, repr=False)
@@ -134,6 +164,9 @@ class TelemetryUploader:
     stub: Callable[[], Any]
     metadata: Callable[[], Metadata]
     settings: Callable[[], UploadSettings] = UploadSettings
+    #: Waits before the next stream after the controller refused this device (as the Sync loop's).
+    unauth_backoff_s: float = 300.0
+    refused_backoff_s: float = 60.0
     streams: int = field(default=0, init=False)
     batches_sent: int = field(default=0, init=False)
     acks: int = field(default=0, init=False)
@@ -143,6 +176,10 @@ class TelemetryUploader:
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event, init=False)
     _loop: asyncio.AbstractEventLoop | None = field(default=None, init=False)
     _next_backlog_slot: float = field(default=0.0, init=False)
+    _refusals: RefusalLog = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._refusals = RefusalLog("UploadTelemetry", self.unauth_backoff_s, self.refused_backoff_s)
 
     def notify(self) -> None:
         loop = self._loop
@@ -157,16 +194,23 @@ class TelemetryUploader:
         while True:
             settings = self.settings()
             backoff = Backoff(multiplier=RECONNECT_MULTIPLIER, max_s=settings.reconnect_max_s)
-            async for attempt in transient_retry(retry_on=_stream_ended, backoff=backoff):
-                with attempt:
-                    try:
-                        await self._stream_once()
-                    except _StreamEnded as ended:
-                        log.info(
-                            "telemetry.upload_stream_ended", error=str(ended.cause)[:200], progressed=ended.progressed
-                        )
-                        if not ended.progressed:
-                            raise
+            try:
+                async for attempt in transient_retry(retry_on=_stream_ended, backoff=backoff):
+                    with attempt:
+                        try:
+                            await self._stream_once()
+                        except _StreamEnded as ended:
+                            log.info(
+                                "telemetry.upload_stream_ended",
+                                error=described(ended.cause),
+                                progressed=ended.progressed,
+                            )
+                            if not ended.progressed:
+                                raise
+                            self._refusals.clear()
+            except _Refused as refused:
+                await asyncio.sleep(self._refusals.note(refused.refused))
+                continue
             # A stream that made progress reconnects at once (plus jitter), with a fresh backoff.
             await asyncio.sleep(random.uniform(0.0, 0.2))
 
@@ -222,9 +266,9 @@ class TelemetryUploader:
             if task is not None and task.cancelling():
                 raise  # the uploader itself is being stopped
             # gRPC cancelled the call under us (a reset): a stream failure like any other
-            raise _StreamEnded(exc, progressed[0]) from exc
+            raise await _ended(call, exc, progressed[0]) from exc
         except Exception as exc:  # whatever broke the stream, the buffer still holds every unacked record
-            raise _StreamEnded(exc, progressed[0]) from exc
+            raise await _ended(call, exc, progressed[0]) from exc
         finally:
             reader.cancel()
             with contextlib.suppress(BaseException):
