@@ -117,6 +117,9 @@ async def test_uploader_refused_disabled_then_deleted_logs_once_each_backs_off_a
                 rejected = refusal_lines(logs, "agent.credential_rejected", "UploadTelemetry")
                 assert len(rejected) == 1, rejected
                 assert rejected[0]["hint"] == CREDENTIAL_HINT and "deleted by an operator" in rejected[0]["details"]
+                hint = rejected[0]["hint"]  # both ways back: the rotated credential installed, or re-enrolled
+                assert "install the new one in DATA_DIR/credential.json" in hint and "rotate-credential" in hint
+                assert "delete DATA_DIR/credential.json and restart with --enroll-token" in hint
                 assert 1 <= up.streams - streams <= MAX_TRIES, (streams, up.streams)
                 assert (buf.count(), buf.acked_through) == (3, 2)  # kept for a re-enrolled device
         await channel.close()

@@ -21,8 +21,9 @@ log = structlog.get_logger(__name__)
 DETAILS_CHARS = 300
 
 CREDENTIAL_HINT = (
-    "the controller no longer accepts this device's credential; re-enroll the device "
-    "(delete DATA_DIR/credential.json and restart with --enroll-token)"
+    "the controller no longer accepts this device's credential: if an operator rotated this device's credential, "
+    "install the new one in DATA_DIR/credential.json (see `fleetctl device rotate-credential`) and restart; if the "
+    "device was deleted, delete DATA_DIR/credential.json and restart with --enroll-token (the old name is free again)"
 )
 DISABLED_HINT = (
     "the controller refuses this device (disabled by an operator); it keeps serving its committed bundle and "
