@@ -385,10 +385,16 @@ def token_create(
 
 @token_app.command("revoke")
 @grpc_errors
-def token_revoke(token_id: str = typer.Argument(..., help="token id (eot_/eft_ prefix optional)")) -> None:
+def token_revoke(
+    token_id: str = typer.Argument(..., help="token id (eot_/eft_ prefix optional)"),
+    yes: bool = typer.Option(False, "--yes", help="also when it is the token this fleetctl is using"),
+    force_last_admin: bool = typer.Option(
+        False, "--force-last-admin", help="also the last admin token (only a controller restart recovers)"
+    ),
+) -> None:
     """Revoke an operator token (ids from fleetctl token list) or an enrollment token."""
     if revocation_cmds.is_operator_token(token_id):
-        revocation_cmds.revoke_operator_token(token_id)
+        revocation_cmds.revoke_operator_token(token_id, yes=yes, force_last_admin=force_last_admin)
         return
     OPTIONS.connection().call(
         lambda stub: stub.RevokeEnrollmentToken, fleet_pb2.RevokeEnrollmentTokenRequest(token_id=token_id)

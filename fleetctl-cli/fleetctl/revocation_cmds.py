@@ -91,10 +91,29 @@ def is_operator_token(token_id: str) -> bool:
     return any(t.id == token_id for t in reply.tokens)
 
 
-def revoke_operator_token(token_id: str) -> None:
-    token = OPTIONS.connection().call(
-        lambda stub: stub.RevokeOperatorToken, fleet_pb2.RevokeOperatorTokenRequest(token_id=token_id)
-    )
+def own_token_id(secret: str) -> str:
+    """The id of the operator token ``secret`` (``eot_<id>.<secret>``); '' for anything else."""
+    head, dot, _ = secret.partition(".")
+    return head.removeprefix("eot_") if dot and head.startswith("eot_") else ""
+
+
+def revoke_operator_token(token_id: str, *, yes: bool = False, force_last_admin: bool = False) -> None:
+    """Revoke an operator token; the one fleetctl itself uses only with ``yes`` (with a warning), the last
+    admin token only with ``force_last_admin`` (the controller refuses it otherwise)."""
+    conn = OPTIONS.connection()
+    if own_token_id(conn.token) == token_id.removeprefix("eot_"):
+        if not yes:
+            raise typer.BadParameter(
+                f"{shown(escape(token_id[:80]))} is the token this fleetctl is using: revoking it ends its access "
+                "from the next call; add --yes to revoke it anyway",
+                param_hint="--yes",
+            )
+        err_console.print(
+            "[yellow]warning:[/yellow] revoking the token this fleetctl is using; its next call is refused",
+            highlight=False,
+        )
+    request = fleet_pb2.RevokeOperatorTokenRequest(token_id=token_id, allow_last_admin=force_last_admin)
+    token = conn.call(lambda stub: stub.RevokeOperatorToken, request)
     console.print(
         f"revoked operator token {token.id} ({printable(token.name)}, {token.role}) at {ts(token.revoked_at)}; "
         "it is refused from its next call",

@@ -285,6 +285,13 @@ def test_fleetctl_revokes_tokens_and_disables_rotates_deletes_devices(env: Env) 
 
     assert "revoked operator token" in env.ok("token", "revoke", listed["ci-revoke"]["id"]).out
     assert "UNAUTHENTICATED" in env.fails("get", "sites", token=ci.out.strip()).err
+    own = env.ctrl.admin_token.partition(".")[0]  # eot_<id>: the bootstrap admin, this fleetctl's token
+    asked = env.run("token", "revoke", own)
+    assert asked.code == 2 and "this fleetctl is using" in asked.err and "--yes" in asked.err
+    last = env.run("token", "revoke", own, "--yes")  # the last admin token: refused without --force-last-admin
+    assert last.code != 0 and "warning: revoking the token this fleetctl is using" in last.err
+    assert "FAILED_PRECONDITION" in last.err and "--force-last-admin" in last.err and "admin.token" in last.err
+    env.ok("get", "sites")  # nothing was revoked
     unknown = env.fails("token", "revoke", "0123456789abcdef").err
     assert "NOT_FOUND" in unknown and "fleetctl token list" in unknown and "shown once" in unknown
 

@@ -274,3 +274,29 @@ async def test_viewers_and_operators_cannot_revoke_and_unknown_ids_change_nothin
         assert (await fleet.sync(credential, wait_s=0)).desired.revision >= 1
         got = await fleet.fleet.GetDevice(fleet_pb2.GetDeviceRequest(device=device_id), metadata=fleet.admin)
         assert not got.HasField("disabled_at")
+
+
+async def test_the_last_admin_token_is_revoked_only_when_asked_and_a_restart_recovers(tmp_path: Path) -> None:
+    async def revoke(fleet: Fleet, token_id: str, allow: bool = False) -> fleet_pb2.OperatorToken:
+        request = fleet_pb2.RevokeOperatorTokenRequest(token_id=token_id, allow_last_admin=allow)
+        return await fleet.fleet.RevokeOperatorToken(request, metadata=fleet.admin)
+
+    async with running_controller(tmp_path) as ctrl, connected(ctrl) as fleet:
+        listed = await fleet.fleet.ListOperatorTokens(fleet_pb2.ListOperatorTokensRequest(), metadata=fleet.admin)
+        (bootstrap,) = [t.id for t in listed.tokens if t.role == "admin"]
+        details = await refused(revoke(fleet, bootstrap), grpc.StatusCode.FAILED_PRECONDITION)
+        assert "last unexpired, unrevoked admin token" in details and "--force-last-admin" in details
+        assert f"restart the controller: it writes a new bootstrap admin token to {tmp_path / 'admin.token'}" in details
+        await fleet.fleet.ListSites(fleet_pb2.ListSitesRequest(), metadata=fleet.admin)  # nothing was revoked
+
+        other_id, other = await fleet.operator_token("admin", "second-admin")
+        assert (await revoke(fleet, bootstrap)).HasField("revoked_at")  # another admin is left
+        second = Fleet(fleet.channel, other)
+        await refused(revoke(second, other_id), grpc.StatusCode.FAILED_PRECONDITION)
+        assert (await revoke(second, other_id, allow=True)).HasField("revoked_at")
+        await refused(
+            fleet.fleet.ListSites(fleet_pb2.ListSitesRequest(), metadata=bearer(other)), grpc.StatusCode.UNAUTHENTICATED
+        )
+    async with running_controller(tmp_path) as ctrl, connected(ctrl) as fleet:  # the documented recovery
+        assert fleet.admin_token not in ("", other)
+        await fleet.fleet.ListSites(fleet_pb2.ListSitesRequest(), metadata=fleet.admin)

@@ -16,6 +16,7 @@ from edgefleet_controller.store.errors import (
     Conflict,
     InvalidArgument,
     InvalidToken,
+    LastAdminToken,
     NotFound,
     TokenExhausted,
     TokenExpired,
@@ -156,7 +157,16 @@ def test_bootstrap_admin_is_created_only_without_a_usable_admin(store: Store) ->
     admin = store.operator_tokens.authenticate(secret, T0)
     assert (admin.role, admin.name, admin.expires_at) == (OperatorRole.ADMIN, "bootstrap-admin", None)
     assert store.operator_tokens.ensure_bootstrap_admin(T0 + timedelta(days=1)) is None
-    store.operator_tokens.revoke(admin.id, T0 + timedelta(days=2))
+    with pytest.raises(LastAdminToken):  # the last usable admin token: refused unless asked for explicitly
+        store.operator_tokens.revoke(admin.id, T0 + timedelta(days=2))
+    assert store.operator_tokens.authenticate(secret, T0 + timedelta(days=2)).id == admin.id  # nothing changed
+    other, _ = store.operator_tokens.create("temp-admin", OperatorRole.ADMIN, 3600, T0)
+    with pytest.raises(LastAdminToken):  # the other admin token expired an hour after T0: it does not count
+        store.operator_tokens.revoke(admin.id, T0 + timedelta(days=2))
+    assert store.operator_tokens.revoke(admin.id, T0 + timedelta(minutes=1)).revoked_at  # while the other lived
+    with pytest.raises(LastAdminToken):
+        store.operator_tokens.revoke(other.id, T0 + timedelta(minutes=2))
+    store.operator_tokens.revoke(other.id, T0 + timedelta(minutes=2), allow_last_admin=True)
     again = store.operator_tokens.ensure_bootstrap_admin(T0 + timedelta(days=3))
     assert again is not None and again != secret
 

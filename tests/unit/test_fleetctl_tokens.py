@@ -7,7 +7,7 @@ import pytest
 import typer
 
 from fleetctl.output import printable
-from fleetctl.revocation_cmds import operator_ttl
+from fleetctl.revocation_cmds import operator_ttl, own_token_id
 
 
 @pytest.mark.parametrize(("expires", "note"), [("0", True), ("0d", True), ("-1d", False), ("-90s", False)])
@@ -36,3 +36,8 @@ def test_a_lifetime_and_never_are_accepted() -> None:
 def test_names_render_with_non_printables_escaped(name: str, rendered: str) -> None:
     assert printable(name) == rendered
     assert printable(name).isprintable()
+
+
+def test_own_token_id_is_read_from_an_operator_secret_only() -> None:
+    assert own_token_id("eot_0123abcd.s3cret") == "0123abcd"
+    assert own_token_id("eft_0123abcd.s3cret") == own_token_id("eot_0123abcd") == own_token_id("") == ""

@@ -88,16 +88,19 @@ class AuthService:
     _cache: CredentialCache = field(default_factory=CredentialCache, init=False)
     _used: dict[str, datetime] = field(default_factory=dict, init=False)
     _generations: GenerationReads = field(init=False)
+    #: Where a start writes a new bootstrap admin token when no usable admin token is left.
+    _admin_token_path: str = field(default="DATA_DIR/admin.token", init=False)
 
     def __post_init__(self) -> None:
         self._generations = GenerationReads(self.generation.read)
 
     async def write_bootstrap_admin(self, data_dir: Path) -> None:
         """At first start, create the admin operator token and leave it in ``DATA_DIR/admin.token`` (0600)."""
+        path = data_dir / "admin.token"
+        self._admin_token_path = str(path)
         secret = await asyncio.to_thread(self.operator_tokens.ensure_bootstrap_admin, self.clock())
         if secret is None:
             return
-        path = data_dir / "admin.token"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secret + "\n")
@@ -196,9 +199,21 @@ class AuthService:
         """Every operator token, oldest first, revoked and expired ones too."""
         return await asyncio.to_thread(self.operator_tokens.all)
 
-    async def revoke_operator_token(self, token_id: str) -> OperatorRecord:
-        """Revoke the token; it is refused on its next call on every replica. ``NotFound`` for an unknown id."""
-        rec = await asyncio.to_thread(self.operator_tokens.revoke, token_id.removeprefix("eot_"), self.clock())
+    async def revoke_operator_token(self, token_id: str, *, allow_last_admin: bool = False) -> OperatorRecord:
+        """Revoke the token; it is refused on its next call on every replica. ``NotFound`` for an unknown id;
+        ``FailedPrecondition``, nothing changed, for the last usable admin token unless ``allow_last_admin``."""
+        bare, now = token_id.removeprefix("eot_"), self.clock()
+        try:
+            rec = await asyncio.to_thread(
+                lambda: self.operator_tokens.revoke(bare, now, allow_last_admin=allow_last_admin)
+            )
+        except serr.LastAdminToken as exc:
+            raise cerr.FailedPrecondition(
+                f"{exc}: revoking it leaves no admin; nothing was revoked. Create another admin token first "
+                "(fleetctl token operator --role admin), or confirm (RevokeOperatorTokenRequest.allow_last_admin; "
+                "fleetctl token revoke --force-last-admin). To recover afterwards, restart the controller: it "
+                f"writes a new bootstrap admin token to {self._admin_token_path}"
+            ) from None
         await settle()
         log.info("auth.operator_token_revoked", token_id=rec.id, name=shown(rec.name))
         return rec

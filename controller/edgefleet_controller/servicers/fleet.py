@@ -231,7 +231,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServiceServicer):
     async def RevokeOperatorToken(
         self, request: fleet_pb2.RevokeOperatorTokenRequest, context: Ctx
     ) -> fleet_pb2.OperatorToken:
-        return convert.operator_token(await self.auth.revoke_operator_token(request.token_id))
+        rec = await self.auth.revoke_operator_token(request.token_id, allow_last_admin=request.allow_last_admin)
+        return convert.operator_token(rec)
 
     async def DisableDevice(self, request: fleet_pb2.DeviceActionRequest, context: Ctx) -> common_pb2.Device:
         rec = await self.revocation.disable(request.device, by=current_principal().name)

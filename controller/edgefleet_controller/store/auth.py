@@ -9,6 +9,7 @@ token and creates the device atomically (``DeviceStore.enroll``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -25,6 +26,7 @@ from edgefleet_controller.store.errors import (
     Conflict,
     InvalidArgument,
     InvalidToken,
+    LastAdminToken,
     NotFound,
     TokenExhausted,
     TokenExpired,
@@ -55,13 +57,17 @@ def _revoke(
     missing: NotFound,
     *,
     authenticates: bool = False,
+    precondition: Callable[[Connection], None] | None = None,
 ) -> Row[Any]:
     """Set ``revoked_at`` on the row whose ``key`` is ``value`` unless already set (a second revoke keeps the
     first time); the row after. Raises ``missing`` when there is no such row. ``authenticates``: the row is a
-    credential callers authenticate with, so the credential generation moves with the revocation."""
+    credential callers authenticate with, so the credential generation moves with the revocation.
+    ``precondition`` runs first in the same transaction and may raise to refuse the revocation."""
     check_now(now)
     key_column = table.c[key]
     with db.transaction() as conn:
+        if precondition is not None:
+            precondition(conn)
         update = table.update().where(key_column == value, table.c.revoked_at.is_(None)).values(revoked_at=now)
         if conn.execute(update).rowcount and authenticates:
             credential_generation.bump_in(conn)
@@ -69,6 +75,16 @@ def _revoke(
     if row is None:
         raise missing
     return row
+
+
+def _usable_admin(now: datetime) -> list[sa.ColumnElement[bool]]:
+    """The WHERE conditions of an operator token that can act as admin at ``now``: unrevoked, unexpired."""
+    tokens = t.operator_tokens
+    return [
+        tokens.c.role == OperatorRole.ADMIN.value,
+        tokens.c.revoked_at.is_(None),
+        sa.or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > now),
+    ]
 
 
 def _get(db: Database, table: sa.Table, key: str, value: str, missing: NotFound) -> Row[Any]:
@@ -284,10 +300,20 @@ class OperatorTokenStore(AggregateStore):
         with self._db.transaction() as conn:
             conn.execute(tokens.update().where(tokens.c.id == token_id, stale).values(last_used_at=now))
 
-    def revoke(self, token_id: str, now: datetime) -> OperatorRecord:
-        """Revoke the token (idempotent: a second call keeps the first revocation time)."""
+    def revoke(self, token_id: str, now: datetime, *, allow_last_admin: bool = False) -> OperatorRecord:
+        """Revoke the token (idempotent: a second call keeps the first revocation time). ``LastAdminToken``,
+        nothing changed, when it is the last usable admin token, unless ``allow_last_admin``."""
         missing = NotFound("operator token", token_id, "list them with fleetctl token list")
-        return _operator_record(_revoke(self._db, t.operator_tokens, "id", token_id, now, missing, authenticates=True))
+
+        def keep_an_admin(conn: Connection) -> None:
+            tokens = t.operator_tokens
+            usable = conn.execute(sa.select(tokens.c.id).where(*_usable_admin(now)).limit(2)).scalars().all()
+            if list(usable) == [token_id]:
+                raise LastAdminToken(token_id)
+
+        check = None if allow_last_admin else keep_an_admin
+        row = _revoke(self._db, t.operator_tokens, "id", token_id, now, missing, authenticates=True, precondition=check)
+        return _operator_record(row)
 
     def all(self) -> list[OperatorRecord]:
         """Every operator token, oldest first."""
@@ -306,13 +332,7 @@ class OperatorTokenStore(AggregateStore):
         tokens = t.operator_tokens
         with self._db.transaction() as conn:
             usable = conn.execute(
-                sa.select(sa.func.count())
-                .select_from(tokens)
-                .where(
-                    tokens.c.role == OperatorRole.ADMIN.value,
-                    tokens.c.revoked_at.is_(None),
-                    sa.or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > now),
-                )
+                sa.select(sa.func.count()).select_from(tokens).where(*_usable_admin(now))
             ).scalar_one()
             if usable:
                 return None

@@ -136,6 +136,14 @@ class BlobTooLarge(BlobIntegrityError):
         super().__init__(f"blob exceeds the limit of {limit} bytes; split it or raise the limit")
 
 
+class LastAdminToken(StoreError):
+    """Revoking this operator token would leave no unexpired, unrevoked admin token."""
+
+    def __init__(self, token_id: str) -> None:
+        super().__init__(f"operator token {shown(token_id)} is the last unexpired, unrevoked admin token")
+        self.token_id = token_id
+
+
 class TokenRejected(StoreError):
     """A presented secret (enrollment, device or operator) does not authenticate."""
 

@@ -417,7 +417,7 @@ BOUNDS: Final[Mapping[str, Bounds]] = {
     "edgefleet.v1.AddTrustedKeyRequest": Bounds({"key_id": _OPERATOR_NAME, "public_key_pem": Text(16 * KiB)}),
     "edgefleet.v1.ListTrustedKeysRequest": Bounds({}),
     "edgefleet.v1.ListOperatorTokensRequest": Bounds({}),
-    "edgefleet.v1.RevokeOperatorTokenRequest": Bounds({"token_id": _ID}),
+    "edgefleet.v1.RevokeOperatorTokenRequest": Bounds({"token_id": _ID, "allow_last_admin": _FLAG}),
     # ------------------------------------------------------------------ device lifecycle, telemetry admin
     "edgefleet.v1.DeviceActionRequest": Bounds({"device": _ID}),
     "edgefleet.v1.DeleteTelemetryRequest": Bounds({"device": _ID, "since": _NESTED, "until": _NESTED}),

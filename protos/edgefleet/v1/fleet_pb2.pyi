@@ -2148,15 +2148,21 @@ class RevokeOperatorTokenRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKEN_ID_FIELD_NUMBER: _builtins.int
+    ALLOW_LAST_ADMIN_FIELD_NUMBER: _builtins.int
     token_id: _builtins.str
+    allow_last_admin: _builtins.bool
+    """Revoke it even when it is the last unexpired, unrevoked admin token (refused with FAILED_PRECONDITION
+    otherwise): afterwards only a controller restart, which writes a new bootstrap admin token, recovers.
+    """
     def __init__(
         self,
         *,
         token_id: _builtins.str = ...,
+        allow_last_admin: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["token_id", b"token_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_last_admin", b"allow_last_admin", "token_id", b"token_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
