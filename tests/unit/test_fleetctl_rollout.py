@@ -97,6 +97,6 @@ def test_an_unknown_health_filter_is_a_clear_usage_error_before_any_call() -> No
 
     result = CliRunner().invoke(app, ["--controller", "127.0.0.1:1", "get", "devices", "--health", "bogus"])
     assert result.exit_code == 2, result.output
-    assert "--health must be one of starting, serving, degraded, failing, offline; got 'bogus'" in " ".join(
+    assert "--health must be one of starting, serving, degraded, failing, offline, disabled; got 'bogus'" in " ".join(
         result.output.replace("│", " ").split()
     )
