@@ -168,6 +168,17 @@ def test_unknown_enum_values_and_far_timestamps_are_refused() -> None:
     assert refusal(device_pb2.ReportEventRequest(events=[event])).path == "ReportEventRequest.events[0].at.seconds"
 
 
+def test_a_device_cannot_report_the_health_only_an_operator_sets() -> None:
+    """HEALTH_DISABLED is the controller's word for a device an operator disabled: a device claiming it would
+    show as disabled in every listing while it is not."""
+    sync = device_pb2.SyncRequest()
+    sync.reported.health = common_pb2.HEALTH_DISABLED
+    error = refusal(sync)
+    assert error.path == "SyncRequest.reported.health" and "other than [6]" in str(error)
+    sync.reported.health = common_pb2.HEALTH_DEGRADED
+    rb.check(sync)
+
+
 def test_the_serialized_size_cap_holds_when_every_field_is_within_bounds() -> None:
     files = [fleet_pb2.ManifestFile(name=f"f{i}.yaml", content="x" * (1 << 20)) for i in range(9)]
     err = refusal(fleet_pb2.ApplyConfigRequest(files=files))

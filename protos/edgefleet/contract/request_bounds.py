@@ -38,6 +38,7 @@ from edgefleet.contract.request_specs import (
 )
 from edgefleet.contract.sketch import BIN_KEY_MAX, BIN_KEY_MIN
 from edgefleet.contract.telemetry_bounds import MAX_REVIEW_JPEG_BYTES, MAX_WINDOW_DROPPED, MAX_WINDOW_FRAMES
+from edgefleet.v1 import common_pb2
 
 KiB: Final = 1024
 MiB: Final = 1024 * KiB
@@ -123,6 +124,8 @@ _NONNEG = Number(0, 1e300)
 #: A per-window count (frames, errors, confidence bins): what one device can produce in one window.
 _WINDOW_COUNT = Number(0, MAX_WINDOW_FRAMES)
 _ENUM = Enum()
+#: A device's own health: HEALTH_DISABLED is the controller's word for a device an operator disabled.
+_DEVICE_HEALTH = Enum(excluded=frozenset({common_pb2.HEALTH_DISABLED}))
 _FLAG = Flag()
 _NESTED = Nested()
 _TAGS = Count(MAX_TAGS, _SHORT, key=Text(MAX_SHORT_CHARS, allow_empty=False))
@@ -190,7 +193,7 @@ BOUNDS: Final[Mapping[str, Bounds]] = {
             "candidate_bundle_digest": _SHORT,
             "update_reason": _REASON,
             "slot_digests": _TEXTS,
-            "health": _ENUM,
+            "health": _DEVICE_HEALTH,
             "active_providers": _TEXTS,
             "last_verdict": _NESTED,
             "hardware": _NESTED,

@@ -137,7 +137,7 @@ def _default_breaks(fd: FieldDescriptor, spec: Spec) -> bool:
         case Text() | Blob() | Number():
             return spec.problem(fd.default_value)
         case Enum():
-            return fd.enum_type is None or fd.enum_type.values_by_number.get(fd.default_value) is None
+            return not spec.allows(fd, fd.default_value)
         case Flag() | Nested() | Json() | Count():
             return False
         case _:
@@ -189,7 +189,7 @@ def _one(table: Table, fd: FieldDescriptor, spec: Scalar) -> One:
             problem = spec.problem
             return lambda value, size: not problem(value)
         case Enum():
-            declared = _declared(fd)
+            declared = _declared(fd, spec)
             return lambda value, size: value in declared
         case Flag():
             return lambda value, size: True
@@ -216,7 +216,7 @@ def _all(table: Table, fd: FieldDescriptor, spec: Scalar) -> All:
             problem = spec.problem
             return lambda values, size: not any(map(problem, values))
         case Enum():
-            declared = _declared(fd)
+            declared = _declared(fd, spec)
             return lambda values, size: declared.issuperset(values)
         case Flag():
             return lambda values, size: True
@@ -246,8 +246,9 @@ def _numbers(spec: Number, *, floats: bool) -> All:
     return numbers
 
 
-def _declared(fd: FieldDescriptor) -> frozenset[int]:
-    return frozenset() if fd.enum_type is None else frozenset(fd.enum_type.values_by_number)
+def _declared(fd: FieldDescriptor, spec: Enum) -> frozenset[int]:
+    """The values ``spec`` allows in ``fd``: those its enum declares, less the excluded ones."""
+    return frozenset() if fd.enum_type is None else frozenset(fd.enum_type.values_by_number) - spec.excluded
 
 
 __all__ = ["Plan", "accepts"]

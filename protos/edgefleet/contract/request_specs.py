@@ -97,10 +97,20 @@ class Number:
 
 @dataclass(frozen=True)
 class Enum:
-    """A value the enum declares (proto3 lets any int through the wire)."""
+    """A value the enum declares (proto3 lets any int through the wire), other than ``excluded`` (values only
+    the controller may set, such as a device's ``HEALTH_DISABLED``)."""
+
+    excluded: frozenset[int] = frozenset()
 
     def describe(self) -> str:
-        return "a declared enum value"
+        return "a declared enum value" + (f" other than {sorted(self.excluded)}" if self.excluded else "")
+
+    def allows(self, fd: Any, value: object) -> bool:
+        return (
+            fd.enum_type is not None
+            and fd.enum_type.values_by_number.get(value) is not None
+            and (value not in self.excluded)
+        )
 
 
 @dataclass(frozen=True)
@@ -221,7 +231,7 @@ def _check_one(table: Table, fd: Any, value: Any, spec: Spec, path: str, todo: s
             if spec.problem(value):
                 raise RequestBoundsError(path, spec.describe(), shown(value), todo)
         case Enum():
-            if fd.enum_type is None or fd.enum_type.values_by_number.get(value) is None:
+            if not spec.allows(fd, value):
                 raise RequestBoundsError(path, spec.describe(), shown(value), todo)
         case Json():
             size = value.ByteSize()
