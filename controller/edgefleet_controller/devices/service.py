@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import cached_property
 from typing import Any, Protocol
 
 import structlog
@@ -81,11 +82,23 @@ class DeviceAnnouncer(Protocol):
 @dataclass(frozen=True)
 class DeviceReport:
     """One Sync's reported state: its digest (an unchanged report is not rewritten), the document the store
-    keeps, and the reported state as a mapping (for the rollouts' failure rules)."""
+    keeps, and the reported state as a mapping (for the rollouts' failure rules). ``read`` builds the two
+    mappings, once, only when they are needed: most Syncs repeat the last report and need neither."""
 
     digest: str
-    document: Mapping[str, Any]
-    state: Mapping[str, Any]
+    read: Callable[[], tuple[Mapping[str, Any], Mapping[str, Any]]]
+
+    @cached_property
+    def _mappings(self) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+        return self.read()
+
+    @property
+    def document(self) -> Mapping[str, Any]:
+        return self._mappings[0]
+
+    @property
+    def state(self) -> Mapping[str, Any]:
+        return self._mappings[1]
 
 
 @dataclass(frozen=True)

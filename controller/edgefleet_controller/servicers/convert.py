@@ -63,15 +63,19 @@ def health_value(name: str) -> int:
 
 
 def device_report(reported: common_pb2.ReportedState) -> DeviceReport:
-    state = MessageToDict(reported, preserving_proto_field_name=True)
-    document = {
-        "running_bundle": reported.running_bundle_digest or None,
-        "health": health_name(reported.health) if reported.health else "unknown",
-        "slots": {f"slot{i}": {"bundle": d} for i, d in enumerate(reported.slot_digests)},
-        "state": state,
-    }
-    digest = hashlib.sha256(reported.SerializeToString(deterministic=True)).hexdigest()
-    return DeviceReport(digest, document, state)
+    """The report's digest now; its mappings (``MessageToDict``, the costly part) only if the store needs them."""
+
+    def read() -> tuple[dict[str, Any], dict[str, Any]]:
+        state = MessageToDict(reported, preserving_proto_field_name=True)
+        document = {
+            "running_bundle": reported.running_bundle_digest or None,
+            "health": health_name(reported.health) if reported.health else "unknown",
+            "slots": {f"slot{i}": {"bundle": d} for i, d in enumerate(reported.slot_digests)},
+            "state": state,
+        }
+        return document, state
+
+    return DeviceReport(hashlib.sha256(reported.SerializeToString(deterministic=True)).hexdigest(), read)
 
 
 def fill_desired(msg: common_pb2.DesiredState, desired: DesiredState) -> None:
