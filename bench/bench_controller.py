@@ -485,10 +485,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
 
 
 def main() -> int:
-    if len(sys.argv) >= 4 and sys.argv[1] == "--role":
-        _child_main(sys.argv[2], sys.argv[3])
-        return 0
-    return run_alone(run)
+    return run_alone(run, child=_child_main)
 
 
 if __name__ == "__main__":

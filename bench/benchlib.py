@@ -22,8 +22,13 @@ def row(benchmark: str, measured: str, baseline: str, ratio: float, goal: str, o
     }
 
 
-def run_alone(run: Callable[..., list[Row]]) -> int:
-    """Run one module's ``run(quick)``, print its rows; exit code 1 when a goal is missed."""
+def run_alone(run: Callable[..., list[Row]], child: Callable[[str, str], None] | None = None) -> int:
+    """Run one module's ``run(quick)``, print its rows; exit code 1 when a goal is missed. With ``child``,
+    ``--role ROLE ARG`` runs ``child(ROLE, ARG)`` instead: the module re-executed as one of its own
+    subprocesses (load generators, probes)."""
+    if child is not None and len(sys.argv) >= 4 and sys.argv[1] == "--role":
+        child(sys.argv[2], sys.argv[3])
+        return 0
     from edgefleet.logging import configure_logging
 
     configure_logging("warning")
