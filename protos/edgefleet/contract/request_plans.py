@@ -32,6 +32,7 @@ from edgefleet.contract.request_specs import (
     Spec,
     Table,
     Text,
+    is_map,
 )
 
 #: ``(value, size)``: True when ``value`` (whose serialized size is at most ``size``) is within its bound.
@@ -122,7 +123,7 @@ def _shaped(fd: FieldDescriptor, spec: Spec) -> bool:
     if isinstance(spec, Count):
         if not fd.is_repeated or isinstance(spec.item, Count):
             return False
-        return _is_map(fd) or _shaped_item(fd, spec.item)  # a map's values: in ``_many``
+        return is_map(fd) or _shaped_item(fd, spec.item)  # a map's values: in ``_many``
     return not fd.is_repeated and _shaped_item(fd, spec)
 
 
@@ -144,13 +145,9 @@ def _default_breaks(fd: FieldDescriptor, spec: Spec) -> bool:
             assert_never(spec)
 
 
-def _is_map(fd: FieldDescriptor) -> bool:
-    return fd.message_type is not None and fd.message_type.GetOptions().map_entry
-
-
 def _many(table: Table, fd: FieldDescriptor, spec: Count) -> One:
     max_items = spec.max_items
-    if not _is_map(fd):
+    if not is_map(fd):
         each = _all(table, fd, spec.item)
 
         def items(values: Any, size: int) -> bool:

@@ -207,14 +207,15 @@ def _check_message(table: Table, message: Message, path: str) -> None:
         raise RequestBoundsError(path, f"at most {bounds.max_bytes} bytes serialized", f"{size} bytes", bounds.todo)
 
 
-def _is_map(fd: Any) -> bool:
+def is_map(fd: Any) -> bool:
+    """Whether ``fd`` is a map field (a repeated field of map entries)."""
     return fd.message_type is not None and fd.message_type.GetOptions().map_entry
 
 
 def _check_many(table: Table, fd: Any, values: Any, spec: Count, path: str, todo: str) -> None:
     if len(values) > spec.max_items:
         raise RequestBoundsError(path, spec.describe(), f"{len(values)} items", todo)
-    if _is_map(fd):
+    if is_map(fd):
         value_fd = fd.message_type.fields_by_name["value"]
         for key, value in values.items():
             if spec.key is not None and spec.key.problem(key):
