@@ -7,7 +7,12 @@ import hashlib
 import itertools
 from datetime import UTC, datetime
 
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+
 from edgefleet_controller.store import Store
+from edgefleet_controller.store.db import MIGRATIONS_DIR
 from edgefleet_controller.store.records import ArtifactRef
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
@@ -42,3 +47,11 @@ def publish(store: Store, name: str = "detector", version: str = "1.0.0", model:
         now=T0,
     )
     return record.digest
+
+
+def upgrade_to(conn: sa.Connection, revision: str) -> None:
+    """Migrate the database behind ``conn`` to ``revision`` (an older one, to test the next migration's upgrade)."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["connection"] = conn
+    command.upgrade(config, revision)

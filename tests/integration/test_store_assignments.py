@@ -7,16 +7,13 @@ from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 
 from edgefleet_controller.store import Store, head_revision
 from edgefleet_controller.store.bundle_failures import BundleFailure, BundleFailureStore
-from edgefleet_controller.store.db import MIGRATIONS_DIR
 from edgefleet_controller.store.errors import Conflict, InvalidArgument
 from edgefleet_controller.store.records import ArtifactRef, ConfigDocInput
 from edgefleet_controller.store.rollouts import RolloutStore
-from tests.integration.store_cases import T0, sha
+from tests.integration.store_cases import T0, sha, upgrade_to
 
 pytestmark = pytest.mark.integration
 
@@ -44,10 +41,7 @@ def test_0004_upgrades_a_0003_database_keeping_its_rows(store_url: str) -> None:
     engine = sa.create_engine(store_url)
     try:
         with engine.begin() as conn:
-            config = Config()
-            config.set_main_option("script_location", str(MIGRATIONS_DIR))
-            config.attributes["connection"] = conn
-            command.upgrade(config, "0003")
+            upgrade_to(conn, "0003")
         with engine.begin() as conn:
             conn.execute(
                 sa.text(

@@ -8,15 +8,12 @@ from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from structlog.testing import capture_logs
 
 from edgefleet_controller.store import Store
 from edgefleet_controller.store import schema as t
-from edgefleet_controller.store.db import MIGRATIONS_DIR
 from edgefleet_controller.store.errors import Conflict, DeviceNameTaken
-from tests.integration.store_cases import T0
+from tests.integration.store_cases import T0, upgrade_to
 
 pytestmark = pytest.mark.integration
 
@@ -77,10 +74,7 @@ def test_0007_migrates_a_database_holding_duplicate_names_by_renaming_the_later_
     engine = sa.create_engine(store_url)
     try:
         with engine.begin() as conn:
-            config = Config()
-            config.set_main_option("script_location", str(MIGRATIONS_DIR))
-            config.attributes["connection"] = conn
-            command.upgrade(config, "0006")
+            upgrade_to(conn, "0006")
         with engine.begin() as conn:
             _insert_device(conn, "dev_00000000000000a2", "berlin", "cam", datetime(2025, 1, 2))
             _insert_device(conn, "dev_00000000000000a1", "berlin", "cam", datetime(2025, 1, 1))

@@ -9,8 +9,6 @@ from datetime import datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 
 from edgefleet.contract.sketch import new_sketch, sketch_to_proto
 from edgefleet.v1.telemetry_pb2 import (
@@ -23,13 +21,12 @@ from edgefleet.v1.telemetry_pb2 import (
 )
 from edgefleet_controller.store import Store
 from edgefleet_controller.store import schema as t
-from edgefleet_controller.store.db import MIGRATIONS_DIR
 from edgefleet_controller.store.errors import InvalidArgument, NotFound
 from edgefleet_controller.store.review_samples import ReviewSampleStore
 from edgefleet_controller.store.telemetry import TelemetryStore
 from edgefleet_controller.telemetry.ingest import validate_batch
 from edgefleet_controller.telemetry.ingest_plan import plan_batch
-from tests.integration.store_cases import T0, enroll
+from tests.integration.store_cases import T0, enroll, upgrade_to
 
 pytestmark = pytest.mark.integration
 
@@ -175,10 +172,7 @@ def test_0006_upgrades_a_0005_database_keeping_its_review_samples(store_url: str
     engine = sa.create_engine(store_url)
     try:
         with engine.begin() as conn:
-            config = Config()
-            config.set_main_option("script_location", str(MIGRATIONS_DIR))
-            config.attributes["connection"] = conn
-            command.upgrade(config, "0005")
+            upgrade_to(conn, "0005")
         with engine.begin() as conn:
             for device_id, site in (("dev_a", "berlin"), ("dev_b", "paris")):
                 conn.execute(
