@@ -117,7 +117,7 @@ def summarise(
     lost: dict[str, list[GapRow]] = {}
     for gap in gaps:
         lost.setdefault(group_key(gap, group_by or "device"), []).append(gap)
-    out = QueryTelemetryResponse(skipped_records=_fit(skipped, MAX_UINT64, "", "skipped_records"))
+    out = QueryTelemetryResponse(skipped_records=skipped)
     for key in sorted(groups.keys() | lost.keys()):
         members = groups.get(key, [])
         counted = _lost_counts(key, lost.get(key, []))
