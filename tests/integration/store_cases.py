@@ -1,16 +1,19 @@
 """Builders shared by the controller store tests: a fixed clock, content digests, an enrolled device, a published
-bundle."""
+bundle, a metric window, a database migrated to an older revision."""
 
 from __future__ import annotations
 
 import hashlib
 import itertools
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 
+from edgefleet.contract.sketch import new_sketch, sketch_to_proto
+from edgefleet.v1.telemetry_pb2 import ConfidenceHistogram, MetricWindow
 from edgefleet_controller.store import Store
 from edgefleet_controller.store.db import MIGRATIONS_DIR
 from edgefleet_controller.store.records import ArtifactRef
@@ -55,3 +58,22 @@ def upgrade_to(conn: sa.Connection, revision: str) -> None:
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["connection"] = conn
     command.upgrade(config, revision)
+
+
+def metric_window(latencies_ms: Iterable[float], start: datetime, bundle: str) -> MetricWindow:
+    """A sound 10 s window of ``bundle`` starting at ``start``: one frame per latency, every confidence in bin 16."""
+    sketch = new_sketch()
+    frames = 0
+    for v in latencies_ms:
+        sketch.add(v)
+        frames += 1
+    w = MetricWindow(
+        window_s=10.0,
+        bundle_digest=bundle,
+        frames=frames,
+        latency_e2e=sketch_to_proto(sketch),
+        latency_model=sketch_to_proto(sketch),
+        confidence=ConfidenceHistogram(counts=[0] * 16 + [frames] + [0] * 3),
+    )
+    w.window_start.FromDatetime(start)
+    return w

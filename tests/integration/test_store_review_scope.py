@@ -10,9 +10,7 @@ from datetime import datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from edgefleet.contract.sketch import new_sketch, sketch_to_proto
 from edgefleet.v1.telemetry_pb2 import (
-    ConfidenceHistogram,
     DeviceEvent,
     MetricWindow,
     ReviewSample,
@@ -26,7 +24,7 @@ from edgefleet_controller.store.review_samples import ReviewSampleStore
 from edgefleet_controller.store.telemetry import TelemetryStore
 from edgefleet_controller.telemetry.ingest import validate_batch
 from edgefleet_controller.telemetry.ingest_plan import plan_batch
-from tests.integration.store_cases import T0, enroll, upgrade_to
+from tests.integration.store_cases import T0, enroll, metric_window, upgrade_to
 
 pytestmark = pytest.mark.integration
 
@@ -41,19 +39,7 @@ def review(sample_id: str, at: datetime) -> ReviewSample:
 
 
 def window(at: datetime) -> MetricWindow:
-    sketch = new_sketch()
-    for i in range(10):
-        sketch.add(20.0 + i)
-    w = MetricWindow(
-        window_s=10.0,
-        bundle_digest=BUNDLE,
-        frames=10,
-        latency_e2e=sketch_to_proto(sketch),
-        latency_model=sketch_to_proto(sketch),
-        confidence=ConfidenceHistogram(counts=[0] * 16 + [10] + [0] * 3),
-    )
-    w.window_start.FromDatetime(at)
-    return w
+    return metric_window([20.0 + i for i in range(10)], at, BUNDLE)
 
 
 def gap_event(event_id: str, at: datetime) -> DeviceEvent:

@@ -18,10 +18,9 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgefleet.contract.sketch import BIN_KEY_MAX, BIN_KEY_MIN, FLEET_GAMMA, new_sketch, sketch_to_proto
+from edgefleet.contract.sketch import BIN_KEY_MAX, BIN_KEY_MIN, FLEET_GAMMA
 from edgefleet.v1 import device_pb2_grpc, fleet_pb2
 from edgefleet.v1.telemetry_pb2 import (
-    ConfidenceHistogram,
     LatencySketch,
     MetricWindow,
     TelemetryBatch,
@@ -29,6 +28,7 @@ from edgefleet.v1.telemetry_pb2 import (
 )
 from edgefleet_controller.store import schema as t
 from edgefleet_testing.controller import Fleet, bearer, connected, running_controller
+from tests.integration.store_cases import metric_window
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,19 +39,7 @@ MAX_BINS = BIN_KEY_MAX - BIN_KEY_MIN + 1
 
 
 def good_window(latency_ms: float, start: datetime) -> MetricWindow:
-    sketch = new_sketch()
-    for i in range(20):
-        sketch.add(latency_ms * (1 + i / 100))
-    w = MetricWindow(
-        window_s=10.0,
-        bundle_digest=BUNDLE,
-        frames=20,
-        latency_e2e=sketch_to_proto(sketch),
-        latency_model=sketch_to_proto(sketch),
-        confidence=ConfidenceHistogram(counts=[0] * 16 + [20] + [0] * 3),
-    )
-    w.window_start.FromDatetime(start)
-    return w
+    return metric_window([latency_ms * (1 + i / 100) for i in range(20)], start, BUNDLE)
 
 
 def _bins(s: LatencySketch, offset: int, counts: list[float]) -> None:
