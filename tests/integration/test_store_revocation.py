@@ -51,6 +51,9 @@ def test_device_access_disable_enable_rotate_delete(store: Store) -> None:
     assert kept.disabled_at == at and kept.health == "serving" and dict(kept.tags) == {"zone": "n"}
     assert store.device_access.set_disabled(device_id, None) is None
     assert store.devices.get(device_id).disabled_at is None
+    enabled = store.credential_generation.read()
+    assert store.device_access.set_disabled(device_id, None) is None  # enabling an enabled device: a no-op
+    assert store.credential_generation.read() == enabled
 
     new = store.device_access.rotate(device_id)
     assert store.device_access.check(credential) is None

@@ -63,6 +63,8 @@ class DeviceAccessStore(AggregateStore):
         if now is not None:
             check_now(now)
             where.append(d.c.disabled_at.is_(None))
+        else:  # enabling an enabled device is a no-op: it must not empty every replica's cache
+            where.append(d.c.disabled_at.is_not(None))
         with self._db.transaction() as conn:
             if conn.execute(d.update().where(*where).values(disabled_at=now)).rowcount:
                 credential_generation.bump_in(conn)
