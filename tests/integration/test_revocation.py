@@ -300,3 +300,25 @@ async def test_the_last_admin_token_is_revoked_only_when_asked_and_a_restart_rec
     async with running_controller(tmp_path) as ctrl, connected(ctrl) as fleet:  # the documented recovery
         assert fleet.admin_token not in ("", other)
         await fleet.fleet.ListSites(fleet_pb2.ListSitesRequest(), metadata=fleet.admin)
+
+
+async def test_a_disable_twice_keeps_its_time_survives_a_restart_and_a_second_rotation_refuses_both_old(
+    tmp_path: Path,
+) -> None:
+    async with running_controller(tmp_path) as ctrl, connected(ctrl) as fleet:
+        device_id, credential = await fleet.enroll("lab", "cam-1")
+        first = await fleet.fleet.DisableDevice(action("cam-1"), metadata=fleet.admin)
+        again = await fleet.fleet.DisableDevice(action(device_id), metadata=fleet.admin)
+        assert again.disabled_at == first.disabled_at  # a second disable keeps the first time
+    async with running_controller(tmp_path) as ctrl, connected(ctrl) as fleet:  # a fresh cache, same database
+        await refused(fleet.sync(credential, wait_s=0), grpc.StatusCode.PERMISSION_DENIED)
+        for _ in range(2):
+            assert not (await fleet.fleet.EnableDevice(action("cam-1"), metadata=fleet.admin)).HasField("disabled_at")
+        await fleet.sync(credential, wait_s=0)
+        rotated = [
+            (await fleet.fleet.RotateDeviceCredential(action("cam-1"), metadata=fleet.admin)).credential
+            for _ in range(2)
+        ]
+        for old in (credential, rotated[0]):
+            await refused(fleet.sync(old, wait_s=0), grpc.StatusCode.UNAUTHENTICATED)
+        await fleet.sync(rotated[1], wait_s=0)
