@@ -21,6 +21,7 @@ from typing import Final
 
 from google.protobuf.message import Message
 
+from edgefleet.contract.digests import DIGEST_PATTERN
 from edgefleet.contract.request_plans import accepts
 from edgefleet.contract.request_specs import (
     MAX_REQUEST_BYTES,
@@ -101,7 +102,7 @@ SITE_RE: Final = re.compile(r"[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?")
 #: never renders control or bidi characters.
 OPERATOR_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._@:-]{0,127}")
 #: An artifact or bundle digest.
-DIGEST_RE: Final = re.compile(r"sha256:[0-9a-f]{64}")
+DIGEST_RE: Final = DIGEST_PATTERN
 #: A bundle reference: a digest or ``name@version`` (a DNS-label name, a SemVer-like version).
 BUNDLE_REF_RE: Final = re.compile(r"sha256:[0-9a-f]{64}|[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?@[0-9A-Za-z.+-]{1,128}")
 
