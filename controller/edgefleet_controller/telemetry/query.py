@@ -32,6 +32,7 @@ from typing import Protocol
 
 import structlog
 
+from edgefleet.contract.request_bounds import MAX_UINT32
 from edgefleet.contract.shown import shown
 from edgefleet.contract.sketch import merge_sketches
 from edgefleet.v1.common_pb2 import Percentiles
@@ -46,7 +47,6 @@ log = structlog.get_logger(__name__)
 #: Skipped records logged per query (all are counted).
 SKIPPED_LOGGED = 5
 MAX_UINT64 = 2**64 - 1
-MAX_UINT32 = 2**32 - 1
 
 GROUPS = ("device", "site", "bundle")
 
