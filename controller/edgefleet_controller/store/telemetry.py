@@ -523,17 +523,16 @@ class TelemetryStore:
     def enforce_retention(self, *, older_than: datetime, max_bytes: int) -> dict[str, int]:
         """Delete telemetry older than ``older_than``, then the oldest windows, reviews and events (in that
         order) while the stored bytes exceed ``max_bytes``. Marks and baselines are kept."""
-        tables = _TIMED_TABLES
         deleted: dict[str, int] = {}
         with self._db.transaction() as conn:
-            for table, when in tables:
+            for table, when in _TIMED_TABLES:
                 result = conn.execute(table.delete().where(when < older_than))
                 deleted[table.name] = int(result.rowcount or 0)
             total = sum(
                 int(conn.execute(sa.select(sa.func.coalesce(sa.func.sum(tb.c.size_bytes), 0))).scalar() or 0)
-                for tb, _ in tables
+                for tb, _ in _TIMED_TABLES
             )
-            for table, _ in tables:
+            for table, _ in _TIMED_TABLES:
                 while total > max_bytes:
                     rows = conn.execute(sa.select(table.c.id, table.c.size_bytes).order_by(table.c.id).limit(500)).all()
                     if not rows:
