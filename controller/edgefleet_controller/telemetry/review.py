@@ -1,8 +1,8 @@
 """The review queue: stored review samples → ``ReviewSampleInfo``, and the false-positive rate rule.
 
 FP rate (``ListReviewSamplesResponse.fp_rate``) is per ``"site/bundle"``: labelled ``fp`` over all labelled
-samples of that site and bundle, under the request's site and bundle filters (the label, device and sample id
-filters and the limit only shape the listed page, not the rates). A sample is identified by its device and
+samples of that site and bundle, under the request's site, bundle and device filters (the label and sample
+id filters and the limit only shape the listed page, not the rates). A sample is identified by its device and
 its id (ids are scoped per device: ``store.review_samples``).
 """
 
