@@ -12,7 +12,9 @@ long-poll is also woken (and the other replicas told) so that a waiting Sync end
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import structlog
 
@@ -25,6 +27,8 @@ from edgefleet_controller.store.devices import DeviceStore
 from edgefleet_controller.store.records import DeviceRecord
 
 log = structlog.get_logger("edgefleet.controller")
+
+T = TypeVar("T")
 
 
 @dataclass(eq=False)
@@ -44,27 +48,28 @@ class DeviceRevocation:
         return await self._switch(ref, disable=False, by=by)
 
     async def _switch(self, ref: str, *, disable: bool, by: str) -> DeviceRecord:
-        device = await self.directory.find_device(ref)
-        await asyncio.to_thread(self.access.set_disabled, device.id, self.clock() if disable else None)
-        await settle()
-        self.hub.notify([device.id])
+        at = self.clock() if disable else None
+        device, _ = await self._apply(ref, lambda device_id: self.access.set_disabled(device_id, at))
         log.info("device.disabled" if disable else "device.enabled", device_id=device.id, by=by)
         return await asyncio.to_thread(self.devices.get, device.id)
 
     async def delete(self, ref: str, *, by: str) -> DeviceRecord:
         """Remove the device and everything that is only its own; returns the record it had."""
-        device = await self.directory.find_device(ref)
-        await asyncio.to_thread(self.access.delete, device.id)
-        await settle()
-        self.hub.notify([device.id])
+        device, _ = await self._apply(ref, self.access.delete)
         log.info("device.deleted", device_id=device.id, site=device.site, by=by)
         return device
 
     async def rotate(self, ref: str, *, by: str) -> tuple[DeviceRecord, str]:
         """A new credential for the device, shown once; the old one is refused from now on."""
-        device = await self.directory.find_device(ref)
-        credential = await asyncio.to_thread(self.access.rotate, device.id)
-        await settle()
-        self.hub.notify([device.id])
+        device, credential = await self._apply(ref, self.access.rotate)
         log.info("device.credential_rotated", device_id=device.id, by=by)
         return device, credential
+
+    async def _apply(self, ref: str, change: Callable[[str], T]) -> tuple[DeviceRecord, T]:
+        """Every switch's one path: find the device, ``change`` it in the store, wait out ``settle()`` and wake
+        its parked long-poll (here and on the other replicas)."""
+        device = await self.directory.find_device(ref)
+        result = await asyncio.to_thread(change, device.id)
+        await settle()
+        self.hub.notify([device.id])
+        return device, result
