@@ -65,12 +65,13 @@ def test_enroll_arguments_are_checked(
 def test_authenticate_device(store: Store) -> None:
     device_id, credential = enroll(store)
     other_id, _ = enroll(store)
-    assert store.devices.authenticate(credential) == device_id
-    assert store.devices.authenticate(credential + "x") is None
-    assert store.devices.authenticate(credential.replace(device_id, other_id)) is None
-    assert store.devices.authenticate("edc_dev_nobody.secret") is None
-    assert store.devices.authenticate("garbage") is None
-    assert store.devices.authenticate("") is None
+    access = store.device_access.check(credential)
+    assert access is not None and access.device_id == device_id
+    assert store.device_access.check(credential + "x") is None
+    assert store.device_access.check(credential.replace(device_id, other_id)) is None
+    assert store.device_access.check("edc_dev_nobody.secret") is None
+    assert store.device_access.check("garbage") is None
+    assert store.device_access.check("") is None
 
 
 def test_set_device_tags_replaces_tags_and_the_filter_follows(store: Store) -> None:

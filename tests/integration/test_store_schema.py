@@ -52,7 +52,8 @@ def test_state_survives_close_and_reopen(store_url: str) -> None:
         _, op_secret = store.operator_tokens.create("alice", "operator", None, T0)
         store.events.record(device_id, "update", {"to": digest}, T0, T0, seq=1)
     with Store.open(store_url) as store:
-        assert store.devices.authenticate(credential) == device_id
+        access = store.device_access.check(credential)
+        assert access is not None and access.device_id == device_id
         assert store.devices.get(device_id).tags == {"line": "3"}
         assert store.desired.get(device_id).bundle_digest == digest
         assert store.bundles.get("detector@1.0.0").digest == digest

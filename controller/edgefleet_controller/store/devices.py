@@ -220,19 +220,6 @@ class DeviceStore(AggregateStore):
         log.info("store.device_enrolled", device_id=device_id, site=token.site, token_id=token.id)
         return _device_record(row), credential
 
-    def authenticate(self, secret: str) -> str | None:
-        """The id of the device whose credential is ``secret``, or None."""
-        device_id = credentials.parse_secret(credentials.DEVICE_CREDENTIAL_PREFIX, secret)
-        if device_id is None:
-            return None
-        with self._db.read() as conn:
-            stored = conn.execute(
-                sa.select(t.devices.c.credential_sha256).where(t.devices.c.id == device_id)
-            ).scalar_one_or_none()
-        if stored is None or not credentials.secret_matches(secret, stored):
-            return None
-        return device_id
-
     def get(self, device_id: str) -> DeviceRecord:
         query = sa.select(t.devices).where(t.devices.c.id == device_id)
         return _device_record(self._db.read_one(query, "device", device_id, "list devices to see the enrolled ids"))
