@@ -213,17 +213,20 @@ def test_same_model_passes_with_its_numbers_then_the_watch_passes(
 
 
 def test_a_slower_candidate_fails_the_sla(bundles: Bundles, tmp_path: Path) -> None:
-    # An SLA whose budget sits between the two engines' measured p95, so the check is not a race with noise.
-    p95 = {}
+    # An SLA whose budget sits between the two engines' measured latency, so the check is not a race with
+    # noise. Medians over 60 frames: a 40-frame p95 on a busy host is one stalled frame (seen: 2.0 ms for an
+    # engine whose typical frame takes a fraction of that), while the canary's candidate p95 is never below
+    # the candidate's median.
+    typical = {}
     for bundle in (bundles.v1, bundles.slow):
         engine = load_engine(bundle.directory, bundle.digest, cache_root=tmp_path / "probe", intra_op_threads=1)
         source = open_source("synthetic:0", size=FRAME_SIZE, seed=3)
-        frames = [next(source) for _ in range(40)]
-        p95[bundle.digest] = float(
-            np.percentile([engine.infer(f.image_bgr, f.frame_id).timings.total_ms for f in frames], 95)
+        frames = [next(source) for _ in range(60)]
+        typical[bundle.digest] = float(
+            np.median([engine.infer(f.image_bgr, f.frame_id).timings.total_ms for f in frames])
         )
-    fast, slow = p95[bundles.v1.digest], p95[bundles.slow.digest]
-    assert slow > 4 * fast, p95
+    fast, slow = typical[bundles.v1.digest], typical[bundles.slow.digest]
+    assert slow > 3 * fast, typical
     sla = math.sqrt(fast * slow) / 0.8
     rig = Rig(tmp_path, bundles.v1, {**config(), "sla": {"latency_ms": sla}})
     try:
