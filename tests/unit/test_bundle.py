@@ -131,7 +131,9 @@ def test_yolo_bundle_checks_labels_against_output(tmp_path: Path) -> None:
     }
     assert model.exists()
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
-    with pytest.raises(BundleFormatError, match=r"has 6 values on axis 1 .* needs 7"):
+    with pytest.raises(
+        BundleFormatError, match=r"output 'output0' is \[1, 6, 4\]; that is 2 classes, but 'labels' has 3"
+    ):
         build_bundle(tmp_path / "s.yaml", tmp_path / "bundle")
     assert not (tmp_path / "bundle").exists()
 

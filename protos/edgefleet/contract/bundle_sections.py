@@ -120,6 +120,14 @@ class Preprocess:
     pad_value: int = 114
 
     @property
+    def height(self) -> int:
+        return self.size[0]
+
+    @property
+    def width(self) -> int:
+        return self.size[1]
+
+    @property
     def input_shape(self) -> tuple[int, int, int, int]:
         """Shape of the batch-of-one tensor this section produces."""
         h, w = self.size
@@ -175,6 +183,11 @@ class Preprocess:
         )
 
 
+def describe_size(pre: Preprocess) -> str:
+    """``size`` as people read it, axes named: ``48x192 (height x width)`` is 48 high and 192 wide."""
+    return f"{pre.height}x{pre.width} (height x width)"
+
+
 @dataclass(frozen=True)
 class Postprocess:
     """How raw outputs become results: top-k classes, or YOLO decode + NMS.
@@ -187,23 +200,27 @@ class Postprocess:
     conf_threshold: float = 0.25
     iou_threshold: float = 0.45
     max_detections: int = 100
-    # Classification: apply softmax to the outputs (they are logits). Models that already output
-    # probabilities (a Softmax node at the end) set it to false.
-    softmax: bool = True
+    # Classification: apply softmax to the outputs (they are logits); false for outputs that are already
+    # probabilities. bundle.json always holds a bool (absent reads as true, what bundles before the build
+    # checks meant). Only a spec holds None, "decide at build": the builder runs the model and resolves it
+    # (``edgefleet_pipeline.semantics``), so a device never sees None.
+    softmax: bool | None = True
 
     def to_dict(self) -> dict[str, object]:
         return section_dict(self)
 
     @staticmethod
     def from_dict(obj: object, *, source: str = MANIFEST_NAME) -> Postprocess:
-        """Validate a ``postprocess`` mapping on its own (errors name ``postprocess.<field>``)."""
+        """Validate a ``postprocess`` mapping of bundle.json on its own (errors name ``postprocess.<field>``)."""
         return Postprocess.parse(FieldReader(source, obj, "postprocess"))
 
     @staticmethod
-    def parse(doc: FieldReader) -> Postprocess:
+    def parse(doc: FieldReader, *, softmax_default: bool | None = True) -> Postprocess:
+        """``softmax_default``: what an absent ``softmax`` means: true in bundle.json, None (decide at build)
+        in a spec."""
         doc.known("kind", "top_k", "conf_threshold", "iou_threshold", "max_detections", "softmax")
-        softmax = doc.raw("softmax", True)
-        if not isinstance(softmax, bool):
+        softmax = doc.raw("softmax", softmax_default)
+        if softmax is not None and not isinstance(softmax, bool):
             raise doc.error("softmax", "must be true or false", softmax)
         return Postprocess(
             softmax=softmax,
@@ -332,11 +349,12 @@ class DeclaredSections(TypedDict):
     providers: tuple[str, ...]
 
 
-def parse_declared(doc: FieldReader, *, canary_required: bool) -> DeclaredSections:
-    """Parse the shared sections in the order their errors are reported (a spec may omit ``canary``)."""
+def parse_declared(doc: FieldReader, *, canary_required: bool, softmax_default: bool | None = True) -> DeclaredSections:
+    """Parse the shared sections in the order their errors are reported (a spec may omit ``canary``, and
+    leaves an absent ``postprocess.softmax`` to the build: ``softmax_default=None``)."""
     return DeclaredSections(
         preprocess=Preprocess.parse(doc.sub("preprocess")),
-        postprocess=Postprocess.parse(doc.sub("postprocess")),
+        postprocess=Postprocess.parse(doc.sub("postprocess"), softmax_default=softmax_default),
         labels=parse_labels(doc),
         latency=LatencySla.parse(doc.sub("latency")),
         canary=CanaryDefaults.parse(doc.sub("canary", required=canary_required)),

@@ -1,7 +1,11 @@
 """The bundle spec (``*.spec.yaml``): everything needed to build a bundle except digests.
 
 The publisher writes it; ``edgefleet_pipeline.bundle_builder`` turns it into a bundle directory. The model
-path is relative to the spec file.
+path is relative to the spec file. Every key is documented in ``docs/bundle-spec.md``.
+
+A spec may leave decisions to the build that bundle.json always states: ``inputs``/``outputs`` (inferred
+from the model) and ``postprocess.softmax`` (``None`` here; ``edgefleet_pipeline.semantics`` runs the model and
+resolves it from whether its outputs are already probabilities).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from edgefleet.contract.user_files import read_user_text
 class BundleSpec:
     """Everything needed to build a bundle except digests: parsed from a ``*.spec.yaml``.
 
-    ``inputs``/``outputs`` are ``None`` when they are to be inferred from the model.
+    ``inputs``/``outputs`` are ``None`` when they are to be inferred from the model, ``postprocess.softmax``
+    when the build is to decide it (``resolved`` says whether nothing is left to decide).
     """
 
     name: str
@@ -42,6 +47,11 @@ class BundleSpec:
     outputs: tuple[TensorSpec, ...] | None = None
     calibration: Mapping[str, object] | None = None
     precision_variants: Mapping[str, PrecisionVariant] | None = None
+
+    @property
+    def resolved(self) -> bool:
+        """Whether the spec states everything bundle.json must (``postprocess.softmax`` decided)."""
+        return self.postprocess.softmax is not None
 
     def declared(self) -> sections.DeclaredSections:
         """The sections this spec declares (every ``DeclaredSections`` key), as the bundle.json built from it
@@ -60,7 +70,7 @@ class BundleSpec:
             model=model if model.is_absolute() else base_dir / model,
             inputs=sections.parse_tensors(doc, "inputs") if doc.has("inputs") else None,
             outputs=sections.parse_tensors(doc, "outputs") if doc.has("outputs") else None,
-            **sections.parse_declared(doc, canary_required=False),
+            **sections.parse_declared(doc, canary_required=False, softmax_default=None),
         )
 
 
