@@ -7,12 +7,10 @@
 ``edge_runtime.cli`` mounts it (``add_profile_command``); tables are plain text (a device installs no rich).
 
 Decisions:
-- BUNDLE is a bundle directory or an ``.efb`` archive. Both are verified (signature over bundle.json, every
-  artifact's sha256) against ``--trusted DIR`` (``<key_id>.pub.pem`` files), or, with ``--data-dir``, the
-  publisher keys the controller handed out at enrollment (``DATA_DIR/credential.json``). ``--no-verify``
-  skips the signature for local experiments; the output says UNVERIFIED, and such a profile is never sent
-  to a controller (its numbers would feed latency admission for a bundle nobody vouched for).
-- An archive is unpacked into a temporary directory that is removed afterwards.
+- BUNDLE is a bundle directory or an ``.efb`` archive, opened and verified by ``edge_runtime.bundle_open``
+  against ``--trusted DIR`` and/or the publisher keys of ``--data-dir``. ``--no-verify`` skips the signature
+  for local experiments; the output says UNVERIFIED, and such a profile is never sent to a controller (its
+  numbers would feed latency admission for a bundle nobody vouched for).
 - ``--report-to ADDR`` sends one ``DeviceEvent(kind=KIND_PROFILE)`` through ``DeviceService.ReportEvent``
   authenticated with the device credential the agent stored in ``DATA_DIR/credential.json``.
 - The profile (table or JSON) goes to stdout; logs and the report line go to stderr, so
@@ -28,7 +26,7 @@ import json
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -39,16 +37,13 @@ from edge_runtime.agent.client import bearer, blocking_channel
 from edge_runtime.agent.enroll import credential_path, load_credential
 from edge_runtime.agent.errors import AgentError
 from edge_runtime.arguments import bounded_int
+from edge_runtime.bundle_open import BundleInputError, open_bundle, trusted_keys
 from edge_runtime.inference.errors import InferenceError
 from edge_runtime.profiling import STAGES, DeviceProfile, profile_bundle, profile_event, profile_to_document
 from edge_runtime.sources import open_source
 from edge_runtime.telemetry.sensors import SensorReader
-from edgefleet.contract.bundle import BundleManifest, read_manifest
-from edgefleet.contract.bundle_archive import ARCHIVE_SUFFIX, unpack_bundle, unpack_unverified_bundle, verify_bundle
-from edgefleet.contract.bundle_files import check_bundle_files
 from edgefleet.contract.errors import ContractError
 from edgefleet.contract.hardware import hardware_class
-from edgefleet.contract.signing import TrustedKeys
 from edgefleet.logging import configure_logging
 from edgefleet.v1 import device_pb2, device_pb2_grpc, telemetry_pb2
 
@@ -63,59 +58,11 @@ class OutputFormat(StrEnum):
 Row = Sequence[str]
 
 
-class ProfileInputError(Exception):
-    """The bundle or arguments cannot be used; the message says what to pass instead."""
-
-
-def _trusted_keys(trusted: Path | None, data_dir: Path | None) -> TrustedKeys | None:
-    keys: TrustedKeys | None = TrustedKeys.from_dir(trusted) if trusted is not None else None
-    if data_dir is not None:
-        try:
-            cred = load_credential(data_dir)
-        except AgentError as exc:
-            raise ProfileInputError(str(exc)) from None
-        if cred is not None and cred.trusted_keys:
-            enrolled = TrustedKeys.from_pem_map(cred.trusted_keys)
-            keys = enrolled if keys is None else keys.merged(enrolled)
-    return keys
-
-
-@contextlib.contextmanager
-def open_bundle(bundle: Path, trusted: TrustedKeys | None, *, verify: bool) -> Iterator[tuple[Path, BundleManifest]]:
-    """The bundle directory and its manifest, verified unless ``verify`` is False; archives are unpacked
-    into a temporary directory that lives as long as the block."""
-    if verify and trusted is None:
-        raise ProfileInputError(
-            f"{bundle}: no trusted publisher keys to verify it with; pass --trusted DIR (<key_id>.pub.pem files), "
-            "--data-dir of an enrolled device, or --no-verify for a local experiment"
-        )
-    if bundle.is_dir():
-        if verify:
-            assert trusted is not None
-            verified = verify_bundle(bundle, trusted)
-            yield verified.path, verified.manifest
-        else:
-            manifest = read_manifest(bundle)
-            check_bundle_files(bundle, manifest)
-            yield bundle, manifest
-        return
-    if not bundle.is_file():
-        raise ProfileInputError(f"--bundle {bundle}: no such bundle directory or {ARCHIVE_SUFFIX} archive")
-    with tempfile.TemporaryDirectory(prefix="edgefleet-profile-") as tmp:
-        dest = Path(tmp) / "bundle"
-        if verify:
-            assert trusted is not None
-            verified = unpack_bundle(bundle, dest, trusted)
-            yield verified.path, verified.manifest
-        else:
-            yield dest, unpack_unverified_bundle(bundle, dest)
-
-
 def report_profile(address: str, data_dir: Path, profile: DeviceProfile) -> int:
     """Send the profile as a ``KIND_PROFILE`` event with the device credential; returns events accepted."""
     cred = load_credential(data_dir)
     if cred is None:
-        raise ProfileInputError(
+        raise BundleInputError(
             f"{credential_path(data_dir)}: not found; --report-to needs the --data-dir of an enrolled device "
             "(run the agent once with --enroll-token)"
         )
@@ -252,9 +199,10 @@ def profile_command(args: argparse.Namespace) -> int:
     providers: str | None = args.providers
     wanted = tuple(p.strip() for p in providers.split(",") if p.strip()) if providers else None
     try:
-        keys = None if no_verify else _trusted_keys(args.trusted, data_dir)
+        keys = None if no_verify else trusted_keys(args.trusted, data_dir)
         with contextlib.ExitStack() as stack:
-            bundle_dir, manifest = stack.enter_context(open_bundle(bundle, keys, verify=not no_verify))
+            opened = stack.enter_context(open_bundle(bundle, keys, verify=not no_verify, prefix="edgefleet-profile-"))
+            bundle_dir, manifest = opened.path, opened.manifest
             if data_dir is not None:
                 cache_dir = data_dir / "cache" / manifest.digest.removeprefix("sha256:")
             else:
@@ -277,7 +225,7 @@ def profile_command(args: argparse.Namespace) -> int:
                 cache_dir=cache_dir,
                 max_frames=args.max_frames,
             )
-    except (ContractError, InferenceError, ProfileInputError, AgentError) as exc:
+    except (ContractError, InferenceError, BundleInputError, AgentError) as exc:
         return _error(str(exc))
     if OutputFormat(args.output) is OutputFormat.json:
         document = profile_to_document(result)
@@ -290,7 +238,7 @@ def profile_command(args: argparse.Namespace) -> int:
         assert data_dir is not None
         try:
             accepted = report_profile(report_to, data_dir, result)
-        except (AgentError, ProfileInputError) as exc:
+        except (AgentError, BundleInputError) as exc:
             return _error(str(exc))
         except grpc.RpcError as exc:
             code = exc.code().name if hasattr(exc, "code") else "ERROR"
