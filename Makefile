@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := $(wildcard protos/edgefleet/v1/*.proto)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv pg proto proto-check lint typecheck test test-fast demo bench clean
+.PHONY: help venv openvino-venv pg proto proto-check lint typecheck test test-fast demo bench clean
 
 help:
 	@echo "make demo   - run the edgefleet demo on embedded defaults"
@@ -15,6 +15,7 @@ help:
 	@echo "make bench  - run the benchmarks under bench/"
 	@echo "make proto  - regenerate protobuf/gRPC code from protos/"
 	@echo "make lint   - ruff, import contracts (lint-imports), mypy --strict"
+	@echo "make openvino-venv - the OpenVINO execution provider's virtualenv (.venv-openvino; make test makes it)"
 
 DIST_PYPROJECTS := protos/pyproject.toml pipeline/pyproject.toml controller/pyproject.toml fleetctl-cli/pyproject.toml \
 	edge-runtime/pyproject.toml testing/pyproject.toml
@@ -36,6 +37,25 @@ $(STAMP): pyproject.toml constraints.txt requirements-dev.txt $(DIST_PYPROJECTS)
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+# The OpenVINO execution provider's virtualenv. onnxruntime-openvino ships its own `onnxruntime` module (it replaces
+# onnxruntime, it cannot sit beside it), so it is an alternative install: a runtime-only venv holding the contract and
+# the edge runtime (editable, so it runs this tree) with the runtime's dependencies minus onnxruntime (read from
+# edge-runtime/pyproject.toml, pinned by constraints.txt), then onnxruntime-openvino (constraints-openvino.txt) with
+# --no-deps (its own deps are flatbuffers, packaging, numpy, protobuf; sympy serves only its offline tools).
+# tests/integration/test_openvino_provider.py runs a bundle through it. See docs/providers.md.
+OV_VENV := .venv-openvino
+OV_STAMP := $(OV_VENV)/.installed
+$(OV_STAMP): constraints.txt constraints-openvino.txt protos/pyproject.toml edge-runtime/pyproject.toml
+	@test -x $(OV_VENV)/bin/python || $(PY) -m venv $(OV_VENV)
+	@$(OV_VENV)/bin/python -c 'import tomllib; deps = tomllib.load(open("edge-runtime/pyproject.toml", "rb"))["project"]["dependencies"]; print("\n".join(d for d in deps if not d.startswith(("onnxruntime", "edgefleet-"))))' > $(OV_VENV)/runtime-deps.txt
+	$(OV_VENV)/bin/python -m pip install -q -c constraints.txt -e './protos[processing]' -r $(OV_VENV)/runtime-deps.txt flatbuffers packaging
+	$(OV_VENV)/bin/python -m pip install -q --no-deps -e ./edge-runtime
+	$(OV_VENV)/bin/python -m pip install -q --no-deps -c constraints-openvino.txt onnxruntime-openvino
+	$(OV_VENV)/bin/python -c 'import onnxruntime as ort; assert "OpenVINOExecutionProvider" in ort.get_available_providers(), ort.get_available_providers()'
+	@touch $(OV_STAMP)
+
+openvino-venv: $(OV_STAMP)
 
 proto: $(STAMP)
 	$(BIN)/python -m tools.protogen --out protos
@@ -61,7 +81,7 @@ pg:
 # Three workers on two cores: most e2e time is spent waiting on processes, links and windows (pytest's own
 # user time is under half its wall time serially), and worksteal keeps the long e2e tests from queueing.
 TEST_WORKERS ?= 3
-test: $(STAMP) pg proto-check lint
+test: $(STAMP) $(OV_STAMP) pg proto-check lint
 	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal tests
 
 test-fast: $(STAMP)
@@ -74,4 +94,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(OV_VENV) .mypy_cache .ruff_cache .pytest_cache

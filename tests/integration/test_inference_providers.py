@@ -65,8 +65,9 @@ def test_unavailable_providers_are_skipped_and_cpu_is_the_floor(tmp_path: Path) 
 
 
 def test_unknown_provider_name_is_an_error(tmp_path: Path) -> None:
-    with pytest.raises(ProviderError, match="unknown execution provider 'openvino'; accepted: tensorrt, cuda, cpu"):
-        select_providers(["openvino"], JETSON, cache_dir=tmp_path)
+    accepted = "tensorrt, cuda, rocm, openvino, directml, coreml, cpu"
+    with pytest.raises(ProviderError, match=f"unknown execution provider 'vulkan'; accepted: {accepted}"):
+        select_providers(["vulkan"], JETSON, cache_dir=tmp_path)
 
 
 def test_session_reports_what_actually_runs_and_logs_fallback(tmp_path: Path) -> None:

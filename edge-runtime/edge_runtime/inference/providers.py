@@ -1,10 +1,13 @@
 """onnxruntime session factory: which execution providers to ask for, and what actually runs.
 
-``select_providers`` is pure: bundle preference (``tensorrt``, ``cuda``, ``cpu``) × what this device's
-onnxruntime offers → the provider list with options, in preference order, CPU always last as the floor.
-``create_session`` is the shell: it prepares the cache directories, creates the session and then reads
-``session.get_providers()`` back, because onnxruntime silently drops a provider that fails to initialise
-(missing libnvinfer, wrong CUDA) and would otherwise run on CPU while we report TensorRT.
+``select_providers`` is pure: bundle preference (the contract's ``KNOWN_PROVIDERS``: ``tensorrt``, ``cuda``,
+``rocm``, ``openvino``, ``directml``, ``coreml``, ``cpu``) × what this device's onnxruntime offers → the provider
+list with options, in preference order, CPU always last as the floor. A provider this onnxruntime build does not
+offer is skipped (and reported in ``SessionInfo.unavailable``), never an error: one bundle serves a fleet of
+Jetsons, Intel boxes, Macs and Pis. ``create_session`` is the shell: it prepares the cache directories, creates
+the session and then reads ``session.get_providers()`` back, because onnxruntime silently drops a provider that
+fails to initialise (missing libnvinfer, wrong CUDA, an OpenVINO device that is not there) and would otherwise
+run on CPU while we report TensorRT. docs/providers.md says, per provider, its options, caches and install.
 
 TensorRT decisions:
 - Engine and timing caches live under the device's data dir (``cache_dir/trt-engines``,
@@ -12,10 +15,32 @@ TensorRT decisions:
 - onnxruntime resolves ``trt_int8_calibration_table_name`` relative to the engine cache path, so the
   factory copies the bundle's table there; the table is TensorRT's native format (what bundles ship).
 - ``int8`` without a table is legal: a QDQ model carries its own scales.
+
+OpenVINO decisions (``onnxruntime-openvino``, an alternative install: it replaces the ``onnxruntime`` module):
+- ``device_type`` is ``CPU`` unless the caller names another OpenVINO device (``GPU``, ``GPU.1``, ``NPU``,
+  ``AUTO:GPU,CPU``…); a device that is not there makes onnxruntime drop the provider, which ``fell_back`` shows.
+- ``precision`` is pinned rather than left to OpenVINO's per-host default (on CPUs with AMX the CPU plugin
+  computes in bf16 by default, and the device would serve a model other than the FP32 one the bundle's accuracy
+  gate measured): CPU ``FP32`` (the CPU plugin accepts only FP32 or ACCURACY), GPU ``FP16`` when ``fp16`` else
+  ``FP32``; NPU and compound devices keep OpenVINO's device default (the NPU computes in FP16).
+- Compiled blobs are cached in ``cache_dir/openvino`` (OpenVINO's ``cache_dir``), so a restart skips the
+  compile, like TensorRT's engine cache. ``num_of_threads`` follows ``intra_op_threads``: OpenVINO runs its
+  subgraph on its own thread pool, which onnxruntime's intra-op setting does not reach.
+
+CoreML (macOS, onnxruntime's own macOS wheel): ``ModelFormat=MLProgram`` (the current Core ML format; the
+older NeuralNetwork format lacks many ops), ``MLComputeUnits`` ``ALL`` unless the caller names ``CPUAndGPU``,
+``CPUAndNeuralEngine`` or ``CPUOnly``, compiled models cached in ``cache_dir/coreml``
+(``ModelCacheDirectory``), ``AllowLowPrecisionAccumulationOnGPU`` when ``fp16``.
+
+ROCm and DirectML get ``device_id`` 0 and nothing else: they are mapped so a bundle naming them loads, but no
+build this project pins offers them (onnxruntime removed its ROCm provider in 1.23, MIGraphX replaces it;
+DirectML is the Windows-only ``onnxruntime-directml``), so on every supported device they are skipped as
+unavailable and the bundle's next provider serves.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,14 +56,35 @@ log = structlog.get_logger(__name__)
 
 TENSORRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+ROCM = "ROCMExecutionProvider"
+OPENVINO = "OpenVINOExecutionProvider"
+DIRECTML = "DmlExecutionProvider"
+COREML = "CoreMLExecutionProvider"
 CPU = "CPUExecutionProvider"
-PROVIDER_NAMES: dict[str, str] = {"tensorrt": TENSORRT, "cuda": CUDA, "cpu": CPU}
+#: Bundle name (the contract's ``KNOWN_PROVIDERS``, same order) → onnxruntime's name.
+PROVIDER_NAMES: dict[str, str] = {
+    "tensorrt": TENSORRT,
+    "cuda": CUDA,
+    "rocm": ROCM,
+    "openvino": OPENVINO,
+    "directml": DIRECTML,
+    "coreml": COREML,
+    "cpu": CPU,
+}
 
 ProviderOptions = dict[str, str]
 ProviderChoice = str | tuple[str, ProviderOptions]
 
 TRT_ENGINE_DIR = "trt-engines"
 TRT_TIMING_DIR = "trt-timing"
+OPENVINO_CACHE_DIR = "openvino"
+COREML_CACHE_DIR = "coreml"
+
+OPENVINO_DEFAULT_DEVICE = "CPU"
+# One OpenVINO device (CPU, GPU, GPU.1, NPU) or a virtual device over a list of them (AUTO:GPU,CPU).
+_OV_DEVICE = r"(?:CPU|GPU(?:\.\d+)?|NPU)"
+_OPENVINO_DEVICE_RE = re.compile(rf"^(?:{_OV_DEVICE}|(?:AUTO|HETERO|MULTI):{_OV_DEVICE}(?:,{_OV_DEVICE})*)$")
+COREML_COMPUTE_UNITS = ("ALL", "CPUAndGPU", "CPUAndNeuralEngine", "CPUOnly")
 
 
 def _flag(value: bool) -> str:
@@ -50,7 +96,7 @@ def provider_name(choice: ProviderChoice) -> str:
 
 
 def resolve_preference(preferred: Sequence[str]) -> list[str]:
-    """Bundle names (``tensorrt``/``cuda``/``cpu``, or ORT's own) → onnxruntime names (deduplicated)."""
+    """Bundle names (``KNOWN_PROVIDERS``, or onnxruntime's own) → onnxruntime names (deduplicated)."""
     out: list[str] = []
     for name in preferred:
         full = PROVIDER_NAMES.get(name.lower()) if isinstance(name, str) else None
@@ -74,12 +120,21 @@ def select_providers(
     calibration_table: Path | None = None,
     fp16: bool = False,
     int8: bool = False,
+    threads: int | None = None,
+    openvino_device: str = OPENVINO_DEFAULT_DEVICE,
+    coreml_compute_units: str = "ALL",
 ) -> list[ProviderChoice]:
     """Providers to request, in preference order, limited to ``available``; CPU is always the last entry.
 
     ``available`` defaults to ``ort.get_available_providers()``; pass it explicitly to decide for another
-    device (the function is then pure).
+    device (the function is then pure). ``threads`` (None: the provider's default) sizes OpenVINO's own pool;
+    ``openvino_device`` and ``coreml_compute_units`` pick the accelerator behind those providers.
     """
+    openvino_device = _check_openvino_device(openvino_device)
+    if coreml_compute_units not in COREML_COMPUTE_UNITS:
+        raise ProviderError(
+            f"CoreML compute units must be one of {', '.join(COREML_COMPUTE_UNITS)}, got {shown(coreml_compute_units)}"
+        )
     have = set(ort.get_available_providers() if available is None else available)
     chosen: list[ProviderChoice] = []
     for name in resolve_preference(preferred):
@@ -99,10 +154,41 @@ def select_providers(
                 options["trt_int8_calibration_table_name"] = calibration_table.name
                 options["trt_int8_use_native_calibration_table"] = "True"
             chosen.append((TENSORRT, options))
-        elif name == CUDA:
-            chosen.append((CUDA, {"device_id": "0"}))
+        elif name == OPENVINO:
+            chosen.append((OPENVINO, _openvino_options(openvino_device, cache_dir, fp16=fp16, threads=threads)))
+        elif name == COREML:
+            coreml: ProviderOptions = {
+                "ModelFormat": "MLProgram",
+                "MLComputeUnits": coreml_compute_units,
+                "ModelCacheDirectory": str(cache_dir / COREML_CACHE_DIR),
+            }
+            if fp16:
+                coreml["AllowLowPrecisionAccumulationOnGPU"] = "1"
+            chosen.append((COREML, coreml))
+        elif name in (CUDA, ROCM, DIRECTML):
+            chosen.append((name, {"device_id": "0"}))
     chosen.append(CPU)
     return chosen
+
+
+def _check_openvino_device(device: str) -> str:
+    if not isinstance(device, str) or not _OPENVINO_DEVICE_RE.match(device.upper()):
+        raise ProviderError(
+            f"OpenVINO device_type must be CPU, GPU, GPU.<n>, NPU or AUTO:/HETERO:/MULTI: over a list of them "
+            f"(e.g. AUTO:GPU,CPU), got {shown(device)}"
+        )
+    return device.upper()
+
+
+def _openvino_options(device: str, cache_dir: Path, *, fp16: bool, threads: int | None) -> ProviderOptions:
+    options: ProviderOptions = {"device_type": device, "cache_dir": str(cache_dir / OPENVINO_CACHE_DIR)}
+    if device == "CPU":
+        options["precision"] = "FP32"
+    elif device.startswith("GPU"):
+        options["precision"] = "FP16" if fp16 else "FP32"
+    if threads is not None and threads > 0:  # session_options refuses a non-positive count, with the reason
+        options["num_of_threads"] = str(threads)
+    return options
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,14 +243,28 @@ def create_session(
     int8: bool = False,
     intra_op_threads: int | None = None,
     available: Sequence[str] | None = None,
+    openvino_device: str = OPENVINO_DEFAULT_DEVICE,
+    coreml_compute_units: str = "ALL",
 ) -> tuple[ort.InferenceSession, SessionInfo]:
     """Create an onnxruntime session on the best available provider and report what really runs."""
     have = list(ort.get_available_providers() if available is None else available)
     wanted = resolve_preference(preferred)
     providers = select_providers(
-        wanted, have, cache_dir=cache_dir, calibration_table=calibration_table, fp16=fp16, int8=int8
+        wanted,
+        have,
+        cache_dir=cache_dir,
+        calibration_table=calibration_table,
+        fp16=fp16,
+        int8=int8,
+        threads=intra_op_threads,
+        openvino_device=openvino_device,
+        coreml_compute_units=coreml_compute_units,
     )
     requested = tuple(provider_name(p) for p in providers)
+    if OPENVINO in requested:
+        (cache_dir / OPENVINO_CACHE_DIR).mkdir(parents=True, exist_ok=True)
+    if COREML in requested:
+        (cache_dir / COREML_CACHE_DIR).mkdir(parents=True, exist_ok=True)
     if TENSORRT in requested:
         engine_dir = cache_dir / TRT_ENGINE_DIR
         engine_dir.mkdir(parents=True, exist_ok=True)
