@@ -352,9 +352,9 @@ def resolve_softmax(
             raise BundleFormatError(
                 f"spec: postprocess.softmax is true but the model's output {shown(name)} is already "
                 f"probabilities (every row in [0, 1], summing to 1 within {PROBABILITY_TOLERANCE} on all "
-                f"{len(outputs)} golden inputs): a second softmax would flatten every confidence (top "
+                f"{len(outputs)} golden inputs): a double softmax would flatten every confidence (top "
                 f"confidence {before:.4f} would become {after:.4f}) and shift confidence histograms and drift "
-                f"baselines; set softmax: false or leave it out"
+                f"baselines; set softmax: false or leave it out (the build then decides)"
             )
         if declared is None:
             return False, [f"postprocess.softmax resolved to false: output {shown(name)} is already probabilities"], []
