@@ -1,0 +1,92 @@
+"""``tools/gpu_check.py`` on a machine without a GPU: its CPU rehearsal runs the very code path the GPU check
+runs (pipeline bundle build, the runtime's ``InferenceEngine`` twice per case, provider assertion, latency,
+agreement, the JSON report), so the script cannot rot where no GPU is lent; and its default mode refuses with
+"no NVIDIA GPU" instead of reporting a success it did not measure.
+
+Both run the script as a subprocess, the way ``make gpu-check`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _gpu_check(*args: str, out: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    return subprocess.run(
+        [sys.executable, "-m", "tools.gpu_check", "--out", str(out), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _report(out: Path) -> dict[str, Any]:
+    report: dict[str, Any] = json.loads((out / "gpu_check.json").read_text())
+    return report
+
+
+@pytest.mark.slow
+def test_cpu_rehearsal_runs_every_case_and_writes_the_report(tmp_path: Path) -> None:
+    out, data = tmp_path / "out", tmp_path / "data"
+    args = ("--providers", "cpu", "--data-dir", str(data), "--runs", "10", "--size", "320")
+    done = _gpu_check(*args, "--calibration-images", "12", "--eval-images", "10", out=out)
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = _report(out)
+    assert report["ok"] is True and report["mode"] == "cpu" and report["exit_code"] == 0
+    assert {"model", "model.int8", "calibration_table"} <= set(report["bundle"]["artifacts"])
+    assert report["bundle"]["reused"] is False
+    cases = {c["case"]: c for c in report["cases"]}
+    assert "cpu/fp32" in cases and "cpu/int8-qdq" in cases
+    for case in cases.values():
+        assert case["active"][0] == "CPUExecutionProvider", case
+        assert case["error"] is None
+        checks = {c["name"]: c for c in case["checks"]}
+        assert checks["provider_in_use"]["ok"] is True
+        assert checks["trt_caches"]["ok"] is None and "cpu mode" in checks["trt_caches"]["detail"]
+        assert case["first_start_s"] > 0 and case["second_start_s"] > 0
+        assert 0 < case["latency_model_ms"]["p50"] <= case["latency_model_ms"]["p95"]
+        assert case["latency_model_ms"]["runs"] == 10
+        assert 0.0 <= case["map50_vs_cpu_fp32"] <= 1.0
+    assert cases["cpu/fp32"]["map50_vs_cpu_fp32"] == 1.0
+    # The int8 case was scored against the FP32 reference's own boxes.
+    assert cases["cpu/int8-qdq"]["reference_boxes"] is not None
+    text = (out / "gpu_check.txt").read_text()
+    assert "gpu-check (cpu mode): PASSED" in text and "cpu/int8-qdq" in text
+
+    # Again over the same data dir (a device restart): the bundle on disk is reused, the same cases pass.
+    again = _gpu_check(*args, "--calibration-images", "12", "--eval-images", "10", out=out)
+    assert again.returncode == 0, again.stdout + again.stderr
+    second = _report(out)
+    assert second["bundle"]["reused"] is True and second["bundle"]["digest"] == report["bundle"]["digest"]
+    assert {c["case"] for c in second["cases"]} == set(cases)
+    assert second["started"] > report["started"]
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine has an NVIDIA driver")
+def test_default_mode_without_a_gpu_refuses_and_reports_no_success(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    done = _gpu_check(out=out)
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert "no NVIDIA GPU" in done.stderr
+    assert "PASSED" not in done.stdout + done.stderr
+    report = _report(out)
+    assert report["ok"] is False and report["mode"] == "gpu"
+    assert "no NVIDIA GPU" in report["error"] and "--providers cpu" in report["error"]
+    assert "cases" not in report
+
+    # Asked again, the answer is the same: nothing from the first refusal makes the second one pass.
+    assert _gpu_check(out=out).returncode == 3
