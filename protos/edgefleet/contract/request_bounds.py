@@ -302,6 +302,7 @@ BOUNDS: Final[Mapping[str, Bounds]] = {
             "disk_free_bytes": _U64,
             "dropped": Count(64, Number(0, MAX_WINDOW_DROPPED), key=_SHORT),
             "provider": _SHORT,
+            "precision": _SHORT,
         }
     ),
     "edgefleet.v1.ReviewSample": Bounds(

@@ -58,6 +58,12 @@ class DeviceEvent(_message.Message):
         """Frames the device processed but whose metric window never reached its buffer (the process was
         killed with a window open, or its frame checkpoint was unreadable); see frame_gap.
         """
+        KIND_PRECISION_CHOSEN: DeviceEvent._Kind.ValueType  # 8
+        """The device chose which precision variant of a bundle to serve (at staging and at every start, by its own
+        measurement): reason says which and why ("int8-u8s8 (U8S8 QDQ) on CPUExecutionProvider, 3.1x vs fp32");
+        numbers carry "speedup" and "p50_ms.<variant>" per measured variant. The full choice (refused variants
+        with reasons) is in the reported state's details.precision.
+        """
 
     class Kind(_Kind, metaclass=_KindEnumTypeWrapper): ...
     KIND_UNSPECIFIED: DeviceEvent.Kind.ValueType  # 0
@@ -78,6 +84,12 @@ class DeviceEvent(_message.Message):
     KIND_FRAME_GAP: DeviceEvent.Kind.ValueType  # 7
     """Frames the device processed but whose metric window never reached its buffer (the process was
     killed with a window open, or its frame checkpoint was unreadable); see frame_gap.
+    """
+    KIND_PRECISION_CHOSEN: DeviceEvent.Kind.ValueType  # 8
+    """The device chose which precision variant of a bundle to serve (at staging and at every start, by its own
+    measurement): reason says which and why ("int8-u8s8 (U8S8 QDQ) on CPUExecutionProvider, 3.1x vs fp32");
+    numbers carry "speedup" and "p50_ms.<variant>" per measured variant. The full choice (refused variants
+    with reasons) is in the reported state's details.precision.
     """
 
     @_typing.final
@@ -431,6 +443,7 @@ class MetricWindow(_message.Message):
     DISK_FREE_BYTES_FIELD_NUMBER: _builtins.int
     DROPPED_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
+    PRECISION_FIELD_NUMBER: _builtins.int
     window_s: _builtins.float
     bundle_digest: _builtins.str
     frames: _builtins.int
@@ -441,6 +454,10 @@ class MetricWindow(_message.Message):
     disk_free_bytes: _builtins.int
     provider: _builtins.str
     """Execution provider actually running."""
+    precision: _builtins.str
+    """Precision variant of the bundle actually serving, by name ("fp32", "int8", "int8-u8s8", "fp16"); empty
+    from devices that predate it.
+    """
     @_builtins.property
     def window_start(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -474,10 +491,11 @@ class MetricWindow(_message.Message):
         disk_free_bytes: _builtins.int = ...,
         dropped: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
         provider: _builtins.str = ...,
+        precision: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "latency_e2e", b"latency_e2e", "latency_model", b"latency_model", "window_start", b"window_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_digest", b"bundle_digest", "confidence", b"confidence", "detections_per_frame", b"detections_per_frame", "disk_free_bytes", b"disk_free_bytes", "dropped", b"dropped", "errors", b"errors", "frames", b"frames", "latency_e2e", b"latency_e2e", "latency_model", b"latency_model", "memory_free_bytes", b"memory_free_bytes", "provider", b"provider", "sensors", b"sensors", "window_s", b"window_s", "window_start", b"window_start"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_digest", b"bundle_digest", "confidence", b"confidence", "detections_per_frame", b"detections_per_frame", "disk_free_bytes", b"disk_free_bytes", "dropped", b"dropped", "errors", b"errors", "frames", b"frames", "latency_e2e", b"latency_e2e", "latency_model", b"latency_model", "memory_free_bytes", b"memory_free_bytes", "precision", b"precision", "provider", b"provider", "sensors", b"sensors", "window_s", b"window_s", "window_start", b"window_start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
