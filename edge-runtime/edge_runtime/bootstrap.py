@@ -113,6 +113,8 @@ def build_agent(
         sensors=sensors,
     )
     reporter.on_event = telemetry.record_event
+    telemetry.precision_of = switcher.serving_precision
+    switcher.listen(lambda digest, choice: reporter.report_precision(digest, choice.summary(), choice.numbers()))
     runner.observer = telemetry.observe
     parts = AgentParts(
         slots=slots,

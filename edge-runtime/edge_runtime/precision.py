@@ -15,10 +15,23 @@ Owns:
 - ``interleaved_latency`` (pure apart from the callables it is given, clock injectable): runs are
   interleaved round-robin, rotating which variant goes first each round, so clock, thermal and background
   drift hit every variant alike.
+- ``requested_variants`` (pure): what an operator's ``inference.precision`` asks for. ``auto`` (or empty):
+  every eligible variant. A precision (``fp32``, ``fp16``, ``int8``): every variant OF that precision, so
+  ``int8`` means "the fastest INT8 variant here", S8S8 or U8S8 alike. Any other value: one variant by exact
+  name (``int8-u8s8``). A precision wins over a variant of the same name (``int8`` is the class even when the
+  S8S8 variant is named ``int8``). A value naming neither is a ``VariantError`` listing what the bundle has.
 - ``choose_variant`` (the shell): loads the engines, measures, and applies the rule of
   ``edgefleet.contract.precision.select_precision``: the lowest p50 wins, but a lower precision must be at
   least ``min_speedup`` (1.05×) faster than FP32 to replace it; a 1% difference is noise and FP32 is the
-  safer artifact. With a single eligible variant nothing is measured.
+  safer artifact. Any number of variants (FP32, S8S8, U8S8, FP16) is measured in one interleaved run. With
+  a single servable variant nothing is measured or loaded (``provider`` is then left to whoever loads it).
+  When the request leaves FP32 out, the fastest requested variant is chosen and ``speedup`` is 1.0 against
+  itself (``reference`` says so: FP32 was not measured).
+- ``engine_flags`` (pure): the TensorRT flags a variant is loaded with. INT8 for any INT8 variant (a QDQ model
+  carries its own scales; TensorRT only needs INT8 enabled to honour them). FP16 for an FP16 variant: its
+  weights are already FP16, but TensorRT builds a weakly typed network in FP32 unless FP16 kernels are
+  enabled, which would serve an FP16 model at FP32 speed; its accuracy gate was measured on FP16 compute.
+  For other variants FP16 only when the operator sets ``inference.fp16``.
 
 Errors: ``VariantError`` (an ``InferenceError``, so code that guards bundle loading with
 ``except InferenceError`` catches it) when a bundle names a variant whose artifact it lacks.
@@ -26,6 +39,7 @@ Errors: ``VariantError`` (an ``InferenceError``, so code that guards bundle load
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 import time
@@ -42,7 +56,7 @@ from edge_runtime.inference import InferenceEngine, InferenceError
 from edge_runtime.sources import SyntheticScene
 from edgefleet.contract.bundle import BundleManifest
 from edgefleet.contract.bundle_layout import MODEL_ROLE
-from edgefleet.contract.bundle_sections import PrecisionVariant
+from edgefleet.contract.bundle_sections import PRECISIONS, PrecisionVariant
 from edgefleet.contract.hardware import hardware_class
 from edgefleet.contract.precision import MIN_SPEEDUP, LatencyFigures, select_precision
 from edgefleet.contract.processing.preprocess import preprocess
@@ -54,6 +68,7 @@ REFERENCE = "fp32"
 DEFAULT_MAX_ACCURACY_LOSS = 0.01
 DEFAULT_RUNS = 30
 DEFAULT_WARMUP = 5
+AUTO = "auto"
 
 
 class VariantError(InferenceError):
@@ -77,24 +92,67 @@ class VariantChoice:
     refused: Mapping[str, str] = field(default_factory=dict)
     hardware_class: str = "unknown"
     provider: str = ""
+    requested: str = AUTO
+    #: Variant name -> its ``quant_format``/``activation_type`` words from the bundle (``U8S8 QDQ``), if any.
+    kinds: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def measured(self) -> bool:
         return bool(self.figures)
 
+    def served_on(self, provider: str) -> VariantChoice:
+        """This choice, with the provider of the engine actually serving it."""
+        return dataclasses.replace(self, provider=provider)
+
+    def summary(self) -> str:
+        """One line: ``int8-u8s8 (U8S8 QDQ) on CPUExecutionProvider, 3.1x vs fp32: fp32 p50 24.9 ms, int8
+        44.3 ms, int8-u8s8 7.8 ms (measured on the device)``; refused variants follow with their reasons."""
+        kind = self.kinds.get(self.name) or self.precision.upper()
+        text = f"{self.name} ({kind}) on {self.provider or 'an unknown provider'}"
+        if self.measured:
+            # The reference is the chosen one itself when the request left FP32 out (nothing to compare with).
+            left_out = self.reference == self.name and self.precision != REFERENCE
+            versus = f"{REFERENCE} not measured" if left_out else f"{self.speedup:.1f}x vs {self.reference}"
+            p50s = ", ".join(
+                f"{name} {'p50 ' if i == 0 else ''}{milliseconds(fig.p50_ms)} ms"
+                for i, (name, fig) in enumerate(sorted(self.figures.items()))
+            )
+            text += f", {versus}: {p50s} (measured on the device)"
+        else:
+            text += ", the only servable variant (nothing measured)"
+        if self.requested != AUTO:
+            text += f"; inference.precision {self.requested}"
+        if self.refused:
+            text += "; refused: " + "; ".join(self.refused[n] for n in sorted(self.refused))
+        return text
+
+    def numbers(self) -> dict[str, float]:
+        """The event's numbers: ``speedup`` and ``p50_ms.<variant>`` per measured variant."""
+        out = {"speedup": round(self.speedup, 4)}
+        out.update({f"p50_ms.{name}": round(fig.p50_ms, 4) for name, fig in sorted(self.figures.items())})
+        return out
+
     def to_dict(self) -> dict[str, object]:
         return {
             "chosen": self.name,
             "precision": self.precision,
+            "kind": self.kinds.get(self.name, ""),
             "model": self.model_path.name,
             "speedup": round(self.speedup, 4),
             "reference": self.reference,
             "hardware_class": self.hardware_class,
+            "measured_on": "device",
             "provider": self.provider,
+            "requested": self.requested,
             "measured": self.measured,
             "figures": {name: fig.to_dict() for name, fig in sorted(self.figures.items())},
             "refused": dict(sorted(self.refused.items())),
         }
+
+
+def milliseconds(value: float) -> str:
+    """``24.9`` (one decimal from 1 ms up), ``0.35`` below."""
+    return f"{value:.1f}" if value >= 1 else f"{value:.2f}"
 
 
 def _reference_name(variants: Mapping[str, PrecisionVariant]) -> str | None:
@@ -152,6 +210,46 @@ def eligible_variants(
     return reference, eligible, refused
 
 
+def variant_kind(name: str, variant: PrecisionVariant) -> str:
+    """A variant's kind in words: ``U8S8 QDQ``, ``S8S8 QDQ``, ``FP16``, ``FP32``; an INT8 variant's activation
+    type from its build metrics (``activation_type``), else from its name (``…u8s8…``), else signed."""
+    metrics = variant.metrics
+    if variant.precision != "int8":
+        return variant.precision.upper()
+    activation = str(metrics.get("activation_type") or ("uint8" if "u8s8" in name else "int8"))
+    pair = {"uint8": "U8S8", "int8": "S8S8"}.get(activation, activation.upper())
+    return f"{pair} {str(metrics.get('quant_format') or 'qdq').upper()}"
+
+
+def requested_variants(request: str, manifest: BundleManifest, known: Collection[str]) -> set[str] | None:
+    """The variant names ``request`` (an ``inference.precision`` value) allows; None = all (``auto``).
+
+    ``known``: every variant of the bundle, servable or refused. Raises ``VariantError`` for a request that
+    names neither a precision the bundle has nor one of its variants.
+    """
+    if request in ("", AUTO):
+        return None
+    declared = dict(manifest.precision_variants or {})
+    precision_of = {name: declared[name].precision if name in declared else REFERENCE for name in known}
+    if request in PRECISIONS:
+        of_precision = {name for name, p in precision_of.items() if p == request}
+        if of_precision:
+            return of_precision
+    if request in precision_of:
+        return {request}
+    has = ", ".join(f"{name} ({precision_of[name]})" for name in sorted(precision_of))
+    raise VariantError(
+        f"bundle {manifest.ref} has no precision variant {shown(request)} (it has: {has}); "
+        f"set inference.precision to auto, a precision ({', '.join(PRECISIONS)}) the bundle has, "
+        "or one of its variant names"
+    )
+
+
+def engine_flags(variant: PrecisionVariant, *, fp16: bool = False) -> tuple[bool, bool]:
+    """``(fp16, int8)`` TensorRT flags to load ``variant`` with (see the module docstring)."""
+    return fp16 or variant.precision == "fp16", variant.precision == "int8"
+
+
 def interleaved_latency(
     runners: Mapping[str, Callable[[], object]],
     *,
@@ -184,7 +282,9 @@ def _load(
     cache_dir: Path,
     warmup: int,
     intra_op_threads: int | None,
+    fp16: bool,
 ) -> InferenceEngine:
+    fp16, int8 = engine_flags(variant, fp16=fp16)
     return InferenceEngine.load(
         bundle_dir / manifest.artifact(variant.artifact).path,
         manifest.preprocess,
@@ -195,8 +295,8 @@ def _load(
         bundle_digest=manifest.digest,
         warmup=warmup,
         intra_op_threads=intra_op_threads,
-        # A QDQ model carries its own scales; TensorRT only needs INT8 enabled to honour them.
-        int8=variant.precision == "int8",
+        fp16=fp16,
+        int8=int8,
     )
 
 
@@ -210,7 +310,9 @@ def choose_variant(
     cache_dir: Path | None = None,
     max_accuracy_loss: float = DEFAULT_MAX_ACCURACY_LOSS,
     min_speedup: float = MIN_SPEEDUP,
+    precision: str = AUTO,
     only: Collection[str] | None = None,
+    fp16: bool = False,
     intra_op_threads: int | None = None,
     clock: Callable[[], int] = time.perf_counter_ns,
 ) -> VariantChoice:
@@ -218,46 +320,50 @@ def choose_variant(
 
     ``providers``: bundle-style names (``tensorrt``, ``cuda``, ``cpu``), default the bundle's own list;
     ``cache_dir``: TensorRT engine/timing caches (default: a temporary directory, removed afterwards);
-    ``only``: restrict the choice to these variant names (an operator forcing a precision).
+    ``precision``: the operator's ``inference.precision`` (``requested_variants``); ``only``: several such
+    requests at once (their union); ``fp16``: the operator's ``inference.fp16``.
     """
     bundle_dir = Path(bundle_dir)
     reference, eligible, refused = eligible_variants(manifest, max_accuracy_loss=max_accuracy_loss)
-    if only is not None:
-        unknown = sorted(set(only) - set(eligible) - set(refused))
-        if unknown:
-            raise VariantError(
-                f"bundle {manifest.ref} has no precision variant {shown(unknown[0])} "
-                f"(it has: {', '.join(sorted({*eligible, *refused}))})"
-            )
-        for name in sorted(set(eligible) - set(only)):
-            refused[name] = f"{name}: not requested"
+    known = {*eligible, *refused}
+    requests = [precision, *(only or ())]
+    allowed: set[str] | None = None
+    for request in requests:
+        names = requested_variants(request, manifest, known)
+        if names is not None:
+            allowed = names if allowed is None else allowed | names
+    shown_request = ",".join(r for r in requests if r not in ("", AUTO)) or AUTO
+    if allowed is not None:
+        for name in sorted(set(eligible) - allowed):
+            refused[name] = f"{name}: not requested (inference.precision {shown_request})"
             del eligible[name]
         if not eligible:
             raise VariantError(
-                f"bundle {manifest.ref}: no requested variant may be served: {'; '.join(refused.values())}"
+                f"bundle {manifest.ref}: no requested variant may be served "
+                f"(inference.precision {shown_request}): {'; '.join(refused[n] for n in sorted(allowed))}"
             )
-    chosen_provider = ""
     hw = hardware_class()
-    with tempfile.TemporaryDirectory(prefix="edgefleet-variants-") as tmp:
-        cache = Path(cache_dir) if cache_dir is not None else Path(tmp)
-        wanted = tuple(providers) if providers else tuple(manifest.providers)
-        engines = {
-            name: _load(
-                bundle_dir,
-                manifest,
-                variant,
-                providers=wanted,
-                cache_dir=cache,
-                warmup=warmup if len(eligible) > 1 else 0,
-                intra_op_threads=intra_op_threads,
-            )
-            for name, variant in eligible.items()
-        }
-        if len(engines) == 1:
-            name = next(iter(engines))
-            figures: dict[str, LatencyFigures] = {}
-            chosen, speedup = name, 1.0
-        else:
+    declared = dict(manifest.precision_variants or {})
+    kinds = {name: variant_kind(name, declared[name]) for name in known if name in declared}
+    figures: dict[str, LatencyFigures] = {}
+    chosen, speedup, chosen_provider, ref = next(iter(eligible)), 1.0, "", reference
+    if len(eligible) > 1:
+        with tempfile.TemporaryDirectory(prefix="edgefleet-variants-") as tmp:
+            cache = Path(cache_dir) if cache_dir is not None else Path(tmp)
+            wanted = tuple(providers) if providers else tuple(manifest.providers)
+            engines = {
+                name: _load(
+                    bundle_dir,
+                    manifest,
+                    variant,
+                    providers=wanted,
+                    cache_dir=cache,
+                    warmup=warmup,
+                    intra_op_threads=intra_op_threads,
+                    fp16=fp16,
+                )
+                for name, variant in eligible.items()
+            }
             h, w = manifest.preprocess.size
             frame = SyntheticScene(seed=0, width=max(w, 32), height=max(h, 32)).render(0)
             runners: dict[str, Callable[[], object]] = {}
@@ -265,13 +371,15 @@ def choose_variant(
                 tensor = np.ascontiguousarray(preprocess(frame, engine.preprocess_spec)[0])
                 runners[name] = _runner(engine, tensor)
             figures = interleaved_latency(runners, runs=runs, clock=clock)
-            # With the reference refused by ``only``, the fastest remaining one is compared against itself.
+            # With the reference left out by the request, the fastest requested one is compared against itself.
             ref = reference if reference in figures else min(figures, key=lambda n: figures[n].p50_ms)
             decision = select_precision(
                 figures, eligible=set(figures), reference=ref, min_speedup=min_speedup, hardware_class=hw
             )
             chosen, speedup = decision.chosen, decision.speedup
-        chosen_provider = engines[chosen].provider
+            chosen_provider = engines[chosen].provider
+    elif reference not in eligible:
+        ref = chosen
     variant = eligible[chosen]
     choice = VariantChoice(
         name=chosen,
@@ -279,15 +387,18 @@ def choose_variant(
         figures=figures,
         precision=variant.precision,
         speedup=speedup,
-        reference=reference,
+        reference=ref,
         refused=refused,
         hardware_class=hw,
         provider=chosen_provider,
+        requested=shown_request,
+        kinds=kinds,
     )
     log.info(
         "precision.variant_chosen",
         bundle=manifest.ref,
         chosen=chosen,
+        requested=shown_request,
         provider=chosen_provider,
         speedup=round(speedup, 4),
         figures={n: f.to_dict() for n, f in figures.items()},

@@ -123,7 +123,11 @@ def test_failed_accuracy_is_never_timed_or_served(bundle: Path, metrics: dict[st
 def test_forcing_a_variant_and_unknown_names(bundle: Path) -> None:
     manifest = read_manifest(bundle)
     forced = choose_variant(bundle, manifest, providers=["cpu"], only={"int8"})
-    assert forced.name == "int8" and forced.precision == "int8" and forced.refused["fp32"] == "fp32: not requested"
+    assert (
+        forced.name == "int8"
+        and forced.precision == "int8"
+        and forced.refused["fp32"] == "fp32: not requested (inference.precision int8)"
+    )
     with pytest.raises(VariantError, match="has no precision variant 'fp16'"):
         choose_variant(bundle, manifest, providers=["cpu"], only={"fp16"})
 

@@ -31,6 +31,11 @@ publisher keys are the exception (``config_classes.TRUST``): they take effect wh
 since they decide whether the candidate's bundle verifies. ``running_config_digest`` reports the committed
 config, ``candidate_config_digest`` the candidate's.
 
+``details.precision`` in the reported state is the precision choice of the engine serving now
+(``edge_runtime.precision.VariantChoice.to_dict``: the variant, its provider, the speedup over FP32, the p50
+of every variant measured on this device, the refused variants with their reasons); each load reports its
+choice as a ``KIND_PRECISION_CHOSEN`` event too (the bootstrap wires the switcher to the reporter).
+
 ``status.json`` in the data dir is rewritten every ``status_interval_s`` (frames, errors, serving bundle,
 health, update record, with ``pid``, ``at`` and the interval): ``edge-runtime status`` (which tells from them
 whether the runtime still runs) and tests read it.
@@ -380,6 +385,11 @@ class EdgeAgent:
         download = self.fetcher.progress.snapshot()
         if download is not None:
             details.update({"download": download.to_dict()})
+        # The precision choice of the engine serving now (made when it was loaded: at staging or at start).
+        choice = self.switcher.choice_of(engine)
+        if choice is not None:
+            precision: dict[str, Any] = choice.to_dict()
+            details.update({"precision": precision})
         state = common_pb2.ReportedState(
             running_bundle_digest=record.committed or "",
             running_config_digest=record.committed_config or self.configs.committed_digest or "",

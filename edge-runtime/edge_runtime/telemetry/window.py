@@ -14,6 +14,8 @@ Decisions:
 - ``window_s`` on the wire is the measured span ``now - started_at`` (not the nominal length), so
   ``frames / window_s`` is the true throughput even when a window closes late. A wall clock stepping
   backwards (NTP at boot) gives 0, never a negative span.
+- ``provider`` and ``precision`` (the served variant's name: ``int8-u8s8``) are those of the engine that
+  served the window's first frame.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class WindowAggregator:
         started_at: datetime,
         window_s: float = DEFAULT_WINDOW_S,
         conf_bins: int = DEFAULT_CONF_BINS,
+        precision: str = "",
     ) -> None:
         if not (math.isfinite(window_s) and window_s > 0):
             raise ObservationError(f"metric window: 'window_s' must be > 0, got {shown(window_s)}")
@@ -56,6 +59,7 @@ class WindowAggregator:
             raise ObservationError(f"metric window: 'conf_bins' must be >= 1, got {shown(conf_bins)}")
         self.bundle_digest = bundle_digest
         self.provider = provider
+        self.precision = precision
         self.window_s = window_s
         self.conf_bins = conf_bins
         self._reset(started_at)
@@ -128,6 +132,7 @@ class WindowAggregator:
             disk_free_bytes=max(0, disk_free),
             dropped={k: v for k, v in (dropped or {}).items() if v},
             provider=self.provider,
+            precision=self.precision,
         )
         window.window_start.FromDatetime(self.started_at)
         self._reset(now)

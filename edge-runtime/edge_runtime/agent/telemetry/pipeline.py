@@ -130,6 +130,8 @@ class TelemetryPipeline:
         self._sampler_key: tuple[Any, ...] = ()
         self._dropped_before = self.buffer.dropped_counts()
         self.observe_failures = 0
+        # The precision variant serving a bundle (the switcher's ``serving_precision``, wired by the bootstrap).
+        self.precision_of: Callable[[str], str] = lambda _digest: ""
         self._commit_lock = threading.Lock()  # appends that carry a frames-through mark, in mark order
         self.declared_gap: telemetry_pb2.DeviceEvent | None = None
         self._unsaved_gap: tuple[list[Body], int, datetime] | None = None
@@ -304,7 +306,13 @@ class TelemetryPipeline:
             agg = self._windows.get(digest)
             if agg is None:
                 provider = served.provider if isinstance(served, FrameResult) else ""
-                agg = WindowAggregator(bundle_digest=digest, provider=provider, started_at=now, window_s=self.window_s)
+                agg = WindowAggregator(
+                    bundle_digest=digest,
+                    provider=provider,
+                    started_at=now,
+                    window_s=self.window_s,
+                    precision=self.precision_of(digest),
+                )
                 self._windows[digest] = agg
             # Counted before the window sees it: the window counts a frame even when its numbers are refused.
             self.frames_observed += 1

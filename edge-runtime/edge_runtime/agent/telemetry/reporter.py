@@ -5,7 +5,8 @@ every journaled transition). It keeps the latest record, queues one ``KIND_UPDAT
 change (plus ``KIND_ROLLBACK`` when entering ``rolled_back``) and wakes the agent so the pending long-poll
 is re-issued with the new state at once. ``report_verdict`` (the canary evaluator's port) keeps the latest
 final canary or watch verdict as ``last_verdict`` (sent in ``ReportedState``) and queues one
-``KIND_CANARY_VERDICT`` event carrying it.
+``KIND_CANARY_VERDICT`` event carrying it. ``report_precision`` (the switcher's listener) queues one
+``KIND_PRECISION_CHOSEN`` event per load: the precision variant chosen, why, and its measured p50s.
 
 Assignments: every verdict is stamped with the assignment of the record it was decided under
 (``CanaryVerdict.assignment_id``), both in ``last_verdict`` and in its event, so the controller counts a
@@ -137,6 +138,22 @@ class AgentReporter:
         event = telemetry_pb2.DeviceEvent(
             event_id=str(uuid.uuid4()),
             kind=telemetry_pb2.DeviceEvent.KIND_ALERT,
+            bundle_digest=bundle_digest,
+            reason=reason,
+            revision=self.revision,
+            at=_timestamp(datetime.now(UTC)),
+        )
+        event.numbers.update(numbers)
+        with self._lock:
+            self._append(event)
+        self._wake()
+
+    def report_precision(self, bundle_digest: str, reason: str, numbers: Mapping[str, float]) -> None:
+        """Queue a ``KIND_PRECISION_CHOSEN`` event: which precision variant of ``bundle_digest`` this device
+        serves and why (its measured figures in ``numbers``)."""
+        event = telemetry_pb2.DeviceEvent(
+            event_id=str(uuid.uuid4()),
+            kind=telemetry_pb2.DeviceEvent.KIND_PRECISION_CHOSEN,
             bundle_digest=bundle_digest,
             reason=reason,
             revision=self.revision,

@@ -18,6 +18,10 @@
   ``inference.fp16`` (FP16 kernels on TensorRT/CUDA) and ``inference.conf_threshold`` (the
   post-processing threshold; the bundle's ``postprocess.conf_threshold`` unless a manifest sets one).
   TensorRT engines and timing caches go under ``DATA_DIR/cache/<bundle hex>``.
+- Every load makes a precision choice (``load_variant``): the switcher keeps it beside each live engine
+  (``choice_of``), so what the agent reports is the choice of the engine actually serving, made again at
+  every start (the start-up load measures again: the choice is this device's, now), and tells its
+  ``listen``-ers (the agent's precision event).
 """
 
 from __future__ import annotations
@@ -36,9 +40,10 @@ from edge_runtime.inference import (
     InferenceEngine,
     InferenceError,
 )
+from edge_runtime.precision import AUTO, VariantChoice, choose_variant, eligible_variants, engine_flags
 from edge_runtime.update.errors import EngineSwitchError
 from edgefleet.contract.bundle import BundleManifest
-from edgefleet.contract.bundle_layout import MANIFEST_NAME, MODEL_ROLE
+from edgefleet.contract.bundle_layout import MANIFEST_NAME
 from edgefleet.contract.config_classes import inference_fingerprint
 from edgefleet.contract.digests import DIGEST_PREFIX
 from edgefleet.contract.errors import ContractError
@@ -47,6 +52,74 @@ from edgefleet.contract.precedence import resolve_policy
 log = structlog.get_logger(__name__)
 
 STAGE_TIMEOUT_S = 600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedEngine:
+    """A warmed engine and the precision choice that picked its model (``edge_runtime.precision``)."""
+
+    engine: InferenceEngine
+    choice: VariantChoice
+
+
+def load_variant(
+    bundle_dir: Path,
+    digest: str,
+    *,
+    cache_root: Path,
+    config: Mapping[str, Any] | None = None,
+    intra_op_threads: int | None = None,
+    config_digest: str = "",
+) -> LoadedEngine:
+    """Load the bundle in ``bundle_dir`` into a warmed engine (raises ``EngineSwitchError``).
+
+    ``config`` is the operator config the device received (None: none yet); the ``inference`` keys are
+    resolved over the bundle's own (see the module docstring). A bundle with several precision variants
+    (FP32, S8S8 and U8S8 INT8, FP16) is measured on this device and the fastest variant that passed its
+    accuracy gate is served (``inference.precision: auto``); a precision (``int8``: the fastest INT8 variant)
+    or a variant name restricts the choice (``edge_runtime.precision.requested_variants``). The choice
+    returned names the provider of the engine actually loaded.
+    """
+    try:
+        manifest = BundleManifest.from_json_bytes((bundle_dir / MANIFEST_NAME).read_bytes())
+        inference = resolve_policy(config or {}, bundle=manifest).section("inference")
+        providers = tuple(inference.get("providers") or manifest.providers)
+        precision = str(inference.get("precision") or AUTO)
+        fp16_configured = inference.get("fp16") is True
+        post = manifest.postprocess
+        threshold = inference.get("conf_threshold")
+        if isinstance(threshold, int | float) and not isinstance(threshold, bool):
+            post = dataclasses.replace(post, conf_threshold=float(threshold))
+        cache_dir = cache_root / digest.removeprefix(DIGEST_PREFIX)
+        choice = choose_variant(
+            bundle_dir,
+            manifest,
+            providers=providers,
+            cache_dir=cache_dir,
+            precision=precision,
+            fp16=fp16_configured,
+            intra_op_threads=intra_op_threads,
+        )
+        _, variants, _ = eligible_variants(manifest)
+        fp16, int8 = engine_flags(variants[choice.name], fp16=fp16_configured)
+        engine = InferenceEngine.load(
+            choice.model_path,
+            manifest.preprocess,
+            post,
+            list(manifest.labels),
+            providers=providers,
+            cache_dir=cache_dir,
+            bundle_digest=digest,
+            intra_op_threads=intra_op_threads,
+            fp16=fp16,
+            int8=int8,
+            config_digest=config_digest,
+        )
+    except (OSError, ContractError, InferenceError) as exc:
+        raise EngineSwitchError(f"bundle {digest} in {bundle_dir} cannot be loaded: {exc}") from exc
+    choice = choice.served_on(engine.provider)
+    log.info("inference.precision_chosen", bundle=digest, choice=choice.to_dict())
+    return LoadedEngine(engine, choice)
 
 
 def load_engine(
@@ -58,53 +131,15 @@ def load_engine(
     intra_op_threads: int | None = None,
     config_digest: str = "",
 ) -> InferenceEngine:
-    """Load the bundle in ``bundle_dir`` into a warmed engine (raises ``EngineSwitchError``).
-
-    ``config`` is the operator config the device received (None: none yet); the ``inference`` keys are
-    resolved over the bundle's own (see the module docstring). A bundle with several precision variants
-    (FP32, INT8) is measured on this device and the faster variant that passed its accuracy gate is served
-    (``precision: auto``); ``fp32``/``int8`` force one.
-    """
-    try:
-        manifest = BundleManifest.from_json_bytes((bundle_dir / MANIFEST_NAME).read_bytes())
-        inference = resolve_policy(config or {}, bundle=manifest).section("inference")
-        providers = tuple(inference.get("providers") or manifest.providers)
-        precision = str(inference.get("precision") or "auto")
-        post = manifest.postprocess
-        threshold = inference.get("conf_threshold")
-        if isinstance(threshold, int | float) and not isinstance(threshold, bool):
-            post = dataclasses.replace(post, conf_threshold=float(threshold))
-        model = bundle_dir / manifest.artifact(MODEL_ROLE).path
-        cache_dir = cache_root / digest.removeprefix(DIGEST_PREFIX)
-        int8 = False
-        if manifest.precision_variants and len(manifest.precision_variants) > 1:
-            from edge_runtime.precision import choose_variant
-
-            choice = choose_variant(
-                bundle_dir,
-                manifest,
-                providers=providers,
-                cache_dir=cache_dir,
-                only=None if precision in ("", "auto") else {precision},
-                intra_op_threads=intra_op_threads,
-            )
-            model, int8 = choice.model_path, choice.precision == "int8"
-            log.info("inference.precision_chosen", bundle=digest, choice=choice.to_dict())
-        return InferenceEngine.load(
-            model,
-            manifest.preprocess,
-            post,
-            list(manifest.labels),
-            providers=providers,
-            cache_dir=cache_dir,
-            bundle_digest=digest,
-            intra_op_threads=intra_op_threads,
-            fp16=inference.get("fp16") is True,
-            int8=int8,
-            config_digest=config_digest,
-        )
-    except (OSError, ContractError, InferenceError) as exc:
-        raise EngineSwitchError(f"bundle {digest} in {bundle_dir} cannot be loaded: {exc}") from exc
+    """``load_variant``'s engine (raises ``EngineSwitchError``)."""
+    return load_variant(
+        bundle_dir,
+        digest,
+        cache_root=cache_root,
+        config=config,
+        intra_op_threads=intra_op_threads,
+        config_digest=config_digest,
+    ).engine
 
 
 #: Config digest -> config values (None: the config in force); raises ``LookupError`` for an unknown digest.
@@ -125,6 +160,30 @@ class SlotSwitcher:
         self._lock = threading.Lock()
         # The inference fingerprint of the config each live engine was loaded with.
         self._fingerprints: weakref.WeakKeyDictionary[InferenceEngine, str] = weakref.WeakKeyDictionary()
+        # The precision choice that picked each live engine's model.
+        self._choices: weakref.WeakKeyDictionary[InferenceEngine, VariantChoice] = weakref.WeakKeyDictionary()
+        self._listeners: list[Callable[[str, VariantChoice], None]] = []
+
+    def listen(self, callback: Callable[[str, VariantChoice], None]) -> None:
+        """Call ``callback(bundle digest, choice)`` after every load (staging or start-up), from the loading
+        thread: the agent reports each precision choice as an event."""
+        self._listeners.append(callback)
+
+    def choice_of(self, engine: InferenceEngine | None) -> VariantChoice | None:
+        """The precision choice of an engine this switcher loaded (None for another engine, or None)."""
+        if engine is None:
+            return None
+        with self._lock:
+            return self._choices.get(engine)
+
+    def serving_precision(self, digest: str) -> str:
+        """The precision variant name of the engine serving bundle ``digest`` ('' when another one serves):
+        what the telemetry's metric windows carry."""
+        engine = self.slot.current if self.slot.has_engine else None
+        if engine is None or engine.bundle_digest != digest:
+            return ""
+        choice = self.choice_of(engine)
+        return choice.name if choice is not None else ""
 
     def _values(self, digest: str, config: str | None) -> Mapping[str, Any]:
         try:
@@ -134,7 +193,7 @@ class SlotSwitcher:
 
     def _load(self, digest: str, bundle_dir: Path, config: str | None) -> InferenceEngine:
         values = self._values(digest, config)
-        engine = load_engine(
+        loaded = load_variant(
             bundle_dir,
             digest,
             cache_root=self.cache_root,
@@ -143,8 +202,15 @@ class SlotSwitcher:
             config_digest=config or "",
         )
         with self._lock:
-            self._fingerprints[engine] = inference_fingerprint(values)
-        return engine
+            self._fingerprints[loaded.engine] = inference_fingerprint(values)
+            self._choices[loaded.engine] = loaded.choice
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(digest, loaded.choice)
+            except Exception as exc:  # a report must never fail a load
+                log.warning("agent.precision_listener_failed", bundle_digest=digest, error=str(exc))
+        return loaded.engine
 
     def _is(self, engine: InferenceEngine | None, digest: str, config: str | None, *, unknown: bool = False) -> bool:
         """Whether ``engine`` is bundle ``digest`` loaded for ``config`` (same inference keys); ``unknown``:

@@ -1,0 +1,230 @@
+"""The device's choice among several precision variants (FP32, S8S8 and U8S8 QDQ INT8, FP16) of one real bundle,
+with real onnxruntime: the rule with an injected clock (deterministic), what ``inference.precision`` may ask for,
+the engine the switcher loads, and the choice reported in the metric window."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from structlog.testing import capture_logs
+
+from edge_runtime.agent.update.switcher import load_variant
+from edge_runtime.precision import VariantChoice, VariantError, choose_variant, eligible_variants, engine_flags
+from edge_runtime.telemetry.window import WindowAggregator
+from edge_runtime.update.errors import EngineSwitchError
+from edgefleet.contract.bundle import BundleManifest
+from edgefleet.contract.errors import ManifestError
+from edgefleet.contract.manifest_schema import validate_config_values
+from edgefleet.v1 import common_pb2
+from fleetctl.fleet_cmds import precision_lines
+from tests.integration.precision_variants_bundle import build_variant_bundle
+
+pytestmark = pytest.mark.integration
+SERVABLE = ["fp16", "fp32", "int8", "int8-u8s8"]  # the order choose_variant times them in (by name)
+LOSSY = "int8-lossy: accuracy loss 5.00% is above the bound 1.00%"
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BundleManifest]:
+    return build_variant_bundle(tmp_path_factory.mktemp("variants"), size=96, extra_matmuls=2)
+
+
+def scripted_clock(order: list[str], ms: Mapping[str, float], runs: int) -> Callable[[], int]:
+    """Nanoseconds for ``interleaved_latency``: two reads per timed run (start, end), round-robin over ``order``
+    with the first runner rotating each round, each run of ``name`` lasting ``ms[name]``. Reading past the
+    script fails the test (a variant timed that should not have been)."""
+    ticks: list[int] = []
+    now = 0
+    for i in range(runs):
+        shift = i % len(order)
+        for name in order[shift:] + order[:shift]:
+            ticks.append(now)
+            now += int(ms[name] * 1e6)
+            ticks.append(now)
+    script: Iterator[int] = iter(ticks)
+
+    def clock() -> int:
+        tick = next(script, None)
+        assert tick is not None, "the clock was read more often than the variants in the script were timed"
+        return tick
+
+    return clock
+
+
+def choose(
+    bundle: tuple[Path, BundleManifest], ms: Mapping[str, float], precision: str = "auto", runs: int = 6
+) -> VariantChoice:
+    directory, manifest = bundle
+    order = [n for n in SERVABLE if n in ms]
+    return choose_variant(
+        directory,
+        manifest,
+        providers=["cpu"],
+        runs=runs,
+        warmup=0,
+        precision=precision,
+        clock=scripted_clock(order, ms, runs),
+        intra_op_threads=1,
+    )
+
+
+def test_every_servable_variant_is_measured_and_the_fastest_served(bundle: tuple[Path, BundleManifest]) -> None:
+    choice = choose(bundle, {"fp16": 9.0, "fp32": 10.0, "int8": 14.0, "int8-u8s8": 3.2})
+    assert choice.name == "int8-u8s8" and choice.precision == "int8"
+    assert sorted(choice.figures) == SERVABLE and all(f.runs == 6 for f in choice.figures.values())
+    assert choice.figures["int8"].p50_ms == pytest.approx(14.0)
+    assert choice.speedup == pytest.approx(10.0 / 3.2) and choice.reference == "fp32"
+    assert choice.model_path == bundle[0] / bundle[1].artifact("model.int8-u8s8").path
+    assert choice.refused == {"int8-lossy": LOSSY}  # failed its accuracy gate: never loaded nor timed
+    assert choice.summary() == (
+        "int8-u8s8 (U8S8 QDQ) on CPUExecutionProvider, 3.1x vs fp32: fp16 p50 9.0 ms, fp32 10.0 ms, int8 14.0 ms, "
+        f"int8-u8s8 3.2 ms (measured on the device); refused: {LOSSY}"
+    )
+    data = choice.to_dict()
+    assert data["chosen"] == "int8-u8s8" and data["kind"] == "U8S8 QDQ" and data["measured_on"] == "device"
+    assert data["provider"] == "CPUExecutionProvider" and data["requested"] == "auto"
+    assert choice.numbers() == {
+        "speedup": 3.125,
+        "p50_ms.fp16": 9.0,
+        "p50_ms.fp32": 10.0,
+        "p50_ms.int8": 14.0,
+        "p50_ms.int8-u8s8": 3.2,
+    }
+
+
+@pytest.mark.parametrize(
+    ("ms", "chosen"),
+    [
+        # Nobody is 1.05x faster than FP32: the reference stays.
+        ({"fp16": 9.8, "fp32": 10.0, "int8": 9.7, "int8-u8s8": 9.6}, "fp32"),
+        ({"fp16": 5.0, "fp32": 10.0, "int8": 7.0, "int8-u8s8": 6.0}, "fp16"),
+        # S8S8 is the fast one here (a CPU with VNNI); both INT8 variants are always candidates.
+        ({"fp16": 11.0, "fp32": 10.0, "int8": 4.0, "int8-u8s8": 6.0}, "int8"),
+    ],
+)
+def test_the_rule_among_four_variants(bundle: tuple[Path, BundleManifest], ms: dict[str, float], chosen: str) -> None:
+    assert choose(bundle, ms).name == chosen
+
+
+def test_int8_means_the_fastest_int8_variant(bundle: tuple[Path, BundleManifest]) -> None:
+    # Only the two servable INT8 variants are loaded and timed (the script has no others).
+    choice = choose(bundle, {"int8": 4.0, "int8-u8s8": 6.0}, precision="int8")
+    assert choice.name == "int8" and sorted(choice.figures) == ["int8", "int8-u8s8"]
+    assert choice.refused["fp32"] == "fp32: not requested (inference.precision int8)"
+    assert choice.refused["fp16"] == "fp16: not requested (inference.precision int8)"
+    assert choice.refused["int8-lossy"] == LOSSY and choice.requested == "int8"
+    assert "int8 (S8S8 QDQ) on CPUExecutionProvider, fp32 not measured: int8 p50 4.0 ms, int8-u8s8 6.0 ms" in (
+        choice.summary()
+    )
+    assert choose(bundle, {"int8": 6.0, "int8-u8s8": 4.0}, precision="int8").name == "int8-u8s8"
+
+
+@pytest.mark.parametrize(
+    ("precision", "chosen", "artifact"),
+    [("int8-u8s8", "int8-u8s8", "model.int8-u8s8"), ("fp32", "fp32", "model"), ("fp16", "fp16", "model.fp16")],
+)
+def test_a_precision_or_variant_name_with_one_servable_variant_is_not_measured(
+    bundle: tuple[Path, BundleManifest], precision: str, chosen: str, artifact: str
+) -> None:
+    directory, manifest = bundle
+    # No clock script: a single servable variant is served without being loaded or timed here.
+    choice = choose_variant(
+        directory, manifest, providers=["cpu"], precision=precision, clock=scripted_clock([], {}, 0)
+    )
+    assert choice.name == chosen and not choice.measured and choice.provider == ""
+    assert choice.model_path == directory / manifest.artifact(artifact).path
+    assert "the only servable variant (nothing measured)" in choice.served_on("CPUExecutionProvider").summary()
+
+
+def test_unknown_and_refused_requests_name_what_the_bundle_has(bundle: tuple[Path, BundleManifest]) -> None:
+    directory, manifest = bundle
+    with pytest.raises(VariantError) as unknown:
+        choose_variant(directory, manifest, providers=["cpu"], precision="int4")
+    assert str(unknown.value) == (
+        f"bundle {manifest.ref} has no precision variant 'int4' (it has: fp16 (fp16), fp32 (fp32), int8 (int8), "
+        "int8-lossy (int8), int8-u8s8 (int8)); set inference.precision to auto, a precision (fp32, fp16, int8) "
+        "the bundle has, or one of its variant names"
+    )
+    with pytest.raises(VariantError, match=rf"no requested variant may be served .*{re.escape(LOSSY)}"):
+        choose_variant(directory, manifest, providers=["cpu"], precision="int8-lossy")
+    _, eligible, refused = eligible_variants(manifest)
+    assert sorted(eligible) == SERVABLE and list(refused) == ["int8-lossy"]
+
+
+def test_tensorrt_flags_per_variant(bundle: tuple[Path, BundleManifest]) -> None:
+    variants = bundle[1].precision_variants or {}
+    # INT8 for any INT8 variant (S8S8 or U8S8: a QDQ model carries its scales, TensorRT needs INT8 on to use
+    # them); FP16 kernels for the FP16 variant (else TensorRT builds its FP16 weights into an FP32 engine);
+    # an operator's inference.fp16 still applies to the others.
+    assert engine_flags(variants["int8"]) == (False, True)
+    assert engine_flags(variants["int8-u8s8"]) == (False, True)
+    assert engine_flags(variants["fp16"]) == (True, False)
+    assert engine_flags(variants["fp32"]) == (False, False)
+    assert engine_flags(variants["fp32"], fp16=True) == (True, False)
+
+
+def test_the_switcher_serves_the_chosen_variant(bundle: tuple[Path, BundleManifest], tmp_path: Path) -> None:
+    directory, manifest = bundle
+    with capture_logs() as logs:
+        loaded = load_variant(directory, manifest.digest, cache_root=tmp_path, intra_op_threads=1)
+    choice = loaded.choice
+    assert sorted(choice.figures) == SERVABLE and choice.name in SERVABLE
+    assert choice.provider == loaded.engine.provider == "CPUExecutionProvider"
+    served = [e["model"] for e in logs if e["event"] == "inference.engine_loaded"]
+    assert Path(served[-1]) == choice.model_path  # the last load is the engine that serves: the chosen model
+
+    forced = load_variant(
+        directory,
+        manifest.digest,
+        cache_root=tmp_path,
+        config={"inference": {"precision": "int8-u8s8"}},
+        intra_op_threads=1,
+    )
+    assert forced.choice.name == "int8-u8s8" and forced.choice.requested == "int8-u8s8"
+    assert forced.choice.provider == "CPUExecutionProvider"
+    with pytest.raises(EngineSwitchError, match=r"has no precision variant 'int4' .*int8-u8s8 \(int8\)"):
+        load_variant(directory, manifest.digest, cache_root=tmp_path, config={"inference": {"precision": "int4"}})
+
+
+def test_config_schema_takes_variant_names() -> None:
+    for value in ("auto", "fp32", "fp16", "int8", "int8-u8s8"):
+        validate_config_values({"inference": {"precision": value}})
+    with pytest.raises(ManifestError, match=r"inference\.precision: must be auto, a precision"):
+        validate_config_values({"inference": {"precision": "Int8 U8S8"}})
+
+
+def test_the_metric_window_names_the_served_variant() -> None:
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    window = WindowAggregator(
+        bundle_digest="sha256:" + "a" * 64, provider="CPUExecutionProvider", precision="int8-u8s8", started_at=t0
+    )
+    window.observe(3.0, 2.0, 0.9)
+    closed = window.close(t0.replace(second=10))
+    assert closed.precision == "int8-u8s8" and closed.provider == "CPUExecutionProvider"
+    # And on the next window of the same aggregator.
+    window.observe(3.0, 2.0, 0.9)
+    assert window.close(t0.replace(second=20)).precision == "int8-u8s8"
+
+
+def test_fleetctl_describe_line_from_the_reported_choice(bundle: tuple[Path, BundleManifest]) -> None:
+    # What the agent puts in details.precision, as the controller hands it to fleetctl.
+    choice = choose(bundle, {"fp16": 21.0, "fp32": 24.9, "int8": 44.3, "int8-u8s8": 7.8})
+    reported = common_pb2.ReportedState()
+    reported.details.update({"precision": cast(dict[str, Any], choice.to_dict())})
+    assert precision_lines(reported) == [
+        "precision:   int8-u8s8 (U8S8 QDQ) on CPUExecutionProvider, 3.2x vs fp32: fp16 p50 21.0 ms, fp32 24.9 ms, "
+        "int8 44.3 ms, int8-u8s8 7.8 ms (measured on the device)",
+        f"             refused {LOSSY}",
+    ]
+    forced = choose(bundle, {"int8": 44.3, "int8-u8s8": 7.8}, precision="int8")
+    reported.details.update({"precision": cast(dict[str, Any], forced.to_dict())})
+    assert precision_lines(reported)[0] == (
+        "precision:   int8-u8s8 (U8S8 QDQ) on CPUExecutionProvider, fp32 not measured: int8 p50 44.3 ms, "
+        "int8-u8s8 7.8 ms (measured on the device); inference.precision int8"
+    )
+    assert precision_lines(common_pb2.ReportedState()) == []  # a device that reports no choice: no line
