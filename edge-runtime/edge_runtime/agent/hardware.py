@@ -23,7 +23,7 @@ __all__ = ["HostFacts", "classify", "hardware_class", "hardware_profile", "read_
 
 def _runtime_version() -> str:
     try:
-        return metadata.version("edgefleet")
+        return metadata.version("edgefleet-edge-runtime")
     except metadata.PackageNotFoundError:
         return "0+unknown"
 
