@@ -15,6 +15,8 @@ Owns:
 - ``interleaved_latency`` (pure apart from the callables it is given, clock injectable): runs are
   interleaved round-robin, rotating which variant goes first each round, so clock, thermal and background
   drift hit every variant alike.
+- ``built_refusals`` (pure): the candidates the builder left out (the reference variant's ``metrics.refused``)
+  are reported among the refused variants, so an operator sees why a device cannot serve U8S8 at all.
 - ``requested_variants`` (pure): what an operator's ``inference.precision`` asks for. ``auto`` (or empty):
   every eligible variant. A precision (``fp32``, ``fp16``, ``int8``): every variant OF that precision, so
   ``int8`` means "the fastest INT8 variant here", S8S8 or U8S8 alike. Any other value: one variant by exact
@@ -179,6 +181,21 @@ def _accuracy_refusal(name: str, variant: PrecisionVariant, max_accuracy_loss: f
     return None
 
 
+def built_refusals(manifest: BundleManifest) -> dict[str, str]:
+    """Candidates the builder tried and left out of the bundle, with its reasons (the reference variant's
+    ``metrics.refused``), as ``name → "name: refused when the bundle was built: reason"``."""
+    reference = _reference_name(dict(manifest.precision_variants or {}))
+    variants = manifest.precision_variants or {}
+    refused = variants[reference].metrics.get("refused") if reference is not None and reference in variants else None
+    if not isinstance(refused, Mapping):
+        return {}
+    return {
+        str(name): f"{name}: refused when the bundle was built: {str(reason)[:300] or 'no reason given'}"
+        for name, reason in sorted(refused.items())
+        if str(name) not in variants
+    }
+
+
 def eligible_variants(
     manifest: BundleManifest, *, max_accuracy_loss: float = DEFAULT_MAX_ACCURACY_LOSS
 ) -> tuple[str, dict[str, PrecisionVariant], dict[str, str]]:
@@ -238,8 +255,10 @@ def requested_variants(request: str, manifest: BundleManifest, known: Collection
     if request in precision_of:
         return {request}
     has = ", ".join(f"{name} ({precision_of[name]})" for name in sorted(precision_of))
+    built = built_refusals(manifest).get(request)
     raise VariantError(
-        f"bundle {manifest.ref} has no precision variant {shown(request)} (it has: {has}); "
+        f"bundle {manifest.ref} has no precision variant {shown(request)} (it has: {has}"
+        f"{'; ' + built if built else ''}); "
         f"set inference.precision to auto, a precision ({', '.join(PRECISIONS)}) the bundle has, "
         "or one of its variant names"
     )
@@ -342,6 +361,8 @@ def choose_variant(
                 f"bundle {manifest.ref}: no requested variant may be served "
                 f"(inference.precision {shown_request}): {'; '.join(refused[n] for n in sorted(allowed))}"
             )
+    for name, reason in built_refusals(manifest).items():
+        refused.setdefault(name, reason)
     hw = hardware_class()
     declared = dict(manifest.precision_variants or {})
     kinds = {name: variant_kind(name, declared[name]) for name in known if name in declared}

@@ -4,6 +4,7 @@ the engine the switcher loads, and the choice reported in the metric window."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -228,3 +229,17 @@ def test_fleetctl_describe_line_from_the_reported_choice(bundle: tuple[Path, Bun
         "int8-u8s8 7.8 ms (measured on the device); inference.precision int8"
     )
     assert precision_lines(common_pb2.ReportedState()) == []  # a device that reports no choice: no line
+
+
+def test_candidates_the_builder_refused_are_reported(bundle: tuple[Path, BundleManifest]) -> None:
+    directory, manifest = bundle
+    variants = dict(manifest.precision_variants or {})
+    fp32 = variants["fp32"]
+    built = {"int8-entropy": "accuracy loss 3.10% is above the bound 1.00%"}
+    variants["fp32"] = dataclasses.replace(fp32, metrics={**fp32.metrics, "refused": built})
+    refusing = dataclasses.replace(manifest, precision_variants=variants)
+    choice = choose_variant(directory, refusing, providers=["cpu"], precision="fp32")
+    reason = "int8-entropy: refused when the bundle was built: accuracy loss 3.10% is above the bound 1.00%"
+    assert choice.refused["int8-entropy"] == reason and choice.refused["int8-lossy"] == LOSSY
+    with pytest.raises(VariantError, match=re.escape(f"int8-u8s8 (int8); {reason})")):
+        choose_variant(directory, refusing, providers=["cpu"], precision="int8-entropy")
