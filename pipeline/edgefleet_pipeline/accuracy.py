@@ -11,6 +11,11 @@ how good the model is — which random-weight models could not tell anyway.
   mean over classes that have ground truth. With no ground truth at all, mAP is 1.0 when the variant also
   detects nothing at the bundle's ``conf_threshold`` and 0.0 otherwise.
 - ``loss = 1 − value``: FP32 against itself scores exactly 1.
+- Evidence: a figure is only as good as what it rests on. ``reference_outputs`` runs FP32 once over the
+  evaluation set (every candidate is scored against the same outputs) and counts, for detectors, the FP32
+  boxes at the bundle's ``conf_threshold``; ``evidence_refusal`` refuses a figure resting on fewer than
+  ``min_images`` images or (detectors) ``min_boxes`` FP32 boxes, saying what to add. A detector that finds
+  nothing on the evaluation set would otherwise score a perfect 1.0 by "agreeing" on empty images.
 
 The decode + NMS are the contract's (``edgefleet.contract.processing.postprocess``), the very code a device
 runs: v8 ``[1, 4+C, A]``; v5 ``[1, A, 5+C]`` with confidence = objectness × class score; cx,cy,w,h →
@@ -41,40 +46,68 @@ AP_CONF_FLOOR = 0.001
 
 @dataclass(frozen=True)
 class AccuracyReport:
-    """``metric`` (``top1_agreement`` or ``map50``) of ``precision`` against FP32 over ``samples`` images."""
+    """``metric`` (``top1_agreement`` or ``map50``) of ``precision`` against FP32 over ``samples`` images.
+
+    ``precision`` names the candidate scored (``int8``, ``int8-u8s8``, ``fp16``); ``reference_boxes`` is, for
+    detectors, how many FP32 boxes the mAP rests on (``None`` for classifiers).
+    """
 
     metric: str
     value: float
     loss: float
     samples: int
     precision: str = "int8"
+    reference_boxes: int | None = None
 
     def to_metrics(self) -> dict[str, object]:
         """Figures for a precision variant's ``metrics`` in bundle.json."""
-        return {
+        metrics: dict[str, object] = {
             "accuracy_metric": self.metric,
             "accuracy_value": round(self.value, 6),
             "accuracy_loss": round(self.loss, 6),
             "accuracy_samples": self.samples,
             "accuracy_reference": "fp32",
         }
+        if self.reference_boxes is not None:
+            metrics["accuracy_reference_boxes"] = self.reference_boxes
+        return metrics
+
+    def describe(self) -> str:
+        """``mAP@0.5 0.973 over 24 images, 61 FP32 boxes`` (the figure and what it rests on)."""
+        rests_on = f"{self.samples} images"
+        if self.reference_boxes is not None:
+            rests_on += f", {self.reference_boxes} FP32 boxes"
+        return f"{_METRIC_TEXT.get(self.metric, self.metric)} {self.value:.3f} over {rests_on}"
 
 
 _METRIC_TEXT = {"top1_agreement": "top-1 agreement", "map50": "mAP@0.5"}
 
 
+LOSS_ADVICE = (
+    "add calibration images from the target environment, try --calibration-method entropy, percentile or "
+    "best, or build with --precision fp32"
+)
+
+
+def loss_refusal(report: AccuracyReport, max_loss: float) -> str | None:
+    """Why ``report`` fails the bound ``max_loss`` (a fraction, 0.01 = 1%), or ``None`` when it passes."""
+    if report.loss <= max_loss + 1e-12:
+        return None
+    metric = _METRIC_TEXT.get(report.metric, report.metric)
+    rests_on = f"{report.samples} images" + (
+        f", {report.reference_boxes} FP32 boxes" if report.reference_boxes is not None else ""
+    )
+    return (
+        f"{report.precision.upper()} {metric} {report.value:.3f} is a loss of {report.loss:.1%} against "
+        f"FP32 ({rests_on}), above --max-accuracy-loss {max_loss:.1%}"
+    )
+
+
 def check_loss(report: AccuracyReport, max_loss: float) -> None:
     """Raise ``AccuracyLossError`` when ``report.loss`` exceeds ``max_loss`` (a fraction, 0.01 = 1%)."""
-    if report.loss > max_loss + 1e-12:
-        metric = _METRIC_TEXT.get(report.metric, report.metric)
-        raise AccuracyLossError(
-            f"{report.precision.upper()} {metric} {report.value:.3f} is a loss of {report.loss:.1%} against "
-            f"FP32 ({report.samples} images), above --max-accuracy-loss {max_loss:.1%}; add calibration "
-            "images from the target environment, try --calibration-method entropy or percentile, or build "
-            "with --precision fp32",
-            report=report,
-            max_loss=max_loss,
-        )
+    reason = loss_refusal(report, max_loss)
+    if reason is not None:
+        raise AccuracyLossError(f"{reason}; {LOSS_ADVICE}", report=report, max_loss=max_loss)
 
 
 # --------------------------------------------------------------------------------------- classifiers
@@ -210,6 +243,99 @@ def _session(path: Path) -> ort.InferenceSession:
         raise PipelineError(f"{path}: cannot be loaded by onnxruntime: {exc}") from None
 
 
+@dataclass(frozen=True)
+class ReferenceOutputs:
+    """FP32's outputs on an evaluation set, computed once and scored against by every candidate.
+
+    ``scores``: classifiers' raw outputs per image; ``detections``: detectors' decoded FP32 boxes per image at
+    the bundle's ``conf_threshold`` (the ground truth); ``boxes``: their total (``None`` for classifiers).
+    """
+
+    images: ImageSet
+    post: Postprocess
+    scores: tuple[NDArray[Any], ...] = ()
+    detections: tuple[Detections, ...] = ()
+
+    @property
+    def samples(self) -> int:
+        return self.images.count
+
+    @property
+    def boxes(self) -> int | None:
+        if self.post.kind == "classification":
+            return None
+        return sum(len(d) for d in self.detections)
+
+
+def _outputs(model: Path, images: ImageSet, pre: Preprocess) -> list[NDArray[Any]]:
+    session = _session(model)
+    input_name = session.get_inputs()[0].name
+    normalise = Normaliser(pre)
+    outputs = []
+    for image in images.images():
+        try:
+            outputs.append(np.asarray(session.run(None, {input_name: normalise(image)[0]})[0]))
+        except Exception as exc:  # onnxruntime's errors are untyped
+            raise PipelineError(f"{model}: onnxruntime failed on an evaluation image: {exc}") from None
+    return outputs
+
+
+def reference_outputs(
+    reference_model: Path | str, images: ImageSet, pre: Preprocess, post: Postprocess
+) -> ReferenceOutputs:
+    """Run the FP32 model over ``images`` (CPU) once: the reference every candidate is scored against."""
+    outputs = _outputs(Path(reference_model), images, pre)
+    if post.kind == "classification":
+        return ReferenceOutputs(images, post, scores=tuple(outputs))
+    return ReferenceOutputs(images, post, detections=tuple(_decode(o, post) for o in outputs))
+
+
+def evidence_refusal(reference: ReferenceOutputs, *, min_images: int, min_boxes: int) -> str | None:
+    """Why an agreement figure on ``reference`` would rest on too little, or ``None`` when it is enough."""
+    if reference.samples < min_images:
+        return (
+            f"the agreement figure would rest on {reference.samples} evaluation images, fewer than "
+            f"--min-eval-images {min_images}; add {min_images - reference.samples} or more held-out images "
+            "from the target environment to --eval (or lower --min-eval-images)"
+        )
+    boxes = reference.boxes
+    if boxes is not None and boxes < min_boxes:
+        return (
+            f"the mAP@0.5 figure would rest on {boxes} FP32 boxes (conf >= {reference.post.conf_threshold:g}) "
+            f"over {reference.samples} evaluation images, fewer than --min-eval-boxes {min_boxes}; add "
+            "evaluation images in which the FP32 model detects objects (or lower --min-eval-boxes)"
+        )
+    return None
+
+
+def score_candidate(
+    reference: ReferenceOutputs,
+    candidate_model: Path | str,
+    pre: Preprocess,
+    *,
+    precision: str = "int8",
+) -> AccuracyReport:
+    """Run ``candidate_model`` over the reference's images (CPU) and score it against FP32's outputs."""
+    outputs = _outputs(Path(candidate_model), reference.images, pre)
+    post = reference.post
+    if post.kind == "classification":
+        value = top1_agreement(list(reference.scores), outputs)
+        metric = "top1_agreement"
+    else:
+        floor = replace(post, conf_threshold=min(AP_CONF_FLOOR, post.conf_threshold))
+        preds = [_decode(o, floor) for o in outputs]
+        value = mean_average_precision(list(reference.detections), preds, empty_conf_threshold=post.conf_threshold)
+        metric = "map50"
+    return AccuracyReport(
+        metric=metric,
+        value=value,
+        loss=1.0 - value,
+        samples=len(outputs),
+        precision=precision,
+        reference_boxes=reference.boxes,
+    )
+
+
 def evaluate_variant(
     reference_model: Path | str,
     candidate_model: Path | str,
@@ -220,22 +346,5 @@ def evaluate_variant(
     precision: str = "int8",
 ) -> AccuracyReport:
     """Run both models on every image of ``images`` (CPU) and score the candidate against FP32."""
-    ref, cand = _session(Path(reference_model)), _session(Path(candidate_model))
-    input_name = ref.get_inputs()[0].name
-    ref_out: list[NDArray[Any]] = []
-    cand_out: list[NDArray[Any]] = []
-    normalise = Normaliser(pre)
-    for image in images.images():
-        x = normalise(image)[0]
-        ref_out.append(np.asarray(ref.run(None, {input_name: x})[0]))
-        cand_out.append(np.asarray(cand.run(None, {input_name: x})[0]))
-    if post.kind == "classification":
-        value = top1_agreement(ref_out, cand_out)
-        metric = "top1_agreement"
-    else:
-        gt = [_decode(o, post) for o in ref_out]
-        floor = replace(post, conf_threshold=min(AP_CONF_FLOOR, post.conf_threshold))
-        preds = [_decode(o, floor) for o in cand_out]
-        value = mean_average_precision(gt, preds, empty_conf_threshold=post.conf_threshold)
-        metric = "map50"
-    return AccuracyReport(metric=metric, value=value, loss=1.0 - value, samples=len(ref_out), precision=precision)
+    reference = reference_outputs(reference_model, images, pre, post)
+    return score_candidate(reference, candidate_model, pre, precision=precision)

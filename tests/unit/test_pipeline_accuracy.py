@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgefleet.contract.bundle_sections import Postprocess
 from edgefleet.contract.processing.postprocess import nms
 from edgefleet_pipeline.accuracy import (
     AccuracyReport,
     Detections,
+    ReferenceOutputs,
     average_precision,
     check_loss,
     decode_yolo,
+    evidence_refusal,
+    loss_refusal,
     mean_average_precision,
     top1_agreement,
 )
+from edgefleet_pipeline.calibration import ImageSet
 from edgefleet_pipeline.errors import AccuracyLossError
 
 
@@ -110,3 +117,38 @@ def test_map_of_detections_against_themselves_is_one(seed: int) -> None:
         boxes = np.concatenate([xy, xy + wh], axis=1).tolist()
         images.append(_dets(boxes, rng.uniform(0.3, 1, n).tolist(), rng.integers(0, 3, n).tolist()))
     assert mean_average_precision(images, images) == 1.0
+
+
+def _evaluation_set(count: int) -> ImageSet:
+    return ImageSet(root=Path("eval"), paths=tuple(Path(f"eval/{i}.png") for i in range(count)), sha256="0" * 64)
+
+
+def test_evidence_refusal_counts_images_and_fp32_boxes() -> None:
+    classification = Postprocess(kind="classification")
+    scores = tuple(np.array([0.2, 0.8]) for _ in range(12))
+    few = ReferenceOutputs(_evaluation_set(12), classification, scores=scores)
+    assert few.boxes is None
+    reason = evidence_refusal(few, min_images=16, min_boxes=32)
+    assert reason is not None and "12 evaluation images, fewer than --min-eval-images 16; add 4 or more" in reason
+    assert evidence_refusal(few, min_images=12, min_boxes=32) is None  # boxes only count for detectors
+
+    detector = Postprocess(kind="yolov8", conf_threshold=0.25)
+    one_box = _dets([[0, 0, 10, 10]], [0.9], [0])
+    dets = ReferenceOutputs(_evaluation_set(20), detector, detections=tuple(one_box for _ in range(20)))
+    assert dets.boxes == 20
+    reason = evidence_refusal(dets, min_images=16, min_boxes=32)
+    assert reason is not None and "rest on 20 FP32 boxes (conf >= 0.25) over 20 evaluation images" in reason
+    assert "add evaluation images in which the FP32 model detects objects" in reason
+    assert evidence_refusal(dets, min_images=16, min_boxes=20) is None
+
+
+def test_loss_refusal_names_the_candidate_and_the_boxes() -> None:
+    report = AccuracyReport("map50", 0.9, 0.1, 24, precision="int8-u8s8", reference_boxes=54)
+    assert loss_refusal(report, 0.1) is None
+    reason = loss_refusal(report, 0.05)
+    assert reason == (
+        "INT8-U8S8 mAP@0.5 0.900 is a loss of 10.0% against FP32 (24 images, 54 FP32 boxes), above "
+        "--max-accuracy-loss 5.0%"
+    )
+    assert report.to_metrics()["accuracy_reference_boxes"] == 54
+    assert report.describe() == "mAP@0.5 0.900 over 24 images, 54 FP32 boxes"

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from edgefleet.contract.errors import PrecisionError
 from edgefleet.contract.hardware import hardware_class
 from edgefleet.contract.precision import LatencyFigures, select_precision
-from edgefleet_pipeline.precision import choose_precision, measure_latency
+from edgefleet_pipeline.precision import LatencySamples, choose_precision, measure_latency, measure_samples
 from edgefleet_testing.modelgen import make_classifier
 
 
@@ -71,3 +71,14 @@ def test_measure_interleaves_and_choose_returns_figures(tmp_path: Path) -> None:
     assert set(choice.figures) == {"fp32", "int8"}
     assert choice.hardware_class == hardware_class() != ""
     assert choice.figures["fp32"].p50_ms > 0
+
+
+def test_samples_give_any_percentile_and_the_same_figures(tmp_path: Path) -> None:
+    model = make_classifier(tmp_path / "m.onnx", size=16)
+    x = {"images": np.zeros((1, 3, 16, 16), np.float32)}
+    ticks = iter(range(0, 10**9, 1_000_000))  # each timed run reads two ticks: 1 ms apart
+    samples = measure_samples({"fp32": model}, x, runs=20, warmup=1, clock=lambda: next(ticks))["fp32"]
+    assert samples.samples_ns == (1_000_000,) * 20
+    assert samples.percentile_ms(95) == pytest.approx(1.0) and samples.figures.p50_ms == pytest.approx(1.0)
+    varied = LatencySamples(tuple(range(1_000_000, 101_000_000, 1_000_000)))  # 1..100 ms
+    assert varied.percentile_ms(95) == pytest.approx(95.05) and varied.figures.p50_ms == pytest.approx(50.5)
