@@ -38,7 +38,7 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from edgefleet.contract.bundle_sections import Dim, Preprocess, TensorSpec
+from edgefleet.contract.bundle_sections import TENSOR_DTYPES, Dim, Preprocess, TensorSpec
 from edgefleet.contract.bundle_spec import BundleSpec
 from edgefleet.contract.errors import BundleFormatError
 from edgefleet.contract.golden import GoldenCase
@@ -183,6 +183,20 @@ def parse_imgsz(value: str | None) -> tuple[int, int] | None:
 def _hw(dims: Sequence[int | None]) -> str:
     """A shape as people read it: ``[?, 3, 48, 192]`` with ``?`` for a dynamic dim."""
     return f"[{', '.join('?' if v is None else str(v) for v in dims)}]"
+
+
+def check_input_dtype(pre: Preprocess, tensor: TensorSpec) -> None:
+    """A rank-4 image input must take the dtype ``preprocess.dtype`` produces."""
+    if len(tensor.shape) == 4 and tensor.dtype != pre.dtype:
+        fix = (
+            f"set preprocess.dtype: {tensor.dtype}"
+            if tensor.dtype in TENSOR_DTYPES
+            else f"preprocess produces {', '.join(TENSOR_DTYPES)} tensors: export the model for one of them"
+        )
+        raise BundleFormatError(
+            f"spec: preprocess.dtype is {shown(pre.dtype)} but the model's input {shown(tensor.name)} takes "
+            f"{tensor.dtype}; {fix}"
+        )
 
 
 def check_input(
@@ -368,9 +382,16 @@ def resolve_softmax(
                 "or not summing to 1): confidences will be raw scores, clamped to [0, 1] in histograms"
             ],
         )
+    warnings = []
+    if all(np.shape(o)[-1:] == (1,) for o in outputs):
+        warnings.append(
+            f"output {shown(name)} has one class: a softmax over one score is always 1.0, so every confidence "
+            "will be 1.0; export a one-score (sigmoid) classifier with two outputs (1 - p, p) instead"
+        )
     if declared is None:
-        return True, [f"postprocess.softmax resolved to true: output {shown(name)} is logits, not probabilities"], []
-    return True, [], []
+        notes = [f"postprocess.softmax resolved to true: output {shown(name)} is logits, not probabilities"]
+        return True, notes, warnings
+    return True, [], warnings
 
 
 def _double_softmax_example(outputs: Sequence[NDArray[Any]]) -> tuple[float, float]:
@@ -420,6 +441,7 @@ def resolve_semantics(
     image = model_inputs[0]
     declared = spec.inputs[0] if spec.inputs else None
     imgsz = parse_imgsz(session.get_modelmeta().custom_metadata_map.get(IMGSZ_KEY))
+    check_input_dtype(spec.preprocess, image)
     more_notes, more_warnings = check_input(spec.preprocess, image.name, merged_shape(declared, image), imgsz=imgsz)
     notes += more_notes
     warnings += more_warnings

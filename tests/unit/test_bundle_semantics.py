@@ -13,13 +13,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from edgefleet.contract.bundle_sections import Postprocess, Preprocess, describe_size
+from edgefleet.contract.bundle_sections import Postprocess, Preprocess, TensorSpec, describe_size
 from edgefleet.contract.bundle_spec import BundleSpec
 from edgefleet.contract.errors import BundleFormatError
 from edgefleet.contract.processing.postprocess import softmax
 from edgefleet_pipeline.semantics import (
     are_probabilities,
     check_input,
+    check_input_dtype,
     check_output_kind,
     looks_like,
     parse_imgsz,
@@ -147,6 +148,11 @@ def test_softmax_resolution_table() -> None:
     assert value is False and "raw scores" in warnings[0]
 
 
+def test_a_one_class_softmax_is_always_one_and_says_so() -> None:
+    value, _, warnings = resolve_softmax(None, [np.array([[0.3]], np.float32)], "score")
+    assert value is True and "always 1.0" in warnings[0]
+
+
 def test_explicit_softmax_on_probabilities_is_a_double_softmax_with_its_numbers() -> None:
     with pytest.raises(BundleFormatError) as info:
         resolve_softmax(True, PROBS, "prob")
@@ -188,6 +194,15 @@ def test_static_size_check_property(h: int, w: int, layout: str) -> None:
 def test_layout_against_the_channel_axis(layout: str, shape: tuple[int, ...], needle: str) -> None:
     with pytest.raises(BundleFormatError, match=needle):
         check_input(_pre((224, 224), layout), "x", shape)
+
+
+def test_input_dtype_must_be_what_preprocess_produces() -> None:
+    check_input_dtype(_pre((8, 8)), TensorSpec("x", "float32", (1, 3, 8, 8)))
+    check_input_dtype(_pre((8, 8)), TensorSpec("ids", "int64", (1, 8)))  # not an image input
+    with pytest.raises(BundleFormatError, match=r"takes uint8; set preprocess\.dtype: uint8"):
+        check_input_dtype(_pre((8, 8)), TensorSpec("x", "uint8", (1, 3, 8, 8)))
+    with pytest.raises(BundleFormatError, match="takes int8; preprocess produces float32, float16, uint8"):
+        check_input_dtype(_pre((8, 8)), TensorSpec("x", "int8", (1, 3, 8, 8)))
 
 
 def test_one_static_spatial_dim_is_checked_and_a_dynamic_input_is_noted() -> None:
