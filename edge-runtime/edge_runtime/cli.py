@@ -1,9 +1,11 @@
-"""The ``edge-runtime`` console script: ``run`` the device agent, print a device's ``status``, ``profile`` a bundle.
+"""The ``edge-runtime`` console script: ``run`` the device agent, print a device's ``status``, ``profile`` a bundle,
+``infer`` a bundle on images.
 
     edge-runtime run --controller HOST:PORT --data-dir DIR [--enroll-token T] [--name N] [--site-tags k=v]
                      --source SPEC [--health-listen ADDR] [--trusted-keys DIR]
     edge-runtime status --data-dir DIR      (JSON on stdout; exit 0 running, 3 not running, 2 no data dir)
     edge-runtime profile --bundle B ...   (``edge_runtime.profile_cli``)
+    edge-runtime infer BUNDLE IMAGE...   (``edge_runtime.infer_cli``)
 
 ``run`` prints ``edge-runtime health listening on port N`` on stdout once the local health endpoint is up
 (scripts and tests wait for that line), logs JSON to stderr, and exits 0 on SIGTERM. The crash drill
@@ -36,6 +38,7 @@ from edge_runtime.agent.errors import AgentError
 from edge_runtime.agent.supervisor import DRILL_ENV, parse_task_drills
 from edge_runtime.arguments import bounded_int
 from edge_runtime.bootstrap import build_agent
+from edge_runtime.infer_cli import add_infer_command
 from edge_runtime.inference.errors import FrameSourceError
 from edge_runtime.profile_cli import add_profile_command
 from edge_runtime.status_report import NOT_RUNNING_EXIT, judge, status_document
@@ -203,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_command(commands)
     _add_status_command(commands)
     add_profile_command(commands)
+    add_infer_command(commands)
     return parser
 
 
