@@ -430,6 +430,8 @@ def resolve_semantics(
     warnings: list[str] = []
     model_inputs = model_tensors(session.get_inputs())
     model_outputs = model_tensors(session.get_outputs())
+    if not model_inputs or not model_outputs:
+        raise BundleFormatError(f"spec: model {spec.model} has no inputs or no outputs; a bundle needs both")
     inputs, outputs = model_inputs, model_outputs
     if spec.inputs is not None:
         check_declared("inputs", spec.inputs, model_inputs)
