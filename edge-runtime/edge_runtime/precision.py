@@ -28,7 +28,9 @@ Owns:
   safer artifact. Any number of variants (FP32, S8S8, U8S8, FP16) is measured in one interleaved run. With
   a single servable variant nothing is measured or loaded (``provider`` is then left to whoever loads it).
   When the request leaves FP32 out, the fastest requested variant is chosen and ``speedup`` is 1.0 against
-  itself (``reference`` says so: FP32 was not measured).
+  itself (``reference`` says so: FP32 was not measured). A variant this device cannot load (an FP16 model
+  whose ops its provider lacks) is refused with the loader's reason and the others are measured; only when
+  none loads is the bundle refused.
 - ``engine_flags`` (pure): the TensorRT flags a variant is loaded with. INT8 for any INT8 variant (a QDQ model
   carries its own scales; TensorRT only needs INT8 enabled to honour them). FP16 for an FP16 variant: its
   weights are already FP16, but TensorRT builds a weakly typed network in FP32 unless FP16 kernels are
@@ -62,6 +64,7 @@ from edgefleet.contract.bundle_sections import PRECISIONS, PrecisionVariant
 from edgefleet.contract.hardware import hardware_class
 from edgefleet.contract.precision import MIN_SPEEDUP, LatencyFigures, select_precision
 from edgefleet.contract.processing.preprocess import preprocess
+from edgefleet.contract.request_bounds import MAX_REASON_CHARS
 from edgefleet.contract.shown import shown
 
 log = structlog.get_logger(__name__)
@@ -71,6 +74,9 @@ DEFAULT_MAX_ACCURACY_LOSS = 0.01
 DEFAULT_RUNS = 30
 DEFAULT_WARMUP = 5
 AUTO = "auto"
+#: The longest ``VariantChoice.summary`` (an event reason) and refusal reason (a loader's error can be long).
+SUMMARY_CHARS = MAX_REASON_CHARS
+REFUSAL_CHARS = 300
 
 
 class VariantError(InferenceError):
@@ -126,7 +132,9 @@ class VariantChoice:
             text += f"; inference.precision {self.requested}"
         if self.refused:
             text += "; refused: " + "; ".join(self.refused[n] for n in sorted(self.refused))
-        return text
+        # An event's reason is bounded on the wire (request_bounds.MAX_REASON_CHARS): the whole choice, with
+        # every refusal, is in the reported state's details.
+        return text if len(text) <= SUMMARY_CHARS else text[: SUMMARY_CHARS - 1] + "…"
 
     def numbers(self) -> dict[str, float]:
         """The event's numbers: ``speedup`` and ``p50_ms.<variant>`` per measured variant."""
@@ -190,7 +198,7 @@ def built_refusals(manifest: BundleManifest) -> dict[str, str]:
     if not isinstance(refused, Mapping):
         return {}
     return {
-        str(name): f"{name}: refused when the bundle was built: {str(reason)[:300] or 'no reason given'}"
+        str(name): f"{name}: refused when the bundle was built: {str(reason)[:REFUSAL_CHARS] or 'no reason given'}"
         for name, reason in sorted(refused.items())
         if str(name) not in variants
     }
@@ -372,32 +380,48 @@ def choose_variant(
         with tempfile.TemporaryDirectory(prefix="edgefleet-variants-") as tmp:
             cache = Path(cache_dir) if cache_dir is not None else Path(tmp)
             wanted = tuple(providers) if providers else tuple(manifest.providers)
-            engines = {
-                name: _load(
-                    bundle_dir,
-                    manifest,
-                    variant,
-                    providers=wanted,
-                    cache_dir=cache,
-                    warmup=warmup,
-                    intra_op_threads=intra_op_threads,
-                    fp16=fp16,
+            engines: dict[str, InferenceEngine] = {}
+            for name, variant in eligible.items():
+                try:
+                    engines[name] = _load(
+                        bundle_dir,
+                        manifest,
+                        variant,
+                        providers=wanted,
+                        cache_dir=cache,
+                        warmup=warmup,
+                        intra_op_threads=intra_op_threads,
+                        fp16=fp16,
+                    )
+                except InferenceError as exc:
+                    # One variant this device cannot run (an FP16 op its provider lacks) must not cost the others.
+                    refused[name] = f"{name}: cannot be loaded on this device: {str(exc)[:REFUSAL_CHARS]}"
+                    log.warning("precision.variant_unloadable", bundle=manifest.ref, variant=name, error=str(exc))
+            if not engines:
+                raise VariantError(
+                    f"bundle {manifest.ref}: no precision variant can be loaded on this device: "
+                    + "; ".join(refused[n] for n in sorted(eligible))
                 )
-                for name, variant in eligible.items()
-            }
-            h, w = manifest.preprocess.size
-            frame = SyntheticScene(seed=0, width=max(w, 32), height=max(h, 32)).render(0)
-            runners: dict[str, Callable[[], object]] = {}
-            for name, engine in engines.items():
-                tensor = np.ascontiguousarray(preprocess(frame, engine.preprocess_spec)[0])
-                runners[name] = _runner(engine, tensor)
-            figures = interleaved_latency(runners, runs=runs, clock=clock)
-            # With the reference left out by the request, the fastest requested one is compared against itself.
-            ref = reference if reference in figures else min(figures, key=lambda n: figures[n].p50_ms)
-            decision = select_precision(
-                figures, eligible=set(figures), reference=ref, min_speedup=min_speedup, hardware_class=hw
-            )
-            chosen, speedup = decision.chosen, decision.speedup
+            for name in sorted(set(eligible) - set(engines)):
+                del eligible[name]
+            chosen = next(iter(engines))
+            if len(engines) > 1:
+                h, w = manifest.preprocess.size
+                frame = SyntheticScene(seed=0, width=max(w, 32), height=max(h, 32)).render(0)
+                runners: dict[str, Callable[[], object]] = {}
+                for name, engine in engines.items():
+                    tensor = np.ascontiguousarray(preprocess(frame, engine.preprocess_spec)[0])
+                    runners[name] = _runner(engine, tensor)
+                figures = interleaved_latency(runners, runs=runs, clock=clock)
+                # With the reference left out (by the request, or unloadable), the fastest one is compared
+                # against itself.
+                ref = reference if reference in figures else min(figures, key=lambda n: figures[n].p50_ms)
+                decision = select_precision(
+                    figures, eligible=set(figures), reference=ref, min_speedup=min_speedup, hardware_class=hw
+                )
+                chosen, speedup = decision.chosen, decision.speedup
+            elif chosen != reference:
+                ref = chosen
             chosen_provider = engines[chosen].provider
     elif reference not in eligible:
         ref = chosen

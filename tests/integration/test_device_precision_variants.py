@@ -19,8 +19,10 @@ from edge_runtime.precision import VariantChoice, VariantError, choose_variant, 
 from edge_runtime.telemetry.window import WindowAggregator
 from edge_runtime.update.errors import EngineSwitchError
 from edgefleet.contract.bundle import BundleManifest
+from edgefleet.contract.bundle_sections import PrecisionVariant
 from edgefleet.contract.errors import ManifestError
 from edgefleet.contract.manifest_schema import validate_config_values
+from edgefleet.contract.request_bounds import MAX_REASON_CHARS
 from edgefleet.v1 import common_pb2
 from fleetctl.fleet_cmds import precision_lines
 from tests.integration.precision_variants_bundle import build_variant_bundle
@@ -243,3 +245,24 @@ def test_candidates_the_builder_refused_are_reported(bundle: tuple[Path, BundleM
     assert choice.refused["int8-entropy"] == reason and choice.refused["int8-lossy"] == LOSSY
     with pytest.raises(VariantError, match=re.escape(f"int8-u8s8 (int8); {reason})")):
         choose_variant(directory, refusing, providers=["cpu"], precision="int8-entropy")
+
+
+def test_a_variant_this_device_cannot_load_is_refused_not_fatal(bundle: tuple[Path, BundleManifest]) -> None:
+    directory, manifest = bundle
+    # An "INT8 variant" whose artifact onnxruntime cannot load (the golden set: not a model).
+    broken = PrecisionVariant("golden", "int8", {"accuracy_loss": 0.0})
+    with_broken = dataclasses.replace(
+        manifest, precision_variants={**(manifest.precision_variants or {}), "int8-x": broken}
+    )
+    choice = choose(
+        (directory, with_broken), {"fp16": 9.0, "fp32": 10.0, "int8": 14.0, "int8-u8s8": 3.2}
+    )  # the script has no int8-x: it is never timed
+    assert choice.name == "int8-u8s8" and sorted(choice.figures) == SERVABLE
+    assert choice.refused["int8-x"].startswith("int8-x: cannot be loaded on this device: onnxruntime cannot load")
+    assert len(choice.summary()) <= MAX_REASON_CHARS
+    only_broken = dataclasses.replace(
+        manifest,
+        precision_variants={"fp32": (manifest.precision_variants or {})["fp32"], "int8-x": broken, "int8-y": broken},
+    )
+    with pytest.raises(VariantError, match="no precision variant can be loaded on this device: int8-x: cannot"):
+        choose_variant(directory, only_broken, providers=["cpu"], precision="int8")
