@@ -2,9 +2,11 @@
 
 The builder's latency figures were taken on the builder's machine; what is fast there (VNNI INT8 kernels)
 can be slow here (a CPU without them, where QDQ INT8 runs *slower* than FP32), and TensorRT on a Jetson is
-different again. So the agent calls ``choose_variant`` when it stages a bundle: every variant that may be
-served is loaded on the providers the device will use and timed on the same preprocessed frame, and the
-faster one is served. The choice and its figures are reported (``VariantChoice.to_dict``).
+different again. So the agent calls ``choose_variant`` at every load of a bundle (staging, and again at each
+start): every variant that may be served is loaded on the providers the device will use and timed on the
+same preprocessed frame, and the fastest is served. The choice and its figures are reported
+(``VariantChoice.to_dict`` in the reported state's ``details.precision``, ``summary`` as the reason of a
+``KIND_PRECISION_CHOSEN`` event, the variant's name in each metric window).
 
 Owns:
 - ``eligible_variants`` (pure): which variants may be served. The reference (FP32, the ``model`` artifact)
@@ -38,7 +40,8 @@ Owns:
   For other variants FP16 only when the operator sets ``inference.fp16``.
 
 Errors: ``VariantError`` (an ``InferenceError``, so code that guards bundle loading with
-``except InferenceError`` catches it) when a bundle names a variant whose artifact it lacks.
+``except InferenceError`` catches it) when a bundle names a variant whose artifact it lacks, when
+``inference.precision`` names no variant of the bundle, or when nothing requested may be served or loaded.
 """
 
 from __future__ import annotations
