@@ -90,7 +90,7 @@ def bundles(tmp_path_factory: pytest.TempPathFactory) -> Bundles:
     return Bundles(
         v1=build(root / "v1", "1.0.0"),
         same=build(root / "same", "1.0.1"),
-        slow=build(root / "slow", "2.0.0", extra_matmuls=300),
+        slow=build(root / "slow", "2.0.0", extra_matmuls=600),
         shifted=build(root / "shifted", "3.0.0", logit_shift=1.0),
     )
 
