@@ -273,7 +273,7 @@ def build_bundle(work: Path, *, size: int, calibration_images: int, eval_images:
         base_dir=work,
     )
     # Random weights: the accuracy gate has nothing to protect here, so every variant ships (bound 100%).
-    build_precision_bundle(
+    build = build_precision_bundle(
         spec,
         bundle_dir,
         calibration_dir=work / "calibration",
@@ -282,6 +282,8 @@ def build_bundle(work: Path, *, size: int, calibration_images: int, eval_images:
         max_accuracy_loss=1.0,
         latency_runs=10,  # the builder's CPU timing is not what this check measures
     )
+    for warning in build.warnings:
+        print(f"  bundle build: {warning}", file=sys.stderr)
     manifest = read_manifest(bundle_dir)
     evaluation = load_image_set(work / "eval", purpose="evaluation", recommended=0)
     return bundle_dir, manifest, evaluation, False
@@ -495,7 +497,8 @@ def summary_text(report: Mapping[str, Any]) -> str:
             )
             if c.get("error"):
                 lines.append(f"      error: {c['error']}")
-    failed = [f"{c['case']}: {k['name']}: {k['detail']}" for c in cases for k in c["checks"] if k["ok"] is False]
+    failed = [f"{k['name']}: {k['detail']}" for k in report.get("checks", []) if k["ok"] is False]
+    failed += [f"{c['case']}: {k['name']}: {k['detail']}" for c in cases for k in c["checks"] if k["ok"] is False]
     if failed:
         lines.append("")
         lines.extend(f"  FAILED {f}" for f in failed)
@@ -536,6 +539,12 @@ def check(mode: str, out: Path, *, data_dir: Path, runs: int, size: int, calib: 
     }
     images = [read_image(p) for p in evaluation.paths]
     cases: list[CaseReport] = []
+    variants = report["bundle"]["variants"]
+    qdq = sorted(set(variants) - {"fp32", "fp16"})
+    # Without a QDQ variant the INT8 cases cannot run: say so instead of passing on FP32 alone.
+    report["checks"] = [
+        asdict(Check("bundle_has_int8_variant", bool(qdq), f"variants {sorted(variants)}")),
+    ]
     reference: list[Any] | None = None
     for case in plan_cases(mode, manifest):
         try:
@@ -553,7 +562,11 @@ def check(mode: str, out: Path, *, data_dir: Path, runs: int, size: int, calib: 
         cases.append(result)
         print(f"  {case.name}: {'ok' if all(c.ok is not False for c in result.checks) else 'FAILED'}", flush=True)
     report["cases"] = [asdict(c) for c in cases]
-    report["ok"] = bool(cases) and all(k.ok is not False for c in cases for k in c.checks)
+    report["ok"] = (
+        bool(cases)
+        and all(k.ok is not False for c in cases for k in c.checks)
+        and all(k["ok"] is not False for k in report["checks"])
+    )
     report["exit_code"] = EXIT_OK if report["ok"] else EXIT_CHECK_FAILED
     report["elapsed_s"] = round(time.perf_counter() - began, 2)
     return report

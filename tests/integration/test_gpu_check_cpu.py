@@ -43,7 +43,7 @@ def _report(out: Path) -> dict[str, Any]:
 def test_cpu_rehearsal_runs_every_case_and_writes_the_report(tmp_path: Path) -> None:
     out, data = tmp_path / "out", tmp_path / "data"
     args = ("--providers", "cpu", "--data-dir", str(data), "--runs", "10", "--size", "320")
-    done = _gpu_check(*args, "--calibration-images", "12", "--eval-images", "10", out=out)
+    done = _gpu_check(*args, "--calibration-images", "12", "--eval-images", "16", out=out)
     assert done.returncode == 0, done.stdout + done.stderr
     report = _report(out)
     assert report["ok"] is True and report["mode"] == "cpu" and report["exit_code"] == 0
@@ -51,6 +51,7 @@ def test_cpu_rehearsal_runs_every_case_and_writes_the_report(tmp_path: Path) -> 
     assert report["bundle"]["reused"] is False
     cases = {c["case"]: c for c in report["cases"]}
     assert "cpu/fp32" in cases and "cpu/int8-qdq" in cases
+    assert [c["name"] for c in report["checks"] if c["ok"]] == ["bundle_has_int8_variant"]
     for case in cases.values():
         assert case["active"][0] == "CPUExecutionProvider", case
         assert case["error"] is None
@@ -68,7 +69,7 @@ def test_cpu_rehearsal_runs_every_case_and_writes_the_report(tmp_path: Path) -> 
     assert "gpu-check (cpu mode): PASSED" in text and "cpu/int8-qdq" in text
 
     # Again over the same data dir (a device restart): the bundle on disk is reused, the same cases pass.
-    again = _gpu_check(*args, "--calibration-images", "12", "--eval-images", "10", out=out)
+    again = _gpu_check(*args, "--calibration-images", "12", "--eval-images", "16", out=out)
     assert again.returncode == 0, again.stdout + again.stderr
     second = _report(out)
     assert second["bundle"]["reused"] is True and second["bundle"]["digest"] == report["bundle"]["digest"]
