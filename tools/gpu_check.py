@@ -175,9 +175,10 @@ def _load_gpu_libraries(ort: Any) -> dict[str, str]:
     return found
 
 
-def preflight(mode: str, work: Path) -> dict[str, Any]:
-    """Facts about this machine; raises ``EnvironmentMissing`` (naming what is missing) in GPU mode."""
-    facts: dict[str, Any] = {"python": sys.version.split()[0], "machine": platform.machine()}
+def preflight(mode: str, work: Path, facts: dict[str, Any]) -> None:
+    """Gather facts about this machine into ``facts`` (kept when it stops); raises ``EnvironmentMissing``
+    (naming what is missing) in GPU mode."""
+    facts.update(python=sys.version.split()[0], machine=platform.machine())
     if mode == "gpu":
         facts["nvidia_smi"] = _nvidia_smi()
     try:
@@ -190,7 +191,7 @@ def preflight(mode: str, work: Path) -> dict[str, Any]:
     available = list(ort.get_available_providers())
     facts["available_providers"] = available
     if mode == "cpu":
-        return facts
+        return
     missing = [p for p in (CUDA_PROVIDER, TRT_PROVIDER) if p not in available]
     if missing:
         raise EnvironmentMissing(
@@ -199,7 +200,6 @@ def preflight(mode: str, work: Path) -> dict[str, Any]:
             "(CUDA 12, cuDNN 9) and provide TensorRT 10 (tensorrt-cu12-libs or a system install)"
         )
     facts["probe"] = _probe_providers(ort, work)
-    return facts
 
 
 def _probe_providers(ort: Any, work: Path) -> dict[str, list[str]]:
@@ -514,8 +514,9 @@ def write_report(out: Path, report: dict[str, Any]) -> None:
 def check(mode: str, out: Path, *, data_dir: Path, runs: int, size: int, calib: int, evals: int) -> dict[str, Any]:
     report: dict[str, Any] = {"tool": "tools.gpu_check", "mode": mode, "ok": False, "started": time.time()}
     began = time.perf_counter()
+    report["environment"] = {}
     try:
-        report["environment"] = preflight(mode, data_dir)
+        preflight(mode, data_dir, report["environment"])
     except EnvironmentMissing as exc:
         report["error"] = str(exc)
         report["exit_code"] = EXIT_ENVIRONMENT

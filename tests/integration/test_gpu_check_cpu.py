@@ -22,8 +22,10 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _gpu_check(*args: str, out: Path) -> subprocess.CompletedProcess[str]:
+def _gpu_check(*args: str, out: Path, path_prefix: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
+    if path_prefix is not None:
+        env["PATH"] = f"{path_prefix}{os.pathsep}{env.get('PATH', '')}"
     return subprocess.run(
         [sys.executable, "-m", "tools.gpu_check", "--out", str(out), *args],
         cwd=ROOT,
@@ -91,3 +93,22 @@ def test_default_mode_without_a_gpu_refuses_and_reports_no_success(tmp_path: Pat
 
     # Asked again, the answer is the same: nothing from the first refusal makes the second one pass.
     assert _gpu_check(out=out).returncode == 3
+
+
+def test_a_gpu_without_onnxruntime_gpu_is_refused_naming_the_package(tmp_path: Path) -> None:
+    """Past the GPU check (an ``nvidia-smi`` that answers), the CPU build of onnxruntime installed here is
+    refused with the pinned package to install, before anything is built."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA H200, 570.00, 143771 MiB, 9.0'\n")
+    smi.chmod(0o755)
+    out = tmp_path / "out"
+    done = _gpu_check(out=out, path_prefix=bin_dir)
+    assert done.returncode == 3, done.stdout + done.stderr
+    report = _report(out)
+    assert report["ok"] is False and "cases" not in report and "bundle" not in report
+    assert report["environment"]["nvidia_smi"]["gpu"] == "NVIDIA H200"
+    assert "CPUExecutionProvider" in report["environment"]["available_providers"]
+    assert "onnxruntime-gpu==1.31.1" in report["error"] and "CUDAExecutionProvider" in report["error"]
+    assert "onnxruntime-gpu==1.31.1" in done.stderr
