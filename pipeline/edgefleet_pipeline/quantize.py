@@ -17,6 +17,12 @@ Decisions:
   ``Concat`` (axis != 0). ONNX shape inference alone handles both; the QDQ model keeps the dynamic input. The
   ``fixed-batch`` model has a batch-1 input, which is what devices feed. When every route fails, the error
   names the failing node and op (from ORT's traceback or log, or ONNX's strict shape inference) and what to try.
+- paddle2onnx writes every weight as a ``Constant`` node; ORT quantizes only initializers as weights, so
+  ``prepare_model`` moves tensor Constants to initializers of the same name (tensor names, and so the
+  TensorRT table, are unchanged). Per-channel weights need DequantizeLinear's ``axis`` (opset 13); ORT's
+  quantizer writes it into an opset-11 model without raising the opset and onnxruntime then refuses the
+  model, so ``quantize_int8`` converts such a model to opset 13 first, or quantizes weights per tensor (log
+  ``quantize.per_tensor_weights``, ``QuantizedModel.per_channel`` False) when the converter cannot.
 - The symbolic route drives ORT's ``SymbolicShapeInference`` loop itself instead of calling its
   ``infer_shapes``: on failure that one saves a debug model (plus an external data file) into the CURRENT
   directory, and it does not say at which node it stopped.

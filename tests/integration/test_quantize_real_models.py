@@ -175,7 +175,6 @@ def test_the_fixed_batch_route_works_on_real_exports_and_computes_the_same(
 # --- INT8 ---------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("activation", "reduce_range"), VARIANTS, ids=VARIANT_IDS)
 def test_paddle_classifier_quantizes_and_keeps_its_top1(
     activation: ActivationType, reduce_range: bool, calibration_sets: dict[str, ImageSet], tmp_path: Path
@@ -200,7 +199,6 @@ def test_paddle_classifier_quantizes_and_keeps_its_top1(
     assert np.all(np.isfinite(int8)) and np.allclose(int8.sum(axis=1), 1.0, atol=1e-3)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("activation", "reduce_range"), VARIANTS, ids=VARIANT_IDS)
 def test_yolov8n_quantizes_and_runs(
     activation: ActivationType, reduce_range: bool, calibration_sets: dict[str, ImageSet], tmp_path: Path
