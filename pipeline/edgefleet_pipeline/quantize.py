@@ -429,7 +429,7 @@ def prepare_model(
         return prepared
     node, strict_message = _strict_inference_node(model)
     node = nodes[0] if nodes else node
-    culprit = f"the first failing node is {node}" if node else "no single failing node could be identified"
+    culprit = f"first failure at {node}" if node else "no single failing node could be identified"
     detail = f"; ONNX strict shape inference: {strict_message}" if strict_message and not nodes else ""
     raise QuantizationError(
         f"{model_path}: quantization pre-processing failed on every route ({'; '.join(attempts)}); "
