@@ -1,7 +1,8 @@
 """Benchmark of the quantization candidates on a real YOLOv8n export: FP32 vs S8S8 vs U8S8 QDQ on this CPU,
 which one the device serves, and each candidate's agreement with FP32.
 
-``run(quick=False) -> list[dict]`` returns the house rows; ``python bench/bench_quantization.py`` prints them.
+``run(quick=False) -> list[dict]`` returns the house rows; ``python -m bench --only bench_quantization`` (from
+the repository root: the face drawings come from ``tests/integration/precision_images.py``) prints them.
 Nothing is downloaded: the model is nudenet's Ultralytics YOLOv8n export from its pinned wheel
 (``edgefleet_testing.real_models``: symbolic dims, dynamic batch, 320x320, 18 classes); calibration and
 evaluation images are rendered into a temporary directory: face-like drawings, which this detector finds
