@@ -18,6 +18,9 @@ from typing import Any
 
 import pytest
 
+from edgefleet.contract.bundle import read_manifest
+from tools.gpu_check import plan_cases
+
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -112,3 +115,32 @@ def test_a_gpu_without_onnxruntime_gpu_is_refused_naming_the_package(tmp_path: P
     assert "CPUExecutionProvider" in report["environment"]["available_providers"]
     assert "onnxruntime-gpu==1.31.1" in report["error"] and "CUDAExecutionProvider" in report["error"]
     assert "onnxruntime-gpu==1.31.1" in done.stderr
+
+
+@pytest.mark.slow
+def test_the_gpu_plan_of_a_pipeline_bundle_covers_every_provider_and_precision(tmp_path: Path) -> None:
+    """What the GPU run would start, planned from a bundle the pipeline really built (the rehearsal's): TensorRT
+    FP32, FP16, INT8 from the bundle's table and from the signed QDQ model; CUDA FP32, the FP16 variant and the
+    QDQ model; CPU FP32 first, as the reference. U8S8 is never handed to TensorRT (signed INT8 only)."""
+    out, data = tmp_path / "out", tmp_path / "data"
+    args = ("--providers", "cpu", "--data-dir", str(data), "--runs", "3", "--size", "320")
+    done = _gpu_check(*args, "--calibration-images", "12", "--eval-images", "16", out=out)
+    assert done.returncode == 0, done.stdout + done.stderr
+    manifest = read_manifest(data / "bundle")
+    assert {"fp32", "int8", "int8-u8s8", "fp16"} <= set(manifest.precision_variants or {})
+    plan = {c.name: c for c in plan_cases("gpu", manifest)}
+    assert list(plan) == [
+        "cpu/fp32",
+        "tensorrt/fp32",
+        "tensorrt/fp16",
+        "tensorrt/int8-table",
+        "tensorrt/int8-qdq",
+        "cuda/fp32",
+        "cuda/fp16",
+        "cuda/int8-qdq",
+    ]
+    assert plan["tensorrt/fp16"].fp16 and plan["tensorrt/fp16"].variant == "fp32"
+    assert plan["tensorrt/int8-table"].table and plan["tensorrt/int8-table"].variant == "fp32"
+    assert plan["tensorrt/int8-qdq"].variant == "int8" and plan["tensorrt/int8-qdq"].int8
+    assert plan["cuda/fp16"].variant == "fp16" and plan["cuda/int8-qdq"].variant == "int8"
+    assert [c.name for c in plan_cases("cpu", manifest)] == ["cpu/fp32", "cpu/int8-qdq", "cpu/int8-u8s8"]
