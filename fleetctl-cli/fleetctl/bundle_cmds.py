@@ -1,17 +1,26 @@
 """``fleetctl bundle``: build, sign, verify and inspect engine bundle archives (``.efb``).
 
 These commands work on local files only; publishing to a controller is a separate command group.
+
+``bundle build`` prints, on stdout, the calibration and evaluation sets, a candidates table (each variant's
+activation/weight types, calibration method, agreement with FP32 and the images/boxes it rests on, p50 on
+this builder, carried or refused and why), the builder's SLA check and the built line; warnings (the
+``--precision auto`` fallback to FP32, an SLA missed on the builder, few calibration images) go to stderr,
+and so does anything a library prints while building.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 import tempfile
 from pathlib import Path
 from typing import Literal
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgefleet.contract.bundle import BundleManifest
@@ -25,11 +34,16 @@ from edgefleet.contract.errors import ContractError
 from edgefleet.contract.signing import SigningKey, TrustedKeys, sign_bundle
 from edgefleet_pipeline.precision_bundle import (
     DEFAULT_MAX_ACCURACY_LOSS,
+    DEFAULT_MIN_EVAL_BOXES,
+    DEFAULT_MIN_EVAL_IMAGES,
+    CalibrationRequest,
+    PrecisionBuild,
     PrecisionRequest,
+    ReduceRangeRequest,
     build_precision_bundle,
 )
-from edgefleet_pipeline.quantize import CalibrationMethodName
 from fleetctl.errors import fail
+from fleetctl.output import console, err_console
 
 bundle_app = typer.Typer(help="Build, sign, verify and inspect engine bundles.", no_args_is_help=True)
 _out = Console(soft_wrap=True)
@@ -47,32 +61,60 @@ def build(
     calibration: Path | None = typer.Option(
         None, "--calibration", help="Calibration images (jpg/png, 200-500 from the target environment)."
     ),
-    eval_dir: Path | None = typer.Option(None, "--eval", help="Held-out images to measure INT8 accuracy against FP32."),
+    eval_dir: Path | None = typer.Option(
+        None, "--eval", help="Held-out images to measure each candidate's agreement with FP32."
+    ),
     precision: PrecisionRequest | None = typer.Option(
-        None, "--precision", help="fp32, fp16, int8 or auto (measure; default: int8 with --calibration)."
+        None,
+        "--precision",
+        help="fp32, fp16, int8 or auto (carry every passing candidate, prefer the fastest here, fall back to "
+        "fp32; default: int8 with --calibration).",
     ),
     max_accuracy_loss: float = typer.Option(
         DEFAULT_MAX_ACCURACY_LOSS, "--max-accuracy-loss", help="Refuse above this loss vs FP32 (0.01 = 1%)."
     ),
-    calibration_method: CalibrationMethodName = typer.Option(
-        "minmax", "--calibration-method", help="minmax, entropy or percentile."
+    calibration_method: CalibrationRequest = typer.Option(
+        "minmax", "--calibration-method", help="minmax, entropy, percentile, or best (try all three, keep the best)."
     ),
+    reduce_range: ReduceRangeRequest = typer.Option(
+        "auto", "--reduce-range", help="7-bit INT8 weights: on, off, or auto (on where the CPU lacks VNNI)."
+    ),
+    fp16: bool | None = typer.Option(
+        None,
+        "--fp16/--no-fp16",
+        help="Make the FP16 candidate under auto (default: when providers name tensorrt/cuda).",
+    ),
+    min_eval_images: int = typer.Option(
+        DEFAULT_MIN_EVAL_IMAGES, "--min-eval-images", help="Refuse an agreement figure on fewer evaluation images."
+    ),
+    min_eval_boxes: int = typer.Option(
+        DEFAULT_MIN_EVAL_BOXES, "--min-eval-boxes", help="Detectors: refuse an mAP resting on fewer FP32 boxes."
+    ),
+    latency_runs: int = typer.Option(50, "--latency-runs", help="Timed runs per variant on this machine."),
 ) -> None:
-    """Build a bundle from a spec (INT8 + TensorRT table with --calibration), sign it if --key is given."""
+    """Build a bundle from a spec (INT8/FP16 candidates + TensorRT table with --calibration), sign it if --key
+    is given. The candidates table goes to stdout, warnings to stderr."""
     chosen: PrecisionRequest = precision or ("int8" if calibration is not None else "fp32")
     try:
         signing_key = SigningKey.load(key) if key is not None else None
         with tempfile.TemporaryDirectory(prefix="fleetctl-build-") as tmp:
             bundle_dir = Path(tmp) / "bundle"
-            result = build_precision_bundle(
-                spec,
-                bundle_dir,
-                calibration_dir=calibration,
-                eval_dir=eval_dir,
-                precision=chosen,
-                max_accuracy_loss=max_accuracy_loss,
-                method=calibration_method,
-            )
+            # Libraries (onnxruntime's calibration, tqdm) print progress: it is not this command's output.
+            with contextlib.redirect_stdout(sys.stderr):
+                result = build_precision_bundle(
+                    spec,
+                    bundle_dir,
+                    calibration_dir=calibration,
+                    eval_dir=eval_dir,
+                    precision=chosen,
+                    max_accuracy_loss=max_accuracy_loss,
+                    method=calibration_method,
+                    reduce_range=reduce_range,
+                    fp16=fp16,
+                    min_eval_images=min_eval_images,
+                    min_eval_boxes=min_eval_boxes,
+                    latency_runs=latency_runs,
+                )
             if signing_key is not None:
                 sign_bundle(bundle_dir, signing_key)
             pack_bundle(bundle_dir, out)
@@ -80,24 +122,85 @@ def build(
         raise fail(exc) from None
     manifest = result.manifest
     for warning in result.warnings:
-        _out.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+        err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
     if result.calibration is not None:
         cal = result.calibration
-        _out.print(
+        console.print(
             f"calibration: {cal.count} images sha256:{cal.sha256[:12]}… ({calibration_method})",
             highlight=False,
         )
-    if result.accuracy is not None:
-        acc = result.accuracy
-        _out.print(
-            f"int8: {acc.metric} {acc.value:.3f} vs fp32, loss {acc.loss:.1%} over {acc.samples} images",
+    if result.evaluation is not None and result.candidates:
+        ev = result.evaluation
+        held_out = "held-out" if eval_dir is not None else "the calibration images"
+        console.print(f"evaluation: {ev.count} images sha256:{ev.sha256[:12]}… ({held_out})", highlight=False)
+    if result.latency:
+        console.print(candidates_table(result))
+    if result.sla is not None:
+        sla = result.sla
+        verdict = "fits" if sla.fits else "MISSES"
+        console.print(
+            f"sla: {result.preferred} p{sla.percentile:g} {sla.measured_ms:.2f} ms on this builder {verdict} the "
+            f"budget {sla.budget_ms:.1f} ms (sla {sla.sla_ms:g} ms, headroom {sla.headroom:g}; model only, "
+            "the device measures itself)",
             highlight=False,
         )
-    if result.choice is not None:
-        figures = ", ".join(f"{n} p50 {f.p50_ms:.2f} ms" for n, f in sorted(result.choice.figures.items()))
-        _out.print(f"precision: {result.choice.chosen} ({figures} on {result.choice.hardware_class})", highlight=False)
     signed = f"signed by {signing_key.key_id}" if signing_key else "unsigned"
-    _out.print(f"built {out}: {manifest.ref} {manifest.digest} ({signed}, prefers {result.preferred})", highlight=False)
+    carried = "+".join(result.carried)
+    console.print(
+        f"built {out}: {manifest.ref} {manifest.digest} ({signed}, carries {carried}, prefers {result.preferred})",
+        highlight=False,
+    )
+
+
+def candidates_table(result: PrecisionBuild) -> Table:
+    """One row per variant tried: fp32 (the reference), then every candidate, carried or refused and why."""
+    table = Table(title=f"candidates on this builder ({result.hardware_class})", title_justify="left")
+    for column in ("variant", "act/weight", "calibration", "agreement", "images/boxes", "p50 ms", "result"):
+        table.add_column(column)
+    evaluated = result.evaluation.count if result.evaluation is not None else 0
+    boxes = next((c.accuracy.reference_boxes for c in result.candidates if c.accuracy is not None), None)
+    fp32 = result.latency.get("fp32")
+    table.add_row(
+        "fp32",
+        "fp32/fp32",
+        "-",
+        "reference",
+        _rests_on(evaluated, boxes) if result.candidates else "-",
+        f"{fp32.p50_ms:.2f}" if fp32 else "-",
+        "preferred" if result.preferred == "fp32" else "carried (reference)",
+    )
+    short = {"int8": "s8", "uint8": "u8", "float16": "fp16"}
+    for c in result.candidates:
+        kind = c.candidate
+        acc = c.accuracy
+        method: str = c.method or "-"
+        if len(c.methods_tried) > 1:
+            method += (
+                " ("
+                + ", ".join(
+                    f"{m} {v:.3f}" if isinstance(v, float) else f"{m} failed" for m, v in c.methods_tried.items()
+                )
+                + ")"
+            )
+        if c.reduce_range:
+            method += ", reduce_range"
+        if c.preprocessing:
+            method += f", {c.preprocessing}"
+        verdict = ("preferred" if c.preferred else "carried") if c.carried else f"refused: {c.reason}"
+        table.add_row(
+            c.name,
+            f"{short.get(kind.activations, kind.activations)}/{short.get(kind.weights, kind.weights)}",
+            method,
+            f"{acc.metric} {acc.value:.3f}" if acc else "-",
+            _rests_on(acc.samples, acc.reference_boxes) if acc else "-",
+            f"{c.latency.p50_ms:.2f}" if c.latency else "-",
+            escape(verdict),
+        )
+    return table
+
+
+def _rests_on(images: int, boxes: int | None) -> str:
+    return f"{images}" if boxes is None else f"{images}/{boxes}"
 
 
 @bundle_app.command("sign")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import structlog
 import yaml
 from typer.testing import CliRunner
 
+from edgefleet_pipeline.synthetic_documents import write_document_set
 from edgefleet_testing.modelgen import make_classifier
 from fleetctl.main import app
 
@@ -95,3 +97,21 @@ def test_keys_generate_refuses_overwrite(tmp_path: Path) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == 2
     assert "already exists" in result.output
+
+
+def test_build_with_calibration_prints_the_candidates_table_on_stdout(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    write_document_set(tmp_path / "cal", 16, seed=3, size=(32, 32))
+    efb = tmp_path / "c.efb"
+    args = ["bundle", "build", str(spec), "--out", str(efb), "--calibration", str(tmp_path / "cal")]
+    result = runner.invoke(app, [*args, "--precision", "auto", "--max-accuracy-loss", "1", "--latency-runs", "3"])
+    structlog.reset_defaults()
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[1]: line for line in result.stdout.splitlines() if line.startswith(("│", "┃"))}
+    # The spec's default providers name tensorrt and cuda: auto makes an FP16 candidate too.
+    assert {"variant", "fp32", "int8", "int8-u8s8", "fp16"} <= set(rows)
+    assert "reference" in rows["fp32"] and "s8/s8" in rows["int8"] and "u8/s8" in rows["int8-u8s8"]
+    assert "top1_agreement" in rows["int8"] and "16" in rows["int8"]  # scored on the 16 calibration images
+    # Warnings (no --eval, few images) are stderr's; stdout has the table and the result lines only.
+    assert "no --eval set" in result.stderr and "warning" not in result.stdout
+    assert "carries fp32+int8+int8-u8s8+fp16" in result.stdout and efb.exists()
