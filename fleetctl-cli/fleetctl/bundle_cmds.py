@@ -125,11 +125,11 @@ def build(
         err_console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False)
     if result.calibration is not None:
         cal = result.calibration
-        console.print(
-            f"calibration: {cal.count} images sha256:{cal.sha256[:12]}… ({calibration_method})",
-            highlight=False,
-        )
-    if result.evaluation is not None and result.candidates:
+        method = str(calibration_method)
+        if method == "best":
+            method = f"best: {(manifest.calibration or {}).get('method', '-')} for the TensorRT table"
+        console.print(f"calibration: {cal.count} images sha256:{cal.sha256[:12]}… ({method})", highlight=False)
+    if result.evaluation is not None and (result.candidates or result.fallback):
         ev = result.evaluation
         held_out = "held-out" if eval_dir is not None else "the calibration images"
         console.print(f"evaluation: {ev.count} images sha256:{ev.sha256[:12]}… ({held_out})", highlight=False)
