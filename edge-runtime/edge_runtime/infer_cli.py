@@ -280,7 +280,7 @@ def render_table(run: InferRun) -> str:
         r = img.result
         outputs = r.outputs
         t = r.timings
-        title = f"{img.path} ({img.width}x{img.height}): "
+        title = f"{img.path} ({img.width} wide x {img.height} high): "
         if detector:
             title += f"{len(outputs)} detection(s)"
             rows = [

@@ -30,6 +30,7 @@ from edgefleet.contract.bundle_archive import (
     unpack_bundle,
     unpack_unverified_bundle,
 )
+from edgefleet.contract.bundle_sections import describe_size
 from edgefleet.contract.errors import ContractError
 from edgefleet.contract.signing import SigningKey, TrustedKeys, sign_bundle
 from edgefleet_pipeline.precision_bundle import (
@@ -249,7 +250,7 @@ def manifest_table(manifest: BundleManifest, *, title: str | None = None) -> Tab
         ("created", manifest.created_at.isoformat()),
         ("inputs", ", ".join(f"{t.name} {t.dtype}{list(t.shape)}" for t in manifest.inputs)),
         ("outputs", ", ".join(f"{t.name} {t.dtype}{list(t.shape)}" for t in manifest.outputs)),
-        ("preprocess", f"{pre.resize} {pre.size[0]}x{pre.size[1]} {pre.color} {pre.layout} {pre.dtype}"),
+        ("preprocess", f"{pre.resize} {describe_size(pre)} {pre.color} {pre.layout} {pre.dtype}"),
         ("postprocess", f"{post.kind} conf≥{post.conf_threshold} iou={post.iou_threshold}"),
         ("labels", ", ".join(manifest.labels) or "-"),
         ("latency", f"p{manifest.latency.percentile:g} ≤ {manifest.latency.sla_ms:g} ms"),
