@@ -33,6 +33,8 @@ Owns:
   itself (``reference`` says so: FP32 was not measured). A variant this device cannot load (an FP16 model
   whose ops its provider lacks) is refused with the loader's reason and the others are measured; only when
   none loads is the bundle refused.
+- ``provider_refusal`` (pure): a U8S8 variant is refused where TensorRT would run it (TensorRT takes signed
+  INT8 Q/DQ only), before anything is loaded.
 - ``engine_flags`` (pure): the TensorRT flags a variant is loaded with. INT8 for any INT8 variant (a QDQ model
   carries its own scales; TensorRT only needs INT8 enabled to honour them). FP16 for an FP16 variant: its
   weights are already FP16, but TensorRT builds a weakly typed network in FP32 unless FP16 kernels are
@@ -56,10 +58,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import structlog
 from numpy.typing import NDArray
 
 from edge_runtime.inference import InferenceEngine, InferenceError
+from edge_runtime.inference.providers import CPU, TENSORRT, resolve_preference
 from edge_runtime.sources import SyntheticScene
 from edgefleet.contract.bundle import BundleManifest
 from edgefleet.contract.bundle_layout import MODEL_ROLE
@@ -275,6 +279,21 @@ def requested_variants(request: str, manifest: BundleManifest, known: Collection
     )
 
 
+def serving_provider(providers: Sequence[str], available: Sequence[str]) -> str:
+    """The onnxruntime provider that would run first for bundle-style ``providers`` on a device offering
+    ``available`` (the CPU provider when none of the others is there)."""
+    have = set(available)
+    return next((name for name in resolve_preference(providers) if name in have), CPU)
+
+
+def provider_refusal(name: str, variant: PrecisionVariant, provider: str) -> str | None:
+    """Why ``variant`` may not run on ``provider``, or None: TensorRT takes signed INT8 Q/DQ only, so a U8S8
+    variant is a CPU candidate (not loaded, not timed: a TensorRT engine build is minutes on a Jetson)."""
+    if provider == TENSORRT and variant_kind(name, variant).startswith("U8S8"):
+        return f"{name}: U8S8 QDQ cannot run on TensorRT (it takes signed INT8 only); its S8S8 variants can"
+    return None
+
+
 def engine_flags(variant: PrecisionVariant, *, fp16: bool = False) -> tuple[bool, bool]:
     """``(fp16, int8)`` TensorRT flags to load ``variant`` with (see the module docstring)."""
     return fp16 or variant.precision == "fp16", variant.precision == "int8"
@@ -345,17 +364,26 @@ def choose_variant(
     fp16: bool = False,
     intra_op_threads: int | None = None,
     clock: Callable[[], int] = time.perf_counter_ns,
+    available: Sequence[str] | None = None,
 ) -> VariantChoice:
     """Benchmark the servable variants of the bundle in ``bundle_dir`` on this device and choose one.
 
     ``providers``: bundle-style names (``tensorrt``, ``cuda``, ``cpu``), default the bundle's own list;
     ``cache_dir``: TensorRT engine/timing caches (default: a temporary directory, removed afterwards);
     ``precision``: the operator's ``inference.precision`` (``requested_variants``); ``only``: several such
-    requests at once (their union); ``fp16``: the operator's ``inference.fp16``.
+    requests at once (their union); ``fp16``: the operator's ``inference.fp16``; ``available``: the device's
+    onnxruntime providers (default: ``onnxruntime.get_available_providers()``).
     """
     bundle_dir = Path(bundle_dir)
     reference, eligible, refused = eligible_variants(manifest, max_accuracy_loss=max_accuracy_loss)
     known = {*eligible, *refused}
+    wanted = tuple(providers) if providers else tuple(manifest.providers)
+    first = serving_provider(wanted, ort.get_available_providers() if available is None else available)
+    for name in sorted(eligible):
+        reason = None if name == reference else provider_refusal(name, eligible[name], first)
+        if reason is not None:
+            refused[name] = reason
+            del eligible[name]
     requests = [precision, *(only or ())]
     allowed: set[str] | None = None
     for request in requests:
@@ -382,7 +410,6 @@ def choose_variant(
     if len(eligible) > 1:
         with tempfile.TemporaryDirectory(prefix="edgefleet-variants-") as tmp:
             cache = Path(cache_dir) if cache_dir is not None else Path(tmp)
-            wanted = tuple(providers) if providers else tuple(manifest.providers)
             engines: dict[str, InferenceEngine] = {}
             for name, variant in eligible.items():
                 try:

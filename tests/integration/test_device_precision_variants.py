@@ -266,3 +266,18 @@ def test_a_variant_this_device_cannot_load_is_refused_not_fatal(bundle: tuple[Pa
     )
     with pytest.raises(VariantError, match="no precision variant can be loaded on this device: int8-x: cannot"):
         choose_variant(directory, only_broken, providers=["cpu"], precision="int8")
+
+
+def test_u8s8_is_not_a_tensorrt_candidate(bundle: tuple[Path, BundleManifest]) -> None:
+    directory, manifest = bundle
+    jetson = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    gpu = ["tensorrt", "cuda", "cpu"]
+    reason = "int8-u8s8: U8S8 QDQ cannot run on TensorRT (it takes signed INT8 only); its S8S8 variants can"
+    # Decided before anything loads (fp32 forced: nothing is loaded or timed here).
+    choice = choose_variant(directory, manifest, providers=gpu, precision="fp32", available=jetson)
+    assert choice.refused["int8-u8s8"] == reason and choice.name == "fp32"
+    with pytest.raises(VariantError, match=re.escape(reason)):
+        choose_variant(directory, manifest, providers=gpu, precision="int8-u8s8", available=jetson)
+    # Where TensorRT is absent (or not first), U8S8 stays a candidate.
+    cpu_only = choose_variant(directory, manifest, providers=gpu, precision="int8-u8s8", available=jetson[2:])
+    assert cpu_only.name == "int8-u8s8"
