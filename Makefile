@@ -7,12 +7,13 @@ STAMP := $(VENV)/.installed
 PROTO_SRC := $(wildcard protos/edgefleet/v1/*.proto)
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: help venv openvino-venv pg proto proto-check lint typecheck test test-fast demo bench clean
+.PHONY: help venv openvino-venv pg proto proto-check lint typecheck test test-fast demo bench gpu-check clean
 
 help:
 	@echo "make demo   - run the edgefleet demo on embedded defaults"
 	@echo "make test   - install, check generated code, ruff, import contracts, mypy --strict, pytest"
 	@echo "make bench  - run the benchmarks under bench/"
+	@echo "make gpu-check - TensorRT/CUDA checks on an NVIDIA GPU (docs/gpu-check.md)"
 	@echo "make proto  - regenerate protobuf/gRPC code from protos/"
 	@echo "make lint   - ruff, import contracts (lint-imports), mypy --strict"
 	@echo "make openvino-venv - the OpenVINO execution provider's virtualenv (.venv-openvino; make test makes it)"
@@ -92,6 +93,14 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The TensorRT and CUDA paths on an NVIDIA GPU (docs/gpu-check.md). GPU_PY's environment needs onnxruntime-gpu==1.31.1
+# (CUDA 12, cuDNN 9) in place of onnxruntime, and TensorRT 10; no install step: a lent GPU machine has no package index.
+# Exits 3 naming what is missing; GPU_CHECK_ARGS="--providers cpu" is the CPU rehearsal.
+GPU_PY ?= $(BIN)/python
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(GPU_PY) -m tools.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(OV_VENV) .mypy_cache .ruff_cache .pytest_cache
