@@ -2,7 +2,7 @@
 which one the device serves, and each candidate's agreement with FP32.
 
 ``run(quick=False) -> list[dict]`` returns the house rows; ``python -m bench --only bench_quantization`` (from
-the repository root: the face drawings come from ``tests/integration/precision_images.py``) prints them.
+the repository root) prints them; the face drawings come from ``edgefleet_testing.calibration_images``.
 Nothing is downloaded: the model is nudenet's Ultralytics YOLOv8n export from its pinned wheel
 (``edgefleet_testing.real_models``: symbolic dims, dynamic batch, 320x320, 18 classes); calibration and
 evaluation images are rendered into a temporary directory: face-like drawings, which this detector finds
@@ -47,8 +47,8 @@ from edgefleet_pipeline.precision import measure_latency
 from edgefleet_pipeline.precision_bundle import build_precision_bundle
 from edgefleet_pipeline.quantize import model_input_name
 from edgefleet_pipeline.synthetic_documents import write_document_set
+from edgefleet_testing.calibration_images import write_faces
 from edgefleet_testing.real_models import yolov8n_spec
-from tests.integration.precision_images import write_faces
 
 VARIANTS = {"fp32": "FP32", "int8": "S8S8 (QDQ, int8 activations)", "int8-u8s8": "U8S8 (QDQ, uint8 activations)"}
 MIN_BOXES = 20

