@@ -15,6 +15,9 @@ Decisions:
 - Sample ids are scoped per device: ``review label --device D ID`` names the sample; without ``--device`` the
   id must belong to one device only (the controller names the devices otherwise).
 - ``telemetry delete`` deletes nothing without ``--yes`` (or a "y" at its prompt) and prints the counts.
+- PRECISION is the precision variant that served the row's windows (``int8-u8s8``); several, comma-joined,
+  when the row's latency mixes variants (``query --by-precision`` gives each its own row); ``-`` when the
+  devices did not say (they predate it).
 """
 
 from __future__ import annotations
@@ -94,6 +97,13 @@ def psi_text(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.3f}"
 
 
+def precision_text(row: fleet_pb2.TelemetryRow, split: bool = False) -> str:
+    """The row's variant when the query was split by precision, else every variant its windows name."""
+    if split:
+        return row.precision or "-"
+    return ",".join(row.precisions) or "-"
+
+
 def key_text(row: fleet_pb2.TelemetryRow, group_by: str, names: dict[str, str]) -> str:
     if group_by == "bundle":
         return short_digest(row.key)
@@ -104,6 +114,7 @@ def key_text(row: fleet_pb2.TelemetryRow, group_by: str, names: dict[str, str]) 
 
 TOP_COLUMNS = (
     "DEVICE",
+    "PRECISION",
     "P50 MS",
     "P95 MS",
     "P99 MS",
@@ -123,6 +134,7 @@ def top_row(row: fleet_pb2.TelemetryRow, names: dict[str, str]) -> list[str]:
     e2e, model, sensors = row.latency_e2e, row.latency_model, list(row.sensors)
     return [
         names.get(row.key, row.key),
+        precision_text(row),
         ms(e2e.p50_ms, e2e.count),
         ms(e2e.p95_ms, e2e.count),
         ms(e2e.p99_ms, e2e.count),
@@ -138,7 +150,19 @@ def top_row(row: fleet_pb2.TelemetryRow, names: dict[str, str]) -> list[str]:
     ]
 
 
-QUERY_COLUMNS = ("P50 MS", "P95 MS", "P99 MS", "MODEL P95", "FRAMES", "LOST", "ERRORS", "FPS", "PSI", "THROTTLING")
+QUERY_COLUMNS = (
+    "PRECISION",
+    "P50 MS",
+    "P95 MS",
+    "P99 MS",
+    "MODEL P95",
+    "FRAMES",
+    "LOST",
+    "ERRORS",
+    "FPS",
+    "PSI",
+    "THROTTLING",
+)
 
 
 def lost_text(row: fleet_pb2.TelemetryRow) -> str:
@@ -156,10 +180,13 @@ def lost_text(row: fleet_pb2.TelemetryRow) -> str:
 QUERY_WIDE_COLUMNS = ("CPU °C", "GPU °C", "CPU MHZ", "GPU MHZ", "KEY")
 
 
-def query_row(row: fleet_pb2.TelemetryRow, group_by: str, names: dict[str, str], wide: bool) -> list[str]:
+def query_row(
+    row: fleet_pb2.TelemetryRow, group_by: str, names: dict[str, str], wide: bool, by_precision: bool = False
+) -> list[str]:
     e2e, model, sensors = row.latency_e2e, row.latency_model, list(row.sensors)
     cells = [
         key_text(row, group_by, names),
+        precision_text(row, by_precision),
         ms(e2e.p50_ms, e2e.count),
         ms(e2e.p95_ms, e2e.count),
         ms(e2e.p99_ms, e2e.count),
@@ -266,16 +293,22 @@ def query(
     site: str = SiteOpt,
     device: str = typer.Option("", help="only this device (id or name)"),
     bundle: str = BundleOpt,
+    by_precision: bool = typer.Option(
+        False, "--by-precision", "-p", help="one row per precision variant (fp32, int8-u8s8, …) of each group"
+    ),
     output: str = OutputOpt,
 ) -> None:
     """Latency percentiles (merged sketches), frames, frames declared lost, errors, fps, drift and throttling
     per group. LOST: frames a device processed but never reported (killed with a window open), "+ N gaps of
-    unknown count (≥M)" for intervals whose count it could not know (a reboot, an unreadable frame checkpoint)."""
+    unknown count (≥M)" for intervals whose count it could not know (a reboot, an unreadable frame checkpoint).
+    PRECISION: the precision variant(s) that served the group's windows; --by-precision splits each group."""
     fmt = check_format(output)
     if group_by not in GROUPS:
         raise typer.BadParameter(f"--group-by must be one of {', '.join(GROUPS)}; got {shown(group_by)}")
     start, end = _window(since, until, datetime.now(UTC))
-    request = fleet_pb2.QueryTelemetryRequest(group_by=group_by, site=site, device=device, bundle=bundle)
+    request = fleet_pb2.QueryTelemetryRequest(
+        group_by=group_by, site=site, device=device, bundle=bundle, by_precision=by_precision
+    )
     request.since.FromDatetime(start)
     if end is not None:
         request.until.FromDatetime(end)
@@ -286,8 +319,9 @@ def query(
     names = _device_names(site) if group_by == "device" else {}
     wide = fmt == "wide"
     columns = [group_by.upper(), *QUERY_COLUMNS, *(QUERY_WIDE_COLUMNS if wide else ())]
-    rows = [query_row(r, group_by, names, wide) for r in reply.rows]
-    console.print(table(f"telemetry by {group_by} ({len(rows)})", columns, rows))
+    rows = [query_row(r, group_by, names, wide, by_precision) for r in reply.rows]
+    title = f"telemetry by {group_by}{' and precision' if by_precision else ''} ({len(rows)})"
+    console.print(table(title, columns, rows))
 
 
 def _review_rows(samples: Sequence[fleet_pb2.ReviewSampleInfo], names: dict[str, str]) -> list[list[str]]:

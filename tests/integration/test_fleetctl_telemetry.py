@@ -38,7 +38,13 @@ runner = CliRunner()
 
 
 def window(
-    rng: np.random.Generator, start: datetime, *, p50_ms: float, sensors: Sequence[SensorReading], errors: int = 0
+    rng: np.random.Generator,
+    start: datetime,
+    *,
+    p50_ms: float,
+    sensors: Sequence[SensorReading],
+    errors: int = 0,
+    precision: str = "",
 ) -> MetricWindow:
     sketch = new_sketch()
     for v in rng.lognormal(np.log(p50_ms), 0.05, size=100):
@@ -52,6 +58,7 @@ def window(
         latency_model=sketch_to_proto(sketch),
         confidence=ConfidenceHistogram(counts=[0] * 16 + [100] + [0] * 3),
         sensors=list(sensors),
+        precision=precision,
     )
     w.window_start.FromDatetime(start)
     return w
@@ -126,13 +133,17 @@ async def fed(tmp_path: Path) -> AsyncIterator[Cli]:
     rng = np.random.default_rng(3)
     now = datetime.now(UTC).replace(microsecond=0)
     t0 = now - timedelta(minutes=5)
-    # cam-hot: five cool windows, then one hot, clock-dropped and slow: throttling.
+    # cam-hot: five cool windows, then one hot, clock-dropped and slow: throttling; served by the U8S8 variant.
+    u8 = "int8-u8s8"
     hot: list[Body] = [
-        window(rng, t0 + timedelta(seconds=10 * i), p50_ms=20.0, sensors=readings(50.0, 1500.0)) for i in range(5)
+        window(rng, t0 + timedelta(seconds=10 * i), p50_ms=20.0, sensors=readings(50.0, 1500.0), precision=u8)
+        for i in range(5)
     ]
-    hot.append(window(rng, t0 + timedelta(seconds=50), p50_ms=40.0, sensors=readings(72.5, 1000.0), errors=2))
+    hot.append(
+        window(rng, t0 + timedelta(seconds=50), p50_ms=40.0, sensors=readings(72.5, 1000.0), errors=2, precision=u8)
+    )
     hot += [sample("s-hot-1", t0), sample("s-hot-2", t0 + timedelta(seconds=1))]
-    # cam-bare: no sensors at all (a box with none readable).
+    # cam-bare: no sensors at all (a box with none readable), and no precision (a device that predates it).
     bare: list[Body] = [window(rng, t0 + timedelta(seconds=10 * i), p50_ms=10.0, sensors=[]) for i in range(6)]
     bare.append(sample("../../etc/s-bare", t0))
     # cam-old: only telemetry from two hours ago, outside the default windows.
@@ -153,12 +164,14 @@ def table_line(output: str, first_cell: str) -> list[str]:
 async def test_top_shows_percentiles_sensors_and_throttling(fed: Cli) -> None:
     out = await fed.ok("telemetry", "top")
     hot = table_line(out, "cam-hot")
-    # DEVICE P50 P95 P99 MODEL-P95 FPS ERRORS CPU°C GPU°C CPU-MHZ GPU-MHZ PSI THROTTLING
-    assert 19.0 < float(hot[1]) < 22.0 and 38.0 < float(hot[3]) < 45.0
-    assert hot[5:] == ["10.0", "2", "72.5", "-", "1000/1500", "-", hot[11], "THROTTLING"]
+    # DEVICE PRECISION P50 P95 P99 MODEL-P95 FPS ERRORS CPU°C GPU°C CPU-MHZ GPU-MHZ PSI THROTTLING
+    assert hot[1] == "int8-u8s8"
+    assert 19.0 < float(hot[2]) < 22.0 and 38.0 < float(hot[4]) < 45.0
+    assert hot[6:] == ["10.0", "2", "72.5", "-", "1000/1500", "-", hot[12], "THROTTLING"]
     bare = table_line(out, "cam-bare")
-    assert 9.0 < float(bare[1]) < 11.0
-    assert bare[6:11] == ["0", "-", "-", "-", "-"] and bare[12] == ""
+    assert bare[1] == "-"  # its windows name no precision
+    assert 9.0 < float(bare[2]) < 11.0
+    assert bare[7:12] == ["0", "-", "-", "-", "-"] and bare[13] == ""
     assert "cam-old" not in out  # two hours old: outside --since 10m
     north = await fed.ok("telemetry", "top", "--site", "north", "--since", "3h")
     assert "cam-old" in north and "cam-bare" not in north
@@ -175,13 +188,65 @@ async def test_query_groups_and_formats(fed: Cli) -> None:
     assert set(by_site) == {"north", "south"}
     assert int(by_site["north"]["frames"]) == 700 and int(by_site["south"]["frames"]) == 600
     assert by_site["north"]["throttling"] is True
+    assert by_site["north"]["precisions"] == ["int8-u8s8"] and "precisions" not in by_site["south"]
     one_hour = json.loads(await fed.ok("telemetry", "query", "-g", "device", "-o", "json"))
     assert len(one_hour) == 2  # cam-old's window is two hours old
     until = json.loads(await fed.ok("telemetry", "query", "--since", "3h", "--until", "1h", "-o", "json"))
     assert len(until) == 1 and 90.0 < until[0]["latency_e2e"]["p50_ms"] < 110.0
     by_bundle = await fed.ok("telemetry", "query", "--group-by", "bundle", "--device", "cam-bare", "-o", "wide")
     cells = table_line(by_bundle, "b" * 12)
-    assert cells[5] == "600" and cells[-1] == BUNDLE and cells[-5:-1] == ["-", "-", "-", "-"]
+    assert cells[1] == "-" and cells[6] == "600" and cells[-1] == BUNDLE and cells[-5:-1] == ["-", "-", "-", "-"]
+
+
+async def test_query_by_precision_gives_each_served_variant_its_own_latency(tmp_path: Path) -> None:
+    """A device that served FP32 (30 ms), then its U8S8 variant (10 ms), after windows from before it named a
+    variant: unsplit, its row names both variants (the latency mixes them); --by-precision gives one row per
+    variant with that variant's own percentiles and frames, the unnamed windows under '-'; asked again after
+    more windows of the same variant, that row grows and no other moves."""
+    rng = np.random.default_rng(7)
+    t0 = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+
+    def at(i: int, p50_ms: float, precision: str) -> Body:
+        return window(rng, t0 + timedelta(seconds=10 * i), p50_ms=p50_ms, sensors=[], precision=precision)
+
+    old = [at(i, 50.0, "") for i in range(2)]
+    fp32 = [at(2 + i, 30.0, "fp32") for i in range(3)]
+    u8s8 = [at(5 + i, 10.0, "int8-u8s8") for i in range(3)]
+    async with running_controller(tmp_path / "ctl") as ctrl:
+        await drain(ctrl, tmp_path, {"cam-mix": ("east", [*old, *fp32, *u8s8])})
+        cli = Cli(ctrl, ctrl.admin_token)
+        mixed = table_line(await cli.ok("telemetry", "top"), "cam-mix")
+        assert mixed[1] == "fp32,int8-u8s8"
+        split = await cli.ok("telemetry", "query", "--by-precision")
+        assert "telemetry by device and precision (3)" in split
+        rows = {}
+        for line in split.splitlines():
+            cells = [c.strip() for c in line.strip().strip("│┃").split("│")]
+            if cells[0] == "cam-mix":
+                rows[cells[1]] = cells
+        assert set(rows) == {"-", "fp32", "int8-u8s8"}
+        assert 28.0 < float(rows["fp32"][2]) < 32.0 and 9.0 < float(rows["int8-u8s8"][2]) < 11.0
+        assert 48.0 < float(rows["-"][2]) < 52.0
+        assert (rows["-"][6], rows["fp32"][6], rows["int8-u8s8"][6]) == ("200", "300", "300")
+
+        by_bundle = json.loads(await cli.ok("telemetry", "query", "-g", "bundle", "-p", "-o", "json"))
+        assert [(r["key"], r.get("precision", "")) for r in by_bundle] == [
+            (BUNDLE, ""),
+            (BUNDLE, "fp32"),
+            (BUNDLE, "int8-u8s8"),
+        ]
+        assert [r.get("precisions", []) for r in by_bundle] == [[], ["fp32"], ["int8-u8s8"]]
+
+        # a second device of the site serving U8S8: its windows land in that variant's row only
+        await drain(ctrl, tmp_path, {"cam-mix-2": ("east", [at(8 + i, 10.0, "int8-u8s8") for i in range(2)])})
+        again = json.loads(await cli.ok("telemetry", "query", "-g", "site", "-p", "-o", "json"))
+        frames = {r.get("precision", ""): int(r["frames"]) for r in again}
+        assert frames == {"": 200, "fp32": 300, "int8-u8s8": 500}
+        with ctrl.app.store.db.engine.connect() as conn:
+            stored = conn.execute(
+                sa.select(t.telemetry_windows.c.precision, sa.func.count()).group_by(t.telemetry_windows.c.precision)
+            ).all()
+        assert dict(stored) == {"": 2, "fp32": 3, "int8-u8s8": 5}
 
 
 async def test_query_refuses_bad_input_with_exit_2(fed: Cli) -> None:
@@ -236,7 +301,7 @@ async def test_top_skips_a_malformed_stored_window_and_warns(fed: Cli) -> None:
         del row["id"]
         conn.execute(w.insert(), [row | {"epoch": "old-version", "latency_e2e": b""}])
     out = await fed.ok("telemetry", "top")
-    assert table_line(out, "cam-hot")[:4] == before[:4]
+    assert table_line(out, "cam-hot")[:5] == before[:5]
     assert "warning: 1 stored telemetry window(s) in scope are malformed" in out
 
 

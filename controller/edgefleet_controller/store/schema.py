@@ -61,6 +61,7 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
 _SHORT = 64  # ids we mint (devices, tokens, rollouts), kinds, epochs, hex sha256 hashes
 _DIGEST = 71  # "sha256:" + 64 hex
 _TEXT = 255  # names, sites, versions, who did it
+PRECISION_CHARS = 100  # a precision variant's name (request_bounds.PRECISION_RE)
 
 
 def _short(name: str, *args: Any, **options: Any) -> sa.Column[Any]:
@@ -449,6 +450,9 @@ telemetry_windows = sa.Table(
         _json("dropped_json"),
         _short("provider", nullable=False),
         sa.Column("throttling", sa.Boolean(), nullable=False),
+        # the precision variant that served the window (migration 0008): its name as the bundle declares it
+        # (request_bounds.PRECISION_RE, at most 100 characters); '' for windows of devices that predate it
+        sa.Column("precision", sa.String(PRECISION_CHARS), nullable=False, server_default=""),
     ),
     sa.Index(None, "device_id", "window_start"),
     sa.Index(None, "site", "window_start"),

@@ -84,6 +84,8 @@ class WindowRow:
     confidence: tuple[int, ...]
     sensors_json: str
     throttling: bool
+    #: The precision variant that served the window ('' from devices that predate it, and rows before 0008).
+    precision: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,6 +332,8 @@ class TelemetryStore:
             "dropped_json": canonical_json_text(dict(w.dropped)),
             "provider": w.provider[:64],
             "throttling": planned.throttling.throttling,
+            # request_bounds refused any other name before the batch reached the plan; the cut is the backstop
+            "precision": w.precision[: t.PRECISION_CHARS],
         }
         row["size_bytes"] = len(e2e) + len(row["latency_model"]) + len(row["sensors_json"]) + 200
         return row
@@ -417,6 +421,7 @@ class TelemetryStore:
             w.c.confidence_json,
             w.c.sensors_json,
             w.c.throttling,
+            w.c.precision,
         ).order_by(w.c.window_start)
         if since is not None:
             query = query.where(w.c.window_start >= since)

@@ -1,4 +1,5 @@
-"""QueryTelemetry: stored metric windows grouped by device, site or bundle over [since, until).
+"""QueryTelemetry: stored metric windows grouped by device, site or bundle over [since, until), and split by
+the precision variant that served them when asked (``by_precision``).
 
 Pure over rows (``summarise``); the service fetches the rows. Decisions:
 
@@ -14,6 +15,12 @@ Pure over rows (``summarise``); the service fetches the rows. Decisions:
   counted beside the stored ``frames``: ``frames_lost`` (exact counts), ``gaps``, ``gaps_unknown`` (intervals
   whose count the device could not know; ``frames_lost_at_least`` sums their lower bounds). A group with
   gaps and no window still gets a row: a device that only ever lost frames must not look idle.
+- Precision: every row names the distinct non-empty variants its windows were served with (``precisions``,
+  sorted), so a row whose latency mixes variants (a device that moved from ``fp32`` to ``int8-u8s8`` within
+  the range) says so. ``by_precision`` splits each group into one row per (key, variant), the variant in
+  ``precision`` ('' for windows of devices that predate ``MetricWindow.precision``): percentiles, fps, drift
+  and throttling are then those of that variant's windows alone. Frame gaps carry no variant: split, they
+  are counted in the group's row with an empty precision (a row of its own when no window lacks one).
 - A stored window breaking the bounds windows are now stored with (``window_bounds.row_problem``: written by
   an older controller) is skipped, never merged, and counted in ``skipped_records``; the first few are
   logged (``telemetry.query_skipped_record``). So every merged sketch has at most the bounded bins.
@@ -109,18 +116,22 @@ def summarise(
     baselines: Mapping[str, Baseline],
     policy: QueryPolicy = QueryPolicy(),
     gaps: Sequence[GapRow] = (),
+    *,
+    by_precision: bool = False,
 ) -> QueryTelemetryResponse:
     sound, skipped = sound_rows(rows)
-    groups: dict[str, list[WindowRow]] = {}
+    groups: dict[tuple[str, str], list[WindowRow]] = {}
     for row in sound:
-        groups.setdefault(group_key(row, group_by or "device"), []).append(row)
-    lost: dict[str, list[GapRow]] = {}
+        variant = row.precision if by_precision else ""
+        groups.setdefault((group_key(row, group_by or "device"), variant), []).append(row)
+    lost: dict[tuple[str, str], list[GapRow]] = {}
     for gap in gaps:
-        lost.setdefault(group_key(gap, group_by or "device"), []).append(gap)
+        lost.setdefault((group_key(gap, group_by or "device"), ""), []).append(gap)
     out = QueryTelemetryResponse(skipped_records=skipped)
-    for key in sorted(groups.keys() | lost.keys()):
-        members = groups.get(key, [])
-        counted = _lost_counts(key, lost.get(key, []))
+    for key, variant in sorted(groups.keys() | lost.keys()):
+        members = groups.get((key, variant), [])
+        counted = _lost_counts(key, lost.get((key, variant), []))
+        counted.precision = variant
         if not members:
             counted.drift_psi = math.nan
             out.rows.append(counted)
@@ -169,6 +180,7 @@ def summarise(
                 sensors=sensors_from_json(newest.sensors_json),
                 throttling=any(r.throttling for r in latest_per_device),
                 fps=fps,
+                precisions=sorted({r.precision for r in members if r.precision}),
             )
         )
         out.rows[-1].MergeFrom(counted)

@@ -18,6 +18,7 @@ builds the service, starts it and stops it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import uuid
 from collections.abc import AsyncIterator
@@ -291,7 +292,14 @@ class TelemetryService:
         baselines = await asyncio.to_thread(self.tstore.baselines)
         policy = QueryPolicy(self.settings.psi_bound, self.settings.min_frames)
         # Merging is bounded per row (window_bounds) but linear in the rows: never on the event loop.
-        out = await asyncio.to_thread(summarise, rows, request.group_by or "device", baselines, policy, gaps)
+        out = await asyncio.to_thread(
+            functools.partial(summarise, by_precision=request.by_precision),
+            rows,
+            request.group_by or "device",
+            baselines,
+            policy,
+            gaps,
+        )
         if out.skipped_records:
             log.warning("telemetry.query_skipped_records", skipped=out.skipped_records)
             if self.metrics is not None:

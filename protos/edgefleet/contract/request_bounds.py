@@ -21,6 +21,7 @@ from typing import Final
 
 from google.protobuf.message import Message
 
+from edgefleet.contract.bundle_layout import ROLE_RE
 from edgefleet.contract.digests import DIGEST_PATTERN
 from edgefleet.contract.request_plans import accepts
 from edgefleet.contract.request_specs import (
@@ -101,6 +102,8 @@ SITE_RE: Final = re.compile(r"[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?")
 #: A free-text name an operator gives (operator token, rollout, trusted key id): printable, so a listing
 #: never renders control or bidi characters.
 OPERATOR_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._@:-]{0,127}")
+#: A precision variant's name as a bundle declares it (``precision_variants`` keys: ``fp32``, ``int8-u8s8``).
+PRECISION_RE: Final = ROLE_RE
 #: An artifact or bundle digest.
 DIGEST_RE: Final = DIGEST_PATTERN
 #: A bundle reference: a digest or ``name@version`` (a DNS-label name, a SemVer-like version).
@@ -117,6 +120,7 @@ _DIGEST = Text(71, DIGEST_RE, hint="'sha256:' + 64 lowercase hex")
 _BUNDLE_REF = Text(MAX_SHORT_CHARS, BUNDLE_REF_RE, hint="'sha256:<64 hex>' or 'name@version'")
 _OPERATOR_NAME_HINT = "[A-Za-z0-9][A-Za-z0-9 ._@:-]{0,127} (letters, digits, space and ._@:-)"
 _OPERATOR_NAME = Text(128, OPERATOR_NAME_RE, hint=_OPERATOR_NAME_HINT)
+_PRECISION = Text(100, PRECISION_RE, hint="[a-z0-9][a-z0-9._-]* (a precision variant's name, e.g. int8-u8s8)")
 _SITE = Text(63, SITE_RE, hint="a site name (a-z, 0-9, '.', '_', '-'; 1-63, letter or digit at both ends)")
 _U32 = Number(0, MAX_UINT32)
 _U64 = Number(0, MAX_STORED_INT)
@@ -302,7 +306,7 @@ BOUNDS: Final[Mapping[str, Bounds]] = {
             "disk_free_bytes": _U64,
             "dropped": Count(64, Number(0, MAX_WINDOW_DROPPED), key=_SHORT),
             "provider": _SHORT,
-            "precision": _SHORT,
+            "precision": _PRECISION,
         }
     ),
     "edgefleet.v1.ReviewSample": Bounds(
@@ -389,6 +393,7 @@ BOUNDS: Final[Mapping[str, Bounds]] = {
             "bundle": _DIGEST,
             "since": _NESTED,
             "until": _NESTED,
+            "by_precision": _FLAG,
         }
     ),
     "edgefleet.v1.ListReviewSamplesRequest": Bounds(

@@ -1383,11 +1383,17 @@ class QueryTelemetryRequest(_message.Message):
     BUNDLE_FIELD_NUMBER: _builtins.int
     SINCE_FIELD_NUMBER: _builtins.int
     UNTIL_FIELD_NUMBER: _builtins.int
+    BY_PRECISION_FIELD_NUMBER: _builtins.int
     group_by: _builtins.str
     """Group rows by "device", "site" or "bundle" (default "device")."""
     site: _builtins.str
     device: _builtins.str
     bundle: _builtins.str
+    by_precision: _builtins.bool
+    """Split each group by the precision variant that served its windows (MetricWindow.precision): one row per
+    (key, variant), the variant in TelemetryRow.precision, so each variant's latency is its own. Frame gaps
+    carry no variant: they are counted in the group's row with an empty precision.
+    """
     @_builtins.property
     def since(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -1401,10 +1407,11 @@ class QueryTelemetryRequest(_message.Message):
         bundle: _builtins.str = ...,
         since: _timestamp_pb2.Timestamp | None = ...,
         until: _timestamp_pb2.Timestamp | None = ...,
+        by_precision: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "device", b"device", "group_by", b"group_by", "since", b"since", "site", b"site", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle", b"bundle", "by_precision", b"by_precision", "device", b"device", "group_by", b"group_by", "since", b"since", "site", b"site", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1427,6 +1434,8 @@ class TelemetryRow(_message.Message):
     GAPS_FIELD_NUMBER: _builtins.int
     GAPS_UNKNOWN_FIELD_NUMBER: _builtins.int
     FRAMES_LOST_AT_LEAST_FIELD_NUMBER: _builtins.int
+    PRECISION_FIELD_NUMBER: _builtins.int
+    PRECISIONS_FIELD_NUMBER: _builtins.int
     key: _builtins.str
     """Device id, site name or bundle digest, per group_by."""
     frames: _builtins.int
@@ -1443,6 +1452,10 @@ class TelemetryRow(_message.Message):
     gaps: _builtins.int
     gaps_unknown: _builtins.int
     frames_lost_at_least: _builtins.int
+    precision: _builtins.str
+    """With by_precision: the precision variant of this row's windows ("fp32", "int8-u8s8", …; empty for windows
+    from devices that predate MetricWindow.precision). Empty without by_precision.
+    """
     @_builtins.property
     def latency_e2e(self) -> _common_pb2.Percentiles: ...
     @_builtins.property
@@ -1450,6 +1463,12 @@ class TelemetryRow(_message.Message):
     @_builtins.property
     def sensors(self) -> _containers.RepeatedCompositeFieldContainer[_telemetry_pb2.SensorReading]:
         """Latest sensor readings."""
+
+    @_builtins.property
+    def precisions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The distinct non-empty precision variants of the row's windows, sorted: more than one means the row's
+        latency mixes variants (ask again with by_precision to split it).
+        """
 
     def __init__(
         self,
@@ -1467,10 +1486,12 @@ class TelemetryRow(_message.Message):
         gaps: _builtins.int = ...,
         gaps_unknown: _builtins.int = ...,
         frames_lost_at_least: _builtins.int = ...,
+        precision: _builtins.str = ...,
+        precisions: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["latency_e2e", b"latency_e2e", "latency_model", b"latency_model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["drift_psi", b"drift_psi", "errors", b"errors", "fps", b"fps", "frames", b"frames", "frames_lost", b"frames_lost", "frames_lost_at_least", b"frames_lost_at_least", "gaps", b"gaps", "gaps_unknown", b"gaps_unknown", "key", b"key", "latency_e2e", b"latency_e2e", "latency_model", b"latency_model", "sensors", b"sensors", "throttling", b"throttling"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drift_psi", b"drift_psi", "errors", b"errors", "fps", b"fps", "frames", b"frames", "frames_lost", b"frames_lost", "frames_lost_at_least", b"frames_lost_at_least", "gaps", b"gaps", "gaps_unknown", b"gaps_unknown", "key", b"key", "latency_e2e", b"latency_e2e", "latency_model", b"latency_model", "precision", b"precision", "precisions", b"precisions", "sensors", b"sensors", "throttling", b"throttling"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

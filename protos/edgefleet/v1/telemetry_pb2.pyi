@@ -456,7 +456,9 @@ class MetricWindow(_message.Message):
     """Execution provider actually running."""
     precision: _builtins.str
     """Precision variant of the bundle actually serving, by name ("fp32", "int8", "int8-u8s8", "fp16"); empty
-    from devices that predate it.
+    from devices that predate it. A bundle's variant name: [a-z0-9][a-z0-9._-]*, at most 100 characters;
+    anything else refuses the batch (INVALID_ARGUMENT). The controller stores it per window (QueryTelemetry's
+    TelemetryRow.precisions, and one row per variant with by_precision).
     """
     @_builtins.property
     def window_start(self) -> _timestamp_pb2.Timestamp: ...
