@@ -3,7 +3,7 @@ SQLite and PostgreSQL: stored per window and read back by QueryTelemetry (``prec
 variant with ``by_precision``); an old-style window without it is stored with an empty precision; a hostile
 name (too long, characters no bundle variant has) refuses its whole batch with INVALID_ARGUMENT naming the
 field and stores nothing, and the device's next sound batch is taken; migration 0008 upgrades a database at
-0007 that holds windows, which then read as "variant not known" beside new ones."""
+0007 that holds windows, which then read as "variant not known" beside new ones (and down and up again)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,14 @@ from typing import Any
 import grpc
 import pytest
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
 
 from edgefleet.v1 import device_pb2_grpc, fleet_pb2
 from edgefleet.v1.telemetry_pb2 import MetricWindow, TelemetryBatch, TelemetryRecord
 from edgefleet_controller.store import Store, head_revision
 from edgefleet_controller.store import schema as t
+from edgefleet_controller.store.db import MIGRATIONS_DIR
 from edgefleet_controller.store.telemetry import TelemetryStore
 from edgefleet_controller.telemetry.ingest_plan import plan_batch
 from edgefleet_controller.telemetry.query import summarise
@@ -210,3 +213,18 @@ def test_0008_upgrades_a_database_holding_windows(store_url: str) -> None:
     # reopening at head is a no-op and keeps what was stored
     with Store.open(store_url) as again:
         assert [r.precision for r in TelemetryStore(again.db).windows(since=None, until=None)] == ["", "", "int8-u8s8"]
+    # downgraded to 0007 the windows stay (without their variant); upgraded again, every one reads as not known
+    engine = sa.create_engine(store_url)
+    try:
+        with engine.begin() as conn:
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS_DIR))
+            config.attributes["connection"] = conn
+            command.downgrade(config, "0007")
+        with engine.connect() as conn:
+            assert "precision" not in {c["name"] for c in sa.inspect(conn).get_columns("telemetry_windows")}
+            assert conn.execute(sa.text("SELECT count(*) FROM telemetry_windows")).scalar() == 3
+    finally:
+        engine.dispose()
+    with Store.open(store_url) as upgraded:
+        assert [r.precision for r in TelemetryStore(upgraded.db).windows(since=None, until=None)] == ["", "", ""]
