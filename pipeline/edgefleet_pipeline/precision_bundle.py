@@ -37,11 +37,23 @@ Decisions:
   INT8); ``fp32`` with a calibration set still ships it (TensorRT builds INT8 from FP32 + the table).
 - Latencies measured by the builder are model-only, labelled with its hardware class and
   ``measured_by: builder``: the builder is not the device, so a missed SLA is a warning, never an error.
+- Each carried candidate gets its own golden tolerance (``variant_golden_tolerance``, in its metrics as
+  ``golden_tolerance: {atol, rtol, max_abs_deviation, margin, cases, measured_by}``). The bundle's golden
+  outputs are FP32's, and a device serving INT8 differs from them by its quantization error (~1e-2 on a
+  classifier's probabilities), far above the bundle's ``canary.golden_tolerance`` (1e-3): with that one
+  tolerance every INT8 device failed its golden preflight. The rule: ``atol = max(bundle atol,
+  GOLDEN_MARGIN (2) × the variant's max abs deviation from the FP32 golden outputs on the golden inputs``,
+  measured here on onnxruntime's CPU provider); ``rtol`` is the bundle's. Quantization error alone passes
+  (the device's INT8 kernels round differently from the builder's, hence the margin), while a device that
+  computes the variant wrongly (a broken TensorRT build, wrong scales, a corrupted artifact) is off by far
+  more than twice the error the builder saw, and still fails. The device checks the variant it serves with
+  that variant's tolerance (``edge_runtime.agent.canary.evaluator``); no new artifact is needed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tempfile
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,12 +61,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+import onnxruntime as ort
+
 from edgefleet.contract.budget import budget_formula, budget_ms
 from edgefleet.contract.bundle import BundleManifest
 from edgefleet.contract.bundle_layout import MODEL_ROLE
+from edgefleet.contract.bundle_policy import GoldenTolerance
 from edgefleet.contract.bundle_sections import PrecisionVariant
 from edgefleet.contract.bundle_spec import BundleSpec, load_spec
 from edgefleet.contract.errors import BundleError
+from edgefleet.contract.golden import GoldenCase
 from edgefleet.contract.hardware import hardware_class
 from edgefleet.contract.precision import REFERENCE, LatencyFigures, select_precision
 from edgefleet.contract.processing.preprocess import Normaliser
@@ -103,6 +120,10 @@ DEFAULT_MIN_EVAL_IMAGES = 16
 DEFAULT_MIN_EVAL_BOXES = 32
 #: Providers on which an FP16 variant pays off; FP16 is a candidate by default when a bundle names one.
 FP16_PROVIDERS = frozenset({"tensorrt", "cuda"})
+#: A carried variant's golden atol is at least this many times its own deviation from FP32 (module docstring).
+GOLDEN_MARGIN = 2.0
+#: The key of a variant's golden tolerance in its ``metrics`` (read by the device's golden preflight).
+GOLDEN_TOLERANCE_KEY = "golden_tolerance"
 
 
 @dataclass(frozen=True)
@@ -367,8 +388,13 @@ def build_precision_bundle(
             dataclasses.replace(m.outcome, latency=figures.get(m.outcome.name), preferred=m.outcome.name == preferred)
             for m in made
         )
+        golden = {
+            m.outcome.name: variant_golden_tolerance(m.path, semantics.cases, spec.canary.golden_tolerance)
+            for m in carried
+            if m.path is not None
+        }
         variants = _variants(
-            outcomes, figures, preferred, sla, fallback, evalset, eval_label, max_accuracy_loss, hw, calib
+            outcomes, figures, preferred, sla, fallback, evalset, eval_label, max_accuracy_loss, hw, calib, golden
         )
         calibration_section: dict[str, object] | None = None
         if calib is not None:
@@ -389,7 +415,14 @@ def build_precision_bundle(
                     }
                 )
         spec = dataclasses.replace(spec, calibration=calibration_section, precision_variants=variants)
-        manifest = build_bundle(spec, out_dir, extra_artifacts=extra, created_at=created_at)
+        # The golden inputs the tolerances were measured on are the ones the bundle carries.
+        manifest = build_bundle(
+            spec,
+            out_dir,
+            extra_artifacts=extra,
+            golden_inputs=[case.inputs for case in semantics.cases],
+            created_at=created_at,
+        )
     log.info(
         "pipeline.bundle_built",
         bundle=manifest.ref,
@@ -606,6 +639,47 @@ def _sla_check(spec: BundleSpec, variant: str, samples: LatencySamples, hw: str)
 # ------------------------------------------------------------------------------------------ metrics
 
 
+def variant_golden_tolerance(
+    model: Path, cases: Sequence[GoldenCase], base: GoldenTolerance, *, margin: float = GOLDEN_MARGIN
+) -> dict[str, object]:
+    """The golden tolerance of the variant ``model``, from its deviation from FP32 on the golden ``cases``.
+
+    ``cases``: the bundle's golden inputs with FP32's outputs; ``base``: the bundle's ``canary.golden_tolerance``.
+    Returns the ``metrics.golden_tolerance`` value: ``atol = max(base.atol, margin × max abs deviation)``
+    (rounded up), ``rtol = base.rtol``, and the figures it rests on (see the module docstring for why).
+    """
+    try:
+        session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        deviation = 0.0
+        for case in cases:
+            for name, got in zip(names, session.run(names, dict(case.inputs)), strict=True):
+                want = case.outputs.get(name)
+                if want is None or not want.size:
+                    continue
+                diff = np.asarray(got, np.float64).reshape(want.shape) - want.astype(np.float64)
+                deviation = max(deviation, float(np.max(np.abs(diff))))
+    except Exception as exc:  # onnxruntime raises its own untyped exceptions; reshape a ValueError
+        raise PipelineError(
+            f"variant {model.name}: cannot be run on the golden inputs to measure its golden tolerance: {exc}"
+        ) from None
+    if not math.isfinite(deviation):
+        raise PipelineError(
+            f"variant {model.name}: its outputs on the golden inputs are not finite (max abs deviation from FP32 "
+            f"{deviation}); rebuild it with another calibration method or set"
+        )
+    # Rounded UP to 1e-6: the recorded tolerance never sits below what the rule asks for.
+    atol = max(base.atol, math.ceil(margin * deviation * 1e6) / 1e6)
+    return {
+        "atol": atol,
+        "rtol": base.rtol,
+        "max_abs_deviation": round(deviation, 8),
+        "margin": margin,
+        "cases": len(cases),
+        "measured_by": "builder",
+    }
+
+
 def _variants(
     outcomes: Sequence[CandidateOutcome],
     figures: Mapping[str, LatencyFigures],
@@ -617,6 +691,7 @@ def _variants(
     max_loss: float,
     hw: str,
     calib: ImageSet | None,
+    golden: Mapping[str, Mapping[str, object]],
 ) -> dict[str, PrecisionVariant]:
     def latency(name: str) -> dict[str, object]:
         return {**figures[name].to_dict(), "hardware_class": hw, "measured_by": "builder"}
@@ -650,6 +725,8 @@ def _variants(
             "latency": latency(o.name),
             "speedup_vs_fp32": round(figures[REFERENCE].p50_ms / figures[o.name].p50_ms, 4),
         }
+        if o.name in golden:
+            metrics[GOLDEN_TOLERANCE_KEY] = dict(golden[o.name])
         if c.precision == "int8":
             metrics.update(
                 {

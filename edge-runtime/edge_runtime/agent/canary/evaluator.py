@@ -2,8 +2,15 @@
 
 1. Golden preflight (synchronous, first run only): the staged engine runs every golden input of the bundle
    (``golden.npz``, written by the publisher's CPU); each output must match the reference within the
-   bundle's ``canary.golden_tolerance``. That catches a model this device's providers compute wrongly (a
-   broken TensorRT build, a bad INT8 table) before it sees a live frame.
+   tolerance of the precision variant the engine serves (``served_golden_tolerance``; the switcher says
+   which: ``SlotSwitcher.choice_of``). The golden outputs are FP32's, so an INT8 or FP16 variant is checked
+   with the tolerance the builder recorded for it (its ``metrics.golden_tolerance``: twice its own deviation
+   from FP32 on these inputs, never below the bundle's; ``edgefleet_pipeline.precision_bundle``); FP32, a
+   variant without a recorded tolerance (bundles built before it was recorded) and an engine of unknown
+   variant use the bundle's ``canary.golden_tolerance``. That catches a model this device's providers compute
+   wrongly (a broken TensorRT build, a bad INT8 table, a corrupted artifact) before it sees a live frame,
+   without failing a device for the quantization error alone. The summary (or the reason) names the variant
+   and the tolerance it was judged with.
 2. Shadow canary (asynchronous): a ``ShadowRun`` is attached to the frame loop, so the candidate runs on
    the same live frames as the committed engine without ever serving them (see ``agent.canary.shadow``). Every
    ``decide_every_s`` the pure ``decide_verdict`` judges both sides' samples, with ``elapsed_s`` since
@@ -86,6 +93,7 @@ from edge_runtime.update.events import (
 )
 from edgefleet.contract.bundle import BundleManifest
 from edgefleet.contract.bundle_layout import GOLDEN_ROLE, MANIFEST_NAME
+from edgefleet.contract.bundle_policy import GoldenTolerance
 from edgefleet.contract.errors import ContractError
 from edgefleet.contract.frozen import thaw
 from edgefleet.contract.golden import load_golden
@@ -99,19 +107,68 @@ DEFAULT_WATCH_WINDOW_S = 600.0
 DECIDE_EVERY_S = 0.5
 THERMAL_EVERY_S = 5.0
 _POLL_S = 0.1
+#: The key of a variant's golden tolerance in its ``metrics`` (written by ``edgefleet_pipeline.precision_bundle``).
+GOLDEN_TOLERANCE_KEY = "golden_tolerance"
 
 #: ``alert(bundle digest, reason, numbers)``: something the device should hear about that rolled nothing back.
 AlertPort = Callable[[str, str, Mapping[str, float]], None]
 
 
+@dataclass(frozen=True)
+class ServedTolerance:
+    """The tolerance a golden preflight judges with, and where it comes from (``source``, in words)."""
+
+    tolerance: GoldenTolerance
+    variant: str | None
+    source: str
+
+    def describe(self) -> str:
+        """``atol 0.0262, rtol 0.001: the builder's tolerance for variant int8``."""
+        return f"atol {self.tolerance.atol:g}, rtol {self.tolerance.rtol:g}: {self.source}"
+
+
+def served_golden_tolerance(manifest: BundleManifest, variant: str | None) -> ServedTolerance:
+    """The tolerance for the engine serving precision ``variant`` of ``manifest`` (None: unknown variant).
+
+    A recorded ``metrics.golden_tolerance`` is taken as given, though never tighter than the bundle's; a
+    malformed one is a ``ValueError`` (the preflight fails with it: the publisher must rebuild the bundle).
+    """
+    bundle = manifest.canary.golden_tolerance
+    if variant is None:
+        return ServedTolerance(bundle, None, "the bundle's canary.golden_tolerance (variant unknown)")
+    declared = (manifest.precision_variants or {}).get(variant)
+    recorded = declared.metrics.get(GOLDEN_TOLERANCE_KEY) if declared is not None else None
+    if recorded is None:
+        return ServedTolerance(bundle, variant, f"the bundle's canary.golden_tolerance (variant {variant})")
+    values: dict[str, float] = {}
+    for key in ("atol", "rtol"):
+        value = recorded.get(key) if isinstance(recorded, Mapping) else None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise ValueError(
+                f"bundle {manifest.ref}: precision variant {shown(variant)}: metrics.{GOLDEN_TOLERANCE_KEY}.{key} "
+                f"must be a finite number >= 0, got {shown(recorded)}; rebuild the bundle"
+            )
+        values[key] = float(value)
+    tolerance = GoldenTolerance(atol=max(values["atol"], bundle.atol), rtol=max(values["rtol"], bundle.rtol))
+    return ServedTolerance(tolerance, variant, f"the builder's tolerance for variant {variant}")
+
+
 def golden_check(
-    engine_run: Callable[[Any], list[Any]], input_name: str, output_names: Sequence[str], bundle_dir: Path
+    engine_run: Callable[[Any], list[Any]],
+    input_name: str,
+    output_names: Sequence[str],
+    bundle_dir: Path,
+    *,
+    variant: str | None = None,
 ) -> tuple[bool, str]:
-    """Run the bundle's golden cases; (passed, summary or reason)."""
+    """Run the bundle's golden cases on the engine serving precision ``variant`` (None: unknown, judged with
+    the bundle's tolerance); (passed, summary or reason), each naming the variant and the tolerance."""
     manifest = BundleManifest.from_json_bytes((bundle_dir / MANIFEST_NAME).read_bytes())
     if GOLDEN_ROLE not in manifest.artifacts:
         return True, "no golden inputs in the bundle; preflight skipped"
-    tol = manifest.canary.golden_tolerance
+    served = served_golden_tolerance(manifest, variant)
+    tol = served.tolerance
+    of = f" of variant {variant}" if variant is not None else ""
     cases = load_golden(bundle_dir / manifest.artifact(GOLDEN_ROLE).path)
     worst = 0.0
     for i, case in enumerate(cases):
@@ -127,10 +184,11 @@ def golden_check(
             worst = max(worst, diff)
             if not np.allclose(got_arr, want, atol=tol.atol, rtol=tol.rtol):
                 return False, (
-                    f"golden case {i}: output {shown(name)} differs from the reference by up to {diff:.6g} "
-                    f"(atol {tol.atol}, rtol {tol.rtol}); this device computes the model differently"
+                    f"golden case {i}: output {shown(name)}{of} differs from the reference by up to {diff:.6g} "
+                    f"({served.describe()}); this device computes the model differently"
                 )
-    return True, f"golden preflight passed: {len(cases)} cases, max abs diff {worst:.3g}"
+    passed = f"golden preflight passed (variant {variant})" if variant is not None else "golden preflight passed"
+    return True, f"{passed}: {len(cases)} cases, max abs diff {worst:.3g} within {served.describe()}"
 
 
 def canary_policy(config: Mapping[str, Any], bundle_dir: Path) -> CanaryPolicy:
@@ -207,7 +265,14 @@ class CanaryEvaluator:
         if first:
             try:
                 names = [o.name for o in engine.session.get_outputs()]
-                passed, text = golden_check(engine.run_tensor, engine.input_name, names, bundle_dir)
+                choice = self.switcher.choice_of(engine)
+                passed, text = golden_check(
+                    engine.run_tensor,
+                    engine.input_name,
+                    names,
+                    bundle_dir,
+                    variant=choice.name if choice is not None else None,
+                )
             except (ContractError, OSError, ValueError, RuntimeError) as exc:
                 passed, text = False, f"golden preflight could not run: {exc}"
             log.info("canary.preflight", digest=digest, passed=passed, summary=text)
