@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-_LOAD = "edge_runtime.agent.update.switcher:load_engine"
+_LOAD = "edge_runtime.agent.update.switcher:load_variant"
 _POLICY = "edge_runtime.canary.policy:CanaryPolicy.from_config"
 _UPLOAD = "edge_runtime.agent.telemetry.uploader:UploadSettings.from_config"
 _PIPELINE = "edge_runtime.agent.telemetry.pipeline:TelemetryPipeline"
