@@ -33,13 +33,22 @@ Owns:
   itself (``reference`` says so: FP32 was not measured). A variant this device cannot load (an FP16 model
   whose ops its provider lacks) is refused with the loader's reason and the others are measured; only when
   none loads is the bundle refused.
+- Strict or preferred requests (``choose_variant(strict=...)``). An explicit request (``edge-runtime infer
+  --precision``, ``edge-runtime profile --precision``: ``strict=True``, the default) that the bundle cannot
+  honour is a ``VariantError``. ``inference.precision`` from an operator's config manifest is fleet- or
+  site-wide while bundles vary (``farm-b`` asks ``int8`` of every bundle it gets), so the agent's switcher
+  passes ``strict=False``: a request naming nothing the bundle has, or whose variants none may be served or
+  loaded here, is served as ``auto`` would be, and the choice says so (``requested`` keeps the request,
+  ``note``: ``inference.precision int8 requested; bundle has fp32 only: serving fp32``, in ``summary`` and
+  ``to_dict``). Failing every such device's staging would turn a site preference into an outage.
 - ``provider_refusal`` (pure): a U8S8 variant is refused where TensorRT would run it (TensorRT takes signed
   INT8 Q/DQ only), before anything is loaded.
-- ``engine_flags`` (pure): the TensorRT flags a variant is loaded with. INT8 for any INT8 variant (a QDQ model
-  carries its own scales; TensorRT only needs INT8 enabled to honour them). FP16 for an FP16 variant: its
-  weights are already FP16, but TensorRT builds a weakly typed network in FP32 unless FP16 kernels are
-  enabled, which would serve an FP16 model at FP32 speed; its accuracy gate was measured on FP16 compute.
-  For other variants FP16 only when the operator sets ``inference.fp16``.
+- ``engine_flags`` (pure): the TensorRT flags a variant is loaded with (``choice_engine_flags``: those of a
+  choice; the switcher and ``edge_runtime.profiling`` both load the chosen variant with them). INT8 for any
+  INT8 variant (a QDQ model carries its own scales; TensorRT only needs INT8 enabled to honour them). FP16
+  for an FP16 variant: its weights are already FP16, but TensorRT builds a weakly typed network in FP32
+  unless FP16 kernels are enabled, which would serve an FP16 model at FP32 speed; its accuracy gate was
+  measured on FP16 compute. For other variants FP16 only when the operator sets ``inference.fp16``.
 
 Errors: ``VariantError`` (an ``InferenceError``, so code that guards bundle loading with
 ``except InferenceError`` catches it) when a bundle names a variant whose artifact it lacks, when
@@ -110,6 +119,8 @@ class VariantChoice:
     requested: str = AUTO
     #: Variant name -> its ``quant_format``/``activation_type`` words from the bundle (``U8S8 QDQ``), if any.
     kinds: Mapping[str, str] = field(default_factory=dict)
+    #: Why the request was not served as asked (a config preference the bundle cannot honour); '' when it was.
+    note: str = ""
 
     @property
     def measured(self) -> bool:
@@ -135,7 +146,9 @@ class VariantChoice:
             text += f", {versus}: {p50s} (measured on the device)"
         else:
             text += ", the only servable variant (nothing measured)"
-        if self.requested != AUTO:
+        if self.note:
+            text += f"; {self.note}"
+        elif self.requested != AUTO:
             text += f"; inference.precision {self.requested}"
         if self.refused:
             text += "; refused: " + "; ".join(self.refused[n] for n in sorted(self.refused))
@@ -161,6 +174,7 @@ class VariantChoice:
             "measured_on": "device",
             "provider": self.provider,
             "requested": self.requested,
+            "note": self.note,
             "measured": self.measured,
             "figures": {name: fig.to_dict() for name, fig in sorted(self.figures.items())},
             "refused": dict(sorted(self.refused.items())),
@@ -299,6 +313,14 @@ def engine_flags(variant: PrecisionVariant, *, fp16: bool = False) -> tuple[bool
     return fp16 or variant.precision == "fp16", variant.precision == "int8"
 
 
+def choice_engine_flags(manifest: BundleManifest, choice: VariantChoice, *, fp16: bool = False) -> tuple[bool, bool]:
+    """``(fp16, int8)`` TensorRT flags to load the variant ``choice`` picked from ``manifest`` with; ``fp16``:
+    the operator's ``inference.fp16``."""
+    declared = (manifest.precision_variants or {}).get(choice.name)
+    variant = declared if declared is not None else PrecisionVariant(MODEL_ROLE, choice.precision)
+    return engine_flags(variant, fp16=fp16)
+
+
 def interleaved_latency(
     runners: Mapping[str, Callable[[], object]],
     *,
@@ -365,6 +387,7 @@ def choose_variant(
     intra_op_threads: int | None = None,
     clock: Callable[[], int] = time.perf_counter_ns,
     available: Sequence[str] | None = None,
+    strict: bool = True,
 ) -> VariantChoice:
     """Benchmark the servable variants of the bundle in ``bundle_dir`` on this device and choose one.
 
@@ -372,9 +395,90 @@ def choose_variant(
     ``cache_dir``: TensorRT engine/timing caches (default: a temporary directory, removed afterwards);
     ``precision``: the operator's ``inference.precision`` (``requested_variants``); ``only``: several such
     requests at once (their union); ``fp16``: the operator's ``inference.fp16``; ``available``: the device's
-    onnxruntime providers (default: ``onnxruntime.get_available_providers()``).
+    onnxruntime providers (default: ``onnxruntime.get_available_providers()``); ``strict``: a request the
+    bundle cannot honour is a ``VariantError`` (True) or a preference, served as ``auto`` with a ``note``
+    (False: a config manifest's; see the module docstring).
     """
     bundle_dir = Path(bundle_dir)
+    requests = [r for r in (precision, *(only or ())) if r not in ("", AUTO)]
+
+    def attempt(asked: Sequence[str]) -> VariantChoice:
+        return _choose(
+            bundle_dir,
+            manifest,
+            asked,
+            providers=providers,
+            runs=runs,
+            warmup=warmup,
+            cache_dir=cache_dir,
+            max_accuracy_loss=max_accuracy_loss,
+            min_speedup=min_speedup,
+            fp16=fp16,
+            intra_op_threads=intra_op_threads,
+            clock=clock,
+            available=available,
+        )
+
+    if strict or not requests:
+        return attempt(requests)
+    _, eligible, refused = eligible_variants(manifest, max_accuracy_loss=max_accuracy_loss)
+    known = {*eligible, *refused}
+    missing = [r for r in requests if not _names_something(r, manifest, known)]
+    kept = [r for r in requests if r not in missing]
+    asked = ",".join(requests)
+    has = _has(manifest, known)
+    if kept:
+        try:
+            choice = attempt(kept)
+        except VariantError as exc:
+            why = f"no {','.join(kept)} variant may be served on this device"
+            log.warning("precision.request_not_served", bundle=manifest.ref, requested=asked, error=str(exc))
+        else:
+            if not missing:
+                return choice
+            note = f"inference.precision {','.join(missing)} requested; bundle has {has}: ignored"
+            return dataclasses.replace(choice, requested=asked, note=note)
+    else:
+        why = f"bundle has {has}"
+    fallback = attempt([])
+    note = f"inference.precision {asked} requested; {why}: serving {fallback.name}"
+    log.warning("precision.request_preferred", bundle=manifest.ref, requested=asked, note=note)
+    return dataclasses.replace(fallback, requested=asked, note=note)
+
+
+def _names_something(request: str, manifest: BundleManifest, known: Collection[str]) -> bool:
+    try:
+        requested_variants(request, manifest, known)
+    except VariantError:
+        return False
+    return True
+
+
+def _has(manifest: BundleManifest, known: Collection[str]) -> str:
+    """What a bundle has, for a note: ``fp32 only``, or ``fp32, int8, int8-u8s8 (int8)``."""
+    declared = manifest.precision_variants or {}
+    precision_of = {name: declared[name].precision if name in declared else REFERENCE for name in known}
+    names = [n if precision_of[n] == n else f"{n} ({precision_of[n]})" for n in sorted(precision_of)]
+    return f"{names[0]} only" if len(names) == 1 else ", ".join(names)
+
+
+def _choose(
+    bundle_dir: Path,
+    manifest: BundleManifest,
+    requests: Sequence[str],
+    *,
+    providers: Sequence[str] | None,
+    runs: int,
+    warmup: int,
+    cache_dir: Path | None,
+    max_accuracy_loss: float,
+    min_speedup: float,
+    fp16: bool,
+    intra_op_threads: int | None,
+    clock: Callable[[], int],
+    available: Sequence[str] | None,
+) -> VariantChoice:
+    """``choose_variant`` for ``requests`` (precisions or variant names, none: ``auto``), strictly."""
     reference, eligible, refused = eligible_variants(manifest, max_accuracy_loss=max_accuracy_loss)
     known = {*eligible, *refused}
     wanted = tuple(providers) if providers else tuple(manifest.providers)
@@ -384,7 +488,6 @@ def choose_variant(
         if reason is not None:
             refused[name] = reason
             del eligible[name]
-    requests = [precision, *(only or ())]
     allowed: set[str] | None = None
     for request in requests:
         names = requested_variants(request, manifest, known)

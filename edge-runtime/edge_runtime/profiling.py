@@ -17,7 +17,10 @@ Decisions:
   a sensor the device does not have is kept as a reading with ``missing=True`` so it shows as missing,
   never as 0 °C. They come from ``edge_runtime.telemetry.sensors``.
 - The precision variant profiled is the one ``edge_runtime.precision.choose_variant`` picks on this device
-  (what the agent would serve), unless the operator forces one.
+  (what the agent would serve), unless the operator forces one (strictly: a variant the bundle lacks is an
+  error, not a fallback). It is loaded with the engine flags the agent's switcher loads it with
+  (``precision.choice_engine_flags``: INT8 for an INT8 variant, FP16 for an FP16 one or under ``fp16``), so
+  TensorRT profiles the engine the device would serve, not an FP32 build of FP16 weights.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from edge_runtime.inference import InferenceEngine, InferenceError, Timings
-from edge_runtime.precision import VariantChoice, choose_variant
+from edge_runtime.precision import VariantChoice, choice_engine_flags, choose_variant
 from edge_runtime.sources import Frame
 from edgefleet.contract.budget import PROFILE_FORMAT
 from edgefleet.contract.bundle import BundleManifest
@@ -259,10 +262,12 @@ def profile_bundle(
     cache_dir: Path,
     max_frames: int | None = None,
     intra_op_threads: int | None = None,
+    fp16: bool = False,
 ) -> DeviceProfile:
     """Profile the bundle in ``bundle_dir`` on this device (see the module docstring for what is measured).
 
-    ``precision``: a variant name to force (``fp32``, ``int8``); None = what this device would serve.
+    ``precision``: a variant name to force (``fp32``, ``int8``); None = what this device would serve;
+    ``fp16``: the operator's ``inference.fp16`` (FP16 kernels for every variant on TensorRT/CUDA).
     """
     wanted = tuple(providers) if providers else tuple(manifest.providers)
     choice: VariantChoice = choose_variant(
@@ -272,8 +277,10 @@ def profile_bundle(
         runs=variant_runs,
         cache_dir=cache_dir,
         only=None if precision is None else {precision},
+        fp16=fp16,
         intra_op_threads=intra_op_threads,
     )
+    engine_fp16, engine_int8 = choice_engine_flags(manifest, choice, fp16=fp16)
     engine = InferenceEngine.load(
         choice.model_path,
         manifest.preprocess,
@@ -284,7 +291,8 @@ def profile_bundle(
         bundle_digest=manifest.digest,
         warmup=0,
         intra_op_threads=intra_op_threads,
-        int8=choice.precision == "int8",
+        fp16=engine_fp16,
+        int8=engine_int8,
     )
     before = tuple(read_sensors())
     measured_at = now()
@@ -309,6 +317,9 @@ def profile_bundle(
         bundle=manifest.ref,
         provider=profile.provider,
         precision=profile.precision,
+        variant=profile.variant,
+        fp16=engine_fp16,
+        int8=engine_int8,
         frames=profile.frames,
         fps=round(profile.fps, 2),
         p95_ms=round(profile.total.p95_ms, 3),

@@ -1,6 +1,7 @@
 """The device's choice among several precision variants (FP32, S8S8 and U8S8 QDQ INT8, FP16) of one real bundle,
-with real onnxruntime: the rule with an injected clock (deterministic), what ``inference.precision`` may ask for,
-the engine the switcher loads, and the choice reported in the metric window."""
+with real onnxruntime: the rule with an injected clock (deterministic), what ``inference.precision`` may ask for
+(strictly from a CLI, as a preference from a config manifest), the engine the switcher loads, and the choice
+reported in the metric window."""
 
 from __future__ import annotations
 
@@ -14,16 +15,29 @@ from typing import Any, cast
 import pytest
 from structlog.testing import capture_logs
 
-from edge_runtime.agent.update.switcher import load_variant
-from edge_runtime.precision import VariantChoice, VariantError, choose_variant, eligible_variants, engine_flags
+from edge_runtime.agent.update.switcher import SlotSwitcher, load_variant
+from edge_runtime.inference import EngineSlot
+from edge_runtime.precision import (
+    VariantChoice,
+    VariantError,
+    choice_engine_flags,
+    choose_variant,
+    eligible_variants,
+    engine_flags,
+)
+from edge_runtime.profiling import profile_bundle
+from edge_runtime.sources import open_source
 from edge_runtime.telemetry.window import WindowAggregator
 from edge_runtime.update.errors import EngineSwitchError
 from edgefleet.contract.bundle import BundleManifest
 from edgefleet.contract.bundle_sections import PrecisionVariant
+from edgefleet.contract.bundle_spec import BundleSpec
 from edgefleet.contract.errors import ManifestError
 from edgefleet.contract.manifest_schema import validate_config_values
 from edgefleet.contract.request_bounds import MAX_REASON_CHARS
 from edgefleet.v1 import common_pb2
+from edgefleet_pipeline.bundle_builder import build_bundle
+from edgefleet_testing.modelgen import make_classifier
 from fleetctl.fleet_cmds import precision_lines
 from tests.integration.precision_variants_bundle import build_variant_bundle
 
@@ -60,7 +74,12 @@ def scripted_clock(order: list[str], ms: Mapping[str, float], runs: int) -> Call
 
 
 def choose(
-    bundle: tuple[Path, BundleManifest], ms: Mapping[str, float], precision: str = "auto", runs: int = 6
+    bundle: tuple[Path, BundleManifest],
+    ms: Mapping[str, float],
+    precision: str = "auto",
+    runs: int = 6,
+    *,
+    strict: bool = True,
 ) -> VariantChoice:
     directory, manifest = bundle
     order = [n for n in SERVABLE if n in ms]
@@ -73,6 +92,7 @@ def choose(
         precision=precision,
         clock=scripted_clock(order, ms, runs),
         intra_op_threads=1,
+        strict=strict,
     )
 
 
@@ -190,8 +210,23 @@ def test_the_switcher_serves_the_chosen_variant(bundle: tuple[Path, BundleManife
     )
     assert forced.choice.name == "int8-u8s8" and forced.choice.requested == "int8-u8s8"
     assert forced.choice.provider == "CPUExecutionProvider"
+    # Strict by default (edge-runtime infer --precision): a variant the bundle lacks is refused.
     with pytest.raises(EngineSwitchError, match=r"has no precision variant 'int4' .*int8-u8s8 \(int8\)"):
         load_variant(directory, manifest.digest, cache_root=tmp_path, config={"inference": {"precision": "int4"}})
+    # As the agent loads from its config: a preference, served as auto would serve it, and said so.
+    preferred = load_variant(
+        directory,
+        manifest.digest,
+        cache_root=tmp_path,
+        config={"inference": {"precision": "int4"}},
+        intra_op_threads=1,
+        strict=False,
+    )
+    assert sorted(preferred.choice.figures) == SERVABLE and preferred.choice.requested == "int4"
+    assert preferred.choice.note == (
+        "inference.precision int4 requested; bundle has fp16, fp32, int8, int8-lossy (int8), int8-u8s8 (int8): "
+        f"serving {preferred.choice.name}"
+    )
 
 
 def test_config_schema_takes_variant_names() -> None:
@@ -281,3 +316,124 @@ def test_u8s8_is_not_a_tensorrt_candidate(bundle: tuple[Path, BundleManifest]) -
     # Where TensorRT is absent (or not first), U8S8 stays a candidate.
     cpu_only = choose_variant(directory, manifest, providers=gpu, precision="int8-u8s8", available=jetson[2:])
     assert cpu_only.name == "int8-u8s8"
+
+
+def fp32_only_bundle(work: Path) -> tuple[Path, BundleManifest]:
+    """A bundle without precision variants (its model is FP32), as most publishers build them."""
+    model = make_classifier(work / "model.onnx", num_classes=4, size=32, seed=2)
+    spec = BundleSpec.from_dict(
+        {
+            "name": "plain",
+            "version": "1.0.0",
+            "model": str(model),
+            "preprocess": {"size": [32, 32], "layout": "nchw", "dtype": "float32", "scale": 1 / 255},
+            "postprocess": {"kind": "classification", "top_k": 1},
+            "labels": ["a", "b", "c", "d"],
+            "latency": {"sla_ms": 500},
+            "providers": ["cpu"],
+        },
+        source="plain.yaml",
+        base_dir=work,
+    )
+    manifest = build_bundle(spec, work / "bundle", golden_count=2)
+    return work / "bundle", manifest
+
+
+def test_config_int8_is_a_preference_fp32_only_bundles_serve_fp32_then_an_int8_bundle_serves_int8(
+    bundle: tuple[Path, BundleManifest], tmp_path: Path
+) -> None:
+    # A site config (manifests/sites/farm-b.yaml) asks every device for int8, whatever bundle it gets.
+    config = {"inference": {"precision": "int8"}}
+    switcher = SlotSwitcher(EngineSlot(), cache_root=tmp_path / "cache", configs=lambda _d: config, intra_op_threads=1)
+    chosen: list[VariantChoice] = []
+    switcher.listen(lambda _digest, choice: chosen.append(choice))
+    plain_dir, plain = fp32_only_bundle(tmp_path / "plain")
+    switcher.stage(plain.digest, plain_dir)  # staging no longer fails for the site's preference
+    choice = switcher.choice_of(switcher.staged_engine(plain.digest))
+    assert choice is not None and choice == chosen[-1]
+    note = "inference.precision int8 requested; bundle has fp32 only: serving fp32"
+    assert choice.name == "fp32" and choice.requested == "int8" and choice.note == note
+    assert (
+        choice.summary() == f"fp32 (FP32) on CPUExecutionProvider, the only servable variant (nothing measured); {note}"
+    )
+    assert choice.to_dict()["note"] == note and choice.to_dict()["requested"] == "int8"
+
+    # Next, a bundle that has INT8 variants: the preference is honoured, with no note.
+    directory, manifest = bundle
+    switcher.stage(manifest.digest, directory)
+    served = switcher.choice_of(switcher.staged_engine(manifest.digest))
+    assert served is not None and served.precision == "int8" and served.name in ("int8", "int8-u8s8")
+    assert served.note == "" and served.requested == "int8" and sorted(served.figures) == ["int8", "int8-u8s8"]
+    assert served.summary().endswith(f"; inference.precision int8; refused: {served.refused['fp16']}; "
+        f"{served.refused['fp32']}; {LOSSY}")  # fmt: skip
+
+    # And the FP32-only bundle again, under the same config: the same preference, the same note.
+    switcher.stage(plain.digest, plain_dir)
+    again = switcher.choice_of(switcher.staged_engine(plain.digest))
+    assert again is not None and again.name == "fp32" and again.note == note
+
+
+def test_a_config_request_none_of_whose_variants_may_be_served_is_served_as_auto(
+    bundle: tuple[Path, BundleManifest],
+) -> None:
+    ms = {"fp16": 9.0, "fp32": 10.0, "int8": 14.0, "int8-u8s8": 3.2}
+    # int8-lossy exists but failed its accuracy gate: strictly an error, as a preference auto with a note.
+    with pytest.raises(VariantError, match="no requested variant may be served"):
+        choose(bundle, ms, precision="int8-lossy")
+    choice = choose(bundle, ms, precision="int8-lossy", strict=False)
+    assert choice.name == "int8-u8s8" and sorted(choice.figures) == SERVABLE  # exactly what auto serves
+    assert choice.requested == "int8-lossy" and choice.refused["int8-lossy"] == LOSSY
+    assert choice.note == (
+        "inference.precision int8-lossy requested; no int8-lossy variant may be served on this device: "
+        "serving int8-u8s8"
+    )
+    assert choice.summary().endswith(f"(measured on the device); {choice.note}; refused: {LOSSY}")
+    # A preference the bundle can honour is served as asked, exactly as a strict request.
+    honoured = choose(bundle, {"int8": 4.0, "int8-u8s8": 6.0}, precision="int8", strict=False)
+    assert honoured.name == "int8" and honoured.note == "" and sorted(honoured.figures) == ["int8", "int8-u8s8"]
+
+
+@pytest.mark.parametrize(
+    ("precision", "flags"), [("fp16", (True, False)), ("int8-u8s8", (False, True)), ("fp32", (False, False))]
+)
+def test_profile_loads_the_variant_with_the_switchers_engine_flags(
+    bundle: tuple[Path, BundleManifest], tmp_path: Path, precision: str, flags: tuple[bool, bool]
+) -> None:
+    directory, manifest = bundle
+    with capture_logs() as logs:
+        profile = profile_bundle(
+            directory,
+            manifest,
+            iter(open_source("synthetic:30", size=(96, 96), seed=1)),
+            seconds=5.0,
+            warmup=0,
+            read_sensors=lambda: (),
+            now=lambda: datetime(2026, 1, 1, tzinfo=UTC),
+            hardware_class="x86-avx2",
+            providers=["cpu"],
+            precision=precision,
+            cache_dir=tmp_path,
+            max_frames=3,
+            intra_op_threads=1,
+        )
+    assert profile.variant == precision and profile.frames == 3
+    (measured,) = [e for e in logs if e["event"] == "profile.measured"]
+    # What TensorRT would be asked for (FP16 kernels for the FP16 variant, INT8 for an INT8 one): the flags the
+    # agent's switcher loads the same choice with.
+    assert (measured["fp16"], measured["int8"]) == flags
+    choice = choose_variant(directory, manifest, providers=["cpu"], precision=precision)
+    assert choice_engine_flags(manifest, choice) == flags
+    # An explicit --precision stays strict.
+    with pytest.raises(VariantError, match="has no precision variant 'int4'"):
+        profile_bundle(
+            directory,
+            manifest,
+            iter(open_source("synthetic:30", size=(96, 96), seed=1)),
+            seconds=1.0,
+            warmup=0,
+            read_sensors=lambda: (),
+            now=lambda: datetime(2026, 1, 1, tzinfo=UTC),
+            hardware_class="x86-avx2",
+            precision="int4",
+            cache_dir=tmp_path,
+        )

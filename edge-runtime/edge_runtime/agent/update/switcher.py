@@ -18,6 +18,10 @@
   ``inference.fp16`` (FP16 kernels on TensorRT/CUDA) and ``inference.conf_threshold`` (the
   post-processing threshold; the bundle's ``postprocess.conf_threshold`` unless a manifest sets one).
   TensorRT engines and timing caches go under ``DATA_DIR/cache/<bundle hex>``.
+- ``inference.precision`` from the config is a preference (``strict=False``): a fleet or site asks for
+  ``int8`` of bundles that may have no INT8 variant, and such a bundle is served as ``auto`` would serve
+  it, the choice's ``note`` saying why, instead of failing staging. ``load_variant`` is strict by default
+  for its explicit callers (``edge-runtime infer --precision``).
 - Every load makes a precision choice (``load_variant``): the switcher keeps it beside each live engine
   (``choice_of``), so what the agent reports is the choice of the engine actually serving, made again at
   every start (the start-up load measures again: the choice is this device's, now), and tells its
@@ -40,7 +44,7 @@ from edge_runtime.inference import (
     InferenceEngine,
     InferenceError,
 )
-from edge_runtime.precision import AUTO, VariantChoice, choose_variant, eligible_variants, engine_flags
+from edge_runtime.precision import AUTO, VariantChoice, choice_engine_flags, choose_variant
 from edge_runtime.update.errors import EngineSwitchError
 from edgefleet.contract.bundle import BundleManifest
 from edgefleet.contract.bundle_layout import MANIFEST_NAME
@@ -70,6 +74,7 @@ def load_variant(
     config: Mapping[str, Any] | None = None,
     intra_op_threads: int | None = None,
     config_digest: str = "",
+    strict: bool = True,
 ) -> LoadedEngine:
     """Load the bundle in ``bundle_dir`` into a warmed engine (raises ``EngineSwitchError``).
 
@@ -77,8 +82,9 @@ def load_variant(
     resolved over the bundle's own (see the module docstring). A bundle with several precision variants
     (FP32, S8S8 and U8S8 INT8, FP16) is measured on this device and the fastest variant that passed its
     accuracy gate is served (``inference.precision: auto``); a precision (``int8``: the fastest INT8 variant)
-    or a variant name restricts the choice (``edge_runtime.precision.requested_variants``). The choice
-    returned names the provider of the engine actually loaded.
+    or a variant name restricts the choice (``edge_runtime.precision.requested_variants``); ``strict``: one the
+    bundle cannot honour fails the load (True) or is served as ``auto`` with the choice's ``note`` saying why
+    (False: the agent's config). The choice returned names the provider of the engine actually loaded.
     """
     try:
         manifest = BundleManifest.from_json_bytes((bundle_dir / MANIFEST_NAME).read_bytes())
@@ -99,9 +105,9 @@ def load_variant(
             precision=precision,
             fp16=fp16_configured,
             intra_op_threads=intra_op_threads,
+            strict=strict,
         )
-        _, variants, _ = eligible_variants(manifest)
-        fp16, int8 = engine_flags(variants[choice.name], fp16=fp16_configured)
+        fp16, int8 = choice_engine_flags(manifest, choice, fp16=fp16_configured)
         engine = InferenceEngine.load(
             choice.model_path,
             manifest.preprocess,
@@ -200,6 +206,7 @@ class SlotSwitcher:
             config=values,
             intra_op_threads=self.intra_op_threads,
             config_digest=config or "",
+            strict=False,  # the config's inference.precision is a preference (module docstring)
         )
         with self._lock:
             self._fingerprints[loaded.engine] = inference_fingerprint(values)
