@@ -216,7 +216,11 @@ def precision_lines(reported: common_pb2.ReportedState) -> list[str]:
         line += f", {versus}: {', '.join(p50s)} (measured on the {text('measured_on') or 'device'})"
     else:
         line += ", the only servable variant (nothing measured)"
-    if text("requested") not in ("", "auto"):
+    note = text("note")
+    if note:
+        # The device could not serve what its config asked for and says what it serves instead.
+        line += f"; {note}"
+    elif text("requested") not in ("", "auto"):
         line += f"; inference.precision {text('requested')}"
     lines = [line]
     refused = c.get("refused")

@@ -265,6 +265,12 @@ def test_fleetctl_describe_line_from_the_reported_choice(bundle: tuple[Path, Bun
         "precision:   int8-u8s8 (U8S8 QDQ) on CPUExecutionProvider, fp32 not measured: int8 p50 44.3 ms, "
         "int8-u8s8 7.8 ms (measured on the device); inference.precision int8"
     )
+    # A config preference the bundle could not meet: the device's note says what it serves instead.
+    noted = dict(cast(dict[str, Any], forced.to_dict()), note="inference.precision fp16 requested; serving fp32")
+    reported.details.update({"precision": noted})
+    assert precision_lines(reported)[0].endswith(
+        "(measured on the device); inference.precision fp16 requested; serving fp32"
+    )
     assert precision_lines(common_pb2.ReportedState()) == []  # a device that reports no choice: no line
 
 

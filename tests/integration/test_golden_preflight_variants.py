@@ -37,8 +37,8 @@ from edgefleet.contract.bundle_policy import GoldenTolerance
 from edgefleet.contract.bundle_sections import PrecisionVariant
 from edgefleet.v1 import common_pb2
 from edgefleet_pipeline.precision_bundle import GOLDEN_MARGIN, build_precision_bundle
+from edgefleet_testing.calibration_images import write_text_lines
 from edgefleet_testing.real_models import text_direction_spec
-from tests.integration.precision_images import write_text_lines
 
 pytestmark = pytest.mark.integration
 INT8 = ("int8", "int8-u8s8")
