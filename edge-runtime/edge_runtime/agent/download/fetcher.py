@@ -56,6 +56,8 @@ RETRY_BACKOFF = Backoff(multiplier=0.25, max_s=15.0)
 _BASE_DEADLINE_S = 30.0
 _MIN_RATE_BPS = 64 * 1024
 _WATCH_TICK_S = 0.1
+#: grpc's channel-ready poller's step (grpc/_channel.py _poll_connectivity).
+_READY_POLL_S = 0.2
 _MAX_TIMEOUT_DOUBLINGS = 5
 # Codes of a connection that died (the chunk in flight is lost); others (overload) keep the chunk size.
 _LINK_LOST = frozenset(
@@ -184,7 +186,12 @@ class BlobFetcher:
     def _drop_channel(self) -> None:
         channel, self._channel = self._channel, None
         if channel is not None:
-            channel.close()
+            # grpc.channel_ready_future polls connectivity on its own thread in 0.2 s steps and keeps polling for
+            # up to one step after it is done or cancelled; closing the channel under it raises "Cannot monitor
+            # channel state: Channel closed!" on that thread. Close once that step has passed.
+            closer = threading.Timer(_READY_POLL_S + 0.1, channel.close)
+            closer.name, closer.daemon = "fetcher-channel-close", True
+            closer.start()
 
     def fetch(
         self,
