@@ -301,7 +301,12 @@ async def test_a_config_rollout_canaries_a_staged_revision_then_makes_it_live(tm
             return all([await effective(fleet, d.name) == targets[d.id] for d in devices])
 
         await eventually(promoted, "the staged revision live")
-        assert await ctrl.app.rollouts.staged() == []
+
+        async def unstaged() -> bool:
+            # The completed rollout releases its staged revision in its own step, just after the devices see it.
+            return await ctrl.app.rollouts.staged() == []
+
+        await eventually(unstaged, "the staged revision released")
         for d in devices:
             assert (await d.desired()).revision == revisions[d.name] + 1  # assigned once; going live changed nothing
         # the device outside the selector gets the live revision as a normal config change at completion
