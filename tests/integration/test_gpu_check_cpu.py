@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -25,10 +24,15 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _gpu_check(*args: str, out: Path, path_prefix: Path | None = None) -> subprocess.CompletedProcess[str]:
+def _gpu_check(
+    *args: str, out: Path, path_prefix: Path | None = None, path_only: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the script; ``path_prefix`` goes before PATH, ``path_only`` replaces it (a machine without the tools)."""
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
     if path_prefix is not None:
         env["PATH"] = f"{path_prefix}{os.pathsep}{env.get('PATH', '')}"
+    if path_only is not None:
+        env["PATH"] = str(path_only)
     return subprocess.run(
         [sys.executable, "-m", "tools.gpu_check", "--out", str(out), *args],
         cwd=ROOT,
@@ -82,10 +86,12 @@ def test_cpu_rehearsal_runs_every_case_and_writes_the_report(tmp_path: Path) -> 
     assert second["started"] > report["started"]
 
 
-@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine has an NVIDIA driver")
 def test_default_mode_without_a_gpu_refuses_and_reports_no_success(tmp_path: Path) -> None:
+    # A PATH without nvidia-smi is a machine without an NVIDIA driver, wherever this test runs (a GPU host too).
+    no_driver = tmp_path / "no-driver-bin"
+    no_driver.mkdir()
     out = tmp_path / "out"
-    done = _gpu_check(out=out)
+    done = _gpu_check(out=out, path_only=no_driver)
     assert done.returncode == 3, done.stdout + done.stderr
     assert "no NVIDIA GPU" in done.stderr
     assert "PASSED" not in done.stdout + done.stderr
@@ -95,7 +101,7 @@ def test_default_mode_without_a_gpu_refuses_and_reports_no_success(tmp_path: Pat
     assert "cases" not in report
 
     # Asked again, the answer is the same: nothing from the first refusal makes the second one pass.
-    assert _gpu_check(out=out).returncode == 3
+    assert _gpu_check(out=out, path_only=no_driver).returncode == 3
 
 
 def test_a_gpu_without_onnxruntime_gpu_is_refused_naming_the_package(tmp_path: Path) -> None:
