@@ -188,6 +188,23 @@ class Controller:
         )
         return reply
 
+    def fleetctl(self, *args: str) -> str:
+        """``fleetctl ARGS`` as an operator runs it against this controller (a real process, wide columns, no
+        colour, its own settings file beside the controller's data); its stdout. A non-zero exit fails with
+        the whole result."""
+        env = {k: v for k, v in os.environ.items() if k != "FORCE_COLOR"}
+        env.update(
+            EDGEFLEET_CONTROLLER=self.address,
+            EDGEFLEET_TOKEN=self.admin_token,
+            XDG_CONFIG_HOME=str(self.data_dir / "fleetctl-config"),
+            COLUMNS="400",
+        )
+        exe = Path(sys.executable).with_name("fleetctl")
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from fleetctl.main import run; run()"]
+        proc = subprocess.run([*cmd, *args], capture_output=True, text=True, env=env, timeout=60)
+        assert proc.returncode == 0, proc
+        return proc.stdout
+
     def blob_path(self, digest: str) -> Path:
         hex_part = digest.removeprefix("sha256:")
         return self.data_dir / "blobs" / "sha256" / hex_part[:2] / hex_part

@@ -9,9 +9,6 @@ Which variant wins depends on this CPU, so the test compares with the device's o
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +19,6 @@ from edgefleet.contract.bundle_archive import pack_bundle
 from edgefleet.contract.signing import sign_bundle
 from edgefleet.v1 import fleet_pb2
 from edgefleet_testing.bundles import SignedBundle
-from edgefleet_testing.controller import REPO
 from edgefleet_testing.fleet import Controller, start_controller, start_edge
 from edgefleet_testing.waiting import wait_until
 from tests.integration.precision_variants_bundle import build_variant_bundle
@@ -41,23 +37,6 @@ def chosen(ctl: Controller, device: str) -> str | None:
 def rows(ctl: Controller, *, by_precision: bool) -> list[fleet_pb2.TelemetryRow]:
     request = fleet_pb2.QueryTelemetryRequest(group_by="device", device="dev1", by_precision=by_precision)
     return list(ctl.fleet.QueryTelemetry(request, metadata=ctl.md, timeout=10).rows)
-
-
-def fleetctl(ctl: Controller, work: Path, *args: str) -> str:
-    env = dict(os.environ)
-    env.update(
-        EDGEFLEET_CONTROLLER=ctl.address,
-        EDGEFLEET_TOKEN=ctl.admin_token,
-        XDG_CONFIG_HOME=str(work / "xdg"),
-        PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
-        COLUMNS="400",
-    )
-    env.pop("FORCE_COLOR", None)
-    exe = Path(sys.executable).with_name("fleetctl")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from fleetctl.main import run; run()"]
-    proc = subprocess.run([*cmd, *args], capture_output=True, text=True, env=env, timeout=60, cwd=str(REPO))
-    assert proc.returncode == 0, proc
-    return proc.stdout
 
 
 def test_the_variant_a_device_serves_is_in_its_stored_telemetry(tmp_path: Path) -> None:
@@ -88,13 +67,13 @@ def test_the_variant_a_device_serves_is_in_its_stored_telemetry(tmp_path: Path) 
             (whole,) = rows(ctl, by_precision=False)
             assert list(whole.precisions) == [served]
 
-            top = fleetctl(ctl, tmp_path, "telemetry", "top")
+            top = ctl.fleetctl("telemetry", "top")
             cells = next(
                 [c.strip() for c in ln.strip().strip("│┃").split("│")] for ln in top.splitlines() if "dev1" in ln
             )
             assert cells[:2] == ["dev1", served], top
             queried: list[dict[str, Any]] = json.loads(
-                fleetctl(ctl, tmp_path, "telemetry", "query", "--by-precision", "-o", "json")
+                ctl.fleetctl("telemetry", "query", "--by-precision", "-o", "json")
             )
             assert served in {r.get("precision", "") for r in queried}
         finally:

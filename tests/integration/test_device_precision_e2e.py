@@ -10,9 +10,6 @@ the test checks the choice against the rule applied to the device's own reported
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +21,6 @@ from edgefleet.contract.precision import LatencyFigures, select_precision
 from edgefleet.contract.signing import sign_bundle
 from edgefleet.v1 import fleet_pb2, telemetry_pb2
 from edgefleet_testing.bundles import SignedBundle
-from edgefleet_testing.controller import REPO
 from edgefleet_testing.fleet import Controller, start_controller, start_edge
 from edgefleet_testing.waiting import wait_until
 from tests.integration.precision_variants_bundle import build_variant_bundle
@@ -43,23 +39,6 @@ def precision_events(ctl: Controller, device: str) -> list[telemetry_pb2.DeviceE
         fleet_pb2.ListDeviceEventsRequest(device=device, limit=100), metadata=ctl.md, timeout=10
     )
     return [e for e in reply.events if e.kind == telemetry_pb2.DeviceEvent.KIND_PRECISION_CHOSEN]
-
-
-def fleetctl(ctl: Controller, work: Path, *args: str) -> str:
-    env = dict(os.environ)
-    env.update(
-        EDGEFLEET_CONTROLLER=ctl.address,
-        EDGEFLEET_TOKEN=ctl.admin_token,
-        XDG_CONFIG_HOME=str(work / "xdg"),
-        PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]),
-        COLUMNS="400",
-    )
-    env.pop("FORCE_COLOR", None)
-    exe = Path(sys.executable).with_name("fleetctl")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-c", "from fleetctl.main import run; run()"]
-    proc = subprocess.run([*cmd, *args], capture_output=True, text=True, env=env, timeout=60, cwd=str(REPO))
-    assert proc.returncode == 0, proc
-    return proc.stdout
 
 
 def check_choice(choice: dict[str, Any]) -> None:
@@ -98,7 +77,7 @@ def test_device_serves_and_reports_its_measured_precision_across_a_restart(tmp_p
             assert events[-1].reason.startswith(f"{first['chosen']} (")
             assert events[-1].numbers["p50_ms.fp32"] > 0 and "p50_ms.int8-lossy" not in events[-1].numbers
 
-            text = fleetctl(ctl, tmp_path, "describe", "device", "dev1")
+            text = ctl.fleetctl("describe", "device", "dev1")
             line = next(ln for ln in text.splitlines() if ln.startswith("precision:"))
             assert line.startswith(f"precision:   {first['chosen']} ({first['kind']}) on CPUExecutionProvider, ")
             speedup = f"{first['speedup']:.1f}x vs fp32: "
@@ -107,7 +86,7 @@ def test_device_serves_and_reports_its_measured_precision_across_a_restart(tmp_p
                 assert f" {name} " in line.replace("fp16 p50", "fp16")
             assert "refused int8-lossy: accuracy loss 5.00% is above the bound 1.00%" in text
             assert "precision_chosen" in text
-            described = json.loads(fleetctl(ctl, tmp_path, "describe", "device", "dev1", "-o", "json"))
+            described = json.loads(ctl.fleetctl("describe", "device", "dev1", "-o", "json"))
             assert described["reported"]["details"]["precision"]["chosen"] == first["chosen"]
             served_before = len(precision_events(ctl, "dev1"))
         finally:
