@@ -135,25 +135,24 @@ class AgentReporter:
     def report_alert(self, bundle_digest: str, reason: str, numbers: Mapping[str, float]) -> None:
         """Queue a ``KIND_ALERT`` event: something the operator should hear about that rolled nothing back
         (thermal throttling not attributed to the bundle, an SLA the host misses with either bundle)."""
-        event = telemetry_pb2.DeviceEvent(
-            event_id=str(uuid.uuid4()),
-            kind=telemetry_pb2.DeviceEvent.KIND_ALERT,
-            bundle_digest=bundle_digest,
-            reason=reason,
-            revision=self.revision,
-            at=_timestamp(datetime.now(UTC)),
-        )
-        event.numbers.update(numbers)
-        with self._lock:
-            self._append(event)
-        self._wake()
+        self._report_numbers(telemetry_pb2.DeviceEvent.KIND_ALERT, bundle_digest, reason, numbers)
 
     def report_precision(self, bundle_digest: str, reason: str, numbers: Mapping[str, float]) -> None:
         """Queue a ``KIND_PRECISION_CHOSEN`` event: which precision variant of ``bundle_digest`` this device
         serves and why (its measured figures in ``numbers``)."""
+        self._report_numbers(telemetry_pb2.DeviceEvent.KIND_PRECISION_CHOSEN, bundle_digest, reason, numbers)
+
+    def _report_numbers(
+        self,
+        kind: telemetry_pb2.DeviceEvent.Kind.ValueType,
+        bundle_digest: str,
+        reason: str,
+        numbers: Mapping[str, float],
+    ) -> None:
+        """Queue an event of ``kind`` about ``bundle_digest`` that carries its figures in ``numbers``."""
         event = telemetry_pb2.DeviceEvent(
             event_id=str(uuid.uuid4()),
-            kind=telemetry_pb2.DeviceEvent.KIND_PRECISION_CHOSEN,
+            kind=kind,
             bundle_digest=bundle_digest,
             reason=reason,
             revision=self.revision,
