@@ -15,9 +15,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import structlog
 import yaml
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from edgefleet.contract.bundle_archive import unpack_bundle
 from edgefleet.contract.bundle_spec import load_spec
@@ -27,19 +26,16 @@ from edgefleet_pipeline.calibration import load_image_set, read_image
 from edgefleet_pipeline.quantize import quantize_int8
 from edgefleet_pipeline.synthetic_documents import write_document_set
 from edgefleet_pipeline.trt_table import read_trt_calibration_table, write_trt_calibration_table
+from edgefleet_testing.cli import invoke
 from edgefleet_testing.modelgen import make_yolo_detector
 from edgefleet_testing.orientation import ORIENTATION_LABELS, orientation_model, orientation_spec
 from fleetctl.main import app
 
 pytestmark = pytest.mark.integration
-runner = CliRunner()
 
 
 def _invoke(args: list[str]) -> Result:
-    result = runner.invoke(app, args)
-    # fleetctl configures structlog to print to the runner's stderr, which is closed once invoke returns.
-    structlog.reset_defaults()
-    return result
+    return invoke(app, args)
 
 
 ORIENTATION_MODEL = orientation_model()

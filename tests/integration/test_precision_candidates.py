@@ -16,9 +16,8 @@ from pathlib import Path
 
 import onnx
 import pytest
-import structlog
 import yaml
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from edgefleet.contract.bundle import read_manifest
 from edgefleet_pipeline.cpu_features import reduce_range_recommended
@@ -26,19 +25,16 @@ from edgefleet_pipeline.errors import PrecisionUnavailableError
 from edgefleet_pipeline.precision_bundle import build_precision_bundle
 from edgefleet_pipeline.synthetic_documents import write_document_set
 from edgefleet_testing.calibration_images import write_faces, write_text_lines
+from edgefleet_testing.cli import invoke
 from edgefleet_testing.orientation import orientation_spec
 from edgefleet_testing.real_models import text_direction_spec, yolov8n_spec
 from fleetctl.main import app
 
 pytestmark = pytest.mark.integration
-runner = CliRunner()
 
 
 def _invoke(args: list[str]) -> Result:
-    result = runner.invoke(app, args)
-    # fleetctl configures structlog to print to the runner's stderr, which is closed once invoke returns.
-    structlog.reset_defaults()
-    return result
+    return invoke(app, args)
 
 
 @pytest.fixture(scope="module")

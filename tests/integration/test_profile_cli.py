@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import structlog
 import typer
-from typer.testing import CliRunner, Result
 
 from edge_runtime.agent.enroll import Credential, save_credential
 from edge_runtime.cli import main as edge_runtime_main
 from edgefleet.contract.signing import generate_keypair, sign_bundle
 from edgefleet.v1 import fleet_pb2, telemetry_pb2
+from edgefleet_testing.cli import invoke
 from edgefleet_testing.controller import connected, publish_bundle, running_controller
 from fleetctl.budget_cmds import budget
 from tests.integration.test_device_precision import build_int8_bundle
@@ -29,15 +29,7 @@ pytestmark = pytest.mark.integration
 fleet = typer.Typer()
 fleet.command("budget")(budget)
 fleet.command("noop")(lambda: None)
-runner = CliRunner()
 FAST = ["--seconds", "0.3", "--warmup", "3", "--max-frames", "60", "--variant-runs", "5"]
-
-
-def invoke(app: typer.Typer, args: list[str]) -> Result:
-    result = runner.invoke(app, args)
-    # The command configures structlog to print to the runner's stderr, which is closed once invoke returns.
-    structlog.reset_defaults()
-    return result
 
 
 @dataclass(frozen=True)
